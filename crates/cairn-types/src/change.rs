@@ -1,0 +1,221 @@
+//! What review, execution and audit give: change requests, approvals, executions, audit events.
+
+use crate::{Outcome, RecommendationId, TimestampMs};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A stable change-request id, e.g. `chg-…`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChangeId(pub String);
+
+impl fmt::Display for ChangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An authenticated identity. `subject` is stable (never a display name) and is what approvals bind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Principal {
+    pub subject: String,
+    pub display_name: String,
+    pub groups: Vec<String>,
+}
+
+impl Principal {
+    pub fn in_any_group(&self, groups: &[String]) -> bool {
+        groups.is_empty() || groups.iter().any(|g| self.groups.contains(g))
+    }
+}
+
+/// Where a change request is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeState {
+    /// Routed to review; waiting for its quorum.
+    PendingApproval,
+    /// Allowed to run (auto, or quorum met); waiting for the executor.
+    Approved,
+    /// Shown to people only; never executed.
+    Advisory,
+    /// Not executable under the policy version that routed it.
+    Blocked,
+    Rejected,
+    Expired,
+    /// A newer revision or policy version replaced it; its approvals are void.
+    Superseded,
+    Executing,
+    Succeeded,
+    Failed,
+    RolledBack,
+    RollbackFailed,
+}
+
+impl ChangeState {
+    pub const ALL: [ChangeState; 12] = [
+        ChangeState::PendingApproval,
+        ChangeState::Approved,
+        ChangeState::Advisory,
+        ChangeState::Blocked,
+        ChangeState::Rejected,
+        ChangeState::Expired,
+        ChangeState::Superseded,
+        ChangeState::Executing,
+        ChangeState::Succeeded,
+        ChangeState::Failed,
+        ChangeState::RolledBack,
+        ChangeState::RollbackFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::PendingApproval => "pending_approval",
+            ChangeState::Approved => "approved",
+            ChangeState::Advisory => "advisory",
+            ChangeState::Blocked => "blocked",
+            ChangeState::Rejected => "rejected",
+            ChangeState::Expired => "expired",
+            ChangeState::Superseded => "superseded",
+            ChangeState::Executing => "executing",
+            ChangeState::Succeeded => "succeeded",
+            ChangeState::Failed => "failed",
+            ChangeState::RolledBack => "rolled_back",
+            ChangeState::RollbackFailed => "rollback_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeState> {
+        ChangeState::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// No further transitions happen from a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ChangeState::Advisory
+                | ChangeState::Blocked
+                | ChangeState::Rejected
+                | ChangeState::Expired
+                | ChangeState::Superseded
+                | ChangeState::Succeeded
+                | ChangeState::Failed
+                | ChangeState::RolledBack
+                | ChangeState::RollbackFailed
+        )
+    }
+}
+
+impl fmt::Display for ChangeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One approval: a principal bound to one exact action digest (which covers the recommendation
+/// revision and the policy version).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub change_id: ChangeId,
+    pub subject: String,
+    pub recommendation_id: RecommendationId,
+    pub revision: u32,
+    pub policy_version: String,
+    pub action_digest: String,
+    pub reason: String,
+    pub at_ms: TimestampMs,
+}
+
+/// A rejection vetoes the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub subject: String,
+    pub revision: u32,
+    pub reason: String,
+    pub at_ms: TimestampMs,
+}
+
+/// A change request: one recommendation revision made executable under one decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangeRequest {
+    pub id: ChangeId,
+    pub recommendation_id: RecommendationId,
+    pub revision: u32,
+    pub outcome: Outcome,
+    pub tier: Option<u8>,
+    pub approvals_required: u8,
+    pub approver_groups: Vec<String>,
+    pub requires_window: bool,
+    pub policy_version: String,
+    pub action_digest: String,
+    pub requester: String,
+    pub state: ChangeState,
+    pub approvals: Vec<Approval>,
+    pub rejection: Option<Rejection>,
+    pub created_ms: TimestampMs,
+    /// Pending requests expire at this time.
+    pub expires_ms: TimestampMs,
+    pub updated_ms: TimestampMs,
+}
+
+/// What happened when an adapter ran a change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ExecutionOutcome {
+    Succeeded,
+    /// The dry-run adapter describes what it would do and touches nothing.
+    DryRun,
+    Failed { error: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub change_id: ChangeId,
+    pub recommendation_id: RecommendationId,
+    pub revision: u32,
+    pub adapter: String,
+    pub action_digest: String,
+    pub started_ms: TimestampMs,
+    pub finished_ms: TimestampMs,
+    pub outcome: ExecutionOutcome,
+    pub output: String,
+}
+
+/// An audit entry before the log seals it with a sequence number, a time and hashes. Stages produce
+/// drafts; the store appends them in the same transaction as the state change they record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditDraft {
+    pub actor: String,
+    pub kind: String,
+    pub incident_id: Option<String>,
+    pub recommendation_id: Option<String>,
+    pub revision: Option<u32>,
+    pub change_id: Option<String>,
+    pub policy_version: Option<String>,
+    pub reason: String,
+    pub payload: serde_json::Value,
+}
+
+/// One entry of the audit log. Entries form a hash chain: `hash = SHA-256(prev_hash ‖ canonical
+/// body)`, so changing, dropping or reordering any past entry is detectable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Gapless, starting at 1.
+    pub seq: u64,
+    pub at_ms: TimestampMs,
+    /// Principal subject, or `system:cairn`.
+    pub actor: String,
+    /// e.g. `recommendation.created`, `decision.made`, `change.approved`, `change.executed`.
+    pub kind: String,
+    pub incident_id: Option<String>,
+    pub recommendation_id: Option<String>,
+    pub revision: Option<u32>,
+    pub change_id: Option<String>,
+    pub policy_version: Option<String>,
+    pub reason: String,
+    pub payload: serde_json::Value,
+    /// Hex SHA-256 of the previous entry (64 zeros for the first).
+    pub prev_hash: String,
+    /// Hex SHA-256 of this entry.
+    pub hash: String,
+}

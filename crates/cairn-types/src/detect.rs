@@ -1,0 +1,86 @@
+//! What detection and correlation give: anomalies and incidents.
+
+use crate::{AlertStatus, Labels, SeriesId, Severity, TimestampMs};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A point (or stretch) of a series that a detector judged anomalous.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub series: SeriesId,
+    pub labels: Labels,
+    pub timestamp_ms: TimestampMs,
+    pub observed: f64,
+    pub expected: f64,
+    /// Anomaly score in [0, 1].
+    pub score: f64,
+    pub severity: Severity,
+    /// Estimated probability that the point is anomalous, in [0, 1].
+    pub confidence: f64,
+    /// Which detector produced it, e.g. `robust-zscore`.
+    pub detector: String,
+    /// The version of the model or detector configuration that produced it.
+    pub model_version: String,
+}
+
+/// A stable incident id, e.g. `inc-3f2a…`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IncidentId(pub String);
+
+impl fmt::Display for IncidentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Alerts and anomalies grouped because they look like one problem.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: IncidentId,
+    pub opened_ms: TimestampMs,
+    pub updated_ms: TimestampMs,
+    pub members: Vec<IncidentMember>,
+    /// Values of the `service` label (or the grouping key) among members, sorted, deduplicated.
+    pub affected_services: Vec<String>,
+    /// Labels every member shares: the grouping key.
+    pub common_labels: Labels,
+    /// Human-readable reasons why members were grouped, e.g. `shared label service="checkout"`.
+    pub grouping_reasons: Vec<String>,
+    /// Ranked, most probable first.
+    pub probable_causes: Vec<ProbableCause>,
+    pub severity: Severity,
+    /// Bumped whenever the member set or its evidence changes.
+    pub version: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IncidentMember {
+    Alert {
+        fingerprint: String,
+        alertname: String,
+        status: AlertStatus,
+        labels: Labels,
+        severity: Severity,
+        starts_at_ms: TimestampMs,
+        summary: String,
+    },
+    Anomaly(Anomaly),
+}
+
+impl IncidentMember {
+    pub fn labels(&self) -> &Labels {
+        match self {
+            IncidentMember::Alert { labels, .. } => labels,
+            IncidentMember::Anomaly(a) => &a.labels,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbableCause {
+    pub description: String,
+    /// Relative weight in [0, 1]; causes are sorted by it, descending.
+    pub score: f64,
+}

@@ -1,0 +1,40 @@
+//! The hand-off types of Cairn's pipeline.
+//!
+//! Data moves one way: `Signal` → `Anomaly` → `Incident` → `Recommendation` → `Decision` →
+//! `ChangeRequest` (with its `Approval`s) → `Execution`, and every state change after `recommend`
+//! leaves an `AuditEvent`. Each stage crate takes one of these and gives the next; this crate is where
+//! they are defined, once, with the domain vocabulary of the seed text.
+//!
+//! This crate owns plain data and the few pure functions that belong to the data itself (series
+//! identity, action digests, ordering of severities). It must never do I/O, read a clock, or know
+//! about a protocol: no gRPC, no HTTP, no SQL.
+
+#![forbid(unsafe_code)]
+
+mod change;
+mod detect;
+mod labels;
+mod recommend;
+mod route;
+mod signal;
+
+pub use change::{
+    Approval, AuditDraft, AuditEvent, ChangeId, ChangeRequest, ChangeState, Execution, ExecutionOutcome,
+    Principal, Rejection,
+};
+pub use detect::{Anomaly, Incident, IncidentId, IncidentMember, ProbableCause};
+pub use labels::{Labels, SeriesId, METRIC_NAME_LABEL};
+pub use recommend::{
+    ActionClass, BlastRadius, Evidence, Recommendation, RecommendationId, Reversibility,
+    RollbackPlan, Target, VerificationCheck,
+};
+pub use route::{Decision, Outcome};
+pub use signal::{AlertEvent, AlertStatus, MetricSample, Severity, Signal};
+
+/// Milliseconds since the Unix epoch, UTC. The one time representation in hand-off types, so that
+/// nothing in the pipeline needs a calendar library and tests can drive time with plain integers.
+pub type TimestampMs = i64;
+
+/// The principal subject Cairn itself acts as when it proposes or runs a change. It can never
+/// approve anything (invariant 3).
+pub const CAIRN_SERVICE_SUBJECT: &str = "system:cairn";
