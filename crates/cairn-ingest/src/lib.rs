@@ -1,0 +1,1 @@
+//! cairn-ingest (skeleton).
