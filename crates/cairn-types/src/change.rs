@@ -156,6 +156,9 @@ pub struct ChangeRequest {
     /// Pending requests expire at this time.
     pub expires_ms: TimestampMs,
     pub updated_ms: TimestampMs,
+    /// Incremented on every state change; the store refuses a write whose version is stale, so two
+    /// reviewers (or replicas) racing on one change cannot both win.
+    pub version: u64,
 }
 
 /// What happened when an adapter ran a change.
