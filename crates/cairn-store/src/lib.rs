@@ -1,1 +1,137 @@
-//! cairn-store (skeleton).
+//! Cairn's durable state behind one trait: alerts, anomalies, incidents, recommendation revisions,
+//! decisions, change requests, executions and the audit log.
+//!
+//! Every method that changes the state of a recommendation or a change takes the audit drafts that
+//! describe the change and appends them, sealed into the hash chain, **in the same transaction**: if
+//! the append fails, nothing is written (invariant 8). Change requests carry a version, and a write
+//! with a stale version is refused ([`StoreError::Conflict`]) so racing reviewers or replicas cannot
+//! both win. Executor work is claimed atomically ([`Store::claim_approved`]), the shape that
+//! `SELECT … FOR UPDATE SKIP LOCKED` takes on PostgreSQL.
+//!
+//! The store keeps what it is given; it never decides. The only rules it applies itself are
+//! integrity rules tied to a write: a new revision supersedes the earlier revision's change that has
+//! not started running, pending changes past their expiry become expired, and claimed changes become
+//! executing — each with the audit event it generates (actor `system:cairn`).
+//!
+//! The trait is synchronous; the server calls it from blocking threads. No SQLite type appears in
+//! its signatures, so a PostgreSQL implementation can follow.
+
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+pub use cairn_audit::{ChainBreak, ChainSummary};
+pub use sqlite::SqliteStore;
+
+use cairn_types::{
+    AlertEvent, Anomaly, AuditDraft, AuditEvent, ChangeId, ChangeRequest, ChangeState, Decision,
+    Execution, Incident, IncidentId, Outcome, Recommendation, RecommendationId, Target,
+};
+
+/// What can go wrong in the store, by cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+    #[error("{what} was changed concurrently (expected version {expected}, found {found}); re-read and retry")]
+    Conflict { what: String, expected: u64, found: u64 },
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("the database schema is version {found}, newer than this build understands ({known}); upgrade cairn")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("audit chain broken: {0}")]
+    AuditBroken(ChainBreak),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A recommendation revision with the decision that routed it and its change request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecommendationRecord {
+    pub recommendation: Recommendation,
+    pub decision: Decision,
+    pub change: ChangeRequest,
+}
+
+/// Filters for [`Store::list_recommendations`]; `None` means any.
+#[derive(Clone, Debug, Default)]
+pub struct RecommendationFilter {
+    pub outcome: Option<Outcome>,
+    pub state: Option<ChangeState>,
+    pub service: Option<String>,
+    pub limit: usize,
+}
+
+/// Filters for [`Store::audit_events`]; every given filter must match. Ascending by sequence.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub recommendation_id: Option<String>,
+    pub incident_id: Option<String>,
+    pub actor: Option<String>,
+    pub kind: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only events with a greater sequence number: the cursor of live streams.
+    pub after_seq: Option<u64>,
+    pub limit: usize,
+}
+
+/// Durable state. See the crate documentation for the transaction and audit rules.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Upserts alerts by fingerprint (status, end, last seen). Returns how many rows changed.
+    fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize>;
+    fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()>;
+    fn count_alerts(&self) -> Result<u64>;
+    fn count_anomalies(&self) -> Result<u64>;
+    /// Most recently seen first.
+    fn list_alerts(&self, limit: usize) -> Result<Vec<AlertEvent>>;
+
+    fn upsert_incident(&self, incident: &Incident) -> Result<()>;
+    fn get_incident(&self, id: &IncidentId) -> Result<Option<Incident>>;
+
+    /// Stores a new recommendation revision, its decision and its change request, supersedes the
+    /// earlier revision's change if it has not started running, and appends `audit` — one
+    /// transaction.
+    fn propose(
+        &self,
+        rec: &Recommendation,
+        decision: &Decision,
+        change: &ChangeRequest,
+        audit: &[AuditDraft],
+        now_ms: i64,
+    ) -> Result<()>;
+    /// `revision: None` means the latest.
+    fn get_recommendation(&self, id: &RecommendationId, revision: Option<u32>) -> Result<Option<RecommendationRecord>>;
+    /// The latest revision of each recommendation, newest first.
+    fn list_recommendations(&self, filter: &RecommendationFilter) -> Result<Vec<RecommendationRecord>>;
+
+    fn get_change(&self, id: &ChangeId) -> Result<Option<ChangeRequest>>;
+    /// Writes `change` (whose version must be `expected_version + 1`) if the stored version is
+    /// still `expected_version`, with its audit events.
+    fn update_change(&self, change: &ChangeRequest, expected_version: u64, audit: &[AuditDraft], now_ms: i64) -> Result<()>;
+    /// Atomically moves up to `limit` approved changes to executing and returns them.
+    fn claim_approved(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>>;
+    /// Stores an execution and the change's resulting state in one transaction.
+    fn record_execution(
+        &self,
+        execution: &Execution,
+        change: &ChangeRequest,
+        expected_version: u64,
+        audit: &[AuditDraft],
+        now_ms: i64,
+    ) -> Result<()>;
+    fn executions_for(&self, change: &ChangeId) -> Result<Vec<Execution>>;
+    /// Pending changes past their expiry become expired. Returns their ids.
+    fn expire_pending(&self, now_ms: i64) -> Result<Vec<ChangeId>>;
+    /// Changes on the same target (service, environment, resource) created since `since_ms`,
+    /// newest first.
+    fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>>;
+
+    fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+    /// The sequence number of the last audit event (0 when empty).
+    fn audit_head(&self) -> Result<u64>;
+    /// Streams the whole log through the chain verifier.
+    fn verify_audit(&self) -> Result<ChainSummary>;
+}

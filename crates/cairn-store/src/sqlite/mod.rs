@@ -1,0 +1,659 @@
+//! The SQLite implementation: one connection behind a mutex, WAL mode, numbered migrations tracked
+//! in `PRAGMA user_version`, an append-only audit table guarded by triggers.
+
+use crate::{AuditQuery, RecommendationFilter, RecommendationRecord, Result, Store, StoreError};
+use cairn_types::{
+    AlertEvent, Anomaly, AuditDraft, AuditEvent, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest,
+    ChangeState, Decision, Execution, Incident, IncidentId, Recommendation, RecommendationId, Target,
+};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Migrations, applied in order; `user_version` is the number applied. Never edit a released one:
+/// append.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE alerts (
+        fingerprint   TEXT PRIMARY KEY,
+        status        TEXT NOT NULL,
+        service       TEXT,
+        last_seen_ms  INTEGER NOT NULL,
+        body          TEXT NOT NULL
+    );
+    CREATE TABLE anomalies (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        series        TEXT NOT NULL,
+        timestamp_ms  INTEGER NOT NULL,
+        score         REAL NOT NULL,
+        body          TEXT NOT NULL
+    );
+    CREATE TABLE incidents (
+        id            TEXT PRIMARY KEY,
+        version       INTEGER NOT NULL,
+        updated_ms    INTEGER NOT NULL,
+        body          TEXT NOT NULL
+    );
+    CREATE TABLE recommendations (
+        id            TEXT NOT NULL,
+        revision      INTEGER NOT NULL,
+        incident_id   TEXT NOT NULL,
+        service       TEXT NOT NULL,
+        environment   TEXT NOT NULL,
+        resource      TEXT NOT NULL,
+        action        TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        body          TEXT NOT NULL,
+        PRIMARY KEY (id, revision)
+    );
+    CREATE INDEX recommendations_target ON recommendations (service, environment, resource, created_ms);
+    CREATE TABLE decisions (
+        recommendation_id TEXT NOT NULL,
+        revision          INTEGER NOT NULL,
+        outcome           TEXT NOT NULL,
+        body              TEXT NOT NULL,
+        PRIMARY KEY (recommendation_id, revision)
+    );
+    CREATE TABLE changes (
+        id                TEXT PRIMARY KEY,
+        recommendation_id TEXT NOT NULL,
+        revision          INTEGER NOT NULL,
+        state             TEXT NOT NULL,
+        version           INTEGER NOT NULL,
+        expires_ms        INTEGER NOT NULL,
+        created_ms        INTEGER NOT NULL,
+        body              TEXT NOT NULL
+    );
+    CREATE INDEX changes_by_rec ON changes (recommendation_id, revision);
+    CREATE INDEX changes_by_state ON changes (state, expires_ms);
+    CREATE TABLE executions (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        change_id     TEXT NOT NULL,
+        started_ms    INTEGER NOT NULL,
+        body          TEXT NOT NULL
+    );
+    CREATE INDEX executions_by_change ON executions (change_id);
+    CREATE TABLE audit_log (
+        seq               INTEGER PRIMARY KEY,
+        at_ms             INTEGER NOT NULL,
+        actor             TEXT NOT NULL,
+        kind              TEXT NOT NULL,
+        incident_id       TEXT,
+        recommendation_id TEXT,
+        revision          INTEGER,
+        change_id         TEXT,
+        policy_version    TEXT,
+        reason            TEXT NOT NULL,
+        payload           TEXT NOT NULL,
+        prev_hash         TEXT NOT NULL,
+        hash              TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_rec ON audit_log (recommendation_id);
+    CREATE INDEX audit_by_incident ON audit_log (incident_id);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
+    "#,
+];
+
+/// SQLite-backed [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("stored {what} does not decode: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> Result<SqliteStore> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let known = MIGRATIONS.len() as i64;
+        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if current > known {
+            return Err(StoreError::SchemaTooNew { found: current, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+}
+
+/// Seals and appends drafts inside the caller's transaction.
+fn append_audit(tx: &Transaction<'_>, drafts: &[AuditDraft], now_ms: i64) -> Result<()> {
+    if drafts.is_empty() {
+        return Ok(());
+    }
+    let head: Option<(i64, String)> = tx
+        .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (mut seq, mut prev) = head.unwrap_or((0, cairn_audit::GENESIS_HASH.to_string()));
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO audit_log (seq, at_ms, actor, kind, incident_id, recommendation_id, revision, change_id, policy_version, reason, payload, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for d in drafts {
+        seq += 1;
+        let e = cairn_audit::seal(&prev, seq as u64, now_ms, d);
+        stmt.execute(params![
+            seq,
+            e.at_ms,
+            e.actor,
+            e.kind,
+            e.incident_id,
+            e.recommendation_id,
+            e.revision,
+            e.change_id,
+            e.policy_version,
+            e.reason,
+            e.payload.to_string(),
+            e.prev_hash,
+            e.hash,
+        ])?;
+        prev = e.hash;
+    }
+    Ok(())
+}
+
+fn read_change(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Option<ChangeRequest>> {
+    let body: Option<String> = conn.query_row(sql, p, |r| r.get(0)).optional()?;
+    body.map(|b| from_json("change", &b)).transpose()
+}
+
+fn write_change(tx: &Transaction<'_>, change: &ChangeRequest, expected_version: u64) -> Result<()> {
+    let found: Option<i64> = tx
+        .query_row("SELECT version FROM changes WHERE id = ?1", [&change.id.0], |r| r.get(0))
+        .optional()?;
+    let Some(found) = found else {
+        return Err(StoreError::NotFound(format!("change {}", change.id)));
+    };
+    if found as u64 != expected_version || change.version != expected_version + 1 {
+        return Err(StoreError::Conflict {
+            what: format!("change {}", change.id),
+            expected: expected_version,
+            found: found as u64,
+        });
+    }
+    tx.execute(
+        "UPDATE changes SET state = ?2, version = ?3, expires_ms = ?4, body = ?5 WHERE id = ?1",
+        params![change.id.0, change.state.as_str(), change.version as i64, change.expires_ms, to_json(change)?],
+    )?;
+    Ok(())
+}
+
+fn record_for(conn: &Connection, id: &str, revision: u32) -> Result<Option<RecommendationRecord>> {
+    let row: Option<(String, Option<String>)> = conn
+        .query_row(
+            "SELECT r.body, d.body FROM recommendations r
+             LEFT JOIN decisions d ON d.recommendation_id = r.id AND d.revision = r.revision
+             WHERE r.id = ?1 AND r.revision = ?2",
+            params![id, revision],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((rec, dec)) = row else { return Ok(None) };
+    let dec = dec.ok_or_else(|| StoreError::Corrupt(format!("recommendation {id} revision {revision} has no decision")))?;
+    let change = read_change(
+        conn,
+        "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision = ?2 ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+        params![id, revision],
+    )?
+    .ok_or_else(|| StoreError::Corrupt(format!("recommendation {id} revision {revision} has no change request")))?;
+    Ok(Some(RecommendationRecord {
+        recommendation: from_json("recommendation", &rec)?,
+        decision: from_json("decision", &dec)?,
+        change,
+    }))
+}
+
+fn system_draft(change: &ChangeRequest, kind: &str, reason: String) -> AuditDraft {
+    AuditDraft {
+        actor: CAIRN_SERVICE_SUBJECT.into(),
+        kind: kind.into(),
+        incident_id: None,
+        recommendation_id: Some(change.recommendation_id.0.clone()),
+        revision: Some(change.revision),
+        change_id: Some(change.id.0.clone()),
+        policy_version: Some(change.policy_version.clone()),
+        reason,
+        payload: serde_json::json!({ "state": change.state.as_str(), "version": change.version }),
+    }
+}
+
+/// Moves every change selected by `sql` to `state`, with one generated audit event each.
+fn transition_where(
+    tx: &Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+    state: ChangeState,
+    kind: &str,
+    reason: impl Fn(&ChangeRequest) -> String,
+    now_ms: i64,
+) -> Result<Vec<ChangeRequest>> {
+    let bodies: Vec<String> = {
+        let mut stmt = tx.prepare(sql)?;
+        stmt.query_map(p, |r| r.get(0))?.collect::<std::result::Result<_, _>>()?
+    };
+    let mut out = Vec::with_capacity(bodies.len());
+    for b in bodies {
+        let old: ChangeRequest = from_json("change", &b)?;
+        let mut next = old.clone();
+        next.state = state;
+        next.version = old.version + 1;
+        next.updated_ms = now_ms;
+        write_change(tx, &next, old.version)?;
+        append_audit(tx, &[system_draft(&next, kind, reason(&old))], now_ms)?;
+        out.push(next);
+    }
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize> {
+        self.with_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO alerts (fingerprint, status, service, last_seen_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (fingerprint) DO UPDATE SET status = excluded.status, service = excluded.service,
+                     last_seen_ms = excluded.last_seen_ms, body = excluded.body",
+            )?;
+            let mut n = 0;
+            for a in alerts {
+                n += stmt.execute(params![a.fingerprint, a.status.as_str(), a.labels.get("service"), now_ms, to_json(a)?])?;
+            }
+            Ok(n)
+        })
+    }
+
+    fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()> {
+        self.with_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO anomalies (series, timestamp_ms, score, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for a in anomalies {
+                stmt.execute(params![a.series.to_string(), a.timestamp_ms, a.score, to_json(a)?])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn count_alerts(&self) -> Result<u64> {
+        self.with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+
+    fn count_anomalies(&self) -> Result<u64> {
+        self.with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM anomalies", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+
+    fn list_alerts(&self, limit: usize) -> Result<Vec<AlertEvent>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare("SELECT body FROM alerts ORDER BY last_seen_ms DESC, fingerprint LIMIT ?1")?;
+            let bodies: Vec<String> =
+                stmt.query_map([limit as i64], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+            bodies.iter().map(|b| from_json("alert", b)).collect()
+        })
+    }
+
+    fn upsert_incident(&self, incident: &Incident) -> Result<()> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO incidents (id, version, updated_ms, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_ms = excluded.updated_ms, body = excluded.body",
+                params![incident.id.0, incident.version, incident.updated_ms, to_json(incident)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_incident(&self, id: &IncidentId) -> Result<Option<Incident>> {
+        self.with_conn(|c| {
+            let b: Option<String> =
+                c.query_row("SELECT body FROM incidents WHERE id = ?1", [&id.0], |r| r.get(0)).optional()?;
+            b.map(|b| from_json("incident", &b)).transpose()
+        })
+    }
+
+    fn propose(
+        &self,
+        rec: &Recommendation,
+        decision: &Decision,
+        change: &ChangeRequest,
+        audit: &[AuditDraft],
+        now_ms: i64,
+    ) -> Result<()> {
+        self.with_tx(|tx| {
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM recommendations WHERE id = ?1 AND revision = ?2",
+                    params![rec.id.0, rec.revision],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict {
+                    what: format!("recommendation {} revision {}", rec.id, rec.revision),
+                    expected: 0,
+                    found: u64::from(rec.revision),
+                });
+            }
+            // Invariant 2: approvals belong to one revision; an earlier revision's change that
+            // has not started running is superseded, and its approvals with it.
+            let superseded_by = rec.revision;
+            transition_where(
+                tx,
+                "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ('pending_approval', 'approved')",
+                params![rec.id.0, rec.revision],
+                ChangeState::Superseded,
+                "change.superseded",
+                |old| format!("revision {} replaces revision {}; its approvals are void", superseded_by, old.revision),
+                now_ms,
+            )?;
+            tx.execute(
+                "INSERT INTO recommendations (id, revision, incident_id, service, environment, resource, action, created_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    rec.id.0,
+                    rec.revision,
+                    rec.incident_id.0,
+                    rec.target.service,
+                    rec.target.environment,
+                    rec.target.resource,
+                    rec.action.as_str(),
+                    rec.created_ms,
+                    to_json(rec)?
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO decisions (recommendation_id, revision, outcome, body) VALUES (?1, ?2, ?3, ?4)",
+                params![decision.recommendation_id.0, decision.revision, decision.outcome.as_str(), to_json(decision)?],
+            )?;
+            tx.execute(
+                "INSERT INTO changes (id, recommendation_id, revision, state, version, expires_ms, created_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    change.id.0,
+                    change.recommendation_id.0,
+                    change.revision,
+                    change.state.as_str(),
+                    change.version as i64,
+                    change.expires_ms,
+                    change.created_ms,
+                    to_json(change)?
+                ],
+            )?;
+            append_audit(tx, audit, now_ms)
+        })
+    }
+
+    fn get_recommendation(&self, id: &RecommendationId, revision: Option<u32>) -> Result<Option<RecommendationRecord>> {
+        self.with_conn(|c| {
+            let rev = match revision {
+                Some(r) => Some(r),
+                None => c
+                    .query_row("SELECT MAX(revision) FROM recommendations WHERE id = ?1", [&id.0], |r| {
+                        r.get::<_, Option<u32>>(0)
+                    })?,
+            };
+            match rev {
+                Some(r) => record_for(c, &id.0, r),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list_recommendations(&self, filter: &RecommendationFilter) -> Result<Vec<RecommendationRecord>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare(
+                "SELECT r.id, r.revision FROM recommendations r
+                 JOIN (SELECT id, MAX(revision) AS rev FROM recommendations GROUP BY id) latest
+                   ON latest.id = r.id AND latest.rev = r.revision
+                 JOIN decisions d ON d.recommendation_id = r.id AND d.revision = r.revision
+                 WHERE (?1 IS NULL OR d.outcome = ?1) AND (?2 IS NULL OR r.service = ?2)
+                 ORDER BY r.created_ms DESC, r.id",
+            )?;
+            let keys: Vec<(String, u32)> = stmt
+                .query_map(
+                    params![filter.outcome.map(|o| o.as_str()), filter.service.as_deref()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect::<std::result::Result<_, _>>()?;
+            let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
+            let mut out = Vec::new();
+            for (id, rev) in keys {
+                if out.len() >= limit {
+                    break;
+                }
+                if let Some(rec) = record_for(c, &id, rev)?
+                    && filter.state.is_none_or(|s| rec.change.state == s)
+                {
+                    out.push(rec);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn get_change(&self, id: &ChangeId) -> Result<Option<ChangeRequest>> {
+        self.with_conn(|c| read_change(c, "SELECT body FROM changes WHERE id = ?1", [&id.0]))
+    }
+
+    fn update_change(&self, change: &ChangeRequest, expected_version: u64, audit: &[AuditDraft], now_ms: i64) -> Result<()> {
+        self.with_tx(|tx| {
+            write_change(tx, change, expected_version)?;
+            append_audit(tx, audit, now_ms)
+        })
+    }
+
+    fn claim_approved(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>> {
+        self.with_tx(|tx| {
+            transition_where(
+                tx,
+                "SELECT body FROM changes WHERE state = 'approved' ORDER BY created_ms, id LIMIT ?1",
+                [limit as i64],
+                ChangeState::Executing,
+                "change.executing",
+                |_| "claimed by the executor".to_string(),
+                now_ms,
+            )
+        })
+    }
+
+    fn record_execution(
+        &self,
+        execution: &Execution,
+        change: &ChangeRequest,
+        expected_version: u64,
+        audit: &[AuditDraft],
+        now_ms: i64,
+    ) -> Result<()> {
+        self.with_tx(|tx| {
+            write_change(tx, change, expected_version)?;
+            tx.execute(
+                "INSERT INTO executions (change_id, started_ms, body) VALUES (?1, ?2, ?3)",
+                params![execution.change_id.0, execution.started_ms, to_json(execution)?],
+            )?;
+            append_audit(tx, audit, now_ms)
+        })
+    }
+
+    fn executions_for(&self, change: &ChangeId) -> Result<Vec<Execution>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare("SELECT body FROM executions WHERE change_id = ?1 ORDER BY id")?;
+            let bodies: Vec<String> = stmt.query_map([&change.0], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+            bodies.iter().map(|b| from_json("execution", b)).collect()
+        })
+    }
+
+    fn expire_pending(&self, now_ms: i64) -> Result<Vec<ChangeId>> {
+        self.with_tx(|tx| {
+            let expired = transition_where(
+                tx,
+                "SELECT body FROM changes WHERE state = 'pending_approval' AND expires_ms <= ?1 ORDER BY expires_ms, id",
+                [now_ms],
+                ChangeState::Expired,
+                "change.expired",
+                |old| format!("no quorum before the deadline ({} of {} approvals)", old.approvals.len(), old.approvals_required),
+                now_ms,
+            )?;
+            Ok(expired.into_iter().map(|c| c.id).collect())
+        })
+    }
+
+    fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, revision FROM recommendations
+                 WHERE service = ?1 AND environment = ?2 AND resource = ?3 AND created_ms >= ?4
+                 ORDER BY created_ms DESC, id, revision DESC LIMIT 200",
+            )?;
+            let keys: Vec<(String, u32)> = stmt
+                .query_map(params![target.service, target.environment, target.resource, since_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            let mut out = Vec::new();
+            for (id, rev) in keys {
+                if let Some(r) = record_for(c, &id, rev)? {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, at_ms, actor, kind, incident_id, recommendation_id, revision, change_id, policy_version, reason, payload, prev_hash, hash
+                 FROM audit_log
+                 WHERE (?1 IS NULL OR recommendation_id = ?1) AND (?2 IS NULL OR incident_id = ?2)
+                   AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR kind = ?4)
+                   AND (?5 IS NULL OR at_ms >= ?5) AND (?6 IS NULL OR at_ms <= ?6)
+                   AND seq > ?7
+                 ORDER BY seq LIMIT ?8",
+            )?;
+            let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
+            let rows = stmt.query_map(
+                params![
+                    q.recommendation_id,
+                    q.incident_id,
+                    q.actor,
+                    q.kind,
+                    q.since_ms,
+                    q.until_ms,
+                    q.after_seq.unwrap_or(0) as i64,
+                    limit
+                ],
+                audit_row,
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(finish_audit_row(r?)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn audit_head(&self) -> Result<u64> {
+        self.with_conn(|c| {
+            Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_log", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+    }
+
+    fn verify_audit(&self) -> Result<crate::ChainSummary> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, at_ms, actor, kind, incident_id, recommendation_id, revision, change_id, policy_version, reason, payload, prev_hash, hash
+                 FROM audit_log ORDER BY seq",
+            )?;
+            let mut verifier = cairn_audit::ChainVerifier::new();
+            for r in stmt.query_map([], audit_row)? {
+                let row = r?;
+                let seq = row.0.seq;
+                let event = match finish_audit_row(row) {
+                    Ok(e) => e,
+                    Err(_) => {
+                        return Err(StoreError::AuditBroken(cairn_audit::ChainBreak {
+                            seq,
+                            kind: cairn_audit::BreakKind::HashMismatch,
+                            detail: "payload is not valid JSON — the entry was modified".into(),
+                        }));
+                    }
+                };
+                verifier.push(&event).map_err(StoreError::AuditBroken)?;
+            }
+            Ok(verifier.finish())
+        })
+    }
+}
+
+/// An audit row with its payload still as text.
+type AuditRow = (AuditEvent, String);
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok((
+        AuditEvent {
+            seq: r.get::<_, i64>(0)? as u64,
+            at_ms: r.get(1)?,
+            actor: r.get(2)?,
+            kind: r.get(3)?,
+            incident_id: r.get(4)?,
+            recommendation_id: r.get(5)?,
+            revision: r.get(6)?,
+            change_id: r.get(7)?,
+            policy_version: r.get(8)?,
+            reason: r.get(9)?,
+            payload: serde_json::Value::Null,
+            prev_hash: r.get(11)?,
+            hash: r.get(12)?,
+        },
+        r.get(10)?,
+    ))
+}
+
+fn finish_audit_row((mut e, payload): AuditRow) -> Result<AuditEvent> {
+    e.payload = from_json("audit payload", &payload)?;
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests;

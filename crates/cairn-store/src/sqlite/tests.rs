@@ -1,0 +1,225 @@
+use super::*;
+use crate::AuditQuery;
+use cairn_types::*;
+use std::collections::BTreeMap;
+
+fn rec(rev: u32) -> Recommendation {
+    Recommendation {
+        id: RecommendationId("rec-1".into()),
+        revision: rev,
+        incident_id: IncidentId("inc-1".into()),
+        playbook: "rollback".into(),
+        playbook_version: "1".into(),
+        action: ActionClass::RollbackDeploy,
+        target: Target { service: "checkout".into(), environment: "production".into(), resource: "deploy/checkout".into() },
+        parameters: BTreeMap::new(),
+        confidence: 0.9,
+        severity: Severity::High,
+        blast_radius: BlastRadius::Service,
+        reversibility: Reversibility::Reversible,
+        rollback_plan: Some(RollbackPlan { steps: vec!["redeploy".into()], owner: "team".into() }),
+        verification: vec![],
+        expected_benefit: "fewer errors".into(),
+        rationale: "because".into(),
+        evidence: vec![],
+        model_version: "none".into(),
+        created_ms: 1000 * i64::from(rev),
+        requester: CAIRN_SERVICE_SUBJECT.into(),
+    }
+}
+
+fn decision(rev: u32) -> Decision {
+    Decision {
+        recommendation_id: RecommendationId("rec-1".into()),
+        revision: rev,
+        outcome: Outcome::Review,
+        tier: Some(2),
+        approvals_required: 1,
+        approver_groups: vec![],
+        requires_window: false,
+        reasons: vec!["r".into()],
+        policy_version: "sha256:p".into(),
+        policy_failed: false,
+        decided_ms: 0,
+    }
+}
+
+fn change(rev: u32) -> ChangeRequest {
+    ChangeRequest {
+        id: ChangeId(format!("chg-{rev}")),
+        recommendation_id: RecommendationId("rec-1".into()),
+        revision: rev,
+        outcome: Outcome::Review,
+        tier: Some(2),
+        approvals_required: 1,
+        approver_groups: vec![],
+        requires_window: false,
+        policy_version: "sha256:p".into(),
+        action_digest: "d".into(),
+        requester: CAIRN_SERVICE_SUBJECT.into(),
+        state: ChangeState::PendingApproval,
+        approvals: vec![],
+        rejection: None,
+        created_ms: 1000 * i64::from(rev),
+        expires_ms: 10_000,
+        updated_ms: 0,
+        version: 1,
+    }
+}
+
+fn draft(kind: &str) -> AuditDraft {
+    AuditDraft { actor: "system:cairn".into(), kind: kind.into(), recommendation_id: Some("rec-1".into()), ..Default::default() }
+}
+
+fn proposed(store: &SqliteStore, rev: u32) {
+    store.propose(&rec(rev), &decision(rev), &change(rev), &[draft("recommendation.proposed")], 5).unwrap();
+}
+
+#[test]
+fn propose_then_read_back_latest_and_by_revision() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    let r = s.get_recommendation(&RecommendationId("rec-1".into()), None).unwrap().unwrap();
+    assert_eq!(r.recommendation, rec(1));
+    assert_eq!(r.change.state, ChangeState::PendingApproval);
+    assert_eq!(s.audit_head().unwrap(), 1);
+    assert!(s.get_recommendation(&RecommendationId("rec-1".into()), Some(2)).unwrap().is_none());
+}
+
+#[test]
+fn a_new_revision_supersedes_the_earlier_pending_change_and_audits_it() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    proposed(&s, 2);
+    let old = s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap();
+    assert_eq!(old.state, ChangeState::Superseded);
+    assert_eq!(old.version, 2);
+    let latest = s.list_recommendations(&RecommendationFilter::default()).unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].recommendation.revision, 2);
+    let kinds: Vec<String> = s.audit_events(&AuditQuery::default()).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["recommendation.proposed", "change.superseded", "recommendation.proposed"]);
+}
+
+#[test]
+fn stale_version_is_a_conflict_and_writes_nothing() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    let mut c = change(1);
+    c.state = ChangeState::Approved;
+    c.version = 2;
+    s.update_change(&c, 1, &[draft("change.approved")], 6).unwrap();
+    let mut stale = change(1);
+    stale.state = ChangeState::Rejected;
+    stale.version = 2;
+    let err = s.update_change(&stale, 1, &[draft("change.rejected")], 7).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { expected: 1, found: 2, .. }), "{err}");
+    assert_eq!(s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap().state, ChangeState::Approved);
+    assert_eq!(s.audit_head().unwrap(), 2, "the refused write appended nothing");
+}
+
+#[test]
+fn a_failing_audit_append_rolls_back_the_state_change() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    s.with_conn(|c| {
+        c.execute_batch("CREATE TRIGGER fail_append BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END;")?;
+        Ok(())
+    })
+    .unwrap();
+    let mut c = change(1);
+    c.state = ChangeState::Approved;
+    c.version = 2;
+    assert!(s.update_change(&c, 1, &[draft("change.approved")], 6).is_err());
+    assert_eq!(s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap().state, ChangeState::PendingApproval);
+    assert!(s.propose(&rec(2), &decision(2), &change(2), &[draft("x")], 7).is_err());
+    assert!(s.get_recommendation(&RecommendationId("rec-1".into()), Some(2)).unwrap().is_none());
+}
+
+#[test]
+fn claim_moves_approved_to_executing_once() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    let mut c = change(1);
+    c.state = ChangeState::Approved;
+    c.version = 2;
+    s.update_change(&c, 1, &[], 6).unwrap();
+    let claimed = s.claim_approved(10, 7).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].state, ChangeState::Executing);
+    assert!(s.claim_approved(10, 8).unwrap().is_empty(), "a claimed change is not handed out twice");
+}
+
+#[test]
+fn pending_changes_expire_with_an_audit_event() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    assert!(s.expire_pending(9_999).unwrap().is_empty());
+    assert_eq!(s.expire_pending(10_000).unwrap(), vec![ChangeId("chg-1".into())]);
+    let last = s.audit_events(&AuditQuery::default()).unwrap().pop().unwrap();
+    assert_eq!(last.kind, "change.expired");
+}
+
+#[test]
+fn audit_rows_refuse_update_and_delete_and_tampering_is_located() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    proposed(&s, 2);
+    assert_eq!(s.verify_audit().unwrap().entries, 3);
+    s.with_conn(|c| {
+        assert!(c.execute("UPDATE audit_log SET reason = 'x' WHERE seq = 2", []).is_err());
+        assert!(c.execute("DELETE FROM audit_log WHERE seq = 3", []).is_err());
+        c.execute_batch("DROP TRIGGER audit_log_no_update; UPDATE audit_log SET reason = 'forged' WHERE seq = 2;")?;
+        Ok(())
+    })
+    .unwrap();
+    match s.verify_audit() {
+        Err(StoreError::AuditBroken(b)) => assert_eq!(b.seq, 2),
+        other => panic!("tampering not detected: {other:?}"),
+    }
+}
+
+#[test]
+fn a_file_store_reopens_with_its_data_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        proposed(&s, 1);
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(s.get_recommendation(&RecommendationId("rec-1".into()), None).unwrap().is_some());
+    assert_eq!(s.verify_audit().unwrap().entries, 1);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+    }
+    assert!(matches!(SqliteStore::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
+}
+
+#[test]
+fn alerts_upsert_by_fingerprint() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let mut a = AlertEvent {
+        fingerprint: "f".into(),
+        status: AlertStatus::Firing,
+        labels: [("alertname", "X")].into_iter().collect(),
+        annotations: Labels::new(),
+        starts_at_ms: 1,
+        ends_at_ms: None,
+        generator_url: String::new(),
+        source: "t".into(),
+    };
+    s.record_alerts(std::slice::from_ref(&a), 1).unwrap();
+    a.status = AlertStatus::Resolved;
+    a.ends_at_ms = Some(5);
+    s.record_alerts(std::slice::from_ref(&a), 2).unwrap();
+    assert_eq!(s.count_alerts().unwrap(), 1);
+    assert_eq!(s.list_alerts(10).unwrap()[0].status, AlertStatus::Resolved);
+}
