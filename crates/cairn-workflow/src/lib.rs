@@ -1,1 +1,39 @@
-//! cairn-workflow (skeleton).
+//! Change requests and what may happen to them: opening one from a routed recommendation,
+//! approving and rejecting it, expiring it, and executing it through an adapter.
+//!
+//! The review rules are pure functions from the current change, the current recommendation, who is
+//! acting and the time, to the next change and the audit drafts that describe it; the store applies
+//! them in one transaction. The [`Executor`] is the only path to an [`Adapter`], and it re-checks
+//! the decision and the quorum (invariant 1) immediately before calling one.
+//!
+//! This crate never routes (that is `cairn-policy`), never writes the store, and knows no protocol
+//! other than the outbound webhook an adapter speaks.
+
+#![forbid(unsafe_code)]
+
+mod execute;
+mod review;
+
+pub use execute::{Adapter, AdapterFuture, DryRunAdapter, ExecutionRefused, Executor, WebhookAdapter, authorize_execution};
+pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
+
+use serde::{Deserialize, Serialize};
+
+/// Review settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkflowConfig {
+    /// A change waiting for approval expires after this long (default one hour).
+    pub pending_ttl_ms: i64,
+    /// The loop guard looks this far back when counting runs of one action on one target.
+    pub loop_guard_window_ms: i64,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        WorkflowConfig { pending_ttl_ms: 3_600_000, loop_guard_window_ms: 3_600_000 }
+    }
+}
+
+/// Confidence below which nothing runs by itself (invariant 6), whatever the policy said.
+pub const MIN_AUTO_CONFIDENCE: f64 = 0.5;
