@@ -1,1 +1,359 @@
-//! cairn-policy (skeleton).
+//! Routing: a Rego policy bundle, evaluated with regorus, decides for each recommendation revision
+//! whether it runs by itself (`auto`, tiers 0–1), waits for people (`review`, tiers 2–3), stays
+//! `advisory`, or is `blocked`.
+//!
+//! Takes a [`Recommendation`] and a [`RoutingContext`]; gives a [`Decision`] stamped with the
+//! bundle's content hash. It **fails closed**: an evaluation error, a timeout or an output of the
+//! wrong shape yields review at tier 3, never `auto` (invariant 5). Two floors apply after Rego that
+//! no bundle can lower: low confidence never runs by itself (invariant 6), and nothing without a
+//! rollback plan or a verification check runs by itself.
+//!
+//! The policy input document is `{"recommendation": <Recommendation>, "context": <RoutingContext>}`
+//! (see `policy/default/README.md`). This crate decides; it never executes and never writes the
+//! store.
+
+#![forbid(unsafe_code)]
+
+use cairn_types::{Decision, Outcome, Recommendation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+/// The rule every bundle must define.
+pub const DECISION_RULE: &str = "data.cairn.route.decision";
+
+/// What can go wrong loading or testing a bundle. Evaluation errors never surface as errors: they
+/// become fail-closed decisions.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy bundle {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("policy file {file} does not load: {message}")]
+    Parse { file: String, message: String },
+    #[error("policy data.json is invalid: {0}")]
+    Data(String),
+    #[error("policy bundle has no .rego files")]
+    Empty,
+}
+
+/// One file of a bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// Rego files plus data, versioned by content.
+#[derive(Clone, Debug)]
+pub struct PolicyBundle {
+    rego: Vec<PolicyFile>,
+    tests: Vec<PolicyFile>,
+    data: String,
+    version: String,
+}
+
+impl PolicyBundle {
+    /// The bundle in `policy/default/`, compiled in.
+    pub fn embedded_default() -> PolicyBundle {
+        PolicyBundle::from_files(
+            vec![
+                PolicyFile { name: "route.rego".into(), text: include_str!("../../../policy/default/route.rego").into() },
+                PolicyFile {
+                    name: "route_test.rego".into(),
+                    text: include_str!("../../../policy/default/route_test.rego").into(),
+                },
+            ],
+            include_str!("../../../policy/default/data.json").into(),
+        )
+    }
+
+    /// Every `*.rego` in `dir` (those ending `_test.rego` are tests) and `data.json` if present.
+    pub fn load_dir(dir: &Path) -> Result<PolicyBundle, PolicyError> {
+        let read_err = |e: std::io::Error| PolicyError::Read { path: dir.display().to_string(), message: e.to_string() };
+        let mut files = Vec::new();
+        let mut data = "{}".to_string();
+        for entry in std::fs::read_dir(dir).map_err(read_err)? {
+            let path = entry.map_err(read_err)?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            if name.ends_with(".rego") {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| PolicyError::Read { path: path.display().to_string(), message: e.to_string() })?;
+                files.push(PolicyFile { name, text });
+            } else if name == "data.json" {
+                data = std::fs::read_to_string(&path)
+                    .map_err(|e| PolicyError::Read { path: path.display().to_string(), message: e.to_string() })?;
+            }
+        }
+        let bundle = PolicyBundle::from_files(files, data);
+        if bundle.rego.is_empty() {
+            return Err(PolicyError::Empty);
+        }
+        bundle.engine()?;
+        Ok(bundle)
+    }
+
+    /// A bundle from in-memory files (names decide which are tests).
+    pub fn from_files(mut files: Vec<PolicyFile>, data: String) -> PolicyBundle {
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut h = Sha256::new();
+        for f in &files {
+            h.update(f.name.as_bytes());
+            h.update([0]);
+            h.update((f.text.len() as u64).to_be_bytes());
+            h.update(f.text.as_bytes());
+        }
+        h.update(b"data.json\0");
+        h.update(data.as_bytes());
+        let version = format!("sha256:{}", hex::encode(h.finalize()));
+        let (tests, rego) = files.into_iter().partition(|f| f.name.ends_with("_test.rego"));
+        PolicyBundle { rego, tests, data, version }
+    }
+
+    /// Content hash of every file: `sha256:<hex>`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn engine(&self) -> Result<regorus::Engine, PolicyError> {
+        let mut engine = regorus::Engine::new();
+        for f in &self.rego {
+            engine
+                .add_policy(f.name.clone(), f.text.clone())
+                .map_err(|e| PolicyError::Parse { file: f.name.clone(), message: e.to_string() })?;
+        }
+        let data = regorus::Value::from_json_str(&self.data).map_err(|e| PolicyError::Data(e.to_string()))?;
+        engine.add_data(data).map_err(|e| PolicyError::Data(e.to_string()))?;
+        Ok(engine)
+    }
+}
+
+/// Facts about the world the policy routes on, beyond the recommendation itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoutingContext {
+    /// How critical the target's environment is, e.g. `high` for production.
+    pub environment_criticality: String,
+    pub maintenance_window_open: bool,
+    /// Times this action ran on this target within the loop-guard window.
+    pub recent_runs: u32,
+    pub recent_failures: u32,
+    /// Ids of break-glass exceptions in force for this target.
+    pub active_break_glass: Vec<String>,
+    /// The global freeze switch.
+    pub frozen: bool,
+}
+
+impl RoutingContext {
+    /// A context with the conventional criticality for an environment name.
+    pub fn for_environment(environment: &str) -> RoutingContext {
+        let criticality = match environment {
+            "production" | "prod" => "high",
+            "staging" | "stage" => "medium",
+            _ => "low",
+        };
+        RoutingContext { environment_criticality: criticality.into(), ..Default::default() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Evaluation deadline; past it the decision fails closed.
+    pub timeout_ms: u64,
+    /// Below this confidence an `auto` outcome becomes `advisory`, whatever the policy says.
+    pub min_auto_confidence: f64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig { timeout_ms: 250, min_auto_confidence: 0.5 }
+    }
+}
+
+/// A loaded bundle, ready to route. Cheap to share; each evaluation clones the loaded engine.
+#[derive(Debug)]
+pub struct Router {
+    engine: regorus::Engine,
+    bundle: PolicyBundle,
+    cfg: RouterConfig,
+}
+
+/// The shape `decision` must have.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecision {
+    outcome: String,
+    tier: Option<u8>,
+    approvals_required: u8,
+    #[serde(default)]
+    approver_groups: Vec<String>,
+    #[serde(default)]
+    requires_window: bool,
+    #[serde(default)]
+    reasons: Vec<String>,
+}
+
+impl Router {
+    pub fn new(bundle: PolicyBundle, cfg: RouterConfig) -> Result<Router, PolicyError> {
+        let mut engine = bundle.engine()?;
+        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+            limit: Duration::from_millis(cfg.timeout_ms.max(1)),
+            check_interval: NonZeroU32::MIN,
+        });
+        Ok(Router { engine, bundle, cfg })
+    }
+
+    /// A router from Rego text and data, for tests and tools.
+    pub fn from_sources(rego: &str, data: &str, cfg: RouterConfig) -> Result<Router, PolicyError> {
+        Router::new(
+            PolicyBundle::from_files(vec![PolicyFile { name: "route.rego".into(), text: rego.into() }], data.into()),
+            cfg,
+        )
+    }
+
+    pub fn version(&self) -> &str {
+        self.bundle.version()
+    }
+
+    pub fn bundle(&self) -> &PolicyBundle {
+        &self.bundle
+    }
+
+    /// Routes one recommendation revision. Never fails: see the crate docs.
+    pub fn route(&self, rec: &Recommendation, ctx: &RoutingContext, now_ms: i64) -> Decision {
+        match self.evaluate(rec, ctx) {
+            Ok(raw) => self.finish(rec, raw, now_ms),
+            Err(e) => Decision::fail_closed(rec.id.clone(), rec.revision, self.version().to_string(), &e, now_ms),
+        }
+    }
+
+    fn evaluate(&self, rec: &Recommendation, ctx: &RoutingContext) -> Result<RawDecision, String> {
+        let input = serde_json::json!({ "recommendation": rec, "context": ctx });
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input));
+        let value = engine.eval_rule(DECISION_RULE.to_string()).map_err(|e| e.to_string())?;
+        if value == regorus::Value::Undefined {
+            return Err(format!("{DECISION_RULE} is undefined for this input"));
+        }
+        let json = value.to_json_str().map_err(|e| e.to_string())?;
+        let raw: RawDecision =
+            serde_json::from_str(&json).map_err(|e| format!("{DECISION_RULE} has the wrong shape: {e}"))?;
+        validate(&raw)?;
+        Ok(raw)
+    }
+
+    fn finish(&self, rec: &Recommendation, raw: RawDecision, now_ms: i64) -> Decision {
+        // `validate` guarantees the outcome parses.
+        let mut outcome = Outcome::parse(&raw.outcome).unwrap_or(Outcome::Review);
+        let mut tier = raw.tier;
+        let mut reasons = raw.reasons;
+        if outcome == Outcome::Auto {
+            let floor = self.cfg.min_auto_confidence;
+            if rec.confidence.is_nan() || rec.confidence < floor {
+                reasons.push(format!(
+                    "confidence {:.2} is below the floor {floor:.2} that no policy can lower: advisory instead of auto",
+                    rec.confidence
+                ));
+                outcome = Outcome::Advisory;
+                tier = None;
+            } else if rec.rollback_plan.is_none() || rec.verification.is_empty() {
+                reasons.push(
+                    "no rollback plan or no verification check: nothing without a way back runs by itself; one approver instead"
+                        .into(),
+                );
+                outcome = Outcome::Review;
+                tier = Some(2);
+            }
+        }
+        let (approvals_required, approver_groups, requires_window) = match outcome {
+            Outcome::Review if tier == Some(3) => (raw.approvals_required.max(2), raw.approver_groups, true),
+            Outcome::Review => (raw.approvals_required.max(1), raw.approver_groups, raw.requires_window),
+            _ => (0, Vec::new(), false),
+        };
+        Decision {
+            recommendation_id: rec.id.clone(),
+            revision: rec.revision,
+            outcome,
+            tier,
+            approvals_required,
+            approver_groups,
+            requires_window,
+            reasons,
+            policy_version: self.version().to_string(),
+            policy_failed: false,
+            decided_ms: now_ms,
+        }
+    }
+}
+
+fn validate(raw: &RawDecision) -> Result<(), String> {
+    let outcome = Outcome::parse(&raw.outcome)
+        .ok_or_else(|| format!("unknown outcome {:?}; expected auto, review, advisory or blocked", raw.outcome))?;
+    match (outcome, raw.tier) {
+        (Outcome::Auto, Some(0 | 1)) => {}
+        (Outcome::Auto, t) => return Err(format!("auto needs tier 0 or 1, got {t:?}")),
+        (Outcome::Review, Some(2)) if raw.approvals_required >= 1 => {}
+        (Outcome::Review, Some(3)) if raw.approvals_required >= 2 => {}
+        (Outcome::Review, t) => {
+            return Err(format!(
+                "review needs tier 2 with at least 1 approval or tier 3 with at least 2, got tier {t:?} with {}",
+                raw.approvals_required
+            ));
+        }
+        (Outcome::Advisory | Outcome::Blocked, None) => {}
+        (o, Some(t)) => return Err(format!("{o} takes no tier, got {t}")),
+    }
+    if raw.reasons.is_empty() {
+        return Err("a decision must give at least one reason".into());
+    }
+    Ok(())
+}
+
+/// Results of a bundle's own Rego tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyTestReport {
+    /// (package.rule, passed, message)
+    pub results: Vec<(String, bool, String)>,
+}
+
+impl PolicyTestReport {
+    pub fn passed(&self) -> bool {
+        !self.results.is_empty() && self.results.iter().all(|r| r.1)
+    }
+}
+
+/// Runs every `test_*` rule of the bundle's `*_test.rego` files through the production engine.
+pub fn run_policy_tests(bundle: &PolicyBundle) -> Result<PolicyTestReport, PolicyError> {
+    let mut engine = bundle.engine()?;
+    for f in &bundle.tests {
+        engine
+            .add_policy(f.name.clone(), f.text.clone())
+            .map_err(|e| PolicyError::Parse { file: f.name.clone(), message: e.to_string() })?;
+    }
+    let mut report = PolicyTestReport::default();
+    for f in &bundle.tests {
+        let package = f
+            .text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package "))
+            .map(str::trim)
+            .ok_or_else(|| PolicyError::Parse { file: f.name.clone(), message: "no package line".into() })?;
+        for line in f.text.lines() {
+            let Some(rest) = line.strip_prefix("test_") else { continue };
+            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let rule = format!("data.{package}.test_{name}");
+            let result = engine.clone().eval_rule(rule.clone());
+            let (ok, msg) = match result {
+                Ok(v) if v == regorus::Value::from(true) => (true, String::new()),
+                Ok(v) => (false, format!("evaluated to {v:?}")),
+                Err(e) => (false, e.to_string()),
+            };
+            report.results.push((rule, ok, msg));
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+use super::*;
+use cairn_types::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn rec(action: ActionClass, env: &str, confidence: f64, blast: BlastRadius, rev: Reversibility) -> Recommendation {
+    Recommendation {
+        id: RecommendationId("rec-1".into()),
+        revision: 1,
+        incident_id: IncidentId("inc-1".into()),
+        playbook: "p".into(),
+        playbook_version: "1".into(),
+        action,
+        target: Target { service: "svc".into(), environment: env.into(), resource: "r".into() },
+        parameters: BTreeMap::new(),
+        confidence,
+        severity: Severity::High,
+        blast_radius: blast,
+        reversibility: rev,
+        rollback_plan: Some(RollbackPlan { steps: vec!["undo".into()], owner: "team".into() }),
+        verification: vec![VerificationCheck { name: "v".into(), query: "up".into(), comparator: ">=".into(), threshold: 1.0, within_secs: 60 }],
+        expected_benefit: "b".into(),
+        rationale: "r".into(),
+        evidence: vec![],
+        model_version: "none".into(),
+        created_ms: 0,
+        requester: CAIRN_SERVICE_SUBJECT.into(),
+    }
+}
+
+fn router() -> Router {
+    Router::new(PolicyBundle::embedded_default(), RouterConfig::default()).expect("default bundle loads")
+}
+
+fn ctx() -> RoutingContext {
+    RoutingContext::for_environment("production")
+}
+
+#[test]
+fn embedded_bundle_loads_and_its_rego_tests_pass() {
+    let report = run_policy_tests(&PolicyBundle::embedded_default()).unwrap();
+    assert!(report.results.len() >= 10, "{report:?}");
+    assert!(report.passed(), "{report:#?}");
+}
+
+#[test]
+fn a_failing_rego_test_is_reported() {
+    let bundle = PolicyBundle::from_files(
+        vec![
+            PolicyFile { name: "route.rego".into(), text: "package cairn.route\n\nx := 1\n".into() },
+            PolicyFile { name: "route_test.rego".into(), text: "package cairn.route_test\n\ntest_x_is_two if data.cairn.route.x == 2\n".into() },
+        ],
+        "{}".into(),
+    );
+    let report = run_policy_tests(&bundle).unwrap();
+    assert_eq!(report.results.len(), 1);
+    assert!(!report.passed());
+}
+
+#[test]
+fn each_branch_of_the_default_policy() {
+    let r = router();
+    let cases = [
+        (rec(ActionClass::RestartProcess, "production", 0.9, BlastRadius::Instance, Reversibility::Reversible), Outcome::Auto, Some(0), 0),
+        (rec(ActionClass::ScaleOut, "production", 0.9, BlastRadius::Service, Reversibility::Reversible), Outcome::Auto, Some(1), 0),
+        (rec(ActionClass::ScaleOut, "production", 0.3, BlastRadius::Service, Reversibility::Reversible), Outcome::Advisory, None, 0),
+        (rec(ActionClass::RollbackDeploy, "production", 0.9, BlastRadius::Service, Reversibility::Reversible), Outcome::Review, Some(2), 1),
+        (rec(ActionClass::DnsChange, "production", 0.9, BlastRadius::Global, Reversibility::PartiallyReversible), Outcome::Review, Some(3), 2),
+        (rec(ActionClass::IamChange, "production", 0.9, BlastRadius::Global, Reversibility::PartiallyReversible), Outcome::Review, Some(3), 2),
+        (rec(ActionClass::DatabaseFailover, "production", 0.9, BlastRadius::Global, Reversibility::PartiallyReversible), Outcome::Review, Some(3), 2),
+        (rec(ActionClass::FirewallRelax, "production", 0.9, BlastRadius::Global, Reversibility::PartiallyReversible), Outcome::Blocked, None, 0),
+        (rec(ActionClass::FirewallRelax, "staging", 0.9, BlastRadius::Service, Reversibility::Reversible), Outcome::Review, Some(3), 2),
+        (rec(ActionClass::DrainNode, "production", 0.9, BlastRadius::Cluster, Reversibility::PartiallyReversible), Outcome::Review, Some(2), 1),
+        (rec(ActionClass::RestartProcess, "production", 0.9, BlastRadius::Instance, Reversibility::Irreversible), Outcome::Review, Some(3), 2),
+    ];
+    for (rec, outcome, tier, approvals) in cases {
+        let d = r.route(&rec, &ctx(), 5);
+        assert_eq!((d.outcome, d.tier, d.approvals_required), (outcome, tier, approvals), "{} in {}: {:?}", rec.action, rec.target.environment, d.reasons);
+        assert!(!d.policy_failed);
+        assert_eq!(d.policy_version, r.version());
+        assert!(!d.reasons.is_empty());
+    }
+}
+
+#[test]
+fn loop_guard_and_freeze_and_missing_rollback() {
+    let r = router();
+    let restart = rec(ActionClass::RestartProcess, "production", 0.95, BlastRadius::Instance, Reversibility::Reversible);
+    let busy = RoutingContext { recent_runs: 3, ..ctx() };
+    let d = r.route(&restart, &busy, 0);
+    assert_eq!((d.outcome, d.tier), (Outcome::Review, Some(2)));
+    assert!(d.reasons.iter().any(|s| s.contains("loop guard")), "{:?}", d.reasons);
+    let frozen = RoutingContext { frozen: true, ..ctx() };
+    assert_eq!(r.route(&restart, &frozen, 0).outcome, Outcome::Blocked);
+    let mut no_way_back = restart.clone();
+    no_way_back.rollback_plan = None;
+    assert_eq!(r.route(&no_way_back, &ctx(), 0).outcome, Outcome::Blocked);
+}
+
+#[test]
+fn a_policy_with_a_runtime_error_fails_closed() {
+    let rego = "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [\"a\"]} if { true }\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [\"b\"]} if { true }\n";
+    let r = Router::from_sources(rego, "{}", RouterConfig::default()).unwrap();
+    let d = r.route(&rec(ActionClass::RestartProcess, "production", 0.99, BlastRadius::Instance, Reversibility::Reversible), &ctx(), 0);
+    assert_eq!((d.outcome, d.tier, d.approvals_required, d.policy_failed), (Outcome::Review, Some(3), 2, true), "{:?}", d.reasons);
+}
+
+#[test]
+fn a_policy_with_a_bad_shape_or_no_decision_fails_closed() {
+    let cases = [
+        "package cairn.route\n\ndecision := {\"outcome\": \"yolo\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [\"a\"]}\n",
+        "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 3, \"approvals_required\": 0, \"reasons\": [\"a\"]}\n",
+        "package cairn.route\n\ndecision := {\"outcome\": \"review\", \"tier\": 3, \"approvals_required\": 1, \"reasons\": [\"a\"]}\n",
+        "package cairn.route\n\ndecision := \"auto\"\n",
+        "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [\"a\"]} if { input.nothing }\n",
+    ];
+    for rego in cases {
+        let r = Router::from_sources(rego, "{}", RouterConfig::default()).unwrap();
+        let d = r.route(&rec(ActionClass::RestartProcess, "production", 0.99, BlastRadius::Instance, Reversibility::Reversible), &ctx(), 0);
+        assert!(d.policy_failed, "{rego}");
+        assert_eq!((d.outcome, d.tier), (Outcome::Review, Some(3)), "{rego}");
+    }
+}
+
+#[test]
+fn a_slow_policy_times_out_and_fails_closed() {
+    let rego = "package cairn.route\n\nbig := [x | some x in numbers.range(1, 3000000)]\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [sprintf(\"%d\", [count(big)])]}\n";
+    let r = Router::from_sources(rego, "{}", RouterConfig { timeout_ms: 5, ..Default::default() }).unwrap();
+    let d = r.route(&rec(ActionClass::RestartProcess, "production", 0.99, BlastRadius::Instance, Reversibility::Reversible), &ctx(), 0);
+    assert!(d.policy_failed, "{:?}", d.reasons);
+    assert_eq!(d.outcome, Outcome::Review);
+}
+
+#[test]
+fn the_confidence_floor_overrides_a_permissive_policy() {
+    let rego = "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [\"everything runs\"]}\n";
+    let r = Router::from_sources(rego, "{}", RouterConfig::default()).unwrap();
+    let d = r.route(&rec(ActionClass::IamChange, "production", 0.2, BlastRadius::Global, Reversibility::Irreversible), &ctx(), 0);
+    assert_eq!(d.outcome, Outcome::Advisory);
+    assert!(d.reasons.iter().any(|s| s.contains("floor")));
+    let mut no_rollback = rec(ActionClass::RestartProcess, "production", 0.9, BlastRadius::Instance, Reversibility::Reversible);
+    no_rollback.rollback_plan = None;
+    assert_eq!(r.route(&no_rollback, &ctx(), 0).outcome, Outcome::Review);
+}
+
+#[test]
+fn version_is_stable_and_changes_with_any_file() {
+    let a = PolicyBundle::embedded_default();
+    let b = PolicyBundle::embedded_default();
+    assert_eq!(a.version(), b.version());
+    assert!(a.version().starts_with("sha256:"));
+    let f = |t: &str| PolicyBundle::from_files(vec![PolicyFile { name: "route.rego".into(), text: t.into() }], "{}".into());
+    assert_ne!(f("package a\n").version(), f("package b\n").version());
+    let d = PolicyBundle::from_files(vec![PolicyFile { name: "route.rego".into(), text: "package a\n".into() }], "{\"x\":1}".into());
+    assert_ne!(f("package a\n").version(), d.version());
+}
+
+#[test]
+fn a_syntax_error_is_a_load_error_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("cairn-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("broken.rego"), "package cairn.route\n\ndecision := {\n").unwrap();
+    let err = PolicyBundle::load_dir(&dir).unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(err.to_string().contains("broken.rego"), "{err}");
+}
+
+fn any_action() -> impl Strategy<Value = ActionClass> {
+    (0usize..8).prop_map(|i| ActionClass::ALL[i])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn default_policy_never_autoruns_low_confidence_or_irreversible(
+        action in any_action(),
+        confidence in 0.0f64..1.0,
+        blast in prop_oneof![Just(BlastRadius::Instance), Just(BlastRadius::Service), Just(BlastRadius::Cluster), Just(BlastRadius::Global)],
+        reversibility in prop_oneof![Just(Reversibility::Reversible), Just(Reversibility::PartiallyReversible), Just(Reversibility::Irreversible)],
+        env in prop_oneof![Just("production"), Just("staging")],
+        runs in 0u32..5,
+    ) {
+        let r = router();
+        let d = r.route(&rec(action, env, confidence, blast, reversibility), &RoutingContext { recent_runs: runs, ..ctx() }, 0);
+        prop_assert!(!d.policy_failed, "{:?}", d.reasons);
+        if d.outcome == Outcome::Auto {
+            prop_assert!(confidence >= 0.5);
+            prop_assert_eq!(reversibility, Reversibility::Reversible);
+            prop_assert!(runs < 3);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+# Unit tests for route.rego, run by `cargo test -p cairn-policy` (and later `cairn policy test`)
+# through the same engine that routes in production. Each rule named test_* must be true.
+package cairn.route_test
+
+import data.cairn.route
+
+base := {
+	"action": "restart_process",
+	"target": {"service": "search", "environment": "production", "resource": "search-7"},
+	"confidence": 0.9,
+	"blast_radius": "instance",
+	"reversibility": "reversible",
+	"rollback_plan": {"steps": ["restart again"], "owner": "team"},
+	"verification": [{"name": "up", "query": "up", "comparator": ">=", "threshold": 1, "within_secs": 60}],
+}
+
+calm := {"recent_runs": 0, "recent_failures": 0, "frozen": false, "maintenance_window_open": false, "active_break_glass": [], "environment_criticality": "high"}
+
+test_restart_on_one_instance_runs_by_itself if {
+	d := route.decision with input as {"recommendation": base, "context": calm}
+	d.outcome == "auto"
+	d.tier == 0
+}
+
+test_scale_out_on_a_service_runs_and_notifies if {
+	r := object.union(base, {"action": "scale_out", "blast_radius": "service"})
+	d := route.decision with input as {"recommendation": r, "context": calm}
+	d.outcome == "auto"
+	d.tier == 1
+}
+
+test_low_confidence_is_advisory if {
+	r := object.union(base, {"confidence": 0.3})
+	d := route.decision with input as {"recommendation": r, "context": calm}
+	d.outcome == "advisory"
+}
+
+test_dns_needs_two_people_and_a_window if {
+	r := object.union(base, {"action": "dns_change", "blast_radius": "global", "reversibility": "partially_reversible"})
+	d := route.decision with input as {"recommendation": r, "context": calm}
+	d.outcome == "review"
+	d.tier == 3
+	d.approvals_required == 2
+	d.requires_window
+}
+
+test_production_firewall_relaxation_is_blocked if {
+	r := object.union(base, {"action": "firewall_relax", "blast_radius": "global", "reversibility": "partially_reversible"})
+	d := route.decision with input as {"recommendation": r, "context": calm}
+	d.outcome == "blocked"
+}
+
+test_staging_firewall_relaxation_is_tier3 if {
+	r := object.union(base, {"action": "firewall_relax", "target": {"service": "s", "environment": "staging", "resource": "r"}})
+	d := route.decision with input as {"recommendation": r, "context": calm}
+	d.tier == 3
+}
+
+test_missing_rollback_plan_is_blocked if {
+	r := object.union(base, {"rollback_plan": null})
+	d := route.decision with input as {"recommendation": r, "context": calm}
+	d.outcome == "blocked"
+}
+
+test_loop_guard_sends_repeats_to_a_person if {
+	c := object.union(calm, {"recent_runs": 3})
+	d := route.decision with input as {"recommendation": base, "context": c}
+	d.outcome == "review"
+	d.tier == 2
+}
+
+test_freeze_blocks_everything if {
+	c := object.union(calm, {"frozen": true})
+	d := route.decision with input as {"recommendation": base, "context": c}
+	d.outcome == "blocked"
+}
+
+test_rollback_deploy_needs_one_approver if {
+	r := object.union(base, {"action": "rollback_deploy", "blast_radius": "service"})
+	d := route.decision with input as {"recommendation": r, "context": calm}
+	d.outcome == "review"
+	d.tier == 2
+	d.approvals_required == 1
+}
