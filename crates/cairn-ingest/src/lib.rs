@@ -1,1 +1,179 @@
-//! cairn-ingest (skeleton).
+//! Ingestion: turns the bytes Prometheus remote_write and Alertmanager webhooks send into validated
+//! [`Signal`](cairn_types::Signal)s — [`MetricSample`]s and [`AlertEvent`]s — under explicit limits.
+//!
+//! Takes a body and the header values that matter as plain strings; gives typed values or an
+//! [`IngestError`] that says exactly what was wrong and where. A request is validated whole before
+//! anything is returned, so a rejected request yields nothing. Snappy's declared length is checked
+//! against the limit before anything is allocated.
+//!
+//! This crate knows the wire formats and nothing else: no HTTP framework, no gRPC, no store. It
+//! never drops valid data silently; the only thing it discards on purpose is a duplicate delivery of
+//! the same alert state ([`AlertDeduper`]).
+
+#![forbid(unsafe_code)]
+
+mod alertmanager;
+mod dedup;
+mod remote_write;
+
+pub use alertmanager::{AlertBatch, decode_alertmanager};
+pub use dedup::AlertDeduper;
+pub use remote_write::decode_remote_write;
+
+use cairn_types::{AlertEvent, Labels, METRIC_NAME_LABEL, MetricSample};
+use serde::{Deserialize, Serialize};
+
+/// The remote_write 1.0 messages (package `prometheus`), generated from `proto/prometheus/`.
+pub mod prompb {
+    #![allow(missing_debug_implementations, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
+}
+
+/// Size, count and length limits applied to every request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestLimits {
+    /// Largest request body accepted, as sent (compressed). Default 8 MiB.
+    pub max_body_bytes: usize,
+    /// Largest decompressed remote_write body, from snappy's declared length. Default 32 MiB.
+    pub max_decompressed_bytes: usize,
+    pub max_series_per_request: usize,
+    pub max_samples_per_request: usize,
+    pub max_labels_per_series: usize,
+    pub max_label_name_bytes: usize,
+    pub max_label_value_bytes: usize,
+    pub max_alerts_per_request: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_body_bytes: 8 << 20,
+            max_decompressed_bytes: 32 << 20,
+            max_series_per_request: 10_000,
+            max_samples_per_request: 50_000,
+            max_labels_per_series: 40,
+            max_label_name_bytes: 256,
+            max_label_value_bytes: 2048,
+            max_alerts_per_request: 1_000,
+        }
+    }
+}
+
+/// Which class of HTTP/gRPC answer an error deserves; the server maps these in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+}
+
+/// Why a request or an item was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("Content-Encoding must be \"snappy\" (remote_write 1.0 sends snappy block-compressed protobuf), got {0:?}")]
+    UnsupportedEncoding(String),
+    #[error("Content-Type must be application/x-protobuf, got {0:?}")]
+    UnsupportedContentType(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("snappy body declares {declared} decompressed bytes, over the limit of {limit}")]
+    DecompressedTooLarge { declared: usize, limit: usize },
+    #[error("body is not valid snappy block-compressed data: {0}")]
+    Snappy(String),
+    #[error("body is not a valid remote_write WriteRequest: {0}")]
+    Protobuf(String),
+    #[error("request has {count} {what}, over the limit of {limit}")]
+    TooMany { what: &'static str, count: usize, limit: usize },
+    #[error("{location}: {problem}")]
+    InvalidSeries { location: String, problem: String },
+    #[error("invalid Alertmanager webhook payload: {0}")]
+    MalformedAlert(String),
+    #[error("Alertmanager webhook version {0:?} is not supported; expected \"4\"")]
+    UnsupportedWebhookVersion(String),
+}
+
+impl IngestError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            IngestError::BodyTooLarge { .. } | IngestError::DecompressedTooLarge { .. } => ErrorKind::PayloadTooLarge,
+            IngestError::UnsupportedEncoding(_) | IngestError::UnsupportedContentType(_) => ErrorKind::UnsupportedMediaType,
+            _ => ErrorKind::BadRequest,
+        }
+    }
+}
+
+fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn valid_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Checks one label set against the naming rules and limits. `pairs` in wire order, so that a
+/// duplicate name is caught before it collapses into a map.
+fn check_labels<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    limits: &IngestLimits,
+    require_metric_name: bool,
+) -> Result<Labels, String> {
+    let mut labels = Labels::new();
+    for (name, value) in pairs {
+        if labels.len() >= limits.max_labels_per_series {
+            return Err(format!("more than {} labels", limits.max_labels_per_series));
+        }
+        if name.len() > limits.max_label_name_bytes {
+            return Err(format!("label name {:?}… is longer than {} bytes", &name[..name.len().min(32)], limits.max_label_name_bytes));
+        }
+        if !valid_label_name(name) {
+            return Err(format!("label name {name:?} is invalid (must match [a-zA-Z_][a-zA-Z0-9_]*)"));
+        }
+        if value.len() > limits.max_label_value_bytes {
+            return Err(format!("label {name:?} has a value longer than {} bytes", limits.max_label_value_bytes));
+        }
+        if labels.get(name).is_some() {
+            return Err(format!("label {name:?} appears more than once"));
+        }
+        labels.insert(name, value);
+    }
+    if require_metric_name {
+        match labels.metric_name() {
+            None => return Err(format!("no {METRIC_NAME_LABEL} label (every series needs a metric name)")),
+            Some(n) if !valid_metric_name(n) => return Err(format!("metric name {n:?} is invalid")),
+            Some(_) => {}
+        }
+    }
+    Ok(labels)
+}
+
+/// Validates a sample that arrived already typed (gRPC).
+pub fn validate_sample(s: &MetricSample, limits: &IngestLimits) -> Result<(), IngestError> {
+    check_labels(s.labels.iter(), limits, true)
+        .map(|_| ())
+        .map_err(|problem| IngestError::InvalidSeries { location: format!("series {}", s.labels), problem })
+}
+
+/// Validates an alert that arrived already typed (gRPC).
+pub fn validate_alert(a: &AlertEvent, limits: &IngestLimits) -> Result<(), IngestError> {
+    let labels = check_labels(a.labels.iter(), limits, false)
+        .map_err(|p| IngestError::MalformedAlert(format!("alert labels: {p}")))?;
+    check_labels(a.annotations.iter(), &IngestLimits { max_label_value_bytes: limits.max_label_value_bytes * 8, ..limits.clone() }, false)
+        .map_err(|p| IngestError::MalformedAlert(format!("alert annotations: {p}")))?;
+    if labels.get("alertname").is_none_or(str::is_empty) {
+        return Err(IngestError::MalformedAlert("alert has no alertname label".into()));
+    }
+    if a.fingerprint.is_empty() {
+        return Err(IngestError::MalformedAlert("alert has no fingerprint".into()));
+    }
+    Ok(())
+}
+
+/// A stable fingerprint for an alert's label set when the sender did not give one.
+pub fn fingerprint(labels: &Labels) -> String {
+    labels.series_id().to_string()
+}

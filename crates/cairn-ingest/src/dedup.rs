@@ -1,0 +1,115 @@
+//! De-duplication of alert deliveries: each replica of a clustered Alertmanager sends every group,
+//! so the same alert state arrives more than once.
+
+use cairn_types::AlertEvent;
+use std::collections::{HashMap, VecDeque};
+
+type Key = (String, &'static str, i64, Option<i64>);
+
+/// Remembers recently seen alert states, bounded in count and in time.
+#[derive(Debug)]
+pub struct AlertDeduper {
+    capacity: usize,
+    ttl_ms: i64,
+    seen: HashMap<Key, i64>,
+    order: VecDeque<(i64, Key)>,
+}
+
+impl AlertDeduper {
+    pub fn new(capacity: usize, ttl_ms: i64) -> AlertDeduper {
+        AlertDeduper { capacity: capacity.max(1), ttl_ms, seen: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// True the first time this (fingerprint, status, start, end) is seen within the TTL: keep it.
+    /// False for a repeat delivery.
+    pub fn admit(&mut self, ev: &AlertEvent, now_ms: i64) -> bool {
+        self.forget_older_than(now_ms - self.ttl_ms);
+        let key = (ev.fingerprint.clone(), ev.status.as_str(), ev.starts_at_ms, ev.ends_at_ms);
+        if self.seen.contains_key(&key) {
+            return false;
+        }
+        while self.seen.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some((_, k)) => {
+                    self.seen.remove(&k);
+                }
+                None => break,
+            }
+        }
+        self.seen.insert(key.clone(), now_ms);
+        self.order.push_back((now_ms, key));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    fn forget_older_than(&mut self, cutoff: i64) {
+        while let Some((t, _)) = self.order.front() {
+            if *t > cutoff {
+                break;
+            }
+            if let Some((_, k)) = self.order.pop_front() {
+                self.seen.remove(&k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_types::{AlertStatus, Labels};
+
+    fn alert(fp: &str, status: AlertStatus) -> AlertEvent {
+        AlertEvent {
+            fingerprint: fp.into(),
+            status,
+            labels: Labels::new(),
+            annotations: Labels::new(),
+            starts_at_ms: 1,
+            ends_at_ms: (status == AlertStatus::Resolved).then_some(9),
+            generator_url: String::new(),
+            source: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_group_delivered_twice_is_admitted_once() {
+        let mut d = AlertDeduper::new(100, 60_000);
+        assert!(d.admit(&alert("a", AlertStatus::Firing), 0));
+        assert!(!d.admit(&alert("a", AlertStatus::Firing), 10));
+    }
+
+    #[test]
+    fn firing_then_resolved_are_both_admitted() {
+        let mut d = AlertDeduper::new(100, 60_000);
+        assert!(d.admit(&alert("a", AlertStatus::Firing), 0));
+        assert!(d.admit(&alert("a", AlertStatus::Resolved), 1));
+    }
+
+    #[test]
+    fn entries_are_forgotten_after_the_ttl() {
+        let mut d = AlertDeduper::new(100, 1_000);
+        assert!(d.admit(&alert("a", AlertStatus::Firing), 0));
+        assert!(!d.admit(&alert("a", AlertStatus::Firing), 999));
+        assert!(d.admit(&alert("a", AlertStatus::Firing), 1_000));
+    }
+
+    #[test]
+    fn memory_never_exceeds_capacity() {
+        let mut d = AlertDeduper::new(3, 1_000_000);
+        for i in 0..10 {
+            assert!(d.admit(&alert(&format!("a{i}"), AlertStatus::Firing), i));
+            assert!(d.len() <= 3);
+        }
+        // The oldest were evicted, the newest are remembered.
+        assert!(!d.admit(&alert("a9", AlertStatus::Firing), 11));
+        assert!(d.admit(&alert("a0", AlertStatus::Firing), 12));
+    }
+}
