@@ -100,6 +100,7 @@ impl Correlator {
             alertname: a.alertname().to_string(),
             status: a.status,
             labels: a.labels.clone(),
+            annotations: a.annotations.clone(),
             severity: a.severity(),
             starts_at_ms: a.starts_at_ms,
             summary: a.annotations.get("summary").or_else(|| a.annotations.get("description")).unwrap_or("").to_string(),

@@ -1,1 +1,420 @@
-//! cairn-recommend (skeleton).
+//! Recommending: playbooks as data turn an [`Incident`] into [`Recommendation`]s — what to do, to
+//! what, how confident, how risky, how to undo it and how to check it worked, with the rationale
+//! and evidence a reviewer reads.
+//!
+//! A recommendation's id is stable for one incident and one playbook; its revision increases when
+//! the evidence behind it changes (a member joins, an alert resolves), and only then. The
+//! catalogue is TOML (`playbooks/default.toml` is embedded; another can be loaded) and its content
+//! hash is the playbook version recorded on every recommendation.
+//!
+//! Confidence starts at the playbook's `base_confidence`, rises by 0.05 for each corroborating
+//! member beyond the first (at most +0.15), scales with the anomaly score when an anomaly triggered
+//! it, halves when every alert in the incident has resolved, and is capped at 0.99. An alert can pin
+//! it with the annotation `cairn_confidence` (a number in [0, 1]) — for rules whose precision the
+//! operator knows, and for the demo. The target's environment defaults to `production` when the
+//! signal does not say: the conservative reading.
+//!
+//! Pure and deterministic. It proposes; it never routes, approves or executes.
+
+#![forbid(unsafe_code)]
+
+use cairn_types::{
+    ActionClass, AlertStatus, BlastRadius, CAIRN_SERVICE_SUBJECT, Evidence, Incident, IncidentMember,
+    Labels, Recommendation, RecommendationId, Reversibility, RollbackPlan, Target, VerificationCheck,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+
+/// Label or annotation naming a playbook explicitly.
+pub const PLAYBOOK_LABEL: &str = "cairn_playbook";
+/// Annotation pinning a recommendation's confidence.
+pub const CONFIDENCE_ANNOTATION: &str = "cairn_confidence";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecommendError {
+    #[error("playbook catalogue is not valid TOML: {0}")]
+    Toml(String),
+    #[error("playbook {playbook:?}: {problem}")]
+    InvalidPlaybook { playbook: String, problem: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckDef {
+    name: String,
+    query: String,
+    comparator: String,
+    threshold: f64,
+    within_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaybookDef {
+    name: String,
+    version: String,
+    action: String,
+    description: String,
+    #[serde(default)]
+    alertnames: Vec<String>,
+    #[serde(default)]
+    metric_names: Vec<String>,
+    blast_radius: BlastRadius,
+    reversibility: Reversibility,
+    rollback_steps: Vec<String>,
+    rollback_owner: String,
+    expected_benefit: String,
+    execution_window: String,
+    base_confidence: f64,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    verification: Vec<CheckDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogueDef {
+    playbook: Vec<PlaybookDef>,
+}
+
+/// One validated playbook.
+#[derive(Clone, Debug)]
+pub struct Playbook {
+    def: PlaybookDef,
+    action: ActionClass,
+}
+
+impl Playbook {
+    pub fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    pub fn action(&self) -> ActionClass {
+        self.action
+    }
+}
+
+/// The playbooks, validated, with the catalogue's content hash.
+#[derive(Clone, Debug)]
+pub struct Catalogue {
+    playbooks: Vec<Playbook>,
+    version: String,
+}
+
+impl Catalogue {
+    pub fn embedded_default() -> Catalogue {
+        // The embedded catalogue is checked by a test; failing here would be a build defect.
+        Catalogue::from_toml(include_str!("../playbooks/default.toml")).unwrap_or_else(|e| panic!("embedded playbooks: {e}"))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Catalogue, RecommendError> {
+        let def: CatalogueDef = toml::from_str(text).map_err(|e| RecommendError::Toml(e.to_string()))?;
+        let mut playbooks = Vec::new();
+        for p in def.playbook {
+            let bad = |problem: String| RecommendError::InvalidPlaybook { playbook: p.name.clone(), problem };
+            let action = ActionClass::parse(&p.action).ok_or_else(|| {
+                bad(format!(
+                    "unknown action {:?}; expected one of {}",
+                    p.action,
+                    ActionClass::ALL.map(|a| a.as_str()).join(", ")
+                ))
+            })?;
+            if !(0.0..=1.0).contains(&p.base_confidence) {
+                return Err(bad(format!("base_confidence {} is outside [0, 1]", p.base_confidence)));
+            }
+            if p.rollback_steps.is_empty() || p.rollback_owner.trim().is_empty() {
+                return Err(bad("needs rollback_steps and a rollback_owner".into()));
+            }
+            if p.verification.is_empty() {
+                return Err(bad("needs at least one verification check".into()));
+            }
+            if let Some(c) = p.verification.iter().find(|c| !["<", "<=", ">", ">=", "=="].contains(&c.comparator.as_str())) {
+                return Err(bad(format!("check {:?} has unknown comparator {:?}", c.name, c.comparator)));
+            }
+            if playbooks.iter().any(|q: &Playbook| q.def.name == p.name) {
+                return Err(bad("defined twice".into()));
+            }
+            playbooks.push(Playbook { def: p, action });
+        }
+        let version = format!("sha256:{}", &hex::encode(Sha256::digest(text.as_bytes()))[..16]);
+        Ok(Catalogue { playbooks, version })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn playbooks(&self) -> &[Playbook] {
+        &self.playbooks
+    }
+}
+
+/// `*` matches any run of characters; everything else literally.
+fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || !s[first.len()..].ends_with(last) || s.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Fills `{label}` placeholders from labels; unknown ones become `unknown`. Braces that do not
+/// enclose a bare label name (PromQL selectors) are kept as they are.
+fn fill(template: &str, labels: &Labels) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let key_len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if key_len > 0 && after[key_len..].starts_with('}') {
+            out.push_str(labels.get(&after[..key_len]).unwrap_or("unknown"));
+            rest = &after[key_len + 1..];
+        } else {
+            out.push('{');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Why a playbook matched an incident: the member that triggered it.
+struct Trigger<'a> {
+    member: &'a IncidentMember,
+}
+
+/// Keeps each recommendation's revision and evidence digest to decide when to revise.
+#[derive(Debug)]
+pub struct Recommender {
+    catalogue: Catalogue,
+    revisions: HashMap<RecommendationId, (u32, String)>,
+}
+
+impl Recommender {
+    pub fn new(catalogue: Catalogue) -> Recommender {
+        Recommender { catalogue, revisions: HashMap::new() }
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// New recommendations and new revisions for this incident; nothing when the evidence behind a
+    /// recommendation is unchanged.
+    pub fn recommend(&mut self, incident: &Incident, now_ms: i64) -> Vec<Recommendation> {
+        let digest = evidence_digest(incident);
+        let mut out = Vec::new();
+        for pb in &self.catalogue.playbooks {
+            let Some(trigger) = find_trigger(pb, incident) else { continue };
+            let id = recommendation_id(&incident.id.0, &pb.def.name);
+            let revision = match self.revisions.get(&id) {
+                Some((_, d)) if *d == digest => continue,
+                Some((r, _)) => r + 1,
+                None => 1,
+            };
+            self.revisions.insert(id.clone(), (revision, digest.clone()));
+            out.push(build(pb, &self.catalogue.version, incident, &trigger, id, revision, now_ms));
+        }
+        out
+    }
+}
+
+fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>> {
+    // An explicit `cairn_playbook` wins over name matching, for this playbook and against others.
+    let named = |m: &IncidentMember| -> Option<String> {
+        match m {
+            IncidentMember::Alert { labels, annotations, .. } => {
+                labels.get(PLAYBOOK_LABEL).or(annotations.get(PLAYBOOK_LABEL)).map(str::to_string)
+            }
+            IncidentMember::Anomaly(_) => None,
+        }
+    };
+    let mut best: Option<Trigger<'a>> = None;
+    for m in &incident.members {
+        let explicit = named(m);
+        let matches = match (&explicit, m) {
+            (Some(n), _) => *n == pb.def.name,
+            (None, IncidentMember::Alert { alertname, .. }) => pb.def.alertnames.iter().any(|p| glob(p, alertname)),
+            (None, IncidentMember::Anomaly(a)) => {
+                let name = a.labels.metric_name().unwrap_or("");
+                pb.def.metric_names.iter().any(|p| glob(p, name))
+            }
+        };
+        if matches && best.is_none() {
+            best = Some(Trigger { member: m });
+        }
+    }
+    best
+}
+
+fn recommendation_id(incident: &str, playbook: &str) -> RecommendationId {
+    let mut h = Sha256::new();
+    h.update(incident.as_bytes());
+    h.update([0]);
+    h.update(playbook.as_bytes());
+    RecommendationId(format!("rec-{}", &hex::encode(h.finalize())[..16]))
+}
+
+/// What the evidence is: member identities and alert states, not scores (a stronger anomaly on the
+/// same series is not a new revision).
+fn evidence_digest(incident: &Incident) -> String {
+    let mut items: Vec<String> = incident
+        .members
+        .iter()
+        .map(|m| match m {
+            IncidentMember::Alert { fingerprint, status, .. } => format!("alert:{fingerprint}:{}", status.as_str()),
+            IncidentMember::Anomaly(a) => format!("series:{}", a.series),
+        })
+        .collect();
+    items.sort();
+    hex::encode(Sha256::digest(items.join("\n").as_bytes()))
+}
+
+fn build(
+    pb: &Playbook,
+    catalogue_version: &str,
+    incident: &Incident,
+    trigger: &Trigger<'_>,
+    id: RecommendationId,
+    revision: u32,
+    now_ms: i64,
+) -> Recommendation {
+    let labels = trigger.member.labels();
+    let pinned = pinned_confidence(trigger.member);
+    let service = labels.get("service").or(labels.get("job")).unwrap_or("unknown").to_string();
+    let environment = labels.get("env").or(labels.get("environment")).unwrap_or("production").to_string();
+    let resource = ["instance", "node", "pod", "deployment", "database"]
+        .iter()
+        .find_map(|k| labels.get(k))
+        .unwrap_or(&service)
+        .to_string();
+    let mut fill_labels = labels.clone();
+    fill_labels.insert("service", service.clone());
+    fill_labels.insert("env", environment.clone());
+    if fill_labels.get("instance").is_none() {
+        fill_labels.insert("instance", resource.clone());
+    }
+    if fill_labels.get("node").is_none() {
+        fill_labels.insert("node", resource.clone());
+    }
+
+    let n = incident.members.len();
+    let mut confidence = pb.def.base_confidence + (0.05 * (n.saturating_sub(1)) as f64).min(0.15);
+    if let IncidentMember::Anomaly(a) = trigger.member {
+        confidence *= 0.5 + 0.5 * a.score;
+    }
+    let alerts: Vec<&IncidentMember> = incident.members.iter().filter(|m| matches!(m, IncidentMember::Alert { .. })).collect();
+    if !alerts.is_empty() && alerts.iter().all(|m| matches!(m, IncidentMember::Alert { status: AlertStatus::Resolved, .. })) {
+        confidence *= 0.5;
+    }
+    let confidence = pinned.unwrap_or(confidence).clamp(0.0, 0.99);
+
+    let mut parameters: BTreeMap<String, String> =
+        pb.def.parameters.iter().map(|(k, v)| (k.clone(), fill(v, &fill_labels))).collect();
+    parameters.insert("execution_window".into(), pb.def.execution_window.clone());
+
+    let evidence: Vec<Evidence> = incident
+        .members
+        .iter()
+        .map(|m| match m {
+            IncidentMember::Alert { alertname, status, severity, starts_at_ms, summary, labels, .. } => Evidence {
+                kind: "alert".into(),
+                description: format!(
+                    "{alertname} {} ({severity}) on {}{}",
+                    status.as_str(),
+                    labels.get("instance").or(labels.get("service")).unwrap_or("?"),
+                    if summary.is_empty() { String::new() } else { format!(": {summary}") }
+                ),
+                timestamp_ms: *starts_at_ms,
+            },
+            IncidentMember::Anomaly(a) => Evidence {
+                kind: "anomaly".into(),
+                description: format!(
+                    "{} observed {:.4}, expected {:.4} (score {:.2}, {})",
+                    a.labels, a.observed, a.expected, a.score, a.model_version
+                ),
+                timestamp_ms: a.timestamp_ms,
+            },
+        })
+        .collect();
+    let mut models: Vec<&str> = incident
+        .members
+        .iter()
+        .filter_map(|m| match m {
+            IncidentMember::Anomaly(a) => Some(a.model_version.as_str()),
+            IncidentMember::Alert { .. } => None,
+        })
+        .collect();
+    models.sort();
+    models.dedup();
+    let trigger_words = match trigger.member {
+        IncidentMember::Alert { alertname, .. } => format!("alert {alertname}"),
+        IncidentMember::Anomaly(a) => format!("an anomaly on {}", a.labels),
+    };
+    let rationale = format!(
+        "{trigger_words} on {service} in {environment}, with {} signal(s) in incident {} ({}). {} Confidence {confidence:.2}{}.",
+        n,
+        incident.id,
+        incident.grouping_reasons.first().cloned().unwrap_or_default(),
+        pb.def.description,
+        if pinned.is_some() { " (pinned by the alert's cairn_confidence annotation)" } else { "" }
+    );
+    Recommendation {
+        id,
+        revision,
+        incident_id: incident.id.clone(),
+        playbook: pb.def.name.clone(),
+        playbook_version: format!("{}@{catalogue_version}", pb.def.version),
+        action: pb.action,
+        target: Target { service, environment, resource },
+        parameters,
+        confidence,
+        severity: incident.severity,
+        blast_radius: pb.def.blast_radius,
+        reversibility: pb.def.reversibility,
+        rollback_plan: Some(RollbackPlan {
+            steps: pb.def.rollback_steps.iter().map(|s| fill(s, &fill_labels)).collect(),
+            owner: fill(&pb.def.rollback_owner, &fill_labels),
+        }),
+        verification: pb
+            .def
+            .verification
+            .iter()
+            .map(|c| VerificationCheck {
+                name: c.name.clone(),
+                query: fill(&c.query, &fill_labels),
+                comparator: c.comparator.clone(),
+                threshold: c.threshold,
+                within_secs: c.within_secs,
+            })
+            .collect(),
+        expected_benefit: fill(&pb.def.expected_benefit, &fill_labels),
+        rationale,
+        evidence,
+        model_version: if models.is_empty() { "none".into() } else { models.join(",") },
+        created_ms: now_ms,
+        requester: CAIRN_SERVICE_SUBJECT.into(),
+    }
+}
+
+/// The `cairn_confidence` annotation of the triggering alert, if it holds a number in [0, 1].
+fn pinned_confidence(member: &IncidentMember) -> Option<f64> {
+    let IncidentMember::Alert { annotations, .. } = member else { return None };
+    annotations.get(CONFIDENCE_ANNOTATION)?.trim().parse::<f64>().ok().filter(|c| (0.0..=1.0).contains(c))
+}
+
+#[cfg(test)]
+mod tests;

@@ -62,6 +62,8 @@ pub enum IncidentMember {
         alertname: String,
         status: AlertStatus,
         labels: Labels,
+        /// The alert's annotations; Cairn reads `summary`, `cairn_playbook` and `cairn_confidence`.
+        annotations: Labels,
         severity: Severity,
         starts_at_ms: TimestampMs,
         summary: String,

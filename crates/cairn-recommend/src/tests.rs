@@ -1,0 +1,164 @@
+use super::*;
+use cairn_types::{Anomaly, IncidentId, SeriesId, Severity};
+use proptest::prelude::*;
+
+fn alert_member(name: &str, fp: &str, status: AlertStatus, annotations: &[(&str, &str)]) -> IncidentMember {
+    IncidentMember::Alert {
+        fingerprint: fp.into(),
+        alertname: name.into(),
+        status,
+        labels: [("alertname", name), ("service", "checkout"), ("env", "production"), ("instance", "checkout-1:8080")]
+            .into_iter()
+            .collect(),
+        annotations: annotations.iter().copied().collect(),
+        severity: Severity::Critical,
+        starts_at_ms: 1_000,
+        summary: "s".into(),
+    }
+}
+
+fn incident(members: Vec<IncidentMember>) -> Incident {
+    Incident {
+        id: IncidentId("inc-1".into()),
+        opened_ms: 0,
+        updated_ms: 0,
+        members,
+        affected_services: vec!["checkout".into()],
+        common_labels: Labels::new(),
+        grouping_reasons: vec!["alert joined: opened on label service=\"checkout\"".into()],
+        probable_causes: vec![],
+        severity: Severity::Critical,
+        version: 1,
+    }
+}
+
+#[test]
+fn the_embedded_catalogue_is_valid_and_covers_every_action_class() {
+    let c = Catalogue::embedded_default();
+    for a in ActionClass::ALL {
+        assert!(c.playbooks().iter().any(|p| p.action() == a), "no playbook for {a}");
+    }
+    assert!(c.version().starts_with("sha256:"));
+}
+
+#[test]
+fn each_playbook_is_triggered_by_its_alert() {
+    let cases = [
+        ("ProcessDown", ActionClass::RestartProcess),
+        ("HighCPU", ActionClass::ScaleOut),
+        ("DeploymentErrorsAfterRelease", ActionClass::RollbackDeploy),
+        ("NodeNotReady", ActionClass::DrainNode),
+        ("DatabasePrimaryDown", ActionClass::DatabaseFailover),
+        ("DNSResolutionFailure", ActionClass::DnsChange),
+        ("AccessDeniedSpike", ActionClass::IamChange),
+        ("ConnectionsRefused", ActionClass::FirewallRelax),
+    ];
+    for (alert, action) in cases {
+        let mut r = Recommender::new(Catalogue::embedded_default());
+        let recs = r.recommend(&incident(vec![alert_member(alert, "f1", AlertStatus::Firing, &[])]), 5);
+        assert_eq!(recs.len(), 1, "{alert}");
+        let rec = &recs[0];
+        assert_eq!(rec.action, action, "{alert}");
+        assert_eq!(rec.revision, 1);
+        assert!(rec.rollback_plan.is_some());
+        assert!(!rec.verification.is_empty());
+        assert!(!rec.verification[0].query.contains("unknown"), "{}", rec.verification[0].query);
+        assert!(!rec.verification[0].query.contains("{service}") && !rec.expected_benefit.contains('{'), "{:?}", rec.verification);
+        assert_eq!(rec.target.service, "checkout");
+        assert_eq!(rec.target.environment, "production");
+        assert!(rec.parameters.contains_key("execution_window"));
+        assert!(rec.rationale.contains(alert));
+        assert_eq!(rec.requester, CAIRN_SERVICE_SUBJECT);
+    }
+}
+
+#[test]
+fn unchanged_evidence_gives_nothing_new_and_a_new_member_gives_revision_2() {
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    let one = incident(vec![alert_member("ProcessDown", "f1", AlertStatus::Firing, &[])]);
+    let first = r.recommend(&one, 5);
+    assert_eq!(first.len(), 1);
+    assert!(r.recommend(&one, 6).is_empty());
+    let two = incident(vec![
+        alert_member("ProcessDown", "f1", AlertStatus::Firing, &[]),
+        alert_member("ProcessDown", "f2", AlertStatus::Firing, &[]),
+    ]);
+    let second = r.recommend(&two, 7);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id, first[0].id);
+    assert_eq!(second[0].revision, 2);
+    assert!(second[0].confidence > first[0].confidence, "corroboration raises confidence");
+    let resolved = incident(vec![
+        alert_member("ProcessDown", "f1", AlertStatus::Resolved, &[]),
+        alert_member("ProcessDown", "f2", AlertStatus::Resolved, &[]),
+    ]);
+    let third = r.recommend(&resolved, 8);
+    assert_eq!(third[0].revision, 3);
+    assert!(third[0].confidence < second[0].confidence, "a resolved-only incident lowers it");
+}
+
+#[test]
+fn explicit_playbook_wins_and_confidence_can_be_pinned() {
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    let inc = incident(vec![alert_member(
+        "ProcessDown",
+        "f1",
+        AlertStatus::Firing,
+        &[("cairn_playbook", "scale-out"), ("cairn_confidence", "0.42")],
+    )]);
+    let recs = r.recommend(&inc, 5);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].action, ActionClass::ScaleOut);
+    assert_eq!(recs[0].confidence, 0.42);
+    assert!(recs[0].rationale.contains("pinned"));
+}
+
+#[test]
+fn an_anomaly_on_a_matching_metric_triggers_and_records_its_model() {
+    let a = Anomaly {
+        series: SeriesId(7),
+        labels: [("__name__", "http_request_duration_seconds"), ("service", "checkout")].into_iter().collect(),
+        timestamp_ms: 1,
+        observed: 0.9,
+        expected: 0.1,
+        score: 0.97,
+        severity: Severity::High,
+        confidence: 0.9,
+        detector: "robust-z".into(),
+        model_version: "robust-z/1".into(),
+    };
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    let recs = r.recommend(&incident(vec![IncidentMember::Anomaly(a)]), 5);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].action, ActionClass::RollbackDeploy);
+    assert_eq!(recs[0].model_version, "robust-z/1");
+}
+
+#[test]
+fn an_unknown_action_class_is_an_error_naming_the_playbook() {
+    let text = include_str!("../playbooks/default.toml").replacen("action = \"restart_process\"", "action = \"reboot_universe\"", 1);
+    let err = Catalogue::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("restart-process") && err.contains("reboot_universe"), "{err}");
+}
+
+#[test]
+fn glob_and_fill_behave() {
+    assert!(glob("*_duration_seconds", "http_request_duration_seconds"));
+    assert!(!glob("*_duration_seconds", "http_request_duration_seconds_bucket"));
+    assert!(glob("a*b*c", "a--b--c"));
+    assert!(!glob("ab", "abc"));
+    let l: Labels = [("service", "x")].into_iter().collect();
+    assert_eq!(fill("up{service=\"{service}\"} {missing}", &l), "up{service=\"x\"} unknown");
+}
+
+proptest! {
+    #[test]
+    fn confidence_stays_in_bounds(members in 1usize..40, resolved in any::<bool>()) {
+        let status = if resolved { AlertStatus::Resolved } else { AlertStatus::Firing };
+        let inc = incident((0..members).map(|i| alert_member("ProcessDown", &format!("f{i}"), status, &[])).collect());
+        let mut r = Recommender::new(Catalogue::embedded_default());
+        for rec in r.recommend(&inc, 0) {
+            prop_assert!((0.0..=1.0).contains(&rec.confidence));
+        }
+    }
+}
