@@ -1,1 +1,324 @@
-fn main() {}
+//! The `cairn` binary: the daemon (`serve`), a self-contained run on bundled data (`demo`), and the
+//! operator's client commands (`review`, `watch`, `audit`, `token`) over Cairn's gRPC API.
+//!
+//! This crate parses arguments, prints results and adds context to errors. It holds no pipeline
+//! logic: the daemon is `cairn-server`, and the client commands only call the public API.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod demo;
+mod output;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about = "AIOps triage and recommendations with humans in the lead")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: HTTP (remote_write, Alertmanager webhook, /metrics) and gRPC.
+    Serve(ServeArgs),
+    /// Start a temporary server, replay the bundled scenario through the real endpoints, approve,
+    /// execute (dry run) and verify the audit chain.
+    Demo(DemoArgs),
+    /// List, inspect, approve and reject recommendations.
+    #[command(subcommand)]
+    Review(ReviewCmd),
+    /// Follow recommendation state changes live.
+    Watch(WatchArgs),
+    /// Query and verify the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Create bearer tokens for the server's configuration.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file (TOML). Flags below override its addresses and data directory.
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:9464].
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// gRPC listen address [default: 127.0.0.1:9465].
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// Where the store lives [default: ./cairn-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Keep the server running after the demo (until Ctrl-C) so you can try the CLI against it.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+/// Where the server is and who you are. Shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// gRPC address of the server.
+    #[arg(long, env = "CAIRN_SERVER", default_value = "http://127.0.0.1:9465", global = true)]
+    pub server: String,
+    /// Bearer token (see `cairn token new`).
+    #[arg(long, env = "CAIRN_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReviewCmd {
+    /// The latest revision of each recommendation, newest first.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// auto, review, advisory or blocked.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Change state, e.g. pending_approval.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The decision card of one recommendation.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// A specific revision (default: latest).
+        #[arg(long)]
+        revision: Option<u32>,
+    },
+    /// Approve one exact revision.
+    Approve {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// The revision you reviewed; required so you never approve something you have not seen.
+        #[arg(long)]
+        revision: u32,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Reject one exact revision (vetoes the change).
+    Reject {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        #[arg(long)]
+        revision: u32,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Resume after this cursor (printed with every event).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Recompute the hash chain on the server; exits non-zero if any entry was changed, dropped or
+    /// reordered, naming the first bad one.
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Events matching every given filter.
+    Query {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        recommendation: Option<String>,
+        #[arg(long)]
+        incident: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Print a new random token and the `[[auth.tokens]]` entry (with only its hash) to paste into
+    /// the server's configuration.
+    New {
+        /// Stable identity, e.g. user:alice.
+        #[arg(long)]
+        subject: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        /// Repeat for several groups.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match command {
+        Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => demo::run(args.keep_running).await.map(|()| ExitCode::SUCCESS),
+        Command::Review(cmd) => match cmd {
+            ReviewCmd::List { client, outcome, state, service, limit } => {
+                client::review_list(&client, outcome, state, service, limit).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ReviewCmd::Show { client, id, revision } => {
+                client::review_show(&client, &id, revision.unwrap_or(0)).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ReviewCmd::Approve { client, id, revision, reason } => {
+                client::review_decide(&client, &id, revision, &reason, true).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ReviewCmd::Reject { client, id, revision, reason } => {
+                client::review_decide(&client, &id, revision, &reason, false).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
+        Command::Audit(cmd) => match cmd {
+            AuditCmd::Verify { client } => {
+                let ok = client::audit_verify(&client).await?;
+                Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(3) })
+            }
+            AuditCmd::Query { client, recommendation, incident, actor, kind, after_seq, limit } => {
+                client::audit_query(&client, recommendation, incident, actor, kind, after_seq, limit).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Token(TokenCmd::New { subject, display_name, groups }) => {
+            let token = cairn_server::auth::new_token();
+            let entry = cairn_server::config::TokenEntry {
+                subject,
+                display_name,
+                groups,
+                token_sha256: cairn_server::auth::hash_token(&token),
+            };
+            #[derive(serde::Serialize)]
+            struct Snippet {
+                auth: Auth,
+            }
+            #[derive(serde::Serialize)]
+            struct Auth {
+                tokens: Vec<cairn_server::config::TokenEntry>,
+            }
+            let toml = toml::to_string(&Snippet { auth: Auth { tokens: vec![entry] } })
+                .context("cannot render the configuration entry")?;
+            println!("token (give it to its owner; it is not stored anywhere):\n  {token}\n");
+            println!("configuration entry (append to the server's config file):\n{toml}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => cairn_server::config::ServerConfig::load(path)?,
+        None => cairn_server::config::ServerConfig::default(),
+    };
+    if let Some(a) = args.http_addr {
+        cfg.http_addr = a;
+    }
+    if let Some(a) = args.grpc_addr {
+        cfg.grpc_addr = a;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    let server = cairn_server::start(cfg, std::sync::Arc::new(cairn_server::engine::SystemClock))
+        .await
+        .context("cannot start cairn serve")?;
+    eprintln!(
+        "cairn serving: http://{} (remote_write: /api/v1/write, alertmanager: /api/v1/alerts/alertmanager, /metrics), grpc {}",
+        server.http_addr, server.grpc_addr
+    );
+    shutdown_signal().await;
+    eprintln!("shutting down: finishing in-flight requests and draining the analysis queue");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -253,7 +253,13 @@ fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>
                 pb.def.metric_names.iter().any(|p| glob(p, name))
             }
         };
-        if matches && best.is_none() {
+        // Alerts are rules people wrote; they outrank anomalies as the trigger.
+        let better = match (&best, m) {
+            (None, _) => true,
+            (Some(b), IncidentMember::Alert { .. }) => matches!(b.member, IncidentMember::Anomaly(_)),
+            (Some(_), IncidentMember::Anomaly(_)) => false,
+        };
+        if matches && better {
             best = Some(Trigger { member: m });
         }
     }

@@ -1,1 +1,289 @@
-//! cairn-server (skeleton).
+//! Cairn's daemon: the gRPC services (`cairn.v1` ingest, review, audit, plus health and reflection),
+//! the HTTP endpoints (remote_write, Alertmanager webhook, metrics, health), bearer-token identity,
+//! and the wiring that moves values from one pipeline stage to the next.
+//!
+//! This is the only crate that knows gRPC and HTTP, and the only place where errors become status
+//! codes (`error.rs`). It holds no domain logic of its own: detection, correlation, recommendation,
+//! routing, review rules, execution and the audit chain each live in their stage's crate. It must
+//! never decide what may run — that is `cairn-policy` and `cairn-workflow`.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+mod card;
+pub mod config;
+pub mod convert;
+pub mod engine;
+pub mod error;
+mod grpc;
+mod http;
+pub mod metrics;
+
+use crate::auth::Authenticator;
+use crate::config::ServerConfig;
+use crate::engine::{Analysis, Batch, Clock, Engine};
+use crate::metrics::Metrics;
+use cairn_proto::v1 as pb;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Why the server could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] cairn_store::StoreError),
+    #[error("cannot load the policy bundle: {0}")]
+    Policy(#[from] cairn_policy::PolicyError),
+    #[error("cannot load the playbook catalogue: {0}")]
+    Playbooks(String),
+    #[error("cannot set up the executor: {0}")]
+    Executor(String),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests, lets in-flight requests finish, drains the analysis queue, and
+    /// waits for every task.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the server stops (after `cancel` is triggered elsewhere).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+/// Builds every stage from the configuration and starts listening.
+pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningServer, StartError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let db = cfg.data_dir.join("cairn.db");
+    let store: Arc<dyn cairn_store::Store> = Arc::new(cairn_store::SqliteStore::open(&db)?);
+
+    let bundle = match &cfg.policy.bundle {
+        Some(dir) => cairn_policy::PolicyBundle::load_dir(dir)?,
+        None => cairn_policy::PolicyBundle::embedded_default(),
+    };
+    let router = cairn_policy::Router::new(
+        bundle,
+        cairn_policy::RouterConfig { timeout_ms: cfg.policy.timeout_ms, ..Default::default() },
+    )?;
+    let catalogue = match &cfg.playbooks {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| StartError::Playbooks(format!("{}: {e}", path.display())))?;
+            cairn_recommend::Catalogue::from_toml(&text).map_err(|e| StartError::Playbooks(e.to_string()))?
+        }
+        None => cairn_recommend::Catalogue::embedded_default(),
+    };
+    let executor = build_executor(&cfg)?;
+    info!(
+        store = %db.display(),
+        policy_version = router.version(),
+        playbooks_version = catalogue.version(),
+        adapter = %cfg.executor.adapter,
+        "starting cairn"
+    );
+
+    let metrics = Metrics::new();
+    let engine = Arc::new(Engine::new(
+        store,
+        Arc::new(router),
+        executor,
+        cfg.workflow.clone(),
+        metrics,
+        clock,
+    )?);
+    let analysis = Analysis {
+        detector: cairn_detect::Detector::new(cfg.detect.clone()),
+        correlator: cairn_correlate::Correlator::new(cfg.correlate.clone()),
+        recommender: cairn_recommend::Recommender::new(catalogue),
+        deduper: cairn_ingest::AlertDeduper::new(
+            cfg.ingest.dedup_capacity,
+            (cfg.ingest.dedup_ttl_secs * 1000) as i64,
+        ),
+    };
+
+    let auth = Arc::new(Authenticator::new(&cfg.auth));
+    if auth.is_empty() {
+        warn!("no bearer tokens configured: review and audit calls will be refused; run `cairn token new` and add the entry under [auth] in the config file");
+    }
+    let limits = Arc::new(cfg.ingest.limits.clone());
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let (queue_tx, queue_rx) = mpsc::channel::<Batch>(cfg.ingest.queue_capacity);
+    let worker_alive = Arc::new(AtomicBool::new(true));
+
+    tasks.spawn(analysis_worker(engine.clone(), analysis, queue_rx, worker_alive.clone()));
+    tasks.spawn(engine.clone().executor_loop(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
+
+    // HTTP
+    let http_listener = TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| StartError::Bind { what: "http", addr: cfg.http_addr, source })?;
+    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "http",
+        addr: cfg.http_addr,
+        source,
+    })?;
+    let app = http::router(http::HttpState {
+        engine: engine.clone(),
+        queue: queue_tx.clone(),
+        limits: limits.clone(),
+        auth: auth.clone(),
+        require_token: cfg.ingest.require_token,
+        retry_after_secs: cfg.ingest.retry_after_secs,
+        worker_alive,
+    });
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        let res = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move { c.cancelled().await })
+            .await;
+        if let Err(e) = res {
+            error!(error = %e, "http server failed");
+        }
+    });
+
+    // gRPC
+    let grpc_listener = TcpListener::bind(cfg.grpc_addr)
+        .await
+        .map_err(|source| StartError::Bind { what: "grpc", addr: cfg.grpc_addr, source })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "grpc",
+        addr: cfg.grpc_addr,
+        source,
+    })?;
+    let required = grpc::AuthInterceptor { auth: auth.clone(), required: true };
+    let ingest_auth = grpc::AuthInterceptor { auth, required: cfg.ingest.require_token };
+    let (health_reporter, health_svc) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::review_service_server::ReviewServiceServer<grpc::ReviewSvc>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::ingest_service_server::IngestServiceServer<grpc::IngestSvc>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::audit_service_server::AuditServiceServer<grpc::AuditSvc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let ingest_svc = pb::ingest_service_server::IngestServiceServer::with_interceptor(
+        grpc::IngestSvc { engine: engine.clone(), queue: queue_tx, limits },
+        ingest_auth,
+    );
+    let review_svc = pb::review_service_server::ReviewServiceServer::with_interceptor(
+        grpc::ReviewSvc { engine: engine.clone() },
+        required.clone(),
+    );
+    let audit_svc = pb::audit_service_server::AuditServiceServer::with_interceptor(
+        grpc::AuditSvc { engine: engine.clone() },
+        required,
+    );
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .add_service(reflection)
+            .add_service(ingest_svc)
+            .add_service(review_svc)
+            .add_service(audit_svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async move { c.cancelled().await },
+            )
+            .await;
+        if let Err(e) = res {
+            error!(error = %e, "grpc server failed");
+        }
+    });
+
+    info!(%http_addr, %grpc_addr, "cairn is listening");
+    Ok(RunningServer { http_addr, grpc_addr, engine, cancel, tasks })
+}
+
+fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartError> {
+    let adapter: Arc<dyn cairn_workflow::Adapter> = match cfg.executor.adapter.as_str() {
+        "webhook" => {
+            let url = cfg
+                .executor
+                .webhook_url
+                .clone()
+                .ok_or_else(|| StartError::Executor("executor.webhook_url is required".into()))?;
+            Arc::new(
+                cairn_workflow::WebhookAdapter::new(url, Duration::from_millis(cfg.executor.webhook_timeout_ms))
+                    .map_err(|e| StartError::Executor(e.to_string()))?,
+            )
+        }
+        _ => Arc::new(cairn_workflow::DryRunAdapter),
+    };
+    Ok(cairn_workflow::Executor::new(adapter))
+}
+
+/// Takes batches off the queue one at a time and runs them through the analysis stages on the
+/// blocking pool. Ends when every sender is gone (the listeners have stopped), after draining
+/// what was queued: accepted data is analysed, not dropped, on a graceful shutdown.
+async fn analysis_worker(
+    engine: Arc<Engine>,
+    mut analysis: Analysis,
+    mut queue: mpsc::Receiver<Batch>,
+    alive: Arc<AtomicBool>,
+) {
+    while let Some(batch) = queue.recv().await {
+        engine.metrics.queue_depth.dec();
+        let e = engine.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = e.analyse(&mut analysis, batch);
+            (analysis, result)
+        })
+        .await;
+        match joined {
+            Ok((a, result)) => {
+                analysis = a;
+                if let Err(err) = result {
+                    error!(error = %err, "analysis of a batch failed");
+                }
+            }
+            Err(panic) => {
+                error!(error = %panic, "analysis worker panicked; stopping ingestion");
+                alive.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    info!("analysis queue drained");
+}

@@ -1,0 +1,206 @@
+//! Client commands: thin calls to the gRPC API with the caller's bearer token.
+
+use crate::output;
+use crate::{ClientArgs, OutputFormat};
+use anyhow::{Context, Result, bail};
+use cairn_proto::v1 as pb;
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Review = pb::review_service_client::ReviewServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
+pub type Audit = pb::audit_service_client::AuditServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
+
+pub async fn channel(server: &str) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(server.to_string())
+        .with_context(|| format!("invalid server address {server:?} (expected e.g. http://127.0.0.1:9465)"))?;
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to cairn at {server}; is `cairn serve` running?"))
+}
+
+pub fn bearer(token: Option<&str>) -> Result<Bearer> {
+    match token {
+        None => Ok(Bearer(None)),
+        Some(t) => Ok(Bearer(Some(
+            format!("Bearer {t}").parse().context("the token contains characters not allowed in a header")?,
+        ))),
+    }
+}
+
+pub async fn review_client(args: &ClientArgs) -> Result<Review> {
+    Ok(pb::review_service_client::ReviewServiceClient::with_interceptor(
+        channel(&args.server).await?,
+        bearer(args.token.as_deref())?,
+    ))
+}
+
+pub async fn audit_client(args: &ClientArgs) -> Result<Audit> {
+    Ok(pb::audit_service_client::AuditServiceClient::with_interceptor(
+        channel(&args.server).await?,
+        bearer(args.token.as_deref())?,
+    ))
+}
+
+/// gRPC statuses as errors a person can act on.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    let hint = match s.code() {
+        tonic::Code::Unauthenticated => " (pass --token or set CAIRN_TOKEN)",
+        tonic::Code::Unavailable => " (is the server running, and is --server right?)",
+        _ => "",
+    };
+    anyhow::anyhow!("{:?}: {}{hint}", s.code(), s.message())
+}
+
+pub async fn review_list(
+    args: &ClientArgs,
+    outcome: Option<String>,
+    state: Option<String>,
+    service: Option<String>,
+    limit: u32,
+) -> Result<()> {
+    let outcome = match outcome.as_deref() {
+        None => pb::Outcome::Unspecified,
+        Some("auto") => pb::Outcome::Auto,
+        Some("review") => pb::Outcome::Review,
+        Some("advisory") => pb::Outcome::Advisory,
+        Some("blocked") => pb::Outcome::Blocked,
+        Some(o) => bail!("unknown outcome {o:?}; expected auto, review, advisory or blocked"),
+    };
+    let mut c = review_client(args).await?;
+    let resp = c
+        .list_recommendations(pb::ListRecommendationsRequest {
+            outcome: outcome as i32,
+            state: state.unwrap_or_default(),
+            service: service.unwrap_or_default(),
+            limit,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match args.output {
+        OutputFormat::Json => output::print_json(&output::views_json(&resp.recommendations)),
+        OutputFormat::Table => print!("{}", output::views_table(&resp.recommendations)),
+    }
+    Ok(())
+}
+
+pub async fn review_show(args: &ClientArgs, id: &str, revision: u32) -> Result<()> {
+    let mut c = review_client(args).await?;
+    let card = c
+        .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: id.into(), revision })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match args.output {
+        OutputFormat::Json => output::print_json(&output::card_json(&card)),
+        OutputFormat::Table => print!("{}", output::card_text(&card)),
+    }
+    Ok(())
+}
+
+pub async fn review_decide(args: &ClientArgs, id: &str, revision: u32, reason: &str, approve: bool) -> Result<()> {
+    let mut c = review_client(args).await?;
+    let resp = if approve {
+        c.approve(pb::ApproveRequest { recommendation_id: id.into(), revision, reason: reason.into() }).await
+    } else {
+        c.reject(pb::RejectRequest { recommendation_id: id.into(), revision, reason: reason.into() }).await
+    }
+    .map_err(status_error)?
+    .into_inner();
+    match args.output {
+        OutputFormat::Json => output::print_json(&serde_json::json!({
+            "message": resp.message,
+            "change": resp.change.as_ref().map(output::change_json),
+        })),
+        OutputFormat::Table => println!("{}", resp.message),
+    }
+    Ok(())
+}
+
+pub async fn watch(args: &ClientArgs, after: u64) -> Result<()> {
+    let mut c = review_client(args).await?;
+    let mut stream = c
+        .watch_recommendations(pb::WatchRequest { after_cursor: after })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.map_err(status_error)?;
+        match args.output {
+            OutputFormat::Json => println!("{}", output::watch_json(&ev)),
+            OutputFormat::Table => println!("{}", output::watch_line(&ev)),
+        }
+    }
+    Ok(())
+}
+
+/// True when the chain verified.
+pub async fn audit_verify(args: &ClientArgs) -> Result<bool> {
+    let mut c = audit_client(args).await?;
+    let r = c.verify(pb::VerifyRequest {}).await.map_err(status_error)?.into_inner();
+    match args.output {
+        OutputFormat::Json => output::print_json(&serde_json::json!({
+            "ok": r.ok, "entries": r.entries, "head_hash": r.head_hash,
+            "first_bad_seq": r.first_bad_seq, "problem": r.problem,
+        })),
+        OutputFormat::Table if r.ok => {
+            println!("audit chain OK: {} entries, head {}", r.entries, r.head_hash)
+        }
+        OutputFormat::Table => println!("audit chain BROKEN at entry {}: {}", r.first_bad_seq, r.problem),
+    }
+    Ok(r.ok)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn audit_query(
+    args: &ClientArgs,
+    recommendation: Option<String>,
+    incident: Option<String>,
+    actor: Option<String>,
+    kind: Option<String>,
+    after_seq: u64,
+    limit: u32,
+) -> Result<()> {
+    let mut c = audit_client(args).await?;
+    let r = c
+        .query(pb::AuditQueryRequest {
+            recommendation_id: recommendation.unwrap_or_default(),
+            incident_id: incident.unwrap_or_default(),
+            actor: actor.unwrap_or_default(),
+            kind: kind.unwrap_or_default(),
+            since_ms: 0,
+            until_ms: 0,
+            after_seq,
+            limit,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for e in &r.events {
+        match args.output {
+            OutputFormat::Json => println!("{}", output::audit_json(e)),
+            OutputFormat::Table => println!("{}", output::audit_line(e)),
+        }
+    }
+    Ok(())
+}

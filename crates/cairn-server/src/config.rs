@@ -1,0 +1,241 @@
+//! The server's configuration: one TOML file, every key optional, every default safe.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `cairn serve` can be told. Unknown keys are refused so that a typo is an error at
+/// start-up, not a silently ignored setting.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where Prometheus, Alertmanager and scrapers reach Cairn's HTTP endpoints.
+    pub http_addr: SocketAddr,
+    /// Where the gRPC services listen.
+    pub grpc_addr: SocketAddr,
+    /// Holds the SQLite store (`cairn.db`).
+    pub data_dir: PathBuf,
+    pub ingest: IngestConfig,
+    pub auth: AuthConfig,
+    pub detect: cairn_detect::DetectorConfig,
+    pub correlate: cairn_correlate::CorrelatorConfig,
+    pub policy: PolicyConfig,
+    /// A playbook catalogue (TOML) to use instead of the embedded default.
+    pub playbooks: Option<PathBuf>,
+    pub workflow: cairn_workflow::WorkflowConfig,
+    pub executor: ExecutorConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9465)),
+            data_dir: PathBuf::from("cairn-data"),
+            ingest: IngestConfig::default(),
+            auth: AuthConfig::default(),
+            detect: Default::default(),
+            correlate: Default::default(),
+            policy: PolicyConfig::default(),
+            playbooks: None,
+            workflow: Default::default(),
+            executor: ExecutorConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Size, count and length limits applied to every request.
+    pub limits: cairn_ingest::IngestLimits,
+    /// Batches waiting for analysis. When full, remote_write answers 503 with Retry-After so
+    /// Prometheus backs off and resends; nothing is dropped.
+    pub queue_capacity: usize,
+    /// Seconds Prometheus is asked to wait before retrying when the queue is full.
+    pub retry_after_secs: u64,
+    /// Require a bearer token (any configured principal) on the ingest endpoints too. Off by default
+    /// because the default listen address is loopback.
+    pub require_token: bool,
+    /// How long a delivered alert is remembered for de-duplication across clustered Alertmanagers.
+    pub dedup_ttl_secs: u64,
+    /// How many distinct alert deliveries are remembered.
+    pub dedup_capacity: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            limits: Default::default(),
+            queue_capacity: 256,
+            retry_after_secs: 1,
+            require_token: false,
+            dedup_ttl_secs: 600,
+            dedup_capacity: 100_000,
+        }
+    }
+}
+
+/// Bearer tokens and the principals they stand for. Only SHA-256 hashes of tokens are stored;
+/// `cairn token new` prints a token and the entry to paste here.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// Stable identity, e.g. `user:alice`. Approvals bind to this.
+    pub subject: String,
+    #[serde(default)]
+    pub display_name: String,
+    /// Groups used by policy approver lists, e.g. `sre`, `sre-leads`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A bundle directory (`*.rego` + `data.json`) to use instead of the embedded default.
+    pub bundle: Option<PathBuf>,
+    /// Evaluation deadline; past it the decision fails closed (review, tier 3).
+    pub timeout_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { bundle: None, timeout_ms: 250 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// `dry_run` (default: describes the change, touches nothing) or `webhook`.
+    pub adapter: String,
+    /// For `webhook`: where change requests are POSTed.
+    pub webhook_url: Option<String>,
+    pub webhook_timeout_ms: u64,
+    /// How often the executor looks for approved changes.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            adapter: "dry_run".into(),
+            webhook_url: None,
+            webhook_timeout_ms: 10_000,
+            poll_interval_ms: 500,
+        }
+    }
+}
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration in {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl ServerConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let cfg: ServerConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ingest.queue_capacity == 0 {
+            return Err(ConfigError::Invalid {
+                key: "ingest.queue_capacity",
+                message: "must be at least 1".into(),
+            });
+        }
+        match self.executor.adapter.as_str() {
+            "dry_run" => {}
+            "webhook" if self.executor.webhook_url.is_some() => {}
+            "webhook" => {
+                return Err(ConfigError::Invalid {
+                    key: "executor.webhook_url",
+                    message: "required when executor.adapter = \"webhook\"".into(),
+                });
+            }
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "executor.adapter",
+                    message: format!("unknown adapter {other:?}; expected \"dry_run\" or \"webhook\""),
+                });
+            }
+        }
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.token_sha256.len() != 64 || hex::decode(&t.token_sha256).is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "auth.tokens.token_sha256",
+                    message: format!("entry {i} ({}): expected 64 hex characters", t.subject),
+                });
+            }
+            if t.subject.trim().is_empty() || t.subject == cairn_types::CAIRN_SERVICE_SUBJECT {
+                return Err(ConfigError::Invalid {
+                    key: "auth.tokens.subject",
+                    message: format!("entry {i}: subject {:?} is empty or reserved", t.subject),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cairn.toml");
+        let cfg = ServerConfig::load(&path).expect("examples/cairn.toml is valid");
+        assert_eq!(cfg.auth.tokens.len(), 1);
+        assert_eq!(cfg.auth.tokens[0].subject, "user:alice");
+        assert_eq!(cfg.ingest.queue_capacity, 256);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = toml::from_str::<ServerConfig>("http_adr = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("http_adr"), "{err}");
+    }
+
+    #[test]
+    fn webhook_adapter_without_url_is_refused() {
+        let mut cfg = ServerConfig::default();
+        cfg.executor.adapter = "webhook".into();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.to_string().contains("executor.webhook_url"), "{err}");
+    }
+
+    #[test]
+    fn reserved_service_subject_cannot_have_a_token() {
+        let mut cfg = ServerConfig::default();
+        cfg.auth.tokens.push(TokenEntry {
+            subject: cairn_types::CAIRN_SERVICE_SUBJECT.into(),
+            display_name: String::new(),
+            groups: vec![],
+            token_sha256: "0".repeat(64),
+        });
+        assert!(cfg.validate().is_err());
+    }
+}

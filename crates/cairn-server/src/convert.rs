@@ -1,0 +1,267 @@
+//! Conversions between the pipeline's types and the `cairn.v1` wire messages. The one place that
+//! knows both shapes.
+
+use cairn_proto::v1 as pb;
+use cairn_types as t;
+
+pub fn labels_to_pb(l: &t::Labels) -> Vec<pb::Label> {
+    l.iter().map(|(n, v)| pb::Label { name: n.to_string(), value: v.to_string() }).collect()
+}
+
+/// Wire labels to a label set; a repeated name is reported, not silently overwritten.
+pub fn labels_from_pb(l: &[pb::Label]) -> Result<t::Labels, String> {
+    let mut out = t::Labels::new();
+    for lab in l {
+        if out.get(&lab.name).is_some() {
+            return Err(format!("label {:?} appears more than once", lab.name));
+        }
+        out.insert(lab.name.clone(), lab.value.clone());
+    }
+    Ok(out)
+}
+
+pub fn severity_to_pb(s: t::Severity) -> i32 {
+    (match s {
+        t::Severity::Low => pb::Severity::Low,
+        t::Severity::Medium => pb::Severity::Medium,
+        t::Severity::High => pb::Severity::High,
+        t::Severity::Critical => pb::Severity::Critical,
+    }) as i32
+}
+
+pub fn outcome_to_pb(o: t::Outcome) -> i32 {
+    (match o {
+        t::Outcome::Auto => pb::Outcome::Auto,
+        t::Outcome::Review => pb::Outcome::Review,
+        t::Outcome::Advisory => pb::Outcome::Advisory,
+        t::Outcome::Blocked => pb::Outcome::Blocked,
+    }) as i32
+}
+
+/// `None` for UNSPECIFIED (no filter) or an unknown number.
+pub fn outcome_from_pb(o: i32) -> Option<t::Outcome> {
+    match pb::Outcome::try_from(o).ok()? {
+        pb::Outcome::Unspecified => None,
+        pb::Outcome::Auto => Some(t::Outcome::Auto),
+        pb::Outcome::Review => Some(t::Outcome::Review),
+        pb::Outcome::Advisory => Some(t::Outcome::Advisory),
+        pb::Outcome::Blocked => Some(t::Outcome::Blocked),
+    }
+}
+
+pub fn sample_from_pb(s: &pb::MetricSample) -> Result<t::MetricSample, String> {
+    Ok(t::MetricSample { labels: labels_from_pb(&s.labels)?, timestamp_ms: s.timestamp_ms, value: s.value })
+}
+
+pub fn alert_from_pb(a: &pb::AlertEvent) -> Result<t::AlertEvent, String> {
+    let status = match a.status.as_str() {
+        "firing" => t::AlertStatus::Firing,
+        "resolved" => t::AlertStatus::Resolved,
+        other => return Err(format!("status must be \"firing\" or \"resolved\", got {other:?}")),
+    };
+    let labels = labels_from_pb(&a.labels)?;
+    let fingerprint = if a.fingerprint.is_empty() {
+        labels.series_id().to_string()
+    } else {
+        a.fingerprint.clone()
+    };
+    Ok(t::AlertEvent {
+        fingerprint,
+        status,
+        annotations: labels_from_pb(&a.annotations)?,
+        labels,
+        starts_at_ms: a.starts_at_ms,
+        ends_at_ms: (a.ends_at_ms != 0).then_some(a.ends_at_ms),
+        generator_url: a.generator_url.clone(),
+        source: if a.source.is_empty() { "grpc".into() } else { a.source.clone() },
+    })
+}
+
+pub fn recommendation_to_pb(r: &t::Recommendation) -> pb::Recommendation {
+    pb::Recommendation {
+        id: r.id.0.clone(),
+        revision: r.revision,
+        incident_id: r.incident_id.0.clone(),
+        playbook: r.playbook.clone(),
+        playbook_version: r.playbook_version.clone(),
+        action: r.action.as_str().into(),
+        target: Some(pb::Target {
+            service: r.target.service.clone(),
+            environment: r.target.environment.clone(),
+            resource: r.target.resource.clone(),
+        }),
+        parameters: r.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        confidence: r.confidence,
+        severity: severity_to_pb(r.severity),
+        blast_radius: r.blast_radius.as_str().into(),
+        reversibility: r.reversibility.as_str().into(),
+        rollback_plan: r
+            .rollback_plan
+            .as_ref()
+            .map(|p| pb::RollbackPlan { steps: p.steps.clone(), owner: p.owner.clone() }),
+        verification: r
+            .verification
+            .iter()
+            .map(|c| pb::VerificationCheck {
+                name: c.name.clone(),
+                query: c.query.clone(),
+                comparator: c.comparator.clone(),
+                threshold: c.threshold,
+                within_secs: c.within_secs,
+            })
+            .collect(),
+        expected_benefit: r.expected_benefit.clone(),
+        rationale: r.rationale.clone(),
+        evidence: r
+            .evidence
+            .iter()
+            .map(|e| pb::Evidence {
+                kind: e.kind.clone(),
+                description: e.description.clone(),
+                timestamp_ms: e.timestamp_ms,
+            })
+            .collect(),
+        model_version: r.model_version.clone(),
+        created_ms: r.created_ms,
+        requester: r.requester.clone(),
+    }
+}
+
+pub fn decision_to_pb(d: &t::Decision) -> pb::Decision {
+    pb::Decision {
+        outcome: outcome_to_pb(d.outcome),
+        tier: d.tier.map(u32::from),
+        approvals_required: u32::from(d.approvals_required),
+        approver_groups: d.approver_groups.clone(),
+        requires_window: d.requires_window,
+        reasons: d.reasons.clone(),
+        policy_version: d.policy_version.clone(),
+        policy_failed: d.policy_failed,
+        decided_ms: d.decided_ms,
+    }
+}
+
+pub fn change_to_pb(c: &t::ChangeRequest) -> pb::ChangeRequest {
+    pb::ChangeRequest {
+        id: c.id.0.clone(),
+        recommendation_id: c.recommendation_id.0.clone(),
+        revision: c.revision,
+        state: c.state.as_str().into(),
+        approvals: c
+            .approvals
+            .iter()
+            .map(|a| pb::Approval {
+                subject: a.subject.clone(),
+                revision: a.revision,
+                policy_version: a.policy_version.clone(),
+                action_digest: a.action_digest.clone(),
+                reason: a.reason.clone(),
+                at_ms: a.at_ms,
+            })
+            .collect(),
+        approvals_required: u32::from(c.approvals_required),
+        rejected_by: c.rejection.as_ref().map(|r| r.subject.clone()).unwrap_or_default(),
+        rejection_reason: c.rejection.as_ref().map(|r| r.reason.clone()).unwrap_or_default(),
+        requester: c.requester.clone(),
+        action_digest: c.action_digest.clone(),
+        created_ms: c.created_ms,
+        expires_ms: c.expires_ms,
+        updated_ms: c.updated_ms,
+        version: c.version,
+    }
+}
+
+pub fn execution_to_pb(e: &t::Execution) -> pb::Execution {
+    let (status, error) = match &e.outcome {
+        t::ExecutionOutcome::Succeeded => ("succeeded", String::new()),
+        t::ExecutionOutcome::DryRun => ("dry_run", String::new()),
+        t::ExecutionOutcome::Failed { error } => ("failed", error.clone()),
+    };
+    pb::Execution {
+        adapter: e.adapter.clone(),
+        status: status.into(),
+        error,
+        output: e.output.clone(),
+        started_ms: e.started_ms,
+        finished_ms: e.finished_ms,
+    }
+}
+
+pub fn incident_to_pb(i: &t::Incident) -> pb::Incident {
+    pb::Incident {
+        id: i.id.0.clone(),
+        opened_ms: i.opened_ms,
+        updated_ms: i.updated_ms,
+        members: i
+            .members
+            .iter()
+            .map(|m| match m {
+                t::IncidentMember::Alert { alertname, status, labels, severity, starts_at_ms, summary, .. } => {
+                    pb::IncidentMember {
+                        kind: "alert".into(),
+                        name: alertname.clone(),
+                        labels: labels_to_pb(labels),
+                        severity: severity_to_pb(*severity),
+                        timestamp_ms: *starts_at_ms,
+                        detail: if summary.is_empty() {
+                            status.as_str().to_string()
+                        } else {
+                            format!("{}: {summary}", status.as_str())
+                        },
+                    }
+                }
+                t::IncidentMember::Anomaly(a) => pb::IncidentMember {
+                    kind: "anomaly".into(),
+                    name: a.labels.to_string(),
+                    labels: labels_to_pb(&a.labels),
+                    severity: severity_to_pb(a.severity),
+                    timestamp_ms: a.timestamp_ms,
+                    detail: format!(
+                        "score={:.3} observed={} expected={} detector={} model={}",
+                        a.score, a.observed, a.expected, a.detector, a.model_version
+                    ),
+                },
+            })
+            .collect(),
+        affected_services: i.affected_services.clone(),
+        grouping_reasons: i.grouping_reasons.clone(),
+        probable_causes: i
+            .probable_causes
+            .iter()
+            .map(|c| format!("{} ({:.2})", c.description, c.score))
+            .collect(),
+        severity: severity_to_pb(i.severity),
+    }
+}
+
+pub fn audit_to_pb(e: &t::AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        actor: e.actor.clone(),
+        kind: e.kind.clone(),
+        incident_id: e.incident_id.clone().unwrap_or_default(),
+        recommendation_id: e.recommendation_id.clone().unwrap_or_default(),
+        revision: e.revision,
+        change_id: e.change_id.clone().unwrap_or_default(),
+        policy_version: e.policy_version.clone().unwrap_or_default(),
+        reason: e.reason.clone(),
+        payload_json: e.payload.to_string(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+pub fn watch_event_from_audit(e: &t::AuditEvent) -> pb::WatchEvent {
+    pb::WatchEvent {
+        cursor: e.seq,
+        kind: e.kind.clone(),
+        recommendation_id: e.recommendation_id.clone().unwrap_or_default(),
+        revision: e.revision.unwrap_or(0),
+        change_id: e.change_id.clone().unwrap_or_default(),
+        actor: e.actor.clone(),
+        reason: e.reason.clone(),
+        at_ms: e.at_ms,
+        payload_json: e.payload.to_string(),
+    }
+}

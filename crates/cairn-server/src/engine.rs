@@ -1,0 +1,396 @@
+//! The wiring of the pipeline: analysis (detect → correlate → recommend → route → open a change),
+//! review actions, and the executor loop. Each stage's logic lives in its own crate; this module only
+//! moves values between them and the store, in order, with the ids in tracing spans.
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use cairn_correlate::Correlator;
+use cairn_detect::Detector;
+use cairn_ingest::AlertDeduper;
+use cairn_policy::{Router, RoutingContext};
+use cairn_recommend::Recommender;
+use cairn_store::{RecommendationRecord, Store, StoreError};
+use cairn_types::{
+    AlertEvent, AuditDraft, ChangeRequest, ChangeState, Incident, MetricSample, Principal,
+    RecommendationId, CAIRN_SERVICE_SUBJECT,
+};
+use cairn_workflow::{Executor, WorkflowConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{Notify, watch};
+use tracing::{info, info_span, warn};
+
+/// The time source, passed in so tests can drive it.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> i64;
+}
+
+/// Wall-clock time.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// One unit of work for the analysis worker.
+#[derive(Debug)]
+pub enum Batch {
+    Samples { samples: Vec<MetricSample>, source: &'static str },
+    Alerts { alerts: Vec<AlertEvent>, source: &'static str },
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Samples { samples, .. } => samples.len(),
+            Batch::Alerts { alerts, .. } => alerts.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The stateful stages. Owned by the single analysis worker, so no locks are needed around them.
+#[derive(Debug)]
+pub struct Analysis {
+    pub detector: Detector,
+    pub correlator: Correlator,
+    pub recommender: Recommender,
+    pub deduper: AlertDeduper,
+}
+
+/// Shared, stateless-or-internally-synchronised parts of the pipeline.
+#[derive(Debug)]
+pub struct Engine {
+    pub store: Arc<dyn Store>,
+    pub router: Arc<Router>,
+    pub executor: Executor,
+    pub workflow: WorkflowConfig,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    /// The audit head after the last write: live streams wait on it to re-read the outbox.
+    audit_head: watch::Sender<u64>,
+    /// Wakes the executor loop after an approval.
+    executor_wake: Notify,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        router: Arc<Router>,
+        executor: Executor,
+        workflow: WorkflowConfig,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, StoreError> {
+        let head = store.audit_head()?;
+        let (audit_head, _) = watch::channel(head);
+        Ok(Engine {
+            store,
+            router,
+            executor,
+            workflow,
+            metrics,
+            clock,
+            audit_head,
+            executor_wake: Notify::new(),
+        })
+    }
+
+    pub fn subscribe_audit_head(&self) -> watch::Receiver<u64> {
+        self.audit_head.subscribe()
+    }
+
+    fn audit_written(&self) {
+        if let Ok(head) = self.store.audit_head() {
+            self.audit_head.send_replace(head);
+        }
+    }
+
+    pub fn wake_executor(&self) {
+        self.executor_wake.notify_one();
+    }
+
+    /// Runs one batch through detect → correlate → recommend → route → open change. Blocking:
+    /// call it from `spawn_blocking`.
+    pub fn analyse(&self, analysis: &mut Analysis, batch: Batch) -> Result<(), ApiError> {
+        let now = self.clock.now_ms();
+        let mut changed: BTreeMap<String, Incident> = BTreeMap::new();
+        match batch {
+            Batch::Samples { samples, .. } => {
+                let anomalies = analysis.detector.observe(&samples);
+                self.metrics.active_series.set(analysis.detector.series_count() as i64);
+                if anomalies.is_empty() {
+                    return Ok(());
+                }
+                self.metrics.anomalies.inc_by(anomalies.len() as u64);
+                self.store.record_anomalies(&anomalies)?;
+                for a in &anomalies {
+                    if let Some(inc) = analysis.correlator.observe_anomaly(a, now) {
+                        changed.insert(inc.id.0.clone(), inc);
+                    }
+                }
+            }
+            Batch::Alerts { alerts, .. } => {
+                let delivered = alerts.len();
+                let fresh: Vec<AlertEvent> =
+                    alerts.into_iter().filter(|a| analysis.deduper.admit(a, now)).collect();
+                self.metrics.alerts_deduplicated.inc_by((delivered - fresh.len()) as u64);
+                if fresh.is_empty() {
+                    return Ok(());
+                }
+                self.store.record_alerts(&fresh, now)?;
+                for a in &fresh {
+                    if let Some(inc) = analysis.correlator.observe_alert(a, now) {
+                        changed.insert(inc.id.0.clone(), inc);
+                    }
+                }
+            }
+        }
+        for incident in changed.into_values() {
+            let span = info_span!("incident", incident_id = %incident.id);
+            let _g = span.enter();
+            self.metrics.incidents_changed.inc();
+            self.store.upsert_incident(&incident)?;
+            for rec in analysis.recommender.recommend(&incident, now) {
+                self.route_and_open(rec, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn route_and_open(&self, rec: cairn_types::Recommendation, now: i64) -> Result<(), ApiError> {
+        let span = info_span!("recommendation", recommendation_id = %rec.id, revision = rec.revision);
+        let _g = span.enter();
+        let since = now - self.workflow.loop_guard_window_ms;
+        let recent = self.store.recent_changes_on_target(&rec.target, since)?;
+        let ctx = RoutingContext {
+            recent_runs: recent
+                .iter()
+                .filter(|c| c.recommendation.action == rec.action && ran(c.change.state))
+                .count() as u32,
+            recent_failures: recent
+                .iter()
+                .filter(|c| matches!(c.change.state, ChangeState::Failed | ChangeState::RollbackFailed))
+                .count() as u32,
+            ..RoutingContext::for_environment(&rec.target.environment)
+        };
+        let decision = self.router.route(&rec, &ctx, now);
+        if decision.policy_failed {
+            self.metrics.policy_failures.inc();
+            warn!(reasons = ?decision.reasons, "policy evaluation failed; routed to review at tier 3");
+        }
+        let (change, drafts) = cairn_workflow::open_change(&rec, &decision, now, &self.workflow);
+        self.store.propose(&rec, &decision, &change, &drafts, now)?;
+        self.metrics
+            .recommendations
+            .with_label_values(&[decision.outcome.as_str(), &tier_label(decision.tier)])
+            .inc();
+        info!(
+            outcome = decision.outcome.as_str(),
+            tier = ?decision.tier,
+            change_id = %change.id,
+            action = rec.action.as_str(),
+            target = %rec.target,
+            "recommendation routed"
+        );
+        self.audit_written();
+        if change.state == ChangeState::Approved {
+            self.wake_executor();
+        }
+        Ok(())
+    }
+
+    /// Approves (or rejects) one exact revision as `principal`. Blocking.
+    pub fn review(
+        &self,
+        principal: &Principal,
+        id: &RecommendationId,
+        revision: u32,
+        reason: &str,
+        approve: bool,
+    ) -> Result<(ChangeRequest, String), ApiError> {
+        let action = if approve { "approve" } else { "reject" };
+        let span = info_span!("review", recommendation_id = %id, revision, subject = %principal.subject, action);
+        let _g = span.enter();
+        // A racing reviewer can bump the version between our read and write; re-read and retry.
+        for _ in 0..3 {
+            let now = self.clock.now_ms();
+            let record = self
+                .store
+                .get_recommendation(id, None)?
+                .ok_or_else(|| ApiError::NotFound(format!("no recommendation {id}")))?;
+            let change = record.change.clone();
+            let result = if approve {
+                cairn_workflow::approve(&change, &record.recommendation, principal, revision, reason, now)
+            } else {
+                cairn_workflow::reject(&change, &record.recommendation, principal, revision, reason, now)
+            };
+            let (next, drafts) = match result {
+                Ok(ok) => ok,
+                Err(e) => {
+                    self.metrics.reviews.with_label_values(&[action, "refused"]).inc();
+                    if matches!(e, cairn_workflow::ReviewError::Expired { .. }) {
+                        self.store.expire_pending(now)?;
+                        self.audit_written();
+                    }
+                    info!(error = %e, "review refused");
+                    return Err(e.into());
+                }
+            };
+            match self.store.update_change(&next, change.version, &drafts, now) {
+                Ok(()) => {
+                    self.metrics.reviews.with_label_values(&[action, "accepted"]).inc();
+                    self.audit_written();
+                    let message = match (approve, next.state) {
+                        (true, ChangeState::Approved) => {
+                            self.wake_executor();
+                            format!(
+                                "approved: quorum of {} met; the executor will run it",
+                                next.approvals_required
+                            )
+                        }
+                        (true, _) => format!(
+                            "approval {} of {} recorded",
+                            next.approvals.len(),
+                            next.approvals_required
+                        ),
+                        (false, _) => "rejected: the change will not run".to_string(),
+                    };
+                    info!(change_id = %next.id, state = next.state.as_str(), "review recorded");
+                    return Ok((next, message));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Internal("the change kept changing under concurrent reviews; try again".into()))
+    }
+
+    /// Expires stale pending changes, claims approved ones and runs them. Async because adapters
+    /// do I/O; store calls are short.
+    pub async fn execute_ready(self: &Arc<Self>) -> Result<usize, ApiError> {
+        let engine = self.clone();
+        let claimed = tokio::task::spawn_blocking(move || -> Result<Vec<ChangeRequest>, ApiError> {
+            let now = engine.clock.now_ms();
+            let expired = engine.store.expire_pending(now)?;
+            let claimed = engine.store.claim_approved(16, now)?;
+            if !expired.is_empty() || !claimed.is_empty() {
+                engine.audit_written();
+            }
+            Ok(claimed)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let n = claimed.len();
+        for change in claimed {
+            self.execute_one(change).await?;
+        }
+        Ok(n)
+    }
+
+    async fn execute_one(self: &Arc<Self>, change: ChangeRequest) -> Result<(), ApiError> {
+        let span = info_span!("execute", change_id = %change.id, recommendation_id = %change.recommendation_id, revision = change.revision);
+        let record = {
+            let engine = self.clone();
+            let id = change.recommendation_id.clone();
+            let rev = change.revision;
+            tokio::task::spawn_blocking(move || engine.store.get_recommendation(&id, Some(rev)))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        };
+        let Some(RecommendationRecord { recommendation, decision, .. }) = record else {
+            return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
+        };
+        let now = self.clock.now_ms();
+        let result = {
+            let _g = span.enter();
+            self.executor.run(&change, &recommendation, &decision, now)
+        }
+        .await;
+        let (execution, next, drafts) = match result {
+            Ok(done) => done,
+            Err(refused) => {
+                // Invariant 1: the executor re-checks the decision and the quorum and refused.
+                // The change fails visibly instead of running.
+                warn!(parent: &span, error = %refused, "execution refused");
+                let mut next = change.clone();
+                next.state = ChangeState::Failed;
+                next.version += 1;
+                next.updated_ms = now;
+                let draft = AuditDraft {
+                    actor: CAIRN_SERVICE_SUBJECT.into(),
+                    kind: "change.execution_refused".into(),
+                    recommendation_id: Some(change.recommendation_id.0.clone()),
+                    revision: Some(change.revision),
+                    change_id: Some(change.id.0.clone()),
+                    policy_version: Some(change.policy_version.clone()),
+                    reason: refused.to_string(),
+                    payload: serde_json::json!({ "state": next.state.as_str() }),
+                    ..Default::default()
+                };
+                let engine = self.clone();
+                let expected = change.version;
+                tokio::task::spawn_blocking(move || engine.store.update_change(&next, expected, &[draft], now))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))??;
+                self.metrics.executions.with_label_values(&["none", "refused"]).inc();
+                self.audit_written();
+                return Ok(());
+            }
+        };
+        let status = match &execution.outcome {
+            cairn_types::ExecutionOutcome::Succeeded => "succeeded",
+            cairn_types::ExecutionOutcome::DryRun => "dry_run",
+            cairn_types::ExecutionOutcome::Failed { .. } => "failed",
+        };
+        self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
+        info!(parent: &span, adapter = %execution.adapter, status, "executed");
+        let engine = self.clone();
+        let expected = change.version;
+        tokio::task::spawn_blocking(move || {
+            engine.store.record_execution(&execution, &next, expected, &drafts, now)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        self.audit_written();
+        Ok(())
+    }
+
+    /// Runs the executor until cancelled: on every approval, and every `interval` in any case.
+    pub async fn executor_loop(self: Arc<Self>, interval: std::time::Duration, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Err(e) = self.execute_ready().await {
+                warn!(error = %e, "executor pass failed");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.executor_wake.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+fn ran(state: ChangeState) -> bool {
+    matches!(
+        state,
+        ChangeState::Executing
+            | ChangeState::Succeeded
+            | ChangeState::Failed
+            | ChangeState::RolledBack
+            | ChangeState::RollbackFailed
+    )
+}
+
+fn tier_label(tier: Option<u8>) -> String {
+    tier.map(|t| t.to_string()).unwrap_or_else(|| "none".into())
+}

@@ -1,0 +1,103 @@
+//! The one place where errors of the pipeline become gRPC statuses and HTTP responses.
+
+use axum::http::StatusCode;
+use cairn_ingest::{ErrorKind, IngestError};
+use cairn_store::StoreError;
+use cairn_workflow::ReviewError;
+
+/// Everything a request can fail with, by domain.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Review(#[from] ReviewError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("missing or unknown bearer token; present one as 'authorization: Bearer <token>'")]
+    Unauthenticated,
+    #[error("analysis queue is full; retry after {retry_after_secs}s")]
+    Overloaded { retry_after_secs: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            ApiError::Ingest(e) => match e.kind() {
+                ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+                ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                // Prometheus treats every 4xx alike (drop); 400 is what its docs and our README promise.
+                ErrorKind::UnsupportedMediaType => StatusCode::BAD_REQUEST,
+            },
+            ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            // Never a 4xx for overload: Prometheus drops data on 4xx and retries on 5xx.
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Review(_) => StatusCode::CONFLICT,
+            ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short label for the rejected-requests counter.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            ApiError::Ingest(e) => match e.kind() {
+                ErrorKind::BadRequest => "bad_request",
+                ErrorKind::PayloadTooLarge => "too_large",
+                ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            },
+            ApiError::InvalidArgument(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Review(_) => "refused",
+            ApiError::Store(_) | ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> tonic::Status {
+        let msg = e.to_string();
+        match &e {
+            ApiError::Ingest(_) | ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            ApiError::NotFound(_) => tonic::Status::not_found(msg),
+            ApiError::Unauthenticated => tonic::Status::unauthenticated(msg),
+            ApiError::Overloaded { .. } => tonic::Status::unavailable(msg),
+            ApiError::Review(r) => review_status(r, msg),
+            ApiError::Store(StoreError::Conflict { .. }) => tonic::Status::aborted(msg),
+            ApiError::Store(_) | ApiError::Internal(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+fn review_status(r: &ReviewError, msg: String) -> tonic::Status {
+    use ReviewError as R;
+    match r {
+        R::MissingFields { .. } | R::EmptyReason => tonic::Status::invalid_argument(msg),
+        R::SelfApproval { .. } | R::ServiceIdentity | R::NotInApproverGroup { .. } => {
+            tonic::Status::permission_denied(msg)
+        }
+        _ => tonic::Status::failed_precondition(msg),
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let status = self.http_status();
+        let mut resp = (status, format!("{self}\n")).into_response();
+        if let ApiError::Overloaded { retry_after_secs } = self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}

@@ -1,0 +1,316 @@
+//! The gRPC services of `cairn.v1`: ingest, review (with the live watch stream) and audit.
+
+use crate::auth::Authenticator;
+use crate::convert as cv;
+use crate::engine::{Batch, Engine};
+use crate::error::ApiError;
+use cairn_proto::v1 as pb;
+use cairn_store::{AuditQuery, RecommendationFilter};
+use cairn_types::{ChangeState, Principal, RecommendationId};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Runs a blocking store call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker panicked: {e}")))?
+        .map_err(Status::from)
+}
+
+/// A tonic interceptor that authenticates the bearer token and puts the principal into the
+/// request's extensions; calls without a valid token stop here with UNAUTHENTICATED.
+#[derive(Clone, Debug)]
+pub struct AuthInterceptor {
+    pub auth: Arc<Authenticator>,
+    /// When false (ingest on loopback by default), calls pass without a token.
+    pub required: bool,
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        match self.auth.authenticate(header) {
+            Some(p) => {
+                req.extensions_mut().insert(p);
+                Ok(req)
+            }
+            None if !self.required => Ok(req),
+            None => Err(ApiError::Unauthenticated.into()),
+        }
+    }
+}
+
+fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions().get::<Principal>().cloned().ok_or_else(|| ApiError::Unauthenticated.into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ingest
+
+#[derive(Debug)]
+pub struct IngestSvc {
+    pub engine: Arc<Engine>,
+    pub queue: mpsc::Sender<Batch>,
+    pub limits: Arc<cairn_ingest::IngestLimits>,
+}
+
+const MAX_REJECTION_DETAILS: usize = 100;
+
+#[tonic::async_trait]
+impl pb::ingest_service_server::IngestService for IngestSvc {
+    async fn push(&self, request: Request<Streaming<pb::PushRequest>>) -> Result<Response<pb::PushResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut resp = pb::PushResponse::default();
+        let mut batch_index = 0u64;
+        while let Some(batch) = stream.message().await? {
+            let mut samples = Vec::with_capacity(batch.samples.len());
+            let mut alerts = Vec::with_capacity(batch.alerts.len());
+            let mut reject = |kind: &str, i: usize, reason: String| {
+                resp.rejected += 1;
+                if resp.rejections.len() < MAX_REJECTION_DETAILS {
+                    resp.rejections.push(pb::PushRejection {
+                        batch_index,
+                        item_kind: kind.into(),
+                        item_index: i as u64,
+                        reason,
+                    });
+                }
+            };
+            for (i, s) in batch.samples.iter().enumerate() {
+                match cv::sample_from_pb(s).and_then(|s| {
+                    cairn_ingest::validate_sample(&s, &self.limits).map(|()| s).map_err(|e| e.to_string())
+                }) {
+                    Ok(s) => samples.push(s),
+                    Err(reason) => reject("sample", i, reason),
+                }
+            }
+            for (i, a) in batch.alerts.iter().enumerate() {
+                match cv::alert_from_pb(a).and_then(|a| {
+                    cairn_ingest::validate_alert(&a, &self.limits).map(|()| a).map_err(|e| e.to_string())
+                }) {
+                    Ok(a) => alerts.push(a),
+                    Err(reason) => reject("alert", i, reason),
+                }
+            }
+            // Back-pressure: a gRPC producer waits (bounded) for room instead of being dropped.
+            let wait = Duration::from_secs(5);
+            if !samples.is_empty() {
+                let n = samples.len() as u64;
+                self.send(Batch::Samples { samples, source: "grpc" }, wait).await?;
+                self.engine.metrics.samples_accepted.with_label_values(&["grpc"]).inc_by(n);
+                resp.accepted_samples += n;
+            }
+            if !alerts.is_empty() {
+                let n = alerts.len() as u64;
+                self.send(Batch::Alerts { alerts, source: "grpc" }, wait).await?;
+                self.engine.metrics.alerts_accepted.with_label_values(&["grpc"]).inc_by(n);
+                resp.accepted_alerts += n;
+            }
+            batch_index += 1;
+        }
+        Ok(Response::new(resp))
+    }
+}
+
+impl IngestSvc {
+    async fn send(&self, batch: Batch, wait: Duration) -> Result<(), Status> {
+        match self.queue.send_timeout(batch, wait).await {
+            Ok(()) => {
+                self.engine.metrics.queue_depth.inc();
+                Ok(())
+            }
+            Err(_) => {
+                self.engine.metrics.requests_overloaded.with_label_values(&["grpc"]).inc();
+                Err(ApiError::Overloaded { retry_after_secs: wait.as_secs() }.into())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Review
+
+#[derive(Debug)]
+pub struct ReviewSvc {
+    pub engine: Arc<Engine>,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::review_service_server::ReviewService for ReviewSvc {
+    async fn list_recommendations(
+        &self,
+        request: Request<pb::ListRecommendationsRequest>,
+    ) -> Result<Response<pb::ListRecommendationsResponse>, Status> {
+        principal(&request)?;
+        let r = request.into_inner();
+        let state = if r.state.is_empty() {
+            None
+        } else {
+            Some(ChangeState::parse(&r.state).ok_or_else(|| {
+                Status::invalid_argument(format!("unknown state {:?}; expected one of {}", r.state,
+                    ChangeState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")))
+            })?)
+        };
+        let filter = RecommendationFilter {
+            outcome: cv::outcome_from_pb(r.outcome),
+            state,
+            service: (!r.service.is_empty()).then_some(r.service),
+            limit: if r.limit == 0 { 100 } else { r.limit.min(1000) as usize },
+        };
+        let engine = self.engine.clone();
+        let records = blocking(move || Ok(engine.store.list_recommendations(&filter)?)).await?;
+        Ok(Response::new(pb::ListRecommendationsResponse {
+            recommendations: records
+                .iter()
+                .map(|r| pb::RecommendationView {
+                    recommendation: Some(cv::recommendation_to_pb(&r.recommendation)),
+                    decision: Some(cv::decision_to_pb(&r.decision)),
+                    change: Some(cv::change_to_pb(&r.change)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_decision_card(
+        &self,
+        request: Request<pb::GetDecisionCardRequest>,
+    ) -> Result<Response<pb::DecisionCard>, Status> {
+        principal(&request)?;
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        let card = blocking(move || crate::card::decision_card(&engine, &RecommendationId(r.recommendation_id), r.revision))
+            .await?;
+        Ok(Response::new(card))
+    }
+
+    async fn approve(&self, request: Request<pb::ApproveRequest>) -> Result<Response<pb::ReviewResponse>, Status> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        self.review(who, r.recommendation_id, r.revision, r.reason, true).await
+    }
+
+    async fn reject(&self, request: Request<pb::RejectRequest>) -> Result<Response<pb::ReviewResponse>, Status> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        self.review(who, r.recommendation_id, r.revision, r.reason, false).await
+    }
+
+    type WatchRecommendationsStream = WatchStream;
+
+    async fn watch_recommendations(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchRecommendationsStream>, Status> {
+        principal(&request)?;
+        let mut cursor = request.into_inner().after_cursor;
+        let engine = self.engine.clone();
+        let mut head = engine.subscribe_audit_head();
+        let (tx, rx) = mpsc::channel::<Result<pb::WatchEvent, Status>>(256);
+        tokio::spawn(async move {
+            // The audit log is the outbox: re-read from the cursor after every wake-up, so a
+            // missed notification costs latency, never an event.
+            loop {
+                let e2 = engine.clone();
+                let q = AuditQuery { after_seq: Some(cursor), limit: 500, ..Default::default() };
+                let events = match blocking(move || Ok(e2.store.audit_events(&q)?)).await {
+                    Ok(ev) => ev,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let full_page = events.len() == 500;
+                for ev in &events {
+                    cursor = ev.seq;
+                    if ev.recommendation_id.is_none() {
+                        continue;
+                    }
+                    if tx.send(Ok(cv::watch_event_from_audit(ev))).await.is_err() {
+                        return; // client went away
+                    }
+                }
+                if full_page {
+                    continue;
+                }
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+impl ReviewSvc {
+    async fn review(
+        &self,
+        who: Principal,
+        id: String,
+        revision: u32,
+        reason: String,
+        approve: bool,
+    ) -> Result<Response<pb::ReviewResponse>, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("recommendation_id is required"));
+        }
+        if revision == 0 {
+            return Err(Status::invalid_argument(
+                "revision is required: name the exact revision you reviewed (see GetDecisionCard)",
+            ));
+        }
+        let engine = self.engine.clone();
+        let (change, message) =
+            blocking(move || engine.review(&who, &RecommendationId(id), revision, &reason, approve)).await?;
+        Ok(Response::new(pb::ReviewResponse { change: Some(cv::change_to_pb(&change)), message }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+
+#[derive(Debug)]
+pub struct AuditSvc {
+    pub engine: Arc<Engine>,
+}
+
+#[tonic::async_trait]
+impl pb::audit_service_server::AuditService for AuditSvc {
+    async fn query(&self, request: Request<pb::AuditQueryRequest>) -> Result<Response<pb::AuditQueryResponse>, Status> {
+        principal(&request)?;
+        let r = request.into_inner();
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let q = AuditQuery {
+            recommendation_id: some(r.recommendation_id),
+            incident_id: some(r.incident_id),
+            actor: some(r.actor),
+            kind: some(r.kind),
+            since_ms: (r.since_ms != 0).then_some(r.since_ms),
+            until_ms: (r.until_ms != 0).then_some(r.until_ms),
+            after_seq: (r.after_seq != 0).then_some(r.after_seq),
+            limit: if r.limit == 0 { 1000 } else { r.limit.min(10_000) as usize },
+        };
+        let engine = self.engine.clone();
+        let events = blocking(move || Ok(engine.store.audit_events(&q)?)).await?;
+        Ok(Response::new(pb::AuditQueryResponse { events: events.iter().map(cv::audit_to_pb).collect() }))
+    }
+
+    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        principal(&request)?;
+        let engine = self.engine.clone();
+        let result = tokio::task::spawn_blocking(move || engine.store.verify_audit())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(crate::card::verify_response(result)?))
+    }
+}

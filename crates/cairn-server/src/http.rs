@@ -1,0 +1,176 @@
+//! HTTP endpoints: Prometheus remote_write, the Alertmanager webhook, `/metrics`, `/healthz`,
+//! `/readyz`. Decoding lives in `cairn-ingest`; this module reads headers and bodies, applies the
+//! size cap before buffering, enqueues accepted batches and maps errors to statuses.
+
+use crate::auth::Authenticator;
+use crate::engine::{Batch, Engine};
+use crate::error::ApiError;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cairn_ingest::IngestLimits;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// What the HTTP handlers share.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    pub engine: Arc<Engine>,
+    pub queue: mpsc::Sender<Batch>,
+    pub limits: Arc<IngestLimits>,
+    pub auth: Arc<Authenticator>,
+    pub require_token: bool,
+    pub retry_after_secs: u64,
+    /// False once the analysis worker has stopped: `/readyz` then fails.
+    pub worker_alive: Arc<AtomicBool>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    // The extractor refuses bodies over the cap while reading them, so an oversized body is never
+    // buffered whole; `+ 1` lets the decoder name the exact limit in its message.
+    let body_cap = state.limits.max_body_bytes.saturating_add(1);
+    Router::new()
+        .route("/api/v1/write", post(remote_write))
+        .route("/api/v1/alerts/alertmanager", post(alertmanager))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(body_cap))
+        .with_state(state)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl HttpState {
+    fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.require_token && self.auth.authenticate(header_str(headers, header::AUTHORIZATION)).is_none() {
+            return Err(ApiError::Unauthenticated);
+        }
+        Ok(())
+    }
+
+    fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+        body.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::Ingest(cairn_ingest::IngestError::BodyTooLarge {
+                    limit: self.limits.max_body_bytes,
+                })
+            } else {
+                ApiError::InvalidArgument(format!("cannot read request body: {rej}"))
+            }
+        })
+    }
+
+    /// Hands a batch to the analysis worker without waiting: a full queue is an immediate,
+    /// retryable refusal, so back-pressure reaches the sender instead of piling up here.
+    fn enqueue(&self, batch: Batch, endpoint: &'static str) -> Result<(), ApiError> {
+        match self.queue.try_send(batch) {
+            Ok(()) => {
+                self.engine.metrics.queue_depth.inc();
+                Ok(())
+            }
+            Err(_) => {
+                self.engine.metrics.requests_overloaded.with_label_values(&[endpoint]).inc();
+                Err(ApiError::Overloaded { retry_after_secs: self.retry_after_secs })
+            }
+        }
+    }
+
+    fn finish(&self, endpoint: &'static str, started: Instant, result: Result<Response, ApiError>) -> Response {
+        self.engine
+            .metrics
+            .request_duration
+            .with_label_values(&[endpoint])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => r,
+            Err(e) => {
+                if !matches!(e, ApiError::Overloaded { .. }) {
+                    self.engine
+                        .metrics
+                        .requests_rejected
+                        .with_label_values(&[endpoint, e.reason_label()])
+                        .inc();
+                }
+                tracing::debug!(endpoint, error = %e, "request refused");
+                e.into_response()
+            }
+        }
+    }
+}
+
+async fn remote_write(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    const ENDPOINT: &str = "remote_write";
+    let started = Instant::now();
+    let result = (|| {
+        st.check_token(&headers)?;
+        let body = st.body(body)?;
+        let samples = cairn_ingest::decode_remote_write(
+            header_str(&headers, header::CONTENT_ENCODING),
+            header_str(&headers, header::CONTENT_TYPE),
+            &body,
+            &st.limits,
+        )?;
+        let n = samples.len() as u64;
+        if n > 0 {
+            st.enqueue(Batch::Samples { samples, source: ENDPOINT }, ENDPOINT)?;
+            st.engine.metrics.samples_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })();
+    st.finish(ENDPOINT, started, result)
+}
+
+async fn alertmanager(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    const ENDPOINT: &str = "alertmanager";
+    let started = Instant::now();
+    let result = (|| {
+        st.check_token(&headers)?;
+        let body = st.body(body)?;
+        let now = st.engine.clock.now_ms();
+        let batch = cairn_ingest::decode_alertmanager(&body, &st.limits, now)?;
+        let n = batch.alerts.len() as u64;
+        if n > 0 {
+            st.enqueue(Batch::Alerts { alerts: batch.alerts, source: ENDPOINT }, ENDPOINT)?;
+            st.engine.metrics.alerts_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
+        }
+        Ok((StatusCode::OK, format!("accepted {n} alerts\n")).into_response())
+    })();
+    st.finish(ENDPOINT, started, result)
+}
+
+async fn metrics(State(st): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        st.engine.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(st): State<HttpState>) -> Response {
+    if !st.worker_alive.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "analysis worker stopped\n").into_response();
+    }
+    let engine = st.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.store.audit_head()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store check failed: {e}\n")).into_response(),
+    }
+}
