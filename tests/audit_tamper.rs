@@ -1,0 +1,79 @@
+//! Invariant 8 from the outside: the audit log written by a real server verifies, and editing one
+//! stored row behind the server's back (as someone with file access could) makes `Verify` fail and
+//! name that row.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_e2e::*;
+use cairn_proto::v1 as pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_one_stored_audit_row_is_detected_and_named() {
+    let mut h = Harness::start().await;
+    let p = webhook_payload(
+        "DeploymentErrorsAfterRelease",
+        &[("service", "checkout"), ("env", "production"), ("instance", "checkout-1:8080")],
+        &[("cairn_confidence", "0.9")],
+        "firing",
+        "fp-audit",
+    );
+    assert_eq!(h.webhook(&p).await.0, 200);
+    let views = h.wait_for_views("a recommendation", |v| !v.is_empty()).await;
+    let r = views[0].recommendation.clone().unwrap();
+    h.review("user:carol")
+        .await
+        .approve(pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: "ok".into() })
+        .await
+        .unwrap();
+    h.wait_for_state(&r.id, &["succeeded"]).await;
+
+    let v = h.audit("user:alice").await.verify(pb::VerifyRequest {}).await.unwrap().into_inner();
+    assert!(v.ok, "{v:?}");
+    assert!(v.entries >= 5, "proposal, decision, change, approval, execution: {v:?}");
+    let events = h
+        .audit("user:alice")
+        .await
+        .query(pb::AuditQueryRequest { recommendation_id: r.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    for k in ["decision.made", "change.approved", "change.executed"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let approval = events.iter().find(|e| e.kind == "change.approved").unwrap();
+    assert_eq!(approval.actor, "user:carol");
+    h.stop().await;
+
+    // Someone with access to the file rewrites history: the trigger that refuses UPDATE is in the
+    // way, so they drop it first.
+    let target_seq = events[1].seq as i64;
+    {
+        let db = rusqlite::Connection::open(h.data_dir.join("cairn.db")).unwrap();
+        let refused = db.execute("UPDATE audit_log SET reason = 'nothing to see' WHERE seq = ?1", [target_seq]);
+        assert!(refused.is_err(), "the store refuses UPDATE on the audit log");
+        let triggers: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        for t in triggers {
+            db.execute(&format!("DROP TRIGGER {t}"), []).unwrap();
+        }
+        let n = db.execute("UPDATE audit_log SET reason = 'nothing to see' WHERE seq = ?1", [target_seq]).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    // A server started on the same data sees it.
+    let dir = h.data_dir.clone();
+    let h2 = Harness::start_with(move |c| c.data_dir = dir).await;
+    let v = h2.audit("user:alice").await.verify(pb::VerifyRequest {}).await.unwrap().into_inner();
+    assert!(!v.ok, "tampering must be detected");
+    assert_eq!(v.first_bad_seq, target_seq as u64, "{v:?}");
+    assert!(v.problem.contains(&target_seq.to_string()), "{v:?}");
+    let mut h2 = h2;
+    h2.stop().await;
+}

@@ -1,0 +1,255 @@
+//! A test harness: a real Cairn server on free loopback ports with a temporary store and a few
+//! known people, plus clients that speak the real protocols (remote_write over HTTP, the
+//! Alertmanager webhook, gRPC with bearer tokens).
+//!
+//! The server runs inside the test's tokio runtime, so it ends with the test even when the test
+//! fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
+
+use cairn_proto::v1 as pb;
+use cairn_server::config::{ServerConfig, TokenEntry};
+use cairn_server::RunningServer;
+use prost::Message;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// People the harness configures: (subject, groups).
+pub const PEOPLE: &[(&str, &[&str])] = &[
+    ("user:alice", &["sre", "sre-leads"]),
+    ("user:bob", &["sre", "sre-leads"]),
+    ("user:carol", &["sre"]),
+    ("user:mallory", &[]),
+];
+
+pub fn token_of(subject: &str) -> String {
+    format!("test-token-{subject}")
+}
+
+pub struct Harness {
+    pub server: Option<RunningServer>,
+    pub http: SocketAddr,
+    pub grpc: String,
+    pub data_dir: PathBuf,
+    pub _dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+pub fn default_config(data_dir: PathBuf) -> ServerConfig {
+    let mut cfg = ServerConfig {
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir,
+        ..ServerConfig::default()
+    };
+    cfg.executor.poll_interval_ms = 50;
+    cfg.auth.tokens = PEOPLE
+        .iter()
+        .map(|(s, g)| TokenEntry {
+            subject: s.to_string(),
+            display_name: String::new(),
+            groups: g.iter().map(|g| g.to_string()).collect(),
+            token_sha256: cairn_server::auth::hash_token(&token_of(s)),
+        })
+        .collect();
+    cfg
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the default test configuration, adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = default_config(dir.path().join("data"));
+        tweak(&mut cfg);
+        let data_dir = cfg.data_dir.clone();
+        let server = cairn_server::start(cfg, Arc::new(cairn_server::engine::SystemClock)).await.unwrap();
+        Harness {
+            http: server.http_addr,
+            grpc: format!("http://{}", server.grpc_addr),
+            server: Some(server),
+            data_dir,
+            _dir: dir,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    pub fn engine(&self) -> &cairn_server::engine::Engine {
+        &self.server.as_ref().unwrap().engine
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, String) {
+        let mut req = self.client.post(format!("http://{}{path}", self.http)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    pub async fn remote_write(&self, body: Vec<u8>) -> (u16, String) {
+        self.post(
+            "/api/v1/write",
+            &[("Content-Encoding", "snappy"), ("Content-Type", "application/x-protobuf")],
+            body,
+        )
+        .await
+    }
+
+    pub async fn webhook(&self, payload: &serde_json::Value) -> (u16, String) {
+        self.post(
+            "/api/v1/alerts/alertmanager",
+            &[("Content-Type", "application/json")],
+            serde_json::to_vec(payload).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.client.get(format!("http://{}/metrics", self.http)).send().await.unwrap().text().await.unwrap()
+    }
+
+    pub async fn review(&self, subject: &str) -> Review {
+        let channel = Channel::from_shared(self.grpc.clone()).unwrap().connect().await.unwrap();
+        pb::review_service_client::ReviewServiceClient::with_interceptor(channel, Bearer::of(subject))
+    }
+
+    pub async fn audit(&self, subject: &str) -> Audit {
+        let channel = Channel::from_shared(self.grpc.clone()).unwrap().connect().await.unwrap();
+        pb::audit_service_client::AuditServiceClient::with_interceptor(channel, Bearer::of(subject))
+    }
+
+    /// Polls ListRecommendations until `pred` holds, or panics after 15 s.
+    pub async fn wait_for_views(
+        &self,
+        what: &str,
+        pred: impl Fn(&[pb::RecommendationView]) -> bool,
+    ) -> Vec<pb::RecommendationView> {
+        let mut c = self.review("user:alice").await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let views = c
+                .list_recommendations(pb::ListRecommendationsRequest { limit: 1000, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+                .recommendations;
+            if pred(&views) {
+                return views;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; have {views:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls the decision card of `id` until its change is in one of `states`.
+    pub async fn wait_for_state(&self, id: &str, states: &[&str]) -> pb::DecisionCard {
+        let mut c = self.review("user:alice").await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let card = c
+                .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: id.into(), revision: 0 })
+                .await
+                .unwrap()
+                .into_inner();
+            let state = card.change.as_ref().map(|c| c.state.clone()).unwrap_or_default();
+            if states.contains(&state.as_str()) {
+                return card;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {id} to reach {states:?}; it is {state}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Bearer(String);
+
+impl Bearer {
+    pub fn of(subject: &str) -> Bearer {
+        Bearer(format!("Bearer {}", token_of(subject)))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.parse().unwrap());
+        Ok(req)
+    }
+}
+
+pub type Review = pb::review_service_client::ReviewServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Audit = pb::audit_service_client::AuditServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A remote_write body (snappy block-compressed protobuf) for the given series.
+pub fn remote_write_body(series: &[(Vec<(&str, &str)>, Vec<(i64, f64)>)]) -> Vec<u8> {
+    use cairn_ingest::prompb::{Label, Sample, TimeSeries, WriteRequest};
+    let req = WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|(labels, samples)| TimeSeries {
+                labels: labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }).collect(),
+                samples: samples.iter().map(|(t, v)| Sample { value: *v, timestamp: *t }).collect(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap()
+}
+
+/// An Alertmanager webhook payload (version 4) with one alert.
+pub fn webhook_payload(
+    alertname: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+    status: &str,
+    fingerprint: &str,
+) -> serde_json::Value {
+    let mut l = serde_json::Map::new();
+    l.insert("alertname".into(), alertname.into());
+    for (k, v) in labels {
+        l.insert(k.to_string(), (*v).into());
+    }
+    let a: serde_json::Map<String, serde_json::Value> =
+        annotations.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+    let ends_at = if status == "resolved" { "2026-11-24T10:05:00Z" } else { "0001-01-01T00:00:00Z" };
+    serde_json::json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"{alertname}\"}}"),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "cairn",
+        "groupLabels": {"alertname": alertname},
+        "commonLabels": l.clone(),
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.test:9093",
+        "alerts": [{
+            "status": status,
+            "labels": l,
+            "annotations": a,
+            "startsAt": "2026-11-24T10:00:00Z",
+            "endsAt": ends_at,
+            "generatorURL": "http://prometheus.test:9090/graph",
+            "fingerprint": fingerprint,
+        }]
+    })
+}

@@ -1,0 +1,193 @@
+//! Ingestion through the real HTTP protocols: remote_write status codes, nothing kept from a
+//! rejected request, Alertmanager delivery semantics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_e2e::*;
+
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_errors_get_their_documented_status_and_leave_no_trace() {
+    let mut h = Harness::start_with(|c| c.ingest.limits.max_body_bytes = 64 * 1024).await;
+    let now = now_ms();
+    let good = remote_write_body(&[(
+        vec![("__name__", "up"), ("job", "node"), ("service", "api")],
+        vec![(now, 1.0)],
+    )]);
+
+    // Corrupt snappy.
+    let (s, msg) = h.remote_write(vec![0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3]).await;
+    assert_eq!(s, 400, "{msg}");
+    // Valid snappy around bytes that are not a WriteRequest.
+    let junk = snap::raw::Encoder::new().compress_vec(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();
+    let (s, msg) = h.remote_write(junk).await;
+    assert_eq!(s, 400, "{msg}");
+    // Wrong Content-Encoding.
+    let (s, msg) = h
+        .post("/api/v1/write", &[("Content-Encoding", "gzip"), ("Content-Type", "application/x-protobuf")], good.clone())
+        .await;
+    assert_eq!(s, 400, "{msg}");
+    assert!(msg.to_lowercase().contains("snappy"), "the message says what is expected: {msg}");
+    // Oversized body.
+    let big: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = (0..4000)
+        .map(|i| (vec![("__name__", "big"), ("i", if i % 2 == 0 { "even" } else { "odd" })], vec![(now + i, i as f64)]))
+        .collect();
+    let mut oversized = remote_write_body(&big);
+    oversized.resize(70 * 1024, 0);
+    let (s, msg) = h.remote_write(oversized).await;
+    assert_eq!(s, 413, "{msg}");
+    // Invalid label name.
+    let bad_label = remote_write_body(&[(vec![("__name__", "up"), ("bad-name", "x")], vec![(now, 1.0)])]);
+    let (s, msg) = h.remote_write(bad_label).await;
+    assert_eq!(s, 400, "{msg}");
+    assert!(msg.contains("bad-name"), "the message names the label: {msg}");
+    // A request with one bad series among good ones is refused whole.
+    let mixed = remote_write_body(&[
+        (vec![("__name__", "fine"), ("job", "a")], vec![(now, 1.0)]),
+        (vec![("job", "no-name")], vec![(now, 1.0)]),
+    ]);
+    let (s, _) = h.remote_write(mixed).await;
+    assert_eq!(s, 400);
+
+    let text = h.metrics_text().await;
+    assert_eq!(metric_value(&text, "cairn_ingest_samples_total{source=\"remote_write\"}"), 0.0, "{text}");
+    assert_eq!(h.engine().store.count_anomalies().unwrap(), 0);
+    assert_eq!(metric_value(&text, "cairn_detector_active_series"), 0.0);
+
+    // And a good request after all that is accepted.
+    let (s, msg) = h.remote_write(good).await;
+    assert_eq!(s, 204, "{msg}");
+    let text = h.metrics_text().await;
+    assert_eq!(metric_value(&text, "cairn_ingest_samples_total{source=\"remote_write\"}"), 1.0, "{text}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_with_retry_after_never_4xx() {
+    // A queue of one batch, and a burst of requests: some must be told to come back later.
+    let mut h = Harness::start_with(|c| {
+        c.ingest.queue_capacity = 1;
+        c.ingest.retry_after_secs = 2;
+    })
+    .await;
+    let now = now_ms();
+    let series: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = (0..2000)
+        .map(|i| (vec![("__name__", "load"), ("shard", if i % 3 == 0 { "a" } else if i % 3 == 1 { "b" } else { "c" })], (0..50).map(|j| (now - 50_000 + j * 1000 + i, (j % 7) as f64)).collect()))
+        .collect();
+    let body = remote_write_body(&series);
+    let mut statuses = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        let client = h.client.clone();
+        let url = format!("http://{}/api/v1/write", h.http);
+        let body = body.clone();
+        handles.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("Content-Encoding", "snappy")
+                .header("Content-Type", "application/x-protobuf")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
+        }));
+    }
+    for hd in handles {
+        statuses.push(hd.await.unwrap());
+    }
+    assert!(statuses.iter().all(|(s, _)| *s == 204 || *s == 503), "only success or retryable: {statuses:?}");
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(!refused.is_empty(), "a queue of one must overflow under 16 concurrent requests: {statuses:?}");
+    assert!(refused.iter().all(|(_, ra)| ra.as_deref() == Some("2")), "{refused:?}");
+    let accepted = statuses.iter().filter(|(s, _)| *s == 204).count() as f64;
+    let text = h.metrics_text().await;
+    let counted = {
+        let line = text.lines().find(|l| l.starts_with("cairn_ingest_samples_total{source=\"remote_write\"}")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+    };
+    assert_eq!(counted, accepted * 2000.0 * 50.0, "accepted samples are exactly those of the 204 answers");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_duplicate_delivery_keeps_one_and_resolved_updates_it() {
+    let mut h = Harness::start().await;
+    let labels = [("service", "api"), ("env", "staging"), ("severity", "warning")];
+    let firing = webhook_payload("ProcessDown", &labels, &[("summary", "api down")], "firing", "fp0001");
+    // Two clustered Alertmanagers deliver the same group.
+    assert_eq!(h.webhook(&firing).await.0, 200);
+    assert_eq!(h.webhook(&firing).await.0, 200);
+    h.wait_for_views("a recommendation for the alert", |v| !v.is_empty()).await;
+    let store = &h.engine().store;
+    assert_eq!(store.count_alerts().unwrap(), 1, "the duplicate delivery is one alert");
+    let text = h.metrics_text().await;
+    assert!(text.contains("cairn_ingest_alerts_deduplicated_total 1"), "{text}");
+
+    let resolved = webhook_payload("ProcessDown", &labels, &[("summary", "api down")], "resolved", "fp0001");
+    assert_eq!(h.webhook(&resolved).await.0, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let alerts = h.engine().store.list_alerts(10).unwrap();
+        assert_eq!(alerts.len(), 1, "resolved updates the same fingerprint, it does not add one");
+        if alerts[0].status == cairn_types::AlertStatus::Resolved {
+            assert!(alerts[0].ends_at_ms.is_some());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "resolved status never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_alertmanager_payloads_are_400_naming_the_problem() {
+    let mut h = Harness::start().await;
+    let (s, msg) = h.post("/api/v1/alerts/alertmanager", &[("Content-Type", "application/json")], b"{\"version\": \"4\", \"alerts\": [".to_vec()).await;
+    assert_eq!(s, 400, "{msg}");
+    let mut no_name = webhook_payload("X", &[], &[], "firing", "fp1");
+    no_name["alerts"][0]["labels"].as_object_mut().unwrap().remove("alertname");
+    let (s, msg) = h.webhook(&no_name).await;
+    assert_eq!(s, 400, "{msg}");
+    assert!(msg.contains("alertname"), "{msg}");
+    let mut v3 = webhook_payload("X", &[], &[], "firing", "fp1");
+    v3["version"] = "3".into();
+    let (s, msg) = h.webhook(&v3).await;
+    assert_eq!(s, 400, "{msg}");
+    assert_eq!(h.engine().store.count_alerts().unwrap(), 0, "nothing from a refused request is kept");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_push_keeps_valid_items_and_explains_rejected_ones() {
+    use cairn_proto::v1 as pb;
+    let mut h = Harness::start().await;
+    let channel = tonic::transport::Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut ingest = pb::ingest_service_client::IngestServiceClient::new(channel);
+    let label = |n: &str, v: &str| pb::Label { name: n.into(), value: v.into() };
+    let batch = pb::PushRequest {
+        samples: vec![
+            pb::MetricSample { labels: vec![label("__name__", "ok_metric"), label("job", "x")], timestamp_ms: now_ms(), value: 1.0 },
+            pb::MetricSample { labels: vec![label("job", "no-name")], timestamp_ms: now_ms(), value: 1.0 },
+        ],
+        alerts: vec![pb::AlertEvent {
+            status: "exploded".into(),
+            labels: vec![label("alertname", "A")],
+            ..Default::default()
+        }],
+    };
+    let resp = ingest.push(tokio_stream::iter(vec![batch])).await.unwrap().into_inner();
+    assert_eq!(resp.accepted_samples, 1);
+    assert_eq!(resp.accepted_alerts, 0);
+    assert_eq!(resp.rejected, 2);
+    assert!(resp.rejections.iter().any(|r| r.item_kind == "sample" && r.item_index == 1 && r.reason.contains("__name__")), "{:?}", resp.rejections);
+    assert!(resp.rejections.iter().any(|r| r.item_kind == "alert" && r.reason.contains("exploded")), "{:?}", resp.rejections);
+    h.stop().await;
+}
