@@ -144,13 +144,16 @@ pub async fn watch(args: &ClientArgs, after: u64) -> Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    let mut last = after;
     while let Some(ev) = stream.next().await {
         let ev = ev.map_err(status_error)?;
+        last = ev.cursor;
         match args.output {
             OutputFormat::Json => println!("{}", output::watch_json(&ev)),
             OutputFormat::Table => println!("{}", output::watch_line(&ev)),
         }
     }
+    eprintln!("the server closed the stream (shutting down?); resume with: cairn watch --after {last}");
     Ok(())
 }
 

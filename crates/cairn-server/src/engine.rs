@@ -80,6 +80,8 @@ pub struct Engine {
     audit_head: watch::Sender<u64>,
     /// Wakes the executor loop after an approval.
     executor_wake: Notify,
+    /// Cancelled when the server shuts down; long-lived streams end on it.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Engine {
@@ -90,6 +92,7 @@ impl Engine {
         workflow: WorkflowConfig,
         metrics: Metrics,
         clock: Arc<dyn Clock>,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Engine, StoreError> {
         let head = store.audit_head()?;
         let (audit_head, _) = watch::channel(head);
@@ -102,6 +105,7 @@ impl Engine {
             clock,
             audit_head,
             executor_wake: Notify::new(),
+            shutdown,
         })
     }
 
@@ -113,6 +117,11 @@ impl Engine {
         if let Ok(head) = self.store.audit_head() {
             self.audit_head.send_replace(head);
         }
+    }
+
+    /// Cancelled when the server begins to shut down.
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.shutdown.clone()
     }
 
     pub fn wake_executor(&self) {

@@ -214,6 +214,7 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         let mut cursor = request.into_inner().after_cursor;
         let engine = self.engine.clone();
         let mut head = engine.subscribe_audit_head();
+        let shutdown = engine.shutdown_token();
         let (tx, rx) = mpsc::channel::<Result<pb::WatchEvent, Status>>(256);
         tokio::spawn(async move {
             // The audit log is the outbox: re-read from the cursor after every wake-up, so a
@@ -245,6 +246,9 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
                     changed = head.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = tx.closed() => return,
+                    // Ending the stream lets a graceful shutdown finish; clients resume from
+                    // their last cursor against the next server.
+                    _ = shutdown.cancelled() => return,
                 }
             }
         });

@@ -117,6 +117,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     );
 
     let metrics = Metrics::new();
+    let cancel = CancellationToken::new();
     let engine = Arc::new(Engine::new(
         store,
         Arc::new(router),
@@ -124,6 +125,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         cfg.workflow.clone(),
         metrics,
         clock,
+        cancel.clone(),
     )?);
     let analysis = Analysis {
         detector: cairn_detect::Detector::new(cfg.detect.clone()),
@@ -140,7 +142,6 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         warn!("no bearer tokens configured: review and audit calls will be refused; run `cairn token new` and add the entry under [auth] in the config file");
     }
     let limits = Arc::new(cfg.ingest.limits.clone());
-    let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let (queue_tx, queue_rx) = mpsc::channel::<Batch>(cfg.ingest.queue_capacity);
     let worker_alive = Arc::new(AtomicBool::new(true));
