@@ -199,8 +199,11 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
+/// One series for [`remote_write_body`]: its labels and its (timestamp ms, value) samples.
+pub type SeriesSpec<'a> = (Vec<(&'a str, &'a str)>, Vec<(i64, f64)>);
+
 /// A remote_write body (snappy block-compressed protobuf) for the given series.
-pub fn remote_write_body(series: &[(Vec<(&str, &str)>, Vec<(i64, f64)>)]) -> Vec<u8> {
+pub fn remote_write_body(series: &[SeriesSpec<'_>]) -> Vec<u8> {
     use cairn_ingest::prompb::{Label, Sample, TimeSeries, WriteRequest};
     let req = WriteRequest {
         timeseries: series

@@ -37,7 +37,7 @@ async fn remote_write_errors_get_their_documented_status_and_leave_no_trace() {
     assert_eq!(s, 400, "{msg}");
     assert!(msg.to_lowercase().contains("snappy"), "the message says what is expected: {msg}");
     // Oversized body.
-    let big: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = (0..4000)
+    let big: Vec<SeriesSpec> = (0..4000)
         .map(|i| (vec![("__name__", "big"), ("i", if i % 2 == 0 { "even" } else { "odd" })], vec![(now + i, i as f64)]))
         .collect();
     let mut oversized = remote_write_body(&big);
@@ -79,7 +79,7 @@ async fn full_queue_answers_503_with_retry_after_never_4xx() {
     })
     .await;
     let now = now_ms();
-    let series: Vec<(Vec<(&str, &str)>, Vec<(i64, f64)>)> = (0..1000)
+    let series: Vec<SeriesSpec> = (0..1000)
         .map(|i| (vec![("__name__", "load"), ("shard", if i % 3 == 0 { "a" } else if i % 3 == 1 { "b" } else { "c" })], (0..40).map(|j| (now - 50_000 + j * 1000 + i, (j % 7) as f64)).collect()))
         .collect();
     let body = remote_write_body(&series);

@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     config.compile_protos(
         &[root.join("prometheus/remote.proto"), root.join("prometheus/types.proto")],
-        &[root.clone()],
+        std::slice::from_ref(&root),
     )?;
     println!("cargo:rerun-if-changed={}", root.join("prometheus").display());
     Ok(())

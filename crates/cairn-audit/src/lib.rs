@@ -221,7 +221,8 @@ mod tests {
 
     #[test]
     fn modifying_any_field_is_detected_at_that_entry() {
-        let mutations: Vec<Box<dyn Fn(&mut AuditEvent)>> = vec![
+        type Mutation = Box<dyn Fn(&mut AuditEvent)>;
+        let mutations: Vec<Mutation> = vec![
             Box::new(|e| e.actor = "user:eve".into()),
             Box::new(|e| e.kind = "change.approved".into()),
             Box::new(|e| e.reason.push('!')),

@@ -174,35 +174,20 @@ async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person]) -> Resu
         .into_inner();
     println!("\n5. decision card shown to the reviewer:\n");
     print!("{}", output::card_text(&card));
-    let needed = pick.decision.as_ref().map(|d| d.approvals_required).unwrap_or(1);
-    let reviewers: Vec<(&Person, &mut client::Review)> = if needed >= 2 {
-        vec![]
-    } else {
-        vec![(&people[1], &mut bob)]
-    };
-    let mut approved_by = Vec::new();
-    if reviewers.is_empty() {
-        // Tier 3: two distinct people.
-        for p in people {
-            let mut c = review_as(grpc, p).await?;
-            let r = c
-                .approve(pb::ApproveRequest { recommendation_id: rec.id.clone(), revision: rec.revision, reason: "demo: evidence and rollback plan checked".into() })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!("   {} approves revision {}: {}", p.subject, rec.revision, r.message);
-            approved_by.push(p.subject);
-        }
-    } else {
-        for (p, c) in reviewers {
-            let r = c
-                .approve(pb::ApproveRequest { recommendation_id: rec.id.clone(), revision: rec.revision, reason: "demo: evidence and rollback plan checked".into() })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!("   {} approves revision {}: {}", p.subject, rec.revision, r.message);
-            approved_by.push(p.subject);
-        }
+    // Tier 2 needs one person (bob); tier 3 two distinct people (alice, then bob).
+    let needed = pick.decision.as_ref().map(|d| d.approvals_required).unwrap_or(1) as usize;
+    for p in people.iter().rev().take(needed.max(1)) {
+        let r = review_as(grpc, p)
+            .await?
+            .approve(pb::ApproveRequest {
+                recommendation_id: rec.id.clone(),
+                revision: rec.revision,
+                reason: "demo: evidence and rollback plan checked".into(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        println!("   {} approves revision {}: {}", p.subject, rec.revision, r.message);
     }
 
     // 6. The executor runs it through the dry-run adapter.

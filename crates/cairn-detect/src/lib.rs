@@ -164,7 +164,7 @@ impl Detector {
                 found
             })
             .collect();
-        out.sort_by(|a, b| (a.series, a.timestamp_ms).cmp(&(b.series, b.timestamp_ms)));
+        out.sort_by_key(|a| (a.series, a.timestamp_ms));
         out
     }
 
@@ -328,7 +328,7 @@ mod tests {
         assert_eq!(one.len(), 4);
         assert_eq!(one, run(all.len()));
         let mut small = run(7);
-        small.sort_by(|a, b| (a.series, a.timestamp_ms).cmp(&(b.series, b.timestamp_ms)));
+        small.sort_by_key(|a| (a.series, a.timestamp_ms));
         assert_eq!(one, small);
     }
 

@@ -335,17 +335,13 @@ impl Engine {
                 next.state = ChangeState::Failed;
                 next.version += 1;
                 next.updated_ms = now;
-                let draft = AuditDraft {
-                    actor: CAIRN_SERVICE_SUBJECT.into(),
-                    kind: "change.execution_refused".into(),
-                    recommendation_id: Some(change.recommendation_id.0.clone()),
-                    revision: Some(change.revision),
-                    change_id: Some(change.id.0.clone()),
-                    policy_version: Some(change.policy_version.clone()),
-                    reason: refused.to_string(),
-                    payload: serde_json::json!({ "state": next.state.as_str() }),
-                    ..Default::default()
-                };
+                let draft = AuditDraft::for_change(
+                    &next,
+                    CAIRN_SERVICE_SUBJECT,
+                    "change.execution_refused",
+                    refused.to_string(),
+                    serde_json::json!({ "state": next.state.as_str() }),
+                );
                 let engine = self.clone();
                 let expected = change.version;
                 tokio::task::spawn_blocking(move || engine.store.update_change(&next, expected, &[draft], now))

@@ -199,6 +199,30 @@ pub struct AuditDraft {
     pub payload: serde_json::Value,
 }
 
+impl AuditDraft {
+    /// A draft about one change request, carrying its recommendation, revision, change id and
+    /// policy version.
+    pub fn for_change(
+        change: &ChangeRequest,
+        actor: &str,
+        kind: &str,
+        reason: String,
+        payload: serde_json::Value,
+    ) -> AuditDraft {
+        AuditDraft {
+            actor: actor.to_string(),
+            kind: kind.to_string(),
+            incident_id: None,
+            recommendation_id: Some(change.recommendation_id.0.clone()),
+            revision: Some(change.revision),
+            change_id: Some(change.id.0.clone()),
+            policy_version: Some(change.policy_version.clone()),
+            reason,
+            payload,
+        }
+    }
+}
+
 /// One entry of the audit log. Entries form a hash chain: `hash = SHA-256(prev_hash ‖ canonical
 /// body)`, so changing, dropping or reordering any past entry is detectable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

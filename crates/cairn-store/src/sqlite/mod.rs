@@ -247,17 +247,13 @@ fn record_for(conn: &Connection, id: &str, revision: u32) -> Result<Option<Recom
 }
 
 fn system_draft(change: &ChangeRequest, kind: &str, reason: String) -> AuditDraft {
-    AuditDraft {
-        actor: CAIRN_SERVICE_SUBJECT.into(),
-        kind: kind.into(),
-        incident_id: None,
-        recommendation_id: Some(change.recommendation_id.0.clone()),
-        revision: Some(change.revision),
-        change_id: Some(change.id.0.clone()),
-        policy_version: Some(change.policy_version.clone()),
+    AuditDraft::for_change(
+        change,
+        CAIRN_SERVICE_SUBJECT,
+        kind,
         reason,
-        payload: serde_json::json!({ "state": change.state.as_str(), "version": change.version }),
-    }
+        serde_json::json!({ "state": change.state.as_str(), "version": change.version }),
+    )
 }
 
 /// Moves every change selected by `sql` to `state`, with one generated audit event each.

@@ -86,20 +86,6 @@ fn change_id(rec: &Recommendation, policy_version: &str) -> ChangeId {
     ChangeId(format!("chg-{}", &hex::encode(h.finalize())[..16]))
 }
 
-fn draft(change: &ChangeRequest, actor: &str, kind: &str, reason: String, payload: serde_json::Value) -> AuditDraft {
-    AuditDraft {
-        actor: actor.to_string(),
-        kind: kind.to_string(),
-        incident_id: None,
-        recommendation_id: Some(change.recommendation_id.0.clone()),
-        revision: Some(change.revision),
-        change_id: Some(change.id.0.clone()),
-        policy_version: Some(change.policy_version.clone()),
-        reason,
-        payload,
-    }
-}
-
 /// Opens the change request for a routed recommendation revision, with the audit drafts for the
 /// proposal, the decision and the change.
 pub fn open_change(
@@ -134,7 +120,7 @@ pub fn open_change(
         updated_ms: now_ms,
         version: 1,
     };
-    let mut proposed = draft(
+    let mut proposed = AuditDraft::for_change(
         &change,
         &rec.requester,
         "recommendation.proposed",
@@ -152,7 +138,7 @@ pub fn open_change(
     );
     proposed.incident_id = Some(rec.incident_id.0.clone());
     proposed.change_id = None;
-    let mut decided = draft(
+    let mut decided = AuditDraft::for_change(
         &change,
         CAIRN_SERVICE_SUBJECT,
         "decision.made",
@@ -167,7 +153,7 @@ pub fn open_change(
         }),
     );
     decided.incident_id = Some(rec.incident_id.0.clone());
-    let opened = draft(
+    let opened = AuditDraft::for_change(
         &change,
         CAIRN_SERVICE_SUBJECT,
         "change.opened",
@@ -199,6 +185,20 @@ fn check_reviewable(change: &ChangeRequest, rec: &Recommendation, revision: u32,
     Ok(())
 }
 
+/// Who may review at all: a person (never Cairn itself) in one of the change's approver groups.
+fn check_reviewer(change: &ChangeRequest, principal: &Principal) -> Result<(), ReviewError> {
+    if principal.subject == CAIRN_SERVICE_SUBJECT {
+        return Err(ReviewError::ServiceIdentity);
+    }
+    if !principal.in_any_group(&change.approver_groups) {
+        return Err(ReviewError::NotInApproverGroup {
+            subject: principal.subject.clone(),
+            groups: change.approver_groups.join(", "),
+        });
+    }
+    Ok(())
+}
+
 /// Records one approval. On quorum (approvals from `approvals_required` distinct principals) the
 /// change becomes approved.
 pub fn approve(
@@ -210,17 +210,9 @@ pub fn approve(
     now_ms: i64,
 ) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
     check_reviewable(change, rec, revision, reason, now_ms)?;
-    if principal.subject == CAIRN_SERVICE_SUBJECT {
-        return Err(ReviewError::ServiceIdentity);
-    }
+    check_reviewer(change, principal)?;
     if principal.subject == change.requester {
         return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });
-    }
-    if !principal.in_any_group(&change.approver_groups) {
-        return Err(ReviewError::NotInApproverGroup {
-            subject: principal.subject.clone(),
-            groups: change.approver_groups.join(", "),
-        });
     }
     if change.approvals.iter().any(|a| a.subject == principal.subject) {
         return Err(ReviewError::AlreadyApproved { subject: principal.subject.clone() });
@@ -243,7 +235,7 @@ pub fn approve(
     next.version += 1;
     next.updated_ms = now_ms;
     let count = next.approvals.len();
-    let mut drafts = vec![draft(
+    let mut drafts = vec![AuditDraft::for_change(
         &next,
         &principal.subject,
         "change.approval_recorded",
@@ -252,7 +244,7 @@ pub fn approve(
     )];
     if count >= usize::from(next.approvals_required) {
         next.state = ChangeState::Approved;
-        drafts.push(draft(
+        drafts.push(AuditDraft::for_change(
             &next,
             &principal.subject,
             "change.approved",
@@ -294,15 +286,7 @@ pub fn reject(
     now_ms: i64,
 ) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
     check_reviewable(change, rec, revision, reason, now_ms)?;
-    if principal.subject == CAIRN_SERVICE_SUBJECT {
-        return Err(ReviewError::ServiceIdentity);
-    }
-    if !principal.in_any_group(&change.approver_groups) {
-        return Err(ReviewError::NotInApproverGroup {
-            subject: principal.subject.clone(),
-            groups: change.approver_groups.join(", "),
-        });
-    }
+    check_reviewer(change, principal)?;
     let mut next = change.clone();
     next.state = ChangeState::Rejected;
     next.rejection = Some(Rejection {
@@ -313,7 +297,7 @@ pub fn reject(
     });
     next.version += 1;
     next.updated_ms = now_ms;
-    let d = draft(&next, &principal.subject, "change.rejected", reason.to_string(), json!({ "state": next.state.as_str() }));
+    let d = AuditDraft::for_change(&next, &principal.subject, "change.rejected", reason.to_string(), json!({ "state": next.state.as_str() }));
     Ok((next, vec![d]))
 }
 
@@ -326,7 +310,7 @@ pub fn expire(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec
     next.state = ChangeState::Expired;
     next.version += 1;
     next.updated_ms = now_ms;
-    let d = draft(
+    let d = AuditDraft::for_change(
         &next,
         CAIRN_SERVICE_SUBJECT,
         "change.expired",
