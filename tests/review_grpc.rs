@@ -248,3 +248,19 @@ async fn watch_stream_resumes_from_a_cursor_without_gaps() {
     assert!(kinds.iter().any(|k| k == "change.approved"), "{kinds:?}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_grpc_tools_see_health_and_reflection() {
+    let mut h = Harness::start().await;
+    let channel = tonic::transport::Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "cairn.v1.ReviewService".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let unknown = health.check(tonic_health::pb::HealthCheckRequest { service: "no.Such".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    h.stop().await;
+}
