@@ -139,8 +139,18 @@ impl Harness {
         what: &str,
         pred: impl Fn(&[pb::RecommendationView]) -> bool,
     ) -> Vec<pb::RecommendationView> {
+        self.wait_for_views_within(what, Duration::from_secs(15), pred).await
+    }
+
+    /// Polls ListRecommendations until `pred` holds, or panics after `limit`.
+    pub async fn wait_for_views_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&[pb::RecommendationView]) -> bool,
+    ) -> Vec<pb::RecommendationView> {
         let mut c = self.review("user:alice").await;
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + limit;
         loop {
             let views = c
                 .list_recommendations(pb::ListRecommendationsRequest { limit: 1000, ..Default::default() })

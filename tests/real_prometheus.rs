@@ -1,0 +1,256 @@
+//! The real programs, configured the way the README tells a user to, drive Cairn end to end:
+//! Debian's Prometheus scrapes node-exporter, a target whose value this test controls, and Cairn
+//! itself; it remote-writes everything to Cairn and evaluates an alert rule; Debian's Alertmanager
+//! forwards the alert to Cairn's webhook. The test drives the controlled metric into an anomaly and
+//! checks, through Cairn's gRPC API and Prometheus's query API, that it all arrived and became one
+//! incident with a routed recommendation.
+//!
+//! Needs `prometheus`, `prometheus-alertmanager` and `prometheus-node-exporter` (Debian packages;
+//! `.ci/run` installs them). Where they are missing the test says so and passes without running —
+//! except under `CI=true`, where a missing program is a failure. Every process it starts is killed
+//! when the test ends, also on failure.
+
+use cairn_e2e::*;
+use cairn_proto::v1 as pb;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A child process killed on drop.
+struct Proc(&'static str, Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.1.kill();
+        let _ = self.1.wait();
+    }
+}
+
+fn spawn(name: &'static str, bin: &str, args: &[String], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).unwrap();
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin} ({e}); install it: apt-get install prometheus prometheus-alertmanager prometheus-node-exporter"));
+    Proc(name, child)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Serves `/metrics` with one gauge whose value the test sets.
+async fn controlled_target(value: Arc<AtomicU64>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let v = f64::from_bits(value.load(Ordering::SeqCst));
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let body = format!(
+                    "# HELP payments_queue_depth Jobs waiting.\n# TYPE payments_queue_depth gauge\npayments_queue_depth {v}\n"
+                );
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// The single value of an instant PromQL query, if it has one.
+async fn prom_value(client: &reqwest::Client, prom: u16, query: &str) -> Option<f64> {
+    let v = client
+        .get(format!("http://127.0.0.1:{prom}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .ok()?
+        .json::<serde_json::Value>()
+        .await
+        .ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str, what: &str, procs: &mut [&mut Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        for p in procs.iter_mut() {
+            if let Ok(Some(status)) = p.1.try_wait() {
+                panic!("{} exited early with {status}", p.0);
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} did not become ready at {url}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// False (with a notice) when the real programs are not installed outside CI.
+fn programs_present() -> bool {
+    let missing: Vec<&str> = ["prometheus", "prometheus-alertmanager", "prometheus-node-exporter"]
+        .into_iter()
+        .filter(|p| Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("missing {missing:?}: apt-get install prometheus prometheus-alertmanager prometheus-node-exporter");
+    assert!(std::env::var_os("CI").is_none(), "{msg}");
+    eprintln!("SKIPPED real_prometheus end-to-end test: {msg}");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
+    if !programs_present() {
+        return;
+    }
+    let mut h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let value = Arc::new(AtomicU64::new(10f64.to_bits()));
+    let target = controlled_target(value.clone()).await;
+    let (node, prom, am) = (free_port(), free_port(), free_port());
+    let cairn = h.http;
+
+    let mut node_p = spawn(
+        "node-exporter",
+        "prometheus-node-exporter",
+        &[format!("--web.listen-address=127.0.0.1:{node}")],
+        &d.join("node.log"),
+    );
+
+    // The README's Alertmanager configuration, with short timers for a test.
+    std::fs::write(
+        d.join("alertmanager.yml"),
+        format!(
+            "route:\n  receiver: cairn\n  group_by: [alertname, service]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: cairn\n    webhook_configs:\n      - url: http://{cairn}/api/v1/alerts/alertmanager\n        send_resolved: true\n        max_alerts: 0\n"
+        ),
+    )
+    .unwrap();
+    let mut am_p = spawn(
+        "alertmanager",
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", d.join("alertmanager.yml").display()),
+            format!("--storage.path={}", d.join("am-data").display()),
+            format!("--web.listen-address=127.0.0.1:{am}"),
+            "--cluster.listen-address=".into(),
+        ],
+        &d.join("alertmanager.log"),
+    );
+
+    // The README's Prometheus configuration, with short intervals for a test.
+    std::fs::write(
+        d.join("rules.yml"),
+        "groups:\n  - name: payments\n    rules:\n      - alert: QueueBacklog\n        expr: payments_queue_depth > 100\n        labels:\n          severity: critical\n        annotations:\n          summary: payments queue is backing up\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: http://{cairn}/api/v1/write\n    queue_config:\n      capacity: 10000\n      max_shards: 10\n      max_samples_per_send: 2000\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 2s\nscrape_configs:\n  - job_name: payments\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n        labels:\n          service: payments\n          env: production\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node}']\n  - job_name: cairn\n    static_configs:\n      - targets: ['{cairn}']\n",
+            rules = d.join("rules.yml").display()
+        ),
+    )
+    .unwrap();
+    let mut prom_p = spawn(
+        "prometheus",
+        "prometheus",
+        &[
+            format!("--config.file={}", d.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", d.join("prom-data").display()),
+            format!("--web.listen-address=127.0.0.1:{prom}"),
+        ],
+        &d.join("prometheus.log"),
+    );
+    wait_ready(&client, &format!("http://127.0.0.1:{am}/-/ready"), "alertmanager", &mut [&mut am_p]).await;
+    wait_ready(&client, &format!("http://127.0.0.1:{prom}/-/ready"), "prometheus", &mut [&mut prom_p, &mut node_p]).await;
+
+    // A calm baseline long enough to warm the detector, then the backlog.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut calm_points = 0;
+    while calm_points < 14 {
+        let n = prom_value(&client, prom, "count_over_time(payments_queue_depth[1m])").await.unwrap_or(0.0);
+        calm_points = n as usize;
+        value.store((10.0 + (calm_points % 3) as f64).to_bits(), Ordering::SeqCst);
+        assert!(Instant::now() < deadline, "prometheus is not scraping the controlled target");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    value.store(500f64.to_bits(), Ordering::SeqCst);
+
+    // One incident with the anomaly on the controlled series and the alert, and a routed recommendation.
+    let views = h
+        .wait_for_views_within("a scale_out recommendation for payments with anomaly and alert", Duration::from_secs(60), |views| {
+            views.iter().any(|v| {
+                v.recommendation.as_ref().is_some_and(|r| r.action == "scale_out" && r.target.as_ref().is_some_and(|t| t.service == "payments"))
+                    && v.recommendation.as_ref().is_some_and(|r| {
+                        r.evidence.iter().any(|e| e.kind == "alert" && e.description.contains("QueueBacklog"))
+                            && r.evidence.iter().any(|e| e.kind == "anomaly" && e.description.contains("payments_queue_depth"))
+                    })
+            })
+        })
+        .await;
+    let v = views
+        .iter()
+        .find(|v| v.recommendation.as_ref().is_some_and(|r| r.action == "scale_out"))
+        .unwrap();
+    let decision = v.decision.as_ref().unwrap();
+    assert_ne!(decision.outcome, pb::Outcome::Unspecified as i32);
+    assert!(decision.policy_version.starts_with("sha256:"));
+    let card = h
+        .review("user:alice")
+        .await
+        .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: v.recommendation.as_ref().unwrap().id.clone(), revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let incident = card.incident.unwrap();
+    assert!(incident.members.iter().any(|m| m.kind == "anomaly" && m.name.contains("payments_queue_depth")), "{incident:?}");
+    assert!(incident.members.iter().any(|m| m.kind == "alert" && m.name == "QueueBacklog"), "{incident:?}");
+
+    // Samples from both targets reached Cairn: node-exporter's hundreds of series are tracked by the
+    // detector, and Prometheus reports nothing failed or dropped on the way.
+    let text = h.metrics_text().await;
+    let active: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_detector_active_series "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(active > 100.0, "node-exporter series reached the detector: {active}");
+    assert_eq!(prom_value(&client, prom, "up{job=\"node\"}").await, Some(1.0));
+    assert_eq!(prom_value(&client, prom, "up{job=\"payments\"}").await, Some(1.0));
+    let failed = prom_value(&client, prom, "sum(prometheus_remote_storage_samples_failed_total)").await.unwrap_or(0.0);
+    assert_eq!(failed, 0.0, "Prometheus saw remote_write failures");
+
+    // Cairn's own series come back through the same Prometheus.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ingested = prom_value(&client, prom, "sum(cairn_ingest_samples_total{job=\"cairn\"})").await;
+        let routed = prom_value(&client, prom, "sum(cairn_recommendations_total{job=\"cairn\"})").await;
+        let alerts = prom_value(&client, prom, "sum(cairn_ingest_alerts_total{job=\"cairn\"})").await;
+        let latency = prom_value(&client, prom, "sum(cairn_http_request_duration_seconds_count{job=\"cairn\",endpoint=\"remote_write\"})").await;
+        if ingested.is_some_and(|v| v > 0.0) && routed.is_some_and(|v| v >= 1.0) && alerts.is_some_and(|v| v >= 1.0) && latency.is_some_and(|v| v > 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Cairn's own series did not come back through Prometheus: {ingested:?} {routed:?} {alerts:?} {latency:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop((prom_p, am_p, node_p));
+    h.stop().await;
+}
