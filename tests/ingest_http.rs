@@ -192,3 +192,25 @@ async fn grpc_push_keeps_valid_items_and_explains_rejected_ones() {
     assert!(resp.rejections.iter().any(|r| r.item_kind == "alert" && r.reason.contains("exploded")), "{:?}", resp.rejections);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_series_cap_is_enforced_and_counted() {
+    let mut h = Harness::start_with(|c| c.detect.max_series = 16).await;
+    let now = now_ms();
+    let names: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+    let series: Vec<SeriesSpec> = names.iter().map(|n| (vec![("__name__", "capped"), ("id", n.as_str())], vec![(now, 1.0)])).collect();
+    assert_eq!(h.remote_write(remote_write_body(&series)).await.0, 204, "over-cap samples are accepted, not refused");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = h.metrics_text().await;
+        let refused = metric_value(&text, "cairn_detector_refused_points_total{reason=\"series_cap\"}");
+        if refused > 0.0 {
+            assert!(metric_value(&text, "cairn_detector_active_series") <= 16.0, "{text}");
+            assert_eq!(refused + metric_value(&text, "cairn_detector_active_series"), 200.0, "every sample is either tracked or counted as refused");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "cap never counted: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    h.stop().await;
+}

@@ -65,6 +65,8 @@ pub struct Analysis {
     pub correlator: Correlator,
     pub recommender: Recommender,
     pub deduper: AlertDeduper,
+    /// Detector counters already exported, to export deltas.
+    pub exported: cairn_detect::DetectorStats,
 }
 
 /// Shared, stateless-or-internally-synchronised parts of the pipeline.
@@ -136,7 +138,7 @@ impl Engine {
         match batch {
             Batch::Samples { samples, .. } => {
                 let anomalies = analysis.detector.observe(&samples);
-                self.metrics.active_series.set(analysis.detector.series_count() as i64);
+                self.export_detector_stats(analysis);
                 if anomalies.is_empty() {
                     return Ok(());
                 }
@@ -174,6 +176,26 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    fn export_detector_stats(&self, analysis: &mut Analysis) {
+        let now = analysis.detector.stats();
+        let before = analysis.exported;
+        self.metrics.active_series.set(analysis.detector.series_count() as i64);
+        let refused = &self.metrics.refused_points;
+        if now.refused_series > before.refused_series {
+            if before.refused_series == 0 {
+                warn!(
+                    cap = analysis.detector.config().max_series,
+                    "the active-series cap (detect.max_series) is reached: samples of new series are not scored; \
+                     raise the cap or drop high-cardinality series with write_relabel_configs"
+                );
+            }
+            refused.with_label_values(&["series_cap"]).inc_by(now.refused_series - before.refused_series);
+        }
+        refused.with_label_values(&["out_of_order"]).inc_by(now.out_of_order - before.out_of_order);
+        refused.with_label_values(&["not_finite"]).inc_by(now.points_skipped - before.points_skipped);
+        analysis.exported = now;
     }
 
     fn route_and_open(&self, rec: cairn_types::Recommendation, now: i64) -> Result<(), ApiError> {

@@ -135,6 +135,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             cfg.ingest.dedup_capacity,
             (cfg.ingest.dedup_ttl_secs * 1000) as i64,
         ),
+        exported: Default::default(),
     };
 
     let auth = Arc::new(Authenticator::new(&cfg.auth));

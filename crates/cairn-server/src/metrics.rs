@@ -23,6 +23,7 @@ pub struct Metrics {
     pub reviews: IntCounterVec,
     pub executions: IntCounterVec,
     pub active_series: IntGauge,
+    pub refused_points: IntCounterVec,
 }
 
 impl Metrics {
@@ -88,6 +89,11 @@ impl Metrics {
             .expect("valid metric"),
             active_series: IntGauge::new("cairn_detector_active_series", "Series with detector state.")
                 .expect("valid metric"),
+            refused_points: IntCounterVec::new(
+                Opts::new("cairn_detector_refused_points_total", "Samples the detector did not score, by reason: series_cap (the active-series cap detect.max_series was hit), out_of_order, not_finite."),
+                &["reason"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -106,6 +112,7 @@ impl Metrics {
             Box::new(m.reviews.clone()),
             Box::new(m.executions.clone()),
             Box::new(m.active_series.clone()),
+            Box::new(m.refused_points.clone()),
         ] {
             r.register(c).expect("each metric is registered once");
         }
