@@ -114,22 +114,27 @@ async fn remote_write(
 ) -> Response {
     const ENDPOINT: &str = "remote_write";
     let started = Instant::now();
-    let result = (|| {
+    let result = async {
         st.check_token(&headers)?;
         let body = st.body(body)?;
-        let samples = cairn_ingest::decode_remote_write(
-            header_str(&headers, header::CONTENT_ENCODING),
-            header_str(&headers, header::CONTENT_TYPE),
-            &body,
-            &st.limits,
-        )?;
+        let encoding = header_str(&headers, header::CONTENT_ENCODING).map(str::to_owned);
+        let content_type = header_str(&headers, header::CONTENT_TYPE).map(str::to_owned);
+        let limits = st.limits.clone();
+        // Decoding is CPU work proportional to the body: keep it off the async workers so one
+        // large body does not stall every other connection.
+        let samples = tokio::task::spawn_blocking(move || {
+            cairn_ingest::decode_remote_write(encoding.as_deref(), content_type.as_deref(), &body, &limits)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("decoder panicked: {e}")))??;
         let n = samples.len() as u64;
         if n > 0 {
             st.enqueue(Batch::Samples { samples, source: ENDPOINT }, ENDPOINT)?;
             st.engine.metrics.samples_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
         }
         Ok(StatusCode::NO_CONTENT.into_response())
-    })();
+    }
+    .await;
     st.finish(ENDPOINT, started, result)
 }
 

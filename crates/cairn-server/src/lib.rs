@@ -277,7 +277,8 @@ async fn analysis_worker(
             Ok((a, result)) => {
                 analysis = a;
                 if let Err(err) = result {
-                    error!(error = %err, "analysis of a batch failed");
+                    engine.metrics.analysis_failures.inc();
+                    error!(error = %err, "analysis of an accepted batch failed");
                 }
             }
             Err(panic) => {

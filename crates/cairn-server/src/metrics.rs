@@ -24,6 +24,7 @@ pub struct Metrics {
     pub executions: IntCounterVec,
     pub active_series: IntGauge,
     pub refused_points: IntCounterVec,
+    pub analysis_failures: IntCounter,
 }
 
 impl Metrics {
@@ -94,6 +95,11 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            analysis_failures: IntCounter::new(
+                "cairn_analysis_failures_total",
+                "Batches whose analysis failed after they were accepted (the store refused a write); see the log for the cause.",
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -113,6 +119,7 @@ impl Metrics {
             Box::new(m.executions.clone()),
             Box::new(m.active_series.clone()),
             Box::new(m.refused_points.clone()),
+            Box::new(m.analysis_failures.clone()),
         ] {
             r.register(c).expect("each metric is registered once");
         }
