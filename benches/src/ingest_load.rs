@@ -33,9 +33,12 @@ struct Args {
     /// Concurrent senders (Prometheus shards).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// How long to send, in seconds.
+    /// How long to send, in seconds (at most; it stops early when the bodies run out).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Rounds of bodies to pre-encode; each round covers every series once with new timestamps.
+    #[arg(long, default_value_t = 40)]
+    rounds: i64,
 }
 
 const JOBS: [&str; 5] = ["api", "checkout", "search", "payments", "node"];
@@ -144,7 +147,7 @@ async fn run(args: Args) -> Result<()> {
     );
 
     // Pre-encode enough rounds that senders never resend the same timestamps within a run.
-    let rounds: Vec<Vec<(Vec<u8>, u64)>> = (0..8).map(|r| bodies(&args, r)).collect();
+    let rounds: Vec<Vec<(Vec<u8>, u64)>> = (0..args.rounds).map(|r| bodies(&args, r)).collect();
     let all: Arc<Vec<(Vec<u8>, u64)>> = Arc::new(rounds.into_iter().flatten().collect());
     let body_bytes: usize = all.iter().map(|b| b.0.len()).sum::<usize>() / all.len();
     println!("bodies: {} pre-encoded, {} bytes each on average (snappy)", all.len(), body_bytes);
