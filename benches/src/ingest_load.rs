@@ -49,7 +49,7 @@ fn labels_for(i: usize) -> Vec<Label> {
     let l = |n: &str, v: String| Label { name: n.into(), value: v };
     let job = JOBS[i % JOBS.len()];
     let mut v = vec![
-        l("__name__", if i % 3 == 0 { "http_requests_total" } else { "http_request_duration_seconds_sum" }.into()),
+        l("__name__", if i.is_multiple_of(3) { "http_requests_total" } else { "http_request_duration_seconds_sum" }.into()),
         l("code", CODES[(i / 7) % CODES.len()].into()),
         l("env", "production".into()),
         l("instance", format!("{job}-{}.prod.example.net:9100", (i / 35) % 200)),

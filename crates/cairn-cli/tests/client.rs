@@ -2,6 +2,8 @@
 //! start it (a config file with a token, loopback ports), then driven with `cairn review …` and
 //! `cairn audit …`. The server process is killed when the test ends, also on failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
