@@ -67,7 +67,12 @@ pub struct Analysis {
     pub deduper: AlertDeduper,
     /// Detector counters already exported, to export deltas.
     pub exported: cairn_detect::DetectorStats,
+    /// When idle series and incidents were last swept.
+    pub last_sweep_ms: i64,
 }
+
+/// How often the analysis worker forgets idle series and closes idle incidents.
+const SWEEP_EVERY_MS: i64 = 60_000;
 
 /// Shared, stateless-or-internally-synchronised parts of the pipeline.
 #[derive(Debug)]
@@ -134,6 +139,12 @@ impl Engine {
     /// call it from `spawn_blocking`.
     pub fn analyse(&self, analysis: &mut Analysis, batch: Batch) -> Result<(), ApiError> {
         let now = self.clock.now_ms();
+        if now - analysis.last_sweep_ms >= SWEEP_EVERY_MS {
+            // Bounded state stays bounded over time, not only by its caps.
+            analysis.detector.evict_idle(now);
+            analysis.correlator.close_idle(now);
+            analysis.last_sweep_ms = now;
+        }
         let mut changed: BTreeMap<String, Incident> = BTreeMap::new();
         match batch {
             Batch::Samples { samples, .. } => {

@@ -136,6 +136,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             (cfg.ingest.dedup_ttl_secs * 1000) as i64,
         ),
         exported: Default::default(),
+        last_sweep_ms: 0,
     };
 
     let auth = Arc::new(Authenticator::new(&cfg.auth));
