@@ -254,8 +254,74 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
         assert!(Instant::now() < deadline, "Cairn's own series did not come back through Prometheus: {ingested:?} {routed:?} {alerts:?} {latency:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    verification_through_promql(&h, v.recommendation.as_ref().unwrap(), prom).await;
     drop((prom_p, am_p, node_p));
     h.stop().await;
+}
+
+/// Counts executions and rollbacks, changes nothing.
+#[derive(Debug, Default)]
+struct Recording {
+    executed: std::sync::atomic::AtomicUsize,
+    rolled_back: std::sync::atomic::AtomicUsize,
+}
+
+impl cairn_workflow::Adapter for Recording {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    fn execute<'a>(&'a self, _: &'a cairn_types::Recommendation, _: &'a cairn_types::ChangeRequest) -> cairn_workflow::AdapterFuture<'a> {
+        self.executed.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { (cairn_types::ExecutionOutcome::Succeeded, String::new()) })
+    }
+    fn rollback<'a>(&'a self, _: &'a cairn_types::Recommendation, _: &'a cairn_types::ChangeRequest) -> cairn_workflow::AdapterFuture<'a> {
+        self.rolled_back.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { (cairn_types::ExecutionOutcome::Succeeded, String::new()) })
+    }
+}
+
+/// The executor's verification step against the real Prometheus: a healthy check passes and the
+/// change succeeds; a failing one leads to the rollback.
+async fn verification_through_promql(h: &Harness, rec: &pb::Recommendation, prom: u16) {
+    use cairn_types::{ChangeState, Principal, RecommendationId, VerificationCheck};
+    let stored = h.engine().store.get_recommendation(&RecommendationId(rec.id.clone()), None).unwrap().unwrap();
+    let verifier = Arc::new(
+        cairn_workflow::PromQlVerifier::new(
+            &format!("http://127.0.0.1:{prom}"),
+            Duration::from_secs(2),
+            Duration::from_millis(200),
+            Duration::from_secs(3),
+        )
+        .unwrap(),
+    );
+    let carol = Principal { subject: "user:carol".into(), display_name: "carol".into(), groups: vec!["sre".into()] };
+    for (threshold, expected) in [(1.0, ChangeState::Succeeded), (2.0, ChangeState::RolledBack)] {
+        let mut r = stored.recommendation.clone();
+        r.verification = vec![VerificationCheck {
+            name: "payments target up".into(),
+            query: "up{job=\"payments\"}".into(),
+            comparator: ">=".into(),
+            threshold,
+            within_secs: 2,
+        }];
+        let now = now_ms();
+        let (change, _) = cairn_workflow::open_change(&r, &stored.decision, now, &cairn_workflow::WorkflowConfig::default());
+        let (approved, _) = cairn_workflow::approve(&change, &r, &carol, r.revision, "verification test", now).unwrap();
+        let adapter = Arc::new(Recording::default());
+        let executor = cairn_workflow::Executor::new(adapter.clone()).with_verifier(verifier.clone());
+        let (execution, next, drafts) = executor.run(&approved, &r, &stored.decision, now).await.unwrap();
+        assert_eq!(next.state, expected, "{}", execution.output);
+        assert_eq!(adapter.executed.load(Ordering::SeqCst), 1);
+        let rolled = usize::from(expected == ChangeState::RolledBack);
+        assert_eq!(adapter.rolled_back.load(Ordering::SeqCst), rolled, "{}", execution.output);
+        assert!(execution.output.contains("observed 1"), "{}", execution.output);
+        let kinds: Vec<&str> = drafts.iter().map(|d| d.kind.as_str()).collect();
+        if rolled == 1 {
+            assert_eq!(kinds, ["change.executed", "change.verification_failed", "change.rolled_back"]);
+        } else {
+            assert_eq!(kinds, ["change.executed"]);
+        }
+    }
 }
 
 /// Sum of one of Prometheus's own series, read from its `/metrics` (it does not scrape itself here).

@@ -24,6 +24,7 @@ pub struct ServerConfig {
     pub playbooks: Option<PathBuf>,
     pub workflow: cairn_workflow::WorkflowConfig,
     pub executor: ExecutorConfig,
+    pub verification: VerificationConfig,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +41,7 @@ impl Default for ServerConfig {
             playbooks: None,
             workflow: Default::default(),
             executor: ExecutorConfig::default(),
+            verification: VerificationConfig::default(),
         }
     }
 }
@@ -133,6 +135,27 @@ impl Default for ExecutorConfig {
             webhook_timeout_ms: 10_000,
             poll_interval_ms: 500,
         }
+    }
+}
+
+/// Where verification checks run after a change executes. Without `prometheus_url`, checks are
+/// recorded as skipped (and a dry run is never verified: it changed nothing).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerificationConfig {
+    /// Base URL of the Prometheus whose `/api/v1/query` answers the checks' PromQL.
+    pub prometheus_url: Option<String>,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+    /// Pause between attempts while a check has not passed.
+    pub interval_ms: u64,
+    /// Upper bound on a check's wait, whatever its `within_secs`.
+    pub max_wait_secs: u64,
+}
+
+impl Default for VerificationConfig {
+    fn default() -> Self {
+        VerificationConfig { prometheus_url: None, timeout_ms: 5_000, interval_ms: 5_000, max_wait_secs: 900 }
     }
 }
 

@@ -254,7 +254,20 @@ fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartE
         }
         _ => Arc::new(cairn_workflow::DryRunAdapter),
     };
-    Ok(cairn_workflow::Executor::new(adapter))
+    let executor = cairn_workflow::Executor::new(adapter);
+    let v = &cfg.verification;
+    Ok(match &v.prometheus_url {
+        Some(url) => executor.with_verifier(Arc::new(
+            cairn_workflow::PromQlVerifier::new(
+                url,
+                Duration::from_millis(v.timeout_ms),
+                Duration::from_millis(v.interval_ms),
+                Duration::from_secs(v.max_wait_secs),
+            )
+            .map_err(|e| StartError::Executor(e.to_string()))?,
+        )),
+        None => executor,
+    })
 }
 
 /// Takes batches off the queue one at a time and runs them through the analysis stages on the

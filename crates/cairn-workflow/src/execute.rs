@@ -1,7 +1,7 @@
 //! The executor: the one path from an approved change to an adapter, re-checking at execution
 //! time that the change is allowed to run (invariant 1).
 
-use crate::MIN_AUTO_CONFIDENCE;
+use crate::{MIN_AUTO_CONFIDENCE, Verifier};
 use cairn_types::{
     AuditDraft, CAIRN_SERVICE_SUBJECT, ChangeRequest, ChangeState, Decision, Execution,
     ExecutionOutcome, Outcome, Recommendation,
@@ -86,10 +86,12 @@ pub fn authorize_execution(
 /// What an adapter returns: the outcome and captured output.
 pub type AdapterFuture<'a> = BoxFuture<'a, (ExecutionOutcome, String)>;
 
-/// Something that carries out a change.
+/// Something that carries out a change, and undoes it.
 pub trait Adapter: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     fn execute<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a>;
+    /// Carries out the recommendation's rollback plan.
+    fn rollback<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a>;
 }
 
 /// Describes what it would do and touches nothing.
@@ -119,6 +121,13 @@ impl Adapter for DryRunAdapter {
             (ExecutionOutcome::DryRun, out)
         })
     }
+
+    fn rollback<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
+        Box::pin(async move {
+            let steps = rec.rollback_plan.as_ref().map(|p| p.steps.join("; ")).unwrap_or_default();
+            (ExecutionOutcome::DryRun, format!("would roll back change {}: {steps}\n", change.id))
+        })
+    }
 }
 
 /// POSTs the change as JSON to a URL, with the action digest as the idempotency key so a retried
@@ -136,47 +145,62 @@ impl WebhookAdapter {
     }
 }
 
+impl WebhookAdapter {
+    async fn post(&self, phase: &str, rec: &Recommendation, change: &ChangeRequest) -> (ExecutionOutcome, String) {
+        let body = json!({ "phase": phase, "change": change, "recommendation": rec, "action_digest": change.action_digest });
+        let sent = self
+            .client
+            .post(&self.url)
+            .header("Idempotency-Key", format!("{}:{phase}", change.action_digest))
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(resp) => {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                let text: String = text.chars().take(4096).collect();
+                if status.is_success() {
+                    (ExecutionOutcome::Succeeded, text)
+                } else {
+                    (ExecutionOutcome::Failed { error: format!("webhook answered {status}") }, text)
+                }
+            }
+            Err(e) => (ExecutionOutcome::Failed { error: format!("webhook request failed: {e}") }, String::new()),
+        }
+    }
+}
+
 impl Adapter for WebhookAdapter {
     fn name(&self) -> &str {
         "webhook"
     }
 
     fn execute<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
-        Box::pin(async move {
-            let body = json!({ "change": change, "recommendation": rec, "action_digest": change.action_digest });
-            let sent = self
-                .client
-                .post(&self.url)
-                .header("Idempotency-Key", &change.action_digest)
-                .json(&body)
-                .send()
-                .await;
-            match sent {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    let text: String = text.chars().take(4096).collect();
-                    if status.is_success() {
-                        (ExecutionOutcome::Succeeded, text)
-                    } else {
-                        (ExecutionOutcome::Failed { error: format!("webhook answered {status}") }, text)
-                    }
-                }
-                Err(e) => (ExecutionOutcome::Failed { error: format!("webhook request failed: {e}") }, String::new()),
-            }
-        })
+        Box::pin(self.post("execute", rec, change))
+    }
+
+    fn rollback<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
+        Box::pin(self.post("rollback", rec, change))
     }
 }
 
-/// Runs changes through an adapter, after [`authorize_execution`].
+/// Runs changes through an adapter, after [`authorize_execution`], then verifies them.
 #[derive(Debug, Clone)]
 pub struct Executor {
     adapter: Arc<dyn Adapter>,
+    verifier: Option<Arc<dyn Verifier>>,
 }
 
 impl Executor {
     pub fn new(adapter: Arc<dyn Adapter>) -> Executor {
-        Executor { adapter }
+        Executor { adapter, verifier: None }
+    }
+
+    /// Verification checks run through `verifier` after every real (not dry-run) execution.
+    pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>) -> Executor {
+        self.verifier = Some(verifier);
+        self
     }
 
     /// Authorises, runs, and returns the execution record, the change's next state and the audit
@@ -189,14 +213,54 @@ impl Executor {
         now_ms: i64,
     ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
         authorize_execution(change, rec, decision, now_ms)?;
-        let (outcome, output) = self.adapter.execute(rec, change).await;
+        let (outcome, mut output) = self.adapter.execute(rec, change).await;
         let mut next = change.clone();
-        next.state = match outcome {
-            ExecutionOutcome::Succeeded | ExecutionOutcome::DryRun => ChangeState::Succeeded,
-            ExecutionOutcome::Failed { .. } => ChangeState::Failed,
-        };
         next.version += 1;
         next.updated_ms = now_ms;
+        let mut drafts = Vec::new();
+        next.state = match (&outcome, &self.verifier) {
+            (ExecutionOutcome::Failed { .. }, _) => ChangeState::Failed,
+            (ExecutionOutcome::DryRun, _) => {
+                output.push_str("verification skipped: a dry run changed nothing\n");
+                ChangeState::Succeeded
+            }
+            (ExecutionOutcome::Succeeded, None) => {
+                output.push_str("verification skipped: no verifier configured (verification.prometheus_url)\n");
+                ChangeState::Succeeded
+            }
+            (ExecutionOutcome::Succeeded, Some(v)) => {
+                let mut failed = Vec::new();
+                for check in &rec.verification {
+                    let r = v.check(check).await;
+                    output.push_str(&format!("check {}: {}\n", r.name, r.detail));
+                    if !r.passed {
+                        failed.push(r);
+                    }
+                }
+                if failed.is_empty() {
+                    ChangeState::Succeeded
+                } else {
+                    // Rollback-first: a change that does not verify is undone without waiting for
+                    // anyone; a rollback that fails is left visible for people.
+                    drafts.push(AuditDraft::for_change(
+                        change,
+                        CAIRN_SERVICE_SUBJECT,
+                        "change.verification_failed",
+                        failed.iter().map(|r| format!("{}: {}", r.name, r.detail)).collect::<Vec<_>>().join("; "),
+                        json!({ "failed_checks": failed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>() }),
+                    ));
+                    let (rb, rb_out) = self.adapter.rollback(rec, change).await;
+                    output.push_str(&rb_out);
+                    match rb {
+                        ExecutionOutcome::Failed { error } => {
+                            output.push_str(&format!("rollback failed: {error}\n"));
+                            ChangeState::RollbackFailed
+                        }
+                        _ => ChangeState::RolledBack,
+                    }
+                }
+            }
+        };
         let execution = Execution {
             change_id: change.id.clone(),
             recommendation_id: rec.id.clone(),
@@ -208,20 +272,27 @@ impl Executor {
             outcome: outcome.clone(),
             output,
         };
-        let draft = AuditDraft {
-            actor: CAIRN_SERVICE_SUBJECT.into(),
-            kind: "change.executed".into(),
-            incident_id: Some(rec.incident_id.0.clone()),
-            recommendation_id: Some(rec.id.0.clone()),
-            revision: Some(rec.revision),
-            change_id: Some(change.id.0.clone()),
-            policy_version: Some(change.policy_version.clone()),
-            reason: match &outcome {
+        let mut executed = AuditDraft::for_change(
+            &next,
+            CAIRN_SERVICE_SUBJECT,
+            "change.executed",
+            match &outcome {
                 ExecutionOutcome::Failed { error } => format!("{} adapter failed: {error}", execution.adapter),
                 _ => format!("{} adapter: {}", execution.adapter, next.state),
             },
-            payload: json!({ "state": next.state.as_str(), "adapter": execution.adapter, "outcome": outcome, "action_digest": change.action_digest }),
-        };
-        Ok((execution, next, vec![draft]))
+            json!({ "state": next.state.as_str(), "adapter": execution.adapter, "outcome": outcome, "action_digest": change.action_digest }),
+        );
+        executed.incident_id = Some(rec.incident_id.0.clone());
+        drafts.insert(0, executed);
+        if matches!(next.state, ChangeState::RolledBack | ChangeState::RollbackFailed) {
+            drafts.push(AuditDraft::for_change(
+                &next,
+                CAIRN_SERVICE_SUBJECT,
+                if next.state == ChangeState::RolledBack { "change.rolled_back" } else { "change.rollback_failed" },
+                format!("rollback via {}: {}", execution.adapter, next.state),
+                json!({ "state": next.state.as_str() }),
+            ));
+        }
+        Ok((execution, next, drafts))
     }
 }

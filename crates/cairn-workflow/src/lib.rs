@@ -4,7 +4,9 @@
 //! The review rules are pure functions from the current change, the current recommendation, who is
 //! acting and the time, to the next change and the audit drafts that describe it; the store applies
 //! them in one transaction. The [`Executor`] is the only path to an [`Adapter`], and it re-checks
-//! the decision and the quorum (invariant 1) immediately before calling one.
+//! the decision and the quorum (invariant 1) immediately before calling one. After a change runs,
+//! its verification checks decide whether it worked; a failed check triggers the declared
+//! rollback, and a failed rollback leaves the change visibly in `rollback_failed`.
 //!
 //! This crate never routes (that is `cairn-policy`), never writes the store, and knows no protocol
 //! other than the outbound webhook an adapter speaks.
@@ -13,9 +15,11 @@
 
 mod execute;
 mod review;
+mod verify;
 
 pub use execute::{Adapter, AdapterFuture, DryRunAdapter, ExecutionRefused, Executor, WebhookAdapter, authorize_execution};
 pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
+pub use verify::{CheckResult, PromQlVerifier, Verifier, compare};
 
 use serde::{Deserialize, Serialize};
 

@@ -70,6 +70,9 @@ impl Adapter for Counting {
         self.0.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { (ExecutionOutcome::Succeeded, String::new()) })
     }
+    fn rollback<'a>(&'a self, _: &'a Recommendation, _: &'a ChangeRequest) -> AdapterFuture<'a> {
+        Box::pin(async { (ExecutionOutcome::Succeeded, String::new()) })
+    }
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -252,4 +255,43 @@ proptest! {
             prop_assert_eq!(ok, quorum, "state {:?} approvals {:?}", c.state, c.approvals);
         }
     }
+}
+
+#[derive(Debug)]
+struct Verdict(bool);
+
+impl crate::Verifier for Verdict {
+    fn check<'a>(&'a self, c: &'a VerificationCheck) -> futures::future::BoxFuture<'a, crate::CheckResult> {
+        Box::pin(async move { crate::CheckResult { name: c.name.clone(), passed: self.0, observed: None, detail: "fixed".into() } })
+    }
+}
+
+#[derive(Debug)]
+struct BrokenRollback;
+
+impl Adapter for BrokenRollback {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    fn execute<'a>(&'a self, _: &'a Recommendation, _: &'a ChangeRequest) -> AdapterFuture<'a> {
+        Box::pin(async { (ExecutionOutcome::Succeeded, String::new()) })
+    }
+    fn rollback<'a>(&'a self, _: &'a Recommendation, _: &'a ChangeRequest) -> AdapterFuture<'a> {
+        Box::pin(async { (ExecutionOutcome::Failed { error: "target unreachable".into() }, String::new()) })
+    }
+}
+
+#[test]
+fn a_failed_check_rolls_back_and_a_failed_rollback_stays_visible() {
+    let (c, r, d) = open(Outcome::Review, Some(2), 1);
+    let (approved, _) = approve(&c, &r, &person("user:carol"), 1, "ok", 2_000).unwrap();
+    let ok = Executor::new(Arc::new(Counting::default())).with_verifier(Arc::new(Verdict(true)));
+    assert_eq!(block_on(ok.run(&approved, &r, &d, 3_000)).unwrap().1.state, ChangeState::Succeeded);
+    let undo = Executor::new(Arc::new(Counting::default())).with_verifier(Arc::new(Verdict(false)));
+    assert_eq!(block_on(undo.run(&approved, &r, &d, 3_000)).unwrap().1.state, ChangeState::RolledBack);
+    let stuck = Executor::new(Arc::new(BrokenRollback)).with_verifier(Arc::new(Verdict(false)));
+    let (exec, next, drafts) = block_on(stuck.run(&approved, &r, &d, 3_000)).unwrap();
+    assert_eq!(next.state, ChangeState::RollbackFailed);
+    assert!(exec.output.contains("target unreachable"));
+    assert_eq!(drafts.last().unwrap().kind, "change.rollback_failed");
 }
