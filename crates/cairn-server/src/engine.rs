@@ -11,8 +11,8 @@ use cairn_policy::{Router, RoutingContext};
 use cairn_recommend::Recommender;
 use cairn_store::{RecommendationRecord, Store, StoreError};
 use cairn_types::{
-    AlertEvent, AuditDraft, ChangeRequest, ChangeState, Incident, MetricSample, Principal,
-    RecommendationId, CAIRN_SERVICE_SUBJECT,
+    AlertEvent, ChangeRequest, ChangeState, Incident, MetricSample, Principal,
+    RecommendationId,
 };
 use cairn_workflow::{Executor, WorkflowConfig};
 use std::collections::BTreeMap;
@@ -364,20 +364,10 @@ impl Engine {
                 // Invariant 1: the executor re-checks the decision and the quorum and refused.
                 // The change fails visibly instead of running.
                 warn!(parent: &span, error = %refused, "execution refused");
-                let mut next = change.clone();
-                next.state = ChangeState::Failed;
-                next.version += 1;
-                next.updated_ms = now;
-                let draft = AuditDraft::for_change(
-                    &next,
-                    CAIRN_SERVICE_SUBJECT,
-                    "change.execution_refused",
-                    refused.to_string(),
-                    serde_json::json!({ "state": next.state.as_str() }),
-                );
+                let (next, drafts) = cairn_workflow::refuse(&change, &refused, now);
                 let engine = self.clone();
                 let expected = change.version;
-                tokio::task::spawn_blocking(move || engine.store.update_change(&next, expected, &[draft], now))
+                tokio::task::spawn_blocking(move || engine.store.update_change(&next, expected, &drafts, now))
                     .await
                     .map_err(|e| ApiError::Internal(e.to_string()))??;
                 self.metrics.executions.with_label_values(&["none", "refused"]).inc();

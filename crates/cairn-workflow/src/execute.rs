@@ -83,6 +83,22 @@ pub fn authorize_execution(
     }
 }
 
+/// The change's state when the executor refused it: failed, visibly, with the refusal audited.
+pub fn refuse(change: &ChangeRequest, refused: &ExecutionRefused, now_ms: i64) -> (ChangeRequest, Vec<AuditDraft>) {
+    let mut next = change.clone();
+    next.state = ChangeState::Failed;
+    next.version += 1;
+    next.updated_ms = now_ms;
+    let draft = AuditDraft::for_change(
+        &next,
+        CAIRN_SERVICE_SUBJECT,
+        "change.execution_refused",
+        refused.to_string(),
+        json!({ "state": next.state.as_str() }),
+    );
+    (next, vec![draft])
+}
+
 /// What an adapter returns: the outcome and captured output.
 pub type AdapterFuture<'a> = BoxFuture<'a, (ExecutionOutcome, String)>;
 

@@ -17,7 +17,7 @@ mod execute;
 mod review;
 mod verify;
 
-pub use execute::{Adapter, AdapterFuture, DryRunAdapter, ExecutionRefused, Executor, WebhookAdapter, authorize_execution};
+pub use execute::{Adapter, AdapterFuture, DryRunAdapter, ExecutionRefused, Executor, WebhookAdapter, authorize_execution, refuse};
 pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
 pub use verify::{CheckResult, PromQlVerifier, Verifier, compare};
 

@@ -295,3 +295,13 @@ fn a_failed_check_rolls_back_and_a_failed_rollback_stays_visible() {
     assert!(exec.output.contains("target unreachable"));
     assert_eq!(drafts.last().unwrap().kind, "change.rollback_failed");
 }
+
+#[test]
+fn a_refused_execution_fails_visibly_with_its_reason() {
+    let (c, _, _) = open(Outcome::Review, Some(2), 1);
+    let refused = ExecutionRefused::NoQuorum { valid: 0, required: 1 };
+    let (next, drafts) = crate::refuse(&c, &refused, 9_000);
+    assert_eq!((next.state, next.version, next.updated_ms), (ChangeState::Failed, c.version + 1, 9_000));
+    assert_eq!(drafts[0].kind, "change.execution_refused");
+    assert!(drafts[0].reason.contains("quorum not met"));
+}
