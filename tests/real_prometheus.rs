@@ -365,9 +365,7 @@ async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
     let (node, prom) = (free_port(), free_port());
     let mut node_p = spawn("node-exporter", "prometheus-node-exporter", &[format!("--web.listen-address=127.0.0.1:{node}")], &d.join("node.log"));
     let cfg_path = d.join("prometheus.yml");
-    // Sixty scrape jobs of one node-exporter offer far more samples per second than a debug build
-    // analyses through a one-batch queue.
-    std::fs::write(&cfg_path, pressure_config(h.http, node, 60)).unwrap();
+    std::fs::write(&cfg_path, pressure_config(h.http, node, 10)).unwrap();
     let mut prom_p = spawn(
         "prometheus",
         "prometheus",
@@ -380,20 +378,45 @@ async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
     );
     wait_ready(&client, &format!("http://127.0.0.1:{prom}/-/ready"), "prometheus", &mut [&mut prom_p, &mut node_p]).await;
 
-    // Load until Cairn has pushed back at least a few times.
+    // Saturate Cairn deterministically: besides Prometheus, four senders of our own push large
+    // bodies back to back, so the one-batch queue is always full and Prometheus's sends are
+    // answered 503 too. Our own accepted samples are counted and subtracted at the end.
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let ours = Arc::new(AtomicU64::new(0));
+    let names: Vec<String> = (0..1000).map(|i| format!("f{i}")).collect();
+    let flood_body = {
+        let now = now_ms();
+        let series: Vec<SeriesSpec> =
+            names.iter().map(|n| (vec![("__name__", "flood"), ("id", n.as_str())], (0..40).map(|j| (now + j, j as f64)).collect())).collect();
+        remote_write_body(&series)
+    };
+    let mut flooders = Vec::new();
+    for _ in 0..4 {
+        let (client, body, flooding, ours, url) =
+            (client.clone(), flood_body.clone(), flooding.clone(), ours.clone(), format!("http://{}/api/v1/write", h.http));
+        flooders.push(tokio::spawn(async move {
+            while flooding.load(Ordering::SeqCst) {
+                let r = client
+                    .post(&url)
+                    .header("Content-Encoding", "snappy")
+                    .header("Content-Type", "application/x-protobuf")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().as_u16() == 204) {
+                    ours.fetch_add(40_000, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = h.metrics_text().await;
-        let overloaded: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("cairn_ingest_overloaded_requests_total{endpoint=\"remote_write\"}"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if overloaded >= 3.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "Cairn never pushed back; the test did not create pressure");
+    while prom_self(&client, prom, "prometheus_remote_storage_samples_retried_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "Prometheus was never answered 503; the test did not create pressure");
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    flooding.store(false, Ordering::SeqCst);
+    for f in flooders {
+        f.await.unwrap();
     }
 
     // Stop scraping (config reload without scrape jobs; the remote-write queue is kept), then wait
@@ -416,6 +439,7 @@ async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
             .find_map(|l| l.strip_prefix("cairn_ingest_samples_total{source=\"remote_write\"} "))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
+        let accepted = accepted - ours.load(Ordering::SeqCst) as f64;
         stable = if (sent, accepted) == last && pending == 0.0 { stable + 1 } else { 0 };
         last = (sent, accepted);
         if stable >= 6 {
