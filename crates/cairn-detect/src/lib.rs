@@ -32,7 +32,7 @@ const SHARDS: usize = 16;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectorConfig {
-    /// Recent points kept per series (the baseline window).
+    /// Recent points kept per series (the baseline window), 3 to 256.
     pub window: usize,
     /// Points a series needs before it is scored.
     pub warmup: usize,
@@ -93,19 +93,30 @@ impl SeriesState {
     }
 }
 
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
+/// Median of `v` by selection (linear time; reorders `v`). `v` must not be empty.
+fn median_in_place(v: &mut [f64]) -> f64 {
+    let n = v.len();
+    let (left, upper, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let upper = *upper;
+    if n % 2 == 1 {
+        upper
+    } else {
+        // The lower middle is the largest element left of the upper middle.
+        let lower = left.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lower + upper) / 2.0
+    }
 }
 
 /// Median and robust scale of the ring.
 fn baseline(ring: &[f64]) -> (f64, f64) {
-    let mut v = ring.to_vec();
-    v.sort_by(f64::total_cmp);
-    let m = median(&v);
-    let mut dev: Vec<f64> = v.iter().map(|x| (x - m).abs()).collect();
-    dev.sort_by(f64::total_cmp);
-    let mad = median(&dev) * 1.4826;
+    let mut v = [0f64; 256];
+    let v = &mut v[..ring.len().min(256)];
+    v.copy_from_slice(&ring[..v.len()]);
+    let m = median_in_place(v);
+    for x in v.iter_mut() {
+        *x = (*x - m).abs();
+    }
+    let mad = median_in_place(v) * 1.4826;
     // A flat series has MAD 0; a floor relative to the level (and an absolute one) keeps tiny
     // jitter from scoring as anomalous while a real step away from a flat line still does.
     let floor = (m.abs() * 0.01).max(1e-6);
@@ -132,7 +143,8 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(cfg: DetectorConfig) -> Detector {
-        let cfg = DetectorConfig { window: cfg.window.max(3), warmup: cfg.warmup.max(3).min(cfg.window.max(3)), ..cfg };
+        let window = cfg.window.clamp(3, 256);
+        let cfg = DetectorConfig { window, warmup: cfg.warmup.clamp(3, window), ..cfg };
         Detector { cfg, shards: (0..SHARDS).map(|_| Shard::default()).collect() }
     }
 
@@ -366,6 +378,18 @@ mod tests {
         assert_eq!(d.evict_idle(0), 0, "nothing is idle yet");
         assert_eq!(d.evict_idle(39 + 3_600_000 + 1), tracked);
         assert_eq!(d.series_count(), 0);
+    }
+
+    #[test]
+    fn selection_median_matches_the_sorted_median() {
+        for n in 1..40 {
+            let vals: Vec<f64> = (0..n).map(|i| noise(i * 7 + n) * 100.0).collect();
+            let mut sorted = vals.clone();
+            sorted.sort_by(f64::total_cmp);
+            let want = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
+            let mut v = vals.clone();
+            assert_eq!(median_in_place(&mut v), want, "n = {n}");
+        }
     }
 
     #[test]
