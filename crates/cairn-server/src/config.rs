@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub workflow: cairn_workflow::WorkflowConfig,
     pub executor: ExecutorConfig,
     pub verification: VerificationConfig,
+    /// `[[maintenance_windows]]`: when tier-3 changes may run (see `cairn_workflow::MaintenanceWindow`).
+    pub maintenance_windows: Vec<cairn_workflow::MaintenanceWindow>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +44,7 @@ impl Default for ServerConfig {
             workflow: Default::default(),
             executor: ExecutorConfig::default(),
             verification: VerificationConfig::default(),
+            maintenance_windows: Vec::new(),
         }
     }
 }
@@ -219,6 +222,9 @@ impl ServerConfig {
                 });
             }
         }
+        for w in &self.maintenance_windows {
+            w.validate().map_err(|e| ConfigError::Invalid { key: "maintenance_windows", message: e.to_string() })?;
+        }
         Ok(())
     }
 }
@@ -234,6 +240,7 @@ mod tests {
         assert_eq!(cfg.auth.tokens.len(), 1);
         assert_eq!(cfg.auth.tokens[0].subject, "user:alice");
         assert_eq!(cfg.ingest.queue_capacity, 256);
+        assert_eq!(cfg.maintenance_windows.len(), 1);
     }
 
     #[test]

@@ -223,6 +223,7 @@ impl Engine {
                 .iter()
                 .filter(|c| matches!(c.change.state, ChangeState::Failed | ChangeState::RollbackFailed))
                 .count() as u32,
+            maintenance_window_open: self.executor.gate().windows.open_for(&rec.target, now).is_some(),
             ..RoutingContext::for_environment(&rec.target.environment)
         };
         let decision = self.router.route(&rec, &ctx, now);

@@ -239,6 +239,19 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     Ok(RunningServer { http_addr, grpc_addr, engine, cancel, tasks })
 }
 
+/// Windows and the approver roster as configured now: an approval by someone no longer configured
+/// (or no longer in the change's groups) stops counting at execution.
+fn execution_gate(cfg: &ServerConfig) -> Result<cairn_workflow::ExecutionGate, StartError> {
+    let windows = cairn_workflow::MaintenanceWindows::new(cfg.maintenance_windows.clone())
+        .map_err(|e| StartError::Executor(e.to_string()))?;
+    let roster = cairn_workflow::Roster::new(cfg.auth.tokens.iter().map(|t| cairn_types::Principal {
+        subject: t.subject.clone(),
+        display_name: t.display_name.clone(),
+        groups: t.groups.clone(),
+    }));
+    Ok(cairn_workflow::ExecutionGate { windows, roster: Some(roster) })
+}
+
 fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartError> {
     let adapter: Arc<dyn cairn_workflow::Adapter> = match cfg.executor.adapter.as_str() {
         "webhook" => {
@@ -254,7 +267,7 @@ fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartE
         }
         _ => Arc::new(cairn_workflow::DryRunAdapter),
     };
-    let executor = cairn_workflow::Executor::new(adapter);
+    let executor = cairn_workflow::Executor::new(adapter).with_gate(Arc::new(execution_gate(cfg)?));
     let v = &cfg.verification;
     Ok(match &v.prometheus_url {
         Some(url) => executor.with_verifier(Arc::new(

@@ -1,7 +1,7 @@
 //! The executor: the one path from an approved change to an adapter, re-checking at execution
 //! time that the change is allowed to run (invariant 1).
 
-use crate::{MIN_AUTO_CONFIDENCE, Verifier};
+use crate::{ExecutionGate, MIN_AUTO_CONFIDENCE, Verifier};
 use cairn_types::{
     AuditDraft, CAIRN_SERVICE_SUBJECT, ChangeRequest, ChangeState, Decision, Execution,
     ExecutionOutcome, Outcome, Recommendation,
@@ -27,16 +27,23 @@ pub enum ExecutionRefused {
     NoQuorum { valid: usize, required: u8 },
     #[error("the change does not match the recommendation it was opened for ({0})")]
     Mismatch(&'static str),
+    #[error("tier-3 changes run only inside an open maintenance window, and none is open for {0} now")]
+    OutsideWindow(String),
+    #[error("quorum no longer met: {valid} valid approvals of {required} required; no longer authorised to approve: {}", revoked.join(", "))]
+    ApproverNoLongerAuthorised { valid: usize, required: u8, revoked: Vec<String> },
 }
 
 /// Checks, immediately before execution, that this exact change may run: an `auto` decision within
 /// its tiers and confidence floor, or a `review` decision whose quorum is met by distinct,
-/// authorised approvals bound to the current revision, policy version and action digest.
+/// authorised approvals bound to the current revision, policy version and action digest — whose
+/// approvers are still authorised by `gate`'s roster, and (tier 3, or when the decision asks) with a
+/// maintenance window open for the target now.
 pub fn authorize_execution(
     change: &ChangeRequest,
     rec: &Recommendation,
     decision: &Decision,
-    _now_ms: i64,
+    gate: &ExecutionGate,
+    now_ms: i64,
 ) -> Result<(), ExecutionRefused> {
     if !matches!(change.state, ChangeState::Approved | ChangeState::Executing) {
         return Err(ExecutionRefused::NotApproved(change.state));
@@ -77,6 +84,19 @@ pub fn authorize_execution(
                 .collect();
             if valid.len() < usize::from(required) {
                 return Err(ExecutionRefused::NoQuorum { valid: valid.len(), required });
+            }
+            if let Some(roster) = &gate.roster {
+                let (still, revoked): (Vec<&str>, Vec<&str>) =
+                    valid.iter().partition(|s| roster.may_approve(s, &change.approver_groups));
+                if still.len() < usize::from(required) {
+                    let revoked = revoked.into_iter().map(String::from).collect();
+                    return Err(ExecutionRefused::ApproverNoLongerAuthorised { valid: still.len(), required, revoked });
+                }
+            }
+            if (decision.tier == Some(3) || decision.requires_window || change.requires_window)
+                && gate.windows.open_for(&rec.target, now_ms).is_none()
+            {
+                return Err(ExecutionRefused::OutsideWindow(rec.target.to_string()));
             }
             Ok(())
         }
@@ -206,11 +226,22 @@ impl Adapter for WebhookAdapter {
 pub struct Executor {
     adapter: Arc<dyn Adapter>,
     verifier: Option<Arc<dyn Verifier>>,
+    gate: Arc<ExecutionGate>,
 }
 
 impl Executor {
     pub fn new(adapter: Arc<dyn Adapter>) -> Executor {
-        Executor { adapter, verifier: None }
+        Executor { adapter, verifier: None, gate: Arc::default() }
+    }
+
+    /// Maintenance windows and the current approver roster, re-checked before every run.
+    pub fn with_gate(mut self, gate: Arc<ExecutionGate>) -> Executor {
+        self.gate = gate;
+        self
+    }
+
+    pub fn gate(&self) -> &ExecutionGate {
+        &self.gate
     }
 
     /// Verification checks run through `verifier` after every real (not dry-run) execution.
@@ -228,7 +259,7 @@ impl Executor {
         decision: &Decision,
         now_ms: i64,
     ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
-        authorize_execution(change, rec, decision, now_ms)?;
+        authorize_execution(change, rec, decision, &self.gate, now_ms)?;
         let (outcome, mut output) = self.adapter.execute(rec, change).await;
         let mut next = change.clone();
         next.version += 1;

@@ -16,10 +16,12 @@
 mod execute;
 mod review;
 mod verify;
+mod window;
 
 pub use execute::{Adapter, AdapterFuture, DryRunAdapter, ExecutionRefused, Executor, WebhookAdapter, authorize_execution, refuse};
 pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
 pub use verify::{CheckResult, PromQlVerifier, Verifier, compare};
+pub use window::{ExecutionGate, MaintenanceWindow, MaintenanceWindows, Roster, WeeklySchedule, WindowError};
 
 use serde::{Deserialize, Serialize};
 

@@ -47,6 +47,19 @@ pub(crate) fn decision(outcome: Outcome, tier: Option<u8>, approvals: u8) -> Dec
     }
 }
 
+/// A gate with one window open at every time for every target, and no roster check.
+pub(crate) fn always_open() -> crate::ExecutionGate {
+    let w = crate::MaintenanceWindow {
+        name: "always".into(),
+        service: "*".into(),
+        environment: "*".into(),
+        weekly: Some(crate::WeeklySchedule { days: vec!["mon".into()], start: "00:00".into(), duration_minutes: 7 * 24 * 60 }),
+        start: None,
+        end: None,
+    };
+    crate::ExecutionGate { windows: crate::MaintenanceWindows::new(vec![w]).unwrap(), roster: None }
+}
+
 fn person(s: &str) -> Principal {
     Principal { subject: s.into(), display_name: s.into(), groups: vec!["sre".into()] }
 }
@@ -125,11 +138,11 @@ fn tier3_needs_two_distinct_approvers() {
     lax.approvals_required = 1;
     let mut forced = c1.clone();
     forced.state = ChangeState::Approved;
-    assert!(authorize_execution(&forced, &r, &lax, 2_002).is_err());
+    assert!(authorize_execution(&forced, &r, &lax, &always_open(), 2_002).is_err());
     let (c2, drafts) = approve(&c1, &r, &person("user:bob"), 1, "ok", 2_003).unwrap();
     assert_eq!(c2.state, ChangeState::Approved);
     assert_eq!(drafts.last().unwrap().kind, "change.approved");
-    assert!(authorize_execution(&c2, &r, &d, 2_004).is_ok());
+    assert!(authorize_execution(&c2, &r, &d, &always_open(), 2_004).is_ok());
 }
 
 #[test]
@@ -164,7 +177,7 @@ fn rejection_vetoes() {
     let (c2, _) = reject(&c1, &r, &person("user:bob"), 1, "wrong target", 2_001).unwrap();
     assert_eq!(c2.state, ChangeState::Rejected);
     assert!(matches!(approve(&c2, &r, &person("user:carol"), 1, "ok", 2_002), Err(ReviewError::NotPending { .. })));
-    assert!(authorize_execution(&c2, &r, &d, 2_003).is_err());
+    assert!(authorize_execution(&c2, &r, &d, &always_open(), 2_003).is_err());
 }
 
 #[test]
@@ -194,7 +207,7 @@ fn advisory_and_blocked_never_execute() {
     for outcome in [Outcome::Advisory, Outcome::Blocked] {
         let (mut c, r, d) = open(outcome, None, 0);
         c.state = ChangeState::Approved;
-        assert_eq!(authorize_execution(&c, &r, &d, 2_000), Err(ExecutionRefused::NotExecutable(outcome)));
+        assert_eq!(authorize_execution(&c, &r, &d, &always_open(), 2_000), Err(ExecutionRefused::NotExecutable(outcome)));
     }
 }
 
@@ -205,7 +218,7 @@ fn low_confidence_auto_never_executes() {
     let d = decision(Outcome::Auto, Some(0), 0);
     let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
     assert_eq!(c.state, ChangeState::Approved);
-    assert!(matches!(authorize_execution(&c, &r, &d, 2_000), Err(ExecutionRefused::LowConfidence(_))));
+    assert!(matches!(authorize_execution(&c, &r, &d, &always_open(), 2_000), Err(ExecutionRefused::LowConfidence(_))));
 }
 
 #[test]
@@ -246,7 +259,7 @@ proptest! {
                 prop_assert_eq!(next.version, c.version + 1);
                 c = next;
             }
-            let ok = authorize_execution(&c, &r, &d, t).is_ok();
+            let ok = authorize_execution(&c, &r, &d, &always_open(), t).is_ok();
             let eligible: std::collections::BTreeSet<_> = c.approvals.iter()
                 .map(|a| a.subject.as_str())
                 .filter(|s| *s != "user:requester" && *s != CAIRN_SERVICE_SUBJECT)
@@ -304,4 +317,63 @@ fn a_refused_execution_fails_visibly_with_its_reason() {
     assert_eq!((next.state, next.version, next.updated_ms), (ChangeState::Failed, c.version + 1, 9_000));
     assert_eq!(drafts[0].kind, "change.execution_refused");
     assert!(drafts[0].reason.contains("quorum not met"));
+}
+
+#[test]
+fn approval_by_removed_principal_does_not_count_at_execution() {
+    let (c, r, d) = open(Outcome::Review, Some(2), 1);
+    let (approved, _) = approve(&c, &r, &person("user:carol"), 1, "ok", 2_000).unwrap();
+    let carol_in_sre = crate::Roster::new([person("user:carol")]);
+    let mut gate = always_open();
+    gate.roster = Some(carol_in_sre);
+    assert!(authorize_execution(&approved, &r, &d, &gate, 3_000).is_ok());
+    // Carol left the configuration after approving.
+    gate.roster = Some(crate::Roster::new([person("user:dave")]));
+    match authorize_execution(&approved, &r, &d, &gate, 3_000) {
+        Err(ExecutionRefused::ApproverNoLongerAuthorised { valid: 0, required: 1, revoked }) => assert_eq!(revoked, ["user:carol"]),
+        other => panic!("expected the approval not to count, got {other:?}"),
+    }
+    // Carol is still configured but no longer in the approver group `sre`.
+    let moved = Principal { subject: "user:carol".into(), display_name: "c".into(), groups: vec!["dev".into()] };
+    gate.roster = Some(crate::Roster::new([moved]));
+    assert!(authorize_execution(&approved, &r, &d, &gate, 3_000).is_err());
+    // And the executor refuses before the adapter.
+    let counting = Arc::new(Counting::default());
+    let ex = Executor::new(counting.clone()).with_gate(Arc::new(gate));
+    assert!(block_on(ex.run(&approved, &r, &d, 3_000)).is_err());
+    assert_eq!(counting.0.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn tier3_outside_window_does_not_run() {
+    let (c, r, d) = open(Outcome::Review, Some(3), 2);
+    let (c1, _) = approve(&c, &r, &person("user:alice"), 1, "ok", 2_000).unwrap();
+    let (c2, _) = approve(&c1, &r, &person("user:bob"), 1, "ok", 2_001).unwrap();
+    assert_eq!(c2.state, ChangeState::Approved);
+    // Sundays 02:00–04:00 UTC, production only. 2026-11-29 is a Sunday.
+    let sunday = crate::MaintenanceWindow {
+        name: "sunday".into(),
+        service: "*".into(),
+        environment: "production".into(),
+        weekly: Some(crate::WeeklySchedule { days: vec!["sun".into()], start: "02:00".into(), duration_minutes: 120 }),
+        start: None,
+        end: None,
+    };
+    let gate = crate::ExecutionGate { windows: crate::MaintenanceWindows::new(vec![sunday]).unwrap(), roster: None };
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis();
+    let counting = Arc::new(Counting::default());
+    let ex = Executor::new(counting.clone()).with_gate(Arc::new(gate.clone()));
+    for outside in ["2026-11-29T01:59:00Z", "2026-11-29T04:00:00Z", "2026-11-28T03:00:00Z"] {
+        assert!(matches!(block_on(ex.run(&c2, &r, &d, at(outside))), Err(ExecutionRefused::OutsideWindow(_))), "{outside}");
+    }
+    assert_eq!(counting.0.load(Ordering::SeqCst), 0);
+    // No window configured at all: tier 3 never runs.
+    assert!(authorize_execution(&c2, &r, &d, &crate::ExecutionGate::default(), at("2026-11-29T03:00:00Z")).is_err());
+    // Inside the window it runs.
+    assert!(block_on(ex.run(&c2, &r, &d, at("2026-11-29T03:00:00Z"))).is_ok());
+    assert_eq!(counting.0.load(Ordering::SeqCst), 1);
+    // A tier-2 change needs no window.
+    let (t2, r2, d2) = open(Outcome::Review, Some(2), 1);
+    let (t2, _) = approve(&t2, &r2, &person("user:carol"), 1, "ok", 2_000).unwrap();
+    assert!(authorize_execution(&t2, &r2, &d2, &gate, at("2026-11-28T03:00:00Z")).is_ok());
 }
