@@ -59,6 +59,11 @@ tier3_reasons contains "global blast radius: two people and a maintenance window
 	rec.blast_radius == "global"
 }
 
+# Said on every tier-3 decision so the reviewer knows whether it can run right after approval.
+window_note := "a maintenance window is open for this target now" if {
+	ctx.maintenance_window_open
+} else := "no maintenance window is open for this target now: after approval it waits for one"
+
 # --- tiers 0 and 1: runs by itself inside the rails ----------------------------------------------
 
 auto_eligible if {
@@ -66,9 +71,25 @@ auto_eligible if {
 	rec.reversibility == "reversible"
 	rec.confidence >= data.thresholds.auto_min
 	not loop_guard_tripped
+	not failing_target
+	not critical_service
 }
 
 loop_guard_tripped if ctx.recent_runs >= data.loop_guard.max_runs
+
+failing_target if ctx.recent_failures >= data.loop_guard.max_failures
+
+critical_service if object.get(ctx, "service_criticality", "medium") in data.no_auto_criticality
+
+tier2_reasons contains msg if {
+	failing_target
+	msg := sprintf("%d recent changes on this target failed (limit %d): a person must look before the next one", [ctx.recent_failures, data.loop_guard.max_failures])
+}
+
+tier2_reasons contains msg if {
+	critical_service
+	msg := sprintf("service %s is %s: nothing runs there by itself (tier 2)", [rec.target.service, ctx.service_criticality])
+}
 
 tier2_reasons contains msg if {
 	loop_guard_tripped
@@ -83,6 +104,8 @@ tier2_reasons contains msg if {
 
 tier2_reasons contains msg if {
 	not loop_guard_tripped
+	not failing_target
+	not critical_service
 	rec.action in data.auto_actions
 	msg := sprintf("%s (%s, %s blast radius, confidence %.2f) does not meet the auto rules: one approver (tier 2)", [rec.action, rec.reversibility, rec.blast_radius, rec.confidence])
 }
@@ -97,7 +120,7 @@ decision := d if {
 	d := {"outcome": "advisory", "tier": null, "approvals_required": 0, "approver_groups": [], "requires_window": false, "reasons": [sprintf("confidence %.2f is below %.2f: advisory only, never executed", [rec.confidence, data.thresholds.advisory_below])]}
 } else := d if {
 	count(tier3_reasons) > 0
-	d := {"outcome": "review", "tier": 3, "approvals_required": 2, "approver_groups": data.approvers.tier3, "requires_window": true, "reasons": sort(tier3_reasons)}
+	d := {"outcome": "review", "tier": 3, "approvals_required": 2, "approver_groups": data.approvers.tier3, "requires_window": true, "reasons": array.concat(sort(tier3_reasons), [window_note])}
 } else := d if {
 	auto_eligible
 	rec.blast_radius == "instance"

@@ -82,3 +82,35 @@ test_rollback_deploy_needs_one_approver if {
 	d.tier == 2
 	d.approvals_required == 1
 }
+
+test_critical_service_never_runs_by_itself if {
+	c := object.union(calm, {"service_criticality": "critical"})
+	d := route.decision with input as {"recommendation": base, "context": c}
+	d.outcome == "review"
+	d.tier == 2
+}
+
+test_recent_failures_send_the_next_change_to_a_person if {
+	c := object.union(calm, {"recent_failures": 2})
+	d := route.decision with input as {"recommendation": base, "context": c}
+	d.outcome == "review"
+	d.tier == 2
+}
+
+test_provider_move_and_data_delete_are_tier3 if {
+	every a in ["provider_move", "data_delete", "policy_activation", "iam_change", "database_failover"] {
+		r := object.union(base, {"action": a})
+		d := route.decision with input as {"recommendation": r, "context": calm}
+		d.tier == 3
+		d.approver_groups == ["sre-leads"]
+	}
+}
+
+test_tier3_says_whether_a_window_is_open if {
+	r := object.union(base, {"action": "dns_change"})
+	closed := route.decision with input as {"recommendation": r, "context": calm}
+	"no maintenance window is open for this target now: after approval it waits for one" in closed.reasons
+	c := object.union(calm, {"maintenance_window_open": true})
+	open := route.decision with input as {"recommendation": r, "context": c}
+	"a maintenance window is open for this target now" in open.reasons
+}

@@ -6,7 +6,9 @@
 //! bundle's content hash. It **fails closed**: an evaluation error, a timeout or an output of the
 //! wrong shape yields review at tier 3, never `auto` (invariant 5). Two floors apply after Rego that
 //! no bundle can lower: low confidence never runs by itself (invariant 6), and nothing without a
-//! rollback plan or a verification check runs by itself.
+//! rollback plan or a verification check runs by itself. A third floor keeps invariant 10 whatever
+//! the bundle says: a `policy_activation` (swapping the bundle itself) is never auto or advisory,
+//! only review at tier 3 (or blocked).
 //!
 //! The policy input document is `{"recommendation": <Recommendation>, "context": <RoutingContext>}`
 //! (see `policy/default/README.md`). This crate decides; it never executes and never writes the
@@ -20,6 +22,9 @@ use sha2::{Digest, Sha256};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
+
+/// A service the bundle's `service_criticality` map does not list.
+pub const DEFAULT_SERVICE_CRITICALITY: &str = "medium";
 
 /// The rule every bundle must define.
 pub const DECISION_RULE: &str = "data.cairn.route.decision";
@@ -116,6 +121,44 @@ impl PolicyBundle {
         &self.version
     }
 
+    /// Every file, routing and tests, and `data.json` last: what a proposal carries so that the
+    /// server can rebuild exactly this bundle (same version) from it.
+    pub fn files(&self) -> Vec<PolicyFile> {
+        let mut all: Vec<PolicyFile> = self.rego.iter().chain(&self.tests).cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.push(PolicyFile { name: "data.json".into(), text: self.data.clone() });
+        all
+    }
+
+    /// The inverse of [`PolicyBundle::files`]: a bundle from files where `data.json` is data.
+    pub fn from_all_files(files: Vec<PolicyFile>) -> Result<PolicyBundle, PolicyError> {
+        let mut data = "{}".to_string();
+        let mut rego = Vec::new();
+        for f in files {
+            if f.name == "data.json" {
+                data = f.text;
+            } else if f.name.ends_with(".rego") {
+                rego.push(f);
+            } else {
+                return Err(PolicyError::Read { path: f.name, message: "not a .rego file or data.json".into() });
+            }
+        }
+        let bundle = PolicyBundle::from_files(rego, data);
+        if bundle.rego.is_empty() {
+            return Err(PolicyError::Empty);
+        }
+        bundle.engine()?;
+        Ok(bundle)
+    }
+
+    /// How critical `service` is according to `data.json` (`service_criticality` map).
+    pub fn service_criticality(&self, service: &str) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.data)
+            .ok()
+            .and_then(|d| d.get("service_criticality")?.get(service)?.as_str().map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_SERVICE_CRITICALITY.to_string())
+    }
+
     fn engine(&self) -> Result<regorus::Engine, PolicyError> {
         let mut engine = regorus::Engine::new();
         for f in &self.rego {
@@ -134,6 +177,10 @@ impl PolicyBundle {
 pub struct RoutingContext {
     /// How critical the target's environment is, e.g. `high` for production.
     pub environment_criticality: String,
+    /// How critical the target's service is (`critical`, `high`, `medium`, `low`), from the
+    /// bundle's `data.json` `service_criticality` map; `medium` when not listed.
+    #[serde(default)]
+    pub service_criticality: String,
     pub maintenance_window_open: bool,
     /// Times this action ran on this target within the loop-guard window.
     pub recent_runs: u32,
@@ -152,7 +199,11 @@ impl RoutingContext {
             "staging" | "stage" => "medium",
             _ => "low",
         };
-        RoutingContext { environment_criticality: criticality.into(), ..Default::default() }
+        RoutingContext {
+            environment_criticality: criticality.into(),
+            service_criticality: DEFAULT_SERVICE_CRITICALITY.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -265,6 +316,17 @@ impl Router {
                 outcome = Outcome::Review;
                 tier = Some(2);
             }
+        }
+        if rec.action == cairn_types::ActionClass::PolicyActivation
+            && matches!(outcome, Outcome::Auto | Outcome::Advisory | Outcome::Review)
+            && tier != Some(3)
+        {
+            reasons.push(
+                "a policy activation is itself a tier-3 change (two approvers and a maintenance window), whatever the bundle says"
+                    .into(),
+            );
+            outcome = Outcome::Review;
+            tier = Some(3);
         }
         let (approvals_required, approver_groups, requires_window) = match outcome {
             Outcome::Review if tier == Some(3) => (raw.approvals_required.max(2), raw.approver_groups, true),

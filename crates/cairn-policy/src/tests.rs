@@ -190,3 +190,58 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn policy_activation_is_a_tier3_change() {
+    let activation = rec(ActionClass::PolicyActivation, "production", 1.0, BlastRadius::Global, Reversibility::Reversible);
+    let d = router().route(&activation, &ctx(), 0);
+    assert_eq!((d.outcome, d.tier, d.approvals_required, d.requires_window), (Outcome::Review, Some(3), 2, true));
+    assert_eq!(d.approver_groups, ["sre-leads"]);
+    // A bundle that lets everything run by itself still cannot let its successor in by itself.
+    let lax = r#"package cairn.route
+decision := {"outcome": "auto", "tier": 0, "approvals_required": 0, "reasons": ["anything goes"]}"#;
+    let r = Router::from_sources(lax, "{}", RouterConfig::default()).unwrap();
+    let d = r.route(&activation, &ctx(), 0);
+    assert_eq!((d.outcome, d.tier, d.approvals_required, d.requires_window), (Outcome::Review, Some(3), 2, true));
+    assert!(d.reasons.iter().any(|r| r.contains("policy activation is itself a tier-3")), "{:?}", d.reasons);
+    // An ordinary action under the lax bundle is untouched by that floor.
+    let restart = rec(ActionClass::RestartProcess, "production", 0.9, BlastRadius::Instance, Reversibility::Reversible);
+    assert_eq!(r.route(&restart, &ctx(), 0).outcome, Outcome::Auto);
+}
+
+#[test]
+fn service_criticality_comes_from_the_bundle_and_keeps_critical_services_from_auto() {
+    let bundle = PolicyBundle::embedded_default();
+    assert_eq!(bundle.service_criticality("payments"), "critical");
+    assert_eq!(bundle.service_criticality("unlisted"), DEFAULT_SERVICE_CRITICALITY);
+    let restart = rec(ActionClass::RestartProcess, "production", 0.95, BlastRadius::Instance, Reversibility::Reversible);
+    let mut c = ctx();
+    assert_eq!(router().route(&restart, &c, 0).outcome, Outcome::Auto);
+    c.service_criticality = bundle.service_criticality("payments");
+    let d = router().route(&restart, &c, 0);
+    assert_eq!((d.outcome, d.tier), (Outcome::Review, Some(2)));
+}
+
+#[test]
+fn a_bundle_rebuilt_from_its_files_has_the_same_version() {
+    let bundle = PolicyBundle::embedded_default();
+    let files = bundle.files();
+    assert!(files.iter().any(|f| f.name == "route_test.rego"), "tests travel with the bundle");
+    let again = PolicyBundle::from_all_files(files.clone()).unwrap();
+    assert_eq!(again.version(), bundle.version());
+    let mut changed = files;
+    changed.last_mut().unwrap().text = "{}".into();
+    assert_ne!(PolicyBundle::from_all_files(changed).unwrap().version(), bundle.version());
+    let stray = vec![PolicyFile { name: "notes.txt".into(), text: String::new() }];
+    assert!(PolicyBundle::from_all_files(stray).is_err());
+}
+
+#[test]
+fn default_bundle_runs_every_rego_test() {
+    let report = run_policy_tests(&PolicyBundle::embedded_default()).unwrap();
+    let names: Vec<&str> = report.results.iter().map(|r| r.0.as_str()).collect();
+    for t in ["test_critical_service_never_runs_by_itself", "test_provider_move_and_data_delete_are_tier3", "test_tier3_says_whether_a_window_is_open"] {
+        assert!(names.iter().any(|n| n.ends_with(t)), "{t} not run: {names:?}");
+    }
+    assert!(report.passed(), "{report:#?}");
+}

@@ -224,6 +224,7 @@ impl Engine {
                 .filter(|c| matches!(c.change.state, ChangeState::Failed | ChangeState::RollbackFailed))
                 .count() as u32,
             maintenance_window_open: self.executor.gate().windows.open_for(&rec.target, now).is_some(),
+            service_criticality: self.router.bundle().service_criticality(&rec.target.service),
             ..RoutingContext::for_environment(&rec.target.environment)
         };
         let decision = self.router.route(&rec, &ctx, now);

@@ -29,10 +29,16 @@ pub enum ActionClass {
     DnsChange,
     IamChange,
     FirewallRelax,
+    /// Moving a workload to another provider or region.
+    ProviderMove,
+    /// Deleting or truncating data: destructive and not undoable by Cairn.
+    DataDelete,
+    /// Swapping the active policy bundle (invariant 10): always tier 3.
+    PolicyActivation,
 }
 
 impl ActionClass {
-    pub const ALL: [ActionClass; 8] = [
+    pub const ALL: [ActionClass; 11] = [
         ActionClass::RestartProcess,
         ActionClass::ScaleOut,
         ActionClass::RollbackDeploy,
@@ -41,6 +47,9 @@ impl ActionClass {
         ActionClass::DnsChange,
         ActionClass::IamChange,
         ActionClass::FirewallRelax,
+        ActionClass::ProviderMove,
+        ActionClass::DataDelete,
+        ActionClass::PolicyActivation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +62,9 @@ impl ActionClass {
             ActionClass::DnsChange => "dns_change",
             ActionClass::IamChange => "iam_change",
             ActionClass::FirewallRelax => "firewall_relax",
+            ActionClass::ProviderMove => "provider_move",
+            ActionClass::DataDelete => "data_delete",
+            ActionClass::PolicyActivation => "policy_activation",
         }
     }
 
