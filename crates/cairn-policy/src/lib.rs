@@ -271,6 +271,10 @@ impl Router {
         &self.bundle
     }
 
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
     /// Routes one recommendation revision. Never fails: see the crate docs.
     pub fn route(&self, rec: &Recommendation, ctx: &RoutingContext, now_ms: i64) -> Decision {
         match self.evaluate(rec, ctx) {

@@ -52,6 +52,7 @@ pub fn decision_card(engine: &Engine, id: &RecommendationId, revision: u32) -> R
         target_state,
         executions,
         missing_fields: missing,
+        ..Default::default()
     })
 }
 

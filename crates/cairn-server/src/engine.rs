@@ -78,7 +78,8 @@ const SWEEP_EVERY_MS: i64 = 60_000;
 #[derive(Debug)]
 pub struct Engine {
     pub store: Arc<dyn Store>,
-    pub router: Arc<Router>,
+    /// Swapped atomically when a policy activation executes (see `policy.rs`).
+    pub router: crate::policy::ActiveRouter,
     pub executor: Executor,
     pub workflow: WorkflowConfig,
     pub metrics: Metrics,
@@ -105,7 +106,7 @@ impl Engine {
         let (audit_head, _) = watch::channel(head);
         Ok(Engine {
             store,
-            router,
+            router: crate::policy::ActiveRouter::new(router),
             executor,
             workflow,
             metrics,
@@ -209,9 +210,10 @@ impl Engine {
         analysis.exported = now;
     }
 
-    fn route_and_open(&self, rec: cairn_types::Recommendation, now: i64) -> Result<(), ApiError> {
+    pub(crate) fn route_and_open(&self, rec: cairn_types::Recommendation, now: i64) -> Result<(), ApiError> {
         let span = info_span!("recommendation", recommendation_id = %rec.id, revision = rec.revision);
         let _g = span.enter();
+        let router = self.router.current();
         let since = now - self.workflow.loop_guard_window_ms;
         let recent = self.store.recent_changes_on_target(&rec.target, since)?;
         let ctx = RoutingContext {
@@ -224,10 +226,10 @@ impl Engine {
                 .filter(|c| matches!(c.change.state, ChangeState::Failed | ChangeState::RollbackFailed))
                 .count() as u32,
             maintenance_window_open: self.executor.gate().windows.open_for(&rec.target, now).is_some(),
-            service_criticality: self.router.bundle().service_criticality(&rec.target.service),
+            service_criticality: router.bundle().service_criticality(&rec.target.service),
             ..RoutingContext::for_environment(&rec.target.environment)
         };
-        let decision = self.router.route(&rec, &ctx, now);
+        let decision = router.route(&rec, &ctx, now);
         if decision.policy_failed {
             self.metrics.policy_failures.inc();
             warn!(reasons = ?decision.reasons, "policy evaluation failed; routed to review at tier 3");
@@ -326,7 +328,8 @@ impl Engine {
         let claimed = tokio::task::spawn_blocking(move || -> Result<Vec<ChangeRequest>, ApiError> {
             let now = engine.clock.now_ms();
             let expired = engine.store.expire_pending(now)?;
-            let claimed = engine.store.claim_approved(16, now)?;
+            let waiting = crate::policy::waiting_for_window(&engine, now)?;
+            let claimed = engine.store.claim_approved_except(16, now, &waiting)?;
             if !expired.is_empty() || !claimed.is_empty() {
                 engine.audit_written();
             }
@@ -354,6 +357,14 @@ impl Engine {
         let Some(RecommendationRecord { recommendation, decision, .. }) = record else {
             return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
         };
+        if recommendation.action == cairn_types::ActionClass::PolicyActivation {
+            let engine = self.clone();
+            tokio::task::spawn_blocking(move || crate::policy::activate(&engine, change, recommendation, decision))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            self.audit_written();
+            return Ok(());
+        }
         let now = self.clock.now_ms();
         let result = {
             let _g = span.enter();

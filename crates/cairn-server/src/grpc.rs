@@ -192,6 +192,27 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         Ok(Response::new(card))
     }
 
+    async fn propose_policy(
+        &self,
+        request: Request<pb::ProposePolicyRequest>,
+    ) -> Result<Response<pb::ProposePolicyResponse>, Status> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let files = r.files.into_iter().map(|f| cairn_policy::PolicyFile { name: f.name, text: f.text }).collect();
+        let engine = self.engine.clone();
+        let (record, active_version, proposed_version) =
+            blocking(move || crate::policy::propose(&engine, &who, files, &r.reason, &r.execution_window)).await?;
+        Ok(Response::new(pb::ProposePolicyResponse {
+            proposal: Some(pb::RecommendationView {
+                recommendation: Some(cv::recommendation_to_pb(&record.recommendation)),
+                decision: Some(cv::decision_to_pb(&record.decision)),
+                change: Some(cv::change_to_pb(&record.change)),
+            }),
+            active_version,
+            proposed_version,
+        }))
+    }
+
     async fn approve(&self, request: Request<pb::ApproveRequest>) -> Result<Response<pb::ReviewResponse>, Status> {
         let who = principal(&request)?;
         let r = request.into_inner();

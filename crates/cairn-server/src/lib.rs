@@ -18,6 +18,7 @@ pub mod error;
 mod grpc;
 mod http;
 pub mod metrics;
+pub mod policy;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -95,6 +96,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         Some(dir) => cairn_policy::PolicyBundle::load_dir(dir)?,
         None => cairn_policy::PolicyBundle::embedded_default(),
     };
+    let bundle = policy::restore_active(store.as_ref(), bundle);
     let router = cairn_policy::Router::new(
         bundle,
         cairn_policy::RouterConfig { timeout_ms: cfg.policy.timeout_ms, ..Default::default() },

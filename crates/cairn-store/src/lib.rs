@@ -113,6 +113,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn update_change(&self, change: &ChangeRequest, expected_version: u64, audit: &[AuditDraft], now_ms: i64) -> Result<()>;
     /// Atomically moves up to `limit` approved changes to executing and returns them.
     fn claim_approved(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>>;
+    /// Like [`Store::claim_approved`], but leaves the changes named in `except` approved: those
+    /// that may not run yet (a tier-3 change waiting for its maintenance window).
+    fn claim_approved_except(&self, limit: usize, now_ms: i64, except: &[ChangeId]) -> Result<Vec<ChangeRequest>>;
+    /// Approved changes not yet claimed, oldest first.
+    fn approved_changes(&self, limit: usize) -> Result<Vec<ChangeRequest>>;
     /// Stores an execution and the change's resulting state in one transaction.
     fn record_execution(
         &self,

@@ -493,6 +493,39 @@ impl Store for SqliteStore {
         })
     }
 
+    fn claim_approved_except(&self, limit: usize, now_ms: i64, except: &[ChangeId]) -> Result<Vec<ChangeRequest>> {
+        if except.is_empty() {
+            return self.claim_approved(limit, now_ms);
+        }
+        self.with_tx(|tx| {
+            let ids: Vec<String> = {
+                let mut stmt = tx.prepare("SELECT id FROM changes WHERE state = 'approved' ORDER BY created_ms, id")?;
+                stmt.query_map([], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?
+            };
+            let mut out = Vec::new();
+            for id in ids.into_iter().filter(|id| !except.iter().any(|e| &e.0 == id)).take(limit) {
+                out.extend(transition_where(
+                    tx,
+                    "SELECT body FROM changes WHERE id = ?1 AND state = 'approved'",
+                    [id],
+                    ChangeState::Executing,
+                    "change.executing",
+                    |_| "claimed by the executor".to_string(),
+                    now_ms,
+                )?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn approved_changes(&self, limit: usize) -> Result<Vec<ChangeRequest>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare("SELECT body FROM changes WHERE state = 'approved' ORDER BY created_ms, id LIMIT ?1")?;
+            let bodies: Vec<String> = stmt.query_map([limit as i64], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+            bodies.iter().map(|b| from_json("change", b)).collect()
+        })
+    }
+
     fn record_execution(
         &self,
         execution: &Execution,

@@ -223,3 +223,22 @@ fn alerts_upsert_by_fingerprint() {
     assert_eq!(s.count_alerts().unwrap(), 1);
     assert_eq!(s.list_alerts(10).unwrap()[0].status, AlertStatus::Resolved);
 }
+
+#[test]
+fn a_change_waiting_for_its_window_stays_approved_and_unclaimed() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    let mut c = change(1);
+    c.state = ChangeState::Approved;
+    c.version = 2;
+    s.update_change(&c, 1, &[], 6).unwrap();
+    assert_eq!(s.approved_changes(10).unwrap(), [c.clone()]);
+    let head = s.audit_head().unwrap();
+    assert!(s.claim_approved_except(10, 7, std::slice::from_ref(&c.id)).unwrap().is_empty());
+    assert_eq!(s.get_change(&c.id).unwrap().unwrap().state, ChangeState::Approved);
+    assert_eq!(s.audit_head().unwrap(), head, "leaving a change waiting writes nothing");
+    let claimed = s.claim_approved_except(10, 8, &[ChangeId("chg-other".into())]).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].state, ChangeState::Executing);
+    assert!(s.approved_changes(10).unwrap().is_empty());
+}

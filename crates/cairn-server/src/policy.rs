@@ -1,0 +1,302 @@
+//! Policy bundles as changes (invariant 10): proposing a bundle opens a tier-3 change request of
+//! action class `policy_activation`; executing it swaps the server's router atomically. Also the
+//! executor's view of maintenance windows: approved changes that may not run yet stay approved
+//! instead of being claimed.
+//!
+//! The rules (what tier, who approves, whether it may run now) stay in `cairn-policy` and
+//! `cairn-workflow`; this module only builds the proposal, performs the swap, and re-routes what
+//! the swap voids.
+
+use crate::engine::Engine;
+use crate::error::ApiError;
+use cairn_policy::{PolicyBundle, PolicyFile, Router};
+use cairn_store::{RecommendationFilter, RecommendationRecord, Store};
+use cairn_types::{
+    ActionClass, AuditDraft, BlastRadius, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest, ChangeState,
+    Decision, Execution, ExecutionOutcome, IncidentId, Principal, Recommendation, RecommendationId,
+    Reversibility, RollbackPlan, Severity, Target, VerificationCheck,
+};
+use serde_json::json;
+use std::sync::{Arc, RwLock};
+use tracing::{info, warn};
+
+/// Parameters of a `policy_activation` recommendation.
+pub const BUNDLE_VERSION: &str = "bundle_version";
+pub const BUNDLE_FILES: &str = "bundle_files";
+pub const PREVIOUS_VERSION: &str = "previous_version";
+
+/// The router the server routes with now. Swapped as a whole: an evaluation uses one version from
+/// start to finish.
+#[derive(Debug)]
+pub struct ActiveRouter(RwLock<Arc<Router>>);
+
+impl ActiveRouter {
+    pub fn new(router: Arc<Router>) -> ActiveRouter {
+        ActiveRouter(RwLock::new(router))
+    }
+
+    pub fn current(&self) -> Arc<Router> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs `next` and returns the router it replaced.
+    pub fn swap(&self, next: Arc<Router>) -> Arc<Router> {
+        std::mem::replace(&mut *self.0.write().unwrap_or_else(|p| p.into_inner()), next)
+    }
+}
+
+/// The target every policy activation names: windows select it like any other target.
+pub fn policy_target() -> Target {
+    Target { service: "cairn".into(), environment: "production".into(), resource: "policy-bundle".into() }
+}
+
+/// Approved changes that need a maintenance window and have none open now: the executor leaves
+/// them approved, and they run when a window opens.
+pub fn waiting_for_window(engine: &Engine, now_ms: i64) -> Result<Vec<ChangeId>, ApiError> {
+    let windows = &engine.executor.gate().windows;
+    let mut waiting = Vec::new();
+    for change in engine.store.approved_changes(1000)? {
+        if !(change.requires_window || (change.outcome == cairn_types::Outcome::Review && change.tier == Some(3))) {
+            continue;
+        }
+        let record = engine.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
+        let open = record.is_some_and(|r| windows.open_for(&r.recommendation.target, now_ms).is_some());
+        if !open {
+            waiting.push(change.id);
+        }
+    }
+    Ok(waiting)
+}
+
+/// Opens the change request that would activate `files`. Blocking.
+pub fn propose(
+    engine: &Engine,
+    who: &Principal,
+    files: Vec<PolicyFile>,
+    reason: &str,
+    execution_window: &str,
+) -> Result<(RecommendationRecord, String, String), ApiError> {
+    if reason.trim().is_empty() {
+        return Err(ApiError::InvalidArgument("reason is required: why should the policy change?".into()));
+    }
+    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    let report = cairn_policy::run_policy_tests(&bundle).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    if !report.passed() {
+        let failed: Vec<String> =
+            report.results.iter().filter(|r| !r.1).map(|r| format!("{} ({})", r.0, r.2)).collect();
+        return Err(ApiError::InvalidArgument(if failed.is_empty() {
+            "the bundle has no Rego tests (*_test.rego with test_* rules); a policy is proposed with its tests".into()
+        } else {
+            format!("the bundle's own Rego tests fail: {}", failed.join("; "))
+        }));
+    }
+    let active = engine.router.current();
+    let now = engine.clock.now_ms();
+    let version = bundle.version().to_string();
+    let id = RecommendationId(format!("rec-policy-{}", &version.trim_start_matches("sha256:")[..16]));
+    let revision = engine.store.get_recommendation(&id, None)?.map_or(1, |r| r.recommendation.revision + 1);
+    let files_json = serde_json::to_string(
+        &bundle.files().iter().map(|f| json!({ "name": f.name, "text": f.text })).collect::<Vec<_>>(),
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut parameters = std::collections::BTreeMap::new();
+    parameters.insert(BUNDLE_VERSION.to_string(), version.clone());
+    parameters.insert(BUNDLE_FILES.to_string(), files_json);
+    parameters.insert(PREVIOUS_VERSION.to_string(), active.version().to_string());
+    if !execution_window.trim().is_empty() {
+        parameters.insert("execution_window".to_string(), execution_window.trim().to_string());
+    }
+    let rec = Recommendation {
+        id,
+        revision,
+        incident_id: IncidentId("policy".into()),
+        playbook: "policy-activation".into(),
+        playbook_version: "1".into(),
+        action: ActionClass::PolicyActivation,
+        target: policy_target(),
+        parameters,
+        confidence: 1.0,
+        severity: Severity::High,
+        blast_radius: BlastRadius::Global,
+        reversibility: Reversibility::Reversible,
+        rollback_plan: Some(RollbackPlan {
+            steps: vec![format!(
+                "propose the previous bundle ({}) again with `cairn policy propose`; it is a tier-3 change like this one",
+                active.version()
+            )],
+            owner: who.subject.clone(),
+        }),
+        verification: vec![VerificationCheck {
+            name: "active policy version".into(),
+            query: format!("the server routes with {version}"),
+            comparator: "==".into(),
+            threshold: 1.0,
+            within_secs: 0,
+        }],
+        expected_benefit: reason.trim().to_string(),
+        rationale: format!(
+            "policy bundle {version} proposed by {} to replace {}; its {} Rego tests pass",
+            who.subject,
+            active.version(),
+            report.results.len()
+        ),
+        evidence: vec![],
+        model_version: "none".into(),
+        created_ms: now,
+        requester: who.subject.clone(),
+    };
+    engine.route_and_open(rec.clone(), now)?;
+    let record = engine
+        .store
+        .get_recommendation(&rec.id, Some(rec.revision))?
+        .ok_or_else(|| ApiError::Internal("the proposal was not stored".into()))?;
+    info!(proposed = %version, active = active.version(), by = %who.subject, "policy activation proposed");
+    Ok((record, active.version().to_string(), version))
+}
+
+/// The bundle a `policy_activation` recommendation carries, checked against its declared version.
+pub fn bundle_of(rec: &Recommendation) -> Result<PolicyBundle, String> {
+    let files: Vec<serde_json::Value> = rec
+        .parameters
+        .get(BUNDLE_FILES)
+        .ok_or("the proposal carries no bundle files")
+        .and_then(|t| serde_json::from_str(t).map_err(|_| "the proposal's bundle files are not readable"))?;
+    let files = files
+        .into_iter()
+        .map(|f| PolicyFile {
+            name: f["name"].as_str().unwrap_or_default().to_string(),
+            text: f["text"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    let bundle = PolicyBundle::from_all_files(files).map_err(|e| e.to_string())?;
+    let declared = rec.parameters.get(BUNDLE_VERSION).map(String::as_str).unwrap_or_default();
+    if bundle.version() != declared {
+        return Err(format!("the files hash to {}, not the declared {declared}", bundle.version()));
+    }
+    Ok(bundle)
+}
+
+/// Executes an approved policy activation: re-checks it like any execution (decision, quorum,
+/// still-authorised approvers, window), swaps the router, records the execution, then routes again
+/// every pending or approved change decided under another version. Blocking.
+pub fn activate(engine: &Engine, change: ChangeRequest, rec: Recommendation, decision: Decision) -> Result<(), ApiError> {
+    let now = engine.clock.now_ms();
+    let checked = cairn_workflow::authorize_execution(&change, &rec, &decision, engine.executor.gate(), now);
+    if let Err(refused) = checked {
+        warn!(change_id = %change.id, error = %refused, "policy activation refused");
+        let (next, drafts) = cairn_workflow::refuse(&change, &refused, now);
+        engine.store.update_change(&next, change.version, &drafts, now)?;
+        return Ok(());
+    }
+    let built = bundle_of(&rec).and_then(|b| {
+        let cfg = engine.router.current().config().clone();
+        Router::new(b, cfg).map_err(|e| e.to_string())
+    });
+    let mut next = change.clone();
+    next.version += 1;
+    next.updated_ms = now;
+    let (outcome, output, mut drafts) = match built {
+        Err(e) => {
+            next.state = ChangeState::Failed;
+            (ExecutionOutcome::Failed { error: e.clone() }, e, Vec::new())
+        }
+        Ok(router) => {
+            let new_version = router.version().to_string();
+            let previous = engine.router.swap(Arc::new(router));
+            next.state = ChangeState::Succeeded;
+            let msg = format!("active policy {} → {new_version}", previous.version());
+            let activated = AuditDraft {
+                policy_version: Some(new_version.clone()),
+                ..AuditDraft::for_change(
+                    &next,
+                    CAIRN_SERVICE_SUBJECT,
+                    "policy.activated",
+                    msg.clone(),
+                    json!({ "previous_version": previous.version(), "version": new_version }),
+                )
+            };
+            (ExecutionOutcome::Succeeded, format!("{msg}\ncheck active policy version: passed\n"), vec![activated])
+        }
+    };
+    let execution = Execution {
+        change_id: change.id.clone(),
+        recommendation_id: rec.id.clone(),
+        revision: rec.revision,
+        adapter: "policy".into(),
+        action_digest: change.action_digest.clone(),
+        started_ms: now,
+        finished_ms: now,
+        outcome: outcome.clone(),
+        output,
+    };
+    drafts.insert(
+        0,
+        AuditDraft::for_change(
+            &next,
+            CAIRN_SERVICE_SUBJECT,
+            "change.executed",
+            format!("policy adapter: {}", next.state),
+            json!({ "state": next.state.as_str(), "adapter": "policy", "outcome": outcome, "action_digest": change.action_digest }),
+        ),
+    );
+    engine.store.record_execution(&execution, &next, change.version, &drafts, now)?;
+    if next.state == ChangeState::Succeeded {
+        reroute_after_activation(engine, now)?;
+    }
+    Ok(())
+}
+
+/// A new policy version voids earlier approvals (invariant 2): every change still waiting (pending
+/// or approved, not running) that was decided under another version is routed again, as a new
+/// revision, under the active one. The store supersedes the earlier change with its audit event.
+fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), ApiError> {
+    let active = engine.router.current().version().to_string();
+    for state in [ChangeState::PendingApproval, ChangeState::Approved] {
+        let filter = RecommendationFilter { state: Some(state), limit: 10_000, ..Default::default() };
+        for record in engine.store.list_recommendations(&filter)? {
+            if record.change.policy_version == active {
+                continue;
+            }
+            let mut rec = record.recommendation;
+            rec.revision += 1;
+            rec.created_ms = now;
+            info!(recommendation_id = %rec.id, revision = rec.revision, "routed again under the new policy version");
+            engine.route_and_open(rec, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// The bundle to route with at start-up: the most recently activated one in the store (an
+/// activation outlives restarts), else the configured one.
+pub fn restore_active(store: &dyn Store, configured: PolicyBundle) -> PolicyBundle {
+    let filter = RecommendationFilter {
+        state: Some(ChangeState::Succeeded),
+        service: Some(policy_target().service),
+        limit: 10_000,
+        ..Default::default()
+    };
+    let latest = store.list_recommendations(&filter).ok().and_then(|records| {
+        records
+            .into_iter()
+            .filter(|r| r.recommendation.action == ActionClass::PolicyActivation)
+            .max_by_key(|r| (r.change.updated_ms, r.change.id.0.clone()))
+    });
+    match latest.map(|r| bundle_of(&r.recommendation)) {
+        Some(Ok(bundle)) => {
+            if bundle.version() != configured.version() {
+                warn!(
+                    activated = bundle.version(),
+                    configured = configured.version(),
+                    "routing with the policy bundle activated through a change request, not the configured one"
+                );
+            }
+            bundle
+        }
+        Some(Err(e)) => {
+            warn!(error = %e, "the last activated policy bundle is unreadable; routing with the configured one");
+            configured
+        }
+        None => configured,
+    }
+}

@@ -1,0 +1,154 @@
+//! Policy bundles as tier-3 changes through the real gRPC API (invariant 10): proposing, approving
+//! by two sre-leads, the maintenance window, the atomic swap, approvals voided by the new version,
+//! and the activation outliving a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_e2e::*;
+use cairn_proto::v1 as pb;
+use std::time::Duration;
+
+const DNS: &str = "DNSResolutionFailure";
+
+fn always_open(cfg: &mut cairn_server::config::ServerConfig) {
+    cfg.maintenance_windows.push(cairn_workflow::MaintenanceWindow {
+        name: "always".into(),
+        service: "*".into(),
+        environment: "*".into(),
+        weekly: Some(cairn_workflow::WeeklySchedule { days: vec!["mon".into()], start: "00:00".into(), duration_minutes: 7 * 24 * 60 }),
+        start: None,
+        end: None,
+    });
+}
+
+/// The default bundle with one threshold changed: a different version.
+fn candidate_files() -> Vec<pb::PolicyFile> {
+    cairn_policy::PolicyBundle::embedded_default()
+        .files()
+        .into_iter()
+        .map(|f| {
+            let text = if f.name == "data.json" { f.text.replace("\"auto_min\": 0.8", "\"auto_min\": 0.85") } else { f.text };
+            pb::PolicyFile { name: f.name, text }
+        })
+        .collect()
+}
+
+fn propose_req(files: Vec<pb::PolicyFile>) -> pb::ProposePolicyRequest {
+    pb::ProposePolicyRequest { files, reason: "stricter auto threshold".into(), execution_window: "weekend window".into() }
+}
+
+async fn fire_dns(h: &Harness, fp: &str) {
+    let p = webhook_payload(
+        DNS,
+        &[("service", "edge"), ("env", "production"), ("instance", "edge-1:8080"), ("severity", "critical")],
+        &[("summary", "test"), ("cairn_confidence", "0.9")],
+        "firing",
+        fp,
+    );
+    assert_eq!(h.webhook(&p).await.0, 200);
+}
+
+async fn dns_view(h: &Harness, min_revision: u32) -> pb::RecommendationView {
+    let views = h
+        .wait_for_views("dns_change on edge", |v| {
+            v.iter().any(|v| v.recommendation.as_ref().is_some_and(|r| r.action == "dns_change" && r.revision >= min_revision))
+        })
+        .await;
+    views.into_iter().find(|v| v.recommendation.as_ref().unwrap().action == "dns_change").unwrap()
+}
+
+fn approve_req(r: &pb::Recommendation, reason: &str) -> pb::ApproveRequest {
+    pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: reason.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
+    let mut h = Harness::start_with(always_open).await;
+    let old_version = h.engine().router.current().version().to_string();
+
+    // A tier-3 change waiting for its second approval under the old policy.
+    fire_dns(&h, "fp-dns-1").await;
+    let dns = dns_view(&h, 1).await;
+    let dns_rec = dns.recommendation.unwrap();
+    assert_eq!(dns.decision.unwrap().policy_version, old_version);
+    h.review("user:alice").await.approve(approve_req(&dns_rec, "checked")).await.unwrap();
+
+    // Carol (sre, not sre-leads) proposes the new bundle.
+    let resp = h.review("user:carol").await.propose_policy(propose_req(candidate_files())).await.unwrap().into_inner();
+    assert_eq!(resp.active_version, old_version);
+    assert_ne!(resp.proposed_version, old_version);
+    let view = resp.proposal.unwrap();
+    let (r, d) = (view.recommendation.unwrap(), view.decision.unwrap());
+    assert_eq!(r.action, "policy_activation");
+    assert_eq!((d.outcome, d.tier, d.approvals_required), (pb::Outcome::Review as i32, Some(3), 2), "{d:?}");
+    assert_eq!(d.approver_groups, ["sre-leads"]);
+    assert_eq!(r.parameters.get("bundle_version"), Some(&resp.proposed_version));
+
+    // The requester cannot approve, one sre-lead is not a quorum, and nothing is swapped yet.
+    let e = h.review("user:carol").await.approve(approve_req(&r, "mine")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    h.review("user:alice").await.approve(approve_req(&r, "read the diff")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.engine().router.current().version(), old_version);
+
+    h.review("user:bob").await.approve(approve_req(&r, "read the diff too")).await.unwrap();
+    let card = h.wait_for_state(&r.id, &["succeeded", "failed"]).await;
+    assert_eq!(card.change.unwrap().state, "succeeded", "{:?}", card.executions);
+    assert_eq!(h.engine().router.current().version(), resp.proposed_version);
+
+    // Alice's approval of the DNS change was given under the old version: it is routed again under
+    // the new one, as a new revision with no approvals.
+    let dns2 = dns_view(&h, dns_rec.revision + 1).await;
+    assert_eq!(dns2.decision.as_ref().unwrap().policy_version, resp.proposed_version);
+    assert!(dns2.change.as_ref().unwrap().approvals.is_empty(), "approvals under the old version are void");
+    let old = h.wait_for_state(&dns_rec.id, &["pending_approval"]).await;
+    assert_eq!(old.recommendation.unwrap().revision, dns_rec.revision + 1);
+    let e = h.review("user:bob").await.approve(approve_req(&dns_rec, "old revision")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    // The activation is audited and outlives a restart.
+    let events = h
+        .audit("user:alice")
+        .await
+        .query(pb::AuditQueryRequest { kind: "policy.activated".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].policy_version, resp.proposed_version);
+    let data_dir = h.data_dir.clone();
+    h.stop().await;
+    let mut again = Harness::start_with(|cfg| {
+        cfg.data_dir = data_dir;
+        always_open(cfg);
+    })
+    .await;
+    assert_eq!(again.engine().router.current().version(), resp.proposed_version);
+    again.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_activation_outside_a_window_waits_and_a_failing_bundle_is_refused() {
+    let mut h = Harness::start().await;
+    let old_version = h.engine().router.current().version().to_string();
+
+    // A bundle whose own tests fail is refused before any change exists.
+    let mut broken = candidate_files();
+    broken.iter_mut().filter(|f| f.name == "data.json").for_each(|f| f.text = f.text.replace("\"sre-leads\"", "\"nobody\""));
+    let e = h.review("user:carol").await.propose_policy(propose_req(broken)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("Rego tests fail"), "{}", e.message());
+
+    let resp = h.review("user:carol").await.propose_policy(propose_req(candidate_files())).await.unwrap().into_inner();
+    let r = resp.proposal.unwrap().recommendation.unwrap();
+    h.review("user:alice").await.approve(approve_req(&r, "ok")).await.unwrap();
+    h.review("user:bob").await.approve(approve_req(&r, "ok")).await.unwrap();
+    // No maintenance window is configured: approved, but it never runs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let card = h.wait_for_state(&r.id, &["approved"]).await;
+    assert!(card.executions.is_empty(), "{:?}", card.executions);
+    assert_eq!(h.engine().router.current().version(), old_version);
+    h.stop().await;
+}
