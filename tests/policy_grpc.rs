@@ -73,6 +73,20 @@ async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
     assert_eq!(dns.decision.unwrap().policy_version, old_version);
     h.review("user:alice").await.approve(approve_req(&dns_rec, "checked")).await.unwrap();
 
+    // Shadowing the candidate changes nothing and says what it evaluated.
+    let sh = h
+        .review("user:carol")
+        .await
+        .shadow_policy(pb::ShadowPolicyRequest { files: candidate_files(), limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sh.active_version, old_version);
+    assert_ne!(sh.candidate_version, old_version);
+    assert!(sh.evaluated >= 1);
+    assert!(sh.changed.is_empty(), "a stricter auto threshold does not change a tier-3 DNS change: {:?}", sh.changed);
+    assert_eq!(h.engine().router.current().version(), old_version);
+
     // Carol (sre, not sre-leads) proposes the new bundle.
     let resp = h.review("user:carol").await.propose_policy(propose_req(candidate_files())).await.unwrap().into_inner();
     assert_eq!(resp.active_version, old_version);

@@ -9,6 +9,7 @@
 mod client;
 mod demo;
 mod output;
+mod policy;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -40,6 +41,9 @@ enum Command {
     /// Create bearer tokens for the server's configuration.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Test, shadow and propose policy bundles.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +242,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Policy(cmd) => policy::run(cmd).await,
         Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(cmd) => match cmd {
             AuditCmd::Verify { client } => {

@@ -423,3 +423,55 @@ pub fn run_policy_tests(bundle: &PolicyBundle) -> Result<PolicyTestReport, Polic
 
 #[cfg(test)]
 mod tests;
+
+/// One recommendation whose routing a candidate bundle would change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShadowChange {
+    pub recommendation_id: String,
+    pub revision: u32,
+    pub action: String,
+    pub target: String,
+    /// The recorded decision, e.g. `auto tier 0`.
+    pub before: String,
+    /// What the candidate decides.
+    pub after: String,
+    /// The candidate's reasons.
+    pub reasons: Vec<String>,
+}
+
+/// What a decision lets happen, in a few words: outcome, tier and approvals.
+pub fn decision_summary(d: &Decision) -> String {
+    match (d.outcome, d.tier) {
+        (Outcome::Review, Some(t)) => format!("review tier {t} ({} approval(s))", d.approvals_required),
+        (o, Some(t)) => format!("{o} tier {t}"),
+        (o, None) => o.to_string(),
+    }
+}
+
+/// Routes each recorded recommendation through `candidate` and lists those whose outcome, tier or
+/// approval count would change. The context is rebuilt as of now — environment, the candidate's
+/// own service criticality, no window open and no recent runs — since the one recorded at the time
+/// is not kept; differences that come only from history therefore do not show.
+pub fn shadow(candidate: &Router, recorded: &[(Recommendation, Decision)], now_ms: i64) -> Vec<ShadowChange> {
+    recorded
+        .iter()
+        .filter_map(|(rec, before)| {
+            let ctx = RoutingContext {
+                service_criticality: candidate.bundle().service_criticality(&rec.target.service),
+                ..RoutingContext::for_environment(&rec.target.environment)
+            };
+            let after = candidate.route(rec, &ctx, now_ms);
+            let same = (after.outcome, after.tier, after.approvals_required)
+                == (before.outcome, before.tier, before.approvals_required);
+            (!same).then(|| ShadowChange {
+                recommendation_id: rec.id.0.clone(),
+                revision: rec.revision,
+                action: rec.action.as_str().to_string(),
+                target: rec.target.to_string(),
+                before: decision_summary(before),
+                after: decision_summary(&after),
+                reasons: after.reasons,
+            })
+        })
+        .collect()
+}

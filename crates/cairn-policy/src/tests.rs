@@ -245,3 +245,36 @@ fn default_bundle_runs_every_rego_test() {
     }
     assert!(report.passed(), "{report:#?}");
 }
+
+#[test]
+fn shadow_lists_changed_outcomes() {
+    let active = router();
+    let recs = [
+        rec(ActionClass::RestartProcess, "production", 0.82, BlastRadius::Instance, Reversibility::Reversible),
+        rec(ActionClass::RestartProcess, "production", 0.99, BlastRadius::Instance, Reversibility::Reversible),
+        rec(ActionClass::DnsChange, "production", 0.9, BlastRadius::Global, Reversibility::PartiallyReversible),
+    ];
+    let recorded: Vec<(Recommendation, Decision)> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut r = r.clone();
+            r.id = RecommendationId(format!("rec-{i}"));
+            let d = active.route(&r, &ctx(), 0);
+            (r, d)
+        })
+        .collect();
+    // The same bundle changes nothing.
+    assert!(shadow(&active, &recorded, 0).is_empty());
+    // A stricter auto threshold moves only the 0.82 restart from auto to review.
+    let mut files = PolicyBundle::embedded_default().files();
+    let data = files.last_mut().unwrap();
+    data.text = data.text.replace("\"auto_min\": 0.8", "\"auto_min\": 0.9");
+    let candidate = Router::new(PolicyBundle::from_all_files(files).unwrap(), RouterConfig::default()).unwrap();
+    assert_ne!(candidate.version(), active.version());
+    let changed = shadow(&candidate, &recorded, 0);
+    assert_eq!(changed.len(), 1, "{changed:#?}");
+    assert_eq!(changed[0].recommendation_id, "rec-0");
+    assert_eq!((changed[0].before.as_str(), changed[0].after.as_str()), ("auto tier 0", "review tier 2 (1 approval(s))"));
+    assert!(!changed[0].reasons.is_empty());
+}

@@ -213,6 +213,36 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         }))
     }
 
+    async fn shadow_policy(
+        &self,
+        request: Request<pb::ShadowPolicyRequest>,
+    ) -> Result<Response<pb::ShadowPolicyResponse>, Status> {
+        principal(&request)?;
+        let r = request.into_inner();
+        let files = r.files.into_iter().map(|f| cairn_policy::PolicyFile { name: f.name, text: f.text }).collect();
+        let limit = if r.limit == 0 { 500 } else { r.limit.min(10_000) as usize };
+        let engine = self.engine.clone();
+        let (active_version, candidate_version, evaluated, changed) =
+            blocking(move || crate::policy::shadow(&engine, files, limit)).await?;
+        Ok(Response::new(pb::ShadowPolicyResponse {
+            active_version,
+            candidate_version,
+            evaluated: evaluated as u32,
+            changed: changed
+                .into_iter()
+                .map(|c| pb::ShadowOutcome {
+                    recommendation_id: c.recommendation_id,
+                    revision: c.revision,
+                    action: c.action,
+                    target: c.target,
+                    before: c.before,
+                    after: c.after,
+                    reasons: c.reasons,
+                })
+                .collect(),
+        }))
+    }
+
     async fn approve(&self, request: Request<pb::ApproveRequest>) -> Result<Response<pb::ReviewResponse>, Status> {
         let who = principal(&request)?;
         let r = request.into_inner();

@@ -154,6 +154,23 @@ pub fn propose(
     Ok((record, active.version().to_string(), version))
 }
 
+/// Routes the `limit` most recent recommendations through a candidate bundle built from `files`
+/// and returns (active version, candidate version, evaluated, changed). Blocking; writes nothing.
+pub fn shadow(
+    engine: &Engine,
+    files: Vec<PolicyFile>,
+    limit: usize,
+) -> Result<(String, String, usize, Vec<cairn_policy::ShadowChange>), ApiError> {
+    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    let active = engine.router.current();
+    let candidate = Router::new(bundle, active.config().clone()).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    let records = engine.store.list_recommendations(&RecommendationFilter { limit, ..Default::default() })?;
+    let recorded: Vec<(Recommendation, Decision)> =
+        records.into_iter().map(|r| (r.recommendation, r.decision)).collect();
+    let changed = cairn_policy::shadow(&candidate, &recorded, engine.clock.now_ms());
+    Ok((active.version().to_string(), candidate.version().to_string(), recorded.len(), changed))
+}
+
 /// The bundle a `policy_activation` recommendation carries, checked against its declared version.
 pub fn bundle_of(rec: &Recommendation) -> Result<PolicyBundle, String> {
     let files: Vec<serde_json::Value> = rec
