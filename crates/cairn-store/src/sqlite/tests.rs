@@ -242,3 +242,17 @@ fn a_change_waiting_for_its_window_stays_approved_and_unclaimed() {
     assert_eq!(claimed[0].state, ChangeState::Executing);
     assert!(s.approved_changes(10).unwrap().is_empty());
 }
+
+#[test]
+fn any_confidence_keeps_the_audit_chain_intact() {
+    // serde_json parses floats to the nearest f64 only with `float_roundtrip`; without it this
+    // confidence came back one bit off and the re-hashed entry no longer matched (found by the
+    // review-sequence property test in cairn-workflow).
+    let s = SqliteStore::open_in_memory().unwrap();
+    let mut r = rec(1);
+    r.confidence = 0.960_558_855_250_823_9;
+    let mut d = draft("recommendation.proposed");
+    d.payload = serde_json::json!({ "confidence": r.confidence });
+    s.propose(&r, &decision(1), &change(1), &[d], 5).unwrap();
+    s.verify_audit().unwrap();
+}

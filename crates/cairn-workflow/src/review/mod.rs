@@ -322,3 +322,6 @@ pub fn expire(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod sequences;
