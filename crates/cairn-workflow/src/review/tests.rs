@@ -377,3 +377,27 @@ fn tier3_outside_window_does_not_run() {
     let (t2, _) = approve(&t2, &r2, &person("user:carol"), 1, "ok", 2_000).unwrap();
     assert!(authorize_execution(&t2, &r2, &d2, &gate, at("2026-11-28T03:00:00Z")).is_ok());
 }
+
+#[test]
+fn new_policy_version_voids_approvals() {
+    let (c1, r, d1) = open(Outcome::Review, Some(2), 1);
+    let (approved, _) = approve(&c1, &r, &person("user:carol"), 1, "ok", 2_000).unwrap();
+    assert!(authorize_execution(&approved, &r, &d1, &always_open(), 2_001).is_ok());
+    // The same revision routed under a new policy version: a different change and digest.
+    let mut d2 = d1.clone();
+    d2.policy_version = "sha256:p2".into();
+    let (c2, _) = open_change(&r, &d2, 3_000, &WorkflowConfig::default());
+    assert_ne!(c2.id, approved.id);
+    assert_ne!(c2.action_digest, approved.action_digest, "the digest covers the policy version");
+    assert!(c2.approvals.is_empty());
+    // The old approved change does not run under the new decision...
+    assert_eq!(authorize_execution(&approved, &r, &d2, &always_open(), 3_001), Err(ExecutionRefused::Mismatch("policy decision")));
+    // ...and carrying its approvals over into the new change does not make a quorum.
+    let mut carried = c2.clone();
+    carried.approvals = approved.approvals.clone();
+    carried.state = ChangeState::Approved;
+    assert!(matches!(
+        authorize_execution(&carried, &r, &d2, &always_open(), 3_002),
+        Err(ExecutionRefused::NoQuorum { valid: 0, required: 1 })
+    ));
+}
