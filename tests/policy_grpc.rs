@@ -166,3 +166,68 @@ async fn policy_activation_outside_a_window_waits_and_a_failing_bundle_is_refuse
     assert_eq!(h.engine().router.current().version(), old_version);
     h.stop().await;
 }
+
+async fn fire_rollback(h: &Harness, fp: &str) {
+    let p = webhook_payload(
+        "DeploymentErrorsAfterRelease",
+        &[("service", "checkout"), ("env", "production"), ("instance", "checkout-1:8080"), ("severity", "critical")],
+        &[("summary", "test"), ("cairn_confidence", "0.72")],
+        "firing",
+        fp,
+    );
+    assert_eq!(h.webhook(&p).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_card_shows_criticality_window_rollback_confidence_and_what_people_taught() {
+    let mut h = Harness::start_with(always_open).await;
+    fire_rollback(&h, "fp-rb-1").await;
+    let views = h
+        .wait_for_views("rollback_deploy on checkout", |v| v.iter().any(|v| v.recommendation.as_ref().unwrap().action == "rollback_deploy"))
+        .await;
+    let first = views[0].recommendation.clone().unwrap();
+    assert_eq!(first.confidence, 0.72, "nothing decided yet, nothing learned");
+
+    // An earlier, similar change (same playbook, service and environment, another incident) that
+    // people rejected.
+    let engine = h.engine();
+    let record = engine.store.get_recommendation(&cairn_types::RecommendationId(first.id.clone()), None).unwrap().unwrap();
+    let mut older = record.recommendation.clone();
+    older.id = cairn_types::RecommendationId("rec-older".into());
+    older.incident_id = cairn_types::IncidentId("inc-older".into());
+    let mut decision = record.decision.clone();
+    decision.recommendation_id = older.id.clone();
+    let now = engine.clock.now_ms();
+    let (change, drafts) = cairn_workflow::open_change(&older, &decision, now, &Default::default());
+    engine.store.propose(&older, &decision, &change, &drafts, now).unwrap();
+    let carol = cairn_types::Principal { subject: "user:carol".into(), display_name: "c".into(), groups: vec!["sre".into()] };
+    let (rejected, drafts) = cairn_workflow::reject(&change, &older, &carol, older.revision, "wrong release", now).unwrap();
+    engine.store.update_change(&rejected, change.version, &drafts, now).unwrap();
+
+    // New evidence: a second revision, whose confidence carries the lesson.
+    fire_rollback(&h, "fp-rb-2").await;
+    let views = h
+        .wait_for_views("revision 2", |v| v.iter().any(|v| v.recommendation.as_ref().is_some_and(|r| r.id == first.id && r.revision > first.revision)))
+        .await;
+    let second = views.iter().find(|v| v.recommendation.as_ref().unwrap().id == first.id).unwrap().recommendation.clone().unwrap();
+    assert!((second.confidence - 0.68).abs() < 1e-9, "{}", second.confidence);
+
+    let card = h
+        .review("user:alice")
+        .await
+        .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: first.id.clone(), revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(card.learning, "confidence 0.72 → 0.68: 1 of the last 1 similar changes was rejected");
+    assert_eq!(card.service_criticality, "high");
+    assert!(card.maintenance_window_open);
+    assert_eq!(card.maintenance_window, "always");
+    assert_eq!((card.blast_radius.as_str(), card.reversibility.as_str()), ("service", "reversible"));
+    assert!(card.rollback_confidence.contains("owner"), "{}", card.rollback_confidence);
+    assert!(card.rollback_confidence.contains("no rollback of playbook"), "{}", card.rollback_confidence);
+    assert_eq!(card.recent_incidents, ["inc-older"]);
+    assert_eq!(card.active_policy_version, card.decision.as_ref().unwrap().policy_version);
+    assert!(!card.decision.unwrap().reasons.is_empty(), "the policy's reasons are on the card");
+    h.stop().await;
+}

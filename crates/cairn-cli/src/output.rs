@@ -142,6 +142,15 @@ pub fn card_json(c: &pb::DecisionCard) -> Value {
         "target_state": c.target_state,
         "executions": c.executions.iter().map(|e| json!({"adapter": e.adapter, "status": e.status, "error": e.error, "output": e.output, "started_ms": e.started_ms, "finished_ms": e.finished_ms})).collect::<Vec<_>>(),
         "missing_fields": c.missing_fields,
+        "service_criticality": c.service_criticality,
+        "maintenance_window_open": c.maintenance_window_open,
+        "maintenance_window": c.maintenance_window,
+        "blast_radius": c.blast_radius,
+        "reversibility": c.reversibility,
+        "rollback_confidence": c.rollback_confidence,
+        "recent_incidents": c.recent_incidents,
+        "learning": c.learning,
+        "active_policy_version": c.active_policy_version,
     })
 }
 
@@ -170,9 +179,26 @@ pub fn card_text(c: &pb::DecisionCard) -> String {
         r.blast_radius,
         r.reversibility
     );
+    let _ = writeln!(o, "  service criticality {}, {}", c.service_criticality, if c.maintenance_window_open {
+        format!("maintenance window {:?} open now", c.maintenance_window)
+    } else {
+        "no maintenance window open now".to_string()
+    });
+    if !c.learning.is_empty() {
+        let _ = writeln!(o, "  learned: {}", c.learning);
+    }
+    if !c.rollback_confidence.is_empty() {
+        let _ = writeln!(o, "  rollback confidence: {}", c.rollback_confidence);
+    }
+    if !c.recent_incidents.is_empty() {
+        let _ = writeln!(o, "  recent incidents on this service: {}", c.recent_incidents.join(", "));
+    }
     let _ = writeln!(o, "  why: {}", r.rationale);
     let _ = writeln!(o, "  expected benefit: {}", r.expected_benefit);
     let _ = writeln!(o, "  policy {}{}:", d.policy_version, if d.policy_failed { " (FAILED, fail-closed)" } else { "" });
+    if !c.active_policy_version.is_empty() && c.active_policy_version != d.policy_version {
+        let _ = writeln!(o, "    (the active policy is now {}: this decision is from an earlier version)", c.active_policy_version);
+    }
     for reason in &d.reasons {
         let _ = writeln!(o, "    - {reason}");
     }

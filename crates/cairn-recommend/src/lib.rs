@@ -14,9 +14,14 @@
 //! operator knows, and for the demo. The target's environment defaults to `production` when the
 //! signal does not say: the conservative reading.
 //!
+//! Past human decisions on similar changes then lower it, bounded and with a sentence saying why
+//! ([`learning`]); the server feeds that history in.
+//!
 //! Pure and deterministic. It proposes; it never routes, approves or executes.
 
 #![forbid(unsafe_code)]
+
+pub mod learning;
 
 use cairn_types::{
     ActionClass, AlertStatus, BlastRadius, CAIRN_SERVICE_SUBJECT, Evidence, Incident, IncidentMember,

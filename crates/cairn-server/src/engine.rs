@@ -213,6 +213,7 @@ impl Engine {
     pub(crate) fn route_and_open(&self, rec: cairn_types::Recommendation, now: i64) -> Result<(), ApiError> {
         let span = info_span!("recommendation", recommendation_id = %rec.id, revision = rec.revision);
         let _g = span.enter();
+        let rec = crate::learning::apply(self, rec, now)?;
         let router = self.router.current();
         let since = now - self.workflow.loop_guard_window_ms;
         let recent = self.store.recent_changes_on_target(&rec.target, since)?;

@@ -18,6 +18,7 @@ pub mod error;
 mod grpc;
 mod http;
 pub mod metrics;
+mod learning;
 pub mod policy;
 
 use crate::auth::Authenticator;
