@@ -155,6 +155,15 @@ async fn policy_activation_outside_a_window_waits_and_a_failing_bundle_is_refuse
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("Rego tests fail"), "{}", e.message());
 
+    // A proposal without its execution window cannot be approved; the error names the field.
+    let mut no_window = propose_req(candidate_files());
+    no_window.execution_window.clear();
+    let incomplete = h.review("user:carol").await.propose_policy(no_window).await.unwrap().into_inner();
+    let ir = incomplete.proposal.unwrap().recommendation.unwrap();
+    let e = h.review("user:alice").await.approve(approve_req(&ir, "ok")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("execution window"), "{}", e.message());
+
     let resp = h.review("user:carol").await.propose_policy(propose_req(candidate_files())).await.unwrap().into_inner();
     let r = resp.proposal.unwrap().recommendation.unwrap();
     h.review("user:alice").await.approve(approve_req(&r, "ok")).await.unwrap();
