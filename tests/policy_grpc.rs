@@ -240,3 +240,40 @@ async fn decision_card_shows_criticality_window_rollback_confidence_and_what_peo
     assert!(!card.decision.unwrap().reasons.is_empty(), "the policy's reasons are on the card");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_decided_under_a_replaced_policy_does_not_run() {
+    let mut h = Harness::start_with(always_open).await;
+    fire_rollback(&h, "fp-rb-race").await;
+    let views = h
+        .wait_for_views("rollback_deploy on checkout", |v| v.iter().any(|v| v.recommendation.as_ref().unwrap().action == "rollback_deploy"))
+        .await;
+    let r1 = views[0].recommendation.clone().unwrap();
+    // The router is swapped without the re-routing an activation does: as if this recommendation
+    // had been routed concurrently with an activation.
+    let files: Vec<cairn_policy::PolicyFile> =
+        candidate_files().into_iter().map(|f| cairn_policy::PolicyFile { name: f.name, text: f.text }).collect();
+    let newer = cairn_policy::Router::new(cairn_policy::PolicyBundle::from_all_files(files).unwrap(), Default::default()).unwrap();
+    let new_version = newer.version().to_string();
+    h.engine().router.swap(std::sync::Arc::new(newer));
+    h.review("user:carol").await.approve(approve_req(&r1, "looks right")).await.unwrap();
+
+    let views = h
+        .wait_for_views("revision 2 under the new policy", |v| {
+            v.iter().any(|v| v.recommendation.as_ref().is_some_and(|r| r.id == r1.id && r.revision > r1.revision))
+        })
+        .await;
+    let v2 = views.iter().find(|v| v.recommendation.as_ref().unwrap().id == r1.id).unwrap();
+    assert_eq!(v2.decision.as_ref().unwrap().policy_version, new_version);
+    assert!(v2.change.as_ref().unwrap().approvals.is_empty());
+    let old = h
+        .review("user:alice")
+        .await
+        .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: r1.id.clone(), revision: r1.revision })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old.change.unwrap().state, "failed");
+    assert!(old.executions.is_empty(), "it never reached the adapter");
+    h.stop().await;
+}

@@ -366,6 +366,16 @@ impl Engine {
             self.audit_written();
             return Ok(());
         }
+        let stopped = {
+            let (engine, change, rec, decision) = (self.clone(), change.clone(), recommendation.clone(), decision.clone());
+            tokio::task::spawn_blocking(move || crate::policy::stop_if_decided_under_old_policy(&engine, &change, &rec, &decision))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        };
+        if stopped {
+            self.audit_written();
+            return Ok(());
+        }
         let now = self.clock.now_ms();
         let result = {
             let _g = span.enter();

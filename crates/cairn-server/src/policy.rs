@@ -317,3 +317,28 @@ pub fn restore_active(store: &dyn Store, configured: PolicyBundle) -> PolicyBund
         None => configured,
     }
 }
+
+/// A change decided under a policy version that is no longer active does not run: it fails
+/// visibly, and its recommendation is routed again under the active version as a new revision.
+/// This closes the window in which a recommendation routed concurrently with an activation escaped
+/// the re-routing. Returns whether the change was stopped. Blocking.
+pub fn stop_if_decided_under_old_policy(
+    engine: &Engine,
+    change: &ChangeRequest,
+    rec: &Recommendation,
+    decision: &Decision,
+) -> Result<bool, ApiError> {
+    let active = engine.router.current().version().to_string();
+    if decision.policy_version == active {
+        return Ok(false);
+    }
+    let now = engine.clock.now_ms();
+    let refused = cairn_workflow::ExecutionRefused::Mismatch("the policy version that decided it is no longer active");
+    let (next, drafts) = cairn_workflow::refuse(change, &refused, now);
+    engine.store.update_change(&next, change.version, &drafts, now)?;
+    let mut again = rec.clone();
+    again.revision += 1;
+    again.created_ms = now;
+    engine.route_and_open(again, now)?;
+    Ok(true)
+}
