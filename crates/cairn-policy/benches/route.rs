@@ -21,7 +21,7 @@ fn rec(i: usize) -> Recommendation {
         parameters: Default::default(),
         confidence: 0.5 + (i % 50) as f64 / 100.0,
         severity: Severity::High,
-        blast_radius: if i % 3 == 0 { BlastRadius::Service } else { BlastRadius::Instance },
+        blast_radius: if i.is_multiple_of(3) { BlastRadius::Service } else { BlastRadius::Instance },
         reversibility: Reversibility::Reversible,
         rollback_plan: Some(RollbackPlan { steps: vec!["undo".into()], owner: "team".into() }),
         verification: vec![VerificationCheck { name: "up".into(), query: "up".into(), comparator: ">=".into(), threshold: 1.0, within_secs: 60 }],
