@@ -1,9 +1,9 @@
 //! Label sets and series identity.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
+use xxhash_rust::xxh3::Xxh3Default;
 
 /// The label that carries a metric's name in Prometheus's data model.
 pub const METRIC_NAME_LABEL: &str = "__name__";
@@ -43,21 +43,27 @@ impl Labels {
         self.get(METRIC_NAME_LABEL)
     }
 
-    /// A stable identity for the series these labels name: the first 8 bytes of SHA-256 over the
-    /// sorted `name=value` pairs, separated so that no two different sets collide by concatenation.
+    /// A stable identity for the series these labels name (see [`series_id_of_sorted`]).
     pub fn series_id(&self) -> SeriesId {
-        let mut h = Sha256::new();
-        for (k, v) in &self.0 {
-            h.update(k.as_bytes());
-            h.update([0xff]);
-            h.update(v.as_bytes());
-            h.update([0xfe]);
-        }
-        let d = h.finalize();
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&d[..8]);
-        SeriesId(u64::from_be_bytes(b))
+        series_id_of_sorted(self.iter())
     }
+}
+
+/// The series id of a label set given as `(name, value)` pairs sorted by name, with distinct
+/// names: xxh3-64 (seed 0, fixed forever) over `name 0xff value 0xfe` for each pair. The bytes
+/// 0xff and 0xfe never occur in UTF-8, so no two different sets share an encoding.
+///
+/// It is persisted with anomalies, so it must not change between runs, machines or versions; the
+/// test `series_id_is_pinned` holds it to known values.
+pub fn series_id_of_sorted<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> SeriesId {
+    let mut h = Xxh3Default::new();
+    for (k, v) in pairs {
+        h.update(k.as_bytes());
+        h.update(&[0xff]);
+        h.update(v.as_bytes());
+        h.update(&[0xfe]);
+    }
+    SeriesId(h.digest())
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
@@ -111,6 +117,16 @@ mod tests {
         let a: Labels = [("a", "bc")].into_iter().collect();
         let b: Labels = [("ab", "c")].into_iter().collect();
         assert_ne!(a.series_id(), b.series_id());
+    }
+
+    #[test]
+    fn series_id_is_pinned() {
+        // Persisted ids must never change: these are xxh3-64 of the separated encoding.
+        let l: Labels = [("__name__", "up"), ("job", "node")].into_iter().collect();
+        let want = xxhash_rust::xxh3::xxh3_64(b"__name__\xffup\xfejob\xffnode\xfe");
+        assert_eq!(l.series_id(), SeriesId(want));
+        assert_eq!(Labels::new().series_id(), SeriesId(xxhash_rust::xxh3::xxh3_64(b"")));
+        assert_eq!(Labels::new().series_id().to_string(), "2d06800538d394c2");
     }
 
     #[test]
