@@ -1,10 +1,14 @@
 //! Anomaly detection on metric series, one streaming detector per series.
 //!
-//! Takes batches of [`MetricSample`]s; gives [`Anomaly`]s with a score in [0, 1], a severity, a
-//! confidence, the expected and observed values, and the detector and model version that produced
-//! them. Each series keeps a fixed-size ring of recent values (bounded state, never growing), and a
-//! batch is scored with rayon across shards of series, each series touched by one thread, with a
-//! deterministic output order.
+//! Takes [`SampleBatch`]es (samples grouped by series, each series' id computed once at ingest);
+//! gives [`Anomaly`]s with a score in [0, 1], a severity, a confidence, the expected and observed
+//! values, and the detector and model version that produced them. Owned labels are built only for
+//! an emitted anomaly. Each series keeps a fixed-size window of recent values (bounded state, never
+//! growing), and a batch is scored with rayon across shards of series, each series touched by one
+//! thread, with a deterministic output order.
+//!
+//! The [`Detector`] is the container (series map, cap, ordering, eviction, counters); how one point
+//! of one series is scored is `SeriesModel::update`, the single seam for another model.
 //!
 //! The baseline is robust: the median and the median absolute deviation (MAD) of the ring, with a
 //! floor on the scale so a flat line does not divide by zero. The score of a point is
