@@ -193,7 +193,8 @@ async fn run(args: Args) -> Result<()> {
             .len())
     })?;
     let prost_rate = per_second(&all, |b| {
-        let raw = snap::raw::Decoder::new().decompress_vec(b)?;
+        let mut raw = vec![0u8; snap::raw::decompress_len(b)?];
+        snap::raw::Decoder::new().decompress(b, &mut raw)?;
         Ok(WriteRequest::decode(raw.as_slice())?.timeseries.iter().map(|t| t.samples.len()).sum())
     })?;
     let scoring_rate = scoring_only(&all, &limits)?;
