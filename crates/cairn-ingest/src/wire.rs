@@ -124,6 +124,12 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
+    /// Where a length-delimited field's bytes are, within this message.
+    fn span(&mut self, wire: u8) -> Result<Range<usize>> {
+        let b = self.bytes(wire)?;
+        Ok(self.pos - b.len()..self.pos)
+    }
+
     fn string(&mut self, wire: u8) -> Result<&'a str> {
         let at = self.pos;
         let b = self.bytes(wire)?;
@@ -257,6 +263,24 @@ fn time_series<'a>(body: &'a [u8], depth: u32, out: &mut WireRequest<'a>) -> Res
 }
 
 fn label(body: &[u8], depth: u32) -> Result<(&str, &str)> {
+    // A typical label message (short ASCII strings, their keys and lengths) is valid UTF-8 as a
+    // whole: then one check covers both strings, which are sliced out of it. Otherwise each
+    // string is checked on its own.
+    if let Ok(text) = std::str::from_utf8(body) {
+        let (mut name, mut value) = (0..0, 0..0);
+        fields(body, depth, |r, tag, wire| {
+            match tag {
+                1 => name = r.span(wire)?,
+                2 => value = r.span(wire)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        return match (text.get(name), text.get(value)) {
+            (Some(n), Some(v)) => Ok((n, v)),
+            _ => Err(WireError { what: "string is not valid UTF-8", at: 0 }),
+        };
+    }
     let (mut name, mut value) = ("", "");
     fields(body, depth, |r, tag, wire| {
         match tag {
