@@ -141,15 +141,22 @@ impl SeriesModel {
     }
 
     fn push(&mut self, v: f64, window: usize) {
+        let to = self.sorted.partition_point(|x| x.total_cmp(&v).is_le());
         if self.ring.len() < window {
             self.ring.push(v);
+            self.sorted.insert(to, v);
         } else {
+            // The value leaving and the one arriving: one shift of the values between them.
             let old = std::mem::replace(&mut self.ring[self.next], v);
-            let at = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
-            self.sorted.remove(at);
+            let from = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
+            if to > from {
+                self.sorted.copy_within(from + 1..to, from);
+                self.sorted[to - 1] = v;
+            } else {
+                self.sorted.copy_within(to..from, to + 1);
+                self.sorted[to] = v;
+            }
         }
-        let at = self.sorted.partition_point(|x| x.total_cmp(&v).is_le());
-        self.sorted.insert(at, v);
         self.next = (self.next + 1) % window;
         self.count += 1;
     }
@@ -276,9 +283,9 @@ impl Detector {
     /// Scores a batch; returns anomalies sorted by series, then time. Within a batch, the points
     /// of one series are taken in time order, however its entries were split or ordered.
     pub fn observe(&mut self, batch: &SampleBatch) -> Vec<Anomaly> {
-        let mut groups: Vec<Vec<u32>> = vec![Vec::new(); SHARDS];
+        let mut groups: Vec<Vec<(SeriesId, u32)>> = vec![Vec::new(); SHARDS];
         for (i, s) in batch.iter().enumerate() {
-            groups[(s.id.0 % SHARDS as u64) as usize].push(i as u32);
+            groups[(s.id.0 % SHARDS as u64) as usize].push((s.id, i as u32));
         }
         let cfg = &self.cfg;
         let per_shard_cap = cfg.max_series.div_ceil(SHARDS);
@@ -321,20 +328,20 @@ impl Detector {
 
 impl Shard {
     /// Scores this shard's entries of `batch` (`group` holds their positions).
-    fn observe(&mut self, cfg: &DetectorConfig, cap: usize, batch: &SampleBatch, group: &mut [u32]) -> Vec<Anomaly> {
+    fn observe(&mut self, cfg: &DetectorConfig, cap: usize, batch: &SampleBatch, group: &mut [(SeriesId, u32)]) -> Vec<Anomaly> {
         // Entries of one series become adjacent, in batch order (the sort is stable).
-        group.sort_by_key(|&i| batch.series(i as usize).id);
+        group.sort_by_key(|&(id, _)| id);
         let mut found = Vec::new();
         let mut merged: Vec<(i64, f64)> = Vec::new();
         let mut rest = &group[..];
-        while let Some(&first) = rest.first() {
+        while let Some(&(id, first)) = rest.first() {
             let series = batch.series(first as usize);
-            let same = rest.iter().take_while(|&&i| batch.series(i as usize).id == series.id).count();
+            let same = rest.iter().take_while(|e| e.0 == id).count();
             let points = if same == 1 && series.points.windows(2).all(|w| w[0].0 < w[1].0) {
                 series.points
             } else {
                 merged.clear();
-                merged.extend(rest[..same].iter().flat_map(|&i| batch.series(i as usize).points.iter().copied()));
+                merged.extend(rest[..same].iter().flat_map(|&(_, i)| batch.series(i as usize).points.iter().copied()));
                 merged.sort_by_key(|p| p.0);
                 &merged[..]
             };
