@@ -93,6 +93,39 @@ fn bodies(args: &Args, round: i64) -> Vec<(Vec<u8>, u64)> {
         .collect()
 }
 
+/// Samples per second of `f` over the bodies in order, for about three seconds on this thread.
+fn per_second(all: &[(Vec<u8>, u64)], mut f: impl FnMut(&[u8]) -> Result<usize>) -> Result<f64> {
+    let t = Instant::now();
+    let (mut n, mut i) = (0usize, 0usize);
+    while t.elapsed() < Duration::from_secs(3) {
+        n += f(&all[i % all.len()].0)?;
+        i += 1;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The detector alone, on one rayon thread, over the bodies taken in order (each round is new data
+/// for every series), with the server's default configuration. Each body is decoded just before,
+/// outside the timed part, so the decoded batches need not all be held at once.
+fn scoring_only(all: &[(Vec<u8>, u64)], limits: &cairn_ingest::IngestLimits) -> Result<f64> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    pool.install(|| {
+        let mut detector = cairn_detect::Detector::new(cairn_detect::DetectorConfig::default());
+        let (mut busy, mut n) = (Duration::ZERO, 0usize);
+        for (body, _) in all {
+            let batch = cairn_ingest::decode_remote_write(Some("snappy"), None, body, limits)?;
+            let t = Instant::now();
+            std::hint::black_box(detector.observe(&batch));
+            busy += t.elapsed();
+            n += batch.len();
+            if busy > Duration::from_secs(3) {
+                break;
+            }
+        }
+        Ok(n as f64 / busy.as_secs_f64())
+    })
+}
+
 fn rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
@@ -152,19 +185,19 @@ async fn run(args: Args) -> Result<()> {
     let body_bytes: usize = all.iter().map(|b| b.0.len()).sum::<usize>() / all.len();
     println!("bodies: {} pre-encoded, {} bytes each on average (snappy)", all.len(), body_bytes);
 
-    // Decode-only, one core, same bodies.
+    // Decode-only, one core, same bodies; and the parts of it, to see where the time goes.
     let limits = cairn_ingest::IngestLimits::default();
-    let t = Instant::now();
-    let mut decoded = 0u64;
-    let mut i = 0;
-    while t.elapsed() < Duration::from_secs(3) {
-        let (b, _) = &all[i % all.len()];
-        decoded += cairn_ingest::decode_remote_write(Some("snappy"), Some("application/x-protobuf"), b, &limits)
+    let decode_rate = per_second(&all, |b| {
+        Ok(cairn_ingest::decode_remote_write(Some("snappy"), Some("application/x-protobuf"), b, &limits)
             .context("decode")?
-            .len() as u64;
-        i += 1;
-    }
-    let decode_rate = decoded as f64 / t.elapsed().as_secs_f64();
+            .len())
+    })?;
+    let prost_rate = per_second(&all, |b| {
+        let mut raw = vec![0u8; snap::raw::decompress_len(b)?];
+        snap::raw::Decoder::new().decompress(b, &mut raw)?;
+        Ok(WriteRequest::decode(raw.as_slice())?.timeseries.iter().map(|t| t.samples.len()).sum())
+    })?;
+    let scoring_rate = scoring_only(&all, &limits)?;
 
     // HTTP load.
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(args.concurrency).build()?;
@@ -228,6 +261,8 @@ async fn run(args: Args) -> Result<()> {
     let scored_rate = acc / scored_secs;
     println!("\nresults");
     println!("  decode only (1 core)            {:>12.0} samples/s", decode_rate);
+    println!("    for comparison: snappy + prost WriteRequest::decode alone (1 core) {:>10.0} samples/s", prost_rate);
+    println!("    detector alone on decoded batches (1 core)                {:>10.0} samples/s", scoring_rate);
     println!("  accepted over HTTP ({cores} cores)     {:>12.0} samples/s  ({} requests, {} retried after 503)", http_rate, lat.len(), retried.load(Ordering::Relaxed));
     println!("  ingested and scored ({cores} cores)    {:>12.0} samples/s  ({:.0} per core)", scored_rate, scored_rate / cores as f64);
     println!("  request latency                 p50 {:?}  p99 {:?}", percentile(&lat, 0.5), percentile(&lat, 0.99));

@@ -1,10 +1,14 @@
 //! Anomaly detection on metric series, one streaming detector per series.
 //!
-//! Takes batches of [`MetricSample`]s; gives [`Anomaly`]s with a score in [0, 1], a severity, a
-//! confidence, the expected and observed values, and the detector and model version that produced
-//! them. Each series keeps a fixed-size ring of recent values (bounded state, never growing), and a
-//! batch is scored with rayon across shards of series, each series touched by one thread, with a
-//! deterministic output order.
+//! Takes [`SampleBatch`]es (samples grouped by series, each series' id computed once at ingest);
+//! gives [`Anomaly`]s with a score in [0, 1], a severity, a confidence, the expected and observed
+//! values, and the detector and model version that produced them. Owned labels are built only for
+//! an emitted anomaly. Each series keeps a fixed-size window of recent values (bounded state, never
+//! growing), and a batch is scored with rayon across shards of series, each series touched by one
+//! thread, with a deterministic output order.
+//!
+//! The [`Detector`] is the container (series map, cap, ordering, eviction, counters); how one point
+//! of one series is scored is `SeriesModel::update`, the single seam for another model.
 //!
 //! The baseline is robust: the median and the median absolute deviation (MAD) of the ring, with a
 //! floor on the scale so a flat line does not divide by zero. The score of a point is
@@ -18,10 +22,12 @@
 
 #![forbid(unsafe_code)]
 
-use cairn_types::{Anomaly, MetricSample, SeriesId, Severity};
+use cairn_types::{Anomaly, SampleBatch, SeriesId, SeriesSamples, Severity};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, Hasher};
 
 /// Name and version recorded on every anomaly.
 pub const DETECTOR: &str = "robust-z";
@@ -68,59 +74,143 @@ pub struct DetectorStats {
     pub refused_series: u64,
 }
 
+/// What the per-series model made of one point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PointVerdict {
+    /// Not enough history yet; the point was learnt, not scored.
+    Warming,
+    /// Scored and within the baseline.
+    Normal { score: f64 },
+    /// Scored as anomalous. `entering` is true on the first point of an anomalous run: only
+    /// that point becomes an [`Anomaly`].
+    Anomalous { entering: bool, score: f64, expected: f64, confidence: f64 },
+}
+
+/// The per-series model: the one place that knows how a point is scored. The container
+/// ([`Detector`]) owns series identity, caps, ordering and eviction and calls only
+/// [`SeriesModel::new`] and [`SeriesModel::update`], so another model replaces this one here.
+///
+/// This one is the robust z-score over a window of recent values. The window is kept twice: in
+/// arrival order (a ring, to know which value leaves) and sorted (so the median is read directly
+/// and the MAD is a short merge from the middle outwards) — O(window) memory moves per point
+/// instead of two selections over a copy.
 #[derive(Debug)]
-struct SeriesState {
+struct SeriesModel {
     ring: Vec<f64>,
+    sorted: Vec<f64>,
     next: usize,
     count: usize,
-    last_ts: i64,
     anomalous_run: u32,
 }
 
-impl SeriesState {
-    fn new(window: usize) -> SeriesState {
-        SeriesState { ring: Vec::with_capacity(window), next: 0, count: 0, last_ts: i64::MIN, anomalous_run: 0 }
+impl SeriesModel {
+    fn new(cfg: &DetectorConfig) -> SeriesModel {
+        SeriesModel {
+            ring: Vec::with_capacity(cfg.window),
+            sorted: Vec::with_capacity(cfg.window),
+            next: 0,
+            count: 0,
+            anomalous_run: 0,
+        }
+    }
+
+    /// Scores one finite value that arrived after every earlier one (`_ts` is for models that
+    /// look at time; this one does not).
+    fn update(&mut self, _ts: i64, value: f64, cfg: &DetectorConfig) -> PointVerdict {
+        if self.count < cfg.warmup {
+            self.push(value, cfg.window);
+            return PointVerdict::Warming;
+        }
+        let (m, scale) = self.baseline();
+        let z = (value - m).abs() / scale;
+        let score = score_from_z(z);
+        if score < cfg.alert_score {
+            self.anomalous_run = 0;
+            self.push(value, cfg.window);
+            return PointVerdict::Normal { score };
+        }
+        let entering = self.anomalous_run == 0;
+        self.anomalous_run += 1;
+        // Clamp what enters the baseline, until the new level has lasted long enough to be the
+        // baseline itself.
+        let v = if self.anomalous_run >= cfg.adopt_after { value } else { value.clamp(m - 3.0 * scale, m + 3.0 * scale) };
+        self.push(v, cfg.window);
+        let warmth = (self.count as f64 / (2 * cfg.warmup) as f64).min(1.0);
+        // A heuristic until calibration (a later issue): strong scores on warm baselines.
+        PointVerdict::Anomalous { entering, score, expected: m, confidence: (score * warmth).clamp(0.0, 1.0) }
     }
 
     fn push(&mut self, v: f64, window: usize) {
+        let to = self.sorted.partition_point(|x| x.total_cmp(&v).is_le());
         if self.ring.len() < window {
             self.ring.push(v);
+            self.sorted.insert(to, v);
         } else {
-            self.ring[self.next] = v;
+            // The value leaving and the one arriving: one shift of the values between them.
+            let old = std::mem::replace(&mut self.ring[self.next], v);
+            let from = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
+            if to > from {
+                self.sorted.copy_within(from + 1..to, from);
+                self.sorted[to - 1] = v;
+            } else {
+                self.sorted.copy_within(to..from, to + 1);
+                self.sorted[to] = v;
+            }
         }
         self.next = (self.next + 1) % window;
         self.count += 1;
     }
+
+    /// Median and robust scale of the window.
+    fn baseline(&self) -> (f64, f64) {
+        let m = median_of_sorted(&self.sorted);
+        let mad = mad_of_sorted(&self.sorted, m) * 1.4826;
+        // A flat series has MAD 0; a floor relative to the level (and an absolute one) keeps tiny
+        // jitter from scoring as anomalous while a real step away from a flat line still does.
+        let floor = (m.abs() * 0.01).max(1e-6);
+        (m, mad.max(floor))
+    }
 }
 
-/// Median of `v` by selection (linear time; reorders `v`). `v` must not be empty.
-fn median_in_place(v: &mut [f64]) -> f64 {
+/// Median of a sorted, non-empty slice.
+fn median_of_sorted(v: &[f64]) -> f64 {
     let n = v.len();
-    let (left, upper, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
-    let upper = *upper;
-    if n % 2 == 1 {
-        upper
-    } else {
-        // The lower middle is the largest element left of the upper middle.
-        let lower = left.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (lower + upper) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-/// Median and robust scale of the ring.
-fn baseline(ring: &[f64]) -> (f64, f64) {
-    let mut v = [0f64; 256];
-    let v = &mut v[..ring.len().min(256)];
-    v.copy_from_slice(&ring[..v.len()]);
-    let m = median_in_place(v);
-    for x in v.iter_mut() {
-        *x = (*x - m).abs();
+/// Median of `|x - m|` over a sorted, non-empty slice whose median is `m`. The deviations are two
+/// sorted runs — leftwards from the middle and rightwards from it — so the k-th smallest is found
+/// by merging them for k steps, without a copy.
+fn mad_of_sorted(v: &[f64], m: f64) -> f64 {
+    let n = v.len();
+    let split = v.partition_point(|x| *x < m);
+    let (mut left, mut right) = (split, split);
+    let mut take = || {
+        let l = (left > 0).then(|| (v[left - 1] - m).abs());
+        let r = (right < n).then(|| (v[right] - m).abs());
+        match (l, r) {
+            (Some(a), Some(b)) if a.total_cmp(&b).is_le() => {
+                left -= 1;
+                a
+            }
+            (Some(a), None) => {
+                left -= 1;
+                a
+            }
+            (_, Some(b)) => {
+                right += 1;
+                b
+            }
+            (None, None) => unreachable!("k < n deviations are taken"),
+        }
+    };
+    // The deviation of rank n/2 (0-based), and the one before it for an even n.
+    let mut prev = f64::NAN;
+    for _ in 0..n / 2 {
+        prev = take();
     }
-    let mad = median_in_place(v) * 1.4826;
-    // A flat series has MAD 0; a floor relative to the level (and an absolute one) keeps tiny
-    // jitter from scoring as anomalous while a real step away from a flat line still does.
-    let floor = (m.abs() * 0.01).max(1e-6);
-    (m, mad.max(floor))
+    let upper = take();
+    if n % 2 == 1 { upper } else { (prev + upper) / 2.0 }
 }
 
 /// Robust z to a score in [0, 1].
@@ -128,10 +218,48 @@ pub fn score_from_z(z: f64) -> f64 {
     (1.0 - (-((z - 3.0).max(0.0)) / 4.0).exp()).clamp(0.0, 1.0)
 }
 
+/// One tracked series: when it was last seen and its model.
+#[derive(Debug)]
+struct Tracked {
+    last_ts: i64,
+    model: SeriesModel,
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    series: HashMap<SeriesId, SeriesState>,
+    series: HashMap<SeriesId, Tracked, BuildSeriesHasher>,
     stats: DetectorStats,
+}
+
+/// Series ids are already uniform 64-bit hashes (xxh3 of the label set), so the map only needs them
+/// mixed — the shard is chosen by the low bits, which are therefore constant within a shard — not
+/// SipHash's keyed cost. A sender crafting colliding label sets gains nothing it could not get by
+/// sending many new series, which `max_series` bounds.
+#[derive(Clone, Copy, Debug, Default)]
+struct BuildSeriesHasher;
+
+#[derive(Debug, Default)]
+struct SeriesHasher(u64);
+
+impl BuildHasher for BuildSeriesHasher {
+    type Hasher = SeriesHasher;
+    fn build_hasher(&self) -> SeriesHasher {
+        SeriesHasher(0)
+    }
+}
+
+impl Hasher for SeriesHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 32)
+    }
 }
 
 /// The streaming detector for all series.
@@ -152,12 +280,12 @@ impl Detector {
         &self.cfg
     }
 
-    /// Scores a batch; returns anomalies sorted by series, then time.
-    pub fn observe(&mut self, samples: &[MetricSample]) -> Vec<Anomaly> {
-        let mut groups: Vec<Vec<(SeriesId, &MetricSample)>> = vec![Vec::new(); SHARDS];
-        for s in samples {
-            let id = s.labels.series_id();
-            groups[(id.0 % SHARDS as u64) as usize].push((id, s));
+    /// Scores a batch; returns anomalies sorted by series, then time. Within a batch, the points
+    /// of one series are taken in time order, however its entries were split or ordered.
+    pub fn observe(&mut self, batch: &SampleBatch) -> Vec<Anomaly> {
+        let mut groups: Vec<Vec<(SeriesId, u32)>> = vec![Vec::new(); SHARDS];
+        for (i, s) in batch.iter().enumerate() {
+            groups[(s.id.0 % SHARDS as u64) as usize].push((s.id, i as u32));
         }
         let cfg = &self.cfg;
         let per_shard_cap = cfg.max_series.div_ceil(SHARDS);
@@ -165,16 +293,7 @@ impl Detector {
             .shards
             .par_iter_mut()
             .zip(groups.par_iter_mut())
-            .flat_map_iter(|(shard, group)| {
-                group.sort_by_key(|(id, s)| (*id, s.timestamp_ms));
-                let mut found = Vec::new();
-                for (id, s) in group.iter() {
-                    if let Some(a) = shard.score(cfg, per_shard_cap, *id, s) {
-                        found.push(a);
-                    }
-                }
-                found
-            })
+            .flat_map_iter(|(shard, group)| shard.observe(cfg, per_shard_cap, batch, group))
             .collect();
         out.sort_by_key(|a| (a.series, a.timestamp_ms));
         out
@@ -208,55 +327,69 @@ impl Detector {
 }
 
 impl Shard {
-    fn score(&mut self, cfg: &DetectorConfig, cap: usize, id: SeriesId, s: &MetricSample) -> Option<Anomaly> {
-        if !s.value.is_finite() {
+    /// Scores this shard's entries of `batch` (`group` holds their positions).
+    fn observe(&mut self, cfg: &DetectorConfig, cap: usize, batch: &SampleBatch, group: &mut [(SeriesId, u32)]) -> Vec<Anomaly> {
+        // Entries of one series become adjacent, in batch order (the sort is stable).
+        group.sort_by_key(|&(id, _)| id);
+        let mut found = Vec::new();
+        let mut merged: Vec<(i64, f64)> = Vec::new();
+        let mut rest = &group[..];
+        while let Some(&(id, first)) = rest.first() {
+            let series = batch.series(first as usize);
+            let same = rest.iter().take_while(|e| e.0 == id).count();
+            let points = if same == 1 && series.points.windows(2).all(|w| w[0].0 < w[1].0) {
+                series.points
+            } else {
+                merged.clear();
+                merged.extend(rest[..same].iter().flat_map(|&(_, i)| batch.series(i as usize).points.iter().copied()));
+                merged.sort_by_key(|p| p.0);
+                &merged[..]
+            };
+            rest = &rest[same..];
+            for &(ts, value) in points {
+                if let Some(a) = self.score(cfg, cap, &series, ts, value) {
+                    found.push(a);
+                }
+            }
+        }
+        found
+    }
+
+    fn score(&mut self, cfg: &DetectorConfig, cap: usize, series: &SeriesSamples<'_>, ts: i64, value: f64) -> Option<Anomaly> {
+        if !value.is_finite() {
             self.stats.points_skipped += 1;
             return None;
         }
-        if !self.series.contains_key(&id) && self.series.len() >= cap {
-            self.stats.refused_series += 1;
-            return None;
-        }
-        let st = self.series.entry(id).or_insert_with(|| SeriesState::new(cfg.window));
-        if s.timestamp_ms <= st.last_ts {
+        let len = self.series.len();
+        let tracked = match self.series.entry(series.id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if len >= cap => {
+                self.stats.refused_series += 1;
+                return None;
+            }
+            Entry::Vacant(e) => e.insert(Tracked { last_ts: i64::MIN, model: SeriesModel::new(cfg) }),
+        };
+        if ts <= tracked.last_ts {
             self.stats.out_of_order += 1;
             return None;
         }
-        st.last_ts = s.timestamp_ms;
-        if st.count < cfg.warmup {
-            st.push(s.value, cfg.window);
+        tracked.last_ts = ts;
+        let verdict = tracked.model.update(ts, value, cfg);
+        if verdict != PointVerdict::Warming {
+            self.stats.points_scored += 1;
+        }
+        let PointVerdict::Anomalous { entering: true, score, expected, confidence } = verdict else {
             return None;
-        }
-        self.stats.points_scored += 1;
-        let (m, scale) = baseline(&st.ring);
-        let z = (s.value - m).abs() / scale;
-        let score = score_from_z(z);
-        let anomalous = score >= cfg.alert_score;
-        let entering = anomalous && st.anomalous_run == 0;
-        if anomalous {
-            st.anomalous_run += 1;
-            // Clamp what enters the baseline, until the new level has lasted long enough to be the
-            // baseline itself.
-            let v = if st.anomalous_run >= cfg.adopt_after { s.value } else { s.value.clamp(m - 3.0 * scale, m + 3.0 * scale) };
-            st.push(v, cfg.window);
-        } else {
-            st.anomalous_run = 0;
-            st.push(s.value, cfg.window);
-        }
-        if !entering {
-            return None;
-        }
-        let warmth = (st.count as f64 / (2 * cfg.warmup) as f64).min(1.0);
+        };
         Some(Anomaly {
-            series: id,
-            labels: s.labels.clone(),
-            timestamp_ms: s.timestamp_ms,
-            observed: s.value,
-            expected: m,
+            series: series.id,
+            labels: series.to_labels(),
+            timestamp_ms: ts,
+            observed: value,
+            expected,
             score,
             severity: if score >= 0.99 { Severity::High } else { Severity::Medium },
-            // A heuristic until calibration (a later issue): strong scores on warm baselines.
-            confidence: (score * warmth).clamp(0.0, 1.0),
+            confidence,
             detector: DETECTOR.into(),
             model_version: MODEL_VERSION.into(),
         })
@@ -266,7 +399,7 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_types::Labels;
+    use cairn_types::{Labels, MetricSample};
 
     fn labels(name: &str) -> Labels {
         [("__name__", name), ("service", "api")].into_iter().collect()
@@ -276,6 +409,10 @@ mod tests {
     fn noise(i: usize) -> f64 {
         let x = ((i as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33) as f64;
         (x / (1u64 << 31) as f64) - 0.5
+    }
+
+    fn batch(samples: &[MetricSample]) -> SampleBatch {
+        samples.iter().collect()
     }
 
     fn series(name: &str, values: impl IntoIterator<Item = f64>) -> Vec<MetricSample> {
@@ -291,7 +428,7 @@ mod tests {
         let mut vals: Vec<f64> = (0..100).map(|i| 100.0 + 2.0 * noise(i)).collect();
         vals[70] = 160.0;
         let mut d = Detector::new(DetectorConfig::default());
-        let a = d.observe(&series("latency", vals));
+        let a = d.observe(&batch(&series("latency", vals)));
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!(a[0].timestamp_ms, 1_000 + 70 * 15_000);
         assert!(a[0].score >= 0.9 && a[0].score <= 1.0);
@@ -304,7 +441,7 @@ mod tests {
     fn a_level_shift_is_one_anomaly_and_then_the_new_baseline() {
         let vals: Vec<f64> = (0..200).map(|i| if i < 100 { 10.0 } else { 30.0 } + 0.5 * noise(i)).collect();
         let mut d = Detector::new(DetectorConfig::default());
-        let a = d.observe(&series("queue", vals));
+        let a = d.observe(&batch(&series("queue", vals)));
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!(a[0].timestamp_ms, 1_000 + 100 * 15_000);
     }
@@ -313,7 +450,7 @@ mod tests {
     fn a_jump_away_from_a_flat_line_is_found() {
         let vals: Vec<f64> = (0..60).map(|i| if i == 50 { 1.0 } else { 0.0 }).collect();
         let mut d = Detector::new(DetectorConfig::default());
-        let a = d.observe(&series("errors", vals));
+        let a = d.observe(&batch(&series("errors", vals)));
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].timestamp_ms, 1_000 + 50 * 15_000);
     }
@@ -322,7 +459,7 @@ mod tests {
     fn a_slow_clean_seasonal_series_raises_nothing() {
         let vals: Vec<f64> = (0..2000).map(|i| 50.0 + 20.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin() + 0.5 * noise(i)).collect();
         let mut d = Detector::new(DetectorConfig::default());
-        assert!(d.observe(&series("cpu", vals)).is_empty());
+        assert!(d.observe(&batch(&series("cpu", vals))).is_empty());
     }
 
     #[test]
@@ -334,7 +471,7 @@ mod tests {
         all.extend(series("b", vals.iter().map(|v| v * 2.0)));
         let run = |chunk: usize| {
             let mut d = Detector::new(DetectorConfig::default());
-            all.chunks(chunk).flat_map(|c| d.observe(c)).collect::<Vec<_>>()
+            all.chunks(chunk).flat_map(|c| d.observe(&batch(c))).collect::<Vec<_>>()
         };
         let one = run(all.len());
         assert_eq!(one.len(), 4);
@@ -345,12 +482,31 @@ mod tests {
     }
 
     #[test]
+    fn grouping_and_order_of_points_within_a_batch_do_not_change_the_result() {
+        let mut vals: Vec<f64> = (0..120).map(|i| 5.0 + noise(i)).collect();
+        vals[90] = 60.0;
+        let samples = series("a", vals);
+        let points: Vec<(i64, f64)> = samples.iter().map(|s| (s.timestamp_ms, s.value)).collect();
+        let per_sample = Detector::new(DetectorConfig::default()).observe(&batch(&samples));
+        assert_eq!(per_sample.len(), 1);
+        // One entry holding every point, as remote_write sends it.
+        let mut grouped = SampleBatch::new();
+        grouped.push_series(labels("a").iter(), points.iter().copied());
+        assert_eq!(Detector::new(DetectorConfig::default()).observe(&grouped), per_sample);
+        // Reversed, and split across two entries of the same series.
+        let mut shuffled = SampleBatch::new();
+        shuffled.push_series(labels("a").iter(), points[60..].iter().rev().copied());
+        shuffled.push_series(labels("a").iter(), points[..60].iter().rev().copied());
+        assert_eq!(Detector::new(DetectorConfig::default()).observe(&shuffled), per_sample);
+    }
+
+    #[test]
     fn nan_and_out_of_order_points_are_skipped_and_counted() {
         let mut s = series("x", (0..20).map(|i| i as f64 % 3.0));
         s[10].value = f64::NAN;
         s[12].timestamp_ms = s[11].timestamp_ms;
         let mut d = Detector::new(DetectorConfig::default());
-        d.observe(&s);
+        d.observe(&batch(&s));
         let st = d.stats();
         assert_eq!(st.points_skipped, 1);
         assert_eq!(st.out_of_order, 1);
@@ -359,19 +515,21 @@ mod tests {
     #[test]
     fn max_series_is_respected_and_state_stays_bounded() {
         let mut d = Detector::new(DetectorConfig { max_series: 32, window: 16, ..Default::default() });
-        let mut batch = Vec::new();
+        let mut samples = Vec::new();
         for i in 0..500 {
             let l: Labels = [("__name__", "m".to_string()), ("i", i.to_string())].into_iter().collect();
             for t in 0..40 {
-                batch.push(MetricSample { labels: l.clone(), timestamp_ms: t, value: t as f64 });
+                samples.push(MetricSample { labels: l.clone(), timestamp_ms: t, value: t as f64 });
             }
         }
-        d.observe(&batch);
+        d.observe(&batch(&samples));
         assert!(d.series_count() <= 32, "{}", d.series_count());
         assert!(d.stats().refused_series > 0);
         for shard in &d.shards {
             for st in shard.series.values() {
-                assert!(st.ring.len() <= 16 && st.ring.capacity() <= 16);
+                let m = &st.model;
+                assert!(m.ring.len() <= 16 && m.ring.capacity() <= 16);
+                assert!(m.sorted.len() <= 16 && m.sorted.capacity() <= 16);
             }
         }
         let tracked = d.series_count();
@@ -380,15 +538,42 @@ mod tests {
         assert_eq!(d.series_count(), 0);
     }
 
+    /// The median and MAD by full sorting, as the definition reads.
+    fn reference_baseline(vals: &[f64]) -> (f64, f64) {
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+        };
+        let m = med(&mut vals.to_vec());
+        let mad = med(&mut vals.iter().map(|x| (x - m).abs()).collect());
+        (m, mad)
+    }
+
     #[test]
-    fn selection_median_matches_the_sorted_median() {
+    fn the_sorted_window_gives_the_median_and_mad_of_the_ring_as_it_slides() {
+        let cfg = DetectorConfig { window: 7, ..Default::default() };
+        for window in [3, 4, 7, 32] {
+            let cfg = DetectorConfig { window, ..cfg.clone() };
+            let mut model = SeriesModel::new(&cfg);
+            for i in 0..200 {
+                // Repeats, negatives and zeros, so ties and both signs of deviation occur.
+                let v = (noise(i) * 8.0).round() - 1.0;
+                model.push(v, window);
+                let mut ring_sorted = model.ring.clone();
+                ring_sorted.sort_by(f64::total_cmp);
+                assert_eq!(model.sorted, ring_sorted, "window {window}, step {i}");
+                let (m, mad) = reference_baseline(&model.ring);
+                assert_eq!(median_of_sorted(&model.sorted), m, "window {window}, step {i}");
+                assert_eq!(mad_of_sorted(&model.sorted, m), mad, "window {window}, step {i}");
+            }
+        }
         for n in 1..40 {
-            let vals: Vec<f64> = (0..n).map(|i| noise(i * 7 + n) * 100.0).collect();
-            let mut sorted = vals.clone();
-            sorted.sort_by(f64::total_cmp);
-            let want = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
-            let mut v = vals.clone();
-            assert_eq!(median_in_place(&mut v), want, "n = {n}");
+            let mut vals: Vec<f64> = (0..n).map(|i| noise(i * 7 + n) * 100.0).collect();
+            let want = reference_baseline(&vals);
+            vals.sort_by(f64::total_cmp);
+            let m = median_of_sorted(&vals);
+            assert_eq!((m, mad_of_sorted(&vals, m)), want, "n = {n}");
         }
     }
 

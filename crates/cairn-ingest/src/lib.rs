@@ -1,5 +1,6 @@
 //! Ingestion: turns the bytes Prometheus remote_write and Alertmanager webhooks send into validated
-//! [`Signal`](cairn_types::Signal)s — [`MetricSample`]s and [`AlertEvent`]s — under explicit limits.
+//! [`Signal`](cairn_types::Signal)s — metric samples (grouped by series in a
+//! [`SampleBatch`](cairn_types::SampleBatch)) and [`AlertEvent`]s — under explicit limits.
 //!
 //! Takes a body and the header values that matter as plain strings; gives typed values or an
 //! [`IngestError`] that says exactly what was wrong and where. A request is validated whole before
@@ -15,6 +16,7 @@
 mod alertmanager;
 mod dedup;
 mod remote_write;
+mod wire;
 
 pub use alertmanager::{AlertBatch, decode_alertmanager};
 pub use dedup::AlertDeduper;
@@ -103,28 +105,28 @@ impl IngestError {
     }
 }
 
+// Byte-wise: both rules admit ASCII only, so a byte of a multi-byte character fails them as the
+// character itself would.
 fn valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    let b = name.as_bytes();
+    matches!(b.first(), Some(c) if c.is_ascii_alphabetic() || *c == b'_')
+        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 fn valid_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    let b = name.as_bytes();
+    matches!(b.first(), Some(c) if c.is_ascii_alphabetic() || *c == b'_' || *c == b':')
+        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
 }
 
-/// Checks one label set against the naming rules and limits. `pairs` in wire order, so that a
-/// duplicate name is caught before it collapses into a map.
-fn check_labels<'a>(
-    pairs: impl Iterator<Item = (&'a str, &'a str)>,
-    limits: &IngestLimits,
-    require_metric_name: bool,
-) -> Result<Labels, String> {
-    let mut labels = Labels::new();
-    for (name, value) in pairs {
-        if labels.len() >= limits.max_labels_per_series {
+/// Checks one label set against the naming rules and limits, in wire order, so that a duplicate
+/// name is caught before it collapses into a map. Allocates nothing on success.
+fn check_label_pairs(pairs: &[(&str, &str)], limits: &IngestLimits, require_metric_name: bool) -> Result<(), String> {
+    // While names arrive in ascending order (as Prometheus sends them) a duplicate can only be the
+    // previous name; otherwise every earlier name is compared.
+    let mut ascending = true;
+    for (i, &(name, value)) in pairs.iter().enumerate() {
+        if i >= limits.max_labels_per_series {
             return Err(format!("more than {} labels", limits.max_labels_per_series));
         }
         if name.len() > limits.max_label_name_bytes {
@@ -136,19 +138,32 @@ fn check_labels<'a>(
         if value.len() > limits.max_label_value_bytes {
             return Err(format!("label {name:?} has a value longer than {} bytes", limits.max_label_value_bytes));
         }
-        if labels.get(name).is_some() {
+        let after_previous = i == 0 || pairs[i - 1].0 < name;
+        let duplicate = if ascending && after_previous { false } else { pairs[..i].iter().any(|p| p.0 == name) };
+        if duplicate {
             return Err(format!("label {name:?} appears more than once"));
         }
-        labels.insert(name, value);
+        ascending &= after_previous;
     }
     if require_metric_name {
-        match labels.metric_name() {
+        match pairs.iter().find(|p| p.0 == METRIC_NAME_LABEL).map(|p| p.1) {
             None => return Err(format!("no {METRIC_NAME_LABEL} label (every series needs a metric name)")),
             Some(n) if !valid_metric_name(n) => return Err(format!("metric name {n:?} is invalid")),
             Some(_) => {}
         }
     }
-    Ok(labels)
+    Ok(())
+}
+
+/// [`check_label_pairs`] for a label set that arrived typed, giving it back as [`Labels`].
+fn check_labels<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    limits: &IngestLimits,
+    require_metric_name: bool,
+) -> Result<Labels, String> {
+    let pairs: Vec<(&str, &str)> = pairs.collect();
+    check_label_pairs(&pairs, limits, require_metric_name)?;
+    Ok(pairs.into_iter().collect())
 }
 
 /// Validates a sample that arrived already typed (gRPC).

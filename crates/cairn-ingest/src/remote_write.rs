@@ -1,18 +1,33 @@
 //! Prometheus remote_write 1.0: snappy block-compressed protobuf `WriteRequest`s.
 
-use crate::prompb::WriteRequest;
-use crate::{IngestError, IngestLimits, check_labels};
-use cairn_types::MetricSample;
-use prost::Message;
+use crate::wire::{WireRequest, decode_write_request};
+use crate::{IngestError, IngestLimits, check_label_pairs};
+use cairn_types::SampleBatch;
 
-/// Decodes and validates one remote_write request body. All or nothing: any invalid series
-/// refuses the whole request, with a message naming it.
+/// Decodes and validates one remote_write request body into samples grouped by series. All or
+/// nothing: any invalid series refuses the whole request, with a message naming it.
+///
+/// The protobuf is read by [`crate::wire`], which borrows label text from the decompressed body;
+/// the batch then holds every label of the request in one string.
 pub fn decode_remote_write(
     content_encoding: Option<&str>,
     content_type: Option<&str>,
     body: &[u8],
     limits: &IngestLimits,
-) -> Result<Vec<MetricSample>, IngestError> {
+) -> Result<SampleBatch, IngestError> {
+    let raw = decompress(content_encoding, content_type, body, limits)?;
+    let req = decode_write_request(&raw).map_err(|e| IngestError::Protobuf(e.to_string()))?;
+    validate_into_batch(&req, limits)
+}
+
+/// Checks the headers and sizes, then undoes snappy, refusing an oversized declared length before
+/// allocating it.
+fn decompress(
+    content_encoding: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+    limits: &IngestLimits,
+) -> Result<Vec<u8>, IngestError> {
     match content_encoding.map(str::trim) {
         Some(e) if e.eq_ignore_ascii_case("snappy") => {}
         other => return Err(IngestError::UnsupportedEncoding(other.unwrap_or("").to_string())),
@@ -35,38 +50,38 @@ pub fn decode_remote_write(
         .decompress(body, &mut raw)
         .map_err(|e| IngestError::Snappy(e.to_string()))?;
     raw.truncate(n);
-    let req = WriteRequest::decode(raw.as_slice()).map_err(|e| IngestError::Protobuf(e.to_string()))?;
+    Ok(raw)
+}
 
-    if req.timeseries.len() > limits.max_series_per_request {
-        return Err(IngestError::TooMany {
-            what: "series",
-            count: req.timeseries.len(),
-            limit: limits.max_series_per_request,
-        });
+/// The request's limits, then each series' labels, in order; the first problem refuses it all.
+fn validate_into_batch(req: &WireRequest<'_>, limits: &IngestLimits) -> Result<SampleBatch, IngestError> {
+    if req.series.len() > limits.max_series_per_request {
+        return Err(IngestError::TooMany { what: "series", count: req.series.len(), limit: limits.max_series_per_request });
     }
-    let total: usize = req.timeseries.iter().map(|ts| ts.samples.len()).sum();
+    let total = req.points.len();
     if total > limits.max_samples_per_request {
         return Err(IngestError::TooMany { what: "samples", count: total, limit: limits.max_samples_per_request });
     }
-    let mut out = Vec::with_capacity(total);
-    for (i, ts) in req.timeseries.iter().enumerate() {
-        let labels = check_labels(ts.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())), limits, true)
-            .map_err(|problem| {
-                let name = ts.labels.iter().find(|l| l.name == "__name__").map(|l| l.value.as_str()).unwrap_or("?");
-                IngestError::InvalidSeries { location: format!("series {i} ({name})"), problem }
-            })?;
-        for s in &ts.samples {
-            out.push(MetricSample { labels: labels.clone(), timestamp_ms: s.timestamp, value: s.value });
-        }
+    let text: usize = req.labels.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let mut batch = SampleBatch::with_capacity(req.series.len(), req.labels.len(), text, total);
+    for (i, (labels, points)) in req.series.iter().enumerate() {
+        let labels = &req.labels[labels.clone()];
+        check_label_pairs(labels, limits, true).map_err(|problem| {
+            let name = labels.iter().find(|l| l.0 == "__name__").map(|l| l.1).unwrap_or("?");
+            IngestError::InvalidSeries { location: format!("series {i} ({name})"), problem }
+        })?;
+        batch.push_series(labels.iter().copied(), req.points[points.clone()].iter().copied());
     }
-    Ok(out)
+    Ok(batch)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ErrorKind;
-    use crate::prompb::{Label, MetricMetadata, Sample, TimeSeries};
+    use crate::prompb::{BucketSpan, Exemplar, Histogram, Label, MetricMetadata, Sample, TimeSeries, WriteRequest, histogram};
+    use cairn_types::MetricSample;
+    use prost::Message;
     use proptest::prelude::*;
 
     fn body(req: &WriteRequest) -> Vec<u8> {
@@ -82,7 +97,7 @@ mod tests {
     }
 
     fn decode(b: &[u8]) -> Result<Vec<MetricSample>, IngestError> {
-        decode_remote_write(Some("snappy"), Some("application/x-protobuf"), b, &IngestLimits::default())
+        decode_remote_write(Some("snappy"), Some("application/x-protobuf"), b, &IngestLimits::default()).map(|b| b.to_samples())
     }
 
     #[test]
@@ -206,6 +221,238 @@ mod tests {
                 prop_assert!(s.value == *v || (s.value.is_nan() && v.is_nan()));
                 prop_assert_eq!(s.labels.len(), labels.len());
             }
+        }
+    }
+
+    /// The decoder this crate had before `crate::wire`: prost's generated types, then the same
+    /// validation. The fast path is held to it.
+    fn decode_with_prost(raw: &[u8], limits: &IngestLimits) -> Result<Vec<MetricSample>, IngestError> {
+        let req = WriteRequest::decode(raw).map_err(|e| IngestError::Protobuf(e.to_string()))?;
+        if req.timeseries.len() > limits.max_series_per_request {
+            return Err(IngestError::TooMany { what: "series", count: req.timeseries.len(), limit: limits.max_series_per_request });
+        }
+        let total: usize = req.timeseries.iter().map(|ts| ts.samples.len()).sum();
+        if total > limits.max_samples_per_request {
+            return Err(IngestError::TooMany { what: "samples", count: total, limit: limits.max_samples_per_request });
+        }
+        let mut out = Vec::new();
+        for (i, ts) in req.timeseries.iter().enumerate() {
+            let labels = crate::check_labels(ts.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())), limits, true)
+                .map_err(|problem| {
+                    let name = ts.labels.iter().find(|l| l.name == "__name__").map(|l| l.value.as_str()).unwrap_or("?");
+                    IngestError::InvalidSeries { location: format!("series {i} ({name})"), problem }
+                })?;
+            for s in &ts.samples {
+                out.push(MetricSample { labels: labels.clone(), timestamp_ms: s.timestamp, value: s.value });
+            }
+        }
+        Ok(out)
+    }
+
+    fn agree(raw: &[u8], limits: &IngestLimits) -> Result<(), TestCaseError> {
+        let want = decode_with_prost(raw, limits);
+        let got = decode_write_request(raw)
+            .map_err(|e| IngestError::Protobuf(e.to_string()))
+            .and_then(|r| validate_into_batch(&r, limits))
+            .map(|b| b.to_samples());
+        let bits = |v: Vec<MetricSample>| v.into_iter().map(|s| (s.labels, s.timestamp_ms, s.value.to_bits())).collect::<Vec<_>>();
+        match (want, got) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(bits(a), bits(b)),
+            (Err(IngestError::Protobuf(_)), Err(IngestError::Protobuf(_))) => {}
+            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => prop_assert!(false, "prost: {:?}\nfast: {:?}", a.map(|v| v.len()), b.map(|v| v.len())),
+        }
+        Ok(())
+    }
+
+    fn key(tag: u32, wire: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        prost::encoding::encode_varint(u64::from(tag << 3 | wire), &mut b);
+        b
+    }
+
+    /// An unknown field of any wire type, groups included.
+    fn unknown_field() -> impl Strategy<Value = Vec<u8>> {
+        (5u32..40, 0u32..6, any::<u64>(), proptest::collection::vec(any::<u8>(), 0..12)).prop_map(|(tag, wire, n, bytes)| {
+            let mut b = key(tag, if wire == 4 { 3 } else { wire });
+            match wire {
+                0 => prost::encoding::encode_varint(n, &mut b),
+                1 => b.extend_from_slice(&n.to_le_bytes()),
+                5 => b.extend_from_slice(&(n as u32).to_le_bytes()),
+                3 | 4 => {
+                    b.extend(key(tag + 1, 0));
+                    prost::encoding::encode_varint(n, &mut b);
+                    b.extend(key(tag, 4));
+                }
+                _ => {
+                    prost::encoding::encode_varint(bytes.len() as u64, &mut b);
+                    b.extend(bytes);
+                }
+            }
+            b
+        })
+    }
+
+    fn label_strategy() -> impl Strategy<Value = Label> {
+        (prop_oneof![Just("__name__".to_string()), Just("job".to_string()), "[a-z_]{1,4}", "[ -~]{0,4}", ".{0,3}"], prop_oneof!["[a-z_:]{0,8}", ".{0,6}"])
+            .prop_map(|(name, value)| Label { name, value })
+    }
+
+    fn histogram_strategy() -> impl Strategy<Value = Histogram> {
+        (any::<u64>(), any::<f64>(), any::<i32>(), proptest::collection::vec(any::<i64>(), 0..4), proptest::collection::vec(any::<f64>(), 0..4), any::<i64>())
+            .prop_map(|(count, sum, schema, deltas, counts, timestamp)| Histogram {
+                count: Some(histogram::Count::CountInt(count)),
+                sum,
+                schema,
+                negative_spans: vec![BucketSpan { offset: schema, length: 2 }],
+                negative_deltas: deltas.clone(),
+                positive_counts: counts,
+                positive_deltas: deltas,
+                timestamp,
+                ..Default::default()
+            })
+    }
+
+    /// A series encoded by prost, with unknown fields appended to it and to one of its labels.
+    fn series_bytes() -> impl Strategy<Value = Vec<u8>> {
+        (
+            proptest::collection::vec(label_strategy(), 0..6),
+            proptest::collection::vec((any::<i64>(), any::<f64>()), 0..5),
+            proptest::option::of(histogram_strategy()),
+            proptest::option::of((label_strategy(), any::<f64>())),
+            proptest::collection::vec(unknown_field(), 0..2),
+            proptest::option::of(unknown_field()),
+        )
+            .prop_map(|(labels, points, histogram, exemplar, unknown, in_label)| {
+                let mut ts = TimeSeries {
+                    labels,
+                    samples: points.into_iter().map(|(timestamp, value)| Sample { value, timestamp }).collect(),
+                    histograms: histogram.into_iter().collect(),
+                    exemplars: exemplar.into_iter().map(|(l, value)| Exemplar { labels: vec![l], value, timestamp: 1 }).collect(),
+                };
+                let mut out = Vec::new();
+                if let (Some(extra), Some(first)) = (in_label, ts.labels.first()) {
+                    let mut l = first.encode_to_vec();
+                    l.extend(extra);
+                    out.extend(key(1, 2));
+                    prost::encoding::encode_varint(l.len() as u64, &mut out);
+                    out.extend(l);
+                    ts.labels.remove(0);
+                }
+                out.extend(ts.encode_to_vec());
+                for u in unknown {
+                    out.extend(u);
+                }
+                out
+            })
+    }
+
+    /// Whole requests: series, metadata and unknown fields in any order, then a few byte-level
+    /// mutations (flip, insert, delete, truncate) so that malformed input is compared too.
+    fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let part = prop_oneof![
+            6 => series_bytes().prop_map(|b| (1u32, b)),
+            1 => ("[ -~]{0,6}", ".{0,4}").prop_map(|(name, help)| (3u32, MetricMetadata { r#type: 1, metric_family_name: name, help, unit: String::new() }.encode_to_vec())),
+            1 => unknown_field().prop_map(|b| (0u32, b)),
+        ];
+        (proptest::collection::vec(part, 0..6), proptest::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 0..3)).prop_map(|(parts, mutations)| {
+            let mut out = Vec::new();
+            for (tag, b) in parts {
+                if tag == 0 {
+                    out.extend(b);
+                } else {
+                    out.extend(key(tag, 2));
+                    prost::encoding::encode_varint(b.len() as u64, &mut out);
+                    out.extend(b);
+                }
+            }
+            for (kind, at, byte) in mutations {
+                if out.is_empty() {
+                    break;
+                }
+                let i = at.index(out.len());
+                match kind {
+                    0 => out[i] ^= byte | 1,
+                    1 => out.insert(i, byte),
+                    2 => drop(out.remove(i)),
+                    _ => out.truncate(i),
+                }
+            }
+            out
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_fast_decoder_agrees_with_prost(raw in request_bytes(), small in any::<bool>()) {
+            let limits = if small {
+                IngestLimits { max_series_per_request: 3, max_samples_per_request: 6, max_labels_per_series: 4, max_label_value_bytes: 5, ..Default::default() }
+            } else {
+                IngestLimits::default()
+            };
+            agree(&raw, &limits)?;
+        }
+
+        #[test]
+        fn the_fast_decoder_agrees_with_prost_on_arbitrary_bytes(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            agree(&raw, &IngestLimits::default())?;
+        }
+    }
+
+    #[test]
+    fn deep_group_nesting_is_refused_like_prost() {
+        for depth in [50usize, 99, 100, 101, 150] {
+            let mut raw = Vec::new();
+            for _ in 0..depth {
+                raw.extend(key(9, 3));
+            }
+            for _ in 0..depth {
+                raw.extend(key(9, 4));
+            }
+            agree(&raw, &IngestLimits::default()).unwrap();
+        }
+    }
+
+    /// Wraps `body` as field `tag` (length-delimited) of a message.
+    fn nested(tag: u32, body: &[u8]) -> Vec<u8> {
+        let mut b = key(tag, 2);
+        prost::encoding::encode_varint(body.len() as u64, &mut b);
+        b.extend_from_slice(body);
+        b
+    }
+
+    #[test]
+    fn hand_made_edge_cases_agree_with_prost() {
+        let label = nested(1, &[nested(1, b"__name__"), nested(2, b"up")].concat());
+        let histogram = |h: &[u8]| nested(1, &[label.clone(), nested(4, h)].concat());
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("packed doubles, 16 bytes", histogram(&nested(13, &[0u8; 16]))),
+            ("packed doubles, 5 bytes", histogram(&nested(13, &[0u8; 5]))),
+            ("packed sint64s", histogram(&nested(12, &[0x01, 0x80, 0x01]))),
+            ("packed sint64s, cut varint", histogram(&nested(12, &[0x01, 0x80]))),
+            ("unpacked double", histogram(&[key(13, 1), vec![0; 8]].concat())),
+            ("double as varint", histogram(&[key(13, 0), vec![1]].concat())),
+            ("10-byte varint, top bit", [label.clone(), key(7, 0), vec![0xff; 9], vec![0x01]].concat()),
+            ("10-byte varint, overflow", [label.clone(), key(7, 0), vec![0xff; 9], vec![0x02]].concat()),
+            ("11-byte varint", [label.clone(), key(7, 0), vec![0xff; 10], vec![0x00]].concat()),
+            ("field number 0", vec![0x02, 0x00]),
+            ("wire type 6", vec![0x0e]),
+            ("wire type 7", vec![0x0f]),
+            ("end group alone", key(9, 4)),
+            ("group with the wrong end", [key(9, 3), key(10, 4)].concat()),
+            ("key over u32", [vec![0xff; 4], vec![0x7f]].concat()),
+            ("metadata help not UTF-8", nested(3, &nested(4, &[0xc3, 0x28]))),
+            ("label value not UTF-8", nested(1, &nested(1, &[nested(1, b"__name__"), nested(2, &[0xff])].concat()))),
+            ("label as a varint", nested(1, &[key(1, 0), vec![1]].concat())),
+            ("sample value twice, last wins", nested(1, &[label.clone(), nested(2, &[key(1, 1), 1f64.to_le_bytes().to_vec(), key(1, 1), 2f64.to_le_bytes().to_vec()].concat())].concat())),
+            ("reserved field 2", [label.clone(), nested(2, b"x")].concat()),
+            ("series runs past the end", [key(1, 2), vec![0x10], vec![0; 4]].concat()),
+            ("empty", vec![]),
+        ];
+        for (what, raw) in cases {
+            agree(&raw, &IngestLimits::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
         }
     }
 }

@@ -11,8 +11,7 @@ use cairn_policy::{Router, RoutingContext};
 use cairn_recommend::Recommender;
 use cairn_store::{RecommendationRecord, Store, StoreError};
 use cairn_types::{
-    AlertEvent, ChangeRequest, ChangeState, Incident, MetricSample, Principal,
-    RecommendationId,
+    AlertEvent, ChangeRequest, ChangeState, Incident, Principal, RecommendationId, SampleBatch,
 };
 use cairn_workflow::{Executor, WorkflowConfig};
 use std::collections::BTreeMap;
@@ -41,7 +40,8 @@ impl Clock for SystemClock {
 /// One unit of work for the analysis worker.
 #[derive(Debug)]
 pub enum Batch {
-    Samples { samples: Vec<MetricSample>, source: &'static str },
+    /// Samples grouped by series, as decoded: no per-sample allocation on the way to the detector.
+    Samples { samples: SampleBatch, source: &'static str },
     Alerts { alerts: Vec<AlertEvent>, source: &'static str },
 }
 

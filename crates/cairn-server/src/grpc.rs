@@ -70,7 +70,7 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
         let mut resp = pb::PushResponse::default();
         let mut batch_index = 0u64;
         while let Some(batch) = stream.message().await? {
-            let mut samples = Vec::with_capacity(batch.samples.len());
+            let mut samples = cairn_types::SampleBatch::new();
             let mut alerts = Vec::with_capacity(batch.alerts.len());
             let mut reject = |kind: &str, i: usize, reason: String| {
                 resp.rejected += 1;
@@ -87,7 +87,7 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
                 match cv::sample_from_pb(s).and_then(|s| {
                     cairn_ingest::validate_sample(&s, &self.limits).map(|()| s).map_err(|e| e.to_string())
                 }) {
-                    Ok(s) => samples.push(s),
+                    Ok(s) => samples.push_sample(&s),
                     Err(reason) => reject("sample", i, reason),
                 }
             }

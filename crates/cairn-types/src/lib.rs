@@ -23,13 +23,13 @@ pub use change::{
     Principal, Rejection,
 };
 pub use detect::{Anomaly, Incident, IncidentId, IncidentMember, ProbableCause};
-pub use labels::{Labels, SeriesId, METRIC_NAME_LABEL};
+pub use labels::{Labels, SeriesId, METRIC_NAME_LABEL, series_id_of_sorted};
 pub use recommend::{
     ActionClass, BlastRadius, Evidence, Recommendation, RecommendationId, Reversibility,
     RollbackPlan, Target, VerificationCheck,
 };
 pub use route::{Decision, Outcome};
-pub use signal::{AlertEvent, AlertStatus, MetricSample, Severity, Signal};
+pub use signal::{AlertEvent, AlertStatus, MetricSample, SampleBatch, SeriesSamples, Severity, Signal};
 
 /// Milliseconds since the Unix epoch, UTC. The one time representation in hand-off types, so that
 /// nothing in the pipeline needs a calendar library and tests can drive time with plain integers.
