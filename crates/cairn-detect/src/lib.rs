@@ -18,6 +18,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod univariate;
+
 use cairn_types::{Anomaly, MetricSample, SeriesId, Severity};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
