@@ -8,6 +8,7 @@
 
 mod client;
 mod demo;
+mod eval_nab;
 mod output;
 
 use anyhow::{Context, Result};
@@ -40,6 +41,15 @@ enum Command {
     /// Create bearer tokens for the server's configuration.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Evaluate detectors against labelled benchmarks.
+    #[command(subcommand)]
+    Eval(EvalCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCmd {
+    /// The univariate detector on a corpus in NAB's layout, scored with NAB's method.
+    Nab(eval_nab::NabArgs),
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +259,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Eval(EvalCmd::Nab(args)) => eval_nab::run(args).map(|()| ExitCode::SUCCESS),
         Command::Token(TokenCmd::New { subject, display_name, groups }) => {
             let token = cairn_server::auth::new_token();
             let entry = cairn_server::config::TokenEntry {
