@@ -10,6 +10,8 @@ const SLOT_MS: i64 = DAY_MS / SLOTS as i64;
 const SEASON_MIN_AGE_MS: i64 = 2 * DAY_MS;
 /// Mean absolute deviation to standard deviation, for Gaussian noise.
 const MAD_TO_SIGMA: f64 = 1.2533;
+/// The 99th percentile of |N(0, 1)|, to read a tail quantile as a standard deviation.
+const TAIL_TO_SIGMA: f64 = 2.576;
 /// Consecutive far-off points after which a new level is taken as it is, not clipped.
 const ADOPT_AFTER: u32 = 3;
 /// Repeated values needed before a flat line is scored at all.
@@ -31,14 +33,21 @@ pub struct SeriesModel {
     resid_dev: f64,
     /// Mean absolute distance between the fast and the slow average.
     shift_dev: f64,
-    /// Mean absolute distance of the value from the slow average, without and with the daily profile.
+    /// Running 99th percentiles of the same two distances: heavy-tailed series get wider scales.
+    resid_tail: f64,
+    shift_tail: f64,
+    /// Mean absolute distance of the value from the profile's mean and from its slot of the profile.
     raw_dev: f64,
     seasonal_dev: f64,
+    /// Sum of the visited slots of the profile.
+    season_sum: f64,
     /// How much of the daily profile is taken out, 0 to 1.
     gain: f64,
     /// Usual step between samples.
     step_ms: f64,
+    /// Mean value per time-of-day slot, valid where its bit in `season_seen` is set.
     season: [f32; SLOTS],
+    season_seen: u64,
     /// How often the series repeats its previous value.
     repeat_rate: f32,
     n: u32,
@@ -71,8 +80,12 @@ impl SeriesModel {
             slow: 0.0,
             resid_dev: 0.0,
             shift_dev: 0.0,
+            resid_tail: 0.0,
+            shift_tail: 0.0,
             raw_dev: 0.0,
             seasonal_dev: 0.0,
+            season_sum: 0.0,
+            season_seen: 0,
             gain: 0.0,
             step_ms: 0.0,
             season: [0.0; SLOTS],
@@ -110,14 +123,14 @@ impl SeriesModel {
         let warm = self.n >= cfg.warmup_points;
 
         // The prediction, with the part of the daily profile the series has shown it follows.
-        let seasonal = self.gain * f64::from(self.season[slot]);
+        let seasonal = self.gain * self.seasonal_offset(slot);
         let y = x - seasonal;
         let expected = self.level + seasonal;
         let floor = 1e-3 * self.slow.abs().max(1e-6);
 
         // Spike: the one-step prediction error.
         let resid = y - self.level;
-        let spike_scale = (self.resid_dev * MAD_TO_SIGMA).max(floor);
+        let spike_scale = (self.resid_dev * MAD_TO_SIGMA).max(self.resid_tail / TAIL_TO_SIGMA).max(floor);
         let z_spike = resid.abs() / spike_scale;
         let far = z_spike > cfg.clip_z;
         let far_run = if far { self.far_run + 1 } else { 0 };
@@ -132,7 +145,7 @@ impl SeriesModel {
         let mut fast = self.fast;
         ew(&mut fast, y_in, cfg.alpha_fast, self.n);
         let shift = fast - self.slow;
-        let shift_scale = (self.shift_dev * MAD_TO_SIGMA).max(floor);
+        let shift_scale = (self.shift_dev * MAD_TO_SIGMA).max(self.shift_tail / TAIL_TO_SIGMA).max(floor);
         let z_shift = shift.abs() / shift_scale;
 
         // Flat line: how surprising the current run of repeated values is.
@@ -156,7 +169,7 @@ impl SeriesModel {
         // Off the daily profile while still inside the usual range: the profile broke, not the level.
         let seasonal_break = {
             let raw_scale = (self.raw_dev * MAD_TO_SIGMA).max(floor);
-            self.gain > 0.5 && (x - self.slow).abs() / raw_scale < cfg.z_floor
+            self.gain > 0.5 && (x - self.season_mean()).abs() / raw_scale < cfg.z_floor
         };
         let shift_kind = {
             if seasonal_break {
@@ -201,11 +214,14 @@ impl SeriesModel {
         };
         learn_scale(&mut self.resid_dev, resid.abs(), spike_scale);
         learn_scale(&mut self.shift_dev, shift.abs(), shift_scale);
+        if warm {
+            learn_tail(&mut self.resid_tail, resid.abs(), self.resid_dev);
+            learn_tail(&mut self.shift_tail, shift.abs(), self.shift_dev);
+        }
         ew(&mut self.level, y_in, cfg.alpha_level, n);
         self.fast = fast;
-        let old_slow = self.slow;
         ew(&mut self.slow, y_in, cfg.alpha_slow, n);
-        self.learn_season(cfg, slot, x, old_slow, timestamp_ms, n);
+        self.learn_season(cfg, slot, x, timestamp_ms, n);
         if self.step_ms == 0.0 {
             self.step_ms = dt;
         } else {
@@ -258,18 +274,56 @@ impl SeriesModel {
         PointScore { accepted: true, expected, ..PointScore::refused() }
     }
 
+    /// Mean of the visited slots of the daily profile.
+    fn season_mean(&self) -> f64 {
+        match self.season_seen.count_ones() {
+            0 => self.slow,
+            seen => self.season_sum / f64::from(seen),
+        }
+    }
+
+    /// How far a slot's usual value sits from the day's mean (0 for a slot not seen yet).
+    fn seasonal_offset(&self, slot: usize) -> f64 {
+        if self.season_seen & (1 << slot) == 0 {
+            0.0
+        } else {
+            f64::from(self.season[slot]) - self.season_mean()
+        }
+    }
+
     /// Updates the daily profile and how much of it to trust.
-    fn learn_season(&mut self, cfg: &UnivariateConfig, slot: usize, x: f64, slow: f64, ts: i64, n: u32) {
-        let off = x - slow;
-        let profile = f64::from(self.season[slot]);
-        ew(&mut self.raw_dev, off.abs(), cfg.alpha_scale, n);
-        ew(&mut self.seasonal_dev, (off - profile).abs(), cfg.alpha_scale, n);
-        let slot_value = &mut self.season[slot];
-        *slot_value += (cfg.alpha_season * (off - profile)) as f32;
+    fn learn_season(&mut self, cfg: &UnivariateConfig, slot: usize, x: f64, ts: i64, n: u32) {
+        let seen = self.season_seen & (1 << slot) != 0;
+        let old = if seen { f64::from(self.season[slot]) } else { 0.0 };
+        let profile = if seen { old } else { self.season_mean() };
+        let mean = self.season_mean();
+        ew(&mut self.raw_dev, (x - mean).abs(), cfg.alpha_scale, n);
+        ew(&mut self.seasonal_dev, (x - profile).abs(), cfg.alpha_scale, n);
+        let new = if seen { (profile + cfg.alpha_season * (x - profile)) as f32 } else { x as f32 };
+        self.season_seen |= 1 << slot;
+        self.season_sum += f64::from(new) - old;
+        self.season[slot] = new;
         // Take the profile out only where it explains a good part of the spread, and only after two days.
         let old_enough = ts - self.first_ts >= SEASON_MIN_AGE_MS;
         let target = if old_enough && self.seasonal_dev < 0.6 * self.raw_dev { 1.0 } else { 0.0 };
         self.gain += 0.01 * (target - self.gain);
+    }
+}
+
+/// Tracks the 99th percentile of a non-negative quantity by multiplicative steps: up 5% on an
+/// exceedance, down 0.05% otherwise, which balances at 1% exceedances. One wild value moves it by 5%
+/// only. Starts from the mean absolute deviation's Gaussian equivalent.
+fn learn_tail(tail: &mut f64, d: f64, mean_abs: f64) {
+    if *tail <= 0.0 {
+        *tail = mean_abs * MAD_TO_SIGMA * TAIL_TO_SIGMA;
+        if *tail <= 0.0 {
+            return;
+        }
+    }
+    if d > *tail {
+        *tail *= 1.0 + 0.05 * 0.99;
+    } else {
+        *tail *= 1.0 - 0.05 * 0.01;
     }
 }
 
