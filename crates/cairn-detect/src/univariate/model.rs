@@ -12,6 +12,8 @@ const SEASON_MIN_AGE_MS: i64 = 2 * DAY_MS;
 const MAD_TO_SIGMA: f64 = 1.2533;
 /// The 99th percentile of |N(0, 1)|, to read a tail quantile as a standard deviation.
 const TAIL_TO_SIGMA: f64 = 2.576;
+/// How much a remembered hourly spike fades each day its hour comes round without one.
+const HOUR_PEAK_DECAY: f32 = 0.85;
 /// Consecutive far-off points after which a new level is taken as it is, not clipped.
 const ADOPT_AFTER: u32 = 3;
 /// Repeated values needed before a flat line is scored at all.
@@ -48,6 +50,10 @@ pub struct SeriesModel {
     /// Mean value per time-of-day slot, valid where its bit in `season_seen` is set.
     season: [f32; SLOTS],
     season_seen: u64,
+    /// Per hour of the day, the largest spike z seen there lately (decays by a day-visit): spikes
+    /// that recur at the same time every day (a nightly job) stop being news.
+    hour_peak: [f32; 24],
+    last_hour: u8,
     /// How often the series repeats its previous value.
     repeat_rate: f32,
     n: u32,
@@ -86,6 +92,8 @@ impl SeriesModel {
             seasonal_dev: 0.0,
             season_sum: 0.0,
             season_seen: 0,
+            hour_peak: [0.0; 24],
+            last_hour: 0,
             gain: 0.0,
             step_ms: 0.0,
             season: [0.0; SLOTS],
@@ -131,8 +139,11 @@ impl SeriesModel {
         // Spike: the one-step prediction error.
         let resid = y - self.level;
         let spike_scale = (self.resid_dev * MAD_TO_SIGMA).max(self.resid_tail / TAIL_TO_SIGMA).max(floor);
-        let z_spike = resid.abs() / spike_scale;
-        let far = z_spike > cfg.clip_z;
+        let z_raw_spike = resid.abs() / spike_scale;
+        let hour = slot / 2;
+        let recurring = (0..3).map(|d| self.hour_peak[(hour + 23 + d) % 24]).fold(0.0f32, f32::max);
+        let z_spike = z_raw_spike / (f64::from(recurring) / cfg.z_floor).max(1.0);
+        let far = z_raw_spike > cfg.clip_z;
         let far_run = if far { self.far_run + 1 } else { 0 };
         // Far-off values enter the averages clipped until they have lasted long enough to be a level.
         let y_in = if !warm || !far || far_run >= ADOPT_AFTER {
@@ -222,6 +233,16 @@ impl SeriesModel {
         self.fast = fast;
         ew(&mut self.slow, y_in, cfg.alpha_slow, n);
         self.learn_season(cfg, slot, x, timestamp_ms, n);
+        if warm {
+            if hour as u8 != self.last_hour {
+                self.hour_peak[hour] *= HOUR_PEAK_DECAY;
+            }
+            // Only isolated, clear spikes are remembered: noise and sustained shifts are not a habit.
+            if z_raw_spike > 2.0 * cfg.z_floor && far_run <= 1 {
+                self.hour_peak[hour] = self.hour_peak[hour].max(z_raw_spike.min(1e6) as f32);
+            }
+        }
+        self.last_hour = hour as u8;
         if self.step_ms == 0.0 {
             self.step_ms = dt;
         } else {
