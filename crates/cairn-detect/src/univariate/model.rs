@@ -13,7 +13,7 @@ const MAD_TO_SIGMA: f64 = 1.2533;
 /// The 99th percentile of |N(0, 1)|, to read a tail quantile as a standard deviation.
 const TAIL_TO_SIGMA: f64 = 2.576;
 /// How much a remembered hourly spike fades each day its hour comes round without one.
-const HOUR_PEAK_DECAY: f32 = 0.85;
+const HOUR_PEAK_DECAY: f32 = 0.7;
 /// Consecutive far-off points after which a new level is taken as it is, not clipped.
 const ADOPT_AFTER: u32 = 3;
 /// Repeated values needed before a flat line is scored at all.
