@@ -1,8 +1,8 @@
 //! Calibrated confidence: a monotone map from score to the probability that a point is anomalous.
 //!
-//! The map is fitted offline by isotonic regression (pool-adjacent-violators) of "the point lies in a
-//! labelled anomaly window" on the score, over one half of the NAB development files, and checked on
-//! the other half with a reliability table and the Brier score (`cairn eval nab --calibrate`, which
+//! The map is fitted offline by isotonic regression (pool-adjacent-violators) of "the onset lies in a
+//! labelled anomaly window" on the score at episode onsets (the points emitted as anomalies), over one
+//! half of the NAB development files, and checked on the other half with a reliability table and the Brier score (`cairn eval nab --calibrate`, which
 //! also writes `models/univariate-calibration.json` and the generated `calibration_table.rs`). At run
 //! time it is a linear interpolation between the fitted knots.
 

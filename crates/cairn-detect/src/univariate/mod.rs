@@ -143,7 +143,8 @@ pub struct PointScore {
     pub score: f64,
     /// What the model expected at this time.
     pub expected: f64,
-    /// Calibrated probability that the point is anomalous, in [0, 1].
+    /// Calibrated probability that the point is anomalous, in [0, 1] (fitted on episode onsets, where
+    /// it is reported).
     pub confidence: f64,
     pub severity: Severity,
     pub kind: AnomalyKind,
