@@ -85,6 +85,8 @@ pub struct UnivariateConfig {
     pub alert_score: f64,
     /// Samples an episode lasts at least once opened.
     pub cooldown_points: u32,
+    /// Inside an open episode, a score this much above the episode's peak so far is raised again.
+    pub escalate_margin: f64,
 }
 
 impl Default for UnivariateConfig {
@@ -102,6 +104,7 @@ impl Default for UnivariateConfig {
             gap_factor: 6.0,
             alert_score: 0.5,
             cooldown_points: 60,
+            escalate_margin: 0.3,
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct SeriesModel {
     flat_run: u32,
     far_run: u32,
     episode_left: u32,
+    /// Highest score of the open episode.
+    episode_peak: f32,
     in_episode: bool,
 }
 
@@ -102,6 +104,7 @@ impl SeriesModel {
             flat_run: 0,
             far_run: 0,
             episode_left: 0,
+            episode_peak: 0.0,
             in_episode: false,
         }
     }
@@ -262,10 +265,15 @@ impl SeriesModel {
                 self.in_episode = false;
             }
         }
-        let onset = !self.in_episode && warm && score >= cfg.alert_score;
+        // A much stronger score inside an open episode is raised again: it got worse.
+        let escalation = self.in_episode && score >= f64::from(self.episode_peak) + cfg.escalate_margin;
+        let onset = warm && score >= cfg.alert_score && (!self.in_episode || escalation);
         if onset {
             self.in_episode = true;
             self.episode_left = cfg.cooldown_points;
+        }
+        if self.in_episode {
+            self.episode_peak = if onset { score as f32 } else { self.episode_peak.max(score as f32) };
         }
         let confidence = if warm { calibration::confidence(score) } else { 0.0 };
         PointScore {

@@ -242,3 +242,25 @@ fn shipped_calibration_is_monotone_and_bounded() {
         last = c;
     }
 }
+
+#[test]
+fn an_episode_that_gets_much_worse_is_raised_again() {
+    // A modest bump opens an episode (the smallest bump that does); a huge spike two points later is
+    // raised again; a second modest bump inside the episode is not.
+    let base: Vec<f64> = (0..2000).map(|i| 20.0 + gauss(i)).collect();
+    let modest = (16..40)
+        .map(|k| f64::from(k) * 0.25)
+        .find(|&bump| {
+            let mut v = base.clone();
+            v[1500] += bump;
+            onsets(&run(&v, MIN)) == vec![1500]
+        })
+        .expect("some bump opens an episode");
+    let mut v = base.clone();
+    v[1500] += modest;
+    v[1502] += 200.0;
+    v[1510] += modest;
+    let s = run(&v, MIN);
+    assert!(s[1500].score < 0.7, "{:?}", s[1500]);
+    assert_eq!(onsets(&s), vec![1500, 1502]);
+}
