@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use cairn_detect::univariate::{PointScore, UnivariateConfig, SCORING_VERSION};
 use cairn_offline::nab::{self, NabCorpus};
 use clap::Args;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -83,16 +83,25 @@ fn detect_all(corpus: &NabCorpus, cfg: &UnivariateConfig) -> (Vec<Vec<PointScore
     let mut elapsed = 0.0;
     let n = corpus.series.len();
     let mut all = Vec::with_capacity(n);
+    let tty = std::io::stderr().is_terminal();
     for (i, s) in corpus.series.iter().enumerate() {
         let started = Instant::now();
         let ps = nab::run_univariate(s, cfg);
         elapsed += started.elapsed().as_secs_f64();
         let onsets = ps.iter().filter(|p| p.onset).count();
-        eprint!("\r[{:>3}/{n}] {:<60} {:>6} rows {:>4} onsets", i + 1, s.key(), s.values.len(), onsets);
-        let _ = std::io::stderr().flush();
+        let line = format!("[{:>3}/{n}] {:<60} {:>6} rows {:>4} onsets", i + 1, s.key(), s.values.len(), onsets);
+        // One line rewritten in place on a terminal; a line per file in a log.
+        if tty {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{line}");
+        }
         all.push(ps);
     }
-    eprintln!();
+    if tty {
+        eprintln!();
+    }
     (all, elapsed.max(1e-9))
 }
 

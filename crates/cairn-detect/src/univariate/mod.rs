@@ -92,12 +92,12 @@ pub struct UnivariateConfig {
 impl Default for UnivariateConfig {
     fn default() -> Self {
         UnivariateConfig {
-            warmup_points: 64,
+            warmup_points: 150,
             alpha_level: 0.3,
             alpha_fast: 0.1,
             alpha_slow: 0.01,
             alpha_scale: 0.02,
-            alpha_season: 0.1,
+            alpha_season: 0.2,
             z_floor: 3.0,
             z_span: 3.0,
             clip_z: 5.0,
