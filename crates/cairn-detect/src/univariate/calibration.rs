@@ -8,9 +8,15 @@
 
 use super::calibration_table::KNOTS;
 
-/// The calibrated probability for a score, by linear interpolation between the fitted knots.
+/// The calibrated probability for a score, by linear interpolation between the fitted knots. Below
+/// the lowest fitted score (scores under the alert score, which are never emitted, so there is no
+/// data there) it falls linearly to 0 at score 0: a point where nothing stands out is not claimed to
+/// be anomalous.
 pub fn confidence(score: f64) -> f64 {
-    interpolate(KNOTS, score)
+    match KNOTS.first() {
+        Some(&(s0, p0)) if score < s0 && s0 > 0.0 => p0 * (score.max(0.0) / s0),
+        _ => interpolate(KNOTS, score),
+    }
 }
 
 /// Linear interpolation in `knots` (score ascending); flat beyond the ends.

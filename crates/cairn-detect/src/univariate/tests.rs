@@ -233,6 +233,7 @@ fn isotonic_fit_is_monotone_and_matches_rates() {
 fn shipped_calibration_is_monotone_and_bounded() {
     let knots = super::calibration_table::KNOTS;
     assert!(!knots.is_empty());
+    assert_eq!(calibration::confidence(0.0), 0.0, "nothing stands out, nothing is claimed");
     assert!(knots.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
     assert!(knots.iter().all(|k| (0.0..=1.0).contains(&k.0) && (0.0..=1.0).contains(&k.1)));
     let mut last = 0.0;
