@@ -277,11 +277,9 @@ pub fn sweep_points(s: &NabSeries, scores: &[f64], p: &Profile, first_window: u3
         if i >= probation {
             out.push(SweepPoint { score, weight, window });
         }
-        if let Some((left, right)) = inside {
-            if i == right {
-                prev = Some((right, (right - left + 1) as f64));
-                next += 1;
-            }
+        if let Some((left, right)) = inside.filter(|w| w.1 == i) {
+            prev = Some((right, (right - left + 1) as f64));
+            next += 1;
         }
     }
     out

@@ -2,9 +2,12 @@
 
 use super::*;
 
+/// (category, file name, rows, windows as inclusive row ranges).
+type FileSpec<'a> = (&'a str, &'a str, usize, &'a [(usize, usize)]);
+
 /// Writes a corpus: each file is (category, name, rows, windows as row ranges). Rows are one minute
 /// apart from 2020-01-01 00:00:00, values 0..rows.
-fn corpus(files: &[(&str, &str, usize, &[(usize, usize)])]) -> (tempfile::TempDir, NabCorpus) {
+fn corpus(files: &[FileSpec<'_>]) -> (tempfile::TempDir, NabCorpus) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut labels = serde_json::Map::new();
     for &(cat, name, rows, windows) in files {
