@@ -11,7 +11,7 @@ const STEP_MS: i64 = 60_000;
 fn value(i: usize) -> f64 {
     let noise = ((i as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33) as f64
         / (1u64 << 31) as f64;
-    let spike = if i % 997 == 0 { 40.0 } else { 0.0 };
+    let spike = if i.is_multiple_of(997) { 40.0 } else { 0.0 };
     100.0 + 20.0 * (i as f64 * std::f64::consts::TAU / 1440.0).sin() + 4.0 * noise + spike
 }
 
