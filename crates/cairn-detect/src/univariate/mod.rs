@@ -1,6 +1,6 @@
 //! Streaming univariate anomaly scoring: one small, fixed-size model per series.
 //!
-//! [`SeriesModel`] is the whole state of one series (no heap, a test holds it to 512 bytes). Each
+//! [`SeriesModel`] is the whole state of one series (448 bytes, no heap; a test holds it to 512). Each
 //! sample goes through [`SeriesModel::update`], which returns a [`PointScore`]: a score in [0, 1], the
 //! value the model expected, a calibrated confidence (the estimated probability that the point lies in
 //! an anomalous stretch, see [`calibration`]), a severity, the kind of anomaly, and whether this point
@@ -35,7 +35,8 @@
 //! - **Onset rule**: emit an `Anomaly` only when [`PointScore::onset`] is true. An episode opens when
 //!   the score reaches [`UnivariateConfig::alert_score`] outside an episode, and stays open while the
 //!   score stays high and for at least [`UnivariateConfig::cooldown_points`] samples, so one incident is
-//!   one anomaly and a noisy series does not cry wolf every few points.
+//!   one anomaly and a noisy series does not cry wolf every few points. Inside an open episode a score
+//!   [`UnivariateConfig::escalate_margin`] above the episode's peak is an onset again (it got worse).
 //! - **Gaps and idle series**: a gap is scored on the first sample after it (kind `MissingData`); the
 //!   model needs no timer. A series silent for longer than the container's idle limit can be dropped,
 //!   and a new model starts with a new warm-up when it comes back.
