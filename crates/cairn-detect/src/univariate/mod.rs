@@ -102,7 +102,7 @@ impl Default for UnivariateConfig {
             z_floor: 3.0,
             z_span: 3.0,
             clip_z: 5.0,
-            gap_factor: 6.0,
+            gap_factor: 24.0,
             alert_score: 0.5,
             cooldown_points: 60,
             escalate_margin: 0.3,
