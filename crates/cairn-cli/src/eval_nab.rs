@@ -31,6 +31,9 @@ pub struct NabArgs {
     /// Where the calibration JSON goes.
     #[arg(long, default_value = "models")]
     pub models_dir: PathBuf,
+    /// Also print the standard profile's score of every file (the category table is always printed).
+    #[arg(long)]
+    pub per_file: bool,
     /// Where the generated Rust table goes.
     #[arg(long, default_value = "crates/cairn-detect/src/univariate/calibration_table.rs")]
     pub table_rs: PathBuf,
@@ -62,6 +65,7 @@ pub fn run(args: NabArgs) -> Result<()> {
     let results = nab::evaluate(&corpus, &scores);
     nab::write_summary(&args.results, &args.detector, &results)?;
     print_table(&args.detector, &results);
+    print_categories(&corpus, &results[0], args.per_file);
     println!("results: {}", args.results.join(&args.detector).display());
 
     if args.calibrate {
@@ -114,6 +118,29 @@ fn print_table(detector: &str, results: &[nab::ProfileResult]) {
         );
     }
     println!("({detector}; null detector 0, perfect 100; one threshold per profile over the whole corpus)");
+}
+
+/// One profile's result per category (and per file): raw score, windows detected of all, FP rows.
+fn print_categories(corpus: &NabCorpus, r: &nab::ProfileResult, per_file: bool) {
+    println!();
+    println!("{} profile by category (raw score, windows detected/total, FP rows):", r.profile.name);
+    let mut cats: Vec<&str> = corpus.series.iter().map(|s| s.category.as_str()).collect();
+    cats.dedup();
+    for cat in cats {
+        let files: Vec<(&nab::NabSeries, &nab::FileScore)> =
+            corpus.series.iter().zip(&r.files).filter(|(s, _)| s.category == cat).collect();
+        let raw: f64 = files.iter().map(|(_, f)| f.score).sum();
+        let det: usize = files.iter().map(|(_, f)| f.windows_detected).sum();
+        let all: usize = files.iter().map(|(_, f)| f.windows_detected + f.windows_missed).sum();
+        let fp: usize = files.iter().map(|(_, f)| f.false_positive_rows).sum();
+        println!("  {cat:<24} {raw:>8.3} {det:>3}/{all:<3} {fp:>4}");
+        if per_file {
+            for (s, f) in files {
+                let all = f.windows_detected + f.windows_missed;
+                println!("    {:<44} {:>8.3} {:>3}/{:<3} {:>4}", s.name, f.score, f.windows_detected, all, f.false_positive_rows);
+            }
+        }
+    }
 }
 
 fn print_calibration(r: &nab::CalibrationReport) {
