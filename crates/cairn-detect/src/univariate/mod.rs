@@ -1,6 +1,6 @@
 //! Streaming univariate anomaly scoring: one small, fixed-size model per series.
 //!
-//! [`SeriesModel`] is the whole state of one series (448 bytes, no heap; a test holds it to 512). Each
+//! [`SeriesModel`] is the whole state of one series (472 bytes, no heap; a test holds it to 512). Each
 //! sample goes through [`SeriesModel::update`], which returns a [`PointScore`]: a score in [0, 1], the
 //! value the model expected, a calibrated confidence (the estimated probability that the point lies in
 //! an anomalous stretch, see [`calibration`]), a severity, the kind of anomaly, and whether this point
@@ -13,7 +13,9 @@
 //! the sample's own timestamp, used only as much as they explain the series), and compares:
 //! - **spikes**: the point against a fast one-step prediction, in units of the typical prediction error;
 //! - **level shifts and drifts**: a fast average against a slow one, in units of how far apart the two
-//!   usually are (which adapts to autocorrelated series, where the textbook standard error lies);
+//!   usually are (which adapts to autocorrelated series, where the textbook standard error lies); two
+//!   fast averages of different horizons are compared and the stronger counts, so that an abrupt shift
+//!   shows within a few points and a slow drift still shows before it is learned as normal;
 //! - **seasonal breaks**: a shift that only shows once the daily profile is taken out;
 //! - **flat lines**: a run of repeated values, scored by how surprising such a run is given how often
 //!   the series repeats itself;
@@ -68,6 +70,9 @@ pub struct UnivariateConfig {
     pub alpha_level: f64,
     /// Weight of a new sample in the fast average (shifts).
     pub alpha_fast: f64,
+    /// Weight of a new sample in a second, quicker fast average: short-horizon shifts show sooner
+    /// through it, while the fast one keeps slow drifts visible. 0 turns it off.
+    pub alpha_quick: f64,
     /// Weight of a new sample in the slow average, the baseline (shifts, drifts).
     pub alpha_slow: f64,
     /// Weight of a new sample in the scale estimates.
@@ -96,6 +101,7 @@ impl Default for UnivariateConfig {
             warmup_points: 150,
             alpha_level: 0.3,
             alpha_fast: 0.1,
+            alpha_quick: 0.2,
             alpha_slow: 0.01,
             alpha_scale: 0.02,
             alpha_season: 0.2,

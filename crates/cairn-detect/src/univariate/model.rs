@@ -38,6 +38,10 @@ pub struct SeriesModel {
     /// Running 99th percentiles of the same two distances: heavy-tailed series get wider scales.
     resid_tail: f64,
     shift_tail: f64,
+    /// The quick average and its distance scales from the slow one, as for the fast average.
+    quick: f64,
+    quick_dev: f64,
+    quick_tail: f64,
     /// Mean absolute distance of the value from the profile's mean and from its slot of the profile.
     raw_dev: f64,
     seasonal_dev: f64,
@@ -90,6 +94,9 @@ impl SeriesModel {
             shift_dev: 0.0,
             resid_tail: 0.0,
             shift_tail: 0.0,
+            quick: 0.0,
+            quick_dev: 0.0,
+            quick_tail: 0.0,
             raw_dev: 0.0,
             seasonal_dev: 0.0,
             season_sum: 0.0,
@@ -160,7 +167,13 @@ impl SeriesModel {
         ew(&mut fast, y_in, cfg.alpha_fast, self.n);
         let shift = fast - self.slow;
         let shift_scale = (self.shift_dev * MAD_TO_SIGMA).max(self.shift_tail / TAIL_TO_SIGMA).max(floor);
-        let z_shift = shift.abs() / shift_scale;
+        // The same against a quicker average; the stronger of the two horizons counts.
+        let mut quick = self.quick;
+        ew(&mut quick, y_in, cfg.alpha_quick, self.n);
+        let quick_shift = quick - self.slow;
+        let quick_scale = (self.quick_dev * MAD_TO_SIGMA).max(self.quick_tail / TAIL_TO_SIGMA).max(floor);
+        let z_quick = if cfg.alpha_quick > 0.0 { quick_shift.abs() / quick_scale } else { 0.0 };
+        let z_shift = (shift.abs() / shift_scale).max(z_quick);
 
         // Flat line: how surprising the current run of repeated values is.
         let repeated = (x - self.prev).abs() <= 1e-12 * x.abs().max(1.0);
@@ -228,12 +241,15 @@ impl SeriesModel {
         };
         learn_scale(&mut self.resid_dev, resid.abs(), spike_scale);
         learn_scale(&mut self.shift_dev, shift.abs(), shift_scale);
+        learn_scale(&mut self.quick_dev, quick_shift.abs(), quick_scale);
         if warm {
             learn_tail(&mut self.resid_tail, resid.abs(), self.resid_dev);
             learn_tail(&mut self.shift_tail, shift.abs(), self.shift_dev);
+            learn_tail(&mut self.quick_tail, quick_shift.abs(), self.quick_dev);
         }
         ew(&mut self.level, y_in, cfg.alpha_level, n);
         self.fast = fast;
+        self.quick = quick;
         ew(&mut self.slow, y_in, cfg.alpha_slow, n);
         self.learn_season(cfg, slot, x, timestamp_ms, n);
         if warm {
@@ -295,6 +311,7 @@ impl SeriesModel {
         self.prev = x;
         self.level = x;
         self.fast = x;
+        self.quick = x;
         self.slow = x;
         self.n = 1;
     }
