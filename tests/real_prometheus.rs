@@ -121,7 +121,9 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
     if !programs_present() {
         return;
     }
-    let mut h = Harness::start().await;
+    // The detector's default warm-up (150 samples: 37 minutes at a 15 s scrape) is shortened so a
+    // test with a 1 s scrape interval gets past it in seconds.
+    let mut h = Harness::start_with(|c| c.detect.univariate.warmup_points = 10).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();

@@ -8,6 +8,7 @@
 
 mod client;
 mod demo;
+mod eval_nab;
 mod output;
 mod policy;
 
@@ -44,6 +45,15 @@ enum Command {
     /// Test, shadow and propose policy bundles.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Evaluate detectors against labelled benchmarks.
+    #[command(subcommand)]
+    Eval(EvalCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCmd {
+    /// The univariate detector on a corpus in NAB's layout, scored with NAB's method.
+    Nab(eval_nab::NabArgs),
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +264,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Eval(EvalCmd::Nab(args)) => eval_nab::run(args).map(|()| ExitCode::SUCCESS),
         Command::Token(TokenCmd::New { subject, display_name, groups }) => {
             let token = cairn_server::auth::new_token();
             let entry = cairn_server::config::TokenEntry {

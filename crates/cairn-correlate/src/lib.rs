@@ -312,6 +312,7 @@ mod tests {
             score,
             severity: Severity::High,
             confidence: 0.9,
+            anomaly_kind: "level_shift".into(),
             detector: "robust-z".into(),
             model_version: "robust-z/1".into(),
         }

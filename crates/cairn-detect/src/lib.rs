@@ -1,26 +1,21 @@
-//! Anomaly detection on metric series, one streaming detector per series.
+//! Anomaly detection on metric series, one streaming model per series.
 //!
 //! Takes [`SampleBatch`]es (samples grouped by series, each series' id computed once at ingest);
-//! gives [`Anomaly`]s with a score in [0, 1], a severity, a confidence, the expected and observed
-//! values, and the detector and model version that produced them. Owned labels are built only for
-//! an emitted anomaly. Each series keeps a fixed-size window of recent values (bounded state, never
-//! growing), and a batch is scored with rayon across shards of series, each series touched by one
-//! thread, with a deterministic output order.
+//! gives [`Anomaly`]s with a score in [0, 1], a severity, a calibrated confidence, the kind of
+//! anomaly, the expected and observed values, and the detector and model version that produced
+//! them. Owned labels are built only for an emitted anomaly. A batch is scored with rayon across
+//! shards of series, each series touched by one thread, with a deterministic output order.
 //!
 //! The [`Detector`] is the container (series map, cap, ordering, eviction, counters); how one point
-//! of one series is scored is `SeriesModel::update`, the single seam for another model.
-//!
-//! The baseline is robust: the median and the median absolute deviation (MAD) of the ring, with a
-//! floor on the scale so a flat line does not divide by zero. The score of a point is
-//! `1 - exp(-max(z - 3, 0) / 4)` for its robust z-score, so 3 robust deviations score 0 and about
-//! 12 score 0.9 (the default alert threshold). An anomaly is emitted when a series *enters* the
-//! anomalous state, not for every point of a run, so a level shift is one anomaly, not hundreds.
-//! Values that scored as anomalous are clamped before they enter the ring so one spike does not
-//! poison the baseline; after a run of them the new level is accepted as the baseline.
+//! of one series is scored is [`univariate::SeriesModel`] (fixed size, no heap: seasonality-aware
+//! baselines, spikes, level shifts, drifts, flat lines, gaps). An anomaly is emitted at the *onset*
+//! of an anomalous episode, not for every point of it, so a level shift is one anomaly, not hundreds.
 //!
 //! Pure: no clock, no I/O. Time comes from the samples.
 
 #![forbid(unsafe_code)]
+
+pub mod univariate;
 
 use cairn_types::{Anomaly, SampleBatch, SeriesId, SeriesSamples, Severity};
 use rayon::prelude::*;
@@ -29,39 +24,26 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hasher};
 
-/// Name and version recorded on every anomaly.
-pub const DETECTOR: &str = "robust-z";
-pub const MODEL_VERSION: &str = "robust-z/1";
+/// Name and version recorded on every anomaly: the univariate model's.
+pub use univariate::{DETECTOR, MODEL_VERSION};
 
 const SHARDS: usize = 16;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectorConfig {
-    /// Recent points kept per series (the baseline window), 3 to 256.
-    pub window: usize,
-    /// Points a series needs before it is scored.
-    pub warmup: usize,
-    /// Score at or above which an anomaly is emitted.
-    pub alert_score: f64,
     /// Series tracked at most; samples of further new series are counted as refused.
     pub max_series: usize,
     /// Series with no sample for this long (by sample time) are forgotten by `evict_idle`.
     pub idle_evict_ms: i64,
-    /// Consecutive anomalous points after which the new level becomes the baseline.
-    pub adopt_after: u32,
+    /// The per-series model's tuning (`[detect.univariate]`); the defaults are what `cairn eval nab`
+    /// measures.
+    pub univariate: univariate::UnivariateConfig,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        DetectorConfig {
-            window: 32,
-            warmup: 8,
-            alert_score: 0.9,
-            max_series: 200_000,
-            idle_evict_ms: 3_600_000,
-            adopt_after: 8,
-        }
+        DetectorConfig { max_series: 200_000, idle_evict_ms: 3_600_000, univariate: Default::default() }
     }
 }
 
@@ -74,160 +56,9 @@ pub struct DetectorStats {
     pub refused_series: u64,
 }
 
-/// What the per-series model made of one point.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum PointVerdict {
-    /// Not enough history yet; the point was learnt, not scored.
-    Warming,
-    /// Scored and within the baseline.
-    Normal { score: f64 },
-    /// Scored as anomalous. `entering` is true on the first point of an anomalous run: only
-    /// that point becomes an [`Anomaly`].
-    Anomalous { entering: bool, score: f64, expected: f64, confidence: f64 },
-}
-
-/// The per-series model: the one place that knows how a point is scored. The container
-/// ([`Detector`]) owns series identity, caps, ordering and eviction and calls only
-/// [`SeriesModel::new`] and [`SeriesModel::update`], so another model replaces this one here.
-///
-/// This one is the robust z-score over a window of recent values. The window is kept twice: in
-/// arrival order (a ring, to know which value leaves) and sorted (so the median is read directly
-/// and the MAD is a short merge from the middle outwards) — O(window) memory moves per point
-/// instead of two selections over a copy.
-#[derive(Debug)]
-struct SeriesModel {
-    ring: Vec<f64>,
-    sorted: Vec<f64>,
-    next: usize,
-    count: usize,
-    anomalous_run: u32,
-}
-
-impl SeriesModel {
-    fn new(cfg: &DetectorConfig) -> SeriesModel {
-        SeriesModel {
-            ring: Vec::with_capacity(cfg.window),
-            sorted: Vec::with_capacity(cfg.window),
-            next: 0,
-            count: 0,
-            anomalous_run: 0,
-        }
-    }
-
-    /// Scores one finite value that arrived after every earlier one (`_ts` is for models that
-    /// look at time; this one does not).
-    fn update(&mut self, _ts: i64, value: f64, cfg: &DetectorConfig) -> PointVerdict {
-        if self.count < cfg.warmup {
-            self.push(value, cfg.window);
-            return PointVerdict::Warming;
-        }
-        let (m, scale) = self.baseline();
-        let z = (value - m).abs() / scale;
-        let score = score_from_z(z);
-        if score < cfg.alert_score {
-            self.anomalous_run = 0;
-            self.push(value, cfg.window);
-            return PointVerdict::Normal { score };
-        }
-        let entering = self.anomalous_run == 0;
-        self.anomalous_run += 1;
-        // Clamp what enters the baseline, until the new level has lasted long enough to be the
-        // baseline itself.
-        let v = if self.anomalous_run >= cfg.adopt_after { value } else { value.clamp(m - 3.0 * scale, m + 3.0 * scale) };
-        self.push(v, cfg.window);
-        let warmth = (self.count as f64 / (2 * cfg.warmup) as f64).min(1.0);
-        // A heuristic until calibration (a later issue): strong scores on warm baselines.
-        PointVerdict::Anomalous { entering, score, expected: m, confidence: (score * warmth).clamp(0.0, 1.0) }
-    }
-
-    fn push(&mut self, v: f64, window: usize) {
-        let to = self.sorted.partition_point(|x| x.total_cmp(&v).is_le());
-        if self.ring.len() < window {
-            self.ring.push(v);
-            self.sorted.insert(to, v);
-        } else {
-            // The value leaving and the one arriving: one shift of the values between them.
-            let old = std::mem::replace(&mut self.ring[self.next], v);
-            let from = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
-            if to > from {
-                self.sorted.copy_within(from + 1..to, from);
-                self.sorted[to - 1] = v;
-            } else {
-                self.sorted.copy_within(to..from, to + 1);
-                self.sorted[to] = v;
-            }
-        }
-        self.next = (self.next + 1) % window;
-        self.count += 1;
-    }
-
-    /// Median and robust scale of the window.
-    fn baseline(&self) -> (f64, f64) {
-        let m = median_of_sorted(&self.sorted);
-        let mad = mad_of_sorted(&self.sorted, m) * 1.4826;
-        // A flat series has MAD 0; a floor relative to the level (and an absolute one) keeps tiny
-        // jitter from scoring as anomalous while a real step away from a flat line still does.
-        let floor = (m.abs() * 0.01).max(1e-6);
-        (m, mad.max(floor))
-    }
-}
-
-/// Median of a sorted, non-empty slice.
-fn median_of_sorted(v: &[f64]) -> f64 {
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
-/// Median of `|x - m|` over a sorted, non-empty slice whose median is `m`. The deviations are two
-/// sorted runs — leftwards from the middle and rightwards from it — so the k-th smallest is found
-/// by merging them for k steps, without a copy.
-fn mad_of_sorted(v: &[f64], m: f64) -> f64 {
-    let n = v.len();
-    let split = v.partition_point(|x| *x < m);
-    let (mut left, mut right) = (split, split);
-    let mut take = || {
-        let l = (left > 0).then(|| (v[left - 1] - m).abs());
-        let r = (right < n).then(|| (v[right] - m).abs());
-        match (l, r) {
-            (Some(a), Some(b)) if a.total_cmp(&b).is_le() => {
-                left -= 1;
-                a
-            }
-            (Some(a), None) => {
-                left -= 1;
-                a
-            }
-            (_, Some(b)) => {
-                right += 1;
-                b
-            }
-            (None, None) => unreachable!("k < n deviations are taken"),
-        }
-    };
-    // The deviation of rank n/2 (0-based), and the one before it for an even n.
-    let mut prev = f64::NAN;
-    for _ in 0..n / 2 {
-        prev = take();
-    }
-    let upper = take();
-    if n % 2 == 1 { upper } else { (prev + upper) / 2.0 }
-}
-
-/// Robust z to a score in [0, 1].
-pub fn score_from_z(z: f64) -> f64 {
-    (1.0 - (-((z - 3.0).max(0.0)) / 4.0).exp()).clamp(0.0, 1.0)
-}
-
-/// One tracked series: when it was last seen and its model.
-#[derive(Debug)]
-struct Tracked {
-    last_ts: i64,
-    model: SeriesModel,
-}
-
 #[derive(Debug, Default)]
 struct Shard {
-    series: HashMap<SeriesId, Tracked, BuildSeriesHasher>,
+    series: HashMap<SeriesId, univariate::SeriesModel, BuildSeriesHasher>,
     stats: DetectorStats,
 }
 
@@ -271,8 +102,6 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(cfg: DetectorConfig) -> Detector {
-        let window = cfg.window.clamp(3, 256);
-        let cfg = DetectorConfig { window, warmup: cfg.warmup.clamp(3, window), ..cfg };
         Detector { cfg, shards: (0..SHARDS).map(|_| Shard::default()).collect() }
     }
 
@@ -319,7 +148,7 @@ impl Detector {
         let mut n = 0;
         for shard in &mut self.shards {
             let before = shard.series.len();
-            shard.series.retain(|_, st| st.last_ts >= cutoff);
+            shard.series.retain(|_, model| model.last_timestamp_ms() >= cutoff);
             n += before - shard.series.len();
         }
         n
@@ -361,35 +190,36 @@ impl Shard {
             return None;
         }
         let len = self.series.len();
-        let tracked = match self.series.entry(series.id) {
+        let model = match self.series.entry(series.id) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(_) if len >= cap => {
                 self.stats.refused_series += 1;
                 return None;
             }
-            Entry::Vacant(e) => e.insert(Tracked { last_ts: i64::MIN, model: SeriesModel::new(cfg) }),
+            Entry::Vacant(e) => e.insert(univariate::SeriesModel::new()),
         };
-        if ts <= tracked.last_ts {
+        if model.points() > 0 && ts <= model.last_timestamp_ms() {
             self.stats.out_of_order += 1;
             return None;
         }
-        tracked.last_ts = ts;
-        let verdict = tracked.model.update(ts, value, cfg);
-        if verdict != PointVerdict::Warming {
+        let warm = model.points() >= cfg.univariate.warmup_points;
+        let point = model.update(&cfg.univariate, ts, value);
+        if warm {
             self.stats.points_scored += 1;
         }
-        let PointVerdict::Anomalous { entering: true, score, expected, confidence } = verdict else {
+        if !point.onset {
             return None;
-        };
+        }
         Some(Anomaly {
             series: series.id,
             labels: series.to_labels(),
             timestamp_ms: ts,
             observed: value,
-            expected,
-            score,
-            severity: if score >= 0.99 { Severity::High } else { Severity::Medium },
-            confidence,
+            expected: point.expected,
+            score: point.score,
+            severity: point.severity,
+            confidence: point.confidence,
+            anomaly_kind: point.kind.as_str().into(),
             detector: DETECTOR.into(),
             model_version: MODEL_VERSION.into(),
         })
@@ -415,58 +245,74 @@ mod tests {
         samples.iter().collect()
     }
 
+    const STEP_MS: i64 = 15_000;
+
     fn series(name: &str, values: impl IntoIterator<Item = f64>) -> Vec<MetricSample> {
         values
             .into_iter()
             .enumerate()
-            .map(|(i, v)| MetricSample { labels: labels(name), timestamp_ms: 1_000 + i as i64 * 15_000, value: v })
+            .map(|(i, v)| MetricSample { labels: labels(name), timestamp_ms: 1_000 + i as i64 * STEP_MS, value: v })
             .collect()
     }
 
+    /// Past the model's warm-up, with room for it to learn the noise.
+    const CALM: usize = 400;
+
     #[test]
     fn a_spike_in_a_noisy_stable_series_is_found_at_the_spike() {
-        let mut vals: Vec<f64> = (0..100).map(|i| 100.0 + 2.0 * noise(i)).collect();
-        vals[70] = 160.0;
+        let mut vals: Vec<f64> = (0..CALM + 100).map(|i| 100.0 + 2.0 * noise(i)).collect();
+        vals[CALM + 20] = 160.0;
         let mut d = Detector::new(DetectorConfig::default());
         let a = d.observe(&batch(&series("latency", vals)));
         assert_eq!(a.len(), 1, "{a:?}");
-        assert_eq!(a[0].timestamp_ms, 1_000 + 70 * 15_000);
-        assert!(a[0].score >= 0.9 && a[0].score <= 1.0);
-        assert!((a[0].expected - 100.0).abs() < 2.0);
+        assert_eq!(a[0].timestamp_ms, 1_000 + (CALM + 20) as i64 * STEP_MS);
+        assert!(a[0].score >= d.config().univariate.alert_score && a[0].score <= 1.0);
+        assert!((a[0].expected - 100.0).abs() < 2.0, "{a:?}");
         assert_eq!(a[0].observed, 160.0);
+        assert_eq!(a[0].anomaly_kind, "spike");
         assert_eq!(a[0].model_version, MODEL_VERSION);
+        assert!((0.0..=1.0).contains(&a[0].confidence));
     }
 
     #[test]
-    fn a_level_shift_is_one_anomaly_and_then_the_new_baseline() {
-        let vals: Vec<f64> = (0..200).map(|i| if i < 100 { 10.0 } else { 30.0 } + 0.5 * noise(i)).collect();
+    fn a_level_shift_is_one_anomaly_near_its_start() {
+        let vals: Vec<f64> = (0..CALM + 200).map(|i| if i < CALM { 10.0 } else { 30.0 } + 0.5 * noise(i)).collect();
         let mut d = Detector::new(DetectorConfig::default());
         let a = d.observe(&batch(&series("queue", vals)));
         assert_eq!(a.len(), 1, "{a:?}");
-        assert_eq!(a[0].timestamp_ms, 1_000 + 100 * 15_000);
+        let at = (a[0].timestamp_ms - 1_000) / STEP_MS;
+        assert!((CALM as i64..CALM as i64 + 3).contains(&at), "raised at point {at}");
     }
 
     #[test]
-    fn a_jump_away_from_a_flat_line_is_found() {
-        let vals: Vec<f64> = (0..60).map(|i| if i == 50 { 1.0 } else { 0.0 }).collect();
+    fn warm_up_raises_nothing() {
+        let vals: Vec<f64> = (0..100).map(|i| if i % 10 == 0 { 1000.0 } else { noise(i) }).collect();
         let mut d = Detector::new(DetectorConfig::default());
-        let a = d.observe(&batch(&series("errors", vals)));
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].timestamp_ms, 1_000 + 50 * 15_000);
+        assert!(d.observe(&batch(&series("early", vals))).is_empty());
+        assert_eq!(d.stats().points_scored, 0, "warm-up points are learnt, not scored");
     }
 
     #[test]
-    fn a_slow_clean_seasonal_series_raises_nothing() {
-        let vals: Vec<f64> = (0..2000).map(|i| 50.0 + 20.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin() + 0.5 * noise(i)).collect();
+    fn a_clean_daily_cycle_raises_nothing() {
+        // Five-minute steps, a daily sine, three weeks.
+        let day = 288;
+        let samples: Vec<MetricSample> = (0..21 * day)
+            .map(|i| MetricSample {
+                labels: labels("cpu"),
+                timestamp_ms: i as i64 * 300_000,
+                value: 50.0 + 20.0 * (i as f64 * std::f64::consts::TAU / day as f64).sin() + 0.5 * noise(i),
+            })
+            .collect();
         let mut d = Detector::new(DetectorConfig::default());
-        assert!(d.observe(&batch(&series("cpu", vals))).is_empty());
+        let a = d.observe(&batch(&samples));
+        assert!(a.is_empty(), "{a:?}");
     }
 
     #[test]
     fn scoring_is_deterministic_across_runs_and_batchings() {
-        let mut vals: Vec<f64> = (0..300).map(|i| 5.0 + noise(i)).collect();
-        vals[150] = 40.0;
-        vals[250] = -30.0;
+        let mut vals: Vec<f64> = (0..CALM + 300).map(|i| 5.0 + noise(i)).collect();
+        vals[CALM + 50] = 40.0;
+        vals[CALM + 250] = 45.0;
         let mut all = series("a", vals.clone());
         all.extend(series("b", vals.iter().map(|v| v * 2.0)));
         let run = |chunk: usize| {
@@ -474,7 +320,7 @@ mod tests {
             all.chunks(chunk).flat_map(|c| d.observe(&batch(c))).collect::<Vec<_>>()
         };
         let one = run(all.len());
-        assert_eq!(one.len(), 4);
+        assert_eq!(one.len(), 4, "{one:?}");
         assert_eq!(one, run(all.len()));
         let mut small = run(7);
         small.sort_by_key(|a| (a.series, a.timestamp_ms));
@@ -483,8 +329,8 @@ mod tests {
 
     #[test]
     fn grouping_and_order_of_points_within_a_batch_do_not_change_the_result() {
-        let mut vals: Vec<f64> = (0..120).map(|i| 5.0 + noise(i)).collect();
-        vals[90] = 60.0;
+        let mut vals: Vec<f64> = (0..CALM + 120).map(|i| 5.0 + noise(i)).collect();
+        vals[CALM + 90] = 60.0;
         let samples = series("a", vals);
         let points: Vec<(i64, f64)> = samples.iter().map(|s| (s.timestamp_ms, s.value)).collect();
         let per_sample = Detector::new(DetectorConfig::default()).observe(&batch(&samples));
@@ -495,8 +341,8 @@ mod tests {
         assert_eq!(Detector::new(DetectorConfig::default()).observe(&grouped), per_sample);
         // Reversed, and split across two entries of the same series.
         let mut shuffled = SampleBatch::new();
-        shuffled.push_series(labels("a").iter(), points[60..].iter().rev().copied());
-        shuffled.push_series(labels("a").iter(), points[..60].iter().rev().copied());
+        shuffled.push_series(labels("a").iter(), points[300..].iter().rev().copied());
+        shuffled.push_series(labels("a").iter(), points[..300].iter().rev().copied());
         assert_eq!(Detector::new(DetectorConfig::default()).observe(&shuffled), per_sample);
     }
 
@@ -513,8 +359,8 @@ mod tests {
     }
 
     #[test]
-    fn max_series_is_respected_and_state_stays_bounded() {
-        let mut d = Detector::new(DetectorConfig { max_series: 32, window: 16, ..Default::default() });
+    fn max_series_is_respected_and_idle_series_are_forgotten() {
+        let mut d = Detector::new(DetectorConfig { max_series: 32, ..Default::default() });
         let mut samples = Vec::new();
         for i in 0..500 {
             let l: Labels = [("__name__", "m".to_string()), ("i", i.to_string())].into_iter().collect();
@@ -525,67 +371,9 @@ mod tests {
         d.observe(&batch(&samples));
         assert!(d.series_count() <= 32, "{}", d.series_count());
         assert!(d.stats().refused_series > 0);
-        for shard in &d.shards {
-            for st in shard.series.values() {
-                let m = &st.model;
-                assert!(m.ring.len() <= 16 && m.ring.capacity() <= 16);
-                assert!(m.sorted.len() <= 16 && m.sorted.capacity() <= 16);
-            }
-        }
         let tracked = d.series_count();
         assert_eq!(d.evict_idle(0), 0, "nothing is idle yet");
         assert_eq!(d.evict_idle(39 + 3_600_000 + 1), tracked);
         assert_eq!(d.series_count(), 0);
-    }
-
-    /// The median and MAD by full sorting, as the definition reads.
-    fn reference_baseline(vals: &[f64]) -> (f64, f64) {
-        let med = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            let n = v.len();
-            if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-        };
-        let m = med(&mut vals.to_vec());
-        let mad = med(&mut vals.iter().map(|x| (x - m).abs()).collect());
-        (m, mad)
-    }
-
-    #[test]
-    fn the_sorted_window_gives_the_median_and_mad_of_the_ring_as_it_slides() {
-        let cfg = DetectorConfig { window: 7, ..Default::default() };
-        for window in [3, 4, 7, 32] {
-            let cfg = DetectorConfig { window, ..cfg.clone() };
-            let mut model = SeriesModel::new(&cfg);
-            for i in 0..200 {
-                // Repeats, negatives and zeros, so ties and both signs of deviation occur.
-                let v = (noise(i) * 8.0).round() - 1.0;
-                model.push(v, window);
-                let mut ring_sorted = model.ring.clone();
-                ring_sorted.sort_by(f64::total_cmp);
-                assert_eq!(model.sorted, ring_sorted, "window {window}, step {i}");
-                let (m, mad) = reference_baseline(&model.ring);
-                assert_eq!(median_of_sorted(&model.sorted), m, "window {window}, step {i}");
-                assert_eq!(mad_of_sorted(&model.sorted, m), mad, "window {window}, step {i}");
-            }
-        }
-        for n in 1..40 {
-            let mut vals: Vec<f64> = (0..n).map(|i| noise(i * 7 + n) * 100.0).collect();
-            let want = reference_baseline(&vals);
-            vals.sort_by(f64::total_cmp);
-            let m = median_of_sorted(&vals);
-            assert_eq!((m, mad_of_sorted(&vals, m)), want, "n = {n}");
-        }
-    }
-
-    #[test]
-    fn score_is_monotonic_and_bounded() {
-        let mut last = 0.0;
-        for i in 0..1000 {
-            let s = score_from_z(i as f64 * 0.1);
-            assert!((0.0..=1.0).contains(&s));
-            assert!(s >= last);
-            last = s;
-        }
-        assert_eq!(score_from_z(3.0), 0.0);
     }
 }

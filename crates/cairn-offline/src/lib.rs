@@ -7,3 +7,5 @@
 //! and returns values; it never serves, never writes the store, and never routes or executes.
 
 #![forbid(unsafe_code)]
+
+pub mod nab;

@@ -354,8 +354,14 @@ fn build(
             IncidentMember::Anomaly(a) => Evidence {
                 kind: "anomaly".into(),
                 description: format!(
-                    "{} observed {:.4}, expected {:.4} (score {:.2}, {})",
-                    a.labels, a.observed, a.expected, a.score, a.model_version
+                    "{} {}: observed {:.4}, expected {:.4} (score {:.2}, confidence {:.2}, {})",
+                    a.labels,
+                    if a.anomaly_kind.is_empty() { "anomaly" } else { a.anomaly_kind.as_str() },
+                    a.observed,
+                    a.expected,
+                    a.score,
+                    a.confidence,
+                    a.model_version
                 ),
                 timestamp_ms: a.timestamp_ms,
             },

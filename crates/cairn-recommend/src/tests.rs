@@ -125,6 +125,7 @@ fn an_anomaly_on_a_matching_metric_triggers_and_records_its_model() {
         score: 0.97,
         severity: Severity::High,
         confidence: 0.9,
+        anomaly_kind: "level_shift".into(),
         detector: "robust-z".into(),
         model_version: "robust-z/1".into(),
     };

@@ -17,6 +17,11 @@ pub struct Anomaly {
     pub severity: Severity,
     /// Estimated probability that the point is anomalous, in [0, 1].
     pub confidence: f64,
+    /// What the detector saw: `spike`, `level_shift`, `drift`, `flat_line`, `missing_data`,
+    /// `seasonal_break` (empty in records written before it was kept). Not `kind`: that is the tag
+    /// of [`IncidentMember`], which holds anomalies flattened.
+    #[serde(default)]
+    pub anomaly_kind: String,
     /// Which detector produced it, e.g. `robust-zscore`.
     pub detector: String,
     /// The version of the model or detector configuration that produced it.
@@ -85,4 +90,28 @@ pub struct ProbableCause {
     pub description: String,
     /// Relative weight in [0, 1]; causes are sorted by it, descending.
     pub score: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_anomaly_member_round_trips_through_json() {
+        let m = IncidentMember::Anomaly(Anomaly {
+            series: SeriesId(7),
+            labels: [("__name__", "up")].into_iter().collect(),
+            timestamp_ms: 1,
+            observed: 2.0,
+            expected: 1.0,
+            score: 0.9,
+            severity: Severity::High,
+            confidence: 0.6,
+            anomaly_kind: "spike".into(),
+            detector: "univariate".into(),
+            model_version: "v".into(),
+        });
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<IncidentMember>(&json).unwrap(), m);
+    }
 }

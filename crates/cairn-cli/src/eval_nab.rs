@@ -1,0 +1,159 @@
+//! `cairn eval nab`: the univariate detector over a corpus in NAB's layout, scored with NAB's method,
+//! results written in NAB's layout; with `--calibrate`, the confidence calibration is fitted on one
+//! half of the files, checked on the other, and written out.
+
+use anyhow::{Context, Result};
+use cairn_detect::univariate::{PointScore, UnivariateConfig, SCORING_VERSION};
+use cairn_offline::nab::{self, NabCorpus};
+use clap::Args;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Args)]
+pub struct NabArgs {
+    /// Corpus directory: `data/<category>/*.csv` and `labels/combined_windows.json`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write `<detector>/<category>/<detector>_<file>.csv` and `final_results.json`.
+    #[arg(long)]
+    pub results: PathBuf,
+    /// Detector name used in the result paths.
+    #[arg(long, default_value = "cairn")]
+    pub detector: String,
+    /// Univariate model settings (TOML with the keys of `[detect.univariate]`); defaults otherwise.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Fit the confidence calibration on half of the files, check it on the other half, and write
+    /// `<models-dir>/univariate-calibration.json` and the generated table (`--table-rs`).
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Where the calibration JSON goes.
+    #[arg(long, default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Also print the standard profile's score of every file (the category table is always printed).
+    #[arg(long)]
+    pub per_file: bool,
+    /// Where the generated Rust table goes.
+    #[arg(long, default_value = "crates/cairn-detect/src/univariate/calibration_table.rs")]
+    pub table_rs: PathBuf,
+}
+
+pub fn run(args: NabArgs) -> Result<()> {
+    let cfg: UnivariateConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: not a univariate configuration", p.display()))?
+        }
+        None => UnivariateConfig::default(),
+    };
+    let corpus = NabCorpus::read(&args.data).context("cannot read the NAB corpus")?;
+    eprintln!(
+        "NAB corpus {}: {} files, {} rows, {} windows",
+        args.data.display(),
+        corpus.series.len(),
+        corpus.row_count(),
+        corpus.window_count()
+    );
+    let (point_scores, elapsed) = detect_all(&corpus, &cfg);
+    let rows = corpus.row_count() as f64;
+    eprintln!("scored {rows} rows in {:.3} s ({:.2} M rows/s, one thread)", elapsed, rows / elapsed / 1e6);
+
+    let scores: Vec<Vec<f64>> =
+        point_scores.iter().map(|ps| ps.iter().map(PointScore::alert_stream_score).collect()).collect();
+    nab::write_results(&args.results, &args.detector, &corpus, &scores)?;
+    let results = nab::evaluate(&corpus, &scores);
+    nab::write_summary(&args.results, &args.detector, &results)?;
+    print_table(&args.detector, &results);
+    print_categories(&corpus, &results[0], args.per_file);
+    println!("results: {}", args.results.join(&args.detector).display());
+
+    if args.calibrate {
+        let report = nab::calibrate(&corpus, &point_scores, SCORING_VERSION);
+        print_calibration(&report);
+        std::fs::create_dir_all(&args.models_dir)
+            .with_context(|| format!("cannot create {}", args.models_dir.display()))?;
+        let json = args.models_dir.join("univariate-calibration.json");
+        std::fs::write(&json, report.to_json()).with_context(|| format!("cannot write {}", json.display()))?;
+        std::fs::write(&args.table_rs, report.to_rust())
+            .with_context(|| format!("cannot write {}", args.table_rs.display()))?;
+        println!("calibration {} written to {} and {}", report.version, json.display(), args.table_rs.display());
+    }
+    Ok(())
+}
+
+/// Each series once, in order, through a fresh model; progress on stderr.
+fn detect_all(corpus: &NabCorpus, cfg: &UnivariateConfig) -> (Vec<Vec<PointScore>>, f64) {
+    let mut elapsed = 0.0;
+    let n = corpus.series.len();
+    let mut all = Vec::with_capacity(n);
+    let tty = std::io::stderr().is_terminal();
+    for (i, s) in corpus.series.iter().enumerate() {
+        let started = Instant::now();
+        let ps = nab::run_univariate(s, cfg);
+        elapsed += started.elapsed().as_secs_f64();
+        let onsets = ps.iter().filter(|p| p.onset).count();
+        let line = format!("[{:>3}/{n}] {:<60} {:>6} rows {:>4} onsets", i + 1, s.key(), s.values.len(), onsets);
+        // One line rewritten in place on a terminal; a line per file in a log.
+        if tty {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{line}");
+        }
+        all.push(ps);
+    }
+    if tty {
+        eprintln!();
+    }
+    (all, elapsed.max(1e-9))
+}
+
+fn print_table(detector: &str, results: &[nab::ProfileResult]) {
+    println!("{:<20} {:>8} {:>10} {:>9} {:>8} {:>8} {:>8}", "profile", "score", "threshold", "raw", "windows", "missed", "FP rows");
+    for r in results {
+        println!(
+            "{:<20} {:>8.2} {:>10.4} {:>9.3} {:>8} {:>8} {:>8}",
+            r.profile.name, r.normalized, r.threshold, r.raw, r.windows_detected, r.windows_missed, r.false_positive_rows
+        );
+    }
+    println!("({detector}; null detector 0, perfect 100; one threshold per profile over the whole corpus)");
+}
+
+/// One profile's result per category (and per file): raw score, windows detected of all, FP rows.
+fn print_categories(corpus: &NabCorpus, r: &nab::ProfileResult, per_file: bool) {
+    println!();
+    println!("{} profile by category (raw score, windows detected/total, FP rows):", r.profile.name);
+    let mut cats: Vec<&str> = corpus.series.iter().map(|s| s.category.as_str()).collect();
+    cats.dedup();
+    for cat in cats {
+        let files: Vec<(&nab::NabSeries, &nab::FileScore)> =
+            corpus.series.iter().zip(&r.files).filter(|(s, _)| s.category == cat).collect();
+        let raw: f64 = files.iter().map(|(_, f)| f.score).sum();
+        let det: usize = files.iter().map(|(_, f)| f.windows_detected).sum();
+        let all: usize = files.iter().map(|(_, f)| f.windows_detected + f.windows_missed).sum();
+        let fp: usize = files.iter().map(|(_, f)| f.false_positive_rows).sum();
+        println!("  {cat:<24} {raw:>8.3} {det:>3}/{all:<3} {fp:>4}");
+        if per_file {
+            for (s, f) in files {
+                let all = f.windows_detected + f.windows_missed;
+                println!("    {:<44} {:>8.3} {:>3}/{:<3} {:>4}", s.name, f.score, f.windows_detected, all, f.false_positive_rows);
+            }
+        }
+    }
+}
+
+fn print_calibration(r: &nab::CalibrationReport) {
+    println!();
+    println!("calibration {} (fit on {} files, checked on {})", r.version, r.fit_files.len(), r.check_files.len());
+    println!(
+        "Brier on the check half: calibrated {:.4}, raw score {:.4}, constant base rate {:.4} (base rate {:.3})",
+        r.brier_calibrated, r.brier_raw, r.brier_base_rate, r.base_rate
+    );
+    println!("{:>13} {:>8} {:>10} {:>10}", "confidence", "rows", "predicted", "observed");
+    for row in &r.reliability {
+        if row.count > 0 {
+            println!("{:>5.2} – {:<5.2} {:>8} {:>10.3} {:>10.3}", row.lo, row.hi, row.count, row.mean_predicted, row.observed_rate);
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Streaming univariate anomaly scoring: one small, fixed-size model per series.
+//!
+//! [`SeriesModel`] is the whole state of one series (472 bytes, no heap; a test holds it to 512). Each
+//! sample goes through [`SeriesModel::update`], which returns a [`PointScore`]: a score in [0, 1], the
+//! value the model expected, a calibrated confidence (the estimated probability that the point lies in
+//! an anomalous stretch, see [`calibration`]), a severity, the kind of anomaly, and whether this point
+//! opens an anomalous episode. Pure: no clock, no I/O, no randomness; time comes from the samples, so
+//! the same model fed the same samples gives the same scores, bit for bit.
+//!
+//! # What it looks at
+//!
+//! The model works on the value with its learned time-of-day profile taken out (48 half-hour slots of
+//! the sample's own timestamp, used only as much as they explain the series), and compares:
+//! - **spikes**: the point against a fast one-step prediction, in units of the typical prediction error;
+//! - **level shifts and drifts**: a fast average against a slow one, in units of how far apart the two
+//!   usually are (which adapts to autocorrelated series, where the textbook standard error lies); two
+//!   fast averages of different horizons are compared and the stronger counts, so that an abrupt shift
+//!   shows within a few points and a slow drift still shows before it is learned as normal;
+//! - **seasonal breaks**: a shift that only shows once the daily profile is taken out;
+//! - **flat lines**: a run of repeated values, scored by how surprising such a run is given how often
+//!   the series repeats itself;
+//! - **missing data**: a gap between samples much longer than the series' usual step.
+//!
+//! Each gives an equivalent z (standard deviations); the largest wins and names the [`AnomalyKind`], and
+//! `score = 1 - exp(-(z - z_floor) / z_span)` above `z_floor`, zero below. Values far from the
+//! prediction enter the scale estimates clipped, so one spike does not blind the model; the averages
+//! themselves follow the data, so a new level becomes the baseline after a while.
+//!
+//! # How the container should call it
+//!
+//! - One `SeriesModel::new()` per series, created on its first sample; `update(&cfg, ts_ms, value)`
+//!   per sample, in timestamp order. Samples with a timestamp at or before the previous one, or a
+//!   non-finite value, are refused ([`PointScore::accepted`] is false) and leave the state untouched:
+//!   count them, drop them.
+//! - **Warm-up**: the first [`UnivariateConfig::warmup_points`] samples only teach the model; they
+//!   score 0 with confidence 0 and are never an onset.
+//! - **Onset rule**: emit an `Anomaly` only when [`PointScore::onset`] is true. An episode opens when
+//!   the score reaches [`UnivariateConfig::alert_score`] outside an episode, and stays open while the
+//!   score stays high and for at least [`UnivariateConfig::cooldown_points`] samples, so one incident is
+//!   one anomaly and a noisy series does not cry wolf every few points. Inside an open episode a score
+//!   [`UnivariateConfig::escalate_margin`] above the episode's peak is an onset again (it got worse).
+//! - **Gaps and idle series**: a gap is scored on the first sample after it (kind `MissingData`); the
+//!   model needs no timer. A series silent for longer than the container's idle limit can be dropped,
+//!   and a new model starts with a new warm-up when it comes back.
+//! - Record [`MODEL_VERSION`] on each anomaly: it names the scoring and the calibration table.
+
+mod calibration_table;
+pub mod calibration;
+mod model;
+
+pub use model::SeriesModel;
+
+use cairn_types::Severity;
+use serde::{Deserialize, Serialize};
+
+/// Detector name recorded on anomalies.
+pub const DETECTOR: &str = "univariate";
+/// Version of the scoring itself; the calibration version extends it.
+pub const SCORING_VERSION: &str = "univariate-1";
+/// Model version recorded on anomalies: the scoring and the calibration table it was fitted with.
+pub const MODEL_VERSION: &str = calibration_table::VERSION;
+
+/// Tuning of the univariate model. The defaults are what `cairn eval nab` measures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnivariateConfig {
+    /// Samples that only teach the model before it scores.
+    pub warmup_points: u32,
+    /// Weight of a new sample in the one-step prediction (spikes).
+    pub alpha_level: f64,
+    /// Weight of a new sample in the fast average (shifts).
+    pub alpha_fast: f64,
+    /// Weight of a new sample in a second, quicker fast average: short-horizon shifts show sooner
+    /// through it, while the fast one keeps slow drifts visible. 0 turns it off.
+    pub alpha_quick: f64,
+    /// Weight of a new sample in the slow average, the baseline (shifts, drifts).
+    pub alpha_slow: f64,
+    /// Weight of a new sample in the scale estimates.
+    pub alpha_scale: f64,
+    /// Weight of a new visit in a time-of-day slot.
+    pub alpha_season: f64,
+    /// Equivalent z at which the score starts above 0.
+    pub z_floor: f64,
+    /// Equivalent z above `z_floor` that brings the score to 1 - 1/e.
+    pub z_span: f64,
+    /// Deviations beyond this many scales enter the scale estimates clipped.
+    pub clip_z: f64,
+    /// A gap longer than this many usual steps is missing data.
+    pub gap_factor: f64,
+    /// Score at which an episode opens (and an anomaly is emitted).
+    pub alert_score: f64,
+    /// Samples an episode lasts at least once opened.
+    pub cooldown_points: u32,
+    /// Inside an open episode, a score this much above the episode's peak so far is raised again.
+    pub escalate_margin: f64,
+}
+
+impl Default for UnivariateConfig {
+    fn default() -> Self {
+        UnivariateConfig {
+            warmup_points: 150,
+            alpha_level: 0.3,
+            alpha_fast: 0.1,
+            alpha_quick: 0.2,
+            alpha_slow: 0.01,
+            alpha_scale: 0.02,
+            alpha_season: 0.2,
+            z_floor: 3.0,
+            z_span: 3.0,
+            clip_z: 5.0,
+            gap_factor: 24.0,
+            alert_score: 0.5,
+            cooldown_points: 60,
+            escalate_margin: 0.3,
+        }
+    }
+}
+
+/// What kind of anomaly a point shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    /// Nothing stands out.
+    None,
+    Spike,
+    LevelShift,
+    Drift,
+    FlatLine,
+    MissingData,
+    SeasonalBreak,
+}
+
+impl AnomalyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyKind::None => "none",
+            AnomalyKind::Spike => "spike",
+            AnomalyKind::LevelShift => "level_shift",
+            AnomalyKind::Drift => "drift",
+            AnomalyKind::FlatLine => "flat_line",
+            AnomalyKind::MissingData => "missing_data",
+            AnomalyKind::SeasonalBreak => "seasonal_break",
+        }
+    }
+}
+
+/// The verdict on one sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PointScore {
+    /// False when the sample was refused (out of order or not finite); everything else is then 0.
+    pub accepted: bool,
+    /// Anomaly score in [0, 1]; 0 during warm-up.
+    pub score: f64,
+    /// What the model expected at this time.
+    pub expected: f64,
+    /// Calibrated probability that the point is anomalous, in [0, 1] (fitted on episode onsets, where
+    /// it is reported).
+    pub confidence: f64,
+    pub severity: Severity,
+    pub kind: AnomalyKind,
+    /// This sample opens an anomalous episode: the one to emit as an anomaly.
+    pub onset: bool,
+    /// This sample lies inside an open episode (the onset included).
+    pub in_episode: bool,
+}
+
+impl PointScore {
+    fn refused() -> PointScore {
+        PointScore {
+            accepted: false,
+            score: 0.0,
+            expected: f64::NAN,
+            confidence: 0.0,
+            severity: Severity::Low,
+            kind: AnomalyKind::None,
+            onset: false,
+            in_episode: false,
+        }
+    }
+
+    /// The score as an alerting stream sees it: the score outside episodes and at their onset, 0 for
+    /// the rest of an episode (it has already been raised). This is what `cairn eval nab` reports.
+    pub fn alert_stream_score(&self) -> f64 {
+        if self.in_episode && !self.onset {
+            0.0
+        } else {
+            self.score
+        }
+    }
+}
+
+/// Severity from score and confidence: only a confident, strong anomaly is high or critical.
+pub fn severity_of(score: f64, confidence: f64, cfg: &UnivariateConfig) -> Severity {
+    if score < cfg.alert_score {
+        Severity::Low
+    } else if confidence >= 0.8 && score >= 0.95 {
+        Severity::Critical
+    } else if confidence >= 0.5 {
+        Severity::High
+    } else {
+        Severity::Medium
+    }
+}
+
+#[cfg(test)]
+mod tests;

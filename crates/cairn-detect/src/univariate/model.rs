@@ -1,0 +1,383 @@
+//! The per-series state and the update step.
+
+use super::{calibration, severity_of, AnomalyKind, PointScore, UnivariateConfig};
+
+/// Time-of-day slots of the seasonal profile (half hours).
+const SLOTS: usize = 48;
+const DAY_MS: i64 = 86_400_000;
+const SLOT_MS: i64 = DAY_MS / SLOTS as i64;
+/// A series must have been seen this long before its daily profile may be used.
+const SEASON_MIN_AGE_MS: i64 = 2 * DAY_MS;
+/// Mean absolute deviation to standard deviation, for Gaussian noise.
+const MAD_TO_SIGMA: f64 = 1.2533;
+/// The 99th percentile of |N(0, 1)|, to read a tail quantile as a standard deviation.
+const TAIL_TO_SIGMA: f64 = 2.576;
+/// How much a remembered hourly spike fades each day its hour comes round without one.
+const HOUR_PEAK_DECAY: f32 = 0.7;
+/// Consecutive far-off points after which a new level is taken as it is, not clipped.
+const ADOPT_AFTER: u32 = 3;
+/// Repeated values needed before a flat line is scored at all.
+const FLAT_MIN_RUN: u32 = 5;
+
+/// Everything the model keeps about one series. Fixed size, no heap.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesModel {
+    first_ts: i64,
+    last_ts: i64,
+    /// Previous raw value (flat-line detection).
+    prev: f64,
+    /// One-step prediction of the deseasonalised value.
+    level: f64,
+    /// Fast and slow averages of the deseasonalised value.
+    fast: f64,
+    slow: f64,
+    /// Mean absolute one-step prediction error.
+    resid_dev: f64,
+    /// Mean absolute distance between the fast and the slow average.
+    shift_dev: f64,
+    /// Running 99th percentiles of the same two distances: heavy-tailed series get wider scales.
+    resid_tail: f64,
+    shift_tail: f64,
+    /// The quick average and its distance scales from the slow one, as for the fast average.
+    quick: f64,
+    quick_dev: f64,
+    quick_tail: f64,
+    /// Mean absolute distance of the value from the profile's mean and from its slot of the profile.
+    raw_dev: f64,
+    seasonal_dev: f64,
+    /// Sum of the visited slots of the profile.
+    season_sum: f64,
+    /// How much of the daily profile is taken out, 0 to 1.
+    gain: f64,
+    /// Usual step between samples.
+    step_ms: f64,
+    /// Mean value per time-of-day slot, valid where its bit in `season_seen` is set.
+    season: [f32; SLOTS],
+    season_seen: u64,
+    /// Per hour of the day, the largest spike z seen there lately (decays by a day-visit): spikes
+    /// that recur at the same time every day (a nightly job) stop being news.
+    hour_peak: [f32; 24],
+    last_hour: u8,
+    /// How often the series repeats its previous value.
+    repeat_rate: f32,
+    n: u32,
+    flat_run: u32,
+    far_run: u32,
+    episode_left: u32,
+    /// Highest score of the open episode.
+    episode_peak: f32,
+    in_episode: bool,
+}
+
+impl Default for SeriesModel {
+    fn default() -> Self {
+        SeriesModel::new()
+    }
+}
+
+/// Exponential average step; `n` makes early samples count as a plain mean (no start-up bias).
+fn ew(avg: &mut f64, x: f64, alpha: f64, n: u32) {
+    let a = alpha.max(1.0 / n.max(1) as f64);
+    *avg += a * (x - *avg);
+}
+
+impl SeriesModel {
+    pub const fn new() -> SeriesModel {
+        SeriesModel {
+            first_ts: 0,
+            last_ts: 0,
+            prev: 0.0,
+            level: 0.0,
+            fast: 0.0,
+            slow: 0.0,
+            resid_dev: 0.0,
+            shift_dev: 0.0,
+            resid_tail: 0.0,
+            shift_tail: 0.0,
+            quick: 0.0,
+            quick_dev: 0.0,
+            quick_tail: 0.0,
+            raw_dev: 0.0,
+            seasonal_dev: 0.0,
+            season_sum: 0.0,
+            season_seen: 0,
+            hour_peak: [0.0; 24],
+            last_hour: 0,
+            gain: 0.0,
+            step_ms: 0.0,
+            season: [0.0; SLOTS],
+            repeat_rate: 0.0,
+            n: 0,
+            flat_run: 0,
+            far_run: 0,
+            episode_left: 0,
+            episode_peak: 0.0,
+            in_episode: false,
+        }
+    }
+
+    /// Samples accepted so far.
+    pub fn points(&self) -> u32 {
+        self.n
+    }
+
+    /// Timestamp of the last accepted sample (0 before the first).
+    pub fn last_timestamp_ms(&self) -> i64 {
+        self.last_ts
+    }
+
+    /// Scores one sample and learns from it. See the module doc for the contract.
+    pub fn update(&mut self, cfg: &UnivariateConfig, timestamp_ms: i64, value: f64) -> PointScore {
+        if !value.is_finite() || (self.n > 0 && timestamp_ms <= self.last_ts) {
+            return PointScore::refused();
+        }
+        if self.n == 0 {
+            self.start(timestamp_ms, value);
+            return self.quiet(value);
+        }
+        let x = value;
+        let slot = (timestamp_ms.rem_euclid(DAY_MS) / SLOT_MS) as usize;
+        let dt = (timestamp_ms - self.last_ts) as f64;
+        let warm = self.n >= cfg.warmup_points;
+
+        // The prediction, with the part of the daily profile the series has shown it follows.
+        let seasonal = self.gain * self.seasonal_offset(slot);
+        let y = x - seasonal;
+        let expected = self.level + seasonal;
+        let floor = 1e-3 * self.slow.abs().max(1e-6);
+
+        // Spike: the one-step prediction error.
+        let resid = y - self.level;
+        let spike_scale = (self.resid_dev * MAD_TO_SIGMA).max(self.resid_tail / TAIL_TO_SIGMA).max(floor);
+        let z_raw_spike = resid.abs() / spike_scale;
+        let hour = slot / 2;
+        let recurring = (0..3).map(|d| self.hour_peak[(hour + 23 + d) % 24]).fold(0.0f32, f32::max);
+        let z_spike = z_raw_spike / (f64::from(recurring) / cfg.z_floor).max(1.0);
+        let far = z_raw_spike > cfg.clip_z;
+        let far_run = if far { self.far_run + 1 } else { 0 };
+        // Far-off values enter the averages clipped until they have lasted long enough to be a level.
+        let y_in = if !warm || !far || far_run >= ADOPT_AFTER {
+            y
+        } else {
+            self.level + resid.clamp(-cfg.clip_z * spike_scale, cfg.clip_z * spike_scale)
+        };
+
+        // Shift and drift: the fast average against the slow one.
+        let mut fast = self.fast;
+        ew(&mut fast, y_in, cfg.alpha_fast, self.n);
+        let shift = fast - self.slow;
+        let shift_scale = (self.shift_dev * MAD_TO_SIGMA).max(self.shift_tail / TAIL_TO_SIGMA).max(floor);
+        // The same against a quicker average; the stronger of the two horizons counts.
+        let mut quick = self.quick;
+        ew(&mut quick, y_in, cfg.alpha_quick, self.n);
+        let quick_shift = quick - self.slow;
+        let quick_scale = (self.quick_dev * MAD_TO_SIGMA).max(self.quick_tail / TAIL_TO_SIGMA).max(floor);
+        let z_quick = if cfg.alpha_quick > 0.0 { quick_shift.abs() / quick_scale } else { 0.0 };
+        let z_shift = (shift.abs() / shift_scale).max(z_quick);
+
+        // Flat line: how surprising the current run of repeated values is.
+        let repeated = (x - self.prev).abs() <= 1e-12 * x.abs().max(1.0);
+        let flat_run = if repeated { self.flat_run + 1 } else { 0 };
+        let z_flat = if flat_run >= FLAT_MIN_RUN {
+            let surprise = -f64::from(flat_run) * f64::from(self.repeat_rate).max(0.02).ln();
+            (2.0 * surprise).sqrt()
+        } else {
+            0.0
+        };
+
+        // Missing data: a step much longer than usual.
+        let gap_ratio = if self.step_ms > 0.0 { dt / self.step_ms } else { 1.0 };
+        let z_gap = if gap_ratio > cfg.gap_factor {
+            cfg.z_floor + 2.0 * (gap_ratio / cfg.gap_factor).ln()
+        } else {
+            0.0
+        };
+
+        // Off the daily profile while still inside the usual range: the profile broke, not the level.
+        let seasonal_break = {
+            let raw_scale = (self.raw_dev * MAD_TO_SIGMA).max(floor);
+            self.gain > 0.5 && (x - self.season_mean()).abs() / raw_scale < cfg.z_floor
+        };
+        let shift_kind = {
+            if seasonal_break {
+                AnomalyKind::SeasonalBreak
+            } else if far_run >= 2 {
+                AnomalyKind::LevelShift
+            } else {
+                AnomalyKind::Drift
+            }
+        };
+        let spike_kind = if seasonal_break {
+            AnomalyKind::SeasonalBreak
+        } else if far_run >= ADOPT_AFTER {
+            AnomalyKind::LevelShift
+        } else {
+            AnomalyKind::Spike
+        };
+        let mut z = z_spike;
+        let mut kind = spike_kind;
+        for (zc, kc) in [(z_shift, shift_kind), (z_flat, AnomalyKind::FlatLine), (z_gap, AnomalyKind::MissingData)] {
+            if zc > z {
+                z = zc;
+                kind = kc;
+            }
+        }
+        let score = if warm { score_from_z(z, cfg) } else { 0.0 };
+        if score == 0.0 {
+            kind = AnomalyKind::None;
+        }
+
+        // Learn, with the deviations clipped so one wild point does not widen the scales for long.
+        let n = self.n + 1;
+        // Anomalous deviations also widen the scale ten times more slowly, so a drift or a burst cannot
+        // hide itself by teaching the model that it is normal.
+        let learn_scale = |dev: &mut f64, d: f64, scale: f64| {
+            let (d, alpha) = match (warm, d / scale) {
+                (false, _) => (d, cfg.alpha_scale),
+                (true, z) if z <= cfg.z_floor => (d, cfg.alpha_scale),
+                (true, _) => (d.min(cfg.clip_z * scale), cfg.alpha_scale / 10.0),
+            };
+            ew(dev, d, alpha, n);
+        };
+        learn_scale(&mut self.resid_dev, resid.abs(), spike_scale);
+        learn_scale(&mut self.shift_dev, shift.abs(), shift_scale);
+        learn_scale(&mut self.quick_dev, quick_shift.abs(), quick_scale);
+        if warm {
+            learn_tail(&mut self.resid_tail, resid.abs(), self.resid_dev);
+            learn_tail(&mut self.shift_tail, shift.abs(), self.shift_dev);
+            learn_tail(&mut self.quick_tail, quick_shift.abs(), self.quick_dev);
+        }
+        ew(&mut self.level, y_in, cfg.alpha_level, n);
+        self.fast = fast;
+        self.quick = quick;
+        ew(&mut self.slow, y_in, cfg.alpha_slow, n);
+        self.learn_season(cfg, slot, x, timestamp_ms, n);
+        if warm {
+            if hour as u8 != self.last_hour {
+                self.hour_peak[hour] *= HOUR_PEAK_DECAY;
+            }
+            // Only isolated, clear spikes are remembered: noise and sustained shifts are not a habit.
+            if z_raw_spike > 2.0 * cfg.z_floor && far_run <= 1 {
+                self.hour_peak[hour] = self.hour_peak[hour].max(z_raw_spike.min(1e6) as f32);
+            }
+        }
+        self.last_hour = hour as u8;
+        if self.step_ms == 0.0 {
+            self.step_ms = dt;
+        } else {
+            self.step_ms += 0.05 * (dt.min(3.0 * self.step_ms) - self.step_ms);
+        }
+        self.repeat_rate += 0.01 * (if repeated { 1.0 } else { 0.0 } - self.repeat_rate);
+        self.prev = x;
+        self.last_ts = timestamp_ms;
+        self.n = n;
+        self.flat_run = flat_run;
+        self.far_run = far_run;
+
+        // Episodes: open on a high score, stay open while it is high and for the cool-down.
+        if self.in_episode {
+            self.episode_left = self.episode_left.saturating_sub(1);
+            if self.episode_left == 0 && score < cfg.alert_score {
+                self.in_episode = false;
+            }
+        }
+        // A much stronger score inside an open episode is raised again: it got worse.
+        let escalation = self.in_episode && score >= f64::from(self.episode_peak) + cfg.escalate_margin;
+        let onset = warm && score >= cfg.alert_score && (!self.in_episode || escalation);
+        if onset {
+            self.in_episode = true;
+            self.episode_left = cfg.cooldown_points;
+        }
+        if self.in_episode {
+            self.episode_peak = if onset { score as f32 } else { self.episode_peak.max(score as f32) };
+        }
+        let confidence = if warm { calibration::confidence(score) } else { 0.0 };
+        PointScore {
+            accepted: true,
+            score,
+            expected,
+            confidence,
+            severity: severity_of(score, confidence, cfg),
+            kind,
+            onset,
+            in_episode: self.in_episode,
+        }
+    }
+
+    fn start(&mut self, ts: i64, x: f64) {
+        *self = SeriesModel::new();
+        self.first_ts = ts;
+        self.last_ts = ts;
+        self.prev = x;
+        self.level = x;
+        self.fast = x;
+        self.quick = x;
+        self.slow = x;
+        self.n = 1;
+    }
+
+    fn quiet(&self, expected: f64) -> PointScore {
+        PointScore { accepted: true, expected, ..PointScore::refused() }
+    }
+
+    /// Mean of the visited slots of the daily profile.
+    fn season_mean(&self) -> f64 {
+        match self.season_seen.count_ones() {
+            0 => self.slow,
+            seen => self.season_sum / f64::from(seen),
+        }
+    }
+
+    /// How far a slot's usual value sits from the day's mean (0 for a slot not seen yet).
+    fn seasonal_offset(&self, slot: usize) -> f64 {
+        if self.season_seen & (1 << slot) == 0 {
+            0.0
+        } else {
+            f64::from(self.season[slot]) - self.season_mean()
+        }
+    }
+
+    /// Updates the daily profile and how much of it to trust.
+    fn learn_season(&mut self, cfg: &UnivariateConfig, slot: usize, x: f64, ts: i64, n: u32) {
+        let seen = self.season_seen & (1 << slot) != 0;
+        let old = if seen { f64::from(self.season[slot]) } else { 0.0 };
+        let profile = if seen { old } else { self.season_mean() };
+        let mean = self.season_mean();
+        ew(&mut self.raw_dev, (x - mean).abs(), cfg.alpha_scale, n);
+        ew(&mut self.seasonal_dev, (x - profile).abs(), cfg.alpha_scale, n);
+        let new = if seen { (profile + cfg.alpha_season * (x - profile)) as f32 } else { x as f32 };
+        self.season_seen |= 1 << slot;
+        self.season_sum += f64::from(new) - old;
+        self.season[slot] = new;
+        // Take the profile out only where it explains a good part of the spread, and only after two days.
+        let old_enough = ts - self.first_ts >= SEASON_MIN_AGE_MS;
+        let target = if old_enough && self.seasonal_dev < 0.6 * self.raw_dev { 1.0 } else { 0.0 };
+        self.gain += 0.01 * (target - self.gain);
+    }
+}
+
+/// Tracks the 99th percentile of a non-negative quantity by multiplicative steps: up 5% on an
+/// exceedance, down 0.05% otherwise, which balances at 1% exceedances. One wild value moves it by 5%
+/// only. Starts from the mean absolute deviation's Gaussian equivalent.
+fn learn_tail(tail: &mut f64, d: f64, mean_abs: f64) {
+    if *tail <= 0.0 {
+        *tail = mean_abs * MAD_TO_SIGMA * TAIL_TO_SIGMA;
+        if *tail <= 0.0 {
+            return;
+        }
+    }
+    if d > *tail {
+        *tail *= 1.0 + 0.05 * 0.99;
+    } else {
+        *tail *= 1.0 - 0.05 * 0.01;
+    }
+}
+
+/// Equivalent z to a score in [0, 1]: 0 up to `z_floor`, then rising towards 1.
+pub fn score_from_z(z: f64, cfg: &UnivariateConfig) -> f64 {
+    if z <= cfg.z_floor || z.is_nan() {
+        0.0
+    } else {
+        (1.0 - (-(z - cfg.z_floor) / cfg.z_span).exp()).clamp(0.0, 1.0)
+    }
+}

@@ -1,0 +1,267 @@
+//! Generated series with known anomalies: each must be found within a stated number of points, and
+//! clean series must stay quiet.
+
+use super::calibration::{brier, fit_isotonic, interpolate, reliability};
+use super::*;
+
+const MIN: i64 = 60_000;
+
+/// Deterministic noise in [-0.5, 0.5) (no RNG crate needed).
+fn noise(i: usize) -> f64 {
+    let x = ((i as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33) as f64;
+    (x / (1u64 << 31) as f64) - 0.5
+}
+
+/// Roughly Gaussian noise with unit standard deviation (sum of four uniforms).
+fn gauss(i: usize) -> f64 {
+    (noise(4 * i) + noise(4 * i + 1) + noise(4 * i + 2) + noise(4 * i + 3)) * 1.732
+}
+
+/// Runs a fresh model over values spaced `step` apart; returns every point's score.
+fn run(values: &[f64], step: i64) -> Vec<PointScore> {
+    let cfg = UnivariateConfig::default();
+    let mut m = SeriesModel::new();
+    values.iter().enumerate().map(|(i, &v)| m.update(&cfg, 1_700_000_000_000 + i as i64 * step, v)).collect()
+}
+
+fn onsets(scores: &[PointScore]) -> Vec<usize> {
+    scores.iter().enumerate().filter(|(_, s)| s.onset).map(|(i, _)| i).collect()
+}
+
+/// A daily cycle sampled every 5 minutes, with noise of standard deviation `sd`.
+fn daily(i: usize, sd: f64) -> f64 {
+    100.0 + 30.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin() + sd * gauss(i)
+}
+
+#[test]
+fn state_is_at_most_512_bytes_and_owns_no_heap() {
+    // Every field is inline (numbers and a fixed array), so size_of is the whole footprint.
+    let size = std::mem::size_of::<SeriesModel>();
+    assert!(size <= 512, "SeriesModel is {size} bytes");
+    // Feeding a long series does not change that: there is nothing to grow.
+    let mut m = SeriesModel::new();
+    let cfg = UnivariateConfig::default();
+    for i in 0..10_000 {
+        m.update(&cfg, i as i64 * MIN, daily(i, 1.0));
+    }
+    assert_eq!(std::mem::size_of_val(&m), size);
+}
+
+#[test]
+fn a_spike_is_raised_at_the_spike_itself() {
+    let mut v: Vec<f64> = (0..2000).map(|i| 50.0 + gauss(i)).collect();
+    v[1500] += 15.0;
+    let s = run(&v, MIN);
+    assert_eq!(onsets(&s), vec![1500]);
+    assert_eq!(s[1500].kind, AnomalyKind::Spike);
+    assert!(s[1500].score > 0.9, "{:?}", s[1500]);
+    assert!((s[1500].expected - 50.0).abs() < 2.0);
+}
+
+#[test]
+fn a_level_shift_is_raised_within_3_points_and_once() {
+    let v: Vec<f64> = (0..3000).map(|i| if i < 1500 { 20.0 } else { 28.0 } + gauss(i)).collect();
+    let s = run(&v, MIN);
+    let o = onsets(&s);
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert!((1500..=1503).contains(&o[0]), "{o:?}");
+    // While it lasts, the episode names it a level shift.
+    assert!(s[1500..1510].iter().any(|p| p.kind == AnomalyKind::LevelShift), "{:?}", &s[1500..1510]);
+    // And the new level becomes the baseline: the last thousand points are quiet.
+    assert!(s[2000..].iter().all(|p| p.score < 0.5));
+}
+
+#[test]
+fn a_slow_drift_is_raised_within_150_points() {
+    // 0.05 standard deviations per point: invisible point by point, 7.5 deviations after 150 points.
+    let v: Vec<f64> = (0..3000).map(|i| 10.0 + gauss(i) + if i >= 2000 { 0.05 * (i - 2000) as f64 } else { 0.0 }).collect();
+    let s = run(&v, MIN);
+    let o = onsets(&s);
+    assert!(!o.is_empty() && (2000..=2150).contains(&o[0]), "{o:?}");
+    assert_eq!(s[o[0]].kind, AnomalyKind::Drift, "{:?}", s[o[0]]);
+}
+
+#[test]
+fn a_seasonal_break_is_raised_within_36_points() {
+    // Seven clean days, then the daily cycle stops at its mean (where it crosses it, so there is no
+    // jump): the values stay in their usual range, only the shape of the day is gone.
+    let start = 288 * 7;
+    let v: Vec<f64> = (0..288 * 9).map(|i| if i >= start { 100.0 + 0.5 * gauss(i) } else { daily(i, 0.5) }).collect();
+    let s = run(&v, 5 * MIN);
+    let o = onsets(&s);
+    assert!(!o.is_empty(), "nothing raised");
+    assert!((start..=start + 36).contains(&o[0]), "{o:?}");
+    assert_eq!(s[o[0]].kind, AnomalyKind::SeasonalBreak, "{:?}", s[o[0]]);
+}
+
+#[test]
+fn a_flat_line_in_a_noisy_series_is_raised_within_10_points() {
+    let v: Vec<f64> = (0..2000).map(|i| if (1500..1560).contains(&i) { 7.0 } else { 7.0 + gauss(i) }).collect();
+    let s = run(&v, MIN);
+    let o = onsets(&s);
+    assert!(!o.is_empty() && (1500..=1510).contains(&o[0]), "{o:?}");
+    assert_eq!(s[o[0]].kind, AnomalyKind::FlatLine);
+}
+
+#[test]
+fn a_gap_is_raised_on_the_first_point_after_it() {
+    let cfg = UnivariateConfig::default();
+    let mut m = SeriesModel::new();
+    let mut t = 0;
+    let mut found = None;
+    for i in 0..1200 {
+        t += if i == 1000 { 120 * MIN } else { MIN };
+        let p = m.update(&cfg, t, 5.0 + gauss(i));
+        if p.onset {
+            found = Some((i, p.kind));
+        }
+    }
+    assert_eq!(found, Some((1000, AnomalyKind::MissingData)));
+}
+
+#[test]
+fn clean_seasonal_series_stay_below_the_alert_score() {
+    for sd in [0.2, 1.0, 3.0] {
+        let v: Vec<f64> = (0..288 * 14).map(|i| daily(i, sd)).collect();
+        let s = run(&v, 5 * MIN);
+        let worst = s.iter().map(|p| p.score).fold(0.0, f64::max);
+        assert!(onsets(&s).is_empty(), "sd {sd}: onsets {:?}, worst score {worst}", onsets(&s));
+    }
+}
+
+#[test]
+fn warm_up_scores_nothing() {
+    let v: Vec<f64> = (0..64).map(|i| if i % 7 == 0 { 1e6 } else { 1.0 }).collect();
+    let s = run(&v, MIN);
+    assert!(s.iter().all(|p| p.accepted && p.score == 0.0 && !p.onset && p.confidence == 0.0));
+}
+
+#[test]
+fn refused_samples_leave_the_state_untouched() {
+    let cfg = UnivariateConfig::default();
+    let mut m = SeriesModel::new();
+    for i in 0..100 {
+        m.update(&cfg, i * MIN, gauss(i as usize));
+    }
+    let before = m.clone();
+    assert!(!m.update(&cfg, 99 * MIN, 3.0).accepted, "same timestamp");
+    assert!(!m.update(&cfg, 50 * MIN, 3.0).accepted, "older timestamp");
+    assert!(!m.update(&cfg, 100 * MIN, f64::NAN).accepted);
+    assert!(!m.update(&cfg, 100 * MIN, f64::INFINITY).accepted);
+    assert_eq!(m, before);
+}
+
+#[test]
+fn scoring_is_deterministic_and_bounded() {
+    let v: Vec<f64> = (0..5000)
+        .map(|i| {
+            let base = daily(i, 2.0);
+            match i {
+                1000 => base * 3.0,
+                2000..=2300 => base + 40.0,
+                4000..=4100 => 0.0,
+                _ => base,
+            }
+        })
+        .collect();
+    let a = run(&v, 5 * MIN);
+    let b = run(&v, 5 * MIN);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.score.to_bits(), y.score.to_bits());
+        assert_eq!(x.confidence.to_bits(), y.confidence.to_bits());
+        assert_eq!((x.kind, x.onset), (y.kind, y.onset));
+    }
+    for p in &a {
+        assert!((0.0..=1.0).contains(&p.score) && (0.0..=1.0).contains(&p.confidence), "{p:?}");
+    }
+    // A model cloned mid-stream continues exactly as the original.
+    let cfg = UnivariateConfig::default();
+    let mut m = SeriesModel::new();
+    for (i, &x) in v[..2500].iter().enumerate() {
+        m.update(&cfg, 1_700_000_000_000 + i as i64 * 5 * MIN, x);
+    }
+    let mut c = m.clone();
+    for (i, &x) in v.iter().enumerate().skip(2500) {
+        let t = 1_700_000_000_000 + i as i64 * 5 * MIN;
+        assert_eq!(m.update(&cfg, t, x), c.update(&cfg, t, x));
+    }
+}
+
+#[test]
+fn extreme_values_do_not_break_the_model() {
+    let v: Vec<f64> = (0..3000).map(|i| match i % 500 { 0 => 1e300, 1 => -1e300, _ => gauss(i) * 1e-300 }).collect();
+    for p in run(&v, MIN) {
+        assert!(p.score.is_finite() && (0.0..=1.0).contains(&p.score), "{p:?}");
+    }
+}
+
+#[test]
+fn alert_stream_score_is_zero_inside_an_episode_after_its_onset() {
+    let v: Vec<f64> = (0..2000).map(|i| if i < 1500 { 20.0 } else { 40.0 } + gauss(i)).collect();
+    let s = run(&v, MIN);
+    let o = onsets(&s)[0];
+    assert!(s[o].alert_stream_score() >= 0.5);
+    assert!(s[o + 1..o + 30].iter().all(|p| p.in_episode && p.alert_stream_score() == 0.0));
+}
+
+#[test]
+fn isotonic_fit_is_monotone_and_matches_rates() {
+    // Low scores are 10% positive, high scores 90%, with a violation in the middle to pool.
+    let mut pairs = Vec::new();
+    for i in 0..1000 {
+        pairs.push((0.05, i % 10 == 0));
+        pairs.push((0.45, i % 10 < 3));
+        pairs.push((0.55, i % 10 < 2));
+        pairs.push((0.95, i % 10 != 0));
+    }
+    let knots = fit_isotonic(pairs.iter().copied(), 20);
+    assert!(knots.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{knots:?}");
+    assert!((knots[0].1 - 0.1).abs() < 1e-9);
+    assert!((knots[1].1 - 0.25).abs() < 1e-9, "the 0.3 and 0.2 bins pool to 0.25: {knots:?}");
+    assert!((knots.last().map(|k| k.1).unwrap_or(0.0) - 0.9).abs() < 1e-9);
+    assert!((interpolate(&knots, 0.0) - 0.1).abs() < 1e-9);
+    assert!((interpolate(&knots, 1.0) - 0.9).abs() < 1e-9);
+    // The fitted map beats a constant guess on its own data.
+    let fitted = brier(pairs.iter().map(|&(s, y)| (interpolate(&knots, s), y)));
+    let constant = brier(pairs.iter().map(|&(_, y)| (0.5, y)));
+    assert!(fitted < constant - 0.05, "{fitted} vs {constant}");
+    let table = reliability(pairs.iter().map(|&(s, y)| (interpolate(&knots, s), y)), &[0.0, 0.5, 1.0]);
+    assert_eq!(table.iter().map(|r| r.count).sum::<usize>(), pairs.len());
+}
+
+#[test]
+fn shipped_calibration_is_monotone_and_bounded() {
+    let knots = super::calibration_table::KNOTS;
+    assert!(!knots.is_empty());
+    assert_eq!(calibration::confidence(0.0), 0.0, "nothing stands out, nothing is claimed");
+    assert!(knots.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+    assert!(knots.iter().all(|k| (0.0..=1.0).contains(&k.0) && (0.0..=1.0).contains(&k.1)));
+    let mut last = 0.0;
+    for i in 0..=100 {
+        let c = calibration::confidence(i as f64 / 100.0);
+        assert!(c >= last && (0.0..=1.0).contains(&c));
+        last = c;
+    }
+}
+
+#[test]
+fn an_episode_that_gets_much_worse_is_raised_again() {
+    // A modest bump opens an episode (the smallest bump that does); a huge spike two points later is
+    // raised again; a second modest bump inside the episode is not.
+    let base: Vec<f64> = (0..2000).map(|i| 20.0 + gauss(i)).collect();
+    let modest = (16..40)
+        .map(|k| f64::from(k) * 0.25)
+        .find(|&bump| {
+            let mut v = base.clone();
+            v[1500] += bump;
+            onsets(&run(&v, MIN)) == vec![1500]
+        })
+        .expect("some bump opens an episode");
+    let mut v = base.clone();
+    v[1500] += modest;
+    v[1502] += 200.0;
+    v[1510] += modest;
+    let s = run(&v, MIN);
+    assert!(s[1500].score < 0.7, "{:?}", s[1500]);
+    assert_eq!(onsets(&s), vec![1500, 1502]);
+}
