@@ -43,6 +43,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("audit chain broken: {0}")]
     AuditBroken(ChainBreak),
+    #[error("audit log does not match its checkpoints: {0}")]
+    AuditAnchor(cairn_audit::verify::AnchorError),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -134,4 +136,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn audit_head(&self) -> Result<u64>;
     /// Streams the whole log through the chain verifier.
     fn verify_audit(&self) -> Result<ChainSummary>;
+    /// The audit log's Merkle tree head (size, root), from the stored tree nodes.
+    fn audit_tree_head(&self) -> Result<(u64, cairn_audit::merkle::Hash)>;
+    /// An evidence bundle: the events matching `query`, each with its inclusion proof in the tree
+    /// of `checkpoint_size` entries signed by `checkpoint_note`; later events are listed unproven.
+    fn audit_evidence(
+        &self,
+        query: &AuditQuery,
+        subject: &str,
+        checkpoint_note: &str,
+        checkpoint_size: u64,
+    ) -> Result<cairn_audit::bundle::EvidenceBundle>;
+    /// Streams the whole log through the chain verifier while rebuilding the Merkle tree from the
+    /// entries (never trusting the stored nodes), then checks the checkpoints, in written order.
+    fn verify_audit_anchored(
+        &self,
+        checkpoints: &[cairn_audit::verify::PresentedCheckpoint],
+        pinned: &[cairn_audit::checkpoint::NoteVerifier],
+        origin: Option<&str>,
+    ) -> Result<cairn_audit::verify::LogReport>;
 }
