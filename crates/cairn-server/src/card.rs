@@ -4,7 +4,6 @@ use crate::convert as cv;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use cairn_proto::v1 as pb;
-use cairn_store::StoreError;
 use cairn_types::{AlertStatus, RecommendationId};
 
 /// How far back "related recent changes" on the same target look.
@@ -53,26 +52,4 @@ pub fn decision_card(engine: &Engine, id: &RecommendationId, revision: u32) -> R
         executions,
         missing_fields: missing,
     })
-}
-
-/// The verify answer: a broken chain is a successful call that says `ok = false` and names the
-/// first bad entry; only a store failure is an error.
-pub fn verify_response(result: Result<cairn_audit::ChainSummary, StoreError>) -> Result<pb::VerifyResponse, ApiError> {
-    match result {
-        Ok(s) => Ok(pb::VerifyResponse {
-            ok: true,
-            entries: s.entries,
-            head_hash: s.head_hash,
-            first_bad_seq: 0,
-            problem: String::new(),
-        }),
-        Err(StoreError::AuditBroken(b)) => Ok(pb::VerifyResponse {
-            ok: false,
-            entries: 0,
-            head_hash: String::new(),
-            first_bad_seq: b.seq,
-            problem: b.to_string(),
-        }),
-        Err(e) => Err(e.into()),
-    }
 }

@@ -25,6 +25,7 @@ pub struct ServerConfig {
     pub workflow: cairn_workflow::WorkflowConfig,
     pub executor: ExecutorConfig,
     pub verification: VerificationConfig,
+    pub audit: crate::checkpoint::AuditConfig,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +43,7 @@ impl Default for ServerConfig {
             workflow: Default::default(),
             executor: ExecutorConfig::default(),
             verification: VerificationConfig::default(),
+            audit: Default::default(),
         }
     }
 }

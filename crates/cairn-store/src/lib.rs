@@ -131,6 +131,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// newest first.
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>>;
 
+    /// Appends audit events that record something outside this store's own state (a policy
+    /// reload, an alert sent), in a transaction of their own.
+    fn record_audit(&self, audit: &[AuditDraft], now_ms: i64) -> Result<()>;
     fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
     /// The sequence number of the last audit event (0 when empty).
     fn audit_head(&self) -> Result<u64>;

@@ -576,6 +576,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn record_audit(&self, audit: &[AuditDraft], now_ms: i64) -> Result<()> {
+        self.with_tx(|tx| append_audit(tx, audit, now_ms))
+    }
+
     fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
         self.with_conn(|c| audit::query(c, q))
     }
