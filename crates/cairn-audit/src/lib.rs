@@ -21,6 +21,7 @@
 
 pub mod bundle;
 pub mod checkpoint;
+pub mod export;
 pub mod merkle;
 pub mod verify;
 
