@@ -207,6 +207,12 @@ impl ServerConfig {
                 });
             }
         }
+        if self.audit.origin.is_empty() || self.audit.origin.chars().any(|c| c.is_whitespace() || c == '+') {
+            return Err(ConfigError::Invalid {
+                key: "audit.origin",
+                message: "must be non-empty, without spaces or '+' (it names the signing key)".into(),
+            });
+        }
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.token_sha256.len() != 64 || hex::decode(&t.token_sha256).is_err() {
                 return Err(ConfigError::Invalid {
@@ -236,6 +242,8 @@ mod tests {
         assert_eq!(cfg.auth.tokens.len(), 1);
         assert_eq!(cfg.auth.tokens[0].subject, "user:alice");
         assert_eq!(cfg.ingest.queue_capacity, 256);
+        assert_eq!(cfg.audit.checkpoint_every_entries, 1000);
+        assert_eq!(cfg.audit.origin, crate::checkpoint::DEFAULT_ORIGIN);
     }
 
     #[test]
