@@ -154,30 +154,37 @@ pub(super) fn finish_audit_row(row: AuditRow) -> Result<AuditEvent> {
     Ok(e)
 }
 
+/// Only the filters given become SQL conditions, so SQLite can use the index of the one that
+/// narrows most (`col = ?1 OR ?1 IS NULL` would make it scan the whole log).
 pub(super) fn query(c: &Connection, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
+    use rusqlite::types::Value;
+    let mut conds = vec!["seq > ?".to_string()];
+    let mut args: Vec<Value> = vec![Value::Integer(q.after_seq.unwrap_or(0) as i64)];
+    for (col, v) in [
+        ("recommendation_id", &q.recommendation_id),
+        ("incident_id", &q.incident_id),
+        ("actor", &q.actor),
+        ("kind", &q.kind),
+    ] {
+        if let Some(v) = v {
+            conds.push(format!("{col} = ?"));
+            args.push(Value::Text(v.clone()));
+        }
+    }
+    if let Some(t) = q.since_ms {
+        conds.push("at_ms >= ?".into());
+        args.push(Value::Integer(t));
+    }
+    if let Some(t) = q.until_ms {
+        conds.push("at_ms <= ?".into());
+        args.push(Value::Integer(t));
+    }
+    args.push(Value::Integer(if q.limit == 0 { i64::MAX } else { q.limit as i64 }));
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {AUDIT_COLUMNS}
-         FROM audit_log
-         WHERE (?1 IS NULL OR recommendation_id = ?1) AND (?2 IS NULL OR incident_id = ?2)
-           AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR kind = ?4)
-           AND (?5 IS NULL OR at_ms >= ?5) AND (?6 IS NULL OR at_ms <= ?6)
-           AND seq > ?7
-         ORDER BY seq LIMIT ?8"
+        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE {} ORDER BY seq LIMIT ?",
+        conds.join(" AND ")
     ))?;
-    let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
-    let rows = stmt.query_map(
-        params![
-            q.recommendation_id,
-            q.incident_id,
-            q.actor,
-            q.kind,
-            q.since_ms,
-            q.until_ms,
-            q.after_seq.unwrap_or(0) as i64,
-            limit
-        ],
-        audit_row,
-    )?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), audit_row)?;
     let mut out = Vec::new();
     for r in rows {
         out.push(finish_audit_row(r?)?);

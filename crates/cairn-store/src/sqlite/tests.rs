@@ -333,3 +333,30 @@ fn evidence_from_the_store_verifies_against_a_checkpoint() {
     assert_eq!(r.proven_seqs.len() as u64, size);
     assert!(!r.unanchored_seqs.is_empty(), "entries after the checkpoint are listed, not proven");
 }
+
+#[test]
+fn audit_queries_combine_every_given_filter() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let mut drafts = Vec::new();
+    for i in 0..12u32 {
+        drafts.push(AuditDraft {
+            actor: if i % 2 == 0 { "user:alice".into() } else { "user:bob".into() },
+            kind: if i % 3 == 0 { "change.approved".into() } else { "decision.made".into() },
+            recommendation_id: Some(format!("rec-{}", i % 4)),
+            incident_id: Some(format!("inc-{}", i % 2)),
+            ..Default::default()
+        });
+    }
+    for (i, d) in drafts.iter().enumerate() {
+        s.record_audit(std::slice::from_ref(d), 100 + i as i64).unwrap();
+    }
+    let seqs = |q: AuditQuery| s.audit_events(&q).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(AuditQuery { recommendation_id: Some("rec-1".into()), ..Default::default() }), [2, 6, 10]);
+    assert_eq!(
+        seqs(AuditQuery { actor: Some("user:alice".into()), kind: Some("change.approved".into()), ..Default::default() }),
+        [1, 7]
+    );
+    assert_eq!(seqs(AuditQuery { incident_id: Some("inc-1".into()), since_ms: Some(103), until_ms: Some(107), ..Default::default() }), [4, 6, 8]);
+    assert_eq!(seqs(AuditQuery { after_seq: Some(9), ..Default::default() }), [10, 11, 12]);
+    assert_eq!(seqs(AuditQuery { after_seq: Some(2), limit: 2, ..Default::default() }), [3, 4]);
+}
