@@ -52,7 +52,7 @@ fn split(n: u64) -> u64 {
 
 /// The hash of the `n` leaves starting at `start` (MTH of that range).
 fn subtree<S: NodeSource>(src: &S, start: u64, n: u64) -> Result<Hash, S::Error> {
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         let level = n.trailing_zeros();
         return src.node(level, start >> level);
     }

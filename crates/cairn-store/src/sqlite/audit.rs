@@ -28,9 +28,12 @@ impl NodeSource for SqlNodes<'_> {
     }
 }
 
-/// How many leaves the stored tree has.
+/// How many leaves the stored tree has (leaves are appended in index order, so the last index
+/// + 1; answered from the primary key without a scan).
 pub(super) fn tree_size(conn: &Connection) -> Result<u64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM audit_tree WHERE level = 0", [], |r| r.get::<_, i64>(0))? as u64)
+    let last: Option<i64> =
+        conn.query_row("SELECT MAX(idx) FROM audit_tree WHERE level = 0", [], |r| r.get(0))?;
+    Ok(last.map_or(0, |i| i as u64 + 1))
 }
 
 /// Adds entry `seq`'s leaf to the tree (the tree must hold exactly `seq - 1` leaves).
@@ -53,11 +56,13 @@ pub(super) fn catch_up_tree(conn: &Connection) -> Result<()> {
         .prepare("SELECT seq, hash FROM audit_log WHERE seq > ?1 ORDER BY seq")?
         .query_map([have as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<std::result::Result<_, _>>()?;
+    let mut expected = have + 1;
     for (seq, hash) in rows {
-        if seq as u64 != tree_size(conn)? + 1 {
+        if seq as u64 != expected {
             return Err(StoreError::Corrupt(format!("audit entry {seq} does not follow the tree's last leaf")));
         }
         add_leaf(conn, seq as u64, &hash)?;
+        expected += 1;
     }
     Ok(())
 }

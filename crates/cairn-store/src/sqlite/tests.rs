@@ -253,7 +253,7 @@ fn audit_fields_added_later_are_stored_and_read_back() {
         .with_reason_codes(["tier_2".to_string(), "service_scope".to_string()])
         .with_diff_summary("state none -> pending_approval")
         .with_affected_resources(["checkout/production/deploy/checkout".to_string()]);
-    s.propose(&rec(1), &decision(1), &change(1), &[d.clone()], 5).unwrap();
+    s.propose(&rec(1), &decision(1), &change(1), std::slice::from_ref(&d), 5).unwrap();
     let e = s.audit_events(&AuditQuery::default()).unwrap().pop().unwrap();
     assert_eq!(e.signal_id.as_deref(), Some("fp-1"));
     assert_eq!(e.model_version.as_deref(), Some("detector-2"));
