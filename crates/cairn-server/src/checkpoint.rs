@@ -165,11 +165,12 @@ pub fn read_public_keys(paths: &[PathBuf]) -> Result<Vec<NoteVerifier>, String> 
     Ok(out)
 }
 
-/// Mutable writer state: the counter for the next file name and the size last signed.
+/// Mutable writer state: the counter for the next file name and the tree head last signed.
 #[derive(Debug)]
 struct Written {
     counter: u64,
     size: u64,
+    root: Option<cairn_audit::merkle::Hash>,
 }
 
 /// Signs the store's tree head and writes it to the checkpoint directory.
@@ -216,17 +217,16 @@ impl Checkpointer {
         std::fs::create_dir_all(&dir).map_err(|source| CheckpointSetupError::Dir { path: dir.clone(), source })?;
         let existing = read_checkpoints(&dir).map_err(|source| CheckpointSetupError::Dir { path: dir.clone(), source })?;
         let counter = existing.iter().filter_map(|c| c.label.split('-').next()?.parse::<u64>().ok()).max().unwrap_or(0);
-        let size = existing
-            .last()
-            .and_then(|c| c.note.split('\n').nth(1).and_then(|s| s.parse::<u64>().ok()))
-            .unwrap_or(0);
+        // The last checkpoint is only trusted if it verifies against our own keys.
+        let last = existing.last().and_then(|c| cairn_audit::checkpoint::open_checkpoint(&c.note, &pinned).ok());
+        let (size, root) = last.map_or((0, None), |v| (v.checkpoint.size, Some(v.checkpoint.root)));
         Ok(Checkpointer {
             store,
             signer,
             pinned,
             origin: cfg.origin.clone(),
             dir,
-            written: Mutex::new(Written { counter, size }),
+            written: Mutex::new(Written { counter, size, root }),
         })
     }
 
@@ -255,6 +255,17 @@ impl Checkpointer {
         if size == 0 || size <= w.size {
             return Ok(None);
         }
+        // Never sign a history that forks from what was signed before: the tree's prefix must
+        // still hash to the last signed root (the nodes are append-only, so this is consistency).
+        if let Some(last_root) = w.root {
+            let now = self.store.audit_tree_root_at(w.size).map_err(|e| e.to_string())?;
+            if now != Some(last_root) {
+                return Err(format!(
+                    "refusing to sign: the stored audit tree no longer matches the last checkpoint (size {}); the log was altered — run `cairn audit verify`",
+                    w.size
+                ));
+            }
+        }
         let note = self.signer.sign(&Checkpoint { origin: self.origin.clone(), size, root });
         let name = format!("{:010}-size-{size}{CHECKPOINT_SUFFIX}", w.counter + 1);
         let path = self.dir.join(&name);
@@ -265,6 +276,7 @@ impl Checkpointer {
             .map_err(|e| format!("cannot write checkpoint {}: {e}", path.display()))?;
         w.counter += 1;
         w.size = size;
+        w.root = Some(root);
         Ok(Some(path))
     }
 
@@ -376,6 +388,31 @@ mod tests {
         append(&store, 1);
         let third = again.write_now().expect("write").expect("written");
         assert!(third.file_name().expect("name").to_string_lossy().starts_with("0000000003-"));
+    }
+
+    #[test]
+    fn the_writer_refuses_to_sign_a_tree_that_forks_from_its_last_checkpoint() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("keys")).expect("mkdir");
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        let db = data.join("cairn.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).expect("store"));
+        append(&store, 3);
+        let cp = Checkpointer::open(&config(tmp.path()), &data, store.clone()).expect("open");
+        cp.write_now().expect("write").expect("written");
+        // Someone rewrites the tree's nodes behind the store's back, then the log grows.
+        let c = rusqlite::Connection::open(&db).expect("open db");
+        c.execute_batch(
+            "DROP TRIGGER audit_tree_no_update; UPDATE audit_tree SET hash = zeroblob(32) WHERE level = 1 AND idx = 0;",
+        )
+        .expect("tamper");
+        append(&store, 1);
+        let err = cp.write_now().expect_err("refused");
+        assert!(err.contains("refusing to sign") && err.contains("size 3"), "{err}");
+        // A restarted writer trusts only a checkpoint it can verify, and refuses the same way.
+        let again = Checkpointer::open(&config(tmp.path()), &data, store.clone()).expect("reopen");
+        assert!(again.write_now().is_err());
     }
 
     #[test]

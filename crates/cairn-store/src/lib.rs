@@ -141,6 +141,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn verify_audit(&self) -> Result<ChainSummary>;
     /// The audit log's Merkle tree head (size, root), from the stored tree nodes.
     fn audit_tree_head(&self) -> Result<(u64, cairn_audit::merkle::Hash)>;
+    /// The root of the stored tree's first `size` leaves (`None` past the tree's size).
+    fn audit_tree_root_at(&self, size: u64) -> Result<Option<cairn_audit::merkle::Hash>>;
     /// An evidence bundle: the events matching `query`, each with its inclusion proof in the tree
     /// of `checkpoint_size` entries signed by `checkpoint_note`; later events are listed unproven.
     fn audit_evidence(

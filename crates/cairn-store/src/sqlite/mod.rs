@@ -605,6 +605,15 @@ impl Store for SqliteStore {
         })
     }
 
+    fn audit_tree_root_at(&self, size: u64) -> Result<Option<cairn_audit::merkle::Hash>> {
+        self.with_conn(|c| {
+            if size > audit::tree_size(c)? {
+                return Ok(None);
+            }
+            Ok(Some(cairn_audit::merkle::root(&audit::SqlNodes(c), size)?))
+        })
+    }
+
     fn audit_evidence(
         &self,
         q: &AuditQuery,
