@@ -56,13 +56,11 @@ pub(super) fn catch_up_tree(conn: &Connection) -> Result<()> {
         .prepare("SELECT seq, hash FROM audit_log WHERE seq > ?1 ORDER BY seq")?
         .query_map([have as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<std::result::Result<_, _>>()?;
-    let mut expected = have + 1;
-    for (seq, hash) in rows {
+    for (expected, (seq, hash)) in (have + 1..).zip(rows) {
         if seq as u64 != expected {
             return Err(StoreError::Corrupt(format!("audit entry {seq} does not follow the tree's last leaf")));
         }
         add_leaf(conn, seq as u64, &hash)?;
-        expected += 1;
     }
     Ok(())
 }
