@@ -13,6 +13,12 @@
 //! not started running, pending changes past their expiry become expired, and claimed changes become
 //! executing — each with the audit event it generates (actor `system:cairn`).
 //!
+//! Beside the audit log the store keeps the RFC 6962 Merkle tree's perfect-subtree nodes
+//! (`cairn_audit::merkle`), appended in the same transaction as the entries, so tree heads for
+//! checkpoints and inclusion proofs for evidence bundles never re-read the log. Verification never
+//! trusts those nodes: [`Store::verify_audit_anchored`] rebuilds the tree from the entries.
+//! [`SqliteStore::open_read_only`] opens a stopped server's database (or a copy) for auditors.
+//!
 //! The trait is synchronous; the server calls it from blocking threads. No SQLite type appears in
 //! its signatures, so a PostgreSQL implementation can follow.
 
