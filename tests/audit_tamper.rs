@@ -29,6 +29,8 @@ async fn editing_one_stored_audit_row_is_detected_and_named() {
 
     let v = h.audit("user:alice").await.verify(pb::VerifyRequest {}).await.unwrap().into_inner();
     assert!(v.ok, "{v:?}");
+    assert_eq!(v.tree_size, v.entries, "{v:?}");
+    assert_eq!(v.root_hash.len(), 64, "{v:?}");
     assert!(v.entries >= 5, "proposal, decision, change, approval, execution: {v:?}");
     let events = h
         .audit("user:alice")
@@ -44,7 +46,28 @@ async fn editing_one_stored_audit_row_is_detected_and_named() {
     }
     let approval = events.iter().find(|e| e.kind == "change.approved").unwrap();
     assert_eq!(approval.actor, "user:carol");
+    // A live Prove signs a fresh checkpoint and returns a bundle that verifies with its key alone.
+    let proved = h
+        .audit("user:alice")
+        .await
+        .prove(pb::ProveRequest { recommendation_id: r.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = cairn_audit::checkpoint::NoteVerifier::parse(&proved.public_key).unwrap();
+    let bundle: cairn_audit::bundle::EvidenceBundle = serde_json::from_str(&proved.bundle_json).unwrap();
+    let report = cairn_audit::bundle::verify_bundle(&bundle, &[key]).unwrap();
+    assert_eq!(report.proven_seqs, events.iter().map(|e| e.seq).collect::<Vec<_>>());
+    assert!(report.unanchored_seqs.is_empty());
+    let refused = h.audit("user:alice").await.prove(pb::ProveRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
     h.stop().await;
+    // The checkpoints (from Prove, and the graceful stop when anything was new) cover every entry.
+    let checkpoints: Vec<_> = std::fs::read_dir(h.data_dir.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!checkpoints.is_empty(), "{checkpoints:?}");
+    let note = std::fs::read_to_string(checkpoints.iter().max().unwrap()).unwrap();
+    assert!(note.lines().nth(1).unwrap().parse::<u64>().unwrap() >= v.entries, "{note}");
 
     // Someone with access to the file rewrites history: the trigger that refuses UPDATE is in the
     // way, so they drop it first.

@@ -1,14 +1,29 @@
-//! The audit log's hash chain.
+//! The audit log: hash chain, Merkle tree, signed checkpoints, proofs and their verification.
 //!
 //! Owns how an [`AuditDraft`] becomes a sealed [`AuditEvent`] (sequence number, time, previous
 //! hash, own hash) and how a sequence of events is verified. Each entry's hash covers the previous
 //! entry's hash and every field of its own, so changing, dropping, inserting or reordering any past
 //! entry breaks the chain at a precise place.
 //!
-//! Pure: it never reads a clock or a store. The store seals drafts inside the transaction of the
-//! state change they record, and streams the log back through [`verify_chain`].
+//! On top of the chain, as Certificate Transparency logs do:
+//! - [`merkle`]: an RFC 6962 Merkle tree whose leaf `seq - 1` is entry `seq`'s hash, with
+//!   inclusion and consistency proofs;
+//! - [`checkpoint`]: ed25519-signed checkpoints (tree size + root) in the C2SP signed-note format,
+//!   verified against a set of pinned public keys so keys can rotate;
+//! - [`verify`]: the whole-log verifier (chain, then every checkpoint in written order);
+//! - [`bundle`]: evidence bundles an auditor verifies offline with only the public key.
+//!
+//! Pure: it never reads a clock, a store or a file. The store seals drafts inside the transaction
+//! of the state change they record and keeps the tree's nodes; the server signs and writes
+//! checkpoints; the CLI reads files and calls the verifiers here.
 
 #![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod checkpoint;
+pub mod export;
+pub mod merkle;
+pub mod verify;
 
 use cairn_types::{AuditDraft, AuditEvent};
 use serde::Serialize;
@@ -33,6 +48,18 @@ struct Covered<'a> {
     policy_version: &'a Option<String>,
     reason: &'a str,
     payload: &'a serde_json::Value,
+    // Fields added after the first release are left out when empty, so entries written before
+    // them keep their hashes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal_id: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_version: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    reason_codes: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff_summary: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    affected_resources: &'a [String],
     prev_hash: &'a str,
 }
 
@@ -50,6 +77,11 @@ pub fn entry_hash(e: &AuditEvent) -> String {
         policy_version: &e.policy_version,
         reason: &e.reason,
         payload: &e.payload,
+        signal_id: &e.signal_id,
+        model_version: &e.model_version,
+        reason_codes: &e.reason_codes,
+        diff_summary: &e.diff_summary,
+        affected_resources: &e.affected_resources,
         prev_hash: &e.prev_hash,
     };
     // Serialising plain data into a Vec cannot fail.
@@ -59,6 +91,15 @@ pub fn entry_hash(e: &AuditEvent) -> String {
     h.update(b"\n");
     h.update(&body);
     hex::encode(h.finalize())
+}
+
+/// The Merkle leaf hash of an entry: `leaf_hash` of its 32-byte entry hash.
+pub fn entry_leaf(e: &AuditEvent) -> merkle::Hash {
+    match hex::decode(&e.hash) {
+        Ok(raw) => merkle::leaf_hash(&raw),
+        // Not hex: the chain check reports it; the leaf must still differ from any honest one.
+        Err(_) => merkle::leaf_hash(e.hash.as_bytes()),
+    }
 }
 
 /// Seals a draft as entry `seq`, chained to `prev_hash`.
@@ -75,6 +116,11 @@ pub fn seal(prev_hash: &str, seq: u64, at_ms: i64, draft: &AuditDraft) -> AuditE
         policy_version: draft.policy_version.clone(),
         reason: draft.reason.clone(),
         payload: draft.payload.clone(),
+        signal_id: draft.signal_id.clone(),
+        model_version: draft.model_version.clone(),
+        reason_codes: draft.reason_codes.clone(),
+        diff_summary: draft.diff_summary.clone(),
+        affected_resources: draft.affected_resources.clone(),
         prev_hash: prev_hash.to_string(),
         hash: String::new(),
     };
@@ -182,11 +228,11 @@ pub fn verify_chain(events: impl IntoIterator<Item = AuditEvent>) -> Result<Chai
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn chain(n: u64) -> Vec<AuditEvent> {
+    pub(crate) fn chain(n: u64) -> Vec<AuditEvent> {
         let mut out: Vec<AuditEvent> = Vec::new();
         for i in 1..=n {
             let prev = out.last().map(|e| e.hash.clone()).unwrap_or_else(|| GENESIS_HASH.into());
@@ -213,6 +259,16 @@ mod tests {
         assert_eq!(verify_chain(Vec::new()).unwrap().head_hash, GENESIS_HASH);
     }
 
+    /// Entries written before the extra fields existed keep their hashes: this value was
+    /// computed by the release that had only the original fields.
+    const GOLDEN_FIRST_HASH: &str = "bd77e2aaeadd1bcbef3b3ba0444a253fc03e63431e015f25e5a5b291696f877e";
+
+    #[test]
+    fn hashes_of_entries_without_the_newer_fields_are_unchanged() {
+        let c = chain(1);
+        assert_eq!(c[0].hash, GOLDEN_FIRST_HASH);
+    }
+
     #[test]
     fn payload_keys_serialise_sorted() {
         let v: serde_json::Value = serde_json::from_str(r#"{"z": 1, "a": 2}"#).unwrap();
@@ -230,6 +286,11 @@ mod tests {
             Box::new(|e| e.revision = Some(2)),
             Box::new(|e| e.payload = json!({"b": 0})),
             Box::new(|e| e.policy_version = Some("sha256:forged".into())),
+            Box::new(|e| e.signal_id = Some("fp-forged".into())),
+            Box::new(|e| e.model_version = Some("detector-v0".into())),
+            Box::new(|e| e.reason_codes.push("forged".into())),
+            Box::new(|e| e.diff_summary = Some("nothing changed".into())),
+            Box::new(|e| e.affected_resources.push("prod/db".into())),
         ];
         for m in mutations {
             let mut c = chain(5);

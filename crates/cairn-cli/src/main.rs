@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod client;
 mod demo;
 mod eval_nab;
@@ -36,9 +37,9 @@ enum Command {
     Review(ReviewCmd),
     /// Follow recommendation state changes live.
     Watch(WatchArgs),
-    /// Query and verify the audit trail.
+    /// Query, verify, prove and export the audit trail.
     #[command(subcommand)]
-    Audit(AuditCmd),
+    Audit(audit::AuditCmd),
     /// Create bearer tokens for the server's configuration.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -70,6 +71,12 @@ struct ServeArgs {
     /// Where the store lives [default: ./cairn-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where signed audit checkpoints go; put it on another volume [default: <data-dir>/checkpoints].
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// The audit signing key [default: generated at <data-dir>.audit-key].
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -158,33 +165,6 @@ struct WatchArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum AuditCmd {
-    /// Recompute the hash chain on the server; exits non-zero if any entry was changed, dropped or
-    /// reordered, naming the first bad one.
-    Verify {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Events matching every given filter.
-    Query {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[arg(long)]
-        recommendation: Option<String>,
-        #[arg(long)]
-        incident: Option<String>,
-        #[arg(long)]
-        actor: Option<String>,
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        after_seq: u64,
-        #[arg(long, default_value_t = 1000)]
-        limit: u32,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 enum TokenCmd {
     /// Print a new random token and the `[[auth.tokens]]` entry (with only its hash) to paste into
     /// the server's configuration.
@@ -254,16 +234,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         },
         Command::Policy(cmd) => policy::run(cmd).await,
         Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
-        Command::Audit(cmd) => match cmd {
-            AuditCmd::Verify { client } => {
-                let ok = client::audit_verify(&client).await?;
-                Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(3) })
-            }
-            AuditCmd::Query { client, recommendation, incident, actor, kind, after_seq, limit } => {
-                client::audit_query(&client, recommendation, incident, actor, kind, after_seq, limit).await?;
-                Ok(ExitCode::SUCCESS)
-            }
-        },
+        Command::Audit(cmd) => audit::run(cmd).await,
         Command::Eval(EvalCmd::Nab(args)) => eval_nab::run(args).map(|()| ExitCode::SUCCESS),
         Command::Token(TokenCmd::New { subject, display_name, groups }) => {
             let token = cairn_server::auth::new_token();
@@ -303,6 +274,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
+    }
+    if let Some(d) = args.checkpoint_dir {
+        cfg.audit.checkpoint_dir = Some(d);
+    }
+    if let Some(k) = args.signing_key {
+        cfg.audit.signing_key = Some(k);
     }
     let server = cairn_server::start(cfg, std::sync::Arc::new(cairn_server::engine::SystemClock))
         .await

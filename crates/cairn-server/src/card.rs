@@ -4,7 +4,7 @@ use crate::convert as cv;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use cairn_proto::v1 as pb;
-use cairn_store::{RecommendationFilter, RecommendationRecord, StoreError};
+use cairn_store::{RecommendationFilter, RecommendationRecord};
 use cairn_types::{AlertStatus, ChangeState, Recommendation, RecommendationId};
 
 /// How far back "related recent changes" on the same target look.
@@ -112,26 +112,4 @@ fn rollback_confidence(on_service: &[RecommendationRecord], rec: &Recommendation
         if plan.owner.is_empty() { "unnamed" } else { &plan.owner },
         rec.reversibility.as_str()
     )
-}
-
-/// The verify answer: a broken chain is a successful call that says `ok = false` and names the
-/// first bad entry; only a store failure is an error.
-pub fn verify_response(result: Result<cairn_audit::ChainSummary, StoreError>) -> Result<pb::VerifyResponse, ApiError> {
-    match result {
-        Ok(s) => Ok(pb::VerifyResponse {
-            ok: true,
-            entries: s.entries,
-            head_hash: s.head_hash,
-            first_bad_seq: 0,
-            problem: String::new(),
-        }),
-        Err(StoreError::AuditBroken(b)) => Ok(pb::VerifyResponse {
-            ok: false,
-            entries: 0,
-            head_hash: String::new(),
-            first_bad_seq: b.seq,
-            problem: b.to_string(),
-        }),
-        Err(e) => Err(e.into()),
-    }
 }

@@ -27,6 +27,7 @@ pub struct ServerConfig {
     pub verification: VerificationConfig,
     /// `[[maintenance_windows]]`: when tier-3 changes may run (see `cairn_workflow::MaintenanceWindow`).
     pub maintenance_windows: Vec<cairn_workflow::MaintenanceWindow>,
+    pub audit: crate::checkpoint::AuditConfig,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +46,7 @@ impl Default for ServerConfig {
             executor: ExecutorConfig::default(),
             verification: VerificationConfig::default(),
             maintenance_windows: Vec::new(),
+            audit: Default::default(),
         }
     }
 }
@@ -208,6 +210,12 @@ impl ServerConfig {
                 });
             }
         }
+        if self.audit.origin.is_empty() || self.audit.origin.chars().any(|c| c.is_whitespace() || c == '+') {
+            return Err(ConfigError::Invalid {
+                key: "audit.origin",
+                message: "must be non-empty, without spaces or '+' (it names the signing key)".into(),
+            });
+        }
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.token_sha256.len() != 64 || hex::decode(&t.token_sha256).is_err() {
                 return Err(ConfigError::Invalid {
@@ -241,6 +249,8 @@ mod tests {
         assert_eq!(cfg.auth.tokens[0].subject, "user:alice");
         assert_eq!(cfg.ingest.queue_capacity, 256);
         assert_eq!(cfg.maintenance_windows.len(), 1);
+        assert_eq!(cfg.audit.checkpoint_every_entries, 1000);
+        assert_eq!(cfg.audit.origin, crate::checkpoint::DEFAULT_ORIGIN);
     }
 
     #[test]

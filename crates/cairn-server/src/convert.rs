@@ -249,7 +249,37 @@ pub fn audit_to_pb(e: &t::AuditEvent) -> pb::AuditEvent {
         payload_json: e.payload.to_string(),
         prev_hash: e.prev_hash.clone(),
         hash: e.hash.clone(),
+        signal_id: e.signal_id.clone().unwrap_or_default(),
+        model_version: e.model_version.clone().unwrap_or_default(),
+        reason_codes: e.reason_codes.clone(),
+        diff_summary: e.diff_summary.clone().unwrap_or_default(),
+        affected_resources: e.affected_resources.clone(),
     }
+}
+
+/// The inverse of [`audit_to_pb`], for clients that re-check what the server sent.
+pub fn audit_from_pb(e: &pb::AuditEvent) -> Result<t::AuditEvent, serde_json::Error> {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Ok(t::AuditEvent {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        actor: e.actor.clone(),
+        kind: e.kind.clone(),
+        incident_id: some(&e.incident_id),
+        recommendation_id: some(&e.recommendation_id),
+        revision: e.revision,
+        change_id: some(&e.change_id),
+        policy_version: some(&e.policy_version),
+        reason: e.reason.clone(),
+        payload: serde_json::from_str(&e.payload_json)?,
+        signal_id: some(&e.signal_id),
+        model_version: some(&e.model_version),
+        reason_codes: e.reason_codes.clone(),
+        diff_summary: some(&e.diff_summary),
+        affected_resources: e.affected_resources.clone(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    })
 }
 
 pub fn watch_event_from_audit(e: &t::AuditEvent) -> pb::WatchEvent {

@@ -337,6 +337,7 @@ impl ReviewSvc {
 #[derive(Debug)]
 pub struct AuditSvc {
     pub engine: Arc<Engine>,
+    pub checkpoints: Arc<crate::checkpoint::Checkpointer>,
 }
 
 #[tonic::async_trait]
@@ -362,10 +363,16 @@ impl pb::audit_service_server::AuditService for AuditSvc {
 
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         principal(&request)?;
-        let engine = self.engine.clone();
-        let result = tokio::task::spawn_blocking(move || engine.store.verify_audit())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(crate::card::verify_response(result)?))
+        let (engine, checkpoints) = (self.engine.clone(), self.checkpoints.clone());
+        let response = blocking(move || crate::audit_api::verify(engine.store.as_ref(), &checkpoints)).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn prove(&self, request: Request<pb::ProveRequest>) -> Result<Response<pb::ProveResponse>, Status> {
+        principal(&request)?;
+        let r = request.into_inner();
+        let (engine, checkpoints) = (self.engine.clone(), self.checkpoints.clone());
+        let response = blocking(move || crate::audit_api::prove(engine.store.as_ref(), &checkpoints, r)).await?;
+        Ok(Response::new(response))
     }
 }

@@ -9,8 +9,10 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_api;
 pub mod auth;
 mod card;
+pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod engine;
@@ -55,6 +57,8 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointSetupError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -63,6 +67,7 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub engine: Arc<Engine>,
+    pub checkpointer: Arc<checkpoint::Checkpointer>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -73,11 +78,13 @@ impl RunningServer {
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+        self.checkpointer.write_final().await;
     }
 
     /// Waits until the server stops (after `cancel` is triggered elsewhere).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        self.checkpointer.write_final().await;
     }
 
     pub fn cancel_token(&self) -> CancellationToken {
@@ -92,6 +99,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
     let db = cfg.data_dir.join("cairn.db");
     let store: Arc<dyn cairn_store::Store> = Arc::new(cairn_store::SqliteStore::open(&db)?);
+    let checkpointer = Arc::new(checkpoint::Checkpointer::open(&cfg.audit, &cfg.data_dir, store.clone())?);
 
     let bundle = match &cfg.policy.bundle {
         Some(dir) => cairn_policy::PolicyBundle::load_dir(dir)?,
@@ -153,6 +161,12 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     tasks.spawn(analysis_worker(engine.clone(), analysis, queue_rx, worker_alive.clone()));
     tasks.spawn(engine.clone().executor_loop(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
+    tasks.spawn(checkpointer.clone().run(
+        engine.subscribe_audit_head(),
+        Duration::from_secs(cfg.audit.checkpoint_every_secs.max(1)),
+        cfg.audit.checkpoint_every_entries,
+        cancel.clone(),
+    ));
 
     // HTTP
     let http_listener = TcpListener::bind(cfg.http_addr)
@@ -217,7 +231,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         required.clone(),
     );
     let audit_svc = pb::audit_service_server::AuditServiceServer::with_interceptor(
-        grpc::AuditSvc { engine: engine.clone() },
+        grpc::AuditSvc { engine: engine.clone(), checkpoints: checkpointer.clone() },
         required,
     );
     let c = cancel.clone();
@@ -239,7 +253,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     });
 
     info!(%http_addr, %grpc_addr, "cairn is listening");
-    Ok(RunningServer { http_addr, grpc_addr, engine, cancel, tasks })
+    Ok(RunningServer { http_addr, grpc_addr, engine, checkpointer, cancel, tasks })
 }
 
 /// Windows and the approver roster as configured now: an approval by someone no longer configured

@@ -13,6 +13,12 @@
 //! not started running, pending changes past their expiry become expired, and claimed changes become
 //! executing — each with the audit event it generates (actor `system:cairn`).
 //!
+//! Beside the audit log the store keeps the RFC 6962 Merkle tree's perfect-subtree nodes
+//! (`cairn_audit::merkle`), appended in the same transaction as the entries, so tree heads for
+//! checkpoints and inclusion proofs for evidence bundles never re-read the log. Verification never
+//! trusts those nodes: [`Store::verify_audit_anchored`] rebuilds the tree from the entries.
+//! [`SqliteStore::open_read_only`] opens a stopped server's database (or a copy) for auditors.
+//!
 //! The trait is synchronous; the server calls it from blocking threads. No SQLite type appears in
 //! its signatures, so a PostgreSQL implementation can follow.
 
@@ -43,6 +49,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("audit chain broken: {0}")]
     AuditBroken(ChainBreak),
+    #[error("audit log does not match its checkpoints: {0}")]
+    AuditAnchor(cairn_audit::verify::AnchorError),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -134,9 +142,33 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// newest first.
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>>;
 
+    /// Appends audit events that record something outside this store's own state (a policy
+    /// reload, an alert sent), in a transaction of their own.
+    fn record_audit(&self, audit: &[AuditDraft], now_ms: i64) -> Result<()>;
     fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
     /// The sequence number of the last audit event (0 when empty).
     fn audit_head(&self) -> Result<u64>;
     /// Streams the whole log through the chain verifier.
     fn verify_audit(&self) -> Result<ChainSummary>;
+    /// The audit log's Merkle tree head (size, root), from the stored tree nodes.
+    fn audit_tree_head(&self) -> Result<(u64, cairn_audit::merkle::Hash)>;
+    /// The root of the stored tree's first `size` leaves (`None` past the tree's size).
+    fn audit_tree_root_at(&self, size: u64) -> Result<Option<cairn_audit::merkle::Hash>>;
+    /// An evidence bundle: the events matching `query`, each with its inclusion proof in the tree
+    /// of `checkpoint_size` entries signed by `checkpoint_note`; later events are listed unproven.
+    fn audit_evidence(
+        &self,
+        query: &AuditQuery,
+        subject: &str,
+        checkpoint_note: &str,
+        checkpoint_size: u64,
+    ) -> Result<cairn_audit::bundle::EvidenceBundle>;
+    /// Streams the whole log through the chain verifier while rebuilding the Merkle tree from the
+    /// entries (never trusting the stored nodes), then checks the checkpoints, in written order.
+    fn verify_audit_anchored(
+        &self,
+        checkpoints: &[cairn_audit::verify::PresentedCheckpoint],
+        pinned: &[cairn_audit::checkpoint::NoteVerifier],
+        origin: Option<&str>,
+    ) -> Result<cairn_audit::verify::LogReport>;
 }

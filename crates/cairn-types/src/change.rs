@@ -197,6 +197,21 @@ pub struct AuditDraft {
     pub policy_version: Option<String>,
     pub reason: String,
     pub payload: serde_json::Value,
+    /// The signal (alert fingerprint or series) that triggered the chain, when known.
+    #[serde(default)]
+    pub signal_id: Option<String>,
+    /// The detector or recommender model version behind the recorded step.
+    #[serde(default)]
+    pub model_version: Option<String>,
+    /// Machine-readable reasons, e.g. the policy's reason codes for a decision.
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+    /// A one-line summary of what changed, e.g. `state pending_approval -> approved`.
+    #[serde(default)]
+    pub diff_summary: Option<String>,
+    /// The resources the step touches, e.g. `checkout/production/checkout-1`.
+    #[serde(default)]
+    pub affected_resources: Vec<String>,
 }
 
 impl AuditDraft {
@@ -219,7 +234,33 @@ impl AuditDraft {
             policy_version: Some(change.policy_version.clone()),
             reason,
             payload,
+            ..AuditDraft::default()
         }
+    }
+
+    pub fn with_signal(mut self, signal_id: impl Into<String>) -> AuditDraft {
+        self.signal_id = Some(signal_id.into());
+        self
+    }
+
+    pub fn with_model_version(mut self, version: impl Into<String>) -> AuditDraft {
+        self.model_version = Some(version.into());
+        self
+    }
+
+    pub fn with_reason_codes(mut self, codes: impl IntoIterator<Item = String>) -> AuditDraft {
+        self.reason_codes = codes.into_iter().collect();
+        self
+    }
+
+    pub fn with_diff_summary(mut self, summary: impl Into<String>) -> AuditDraft {
+        self.diff_summary = Some(summary.into());
+        self
+    }
+
+    pub fn with_affected_resources(mut self, resources: impl IntoIterator<Item = String>) -> AuditDraft {
+        self.affected_resources = resources.into_iter().collect();
+        self
     }
 }
 
@@ -241,6 +282,16 @@ pub struct AuditEvent {
     pub policy_version: Option<String>,
     pub reason: String,
     pub payload: serde_json::Value,
+    #[serde(default)]
+    pub signal_id: Option<String>,
+    #[serde(default)]
+    pub model_version: Option<String>,
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+    #[serde(default)]
+    pub diff_summary: Option<String>,
+    #[serde(default)]
+    pub affected_resources: Vec<String>,
     /// Hex SHA-256 of the previous entry (64 zeros for the first).
     pub prev_hash: String,
     /// Hex SHA-256 of this entry.

@@ -1,6 +1,8 @@
 //! The SQLite implementation: one connection behind a mutex, WAL mode, numbered migrations tracked
 //! in `PRAGMA user_version`, an append-only audit table guarded by triggers.
 
+mod audit;
+
 use crate::{AuditQuery, RecommendationFilter, RecommendationRecord, Result, Store, StoreError};
 use cairn_types::{
     AlertEvent, Anomaly, AuditDraft, AuditEvent, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest,
@@ -98,6 +100,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
     "#,
+    // 2: audit entries gain the signal, model version, reason codes, diff summary and affected
+    // resources; the Merkle tree's perfect-subtree nodes are kept beside the log (append-only too).
+    r#"
+    ALTER TABLE audit_log ADD COLUMN signal_id TEXT;
+    ALTER TABLE audit_log ADD COLUMN model_version TEXT;
+    ALTER TABLE audit_log ADD COLUMN reason_codes TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE audit_log ADD COLUMN diff_summary TEXT;
+    ALTER TABLE audit_log ADD COLUMN affected_resources TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX audit_by_actor ON audit_log (actor);
+    CREATE INDEX audit_by_time ON audit_log (at_ms);
+    CREATE TABLE audit_tree (
+        level INTEGER NOT NULL,
+        idx   INTEGER NOT NULL,
+        hash  BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER audit_tree_no_update BEFORE UPDATE ON audit_tree
+        BEGIN SELECT RAISE(ABORT, 'the audit tree is append-only: UPDATE refused'); END;
+    CREATE TRIGGER audit_tree_no_delete BEFORE DELETE ON audit_tree
+        BEGIN SELECT RAISE(ABORT, 'the audit tree is append-only: DELETE refused'); END;
+    "#,
 ];
 
 /// SQLite-backed [`Store`].
@@ -142,6 +165,34 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        audit::catch_up_tree(&tx)?;
+        tx.commit()?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    /// Opens an existing database read-only, without migrating it: for verifying a stopped
+    /// server's data directory, or a copy of it, without changing a byte.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore> {
+        use rusqlite::OpenFlags;
+        if !path.exists() {
+            return Err(StoreError::NotFound(format!("database {}", path.display())));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let known = MIGRATIONS.len() as i64;
+        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if current > known {
+            return Err(StoreError::SchemaTooNew { found: current, known });
+        }
+        if current < known {
+            return Err(StoreError::Corrupt(format!(
+                "the database schema is version {current}, older than this build ({known}); verify a copy after opening it once with `cairn serve`"
+            )));
+        }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
@@ -161,38 +212,7 @@ impl SqliteStore {
 
 /// Seals and appends drafts inside the caller's transaction.
 fn append_audit(tx: &Transaction<'_>, drafts: &[AuditDraft], now_ms: i64) -> Result<()> {
-    if drafts.is_empty() {
-        return Ok(());
-    }
-    let head: Option<(i64, String)> = tx
-        .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (mut seq, mut prev) = head.unwrap_or((0, cairn_audit::GENESIS_HASH.to_string()));
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO audit_log (seq, at_ms, actor, kind, incident_id, recommendation_id, revision, change_id, policy_version, reason, payload, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?;
-    for d in drafts {
-        seq += 1;
-        let e = cairn_audit::seal(&prev, seq as u64, now_ms, d);
-        stmt.execute(params![
-            seq,
-            e.at_ms,
-            e.actor,
-            e.kind,
-            e.incident_id,
-            e.recommendation_id,
-            e.revision,
-            e.change_id,
-            e.policy_version,
-            e.reason,
-            e.payload.to_string(),
-            e.prev_hash,
-            e.hash,
-        ])?;
-        prev = e.hash;
-    }
-    Ok(())
+    audit::append(tx, drafts, now_ms)
 }
 
 fn read_change(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Option<ChangeRequest>> {
@@ -589,37 +609,12 @@ impl Store for SqliteStore {
         })
     }
 
+    fn record_audit(&self, audit: &[AuditDraft], now_ms: i64) -> Result<()> {
+        self.with_tx(|tx| append_audit(tx, audit, now_ms))
+    }
+
     fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
-        self.with_conn(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, at_ms, actor, kind, incident_id, recommendation_id, revision, change_id, policy_version, reason, payload, prev_hash, hash
-                 FROM audit_log
-                 WHERE (?1 IS NULL OR recommendation_id = ?1) AND (?2 IS NULL OR incident_id = ?2)
-                   AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR kind = ?4)
-                   AND (?5 IS NULL OR at_ms >= ?5) AND (?6 IS NULL OR at_ms <= ?6)
-                   AND seq > ?7
-                 ORDER BY seq LIMIT ?8",
-            )?;
-            let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
-            let rows = stmt.query_map(
-                params![
-                    q.recommendation_id,
-                    q.incident_id,
-                    q.actor,
-                    q.kind,
-                    q.since_ms,
-                    q.until_ms,
-                    q.after_seq.unwrap_or(0) as i64,
-                    limit
-                ],
-                audit_row,
-            )?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(finish_audit_row(r?)?);
-            }
-            Ok(out)
-        })
+        self.with_conn(|c| audit::query(c, q))
     }
 
     fn audit_head(&self) -> Result<u64> {
@@ -630,58 +625,57 @@ impl Store for SqliteStore {
 
     fn verify_audit(&self) -> Result<crate::ChainSummary> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare(
-                "SELECT seq, at_ms, actor, kind, incident_id, recommendation_id, revision, change_id, policy_version, reason, payload, prev_hash, hash
-                 FROM audit_log ORDER BY seq",
-            )?;
             let mut verifier = cairn_audit::ChainVerifier::new();
-            for r in stmt.query_map([], audit_row)? {
-                let row = r?;
-                let seq = row.0.seq;
-                let event = match finish_audit_row(row) {
-                    Ok(e) => e,
-                    Err(_) => {
-                        return Err(StoreError::AuditBroken(cairn_audit::ChainBreak {
-                            seq,
-                            kind: cairn_audit::BreakKind::HashMismatch,
-                            detail: "payload is not valid JSON — the entry was modified".into(),
-                        }));
-                    }
-                };
-                verifier.push(&event).map_err(StoreError::AuditBroken)?;
-            }
+            audit::scan(c, |e| verifier.push(e))?;
             Ok(verifier.finish())
         })
     }
-}
 
-/// An audit row with its payload still as text.
-type AuditRow = (AuditEvent, String);
+    fn audit_tree_head(&self) -> Result<(u64, cairn_audit::merkle::Hash)> {
+        self.with_conn(|c| {
+            let size = audit::tree_size(c)?;
+            Ok((size, cairn_audit::merkle::root(&audit::SqlNodes(c), size)?))
+        })
+    }
 
-fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
-    Ok((
-        AuditEvent {
-            seq: r.get::<_, i64>(0)? as u64,
-            at_ms: r.get(1)?,
-            actor: r.get(2)?,
-            kind: r.get(3)?,
-            incident_id: r.get(4)?,
-            recommendation_id: r.get(5)?,
-            revision: r.get(6)?,
-            change_id: r.get(7)?,
-            policy_version: r.get(8)?,
-            reason: r.get(9)?,
-            payload: serde_json::Value::Null,
-            prev_hash: r.get(11)?,
-            hash: r.get(12)?,
-        },
-        r.get(10)?,
-    ))
-}
+    fn audit_tree_root_at(&self, size: u64) -> Result<Option<cairn_audit::merkle::Hash>> {
+        self.with_conn(|c| {
+            if size > audit::tree_size(c)? {
+                return Ok(None);
+            }
+            Ok(Some(cairn_audit::merkle::root(&audit::SqlNodes(c), size)?))
+        })
+    }
 
-fn finish_audit_row((mut e, payload): AuditRow) -> Result<AuditEvent> {
-    e.payload = from_json("audit payload", &payload)?;
-    Ok(e)
+    fn audit_evidence(
+        &self,
+        q: &AuditQuery,
+        subject: &str,
+        checkpoint_note: &str,
+        checkpoint_size: u64,
+    ) -> Result<cairn_audit::bundle::EvidenceBundle> {
+        self.with_conn(|c| {
+            let held = audit::tree_size(c)?;
+            if checkpoint_size > held {
+                return Err(StoreError::Corrupt(format!(
+                    "the checkpoint signs {checkpoint_size} entries but the log holds {held}"
+                )));
+            }
+            let events = audit::query(c, q)?;
+            cairn_audit::bundle::build_bundle(subject, checkpoint_note, checkpoint_size, events, &audit::SqlNodes(c))
+        })
+    }
+
+    fn verify_audit_anchored(
+        &self,
+        checkpoints: &[cairn_audit::verify::PresentedCheckpoint],
+        pinned: &[cairn_audit::checkpoint::NoteVerifier],
+        origin: Option<&str>,
+    ) -> Result<cairn_audit::verify::LogReport> {
+        let mut verifier = cairn_audit::verify::LogVerifier::new();
+        self.with_conn(|c| audit::scan(c, |e| verifier.push(e)))?;
+        verifier.finish(checkpoints, pinned, origin).map_err(StoreError::AuditAnchor)
+    }
 }
 
 #[cfg(test)]

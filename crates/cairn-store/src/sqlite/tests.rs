@@ -256,3 +256,140 @@ fn any_confidence_keeps_the_audit_chain_intact() {
     s.propose(&r, &decision(1), &change(1), &[d], 5).unwrap();
     s.verify_audit().unwrap();
 }
+
+/// The Merkle tree the store maintains incrementally, recomputed from the entries themselves.
+fn recomputed_root(s: &SqliteStore) -> (u64, cairn_audit::merkle::Hash) {
+    let mut t = cairn_audit::merkle::MemoryTree::new();
+    for e in s.audit_events(&AuditQuery::default()).unwrap() {
+        t.push(cairn_audit::entry_leaf(&e));
+    }
+    (t.size(), t.root_at(t.size()).unwrap())
+}
+
+#[test]
+fn the_incremental_tree_matches_one_recomputed_from_the_entries() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    assert_eq!(s.audit_tree_head().unwrap(), (0, cairn_audit::merkle::empty_root()));
+    for rev in 1..=6 {
+        proposed(&s, rev);
+        assert_eq!(s.audit_tree_head().unwrap(), recomputed_root(&s), "after revision {rev}");
+    }
+    assert!(s.audit_tree_head().unwrap().0 > 6, "supersessions appended entries too");
+}
+
+#[test]
+fn audit_fields_added_later_are_stored_and_read_back() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let d = draft("decision.made")
+        .with_signal("fp-1")
+        .with_model_version("detector-2")
+        .with_reason_codes(["tier_2".to_string(), "service_scope".to_string()])
+        .with_diff_summary("state none -> pending_approval")
+        .with_affected_resources(["checkout/production/deploy/checkout".to_string()]);
+    s.propose(&rec(1), &decision(1), &change(1), std::slice::from_ref(&d), 5).unwrap();
+    let e = s.audit_events(&AuditQuery::default()).unwrap().pop().unwrap();
+    assert_eq!(e.signal_id.as_deref(), Some("fp-1"));
+    assert_eq!(e.model_version.as_deref(), Some("detector-2"));
+    assert_eq!(e.reason_codes, d.reason_codes);
+    assert_eq!(e.diff_summary, d.diff_summary);
+    assert_eq!(e.affected_resources, d.affected_resources);
+    assert_eq!(s.verify_audit().unwrap().entries, 1);
+}
+
+#[test]
+fn the_tree_table_refuses_update_and_delete() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    s.with_conn(|c| {
+        assert!(c.execute("UPDATE audit_tree SET hash = x'00' WHERE level = 0", []).is_err());
+        assert!(c.execute("DELETE FROM audit_tree", []).is_err());
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A store written before the tree existed (schema 1) gets its tree built on open.
+#[test]
+fn a_schema_1_store_gets_its_tree_built_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let mut prev = cairn_audit::GENESIS_HASH.to_string();
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        for seq in 1..=5u64 {
+            let e = cairn_audit::seal(&prev, seq, 100 + seq as i64, &draft("change.approved"));
+            c.execute(
+                "INSERT INTO audit_log (seq, at_ms, actor, kind, incident_id, recommendation_id, revision, change_id, policy_version, reason, payload, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL, NULL, NULL, ?6, ?7, ?8, ?9)",
+                params![seq as i64, e.at_ms, e.actor, e.kind, e.recommendation_id, e.reason, e.payload.to_string(), e.prev_hash, e.hash],
+            )
+            .unwrap();
+            prev = e.hash;
+        }
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.verify_audit().unwrap().entries, 5);
+    assert_eq!(s.audit_tree_head().unwrap(), recomputed_root(&s));
+    assert_eq!(s.audit_tree_head().unwrap().0, 5);
+}
+
+#[test]
+fn a_read_only_open_verifies_and_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        proposed(&s, 1);
+        proposed(&s, 2);
+    }
+    let ro = SqliteStore::open_read_only(&path).unwrap();
+    assert_eq!(ro.verify_audit().unwrap().entries, 3);
+    assert!(ro.propose(&rec(3), &decision(3), &change(3), &[draft("x")], 9).is_err(), "read-only");
+    assert!(SqliteStore::open_read_only(&dir.path().join("missing.db")).is_err());
+}
+
+#[test]
+fn evidence_from_the_store_verifies_against_a_checkpoint() {
+    use cairn_audit::checkpoint::{Checkpoint, NoteSigner};
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    proposed(&s, 2);
+    let (size, root) = s.audit_tree_head().unwrap();
+    let key = NoteSigner::from_seed("cairn-audit", [5; 32]).unwrap();
+    let note = key.sign(&Checkpoint { origin: "o".into(), size, root });
+    proposed(&s, 3);
+    let q = AuditQuery { recommendation_id: Some("rec-1".into()), ..Default::default() };
+    let b = s.audit_evidence(&q, "recommendation rec-1", &note, size).unwrap();
+    let r = cairn_audit::bundle::verify_bundle(&b, &[key.verifier()]).unwrap();
+    assert_eq!(r.proven_seqs.len() as u64, size);
+    assert!(!r.unanchored_seqs.is_empty(), "entries after the checkpoint are listed, not proven");
+}
+
+#[test]
+fn audit_queries_combine_every_given_filter() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let mut drafts = Vec::new();
+    for i in 0..12u32 {
+        drafts.push(AuditDraft {
+            actor: if i % 2 == 0 { "user:alice".into() } else { "user:bob".into() },
+            kind: if i % 3 == 0 { "change.approved".into() } else { "decision.made".into() },
+            recommendation_id: Some(format!("rec-{}", i % 4)),
+            incident_id: Some(format!("inc-{}", i % 2)),
+            ..Default::default()
+        });
+    }
+    for (i, d) in drafts.iter().enumerate() {
+        s.record_audit(std::slice::from_ref(d), 100 + i as i64).unwrap();
+    }
+    let seqs = |q: AuditQuery| s.audit_events(&q).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(AuditQuery { recommendation_id: Some("rec-1".into()), ..Default::default() }), [2, 6, 10]);
+    assert_eq!(
+        seqs(AuditQuery { actor: Some("user:alice".into()), kind: Some("change.approved".into()), ..Default::default() }),
+        [1, 7]
+    );
+    assert_eq!(seqs(AuditQuery { incident_id: Some("inc-1".into()), since_ms: Some(103), until_ms: Some(107), ..Default::default() }), [4, 6, 8]);
+    assert_eq!(seqs(AuditQuery { after_seq: Some(9), ..Default::default() }), [10, 11, 12]);
+    assert_eq!(seqs(AuditQuery { after_seq: Some(2), limit: 2, ..Default::default() }), [3, 4]);
+}

@@ -138,6 +138,9 @@ pub fn open_change(
     );
     proposed.incident_id = Some(rec.incident_id.0.clone());
     proposed.change_id = None;
+    let proposed = proposed
+        .with_model_version(rec.model_version.clone())
+        .with_affected_resources([rec.target.to_string()]);
     let mut decided = AuditDraft::for_change(
         &change,
         CAIRN_SERVICE_SUBJECT,
@@ -153,13 +156,15 @@ pub fn open_change(
         }),
     );
     decided.incident_id = Some(rec.incident_id.0.clone());
+    let decided = decided.with_reason_codes(decision.reasons.clone()).with_affected_resources([rec.target.to_string()]);
     let opened = AuditDraft::for_change(
         &change,
         CAIRN_SERVICE_SUBJECT,
         "change.opened",
         format!("{} change opened", change.state),
         json!({ "state": change.state.as_str(), "action_digest": change.action_digest, "expires_ms": change.expires_ms }),
-    );
+    )
+    .with_diff_summary(format!("state none -> {}", change.state.as_str()));
     (change, vec![proposed, decided, opened])
 }
 

@@ -401,3 +401,14 @@ fn new_policy_version_voids_approvals() {
         Err(ExecutionRefused::NoQuorum { valid: 0, required: 1 })
     ));
 }
+
+#[test]
+fn opening_a_change_audits_the_model_version_reason_codes_and_target() {
+    let r = rec(1);
+    let d = decision(Outcome::Review, Some(2), 1);
+    let (_, drafts) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+    assert_eq!(drafts[0].model_version.as_deref(), Some(r.model_version.as_str()));
+    assert_eq!(drafts[0].affected_resources, vec![r.target.to_string()]);
+    assert_eq!(drafts[1].reason_codes, d.reasons);
+    assert_eq!(drafts[2].diff_summary.as_deref(), Some("state none -> pending_approval"));
+}

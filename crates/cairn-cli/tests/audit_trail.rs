@@ -1,0 +1,228 @@
+//! The audit trail end to end, as an operator and an auditor would use it: the real `cairn serve`
+//! with its checkpoints on a separate directory, a recommendation approved and executed, a
+//! graceful stop that signs the last checkpoint, then offline checks of the stopped server's data
+//! directory — before and after someone edits the SQLite file — and an evidence bundle checked
+//! with nothing but the public key. The server process is killed when the test ends, also on
+//! failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Server {
+    /// SIGTERM, as a service manager stops it, and wait for the graceful exit.
+    fn stop_gracefully(&mut self) {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                assert!(status.success(), "serve exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cairn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).env("CAIRN_LOG", "warn").output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn post_json(port: u16, path: &str, body: &str) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Edits the audit log as someone with file access would: drop the triggers, then run `sql`.
+fn tamper(db: &Path, sql: &str) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;").unwrap();
+    c.execute_batch(sql).unwrap();
+}
+
+#[test]
+fn a_remediation_is_provable_offline_and_tampering_with_the_stopped_servers_data_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let checkpoints = dir.path().join("other-volume/checkpoints");
+    let key = dir.path().join("keys/audit.key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let (http, grpc) = (free_port(), free_port());
+    let token_out = cairn(&["token", "new", "--subject", "user:carol", "--group", "sre"]);
+    let token_text = String::from_utf8(token_out.stdout).unwrap();
+    let token = token_text.lines().nth(1).unwrap().trim().to_string();
+    let entry = &token_text[token_text.find("[[auth.tokens]]").unwrap()..];
+    let config = dir.path().join("cairn.toml");
+    // Periodic checkpoints are far apart: the one this test sees is the shutdown checkpoint.
+    std::fs::write(
+        &config,
+        format!("[executor]\npoll_interval_ms = 50\n\n[audit]\ncheckpoint_every_secs = 3600\ncheckpoint_every_entries = 100000\n\n{entry}"),
+    )
+    .unwrap();
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+            .args(["--checkpoint-dir", checkpoints.to_str().unwrap(), "--signing-key", key.to_str().unwrap()])
+            .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let server_addr = format!("http://127.0.0.1:{grpc}");
+    let base = ["--server", server_addr.as_str(), "--token", token.as_str()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    post_json(
+        http,
+        "/api/v1/alerts/alertmanager",
+        r#"{"version":"4","receiver":"cairn","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"DeploymentErrorsAfterRelease","service":"checkout","env":"production","instance":"checkout-1:8080"},"annotations":{"cairn_confidence":"0.9"},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"abc"}]}"#,
+    );
+    let mut list = Vec::new();
+    while list.is_empty() {
+        let out = cairn(&[&["review", "list", "--output", "json"], &base[..]].concat());
+        list = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default();
+        assert!(Instant::now() < deadline, "no recommendation appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = list[0]["recommendation"]["id"].as_str().unwrap().to_string();
+    let ok = cairn(&[&["review", "approve", &id, "--revision", "1", "--reason", "checked the rollback plan"], &base[..]].concat());
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    // The state changes produce entries: proposal, decision, approval, execution.
+    let kinds = loop {
+        let q = cairn(&[&["audit", "query", "--recommendation", &id, "--output", "json"], &base[..]].concat());
+        let kinds: Vec<String> = String::from_utf8_lossy(&q.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+            .collect();
+        if kinds.iter().any(|k| k == "change.executed") {
+            break kinds;
+        }
+        assert!(Instant::now() < deadline, "the change did not execute: {kinds:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for k in ["decision.made", "change.approved", "change.executed"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
+    }
+    let live = cairn(&[&["audit", "verify"], &base[..]].concat());
+    assert!(live.status.success(), "{}", text(&live));
+
+    // A graceful stop signs a checkpoint covering everything, in the configured directory.
+    assert!(!checkpoints.exists() || std::fs::read_dir(&checkpoints).unwrap().count() == 0, "no checkpoint before the stop");
+    server.stop_gracefully();
+    let files: Vec<_> = std::fs::read_dir(&checkpoints).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(!data.join("checkpoints").exists(), "nothing written to the default inside the data dir");
+    let public = dir.path().join("keys/audit.key.pub");
+
+    let offline = |data: &Path| -> Vec<String> {
+        vec![
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+            "--checkpoint-dir".into(),
+            checkpoints.to_str().unwrap().into(),
+            "--public-key".into(),
+            public.to_str().unwrap().into(),
+        ]
+    };
+    let with = |head: &[&str], tail: &[String]| -> Output {
+        let mut args: Vec<&str> = head.to_vec();
+        args.extend(tail.iter().map(String::as_str));
+        cairn(&args)
+    };
+
+    // Offline verification of the stopped server's data passes, with nothing unanchored.
+    let v = with(&["audit", "verify"], &offline(&data));
+    assert!(v.status.success(), "{}", text(&v));
+    assert!(text(&v).contains("1 checkpoint(s)") && text(&v).contains("0 unanchored"), "{}", text(&v));
+
+    // Export: resumable JSON lines, one event per line.
+    let all = with(&["audit", "export", "--format", "jsonl"], &offline(&data)[..2]);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&all.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 5, "{lines:?}");
+    assert!(lines.iter().enumerate().all(|(i, l)| l["seq"] == (i as u64 + 1) && l["schema"] == "cairn.audit.event.v1"));
+    let rest = with(&["audit", "export", "--format", "jsonl", "--after-seq", "2"], &offline(&data)[..2]);
+    let rest: Vec<&str> = std::str::from_utf8(&rest.stdout).unwrap().lines().collect();
+    assert_eq!(rest.len(), lines.len() - 2);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(rest[0]).unwrap()["seq"], 3);
+
+    // Prove the remediation, check the bundle with only the public key; a modified bundle fails.
+    let bundle = dir.path().join("evidence.json");
+    let p = with(&["audit", "prove", "--recommendation", &id, "--out", bundle.to_str().unwrap()], &offline(&data));
+    assert!(p.status.success(), "{}", text(&p));
+    let vp = cairn(&["audit", "verify-proof", bundle.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    assert!(vp.status.success(), "{}", text(&vp));
+    assert!(text(&vp).contains("evidence OK"), "{}", text(&vp));
+    let mut b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    let approved = b["entries"].as_array().unwrap().iter().position(|e| e["event"]["kind"] == "change.approved").unwrap();
+    let approved_seq = b["entries"][approved]["event"]["seq"].as_u64().unwrap();
+    b["entries"][approved]["event"]["actor"] = "user:mallory".into();
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, b.to_string()).unwrap();
+    let vf = cairn(&["audit", "verify-proof", forged.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    assert_eq!(vf.status.code(), Some(3), "{}", text(&vf));
+    assert!(text(&vf).contains(&format!("entry {approved_seq}")), "{}", text(&vf));
+    // The bundle checked with some other key is refused too.
+    let other_key = dir.path().join("other.pub");
+    let other = cairn_audit::checkpoint::NoteSigner::from_seed("cairn.local/audit", [7; 32]).unwrap();
+    std::fs::write(&other_key, format!("{}\n", other.verifier().encode())).unwrap();
+    let wrong = cairn(&["audit", "verify-proof", bundle.to_str().unwrap(), "--public-key", other_key.to_str().unwrap()]);
+    assert_eq!(wrong.status.code(), Some(3), "{}", text(&wrong));
+    assert!(text(&wrong).contains("not signed by any pinned key"), "{}", text(&wrong));
+
+    // A truncated tail (on a copy): the chain alone still links, the checkpoint catches it.
+    let truncated = dir.path().join("truncated");
+    copy_dir(&data, &truncated);
+    let total = lines.len() as u64;
+    tamper(&truncated.join("cairn.db"), &format!("DELETE FROM audit_log WHERE seq > {}", total - 2));
+    let t = with(&["audit", "verify"], &offline(&truncated));
+    assert_eq!(t.status.code(), Some(3), "{}", text(&t));
+    assert!(text(&t).contains(&format!("BROKEN at entry {}", total - 1)) && text(&t).contains("truncated"), "{}", text(&t));
+
+    // Someone edits one stored row: verification fails and names it.
+    tamper(&data.join("cairn.db"), &format!("UPDATE audit_log SET reason = 'nothing to see' WHERE seq = {approved_seq}"));
+    let v = with(&["audit", "verify"], &offline(&data));
+    assert_eq!(v.status.code(), Some(3), "{}", text(&v));
+    assert!(text(&v).contains(&format!("BROKEN at entry {approved_seq}")), "{}", text(&v));
+}
