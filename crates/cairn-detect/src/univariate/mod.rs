@@ -1,6 +1,6 @@
 //! Streaming univariate anomaly scoring: one small, fixed-size model per series.
 //!
-//! [`SeriesModel`] is the whole state of one series (472 bytes, no heap; a test holds it to 512). Each
+//! [`SeriesModel`] is the whole state of one series (496 bytes, no heap; a test holds it to 512). Each
 //! sample goes through [`SeriesModel::update`], which returns a [`PointScore`]: a score in [0, 1], the
 //! value the model expected, a calibrated confidence (the estimated probability that the point lies in
 //! an anomalous stretch, see [`calibration`]), a severity, the kind of anomaly, and whether this point
@@ -16,6 +16,8 @@
 //!   usually are (which adapts to autocorrelated series, where the textbook standard error lies); two
 //!   fast averages of different horizons are compared and the stronger counts, so that an abrupt shift
 //!   shows within a few points and a slow drift still shows before it is learned as normal;
+//! - **noise**: a quick average of the (clipped) prediction error against its long-run size, in units of
+//!   how far apart the two usually are: the series got noisier without leaving its level;
 //! - **seasonal breaks**: a shift that only shows once the daily profile is taken out;
 //! - **flat lines**: a run of repeated values, scored by how surprising such a run is given how often
 //!   the series repeats itself;
@@ -56,7 +58,7 @@ use serde::{Deserialize, Serialize};
 /// Detector name recorded on anomalies.
 pub const DETECTOR: &str = "univariate";
 /// Version of the scoring itself; the calibration version extends it.
-pub const SCORING_VERSION: &str = "univariate-1";
+pub const SCORING_VERSION: &str = "univariate-2";
 /// Model version recorded on anomalies: the scoring and the calibration table it was fitted with.
 pub const MODEL_VERSION: &str = calibration_table::VERSION;
 
@@ -123,6 +125,8 @@ pub enum AnomalyKind {
     /// Nothing stands out.
     None,
     Spike,
+    /// The series became much noisier around an unchanged level.
+    Noise,
     LevelShift,
     Drift,
     FlatLine,
@@ -135,6 +139,7 @@ impl AnomalyKind {
         match self {
             AnomalyKind::None => "none",
             AnomalyKind::Spike => "spike",
+            AnomalyKind::Noise => "noise",
             AnomalyKind::LevelShift => "level_shift",
             AnomalyKind::Drift => "drift",
             AnomalyKind::FlatLine => "flat_line",

@@ -38,6 +38,11 @@ pub struct SeriesModel {
     /// Running 99th percentiles of the same two distances: heavy-tailed series get wider scales.
     resid_tail: f64,
     shift_tail: f64,
+    /// Fast average of the clipped absolute prediction error, and how far it usually sits from
+    /// `resid_dev` (mean absolute distance and tail): the series got noisier.
+    noise_fast: f64,
+    noise_dev: f64,
+    noise_tail: f64,
     /// The quick average and its distance scales from the slow one, as for the fast average.
     quick: f64,
     quick_dev: f64,
@@ -94,6 +99,9 @@ impl SeriesModel {
             shift_dev: 0.0,
             resid_tail: 0.0,
             shift_tail: 0.0,
+            noise_fast: 0.0,
+            noise_dev: 0.0,
+            noise_tail: 0.0,
             quick: 0.0,
             quick_dev: 0.0,
             quick_tail: 0.0,
@@ -175,6 +183,13 @@ impl SeriesModel {
         let z_quick = if cfg.alpha_quick > 0.0 { quick_shift.abs() / quick_scale } else { 0.0 };
         let z_shift = (shift.abs() / shift_scale).max(z_quick);
 
+        // Noise: the recent size of the prediction error against its long-run size (one-sided).
+        let mut noise_fast = self.noise_fast;
+        ew(&mut noise_fast, resid.abs().min(cfg.clip_z * spike_scale), cfg.alpha_quick, self.n);
+        let noise = noise_fast - self.resid_dev;
+        let noise_scale = (self.noise_dev * MAD_TO_SIGMA).max(self.noise_tail / TAIL_TO_SIGMA).max(floor);
+        let z_noise = noise.max(0.0) / noise_scale;
+
         // Flat line: how surprising the current run of repeated values is.
         let repeated = (x - self.prev).abs() <= 1e-12 * x.abs().max(1.0);
         let flat_run = if repeated { self.flat_run + 1 } else { 0 };
@@ -214,9 +229,16 @@ impl SeriesModel {
         } else {
             AnomalyKind::Spike
         };
+        // Large errors in a row are a new level, and one wild point is a spike, even if they also
+        // raise the noise: only smaller errors that keep coming are the series getting noisier.
+        let noise_kind = match far_run {
+            0 => AnomalyKind::Noise,
+            1 => spike_kind,
+            _ => shift_kind,
+        };
         let mut z = z_spike;
         let mut kind = spike_kind;
-        for (zc, kc) in [(z_shift, shift_kind), (z_flat, AnomalyKind::FlatLine), (z_gap, AnomalyKind::MissingData)] {
+        for (zc, kc) in [(z_noise, noise_kind), (z_shift, shift_kind), (z_flat, AnomalyKind::FlatLine), (z_gap, AnomalyKind::MissingData)] {
             if zc > z {
                 z = zc;
                 kind = kc;
@@ -241,14 +263,17 @@ impl SeriesModel {
         };
         learn_scale(&mut self.resid_dev, resid.abs(), spike_scale);
         learn_scale(&mut self.shift_dev, shift.abs(), shift_scale);
+        learn_scale(&mut self.noise_dev, noise.abs(), noise_scale);
         learn_scale(&mut self.quick_dev, quick_shift.abs(), quick_scale);
         if warm {
             learn_tail(&mut self.resid_tail, resid.abs(), self.resid_dev);
             learn_tail(&mut self.shift_tail, shift.abs(), self.shift_dev);
+            learn_tail(&mut self.noise_tail, noise.abs(), self.noise_dev);
             learn_tail(&mut self.quick_tail, quick_shift.abs(), self.quick_dev);
         }
         ew(&mut self.level, y_in, cfg.alpha_level, n);
         self.fast = fast;
+        self.noise_fast = noise_fast;
         self.quick = quick;
         ew(&mut self.slow, y_in, cfg.alpha_slow, n);
         self.learn_season(cfg, slot, x, timestamp_ms, n);

@@ -265,3 +265,16 @@ fn an_episode_that_gets_much_worse_is_raised_again() {
     assert!(s[1500].score < 0.7, "{:?}", s[1500]);
     assert_eq!(onsets(&s), vec![1500, 1502]);
 }
+
+#[test]
+fn noise_growing_around_the_same_level_is_raised_within_20_points() {
+    // Standard deviation 1 for 2000 points, then 4 around the same mean: no single point needs to be
+    // far off, but the error keeps being four times its usual size.
+    let v: Vec<f64> = (0..3000).map(|i| 50.0 + if i < 2000 { 1.0 } else { 4.0 } * gauss(i)).collect();
+    let s = run(&v, MIN);
+    let o = onsets(&s);
+    assert!(!o.is_empty() && (2000..=2020).contains(&o[0]), "{o:?}");
+    assert!(o.iter().all(|&i| i >= 2000), "quiet before the change: {o:?}");
+    // Some point of the opening stretch is named noise (a single wild one may still be a spike first).
+    assert!(s[o[0]..o[0] + 30].iter().any(|p| p.kind == AnomalyKind::Noise), "{:?}", &s[o[0]..o[0] + 30]);
+}
