@@ -118,11 +118,16 @@ impl Default for PolicyConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorConfig {
-    /// `dry_run` (default: describes the change, touches nothing) or `webhook`.
+    /// `dry_run` (default: describes the change, touches nothing), `webhook` or `command`.
     pub adapter: String,
     /// For `webhook`: where change requests are POSTed.
     pub webhook_url: Option<String>,
     pub webhook_timeout_ms: u64,
+    /// For `webhook`: a file holding the HMAC-SHA256 key; every body is then signed in
+    /// `X-Cairn-Signature: sha256=<hex>`. Surrounding whitespace in the file is ignored.
+    pub webhook_hmac_key_file: Option<PathBuf>,
+    /// For `command`: the argv to run and to roll back, a deadline and an output bound.
+    pub command: cairn_workflow::CommandConfig,
     /// How often the executor looks for approved changes.
     pub poll_interval_ms: u64,
 }
@@ -133,6 +138,8 @@ impl Default for ExecutorConfig {
             adapter: "dry_run".into(),
             webhook_url: None,
             webhook_timeout_ms: 10_000,
+            webhook_hmac_key_file: None,
+            command: cairn_workflow::CommandConfig { timeout_ms: 60_000, max_output_bytes: 16 * 1024, ..Default::default() },
             poll_interval_ms: 500,
         }
     }
@@ -198,10 +205,15 @@ impl ServerConfig {
                     message: "required when executor.adapter = \"webhook\"".into(),
                 });
             }
+            "command" => {
+                if let Some((key, message)) = self.executor.command.problem() {
+                    return Err(ConfigError::Invalid { key, message: message.into() });
+                }
+            }
             other => {
                 return Err(ConfigError::Invalid {
                     key: "executor.adapter",
-                    message: format!("unknown adapter {other:?}; expected \"dry_run\" or \"webhook\""),
+                    message: format!("unknown adapter {other:?}; expected \"dry_run\", \"webhook\" or \"command\""),
                 });
             }
         }

@@ -247,11 +247,22 @@ fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartE
                 .webhook_url
                 .clone()
                 .ok_or_else(|| StartError::Executor("executor.webhook_url is required".into()))?;
+            let key = match &cfg.executor.webhook_hmac_key_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| StartError::Executor(format!("executor.webhook_hmac_key_file {}: {e}", path.display())))?
+                        .trim()
+                        .as_bytes()
+                        .to_vec(),
+                ),
+                None => None,
+            };
             Arc::new(
-                cairn_workflow::WebhookAdapter::new(url, Duration::from_millis(cfg.executor.webhook_timeout_ms))
+                cairn_workflow::WebhookAdapter::new(url, Duration::from_millis(cfg.executor.webhook_timeout_ms), key)
                     .map_err(|e| StartError::Executor(e.to_string()))?,
             )
         }
+        "command" => Arc::new(cairn_workflow::CommandAdapter::new(cfg.executor.command.clone())),
         _ => Arc::new(cairn_workflow::DryRunAdapter),
     };
     let executor = cairn_workflow::Executor::new(adapter);

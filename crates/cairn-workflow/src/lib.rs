@@ -13,11 +13,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adapters;
 mod execute;
 mod review;
 mod verify;
 
-pub use execute::{Adapter, AdapterFuture, DryRunAdapter, ExecutionRefused, Executor, WebhookAdapter, authorize_execution, refuse};
+pub use adapters::{CommandAdapter, CommandConfig, DryRunAdapter, WebhookAdapter};
+pub use execute::{Adapter, AdapterFuture, ExecutionRefused, Executor, authorize_execution, refuse};
 pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
 pub use verify::{CheckResult, PromQlVerifier, Verifier, compare};
 
