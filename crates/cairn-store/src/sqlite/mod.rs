@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::sync::Mutex;
 
+mod guard;
+
 /// Migrations, applied in order; `user_version` is the number applied. Never edit a released one:
 /// append.
 const MIGRATIONS: &[&str] = &[
@@ -98,6 +100,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
     "#,
+    // 2: break-glass records and uses, the freeze switch, automations the loop guard disabled.
+    guard::MIGRATION,
 ];
 
 /// SQLite-backed [`Store`].
