@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub workflow: cairn_workflow::WorkflowConfig,
     pub executor: ExecutorConfig,
     pub verification: VerificationConfig,
+    /// Where escalations go (Alertmanager's v2 API).
+    pub alerting: crate::alerting::AlertingConfig,
+    /// Freeze, loop guard, rate limits.
+    pub guardrails: cairn_workflow::GuardrailsConfig,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +46,8 @@ impl Default for ServerConfig {
             workflow: Default::default(),
             executor: ExecutorConfig::default(),
             verification: VerificationConfig::default(),
+            alerting: Default::default(),
+            guardrails: Default::default(),
         }
     }
 }
@@ -216,6 +222,12 @@ impl ServerConfig {
                     message: format!("unknown adapter {other:?}; expected \"dry_run\", \"webhook\" or \"command\""),
                 });
             }
+        }
+        if let Err(message) = self.guardrails.parsed_rate_limits() {
+            return Err(ConfigError::Invalid { key: "guardrails.rate_limits", message });
+        }
+        if self.guardrails.loop_guard_max_runs == 0 {
+            return Err(ConfigError::Invalid { key: "guardrails.loop_guard_max_runs", message: "must be at least 1".into() });
         }
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.token_sha256.len() != 64 || hex::decode(&t.token_sha256).is_err() {

@@ -83,6 +83,8 @@ pub struct Engine {
     pub workflow: WorkflowConfig,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
+    /// Break-glass and guardrails (`governance.rs`).
+    pub governance: crate::governance::Governance,
     /// The audit head after the last write: live streams wait on it to re-read the outbox.
     audit_head: watch::Sender<u64>,
     /// Wakes the executor loop after an approval.
@@ -110,6 +112,7 @@ impl Engine {
             workflow,
             metrics,
             clock,
+            governance: Default::default(),
             audit_head,
             executor_wake: Notify::new(),
             shutdown,
@@ -120,7 +123,7 @@ impl Engine {
         self.audit_head.subscribe()
     }
 
-    fn audit_written(&self) {
+    pub(crate) fn audit_written(&self) {
         if let Ok(head) = self.store.audit_head() {
             self.audit_head.send_replace(head);
         }
@@ -226,6 +229,8 @@ impl Engine {
             ..RoutingContext::for_environment(&rec.target.environment)
         };
         let decision = self.router.route(&rec, &ctx, now);
+        let decision = self.breakglass_for_blocked(&rec, decision, now)?;
+        self.observe_routed(&rec, &decision);
         if decision.policy_failed {
             self.metrics.policy_failures.inc();
             warn!(reasons = ?decision.reasons, "policy evaluation failed; routed to review at tier 3");
@@ -294,6 +299,7 @@ impl Engine {
                     self.audit_written();
                     let message = match (approve, next.state) {
                         (true, ChangeState::Approved) => {
+                            self.observe_approved(&next, now);
                             self.wake_executor();
                             format!(
                                 "approved: quorum of {} met; the executor will run it",
@@ -324,8 +330,9 @@ impl Engine {
         let claimed = tokio::task::spawn_blocking(move || -> Result<Vec<ChangeRequest>, ApiError> {
             let now = engine.clock.now_ms();
             let expired = engine.store.expire_pending(now)?;
+            let swept = engine.sweep_breakglass(now)?;
             let claimed = engine.store.claim_approved(16, now)?;
-            if !expired.is_empty() || !claimed.is_empty() {
+            if !expired.is_empty() || swept > 0 || !claimed.is_empty() {
                 engine.audit_written();
             }
             Ok(claimed)
@@ -353,12 +360,23 @@ impl Engine {
             return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
         };
         let now = self.clock.now_ms();
+        let stopped = {
+            let engine = self.clone();
+            let (change, rec) = (change.clone(), recommendation.clone());
+            tokio::task::spawn_blocking(move || engine.stop_before_run(&change, &rec, now))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        };
+        if stopped {
+            self.audit_written();
+            return Ok(());
+        }
         let result = {
             let _g = span.enter();
             self.executor.run(&change, &recommendation, &decision, now)
         }
         .await;
-        let (execution, next, drafts) = match result {
+        let (execution, next, mut drafts) = match result {
             Ok(done) => done,
             Err(refused) => {
                 // Invariant 1: the executor re-checks the decision and the quorum and refused.
@@ -382,6 +400,7 @@ impl Engine {
         };
         self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
         info!(parent: &span, adapter = %execution.adapter, status, "executed");
+        let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
         let engine = self.clone();
         let expected = change.version;
         tokio::task::spawn_blocking(move || {
@@ -390,6 +409,7 @@ impl Engine {
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
         self.audit_written();
+        self.escalate(escalations);
         Ok(())
     }
 
@@ -408,7 +428,7 @@ impl Engine {
     }
 }
 
-fn ran(state: ChangeState) -> bool {
+pub(crate) fn ran(state: ChangeState) -> bool {
     matches!(
         state,
         ChangeState::Executing

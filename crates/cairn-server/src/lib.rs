@@ -9,12 +9,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerting;
 pub mod auth;
 mod card;
 pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod governance;
 mod grpc;
 mod http;
 pub mod metrics;
@@ -51,6 +53,8 @@ pub enum StartError {
     Executor(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot set up guardrails or alerting: {0}")]
+    Governance(String),
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
 }
@@ -118,7 +122,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     let metrics = Metrics::new();
     let cancel = CancellationToken::new();
-    let engine = Arc::new(Engine::new(
+    let mut engine = Engine::new(
         store,
         Arc::new(router),
         executor,
@@ -126,7 +130,10 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         metrics,
         clock,
         cancel.clone(),
-    )?);
+    )?;
+    engine.governance = build_governance(&cfg)?;
+    engine.apply_configured_freeze().map_err(|e| StartError::Governance(e.to_string()))?;
+    let engine = Arc::new(engine);
     let analysis = Analysis {
         detector: cairn_detect::Detector::new(cfg.detect.clone()),
         correlator: cairn_correlate::Correlator::new(cfg.correlate.clone()),
@@ -237,6 +244,20 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     info!(%http_addr, %grpc_addr, "cairn is listening");
     Ok(RunningServer { http_addr, grpc_addr, engine, cancel, tasks })
+}
+
+fn build_governance(cfg: &ServerConfig) -> Result<governance::Governance, StartError> {
+    let am = match &cfg.alerting.alertmanager_url {
+        Some(url) => {
+            let generator = cfg.alerting.generator_url.clone().unwrap_or_else(|| format!("http://{}/", cfg.http_addr));
+            Some(
+                alerting::Alertmanager::new(url, generator, Duration::from_millis(cfg.alerting.timeout_ms))
+                    .map_err(|e| StartError::Governance(format!("alerting.alertmanager_url: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    governance::Governance::new(cfg.guardrails.clone(), am).map_err(|e| StartError::Governance(format!("guardrails.rate_limits: {e}")))
 }
 
 fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartError> {

@@ -159,6 +159,19 @@ pub fn check_usable(bg: &BreakGlass, now_ms: i64) -> Result<(), BreakGlassError>
     Ok(())
 }
 
+/// Whether a change opened under `bg` may still run at `now_ms`: the break-glass was not revoked
+/// and has not expired. (Its last use closes it as exhausted; the change that use opened may
+/// still run until the expiry.)
+pub fn check_in_force(bg: &BreakGlass, now_ms: i64) -> Result<(), BreakGlassError> {
+    if !matches!(bg.state, BreakGlassState::Active | BreakGlassState::Exhausted) {
+        return Err(BreakGlassError::NotActive { id: bg.id.clone(), state: bg.state });
+    }
+    if now_ms >= bg.expires_ms {
+        return Err(BreakGlassError::Expired { id: bg.id.clone(), expires_ms: bg.expires_ms });
+    }
+    Ok(())
+}
+
 /// The first of `candidates` that covers `rec` and is usable now.
 pub fn find_usable<'a>(candidates: &'a [BreakGlass], rec: &Recommendation, now_ms: i64) -> Option<&'a BreakGlass> {
     candidates.iter().find(|bg| bg.scope.covers(rec.action, &rec.target) && check_usable(bg, now_ms).is_ok())

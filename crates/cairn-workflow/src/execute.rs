@@ -26,6 +26,8 @@ pub enum ExecutionRefused {
     NoQuorum { valid: usize, required: u8 },
     #[error("the change does not match the recommendation it was opened for ({0})")]
     Mismatch(&'static str),
+    #[error("the break-glass this change was opened under no longer allows it: {0}")]
+    BreakGlassLapsed(String),
 }
 
 /// Checks, immediately before execution, that this exact change may run: an `auto` decision within

@@ -209,6 +209,19 @@ fn target_labels(action: ActionClass, target: &Target) -> BTreeMap<String, Strin
     ])
 }
 
+/// Resolves the `CairnLoopGuardTripped` alert of an automation a person re-enabled.
+pub fn loop_guard_resolved(action: ActionClass, target: &Target, by: &str, now_ms: i64) -> Escalation {
+    Escalation {
+        alertname: "CairnLoopGuardTripped".into(),
+        severity: "critical".into(),
+        labels: target_labels(action, target),
+        summary: format!("{action} on {target} re-enabled by {by}"),
+        description: String::new(),
+        starts_ms: now_ms,
+        ends_ms: Some(now_ms),
+    }
+}
+
 /// A person turns an automation back on.
 pub fn enable(by: &Principal, action: ActionClass, target: &Target, reason: &str) -> Result<AuditDraft, String> {
     if by.subject == CAIRN_SERVICE_SUBJECT {

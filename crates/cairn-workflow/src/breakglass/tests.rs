@@ -140,3 +140,14 @@ fn revoke_and_expire_close_it_with_audit_and_resolve_the_alert() {
     assert!(use_for(&revoked, &rec(1), "chg-9", 11).is_err());
     assert_eq!(revoke(&bg, &alice(), " ", 10).unwrap_err(), BreakGlassError::NoReason);
 }
+
+#[test]
+fn a_change_opened_under_a_breakglass_may_run_only_while_it_is_in_force() {
+    let (bg, _, _) = open(&alice(), request(HOUR, Some(1)), 0).unwrap();
+    let (exhausted, _, _) = use_for(&bg, &rec(1), "chg-1", 5).unwrap();
+    assert_eq!(exhausted.state, BreakGlassState::Exhausted);
+    assert!(check_in_force(&exhausted, 10).is_ok(), "the change its last use opened may still run");
+    assert!(matches!(check_in_force(&exhausted, HOUR), Err(BreakGlassError::Expired { .. })));
+    let (revoked, _, _) = revoke(&bg, &alice(), "stop", 6).unwrap();
+    assert!(matches!(check_in_force(&revoked, 7), Err(BreakGlassError::NotActive { state: BreakGlassState::Revoked, .. })));
+}
