@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod governance;
 mod grpc;
+mod grpc_guardrails;
 mod http;
 pub mod metrics;
 
@@ -220,6 +221,10 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         grpc::ReviewSvc { engine: engine.clone() },
         required.clone(),
     );
+    let guardrail_svc = pb::guardrail_service_server::GuardrailServiceServer::with_interceptor(
+        grpc_guardrails::GuardrailSvc { engine: engine.clone() },
+        required.clone(),
+    );
     let audit_svc = pb::audit_service_server::AuditServiceServer::with_interceptor(
         grpc::AuditSvc { engine: engine.clone() },
         required,
@@ -232,6 +237,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             .add_service(ingest_svc)
             .add_service(review_svc)
             .add_service(audit_svc)
+            .add_service(guardrail_svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 async move { c.cancelled().await },
