@@ -6,8 +6,10 @@
 
 #![forbid(unsafe_code)]
 
+mod breakglass;
 mod client;
 mod demo;
+mod freeze;
 mod output;
 
 use anyhow::{Context, Result};
@@ -40,6 +42,15 @@ enum Command {
     /// Create bearer tokens for the server's configuration.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Time-bound exceptions to policy: open, list, revoke.
+    #[command(subcommand)]
+    Breakglass(breakglass::BreakGlassCmd),
+    /// The global freeze switch: while on, nothing runs by itself.
+    #[command(subcommand)]
+    Freeze(freeze::FreezeCmd),
+    /// Guardrail status; re-enable an automation the loop guard disabled.
+    #[command(subcommand)]
+    Guard(freeze::GuardCmd),
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +249,9 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Breakglass(cmd) => breakglass::run(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Freeze(cmd) => freeze::run_freeze(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Guard(cmd) => freeze::run_guard(cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(cmd) => match cmd {
             AuditCmd::Verify { client } => {
