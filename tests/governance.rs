@@ -358,3 +358,84 @@ async fn frozen_system_runs_nothing_by_itself_until_a_person_decides() {
     assert!(metrics.contains("cairn_frozen 0"), "{metrics}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_guard_disables_automation_and_escalates() {
+    if !present(&["prometheus-alertmanager"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_am, am_port) = alertmanager(dir.path()).await;
+    let mut h = Harness::start_with(|cfg| {
+        cfg.alerting.alertmanager_url = Some(format!("http://127.0.0.1:{am_port}"));
+        cfg.guardrails.loop_guard_max_runs = 2;
+    })
+    .await;
+    // The same process keeps dying: each new alert makes a new revision of the restart, auto.
+    let mut id = String::new();
+    for (i, want) in ["succeeded", "succeeded", "pending_approval"].iter().enumerate() {
+        fire(&h, "ProcessDown", "search", "0.93", &format!("fp-loop-{i}")).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let card = loop {
+            let view = wait_for_rec(&h, "restart_process", "search").await;
+            let r = view.recommendation.as_ref().unwrap();
+            id = r.id.clone();
+            let card = h.wait_for_state(&id, &["succeeded", "pending_approval", "failed"]).await;
+            if card.recommendation.as_ref().unwrap().revision as usize == i + 1 && card.change.as_ref().unwrap().state == *want {
+                break card;
+            }
+            assert!(Instant::now() < deadline, "run {i}: expected revision {} {want}, got {:?}", i + 1, card.change);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(card.decision.as_ref().unwrap().outcome, pb::Outcome::Auto as i32, "policy still says auto on run {i}");
+    }
+    let card = h.wait_for_state(&id, &["pending_approval"]).await;
+    assert!(card.executions.is_empty(), "the third run in the window was held, not executed");
+
+    let alert = wait_for_am_alert(am_port, "CairnLoopGuardTripped", &[("action", "restart_process"), ("service", "search")]).await;
+    assert_eq!(alert["labels"]["severity"], "critical");
+    let mut g = guardrails(&h, "user:alice").await;
+    let status = g.get_guardrail_status(pb::GetGuardrailStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.disabled.len(), 1, "{status:?}");
+    let disabled = status.disabled[0].clone();
+    assert_eq!((disabled.action.as_str(), disabled.runs), ("restart_process", 2));
+    let kinds = audit_kinds(&h).await;
+    assert!(kinds.contains(&"automation.disabled".to_string()), "{kinds:?}");
+
+    // Only a person re-enables it, with a reason; then the alert resolves.
+    let enable = pb::EnableAutomationRequest { action: "restart_process".into(), target: disabled.target.clone(), reason: "fixed the crash loop".into() };
+    let after = g.enable_automation(enable.clone()).await.unwrap().into_inner();
+    assert!(after.disabled.is_empty());
+    let again = g.enable_automation(enable).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::NotFound, "nothing left to enable");
+    assert!(audit_kinds(&h).await.contains(&"automation.enabled".to_string()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while am_alerts(am_port).await.iter().any(|a| a["labels"]["alertname"] == "CairnLoopGuardTripped") {
+        assert!(Instant::now() < deadline, "the loop-guard alert never resolved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = h.metrics_text().await;
+    assert!(metrics.contains("cairn_guardrail_holds_total{guardrail=\"loop_guard\"} 1"), "{metrics}");
+    assert!(metrics.contains("cairn_guardrail_overrides_total{actor=\"user:alice\",kind=\"automation_enabled\"} 1"), "{metrics}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_leaves_excess_for_a_person() {
+    let mut h = Harness::start_with(|cfg| {
+        cfg.guardrails.rate_limits.insert("restart_process".into(), "1/hour".into());
+    })
+    .await;
+    fire(&h, "ProcessDown", "search", "0.93", "fp-rl-1").await;
+    let first = wait_for_rec(&h, "restart_process", "search").await;
+    h.wait_for_state(&first.recommendation.as_ref().unwrap().id, &["succeeded"]).await;
+    // Another target, same action class: over the limit, so it waits for a person.
+    fire(&h, "ProcessDown", "catalog", "0.93", "fp-rl-2").await;
+    let second = wait_for_rec(&h, "restart_process", "catalog").await;
+    assert_eq!(second.decision.as_ref().unwrap().outcome, pb::Outcome::Auto as i32);
+    let card = h.wait_for_state(&second.recommendation.as_ref().unwrap().id, &["pending_approval"]).await;
+    assert!(card.executions.is_empty(), "not executed");
+    let metrics = h.metrics_text().await;
+    assert!(metrics.contains("cairn_guardrail_holds_total{guardrail=\"rate_limit\"} 1"), "{metrics}");
+    h.stop().await;
+}
