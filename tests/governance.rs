@@ -321,7 +321,7 @@ async fn breakglass_expires_by_itself_audited_and_alerted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_system_runs_nothing_by_itself_until_a_person_decides() {
-    let mut h = Harness::start().await;
+    let mut h = Harness::start_with(|cfg| cfg.guardrails.approver_groups = vec!["sre".into()]).await;
     let mut g = guardrails(&h, "user:alice").await;
     let e = g.set_freeze(pb::SetFreezeRequest { frozen: true, reason: String::new() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "a reason is required");
@@ -338,6 +338,14 @@ async fn frozen_system_runs_nothing_by_itself_until_a_person_decides() {
     let card = h.wait_for_state(&r.id, &["pending_approval"]).await;
     assert!(card.executions.is_empty(), "still not run while frozen");
 
+    // Someone outside the configured approver groups cannot release it.
+    let e = h
+        .review("user:mallory")
+        .await
+        .approve(pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: "let me".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     // A person decides: approving runs it, freeze or not.
     h.review("user:carol")
         .await

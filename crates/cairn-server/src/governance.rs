@@ -96,7 +96,7 @@ impl Engine {
         let Some(bg) = breakglass::find_usable(&active, rec, now_ms) else {
             return Ok(decision);
         };
-        let under = breakglass::apply_to_decision(&decision, bg);
+        let under = breakglass::apply_to_decision(&decision, bg, &self.governance.guardrails.approver_groups);
         let (change, _) = cairn_workflow::open_change(rec, &under, now_ms, &self.workflow);
         let (used, drafts, alerts) = breakglass::use_for(bg, rec, &change.id.0, now_ms)?;
         self.store.use_breakglass(&used, &change.id, &drafts, now_ms)?;
@@ -155,7 +155,8 @@ impl Engine {
         let Some(why) = guard::check(cfg, &self.governance.limits, change, rec, &inputs) else {
             return Ok(false);
         };
-        let (next, drafts, disabled) = guard::hold(change, rec, &why, now_ms, self.workflow.pending_ttl_ms);
+        let (next, drafts, disabled) =
+            guard::hold(change, rec, &why, now_ms, self.workflow.pending_ttl_ms, &cfg.approver_groups);
         self.store.hold_change(&next, change.version, disabled.as_ref().map(|(d, _)| d), &drafts, now_ms)?;
         self.metrics.governance.guardrail_holds.with_label_values(&[why.kind()]).inc();
         info!(change_id = %change.id, guardrail = why.kind(), reason = %why.describe(), "auto change held for a person");

@@ -213,10 +213,14 @@ pub fn use_for(bg: &BreakGlass, rec: &Recommendation, change_id: &str, now_ms: i
 }
 
 /// The decision under which a blocked, in-scope recommendation is opened for review: review at
-/// tier 2 with two approvals, the policy version unchanged, the break-glass named in the reasons.
-pub fn apply_to_decision(decision: &Decision, bg: &BreakGlass) -> Decision {
+/// tier 2 with two approvals, the policy version unchanged, the break-glass named in the reasons,
+/// and `approver_groups` when the policy named none.
+pub fn apply_to_decision(decision: &Decision, bg: &BreakGlass, approver_groups: &[String]) -> Decision {
     debug_assert_eq!(decision.outcome, Outcome::Blocked);
     let mut d = decision.clone();
+    if d.approver_groups.is_empty() {
+        d.approver_groups = approver_groups.to_vec();
+    }
     d.outcome = Outcome::Review;
     d.tier = Some(d.tier.unwrap_or(2).max(2));
     d.approvals_required = d.approvals_required.max(BREAKGLASS_APPROVALS);

@@ -27,11 +27,21 @@ pub struct GuardrailsConfig {
     /// Per action class, e.g. `restart_process = "10/hour"` (units: second, minute, hour, day).
     /// Auto runs beyond it are left for a person.
     pub rate_limits: BTreeMap<String, String>,
+    /// Who may approve what a guardrail held or a break-glass opened for review, when the policy
+    /// named no approver group for it (auto and blocked decisions name none). Empty: any
+    /// authenticated person.
+    pub approver_groups: Vec<String>,
 }
 
 impl Default for GuardrailsConfig {
     fn default() -> Self {
-        GuardrailsConfig { freeze: false, loop_guard_max_runs: 3, loop_guard_window_secs: 3600, rate_limits: BTreeMap::new() }
+        GuardrailsConfig {
+            freeze: false,
+            loop_guard_max_runs: 3,
+            loop_guard_window_secs: 3600,
+            rate_limits: BTreeMap::new(),
+            approver_groups: Vec::new(),
+        }
     }
 }
 
@@ -156,8 +166,11 @@ pub fn check(cfg: &GuardrailsConfig, limits: &BTreeMap<ActionClass, RateLimit>, 
 
 /// The held change: pending approval by one person, with a fresh expiry, and the audit draft
 /// naming the guardrail. For a tripped loop guard, also the disabled automation and the escalation.
-pub fn hold(change: &ChangeRequest, rec: &Recommendation, why: &Hold, now_ms: i64, pending_ttl_ms: i64) -> (ChangeRequest, Vec<AuditDraft>, Option<(DisabledAutomation, Escalation)>) {
+pub fn hold(change: &ChangeRequest, rec: &Recommendation, why: &Hold, now_ms: i64, pending_ttl_ms: i64, approver_groups: &[String]) -> (ChangeRequest, Vec<AuditDraft>, Option<(DisabledAutomation, Escalation)>) {
     let mut next = change.clone();
+    if next.approver_groups.is_empty() {
+        next.approver_groups = approver_groups.to_vec();
+    }
     next.state = ChangeState::PendingApproval;
     next.approvals_required = next.approvals_required.max(1);
     next.version += 1;

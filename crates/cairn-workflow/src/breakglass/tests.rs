@@ -101,8 +101,11 @@ fn breakglass_covers_only_its_scope() {
 fn breakglass_opens_blocked_for_two_person_review_and_never_auto() {
     let (bg, _, _) = open(&alice(), request(HOUR, None), 0).unwrap();
     let r = rec(1);
-    let blocked = decision(Outcome::Blocked, None, 0);
-    let d = apply_to_decision(&blocked, &bg);
+    let mut blocked = decision(Outcome::Blocked, None, 0);
+    assert_eq!(apply_to_decision(&blocked, &bg, &["sre-leads".to_string()]).approver_groups, ["sre"], "groups the policy named stay");
+    blocked.approver_groups.clear();
+    let d = apply_to_decision(&blocked, &bg, &["sre-leads".to_string()]);
+    assert_eq!(d.approver_groups, ["sre-leads"], "otherwise the configured groups approve");
     assert_eq!((d.outcome, d.tier, d.approvals_required), (Outcome::Review, Some(2), 2));
     assert_eq!(d.policy_version, blocked.policy_version, "the policy version is not rewritten");
     assert!(d.reasons.last().unwrap().contains(&bg.id));

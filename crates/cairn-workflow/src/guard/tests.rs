@@ -25,7 +25,8 @@ fn frozen_system_runs_nothing_by_itself() {
     let (c, r) = auto_change();
     let held = check(&cfg, &BTreeMap::new(), &c, &r, &frozen()).expect("an auto change is held while frozen");
     assert_eq!(held.kind(), "freeze");
-    let (next, drafts, disabled) = hold(&c, &r, &held, 5_000, 60_000);
+    let (next, drafts, disabled) = hold(&c, &r, &held, 5_000, 60_000, &["sre".to_string()]);
+    assert_eq!(next.approver_groups, ["sre"], "the policy named none, so the configured groups approve");
     assert_eq!(next.state, ChangeState::PendingApproval, "left for a person");
     assert_eq!((next.approvals_required, next.expires_ms, next.version), (1, 65_000, c.version + 1));
     assert_eq!(drafts[0].kind, "change.held_by_guardrail");
@@ -58,7 +59,7 @@ fn loop_guard_disables_automation_and_escalates() {
     let over = GuardInputs { earlier_runs_on_target: 3, ..Default::default() };
     let held = check(&cfg, &BTreeMap::new(), &c, &r, &over).expect("a fourth run trips the guard");
     assert_eq!(held, Hold::LoopGuard { runs: 3, max: 3, window_secs: 600 });
-    let (next, drafts, disabled) = hold(&c, &r, &held, 7_000, 60_000);
+    let (next, drafts, disabled) = hold(&c, &r, &held, 7_000, 60_000, &[]);
     assert_eq!(next.state, ChangeState::PendingApproval);
     assert_eq!(drafts.iter().map(|d| d.kind.as_str()).collect::<Vec<_>>(), ["change.held_by_guardrail", "automation.disabled"]);
     let (d, e) = disabled.expect("the automation is disabled");
@@ -83,7 +84,7 @@ fn rate_limit_leaves_excess_for_a_person() {
     let over = GuardInputs { earlier_auto_runs_of_class: 2, ..Default::default() };
     let held = check(&cfg, &limits, &c, &r, &over).expect("the third run in an hour is held");
     assert_eq!(held, Hold::RateLimited { action: r.action, runs: 2, limit: RateLimit { max: 2, per_ms: 3_600_000 } });
-    let (next, drafts, disabled) = hold(&c, &r, &held, 0, 60_000);
+    let (next, drafts, disabled) = hold(&c, &r, &held, 0, 60_000, &[]);
     assert_eq!(next.state, ChangeState::PendingApproval);
     assert_eq!(drafts[0].payload["guardrail"], "rate_limit");
     assert!(disabled.is_none(), "a rate limit does not disable the automation");
