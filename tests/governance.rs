@@ -247,6 +247,17 @@ async fn breakglass_opens_blocked_for_two_person_review_and_alerts_alertmanager(
     let e = g.revoke_break_glass(pb::RevokeBreakGlassRequest { id: bg.id.clone(), reason: "done".into() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "an exhausted break-glass is already closed");
 
+    // Two distinct people approve: the change opened by its last use runs (dry run) while in force.
+    let r = view.recommendation.as_ref().unwrap();
+    for who in ["user:bob", "user:carol"] {
+        h.review(who)
+            .await
+            .approve(pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: "bank link down".into() })
+            .await
+            .unwrap();
+    }
+    assert_eq!(h.wait_for_state(&r.id, &["succeeded"]).await.executions.len(), 1);
+
     let kinds = audit_kinds(&h).await;
     assert!(kinds.contains(&"breakglass.opened".to_string()) && kinds.contains(&"breakglass.used".to_string()), "{kinds:?}");
     let metrics = h.metrics_text().await;
@@ -445,5 +456,52 @@ async fn rate_limit_leaves_excess_for_a_person() {
     assert!(card.executions.is_empty(), "not executed");
     let metrics = h.metrics_text().await;
     assert!(metrics.contains("cairn_guardrail_holds_total{guardrail=\"rate_limit\"} 1"), "{metrics}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_breakglass_refuses_its_change_at_execution_even_with_quorum() {
+    let mut h = Harness::start().await;
+    let mut g = guardrails(&h, "user:alice").await;
+    let bg = g
+        .open_break_glass(pb::OpenBreakGlassRequest {
+            purpose: "payments cannot reach the bank".into(),
+            link: "inc-78".into(),
+            scope: Some(pb::BreakGlassScope {
+                actions: vec!["firewall_relax".into()],
+                targets: vec![pb::Target { service: "payments".into(), environment: "production".into(), resource: "*".into() }],
+            }),
+            duration_secs: 3600,
+            max_uses: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    fire(&h, "ConnectionsRefused", "payments", "0.9", "fp-rv").await;
+    let view = wait_for_rec(&h, "firewall_relax", "payments").await;
+    let r = view.recommendation.as_ref().unwrap().clone();
+    assert_eq!(view.change.as_ref().unwrap().state, "pending_approval");
+    // One approval is not enough under a break-glass.
+    let approve = |who: &'static str| {
+        let r = r.clone();
+        let h = &h;
+        async move {
+            h.review(who)
+                .await
+                .approve(pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: "needed".into() })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    approve("user:bob").await;
+    assert_eq!(h.wait_for_state(&r.id, &["pending_approval"]).await.executions.len(), 0);
+    g.revoke_break_glass(pb::RevokeBreakGlassRequest { id: bg.id.clone(), reason: "bank link back".into() }).await.unwrap();
+    // The quorum is met after the revocation: the executor re-checks and refuses.
+    approve("user:carol").await;
+    let card = h.wait_for_state(&r.id, &["failed"]).await;
+    assert!(card.executions.is_empty(), "never reached an adapter");
+    let kinds = audit_kinds(&h).await;
+    assert!(kinds.contains(&"breakglass.revoked".to_string()) && kinds.contains(&"change.execution_refused".to_string()), "{kinds:?}");
     h.stop().await;
 }
