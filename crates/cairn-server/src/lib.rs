@@ -208,6 +208,9 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     health_reporter
         .set_serving::<pb::audit_service_server::AuditServiceServer<grpc::AuditSvc>>()
         .await;
+    health_reporter
+        .set_serving::<pb::guardrail_service_server::GuardrailServiceServer<grpc_guardrails::GuardrailSvc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
