@@ -505,3 +505,68 @@ async fn revoked_breakglass_refuses_its_change_at_execution_even_with_quorum() {
     assert!(kinds.contains(&"breakglass.revoked".to_string()) && kinds.contains(&"change.execution_refused".to_string()), "{kinds:?}");
     h.stop().await;
 }
+
+/// A loopback HTTP receiver that answers 200 to each request and hands back (headers, body).
+async fn webhook_receiver() -> (String, tokio::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/changes", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_end = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+                let _ = tx.send((head, buf[head_end..head_end + len].to_vec())).await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_executions_are_signed_with_the_configured_key_file() {
+    let (url, mut received) = webhook_receiver().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("webhook.key");
+    std::fs::write(&key_file, "  s3cret-key\n").unwrap();
+    let mut h = Harness::start_with(|cfg| {
+        cfg.executor.adapter = "webhook".into();
+        cfg.executor.webhook_url = Some(url);
+        cfg.executor.webhook_hmac_key_file = Some(key_file);
+    })
+    .await;
+    fire(&h, "ProcessDown", "search", "0.93", "fp-hmac").await;
+    let (head, body) = tokio::time::timeout(Duration::from_secs(15), received.recv()).await.expect("the webhook was called").unwrap();
+    let sig = head.lines().find_map(|l| l.strip_prefix("x-cairn-signature:")).expect("signed").trim().to_string();
+    assert_eq!(sig, cairn_workflow::adapters::sign(b"s3cret-key", &body), "signed with the file's key, whitespace trimmed");
+    assert_ne!(sig, cairn_workflow::adapters::sign(b"  s3cret-key\n", &body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["phase"].as_str(), v["recommendation"]["action"].as_str()), (Some("execute"), Some("restart_process")));
+    h.stop().await;
+}
