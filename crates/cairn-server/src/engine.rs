@@ -428,7 +428,7 @@ impl Engine {
     }
 }
 
-pub(crate) fn ran(state: ChangeState) -> bool {
+fn ran(state: ChangeState) -> bool {
     matches!(
         state,
         ChangeState::Executing

@@ -5,7 +5,7 @@
 //! the metrics and [`Alertmanager`].
 
 use crate::alerting::Alertmanager;
-use crate::engine::{Engine, ran};
+use crate::engine::Engine;
 use crate::error::ApiError;
 use cairn_store::StoreError;
 use cairn_types::{
@@ -33,6 +33,35 @@ impl Governance {
         let limits = guardrails.parsed_rate_limits()?;
         Ok(Governance { guardrails, limits, alertmanager })
     }
+}
+
+/// What the guardrails need to know about `change` (claimed, about to run) from the store: the
+/// freeze switch, whether its automation is disabled, and the runs counted by the loop guard and
+/// its action class's rate limit. Public for the `guard-cost` benchmark.
+pub fn guard_inputs(
+    store: &dyn cairn_store::Store,
+    governance: &Governance,
+    change: &ChangeRequest,
+    rec: &Recommendation,
+    now_ms: i64,
+) -> Result<GuardInputs, StoreError> {
+    let since = now_ms - governance.guardrails.loop_guard_window_ms();
+    let earlier_runs_on_target = store.count_runs_on_target(rec.action, &rec.target, since, &change.id)?;
+    let earlier_auto_runs_of_class = match governance.limits.get(&rec.action) {
+        Some(limit) => {
+            let since = now_ms - limit.per_ms;
+            let all = store.count_auto_runs(rec.action, since)?;
+            // This change is already claimed (executing) and counted when inside the window.
+            all.saturating_sub(u32::from(rec.created_ms >= since))
+        }
+        None => 0,
+    };
+    Ok(GuardInputs {
+        freeze: store.freeze_state()?,
+        disabled: store.disabled_automation(rec.action, &rec.target)?,
+        earlier_runs_on_target,
+        earlier_auto_runs_of_class,
+    })
 }
 
 /// Risky: could break more than one service, or cannot be fully undone.
@@ -130,28 +159,7 @@ impl Engine {
             return Ok(false);
         }
         let cfg = &self.governance.guardrails;
-        let since = now_ms - cfg.loop_guard_window_ms();
-        let earlier_runs_on_target = self
-            .store
-            .recent_changes_on_target(&rec.target, since)?
-            .iter()
-            .filter(|r| r.change.id != change.id && r.recommendation.action == rec.action && ran(r.change.state))
-            .count() as u32;
-        let earlier_auto_runs_of_class = match self.governance.limits.get(&rec.action) {
-            Some(limit) => {
-                let since = now_ms - limit.per_ms;
-                let all = self.store.count_auto_runs(rec.action, since)?;
-                // This change is already claimed (executing) and counted when inside the window.
-                all.saturating_sub(u32::from(change.created_ms >= since))
-            }
-            None => 0,
-        };
-        let inputs = GuardInputs {
-            freeze: self.store.freeze_state()?,
-            disabled: self.store.disabled_automation(rec.action, &rec.target)?,
-            earlier_runs_on_target,
-            earlier_auto_runs_of_class,
-        };
+        let inputs = guard_inputs(self.store.as_ref(), &self.governance, change, rec, now_ms)?;
         let Some(why) = guard::check(cfg, &self.governance.limits, change, rec, &inputs) else {
             return Ok(false);
         };

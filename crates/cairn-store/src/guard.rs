@@ -38,7 +38,12 @@ pub trait GuardStore {
     /// Turns a disabled automation back on. `false` (and nothing written) when it was not disabled.
     fn enable_automation(&self, action: ActionClass, target: &Target, audit: &[AuditDraft], now_ms: i64) -> Result<bool>;
 
-    /// Changes of `action` that an `auto` decision let run (executing or finished), created since
-    /// `since_ms`.
+    /// Changes of `action` on `target` that ran (executing or finished), whose recommendation
+    /// revision was created since `since_ms`, `excluding` one change (the one about to run). One
+    /// indexed count: the loop guard asks this before every auto execution.
+    fn count_runs_on_target(&self, action: ActionClass, target: &Target, since_ms: i64, excluding: &ChangeId) -> Result<u32>;
+
+    /// Changes of `action` that an `auto` decision let run (executing or finished), whose
+    /// recommendation revision was created since `since_ms`.
     fn count_auto_runs(&self, action: ActionClass, since_ms: i64) -> Result<u32>;
 }

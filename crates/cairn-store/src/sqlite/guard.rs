@@ -34,6 +34,8 @@ pub(super) const MIGRATION: &str = r#"
         body         TEXT NOT NULL,
         PRIMARY KEY (action, service, environment, resource)
     );
+    -- Rate limits count recent runs of one action class before every auto execution.
+    CREATE INDEX recommendations_action ON recommendations (action, created_ms);
 "#;
 
 fn write_breakglass(tx: &Transaction<'_>, bg: &BreakGlass) -> Result<()> {
@@ -185,13 +187,28 @@ impl GuardStore for SqliteStore {
         })
     }
 
+    fn count_runs_on_target(&self, action: ActionClass, target: &Target, since_ms: i64, excluding: &ChangeId) -> Result<u32> {
+        self.with_conn(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM recommendations r
+                 JOIN changes c ON c.recommendation_id = r.id AND c.revision = r.revision
+                 WHERE r.service = ?1 AND r.environment = ?2 AND r.resource = ?3 AND r.created_ms >= ?4
+                   AND r.action = ?5 AND c.id != ?6
+                   AND c.state IN ('executing', 'succeeded', 'failed', 'rolled_back', 'rollback_failed')",
+                params![target.service, target.environment, target.resource, since_ms, action.as_str(), excluding.0],
+                |r| r.get(0),
+            )?;
+            Ok(n as u32)
+        })
+    }
+
     fn count_auto_runs(&self, action: ActionClass, since_ms: i64) -> Result<u32> {
         self.with_conn(|c| {
             let n: i64 = c.query_row(
-                "SELECT COUNT(*) FROM changes c
-                 JOIN recommendations r ON r.id = c.recommendation_id AND r.revision = c.revision
-                 WHERE r.action = ?1 AND c.created_ms >= ?2
-                   AND json_extract(c.body, '$.outcome') = 'auto'
+                "SELECT COUNT(*) FROM recommendations r
+                 JOIN decisions d ON d.recommendation_id = r.id AND d.revision = r.revision
+                 JOIN changes c ON c.recommendation_id = r.id AND c.revision = r.revision
+                 WHERE r.action = ?1 AND r.created_ms >= ?2 AND d.outcome = 'auto'
                    AND c.state IN ('executing', 'succeeded', 'failed', 'rolled_back', 'rollback_failed')",
                 params![action.as_str(), since_ms],
                 |r| r.get(0),

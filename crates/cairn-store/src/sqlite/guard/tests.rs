@@ -33,7 +33,8 @@ fn rec(id: &str) -> Recommendation {
 }
 
 fn proposed(s: &SqliteStore, id: &str, outcome: Outcome, created_ms: i64) -> ChangeRequest {
-    let r = rec(id);
+    let mut r = rec(id);
+    r.created_ms = created_ms;
     let d = Decision {
         recommendation_id: r.id.clone(),
         revision: 1,
@@ -153,4 +154,21 @@ fn count_auto_runs_counts_only_auto_changes_that_ran_in_the_window() {
     assert_eq!(s.count_auto_runs(ActionClass::RestartProcess, 0).unwrap(), 2);
     assert_eq!(s.count_auto_runs(ActionClass::RestartProcess, 50).unwrap(), 1, "outside the window");
     assert_eq!(s.count_auto_runs(ActionClass::ScaleOut, 0).unwrap(), 0);
+}
+
+#[test]
+fn count_runs_on_target_counts_runs_of_that_action_there_in_the_window() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, "rec-old", Outcome::Auto, 10);
+    let mine = proposed(&s, "rec-mine", Outcome::Auto, 100);
+    proposed(&s, "rec-other", Outcome::Review, 100);
+    let none = ChangeId("none".into());
+    assert_eq!(s.count_runs_on_target(ActionClass::RestartProcess, &target(), 0, &none).unwrap(), 0, "nothing ran yet");
+    s.claim_approved(10, 200).unwrap();
+    assert_eq!(s.count_runs_on_target(ActionClass::RestartProcess, &target(), 0, &none).unwrap(), 2);
+    assert_eq!(s.count_runs_on_target(ActionClass::RestartProcess, &target(), 0, &mine.id).unwrap(), 1, "the change about to run is excluded");
+    assert_eq!(s.count_runs_on_target(ActionClass::RestartProcess, &target(), 50, &none).unwrap(), 1, "outside the window");
+    assert_eq!(s.count_runs_on_target(ActionClass::ScaleOut, &target(), 0, &none).unwrap(), 0, "another action");
+    let elsewhere = Target { resource: "pod/b".into(), ..target() };
+    assert_eq!(s.count_runs_on_target(ActionClass::RestartProcess, &elsewhere, 0, &none).unwrap(), 0, "another target");
 }
