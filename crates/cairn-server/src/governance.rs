@@ -127,8 +127,21 @@ impl Engine {
         };
         let under = breakglass::apply_to_decision(&decision, bg, &self.governance.guardrails.approver_groups);
         let (change, _) = cairn_workflow::open_change(rec, &under, now_ms, &self.workflow);
-        let (used, drafts, alerts) = breakglass::use_for(bg, rec, &change.id.0, now_ms)?;
-        self.store.use_breakglass(&used, &change.id, &drafts, now_ms)?;
+        // A use that cannot be recorded (revoked or used up concurrently) leaves the decision
+        // blocked: without its audit event, a break-glass allows nothing.
+        let recorded = breakglass::use_for(bg, rec, &change.id.0, now_ms)
+            .map_err(ApiError::from)
+            .and_then(|(used, drafts, alerts)| {
+                self.store.use_breakglass(&used, &change.id, &drafts, now_ms)?;
+                Ok((used, alerts))
+            });
+        let (used, alerts) = match recorded {
+            Ok(ok) => ok,
+            Err(e) => {
+                warn!(breakglass_id = %bg.id, error = %e, "break-glass use not recorded; the recommendation stays blocked");
+                return Ok(decision);
+            }
+        };
         let g = &self.metrics.governance;
         g.breakglass_events.with_label_values(&["used", &used.owner]).inc();
         if used.state == BreakGlassState::Exhausted {
