@@ -116,7 +116,7 @@ impl GuardStore for SqliteStore {
 
     fn freeze_state(&self) -> Result<Option<FreezeState>> {
         self.with_conn(|c| {
-            let body: Option<String> = c.query_row("SELECT body FROM guard_freeze WHERE id = 1", [], |r| r.get(0)).optional()?;
+            let body: Option<String> = c.prepare_cached("SELECT body FROM guard_freeze WHERE id = 1")?.query_row([], |r| r.get(0)).optional()?;
             body.map(|b| from_json("freeze state", &b)).transpose()
         })
     }
@@ -134,8 +134,10 @@ impl GuardStore for SqliteStore {
     fn disabled_automation(&self, action: ActionClass, target: &Target) -> Result<Option<DisabledAutomation>> {
         self.with_conn(|c| {
             let body: Option<String> = c
-                .query_row(
+                .prepare_cached(
                     "SELECT body FROM disabled_automations WHERE action = ?1 AND service = ?2 AND environment = ?3 AND resource = ?4",
+                )?
+                .query_row(
                     params![action.as_str(), target.service, target.environment, target.resource],
                     |r| r.get(0),
                 )
@@ -189,12 +191,12 @@ impl GuardStore for SqliteStore {
 
     fn count_runs_on_target(&self, action: ActionClass, target: &Target, since_ms: i64, excluding: &ChangeId) -> Result<u32> {
         self.with_conn(|c| {
-            let n: i64 = c.query_row(
+            let n: i64 = c.prepare_cached(
                 "SELECT COUNT(*) FROM recommendations r
                  JOIN changes c ON c.recommendation_id = r.id AND c.revision = r.revision
                  WHERE r.service = ?1 AND r.environment = ?2 AND r.resource = ?3 AND r.created_ms >= ?4
                    AND r.action = ?5 AND c.id != ?6
-                   AND c.state IN ('executing', 'succeeded', 'failed', 'rolled_back', 'rollback_failed')",
+                   AND c.state IN ('executing', 'succeeded', 'failed', 'rolled_back', 'rollback_failed')")?.query_row(
                 params![target.service, target.environment, target.resource, since_ms, action.as_str(), excluding.0],
                 |r| r.get(0),
             )?;
@@ -204,12 +206,12 @@ impl GuardStore for SqliteStore {
 
     fn count_auto_runs(&self, action: ActionClass, since_ms: i64) -> Result<u32> {
         self.with_conn(|c| {
-            let n: i64 = c.query_row(
+            let n: i64 = c.prepare_cached(
                 "SELECT COUNT(*) FROM recommendations r
                  JOIN decisions d ON d.recommendation_id = r.id AND d.revision = r.revision
                  JOIN changes c ON c.recommendation_id = r.id AND c.revision = r.revision
                  WHERE r.action = ?1 AND r.created_ms >= ?2 AND d.outcome = 'auto'
-                   AND c.state IN ('executing', 'succeeded', 'failed', 'rolled_back', 'rollback_failed')",
+                   AND c.state IN ('executing', 'succeeded', 'failed', 'rolled_back', 'rollback_failed')")?.query_row(
                 params![action.as_str(), since_ms],
                 |r| r.get(0),
             )?;
