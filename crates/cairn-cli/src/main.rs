@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod breakglass;
 mod client;
 mod demo;
 mod eval_nab;
+mod freeze;
 mod output;
 mod policy;
 
@@ -46,6 +48,15 @@ enum Command {
     /// Test, shadow and propose policy bundles.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Time-bound exceptions to policy: open, list, revoke.
+    #[command(subcommand)]
+    Breakglass(breakglass::BreakGlassCmd),
+    /// The global freeze switch: while on, nothing runs by itself.
+    #[command(subcommand)]
+    Freeze(freeze::FreezeCmd),
+    /// Guardrail status; re-enable an automation the loop guard disabled.
+    #[command(subcommand)]
+    Guard(freeze::GuardCmd),
     /// Evaluate detectors against labelled benchmarks.
     #[command(subcommand)]
     Eval(EvalCmd),
@@ -233,6 +244,9 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             }
         },
         Command::Policy(cmd) => policy::run(cmd).await,
+        Command::Breakglass(cmd) => breakglass::run(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Freeze(cmd) => freeze::run_freeze(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Guard(cmd) => freeze::run_guard(cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Eval(EvalCmd::Nab(args)) => eval_nab::run(args).map(|()| ExitCode::SUCCESS),

@@ -28,6 +28,10 @@ pub struct ServerConfig {
     /// `[[maintenance_windows]]`: when tier-3 changes may run (see `cairn_workflow::MaintenanceWindow`).
     pub maintenance_windows: Vec<cairn_workflow::MaintenanceWindow>,
     pub audit: crate::checkpoint::AuditConfig,
+    /// Where escalations go (Alertmanager's v2 API).
+    pub alerting: crate::alerting::AlertingConfig,
+    /// Freeze, loop guard, rate limits.
+    pub guardrails: cairn_workflow::GuardrailsConfig,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +51,8 @@ impl Default for ServerConfig {
             verification: VerificationConfig::default(),
             maintenance_windows: Vec::new(),
             audit: Default::default(),
+            alerting: Default::default(),
+            guardrails: Default::default(),
         }
     }
 }
@@ -123,11 +129,16 @@ impl Default for PolicyConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorConfig {
-    /// `dry_run` (default: describes the change, touches nothing) or `webhook`.
+    /// `dry_run` (default: describes the change, touches nothing), `webhook` or `command`.
     pub adapter: String,
     /// For `webhook`: where change requests are POSTed.
     pub webhook_url: Option<String>,
     pub webhook_timeout_ms: u64,
+    /// For `webhook`: a file holding the HMAC-SHA256 key; every body is then signed in
+    /// `X-Cairn-Signature: sha256=<hex>`. Surrounding whitespace in the file is ignored.
+    pub webhook_hmac_key_file: Option<PathBuf>,
+    /// For `command`: the argv to run and to roll back, a deadline and an output bound.
+    pub command: cairn_workflow::CommandConfig,
     /// How often the executor looks for approved changes.
     pub poll_interval_ms: u64,
 }
@@ -138,6 +149,8 @@ impl Default for ExecutorConfig {
             adapter: "dry_run".into(),
             webhook_url: None,
             webhook_timeout_ms: 10_000,
+            webhook_hmac_key_file: None,
+            command: cairn_workflow::CommandConfig { timeout_ms: 60_000, max_output_bytes: 16 * 1024, ..Default::default() },
             poll_interval_ms: 500,
         }
     }
@@ -203,10 +216,15 @@ impl ServerConfig {
                     message: "required when executor.adapter = \"webhook\"".into(),
                 });
             }
+            "command" => {
+                if let Some((key, message)) = self.executor.command.problem() {
+                    return Err(ConfigError::Invalid { key, message: message.into() });
+                }
+            }
             other => {
                 return Err(ConfigError::Invalid {
                     key: "executor.adapter",
-                    message: format!("unknown adapter {other:?}; expected \"dry_run\" or \"webhook\""),
+                    message: format!("unknown adapter {other:?}; expected \"dry_run\", \"webhook\" or \"command\""),
                 });
             }
         }
@@ -215,6 +233,12 @@ impl ServerConfig {
                 key: "audit.origin",
                 message: "must be non-empty, without spaces or '+' (it names the signing key)".into(),
             });
+        }
+        if let Err(message) = self.guardrails.parsed_rate_limits() {
+            return Err(ConfigError::Invalid { key: "guardrails.rate_limits", message });
+        }
+        if self.guardrails.loop_guard_max_runs == 0 {
+            return Err(ConfigError::Invalid { key: "guardrails.loop_guard_max_runs", message: "must be at least 1".into() });
         }
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.token_sha256.len() != 64 || hex::decode(&t.token_sha256).is_err() {

@@ -84,6 +84,8 @@ pub struct Engine {
     pub workflow: WorkflowConfig,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
+    /// Break-glass and guardrails (`governance.rs`).
+    pub governance: crate::governance::Governance,
     /// The audit head after the last write: live streams wait on it to re-read the outbox.
     audit_head: watch::Sender<u64>,
     /// Wakes the executor loop after an approval.
@@ -111,6 +113,7 @@ impl Engine {
             workflow,
             metrics,
             clock,
+            governance: Default::default(),
             audit_head,
             executor_wake: Notify::new(),
             shutdown,
@@ -121,7 +124,7 @@ impl Engine {
         self.audit_head.subscribe()
     }
 
-    fn audit_written(&self) {
+    pub(crate) fn audit_written(&self) {
         if let Ok(head) = self.store.audit_head() {
             self.audit_head.send_replace(head);
         }
@@ -231,6 +234,8 @@ impl Engine {
             ..RoutingContext::for_environment(&rec.target.environment)
         };
         let decision = router.route(&rec, &ctx, now);
+        let decision = self.breakglass_for_blocked(&rec, decision, now)?;
+        self.observe_routed(&rec, &decision);
         if decision.policy_failed {
             self.metrics.policy_failures.inc();
             warn!(reasons = ?decision.reasons, "policy evaluation failed; routed to review at tier 3");
@@ -299,6 +304,7 @@ impl Engine {
                     self.audit_written();
                     let message = match (approve, next.state) {
                         (true, ChangeState::Approved) => {
+                            self.observe_approved(&next, now);
                             self.wake_executor();
                             format!(
                                 "approved: quorum of {} met; the executor will run it",
@@ -329,9 +335,10 @@ impl Engine {
         let claimed = tokio::task::spawn_blocking(move || -> Result<Vec<ChangeRequest>, ApiError> {
             let now = engine.clock.now_ms();
             let expired = engine.store.expire_pending(now)?;
+            let swept = engine.sweep_breakglass(now)?;
             let waiting = crate::policy::waiting_for_window(&engine, now)?;
             let claimed = engine.store.claim_approved_except(16, now, &waiting)?;
-            if !expired.is_empty() || !claimed.is_empty() {
+            if !expired.is_empty() || swept > 0 || !claimed.is_empty() {
                 engine.audit_written();
             }
             Ok(claimed)
@@ -377,12 +384,23 @@ impl Engine {
             return Ok(());
         }
         let now = self.clock.now_ms();
+        let stopped = {
+            let engine = self.clone();
+            let (change, rec) = (change.clone(), recommendation.clone());
+            tokio::task::spawn_blocking(move || engine.stop_before_run(&change, &rec, now))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        };
+        if stopped {
+            self.audit_written();
+            return Ok(());
+        }
         let result = {
             let _g = span.enter();
             self.executor.run(&change, &recommendation, &decision, now)
         }
         .await;
-        let (execution, next, drafts) = match result {
+        let (execution, next, mut drafts) = match result {
             Ok(done) => done,
             Err(refused) => {
                 // Invariant 1: the executor re-checks the decision and the quorum and refused.
@@ -406,6 +424,7 @@ impl Engine {
         };
         self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
         info!(parent: &span, adapter = %execution.adapter, status, "executed");
+        let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
         let engine = self.clone();
         let expected = change.version;
         tokio::task::spawn_blocking(move || {
@@ -414,6 +433,7 @@ impl Engine {
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
         self.audit_written();
+        self.escalate(escalations);
         Ok(())
     }
 

@@ -24,6 +24,8 @@ pub enum ApiError {
     Overloaded { retry_after_secs: u64 },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    BreakGlass(#[from] cairn_workflow::BreakGlassError),
 }
 
 impl ApiError {
@@ -40,7 +42,7 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             // Never a 4xx for overload: Prometheus drops data on 4xx and retries on 5xx.
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Review(_) => StatusCode::CONFLICT,
+            ApiError::Review(_) | ApiError::BreakGlass(_) => StatusCode::CONFLICT,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,7 +59,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Overloaded { .. } => "overloaded",
-            ApiError::Review(_) => "refused",
+            ApiError::Review(_) | ApiError::BreakGlass(_) => "refused",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
     }
@@ -72,9 +74,21 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unauthenticated => tonic::Status::unauthenticated(msg),
             ApiError::Overloaded { .. } => tonic::Status::unavailable(msg),
             ApiError::Review(r) => review_status(r, msg),
+            ApiError::BreakGlass(b) => breakglass_status(b, msg),
             ApiError::Store(StoreError::Conflict { .. }) => tonic::Status::aborted(msg),
             ApiError::Store(_) | ApiError::Internal(_) => tonic::Status::internal(msg),
         }
+    }
+}
+
+fn breakglass_status(b: &cairn_workflow::BreakGlassError, msg: String) -> tonic::Status {
+    use cairn_workflow::BreakGlassError as B;
+    match b {
+        B::ServiceIdentity => tonic::Status::permission_denied(msg),
+        B::NotActive { .. } | B::Expired { .. } | B::UsesExhausted { .. } | B::OutOfScope { .. } => {
+            tonic::Status::failed_precondition(msg)
+        }
+        _ => tonic::Status::invalid_argument(msg),
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Runs a blocking store call off the async runtime.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
@@ -47,7 +47,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
     }
 }
 
-fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+pub(crate) fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
     req.extensions().get::<Principal>().cloned().ok_or_else(|| ApiError::Unauthenticated.into())
 }
 

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod audit_api;
+pub mod alerting;
 pub mod auth;
 mod card;
 pub mod checkpoint;
@@ -17,7 +18,9 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod governance;
 mod grpc;
+mod grpc_guardrails;
 mod http;
 pub mod metrics;
 mod learning;
@@ -55,6 +58,8 @@ pub enum StartError {
     Executor(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot set up guardrails or alerting: {0}")]
+    Governance(String),
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
     #[error(transparent)]
@@ -129,7 +134,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     let metrics = Metrics::new();
     let cancel = CancellationToken::new();
-    let engine = Arc::new(Engine::new(
+    let mut engine = Engine::new(
         store,
         Arc::new(router),
         executor,
@@ -137,7 +142,10 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         metrics,
         clock,
         cancel.clone(),
-    )?);
+    )?;
+    engine.governance = build_governance(&cfg)?;
+    engine.apply_configured_freeze().map_err(|e| StartError::Governance(e.to_string()))?;
+    let engine = Arc::new(engine);
     let analysis = Analysis {
         detector: cairn_detect::Detector::new(cfg.detect.clone()),
         correlator: cairn_correlate::Correlator::new(cfg.correlate.clone()),
@@ -217,6 +225,9 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     health_reporter
         .set_serving::<pb::audit_service_server::AuditServiceServer<grpc::AuditSvc>>()
         .await;
+    health_reporter
+        .set_serving::<pb::guardrail_service_server::GuardrailServiceServer<grpc_guardrails::GuardrailSvc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -228,6 +239,10 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     );
     let review_svc = pb::review_service_server::ReviewServiceServer::with_interceptor(
         grpc::ReviewSvc { engine: engine.clone() },
+        required.clone(),
+    );
+    let guardrail_svc = pb::guardrail_service_server::GuardrailServiceServer::with_interceptor(
+        grpc_guardrails::GuardrailSvc { engine: engine.clone() },
         required.clone(),
     );
     let audit_svc = pb::audit_service_server::AuditServiceServer::with_interceptor(
@@ -242,6 +257,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             .add_service(ingest_svc)
             .add_service(review_svc)
             .add_service(audit_svc)
+            .add_service(guardrail_svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 async move { c.cancelled().await },
@@ -269,6 +285,20 @@ fn execution_gate(cfg: &ServerConfig) -> Result<cairn_workflow::ExecutionGate, S
     Ok(cairn_workflow::ExecutionGate { windows, roster: Some(roster) })
 }
 
+fn build_governance(cfg: &ServerConfig) -> Result<governance::Governance, StartError> {
+    let am = match &cfg.alerting.alertmanager_url {
+        Some(url) => {
+            let generator = cfg.alerting.generator_url.clone().unwrap_or_else(|| format!("http://{}/", cfg.http_addr));
+            Some(
+                alerting::Alertmanager::new(url, generator, Duration::from_millis(cfg.alerting.timeout_ms))
+                    .map_err(|e| StartError::Governance(format!("alerting.alertmanager_url: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    governance::Governance::new(cfg.guardrails.clone(), am).map_err(|e| StartError::Governance(format!("guardrails.rate_limits: {e}")))
+}
+
 fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartError> {
     let adapter: Arc<dyn cairn_workflow::Adapter> = match cfg.executor.adapter.as_str() {
         "webhook" => {
@@ -277,11 +307,22 @@ fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartE
                 .webhook_url
                 .clone()
                 .ok_or_else(|| StartError::Executor("executor.webhook_url is required".into()))?;
+            let key = match &cfg.executor.webhook_hmac_key_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| StartError::Executor(format!("executor.webhook_hmac_key_file {}: {e}", path.display())))?
+                        .trim()
+                        .as_bytes()
+                        .to_vec(),
+                ),
+                None => None,
+            };
             Arc::new(
-                cairn_workflow::WebhookAdapter::new(url, Duration::from_millis(cfg.executor.webhook_timeout_ms))
+                cairn_workflow::WebhookAdapter::new(url, Duration::from_millis(cfg.executor.webhook_timeout_ms), key)
                     .map_err(|e| StartError::Executor(e.to_string()))?,
             )
         }
+        "command" => Arc::new(cairn_workflow::CommandAdapter::new(cfg.executor.command.clone())),
         _ => Arc::new(cairn_workflow::DryRunAdapter),
     };
     let executor = cairn_workflow::Executor::new(adapter).with_gate(Arc::new(execution_gate(cfg)?));

@@ -4,6 +4,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+use prometheus::core::Collector;
 
 /// Every series Cairn exports. Registered once; cloned handles are cheap.
 #[derive(Clone, Debug)]
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub active_series: IntGauge,
     pub refused_points: IntCounterVec,
     pub analysis_failures: IntCounter,
+    /// Governance series: how people and guardrails steer automation.
+    pub governance: GovernanceMetrics,
 }
 
 impl Metrics {
@@ -100,6 +103,7 @@ impl Metrics {
                 "Batches whose analysis failed after they were accepted (the store refused a write); see the log for the cause.",
             )
             .expect("valid metric"),
+            governance: GovernanceMetrics::new(),
             registry,
         };
         let r = &m.registry;
@@ -120,7 +124,10 @@ impl Metrics {
             Box::new(m.active_series.clone()),
             Box::new(m.refused_points.clone()),
             Box::new(m.analysis_failures.clone()),
-        ] {
+        ]
+        .into_iter()
+        .chain(m.governance.collectors())
+        {
             r.register(c).expect("each metric is registered once");
         }
         m
@@ -139,5 +146,112 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Governance series for dashboards and the alert rules in `rules/cairn-governance.rules.yml`:
+/// approval latency, auto-remediation and rollback outcomes, break-glass use and expiry,
+/// escalation of risky actions, guardrail holds and who overrides guardrails.
+#[derive(Clone, Debug)]
+pub struct GovernanceMetrics {
+    /// Seconds from a change opening to its quorum, by tier.
+    pub approval_latency: HistogramVec,
+    /// Finished changes by decision outcome (auto, review) and result.
+    pub change_results: IntCounterVec,
+    pub rollbacks: IntCounterVec,
+    /// Break-glass events by event and actor (the owner, or the person who revoked).
+    pub breakglass_events: IntCounterVec,
+    pub breakglass_active: IntGauge,
+    /// How long after its expiry the sweeper closed a break-glass (use time refuses it regardless).
+    pub breakglass_expiry_lateness: prometheus::Histogram,
+    /// Routed recommendations that are risky (cluster or global blast radius, or not fully
+    /// reversible), by whether they were escalated to people (anything but auto).
+    pub risky_actions: IntCounterVec,
+    /// Changes a guardrail held for a person, by guardrail.
+    pub guardrail_holds: IntCounterVec,
+    /// People turning guardrails off or around, by actor and kind (freeze_off, automation_enabled,
+    /// breakglass_opened).
+    pub guardrail_overrides: IntCounterVec,
+    pub frozen: IntGauge,
+    pub disabled_automations: IntGauge,
+    /// Escalations sent to Alertmanager, by alert name and result (sent, failed, unconfigured).
+    pub escalations: IntCounterVec,
+}
+
+impl GovernanceMetrics {
+    fn new() -> GovernanceMetrics {
+        GovernanceMetrics {
+            approval_latency: HistogramVec::new(
+                HistogramOpts::new("cairn_approval_latency_seconds", "Seconds from a change opening to its approval quorum, by tier.")
+                    .buckets(vec![30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0]),
+                &["tier"],
+            )
+            .expect("valid metric"),
+            change_results: IntCounterVec::new(
+                Opts::new("cairn_change_results_total", "Executed changes by decision outcome (auto, review) and result (succeeded, failed, rolled_back, rollback_failed, dry_run, refused)."),
+                &["outcome", "result"],
+            )
+            .expect("valid metric"),
+            rollbacks: IntCounterVec::new(
+                Opts::new("cairn_rollbacks_total", "Automatic rollbacks after a failed verification, by result (succeeded, failed)."),
+                &["result"],
+            )
+            .expect("valid metric"),
+            breakglass_events: IntCounterVec::new(
+                Opts::new("cairn_breakglass_events_total", "Break-glass events (opened, used, revoked, expired, exhausted) by actor."),
+                &["event", "actor"],
+            )
+            .expect("valid metric"),
+            breakglass_active: IntGauge::new("cairn_breakglass_active", "Break-glass exceptions currently active.").expect("valid metric"),
+            breakglass_expiry_lateness: prometheus::Histogram::with_opts(
+                HistogramOpts::new("cairn_breakglass_expiry_lateness_seconds", "Seconds between a break-glass expiry and the sweeper closing it.")
+                    .buckets(vec![1.0, 5.0, 30.0, 60.0, 300.0, 900.0]),
+            )
+            .expect("valid metric"),
+            risky_actions: IntCounterVec::new(
+                Opts::new("cairn_risky_actions_total", "Risky recommendations (cluster/global blast radius or not fully reversible) by whether people were put in the lead (escalated=true: review, advisory or blocked)."),
+                &["escalated"],
+            )
+            .expect("valid metric"),
+            guardrail_holds: IntCounterVec::new(
+                Opts::new("cairn_guardrail_holds_total", "Auto changes a guardrail held for a person, by guardrail (freeze, loop_guard, automation_disabled, rate_limit)."),
+                &["guardrail"],
+            )
+            .expect("valid metric"),
+            guardrail_overrides: IntCounterVec::new(
+                Opts::new("cairn_guardrail_overrides_total", "People lifting guardrails, by actor and kind (freeze_off, automation_enabled, breakglass_opened)."),
+                &["actor", "kind"],
+            )
+            .expect("valid metric"),
+            frozen: IntGauge::new("cairn_frozen", "1 while the global freeze is on: nothing runs by itself.").expect("valid metric"),
+            disabled_automations: IntGauge::new("cairn_disabled_automations", "Automations (action on target) the loop guard disabled and no person re-enabled yet.").expect("valid metric"),
+            escalations: IntCounterVec::new(
+                Opts::new("cairn_escalations_total", "Escalations to Alertmanager by alert name and result (sent, failed, unconfigured)."),
+                &["alertname", "result"],
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    /// The names of the governance series, as the alert rules refer to them.
+    pub fn names(&self) -> Vec<String> {
+        self.collectors().iter().flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone())).collect()
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.approval_latency.clone()),
+            Box::new(self.change_results.clone()),
+            Box::new(self.rollbacks.clone()),
+            Box::new(self.breakglass_events.clone()),
+            Box::new(self.breakglass_active.clone()),
+            Box::new(self.breakglass_expiry_lateness.clone()),
+            Box::new(self.risky_actions.clone()),
+            Box::new(self.guardrail_holds.clone()),
+            Box::new(self.guardrail_overrides.clone()),
+            Box::new(self.frozen.clone()),
+            Box::new(self.disabled_automations.clone()),
+            Box::new(self.escalations.clone()),
+        ]
     }
 }

@@ -24,7 +24,10 @@
 
 #![forbid(unsafe_code)]
 
+mod guard;
 mod sqlite;
+
+pub use guard::GuardStore;
 
 pub use cairn_audit::{ChainBreak, ChainSummary};
 pub use sqlite::SqliteStore;
@@ -87,7 +90,7 @@ pub struct AuditQuery {
 }
 
 /// Durable state. See the crate documentation for the transaction and audit rules.
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: GuardStore + Send + Sync + std::fmt::Debug {
     /// Upserts alerts by fingerprint (status, end, last seen). Returns how many rows changed.
     fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize>;
     fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()>;

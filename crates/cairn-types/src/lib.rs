@@ -13,6 +13,7 @@
 
 mod change;
 mod detect;
+mod guard;
 mod labels;
 mod recommend;
 mod route;
@@ -21,6 +22,9 @@ mod signal;
 pub use change::{
     Approval, AuditDraft, AuditEvent, ChangeId, ChangeRequest, ChangeState, Execution, ExecutionOutcome,
     Principal, Rejection,
+};
+pub use guard::{
+    BREAKGLASS_MAX_MS, BreakGlass, BreakGlassScope, BreakGlassState, DisabledAutomation, Escalation, FreezeState,
 };
 pub use detect::{Anomaly, Incident, IncidentId, IncidentMember, ProbableCause};
 pub use labels::{Labels, SeriesId, METRIC_NAME_LABEL, series_id_of_sorted};

@@ -10,7 +10,6 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Why the executor refused to run a change.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -31,6 +30,8 @@ pub enum ExecutionRefused {
     OutsideWindow(String),
     #[error("quorum no longer met: {valid} valid approvals of {required} required; no longer authorised to approve: {}", revoked.join(", "))]
     ApproverNoLongerAuthorised { valid: usize, required: u8, revoked: Vec<String> },
+    #[error("the break-glass this change was opened under no longer allows it: {0}")]
+    BreakGlassLapsed(String),
 }
 
 /// Checks, immediately before execution, that this exact change may run: an `auto` decision within
@@ -128,97 +129,6 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     fn execute<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a>;
     /// Carries out the recommendation's rollback plan.
     fn rollback<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a>;
-}
-
-/// Describes what it would do and touches nothing.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DryRunAdapter;
-
-impl Adapter for DryRunAdapter {
-    fn name(&self) -> &str {
-        "dry_run"
-    }
-
-    fn execute<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
-        Box::pin(async move {
-            let mut out = format!(
-                "would run {} on {} (change {}, digest {})\n",
-                rec.action,
-                rec.target,
-                change.id,
-                &change.action_digest[..change.action_digest.len().min(16)]
-            );
-            for (k, v) in &rec.parameters {
-                out.push_str(&format!("  parameter {k} = {v}\n"));
-            }
-            if let Some(p) = &rec.rollback_plan {
-                out.push_str(&format!("  rollback ready ({} steps, owner {})\n", p.steps.len(), p.owner));
-            }
-            (ExecutionOutcome::DryRun, out)
-        })
-    }
-
-    fn rollback<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
-        Box::pin(async move {
-            let steps = rec.rollback_plan.as_ref().map(|p| p.steps.join("; ")).unwrap_or_default();
-            (ExecutionOutcome::DryRun, format!("would roll back change {}: {steps}\n", change.id))
-        })
-    }
-}
-
-/// POSTs the change as JSON to a URL, with the action digest as the idempotency key so a retried
-/// delivery is recognisable on the receiving side. 2xx is success.
-#[derive(Debug)]
-pub struct WebhookAdapter {
-    url: String,
-    client: reqwest::Client,
-}
-
-impl WebhookAdapter {
-    pub fn new(url: String, timeout: Duration) -> Result<WebhookAdapter, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(timeout).build()?;
-        Ok(WebhookAdapter { url, client })
-    }
-}
-
-impl WebhookAdapter {
-    async fn post(&self, phase: &str, rec: &Recommendation, change: &ChangeRequest) -> (ExecutionOutcome, String) {
-        let body = json!({ "phase": phase, "change": change, "recommendation": rec, "action_digest": change.action_digest });
-        let sent = self
-            .client
-            .post(&self.url)
-            .header("Idempotency-Key", format!("{}:{phase}", change.action_digest))
-            .json(&body)
-            .send()
-            .await;
-        match sent {
-            Ok(resp) => {
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                let text: String = text.chars().take(4096).collect();
-                if status.is_success() {
-                    (ExecutionOutcome::Succeeded, text)
-                } else {
-                    (ExecutionOutcome::Failed { error: format!("webhook answered {status}") }, text)
-                }
-            }
-            Err(e) => (ExecutionOutcome::Failed { error: format!("webhook request failed: {e}") }, String::new()),
-        }
-    }
-}
-
-impl Adapter for WebhookAdapter {
-    fn name(&self) -> &str {
-        "webhook"
-    }
-
-    fn execute<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
-        Box::pin(self.post("execute", rec, change))
-    }
-
-    fn rollback<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
-        Box::pin(self.post("rollback", rec, change))
-    }
 }
 
 /// Runs changes through an adapter, after [`authorize_execution`], then verifies them.

@@ -13,12 +13,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adapters;
+pub mod breakglass;
 mod execute;
+pub mod guard;
 mod review;
 mod verify;
 mod window;
 
-pub use execute::{Adapter, AdapterFuture, DryRunAdapter, ExecutionRefused, Executor, WebhookAdapter, authorize_execution, refuse};
+pub use adapters::{CommandAdapter, CommandConfig, DryRunAdapter, WebhookAdapter};
+pub use breakglass::{BreakGlassError, BreakGlassRequest};
+pub use guard::{GuardInputs, GuardrailsConfig, Hold, RateLimit};
+pub use execute::{Adapter, AdapterFuture, ExecutionRefused, Executor, authorize_execution, refuse};
 pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
 pub use verify::{CheckResult, PromQlVerifier, Verifier, compare};
 pub use window::{ExecutionGate, MaintenanceWindow, MaintenanceWindows, Roster, WeeklySchedule, WindowError};

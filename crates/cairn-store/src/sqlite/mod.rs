@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::sync::Mutex;
 
+mod guard;
+
 /// Migrations, applied in order; `user_version` is the number applied. Never edit a released one:
 /// append.
 const MIGRATIONS: &[&str] = &[
@@ -121,6 +123,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_tree_no_delete BEFORE DELETE ON audit_tree
         BEGIN SELECT RAISE(ABORT, 'the audit tree is append-only: DELETE refused'); END;
     "#,
+    // 3: break-glass records and uses, the freeze switch, automations the loop guard disabled.
+    guard::MIGRATION,
 ];
 
 /// SQLite-backed [`Store`].
