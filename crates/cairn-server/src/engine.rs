@@ -220,6 +220,9 @@ impl Engine {
         let router = self.router.current();
         let since = now - self.workflow.loop_guard_window_ms;
         let recent = self.store.recent_changes_on_target(&rec.target, since)?;
+        // Break-glass exceptions in force for this action and target: an input the policy sees, and
+        // what may open a blocked recommendation for review below.
+        let breakglass = self.store.list_breakglass(true)?;
         let ctx = RoutingContext {
             recent_runs: recent
                 .iter()
@@ -231,10 +234,15 @@ impl Engine {
                 .count() as u32,
             maintenance_window_open: self.executor.gate().windows.open_for(&rec.target, now).is_some(),
             service_criticality: router.bundle().service_criticality(&rec.target.service),
+            active_break_glass: breakglass
+                .iter()
+                .filter(|bg| bg.scope.covers(rec.action, &rec.target) && cairn_workflow::breakglass::check_usable(bg, now).is_ok())
+                .map(|bg| bg.id.clone())
+                .collect(),
             ..RoutingContext::for_environment(&rec.target.environment)
         };
         let decision = router.route(&rec, &ctx, now);
-        let decision = self.breakglass_for_blocked(&rec, decision, now)?;
+        let decision = self.breakglass_for_blocked(&rec, decision, &breakglass, now)?;
         self.observe_routed(&rec, &decision);
         if decision.policy_failed {
             self.metrics.policy_failures.inc();

@@ -117,12 +117,17 @@ impl Engine {
     /// At routing, a `blocked` decision for a recommendation an active break-glass covers becomes
     /// two-person review under it, and the use is recorded (audit, metrics, alert). Any other
     /// decision passes unchanged. Blocking.
-    pub(crate) fn breakglass_for_blocked(&self, rec: &Recommendation, decision: Decision, now_ms: i64) -> Result<Decision, ApiError> {
+    pub(crate) fn breakglass_for_blocked(
+        &self,
+        rec: &Recommendation,
+        decision: Decision,
+        active: &[BreakGlass],
+        now_ms: i64,
+    ) -> Result<Decision, ApiError> {
         if decision.outcome != Outcome::Blocked {
             return Ok(decision);
         }
-        let active = self.store.list_breakglass(true)?;
-        let Some(bg) = breakglass::find_usable(&active, rec, now_ms) else {
+        let Some(bg) = breakglass::find_usable(active, rec, now_ms) else {
             return Ok(decision);
         };
         let under = breakglass::apply_to_decision(&decision, bg, &self.governance.guardrails.approver_groups);
