@@ -218,7 +218,9 @@ impl Engine {
         let _g = span.enter();
         let rec = crate::learning::apply(self, rec, now)?;
         let router = self.router.current();
-        let since = now - self.workflow.loop_guard_window_ms;
+        // One loop-guard window for both uses: the policy's input (recent runs bump routing) and the
+        // guardrail that disables the automation (`guardrails.loop_guard_window_secs`).
+        let since = now - self.governance.guardrails.loop_guard_window_ms();
         let recent = self.store.recent_changes_on_target(&rec.target, since)?;
         // Break-glass exceptions in force for this action and target: an input the policy sees, and
         // what may open a blocked recommendation for review below.

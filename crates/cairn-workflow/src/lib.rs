@@ -37,13 +37,11 @@ use serde::{Deserialize, Serialize};
 pub struct WorkflowConfig {
     /// A change waiting for approval expires after this long (default one hour).
     pub pending_ttl_ms: i64,
-    /// The loop guard looks this far back when counting runs of one action on one target.
-    pub loop_guard_window_ms: i64,
 }
 
 impl Default for WorkflowConfig {
     fn default() -> Self {
-        WorkflowConfig { pending_ttl_ms: 3_600_000, loop_guard_window_ms: 3_600_000 }
+        WorkflowConfig { pending_ttl_ms: 3_600_000 }
     }
 }
 
