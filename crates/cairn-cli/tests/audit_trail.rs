@@ -7,57 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Server {
-    /// SIGTERM, as a service manager stops it, and wait for the graceful exit.
-    fn stop_gracefully(&mut self) {
-        let pid = self.0.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "serve exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn cairn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).env("CAIRN_LOG", "warn").output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn post_json(port: u16, path: &str, body: &str) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-}
+use common::{Server, cairn, post_json, text};
+use std::path::Path;
+use std::process::Output;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -83,35 +39,15 @@ fn a_remediation_is_provable_offline_and_tampering_with_the_stopped_servers_data
     let checkpoints = dir.path().join("other-volume/checkpoints");
     let key = dir.path().join("keys/audit.key");
     std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-    let (http, grpc) = (free_port(), free_port());
-    let token_out = cairn(&["token", "new", "--subject", "user:carol", "--group", "sre"]);
-    let token_text = String::from_utf8(token_out.stdout).unwrap();
-    let token = token_text.lines().nth(1).unwrap().trim().to_string();
-    let entry = &token_text[token_text.find("[[auth.tokens]]").unwrap()..];
-    let config = dir.path().join("cairn.toml");
     // Periodic checkpoints are far apart: the one this test sees is the shutdown checkpoint.
-    std::fs::write(
-        &config,
-        format!("[executor]\npoll_interval_ms = 50\n\n[audit]\ncheckpoint_every_secs = 3600\ncheckpoint_every_entries = 100000\n\n{entry}"),
-    )
-    .unwrap();
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["serve", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
-            .args(["--checkpoint-dir", checkpoints.to_str().unwrap(), "--signing-key", key.to_str().unwrap()])
-            .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mut server = Server::start(
+        dir.path(),
+        "user:carol",
+        "[executor]\npoll_interval_ms = 50\n\n[audit]\ncheckpoint_every_secs = 3600\ncheckpoint_every_entries = 100000",
+        &["--checkpoint-dir", checkpoints.to_str().unwrap(), "--signing-key", key.to_str().unwrap()],
     );
-    let server_addr = format!("http://127.0.0.1:{grpc}");
-    let base = ["--server", server_addr.as_str(), "--token", token.as_str()];
+    let (http, base) = (server.http, server.client_args());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     post_json(
         http,
         "/api/v1/alerts/alertmanager",

@@ -4,63 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn cairn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).env("CAIRN_LOG", "warn").output().unwrap()
-}
-
-fn post_json(port: u16, path: &str, body: &str) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-}
+use common::{Server, cairn, post_json};
 
 #[test]
 fn review_and_audit_commands_work_against_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, grpc) = (free_port(), free_port());
-    let token_out = cairn(&["token", "new", "--subject", "user:carol", "--group", "sre"]);
-    assert!(token_out.status.success());
-    let text = String::from_utf8(token_out.stdout).unwrap();
-    let token = text.lines().nth(1).unwrap().trim().to_string();
-    let entry = &text[text.find("[[auth.tokens]]").unwrap()..];
-    let config = dir.path().join("cairn.toml");
-    std::fs::write(&config, format!("[executor]\npoll_interval_ms = 50\n\n{entry}")).unwrap();
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["serve", "--config", config.to_str().unwrap(), "--data-dir", dir.path().join("data").to_str().unwrap()])
-            .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let server = format!("http://127.0.0.1:{grpc}");
-    let base = ["--server", server.as_str(), "--token", token.as_str()];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = Server::start(dir.path(), "user:carol", "[executor]\npoll_interval_ms = 50", &[]);
+    let (http, base) = (server.http, server.client_args());
+    let deadline = Instant::now() + Duration::from_secs(30);
 
     post_json(
         http,
@@ -69,7 +24,7 @@ fn review_and_audit_commands_work_against_a_running_server() {
     );
 
     // Without a token the review API refuses, and says how to fix it.
-    let anon = cairn(&["review", "list", "--server", &server]);
+    let anon = cairn(&["review", "list", "--server", &server.grpc_url]);
     assert!(!anon.status.success());
     assert!(String::from_utf8_lossy(&anon.stderr).contains("--token"));
 

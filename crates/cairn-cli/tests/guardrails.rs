@@ -3,57 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn cairn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).env("CAIRN_LOG", "warn").output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{Server, cairn, ok};
 
 #[test]
 fn breakglass_and_freeze_commands_work_against_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, grpc) = (free_port(), free_port());
-    let text = ok(cairn(&["token", "new", "--subject", "user:dana", "--group", "sre"]));
-    let token = text.lines().nth(1).unwrap().trim().to_string();
-    let entry = &text[text.find("[[auth.tokens]]").unwrap()..];
-    let config = dir.path().join("cairn.toml");
-    std::fs::write(&config, format!("[guardrails]\nfreeze = true\n\n{entry}")).unwrap();
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["serve", "--config", config.to_str().unwrap(), "--data-dir", dir.path().join("data").to_str().unwrap()])
-            .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let server = format!("http://127.0.0.1:{grpc}");
-    let base = ["--server", server.as_str(), "--token", token.as_str()];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = Server::start(dir.path(), "user:dana", "[guardrails]\nfreeze = true", &[]);
+    let base = server.client_args();
 
     // `guardrails.freeze = true` in the config: the server starts frozen.
     let status: serde_json::Value = serde_json::from_str(&ok(cairn(&[&["guard", "status", "--output", "json"], &base[..]].concat()))).unwrap();

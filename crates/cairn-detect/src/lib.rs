@@ -17,7 +17,7 @@
 
 pub mod univariate;
 
-use cairn_types::{Anomaly, SampleBatch, SeriesId, SeriesSamples, Severity};
+use cairn_types::{Anomaly, SampleBatch, SeriesId, SeriesSamples};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
