@@ -9,65 +9,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use cairn_e2e::programs::*;
 use cairn_e2e::*;
 use cairn_proto::v1 as pb;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-
-/// A child process killed on drop.
-struct Proc(&'static str, Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.1.kill();
-        let _ = self.1.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn present(programs: &[&str]) -> bool {
-    let missing: Vec<&str> = programs
-        .iter()
-        .copied()
-        .filter(|p| Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("missing {missing:?}: apt-get install prometheus prometheus-alertmanager");
-    assert!(std::env::var_os("CI").is_none(), "{msg}");
-    eprintln!("SKIPPED governance test: {msg}");
-    false
-}
-
-fn spawn(name: &'static str, bin: &str, args: &[String], log: &Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(out).spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    Proc(name, child)
-}
-
-async fn wait_ready(url: &str, p: &mut Proc) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        if let Ok(Some(status)) = p.1.try_wait() {
-            panic!("{} exited early with {status}", p.0);
-        }
-        assert!(Instant::now() < deadline, "{} did not become ready at {url}", p.0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The real Alertmanager on a free loopback port, routing everything to a receiver that notifies
 /// nobody: the test reads what arrived from its API.
@@ -85,7 +35,7 @@ async fn alertmanager(dir: &Path) -> (Proc, u16) {
         ],
         &dir.join("am.log"),
     );
-    wait_ready(&format!("http://127.0.0.1:{port}/-/ready"), &mut p).await;
+    wait_ready(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}/-/ready"), "alertmanager", &mut [&mut p]).await;
     (p, port)
 }
 
@@ -152,7 +102,7 @@ async fn audit_kinds(h: &Harness) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_rollback_escalates_to_alertmanager() {
-    if !present(&["prometheus", "prometheus-alertmanager"]) {
+    if !programs_present(&["prometheus", "prometheus-alertmanager"], "governance test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -172,7 +122,7 @@ async fn failed_rollback_escalates_to_alertmanager() {
         ],
         &d.join("prom.log"),
     );
-    wait_ready(&format!("http://127.0.0.1:{prom_port}/-/ready"), &mut prom).await;
+    wait_ready(&reqwest::Client::new(), &format!("http://127.0.0.1:{prom_port}/-/ready"), "prometheus", &mut [&mut prom]).await;
 
     let mut h = Harness::start_with(|cfg| {
         cfg.executor.adapter = "command".into();
@@ -204,7 +154,7 @@ async fn failed_rollback_escalates_to_alertmanager() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breakglass_opens_blocked_for_two_person_review_and_alerts_alertmanager() {
-    if !present(&["prometheus-alertmanager"]) {
+    if !programs_present(&["prometheus-alertmanager"], "governance test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +228,7 @@ impl cairn_server::engine::Clock for ManualClock {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breakglass_expires_by_itself_audited_and_alerted() {
-    if !present(&["prometheus-alertmanager"]) {
+    if !programs_present(&["prometheus-alertmanager"], "governance test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -380,7 +330,7 @@ async fn frozen_system_runs_nothing_by_itself_until_a_person_decides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loop_guard_disables_automation_and_escalates() {
-    if !present(&["prometheus-alertmanager"]) {
+    if !programs_present(&["prometheus-alertmanager"], "governance test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

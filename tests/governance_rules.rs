@@ -7,20 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn promtool_present() -> bool {
-    if Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
-        return true;
-    }
-    let msg = "promtool is missing: apt-get install prometheus";
-    assert!(std::env::var_os("CI").is_none(), "{msg}");
-    eprintln!("SKIPPED governance rules test: {msg}");
-    false
 }
 
 fn promtool(args: &[&str]) -> (bool, String) {
@@ -30,7 +20,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn governance_rules_pass_promtool_unit_tests() {
-    if !promtool_present() {
+    if !cairn_e2e::programs::programs_present(&["promtool"], "governance rules test") {
         return;
     }
     let (ok, out) = promtool(&["check", "rules", "rules/cairn-governance.rules.yml"]);

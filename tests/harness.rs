@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
 
+pub mod programs;
+
 use cairn_proto::v1 as pb;
 use cairn_server::config::{ServerConfig, TokenEntry};
 use cairn_server::RunningServer;

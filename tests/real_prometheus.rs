@@ -12,39 +12,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use cairn_e2e::programs::*;
 use cairn_e2e::*;
 use cairn_proto::v1 as pb;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A child process killed on drop.
-struct Proc(&'static str, Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.1.kill();
-        let _ = self.1.wait();
-    }
-}
-
-fn spawn(name: &'static str, bin: &str, args: &[String], log: &Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin} ({e}); install it: apt-get install prometheus prometheus-alertmanager prometheus-node-exporter"));
-    Proc(name, child)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Serves `/metrics` with one gauge whose value the test sets.
 async fn controlled_target(value: Arc<AtomicU64>) -> u16 {
@@ -85,40 +60,9 @@ async fn prom_value(client: &reqwest::Client, prom: u16, query: &str) -> Option<
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
-async fn wait_ready(client: &reqwest::Client, url: &str, what: &str, procs: &mut [&mut Proc]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        for p in procs.iter_mut() {
-            if let Ok(Some(status)) = p.1.try_wait() {
-                panic!("{} exited early with {status}", p.0);
-            }
-        }
-        assert!(Instant::now() < deadline, "{what} did not become ready at {url}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// False (with a notice) when the real programs are not installed outside CI.
-fn programs_present() -> bool {
-    let missing: Vec<&str> = ["prometheus", "prometheus-alertmanager", "prometheus-node-exporter"]
-        .into_iter()
-        .filter(|p| Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("missing {missing:?}: apt-get install prometheus prometheus-alertmanager prometheus-node-exporter");
-    assert!(std::env::var_os("CI").is_none(), "{msg}");
-    eprintln!("SKIPPED real_prometheus end-to-end test: {msg}");
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
-    if !programs_present() {
+    if !programs_present(&["prometheus", "prometheus-alertmanager", "prometheus-node-exporter"], "real_prometheus end-to-end test") {
         return;
     }
     // The detector's default warm-up (150 samples: 37 minutes at a 15 s scrape) is shortened so a
@@ -352,7 +296,7 @@ fn pressure_config(cairn: std::net::SocketAddr, node: u16, jobs: usize) -> Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
-    if !programs_present() {
+    if !programs_present(&["prometheus", "prometheus-alertmanager", "prometheus-node-exporter"], "real_prometheus end-to-end test") {
         return;
     }
     // A queue of one batch: Cairn will be saturated and answer 503 + Retry-After.
@@ -427,7 +371,7 @@ async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
     let reload = client.post(format!("http://127.0.0.1:{prom}/-/reload")).send().await;
     if reload.as_ref().map(|r| !r.status().is_success()).unwrap_or(true) {
         // --web.enable-lifecycle is off by default; SIGHUP reloads too.
-        let _ = Command::new("kill").args(["-HUP", &prom_p.1.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-HUP", &prom_p.child.id().to_string()]).status();
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut stable = 0;

@@ -1,0 +1,73 @@
+//! The real programs the end-to-end tests run beside Cairn (Debian's `prometheus`,
+//! `prometheus-alertmanager`, `prometheus-node-exporter`, `promtool`): started on loopback, killed
+//! when the test ends — also on failure — and, where they are not installed, a SKIPPED notice
+//! outside CI and a failure under `CI=true`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `bin` with its standard error in `log` (read it when a test fails).
+pub fn spawn(name: &'static str, bin: &str, args: &[String], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("create the program's log file");
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin} ({e}); install it: apt-get install prometheus prometheus-alertmanager prometheus-node-exporter"));
+    Proc { name, child }
+}
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
+/// True when every program answers `--version`. Otherwise a SKIPPED notice naming `test` — or,
+/// under `CI=true`, a failure: CI installs them, so their absence there is a broken setup.
+pub fn programs_present(programs: &[&str], test: &str) -> bool {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("missing {missing:?}: apt-get install prometheus prometheus-alertmanager prometheus-node-exporter");
+    assert!(std::env::var_os("CI").is_none(), "{msg}");
+    eprintln!("SKIPPED {test}: {msg}");
+    false
+}
+
+/// Waits until `url` answers 2xx, failing early if one of `procs` exits.
+pub async fn wait_ready(client: &reqwest::Client, url: &str, what: &str, procs: &mut [&mut Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        for p in procs.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("{} exited early with {status}", p.name);
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} did not become ready at {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
