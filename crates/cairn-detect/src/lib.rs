@@ -18,6 +18,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod multivariate;
+pub mod registry;
+
 use cairn_types::{Anomaly, MetricSample, SeriesId, Severity};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
