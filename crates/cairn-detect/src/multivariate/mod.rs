@@ -18,6 +18,7 @@
 
 mod model;
 mod online;
+pub mod synthetic;
 
 pub use model::{
     score_to_unit, Calibration, Hyperparameters, KMeansPart, MultivariateModel, PcaPart, RowScore, Scaler,
@@ -42,3 +43,6 @@ pub enum MultivariateError {
     #[error("model is inconsistent: {0}")]
     Inconsistent(String),
 }
+
+#[cfg(test)]
+mod tests;

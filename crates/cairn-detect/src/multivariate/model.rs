@@ -95,13 +95,14 @@ pub struct RowScore {
     pub combined: f64,
 }
 
-/// Maps a combined raw score to [0, 1]: 0.5 at the calibration quantile (raw 1.0), 0.9 at about
-/// 3.3 times it, monotonic so rankings (and AUC-PR) are unchanged.
+/// Maps a combined raw score to [0, 1]: `1 - 0.5^(raw²)`, so 0.5 at the calibration quantile
+/// (raw 1.0) and 0.9 (the default alert score) at about 1.8 times it; monotonic, so rankings (and
+/// AUC-PR) are unchanged.
 pub fn score_to_unit(raw: f64) -> f64 {
     if raw.is_nan() {
         return 1.0;
     }
-    (1.0 - 0.5f64.powf(raw.max(0.0))).clamp(0.0, 1.0)
+    (1.0 - 0.5f64.powf(raw.max(0.0).powi(2))).clamp(0.0, 1.0)
 }
 
 impl MultivariateModel {
