@@ -8,7 +8,9 @@
 
 mod client;
 mod demo;
+mod eval_multivariate;
 mod output;
+mod train;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -40,6 +42,17 @@ enum Command {
     /// Create bearer tokens for the server's configuration.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Train a multivariate model from a data file into the model registry (`models/`).
+    Train(train::TrainArgs),
+    /// Evaluate detectors on labelled data sets.
+    #[command(subcommand)]
+    Eval(EvalCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCmd {
+    /// Fit on every `*_train` file, score its `*_test` file: AUC-PR and point-wise F1 per machine.
+    Multivariate(eval_multivariate::MultivariateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +262,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(EvalCmd::Multivariate(args)) => eval_multivariate::run(args).map(|()| ExitCode::SUCCESS),
         Command::Token(TokenCmd::New { subject, display_name, groups }) => {
             let token = cairn_server::auth::new_token();
             let entry = cairn_server::config::TokenEntry {
