@@ -152,3 +152,117 @@ pub fn load_dir(root: &Path) -> Result<Vec<LoadedModel>, RegistryError> {
     out.sort_by(|a, b| a.manifest.id.cmp(&b.manifest.id));
     Ok(out)
 }
+
+/// The artifacts shipped in the repository's `models/`, compiled in: (folder, manifest, artifact).
+const DEFAULT_MODELS: &[(&str, &[u8], &[u8])] = &[(
+    "host-pca-kmeans",
+    include_bytes!("../../../models/host-pca-kmeans/manifest.json"),
+    include_bytes!("../../../models/host-pca-kmeans/model.json"),
+)];
+
+/// The default models, verified like any other (a build from a tampered `models/` fails here).
+pub fn default_models() -> Result<Vec<LoadedModel>, RegistryError> {
+    DEFAULT_MODELS
+        .iter()
+        .map(|(name, manifest, artifact)| {
+            let manifest: Manifest = serde_json::from_slice(manifest).map_err(|source| RegistryError::Json {
+                model: (*name).to_string(),
+                what: "manifest",
+                source,
+            })?;
+            verify(manifest, artifact)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::multivariate::synthetic::{host_rows, HOST_FEATURES};
+    use ndarray::Array2;
+
+    fn artifact() -> (Manifest, Vec<u8>) {
+        let (rows, _) = host_rows(400, 4, &[]);
+        let m = Array2::from_shape_fn((rows.len(), 8), |(i, j)| rows[i][j]);
+        let features: Vec<String> = HOST_FEATURES.iter().map(|s| s.to_string()).collect();
+        let hp = Hyperparameters { kmeans_runs: 1, ..Default::default() };
+        let model = MultivariateModel::fit(features.clone(), m.view(), hp.clone()).expect("fit");
+        let bytes = serde_json::to_vec_pretty(&model).expect("json");
+        let manifest = Manifest {
+            id: "host".into(),
+            version: 2,
+            algorithm: ALGORITHM_PCA_KMEANS.into(),
+            hyperparameters: hp,
+            features,
+            training_data_sha256: "00".into(),
+            training_rows: 400,
+            trained_at: None,
+            evaluation: None,
+            artifact: "model.json".into(),
+            artifact_sha256: sha256_hex(&bytes),
+        };
+        (manifest, bytes)
+    }
+
+    fn write(dir: &Path, manifest: &Manifest, bytes: &[u8]) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(manifest).expect("json")).expect("write");
+        std::fs::write(dir.join(&manifest.artifact), bytes).expect("write");
+    }
+
+    #[test]
+    fn the_shipped_default_models_verify() {
+        let defaults = default_models().expect("defaults");
+        assert_eq!(defaults.len(), 1);
+        assert_eq!(defaults[0].manifest.model_version(), "host-pca-kmeans/1");
+        assert_eq!(defaults[0].model.features, HOST_FEATURES);
+    }
+
+    #[test]
+    fn a_verified_artifact_loads_and_names_its_version() {
+        let (manifest, bytes) = artifact();
+        let loaded = verify(manifest, &bytes).expect("verify");
+        assert_eq!(loaded.manifest.model_version(), "host/2");
+        assert_eq!(loaded.model.dimension(), 8);
+    }
+
+    #[test]
+    fn a_changed_artifact_is_refused() {
+        let (manifest, mut bytes) = artifact();
+        // Change one digit of one number: still valid JSON, still a model, but not the trained one.
+        let pos = bytes.iter().position(|b| b.is_ascii_digit() && *b != b'9').expect("a digit");
+        bytes[pos] += 1;
+        let e = verify(manifest, &bytes).unwrap_err();
+        assert!(matches!(e, RegistryError::HashMismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_describe_its_artifact_is_refused() {
+        let (mut manifest, bytes) = artifact();
+        manifest.features[0] = "something_else".into();
+        assert!(matches!(verify(manifest.clone(), &bytes), Err(RegistryError::Mismatch { .. })));
+        let (mut manifest, _) = artifact();
+        manifest.algorithm = "isolation-forest".into();
+        assert!(matches!(verify(manifest, &bytes), Err(RegistryError::UnknownAlgorithm { .. })));
+        // A consistent hash over a broken model is still refused.
+        let (mut manifest, _) = artifact();
+        let broken = br#"{"features":["a"]}"#;
+        manifest.artifact_sha256 = sha256_hex(broken);
+        assert!(matches!(verify(manifest, broken), Err(RegistryError::Json { .. })));
+    }
+
+    #[test]
+    fn load_dir_reads_every_model_folder_and_refuses_escaping_artifact_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path();
+        let (manifest, bytes) = artifact();
+        write(&tmp.join("b"), &Manifest { id: "b".into(), ..manifest.clone() }, &bytes);
+        write(&tmp.join("a"), &Manifest { id: "a".into(), ..manifest.clone() }, &bytes);
+        std::fs::create_dir_all(tmp.join("not-a-model")).expect("mkdir");
+        let all = load_dir(tmp).expect("load");
+        assert_eq!(all.iter().map(|m| m.manifest.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let evil = Manifest { artifact: "../a/model.json".into(), ..manifest };
+        std::fs::write(tmp.join("b").join(MANIFEST_FILE), serde_json::to_vec(&evil).expect("json")).expect("write");
+        assert!(matches!(load_dir(tmp), Err(RegistryError::BadArtifactName(_))));
+    }
+}

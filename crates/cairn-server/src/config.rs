@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub workflow: cairn_workflow::WorkflowConfig,
     pub executor: ExecutorConfig,
     pub verification: VerificationConfig,
+    /// Multivariate models scored on groups of series (`[models]`).
+    pub models: crate::models::ModelsConfig,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +44,7 @@ impl Default for ServerConfig {
             workflow: Default::default(),
             executor: ExecutorConfig::default(),
             verification: VerificationConfig::default(),
+            models: Default::default(),
         }
     }
 }
@@ -183,6 +186,9 @@ impl ServerConfig {
 
     /// Checks what serde cannot: values that parse but make no sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(message) = self.models.problem() {
+            return Err(ConfigError::Invalid { key: "models", message });
+        }
         if self.ingest.queue_capacity == 0 {
             return Err(ConfigError::Invalid {
                 key: "ingest.queue_capacity",

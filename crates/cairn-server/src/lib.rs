@@ -18,6 +18,7 @@ pub mod error;
 mod grpc;
 mod http;
 pub mod metrics;
+pub mod models;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -53,6 +54,8 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
+    #[error("cannot load the multivariate models: {0}")]
+    Models(#[from] cairn_detect::registry::RegistryError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -137,6 +140,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         ),
         exported: Default::default(),
         last_sweep_ms: 0,
+        multivariate: models::load_scorers(&cfg.models)?,
     };
 
     let auth = Arc::new(Authenticator::new(&cfg.auth));
