@@ -66,6 +66,9 @@ impl GroupState {
     }
 }
 
+/// A group's share of a batch: its name, its state, and its samples with their feature index.
+type Work<'g, 's> = (&'g str, &'g mut GroupState, Vec<(usize, &'s MetricSample)>);
+
 /// Scores groups of live series with one model.
 #[derive(Debug)]
 pub struct GroupScorer {
@@ -131,7 +134,7 @@ impl GroupScorer {
                 self.groups.insert((*group).to_string(), GroupState::new(d));
             }
         }
-        let mut work: Vec<(&str, &mut GroupState, Vec<(usize, &MetricSample)>)> = self
+        let mut work: Vec<Work<'_, '_>> = self
             .groups
             .iter_mut()
             .filter_map(|(name, st)| buckets.remove(name.as_str()).map(|b| (name.as_str(), st, b)))
