@@ -40,8 +40,6 @@ pub struct MachineResult {
     pub pca: Measures,
     /// Distance to the nearest k-means centroid alone.
     pub kmeans: Measures,
-    /// The larger of the two calibrated parts (an alternative combination).
-    pub max_part: Measures,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -115,8 +113,6 @@ pub fn evaluate_pair(pair: &Pair, hp: &Hyperparameters) -> Result<MachineResult,
         Measures { auc_pr: average_precision(&s, &labels), f1: best_f1(&s, &labels) }
     };
     let combined = measure(|s| s.combined);
-    let maxp: Vec<f64> =
-        scores.iter().map(|s| (s.pca / model.calibration.pca).max(s.kmeans / model.calibration.kmeans)).collect();
     Ok(MachineResult {
         name: pair.name.clone(),
         auc_pr: combined.auc_pr,
@@ -125,7 +121,6 @@ pub fn evaluate_pair(pair: &Pair, hp: &Hyperparameters) -> Result<MachineResult,
         anomalous_rows: labels.iter().filter(|l| **l).count(),
         pca: measure(|s| s.pca),
         kmeans: measure(|s| s.kmeans),
-        max_part: Measures { auc_pr: average_precision(&maxp, &labels), f1: best_f1(&maxp, &labels) },
     })
 }
 
