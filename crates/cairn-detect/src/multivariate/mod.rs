@@ -14,6 +14,11 @@
 //! centroid, each divided by its value at the calibration quantile of the training rows: 1.0 is
 //! "as unusual as the rarest training rows". [`score_to_unit`] maps that to [0, 1] for anomalies.
 //!
+//! The standard scaler is written here rather than taken from linfa-preprocessing: that crate
+//! brings a text-processing stack (encoding tables, regex, unicode normalisation) that cost more
+//! build time than linfa itself (measured: +59 s wall / +22 s CPU on top of linfa's 41 s / 15 s)
+//! for what is a mean and a standard deviation per column.
+//!
 //! Pure: no clock, no I/O.
 
 mod model;
