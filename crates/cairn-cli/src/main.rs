@@ -10,10 +10,12 @@ mod audit;
 mod breakglass;
 mod client;
 mod demo;
+mod eval_multivariate;
 mod eval_nab;
 mod freeze;
 mod output;
 mod policy;
+mod train;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -57,7 +59,9 @@ enum Command {
     /// Guardrail status; re-enable an automation the loop guard disabled.
     #[command(subcommand)]
     Guard(freeze::GuardCmd),
-    /// Evaluate detectors against labelled benchmarks.
+    /// Train a multivariate model from a data file into the model registry (`models/`).
+    Train(train::TrainArgs),
+    /// Evaluate detectors on labelled data sets.
     #[command(subcommand)]
     Eval(EvalCmd),
 }
@@ -66,6 +70,8 @@ enum Command {
 enum EvalCmd {
     /// The univariate detector on a corpus in NAB's layout, scored with NAB's method.
     Nab(eval_nab::NabArgs),
+    /// Fit on every `*_train` file, score its `*_test` file: AUC-PR and point-wise F1 per machine.
+    Multivariate(eval_multivariate::MultivariateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +256,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Eval(EvalCmd::Nab(args)) => eval_nab::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(EvalCmd::Multivariate(args)) => eval_multivariate::run(args).map(|()| ExitCode::SUCCESS),
         Command::Token(TokenCmd::New { subject, display_name, groups }) => {
             let token = cairn_server::auth::new_token();
             let entry = cairn_server::config::TokenEntry {

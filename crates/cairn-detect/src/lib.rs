@@ -15,6 +15,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod multivariate;
+pub mod registry;
 pub mod univariate;
 
 use cairn_types::{Anomaly, SampleBatch, SeriesId, SeriesSamples};

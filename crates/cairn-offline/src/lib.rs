@@ -8,4 +8,26 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dataset;
+pub mod multivariate;
 pub mod nab;
+pub mod train;
+
+use std::path::PathBuf;
+
+/// What can go wrong reading, training or evaluating.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read as a table: {source}")]
+    Polars { path: PathBuf, source: polars::prelude::PolarsError },
+    #[error("{path}: {detail}")]
+    Data { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Model(#[from] cairn_detect::multivariate::MultivariateError),
+    #[error(transparent)]
+    Registry(#[from] cairn_detect::registry::RegistryError),
+    #[error("{0}")]
+    Invalid(String),
+}

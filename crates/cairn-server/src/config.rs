@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub alerting: crate::alerting::AlertingConfig,
     /// Freeze, loop guard, rate limits.
     pub guardrails: cairn_workflow::GuardrailsConfig,
+    /// Multivariate models scored on groups of series (`[models]`).
+    pub models: crate::models::ModelsConfig,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +55,7 @@ impl Default for ServerConfig {
             audit: Default::default(),
             alerting: Default::default(),
             guardrails: Default::default(),
+            models: Default::default(),
         }
     }
 }
@@ -201,6 +204,9 @@ impl ServerConfig {
 
     /// Checks what serde cannot: values that parse but make no sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(message) = self.models.problem() {
+            return Err(ConfigError::Invalid { key: "models", message });
+        }
         if self.ingest.queue_capacity == 0 {
             return Err(ConfigError::Invalid {
                 key: "ingest.queue_capacity",

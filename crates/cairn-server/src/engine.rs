@@ -69,6 +69,8 @@ pub struct Analysis {
     pub exported: cairn_detect::DetectorStats,
     /// When idle series and incidents were last swept.
     pub last_sweep_ms: i64,
+    /// Online scorers of the multivariate models (`crate::models`), one per model.
+    pub multivariate: Vec<cairn_detect::multivariate::GroupScorer>,
 }
 
 /// How often the analysis worker forgets idle series and closes idle incidents.
@@ -152,7 +154,8 @@ impl Engine {
         let mut changed: BTreeMap<String, Incident> = BTreeMap::new();
         match batch {
             Batch::Samples { samples, .. } => {
-                let anomalies = analysis.detector.observe(&samples);
+                let mut anomalies = analysis.detector.observe(&samples);
+                anomalies.extend(crate::models::observe(&mut analysis.multivariate, &samples));
                 self.export_detector_stats(analysis);
                 if anomalies.is_empty() {
                     return Ok(());

@@ -25,6 +25,7 @@ mod http;
 pub mod metrics;
 mod learning;
 pub mod policy;
+pub mod models;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -64,6 +65,8 @@ pub enum StartError {
     Reflection(String),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointSetupError),
+    #[error("cannot load the multivariate models: {0}")]
+    Models(#[from] cairn_detect::registry::RegistryError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -156,6 +159,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         ),
         exported: Default::default(),
         last_sweep_ms: 0,
+        multivariate: models::load_scorers(&cfg.models)?,
     };
 
     let auth = Arc::new(Authenticator::new(&cfg.auth));

@@ -176,6 +176,11 @@ impl<'a> SeriesSamples<'a> {
             .map(move |(n, v)| (&text[n.start as usize..n.end as usize], &text[v.start as usize..v.end as usize]))
     }
 
+    /// The value of one label, if present.
+    pub fn label(&self, name: &str) -> Option<&'a str> {
+        self.labels().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
     /// An owned copy of the labels.
     pub fn to_labels(&self) -> Labels {
         self.labels().collect()
