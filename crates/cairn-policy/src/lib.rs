@@ -247,11 +247,15 @@ struct RawDecision {
 
 impl Router {
     pub fn new(bundle: PolicyBundle, cfg: RouterConfig) -> Result<Router, PolicyError> {
-        let mut engine = bundle.engine()?;
-        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-            limit: Duration::from_millis(cfg.timeout_ms.max(1)),
-            check_interval: NonZeroU32::MIN,
-        });
+        let mut engine = timed_engine(&bundle, &cfg)?;
+        // regorus analyses, schedules and hoists the policies on an engine's first evaluation and
+        // remembers that it did; a clone of an engine that never evaluated does it all again. One
+        // throwaway evaluation here makes every per-decision clone start prepared (most of the cost
+        // of a decision otherwise). Its result does not matter: each evaluation starts from a
+        // clean state and its own input, and a bundle that cannot be prepared fails closed on each
+        // decision exactly as before.
+        engine.set_input(regorus::Value::new_object());
+        let _warm_up = engine.eval_rule(DECISION_RULE.to_string());
         Ok(Router { engine, bundle, cfg })
     }
 
@@ -285,17 +289,21 @@ impl Router {
 
     fn evaluate(&self, rec: &Recommendation, ctx: &RoutingContext) -> Result<RawDecision, String> {
         let input = serde_json::json!({ "recommendation": rec, "context": ctx });
-        let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input));
-        let value = engine.eval_rule(DECISION_RULE.to_string()).map_err(|e| e.to_string())?;
-        if value == regorus::Value::Undefined {
-            return Err(format!("{DECISION_RULE} is undefined for this input"));
+        evaluate_on(self.engine.clone(), regorus::Value::from(input))
+    }
+
+    /// The straightforward path the prepared one must agree with: a freshly loaded engine per
+    /// decision, nothing kept between decisions.
+    #[cfg(test)]
+    fn route_unprepared(&self, rec: &Recommendation, ctx: &RoutingContext, now_ms: i64) -> Decision {
+        let input = serde_json::json!({ "recommendation": rec, "context": ctx });
+        let raw = timed_engine(&self.bundle, &self.cfg)
+            .map_err(|e| e.to_string())
+            .and_then(|engine| evaluate_on(engine, regorus::Value::from(input)));
+        match raw {
+            Ok(raw) => self.finish(rec, raw, now_ms),
+            Err(e) => Decision::fail_closed(rec.id.clone(), rec.revision, self.version().to_string(), &e, now_ms),
         }
-        let json = value.to_json_str().map_err(|e| e.to_string())?;
-        let raw: RawDecision =
-            serde_json::from_str(&json).map_err(|e| format!("{DECISION_RULE} has the wrong shape: {e}"))?;
-        validate(&raw)?;
-        Ok(raw)
     }
 
     fn finish(&self, rec: &Recommendation, raw: RawDecision, now_ms: i64) -> Decision {
@@ -351,6 +359,30 @@ impl Router {
             decided_ms: now_ms,
         }
     }
+}
+
+/// A loaded engine whose evaluations stop at the configured deadline.
+fn timed_engine(bundle: &PolicyBundle, cfg: &RouterConfig) -> Result<regorus::Engine, PolicyError> {
+    let mut engine = bundle.engine()?;
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit: Duration::from_millis(cfg.timeout_ms.max(1)),
+        check_interval: NonZeroU32::MIN,
+    });
+    Ok(engine)
+}
+
+/// Evaluates the decision rule on `engine` for `input` and checks the shape of what comes out.
+fn evaluate_on(mut engine: regorus::Engine, input: regorus::Value) -> Result<RawDecision, String> {
+    engine.set_input(input);
+    let value = engine.eval_rule(DECISION_RULE.to_string()).map_err(|e| e.to_string())?;
+    if value == regorus::Value::Undefined {
+        return Err(format!("{DECISION_RULE} is undefined for this input"));
+    }
+    let json = value.to_json_str().map_err(|e| e.to_string())?;
+    let raw: RawDecision =
+        serde_json::from_str(&json).map_err(|e| format!("{DECISION_RULE} has the wrong shape: {e}"))?;
+    validate(&raw)?;
+    Ok(raw)
 }
 
 fn validate(raw: &RawDecision) -> Result<(), String> {
