@@ -1,6 +1,7 @@
 //! A fixed amount of routing work for instruction-count profiling, which the machine's load does
 //! not distort: `valgrind --tool=callgrind target/release/examples/route_profile [decisions]`.
-//! Loads the default bundle once, then routes that many recommendations (200 unless told).
+//! Loads the default bundle (or the bundle directory given second) once, then routes that many
+//! recommendations (200 unless told).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +10,11 @@ use cairn_types::*;
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
-    let router = Router::new(PolicyBundle::embedded_default(), RouterConfig::default()).expect("default bundle loads");
+    let bundle = match std::env::args().nth(2) {
+        Some(dir) => PolicyBundle::load_dir(std::path::Path::new(&dir)).expect("bundle loads"),
+        None => PolicyBundle::embedded_default(),
+    };
+    let router = Router::new(bundle, RouterConfig::default()).expect("bundle loads");
     let ctx = RoutingContext::for_environment("production");
     let actions = [ActionClass::RestartProcess, ActionClass::ScaleOut, ActionClass::RollbackDeploy, ActionClass::DnsChange];
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
