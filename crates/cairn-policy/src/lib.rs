@@ -232,7 +232,8 @@ impl Default for RouterConfig {
     }
 }
 
-/// A loaded bundle, ready to route. Cheap to share; each evaluation clones the loaded engine.
+/// A loaded bundle, ready to route. Cheap to share; each evaluation clones the loaded engine,
+/// which was prepared (analysed and scheduled) once when the router was built.
 #[derive(Debug)]
 pub struct Router {
     engine: regorus::Engine,
