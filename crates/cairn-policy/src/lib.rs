@@ -153,10 +153,12 @@ impl PolicyBundle {
 
     /// How critical `service` is according to `data.json` (`service_criticality` map).
     pub fn service_criticality(&self, service: &str) -> String {
-        serde_json::from_str::<serde_json::Value>(&self.data)
-            .ok()
-            .and_then(|d| d.get("service_criticality")?.get(service)?.as_str().map(str::to_string))
-            .unwrap_or_else(|| DEFAULT_SERVICE_CRITICALITY.to_string())
+        criticality_in(&self.parsed_data(), service)
+    }
+
+    /// `data.json` as JSON (null when it does not parse), for looking up many services at once.
+    fn parsed_data(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null)
     }
 
     fn engine(&self) -> Result<regorus::Engine, PolicyError> {
@@ -170,6 +172,14 @@ impl PolicyBundle {
         engine.add_data(data).map_err(|e| PolicyError::Data(e.to_string()))?;
         Ok(engine)
     }
+}
+
+/// `service`'s criticality in parsed bundle data; `medium` when not listed.
+fn criticality_in(data: &serde_json::Value, service: &str) -> String {
+    data.get("service_criticality")
+        .and_then(|m| m.get(service)?.as_str())
+        .unwrap_or(DEFAULT_SERVICE_CRITICALITY)
+        .to_string()
 }
 
 /// Facts about the world the policy routes on, beyond the recommendation itself.
@@ -222,7 +232,8 @@ impl Default for RouterConfig {
     }
 }
 
-/// A loaded bundle, ready to route. Cheap to share; each evaluation clones the loaded engine.
+/// A loaded bundle, ready to route. Cheap to share; each evaluation clones the loaded engine,
+/// which was prepared (analysed and scheduled) once when the router was built.
 #[derive(Debug)]
 pub struct Router {
     engine: regorus::Engine,
@@ -247,11 +258,15 @@ struct RawDecision {
 
 impl Router {
     pub fn new(bundle: PolicyBundle, cfg: RouterConfig) -> Result<Router, PolicyError> {
-        let mut engine = bundle.engine()?;
-        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-            limit: Duration::from_millis(cfg.timeout_ms.max(1)),
-            check_interval: NonZeroU32::MIN,
-        });
+        let mut engine = timed_engine(&bundle, &cfg)?;
+        // regorus analyses, schedules and hoists the policies on an engine's first evaluation and
+        // remembers that it did; a clone of an engine that never evaluated does it all again. One
+        // throwaway evaluation here makes every per-decision clone start prepared (most of the cost
+        // of a decision otherwise). Its result does not matter: each evaluation starts from a
+        // clean state and its own input, and a bundle that cannot be prepared fails closed on each
+        // decision exactly as before.
+        engine.set_input(regorus::Value::new_object());
+        let _warm_up = engine.eval_rule(DECISION_RULE.to_string());
         Ok(Router { engine, bundle, cfg })
     }
 
@@ -284,18 +299,25 @@ impl Router {
     }
 
     fn evaluate(&self, rec: &Recommendation, ctx: &RoutingContext) -> Result<RawDecision, String> {
+        // Straight to JSON text and from there to regorus's value: no intermediate
+        // `serde_json::Value` tree to build, walk and free.
+        let input = serde_json::to_string(&PolicyInput { recommendation: rec, context: ctx }).map_err(|e| e.to_string())?;
+        let input: regorus::Value = serde_json::from_str(&input).map_err(|e| e.to_string())?;
+        evaluate_on(self.engine.clone(), input)
+    }
+
+    /// The straightforward path the prepared one must agree with: a freshly loaded engine per
+    /// decision, nothing kept between decisions.
+    #[cfg(test)]
+    fn route_unprepared(&self, rec: &Recommendation, ctx: &RoutingContext, now_ms: i64) -> Decision {
         let input = serde_json::json!({ "recommendation": rec, "context": ctx });
-        let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input));
-        let value = engine.eval_rule(DECISION_RULE.to_string()).map_err(|e| e.to_string())?;
-        if value == regorus::Value::Undefined {
-            return Err(format!("{DECISION_RULE} is undefined for this input"));
+        let raw = timed_engine(&self.bundle, &self.cfg)
+            .map_err(|e| e.to_string())
+            .and_then(|engine| evaluate_on(engine, regorus::Value::from(input)));
+        match raw {
+            Ok(raw) => self.finish(rec, raw, now_ms),
+            Err(e) => Decision::fail_closed(rec.id.clone(), rec.revision, self.version().to_string(), &e, now_ms),
         }
-        let json = value.to_json_str().map_err(|e| e.to_string())?;
-        let raw: RawDecision =
-            serde_json::from_str(&json).map_err(|e| format!("{DECISION_RULE} has the wrong shape: {e}"))?;
-        validate(&raw)?;
-        Ok(raw)
     }
 
     fn finish(&self, rec: &Recommendation, raw: RawDecision, now_ms: i64) -> Decision {
@@ -351,6 +373,41 @@ impl Router {
             decided_ms: now_ms,
         }
     }
+}
+
+/// The policy input document.
+#[derive(Serialize)]
+struct PolicyInput<'a> {
+    recommendation: &'a Recommendation,
+    context: &'a RoutingContext,
+}
+
+/// Units of interpreter work between two reads of the clock. Reading it at every unit cost about
+/// 5% of a decision; a few dozen small units past the deadline are nothing next to it.
+const TIMER_CHECK_INTERVAL: NonZeroU32 = NonZeroU32::new(32).expect("32 is not zero");
+
+/// A loaded engine whose evaluations stop at the configured deadline.
+fn timed_engine(bundle: &PolicyBundle, cfg: &RouterConfig) -> Result<regorus::Engine, PolicyError> {
+    let mut engine = bundle.engine()?;
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit: Duration::from_millis(cfg.timeout_ms.max(1)),
+        check_interval: TIMER_CHECK_INTERVAL,
+    });
+    Ok(engine)
+}
+
+/// Evaluates the decision rule on `engine` for `input` and checks the shape of what comes out.
+fn evaluate_on(mut engine: regorus::Engine, input: regorus::Value) -> Result<RawDecision, String> {
+    engine.set_input(input);
+    let value = engine.eval_rule(DECISION_RULE.to_string()).map_err(|e| e.to_string())?;
+    if value == regorus::Value::Undefined {
+        return Err(format!("{DECISION_RULE} is undefined for this input"));
+    }
+    let json = value.to_json_str().map_err(|e| e.to_string())?;
+    let raw: RawDecision =
+        serde_json::from_str(&json).map_err(|e| format!("{DECISION_RULE} has the wrong shape: {e}"))?;
+    validate(&raw)?;
+    Ok(raw)
 }
 
 fn validate(raw: &RawDecision) -> Result<(), String> {
@@ -453,11 +510,12 @@ pub fn decision_summary(d: &Decision) -> String {
 /// own service criticality, no window open and no recent runs — since the one recorded at the time
 /// is not kept; differences that come only from history therefore do not show.
 pub fn shadow(candidate: &Router, recorded: &[(Recommendation, Decision)], now_ms: i64) -> Vec<ShadowChange> {
+    let data = candidate.bundle().parsed_data();
     recorded
         .iter()
         .filter_map(|(rec, before)| {
             let ctx = RoutingContext {
-                service_criticality: candidate.bundle().service_criticality(&rec.target.service),
+                service_criticality: criticality_in(&data, &rec.target.service),
                 ..RoutingContext::for_environment(&rec.target.environment)
             };
             let after = candidate.route(rec, &ctx, now_ms);

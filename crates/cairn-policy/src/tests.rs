@@ -278,3 +278,90 @@ fn shadow_lists_changed_outcomes() {
     assert_eq!((changed[0].before.as_str(), changed[0].after.as_str()), ("auto tier 0", "review tier 2 (1 approval(s))"));
     assert!(!changed[0].reasons.is_empty());
 }
+
+/// Inputs spread over every branch of the default policy and every floor after it: each action,
+/// both environments, confidences either side of each threshold (and NaN), every blast radius and
+/// reversibility, missing rollback or verification, and every context flag. A small deterministic
+/// generator picks `n` of them so that the test stays fast in a debug build.
+fn generated_inputs(n: usize) -> Vec<(Recommendation, RoutingContext)> {
+    let blasts = [BlastRadius::Instance, BlastRadius::Service, BlastRadius::Cluster, BlastRadius::Global];
+    let revs = [Reversibility::Reversible, Reversibility::PartiallyReversible, Reversibility::Irreversible];
+    let confidences = [0.3, 0.49, 0.5, 0.79, 0.8, 0.95, 1.0, f64::NAN];
+    let services = ["svc", "payments", "checkout"];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |m: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % m as u64) as usize
+    };
+    (0..n)
+        .map(|i| {
+            let env = if next(4) == 0 { "staging" } else { "production" };
+            let mut r = rec(ActionClass::ALL[next(ActionClass::ALL.len())], env, confidences[next(confidences.len())], blasts[next(4)], revs[next(3)]);
+            r.id = RecommendationId(format!("rec-{i}"));
+            r.target.service = services[next(3)].into();
+            if next(12) == 0 {
+                r.rollback_plan = None;
+            }
+            if next(12) == 0 {
+                r.verification.clear();
+            }
+            let bundle = PolicyBundle::embedded_default();
+            let c = RoutingContext {
+                service_criticality: bundle.service_criticality(&r.target.service),
+                maintenance_window_open: next(2) == 0,
+                recent_runs: [0, 0, 0, 2, 3, 5][next(6)],
+                recent_failures: [0, 0, 0, 1, 2][next(5)],
+                frozen: next(15) == 0,
+                ..RoutingContext::for_environment(env)
+            };
+            (r, c)
+        })
+        .collect()
+}
+
+#[test]
+fn the_prepared_router_decides_exactly_as_a_freshly_loaded_engine() {
+    let r = router();
+    let inputs = generated_inputs(400);
+    let mut seen = std::collections::BTreeSet::new();
+    // Each decision twice on the prepared router, the second time after all the others, so that
+    // nothing left over from one evaluation can leak into the next unnoticed.
+    let first: Vec<Decision> = inputs.iter().map(|(rec, c)| r.route(rec, c, 7)).collect();
+    for ((rec, c), prepared) in inputs.iter().zip(&first) {
+        let fresh = r.route_unprepared(rec, c, 7);
+        assert_eq!(prepared, &fresh, "{} {:?} {:?}", rec.action, rec, c);
+        assert_eq!(&r.route(rec, c, 7), prepared, "a second evaluation differs for {:?}", rec);
+        assert!(!prepared.policy_failed, "{:?}", prepared.reasons);
+        seen.insert((prepared.outcome.to_string(), prepared.tier));
+    }
+    for want in [("auto", Some(0)), ("auto", Some(1)), ("review", Some(2)), ("review", Some(3)), ("advisory", None), ("blocked", None)] {
+        assert!(seen.contains(&(want.0.to_string(), want.1)), "no input reached {want:?}: {seen:?}");
+    }
+}
+
+#[test]
+fn the_prepared_router_fails_closed_exactly_as_a_freshly_loaded_engine() {
+    let conflict = "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [\"a\"]} if { true }\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [\"b\"]} if { true }\n";
+    let undefined_on_empty_input = "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [input.recommendation.action]} if { input.context.environment_criticality == \"high\" }\n";
+    let errors_on_input = "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [sprintf(\"%d\", [1 / (input.context.recent_runs - 2)])]}\n";
+    let slow = "package cairn.route\n\nbig := [x | some x in numbers.range(1, 3000000)]\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [sprintf(\"%d\", [count(big)])]}\n";
+    for rego in [conflict, undefined_on_empty_input, errors_on_input, slow] {
+        let r = Router::from_sources(rego, "{}", RouterConfig { timeout_ms: 20, ..Default::default() }).unwrap();
+        for (rec, c) in generated_inputs(12) {
+            let (prepared, fresh) = (r.route(&rec, &c, 3), r.route_unprepared(&rec, &c, 3));
+            // Fail-closed reasons carry the engine's message, which may name a timing; compare the rest.
+            assert_eq!(
+                (prepared.outcome, prepared.tier, prepared.approvals_required, prepared.policy_failed, prepared.requires_window),
+                (fresh.outcome, fresh.tier, fresh.approvals_required, fresh.policy_failed, fresh.requires_window),
+                "{rego}\n{:?}\n{:?}",
+                prepared.reasons,
+                fresh.reasons
+            );
+            if prepared.policy_failed {
+                assert_eq!((prepared.outcome, prepared.tier), (Outcome::Review, Some(3)));
+            }
+        }
+    }
+}
