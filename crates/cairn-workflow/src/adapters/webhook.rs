@@ -41,7 +41,7 @@ impl WebhookAdapter {
     }
 
     async fn post(&self, phase: &str, rec: &Recommendation, change: &ChangeRequest) -> (ExecutionOutcome, String) {
-        let body = json!({ "phase": phase, "change": change, "recommendation": rec, "action_digest": change.action_digest });
+        let body = json!({ "phase": phase, "stage": change.stage, "change": change, "recommendation": rec, "action_digest": change.action_digest });
         // Serialised once: the signature covers exactly the bytes sent.
         let bytes = match serde_json::to_vec(&body) {
             Ok(b) => b,

@@ -123,7 +123,7 @@ fn breakglass_opens_blocked_for_two_person_review_and_never_auto() {
         reason: "ok".into(),
         at_ms: 1,
     });
-    assert_eq!(authorize_execution(&c, &r, &d, 1), Err(ExecutionRefused::NoQuorum { valid: 1, required: 2 }));
+    assert_eq!(authorize_execution(&c, &r, &d, &crate::ExecutionGate::default(), 1), Err(ExecutionRefused::NoQuorum { valid: 1, required: 2 }));
 }
 
 #[test]
