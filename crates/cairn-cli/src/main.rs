@@ -14,6 +14,7 @@ mod eval_nab;
 mod freeze;
 mod output;
 mod policy;
+mod stages;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};

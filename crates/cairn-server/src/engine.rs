@@ -460,6 +460,7 @@ fn ran(state: ChangeState) -> bool {
             | ChangeState::Failed
             | ChangeState::RolledBack
             | ChangeState::RollbackFailed
+            | ChangeState::AwaitingStageApproval
     )
 }
 

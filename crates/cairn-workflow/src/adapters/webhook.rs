@@ -51,7 +51,11 @@ impl WebhookAdapter {
             .client
             .post(&self.url)
             .header("Content-Type", "application/json")
-            .header("Idempotency-Key", format!("{}:{phase}", change.action_digest));
+            // Each stage is its own request: a receiver that deduplicates must not drop stage 2.
+            .header("Idempotency-Key", match &change.stage {
+                Some(stage) => format!("{}:{phase}:{stage}", change.action_digest),
+                None => format!("{}:{phase}", change.action_digest),
+            });
         if let Some(key) = &self.hmac_key {
             req = req.header(SIGNATURE_HEADER, sign(key, &bytes));
         }
