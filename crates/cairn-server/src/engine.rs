@@ -311,6 +311,10 @@ impl Engine {
                                 next.approvals_required
                             )
                         }
+                        (true, ChangeState::AwaitingStageApproval) => format!(
+                            "approval of stage {} recorded; more approvals needed",
+                            next.next_stage().unwrap_or_default()
+                        ),
                         (true, _) => format!(
                             "approval {} of {} recorded",
                             next.approvals.len(),
