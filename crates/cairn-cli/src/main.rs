@@ -15,6 +15,7 @@ mod eval_nab;
 mod freeze;
 mod output;
 mod policy;
+mod stages;
 mod train;
 
 use anyhow::{Context, Result};

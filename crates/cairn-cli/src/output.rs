@@ -109,6 +109,8 @@ pub fn change_json(c: &pb::ChangeRequest) -> Value {
         "approvals_required": c.approvals_required, "rejected_by": c.rejected_by,
         "rejection_reason": c.rejection_reason, "requester": c.requester, "action_digest": c.action_digest,
         "created_ms": c.created_ms, "expires_ms": c.expires_ms, "updated_ms": c.updated_ms, "version": c.version,
+        "stages": c.stages, "stages_done": c.stages_done, "next_stage": c.next_stage,
+        "stage_approvals": c.stage_approvals.iter().map(|a| json!({"subject": a.subject, "reason": a.reason, "at_ms": a.at_ms})).collect::<Vec<_>>(),
     })
 }
 
@@ -171,6 +173,9 @@ pub fn card_text(c: &pb::DecisionCard) -> String {
         ch.approvals_required,
         if d.requires_window { ", needs an open maintenance window" } else { "" }
     );
+    if !ch.stages.is_empty() {
+        let _ = writeln!(o, "  {}", crate::stages::stages_line(ch));
+    }
     let _ = writeln!(
         o,
         "  confidence {:.2}, severity {}, blast radius {}, {}",

@@ -75,6 +75,9 @@ struct PlaybookDef {
     #[serde(default)]
     parameters: BTreeMap<String, String>,
     verification: Vec<CheckDef>,
+    /// Progressive stages, in order (e.g. `["canary", "25%", "100%"]`); empty runs in one step.
+    #[serde(default)]
+    stages: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +139,15 @@ impl Catalogue {
             }
             if let Some(c) = p.verification.iter().find(|c| !["<", "<=", ">", ">=", "=="].contains(&c.comparator.as_str())) {
                 return Err(bad(format!("check {:?} has unknown comparator {:?}", c.name, c.comparator)));
+            }
+            if let Some(s) = p.stages.iter().find(|s| s.trim().is_empty() || s.contains(',') || s.trim() != s.as_str()) {
+                return Err(bad(format!("stage {s:?} must be a non-empty name without commas or surrounding spaces")));
+            }
+            if p.stages.iter().enumerate().any(|(i, s)| p.stages[..i].contains(s)) {
+                return Err(bad("names a stage twice".into()));
+            }
+            if p.parameters.contains_key(cairn_types::STAGES_PARAMETER) {
+                return Err(bad(format!("declare stages with `stages`, not the parameter {:?}", cairn_types::STAGES_PARAMETER)));
             }
             if playbooks.iter().any(|q: &Playbook| q.def.name == p.name) {
                 return Err(bad("defined twice".into()));
@@ -336,6 +348,9 @@ fn build(
     let mut parameters: BTreeMap<String, String> =
         pb.def.parameters.iter().map(|(k, v)| (k.clone(), fill(v, &fill_labels))).collect();
     parameters.insert("execution_window".into(), pb.def.execution_window.clone());
+    if !pb.def.stages.is_empty() {
+        parameters.insert(cairn_types::STAGES_PARAMETER.into(), pb.def.stages.join(","));
+    }
 
     let evidence: Vec<Evidence> = incident
         .members

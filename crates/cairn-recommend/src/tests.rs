@@ -1,5 +1,5 @@
 use super::*;
-use cairn_types::{Anomaly, IncidentId, SeriesId, Severity};
+use cairn_types::{Anomaly, IncidentId, STAGES_PARAMETER, SeriesId, Severity};
 use proptest::prelude::*;
 
 fn alert_member(name: &str, fp: &str, status: AlertStatus, annotations: &[(&str, &str)]) -> IncidentMember {
@@ -170,4 +170,25 @@ pub(crate) fn sample_recommendation() -> Recommendation {
     let mut r = Recommender::new(Catalogue::embedded_default());
     let inc = incident(vec![alert_member("DeploymentErrorsAfterRelease", "fp-1", AlertStatus::Firing, &[])]);
     r.recommend(&inc, 1_000).into_iter().next().expect("the rollback playbook matches")
+}
+
+#[test]
+fn a_playbook_with_stages_puts_them_on_its_recommendation_and_bad_stages_are_refused() {
+    let text = include_str!("../playbooks/default.toml").replacen(
+        "name = \"rollback-deploy\"\n",
+        "name = \"rollback-deploy\"\nstages = [\"canary\", \"25%\", \"100%\"]\n",
+        1,
+    );
+    assert_ne!(text, include_str!("../playbooks/default.toml"), "the replacement applied");
+    let mut r = Recommender::new(Catalogue::from_toml(&text).unwrap());
+    let recs = r.recommend(&incident(vec![alert_member("DeploymentErrorsAfterRelease", "f1", AlertStatus::Firing, &[])]), 5);
+    assert_eq!(recs[0].stages(), ["canary", "25%", "100%"]);
+    let mut plain = Recommender::new(Catalogue::embedded_default());
+    let recs = plain.recommend(&incident(vec![alert_member("DeploymentErrorsAfterRelease", "f1", AlertStatus::Firing, &[])]), 5);
+    assert!(recs[0].stages().is_empty() && !recs[0].parameters.contains_key(STAGES_PARAMETER));
+    for bad in ["[\"canary\", \"canary\"]", "[\"a,b\"]", "[\"\"]", "[\" canary\"]"] {
+        let text = include_str!("../playbooks/default.toml").replacen("name = \"rollback-deploy\"\n", &format!("name = \"rollback-deploy\"\nstages = {bad}\n"), 1);
+        let err = Catalogue::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("rollback-deploy") && err.contains("stage"), "{bad}: {err}");
+    }
 }

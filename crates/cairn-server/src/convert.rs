@@ -168,6 +168,21 @@ pub fn change_to_pb(c: &t::ChangeRequest) -> pb::ChangeRequest {
         expires_ms: c.expires_ms,
         updated_ms: c.updated_ms,
         version: c.version,
+        stages: c.stages.clone(),
+        stages_done: c.stages_done,
+        next_stage: c.next_stage().unwrap_or_default().to_string(),
+        stage_approvals: c
+            .stage_approvals
+            .iter()
+            .map(|s| pb::Approval {
+                subject: s.approval.subject.clone(),
+                revision: s.approval.revision,
+                policy_version: s.approval.policy_version.clone(),
+                action_digest: s.approval.action_digest.clone(),
+                reason: format!("stage {}: {}", s.stage, s.approval.reason),
+                at_ms: s.approval.at_ms,
+            })
+            .collect(),
     }
 }
 

@@ -324,6 +324,10 @@ impl Engine {
                                 next.approvals_required
                             )
                         }
+                        (true, ChangeState::AwaitingStageApproval) => format!(
+                            "approval of stage {} recorded; more approvals needed",
+                            next.next_stage().unwrap_or_default()
+                        ),
                         (true, _) => format!(
                             "approval {} of {} recorded",
                             next.approvals.len(),
@@ -473,6 +477,7 @@ fn ran(state: ChangeState) -> bool {
             | ChangeState::Failed
             | ChangeState::RolledBack
             | ChangeState::RollbackFailed
+            | ChangeState::AwaitingStageApproval
     )
 }
 

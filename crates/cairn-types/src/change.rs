@@ -50,10 +50,13 @@ pub enum ChangeState {
     Failed,
     RolledBack,
     RollbackFailed,
+    /// A staged change ran some of its stages, verified them, and waits for a person to approve
+    /// the next stage (named by [`ChangeRequest::next_stage`]).
+    AwaitingStageApproval,
 }
 
 impl ChangeState {
-    pub const ALL: [ChangeState; 12] = [
+    pub const ALL: [ChangeState; 13] = [
         ChangeState::PendingApproval,
         ChangeState::Approved,
         ChangeState::Advisory,
@@ -66,6 +69,7 @@ impl ChangeState {
         ChangeState::Failed,
         ChangeState::RolledBack,
         ChangeState::RollbackFailed,
+        ChangeState::AwaitingStageApproval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +86,7 @@ impl ChangeState {
             ChangeState::Failed => "failed",
             ChangeState::RolledBack => "rolled_back",
             ChangeState::RollbackFailed => "rollback_failed",
+            ChangeState::AwaitingStageApproval => "awaiting_stage_approval",
         }
     }
 
@@ -126,6 +131,14 @@ pub struct Approval {
     pub at_ms: TimestampMs,
 }
 
+/// An approval of one stage transition of a staged change: `approval` binds the revision, policy
+/// version and action digest as any approval does, and `stage` names the stage it lets run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageApproval {
+    pub stage: String,
+    pub approval: Approval,
+}
+
 /// A rejection vetoes the change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
@@ -159,6 +172,30 @@ pub struct ChangeRequest {
     /// Incremented on every state change; the store refuses a write whose version is stale, so two
     /// reviewers (or replicas) racing on one change cannot both win.
     pub version: u64,
+    /// The progressive stages of the change, in order (e.g. canary, 25%, 100%), copied from the
+    /// recommendation; empty for a change that runs in one step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<String>,
+    /// How many stages ran and verified.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stages_done: u32,
+    /// The stage an adapter is asked to run (or undo) right now; adapters read it from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// Approvals of stage transitions, each naming the stage it lets run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_approvals: Vec<StageApproval>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl ChangeRequest {
+    /// The stage that runs next, if the change is staged and not finished.
+    pub fn next_stage(&self) -> Option<&str> {
+        self.stages.get(self.stages_done as usize).map(String::as_str)
+    }
 }
 
 /// What happened when an adapter ran a change.

@@ -21,7 +21,7 @@ mod signal;
 
 pub use change::{
     Approval, AuditDraft, AuditEvent, ChangeId, ChangeRequest, ChangeState, Execution, ExecutionOutcome,
-    Principal, Rejection,
+    Principal, Rejection, StageApproval,
 };
 pub use guard::{
     BREAKGLASS_MAX_MS, BreakGlass, BreakGlassScope, BreakGlassState, DisabledAutomation, Escalation, FreezeState,
@@ -30,7 +30,7 @@ pub use detect::{Anomaly, Incident, IncidentId, IncidentMember, ProbableCause};
 pub use labels::{Labels, SeriesId, METRIC_NAME_LABEL, series_id_of_sorted};
 pub use recommend::{
     ActionClass, BlastRadius, Evidence, Recommendation, RecommendationId, Reversibility,
-    RollbackPlan, Target, VerificationCheck,
+    RollbackPlan, STAGES_PARAMETER, Target, VerificationCheck,
 };
 pub use route::{Decision, Outcome};
 pub use signal::{AlertEvent, AlertStatus, MetricSample, SampleBatch, SeriesSamples, Severity, Signal};

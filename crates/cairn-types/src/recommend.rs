@@ -195,7 +195,20 @@ pub struct Recommendation {
     pub requester: String,
 }
 
+/// The recommendation parameter that carries a playbook's progressive stages, comma-separated
+/// (`canary,25%,100%`). Being a parameter, the stages are part of the action digest: an approval
+/// binds to the staged plan.
+pub const STAGES_PARAMETER: &str = "stages";
+
 impl Recommendation {
+    /// The progressive stages this recommendation runs in, in order; empty for a one-step change.
+    pub fn stages(&self) -> Vec<String> {
+        self.parameters
+            .get(STAGES_PARAMETER)
+            .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+            .unwrap_or_default()
+    }
+
     /// SHA-256 over the exact action: target, parameters, rollback plan, verification checks,
     /// recommendation id and revision, and the policy version it was routed under. An approval binds
     /// to this digest; anything that changes it voids the approval.

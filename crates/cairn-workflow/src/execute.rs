@@ -32,6 +32,8 @@ pub enum ExecutionRefused {
     ApproverNoLongerAuthorised { valid: usize, required: u8, revoked: Vec<String> },
     #[error("the break-glass this change was opened under no longer allows it: {0}")]
     BreakGlassLapsed(String),
+    #[error("stage {stage} has {valid} valid stage approvals of {required} required")]
+    NoStageApproval { stage: String, valid: usize, required: u8 },
 }
 
 /// Checks, immediately before execution, that this exact change may run: an `auto` decision within
@@ -58,6 +60,7 @@ pub fn authorize_execution(
     if change.action_digest != rec.action_digest(&decision.policy_version) {
         return Err(ExecutionRefused::Mismatch("action digest"));
     }
+    crate::stages::authorize_stage(change, rec, decision, gate)?;
     match decision.outcome {
         Outcome::Advisory | Outcome::Blocked => Err(ExecutionRefused::NotExecutable(decision.outcome)),
         Outcome::Auto => {
@@ -70,7 +73,7 @@ pub fn authorize_execution(
             Ok(())
         }
         Outcome::Review => {
-            let required = decision.approvals_required.max(if decision.tier == Some(3) { 2 } else { 1 });
+            let required = required_approvals(decision.approvals_required, decision.tier);
             let valid: BTreeSet<&str> = change
                 .approvals
                 .iter()
@@ -104,6 +107,11 @@ pub fn authorize_execution(
     }
 }
 
+/// Distinct approvals a review needs: what the policy asked, at least one, at least two at tier 3.
+pub(crate) fn required_approvals(asked: u8, tier: Option<u8>) -> u8 {
+    asked.max(if tier == Some(3) { 2 } else { 1 })
+}
+
 /// The change's state when the executor refused it: failed, visibly, with the refusal audited.
 pub fn refuse(change: &ChangeRequest, refused: &ExecutionRefused, now_ms: i64) -> (ChangeRequest, Vec<AuditDraft>) {
     let mut next = change.clone();
@@ -134,8 +142,8 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
 /// Runs changes through an adapter, after [`authorize_execution`], then verifies them.
 #[derive(Debug, Clone)]
 pub struct Executor {
-    adapter: Arc<dyn Adapter>,
-    verifier: Option<Arc<dyn Verifier>>,
+    pub(crate) adapter: Arc<dyn Adapter>,
+    pub(crate) verifier: Option<Arc<dyn Verifier>>,
     gate: Arc<ExecutionGate>,
 }
 
@@ -170,6 +178,9 @@ impl Executor {
         now_ms: i64,
     ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
         authorize_execution(change, rec, decision, &self.gate, now_ms)?;
+        if !change.stages.is_empty() {
+            return Ok(self.run_stages(change, rec, now_ms).await);
+        }
         let (outcome, mut output) = self.adapter.execute(rec, change).await;
         let mut next = change.clone();
         next.version += 1;
@@ -186,26 +197,13 @@ impl Executor {
                 ChangeState::Succeeded
             }
             (ExecutionOutcome::Succeeded, Some(v)) => {
-                let mut failed = Vec::new();
-                for check in &rec.verification {
-                    let r = v.check(check).await;
-                    output.push_str(&format!("check {}: {}\n", r.name, r.detail));
-                    if !r.passed {
-                        failed.push(r);
-                    }
-                }
+                let failed = verify(v.as_ref(), rec, &mut output).await;
                 if failed.is_empty() {
                     ChangeState::Succeeded
                 } else {
                     // Rollback-first: a change that does not verify is undone without waiting for
                     // anyone; a rollback that fails is left visible for people.
-                    drafts.push(AuditDraft::for_change(
-                        change,
-                        CAIRN_SERVICE_SUBJECT,
-                        "change.verification_failed",
-                        failed.iter().map(|r| format!("{}: {}", r.name, r.detail)).collect::<Vec<_>>().join("; "),
-                        json!({ "failed_checks": failed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>() }),
-                    ));
+                    drafts.push(verification_failed(change, &failed));
                     let (rb, rb_out) = self.adapter.rollback(rec, change).await;
                     output.push_str(&rb_out);
                     match rb {
@@ -218,6 +216,22 @@ impl Executor {
                 }
             }
         };
+        Ok(self.record(change, rec, next, outcome, output, drafts, now_ms))
+    }
+
+    /// The execution record of one run and its `change.executed` (and rollback) audit drafts,
+    /// around the drafts the run already made.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record(
+        &self,
+        change: &ChangeRequest,
+        rec: &Recommendation,
+        next: ChangeRequest,
+        outcome: ExecutionOutcome,
+        output: String,
+        mut drafts: Vec<AuditDraft>,
+        now_ms: i64,
+    ) -> (Execution, ChangeRequest, Vec<AuditDraft>) {
         let execution = Execution {
             change_id: change.id.clone(),
             recommendation_id: rec.id.clone(),
@@ -250,6 +264,30 @@ impl Executor {
                 json!({ "state": next.state.as_str() }),
             ));
         }
-        Ok((execution, next, drafts))
+        (execution, next, drafts)
     }
+}
+
+/// Runs the recommendation's verification checks, writing each result to `output`; the failed ones.
+pub(crate) async fn verify(v: &dyn Verifier, rec: &Recommendation, output: &mut String) -> Vec<crate::CheckResult> {
+    let mut failed = Vec::new();
+    for check in &rec.verification {
+        let r = v.check(check).await;
+        output.push_str(&format!("check {}: {}\n", r.name, r.detail));
+        if !r.passed {
+            failed.push(r);
+        }
+    }
+    failed
+}
+
+/// The audit draft saying which checks failed.
+pub(crate) fn verification_failed(change: &ChangeRequest, failed: &[crate::CheckResult]) -> AuditDraft {
+    AuditDraft::for_change(
+        change,
+        CAIRN_SERVICE_SUBJECT,
+        "change.verification_failed",
+        failed.iter().map(|r| format!("{}: {}", r.name, r.detail)).collect::<Vec<_>>().join("; "),
+        json!({ "failed_checks": failed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "stage": change.stage }),
+    )
 }

@@ -18,6 +18,7 @@ pub mod breakglass;
 mod execute;
 pub mod guard;
 mod review;
+pub mod stages;
 mod verify;
 mod window;
 
@@ -25,6 +26,7 @@ pub use adapters::{CommandAdapter, CommandConfig, DryRunAdapter, WebhookAdapter}
 pub use breakglass::{BreakGlassError, BreakGlassRequest};
 pub use guard::{GuardInputs, GuardrailsConfig, Hold, RateLimit};
 pub use execute::{Adapter, AdapterFuture, ExecutionRefused, Executor, authorize_execution, refuse};
+pub use stages::pauses_between_stages;
 pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
 pub use verify::{CheckResult, PromQlVerifier, Verifier, compare};
 pub use window::{ExecutionGate, MaintenanceWindow, MaintenanceWindows, Roster, WeeklySchedule, WindowError};

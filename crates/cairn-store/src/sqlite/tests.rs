@@ -64,6 +64,10 @@ fn change(rev: u32) -> ChangeRequest {
         expires_ms: 10_000,
         updated_ms: 0,
         version: 1,
+        stages: vec![],
+        stages_done: 0,
+        stage: None,
+        stage_approvals: vec![],
     }
 }
 

@@ -167,3 +167,24 @@ fn command_config_names_the_missing_key() {
     let cfg = CommandConfig { execute: vec!["/bin/true".into()], rollback: vec![], timeout_ms: 1, max_output_bytes: 0 };
     assert_eq!(cfg.problem().map(|p| p.0), Some("executor.command.rollback"));
 }
+
+#[tokio::test]
+async fn adapters_are_told_the_stage() {
+    let (url, got) = receiver(200).await;
+    let adapter = WebhookAdapter::new(url, Duration::from_secs(5), None).unwrap();
+    let r = rec(1);
+    let mut c = change_for(&r);
+    c.stage = Some("25%".into());
+    let (outcome, _) = adapter.execute(&r, &c).await;
+    assert_eq!(outcome, ExecutionOutcome::Succeeded);
+    let got = got.await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(body["stage"], "25%");
+    assert_eq!(got.header("Idempotency-Key"), Some(format!("{}:execute:25%", c.action_digest).as_str()), "each stage is its own request");
+
+    let adapter = command(&["/bin/echo", "stage={stage}"], &["/bin/echo", "undo {stage}"], 5_000);
+    assert_eq!(adapter.execute(&r, &c).await.1, "stage=25%\n");
+    assert_eq!(adapter.rollback(&r, &c).await.1, "undo 25%\n");
+    c.stage = None;
+    assert_eq!(adapter.execute(&r, &c).await.1, "stage=\n");
+}

@@ -14,7 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 ///
 /// Placeholders, replaced inside an argument (never splitting it): `{action}`, `{service}`,
 /// `{environment}`, `{resource}`, `{change_id}`, `{recommendation_id}`, `{revision}`,
-/// `{action_digest}`, and `{param:NAME}` for a recommendation parameter (empty when absent).
+/// `{action_digest}`, `{stage}` (the progressive stage being run or undone, empty for a one-step
+/// change), and `{param:NAME}` for a recommendation parameter (empty when absent).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CommandConfig {
@@ -73,6 +74,7 @@ impl CommandAdapter {
             .env("CAIRN_PHASE", phase)
             .env("CAIRN_CHANGE_ID", &change.id.0)
             .env("CAIRN_ACTION_DIGEST", &change.action_digest)
+            .env("CAIRN_STAGE", change.stage.as_deref().unwrap_or(""))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -131,6 +133,7 @@ fn substitute(arg: &str, rec: &Recommendation, change: &ChangeRequest) -> String
             "recommendation_id" => Some(rec.id.0.clone()),
             "revision" => Some(rec.revision.to_string()),
             "action_digest" => Some(change.action_digest.clone()),
+            "stage" => Some(change.stage.clone().unwrap_or_default()),
             _ => name.strip_prefix("param:").map(|p| rec.parameters.get(p).cloned().unwrap_or_default()),
         };
         match value {

@@ -21,6 +21,9 @@ impl Adapter for DryRunAdapter {
                 change.id,
                 &change.action_digest[..change.action_digest.len().min(16)]
             );
+            if let Some(stage) = &change.stage {
+                out.push_str(&format!("  stage {stage}\n"));
+            }
             for (k, v) in &rec.parameters {
                 out.push_str(&format!("  parameter {k} = {v}\n"));
             }
@@ -34,7 +37,8 @@ impl Adapter for DryRunAdapter {
     fn rollback<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
         Box::pin(async move {
             let steps = rec.rollback_plan.as_ref().map(|p| p.steps.join("; ")).unwrap_or_default();
-            (ExecutionOutcome::DryRun, format!("would roll back change {}: {steps}\n", change.id))
+            let stage = change.stage.as_ref().map(|s| format!(" stage {s}")).unwrap_or_default();
+            (ExecutionOutcome::DryRun, format!("would roll back change {}{stage}: {steps}\n", change.id))
         })
     }
 }

@@ -41,7 +41,7 @@ impl WebhookAdapter {
     }
 
     async fn post(&self, phase: &str, rec: &Recommendation, change: &ChangeRequest) -> (ExecutionOutcome, String) {
-        let body = json!({ "phase": phase, "change": change, "recommendation": rec, "action_digest": change.action_digest });
+        let body = json!({ "phase": phase, "stage": change.stage, "change": change, "recommendation": rec, "action_digest": change.action_digest });
         // Serialised once: the signature covers exactly the bytes sent.
         let bytes = match serde_json::to_vec(&body) {
             Ok(b) => b,
@@ -51,7 +51,11 @@ impl WebhookAdapter {
             .client
             .post(&self.url)
             .header("Content-Type", "application/json")
-            .header("Idempotency-Key", format!("{}:{phase}", change.action_digest));
+            // Each stage is its own request: a receiver that deduplicates must not drop stage 2.
+            .header("Idempotency-Key", match &change.stage {
+                Some(stage) => format!("{}:{phase}:{stage}", change.action_digest),
+                None => format!("{}:{phase}", change.action_digest),
+            });
         if let Some(key) = &self.hmac_key {
             req = req.header(SIGNATURE_HEADER, sign(key, &bytes));
         }

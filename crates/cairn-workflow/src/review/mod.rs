@@ -119,6 +119,10 @@ pub fn open_change(
         expires_ms: now_ms.saturating_add(cfg.pending_ttl_ms),
         updated_ms: now_ms,
         version: 1,
+        stages: rec.stages(),
+        stages_done: 0,
+        stage: None,
+        stage_approvals: Vec::new(),
     };
     let mut proposed = AuditDraft::for_change(
         &change,
@@ -191,7 +195,7 @@ fn check_reviewable(change: &ChangeRequest, rec: &Recommendation, revision: u32,
 }
 
 /// Who may review at all: a person (never Cairn itself) in one of the change's approver groups.
-fn check_reviewer(change: &ChangeRequest, principal: &Principal) -> Result<(), ReviewError> {
+pub(crate) fn check_reviewer(change: &ChangeRequest, principal: &Principal) -> Result<(), ReviewError> {
     if principal.subject == CAIRN_SERVICE_SUBJECT {
         return Err(ReviewError::ServiceIdentity);
     }
@@ -205,7 +209,8 @@ fn check_reviewer(change: &ChangeRequest, principal: &Principal) -> Result<(), R
 }
 
 /// Records one approval. On quorum (approvals from `approvals_required` distinct principals) the
-/// change becomes approved.
+/// change becomes approved. A staged change waiting in `awaiting_stage_approval` records an
+/// approval of its next stage instead (see [`crate::stages`]).
 pub fn approve(
     change: &ChangeRequest,
     rec: &Recommendation,
@@ -214,6 +219,9 @@ pub fn approve(
     reason: &str,
     now_ms: i64,
 ) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
+    if change.state == ChangeState::AwaitingStageApproval {
+        return crate::stages::approve_stage(change, rec, principal, revision, reason, now_ms);
+    }
     check_reviewable(change, rec, revision, reason, now_ms)?;
     check_reviewer(change, principal)?;
     if principal.subject == change.requester {

@@ -67,6 +67,10 @@ fn proposed(s: &SqliteStore, id: &str, outcome: Outcome, created_ms: i64) -> Cha
         expires_ms: created_ms + 1_000_000,
         updated_ms: created_ms,
         version: 1,
+        stages: vec![],
+        stages_done: 0,
+        stage: None,
+        stage_approvals: vec![],
     };
     s.propose(&r, &d, &c, &[], created_ms).unwrap();
     c

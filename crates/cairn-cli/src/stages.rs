@@ -1,0 +1,42 @@
+//! How the decision card shows a staged change: its stages and where it stands.
+
+use cairn_proto::v1 as pb;
+
+/// e.g. `stages canary ✓ → 25% (awaiting approval) → 100%`.
+pub fn stages_line(ch: &pb::ChangeRequest) -> String {
+    let done = ch.stages_done as usize;
+    let parts: Vec<String> = ch
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if i < done {
+                format!("{s} done")
+            } else if i == done && ch.state == "awaiting_stage_approval" {
+                format!("{s} (awaiting approval: cairn review approve)")
+            } else if i == done && ch.state == "executing" {
+                format!("{s} (running)")
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
+    format!("stages {}", parts.join(" -> "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_marks_done_stages_and_the_one_awaiting_approval() {
+        let ch = pb::ChangeRequest {
+            state: "awaiting_stage_approval".into(),
+            stages: vec!["canary".into(), "25%".into(), "100%".into()],
+            stages_done: 1,
+            next_stage: "25%".into(),
+            ..Default::default()
+        };
+        assert_eq!(stages_line(&ch), "stages canary done -> 25% (awaiting approval: cairn review approve) -> 100%");
+    }
+}

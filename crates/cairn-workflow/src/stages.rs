@@ -1,0 +1,250 @@
+//! Progressive execution: a change whose recommendation declares stages (e.g. canary, 25%, 100%)
+//! runs one stage at a time. After each stage its verification checks run; a failed check rolls
+//! back every stage executed so far, newest first (rollback-first), and no later stage runs. When
+//! stage transitions need approval ([`pauses_between_stages`]), the change then waits in
+//! `awaiting_stage_approval` until people approve the next stage by name, under the same rules as
+//! the first approval: bound to the revision, policy version and action digest, never from the
+//! requester or Cairn itself, a quorum of distinct approvers for each stage.
+
+use crate::execute::{required_approvals, verification_failed, verify};
+use crate::{ExecutionGate, ExecutionRefused, Executor, ReviewError};
+use cairn_types::{
+    Approval, AuditDraft, CAIRN_SERVICE_SUBJECT, ChangeRequest, ChangeState, Decision, Execution,
+    ExecutionOutcome, Principal, Recommendation, StageApproval,
+};
+use serde_json::json;
+use std::collections::BTreeSet;
+
+/// Whether a staged change pauses for approval before each stage after the first. The default
+/// rule: tier 2 and above (and a change without a tier) pause; tiers 0 and 1 run through.
+pub fn pauses_between_stages(change: &ChangeRequest) -> bool {
+    change.tier.is_none_or(|t| t >= 2)
+}
+
+/// The approvals that let the next stage run: distinct people other than the requester and Cairn,
+/// bound to this revision, policy version and action digest, naming that stage.
+fn valid_stage_approvers<'a>(change: &'a ChangeRequest, rec: &Recommendation, stage: &str) -> BTreeSet<&'a str> {
+    change
+        .stage_approvals
+        .iter()
+        .filter(|s| s.stage == stage)
+        .map(|s| &s.approval)
+        .filter(|a| {
+            a.subject != change.requester
+                && a.subject != CAIRN_SERVICE_SUBJECT
+                && a.revision == rec.revision
+                && a.revision == change.revision
+                && a.policy_version == change.policy_version
+                && a.action_digest == change.action_digest
+        })
+        .map(|a| a.subject.as_str())
+        .collect()
+}
+
+/// Part of [`authorize_execution`](crate::authorize_execution): a staged change past its first
+/// stage that pauses between stages runs its next stage only with a valid quorum for that stage,
+/// whose approvers the roster still authorises.
+pub(crate) fn authorize_stage(
+    change: &ChangeRequest,
+    rec: &Recommendation,
+    decision: &Decision,
+    gate: &ExecutionGate,
+) -> Result<(), ExecutionRefused> {
+    if change.stages != rec.stages() {
+        return Err(ExecutionRefused::Mismatch("stages"));
+    }
+    if change.stages_done == 0 || !pauses_between_stages(change) {
+        return Ok(());
+    }
+    let Some(stage) = change.next_stage() else {
+        return Err(ExecutionRefused::Mismatch("every stage already ran"));
+    };
+    let required = required_approvals(decision.approvals_required, decision.tier);
+    let valid = valid_stage_approvers(change, rec, stage);
+    let still = match &gate.roster {
+        Some(roster) => valid.iter().filter(|s| roster.may_approve(s, &change.approver_groups)).count(),
+        None => valid.len(),
+    };
+    if still < usize::from(required) {
+        return Err(ExecutionRefused::NoStageApproval { stage: stage.to_string(), valid: still, required });
+    }
+    Ok(())
+}
+
+/// Records one approval of the next stage of a change in `awaiting_stage_approval`; on quorum the
+/// change is approved again and the executor runs that stage.
+pub(crate) fn approve_stage(
+    change: &ChangeRequest,
+    rec: &Recommendation,
+    principal: &Principal,
+    revision: u32,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
+    if revision != change.revision || change.revision != rec.revision {
+        return Err(ReviewError::StaleRevision { named: revision, current: rec.revision });
+    }
+    let actual = rec.action_digest(&change.policy_version);
+    if actual != change.action_digest {
+        return Err(ReviewError::DigestMismatch { expected: change.action_digest.clone(), actual });
+    }
+    if reason.trim().is_empty() {
+        return Err(ReviewError::EmptyReason);
+    }
+    crate::review::check_reviewer(change, principal)?;
+    if principal.subject == change.requester {
+        return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });
+    }
+    let Some(stage) = change.next_stage() else {
+        return Err(ReviewError::NotPending { change: change.id.clone(), state: change.state });
+    };
+    if change.stage_approvals.iter().any(|s| s.stage == stage && s.approval.subject == principal.subject) {
+        return Err(ReviewError::AlreadyApproved { subject: principal.subject.clone() });
+    }
+    let stage = stage.to_string();
+    let mut next = change.clone();
+    next.stage_approvals.push(StageApproval {
+        stage: stage.clone(),
+        approval: Approval {
+            change_id: change.id.clone(),
+            subject: principal.subject.clone(),
+            recommendation_id: rec.id.clone(),
+            revision: rec.revision,
+            policy_version: change.policy_version.clone(),
+            action_digest: change.action_digest.clone(),
+            reason: reason.to_string(),
+            at_ms: now_ms,
+        },
+    });
+    next.version += 1;
+    next.updated_ms = now_ms;
+    let required = required_approvals(change.approvals_required, change.tier);
+    let count = next.stage_approvals.iter().filter(|s| s.stage == stage).count();
+    let mut drafts = vec![AuditDraft::for_change(
+        &next,
+        &principal.subject,
+        "change.stage_approval_recorded",
+        reason.to_string(),
+        json!({ "stage": stage, "approvals": count, "required": required, "action_digest": next.action_digest }),
+    )];
+    if count >= usize::from(required) {
+        next.state = ChangeState::Approved;
+        drafts.push(AuditDraft::for_change(
+            &next,
+            &principal.subject,
+            "change.stage_approved",
+            format!("stage {stage} approved: quorum of {required} met"),
+            json!({ "state": next.state.as_str(), "stage": stage }),
+        ));
+    }
+    Ok((next, drafts))
+}
+
+impl Executor {
+    /// Runs the stages of an authorised staged change from the next one on: each stage through
+    /// the adapter (which reads the stage name from the change), then its checks; it stops at the
+    /// first failure, rolling back every executed stage, or before a stage that needs approval.
+    pub(crate) async fn run_stages(
+        &self,
+        change: &ChangeRequest,
+        rec: &Recommendation,
+        now_ms: i64,
+    ) -> (Execution, ChangeRequest, Vec<AuditDraft>) {
+        let mut next = change.clone();
+        next.version += 1;
+        next.updated_ms = now_ms;
+        let mut drafts = Vec::new();
+        let mut output = String::new();
+        let mut last = ExecutionOutcome::Succeeded;
+        let pause = pauses_between_stages(change);
+        next.state = loop {
+            let Some(stage) = next.next_stage().map(String::from) else {
+                break ChangeState::Succeeded;
+            };
+            let index = next.stages_done as usize + 1;
+            let total = next.stages.len();
+            next.stage = Some(stage.clone());
+            drafts.push(stage_draft(&next, "change.stage_started", format!("stage {stage} ({index} of {total}) started")));
+            output.push_str(&format!("stage {stage} ({index} of {total}):\n"));
+            let (outcome, out) = self.adapter.execute(rec, &next).await;
+            output.push_str(&out);
+            last = outcome.clone();
+            let failed = match (&outcome, &self.verifier) {
+                (ExecutionOutcome::Failed { error }, _) => Some(format!("adapter failed: {error}")),
+                (ExecutionOutcome::DryRun, _) => {
+                    output.push_str("verification skipped: a dry run changed nothing\n");
+                    None
+                }
+                (ExecutionOutcome::Succeeded, None) => {
+                    output.push_str("verification skipped: no verifier configured (verification.prometheus_url)\n");
+                    None
+                }
+                (ExecutionOutcome::Succeeded, Some(v)) => {
+                    let failed = verify(v.as_ref(), rec, &mut output).await;
+                    if failed.is_empty() {
+                        None
+                    } else {
+                        drafts.push(verification_failed(&next, &failed));
+                        Some(format!("{} check(s) failed", failed.len()))
+                    }
+                }
+            };
+            if let Some(why) = failed {
+                drafts.push(stage_draft(&next, "change.stage_failed", format!("stage {stage} failed: {why}")));
+                if matches!(outcome, ExecutionOutcome::Failed { .. }) && next.stages_done == 0 {
+                    // Nothing ran before, as with a one-step change whose adapter failed.
+                    break ChangeState::Failed;
+                }
+                // A failed adapter call may have changed part of the stage: undo it too.
+                let executed = next.stages_done as usize + 1;
+                break self.roll_back_stages(rec, &mut next, executed, &mut output).await;
+            }
+            next.stages_done += 1;
+            drafts.push(stage_draft(&next, "change.stage_finished", format!("stage {stage} ({index} of {total}) finished and verified")));
+            match next.next_stage() {
+                None => break ChangeState::Succeeded,
+                Some(following) if pause => {
+                    let why = format!("stage {following} waits for approval");
+                    output.push_str(&format!("{why}\n"));
+                    let mut paused = stage_draft(&next, "change.stage_paused", why);
+                    paused.payload["next_stage"] = json!(following);
+                    drafts.push(paused);
+                    break ChangeState::AwaitingStageApproval;
+                }
+                Some(_) => {}
+            }
+        };
+        next.stage = None;
+        self.record(change, rec, next, last, output, drafts, now_ms)
+    }
+
+    /// Undoes the first `executed` stages, newest first; `rolled_back`, or `rollback_failed` if
+    /// any undo failed (the others are still attempted).
+    async fn roll_back_stages(&self, rec: &Recommendation, next: &mut ChangeRequest, executed: usize, output: &mut String) -> ChangeState {
+        let mut state = ChangeState::RolledBack;
+        let stages: Vec<String> = next.stages[..executed.min(next.stages.len())].to_vec();
+        for stage in stages.iter().rev() {
+            next.stage = Some(stage.clone());
+            let (rb, out) = self.adapter.rollback(rec, next).await;
+            output.push_str(&out);
+            if let ExecutionOutcome::Failed { error } = rb {
+                output.push_str(&format!("rollback of stage {stage} failed: {error}\n"));
+                state = ChangeState::RollbackFailed;
+            }
+        }
+        state
+    }
+}
+
+fn stage_draft(change: &ChangeRequest, kind: &str, summary: String) -> AuditDraft {
+    AuditDraft::for_change(
+        change,
+        CAIRN_SERVICE_SUBJECT,
+        kind,
+        summary,
+        json!({ "stage": change.stage, "stages_done": change.stages_done, "stages": change.stages }),
+    )
+}
+
+#[cfg(test)]
+mod tests;

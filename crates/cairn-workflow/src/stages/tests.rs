@@ -1,0 +1,264 @@
+//! A staged change never runs stage N+1 without a valid approval of that stage, and a failed check
+//! at any stage undoes every stage that ran. Time is passed in, never waited for.
+
+use crate::review::tests::{decision, rec};
+use crate::{Adapter, AdapterFuture, CheckResult, ExecutionGate, ExecutionRefused, Executor, ReviewError, Verifier, approve, open_change};
+use crate::WorkflowConfig;
+use cairn_types::*;
+use futures::future::BoxFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+const REQUESTER: &str = "user:req";
+
+/// Records the stage of every execute and rollback call.
+#[derive(Debug, Default)]
+struct Stages {
+    ran: Mutex<Vec<String>>,
+    undone: Mutex<Vec<String>>,
+}
+
+impl Stages {
+    fn ran(&self) -> Vec<String> {
+        self.ran.lock().unwrap().clone()
+    }
+    fn undone(&self) -> Vec<String> {
+        self.undone.lock().unwrap().clone()
+    }
+}
+
+impl Adapter for Stages {
+    fn name(&self) -> &str {
+        "stages"
+    }
+    fn execute<'a>(&'a self, _: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
+        self.ran.lock().unwrap().push(change.stage.clone().unwrap_or_default());
+        Box::pin(async { (ExecutionOutcome::Succeeded, String::new()) })
+    }
+    fn rollback<'a>(&'a self, _: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
+        self.undone.lock().unwrap().push(change.stage.clone().unwrap_or_default());
+        Box::pin(async { (ExecutionOutcome::Succeeded, String::new()) })
+    }
+}
+
+/// Passes every check except on the `fail_on`-th call (1-based; 0 never fails).
+#[derive(Debug)]
+struct FailNth {
+    calls: AtomicUsize,
+    fail_on: usize,
+}
+
+impl Verifier for FailNth {
+    fn check<'a>(&'a self, check: &'a VerificationCheck) -> BoxFuture<'a, CheckResult> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let passed = n != self.fail_on;
+        Box::pin(async move { CheckResult { name: check.name.clone(), passed, observed: None, detail: format!("call {n}") } })
+    }
+}
+
+fn staged_rec() -> Recommendation {
+    let mut r = rec(1);
+    r.requester = REQUESTER.into();
+    r.parameters.insert(STAGES_PARAMETER.into(), "canary, 25%,100%".into());
+    r
+}
+
+fn person(s: &str) -> Principal {
+    Principal { subject: s.into(), display_name: s.into(), groups: vec!["sre".into()] }
+}
+
+fn executor(fail_on: usize) -> (Executor, Arc<Stages>) {
+    let adapter = Arc::new(Stages::default());
+    let ex = Executor::new(adapter.clone())
+        .with_verifier(Arc::new(FailNth { calls: AtomicUsize::new(0), fail_on }))
+        .with_gate(Arc::new(ExecutionGate::default()));
+    (ex, adapter)
+}
+
+fn kinds(drafts: &[AuditDraft]) -> Vec<&str> {
+    drafts.iter().map(|d| d.kind.as_str()).collect()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+#[test]
+fn stages_come_from_the_recommendation_and_are_bound_by_the_digest() {
+    let r = staged_rec();
+    assert_eq!(r.stages(), ["canary", "25%", "100%"]);
+    let mut other = r.clone();
+    other.parameters.insert(STAGES_PARAMETER.into(), "canary,100%".into());
+    assert_ne!(r.action_digest("p"), other.action_digest("p"), "approvals bind to the staged plan");
+    let (c, _) = open_change(&r, &decision(Outcome::Review, Some(2), 1), 1_000, &WorkflowConfig::default());
+    assert_eq!(c.stages, ["canary", "25%", "100%"]);
+    assert_eq!(c.next_stage(), Some("canary"));
+    assert!(rec(1).stages().is_empty() && open_change(&rec(1), &decision(Outcome::Auto, Some(0), 0), 0, &WorkflowConfig::default()).0.stages.is_empty());
+}
+
+#[test]
+fn a_staged_change_never_runs_the_next_stage_without_a_valid_approval_of_it() {
+    block_on(async {
+        let r = staged_rec();
+        let d = decision(Outcome::Review, Some(2), 1);
+        let (ex, adapter) = executor(0);
+        let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+        let (c, _) = approve(&c, &r, &person("user:alice"), 1, "ok", 2_000).unwrap();
+        assert_eq!(c.state, ChangeState::Approved);
+
+        // Stage 1 runs, verifies, and the change pauses naming stage 2.
+        let (_, c, drafts) = ex.run(&c, &r, &d, 3_000).await.unwrap();
+        assert_eq!(adapter.ran(), ["canary"]);
+        assert_eq!(c.state, ChangeState::AwaitingStageApproval);
+        assert_eq!((c.stages_done, c.next_stage(), c.stage.as_deref()), (1, Some("25%"), None));
+        assert_eq!(kinds(&drafts), ["change.executed", "change.stage_started", "change.stage_finished", "change.stage_paused"]);
+        assert_eq!(drafts[3].payload["next_stage"], "25%");
+
+        // Paused: the executor refuses it as it is.
+        assert!(matches!(ex.run(&c, &r, &d, 3_500).await, Err(ExecutionRefused::NotApproved(ChangeState::AwaitingStageApproval))));
+        // Forced to approved without a stage approval: refused.
+        let mut forged = c.clone();
+        forged.state = ChangeState::Approved;
+        assert!(matches!(ex.run(&forged, &r, &d, 3_500).await, Err(ExecutionRefused::NoStageApproval { ref stage, valid: 0, required: 1 }) if stage == "25%"));
+
+        // Who may not approve the stage, and approvals that do not bind.
+        assert!(matches!(approve(&c, &r, &person(REQUESTER), 1, "mine", 4_000), Err(ReviewError::SelfApproval { .. })));
+        assert!(matches!(approve(&c, &r, &person(CAIRN_SERVICE_SUBJECT), 1, "me", 4_000), Err(ReviewError::ServiceIdentity)));
+        let outsider = Principal { subject: "user:eve".into(), display_name: "eve".into(), groups: vec!["dev".into()] };
+        assert!(matches!(approve(&c, &r, &outsider, 1, "go", 4_000), Err(ReviewError::NotInApproverGroup { .. })));
+        assert!(matches!(approve(&c, &r, &person("user:bob"), 0, "go", 4_000), Err(ReviewError::StaleRevision { named: 0, current: 1 })));
+        let mut newer = r.clone();
+        newer.revision = 2;
+        assert!(matches!(approve(&c, &newer, &person("user:bob"), 2, "go", 4_000), Err(ReviewError::StaleRevision { .. })));
+        let mut changed = r.clone();
+        changed.parameters.insert(STAGES_PARAMETER.into(), "canary,100%".into());
+        assert!(matches!(approve(&c, &changed, &person("user:bob"), 1, "go", 4_000), Err(ReviewError::DigestMismatch { .. })));
+        assert!(matches!(approve(&c, &r, &person("user:bob"), 1, " ", 4_000), Err(ReviewError::EmptyReason)));
+
+        // Forged stage approvals: by the requester, for another stage, for a stale revision or
+        // another digest: none lets stage 2 run.
+        for (subject, stage, revision, digest) in [
+            (REQUESTER, "25%", 1, c.action_digest.clone()),
+            (CAIRN_SERVICE_SUBJECT, "25%", 1, c.action_digest.clone()),
+            ("user:bob", "100%", 1, c.action_digest.clone()),
+            ("user:bob", "25%", 0, c.action_digest.clone()),
+            ("user:bob", "25%", 1, "other".to_string()),
+        ] {
+            let mut forged = c.clone();
+            forged.state = ChangeState::Approved;
+            let mut a = c.approvals[0].clone();
+            a.subject = subject.into();
+            a.revision = revision;
+            a.action_digest = digest;
+            forged.stage_approvals.push(StageApproval { stage: stage.into(), approval: a });
+            assert!(
+                matches!(ex.run(&forged, &r, &d, 3_600).await, Err(ExecutionRefused::NoStageApproval { .. })),
+                "{subject} {stage} {revision}"
+            );
+        }
+        assert_eq!(adapter.ran(), ["canary"], "no refused attempt reached the adapter");
+
+        // A valid approval of stage 2 lets exactly stage 2 run; the change pauses before stage 3.
+        let (c, drafts) = approve(&c, &r, &person("user:bob"), 1, "canary looks fine", 5_000).unwrap();
+        assert_eq!(kinds(&drafts), ["change.stage_approval_recorded", "change.stage_approved"]);
+        assert_eq!((c.state, drafts[0].payload["stage"].as_str()), (ChangeState::Approved, Some("25%")));
+        assert!(matches!(approve(&c, &r, &person("user:carol"), 1, "late", 5_100), Err(ReviewError::NotPending { .. })));
+        let (_, c, _) = ex.run(&c, &r, &d, 6_000).await.unwrap();
+        assert_eq!(adapter.ran(), ["canary", "25%"]);
+        assert_eq!((c.state, c.next_stage()), (ChangeState::AwaitingStageApproval, Some("100%")));
+
+        // The approval of stage 2 is not an approval of stage 3.
+        let mut forged = c.clone();
+        forged.state = ChangeState::Approved;
+        assert!(matches!(ex.run(&forged, &r, &d, 6_500).await, Err(ExecutionRefused::NoStageApproval { ref stage, .. }) if stage == "100%"));
+        // The same person may approve each stage once.
+        let (c, _) = approve(&c, &r, &person("user:bob"), 1, "25% fine", 7_000).unwrap();
+        let (_, c, drafts) = ex.run(&c, &r, &d, 8_000).await.unwrap();
+        assert_eq!(adapter.ran(), ["canary", "25%", "100%"]);
+        assert_eq!((c.state, c.stages_done, c.next_stage()), (ChangeState::Succeeded, 3, None));
+        assert_eq!(kinds(&drafts), ["change.executed", "change.stage_started", "change.stage_finished"]);
+        assert!(adapter.undone().is_empty());
+    });
+}
+
+#[test]
+fn tier3_stage_transitions_need_two_distinct_approvers() {
+    block_on(async {
+        let r = staged_rec();
+        let d = decision(Outcome::Review, Some(3), 2);
+        let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+        let mut c = c;
+        c.state = ChangeState::AwaitingStageApproval;
+        c.stages_done = 1;
+        let (c, drafts) = approve(&c, &r, &person("user:alice"), 1, "ok", 2_000).unwrap();
+        assert_eq!((c.state, kinds(&drafts)), (ChangeState::AwaitingStageApproval, vec!["change.stage_approval_recorded"]));
+        assert!(matches!(approve(&c, &r, &person("user:alice"), 1, "again", 2_100), Err(ReviewError::AlreadyApproved { .. })));
+        let (c, _) = approve(&c, &r, &person("user:bob"), 1, "ok", 2_200).unwrap();
+        assert_eq!(c.state, ChangeState::Approved);
+    });
+}
+
+#[test]
+fn a_failed_check_at_stage_two_rolls_back_every_stage_and_runs_no_later_one() {
+    block_on(async {
+        // Tier 1 auto runs through its stages without pausing; the second check fails.
+        let r = staged_rec();
+        let d = decision(Outcome::Auto, Some(1), 0);
+        let (ex, adapter) = executor(2);
+        let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+        assert_eq!(c.state, ChangeState::Approved);
+        let (execution, c, drafts) = ex.run(&c, &r, &d, 2_000).await.unwrap();
+        assert_eq!(adapter.ran(), ["canary", "25%"], "100% never ran");
+        assert_eq!(adapter.undone(), ["25%", "canary"], "newest first, everything executed so far");
+        assert_eq!((c.state, c.stages_done, c.stage.as_deref()), (ChangeState::RolledBack, 1, None));
+        assert_eq!(
+            kinds(&drafts),
+            [
+                "change.executed",
+                "change.stage_started",
+                "change.stage_finished",
+                "change.stage_started",
+                "change.verification_failed",
+                "change.stage_failed",
+                "change.rolled_back"
+            ]
+        );
+        assert_eq!(drafts[5].payload["stage"], "25%");
+        assert!(execution.output.contains("stage 25% (2 of 3)"), "{}", execution.output);
+        // A rolled-back change never runs again.
+        assert!(matches!(ex.run(&c, &r, &d, 3_000).await, Err(ExecutionRefused::NotApproved(ChangeState::RolledBack))));
+        assert_eq!(adapter.ran(), ["canary", "25%"]);
+    });
+}
+
+#[test]
+fn a_failed_check_after_an_approved_stage_also_undoes_the_earlier_stages() {
+    block_on(async {
+        let r = staged_rec();
+        let d = decision(Outcome::Review, Some(2), 1);
+        let (ex, adapter) = executor(2);
+        let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+        let (c, _) = approve(&c, &r, &person("user:alice"), 1, "ok", 2_000).unwrap();
+        let (_, c, _) = ex.run(&c, &r, &d, 3_000).await.unwrap();
+        let (c, _) = approve(&c, &r, &person("user:bob"), 1, "go on", 4_000).unwrap();
+        let (_, c, _) = ex.run(&c, &r, &d, 5_000).await.unwrap();
+        assert_eq!(c.state, ChangeState::RolledBack);
+        assert_eq!(adapter.ran(), ["canary", "25%"]);
+        assert_eq!(adapter.undone(), ["25%", "canary"]);
+    });
+}
+
+#[test]
+fn the_dry_run_adapter_names_the_stage() {
+    block_on(async {
+        let r = staged_rec();
+        let d = decision(Outcome::Auto, Some(0), 0);
+        let ex = Executor::new(Arc::new(crate::DryRunAdapter));
+        let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+        let (execution, c, _) = ex.run(&c, &r, &d, 2_000).await.unwrap();
+        assert_eq!(c.state, ChangeState::Succeeded);
+        for stage in ["canary", "25%", "100%"] {
+            assert!(execution.output.contains(&format!("  stage {stage}\n")), "{}", execution.output);
+        }
+    });
+}
