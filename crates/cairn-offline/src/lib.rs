@@ -10,6 +10,7 @@
 
 pub mod dataset;
 pub mod multivariate;
+pub mod report;
 pub mod train;
 
 use std::path::PathBuf;
