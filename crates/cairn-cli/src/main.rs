@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_report;
 mod client;
 mod demo;
 mod eval_multivariate;
@@ -181,6 +182,9 @@ enum AuditCmd {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Daily and weekly summaries for people: decisions by outcome and tier, approval latency,
+    /// rollbacks, guardrail holds, break-glass exceptions and who opened them.
+    Report(audit_report::ReportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +265,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 client::audit_query(&client, recommendation, incident, actor, kind, after_seq, limit).await?;
                 Ok(ExitCode::SUCCESS)
             }
+            AuditCmd::Report(args) => audit_report::run(args).await.map(|()| ExitCode::SUCCESS),
         },
         Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(EvalCmd::Multivariate(args)) => eval_multivariate::run(args).map(|()| ExitCode::SUCCESS),
