@@ -132,3 +132,88 @@ fn a_directory_without_a_database_is_an_error_not_an_empty_report() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Cairn database"));
     assert!(!dir.path().join("cairn.db").exists(), "the report must not create a database");
 }
+
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cairn(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).env("CAIRN_LOG", "warn").output().unwrap()
+}
+
+fn data_rows(md: &str) -> Vec<&str> {
+    md.lines().filter(|l| l.starts_with("| 20")).collect()
+}
+
+/// The same report over gRPC (`AuditService.Query`) as from the server's data directory.
+#[test]
+fn report_from_the_server_matches_the_data_dir() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (http, grpc) = (free_port(), free_port());
+    let token_out = cairn(&["token", "new", "--subject", "user:carol", "--group", "sre"]);
+    let text = String::from_utf8(token_out.stdout).unwrap();
+    let token = text.lines().nth(1).unwrap().trim().to_string();
+    let entry = &text[text.find("[[auth.tokens]]").unwrap()..];
+    let config = dir.path().join("cairn.toml");
+    // The executor stays idle so that no event lands between the two reports.
+    std::fs::write(&config, format!("[executor]\npoll_interval_ms = 600000\n\n{entry}")).unwrap();
+    let data = dir.path().join("data");
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+            .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let server = format!("http://127.0.0.1:{grpc}");
+    let base = ["--server", server.as_str(), "--token", token.as_str()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = r#"{"version":"4","receiver":"cairn","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"DeploymentErrorsAfterRelease","service":"checkout","env":"production","instance":"checkout-1:8080"},"annotations":{"cairn_confidence":"0.9"},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"abc"}]}"#;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    write!(s, "POST /api/v1/alerts/alertmanager HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    let mut list = Vec::new();
+    while list.is_empty() {
+        let out = cairn(&[&["review", "list", "--output", "json"], &base[..]].concat());
+        list = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default();
+        assert!(Instant::now() < deadline, "no recommendation appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = list[0]["recommendation"]["id"].as_str().unwrap().to_string();
+    let tier = list[0]["decision"]["tier"].as_u64().unwrap();
+    let ok = cairn(&[&["review", "approve", &id, "--revision", "1", "--reason", "checked"], &base[..]].concat());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    let remote = cairn(&[&["audit", "report", "--since", "1d", "--format", "markdown"], &base[..]].concat());
+    assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    let remote = String::from_utf8(remote.stdout).unwrap();
+    let local = cairn(&["audit", "report", "--data-dir", data.to_str().unwrap(), "--since", "1d", "--format", "markdown"]);
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let local = String::from_utf8(local.stdout).unwrap();
+
+    assert!(remote.contains(&format!("| review t{tier} |")), "{remote}");
+    // One approval at tier `tier`: its latency row has one sample.
+    let latency: Vec<&str> = data_rows(&remote).into_iter().filter(|l| l.contains(&format!(" | {tier} | 1 | "))).collect();
+    assert_eq!(latency.len(), 2, "a daily and a weekly latency row:\n{remote}");
+    assert_eq!(data_rows(&remote), data_rows(&local));
+}

@@ -169,10 +169,8 @@ fn by_period(df: &DataFrame, period: Period) -> Result<Vec<PeriodSummary>, Repor
     // Change and break-glass events by kind.
     let g = df.group_by([p, "kind"])?.select(["at_ms"]).count()?;
     for ((name, kind), n) in strings(&g, p)?.into_iter().zip(strings(&g, "kind")?).zip(counts(&g)?) {
-        if COUNTED_KINDS.contains(&kind.as_str()) {
-            if let Some(s) = out.get_mut(&name) {
-                s.kinds.insert(kind, n);
-            }
+        if let Some(s) = out.get_mut(&name).filter(|_| COUNTED_KINDS.contains(&kind.as_str())) {
+            s.kinds.insert(kind, n);
         }
     }
 
