@@ -93,6 +93,9 @@ pub enum AuditCmd {
         #[arg(long, default_value_t = 0)]
         after_seq: u64,
     },
+    /// Daily and weekly summaries for people: decisions by outcome and tier, approval latency,
+    /// rollbacks, guardrail holds, break-glass exceptions and who opened them.
+    Report(crate::audit_report::ReportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,6 +195,7 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
         AuditCmd::Export { client, offline, format: ExportFormat::Jsonl, after_seq } => {
             export(&client, &offline, after_seq).await.map(|()| ExitCode::SUCCESS)
         }
+        AuditCmd::Report(args) => crate::audit_report::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod audit_report;
 mod breakglass;
 mod client;
 mod demo;

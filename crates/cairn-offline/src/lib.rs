@@ -11,6 +11,7 @@
 pub mod dataset;
 pub mod multivariate;
 pub mod nab;
+pub mod report;
 pub mod train;
 
 use std::path::PathBuf;
