@@ -348,20 +348,19 @@ impl Engine {
     /// Expires stale pending changes, claims approved ones and runs them. Async because adapters
     /// do I/O; store calls are short.
     pub async fn execute_ready(self: &Arc<Self>) -> Result<usize, ApiError> {
-        let engine = self.clone();
-        let claimed = tokio::task::spawn_blocking(move || -> Result<Vec<ChangeRequest>, ApiError> {
-            let now = engine.clock.now_ms();
-            let expired = engine.store.expire_pending(now)?;
-            let swept = engine.sweep_breakglass(now)?;
-            let waiting = crate::policy::waiting_for_window(&engine, now)?;
-            let claimed = engine.store.claim_approved_except(16, now, &waiting)?;
-            if !expired.is_empty() || swept > 0 || !claimed.is_empty() {
-                engine.audit_written();
-            }
-            Ok(claimed)
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let claimed = self
+            .on_blocking(|engine| {
+                let now = engine.clock.now_ms();
+                let expired = engine.store.expire_pending(now)?;
+                let swept = engine.sweep_breakglass(now)?;
+                let waiting = crate::policy::waiting_for_window(engine, now)?;
+                let claimed = engine.store.claim_approved_except(16, now, &waiting)?;
+                if !expired.is_empty() || swept > 0 || !claimed.is_empty() {
+                    engine.audit_written();
+                }
+                Ok(claimed)
+            })
+            .await?;
         let n = claimed.len();
         for change in claimed {
             self.execute_one(change).await?;
@@ -369,32 +368,30 @@ impl Engine {
         Ok(n)
     }
 
+    /// Runs `f` with the engine on a blocking thread: the store is synchronous.
+    async fn on_blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Engine) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || f(&engine)).await.map_err(|e| ApiError::Internal(format!("worker panicked: {e}")))?
+    }
+
     async fn execute_one(self: &Arc<Self>, change: ChangeRequest) -> Result<(), ApiError> {
         let span = info_span!("execute", change_id = %change.id, recommendation_id = %change.recommendation_id, revision = change.revision);
-        let record = {
-            let engine = self.clone();
-            let id = change.recommendation_id.clone();
-            let rev = change.revision;
-            tokio::task::spawn_blocking(move || engine.store.get_recommendation(&id, Some(rev)))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??
-        };
+        let (id, rev) = (change.recommendation_id.clone(), change.revision);
+        let record = self.on_blocking(move |e| Ok(e.store.get_recommendation(&id, Some(rev))?)).await?;
         let Some(RecommendationRecord { recommendation, decision, .. }) = record else {
             return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
         };
         if recommendation.action == cairn_types::ActionClass::PolicyActivation {
-            let engine = self.clone();
-            tokio::task::spawn_blocking(move || crate::policy::activate(&engine, change, recommendation, decision))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            self.on_blocking(move |e| crate::policy::activate(e, change, recommendation, decision)).await?;
             self.audit_written();
             return Ok(());
         }
         let stopped = {
-            let (engine, change, rec, decision) = (self.clone(), change.clone(), recommendation.clone(), decision.clone());
-            tokio::task::spawn_blocking(move || crate::policy::stop_if_decided_under_old_policy(&engine, &change, &rec, &decision))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??
+            let (change, rec, decision) = (change.clone(), recommendation.clone(), decision.clone());
+            self.on_blocking(move |e| crate::policy::stop_if_decided_under_old_policy(e, &change, &rec, &decision)).await?
         };
         if stopped {
             self.audit_written();
@@ -402,11 +399,8 @@ impl Engine {
         }
         let now = self.clock.now_ms();
         let stopped = {
-            let engine = self.clone();
             let (change, rec) = (change.clone(), recommendation.clone());
-            tokio::task::spawn_blocking(move || engine.stop_before_run(&change, &rec, now))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??
+            self.on_blocking(move |e| e.stop_before_run(&change, &rec, now)).await?
         };
         if stopped {
             self.audit_written();
@@ -424,11 +418,8 @@ impl Engine {
                 // The change fails visibly instead of running.
                 warn!(parent: &span, error = %refused, "execution refused");
                 let (next, drafts) = cairn_workflow::refuse(&change, &refused, now);
-                let engine = self.clone();
                 let expected = change.version;
-                tokio::task::spawn_blocking(move || engine.store.update_change(&next, expected, &drafts, now))
-                    .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))??;
+                self.on_blocking(move |e| Ok(e.store.update_change(&next, expected, &drafts, now)?)).await?;
                 self.metrics.executions.with_label_values(&["none", "refused"]).inc();
                 self.audit_written();
                 return Ok(());
@@ -442,13 +433,8 @@ impl Engine {
         self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
         info!(parent: &span, adapter = %execution.adapter, status, "executed");
         let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
-        let engine = self.clone();
         let expected = change.version;
-        tokio::task::spawn_blocking(move || {
-            engine.store.record_execution(&execution, &next, expected, &drafts, now)
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        self.on_blocking(move |e| Ok(e.store.record_execution(&execution, &next, expected, &drafts, now)?)).await?;
         self.audit_written();
         self.escalate(escalations);
         Ok(())
