@@ -570,7 +570,7 @@ fn breakglass_step() -> impl Strategy<Value = Step> {
         1 => (0usize..6).prop_map(Step::Reject),
         2 => (0.3f64..1.0).prop_map(Step::Revise),
         1 => Just(Step::SwitchPolicy),
-        3 => prop_oneof![3 => 0i64..20, 2 => 20i64..90, 1 => 230i64..260].prop_map(Step::Advance),
+        3 => prop_oneof![4 => 0i64..20, 1 => 20i64..70, 1 => 230i64..260].prop_map(Step::Advance),
         5 => any::<bool>().prop_map(Step::Execute),
         1 => Just(Step::Forge),
     ]
@@ -597,9 +597,14 @@ proptest! {
     #[test]
     fn nothing_blocked_runs_outside_a_breakglass_in_force_and_every_breakglass_change_is_audited(
         confidence in 0.3f64..1.0,
+        owner in 0usize..4,
+        minutes in 1i64..=240,
+        max_uses in prop::option::of(1u32..4),
         steps in proptest::collection::vec(breakglass_step(), 1..40),
     ) {
         let mut world = World::new(recommendation((ActionClass::FirewallRelax, BlastRadius::Global, Reversibility::PartiallyReversible), confidence));
+        // Someone opened a covering break-glass before the blocked recommendation arrived.
+        world.grant(owner, true, minutes, max_uses);
         world.propose();
         for s in steps {
             apply_and_check(&mut world, s)?;
