@@ -1,13 +1,18 @@
 //! Whole review sequences, generated: proposals routed by the real default policy, approvals and
 //! rejections by random principals (including the requester and Cairn itself), new revisions,
 //! policy version changes, clock jumps across expiry and maintenance windows, principals removed
-//! from the configuration, forged states, and adapters that fail — applied through the real SQLite
-//! store as the server applies them.
+//! from the configuration, forged states, adapters that fail, and break-glass grants, revocations
+//! and expiries (with blocked actions that need them) — applied through the real SQLite store as
+//! the server applies them (`breakglass_for_blocked` at routing, the sweeper and `stop_before_run`
+//! in the executor pass).
 //!
 //! After every step it asserts, with its own independent reading of the rules, that the adapter was
 //! reached only for a change with an allowing decision and a valid quorum (invariants 1, 2, 3, 6 and
 //! the window and roster checks), and that every state change of every change has its audit event
-//! in an intact chain (invariant 8).
+//! in an intact chain (invariant 8). For break-glass: a change opened under one runs only while it
+//! is neither revoked nor expired and with two distinct approvals; a blocked change runs only under
+//! a recorded use; no break-glass is used beyond its maximum or at or after its expiry; and each of
+//! its state changes (opened, used, revoked, expired) has its audit event.
 
 use crate::breakglass::{self, BreakGlassRequest};
 use crate::{
