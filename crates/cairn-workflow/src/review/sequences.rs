@@ -1,20 +1,26 @@
 //! Whole review sequences, generated: proposals routed by the real default policy, approvals and
 //! rejections by random principals (including the requester and Cairn itself), new revisions,
 //! policy version changes, clock jumps across expiry and maintenance windows, principals removed
-//! from the configuration, forged states, and adapters that fail — applied through the real SQLite
-//! store as the server applies them.
+//! from the configuration, forged states, adapters that fail, and break-glass grants, revocations
+//! and expiries (with blocked actions that need them) — applied through the real SQLite store as
+//! the server applies them (`breakglass_for_blocked` at routing, the sweeper and `stop_before_run`
+//! in the executor pass).
 //!
 //! After every step it asserts, with its own independent reading of the rules, that the adapter was
 //! reached only for a change with an allowing decision and a valid quorum (invariants 1, 2, 3, 6 and
 //! the window and roster checks), and that every state change of every change has its audit event
-//! in an intact chain (invariant 8).
+//! in an intact chain (invariant 8). For break-glass: a change opened under one runs only while it
+//! is neither revoked nor expired and with two distinct approvals; a blocked change runs only under
+//! a recorded use; no break-glass is used beyond its maximum or at or after its expiry; and each of
+//! its state changes (opened, used, revoked, expired) has its audit event.
 
+use crate::breakglass::{self, BreakGlassRequest};
 use crate::{
-    Adapter, AdapterFuture, ExecutionGate, Executor, MaintenanceWindow, MaintenanceWindows, Roster,
+    Adapter, AdapterFuture, ExecutionGate, ExecutionRefused, Executor, MaintenanceWindow, MaintenanceWindows, Roster,
     WeeklySchedule, WorkflowConfig, approve, expire, open_change, refuse, reject,
 };
 use cairn_policy::{PolicyBundle, Router, RouterConfig, RoutingContext};
-use cairn_store::{AuditQuery, SqliteStore, Store};
+use cairn_store::{AuditQuery, GuardStore, SqliteStore, Store};
 use cairn_types::*;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,29 +108,40 @@ enum Step {
     Execute(bool),
     /// A buggy or hostile writer forces the current change to `approved` and calls the executor.
     Forge,
+    /// A person opens a break-glass: owner, whether its scope covers the recommendation, minutes
+    /// it lasts (up to four hours), and its optional maximum number of uses.
+    Grant { owner: usize, covering: bool, minutes: i64, max_uses: Option<u32> },
+    /// A person revokes the most recently opened break-glass (refused when it is not active).
+    Revoke(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (0usize..6).prop_map(Step::Approve),
         1 => (0usize..6).prop_map(Step::Reject),
-        1 => (0.3f64..1.0).prop_map(Step::Revise),
+        2 => (0.3f64..1.0).prop_map(Step::Revise),
         1 => Just(Step::SwitchPolicy),
         3 => prop_oneof![4 => 0i64..20, 1 => 55i64..70, 1 => 1_400i64..1_500, 1 => 10_000i64..10_100].prop_map(Step::Advance),
         1 => (0usize..6).prop_map(Step::Remove),
         5 => any::<bool>().prop_map(Step::Execute),
         1 => Just(Step::Forge),
+        3 => (0usize..6, prop::bool::weighted(0.8), prop_oneof![1i64..30, 30i64..=240], prop::option::of(1u32..4))
+            .prop_map(|(owner, covering, minutes, max_uses)| Step::Grant { owner, covering, minutes, max_uses }),
+        1 => (0usize..6).prop_map(Step::Revoke),
+        1 => (230i64..260).prop_map(Step::Advance),
     ]
 }
 
 fn action() -> impl Strategy<Value = (ActionClass, BlastRadius, Reversibility)> {
     prop_oneof![
-        Just((ActionClass::RestartProcess, BlastRadius::Instance, Reversibility::Reversible)),
-        Just((ActionClass::ScaleOut, BlastRadius::Service, Reversibility::Reversible)),
-        Just((ActionClass::RollbackDeploy, BlastRadius::Service, Reversibility::Reversible)),
-        Just((ActionClass::DnsChange, BlastRadius::Global, Reversibility::PartiallyReversible)),
-        Just((ActionClass::DatabaseFailover, BlastRadius::Cluster, Reversibility::PartiallyReversible)),
-        Just((ActionClass::DataDelete, BlastRadius::Service, Reversibility::Irreversible)),
+        1 => Just((ActionClass::RestartProcess, BlastRadius::Instance, Reversibility::Reversible)),
+        1 => Just((ActionClass::ScaleOut, BlastRadius::Service, Reversibility::Reversible)),
+        1 => Just((ActionClass::RollbackDeploy, BlastRadius::Service, Reversibility::Reversible)),
+        1 => Just((ActionClass::DnsChange, BlastRadius::Global, Reversibility::PartiallyReversible)),
+        1 => Just((ActionClass::DatabaseFailover, BlastRadius::Cluster, Reversibility::PartiallyReversible)),
+        1 => Just((ActionClass::DataDelete, BlastRadius::Service, Reversibility::Irreversible)),
+        // Blocked by the default policy in production: what break-glass is for.
+        4 => Just((ActionClass::FirewallRelax, BlastRadius::Global, Reversibility::PartiallyReversible)),
     ]
 }
 
@@ -148,9 +165,31 @@ struct World {
     rec: Recommendation,
     adapter: Arc<Recording>,
     changes: BTreeSet<ChangeId>,
+    /// Changes whose policy decision was `blocked` (whether or not a break-glass opened them).
+    blocked: BTreeSet<ChangeId>,
+}
+
+/// The approver groups the guardrails name for break-glass reviews when the policy names none.
+fn breakglass_groups() -> Vec<String> {
+    vec!["sre-leads".to_string()]
 }
 
 impl World {
+    fn new(rec: Recommendation) -> World {
+        World {
+            store: SqliteStore::open_in_memory().unwrap(),
+            routers: routers(),
+            active: 0,
+            roster: people().into_iter().filter(|p| p.subject != CAIRN_SERVICE_SUBJECT).collect(),
+            windows: windows(),
+            now: START_MS,
+            rec,
+            adapter: Arc::new(Recording::default()),
+            changes: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+        }
+    }
+
     fn gate(&self) -> ExecutionGate {
         ExecutionGate { windows: self.windows.clone(), roster: Some(Roster::new(self.roster.clone())) }
     }
@@ -159,14 +198,81 @@ impl World {
     /// earlier revision's change unless it is running).
     fn propose(&mut self) {
         let router = &self.routers[self.active];
+        let active = self.store.list_breakglass(true).unwrap();
         let ctx = RoutingContext {
             maintenance_window_open: self.windows.open_for(&self.rec.target, self.now).is_some(),
+            active_break_glass: active
+                .iter()
+                .filter(|bg| bg.scope.covers(self.rec.action, &self.rec.target) && breakglass::check_usable(bg, self.now).is_ok())
+                .map(|bg| bg.id.clone())
+                .collect(),
             ..RoutingContext::for_environment(&self.rec.target.environment)
         };
-        let decision = router.route(&self.rec, &ctx, self.now);
+        let routed = router.route(&self.rec, &ctx, self.now);
+        let was_blocked = routed.outcome == Outcome::Blocked;
+        let decision = self.breakglass_for_blocked(routed, &active);
         let (change, drafts) = open_change(&self.rec, &decision, self.now, &WorkflowConfig::default());
         self.store.propose(&self.rec, &decision, &change, &drafts, self.now).unwrap();
+        if was_blocked {
+            self.blocked.insert(change.id.clone());
+        }
         self.changes.insert(change.id);
+    }
+
+    /// What the server's `breakglass_for_blocked` does: a blocked decision that a usable
+    /// break-glass covers becomes two-person review, once its use is recorded.
+    fn breakglass_for_blocked(&self, decision: Decision, active: &[BreakGlass]) -> Decision {
+        if decision.outcome != Outcome::Blocked {
+            return decision;
+        }
+        let Some(bg) = breakglass::find_usable(active, &self.rec, self.now) else { return decision };
+        let under = breakglass::apply_to_decision(&decision, bg, &breakglass_groups());
+        let (change, _) = open_change(&self.rec, &under, self.now, &WorkflowConfig::default());
+        match breakglass::use_for(bg, &self.rec, &change.id.0, self.now) {
+            Ok((used, drafts, _)) if self.store.use_breakglass(&used, &change.id, &drafts, self.now).is_ok() => under,
+            _ => decision,
+        }
+    }
+
+    fn grant(&mut self, owner: usize, covering: bool, minutes: i64, max_uses: Option<u32>) {
+        let scope = if covering {
+            BreakGlassScope {
+                actions: vec![self.rec.action],
+                targets: vec![Target { service: "*".into(), ..self.rec.target.clone() }],
+            }
+        } else {
+            BreakGlassScope {
+                actions: vec![self.rec.action],
+                targets: vec![Target { environment: "staging".into(), ..self.rec.target.clone() }],
+            }
+        };
+        let req = BreakGlassRequest { purpose: "incident bridge".into(), link: "INC-1".into(), scope, duration_ms: minutes * 60_000, max_uses };
+        // Cairn's own subject is refused, as the server refuses it.
+        if let Ok((bg, drafts, _)) = breakglass::open(&people()[owner], req, self.now) {
+            // The same person asking twice in the same millisecond gets the same id; the store
+            // refuses the second one, as the server would return.
+            match self.store.save_breakglass(&bg, &drafts, self.now) {
+                Ok(()) | Err(cairn_store::StoreError::Conflict { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn revoke(&mut self, who: usize) {
+        let all = self.store.list_breakglass(false).unwrap();
+        let Some(bg) = all.iter().max_by_key(|bg| (bg.opened_ms, bg.id.clone())) else { return };
+        if let Ok((next, drafts, _)) = breakglass::revoke(bg, &people()[who], "no longer needed", self.now) {
+            self.store.save_breakglass(&next, &drafts, self.now).unwrap();
+        }
+    }
+
+    /// The server's sweeper: marks expired break-glass records, with their audit events.
+    fn sweep(&mut self) {
+        for bg in self.store.list_breakglass(true).unwrap() {
+            if let Some((next, drafts, _)) = breakglass::expire(&bg, self.now) {
+                self.store.save_breakglass(&next, &drafts, self.now).unwrap();
+            }
+        }
     }
 
     fn latest(&self) -> cairn_store::RecommendationRecord {
@@ -192,6 +298,7 @@ impl World {
     fn execute(&mut self, fail: bool) {
         *self.adapter.fail.lock().unwrap() = fail;
         self.store.expire_pending(self.now).unwrap();
+        self.sweep();
         let waiting: Vec<ChangeId> = self
             .store
             .approved_changes(100)
@@ -203,6 +310,15 @@ impl World {
         let executor = Executor::new(self.adapter.clone()).with_gate(Arc::new(self.gate()));
         for change in self.store.claim_approved_except(16, self.now, &waiting).unwrap() {
             let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision)).unwrap().unwrap();
+            // The server's `stop_before_run`: a change opened under a break-glass runs only while
+            // that break-glass is in force.
+            if let Some(bg) = self.store.breakglass_for_change(&change.id).unwrap()
+                && let Err(lapsed) = breakglass::check_in_force(&bg, self.now)
+            {
+                let (next, drafts) = refuse(&change, &ExecutionRefused::BreakGlassLapsed(lapsed.to_string()), self.now);
+                self.store.update_change(&next, change.version, &drafts, self.now).unwrap();
+                continue;
+            }
             let run = block_on(executor.run(&change, &record.recommendation, &record.decision, self.now));
             match run {
                 Ok((execution, next, drafts)) => {
@@ -305,6 +421,166 @@ fn audit_covers_every_change(world: &World) -> Result<(), String> {
     Ok(())
 }
 
+/// Read independently of `check_in_force` and `apply_to_decision`: a change that just ran, if it
+/// was opened under a break-glass, ran while that break-glass was unrevoked and unexpired, with two
+/// distinct valid approvals; and a change policy blocked ran only under a recorded use.
+fn breakglass_run_allowed(change: &ChangeRequest, world: &World) -> Result<(), String> {
+    let under = world.store.breakglass_for_change(&change.id).unwrap();
+    if world.blocked.contains(&change.id) {
+        let Some(bg) = &under else { return Err(format!("blocked change {} ran without a break-glass", change.id)) };
+        let used = breakglass_events(world)
+            .into_iter()
+            .any(|e| e.kind == "breakglass.used" && e.change_id.as_deref() == Some(change.id.0.as_str()) && bg_id(&e) == Some(bg.id.clone()));
+        if !used {
+            return Err(format!("blocked change {} ran with no break-glass use recorded for it", change.id));
+        }
+    }
+    let Some(bg) = under else { return Ok(()) };
+    if bg.state == BreakGlassState::Revoked {
+        return Err(format!("{} ran under revoked break-glass {}", change.id, bg.id));
+    }
+    if world.now >= bg.expires_ms {
+        return Err(format!("{} ran at {} under break-glass {} that expired at {}", change.id, world.now, bg.id, bg.expires_ms));
+    }
+    let distinct: BTreeSet<&str> = change
+        .approvals
+        .iter()
+        .filter(|a| a.subject != change.requester && a.subject != CAIRN_SERVICE_SUBJECT && a.revision == change.revision)
+        .map(|a| a.subject.as_str())
+        .collect();
+    if distinct.len() < 2 {
+        return Err(format!("{} ran under break-glass {} with {} distinct approvals", change.id, bg.id, distinct.len()));
+    }
+    Ok(())
+}
+
+fn breakglass_events(world: &World) -> Vec<AuditEvent> {
+    let all = world.store.audit_events(&AuditQuery { limit: 100_000, ..Default::default() }).unwrap();
+    all.into_iter().filter(|e| e.kind.starts_with("breakglass.")).collect()
+}
+
+fn bg_id(e: &AuditEvent) -> Option<String> {
+    e.payload.get("breakglass")?.get("id")?.as_str().map(str::to_string)
+}
+
+/// Every break-glass: never used beyond its maximum or at or after its expiry, and each of its
+/// versions (opened, each use, revoked or expired) has its audit event, the last of which records
+/// its stored state.
+fn breakglass_kept_its_bounds(world: &World) -> Result<(), String> {
+    let events = breakglass_events(world);
+    for bg in world.store.list_breakglass(false).unwrap() {
+        let mine: Vec<&AuditEvent> = events.iter().filter(|e| bg_id(e).as_deref() == Some(bg.id.as_str())).collect();
+        let uses: Vec<&&AuditEvent> = mine.iter().filter(|e| e.kind == "breakglass.used").collect();
+        if uses.len() as u32 != bg.uses {
+            return Err(format!("{} counts {} uses but the audit log has {}", bg.id, bg.uses, uses.len()));
+        }
+        if let Some(max) = bg.max_uses
+            && bg.uses > max
+        {
+            return Err(format!("{} used {} times, more than its maximum {max}", bg.id, bg.uses));
+        }
+        if let Some(late) = uses.iter().find(|e| e.at_ms >= bg.expires_ms) {
+            return Err(format!("{} used at {} after its expiry at {}", bg.id, late.at_ms, bg.expires_ms));
+        }
+        if let Some(closed) = bg.closed_ms
+            && let Some(after) = uses.iter().find(|e| e.at_ms > closed)
+        {
+            return Err(format!("{} used at {} after it closed at {closed}", bg.id, after.at_ms));
+        }
+        if (mine.len() as u64) < bg.version {
+            return Err(format!("{} is at version {} with only {} audit events", bg.id, bg.version, mine.len()));
+        }
+        let logged = mine.last().and_then(|e| e.payload.get("breakglass")?.get("state")?.as_str().map(str::to_string));
+        if logged.as_deref() != Some(bg.state.as_str()) {
+            return Err(format!("{} is {} but the audit log last says {logged:?}", bg.id, bg.state));
+        }
+        let expected_close = match bg.state {
+            BreakGlassState::Active => None,
+            BreakGlassState::Expired => Some("breakglass.expired"),
+            BreakGlassState::Revoked => Some("breakglass.revoked"),
+            BreakGlassState::Exhausted => Some("breakglass.used"),
+        };
+        if let Some(kind) = expected_close
+            && mine.last().map(|e| e.kind.as_str()) != Some(kind)
+        {
+            return Err(format!("{} is {} without a {kind} event last", bg.id, bg.state));
+        }
+        if mine.first().map(|e| e.kind.as_str()) != Some("breakglass.opened") {
+            return Err(format!("{} has no breakglass.opened event first", bg.id));
+        }
+    }
+    Ok(())
+}
+
+/// Applies one step to the world, as the server would, then checks every invariant.
+fn apply_and_check(world: &mut World, s: Step) -> Result<(), TestCaseError> {
+    let ran_before = world.adapter.ran.lock().unwrap().len();
+    match s {
+        Step::Approve(i) => world.review(i, true),
+        Step::Reject(i) => world.review(i, false),
+        Step::Revise(c) => {
+            world.rec.revision += 1;
+            world.rec.confidence = c;
+            world.propose();
+        }
+        Step::SwitchPolicy => {
+            world.active = 1 - world.active;
+            let latest = world.latest();
+            if matches!(latest.change.state, ChangeState::PendingApproval | ChangeState::Approved) {
+                world.rec.revision += 1;
+                world.propose();
+            }
+        }
+        Step::Advance(m) => world.now += m * 60_000,
+        Step::Remove(i) => {
+            let gone = people()[i].subject.clone();
+            world.roster.retain(|p| p.subject != gone);
+        }
+        Step::Execute(fail) => world.execute(fail),
+        Step::Forge => world.forge(),
+        Step::Grant { owner, covering, minutes, max_uses } => world.grant(owner, covering, minutes, max_uses),
+        Step::Revoke(i) => world.revoke(i),
+    }
+    let ran = world.adapter.ran.lock().unwrap().clone();
+    for (change, rec) in &ran[ran_before..] {
+        let record = world.store.get_recommendation(&rec.id, Some(rec.revision)).unwrap().unwrap();
+        prop_assert_eq!(&record.recommendation, rec, "the adapter got the stored revision");
+        prop_assert_eq!(rec.revision, world.rec.revision, "only the latest revision runs");
+        prop_assert_eq!(&record.decision.policy_version, &world.routers[world.active].version().to_string(),
+            "only a decision of the active policy version runs");
+        if let Err(why) = allowed(change, rec, &record.decision, world) {
+            return Err(TestCaseError::fail(format!("{why} (decision {:?})", record.decision)));
+        }
+        if let Err(why) = breakglass_run_allowed(change, world) {
+            return Err(TestCaseError::fail(why));
+        }
+    }
+    if let Err(why) = audit_covers_every_change(world) {
+        return Err(TestCaseError::fail(why));
+    }
+    if let Err(why) = breakglass_kept_its_bounds(world) {
+        return Err(TestCaseError::fail(why));
+    }
+    Ok(())
+}
+
+/// Steps weighted towards break-glass: a blocked recommendation, grants, revocations, reviews by
+/// the people who may approve it, new revisions, jumps across expiries, and executor passes.
+fn breakglass_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0usize..6, prop::bool::weighted(0.85), prop_oneof![1i64..30, 30i64..=240], prop::option::of(1u32..4))
+            .prop_map(|(owner, covering, minutes, max_uses)| Step::Grant { owner, covering, minutes, max_uses }),
+        1 => (0usize..6).prop_map(Step::Revoke),
+        8 => (0usize..6).prop_map(Step::Approve),
+        1 => (0usize..6).prop_map(Step::Reject),
+        2 => (0.3f64..1.0).prop_map(Step::Revise),
+        1 => Just(Step::SwitchPolicy),
+        3 => prop_oneof![4 => 0i64..20, 1 => 20i64..70, 1 => 230i64..260].prop_map(Step::Advance),
+        5 => any::<bool>().prop_map(Step::Execute),
+        1 => Just(Step::Forge),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
@@ -314,58 +590,29 @@ proptest! {
         confidence in 0.3f64..1.0,
         steps in proptest::collection::vec(step(), 1..40),
     ) {
-        let mut world = World {
-            store: SqliteStore::open_in_memory().unwrap(),
-            routers: routers(),
-            active: 0,
-            roster: people().into_iter().filter(|p| p.subject != CAIRN_SERVICE_SUBJECT).collect(),
-            windows: windows(),
-            now: START_MS,
-            rec: recommendation(kind, confidence),
-            adapter: Arc::new(Recording::default()),
-            changes: BTreeSet::new(),
-        };
+        let mut world = World::new(recommendation(kind, confidence));
         world.propose();
         for s in steps {
-            let ran_before = world.adapter.ran.lock().unwrap().len();
-            match s {
-                Step::Approve(i) => world.review(i, true),
-                Step::Reject(i) => world.review(i, false),
-                Step::Revise(c) => {
-                    world.rec.revision += 1;
-                    world.rec.confidence = c;
-                    world.propose();
-                }
-                Step::SwitchPolicy => {
-                    world.active = 1 - world.active;
-                    let latest = world.latest();
-                    if matches!(latest.change.state, ChangeState::PendingApproval | ChangeState::Approved) {
-                        world.rec.revision += 1;
-                        world.propose();
-                    }
-                }
-                Step::Advance(m) => world.now += m * 60_000,
-                Step::Remove(i) => {
-                    let gone = people()[i].subject.clone();
-                    world.roster.retain(|p| p.subject != gone);
-                }
-                Step::Execute(fail) => world.execute(fail),
-                Step::Forge => world.forge(),
-            }
-            let ran = world.adapter.ran.lock().unwrap().clone();
-            for (change, rec) in &ran[ran_before..] {
-                let record = world.store.get_recommendation(&rec.id, Some(rec.revision)).unwrap().unwrap();
-                prop_assert_eq!(&record.recommendation, rec, "the adapter got the stored revision");
-                prop_assert_eq!(rec.revision, world.rec.revision, "only the latest revision runs");
-                prop_assert_eq!(&record.decision.policy_version, &world.routers[world.active].version().to_string(),
-                    "only a decision of the active policy version runs");
-                if let Err(why) = allowed(change, rec, &record.decision, &world) {
-                    return Err(TestCaseError::fail(format!("{why} (decision {:?})", record.decision)));
-                }
-            }
-            if let Err(why) = audit_covers_every_change(&world) {
-                return Err(TestCaseError::fail(why));
-            }
+            apply_and_check(&mut world, s)?;
+        }
+    }
+
+    /// The same invariants on sequences built around a blocked action, so that break-glass uses,
+    /// runs under them and refusals after they lapse are frequent.
+    #[test]
+    fn nothing_blocked_runs_outside_a_breakglass_in_force_and_every_breakglass_change_is_audited(
+        confidence in 0.3f64..1.0,
+        owner in 0usize..4,
+        minutes in 1i64..=240,
+        max_uses in prop::option::of(1u32..4),
+        steps in proptest::collection::vec(breakglass_step(), 1..40),
+    ) {
+        let mut world = World::new(recommendation((ActionClass::FirewallRelax, BlastRadius::Global, Reversibility::PartiallyReversible), confidence));
+        // Someone opened a covering break-glass before the blocked recommendation arrived.
+        world.grant(owner, true, minutes, max_uses);
+        world.propose();
+        for s in steps {
+            apply_and_check(&mut world, s)?;
         }
     }
 }
@@ -386,17 +633,7 @@ fn an_expired_change_is_audited_and_cannot_be_approved_afterwards() {
 /// The harness is not vacuous: a plain sequence does reach the adapter, only at the right moment.
 #[test]
 fn a_tier3_sequence_runs_once_inside_the_window_with_two_current_approvers() {
-    let mut world = World {
-        store: SqliteStore::open_in_memory().unwrap(),
-        routers: routers(),
-        active: 0,
-        roster: people().into_iter().filter(|p| p.subject != CAIRN_SERVICE_SUBJECT).collect(),
-        windows: windows(),
-        now: START_MS,
-        rec: recommendation((ActionClass::DnsChange, BlastRadius::Global, Reversibility::PartiallyReversible), 0.9),
-        adapter: Arc::new(Recording::default()),
-        changes: BTreeSet::new(),
-    };
+    let mut world = World::new(recommendation((ActionClass::DnsChange, BlastRadius::Global, Reversibility::PartiallyReversible), 0.9));
     world.propose();
     assert_eq!(world.latest().decision.tier, Some(3));
     world.review(4, true); // the requester: refused
@@ -412,4 +649,76 @@ fn a_tier3_sequence_runs_once_inside_the_window_with_two_current_approvers() {
     assert_eq!(world.adapter.ran.lock().unwrap().len(), 1);
     assert_eq!(world.latest().change.state, ChangeState::Succeeded);
     audit_covers_every_change(&world).unwrap();
+}
+
+/// The break-glass steps are reached: a change policy blocked is opened for two-person review
+/// under a break-glass, runs once inside its validity, and a second change under the same
+/// break-glass is refused once it has lapsed; after that, the recommendation is blocked again.
+#[test]
+fn a_breakglass_change_runs_once_inside_its_validity_and_is_refused_after_it_lapses() {
+    let mut world = World::new(recommendation((ActionClass::FirewallRelax, BlastRadius::Global, Reversibility::PartiallyReversible), 0.9));
+    world.propose();
+    assert_eq!(world.latest().decision.outcome, Outcome::Blocked, "the default policy blocks it");
+    world.grant(0, true, 60, Some(2));
+    world.rec.revision += 1;
+    world.propose();
+    let first = world.latest();
+    assert_eq!(first.decision.outcome, Outcome::Review);
+    assert_eq!(first.decision.tier, Some(2));
+    assert_eq!(first.decision.approvals_required, 2);
+    world.review(4, true); // the requester: refused
+    world.review(0, true);
+    world.execute(false);
+    assert!(world.adapter.ran.lock().unwrap().is_empty(), "one approval is not two");
+    world.review(1, true);
+    world.execute(false);
+    assert_eq!(world.adapter.ran.lock().unwrap().len(), 1);
+    assert_eq!(world.latest().change.state, ChangeState::Succeeded);
+    breakglass_run_allowed(&world.latest().change, &world).unwrap();
+
+    // Its second and last use: the change opened under it may run only until the expiry.
+    world.rec.revision += 1;
+    world.propose();
+    let second = world.latest();
+    assert_eq!(second.decision.outcome, Outcome::Review);
+    let bg = world.store.breakglass_for_change(&second.change.id).unwrap().unwrap();
+    assert_eq!((bg.uses, bg.state), (2, BreakGlassState::Exhausted));
+    world.review(0, true);
+    world.review(1, true);
+    assert_eq!(world.latest().change.state, ChangeState::Approved);
+    world.now += 61 * 60_000;
+    world.execute(false);
+    assert_eq!(world.adapter.ran.lock().unwrap().len(), 1, "lapsed: refused, not run");
+    assert_eq!(world.latest().change.state, ChangeState::Failed, "the refusal is written");
+
+    world.rec.revision += 1;
+    world.propose();
+    assert_eq!(world.latest().decision.outcome, Outcome::Blocked, "nothing usable is left");
+    audit_covers_every_change(&world).unwrap();
+    breakglass_kept_its_bounds(&world).unwrap();
+}
+
+/// Revoked and expired break-glass records: their changes never run, and the sweeper's and the
+/// revoker's events are in the log.
+#[test]
+fn a_revoked_or_expired_breakglass_stops_its_approved_change() {
+    for revoke in [true, false] {
+        let mut world = World::new(recommendation((ActionClass::FirewallRelax, BlastRadius::Global, Reversibility::PartiallyReversible), 0.9));
+        world.grant(2, true, 30, None);
+        world.propose();
+        assert_eq!(world.latest().decision.outcome, Outcome::Review);
+        world.review(0, true);
+        world.review(1, true);
+        if revoke {
+            world.revoke(3);
+        } else {
+            world.now += 30 * 60_000;
+        }
+        world.execute(false);
+        assert!(world.adapter.ran.lock().unwrap().is_empty(), "revoke={revoke}: it must not run");
+        let bg = world.store.list_breakglass(false).unwrap().remove(0);
+        assert_eq!(bg.state, if revoke { BreakGlassState::Revoked } else { BreakGlassState::Expired });
+        audit_covers_every_change(&world).unwrap();
+        breakglass_kept_its_bounds(&world).unwrap();
+    }
 }
