@@ -5,9 +5,10 @@
 //! distinct people (tier 2, two approvals) instead of being refused. That is all it allows: it
 //! never makes anything run by itself, and it never lowers the bar for `review` or `advisory`.
 //!
-//! Every rule here is checked at the moment of use ([`use_for`]) and again by the executor
-//! ([`check_usable`]), not only by the sweeper that marks expired ones ([`expire`]). Opening,
-//! using, revoking and expiring each give audit drafts and escalations for Alertmanager.
+//! Every rule here is checked at the moment of use ([`use_for`], through [`check_usable`]) and
+//! again immediately before a change opened under a break-glass runs ([`check_in_force`], called
+//! by the server's execution path), not only by the sweeper that marks expired ones ([`expire`]).
+//! Opening, using, revoking and expiring each give audit drafts and escalations for Alertmanager.
 
 use cairn_types::{
     AuditDraft, BREAKGLASS_MAX_MS, BreakGlass, BreakGlassScope, BreakGlassState, CAIRN_SERVICE_SUBJECT,
