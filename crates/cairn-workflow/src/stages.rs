@@ -9,7 +9,7 @@
 use crate::execute::{required_approvals, verification_failed, verify};
 use crate::{ExecutionGate, ExecutionRefused, Executor, ReviewError};
 use cairn_types::{
-    Approval, AuditDraft, CAIRN_SERVICE_SUBJECT, ChangeRequest, ChangeState, Decision, Execution,
+    AuditDraft, CAIRN_SERVICE_SUBJECT, ChangeRequest, ChangeState, Decision, Execution,
     ExecutionOutcome, Principal, Recommendation, StageApproval,
 };
 use serde_json::json;
@@ -105,16 +105,7 @@ pub(crate) fn approve_stage(
     let mut next = change.clone();
     next.stage_approvals.push(StageApproval {
         stage: stage.clone(),
-        approval: Approval {
-            change_id: change.id.clone(),
-            subject: principal.subject.clone(),
-            recommendation_id: rec.id.clone(),
-            revision: rec.revision,
-            policy_version: change.policy_version.clone(),
-            action_digest: change.action_digest.clone(),
-            reason: reason.to_string(),
-            at_ms: now_ms,
-        },
+        approval: crate::review::bound_approval(change, rec, principal, reason, now_ms),
     });
     next.version += 1;
     next.updated_ms = now_ms;

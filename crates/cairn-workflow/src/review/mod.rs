@@ -208,6 +208,21 @@ pub(crate) fn check_reviewer(change: &ChangeRequest, principal: &Principal) -> R
     Ok(())
 }
 
+/// An approval by `principal` bound to this exact change: the revision, the policy version and the
+/// action digest it was given for (invariant 2). Stage approvals use the same binding.
+pub(crate) fn bound_approval(change: &ChangeRequest, rec: &Recommendation, principal: &Principal, reason: &str, now_ms: i64) -> Approval {
+    Approval {
+        change_id: change.id.clone(),
+        subject: principal.subject.clone(),
+        recommendation_id: rec.id.clone(),
+        revision: rec.revision,
+        policy_version: change.policy_version.clone(),
+        action_digest: change.action_digest.clone(),
+        reason: reason.to_string(),
+        at_ms: now_ms,
+    }
+}
+
 /// Records one approval. On quorum (approvals from `approvals_required` distinct principals) the
 /// change becomes approved. A staged change waiting in `awaiting_stage_approval` records an
 /// approval of its next stage instead (see [`crate::stages`]).
@@ -235,16 +250,7 @@ pub fn approve(
         return Err(ReviewError::MissingFields { fields });
     }
     let mut next = change.clone();
-    next.approvals.push(Approval {
-        change_id: change.id.clone(),
-        subject: principal.subject.clone(),
-        recommendation_id: rec.id.clone(),
-        revision: rec.revision,
-        policy_version: change.policy_version.clone(),
-        action_digest: change.action_digest.clone(),
-        reason: reason.to_string(),
-        at_ms: now_ms,
-    });
+    next.approvals.push(bound_approval(change, rec, principal, reason, now_ms));
     next.version += 1;
     next.updated_ms = now_ms;
     let count = next.approvals.len();
