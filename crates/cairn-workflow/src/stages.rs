@@ -81,16 +81,7 @@ pub(crate) fn approve_stage(
     reason: &str,
     now_ms: i64,
 ) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
-    if revision != change.revision || change.revision != rec.revision {
-        return Err(ReviewError::StaleRevision { named: revision, current: rec.revision });
-    }
-    let actual = rec.action_digest(&change.policy_version);
-    if actual != change.action_digest {
-        return Err(ReviewError::DigestMismatch { expected: change.action_digest.clone(), actual });
-    }
-    if reason.trim().is_empty() {
-        return Err(ReviewError::EmptyReason);
-    }
+    crate::review::check_names_this_action(change, rec, revision, reason)?;
     crate::review::check_reviewer(change, principal)?;
     if principal.subject == change.requester {
         return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });

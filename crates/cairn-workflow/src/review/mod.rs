@@ -181,6 +181,12 @@ fn check_reviewable(change: &ChangeRequest, rec: &Recommendation, revision: u32,
     if now_ms >= change.expires_ms {
         return Err(ReviewError::Expired { change: change.id.clone(), expires_ms: change.expires_ms });
     }
+    check_names_this_action(change, rec, revision, reason)
+}
+
+/// The reviewer names the current revision, the action is still the one the change was opened for,
+/// and there is a reason. Shared with stage approvals.
+pub(crate) fn check_names_this_action(change: &ChangeRequest, rec: &Recommendation, revision: u32, reason: &str) -> Result<(), ReviewError> {
     if revision != change.revision || change.revision != rec.revision {
         return Err(ReviewError::StaleRevision { named: revision, current: rec.revision });
     }
