@@ -74,18 +74,6 @@ async fn guardrails(h: &Harness, subject: &str) -> Guardrails {
     pb::guardrail_service_client::GuardrailServiceClient::with_interceptor(ch, Bearer::of(subject))
 }
 
-async fn fire(h: &Harness, alertname: &str, service: &str, confidence: &str, fp: &str) {
-    let p = webhook_payload(
-        alertname,
-        &[("service", service), ("env", "production"), ("instance", &format!("{service}-1:8080")), ("severity", "critical")],
-        &[("summary", "test"), ("cairn_confidence", confidence)],
-        "firing",
-        fp,
-    );
-    let (s, msg) = h.webhook(&p).await;
-    assert_eq!(s, 200, "{msg}");
-}
-
 async fn wait_for_rec(h: &Harness, action: &str, service: &str) -> pb::RecommendationView {
     let matches = |v: &pb::RecommendationView| {
         v.recommendation.as_ref().is_some_and(|r| r.action == action && r.target.as_ref().is_some_and(|t| t.service == service))
@@ -134,7 +122,7 @@ async fn failed_rollback_escalates_to_alertmanager() {
         cfg.alerting.alertmanager_url = Some(format!("http://127.0.0.1:{am_port}"));
     })
     .await;
-    fire(&h, "ProcessDown", "search", "0.93", "fp-rb").await;
+    h.fire_alert("ProcessDown", "search", "0.93", "fp-rb").await;
     let view = wait_for_rec(&h, "restart_process", "search").await;
     assert_eq!(view.decision.as_ref().unwrap().outcome, pb::Outcome::Auto as i32);
     let id = view.recommendation.as_ref().unwrap().id.clone();
@@ -178,7 +166,7 @@ async fn breakglass_opens_blocked_for_two_person_review_and_alerts_alertmanager(
     wait_for_am_alert(am_port, "CairnBreakGlassOpen", &[("breakglass_id", &bg.id), ("owner", "user:alice")]).await;
 
     // Policy blocks firewall_relax in production; under the break-glass it goes to two people.
-    fire(&h, "ConnectionsRefused", "payments", "0.9", "fp-bg").await;
+    h.fire_alert("ConnectionsRefused", "payments", "0.9", "fp-bg").await;
     let view = wait_for_rec(&h, "firewall_relax", "payments").await;
     let decision = view.decision.as_ref().unwrap();
     assert_eq!(decision.outcome, pb::Outcome::Review as i32, "{decision:?}");
@@ -191,7 +179,7 @@ async fn breakglass_opens_blocked_for_two_person_review_and_alerts_alertmanager(
     // Its one use is spent: a second blocked recommendation stays blocked.
     let listed = g.list_break_glass(pb::ListBreakGlassRequest { active_only: false }).await.unwrap().into_inner();
     assert_eq!((listed.items[0].uses, listed.items[0].state.as_str()), (1, "exhausted"));
-    fire(&h, "ConnectionsRefused", "ledger", "0.9", "fp-bg2").await;
+    h.fire_alert("ConnectionsRefused", "ledger", "0.9", "fp-bg2").await;
     let other = wait_for_rec(&h, "firewall_relax", "ledger").await;
     assert_eq!(other.decision.as_ref().unwrap().outcome, pb::Outcome::Blocked as i32, "out of scope and no uses left");
     let e = g.revoke_break_glass(pb::RevokeBreakGlassRequest { id: bg.id.clone(), reason: "done".into() }).await.unwrap_err();
@@ -289,7 +277,7 @@ async fn frozen_system_runs_nothing_by_itself_until_a_person_decides() {
     let s = g.set_freeze(pb::SetFreezeRequest { frozen: true, reason: "peak sale".into() }).await.unwrap().into_inner();
     assert!(s.frozen && s.freeze_by == "user:alice");
 
-    fire(&h, "ProcessDown", "search", "0.93", "fp-frozen").await;
+    h.fire_alert("ProcessDown", "search", "0.93", "fp-frozen").await;
     let view = wait_for_rec(&h, "restart_process", "search").await;
     assert_eq!(view.decision.as_ref().unwrap().outcome, pb::Outcome::Auto as i32);
     let r = view.recommendation.as_ref().unwrap();
@@ -343,7 +331,7 @@ async fn loop_guard_disables_automation_and_escalates() {
     // The same process keeps dying: each new alert makes a new revision of the restart, auto.
     let mut id = String::new();
     for (i, want) in ["succeeded", "succeeded", "pending_approval"].iter().enumerate() {
-        fire(&h, "ProcessDown", "search", "0.93", &format!("fp-loop-{i}")).await;
+        h.fire_alert("ProcessDown", "search", "0.93", &format!("fp-loop-{i}")).await;
         let deadline = Instant::now() + Duration::from_secs(15);
         let card = loop {
             let view = wait_for_rec(&h, "restart_process", "search").await;
@@ -395,11 +383,11 @@ async fn rate_limit_leaves_excess_for_a_person() {
         cfg.guardrails.rate_limits.insert("restart_process".into(), "1/hour".into());
     })
     .await;
-    fire(&h, "ProcessDown", "search", "0.93", "fp-rl-1").await;
+    h.fire_alert("ProcessDown", "search", "0.93", "fp-rl-1").await;
     let first = wait_for_rec(&h, "restart_process", "search").await;
     h.wait_for_state(&first.recommendation.as_ref().unwrap().id, &["succeeded"]).await;
     // Another target, same action class: over the limit, so it waits for a person.
-    fire(&h, "ProcessDown", "catalog", "0.93", "fp-rl-2").await;
+    h.fire_alert("ProcessDown", "catalog", "0.93", "fp-rl-2").await;
     let second = wait_for_rec(&h, "restart_process", "catalog").await;
     assert_eq!(second.decision.as_ref().unwrap().outcome, pb::Outcome::Auto as i32);
     let card = h.wait_for_state(&second.recommendation.as_ref().unwrap().id, &["pending_approval"]).await;
@@ -427,7 +415,7 @@ async fn revoked_breakglass_refuses_its_change_at_execution_even_with_quorum() {
         .await
         .unwrap()
         .into_inner();
-    fire(&h, "ConnectionsRefused", "payments", "0.9", "fp-rv").await;
+    h.fire_alert("ConnectionsRefused", "payments", "0.9", "fp-rv").await;
     let view = wait_for_rec(&h, "firewall_relax", "payments").await;
     let r = view.recommendation.as_ref().unwrap().clone();
     assert_eq!(view.change.as_ref().unwrap().state, "pending_approval");
@@ -511,7 +499,7 @@ async fn webhook_executions_are_signed_with_the_configured_key_file() {
         cfg.executor.webhook_hmac_key_file = Some(key_file);
     })
     .await;
-    fire(&h, "ProcessDown", "search", "0.93", "fp-hmac").await;
+    h.fire_alert("ProcessDown", "search", "0.93", "fp-hmac").await;
     let (head, body) = tokio::time::timeout(Duration::from_secs(15), received.recv()).await.expect("the webhook was called").unwrap();
     let sig = head.lines().find_map(|l| l.strip_prefix("x-cairn-signature:")).expect("signed").trim().to_string();
     assert_eq!(sig, cairn_workflow::adapters::sign(b"s3cret-key", &body), "signed with the file's key, whitespace trimmed");

@@ -112,6 +112,20 @@ impl Harness {
         .await
     }
 
+    /// Delivers one firing, critical alert for `service` in production (instance `<service>-1:8080`)
+    /// with its confidence pinned, as Alertmanager would, and requires a 200.
+    pub async fn fire_alert(&self, alertname: &str, service: &str, confidence: &str, fingerprint: &str) {
+        let p = webhook_payload(
+            alertname,
+            &[("service", service), ("env", "production"), ("instance", &format!("{service}-1:8080")), ("severity", "critical")],
+            &[("summary", "test"), ("cairn_confidence", confidence)],
+            "firing",
+            fingerprint,
+        );
+        let (status, msg) = self.webhook(&p).await;
+        assert_eq!(status, 200, "{msg}");
+    }
+
     pub async fn webhook(&self, payload: &serde_json::Value) -> (u16, String) {
         self.post(
             "/api/v1/alerts/alertmanager",

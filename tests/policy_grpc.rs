@@ -38,14 +38,7 @@ fn propose_req(files: Vec<pb::PolicyFile>) -> pb::ProposePolicyRequest {
 }
 
 async fn fire_dns(h: &Harness, fp: &str) {
-    let p = webhook_payload(
-        DNS,
-        &[("service", "edge"), ("env", "production"), ("instance", "edge-1:8080"), ("severity", "critical")],
-        &[("summary", "test"), ("cairn_confidence", "0.9")],
-        "firing",
-        fp,
-    );
-    assert_eq!(h.webhook(&p).await.0, 200);
+    h.fire_alert(DNS, "edge", "0.9", fp).await;
 }
 
 async fn dns_view(h: &Harness, min_revision: u32) -> pb::RecommendationView {
@@ -177,14 +170,7 @@ async fn policy_activation_outside_a_window_waits_and_a_failing_bundle_is_refuse
 }
 
 async fn fire_rollback(h: &Harness, fp: &str) {
-    let p = webhook_payload(
-        "DeploymentErrorsAfterRelease",
-        &[("service", "checkout"), ("env", "production"), ("instance", "checkout-1:8080"), ("severity", "critical")],
-        &[("summary", "test"), ("cairn_confidence", "0.72")],
-        "firing",
-        fp,
-    );
-    assert_eq!(h.webhook(&p).await.0, 200);
+    h.fire_alert("DeploymentErrorsAfterRelease", "checkout", "0.72", fp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,18 +12,6 @@ use tokio_stream::StreamExt;
 const ROLLBACK: &str = "DeploymentErrorsAfterRelease";
 const DNS: &str = "DNSResolutionFailure";
 
-async fn fire(h: &Harness, alertname: &str, service: &str, confidence: &str, fp: &str) {
-    let p = webhook_payload(
-        alertname,
-        &[("service", service), ("env", "production"), ("instance", &format!("{service}-1:8080")), ("severity", "critical")],
-        &[("summary", "test"), ("cairn_confidence", confidence)],
-        "firing",
-        fp,
-    );
-    let (s, msg) = h.webhook(&p).await;
-    assert_eq!(s, 200, "{msg}");
-}
-
 fn view_for<'a>(views: &'a [pb::RecommendationView], action: &str, service: &str) -> Option<&'a pb::RecommendationView> {
     views.iter().find(|v| {
         v.recommendation
@@ -46,7 +34,7 @@ fn approve_req(r: &pb::Recommendation, revision: u32, reason: &str) -> pb::Appro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unapproved_review_item_never_reaches_the_executor_and_approval_is_checked() {
     let mut h = Harness::start().await;
-    fire(&h, ROLLBACK, "checkout", "0.9", "fp-rb-1").await;
+    h.fire_alert(ROLLBACK, "checkout", "0.9", "fp-rb-1").await;
     let v = wait_for(&h, "rollback_deploy", "checkout").await;
     let (r, d) = (v.recommendation.unwrap(), v.decision.unwrap());
     assert_eq!(d.outcome, pb::Outcome::Review as i32, "{d:?}");
@@ -93,7 +81,7 @@ async fn unapproved_review_item_never_reaches_the_executor_and_approval_is_check
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier3_needs_two_distinct_approvers_from_the_right_group() {
     let mut h = Harness::start().await;
-    fire(&h, DNS, "edge", "0.9", "fp-dns-1").await;
+    h.fire_alert(DNS, "edge", "0.9", "fp-dns-1").await;
     let v = wait_for(&h, "dns_change", "edge").await;
     let (r, d) = (v.recommendation.unwrap(), v.decision.unwrap());
     assert_eq!(d.outcome, pb::Outcome::Review as i32);
@@ -122,13 +110,13 @@ async fn tier3_needs_two_distinct_approvers_from_the_right_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_revision_voids_earlier_approvals() {
     let mut h = Harness::start().await;
-    fire(&h, DNS, "edge", "0.9", "fp-dns-a").await;
+    h.fire_alert(DNS, "edge", "0.9", "fp-dns-a").await;
     let v = wait_for(&h, "dns_change", "edge").await;
     let r1 = v.recommendation.unwrap();
     h.review("user:alice").await.approve(approve_req(&r1, r1.revision, "checked")).await.unwrap();
 
     // New evidence on the same incident: a second alert for the same service.
-    fire(&h, DNS, "edge", "0.9", "fp-dns-b").await;
+    h.fire_alert(DNS, "edge", "0.9", "fp-dns-b").await;
     let views = h
         .wait_for_views("revision 2", |v| {
             view_for(v, "dns_change", "edge").is_some_and(|v| v.recommendation.as_ref().unwrap().revision > r1.revision)
@@ -156,9 +144,9 @@ async fn a_new_revision_voids_earlier_approvals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_runs_by_itself_advisory_and_blocked_never_run() {
     let mut h = Harness::start().await;
-    fire(&h, "ProcessDown", "search", "0.93", "fp-auto").await;
-    fire(&h, "HighCPU", "reports", "0.35", "fp-adv").await;
-    fire(&h, "ConnectionsRefused", "payments", "0.9", "fp-blk").await;
+    h.fire_alert("ProcessDown", "search", "0.93", "fp-auto").await;
+    h.fire_alert("HighCPU", "reports", "0.35", "fp-adv").await;
+    h.fire_alert("ConnectionsRefused", "payments", "0.9", "fp-blk").await;
     let auto = wait_for(&h, "restart_process", "search").await;
     let adv = wait_for(&h, "scale_out", "reports").await;
     let blk = wait_for(&h, "firewall_relax", "payments").await;
@@ -198,7 +186,7 @@ async fn a_policy_that_errors_routes_to_review_at_the_highest_tier() {
     std::fs::write(bundle.path().join("data.json"), "{}").unwrap();
     let path = bundle.path().to_owned();
     let mut h = Harness::start_with(move |c| c.policy.bundle = Some(path)).await;
-    fire(&h, "ProcessDown", "search", "0.99", "fp-pol").await;
+    h.fire_alert("ProcessDown", "search", "0.99", "fp-pol").await;
     let v = wait_for(&h, "restart_process", "search").await;
     let d = v.decision.unwrap();
     assert_eq!(d.outcome, pb::Outcome::Review as i32, "{d:?}");
@@ -216,7 +204,7 @@ async fn a_policy_that_errors_routes_to_review_at_the_highest_tier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_stream_resumes_from_a_cursor_without_gaps() {
     let mut h = Harness::start().await;
-    fire(&h, ROLLBACK, "checkout", "0.9", "fp-w1").await;
+    h.fire_alert(ROLLBACK, "checkout", "0.9", "fp-w1").await;
     let v = wait_for(&h, "rollback_deploy", "checkout").await;
     let r = v.recommendation.unwrap();
 
