@@ -1,6 +1,7 @@
 //! `cairn demo`: a self-contained run of the whole path on bundled data, through the real
 //! protocols. It starts a server on free loopback ports with a temporary store, sends metrics as
-//! Prometheus remote_write, alerts as Alertmanager webhooks (one group twice, as a clustered
+//! Prometheus remote_write (the bundled series and an hour of generated history in which the
+//! per-series and the multivariate detectors each find something), alerts as Alertmanager webhooks (one group twice, as a clustered
 //! Alertmanager would) and one alert over the gRPC ingest stream, then shows what Cairn proposed and
 //! how policy routed it, approves a review item as a person, waits for the dry-run execution, and
 //! verifies the audit chain.
@@ -70,11 +71,13 @@ async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person]) -> Resu
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let now_ms = now_ms();
 
-    // 1. Metrics, exactly as Prometheus sends them.
-    let samples = parse_metrics(METRICS_CSV, now_ms)?;
+    // 1. Metrics, exactly as Prometheus sends them: the bundled series, plus an hour of generated
+    //    history that the detectors need to learn what is normal before they judge.
+    let mut samples = parse_metrics(METRICS_CSV, now_ms)?;
+    samples.extend(generated_metrics(now_ms));
     let total: usize = samples.iter().map(|ts| ts.samples.len()).sum();
-    for chunk in samples.chunks(2) {
-        let body = encode_remote_write(chunk);
+    for chunk in time_slices(&samples, 150_000) {
+        let body = encode_remote_write(&chunk);
         let resp = http
             .post(format!("http://{http_addr}/api/v1/write"))
             .header("Content-Encoding", "snappy")
@@ -87,6 +90,11 @@ async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person]) -> Resu
         ensure!(resp.status().as_u16() == 204, "remote_write answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
     }
     println!("1. sent {total} samples of {} series via remote_write (snappy protobuf): 204", samples.len());
+    let found = wait_for_anomalies(&http, http_addr).await?;
+    println!("   the detectors found (cairn_anomalies_total on /metrics):");
+    for (labels, n) in &found {
+        println!("   - {n} × {labels}");
+    }
 
     // 2. Alerts, exactly as Alertmanager sends them; the first group twice, as two clustered
     //    Alertmanagers would.
@@ -321,6 +329,99 @@ fn parse_metrics(csv: &str, now_ms: i64) -> Result<Vec<cairn_ingest::prompb::Tim
         ts.samples.push(Sample { value, timestamp: now_ms - offset * 1000 });
     }
     Ok(series.into_values().collect())
+}
+
+/// Generated series the demo's detectors judge, one sample every 15 s for an hour (the per-series
+/// model learns for its first 150 samples):
+/// - `orders_queue_depth` of the orders service idles around 12 and jumps to ~480 for its last two
+///   minutes: the per-series model flags the jump, and the scale-out playbook answers it (no alert
+///   rule is involved: this recommendation comes from the metrics alone);
+/// - the eight host metrics the shipped multivariate model knows (`models/host-pca-kmeans`), for
+///   two hosts of the same generator as its training data; on `web-2` the CPU stops following the
+///   host's traffic for the last five minutes — every value stays in its usual range, only the
+///   combination is wrong, which only the multivariate model can see. The generator's batch
+///   bursts also move single metrics on `web-2` enough for the per-series model to flag them with
+///   low confidence; no playbook answers those, so they stay in the incident as evidence.
+fn generated_metrics(now_ms: i64) -> Vec<cairn_ingest::prompb::TimeSeries> {
+    use cairn_detect::multivariate::synthetic::{host_rows, Break, SplitMix, HOST_FEATURES};
+    use cairn_ingest::prompb::{Label, Sample, TimeSeries};
+    const POINTS: usize = 240;
+    const STEP_MS: i64 = 15_000;
+    let at = |i: usize| now_ms - (POINTS - 1 - i) as i64 * STEP_MS;
+    let series = |name: &str, labels: &[(&str, &str)], values: &mut dyn Iterator<Item = f64>| {
+        let mut l: Vec<Label> = std::iter::once(("__name__", name))
+            .chain(labels.iter().copied())
+            .map(|(k, v)| Label { name: k.into(), value: v.into() })
+            .collect();
+        l.sort_by(|a, b| a.name.cmp(&b.name));
+        let samples = values.enumerate().map(|(i, value)| Sample { value, timestamp: at(i) }).collect();
+        TimeSeries { labels: l, samples, ..Default::default() }
+    };
+
+    let mut rng = SplitMix::new(11);
+    let mut queue = (0..POINTS).map(|i| {
+        let level = if i >= POINTS - 8 { 480.0 } else { 12.0 };
+        (level + 2.0 * rng.normal()).max(0.0).round()
+    });
+    let orders = [("service", "orders"), ("env", "production"), ("instance", "orders-1:8080"), ("job", "orders")];
+    let mut out = vec![series("orders_queue_depth", &orders, &mut queue)];
+
+    for (host, seed, breaks) in [
+        ("web-1:9100", 21, vec![]),
+        ("web-2:9100", 22, vec![Break { start: POINTS - 20, len: 20, feature: 0 }]),
+    ] {
+        let (rows, _) = host_rows(POINTS, seed, &breaks);
+        let labels = [("instance", host), ("job", "node"), ("env", "production")];
+        for (f, name) in HOST_FEATURES.iter().enumerate() {
+            out.push(series(name, &labels, &mut rows.iter().map(|r| r[f])));
+        }
+    }
+    out
+}
+
+/// Polls Cairn's `/metrics` until the detectors' anomaly counters stop changing (the analysis
+/// runs behind the ingest queue), and returns them as (labels, count).
+async fn wait_for_anomalies(http: &reqwest::Client, http_addr: &SocketAddr) -> Result<Vec<(String, u64)>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last: Vec<(String, u64)> = Vec::new();
+    let mut stable = 0;
+    loop {
+        let text = http.get(format!("http://{http_addr}/metrics")).send().await?.text().await?;
+        let now: Vec<(String, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("cairn_anomalies_total"))
+            .filter_map(|l| {
+                let (labels, n) = l.rsplit_once(' ')?;
+                Some((labels.to_string(), n.parse().ok()?))
+            })
+            .collect();
+        stable = if now == last && !now.is_empty() { stable + 1 } else { 0 };
+        last = now;
+        if stable >= 3 || Instant::now() > deadline {
+            return Ok(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Cuts the series into requests of `window_ms` of samples each, oldest first, every series in
+/// every request: the order Prometheus's remote_write sends in, and the one the multivariate
+/// model needs to assemble a host's row from its metrics at the same time.
+fn time_slices(series: &[cairn_ingest::prompb::TimeSeries], window_ms: i64) -> Vec<Vec<cairn_ingest::prompb::TimeSeries>> {
+    let all = || series.iter().flat_map(|s| s.samples.iter().map(|x| x.timestamp));
+    let (Some(first), Some(last)) = (all().min(), all().max()) else { return Vec::new() };
+    (first..=last)
+        .step_by(window_ms as usize)
+        .map(|start| {
+            series
+                .iter()
+                .filter_map(|s| {
+                    let samples: Vec<_> = s.samples.iter().filter(|x| x.timestamp >= start && x.timestamp < start + window_ms).cloned().collect();
+                    (!samples.is_empty()).then(|| cairn_ingest::prompb::TimeSeries { labels: s.labels.clone(), samples, ..Default::default() })
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn encode_remote_write(series: &[cairn_ingest::prompb::TimeSeries]) -> Vec<u8> {

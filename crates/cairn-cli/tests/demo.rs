@@ -1,6 +1,6 @@
 //! The README's first command, end to end: `cairn demo` replays the bundled scenario through a
-//! running server and must show all four routing outcomes, an approved change executing, and a
-//! verified audit chain.
+//! running server and must show what both detectors found, all four routing outcomes, an approved
+//! change executing, and a verified audit chain.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,6 +23,14 @@ fn demo_produces_the_four_outcomes_executes_an_approval_and_verifies_the_audit_c
     for word in ["auto", "review", "advisory", "blocked"] {
         assert!(outcomes.contains(word), "outcome {word} missing from {outcomes:?}");
     }
+    // Both detectors judged the generated metrics: the queue jump (per series), the host whose
+    // CPU stopped following its traffic (multivariate), and the jump alone brought a scale-out.
+    assert!(stdout.contains(r#"{detector="multivariate-pca-kmeans",kind="correlation_break"}"#), "{stdout}");
+    assert!(stdout.contains(r#"{detector="univariate","#), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.contains("scale_out") && l.contains("production/orders/orders-1:8080")),
+        "no scale_out answered the orders queue jump:\n{stdout}"
+    );
     assert!(stdout.contains("approves revision"), "{stdout}");
     assert!(stdout.contains("is succeeded"), "{stdout}");
     assert!(stdout.contains("dry_run"), "{stdout}");

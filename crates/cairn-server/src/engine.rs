@@ -160,7 +160,10 @@ impl Engine {
                 if anomalies.is_empty() {
                     return Ok(());
                 }
-                self.metrics.anomalies.inc_by(anomalies.len() as u64);
+                for a in &anomalies {
+                    self.metrics.anomalies.with_label_values(&[&a.detector, &a.anomaly_kind]).inc();
+                    tracing::debug!(series = %a.labels, detector = %a.detector, kind = %a.anomaly_kind, score = a.score, confidence = a.confidence, "anomaly");
+                }
                 self.store.record_anomalies(&anomalies)?;
                 for a in &anomalies {
                     if let Some(inc) = analysis.correlator.observe_anomaly(a, now) {

@@ -17,7 +17,7 @@ pub struct Metrics {
     pub requests_overloaded: IntCounterVec,
     pub request_duration: HistogramVec,
     pub queue_depth: IntGauge,
-    pub anomalies: IntCounter,
+    pub anomalies: IntCounterVec,
     pub incidents_changed: IntCounter,
     pub recommendations: IntCounterVec,
     pub policy_failures: IntCounter,
@@ -67,8 +67,14 @@ impl Metrics {
             .expect("valid metric"),
             queue_depth: IntGauge::new("cairn_ingest_queue_depth", "Batches waiting for analysis.")
                 .expect("valid metric"),
-            anomalies: IntCounter::new("cairn_anomalies_total", "Anomalies scored above the alert threshold.")
-                .expect("valid metric"),
+            anomalies: IntCounterVec::new(
+                Opts::new(
+                    "cairn_anomalies_total",
+                    "Anomalies emitted (one per anomalous episode), by detector (univariate, multivariate-pca-kmeans) and kind (spike, level_shift, correlation_break, ...).",
+                ),
+                &["detector", "kind"],
+            )
+            .expect("valid metric"),
             incidents_changed: IntCounter::new("cairn_incident_updates_total", "Incidents opened or changed.")
                 .expect("valid metric"),
             recommendations: IntCounterVec::new(
