@@ -53,6 +53,10 @@ pub struct Decision {
     pub approver_groups: Vec<String>,
     /// Whether execution also needs an open maintenance window.
     pub requires_window: bool,
+    /// Whether a staged change waits for a person's approval before each stage after the first.
+    /// Absent in a stored decision from before the field existed: pause (fail closed).
+    #[serde(default = "crate::change::pause_between_stages_by_default")]
+    pub stage_approval: bool,
     /// Why the policy decided this, in words a reviewer reads.
     pub reasons: Vec<String>,
     /// Content hash of the policy bundle that decided.
@@ -79,6 +83,7 @@ impl Decision {
             approvals_required: 2,
             approver_groups: Vec::new(),
             requires_window: false,
+            stage_approval: true,
             reasons: vec![format!("policy evaluation failed, routed to review at tier 3: {error}")],
             policy_version,
             policy_failed: true,

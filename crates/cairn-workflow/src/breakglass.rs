@@ -225,6 +225,8 @@ pub fn apply_to_decision(decision: &Decision, bg: &BreakGlass, approver_groups: 
     d.outcome = Outcome::Review;
     d.tier = Some(d.tier.unwrap_or(2).max(2));
     d.approvals_required = d.approvals_required.max(BREAKGLASS_APPROVALS);
+    // A blocked action opened by exception: a person looks before each stage, whatever was said.
+    d.stage_approval = true;
     d.reasons.push(format!(
         "blocked by policy; opened for two-person review under break-glass {} (owner {}, purpose: {})",
         bg.id, bg.owner, bg.purpose

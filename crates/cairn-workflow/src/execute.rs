@@ -179,7 +179,7 @@ impl Executor {
     ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
         authorize_execution(change, rec, decision, &self.gate, now_ms)?;
         if !change.stages.is_empty() {
-            return Ok(self.run_stages(change, rec, now_ms).await);
+            return Ok(self.run_stages(change, rec, decision, now_ms).await);
         }
         let (outcome, mut output) = self.adapter.execute(rec, change).await;
         let mut next = change.clone();

@@ -15,10 +15,11 @@ use cairn_types::{
 use serde_json::json;
 use std::collections::BTreeSet;
 
-/// Whether a staged change pauses for approval before each stage after the first. The default
-/// rule: tier 2 and above (and a change without a tier) pause; tiers 0 and 1 run through.
-pub fn pauses_between_stages(change: &ChangeRequest) -> bool {
-    change.tier.is_none_or(|t| t >= 2)
+/// Whether a staged change pauses for approval before each stage after the first: the policy
+/// decides ([`Decision::stage_approval`], recorded on the change when it was opened). Fail closed:
+/// if either the change or the decision in force says pause, it pauses.
+pub fn pauses_between_stages(change: &ChangeRequest, decision: &Decision) -> bool {
+    change.stage_approval || decision.stage_approval
 }
 
 /// The approvals that let the next stage run: distinct people other than the requester and Cairn,
@@ -53,7 +54,7 @@ pub(crate) fn authorize_stage(
     if change.stages != rec.stages() {
         return Err(ExecutionRefused::Mismatch("stages"));
     }
-    if change.stages_done == 0 || !pauses_between_stages(change) {
+    if change.stages_done == 0 || !pauses_between_stages(change, decision) {
         return Ok(());
     }
     let Some(stage) = change.next_stage() else {
@@ -130,6 +131,7 @@ impl Executor {
         &self,
         change: &ChangeRequest,
         rec: &Recommendation,
+        decision: &Decision,
         now_ms: i64,
     ) -> (Execution, ChangeRequest, Vec<AuditDraft>) {
         let mut next = change.clone();
@@ -138,7 +140,7 @@ impl Executor {
         let mut drafts = Vec::new();
         let mut output = String::new();
         let mut last = ExecutionOutcome::Succeeded;
-        let pause = pauses_between_stages(change);
+        let pause = pauses_between_stages(change, decision);
         next.state = loop {
             let Some(stage) = next.next_stage().map(String::from) else {
                 break ChangeState::Succeeded;

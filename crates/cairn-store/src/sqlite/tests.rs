@@ -37,6 +37,7 @@ fn decision(rev: u32) -> Decision {
         approvals_required: 1,
         approver_groups: vec![],
         requires_window: false,
+        stage_approval: true,
         reasons: vec!["r".into()],
         policy_version: "sha256:p".into(),
         policy_failed: false,
@@ -68,6 +69,8 @@ fn change(rev: u32) -> ChangeRequest {
         stages_done: 0,
         stage: None,
         stage_approvals: vec![],
+        stage_approval: true,
+        stop: None,
     }
 }
 

@@ -123,6 +123,8 @@ pub fn open_change(
         stages_done: 0,
         stage: None,
         stage_approvals: Vec::new(),
+        stage_approval: decision.stage_approval,
+        stop: None,
     };
     let mut proposed = AuditDraft::for_change(
         &change,
@@ -156,6 +158,7 @@ pub fn open_change(
             "approvals_required": decision.approvals_required,
             "approver_groups": decision.approver_groups,
             "requires_window": decision.requires_window,
+            "stage_approval": decision.stage_approval,
             "policy_failed": decision.policy_failed,
         }),
     );
@@ -293,6 +296,7 @@ fn missing_fields_for(change: &ChangeRequest, rec: &Recommendation) -> Vec<&'sta
         approvals_required: change.approvals_required,
         approver_groups: change.approver_groups.clone(),
         requires_window: change.requires_window,
+        stage_approval: change.stage_approval,
         reasons: Vec::new(),
         policy_version: change.policy_version.clone(),
         policy_failed: false,

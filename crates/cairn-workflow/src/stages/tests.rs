@@ -262,3 +262,72 @@ fn the_dry_run_adapter_names_the_stage() {
         }
     });
 }
+
+#[test]
+fn the_policy_decides_whether_stages_pause_not_the_tier() {
+    block_on(async {
+        let r = staged_rec();
+        // A tier-2 review whose policy lets the stages run through: after the approval, all three run.
+        let mut d = decision(Outcome::Review, Some(2), 1);
+        d.stage_approval = false;
+        let (ex, adapter) = executor(0);
+        let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+        assert!(!c.stage_approval, "the change records the decision's word");
+        let (c, _) = approve(&c, &r, &person("user:alice"), 1, "ok", 2_000).unwrap();
+        let (_, c, _) = ex.run(&c, &r, &d, 3_000).await.unwrap();
+        assert_eq!((c.state, adapter.ran()), (ChangeState::Succeeded, vec!["canary".to_string(), "25%".into(), "100%".into()]));
+
+        // A tier-0 auto change whose policy says pause: it stops after the canary.
+        let mut d = decision(Outcome::Auto, Some(0), 0);
+        d.stage_approval = true;
+        let (ex, adapter) = executor(0);
+        let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+        let (_, c, drafts) = ex.run(&c, &r, &d, 2_000).await.unwrap();
+        assert_eq!((c.state, adapter.ran()), (ChangeState::AwaitingStageApproval, vec!["canary".to_string()]));
+        assert_eq!(kinds(&drafts).last(), Some(&"change.stage_paused"));
+    });
+}
+
+#[test]
+fn a_change_that_says_run_through_still_pauses_when_the_decision_in_force_says_pause() {
+    block_on(async {
+        let r = staged_rec();
+        let d = decision(Outcome::Review, Some(2), 1);
+        assert!(d.stage_approval);
+        let (ex, adapter) = executor(0);
+        let (c, _) = open_change(&r, &d, 1_000, &WorkflowConfig::default());
+        let (c, _) = approve(&c, &r, &person("user:alice"), 1, "ok", 2_000).unwrap();
+        // Tampered: the stored change claims its stages run through.
+        let mut forged = c.clone();
+        forged.stage_approval = false;
+        let (_, c, _) = ex.run(&forged, &r, &d, 3_000).await.unwrap();
+        assert_eq!((c.state, adapter.ran()), (ChangeState::AwaitingStageApproval, vec!["canary".to_string()]));
+        let mut forged = c.clone();
+        forged.state = ChangeState::Approved;
+        forged.stage_approval = false;
+        assert!(matches!(ex.run(&forged, &r, &d, 4_000).await, Err(ExecutionRefused::NoStageApproval { .. })));
+        // And the other way round: a decision that says run through does not unpause a change that
+        // recorded pause.
+        let mut lax = d.clone();
+        lax.stage_approval = false;
+        let mut forged = c.clone();
+        forged.state = ChangeState::Approved;
+        forged.stage_approval = true;
+        assert!(matches!(ex.run(&forged, &r, &lax, 4_000).await, Err(ExecutionRefused::NoStageApproval { .. })));
+        assert_eq!(adapter.ran(), ["canary"]);
+    });
+}
+
+#[test]
+fn a_change_stored_before_the_field_existed_pauses() {
+    let r = staged_rec();
+    let (c, _) = open_change(&r, &decision(Outcome::Auto, Some(0), 0), 1_000, &WorkflowConfig::default());
+    assert!(!c.stage_approval);
+    let mut json = serde_json::to_value(&c).unwrap();
+    json.as_object_mut().unwrap().remove("stage_approval");
+    let old: ChangeRequest = serde_json::from_value(json).unwrap();
+    assert!(old.stage_approval, "missing means pause");
+    let mut d = serde_json::to_value(decision(Outcome::Auto, Some(0), 0)).unwrap();
+    d.as_object_mut().unwrap().remove("stage_approval");
+    assert!(serde_json::from_value::<Decision>(d).unwrap().stage_approval);
+}
