@@ -181,6 +181,18 @@ pub struct RolloutStop {
     pub at_ms: TimestampMs,
 }
 
+impl RolloutStop {
+    /// Cairn stops a rollout whose next stage was not approved before its deadline.
+    pub fn expired(change: &ChangeRequest, now_ms: TimestampMs) -> RolloutStop {
+        RolloutStop {
+            cause: StopCause::Expired,
+            subject: crate::CAIRN_SERVICE_SUBJECT.to_string(),
+            reason: format!("no approval of stage {} before the deadline", change.next_stage().unwrap_or_default()),
+            at_ms: now_ms,
+        }
+    }
+}
+
 /// A rejection vetoes the change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {

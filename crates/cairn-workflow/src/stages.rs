@@ -10,7 +10,7 @@ use crate::execute::{required_approvals, verification_failed, verify};
 use crate::{ExecutionGate, ExecutionRefused, Executor, ReviewError};
 use cairn_types::{
     AuditDraft, CAIRN_SERVICE_SUBJECT, ChangeRequest, ChangeState, Decision, Execution,
-    ExecutionOutcome, Principal, Recommendation, StageApproval,
+    ExecutionOutcome, Principal, Recommendation, Rejection, RolloutStop, StageApproval, StopCause,
 };
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -82,6 +82,9 @@ pub(crate) fn approve_stage(
     reason: &str,
     now_ms: i64,
 ) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
+    if now_ms >= change.expires_ms {
+        return Err(ReviewError::Expired { change: change.id.clone(), expires_ms: change.expires_ms });
+    }
     crate::review::check_names_this_action(change, rec, revision, reason)?;
     crate::review::check_reviewer(change, principal)?;
     if principal.subject == change.requester {
@@ -185,13 +188,17 @@ impl Executor {
             }
             next.stages_done += 1;
             drafts.push(stage_draft(&next, "change.stage_finished", format!("stage {stage} ({index} of {total}) finished and verified")));
-            match next.next_stage() {
+            match next.next_stage().map(String::from) {
                 None => break ChangeState::Succeeded,
                 Some(following) if pause => {
                     let why = format!("stage {following} waits for approval");
                     output.push_str(&format!("{why}\n"));
+                    // The pause has its own deadline: past it, the change expires and what ran
+                    // is rolled back.
+                    next.expires_ms = now_ms.saturating_add(self.stage_approval_ttl_ms);
                     let mut paused = stage_draft(&next, "change.stage_paused", why);
                     paused.payload["next_stage"] = json!(following);
+                    paused.payload["expires_ms"] = json!(next.expires_ms);
                     drafts.push(paused);
                     break ChangeState::AwaitingStageApproval;
                 }
@@ -217,6 +224,80 @@ impl Executor {
             }
         }
         state
+    }
+}
+
+/// Stops a rollout that ran some of its stages on a person's word: a reject of a change waiting
+/// for its next stage's approval (or approved for it and not yet running). Who may stop it: whoever
+/// may review it (a person in its approver groups, never Cairn itself), the requester included —
+/// stopping only ever undoes, and the one who asked for a change may ask for it to be undone. The
+/// reviewer names the current revision and the unchanged action and gives a reason, as for an
+/// approval. The change moves to `rollback_pending`; the executor undoes its executed stages.
+pub(crate) fn stop_by_reject(
+    change: &ChangeRequest,
+    rec: &Recommendation,
+    principal: &Principal,
+    revision: u32,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
+    if !change.is_half_done_rollout() {
+        return Err(ReviewError::NotPending { change: change.id.clone(), state: change.state });
+    }
+    if change.state == ChangeState::AwaitingStageApproval && now_ms >= change.expires_ms {
+        return Err(ReviewError::Expired { change: change.id.clone(), expires_ms: change.expires_ms });
+    }
+    crate::review::check_names_this_action(change, rec, revision, reason)?;
+    crate::review::check_reviewer(change, principal)?;
+    let stop = RolloutStop { cause: StopCause::Rejected, subject: principal.subject.clone(), reason: reason.to_string(), at_ms: now_ms };
+    let (mut next, draft) = change.stop_rollout(stop, now_ms);
+    next.rejection = Some(Rejection { subject: principal.subject.clone(), revision, reason: reason.to_string(), at_ms: now_ms });
+    Ok((next, vec![draft]))
+}
+
+/// Expires a change that waited in `awaiting_stage_approval` past its deadline: it moves to
+/// `rollback_pending`, and the executor undoes its executed stages. `None` if it is not waiting
+/// for a stage or not yet due.
+pub(crate) fn expire_rollout(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec<AuditDraft>)> {
+    if change.state != ChangeState::AwaitingStageApproval || now_ms < change.expires_ms {
+        return None;
+    }
+    let (next, draft) = change.stop_rollout(RolloutStop::expired(change, now_ms), now_ms);
+    Some((next, vec![draft]))
+}
+
+impl Executor {
+    /// Undoes the executed stages of a stopped rollout (rejected, expired, superseded or refused),
+    /// newest first, through the adapter's rollback — the path a failed check takes. The change
+    /// must have been claimed from `rollback_pending` (state `executing`, with its stop recorded).
+    /// Ends `rolled_back`, or `rollback_failed` if any undo failed (the others are still tried).
+    pub async fn roll_back_stopped(
+        &self,
+        change: &ChangeRequest,
+        rec: &Recommendation,
+        now_ms: i64,
+    ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
+        if change.state != ChangeState::Executing || change.stop.is_none() {
+            return Err(ExecutionRefused::NotApproved(change.state));
+        }
+        if change.recommendation_id != rec.id || change.revision != rec.revision {
+            return Err(ExecutionRefused::Mismatch("revision"));
+        }
+        let mut next = change.clone();
+        next.version += 1;
+        next.updated_ms = now_ms;
+        let executed = change.stages_done as usize;
+        let mut output = format!(
+            "rollout stopped ({}); rolling back {executed} executed stage(s), newest first\n",
+            change.stop.as_ref().map(|s| s.reason.as_str()).unwrap_or_default()
+        );
+        next.state = self.roll_back_stages(rec, &mut next, executed, &mut output).await;
+        next.stage = None;
+        let outcome = match next.state {
+            ChangeState::RolledBack => ExecutionOutcome::Succeeded,
+            _ => ExecutionOutcome::Failed { error: "rollback of a stopped rollout failed".into() },
+        };
+        Ok(self.record(change, rec, next, outcome, output, Vec::new(), now_ms))
     }
 }
 

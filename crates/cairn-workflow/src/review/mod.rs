@@ -305,7 +305,9 @@ fn missing_fields_for(change: &ChangeRequest, rec: &Recommendation) -> Vec<&'sta
     missing_fields(rec, &decision)
 }
 
-/// Records a rejection; any one rejection vetoes the change.
+/// Records a rejection; any one rejection vetoes the change. A staged change that already ran some
+/// of its stages (waiting for the next stage's approval) is stopped instead, and what ran is rolled
+/// back (see [`crate::stages`]).
 pub fn reject(
     change: &ChangeRequest,
     rec: &Recommendation,
@@ -314,6 +316,9 @@ pub fn reject(
     reason: &str,
     now_ms: i64,
 ) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
+    if change.is_half_done_rollout() {
+        return crate::stages::stop_by_reject(change, rec, principal, revision, reason, now_ms);
+    }
     check_reviewable(change, rec, revision, reason, now_ms)?;
     check_reviewer(change, principal)?;
     let mut next = change.clone();
@@ -330,8 +335,13 @@ pub fn reject(
     Ok((next, vec![d]))
 }
 
-/// Expires a pending change past its deadline; `None` if it is not pending or not yet due.
+/// Expires a pending change past its deadline; `None` if it is not pending or not yet due. A
+/// staged change waiting for a stage approval past its deadline is stopped, and what ran is rolled
+/// back.
 pub fn expire(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec<AuditDraft>)> {
+    if change.state == ChangeState::AwaitingStageApproval {
+        return crate::stages::expire_rollout(change, now_ms);
+    }
     if change.state != ChangeState::PendingApproval || now_ms < change.expires_ms {
         return None;
     }
