@@ -117,7 +117,10 @@ impl cairn_server::engine::Clock for ManualClock {
 }
 
 /// A server whose `rollback-deploy` playbook runs in three stages, on `clock`.
-async fn staged_server(clock: Arc<dyn cairn_server::engine::Clock>, stage_ttl_ms: i64) -> Harness {
+async fn staged_server(
+    clock: Arc<dyn cairn_server::engine::Clock>,
+    tweak: impl FnOnce(&mut cairn_server::config::ServerConfig),
+) -> Harness {
     let data = tempfile::tempdir().unwrap();
     let catalogue = data.path().join("playbooks.toml");
     let text = include_str!("../crates/cairn-recommend/playbooks/default.toml")
@@ -125,7 +128,7 @@ async fn staged_server(clock: Arc<dyn cairn_server::engine::Clock>, stage_ttl_ms
     std::fs::write(&catalogue, text).unwrap();
     let mut cfg = default_config(data.path().join("data"));
     cfg.playbooks = Some(catalogue);
-    cfg.workflow.stage_approval_ttl_ms = stage_ttl_ms;
+    tweak(&mut cfg);
     let server = cairn_server::start(cfg, clock).await.unwrap();
     Harness {
         http: server.http_addr,
@@ -165,7 +168,7 @@ async fn audit_kinds(h: &Harness, rec_id: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_stops_a_paused_rollout_by_rejecting_it_and_its_stages_are_rolled_back() {
-    let mut h = staged_server(Arc::new(cairn_server::engine::SystemClock), 3_600_000).await;
+    let mut h = staged_server(Arc::new(cairn_server::engine::SystemClock), |_| {}).await;
     let r = paused_after_canary(&h, "fp-stop-1").await;
     h.review("user:alice").await.approve(approve_req(&r, r.revision, "canary fine")).await.unwrap();
     let card = h.wait_for_state(&r.id, &["awaiting_stage_approval"]).await;
@@ -208,7 +211,7 @@ async fn a_person_stops_a_paused_rollout_by_rejecting_it_and_its_stages_are_roll
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_rollout_nobody_approves_expires_and_is_rolled_back() {
     let clock = Arc::new(ManualClock(AtomicI64::new(now_ms())));
-    let mut h = staged_server(clock.clone(), 600_000).await;
+    let mut h = staged_server(clock.clone(), |cfg| cfg.workflow.stage_approval_ttl_ms = 600_000).await;
     let r = paused_after_canary(&h, "fp-expire-1").await;
     // Nine minutes: still waiting.
     clock.0.fetch_add(540_000, Ordering::SeqCst);
@@ -226,5 +229,76 @@ async fn a_paused_rollout_nobody_approves_expires_and_is_rolled_back() {
     let kinds = audit_kinds(&h, &r.id).await;
     assert_eq!(kinds.iter().filter(|k| *k == "change.expired").count(), 1, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| *k == "change.rolled_back").count(), 1, "{kinds:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_policy_version_supersedes_a_paused_rollout_rolls_it_back_and_decides_again_whether_stages_pause() {
+    let mut h = staged_server(Arc::new(cairn_server::engine::SystemClock), |cfg| {
+        cfg.maintenance_windows.push(cairn_workflow::MaintenanceWindow {
+            name: "always".into(),
+            service: "*".into(),
+            environment: "*".into(),
+            weekly: Some(cairn_workflow::WeeklySchedule { days: vec!["mon".into()], start: "00:00".into(), duration_minutes: 7 * 24 * 60 }),
+            start: None,
+            end: None,
+        })
+    })
+    .await;
+    let r = paused_after_canary(&h, "fp-supersede-1").await;
+
+    // A bundle whose tier-2 decisions let stages run through, activated by two sre-leads.
+    let files: Vec<pb::PolicyFile> = cairn_policy::PolicyBundle::embedded_default()
+        .files()
+        .into_iter()
+        .map(|f| {
+            let text = if f.name == "route.rego" {
+                let t = f.text.replace("data.approvers.tier2, \"requires_window\": false, \"stage_approval\": true", "data.approvers.tier2, \"requires_window\": false, \"stage_approval\": false");
+                assert_ne!(t, f.text, "the tier-2 rule names stage_approval");
+                t
+            } else if f.name == "route_test.rego" {
+                // The bundle is proposed with its tests, which say what it decides.
+                f.text.replace("t2.stage_approval == true", "t2.stage_approval == false")
+            } else {
+                f.text
+            };
+            pb::PolicyFile { name: f.name, text }
+        })
+        .collect();
+    let req = pb::ProposePolicyRequest { files, reason: "tier-2 rollouts run through".into(), execution_window: "always".into() };
+    let proposal = h.review("user:carol").await.propose_policy(req).await.unwrap().into_inner().proposal.unwrap();
+    let p = proposal.recommendation.unwrap();
+    h.review("user:alice").await.approve(approve_req(&p, p.revision, "read it")).await.unwrap();
+    h.review("user:bob").await.approve(approve_req(&p, p.revision, "read it too")).await.unwrap();
+    assert_eq!(h.wait_for_state(&p.id, &["succeeded", "failed"]).await.change.unwrap().state, "succeeded");
+
+    // The paused rollout was routed again as a new revision; the old one is rolled back.
+    let store = h.engine().store.clone();
+    let rec_id = cairn_types::RecommendationId(r.id.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let old = loop {
+        let old = store.get_recommendation(&rec_id, Some(r.revision)).unwrap().unwrap().change;
+        if old.state.is_terminal() {
+            break old;
+        }
+        assert!(std::time::Instant::now() < deadline, "old revision still {}", old.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(old.state, cairn_types::ChangeState::RolledBack);
+    assert_eq!(old.stop.as_ref().map(|s| s.cause), Some(cairn_types::StopCause::Superseded));
+    let executions = store.executions_for(&old.id).unwrap();
+    assert_eq!(executions.len(), 2, "the canary and its rollback");
+    assert!(executions[1].output.contains("would roll back") && executions[1].output.contains("stage canary"));
+    let e = h.review("user:alice").await.approve(approve_req(&r, r.revision, "old revision")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    // The new revision carries the new decision: one approval, then every stage runs through.
+    let new = store.get_recommendation(&rec_id, None).unwrap().unwrap();
+    assert_eq!((new.recommendation.revision, new.change.stage_approval), (r.revision + 1, false));
+    h.review("user:carol").await.approve(approve_req(&r, r.revision + 1, "again, under the new policy")).await.unwrap();
+    let card = h.wait_for_state(&r.id, &["succeeded"]).await;
+    assert_eq!(card.change.unwrap().stages_done, 3);
+    let kinds = audit_kinds(&h, &r.id).await;
+    assert!(kinds.iter().any(|k| k == "change.superseded") && kinds.iter().any(|k| k == "change.rolled_back"), "{kinds:?}");
     h.stop().await;
 }
