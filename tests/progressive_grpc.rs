@@ -302,3 +302,34 @@ async fn a_new_policy_version_supersedes_a_paused_rollout_rolls_it_back_and_deci
     assert!(kinds.iter().any(|k| k == "change.superseded") && kinds.iter().any(|k| k == "change.rolled_back"), "{kinds:?}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_rollout_whose_undo_fails_ends_rollback_failed_and_escalates() {
+    let mut h = staged_server(Arc::new(cairn_server::engine::SystemClock), |cfg| {
+        cfg.executor.adapter = "command".into();
+        cfg.executor.command.execute = vec!["/bin/echo".into(), "rolling out {stage}".into()];
+        cfg.executor.command.rollback = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo undo {stage}; test '{stage}' != '25%' || { echo cannot undo 25% >&2; exit 7; }".into(),
+        ];
+    })
+    .await;
+    let r = paused_after_canary(&h, "fp-undo-fails").await;
+    h.review("user:alice").await.approve(approve_req(&r, r.revision, "canary fine")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.wait_for_state(&r.id, &["awaiting_stage_approval"]).await.change.unwrap().stages_done < 2 {
+        assert!(std::time::Instant::now() < deadline, "25% never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.review("user:carol").await.reject(reject_req(&r, r.revision, "stop it")).await.unwrap();
+    let card = h.wait_for_state(&r.id, &["rollback_failed"]).await;
+    let undo = &card.executions.last().unwrap().output;
+    assert!(undo.contains("cannot undo 25%") && undo.contains("undo canary"), "the canary is still undone: {undo}");
+    let kinds = audit_kinds(&h, &r.id).await;
+    assert!(kinds.iter().any(|k| k == "change.rollback_failed") && kinds.iter().any(|k| k == "change.escalated"), "{kinds:?}");
+    let metrics = h.metrics_text().await;
+    assert!(metrics.contains("cairn_rollbacks_total{result=\"failed\"} 1"), "{metrics}");
+    assert!(metrics.contains("cairn_escalations_total{alertname=\"CairnRollbackFailed\",result=\"unconfigured\"} 1"), "{metrics}");
+    h.stop().await;
+}
