@@ -154,3 +154,20 @@ fn a_change_opened_under_a_breakglass_may_run_only_while_it_is_in_force() {
     let (revoked, _, _) = revoke(&bg, &alice(), "stop", 6).unwrap();
     assert!(matches!(check_in_force(&revoked, 7), Err(BreakGlassError::NotActive { state: BreakGlassState::Revoked, .. })));
 }
+
+#[test]
+fn the_same_request_twice_in_the_same_millisecond_opens_two_distinct_breakglasses() {
+    let (a, _, _) = open(&alice(), request(HOUR, None), 1_000).unwrap();
+    let (b, _, _) = open(&alice(), request(HOUR, None), 1_000).unwrap();
+    assert_ne!(a.id, b.id);
+    // Both are stored: the store would refuse a second record with the same id.
+    let store = cairn_store::SqliteStore::open_in_memory().unwrap();
+    use cairn_store::GuardStore;
+    store.save_breakglass(&a, &[], 1_000).unwrap();
+    store.save_breakglass(&b, &[], 1_000).unwrap();
+    assert_eq!(store.list_breakglass(true).unwrap().len(), 2);
+    // The id is still a function of what was asked and the random part.
+    let fixed = |n| open_with_nonce(&alice(), request(HOUR, None), 1_000, n).unwrap().0.id;
+    assert_eq!(fixed(7), fixed(7));
+    assert_ne!(fixed(7), fixed(8));
+}

@@ -263,8 +263,8 @@ impl World {
         let req = BreakGlassRequest { purpose: "incident bridge".into(), link: "INC-1".into(), scope, duration_ms: minutes * 60_000, max_uses };
         // Cairn's own subject is refused, as the server refuses it.
         if let Ok((bg, drafts, _)) = breakglass::open(&people()[owner], req, self.now) {
-            // The same person asking twice in the same millisecond gets the same id; the store
-            // refuses the second one, as the server would return.
+            // Ids carry a random part, so even the same request twice in the same millisecond is
+            // two records; a conflict would be the store's to refuse, as the server would return.
             match self.store.save_breakglass(&bg, &drafts, self.now) {
                 Ok(()) | Err(cairn_store::StoreError::Conflict { .. }) => {}
                 Err(e) => panic!("{e}"),
