@@ -64,6 +64,7 @@ fn open(store: &SqliteStore, r: &Recommendation, now: i64) -> Result<ChangeReque
         approver_groups: vec![],
         requires_window: false,
         stage_approval: false,
+        breakglass_owner: None,
         reasons: vec![],
         policy_version: "bench".into(),
         policy_failed: false,

@@ -52,6 +52,7 @@ fn decision(r: &Recommendation, outcome: Outcome, tier: Option<u8>) -> Decision 
         approver_groups: vec![],
         requires_window: false,
         stage_approval: true,
+        breakglass_owner: None,
         reasons: vec!["test".into()],
         policy_version: "sha256:p".into(),
         policy_failed: false,

@@ -385,6 +385,7 @@ impl Router {
             approver_groups,
             requires_window,
             stage_approval,
+            breakglass_owner: None,
             reasons,
             policy_version: self.version().to_string(),
             policy_failed: false,

@@ -244,6 +244,9 @@ pub struct ChangeRequest {
     /// field existed: pause (fail closed).
     #[serde(default = "pause_between_stages_by_default")]
     pub stage_approval: bool,
+    /// The owner of the break-glass this change was opened under, who may not approve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breakglass_owner: Option<String>,
     /// Set when a half-done rollout was stopped; its executed stages are then rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<RolloutStop>,

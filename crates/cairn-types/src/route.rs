@@ -57,6 +57,10 @@ pub struct Decision {
     /// Absent in a stored decision from before the field existed: pause (fail closed).
     #[serde(default = "crate::change::pause_between_stages_by_default")]
     pub stage_approval: bool,
+    /// Set when a break-glass opened a blocked recommendation for review: its owner, who may not
+    /// approve the change (separation of duties, as for the requester).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breakglass_owner: Option<String>,
     /// Why the policy decided this, in words a reviewer reads.
     pub reasons: Vec<String>,
     /// Content hash of the policy bundle that decided.
@@ -84,6 +88,7 @@ impl Decision {
             approver_groups: Vec::new(),
             requires_window: false,
             stage_approval: true,
+            breakglass_owner: None,
             reasons: vec![format!("policy evaluation failed, routed to review at tier 3: {error}")],
             policy_version,
             policy_failed: true,

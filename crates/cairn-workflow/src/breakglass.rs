@@ -239,6 +239,8 @@ pub fn apply_to_decision(decision: &Decision, bg: &BreakGlass, approver_groups: 
     d.approvals_required = d.approvals_required.max(BREAKGLASS_APPROVALS);
     // A blocked action opened by exception: a person looks before each stage, whatever was said.
     d.stage_approval = true;
+    // Whoever opened the exception does not also approve what it lets through.
+    d.breakglass_owner = Some(bg.owner.clone());
     d.reasons.push(format!(
         "blocked by policy; opened for two-person review under break-glass {} (owner {}, purpose: {})",
         bg.id, bg.owner, bg.purpose

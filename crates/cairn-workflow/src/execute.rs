@@ -85,6 +85,8 @@ pub fn authorize_execution(
                 .filter(|a| {
                     a.subject != change.requester
                         && a.subject != CAIRN_SERVICE_SUBJECT
+                        && change.breakglass_owner.as_deref() != Some(a.subject.as_str())
+                        && decision.breakglass_owner.as_deref() != Some(a.subject.as_str())
                         && a.revision == rec.revision
                         && a.policy_version == decision.policy_version
                         && a.action_digest == change.action_digest

@@ -33,6 +33,7 @@ fn valid_stage_approvers<'a>(change: &'a ChangeRequest, rec: &Recommendation, st
         .filter(|a| {
             a.subject != change.requester
                 && a.subject != CAIRN_SERVICE_SUBJECT
+                && change.breakglass_owner.as_deref() != Some(a.subject.as_str())
                 && a.revision == rec.revision
                 && a.revision == change.revision
                 && a.policy_version == change.policy_version
@@ -87,9 +88,7 @@ pub(crate) fn approve_stage(
     }
     crate::review::check_names_this_action(change, rec, revision, reason)?;
     crate::review::check_reviewer(change, principal)?;
-    if principal.subject == change.requester {
-        return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });
-    }
+    crate::review::check_not_own(change, principal)?;
     let Some(stage) = change.next_stage() else {
         return Err(ReviewError::NotPending { change: change.id.clone(), state: change.state });
     };

@@ -38,6 +38,7 @@ fn decision(rev: u32) -> Decision {
         approver_groups: vec![],
         requires_window: false,
         stage_approval: true,
+        breakglass_owner: None,
         reasons: vec!["r".into()],
         policy_version: "sha256:p".into(),
         policy_failed: false,
@@ -70,6 +71,7 @@ fn change(rev: u32) -> ChangeRequest {
         stage: None,
         stage_approvals: vec![],
         stage_approval: true,
+        breakglass_owner: None,
         stop: None,
     }
 }

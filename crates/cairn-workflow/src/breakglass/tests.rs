@@ -171,3 +171,30 @@ fn the_same_request_twice_in_the_same_millisecond_opens_two_distinct_breakglasse
     assert_eq!(fixed(7), fixed(7));
     assert_ne!(fixed(7), fixed(8));
 }
+
+#[test]
+fn the_owner_of_a_breakglass_never_approves_what_it_let_through() {
+    let (bg, _, _) = open(&alice(), request(HOUR, None), 1_000).unwrap();
+    let blocked = decision(Outcome::Blocked, None, 0);
+    let under = apply_to_decision(&blocked, &bg, &["sre".to_string()]);
+    assert_eq!(under.breakglass_owner.as_deref(), Some("user:alice"));
+    let mut r = rec(1);
+    r.requester = "user:req".into();
+    let (c, _) = open_change(&r, &under, 2_000, &WorkflowConfig::default());
+    assert_eq!(c.breakglass_owner.as_deref(), Some("user:alice"));
+    assert!(matches!(crate::approve(&c, &r, &alice(), 1, "mine", 3_000), Err(crate::ReviewError::BreakGlassOwner { .. })));
+    let bob = Principal { subject: "user:bob".into(), display_name: "Bob".into(), groups: vec!["sre".into()] };
+    let carol = Principal { subject: "user:carol".into(), display_name: "Carol".into(), groups: vec!["sre".into()] };
+    let (c, _) = crate::approve(&c, &r, &bob, 1, "ok", 3_000).unwrap();
+    // Forged: the owner's approval written in anyway does not count towards the two.
+    let mut forged = c.clone();
+    let mut own = c.approvals[0].clone();
+    own.subject = "user:alice".into();
+    forged.approvals.push(own);
+    forged.state = ChangeState::Approved;
+    let gate = crate::ExecutionGate::default();
+    assert!(matches!(authorize_execution(&forged, &r, &under, &gate, 3_000), Err(ExecutionRefused::NoQuorum { valid: 1, required: 2 })));
+    let (c, _) = crate::approve(&c, &r, &carol, 1, "ok", 3_100).unwrap();
+    assert_eq!(c.state, ChangeState::Approved);
+    assert!(authorize_execution(&c, &r, &under, &gate, 3_200).is_ok());
+}

@@ -23,6 +23,8 @@ pub enum ReviewError {
     SelfApproval { subject: String },
     #[error("Cairn's own identity can never approve a change")]
     ServiceIdentity,
+    #[error("{subject} opened the break-glass this change was opened under and cannot approve it (separation of duties)")]
+    BreakGlassOwner { subject: String },
     #[error("{subject} is not in any approver group of this change ({groups})")]
     NotInApproverGroup { subject: String, groups: String },
     #[error("{subject} already approved this revision; a second approval must come from someone else")]
@@ -124,6 +126,7 @@ pub fn open_change(
         stage: None,
         stage_approvals: Vec::new(),
         stage_approval: decision.stage_approval,
+        breakglass_owner: decision.breakglass_owner.clone(),
         stop: None,
     };
     let mut proposed = AuditDraft::for_change(
@@ -203,6 +206,18 @@ pub(crate) fn check_names_this_action(change: &ChangeRequest, rec: &Recommendati
     Ok(())
 }
 
+/// Who may approve: neither the requester nor the owner of the break-glass the change was opened
+/// under (separation of duties). Shared with stage approvals.
+pub(crate) fn check_not_own(change: &ChangeRequest, principal: &Principal) -> Result<(), ReviewError> {
+    if principal.subject == change.requester {
+        return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });
+    }
+    if change.breakglass_owner.as_deref() == Some(principal.subject.as_str()) {
+        return Err(ReviewError::BreakGlassOwner { subject: principal.subject.clone() });
+    }
+    Ok(())
+}
+
 /// Who may review at all: a person (never Cairn itself) in one of the change's approver groups.
 pub(crate) fn check_reviewer(change: &ChangeRequest, principal: &Principal) -> Result<(), ReviewError> {
     if principal.subject == CAIRN_SERVICE_SUBJECT {
@@ -248,9 +263,7 @@ pub fn approve(
     }
     check_reviewable(change, rec, revision, reason, now_ms)?;
     check_reviewer(change, principal)?;
-    if principal.subject == change.requester {
-        return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });
-    }
+    check_not_own(change, principal)?;
     if change.approvals.iter().any(|a| a.subject == principal.subject) {
         return Err(ReviewError::AlreadyApproved { subject: principal.subject.clone() });
     }
@@ -297,6 +310,7 @@ fn missing_fields_for(change: &ChangeRequest, rec: &Recommendation) -> Vec<&'sta
         approver_groups: change.approver_groups.clone(),
         requires_window: change.requires_window,
         stage_approval: change.stage_approval,
+        breakglass_owner: change.breakglass_owner.clone(),
         reasons: Vec::new(),
         policy_version: change.policy_version.clone(),
         policy_failed: false,

@@ -472,7 +472,9 @@ fn breakglass_run_allowed(change: &ChangeRequest, world: &World) -> Result<(), S
     let distinct: BTreeSet<&str> = change
         .approvals
         .iter()
-        .filter(|a| a.subject != change.requester && a.subject != CAIRN_SERVICE_SUBJECT && a.revision == change.revision)
+        .filter(|a| {
+            a.subject != change.requester && a.subject != CAIRN_SERVICE_SUBJECT && a.subject != bg.owner && a.revision == change.revision
+        })
         .map(|a| a.subject.as_str())
         .collect();
     if distinct.len() < 2 {
@@ -801,10 +803,11 @@ fn a_breakglass_change_runs_once_inside_its_validity_and_is_refused_after_it_lap
     assert_eq!(first.decision.tier, Some(2));
     assert_eq!(first.decision.approvals_required, 2);
     world.review(4, true); // the requester: refused
-    world.review(0, true);
+    world.review(0, true); // the break-glass owner: refused
+    world.review(1, true);
     world.execute(false);
     assert!(world.adapter.ran.lock().unwrap().is_empty(), "one approval is not two");
-    world.review(1, true);
+    world.review(3, true);
     world.execute(false);
     assert_eq!(world.adapter.ran.lock().unwrap().len(), 1);
     assert_eq!(world.latest().change.state, ChangeState::Succeeded);
@@ -817,8 +820,8 @@ fn a_breakglass_change_runs_once_inside_its_validity_and_is_refused_after_it_lap
     assert_eq!(second.decision.outcome, Outcome::Review);
     let bg = world.store.breakglass_for_change(&second.change.id).unwrap().unwrap();
     assert_eq!((bg.uses, bg.state), (2, BreakGlassState::Exhausted));
-    world.review(0, true);
     world.review(1, true);
+    world.review(3, true);
     assert_eq!(world.latest().change.state, ChangeState::Approved);
     world.now += 61 * 60_000;
     world.execute(false);

@@ -44,6 +44,7 @@ fn proposed(s: &SqliteStore, id: &str, outcome: Outcome, created_ms: i64) -> Cha
         approver_groups: vec![],
         requires_window: false,
         stage_approval: false,
+        breakglass_owner: None,
         reasons: vec![],
         policy_version: "p".into(),
         policy_failed: false,
@@ -73,6 +74,7 @@ fn proposed(s: &SqliteStore, id: &str, outcome: Outcome, created_ms: i64) -> Cha
         stage: None,
         stage_approvals: vec![],
         stage_approval: false,
+        breakglass_owner: None,
         stop: None,
     };
     s.propose(&r, &d, &c, &[], created_ms).unwrap();
