@@ -186,7 +186,16 @@ async fn breakglass_opens_blocked_for_two_person_review_and_alerts_alertmanager(
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "an exhausted break-glass is already closed");
 
     // Two distinct people approve: the change opened by its last use runs (dry run) while in force.
+    // The owner of the break-glass is not one of them.
     let r = view.recommendation.as_ref().unwrap();
+    let e = h
+        .review("user:alice")
+        .await
+        .approve(pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: "I opened it".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("break-glass"), "{e:?}");
     for who in ["user:bob", "user:carol"] {
         h.review(who)
             .await

@@ -63,6 +63,8 @@ fn open(store: &SqliteStore, r: &Recommendation, now: i64) -> Result<ChangeReque
         approvals_required: 0,
         approver_groups: vec![],
         requires_window: false,
+        stage_approval: false,
+        breakglass_owner: None,
         reasons: vec![],
         policy_version: "bench".into(),
         policy_failed: false,

@@ -3,7 +3,10 @@
 # Input:  {"recommendation": <Recommendation as JSON>, "context": <RoutingContext as JSON>}
 # Output: data.cairn.route.decision =
 #   {"outcome": "auto"|"review"|"advisory"|"blocked", "tier": 0..3 | null,
-#    "approvals_required": n, "approver_groups": [...], "requires_window": bool, "reasons": [...]}
+#    "approvals_required": n, "approver_groups": [...], "requires_window": bool, "reasons": [...],
+#    "stage_approval": bool}
+# stage_approval: whether a staged change (canary, 25%, 100%) waits for a person before each stage
+# after the first. Left out, Cairn pauses (fail closed); not a boolean, the decision fails closed.
 #
 # Rules are tried in order (else-chain): blocked, advisory, tier 3, tier 0, tier 1, tier 2.
 # Thresholds and lists live in data.json so that tuning them is a data change, not a code change;
@@ -114,21 +117,21 @@ tier2_reasons contains msg if {
 
 decision := d if {
 	count(blocked_reasons) > 0
-	d := {"outcome": "blocked", "tier": null, "approvals_required": 0, "approver_groups": [], "requires_window": false, "reasons": sort(blocked_reasons)}
+	d := {"outcome": "blocked", "tier": null, "approvals_required": 0, "approver_groups": [], "requires_window": false, "stage_approval": true, "reasons": sort(blocked_reasons)}
 } else := d if {
 	low_confidence
-	d := {"outcome": "advisory", "tier": null, "approvals_required": 0, "approver_groups": [], "requires_window": false, "reasons": [sprintf("confidence %.2f is below %.2f: advisory only, never executed", [rec.confidence, data.thresholds.advisory_below])]}
+	d := {"outcome": "advisory", "tier": null, "approvals_required": 0, "approver_groups": [], "requires_window": false, "stage_approval": true, "reasons": [sprintf("confidence %.2f is below %.2f: advisory only, never executed", [rec.confidence, data.thresholds.advisory_below])]}
 } else := d if {
 	count(tier3_reasons) > 0
-	d := {"outcome": "review", "tier": 3, "approvals_required": 2, "approver_groups": data.approvers.tier3, "requires_window": true, "reasons": array.concat(sort(tier3_reasons), [window_note])}
+	d := {"outcome": "review", "tier": 3, "approvals_required": 2, "approver_groups": data.approvers.tier3, "requires_window": true, "stage_approval": true, "reasons": array.concat(sort(tier3_reasons), [window_note])}
 } else := d if {
 	auto_eligible
 	rec.blast_radius == "instance"
-	d := {"outcome": "auto", "tier": 0, "approvals_required": 0, "approver_groups": [], "requires_window": false, "reasons": [sprintf("%s on one instance is reversible and confidence %.2f >= %.2f: runs by itself (tier 0)", [rec.action, rec.confidence, data.thresholds.auto_min])]}
+	d := {"outcome": "auto", "tier": 0, "approvals_required": 0, "approver_groups": [], "requires_window": false, "stage_approval": false, "reasons": [sprintf("%s on one instance is reversible and confidence %.2f >= %.2f: runs by itself (tier 0)", [rec.action, rec.confidence, data.thresholds.auto_min])]}
 } else := d if {
 	auto_eligible
 	rec.blast_radius == "service"
-	d := {"outcome": "auto", "tier": 1, "approvals_required": 0, "approver_groups": [], "requires_window": false, "reasons": [sprintf("%s on a service is reversible and confidence %.2f >= %.2f: runs by itself and notifies (tier 1)", [rec.action, rec.confidence, data.thresholds.auto_min])]}
+	d := {"outcome": "auto", "tier": 1, "approvals_required": 0, "approver_groups": [], "requires_window": false, "stage_approval": false, "reasons": [sprintf("%s on a service is reversible and confidence %.2f >= %.2f: runs by itself and notifies (tier 1)", [rec.action, rec.confidence, data.thresholds.auto_min])]}
 } else := d if {
-	d := {"outcome": "review", "tier": 2, "approvals_required": 1, "approver_groups": data.approvers.tier2, "requires_window": false, "reasons": sort(tier2_reasons)}
+	d := {"outcome": "review", "tier": 2, "approvals_required": 1, "approver_groups": data.approvers.tier2, "requires_window": false, "stage_approval": true, "reasons": sort(tier2_reasons)}
 }

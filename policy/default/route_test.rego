@@ -114,3 +114,31 @@ test_tier3_says_whether_a_window_is_open if {
 	open := route.decision with input as {"recommendation": r, "context": c}
 	"a maintenance window is open for this target now" in open.reasons
 }
+
+test_auto_stages_run_through_and_reviewed_stages_pause if {
+	auto := route.decision with input as {"recommendation": base, "context": calm}
+	auto.outcome == "auto"
+	auto.stage_approval == false
+	svc := route.decision with input as {"recommendation": object.union(base, {"action": "scale_out", "blast_radius": "service"}), "context": calm}
+	svc.tier == 1
+	svc.stage_approval == false
+	t2 := route.decision with input as {"recommendation": object.union(base, {"action": "rollback_deploy"}), "context": calm}
+	t2.tier == 2
+	t2.stage_approval == true
+	t3 := route.decision with input as {"recommendation": object.union(base, {"action": "dns_change"}), "context": calm}
+	t3.tier == 3
+	t3.stage_approval == true
+}
+
+test_every_decision_says_whether_stages_pause if {
+	every r in [
+		base,
+		object.union(base, {"confidence": 0.3}),
+		object.union(base, {"rollback_plan": null}),
+		object.union(base, {"action": "rollback_deploy"}),
+		object.union(base, {"action": "dns_change"}),
+	] {
+		d := route.decision with input as {"recommendation": r, "context": calm}
+		is_boolean(d.stage_approval)
+	}
+}

@@ -162,7 +162,9 @@ enum ReviewCmd {
         #[arg(long)]
         reason: String,
     },
-    /// Reject one exact revision (vetoes the change).
+    /// Reject one exact revision (vetoes the change). On a staged change paused between stages it
+    /// stops the rollout: every executed stage is rolled back, newest first. The requester may stop
+    /// their own rollout.
     Reject {
         #[command(flatten)]
         client: ClientArgs,

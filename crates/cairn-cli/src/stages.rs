@@ -10,7 +10,11 @@ pub fn stages_line(ch: &pb::ChangeRequest) -> String {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            if i < done {
+            if i < done && ch.state == "rollback_pending" {
+                format!("{s} done (stopped: to be rolled back)")
+            } else if i < done && ch.state == "rolled_back" {
+                format!("{s} rolled back")
+            } else if i < done {
                 format!("{s} done")
             } else if i == done && ch.state == "awaiting_stage_approval" {
                 format!("{s} (awaiting approval: cairn review approve)")
@@ -38,5 +42,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(stages_line(&ch), "stages canary done -> 25% (awaiting approval: cairn review approve) -> 100%");
+    }
+
+    #[test]
+    fn a_stopped_rollout_shows_what_is_or_was_rolled_back() {
+        let mut ch = pb::ChangeRequest {
+            state: "rollback_pending".into(),
+            stages: vec!["canary".into(), "25%".into(), "100%".into()],
+            stages_done: 2,
+            ..Default::default()
+        };
+        assert_eq!(stages_line(&ch), "stages canary done (stopped: to be rolled back) -> 25% done (stopped: to be rolled back) -> 100%");
+        ch.state = "rolled_back".into();
+        assert_eq!(stages_line(&ch), "stages canary rolled back -> 25% rolled back -> 100%");
     }
 }

@@ -51,6 +51,8 @@ fn decision(r: &Recommendation, outcome: Outcome, tier: Option<u8>) -> Decision 
         approvals_required: 1,
         approver_groups: vec![],
         requires_window: false,
+        stage_approval: true,
+        breakglass_owner: None,
         reasons: vec!["test".into()],
         policy_version: "sha256:p".into(),
         policy_failed: false,

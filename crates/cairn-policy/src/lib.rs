@@ -254,6 +254,14 @@ struct RawDecision {
     requires_window: bool,
     #[serde(default)]
     reasons: Vec<String>,
+    /// Whether a staged change pauses for approval before each stage after the first. Missing:
+    /// pause; any other type than a boolean: the shape is wrong and the decision fails closed.
+    #[serde(default = "pause_by_default")]
+    stage_approval: bool,
+}
+
+fn pause_by_default() -> bool {
+    true
 }
 
 impl Router {
@@ -325,6 +333,9 @@ impl Router {
         let mut outcome = Outcome::parse(&raw.outcome).unwrap_or(Outcome::Review);
         let mut tier = raw.tier;
         let mut reasons = raw.reasons;
+        // Any floor below that overrides the bundle also makes the stages pause: when in doubt,
+        // a person looks before each stage.
+        let mut stage_approval = raw.stage_approval;
         if outcome == Outcome::Auto {
             let floor = self.cfg.min_auto_confidence;
             if rec.confidence.is_nan() || rec.confidence < floor {
@@ -334,6 +345,7 @@ impl Router {
                 ));
                 outcome = Outcome::Advisory;
                 tier = None;
+                stage_approval = true;
             } else if rec.rollback_plan.is_none() || rec.verification.is_empty() {
                 reasons.push(
                     "no rollback plan or no verification check: nothing without a way back runs by itself; one approver instead"
@@ -341,6 +353,7 @@ impl Router {
                 );
                 outcome = Outcome::Review;
                 tier = Some(2);
+                stage_approval = true;
             }
         }
         if rec.action == cairn_types::ActionClass::PolicyActivation
@@ -353,6 +366,10 @@ impl Router {
             );
             outcome = Outcome::Review;
             tier = Some(3);
+            stage_approval = true;
+        }
+        if matches!(outcome, Outcome::Advisory | Outcome::Blocked) {
+            stage_approval = true;
         }
         let (approvals_required, approver_groups, requires_window) = match outcome {
             Outcome::Review if tier == Some(3) => (raw.approvals_required.max(2), raw.approver_groups, true),
@@ -367,6 +384,8 @@ impl Router {
             approvals_required,
             approver_groups,
             requires_window,
+            stage_approval,
+            breakglass_owner: None,
             reasons,
             policy_version: self.version().to_string(),
             policy_failed: false,

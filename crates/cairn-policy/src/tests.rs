@@ -240,7 +240,7 @@ fn a_bundle_rebuilt_from_its_files_has_the_same_version() {
 fn default_bundle_runs_every_rego_test() {
     let report = run_policy_tests(&PolicyBundle::embedded_default()).unwrap();
     let names: Vec<&str> = report.results.iter().map(|r| r.0.as_str()).collect();
-    for t in ["test_critical_service_never_runs_by_itself", "test_provider_move_and_data_delete_are_tier3", "test_tier3_says_whether_a_window_is_open"] {
+    for t in ["test_critical_service_never_runs_by_itself", "test_provider_move_and_data_delete_are_tier3", "test_tier3_says_whether_a_window_is_open", "test_auto_stages_run_through_and_reviewed_stages_pause", "test_every_decision_says_whether_stages_pause"] {
         assert!(names.iter().any(|n| n.ends_with(t)), "{t} not run: {names:?}");
     }
     assert!(report.passed(), "{report:#?}");
@@ -353,8 +353,8 @@ fn the_prepared_router_fails_closed_exactly_as_a_freshly_loaded_engine() {
             let (prepared, fresh) = (r.route(&rec, &c, 3), r.route_unprepared(&rec, &c, 3));
             // Fail-closed reasons carry the engine's message, which may name a timing; compare the rest.
             assert_eq!(
-                (prepared.outcome, prepared.tier, prepared.approvals_required, prepared.policy_failed, prepared.requires_window),
-                (fresh.outcome, fresh.tier, fresh.approvals_required, fresh.policy_failed, fresh.requires_window),
+                (prepared.outcome, prepared.tier, prepared.approvals_required, prepared.policy_failed, prepared.requires_window, prepared.stage_approval),
+                (fresh.outcome, fresh.tier, fresh.approvals_required, fresh.policy_failed, fresh.requires_window, fresh.stage_approval),
                 "{rego}\n{:?}\n{:?}",
                 prepared.reasons,
                 fresh.reasons
@@ -363,5 +363,69 @@ fn the_prepared_router_fails_closed_exactly_as_a_freshly_loaded_engine() {
                 assert_eq!((prepared.outcome, prepared.tier), (Outcome::Review, Some(3)));
             }
         }
+    }
+}
+
+fn auto_rec() -> Recommendation {
+    rec(ActionClass::RestartProcess, "production", 0.99, BlastRadius::Instance, Reversibility::Reversible)
+}
+
+#[test]
+fn the_default_bundle_pauses_stages_from_tier_2_up_and_not_below() {
+    let r = router();
+    let d = r.route(&auto_rec(), &ctx(), 0);
+    assert_eq!((d.outcome, d.tier, d.stage_approval), (Outcome::Auto, Some(0), false));
+    let mut svc = auto_rec();
+    svc.action = ActionClass::ScaleOut;
+    svc.blast_radius = BlastRadius::Service;
+    let d = r.route(&svc, &ctx(), 0);
+    assert_eq!((d.outcome, d.tier, d.stage_approval), (Outcome::Auto, Some(1), false));
+    let mut t2 = auto_rec();
+    t2.action = ActionClass::RollbackDeploy;
+    let d = r.route(&t2, &ctx(), 0);
+    assert_eq!((d.outcome, d.tier, d.stage_approval), (Outcome::Review, Some(2), true));
+    let mut t3 = auto_rec();
+    t3.action = ActionClass::DnsChange;
+    let d = r.route(&t3, &ctx(), 0);
+    assert_eq!((d.outcome, d.tier, d.stage_approval), (Outcome::Review, Some(3), true));
+}
+
+#[test]
+fn a_bundle_may_let_reviewed_stages_run_through_and_a_missing_field_pauses() {
+    let through = "package cairn.route\n\ndecision := {\"outcome\": \"review\", \"tier\": 2, \"approvals_required\": 1, \"stage_approval\": false, \"reasons\": [\"a\"]}\n";
+    let d = Router::from_sources(through, "{}", RouterConfig::default()).unwrap().route(&auto_rec(), &ctx(), 0);
+    assert_eq!((d.outcome, d.policy_failed, d.stage_approval), (Outcome::Review, false, false));
+    let silent = "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"reasons\": [\"a\"]}\n";
+    let d = Router::from_sources(silent, "{}", RouterConfig::default()).unwrap().route(&auto_rec(), &ctx(), 0);
+    assert_eq!((d.outcome, d.policy_failed, d.stage_approval), (Outcome::Auto, false, true), "missing means pause");
+}
+
+#[test]
+fn a_stage_approval_that_is_not_a_boolean_fails_closed_and_pauses() {
+    for value in ["\"no\"", "0", "null", "[false]", "{}"] {
+        let rego = format!(
+            "package cairn.route\n\ndecision := {{\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"stage_approval\": {value}, \"reasons\": [\"a\"]}}\n"
+        );
+        let d = Router::from_sources(&rego, "{}", RouterConfig::default()).unwrap().route(&auto_rec(), &ctx(), 0);
+        assert!(d.policy_failed, "{value}: {:?}", d.reasons);
+        assert_eq!((d.outcome, d.tier, d.stage_approval), (Outcome::Review, Some(3), true), "{value}");
+    }
+}
+
+#[test]
+fn every_floor_that_overrides_the_bundle_also_pauses_stages() {
+    let rego = "package cairn.route\n\ndecision := {\"outcome\": \"auto\", \"tier\": 0, \"approvals_required\": 0, \"stage_approval\": false, \"reasons\": [\"everything runs\"]}\n";
+    let r = Router::from_sources(rego, "{}", RouterConfig::default()).unwrap();
+    assert!(!r.route(&auto_rec(), &ctx(), 0).stage_approval, "the bundle's word stands when no floor applies");
+    let mut low = auto_rec();
+    low.confidence = 0.1;
+    let mut no_rollback = auto_rec();
+    no_rollback.rollback_plan = None;
+    let mut activation = auto_rec();
+    activation.action = ActionClass::PolicyActivation;
+    for (what, r2) in [("low confidence", low), ("no rollback plan", no_rollback), ("policy activation", activation)] {
+        let d = r.route(&r2, &ctx(), 0);
+        assert_ne!(d.outcome, Outcome::Auto, "{what}");
+        assert!(d.stage_approval, "{what}: {d:?}");
     }
 }

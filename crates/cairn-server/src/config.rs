@@ -243,6 +243,9 @@ impl ServerConfig {
         if let Err(message) = self.guardrails.parsed_rate_limits() {
             return Err(ConfigError::Invalid { key: "guardrails.rate_limits", message });
         }
+        if self.workflow.stage_approval_ttl_ms <= 0 {
+            return Err(ConfigError::Invalid { key: "workflow.stage_approval_ttl_ms", message: "must be at least 1".into() });
+        }
         if self.guardrails.loop_guard_max_runs == 0 {
             return Err(ConfigError::Invalid { key: "guardrails.loop_guard_max_runs", message: "must be at least 1".into() });
         }

@@ -336,6 +336,13 @@ impl Engine {
                             next.approvals.len(),
                             next.approvals_required
                         ),
+                        (false, ChangeState::RollbackPending) => {
+                            self.wake_executor();
+                            format!(
+                                "rejected: the rollout stops and its {} executed stage(s) are rolled back, newest first",
+                                next.stages_done
+                            )
+                        }
                         (false, _) => "rejected: the change will not run".to_string(),
                     };
                     info!(change_id = %next.id, state = next.state.as_str(), "review recorded");
@@ -356,19 +363,74 @@ impl Engine {
                 let now = engine.clock.now_ms();
                 let expired = engine.store.expire_pending(now)?;
                 let swept = engine.sweep_breakglass(now)?;
+                // Stopped rollouts first: undoing comes before doing more.
+                let rollbacks = engine.store.claim_rollbacks(16, now)?;
                 let waiting = crate::policy::waiting_for_window(engine, now)?;
                 let claimed = engine.store.claim_approved_except(16, now, &waiting)?;
-                if !expired.is_empty() || swept > 0 || !claimed.is_empty() {
+                if !expired.is_empty() || swept > 0 || !rollbacks.is_empty() || !claimed.is_empty() {
                     engine.audit_written();
                 }
-                Ok(claimed)
+                Ok((rollbacks, claimed))
             })
             .await?;
-        let n = claimed.len();
+        let (rollbacks, claimed) = claimed;
+        let n = rollbacks.len() + claimed.len();
+        for change in rollbacks {
+            self.roll_back_one(change).await?;
+        }
         for change in claimed {
             self.execute_one(change).await?;
         }
         Ok(n)
+    }
+
+    /// Undoes the executed stages of a stopped rollout the store handed out, records the result
+    /// (and escalates a failed rollback) like any execution.
+    async fn roll_back_one(self: &Arc<Self>, change: ChangeRequest) -> Result<(), ApiError> {
+        let span = info_span!("roll_back", change_id = %change.id, recommendation_id = %change.recommendation_id, revision = change.revision);
+        let (id, rev) = (change.recommendation_id.clone(), change.revision);
+        let record = self.on_blocking(move |e| Ok(e.store.get_recommendation(&id, Some(rev))?)).await?;
+        let Some(RecommendationRecord { recommendation, .. }) = record else {
+            return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
+        };
+        let now = self.clock.now_ms();
+        let result = {
+            let _g = span.enter();
+            self.executor.roll_back_stopped(&change, &recommendation, now)
+        }
+        .await;
+        let (execution, next, mut drafts) = match result {
+            Ok(done) => done,
+            Err(refused) => {
+                // Cannot happen for a change the store handed out; if it does, its stages may
+                // still be in place: leave it visibly `rollback_failed` for people.
+                warn!(parent: &span, error = %refused, "rollback of a stopped rollout refused");
+                let mut next = change.clone();
+                next.state = ChangeState::RollbackFailed;
+                next.version += 1;
+                next.updated_ms = now;
+                let drafts = vec![cairn_types::AuditDraft::for_change(
+                    &next,
+                    cairn_types::CAIRN_SERVICE_SUBJECT,
+                    "change.rollback_failed",
+                    format!("rollback of a stopped rollout refused: {refused}"),
+                    serde_json::json!({ "state": next.state.as_str() }),
+                )];
+                let expected = change.version;
+                self.on_blocking(move |e| Ok(e.store.update_change(&next, expected, &drafts, now)?)).await?;
+                self.audit_written();
+                return Ok(());
+            }
+        };
+        let status = if next.state == ChangeState::RolledBack { "rolled_back" } else { "rollback_failed" };
+        self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
+        info!(parent: &span, adapter = %execution.adapter, status, "stopped rollout rolled back");
+        let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
+        let expected = change.version;
+        self.on_blocking(move |e| Ok(e.store.record_execution(&execution, &next, expected, &drafts, now)?)).await?;
+        self.audit_written();
+        self.escalate(escalations);
+        Ok(())
     }
 
     /// Runs `f` with the engine on a blocking thread: the store is synchronous.
@@ -467,6 +529,7 @@ fn ran(state: ChangeState) -> bool {
             | ChangeState::RolledBack
             | ChangeState::RollbackFailed
             | ChangeState::AwaitingStageApproval
+            | ChangeState::RollbackPending
     )
 }
 

@@ -96,7 +96,7 @@ fn review_status(r: &ReviewError, msg: String) -> tonic::Status {
     use ReviewError as R;
     match r {
         R::MissingFields { .. } | R::EmptyReason => tonic::Status::invalid_argument(msg),
-        R::SelfApproval { .. } | R::ServiceIdentity | R::NotInApproverGroup { .. } => {
+        R::SelfApproval { .. } | R::ServiceIdentity | R::NotInApproverGroup { .. } | R::BreakGlassOwner { .. } => {
             tonic::Status::permission_denied(msg)
         }
         _ => tonic::Status::failed_precondition(msg),

@@ -329,7 +329,9 @@ fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartE
         "command" => Arc::new(cairn_workflow::CommandAdapter::new(cfg.executor.command.clone())),
         _ => Arc::new(cairn_workflow::DryRunAdapter),
     };
-    let executor = cairn_workflow::Executor::new(adapter).with_gate(Arc::new(execution_gate(cfg)?));
+    let executor = cairn_workflow::Executor::new(adapter)
+        .with_gate(Arc::new(execution_gate(cfg)?))
+        .with_stage_approval_ttl_ms(cfg.workflow.stage_approval_ttl_ms);
     let v = &cfg.verification;
     Ok(match &v.prometheus_url {
         Some(url) => executor.with_verifier(Arc::new(

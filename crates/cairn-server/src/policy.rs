@@ -263,12 +263,14 @@ pub fn activate(engine: &Engine, change: ChangeRequest, rec: Recommendation, dec
     Ok(())
 }
 
-/// A new policy version voids earlier approvals (invariant 2): every change still waiting (pending
-/// or approved, not running) that was decided under another version is routed again, as a new
-/// revision, under the active one. The store supersedes the earlier change with its audit event.
+/// A new policy version voids earlier approvals (invariant 2): every change still waiting (pending,
+/// approved, or paused between stages; not running) that was decided under another version is
+/// routed again, as a new revision, under the active one — which decides again, among the rest,
+/// whether its stages pause. The store supersedes the earlier change with its audit event; a
+/// half-done rollout is stopped and its executed stages are rolled back.
 fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), ApiError> {
     let active = engine.router.current().version().to_string();
-    for state in [ChangeState::PendingApproval, ChangeState::Approved] {
+    for state in [ChangeState::PendingApproval, ChangeState::Approved, ChangeState::AwaitingStageApproval] {
         let filter = RecommendationFilter { state: Some(state), limit: 10_000, ..Default::default() };
         for record in engine.store.list_recommendations(&filter)? {
             if record.change.policy_version == active {

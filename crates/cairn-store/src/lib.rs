@@ -103,8 +103,8 @@ pub trait Store: GuardStore + Send + Sync + std::fmt::Debug {
     fn get_incident(&self, id: &IncidentId) -> Result<Option<Incident>>;
 
     /// Stores a new recommendation revision, its decision and its change request, supersedes the
-    /// earlier revision's change if it has not started running, and appends `audit` — one
-    /// transaction.
+    /// earlier revision's change if it has not started running (a half-done staged rollout is
+    /// stopped for rollback instead), and appends `audit` — one transaction.
     fn propose(
         &self,
         rec: &Recommendation,
@@ -129,7 +129,9 @@ pub trait Store: GuardStore + Send + Sync + std::fmt::Debug {
     fn claim_approved_except(&self, limit: usize, now_ms: i64, except: &[ChangeId]) -> Result<Vec<ChangeRequest>>;
     /// Approved changes not yet claimed, oldest first.
     fn approved_changes(&self, limit: usize) -> Result<Vec<ChangeRequest>>;
-    /// Stores an execution and the change's resulting state in one transaction.
+    /// Stores an execution and the change's resulting state in one transaction. A staged change
+    /// left waiting for its next stage while a newer revision arrived is stopped for rollback in
+    /// the same transaction.
     fn record_execution(
         &self,
         execution: &Execution,
@@ -139,8 +141,13 @@ pub trait Store: GuardStore + Send + Sync + std::fmt::Debug {
         now_ms: i64,
     ) -> Result<()>;
     fn executions_for(&self, change: &ChangeId) -> Result<Vec<Execution>>;
-    /// Pending changes past their expiry become expired. Returns their ids.
+    /// Pending changes past their expiry become expired; staged changes past the deadline of
+    /// their stage approval are stopped (`rollback_pending`), each with its audit event. Returns
+    /// their ids.
     fn expire_pending(&self, now_ms: i64) -> Result<Vec<ChangeId>>;
+    /// Atomically moves up to `limit` stopped rollouts from `rollback_pending` to `executing` and
+    /// returns them: the executor then undoes their executed stages.
+    fn claim_rollbacks(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>>;
     /// Changes on the same target (service, environment, resource) created since `since_ms`,
     /// newest first.
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>>;

@@ -53,10 +53,14 @@ pub enum ChangeState {
     /// A staged change ran some of its stages, verified them, and waits for a person to approve
     /// the next stage (named by [`ChangeRequest::next_stage`]).
     AwaitingStageApproval,
+    /// A staged change that ran some of its stages was stopped (rejected, expired, superseded or
+    /// refused; see [`ChangeRequest::stop`]); it waits for the executor to undo those stages,
+    /// newest first, and ends `rolled_back` or `rollback_failed`.
+    RollbackPending,
 }
 
 impl ChangeState {
-    pub const ALL: [ChangeState; 13] = [
+    pub const ALL: [ChangeState; 14] = [
         ChangeState::PendingApproval,
         ChangeState::Approved,
         ChangeState::Advisory,
@@ -70,6 +74,7 @@ impl ChangeState {
         ChangeState::RolledBack,
         ChangeState::RollbackFailed,
         ChangeState::AwaitingStageApproval,
+        ChangeState::RollbackPending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +92,7 @@ impl ChangeState {
             ChangeState::RolledBack => "rolled_back",
             ChangeState::RollbackFailed => "rollback_failed",
             ChangeState::AwaitingStageApproval => "awaiting_stage_approval",
+            ChangeState::RollbackPending => "rollback_pending",
         }
     }
 
@@ -139,6 +145,54 @@ pub struct StageApproval {
     pub approval: Approval,
 }
 
+/// Why a staged rollout was stopped before its last stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// A person rejected it while it waited for a stage approval.
+    Rejected,
+    /// No stage approval came before the deadline.
+    Expired,
+    /// A newer revision of its recommendation replaced it.
+    Superseded,
+    /// The executor refused to run its next stage.
+    Refused,
+}
+
+impl StopCause {
+    /// The audit event kind that records the stop.
+    pub fn audit_kind(self) -> &'static str {
+        match self {
+            StopCause::Rejected => "change.rejected",
+            StopCause::Expired => "change.expired",
+            StopCause::Superseded => "change.superseded",
+            StopCause::Refused => "change.execution_refused",
+        }
+    }
+}
+
+/// Who or what stopped a staged rollout, and why: its executed stages are rolled back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStop {
+    pub cause: StopCause,
+    /// The person who rejected it, or Cairn itself.
+    pub subject: String,
+    pub reason: String,
+    pub at_ms: TimestampMs,
+}
+
+impl RolloutStop {
+    /// Cairn stops a rollout whose next stage was not approved before its deadline.
+    pub fn expired(change: &ChangeRequest, now_ms: TimestampMs) -> RolloutStop {
+        RolloutStop {
+            cause: StopCause::Expired,
+            subject: crate::CAIRN_SERVICE_SUBJECT.to_string(),
+            reason: format!("no approval of stage {} before the deadline", change.next_stage().unwrap_or_default()),
+            at_ms: now_ms,
+        }
+    }
+}
+
 /// A rejection vetoes the change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
@@ -185,16 +239,69 @@ pub struct ChangeRequest {
     /// Approvals of stage transitions, each naming the stage it lets run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stage_approvals: Vec<StageApproval>,
+    /// Whether the decision in force makes a staged change wait for a person before each stage
+    /// after the first ([`crate::Decision::stage_approval`]). Absent in a change stored before the
+    /// field existed: pause (fail closed).
+    #[serde(default = "pause_between_stages_by_default")]
+    pub stage_approval: bool,
+    /// The owner of the break-glass this change was opened under, who may not approve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breakglass_owner: Option<String>,
+    /// Set when a half-done rollout was stopped; its executed stages are then rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<RolloutStop>,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// When nobody said whether stages pause, they pause.
+pub(crate) fn pause_between_stages_by_default() -> bool {
+    true
+}
+
 impl ChangeRequest {
     /// The stage that runs next, if the change is staged and not finished.
     pub fn next_stage(&self) -> Option<&str> {
         self.stages.get(self.stages_done as usize).map(String::as_str)
+    }
+
+    /// A staged change that ran some but not all of its stages and is not running now: waiting for
+    /// a stage approval, or approved for its next stage and not yet claimed. Stopping it means
+    /// undoing what ran.
+    pub fn is_half_done_rollout(&self) -> bool {
+        self.stages_done > 0
+            && self.next_stage().is_some()
+            && matches!(self.state, ChangeState::AwaitingStageApproval | ChangeState::Approved)
+    }
+
+    /// Stops a staged change whose stages ran in part: it moves to `rollback_pending` (the executor
+    /// then undoes its executed stages, newest first), with the audit draft recording the stop.
+    /// The caller checks that stopping is allowed ([`ChangeRequest::is_half_done_rollout`], or a
+    /// refusal of a claimed change).
+    pub fn stop_rollout(&self, stop: RolloutStop, now_ms: TimestampMs) -> (ChangeRequest, AuditDraft) {
+        let mut next = self.clone();
+        next.state = ChangeState::RollbackPending;
+        next.version += 1;
+        next.updated_ms = now_ms;
+        let undo: Vec<&str> = self.stages[..(self.stages_done as usize).min(self.stages.len())].iter().rev().map(String::as_str).collect();
+        let draft = AuditDraft::for_change(
+            &next,
+            &stop.subject,
+            stop.cause.audit_kind(),
+            format!("{}; rolling back stage(s) {}", stop.reason, undo.join(", ")),
+            serde_json::json!({
+                "state": next.state.as_str(),
+                "from_state": self.state.as_str(),
+                "cause": stop.cause,
+                "stages_done": self.stages_done,
+                "roll_back": undo,
+            }),
+        )
+        .with_diff_summary(format!("state {} -> {}", self.state.as_str(), next.state.as_str()));
+        next.stop = Some(stop);
+        (next, draft)
     }
 }
 

@@ -21,7 +21,7 @@ mod signal;
 
 pub use change::{
     Approval, AuditDraft, AuditEvent, ChangeId, ChangeRequest, ChangeState, Execution, ExecutionOutcome,
-    Principal, Rejection, StageApproval,
+    Principal, Rejection, RolloutStop, StageApproval, StopCause,
 };
 pub use guard::{
     BREAKGLASS_MAX_MS, BreakGlass, BreakGlassScope, BreakGlassState, DisabledAutomation, Escalation, FreezeState,

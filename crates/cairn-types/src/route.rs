@@ -53,6 +53,14 @@ pub struct Decision {
     pub approver_groups: Vec<String>,
     /// Whether execution also needs an open maintenance window.
     pub requires_window: bool,
+    /// Whether a staged change waits for a person's approval before each stage after the first.
+    /// Absent in a stored decision from before the field existed: pause (fail closed).
+    #[serde(default = "crate::change::pause_between_stages_by_default")]
+    pub stage_approval: bool,
+    /// Set when a break-glass opened a blocked recommendation for review: its owner, who may not
+    /// approve the change (separation of duties, as for the requester).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breakglass_owner: Option<String>,
     /// Why the policy decided this, in words a reviewer reads.
     pub reasons: Vec<String>,
     /// Content hash of the policy bundle that decided.
@@ -79,6 +87,8 @@ impl Decision {
             approvals_required: 2,
             approver_groups: Vec::new(),
             requires_window: false,
+            stage_approval: true,
+            breakglass_owner: None,
             reasons: vec![format!("policy evaluation failed, routed to review at tier 3: {error}")],
             policy_version,
             policy_failed: true,

@@ -97,8 +97,19 @@ fn alert(name: &str, severity: &str, bg: &BreakGlass, summary: String, starts_ms
 const NOTICE_MS: i64 = 3_600_000;
 
 /// Opens a break-glass owned by `owner`, with its audit draft and the alert that stays firing until
-/// it expires.
+/// it expires. Its id includes a random part: the same person opening the same request twice in
+/// the same millisecond (a double click, two replicas) gets two distinct break-glass records.
 pub fn open(owner: &Principal, req: BreakGlassRequest, now_ms: i64) -> Result<(BreakGlass, Vec<AuditDraft>, Vec<Escalation>), BreakGlassError> {
+    open_with_nonce(owner, req, now_ms, rand::random())
+}
+
+/// [`open`] with the random part of the id given, for tests that need a fixed id.
+pub fn open_with_nonce(
+    owner: &Principal,
+    req: BreakGlassRequest,
+    now_ms: i64,
+    nonce: u64,
+) -> Result<(BreakGlass, Vec<AuditDraft>, Vec<Escalation>), BreakGlassError> {
     if owner.subject == CAIRN_SERVICE_SUBJECT {
         return Err(BreakGlassError::ServiceIdentity);
     }
@@ -122,8 +133,9 @@ pub fn open(owner: &Principal, req: BreakGlassRequest, now_ms: i64) -> Result<(B
     h.update(now_ms.to_be_bytes());
     h.update(req.purpose.as_bytes());
     h.update(req.link.as_bytes());
+    h.update(nonce.to_be_bytes());
     let bg = BreakGlass {
-        id: format!("bg-{}", &hex::encode(h.finalize())[..12]),
+        id: format!("bg-{}", &hex::encode(h.finalize())[..16]),
         owner: owner.subject.clone(),
         purpose: req.purpose,
         link: req.link,
@@ -225,6 +237,10 @@ pub fn apply_to_decision(decision: &Decision, bg: &BreakGlass, approver_groups: 
     d.outcome = Outcome::Review;
     d.tier = Some(d.tier.unwrap_or(2).max(2));
     d.approvals_required = d.approvals_required.max(BREAKGLASS_APPROVALS);
+    // A blocked action opened by exception: a person looks before each stage, whatever was said.
+    d.stage_approval = true;
+    // Whoever opened the exception does not also approve what it lets through.
+    d.breakglass_owner = Some(bg.owner.clone());
     d.reasons.push(format!(
         "blocked by policy; opened for two-person review under break-glass {} (owner {}, purpose: {})",
         bg.id, bg.owner, bg.purpose

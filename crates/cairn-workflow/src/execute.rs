@@ -34,6 +34,8 @@ pub enum ExecutionRefused {
     BreakGlassLapsed(String),
     #[error("stage {stage} has {valid} valid stage approvals of {required} required")]
     NoStageApproval { stage: String, valid: usize, required: u8 },
+    #[error("the rollout was stopped ({0}): its executed stages are only rolled back, no further stage runs")]
+    Stopped(String),
 }
 
 /// Checks, immediately before execution, that this exact change may run: an `auto` decision within
@@ -50,6 +52,9 @@ pub fn authorize_execution(
 ) -> Result<(), ExecutionRefused> {
     if !matches!(change.state, ChangeState::Approved | ChangeState::Executing) {
         return Err(ExecutionRefused::NotApproved(change.state));
+    }
+    if let Some(stop) = &change.stop {
+        return Err(ExecutionRefused::Stopped(stop.reason.clone()));
     }
     if change.recommendation_id != rec.id || change.revision != rec.revision || decision.revision != rec.revision {
         return Err(ExecutionRefused::Mismatch("revision"));
@@ -80,6 +85,8 @@ pub fn authorize_execution(
                 .filter(|a| {
                     a.subject != change.requester
                         && a.subject != CAIRN_SERVICE_SUBJECT
+                        && change.breakglass_owner.as_deref() != Some(a.subject.as_str())
+                        && decision.breakglass_owner.as_deref() != Some(a.subject.as_str())
                         && a.revision == rec.revision
                         && a.policy_version == decision.policy_version
                         && a.action_digest == change.action_digest
@@ -113,7 +120,20 @@ pub(crate) fn required_approvals(asked: u8, tier: Option<u8>) -> u8 {
 }
 
 /// The change's state when the executor refused it: failed, visibly, with the refusal audited.
+///
+/// A staged change that already ran some of its stages is not left half-done: it moves to
+/// `rollback_pending`, and the executor undoes those stages.
 pub fn refuse(change: &ChangeRequest, refused: &ExecutionRefused, now_ms: i64) -> (ChangeRequest, Vec<AuditDraft>) {
+    if change.stages_done > 0 && change.next_stage().is_some() {
+        let stop = cairn_types::RolloutStop {
+            cause: cairn_types::StopCause::Refused,
+            subject: CAIRN_SERVICE_SUBJECT.to_string(),
+            reason: refused.to_string(),
+            at_ms: now_ms,
+        };
+        let (next, draft) = change.stop_rollout(stop, now_ms);
+        return (next, vec![draft]);
+    }
     let mut next = change.clone();
     next.state = ChangeState::Failed;
     next.version += 1;
@@ -145,11 +165,21 @@ pub struct Executor {
     pub(crate) adapter: Arc<dyn Adapter>,
     pub(crate) verifier: Option<Arc<dyn Verifier>>,
     gate: Arc<ExecutionGate>,
+    /// How long a staged change waits for its next stage's approval before it expires.
+    pub(crate) stage_approval_ttl_ms: i64,
 }
 
 impl Executor {
     pub fn new(adapter: Arc<dyn Adapter>) -> Executor {
-        Executor { adapter, verifier: None, gate: Arc::default() }
+        let stage_approval_ttl_ms = crate::WorkflowConfig::default().stage_approval_ttl_ms;
+        Executor { adapter, verifier: None, gate: Arc::default(), stage_approval_ttl_ms }
+    }
+
+    /// A staged change that pauses for its next stage expires this long after the pause
+    /// (`workflow.stage_approval_ttl_ms`).
+    pub fn with_stage_approval_ttl_ms(mut self, ttl_ms: i64) -> Executor {
+        self.stage_approval_ttl_ms = ttl_ms;
+        self
     }
 
     /// Maintenance windows and the current approver roster, re-checked before every run.
@@ -179,7 +209,7 @@ impl Executor {
     ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
         authorize_execution(change, rec, decision, &self.gate, now_ms)?;
         if !change.stages.is_empty() {
-            return Ok(self.run_stages(change, rec, now_ms).await);
+            return Ok(self.run_stages(change, rec, decision, now_ms).await);
         }
         let (outcome, mut output) = self.adapter.execute(rec, change).await;
         let mut next = change.clone();

@@ -173,6 +173,8 @@ pub fn hold(change: &ChangeRequest, rec: &Recommendation, why: &Hold, now_ms: i6
     }
     next.state = ChangeState::PendingApproval;
     next.approvals_required = next.approvals_required.max(1);
+    // A held automation is in doubt: its stages, if any, wait for a person too.
+    next.stage_approval = true;
     next.version += 1;
     next.updated_ms = now_ms;
     next.expires_ms = now_ms.saturating_add(pending_ttl_ms);

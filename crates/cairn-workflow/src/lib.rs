@@ -39,11 +39,14 @@ use serde::{Deserialize, Serialize};
 pub struct WorkflowConfig {
     /// A change waiting for approval expires after this long (default one hour).
     pub pending_ttl_ms: i64,
+    /// A staged change waiting in `awaiting_stage_approval` for its next stage expires after this
+    /// long, and the stages it ran are rolled back (default one hour, as `pending_ttl_ms`).
+    pub stage_approval_ttl_ms: i64,
 }
 
 impl Default for WorkflowConfig {
     fn default() -> Self {
-        WorkflowConfig { pending_ttl_ms: 3_600_000 }
+        WorkflowConfig { pending_ttl_ms: 3_600_000, stage_approval_ttl_ms: 3_600_000 }
     }
 }
 

@@ -10,15 +10,16 @@ use crate::execute::{required_approvals, verification_failed, verify};
 use crate::{ExecutionGate, ExecutionRefused, Executor, ReviewError};
 use cairn_types::{
     AuditDraft, CAIRN_SERVICE_SUBJECT, ChangeRequest, ChangeState, Decision, Execution,
-    ExecutionOutcome, Principal, Recommendation, StageApproval,
+    ExecutionOutcome, Principal, Recommendation, Rejection, RolloutStop, StageApproval, StopCause,
 };
 use serde_json::json;
 use std::collections::BTreeSet;
 
-/// Whether a staged change pauses for approval before each stage after the first. The default
-/// rule: tier 2 and above (and a change without a tier) pause; tiers 0 and 1 run through.
-pub fn pauses_between_stages(change: &ChangeRequest) -> bool {
-    change.tier.is_none_or(|t| t >= 2)
+/// Whether a staged change pauses for approval before each stage after the first: the policy
+/// decides ([`Decision::stage_approval`], recorded on the change when it was opened). Fail closed:
+/// if either the change or the decision in force says pause, it pauses.
+pub fn pauses_between_stages(change: &ChangeRequest, decision: &Decision) -> bool {
+    change.stage_approval || decision.stage_approval
 }
 
 /// The approvals that let the next stage run: distinct people other than the requester and Cairn,
@@ -32,6 +33,7 @@ fn valid_stage_approvers<'a>(change: &'a ChangeRequest, rec: &Recommendation, st
         .filter(|a| {
             a.subject != change.requester
                 && a.subject != CAIRN_SERVICE_SUBJECT
+                && change.breakglass_owner.as_deref() != Some(a.subject.as_str())
                 && a.revision == rec.revision
                 && a.revision == change.revision
                 && a.policy_version == change.policy_version
@@ -53,7 +55,7 @@ pub(crate) fn authorize_stage(
     if change.stages != rec.stages() {
         return Err(ExecutionRefused::Mismatch("stages"));
     }
-    if change.stages_done == 0 || !pauses_between_stages(change) {
+    if change.stages_done == 0 || !pauses_between_stages(change, decision) {
         return Ok(());
     }
     let Some(stage) = change.next_stage() else {
@@ -81,11 +83,12 @@ pub(crate) fn approve_stage(
     reason: &str,
     now_ms: i64,
 ) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
+    if now_ms >= change.expires_ms {
+        return Err(ReviewError::Expired { change: change.id.clone(), expires_ms: change.expires_ms });
+    }
     crate::review::check_names_this_action(change, rec, revision, reason)?;
     crate::review::check_reviewer(change, principal)?;
-    if principal.subject == change.requester {
-        return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });
-    }
+    crate::review::check_not_own(change, principal)?;
     let Some(stage) = change.next_stage() else {
         return Err(ReviewError::NotPending { change: change.id.clone(), state: change.state });
     };
@@ -130,6 +133,7 @@ impl Executor {
         &self,
         change: &ChangeRequest,
         rec: &Recommendation,
+        decision: &Decision,
         now_ms: i64,
     ) -> (Execution, ChangeRequest, Vec<AuditDraft>) {
         let mut next = change.clone();
@@ -138,7 +142,7 @@ impl Executor {
         let mut drafts = Vec::new();
         let mut output = String::new();
         let mut last = ExecutionOutcome::Succeeded;
-        let pause = pauses_between_stages(change);
+        let pause = pauses_between_stages(change, decision);
         next.state = loop {
             let Some(stage) = next.next_stage().map(String::from) else {
                 break ChangeState::Succeeded;
@@ -183,13 +187,17 @@ impl Executor {
             }
             next.stages_done += 1;
             drafts.push(stage_draft(&next, "change.stage_finished", format!("stage {stage} ({index} of {total}) finished and verified")));
-            match next.next_stage() {
+            match next.next_stage().map(String::from) {
                 None => break ChangeState::Succeeded,
                 Some(following) if pause => {
                     let why = format!("stage {following} waits for approval");
                     output.push_str(&format!("{why}\n"));
+                    // The pause has its own deadline: past it, the change expires and what ran
+                    // is rolled back.
+                    next.expires_ms = now_ms.saturating_add(self.stage_approval_ttl_ms);
                     let mut paused = stage_draft(&next, "change.stage_paused", why);
                     paused.payload["next_stage"] = json!(following);
+                    paused.payload["expires_ms"] = json!(next.expires_ms);
                     drafts.push(paused);
                     break ChangeState::AwaitingStageApproval;
                 }
@@ -215,6 +223,80 @@ impl Executor {
             }
         }
         state
+    }
+}
+
+/// Stops a rollout that ran some of its stages on a person's word: a reject of a change waiting
+/// for its next stage's approval (or approved for it and not yet running). Who may stop it: whoever
+/// may review it (a person in its approver groups, never Cairn itself), the requester included —
+/// stopping only ever undoes, and the one who asked for a change may ask for it to be undone. The
+/// reviewer names the current revision and the unchanged action and gives a reason, as for an
+/// approval. The change moves to `rollback_pending`; the executor undoes its executed stages.
+pub(crate) fn stop_by_reject(
+    change: &ChangeRequest,
+    rec: &Recommendation,
+    principal: &Principal,
+    revision: u32,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
+    if !change.is_half_done_rollout() {
+        return Err(ReviewError::NotPending { change: change.id.clone(), state: change.state });
+    }
+    if change.state == ChangeState::AwaitingStageApproval && now_ms >= change.expires_ms {
+        return Err(ReviewError::Expired { change: change.id.clone(), expires_ms: change.expires_ms });
+    }
+    crate::review::check_names_this_action(change, rec, revision, reason)?;
+    crate::review::check_reviewer(change, principal)?;
+    let stop = RolloutStop { cause: StopCause::Rejected, subject: principal.subject.clone(), reason: reason.to_string(), at_ms: now_ms };
+    let (mut next, draft) = change.stop_rollout(stop, now_ms);
+    next.rejection = Some(Rejection { subject: principal.subject.clone(), revision, reason: reason.to_string(), at_ms: now_ms });
+    Ok((next, vec![draft]))
+}
+
+/// Expires a change that waited in `awaiting_stage_approval` past its deadline: it moves to
+/// `rollback_pending`, and the executor undoes its executed stages. `None` if it is not waiting
+/// for a stage or not yet due.
+pub(crate) fn expire_rollout(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec<AuditDraft>)> {
+    if change.state != ChangeState::AwaitingStageApproval || now_ms < change.expires_ms {
+        return None;
+    }
+    let (next, draft) = change.stop_rollout(RolloutStop::expired(change, now_ms), now_ms);
+    Some((next, vec![draft]))
+}
+
+impl Executor {
+    /// Undoes the executed stages of a stopped rollout (rejected, expired, superseded or refused),
+    /// newest first, through the adapter's rollback — the path a failed check takes. The change
+    /// must have been claimed from `rollback_pending` (state `executing`, with its stop recorded).
+    /// Ends `rolled_back`, or `rollback_failed` if any undo failed (the others are still tried).
+    pub async fn roll_back_stopped(
+        &self,
+        change: &ChangeRequest,
+        rec: &Recommendation,
+        now_ms: i64,
+    ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
+        if change.state != ChangeState::Executing || change.stop.is_none() {
+            return Err(ExecutionRefused::NotApproved(change.state));
+        }
+        if change.recommendation_id != rec.id || change.revision != rec.revision {
+            return Err(ExecutionRefused::Mismatch("revision"));
+        }
+        let mut next = change.clone();
+        next.version += 1;
+        next.updated_ms = now_ms;
+        let executed = change.stages_done as usize;
+        let mut output = format!(
+            "rollout stopped ({}); rolling back {executed} executed stage(s), newest first\n",
+            change.stop.as_ref().map(|s| s.reason.as_str()).unwrap_or_default()
+        );
+        next.state = self.roll_back_stages(rec, &mut next, executed, &mut output).await;
+        next.stage = None;
+        let outcome = match next.state {
+            ChangeState::RolledBack => ExecutionOutcome::Succeeded,
+            _ => ExecutionOutcome::Failed { error: "rollback of a stopped rollout failed".into() },
+        };
+        Ok(self.record(change, rec, next, outcome, output, Vec::new(), now_ms))
     }
 }
 

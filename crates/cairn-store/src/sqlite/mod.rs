@@ -6,7 +6,8 @@ mod audit;
 use crate::{AuditQuery, RecommendationFilter, RecommendationRecord, Result, Store, StoreError};
 use cairn_types::{
     AlertEvent, Anomaly, AuditDraft, AuditEvent, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest,
-    ChangeState, Decision, Execution, Incident, IncidentId, Recommendation, RecommendationId, Target,
+    ChangeState, Decision, Execution, Incident, IncidentId, Recommendation, RecommendationId, RolloutStop,
+    StopCause, Target,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
@@ -280,6 +281,82 @@ fn system_draft(change: &ChangeRequest, kind: &str, reason: String) -> AuditDraf
     )
 }
 
+/// Stops every half-done staged rollout selected by `sql` for which `stop` gives a reason: it
+/// moves to `rollback_pending` (the executor undoes its executed stages), audited here.
+fn stop_rollouts_where(
+    tx: &Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+    stop: impl Fn(&ChangeRequest) -> Option<RolloutStop>,
+    now_ms: i64,
+) -> Result<Vec<ChangeRequest>> {
+    let bodies: Vec<String> = {
+        let mut stmt = tx.prepare(sql)?;
+        stmt.query_map(p, |r| r.get(0))?.collect::<std::result::Result<_, _>>()?
+    };
+    let mut out = Vec::new();
+    for b in bodies {
+        let old: ChangeRequest = from_json("change", &b)?;
+        let Some(why) = stop(&old) else { continue };
+        let (next, draft) = old.stop_rollout(why, now_ms);
+        write_change(tx, &next, old.version)?;
+        append_audit(tx, &[draft], now_ms)?;
+        out.push(next);
+    }
+    Ok(out)
+}
+
+/// Invariant 2 and rollback-first: when `newest` is the latest revision of a recommendation, every
+/// earlier revision's change that has not started running is superseded, and its approvals with
+/// it; one whose stages ran in part (waiting for a stage approval, or approved for the next stage
+/// and not yet claimed) is stopped and its executed stages are rolled back. A change the executor
+/// has claimed (`executing`) is left alone: the claim is exclusive, and the result it records is
+/// checked again by [`stop_if_superseded`].
+fn supersede_earlier(tx: &Transaction<'_>, rec_id: &str, newest: u32, now_ms: i64) -> Result<()> {
+    let reason = |old: &ChangeRequest| format!("revision {newest} replaces revision {}", old.revision);
+    stop_rollouts_where(
+        tx,
+        "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ('approved', 'awaiting_stage_approval') ORDER BY created_ms, id",
+        params![rec_id, newest],
+        |old| {
+            old.is_half_done_rollout().then(|| RolloutStop {
+                cause: StopCause::Superseded,
+                subject: CAIRN_SERVICE_SUBJECT.to_string(),
+                reason: reason(old),
+                at_ms: now_ms,
+            })
+        },
+        now_ms,
+    )?;
+    transition_where(
+        tx,
+        "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ('pending_approval', 'approved')",
+        params![rec_id, newest],
+        ChangeState::Superseded,
+        "change.superseded",
+        |old| format!("{}; its approvals are void", reason(old)),
+        now_ms,
+    )?;
+    Ok(())
+}
+
+/// After an execution is recorded: a staged change that paused (or was approved for its next
+/// stage) while a newer revision of its recommendation arrived is stopped and rolled back now.
+fn stop_if_superseded(tx: &Transaction<'_>, change: &ChangeRequest, now_ms: i64) -> Result<()> {
+    if !change.is_half_done_rollout() {
+        return Ok(());
+    }
+    let newest: Option<u32> = tx.query_row(
+        "SELECT MAX(revision) FROM recommendations WHERE id = ?1",
+        [&change.recommendation_id.0],
+        |r| r.get(0),
+    )?;
+    match newest {
+        Some(newest) if newest > change.revision => supersede_earlier(tx, &change.recommendation_id.0, newest, now_ms),
+        _ => Ok(()),
+    }
+}
+
 /// Moves every change selected by `sql` to `state`, with one generated audit event each.
 fn transition_where(
     tx: &Transaction<'_>,
@@ -395,18 +472,7 @@ impl Store for SqliteStore {
                     found: u64::from(rec.revision),
                 });
             }
-            // Invariant 2: approvals belong to one revision; an earlier revision's change that
-            // has not started running is superseded, and its approvals with it.
-            let superseded_by = rec.revision;
-            transition_where(
-                tx,
-                "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ('pending_approval', 'approved')",
-                params![rec.id.0, rec.revision],
-                ChangeState::Superseded,
-                "change.superseded",
-                |old| format!("revision {} replaces revision {}; its approvals are void", superseded_by, old.revision),
-                now_ms,
-            )?;
+            supersede_earlier(tx, &rec.id.0, rec.revision, now_ms)?;
             tx.execute(
                 "INSERT INTO recommendations (id, revision, incident_id, service, environment, resource, action, created_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -564,7 +630,8 @@ impl Store for SqliteStore {
                 "INSERT INTO executions (change_id, started_ms, body) VALUES (?1, ?2, ?3)",
                 params![execution.change_id.0, execution.started_ms, to_json(execution)?],
             )?;
-            append_audit(tx, audit, now_ms)
+            append_audit(tx, audit, now_ms)?;
+            stop_if_superseded(tx, change, now_ms)
         })
     }
 
@@ -578,6 +645,13 @@ impl Store for SqliteStore {
 
     fn expire_pending(&self, now_ms: i64) -> Result<Vec<ChangeId>> {
         self.with_tx(|tx| {
+            let stopped = stop_rollouts_where(
+                tx,
+                "SELECT body FROM changes WHERE state = 'awaiting_stage_approval' AND expires_ms <= ?1 ORDER BY expires_ms, id",
+                [now_ms],
+                |old| Some(RolloutStop::expired(old, now_ms)),
+                now_ms,
+            )?;
             let expired = transition_where(
                 tx,
                 "SELECT body FROM changes WHERE state = 'pending_approval' AND expires_ms <= ?1 ORDER BY expires_ms, id",
@@ -587,7 +661,21 @@ impl Store for SqliteStore {
                 |old| format!("no quorum before the deadline ({} of {} approvals)", old.approvals.len(), old.approvals_required),
                 now_ms,
             )?;
-            Ok(expired.into_iter().map(|c| c.id).collect())
+            Ok(stopped.into_iter().chain(expired).map(|c| c.id).collect())
+        })
+    }
+
+    fn claim_rollbacks(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>> {
+        self.with_tx(|tx| {
+            transition_where(
+                tx,
+                "SELECT body FROM changes WHERE state = 'rollback_pending' ORDER BY created_ms, id LIMIT ?1",
+                [limit as i64],
+                ChangeState::Executing,
+                "change.executing",
+                |_| "claimed by the executor to roll back a stopped rollout".to_string(),
+                now_ms,
+            )
         })
     }
 

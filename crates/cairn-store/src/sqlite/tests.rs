@@ -37,6 +37,8 @@ fn decision(rev: u32) -> Decision {
         approvals_required: 1,
         approver_groups: vec![],
         requires_window: false,
+        stage_approval: true,
+        breakglass_owner: None,
         reasons: vec!["r".into()],
         policy_version: "sha256:p".into(),
         policy_failed: false,
@@ -68,6 +70,9 @@ fn change(rev: u32) -> ChangeRequest {
         stages_done: 0,
         stage: None,
         stage_approvals: vec![],
+        stage_approval: true,
+        breakglass_owner: None,
+        stop: None,
     }
 }
 
@@ -396,4 +401,110 @@ fn audit_queries_combine_every_given_filter() {
     assert_eq!(seqs(AuditQuery { incident_id: Some("inc-1".into()), since_ms: Some(103), until_ms: Some(107), ..Default::default() }), [4, 6, 8]);
     assert_eq!(seqs(AuditQuery { after_seq: Some(9), ..Default::default() }), [10, 11, 12]);
     assert_eq!(seqs(AuditQuery { after_seq: Some(2), limit: 2, ..Default::default() }), [3, 4]);
+}
+
+// --- stopped rollouts: expiry and a new revision stop a half-done staged change for rollback -----
+
+/// Writes change `rev` (already proposed) as a staged change in `state` with `done` stages run.
+fn staged(s: &SqliteStore, rev: u32, state: ChangeState, done: u32, expires_ms: i64) -> ChangeRequest {
+    let mut c = s.get_change(&ChangeId(format!("chg-{rev}"))).unwrap().unwrap();
+    let expected = c.version;
+    c.stages = vec!["canary".into(), "25%".into(), "100%".into()];
+    c.stages_done = done;
+    c.state = state;
+    c.expires_ms = expires_ms;
+    c.version += 1;
+    s.update_change(&c, expected, &[draft("test.setup")], 6).unwrap();
+    c
+}
+
+fn kinds(s: &SqliteStore) -> Vec<String> {
+    s.audit_events(&AuditQuery::default()).unwrap().into_iter().map(|e| e.kind).collect()
+}
+
+#[test]
+fn a_paused_rollout_expires_once_into_rollback_pending_and_is_claimed_once() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    staged(&s, 1, ChangeState::AwaitingStageApproval, 2, 20_000);
+    assert!(s.expire_pending(19_999).unwrap().is_empty());
+    assert_eq!(s.expire_pending(20_000).unwrap(), vec![ChangeId("chg-1".into())]);
+    let c = s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap();
+    assert_eq!((c.state, c.stop.as_ref().map(|x| x.cause)), (ChangeState::RollbackPending, Some(StopCause::Expired)));
+    let last = s.audit_events(&AuditQuery::default()).unwrap().pop().unwrap();
+    assert_eq!((last.kind.as_str(), last.payload["roll_back"].clone()), ("change.expired", serde_json::json!(["25%", "canary"])));
+    assert!(s.expire_pending(99_999).unwrap().is_empty(), "expires once");
+
+    assert!(s.claim_approved(10, 21_000).unwrap().is_empty(), "a stopped rollout is never claimed to run");
+    let claimed = s.claim_rollbacks(10, 21_000).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].state, claimed[0].stop.is_some()), (ChangeState::Executing, true));
+    assert!(s.claim_rollbacks(10, 21_001).unwrap().is_empty(), "claimed once");
+    assert_eq!(kinds(&s).last().map(String::as_str), Some("change.executing"));
+}
+
+#[test]
+fn a_new_revision_stops_a_half_done_rollout_for_rollback_and_supersedes_the_rest() {
+    for (state, done, expected) in [
+        (ChangeState::AwaitingStageApproval, 1, ChangeState::RollbackPending),
+        (ChangeState::Approved, 2, ChangeState::RollbackPending),
+        (ChangeState::Approved, 0, ChangeState::Superseded),
+        (ChangeState::PendingApproval, 0, ChangeState::Superseded),
+    ] {
+        let s = SqliteStore::open_in_memory().unwrap();
+        proposed(&s, 1);
+        let before = staged(&s, 1, state, done, 1_000_000);
+        proposed(&s, 2);
+        let c = s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap();
+        assert_eq!((c.state, c.version), (expected, before.version + 1), "{state} with {done} stages done");
+        assert_eq!(kinds(&s)[2..], ["change.superseded", "recommendation.proposed"], "{state}: audited in the same transaction");
+        if expected == ChangeState::RollbackPending {
+            assert_eq!(c.stop.as_ref().map(|x| x.cause), Some(StopCause::Superseded));
+            assert_eq!(s.claim_rollbacks(10, 7).unwrap().len(), 1);
+        }
+        assert!(s.claim_approved(10, 8).unwrap().is_empty(), "{state}: the old revision never runs another stage");
+        assert_eq!(s.get_change(&ChangeId("chg-2".into())).unwrap().unwrap().state, ChangeState::PendingApproval);
+    }
+}
+
+#[test]
+fn a_running_stage_is_left_alone_and_stopped_when_its_result_lands_under_a_newer_revision() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    let running = staged(&s, 1, ChangeState::Executing, 0, 1_000_000);
+    proposed(&s, 2);
+    assert_eq!(s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap(), running, "the claimed change is untouched");
+
+    // Its canary finishes and it pauses: in the same transaction it is stopped for rollback.
+    let mut paused = running.clone();
+    paused.state = ChangeState::AwaitingStageApproval;
+    paused.stages_done = 1;
+    paused.version += 1;
+    let execution = Execution {
+        change_id: paused.id.clone(),
+        recommendation_id: paused.recommendation_id.clone(),
+        revision: 1,
+        adapter: "test".into(),
+        action_digest: "d".into(),
+        started_ms: 9,
+        finished_ms: 9,
+        outcome: ExecutionOutcome::Succeeded,
+        output: String::new(),
+    };
+    s.record_execution(&execution, &paused, running.version, &[draft("change.executed")], 9).unwrap();
+    let c = s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap();
+    assert_eq!((c.state, c.stop.as_ref().map(|x| x.cause)), (ChangeState::RollbackPending, Some(StopCause::Superseded)));
+    assert_eq!(kinds(&s).iter().rev().take(2).map(String::as_str).collect::<Vec<_>>(), ["change.superseded", "change.executed"]);
+
+    // A change that finished is left as it is.
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    let running = staged(&s, 1, ChangeState::Executing, 0, 1_000_000);
+    proposed(&s, 2);
+    let mut done = running.clone();
+    done.state = ChangeState::Succeeded;
+    done.stages_done = 3;
+    done.version += 1;
+    s.record_execution(&execution, &done, running.version, &[draft("change.executed")], 9).unwrap();
+    assert_eq!(s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap().state, ChangeState::Succeeded);
 }

@@ -154,3 +154,47 @@ fn a_change_opened_under_a_breakglass_may_run_only_while_it_is_in_force() {
     let (revoked, _, _) = revoke(&bg, &alice(), "stop", 6).unwrap();
     assert!(matches!(check_in_force(&revoked, 7), Err(BreakGlassError::NotActive { state: BreakGlassState::Revoked, .. })));
 }
+
+#[test]
+fn the_same_request_twice_in_the_same_millisecond_opens_two_distinct_breakglasses() {
+    let (a, _, _) = open(&alice(), request(HOUR, None), 1_000).unwrap();
+    let (b, _, _) = open(&alice(), request(HOUR, None), 1_000).unwrap();
+    assert_ne!(a.id, b.id);
+    // Both are stored: the store would refuse a second record with the same id.
+    let store = cairn_store::SqliteStore::open_in_memory().unwrap();
+    use cairn_store::GuardStore;
+    store.save_breakglass(&a, &[], 1_000).unwrap();
+    store.save_breakglass(&b, &[], 1_000).unwrap();
+    assert_eq!(store.list_breakglass(true).unwrap().len(), 2);
+    // The id is still a function of what was asked and the random part.
+    let fixed = |n| open_with_nonce(&alice(), request(HOUR, None), 1_000, n).unwrap().0.id;
+    assert_eq!(fixed(7), fixed(7));
+    assert_ne!(fixed(7), fixed(8));
+}
+
+#[test]
+fn the_owner_of_a_breakglass_never_approves_what_it_let_through() {
+    let (bg, _, _) = open(&alice(), request(HOUR, None), 1_000).unwrap();
+    let blocked = decision(Outcome::Blocked, None, 0);
+    let under = apply_to_decision(&blocked, &bg, &["sre".to_string()]);
+    assert_eq!(under.breakglass_owner.as_deref(), Some("user:alice"));
+    let mut r = rec(1);
+    r.requester = "user:req".into();
+    let (c, _) = open_change(&r, &under, 2_000, &WorkflowConfig::default());
+    assert_eq!(c.breakglass_owner.as_deref(), Some("user:alice"));
+    assert!(matches!(crate::approve(&c, &r, &alice(), 1, "mine", 3_000), Err(crate::ReviewError::BreakGlassOwner { .. })));
+    let bob = Principal { subject: "user:bob".into(), display_name: "Bob".into(), groups: vec!["sre".into()] };
+    let carol = Principal { subject: "user:carol".into(), display_name: "Carol".into(), groups: vec!["sre".into()] };
+    let (c, _) = crate::approve(&c, &r, &bob, 1, "ok", 3_000).unwrap();
+    // Forged: the owner's approval written in anyway does not count towards the two.
+    let mut forged = c.clone();
+    let mut own = c.approvals[0].clone();
+    own.subject = "user:alice".into();
+    forged.approvals.push(own);
+    forged.state = ChangeState::Approved;
+    let gate = crate::ExecutionGate::default();
+    assert!(matches!(authorize_execution(&forged, &r, &under, &gate, 3_000), Err(ExecutionRefused::NoQuorum { valid: 1, required: 2 })));
+    let (c, _) = crate::approve(&c, &r, &carol, 1, "ok", 3_100).unwrap();
+    assert_eq!(c.state, ChangeState::Approved);
+    assert!(authorize_execution(&c, &r, &under, &gate, 3_200).is_ok());
+}

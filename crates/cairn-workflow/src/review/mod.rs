@@ -23,6 +23,8 @@ pub enum ReviewError {
     SelfApproval { subject: String },
     #[error("Cairn's own identity can never approve a change")]
     ServiceIdentity,
+    #[error("{subject} opened the break-glass this change was opened under and cannot approve it (separation of duties)")]
+    BreakGlassOwner { subject: String },
     #[error("{subject} is not in any approver group of this change ({groups})")]
     NotInApproverGroup { subject: String, groups: String },
     #[error("{subject} already approved this revision; a second approval must come from someone else")]
@@ -123,6 +125,9 @@ pub fn open_change(
         stages_done: 0,
         stage: None,
         stage_approvals: Vec::new(),
+        stage_approval: decision.stage_approval,
+        breakglass_owner: decision.breakglass_owner.clone(),
+        stop: None,
     };
     let mut proposed = AuditDraft::for_change(
         &change,
@@ -156,6 +161,7 @@ pub fn open_change(
             "approvals_required": decision.approvals_required,
             "approver_groups": decision.approver_groups,
             "requires_window": decision.requires_window,
+            "stage_approval": decision.stage_approval,
             "policy_failed": decision.policy_failed,
         }),
     );
@@ -196,6 +202,18 @@ pub(crate) fn check_names_this_action(change: &ChangeRequest, rec: &Recommendati
     }
     if reason.trim().is_empty() {
         return Err(ReviewError::EmptyReason);
+    }
+    Ok(())
+}
+
+/// Who may approve: neither the requester nor the owner of the break-glass the change was opened
+/// under (separation of duties). Shared with stage approvals.
+pub(crate) fn check_not_own(change: &ChangeRequest, principal: &Principal) -> Result<(), ReviewError> {
+    if principal.subject == change.requester {
+        return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });
+    }
+    if change.breakglass_owner.as_deref() == Some(principal.subject.as_str()) {
+        return Err(ReviewError::BreakGlassOwner { subject: principal.subject.clone() });
     }
     Ok(())
 }
@@ -245,9 +263,7 @@ pub fn approve(
     }
     check_reviewable(change, rec, revision, reason, now_ms)?;
     check_reviewer(change, principal)?;
-    if principal.subject == change.requester {
-        return Err(ReviewError::SelfApproval { subject: principal.subject.clone() });
-    }
+    check_not_own(change, principal)?;
     if change.approvals.iter().any(|a| a.subject == principal.subject) {
         return Err(ReviewError::AlreadyApproved { subject: principal.subject.clone() });
     }
@@ -293,6 +309,8 @@ fn missing_fields_for(change: &ChangeRequest, rec: &Recommendation) -> Vec<&'sta
         approvals_required: change.approvals_required,
         approver_groups: change.approver_groups.clone(),
         requires_window: change.requires_window,
+        stage_approval: change.stage_approval,
+        breakglass_owner: change.breakglass_owner.clone(),
         reasons: Vec::new(),
         policy_version: change.policy_version.clone(),
         policy_failed: false,
@@ -301,7 +319,9 @@ fn missing_fields_for(change: &ChangeRequest, rec: &Recommendation) -> Vec<&'sta
     missing_fields(rec, &decision)
 }
 
-/// Records a rejection; any one rejection vetoes the change.
+/// Records a rejection; any one rejection vetoes the change. A staged change that already ran some
+/// of its stages (waiting for the next stage's approval) is stopped instead, and what ran is rolled
+/// back (see [`crate::stages`]).
 pub fn reject(
     change: &ChangeRequest,
     rec: &Recommendation,
@@ -310,6 +330,9 @@ pub fn reject(
     reason: &str,
     now_ms: i64,
 ) -> Result<(ChangeRequest, Vec<AuditDraft>), ReviewError> {
+    if change.is_half_done_rollout() {
+        return crate::stages::stop_by_reject(change, rec, principal, revision, reason, now_ms);
+    }
     check_reviewable(change, rec, revision, reason, now_ms)?;
     check_reviewer(change, principal)?;
     let mut next = change.clone();
@@ -326,8 +349,13 @@ pub fn reject(
     Ok((next, vec![d]))
 }
 
-/// Expires a pending change past its deadline; `None` if it is not pending or not yet due.
+/// Expires a pending change past its deadline; `None` if it is not pending or not yet due. A
+/// staged change waiting for a stage approval past its deadline is stopped, and what ran is rolled
+/// back.
 pub fn expire(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec<AuditDraft>)> {
+    if change.state == ChangeState::AwaitingStageApproval {
+        return crate::stages::expire_rollout(change, now_ms);
+    }
     if change.state != ChangeState::PendingApproval || now_ms < change.expires_ms {
         return None;
     }

@@ -1,7 +1,8 @@
 //! Whole review sequences, generated: proposals routed by the real default policy, approvals and
 //! rejections by random principals (including the requester and Cairn itself), new revisions,
 //! policy version changes, clock jumps across expiry and maintenance windows, principals removed
-//! from the configuration, forged states, adapters that fail, and break-glass grants, revocations
+//! from the configuration, forged states, adapters that fail, staged rollouts (stage approvals,
+//! rejects and expiry of paused rollouts, supersede with rollback), and break-glass grants, revocations
 //! and expiries (with blocked actions that need them) — applied through the real SQLite store as
 //! the server applies them (`breakglass_for_blocked` at routing, the sweeper and `stop_before_run`
 //! in the executor pass).
@@ -26,10 +27,11 @@ use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-/// Records what reached it; fails when told to.
+/// Records what reached it, and each undone stage; fails when told to.
 #[derive(Debug, Default)]
 struct Recording {
     ran: Mutex<Vec<(ChangeRequest, Recommendation)>>,
+    undone: Mutex<Vec<(ChangeId, String)>>,
     fail: Mutex<bool>,
 }
 
@@ -44,7 +46,8 @@ impl Adapter for Recording {
             if fail { (ExecutionOutcome::Failed { error: "adapter down".into() }, String::new()) } else { (ExecutionOutcome::Succeeded, String::new()) }
         })
     }
-    fn rollback<'a>(&'a self, _: &'a Recommendation, _: &'a ChangeRequest) -> AdapterFuture<'a> {
+    fn rollback<'a>(&'a self, _: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
+        self.undone.lock().unwrap().push((change.id.clone(), change.stage.clone().unwrap_or_default()));
         Box::pin(async { (ExecutionOutcome::Succeeded, String::new()) })
     }
 }
@@ -145,6 +148,13 @@ fn action() -> impl Strategy<Value = (ActionClass, BlastRadius, Reversibility)> 
     ]
 }
 
+/// As [`recommendation`], rolled out in three stages.
+fn staged(kind: (ActionClass, BlastRadius, Reversibility), confidence: f64) -> Recommendation {
+    let mut r = recommendation(kind, confidence);
+    r.parameters.insert(STAGES_PARAMETER.into(), "canary,25%,100%".into());
+    r
+}
+
 fn recommendation(kind: (ActionClass, BlastRadius, Reversibility), confidence: f64) -> Recommendation {
     let mut r = crate::review::tests::rec(1);
     r.action = kind.0;
@@ -167,6 +177,9 @@ struct World {
     changes: BTreeSet<ChangeId>,
     /// Changes whose policy decision was `blocked` (whether or not a break-glass opened them).
     blocked: BTreeSet<ChangeId>,
+    /// Stopped rollouts, with how many stages the adapter had run for them when the stop was
+    /// first seen: no stage runs after a stop.
+    stopped: BTreeMap<ChangeId, usize>,
 }
 
 /// The approver groups the guardrails name for break-glass reviews when the policy names none.
@@ -187,6 +200,7 @@ impl World {
             adapter: Arc::new(Recording::default()),
             changes: BTreeSet::new(),
             blocked: BTreeSet::new(),
+            stopped: BTreeMap::new(),
         }
     }
 
@@ -249,8 +263,8 @@ impl World {
         let req = BreakGlassRequest { purpose: "incident bridge".into(), link: "INC-1".into(), scope, duration_ms: minutes * 60_000, max_uses };
         // Cairn's own subject is refused, as the server refuses it.
         if let Ok((bg, drafts, _)) = breakglass::open(&people()[owner], req, self.now) {
-            // The same person asking twice in the same millisecond gets the same id; the store
-            // refuses the second one, as the server would return.
+            // Ids carry a random part, so even the same request twice in the same millisecond is
+            // two records; a conflict would be the store's to refuse, as the server would return.
             match self.store.save_breakglass(&bg, &drafts, self.now) {
                 Ok(()) | Err(cairn_store::StoreError::Conflict { .. }) => {}
                 Err(e) => panic!("{e}"),
@@ -293,12 +307,18 @@ impl World {
         }
     }
 
-    /// What the server's executor loop does: expire, leave window-waiting changes approved, claim,
-    /// run (or refuse) and record.
+    /// What the server's executor loop does: expire, roll back stopped rollouts, leave
+    /// window-waiting changes approved, claim, run (or refuse) and record.
     fn execute(&mut self, fail: bool) {
         *self.adapter.fail.lock().unwrap() = fail;
         self.store.expire_pending(self.now).unwrap();
         self.sweep();
+        let undo = Executor::new(self.adapter.clone());
+        for change in self.store.claim_rollbacks(16, self.now).unwrap() {
+            let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision)).unwrap().unwrap();
+            let (execution, next, drafts) = block_on(undo.roll_back_stopped(&change, &record.recommendation, self.now)).unwrap();
+            self.store.record_execution(&execution, &next, change.version, &drafts, self.now).unwrap();
+        }
         let waiting: Vec<ChangeId> = self
             .store
             .approved_changes(100)
@@ -332,11 +352,18 @@ impl World {
         }
     }
 
-    /// Only changes that never ran: re-running a finished change is the store's state machine to
-    /// prevent, not the executor's.
+    /// Only changes that never ran, or paused or stopped rollouts: re-running a finished change is
+    /// the store's state machine to prevent, not the executor's.
     fn forge(&mut self) {
         let record = self.latest();
-        if !matches!(record.change.state, ChangeState::PendingApproval | ChangeState::Rejected | ChangeState::Expired) {
+        if !matches!(
+            record.change.state,
+            ChangeState::PendingApproval
+                | ChangeState::Rejected
+                | ChangeState::Expired
+                | ChangeState::AwaitingStageApproval
+                | ChangeState::RollbackPending
+        ) {
             return;
         }
         let mut forged = record.change.clone();
@@ -445,7 +472,9 @@ fn breakglass_run_allowed(change: &ChangeRequest, world: &World) -> Result<(), S
     let distinct: BTreeSet<&str> = change
         .approvals
         .iter()
-        .filter(|a| a.subject != change.requester && a.subject != CAIRN_SERVICE_SUBJECT && a.revision == change.revision)
+        .filter(|a| {
+            a.subject != change.requester && a.subject != CAIRN_SERVICE_SUBJECT && a.subject != bg.owner && a.revision == change.revision
+        })
         .map(|a| a.subject.as_str())
         .collect();
     if distinct.len() < 2 {
@@ -526,7 +555,7 @@ fn apply_and_check(world: &mut World, s: Step) -> Result<(), TestCaseError> {
         Step::SwitchPolicy => {
             world.active = 1 - world.active;
             let latest = world.latest();
-            if matches!(latest.change.state, ChangeState::PendingApproval | ChangeState::Approved) {
+            if matches!(latest.change.state, ChangeState::PendingApproval | ChangeState::Approved | ChangeState::AwaitingStageApproval) {
                 world.rec.revision += 1;
                 world.propose();
             }
@@ -554,12 +583,79 @@ fn apply_and_check(world: &mut World, s: Step) -> Result<(), TestCaseError> {
         if let Err(why) = breakglass_run_allowed(change, world) {
             return Err(TestCaseError::fail(why));
         }
+        if let Err(why) = stage_allowed(change, rec, &record.decision, world) {
+            return Err(TestCaseError::fail(why));
+        }
+    }
+    if let Err(why) = stopped_rollouts_only_roll_back(world) {
+        return Err(TestCaseError::fail(why));
     }
     if let Err(why) = audit_covers_every_change(world) {
         return Err(TestCaseError::fail(why));
     }
     if let Err(why) = breakglass_kept_its_bounds(world) {
         return Err(TestCaseError::fail(why));
+    }
+    Ok(())
+}
+
+/// Read independently of `authorize_stage`: a stage after the first of a change whose decision
+/// (or the change itself) says stages pause ran only with a quorum of distinct, current stage
+/// approvals naming that stage, from people other than the requester and Cairn whom the roster
+/// still authorises.
+fn stage_allowed(change: &ChangeRequest, rec: &Recommendation, decision: &Decision, world: &World) -> Result<(), String> {
+    if change.stop.is_some() {
+        return Err(format!("{} ran stage {:?} after it was stopped", change.id, change.stage));
+    }
+    if change.stages_done == 0 || !(change.stage_approval || decision.stage_approval) {
+        return Ok(());
+    }
+    let Some(stage) = change.stage.as_deref() else { return Err(format!("{} ran a staged change without naming the stage", change.id)) };
+    let roster = Roster::new(world.roster.clone());
+    let valid: BTreeSet<&str> = change
+        .stage_approvals
+        .iter()
+        .filter(|s| s.stage == stage)
+        .map(|s| &s.approval)
+        .filter(|a| {
+            a.subject != change.requester
+                && a.subject != CAIRN_SERVICE_SUBJECT
+                && a.revision == rec.revision
+                && a.policy_version == decision.policy_version
+                && a.action_digest == change.action_digest
+                && roster.may_approve(&a.subject, &change.approver_groups)
+        })
+        .map(|a| a.subject.as_str())
+        .collect();
+    let needed = usize::from(decision.approvals_required.max(if decision.tier == Some(3) { 2 } else { 1 }));
+    if valid.len() < needed {
+        return Err(format!("{} ran stage {stage} with {} valid stage approvals of {needed}", change.id, valid.len()));
+    }
+    Ok(())
+}
+
+/// Every stopped rollout: no stage ran after the stop was first seen, and once it is rolled back
+/// exactly its executed stages were undone, newest first, each once.
+fn stopped_rollouts_only_roll_back(world: &mut World) -> Result<(), String> {
+    let ran = world.adapter.ran.lock().unwrap().clone();
+    let undone = world.adapter.undone.lock().unwrap().clone();
+    for id in world.changes.clone() {
+        let change = world.store.get_change(&id).unwrap().ok_or("a proposed change is missing")?;
+        if change.stop.is_none() {
+            continue;
+        }
+        let runs = ran.iter().filter(|(c, _)| c.id == id).count();
+        let first_seen = *world.stopped.entry(id.clone()).or_insert(runs);
+        if runs != first_seen {
+            return Err(format!("{id} ran {} more stage(s) after it was stopped", runs - first_seen));
+        }
+        if matches!(change.state, ChangeState::RolledBack | ChangeState::RollbackFailed) {
+            let mine: Vec<&str> = undone.iter().filter(|(c, _)| *c == id).map(|(_, s)| s.as_str()).collect();
+            let expected: Vec<&str> = change.stages[..change.stages_done as usize].iter().rev().map(String::as_str).collect();
+            if mine != expected {
+                return Err(format!("{id} undid {mine:?}, expected exactly {expected:?}"));
+            }
+        }
     }
     Ok(())
 }
@@ -581,6 +677,30 @@ fn breakglass_step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Actions whose rollouts pause (tiers 2 and 3) or run through (auto).
+fn staged_action() -> impl Strategy<Value = (ActionClass, BlastRadius, Reversibility)> {
+    prop_oneof![
+        3 => Just((ActionClass::RollbackDeploy, BlastRadius::Service, Reversibility::Reversible)),
+        1 => Just((ActionClass::DnsChange, BlastRadius::Global, Reversibility::PartiallyReversible)),
+        1 => Just((ActionClass::RestartProcess, BlastRadius::Instance, Reversibility::Reversible)),
+    ]
+}
+
+/// Steps weighted towards staged rollouts: approvals and executor passes that move through the
+/// stages, rejects, jumps across the stage-approval deadline, forged approvals, new revisions.
+fn staged_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0usize..6).prop_map(Step::Approve),
+        2 => (0usize..6).prop_map(Step::Reject),
+        1 => (0.3f64..1.0).prop_map(Step::Revise),
+        1 => Just(Step::SwitchPolicy),
+        3 => prop_oneof![3 => 0i64..20, 1 => 30i64..40, 1 => 55i64..70].prop_map(Step::Advance),
+        1 => (0usize..6).prop_map(Step::Remove),
+        8 => any::<bool>().prop_map(Step::Execute),
+        3 => Just(Step::Forge),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
@@ -591,6 +711,22 @@ proptest! {
         steps in proptest::collection::vec(step(), 1..40),
     ) {
         let mut world = World::new(recommendation(kind, confidence));
+        world.propose();
+        for s in steps {
+            apply_and_check(&mut world, s)?;
+        }
+    }
+
+    /// The same invariants on staged rollouts, with stage approvals, rejects and expiry of paused
+    /// rollouts, new revisions and policy switches superseding them: no stage runs without its
+    /// approval where the decision pauses, none after a stop, and a stop undoes exactly what ran.
+    #[test]
+    fn a_staged_rollout_never_runs_an_unapproved_stage_and_a_stop_undoes_exactly_what_ran(
+        kind in staged_action(),
+        confidence in 0.3f64..1.0,
+        steps in proptest::collection::vec(staged_step(), 1..40),
+    ) {
+        let mut world = World::new(staged(kind, confidence));
         world.propose();
         for s in steps {
             apply_and_check(&mut world, s)?;
@@ -667,10 +803,11 @@ fn a_breakglass_change_runs_once_inside_its_validity_and_is_refused_after_it_lap
     assert_eq!(first.decision.tier, Some(2));
     assert_eq!(first.decision.approvals_required, 2);
     world.review(4, true); // the requester: refused
-    world.review(0, true);
+    world.review(0, true); // the break-glass owner: refused
+    world.review(1, true);
     world.execute(false);
     assert!(world.adapter.ran.lock().unwrap().is_empty(), "one approval is not two");
-    world.review(1, true);
+    world.review(3, true);
     world.execute(false);
     assert_eq!(world.adapter.ran.lock().unwrap().len(), 1);
     assert_eq!(world.latest().change.state, ChangeState::Succeeded);
@@ -683,8 +820,8 @@ fn a_breakglass_change_runs_once_inside_its_validity_and_is_refused_after_it_lap
     assert_eq!(second.decision.outcome, Outcome::Review);
     let bg = world.store.breakglass_for_change(&second.change.id).unwrap().unwrap();
     assert_eq!((bg.uses, bg.state), (2, BreakGlassState::Exhausted));
-    world.review(0, true);
     world.review(1, true);
+    world.review(3, true);
     assert_eq!(world.latest().change.state, ChangeState::Approved);
     world.now += 61 * 60_000;
     world.execute(false);
@@ -720,5 +857,34 @@ fn a_revoked_or_expired_breakglass_stops_its_approved_change() {
         assert_eq!(bg.state, if revoke { BreakGlassState::Revoked } else { BreakGlassState::Expired });
         audit_covers_every_change(&world).unwrap();
         breakglass_kept_its_bounds(&world).unwrap();
+    }
+}
+
+/// The staged steps are reached: a tier-2 rollout pauses after its canary, a reject stops it and
+/// the next executor pass undoes the canary; another pauses, expires an hour later and is undone.
+#[test]
+fn a_paused_rollout_is_stopped_by_a_reject_or_its_expiry_and_rolled_back_once() {
+    for by_reject in [true, false] {
+        let mut world = World::new(staged((ActionClass::RollbackDeploy, BlastRadius::Service, Reversibility::Reversible), 0.9));
+        world.propose();
+        assert_eq!((world.latest().decision.tier, world.latest().decision.stage_approval), (Some(2), true));
+        world.review(0, true);
+        world.execute(false);
+        assert_eq!(world.latest().change.state, ChangeState::AwaitingStageApproval);
+        if by_reject {
+            world.review(5, false); // Cairn itself: refused
+            assert_eq!(world.latest().change.state, ChangeState::AwaitingStageApproval);
+            world.review(4, false); // the requester may stop their own rollout
+        } else {
+            world.now += 61 * 60_000;
+        }
+        world.execute(false);
+        let c = world.latest().change;
+        assert_eq!(c.state, ChangeState::RolledBack, "by_reject={by_reject}");
+        world.execute(false);
+        assert_eq!(world.adapter.undone.lock().unwrap().iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(), ["canary"]);
+        assert_eq!(world.adapter.ran.lock().unwrap().len(), 1, "no stage after the canary");
+        stopped_rollouts_only_roll_back(&mut world).unwrap();
+        audit_covers_every_change(&world).unwrap();
     }
 }

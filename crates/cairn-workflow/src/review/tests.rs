@@ -40,6 +40,9 @@ pub(crate) fn decision(outcome: Outcome, tier: Option<u8>, approvals: u8) -> Dec
         approvals_required: approvals,
         approver_groups: vec!["sre".into()],
         requires_window: tier == Some(3),
+        // As the default bundle decides: stages pause from tier 2 up.
+        stage_approval: tier.is_none_or(|t| t >= 2),
+        breakglass_owner: None,
         reasons: vec!["test".into()],
         policy_version: "sha256:p1".into(),
         policy_failed: false,

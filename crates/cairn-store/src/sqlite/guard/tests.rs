@@ -43,6 +43,8 @@ fn proposed(s: &SqliteStore, id: &str, outcome: Outcome, created_ms: i64) -> Cha
         approvals_required: 0,
         approver_groups: vec![],
         requires_window: false,
+        stage_approval: false,
+        breakglass_owner: None,
         reasons: vec![],
         policy_version: "p".into(),
         policy_failed: false,
@@ -71,6 +73,9 @@ fn proposed(s: &SqliteStore, id: &str, outcome: Outcome, created_ms: i64) -> Cha
         stages_done: 0,
         stage: None,
         stage_approvals: vec![],
+        stage_approval: false,
+        breakglass_owner: None,
+        stop: None,
     };
     s.propose(&r, &d, &c, &[], created_ms).unwrap();
     c
