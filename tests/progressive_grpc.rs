@@ -189,6 +189,11 @@ async fn a_person_stops_a_paused_rollout_by_rejecting_it_and_its_stages_are_roll
     let card = h.wait_for_state(&r.id, &["rolled_back"]).await;
     let ch = card.change.unwrap();
     assert_eq!((ch.rejected_by.as_str(), ch.rejection_reason.as_str()), ("user:carol", "25% shows errors"));
+    assert!(ch.stage_approval, "the default policy pauses a tier-2 rollout between stages");
+    assert_eq!(
+        (ch.stop_cause.as_str(), ch.stopped_by.as_str(), ch.stop_reason.as_str()),
+        ("rejected", "user:carol", "25% shows errors")
+    );
     assert_eq!(card.executions.len(), 3, "canary, 25%, and the rollback");
     let undo = &card.executions[2].output;
     let (at_25, at_canary) = (undo.find("stage 25%").expect(undo), undo.find("stage canary").expect(undo));
@@ -223,6 +228,8 @@ async fn a_paused_rollout_nobody_approves_expires_and_is_rolled_back() {
     h.engine().wake_executor();
     let card = h.wait_for_state(&r.id, &["rolled_back"]).await;
     assert_eq!(card.executions.len(), 2, "the canary and its rollback");
+    let ch = card.change.as_ref().unwrap();
+    assert_eq!((ch.stop_cause.as_str(), ch.stopped_by.as_str()), ("expired", "system:cairn"));
     assert!(card.executions[1].output.contains("would roll back") && card.executions[1].output.contains("stage canary"));
     let e = h.review("user:alice").await.approve(approve_req(&r, r.revision, "too late")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");

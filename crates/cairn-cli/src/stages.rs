@@ -25,7 +25,14 @@ pub fn stages_line(ch: &pb::ChangeRequest) -> String {
             }
         })
         .collect();
-    format!("stages {}", parts.join(" -> "))
+    let mut line = format!("stages {}", parts.join(" -> "));
+    if ch.stages.len() > 1 {
+        line.push_str(if ch.stage_approval { "; each stage after the first waits for approval" } else { "; stages run through without pausing" });
+    }
+    if !ch.stop_cause.is_empty() {
+        line.push_str(&format!("; stopped ({}) by {}: {}", ch.stop_cause, ch.stopped_by, ch.stop_reason));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -39,9 +46,13 @@ mod tests {
             stages: vec!["canary".into(), "25%".into(), "100%".into()],
             stages_done: 1,
             next_stage: "25%".into(),
+            stage_approval: true,
             ..Default::default()
         };
-        assert_eq!(stages_line(&ch), "stages canary done -> 25% (awaiting approval: cairn review approve) -> 100%");
+        assert_eq!(
+            stages_line(&ch),
+            "stages canary done -> 25% (awaiting approval: cairn review approve) -> 100%; each stage after the first waits for approval"
+        );
     }
 
     #[test]
@@ -50,10 +61,21 @@ mod tests {
             state: "rollback_pending".into(),
             stages: vec!["canary".into(), "25%".into(), "100%".into()],
             stages_done: 2,
+            stage_approval: true,
+            stop_cause: "rejected".into(),
+            stopped_by: "user:bob".into(),
+            stop_reason: "canary error rate up".into(),
             ..Default::default()
         };
-        assert_eq!(stages_line(&ch), "stages canary done (stopped: to be rolled back) -> 25% done (stopped: to be rolled back) -> 100%");
+        let stopped = "; each stage after the first waits for approval; stopped (rejected) by user:bob: canary error rate up";
+        assert_eq!(
+            stages_line(&ch),
+            format!("stages canary done (stopped: to be rolled back) -> 25% done (stopped: to be rolled back) -> 100%{stopped}")
+        );
         ch.state = "rolled_back".into();
-        assert_eq!(stages_line(&ch), "stages canary rolled back -> 25% rolled back -> 100%");
+        assert_eq!(stages_line(&ch), format!("stages canary rolled back -> 25% rolled back -> 100%{stopped}"));
+        ch.stage_approval = false;
+        ch.stop_cause.clear();
+        assert_eq!(stages_line(&ch), "stages canary rolled back -> 25% rolled back -> 100%; stages run through without pausing");
     }
 }

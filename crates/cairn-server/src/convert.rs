@@ -171,6 +171,10 @@ pub fn change_to_pb(c: &t::ChangeRequest) -> pb::ChangeRequest {
         stages: c.stages.clone(),
         stages_done: c.stages_done,
         next_stage: c.next_stage().unwrap_or_default().to_string(),
+        stage_approval: c.stage_approval,
+        stop_cause: c.stop.as_ref().map(|s| s.cause.as_str().to_string()).unwrap_or_default(),
+        stopped_by: c.stop.as_ref().map(|s| s.subject.clone()).unwrap_or_default(),
+        stop_reason: c.stop.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
         stage_approvals: c
             .stage_approvals
             .iter()

@@ -160,6 +160,16 @@ pub enum StopCause {
 }
 
 impl StopCause {
+    /// The name used in the API and on the decision card.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopCause::Rejected => "rejected",
+            StopCause::Expired => "expired",
+            StopCause::Superseded => "superseded",
+            StopCause::Refused => "refused",
+        }
+    }
+
     /// The audit event kind that records the stop.
     pub fn audit_kind(self) -> &'static str {
         match self {
