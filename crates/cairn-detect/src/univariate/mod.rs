@@ -28,12 +28,12 @@
 //! prediction enter the scale estimates clipped, so one spike does not blind the model; the averages
 //! themselves follow the data, so a new level becomes the baseline after a while.
 //!
-//! The evidence opens and closes episodes (below). The **score** reported is the same formula applied
-//! to `z / (1 + 0.2 · alerts)`, where `alerts` counts the series' recent onsets (+1 per onset, fading
-//! by 1/e over 10,000 samples): a series that keeps alerting needs a stronger deviation for the same
-//! score, so scores compare across series and one threshold over many series ranks the onsets of quiet
-//! series above those of noisy ones. (Applying the discount to the episodes themselves instead was
-//! measured on NAB and lost: it hides real onsets in busy series.)
+//! The evidence opens and closes episodes (below). The **score** reported is `evidence / (1 + alerts)`,
+//! where `alerts` counts the series' recent onsets (+1 per onset, fading by 1/e over 10,000 samples):
+//! the first alert of a series is reported at full strength, the tenth in a row at a tenth of it. So
+//! scores compare across series, and one threshold over many series ranks the onsets of quiet series
+//! above those of series that cry wolf. (Applying the discount to the episodes themselves was measured
+//! on NAB and lost: it hides real onsets in busy series; so was dividing the z instead of the score.)
 //!
 //! # How the container should call it
 //!

@@ -18,9 +18,7 @@ const HOUR_PEAK_DECAY: f32 = 0.7;
 const ADOPT_AFTER: u32 = 3;
 /// Repeated values needed before a flat line is scored at all.
 const FLAT_MIN_RUN: u32 = 5;
-/// How much each remembered alert of the series divides the reported z (see `alert_load`).
-const ALERT_DISCOUNT: f64 = 0.2;
-/// The alert memory fades by 1/e over this many samples.
+/// The alert memory (`alert_load`) fades by 1/e over this many samples.
 const ALERT_MEMORY_POINTS: f32 = 10_000.0;
 
 /// Everything the model keeps about one series. Fixed size, no heap.
@@ -252,14 +250,14 @@ impl SeriesModel {
                 kind = kc;
             }
         }
-        // The evidence (`raw`) drives the episodes; the score reported is that evidence discounted by
-        // how often the series has alerted lately, so scores compare across series: an onset in a
-        // series that rarely alerts outranks one in a series that cries wolf every few hundred points.
+        // The evidence (`raw`) drives the episodes; the score reported is that evidence divided by one
+        // plus the series' recent alerts, so scores compare across series: an onset in a series that
+        // rarely alerts outranks one in a series that cries wolf every few hundred points.
         let raw = if warm { score_from_z(z, cfg) } else { 0.0 };
         if raw == 0.0 {
             kind = AnomalyKind::None;
         }
-        let score = if warm { score_from_z(z / (1.0 + ALERT_DISCOUNT * f64::from(self.alert_load)), cfg) } else { 0.0 };
+        let score = raw / (1.0 + f64::from(self.alert_load));
 
         // Learn, with the deviations clipped so one wild point does not widen the scales for long.
         let n = self.n + 1;

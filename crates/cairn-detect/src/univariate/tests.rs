@@ -245,7 +245,8 @@ fn the_alert_memory_fades() {
     let late = &s[39_990];
     assert_eq!(onsets(&s[3000..]), vec![39_990 - 3000]);
     assert!(s[last_busy].score < late.score - 0.3, "busy {} vs late {}", s[last_busy].score, late.score);
-    assert!(late.score > 0.85, "37,000 quiet points later the spike scores almost as in a quiet series: {}", late.score);
+    // Ten alerts fade by e^-3.7 over 37,000 points: the spike is reported at about 1 / 1.25 of its evidence.
+    assert!(late.score > 0.7, "37,000 quiet points later the spike scores almost as in a quiet series: {}", late.score);
 }
 
 #[test]
