@@ -67,7 +67,7 @@ use serde::{Deserialize, Serialize};
 /// Detector name recorded on anomalies.
 pub const DETECTOR: &str = "univariate";
 /// Version of the scoring itself; the calibration version extends it.
-pub const SCORING_VERSION: &str = "univariate-2";
+pub const SCORING_VERSION: &str = "univariate-3";
 /// Model version recorded on anomalies: the scoring and the calibration table it was fitted with.
 pub const MODEL_VERSION: &str = calibration_table::VERSION;
 
