@@ -309,14 +309,14 @@ impl SeriesModel {
         self.flat_run = flat_run;
         self.far_run = far_run;
 
-        // Episodes: open on a high score, stay open while it is high and for the cool-down.
+        // Episodes: open on high evidence, stay open while it is high and for the cool-down.
         if self.in_episode {
             self.episode_left = self.episode_left.saturating_sub(1);
             if self.episode_left == 0 && raw < cfg.alert_score {
                 self.in_episode = false;
             }
         }
-        // A much stronger score inside an open episode is raised again: it got worse.
+        // Much stronger evidence inside an open episode is raised again: it got worse.
         let escalation = self.in_episode && raw >= f64::from(self.episode_peak) + cfg.escalate_margin;
         let onset = warm && raw >= cfg.alert_score && (!self.in_episode || escalation);
         self.alert_load *= 1.0 - 1.0 / ALERT_MEMORY_POINTS;
