@@ -24,9 +24,16 @@
 //! - **missing data**: a gap between samples much longer than the series' usual step.
 //!
 //! Each gives an equivalent z (standard deviations); the largest wins and names the [`AnomalyKind`], and
-//! `score = 1 - exp(-(z - z_floor) / z_span)` above `z_floor`, zero below. Values far from the
+//! the evidence is `1 - exp(-(z - z_floor) / z_span)` above `z_floor`, zero below. Values far from the
 //! prediction enter the scale estimates clipped, so one spike does not blind the model; the averages
 //! themselves follow the data, so a new level becomes the baseline after a while.
+//!
+//! The evidence opens and closes episodes (below). The **score** reported is `evidence / (1 + alerts)`,
+//! where `alerts` counts the series' recent onsets (+1 per onset, fading by 1/e over 10,000 samples):
+//! the first alert of a series is reported at full strength, the tenth in a row at a tenth of it. So
+//! scores compare across series, and one threshold over many series ranks the onsets of quiet series
+//! above those of series that cry wolf. (Applying the discount to the episodes themselves was measured
+//! on NAB and lost: it hides real onsets in busy series; so was dividing the z instead of the score.)
 //!
 //! # How the container should call it
 //!
@@ -37,10 +44,12 @@
 //! - **Warm-up**: the first [`UnivariateConfig::warmup_points`] samples only teach the model; they
 //!   score 0 with confidence 0 and are never an onset.
 //! - **Onset rule**: emit an `Anomaly` only when [`PointScore::onset`] is true. An episode opens when
-//!   the score reaches [`UnivariateConfig::alert_score`] outside an episode, and stays open while the
-//!   score stays high and for at least [`UnivariateConfig::cooldown_points`] samples, so one incident is
-//!   one anomaly and a noisy series does not cry wolf every few points. Inside an open episode a score
-//!   [`UnivariateConfig::escalate_margin`] above the episode's peak is an onset again (it got worse).
+//!   the evidence reaches [`UnivariateConfig::alert_score`] outside an episode, and stays open while the
+//!   evidence stays high and for at least [`UnivariateConfig::cooldown_points`] samples, so one incident
+//!   is one anomaly and a noisy series does not cry wolf every few points. Inside an open episode
+//!   evidence [`UnivariateConfig::escalate_margin`] above the episode's peak is an onset again (it got
+//!   worse). The onset's reported score may be below `alert_score` (discounted, above): rank and
+//!   route by it, do not re-check it against `alert_score`.
 //! - **Gaps and idle series**: a gap is scored on the first sample after it (kind `MissingData`); the
 //!   model needs no timer. A series silent for longer than the container's idle limit can be dropped,
 //!   and a new model starts with a new warm-up when it comes back.
@@ -58,7 +67,7 @@ use serde::{Deserialize, Serialize};
 /// Detector name recorded on anomalies.
 pub const DETECTOR: &str = "univariate";
 /// Version of the scoring itself; the calibration version extends it.
-pub const SCORING_VERSION: &str = "univariate-2";
+pub const SCORING_VERSION: &str = "univariate-3";
 /// Model version recorded on anomalies: the scoring and the calibration table it was fitted with.
 pub const MODEL_VERSION: &str = calibration_table::VERSION;
 
@@ -154,7 +163,8 @@ impl AnomalyKind {
 pub struct PointScore {
     /// False when the sample was refused (out of order or not finite); everything else is then 0.
     pub accepted: bool,
-    /// Anomaly score in [0, 1]; 0 during warm-up.
+    /// Anomaly score in [0, 1]; 0 during warm-up. The evidence discounted by how often the series has
+    /// alerted lately (see the module doc), so it may sit below the alert score even at an onset.
     pub score: f64,
     /// What the model expected at this time.
     pub expected: f64,
@@ -163,7 +173,8 @@ pub struct PointScore {
     pub confidence: f64,
     pub severity: Severity,
     pub kind: AnomalyKind,
-    /// This sample opens an anomalous episode: the one to emit as an anomaly.
+    /// This sample opens an anomalous episode (its undiscounted evidence reached the alert score): the
+    /// one to emit as an anomaly.
     pub onset: bool,
     /// This sample lies inside an open episode (the onset included).
     pub in_episode: bool,
@@ -183,13 +194,13 @@ impl PointScore {
         }
     }
 
-    /// The score as an alerting stream sees it: the score outside episodes and at their onset, 0 for
-    /// the rest of an episode (it has already been raised). This is what `cairn eval nab` reports.
+    /// The score as an alerting stream sees it: the score at an episode's onset (the points emitted
+    /// as anomalies), 0 everywhere else. This is what `cairn eval nab` reports.
     pub fn alert_stream_score(&self) -> f64 {
-        if self.in_episode && !self.onset {
-            0.0
-        } else {
+        if self.onset {
             self.score
+        } else {
+            0.0
         }
     }
 }

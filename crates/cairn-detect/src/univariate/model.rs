@@ -18,6 +18,8 @@ const HOUR_PEAK_DECAY: f32 = 0.7;
 const ADOPT_AFTER: u32 = 3;
 /// Repeated values needed before a flat line is scored at all.
 const FLAT_MIN_RUN: u32 = 5;
+/// The alert memory (`alert_load`) fades by 1/e over this many samples.
+const ALERT_MEMORY_POINTS: f32 = 10_000.0;
 
 /// Everything the model keeps about one series. Fixed size, no heap.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +67,9 @@ pub struct SeriesModel {
     last_hour: u8,
     /// How often the series repeats its previous value.
     repeat_rate: f32,
+    /// The series' alerts lately: +1 per onset, fading over `ALERT_MEMORY_POINTS` samples. A series
+    /// that alerts often needs a stronger deviation for the same reported score.
+    alert_load: f32,
     n: u32,
     flat_run: u32,
     far_run: u32,
@@ -115,6 +120,7 @@ impl SeriesModel {
             step_ms: 0.0,
             season: [0.0; SLOTS],
             repeat_rate: 0.0,
+            alert_load: 0.0,
             n: 0,
             flat_run: 0,
             far_run: 0,
@@ -244,10 +250,14 @@ impl SeriesModel {
                 kind = kc;
             }
         }
-        let score = if warm { score_from_z(z, cfg) } else { 0.0 };
-        if score == 0.0 {
+        // The evidence (`raw`) drives the episodes; the score reported is that evidence divided by one
+        // plus the series' recent alerts, so scores compare across series: an onset in a series that
+        // rarely alerts outranks one in a series that cries wolf every few hundred points.
+        let raw = if warm { score_from_z(z, cfg) } else { 0.0 };
+        if raw == 0.0 {
             kind = AnomalyKind::None;
         }
+        let score = raw / (1.0 + f64::from(self.alert_load));
 
         // Learn, with the deviations clipped so one wild point does not widen the scales for long.
         let n = self.n + 1;
@@ -299,22 +309,24 @@ impl SeriesModel {
         self.flat_run = flat_run;
         self.far_run = far_run;
 
-        // Episodes: open on a high score, stay open while it is high and for the cool-down.
+        // Episodes: open on high evidence, stay open while it is high and for the cool-down.
         if self.in_episode {
             self.episode_left = self.episode_left.saturating_sub(1);
-            if self.episode_left == 0 && score < cfg.alert_score {
+            if self.episode_left == 0 && raw < cfg.alert_score {
                 self.in_episode = false;
             }
         }
-        // A much stronger score inside an open episode is raised again: it got worse.
-        let escalation = self.in_episode && score >= f64::from(self.episode_peak) + cfg.escalate_margin;
-        let onset = warm && score >= cfg.alert_score && (!self.in_episode || escalation);
+        // Much stronger evidence inside an open episode is raised again: it got worse.
+        let escalation = self.in_episode && raw >= f64::from(self.episode_peak) + cfg.escalate_margin;
+        let onset = warm && raw >= cfg.alert_score && (!self.in_episode || escalation);
+        self.alert_load *= 1.0 - 1.0 / ALERT_MEMORY_POINTS;
         if onset {
+            self.alert_load += 1.0;
             self.in_episode = true;
             self.episode_left = cfg.cooldown_points;
         }
         if self.in_episode {
-            self.episode_peak = if onset { score as f32 } else { self.episode_peak.max(score as f32) };
+            self.episode_peak = if onset { raw as f32 } else { self.episode_peak.max(raw as f32) };
         }
         let confidence = if warm { calibration::confidence(score) } else { 0.0 };
         PointScore {

@@ -196,12 +196,57 @@ fn extreme_values_do_not_break_the_model() {
 }
 
 #[test]
-fn alert_stream_score_is_zero_inside_an_episode_after_its_onset() {
+fn alert_stream_score_is_the_onset_score_and_zero_elsewhere() {
     let v: Vec<f64> = (0..2000).map(|i| if i < 1500 { 20.0 } else { 40.0 } + gauss(i)).collect();
     let s = run(&v, MIN);
     let o = onsets(&s)[0];
     assert!(s[o].alert_stream_score() >= 0.5);
+    assert_eq!(s[o].alert_stream_score(), s[o].score);
     assert!(s[o + 1..o + 30].iter().all(|p| p.in_episode && p.alert_stream_score() == 0.0));
+    // Outside episodes too, a point that raised nothing shows nothing, however high its score.
+    assert!(s.iter().filter(|p| !p.onset).all(|p| p.alert_stream_score() == 0.0));
+    assert!(s.iter().any(|p| !p.onset && !p.in_episode && p.score > 0.0), "some sub-alert scores exist to hide");
+}
+
+/// A quiet series with a spike of `size` noise units every `every` points from point 300 on.
+fn spiky(every: usize, size: f64) -> Vec<f64> {
+    (0..6000).map(|i| 50.0 + gauss(i) + if i >= 300 && i % every == 0 { size } else { 0.0 }).collect()
+}
+
+#[test]
+fn a_series_that_keeps_alerting_reports_the_same_spike_lower_but_still_raises_it() {
+    // The same 12-sigma spike: once in a quiet series, and at the end of a series that has already
+    // raised one every 250 points (every 21 hours at 5-minute steps, so not a daily habit).
+    let mut quiet: Vec<f64> = (0..6000).map(|i| 50.0 + gauss(i)).collect();
+    quiet[5750] += 12.0;
+    let busy = spiky(250, 12.0);
+    let (q, b) = (run(&quiet, 5 * MIN), run(&busy, 5 * MIN));
+    assert!(q[5750].onset && b[5750].onset, "the evidence still opens an episode in both");
+    assert!(onsets(&b).len() >= 20, "the busy series alerted all along: {}", onsets(&b).len());
+    assert!(q[5750].score > 0.9, "{:?}", q[5750]);
+    assert!(b[5750].score < q[5750].score - 0.3, "busy {} vs quiet {}", b[5750].score, q[5750].score);
+    // The reported score only ever lowers the evidence, and every onset is still raised once.
+    let first = onsets(&b)[0];
+    assert!((b[first].score - q[5750].score).abs() < 0.1, "the first alert is not discounted: {}", b[first].score);
+    assert!(b.windows(2).all(|w| !(w[0].onset && w[1].onset)));
+}
+
+#[test]
+fn the_alert_memory_fades() {
+    // Alerts every 250 points up to 3000, then a long quiet stretch, then the same spike again.
+    let mut v = spiky(250, 12.0);
+    v.extend((6000..40_000).map(|i| 50.0 + gauss(i)));
+    for x in &mut v[3000..39_990] {
+        *x = 50.0 + (*x - 50.0).clamp(-3.0, 3.0);
+    }
+    v[39_990] += 12.0;
+    let s = run(&v, 5 * MIN);
+    let last_busy = *onsets(&s[..3000]).last().expect("the busy stretch alerted");
+    let late = &s[39_990];
+    assert_eq!(onsets(&s[3000..]), vec![39_990 - 3000]);
+    assert!(s[last_busy].score < late.score - 0.3, "busy {} vs late {}", s[last_busy].score, late.score);
+    // Ten alerts fade by e^-3.7 over 37,000 points: the spike is reported at about 1 / 1.25 of its evidence.
+    assert!(late.score > 0.7, "37,000 quiet points later the spike scores almost as in a quiet series: {}", late.score);
 }
 
 #[test]
