@@ -25,11 +25,14 @@ pub struct GroupScorerConfig {
     pub alert_score: f64,
     /// Groups tracked at most; samples of further new groups are counted as refused.
     pub max_groups: usize,
+    /// A group with no sample for this long (in sample time: behind the newest sample the scorer
+    /// has taken) is forgotten, so hosts that went away free their slot and their state.
+    pub idle_evict_ms: i64,
 }
 
 impl Default for GroupScorerConfig {
     fn default() -> Self {
-        GroupScorerConfig { group_label: "instance".into(), alert_score: 0.9, max_groups: 50_000 }
+        GroupScorerConfig { group_label: "instance".into(), alert_score: 0.9, max_groups: 50_000, idle_evict_ms: 3_600_000 }
     }
 }
 
@@ -39,6 +42,8 @@ pub struct GroupScorerStats {
     pub rows_scored: u64,
     pub samples_used: u64,
     pub refused_groups: u64,
+    /// Groups forgotten after `idle_evict_ms` without a sample.
+    pub evicted_groups: u64,
 }
 
 #[derive(Debug)]
@@ -51,6 +56,8 @@ struct GroupState {
     last_ts: Vec<i64>,
     anomalous: bool,
     rows_scored: u64,
+    /// Newest sample time taken into this group, for idle eviction.
+    last_seen_ms: TimestampMs,
 }
 
 impl GroupState {
@@ -62,6 +69,7 @@ impl GroupState {
             last_ts: vec![i64::MIN; d],
             anomalous: false,
             rows_scored: 0,
+            last_seen_ms: i64::MIN,
         }
     }
 }
@@ -82,6 +90,13 @@ pub struct GroupScorer {
     groups: HashMap<String, GroupState>,
     refused_groups: u64,
     samples_used: u64,
+    evicted_groups: u64,
+    /// Rows scored by groups since evicted (the stats stay monotonic).
+    evicted_rows: u64,
+    /// Newest sample time taken so far: the scorer's clock for idle eviction.
+    newest_ms: TimestampMs,
+    /// `newest_ms` at the last eviction sweep.
+    last_sweep_ms: TimestampMs,
 }
 
 impl GroupScorer {
@@ -96,6 +111,10 @@ impl GroupScorer {
             groups: HashMap::new(),
             refused_groups: 0,
             samples_used: 0,
+            evicted_groups: 0,
+            evicted_rows: 0,
+            newest_ms: i64::MIN,
+            last_sweep_ms: i64::MIN,
         }
     }
 
@@ -109,9 +128,10 @@ impl GroupScorer {
 
     pub fn stats(&self) -> GroupScorerStats {
         GroupScorerStats {
-            rows_scored: self.groups.values().map(|g| g.rows_scored).sum(),
+            rows_scored: self.evicted_rows + self.groups.values().map(|g| g.rows_scored).sum::<u64>(),
             samples_used: self.samples_used,
             refused_groups: self.refused_groups,
+            evicted_groups: self.evicted_groups,
         }
     }
 
@@ -124,6 +144,16 @@ impl GroupScorer {
             let Some(&f) = series.label(METRIC_NAME_LABEL).and_then(|n| self.feature_index.get(n)) else { continue };
             let points = series.points.iter().filter(|(_, v)| v.is_finite()).map(|&(ts, v)| (f, ts, v));
             buckets.entry(group).or_default().extend(points);
+        }
+        if let Some(newest) = buckets.values().flatten().map(|p| p.1).max() {
+            self.newest_ms = self.newest_ms.max(newest);
+        }
+        // Sweep before admitting new groups, so a host that went away frees its slot for one that
+        // came. A quarter of the idle limit between sweeps keeps the cost of a sweep off most
+        // batches; a group is kept at most 1.25 times the limit.
+        let sweep_every = (self.cfg.idle_evict_ms / 4).max(1);
+        if self.newest_ms.saturating_sub(self.last_sweep_ms) >= sweep_every {
+            self.evict_idle();
         }
         let d = self.model.dimension();
         for group in buckets.keys() {
@@ -148,6 +178,9 @@ impl GroupScorer {
             .par_iter_mut()
             .flat_map_iter(|(name, st, batch)| {
                 batch.sort_by_key(|&(f, ts, _)| (ts, f));
+                if let Some(last) = batch.last() {
+                    st.last_seen_ms = st.last_seen_ms.max(last.1);
+                }
                 let mut found = Vec::new();
                 for &point in batch.iter() {
                     if let Some(a) = feed(model, cfg, version, name, st, point) {
@@ -161,6 +194,28 @@ impl GroupScorer {
             (a.labels.get(&self.cfg.group_label), a.timestamp_ms).cmp(&(b.labels.get(&self.cfg.group_label), b.timestamp_ms))
         });
         out
+    }
+}
+
+impl GroupScorer {
+    /// Forgets the groups whose newest sample is more than `idle_evict_ms` behind the newest
+    /// sample taken; returns how many.
+    fn evict_idle(&mut self) -> usize {
+        let cutoff = self.newest_ms.saturating_sub(self.cfg.idle_evict_ms);
+        let before = self.groups.len();
+        let mut rows = 0;
+        self.groups.retain(|_, g| {
+            let keep = g.last_seen_ms >= cutoff;
+            if !keep {
+                rows += g.rows_scored;
+            }
+            keep
+        });
+        self.evicted_rows += rows;
+        let n = before - self.groups.len();
+        self.evicted_groups += n as u64;
+        self.last_sweep_ms = self.newest_ms;
+        n
     }
 }
 

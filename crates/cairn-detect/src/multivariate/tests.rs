@@ -211,3 +211,59 @@ fn groups_beyond_the_cap_are_refused_and_counted() {
     assert_eq!(scorer.stats().refused_groups, 7);
 }
 
+
+/// `rows` of `host` as samples, the first at minute `from`.
+fn samples_from(host: &str, rows: &[[f64; 8]], from: usize) -> Vec<MetricSample> {
+    let mut out = samples_for(host, rows, None);
+    out.iter_mut().for_each(|s| s.timestamp_ms += 60_000 * from as i64);
+    out
+}
+
+#[test]
+fn a_group_silent_past_the_idle_limit_is_forgotten_by_sample_time_and_frees_its_slot() {
+    let model = Arc::new(trained());
+    let cfg = GroupScorerConfig { max_groups: 2, idle_evict_ms: 10 * 60_000, ..Default::default() };
+    let mut scorer = GroupScorer::new(model, "m/1", cfg);
+    let (rows, _) = host_rows(60, 4, &[]);
+    // Both hosts report for 5 minutes, then only `stays` goes on.
+    scorer.observe(&samples_from("gone", &rows[..5], 0).iter().collect());
+    scorer.observe(&samples_from("stays", &rows[..5], 0).iter().collect());
+    assert_eq!(scorer.group_count(), 2);
+    // Eight minutes after `gone`'s last sample: within the limit, still tracked; a third host is
+    // refused by the cap.
+    scorer.observe(&samples_from("stays", &rows[5..13], 5).iter().collect());
+    scorer.observe(&samples_from("new", &rows[..1], 13).iter().collect());
+    assert_eq!(scorer.group_count(), 2);
+    assert_eq!(scorer.stats().refused_groups, 1);
+    assert_eq!(scorer.stats().evicted_groups, 0);
+    // Once sample time is well past the limit, `gone` is forgotten and `new` takes its slot.
+    scorer.observe(&samples_from("stays", &rows[13..20], 13).iter().collect());
+    scorer.observe(&samples_from("new", &rows[..1], 20).iter().collect());
+    assert_eq!(scorer.stats().evicted_groups, 1);
+    assert_eq!(scorer.group_count(), 2);
+    assert_eq!(scorer.stats().refused_groups, 1, "the slot was freed for the new host");
+    // Rows scored stay counted after their group is gone.
+    assert_eq!(scorer.stats().rows_scored, 5 + 20 + 1);
+    // A host that comes back later starts afresh as a new group.
+    let before = scorer.stats().evicted_groups;
+    scorer.observe(&samples_from("stays", &rows[20..40], 20).iter().collect());
+    assert!(scorer.stats().evicted_groups > before, "`new` went silent and was evicted");
+    scorer.observe(&samples_from("gone", &rows[..1], 40).iter().collect());
+    assert_eq!(scorer.group_count(), 2);
+}
+
+#[test]
+fn eviction_never_forgets_a_group_that_keeps_reporting() {
+    let model = Arc::new(trained());
+    let cfg = GroupScorerConfig { idle_evict_ms: 2 * 60_000, ..Default::default() };
+    let mut scorer = GroupScorer::new(model, "m/1", cfg);
+    let (rows, _) = host_rows(200, 4, &[]);
+    // Each host reports every minute, in batches of one minute, in turn.
+    for t in 0..200 {
+        for h in ["a", "b", "c"] {
+            scorer.observe(&samples_from(h, &rows[t..t + 1], t).iter().collect());
+        }
+    }
+    assert_eq!(scorer.stats().evicted_groups, 0);
+    assert_eq!(scorer.stats().rows_scored, 600);
+}
