@@ -109,7 +109,7 @@ mod tests {
         let found = observe(&mut scorers, &samples.iter().collect());
         assert!(found.iter().any(|a| (200..=202).contains(&(a.timestamp_ms / 60_000))), "{found:?}");
         assert!(found.len() <= 3, "{found:?}");
-        assert!(found.iter().all(|a| a.model_version == "host-pca-kmeans/1"));
+        assert!(found.iter().all(|a| a.model_version == "host-pca-kmeans/2"));
     }
 
     #[test]

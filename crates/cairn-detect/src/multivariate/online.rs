@@ -6,7 +6,7 @@
 //! row, the row is scored. A group enters the anomalous state once (one anomaly) and leaves it when
 //! a row scores below the threshold again, like the per-series detector.
 
-use super::model::{score_to_unit, MultivariateModel};
+use super::model::{score_to_unit, MultivariateModel, Smoother};
 use cairn_types::{Anomaly, Labels, METRIC_NAME_LABEL, SampleBatch, Severity, TimestampMs};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,10 @@ struct GroupState {
     rows_scored: u64,
     /// Newest sample time taken into this group, for idle eviction.
     last_seen_ms: TimestampMs,
+    /// Turns the group's row scores into its alerting score (fixed size).
+    smoother: Smoother,
+    /// The alerting score of the last scored row (1.0 = calibration quantile).
+    last_score: Option<f64>,
 }
 
 impl GroupState {
@@ -70,6 +74,8 @@ impl GroupState {
             anomalous: false,
             rows_scored: 0,
             last_seen_ms: i64::MIN,
+            smoother: Smoother::default(),
+            last_score: None,
         }
     }
 }
@@ -124,6 +130,12 @@ impl GroupScorer {
 
     pub fn group_count(&self) -> usize {
         self.groups.len()
+    }
+
+    /// The alerting score of a group's last scored row (1.0 = the calibration quantile of the
+    /// training rows), if the group is tracked and has a scored row.
+    pub fn last_score(&self, group: &str) -> Option<f64> {
+        self.groups.get(group).and_then(|g| g.last_score)
     }
 
     pub fn stats(&self) -> GroupScorerStats {
@@ -243,8 +255,9 @@ fn feed(
     st.fresh.iter_mut().for_each(|x| *x = false);
     st.n_fresh = 0;
     st.rows_scored += 1;
-    let raw = model.score_row(&st.values);
-    let score = score_to_unit(raw.combined);
+    let raw = st.smoother.push(model, &model.score_row(&st.values));
+    st.last_score = Some(raw);
+    let score = score_to_unit(raw);
     let anomalous = score >= cfg.alert_score;
     let entering = anomalous && !st.anomalous;
     st.anomalous = anomalous;
@@ -258,8 +271,8 @@ fn feed(
         series: labels.series_id(),
         labels,
         timestamp_ms,
-        // The raw combined score against its calibration level (1.0 = the rarest training rows).
-        observed: raw.combined,
+        // The smoothed score against its calibration level (1.0 = the rarest training rows).
+        observed: raw,
         expected: 1.0,
         score,
         severity: if score >= 0.99 { Severity::High } else { Severity::Medium },

@@ -91,8 +91,12 @@ fn calibration_puts_the_training_quantile_at_raw_one() {
     let (rows, _) = host_rows(3000, 1, &[]);
     let model = trained();
     let scores = model.score_rows(matrix(&rows).view());
-    let above = scores.iter().filter(|s| s.pca > model.calibration.pca).count();
-    // 1% of the training rows lie above the 0.99 quantile.
+    let above = scores.iter().filter(|s| s.residual > model.calibration.residual).count();
+    // 1% of the training rows lie above the 0.99 quantile ...
+    assert!((20..=40).contains(&above), "{above}");
+    // ... and the same holds for the smoothed score over the training rows in order.
+    let smoothed = model.score_series(matrix(&rows).view());
+    let above = smoothed.iter().filter(|s| **s > 1.0).count();
     assert!((20..=40).contains(&above), "{above}");
     assert!((score_to_unit(1.0) - 0.5).abs() < 1e-12);
     assert!(score_to_unit(1.83) > 0.9 && score_to_unit(1.8) < 0.9 && score_to_unit(0.0) == 0.0 && score_to_unit(f64::NAN) == 1.0);
@@ -113,6 +117,13 @@ fn bad_training_data_is_refused_with_a_reason() {
     m[[7, 2]] = f64::NAN;
     let e = MultivariateModel::fit(features(), m.view(), Hyperparameters::default()).unwrap_err();
     assert!(e.to_string().contains("memory_used_ratio"), "{e}");
+    for hold_rows in [0, MAX_HOLD_ROWS + 1] {
+        let bad = Hyperparameters { hold_rows, ..Default::default() };
+        assert!(matches!(
+            MultivariateModel::fit(features(), matrix(&rows).view(), bad),
+            Err(MultivariateError::BadHyperparameter { what: "hold_rows", .. })
+        ));
+    }
     let bad = Hyperparameters { pca_components: 8, ..Default::default() };
     assert!(matches!(
         MultivariateModel::fit(features(), matrix(&rows).view(), bad),
@@ -266,4 +277,52 @@ fn eviction_never_forgets_a_group_that_keeps_reporting() {
     }
     assert_eq!(scorer.stats().evicted_groups, 0);
     assert_eq!(scorer.stats().rows_scored, 600);
+}
+
+#[test]
+fn the_online_scorer_gives_exactly_the_offline_series_score_row_by_row() {
+    let model = Arc::new(trained());
+    let mut scorer = GroupScorer::new(model.clone(), "m/1", GroupScorerConfig::default());
+    let breaks = [Break { start: 40, len: 12, feature: 2 }, Break { start: 150, len: 3, feature: 6 }];
+    let (a, _) = host_rows(240, 21, &breaks);
+    let (b, _) = host_rows(240, 22, &[Break { start: 90, len: 20, feature: 0 }]);
+    let offline_a = model.score_series(matrix(&a).view());
+    let offline_b = model.score_series(matrix(&b).view());
+    // The smoothing matters: the series score is not the row score.
+    let rows_a = model.score_rows(matrix(&a).view());
+    assert!(offline_a.iter().zip(&rows_a).filter(|(s, r)| (**s - r.combined).abs() > 1e-6).count() > 100);
+    // Two hosts interleaved, each minute in one batch with the samples of both shuffled together.
+    for t in 0..240 {
+        let mut batch = samples_from("a", &a[t..t + 1], t);
+        batch.extend(samples_from("b", &b[t..t + 1], t));
+        batch.reverse();
+        scorer.observe(&batch.iter().collect());
+        assert_eq!(scorer.last_score("a"), Some(offline_a[t]), "host a, row {t}");
+        assert_eq!(scorer.last_score("b"), Some(offline_b[t]), "host b, row {t}");
+    }
+}
+
+#[test]
+fn the_smoother_holds_a_peak_for_hold_rows_then_lets_it_decay() {
+    let model = trained();
+    let hp = &model.hyperparameters;
+    let row = |combined: f64| RowScore { pca: 0.0, residual: 0.0, kmeans: 0.0, combined };
+    let mut s = Smoother::default();
+    let cal = model.calibration.score;
+    let first = s.push(&model, &row(1.0));
+    assert_eq!(first, 1.0 / cal);
+    // A spike lifts the average by alpha of its height ...
+    let spike = s.push(&model, &row(11.0));
+    assert!((spike * cal - (1.0 + hp.smoothing_alpha * 10.0)).abs() < 1e-12, "{spike}");
+    // ... and the peak is held for `hold_rows` rows in all, while the average decays under it.
+    for _ in 1..hp.hold_rows {
+        assert_eq!(s.push(&model, &row(1.0)), spike);
+    }
+    let after = s.push(&model, &row(1.0));
+    assert!(after < spike, "{after} {spike}");
+    // Long streams do not grow the state: it is a fixed-size value.
+    for _ in 0..10_000 {
+        s.push(&model, &row(1.0));
+    }
+    assert!((s.push(&model, &row(1.0)) * cal - 1.0).abs() < 1e-9);
 }
