@@ -192,7 +192,8 @@ impl MultivariateModel {
         if hp.hold_rows == 0 || hp.hold_rows > MAX_HOLD_ROWS {
             return Err(MultivariateError::BadHyperparameter { what: "hold_rows", got: hp.hold_rows, max: MAX_HOLD_ROWS });
         }
-        if !(hp.smoothing_alpha > 0.0 && hp.smoothing_alpha <= 1.0) || !(hp.residual_floor > 0.0) {
+        let valid = hp.smoothing_alpha > 0.0 && hp.smoothing_alpha <= 1.0 && hp.residual_floor > 0.0;
+        if !valid {
             return Err(MultivariateError::Inconsistent(format!(
                 "smoothing_alpha must be in (0, 1] and residual_floor positive, got {} and {}",
                 hp.smoothing_alpha, hp.residual_floor

@@ -124,6 +124,14 @@ fn bad_training_data_is_refused_with_a_reason() {
             Err(MultivariateError::BadHyperparameter { what: "hold_rows", .. })
         ));
     }
+    for bad in [
+        Hyperparameters { smoothing_alpha: 0.0, ..Default::default() },
+        Hyperparameters { smoothing_alpha: f64::NAN, ..Default::default() },
+        Hyperparameters { residual_floor: 0.0, ..Default::default() },
+    ] {
+        let e = MultivariateModel::fit(features(), matrix(&rows).view(), bad).unwrap_err();
+        assert!(e.to_string().contains("smoothing_alpha"), "{e}");
+    }
     let bad = Hyperparameters { pca_components: 8, ..Default::default() };
     assert!(matches!(
         MultivariateModel::fit(features(), matrix(&rows).view(), bad),
