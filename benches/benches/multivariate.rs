@@ -1,5 +1,7 @@
 //! Multivariate scoring throughput: rows per second through a fitted scaler + PCA + k-means model,
-//! at 1 and at 2 rayon threads, for a host-sized row (8 metrics) and an SMD-sized row (38).
+//! at 1 and at 2 rayon threads, for a host-sized row (8 metrics) and an SMD-sized row (38); each
+//! as independent rows (`score_rows`) and as one group's series through the smoother
+//! (`score_series`, the alerting score).
 //!
 //! Inputs are generated (`cairn_detect::multivariate::synthetic`), so every run scores the same
 //! numbers. Fitting happens once, outside the measured loop.
@@ -43,6 +45,10 @@ fn scoring(c: &mut Criterion) {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
             group.bench_with_input(BenchmarkId::new(format!("width{width}"), format!("{threads}threads")), &data, |b, data| {
                 b.iter(|| pool.install(|| black_box(model.score_rows(data.view()))))
+            });
+            // The alerting score: the rows as one group's series, through the smoother.
+            group.bench_with_input(BenchmarkId::new(format!("series_width{width}"), format!("{threads}threads")), &data, |b, data| {
+                b.iter(|| pool.install(|| black_box(model.score_series(data.view()))))
             });
         }
     }

@@ -214,7 +214,7 @@ mod tests {
     fn the_shipped_default_models_verify() {
         let defaults = default_models().expect("defaults");
         assert_eq!(defaults.len(), 1);
-        assert_eq!(defaults[0].manifest.model_version(), "host-pca-kmeans/1");
+        assert_eq!(defaults[0].manifest.model_version(), "host-pca-kmeans/2");
         assert_eq!(defaults[0].model.features, HOST_FEATURES);
     }
 

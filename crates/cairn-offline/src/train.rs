@@ -79,7 +79,7 @@ fn evaluate(model: &MultivariateModel, path: &Path) -> Result<EvaluationScores, 
             detail: format!("features {:?} differ from the training data's {:?}", test.features, model.features),
         });
     }
-    let scores: Vec<f64> = model.score_rows(test.rows.view()).iter().map(|s| s.combined).collect();
+    let scores = model.score_series(test.rows.view());
     Ok(EvaluationScores {
         data_sha256: test.sha256,
         rows: scores.len(),
@@ -132,7 +132,7 @@ mod tests {
             data: repo().join("datasets/host-metrics/train.csv"),
             eval: Some(repo().join("datasets/host-metrics/test.csv")),
             id: "host-pca-kmeans".into(),
-            version: 1,
+            version: 2,
             models_dir,
             hyperparameters: Hyperparameters { pca_components: 3, ..Hyperparameters::default() },
             trained_at: Some("2026-11-26T00:00:00Z".into()),

@@ -21,12 +21,21 @@ pub struct ModelsConfig {
     pub alert_score: f64,
     /// Groups tracked per model at most.
     pub max_groups: usize,
+    /// A group without a sample for this long (sample time) is forgotten.
+    pub idle_evict_ms: i64,
 }
 
 impl Default for ModelsConfig {
     fn default() -> Self {
         let g = GroupScorerConfig::default();
-        ModelsConfig { enabled: true, dir: None, group_label: g.group_label, alert_score: g.alert_score, max_groups: g.max_groups }
+        ModelsConfig {
+            enabled: true,
+            dir: None,
+            group_label: g.group_label,
+            alert_score: g.alert_score,
+            max_groups: g.max_groups,
+            idle_evict_ms: g.idle_evict_ms,
+        }
     }
 }
 
@@ -41,6 +50,9 @@ impl ModelsConfig {
         }
         if self.max_groups == 0 {
             return Some("models.max_groups must be at least 1".into());
+        }
+        if self.idle_evict_ms <= 0 {
+            return Some(format!("models.idle_evict_ms must be positive, got {}", self.idle_evict_ms));
         }
         None
     }
@@ -59,6 +71,7 @@ pub fn load_scorers(cfg: &ModelsConfig) -> Result<Vec<GroupScorer>, RegistryErro
         group_label: cfg.group_label.clone(),
         alert_score: cfg.alert_score,
         max_groups: cfg.max_groups,
+        idle_evict_ms: cfg.idle_evict_ms,
     };
     Ok(models
         .into_iter()
@@ -96,7 +109,7 @@ mod tests {
         let found = observe(&mut scorers, &samples.iter().collect());
         assert!(found.iter().any(|a| (200..=202).contains(&(a.timestamp_ms / 60_000))), "{found:?}");
         assert!(found.len() <= 3, "{found:?}");
-        assert!(found.iter().all(|a| a.model_version == "host-pca-kmeans/1"));
+        assert!(found.iter().all(|a| a.model_version == "host-pca-kmeans/2"));
     }
 
     #[test]
@@ -105,5 +118,7 @@ mod tests {
         let missing = ModelsConfig { dir: Some("/nonexistent/cairn-models".into()), ..Default::default() };
         assert!(load_scorers(&missing).is_err());
         assert!(ModelsConfig { alert_score: 1.5, ..Default::default() }.problem().is_some_and(|p| p.contains("models.alert_score")));
+        assert!(ModelsConfig { idle_evict_ms: 0, ..Default::default() }.problem().is_some_and(|p| p.contains("models.idle_evict_ms")));
+        assert_eq!(ModelsConfig::default().idle_evict_ms, 3_600_000);
     }
 }

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// Rows scored per rayon task in [`MultivariateModel::score_rows`].
 const ROWS_PER_TASK: usize = 4096;
 
+/// Most rows [`Hyperparameters::hold_rows`] may hold a peak for (the smoother's fixed buffer).
+pub const MAX_HOLD_ROWS: usize = 16;
+
 /// The choices a model was fitted with; recorded in the artifact and its manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,6 +29,14 @@ pub struct Hyperparameters {
     pub kmeans_max_iterations: u64,
     /// Quantile of the training rows' scores that calibrates each part (raw score 1.0).
     pub calibration_quantile: f64,
+    /// Each feature's PCA residual is divided by its spread over the training rows, floored at
+    /// this fraction of the feature's own spread, so one noisy metric does not drown the others
+    /// and a metric the others predict closely counts when it stops agreeing.
+    pub residual_floor: f64,
+    /// Weight of the newest row in the exponential moving average of the combined score.
+    pub smoothing_alpha: f64,
+    /// The alerting score is the largest moving average of the last this many rows.
+    pub hold_rows: usize,
 }
 
 impl Default for Hyperparameters {
@@ -36,6 +47,9 @@ impl Default for Hyperparameters {
             kmeans_runs: 4,
             kmeans_max_iterations: 200,
             calibration_quantile: 0.99,
+            residual_floor: 0.01,
+            smoothing_alpha: 0.3,
+            hold_rows: 3,
         }
     }
 }
@@ -48,12 +62,15 @@ pub struct Scaler {
     pub scale: Vec<f64>,
 }
 
-/// The PCA subspace in scaled space: its centre and its orthonormal components (rows).
+/// The PCA subspace in scaled space: its centre and its orthonormal components (rows), and per
+/// feature the spread of the residual over the training rows (floored, see
+/// [`Hyperparameters::residual_floor`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PcaPart {
     pub mean: Vec<f64>,
     pub components: Vec<Vec<f64>>,
+    pub residual_scale: Vec<f64>,
 }
 
 /// k-means centroids in scaled space.
@@ -63,12 +80,16 @@ pub struct KMeansPart {
     pub centroids: Vec<Vec<f64>>,
 }
 
-/// Each part's score at the calibration quantile of the training rows.
+/// Scores at the calibration quantile of the training rows: each part's, and the smoothed
+/// alerting score's (over the training rows in order).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
-    pub pca: f64,
+    /// Of the per-feature normalised residual ([`RowScore::residual`]).
+    pub residual: f64,
     pub kmeans: f64,
+    /// Of the smoothed combined score ([`Smoother`]).
+    pub score: f64,
 }
 
 /// A fitted multivariate model: everything scoring needs, nothing else.
@@ -84,15 +105,54 @@ pub struct MultivariateModel {
     pub calibration: Calibration,
 }
 
-/// The scores of one row.
+/// The scores of one row on its own.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RowScore {
-    /// Norm of the part of the scaled row the PCA subspace does not explain.
+    /// Norm of the part of the scaled row the PCA subspace does not explain (plain PCA
+    /// reconstruction error; a baseline, not part of the combined score).
     pub pca: f64,
+    /// The same residual with each feature divided by its training spread.
+    pub residual: f64,
     /// Distance of the scaled row to the nearest centroid.
     pub kmeans: f64,
-    /// Mean of the two, each divided by its calibration value: 1.0 is the calibration quantile.
+    /// Mean of `residual` and `kmeans`, each divided by its calibration value: 1.0 is the
+    /// calibration quantile.
     pub combined: f64,
+}
+
+/// The per-group state that turns row scores into the alerting score: an exponential moving
+/// average of the combined score, and its last [`Hyperparameters::hold_rows`] values, whose
+/// maximum is the score. Anomalies in server metrics last several rows; averaging lifts a
+/// segment above isolated spikes, and holding the peak a few rows keeps a short segment's rows
+/// up. Fixed size whatever the stream's length.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Smoother {
+    average: Option<f64>,
+    recent: [f64; MAX_HOLD_ROWS],
+    next: usize,
+    filled: usize,
+}
+
+impl Smoother {
+    /// Takes the next row's score of the group; returns the alerting score divided by its
+    /// calibration value (1.0 = the calibration quantile of the training rows).
+    pub fn push(&mut self, model: &MultivariateModel, row: &RowScore) -> f64 {
+        self.push_uncalibrated(&model.hyperparameters, row.combined) / model.calibration.score
+    }
+
+    fn push_uncalibrated(&mut self, hp: &Hyperparameters, combined: f64) -> f64 {
+        let a = hp.smoothing_alpha;
+        let avg = match self.average {
+            Some(prev) => a * combined + (1.0 - a) * prev,
+            None => combined,
+        };
+        self.average = Some(avg);
+        let hold = hp.hold_rows.clamp(1, MAX_HOLD_ROWS);
+        self.recent[self.next] = avg;
+        self.next = (self.next + 1) % hold;
+        self.filled = (self.filled + 1).min(hold);
+        self.recent[..self.filled].iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
 }
 
 /// Maps a combined raw score to [0, 1]: `1 - 0.5^(raw²)`, so 0.5 at the calibration quantile
@@ -129,6 +189,16 @@ impl MultivariateModel {
                 max: d.saturating_sub(1),
             });
         }
+        if hp.hold_rows == 0 || hp.hold_rows > MAX_HOLD_ROWS {
+            return Err(MultivariateError::BadHyperparameter { what: "hold_rows", got: hp.hold_rows, max: MAX_HOLD_ROWS });
+        }
+        let valid = hp.smoothing_alpha > 0.0 && hp.smoothing_alpha <= 1.0 && hp.residual_floor > 0.0;
+        if !valid {
+            return Err(MultivariateError::Inconsistent(format!(
+                "smoothing_alpha must be in (0, 1] and residual_floor positive, got {} and {}",
+                hp.smoothing_alpha, hp.residual_floor
+            )));
+        }
         if hp.kmeans_clusters == 0 || hp.kmeans_clusters > n / 2 {
             return Err(MultivariateError::BadHyperparameter { what: "kmeans_clusters", got: hp.kmeans_clusters, max: n / 2 });
         }
@@ -143,7 +213,8 @@ impl MultivariateModel {
             .num_threads(1)
             .build()
             .map_err(|e| MultivariateError::KMeans(e.to_string()))?;
-        let (pca, kmeans) = pool.install(|| fit_parts(&scaled, &hp))?;
+        let (mut pca, kmeans) = pool.install(|| fit_parts(&scaled, &hp))?;
+        pca.residual_scale = residual_spread(&scaled, &pca, hp.residual_floor);
 
         let mut model = MultivariateModel {
             features,
@@ -151,18 +222,28 @@ impl MultivariateModel {
             scaler,
             pca,
             kmeans,
-            calibration: Calibration { pca: 1.0, kmeans: 1.0 },
+            calibration: Calibration { residual: 1.0, kmeans: 1.0, score: 1.0 },
         };
         model.calibration = model.calibrate(rows);
         Ok(model)
     }
 
+    /// Each part's quantile over the training rows, then the smoothed score's over the same rows
+    /// in order (it is made of the calibrated parts, so it comes second).
     fn calibrate(&self, rows: ArrayView2<'_, f64>) -> Calibration {
         let q = self.hyperparameters.calibration_quantile.clamp(0.5, 1.0);
-        let (mut pca, mut km): (Vec<f64>, Vec<f64>) = rows.outer_iter().map(|r| self.raw_parts(&r.to_vec())).unzip();
-        // A part that is zero on nearly every training row (a perfect fit) still needs a positive
-        // divisor; the floor is far below any score that matters.
-        Calibration { pca: quantile(&mut pca, q).max(1e-9), kmeans: quantile(&mut km, q).max(1e-9) }
+        let scores = self.score_rows(rows);
+        // A score that is zero on nearly every training row (a perfect fit) still needs a
+        // positive divisor; the floor is far below any score that matters.
+        let at_q = |f: &dyn Fn(&RowScore) -> f64| quantile(&mut scores.iter().map(f).collect::<Vec<_>>(), q).max(1e-9);
+        let mut cal = Calibration { residual: at_q(&|s| s.residual), kmeans: at_q(&|s| s.kmeans), score: 1.0 };
+        let mut smoother = Smoother::default();
+        let mut smoothed: Vec<f64> = scores
+            .iter()
+            .map(|s| smoother.push_uncalibrated(&self.hyperparameters, combine(&cal, s.residual, s.kmeans)))
+            .collect();
+        cal.score = quantile(&mut smoothed, q).max(1e-9);
+        cal
     }
 
     pub fn dimension(&self) -> usize {
@@ -183,20 +264,28 @@ impl MultivariateModel {
         if self.scaler.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(MultivariateError::Inconsistent("a scaler scale is not positive".into()));
         }
-        if self.pca.mean.len() != d || self.pca.components.iter().any(|c| c.len() != d) {
+        if self.pca.mean.len() != d || self.pca.residual_scale.len() != d || self.pca.components.iter().any(|c| c.len() != d) {
             return bad("the PCA part");
+        }
+        if self.pca.residual_scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(MultivariateError::Inconsistent("a residual scale is not positive".into()));
+        }
+        let hold = self.hyperparameters.hold_rows;
+        if hold == 0 || hold > MAX_HOLD_ROWS || !(self.hyperparameters.smoothing_alpha > 0.0 && self.hyperparameters.smoothing_alpha <= 1.0) {
+            return Err(MultivariateError::Inconsistent("smoothing hyperparameters out of range".into()));
         }
         if self.kmeans.centroids.is_empty() || self.kmeans.centroids.iter().any(|c| c.len() != d) {
             return bad("the k-means part");
         }
-        if !(self.calibration.pca > 0.0 && self.calibration.kmeans > 0.0) {
+        if !(self.calibration.residual > 0.0 && self.calibration.kmeans > 0.0 && self.calibration.score > 0.0) {
             return Err(MultivariateError::Inconsistent("calibration must be positive".into()));
         }
         Ok(())
     }
 
-    /// The PCA and k-means parts of one row (`row.len()` must be the model's dimension).
-    fn raw_parts(&self, row: &[f64]) -> (f64, f64) {
+    /// The plain and normalised PCA residual norms and the k-means distance of one row
+    /// (`row.len()` must be the model's dimension).
+    fn raw_parts(&self, row: &[f64]) -> (f64, f64, f64) {
         let d = self.features.len();
         debug_assert_eq!(row.len(), d);
         // Scaled row, centred on the PCA mean; a stack buffer for the usual sizes.
@@ -218,30 +307,47 @@ impl MultivariateModel {
             km = km.min(dist);
         }
 
-        let mut norm2 = 0.0;
         for (zi, m) in z.iter_mut().zip(&self.pca.mean) {
             *zi -= m;
-            norm2 += *zi * *zi;
         }
-        // Components are orthonormal: the residual's squared norm is |z|² minus the squared
-        // projections.
-        let explained: f64 = self
-            .pca
-            .components
-            .iter()
-            .map(|c| {
-                let p: f64 = z.iter().zip(c).map(|(a, b)| a * b).sum();
-                p * p
-            })
-            .sum();
-        ((norm2 - explained).max(0.0).sqrt(), km.sqrt())
+        // The residual: z minus its projection on each (orthonormal) component. Projections are
+        // taken of the centred row, not of the running residual, as in the fit.
+        let k = self.pca.components.len();
+        let mut pbuf = [0f64; 64];
+        let mut pheap;
+        let proj: &mut [f64] = if k <= 64 {
+            &mut pbuf[..k]
+        } else {
+            pheap = vec![0f64; k];
+            &mut pheap
+        };
+        for (p, c) in proj.iter_mut().zip(&self.pca.components) {
+            *p = z.iter().zip(c).map(|(a, b)| a * b).sum();
+        }
+        for (p, c) in proj.iter().zip(&self.pca.components) {
+            z.iter_mut().zip(c).for_each(|(zi, ci)| *zi -= p * ci);
+        }
+        let (mut plain, mut normalised) = (0.0, 0.0);
+        for (r, s) in z.iter().zip(&self.pca.residual_scale) {
+            plain += r * r;
+            let n = r / s;
+            normalised += n * n;
+        }
+        (plain.sqrt(), normalised.sqrt(), km.sqrt())
     }
 
-    /// Scores one row (values in `features` order).
+    /// Scores one row on its own (values in `features` order).
     pub fn score_row(&self, row: &[f64]) -> RowScore {
-        let (pca, kmeans) = self.raw_parts(row);
-        let combined = 0.5 * (pca / self.calibration.pca + kmeans / self.calibration.kmeans);
-        RowScore { pca, kmeans, combined }
+        let (pca, residual, kmeans) = self.raw_parts(row);
+        RowScore { pca, residual, kmeans, combined: combine(&self.calibration, residual, kmeans) }
+    }
+
+    /// The alerting score of consecutive rows of one group, from a fresh [`Smoother`]: what
+    /// [`super::GroupScorer`] computes for the same rows fed one by one. 1.0 is the calibration
+    /// quantile of the training rows.
+    pub fn score_series(&self, rows: ArrayView2<'_, f64>) -> Vec<f64> {
+        let mut smoother = Smoother::default();
+        self.score_rows(rows).iter().map(|s| smoother.push(self, s)).collect()
     }
 
     /// Scores many rows, rayon across chunks of rows; the output is in row order.
@@ -250,7 +356,7 @@ impl MultivariateModel {
         let std_rows = rows.as_standard_layout();
         let flat = std_rows.as_slice().expect("standard layout is contiguous");
         let d = self.features.len();
-        let mut out = vec![RowScore { pca: 0.0, kmeans: 0.0, combined: 0.0 }; rows.nrows()];
+        let mut out = vec![RowScore { pca: 0.0, residual: 0.0, kmeans: 0.0, combined: 0.0 }; rows.nrows()];
         out.par_chunks_mut(ROWS_PER_TASK).zip(flat.par_chunks(ROWS_PER_TASK * d)).for_each(|(o, x)| {
             for (slot, row) in o.iter_mut().zip(x.chunks_exact(d)) {
                 *slot = self.score_row(row);
@@ -297,6 +403,7 @@ fn fit_parts(scaled: &Array2<f64>, hp: &Hyperparameters) -> Result<(PcaPart, KMe
     let pca = PcaPart {
         mean: pca.mean().to_vec(),
         components: pca.components().outer_iter().map(|c| orthonormal_row(c.to_vec())).collect(),
+        residual_scale: Vec::new(),
     };
     let kmeans = KMeans::params(hp.kmeans_clusters)
         .n_runs(hp.kmeans_runs.max(1))
@@ -306,6 +413,31 @@ fn fit_parts(scaled: &Array2<f64>, hp: &Hyperparameters) -> Result<(PcaPart, KMe
         .map_err(|e| MultivariateError::KMeans(e.to_string()))?;
     let kmeans = KMeansPart { centroids: kmeans.centroids().outer_iter().map(|c| c.to_vec()).collect() };
     Ok((pca, kmeans))
+}
+
+/// The mean of the two parts, each against its calibration value.
+fn combine(cal: &Calibration, residual: f64, kmeans: f64) -> f64 {
+    0.5 * (residual / cal.residual + kmeans / cal.kmeans)
+}
+
+/// Root mean square of each feature's PCA residual over the (scaled) training rows, at least
+/// `floor` (scaled units: a fraction of the feature's own spread).
+fn residual_spread(scaled: &Array2<f64>, pca: &PcaPart, floor: f64) -> Vec<f64> {
+    let d = scaled.ncols();
+    let mut sum2 = vec![0.0; d];
+    let mut z = vec![0.0; d];
+    for row in scaled.outer_iter() {
+        for ((zi, x), m) in z.iter_mut().zip(row).zip(&pca.mean) {
+            *zi = x - m;
+        }
+        let p: Vec<f64> = pca.components.iter().map(|c| z.iter().zip(c).map(|(a, b)| a * b).sum()).collect();
+        for (p, c) in p.iter().zip(&pca.components) {
+            z.iter_mut().zip(c).for_each(|(zi, ci)| *zi -= p * ci);
+        }
+        sum2.iter_mut().zip(&z).for_each(|(s, r)| *s += r * r);
+    }
+    let n = scaled.nrows().max(1) as f64;
+    sum2.iter().map(|s| (s / n).sqrt().max(floor)).collect()
 }
 
 /// linfa's truncated SVD returns unit rows up to rounding; scoring relies on it, so normalise.

@@ -6,7 +6,7 @@
 //! row, the row is scored. A group enters the anomalous state once (one anomaly) and leaves it when
 //! a row scores below the threshold again, like the per-series detector.
 
-use super::model::{score_to_unit, MultivariateModel};
+use super::model::{score_to_unit, MultivariateModel, Smoother};
 use cairn_types::{Anomaly, Labels, METRIC_NAME_LABEL, SampleBatch, Severity, TimestampMs};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -25,11 +25,14 @@ pub struct GroupScorerConfig {
     pub alert_score: f64,
     /// Groups tracked at most; samples of further new groups are counted as refused.
     pub max_groups: usize,
+    /// A group with no sample for this long (in sample time: behind the newest sample the scorer
+    /// has taken) is forgotten, so hosts that went away free their slot and their state.
+    pub idle_evict_ms: i64,
 }
 
 impl Default for GroupScorerConfig {
     fn default() -> Self {
-        GroupScorerConfig { group_label: "instance".into(), alert_score: 0.9, max_groups: 50_000 }
+        GroupScorerConfig { group_label: "instance".into(), alert_score: 0.9, max_groups: 50_000, idle_evict_ms: 3_600_000 }
     }
 }
 
@@ -39,6 +42,8 @@ pub struct GroupScorerStats {
     pub rows_scored: u64,
     pub samples_used: u64,
     pub refused_groups: u64,
+    /// Groups forgotten after `idle_evict_ms` without a sample.
+    pub evicted_groups: u64,
 }
 
 #[derive(Debug)]
@@ -51,6 +56,12 @@ struct GroupState {
     last_ts: Vec<i64>,
     anomalous: bool,
     rows_scored: u64,
+    /// Newest sample time taken into this group, for idle eviction.
+    last_seen_ms: TimestampMs,
+    /// Turns the group's row scores into its alerting score (fixed size).
+    smoother: Smoother,
+    /// The alerting score of the last scored row (1.0 = calibration quantile).
+    last_score: Option<f64>,
 }
 
 impl GroupState {
@@ -62,6 +73,9 @@ impl GroupState {
             last_ts: vec![i64::MIN; d],
             anomalous: false,
             rows_scored: 0,
+            last_seen_ms: i64::MIN,
+            smoother: Smoother::default(),
+            last_score: None,
         }
     }
 }
@@ -82,6 +96,13 @@ pub struct GroupScorer {
     groups: HashMap<String, GroupState>,
     refused_groups: u64,
     samples_used: u64,
+    evicted_groups: u64,
+    /// Rows scored by groups since evicted (the stats stay monotonic).
+    evicted_rows: u64,
+    /// Newest sample time taken so far: the scorer's clock for idle eviction.
+    newest_ms: TimestampMs,
+    /// `newest_ms` at the last eviction sweep.
+    last_sweep_ms: TimestampMs,
 }
 
 impl GroupScorer {
@@ -96,6 +117,10 @@ impl GroupScorer {
             groups: HashMap::new(),
             refused_groups: 0,
             samples_used: 0,
+            evicted_groups: 0,
+            evicted_rows: 0,
+            newest_ms: i64::MIN,
+            last_sweep_ms: i64::MIN,
         }
     }
 
@@ -107,11 +132,18 @@ impl GroupScorer {
         self.groups.len()
     }
 
+    /// The alerting score of a group's last scored row (1.0 = the calibration quantile of the
+    /// training rows), if the group is tracked and has a scored row.
+    pub fn last_score(&self, group: &str) -> Option<f64> {
+        self.groups.get(group).and_then(|g| g.last_score)
+    }
+
     pub fn stats(&self) -> GroupScorerStats {
         GroupScorerStats {
-            rows_scored: self.groups.values().map(|g| g.rows_scored).sum(),
+            rows_scored: self.evicted_rows + self.groups.values().map(|g| g.rows_scored).sum::<u64>(),
             samples_used: self.samples_used,
             refused_groups: self.refused_groups,
+            evicted_groups: self.evicted_groups,
         }
     }
 
@@ -124,6 +156,16 @@ impl GroupScorer {
             let Some(&f) = series.label(METRIC_NAME_LABEL).and_then(|n| self.feature_index.get(n)) else { continue };
             let points = series.points.iter().filter(|(_, v)| v.is_finite()).map(|&(ts, v)| (f, ts, v));
             buckets.entry(group).or_default().extend(points);
+        }
+        if let Some(newest) = buckets.values().flatten().map(|p| p.1).max() {
+            self.newest_ms = self.newest_ms.max(newest);
+        }
+        // Sweep before admitting new groups, so a host that went away frees its slot for one that
+        // came. A quarter of the idle limit between sweeps keeps the cost of a sweep off most
+        // batches; a group is kept at most 1.25 times the limit.
+        let sweep_every = (self.cfg.idle_evict_ms / 4).max(1);
+        if self.newest_ms.saturating_sub(self.last_sweep_ms) >= sweep_every {
+            self.evict_idle();
         }
         let d = self.model.dimension();
         for group in buckets.keys() {
@@ -148,6 +190,9 @@ impl GroupScorer {
             .par_iter_mut()
             .flat_map_iter(|(name, st, batch)| {
                 batch.sort_by_key(|&(f, ts, _)| (ts, f));
+                if let Some(last) = batch.last() {
+                    st.last_seen_ms = st.last_seen_ms.max(last.1);
+                }
                 let mut found = Vec::new();
                 for &point in batch.iter() {
                     if let Some(a) = feed(model, cfg, version, name, st, point) {
@@ -161,6 +206,28 @@ impl GroupScorer {
             (a.labels.get(&self.cfg.group_label), a.timestamp_ms).cmp(&(b.labels.get(&self.cfg.group_label), b.timestamp_ms))
         });
         out
+    }
+}
+
+impl GroupScorer {
+    /// Forgets the groups whose newest sample is more than `idle_evict_ms` behind the newest
+    /// sample taken; returns how many.
+    fn evict_idle(&mut self) -> usize {
+        let cutoff = self.newest_ms.saturating_sub(self.cfg.idle_evict_ms);
+        let before = self.groups.len();
+        let mut rows = 0;
+        self.groups.retain(|_, g| {
+            let keep = g.last_seen_ms >= cutoff;
+            if !keep {
+                rows += g.rows_scored;
+            }
+            keep
+        });
+        self.evicted_rows += rows;
+        let n = before - self.groups.len();
+        self.evicted_groups += n as u64;
+        self.last_sweep_ms = self.newest_ms;
+        n
     }
 }
 
@@ -188,8 +255,9 @@ fn feed(
     st.fresh.iter_mut().for_each(|x| *x = false);
     st.n_fresh = 0;
     st.rows_scored += 1;
-    let raw = model.score_row(&st.values);
-    let score = score_to_unit(raw.combined);
+    let raw = st.smoother.push(model, &model.score_row(&st.values));
+    st.last_score = Some(raw);
+    let score = score_to_unit(raw);
     let anomalous = score >= cfg.alert_score;
     let entering = anomalous && !st.anomalous;
     st.anomalous = anomalous;
@@ -203,8 +271,8 @@ fn feed(
         series: labels.series_id(),
         labels,
         timestamp_ms,
-        // The raw combined score against its calibration level (1.0 = the rarest training rows).
-        observed: raw.combined,
+        // The smoothed score against its calibration level (1.0 = the rarest training rows).
+        observed: raw,
         expected: 1.0,
         score,
         severity: if score >= 0.99 { Severity::High } else { Severity::Medium },

@@ -91,8 +91,12 @@ fn calibration_puts_the_training_quantile_at_raw_one() {
     let (rows, _) = host_rows(3000, 1, &[]);
     let model = trained();
     let scores = model.score_rows(matrix(&rows).view());
-    let above = scores.iter().filter(|s| s.pca > model.calibration.pca).count();
-    // 1% of the training rows lie above the 0.99 quantile.
+    let above = scores.iter().filter(|s| s.residual > model.calibration.residual).count();
+    // 1% of the training rows lie above the 0.99 quantile ...
+    assert!((20..=40).contains(&above), "{above}");
+    // ... and the same holds for the smoothed score over the training rows in order.
+    let smoothed = model.score_series(matrix(&rows).view());
+    let above = smoothed.iter().filter(|s| **s > 1.0).count();
     assert!((20..=40).contains(&above), "{above}");
     assert!((score_to_unit(1.0) - 0.5).abs() < 1e-12);
     assert!(score_to_unit(1.83) > 0.9 && score_to_unit(1.8) < 0.9 && score_to_unit(0.0) == 0.0 && score_to_unit(f64::NAN) == 1.0);
@@ -113,6 +117,21 @@ fn bad_training_data_is_refused_with_a_reason() {
     m[[7, 2]] = f64::NAN;
     let e = MultivariateModel::fit(features(), m.view(), Hyperparameters::default()).unwrap_err();
     assert!(e.to_string().contains("memory_used_ratio"), "{e}");
+    for hold_rows in [0, MAX_HOLD_ROWS + 1] {
+        let bad = Hyperparameters { hold_rows, ..Default::default() };
+        assert!(matches!(
+            MultivariateModel::fit(features(), matrix(&rows).view(), bad),
+            Err(MultivariateError::BadHyperparameter { what: "hold_rows", .. })
+        ));
+    }
+    for bad in [
+        Hyperparameters { smoothing_alpha: 0.0, ..Default::default() },
+        Hyperparameters { smoothing_alpha: f64::NAN, ..Default::default() },
+        Hyperparameters { residual_floor: 0.0, ..Default::default() },
+    ] {
+        let e = MultivariateModel::fit(features(), matrix(&rows).view(), bad).unwrap_err();
+        assert!(e.to_string().contains("smoothing_alpha"), "{e}");
+    }
     let bad = Hyperparameters { pca_components: 8, ..Default::default() };
     assert!(matches!(
         MultivariateModel::fit(features(), matrix(&rows).view(), bad),
@@ -211,3 +230,107 @@ fn groups_beyond_the_cap_are_refused_and_counted() {
     assert_eq!(scorer.stats().refused_groups, 7);
 }
 
+
+/// `rows` of `host` as samples, the first at minute `from`.
+fn samples_from(host: &str, rows: &[[f64; 8]], from: usize) -> Vec<MetricSample> {
+    let mut out = samples_for(host, rows, None);
+    out.iter_mut().for_each(|s| s.timestamp_ms += 60_000 * from as i64);
+    out
+}
+
+#[test]
+fn a_group_silent_past_the_idle_limit_is_forgotten_by_sample_time_and_frees_its_slot() {
+    let model = Arc::new(trained());
+    let cfg = GroupScorerConfig { max_groups: 2, idle_evict_ms: 10 * 60_000, ..Default::default() };
+    let mut scorer = GroupScorer::new(model, "m/1", cfg);
+    let (rows, _) = host_rows(60, 4, &[]);
+    // Both hosts report for 5 minutes, then only `stays` goes on.
+    scorer.observe(&samples_from("gone", &rows[..5], 0).iter().collect());
+    scorer.observe(&samples_from("stays", &rows[..5], 0).iter().collect());
+    assert_eq!(scorer.group_count(), 2);
+    // Eight minutes after `gone`'s last sample: within the limit, still tracked; a third host is
+    // refused by the cap.
+    scorer.observe(&samples_from("stays", &rows[5..13], 5).iter().collect());
+    scorer.observe(&samples_from("new", &rows[..1], 13).iter().collect());
+    assert_eq!(scorer.group_count(), 2);
+    assert_eq!(scorer.stats().refused_groups, 1);
+    assert_eq!(scorer.stats().evicted_groups, 0);
+    // Once sample time is well past the limit, `gone` is forgotten and `new` takes its slot.
+    scorer.observe(&samples_from("stays", &rows[13..20], 13).iter().collect());
+    scorer.observe(&samples_from("new", &rows[..1], 20).iter().collect());
+    assert_eq!(scorer.stats().evicted_groups, 1);
+    assert_eq!(scorer.group_count(), 2);
+    assert_eq!(scorer.stats().refused_groups, 1, "the slot was freed for the new host");
+    // Rows scored stay counted after their group is gone.
+    assert_eq!(scorer.stats().rows_scored, 5 + 20 + 1);
+    // A host that comes back later starts afresh as a new group.
+    let before = scorer.stats().evicted_groups;
+    scorer.observe(&samples_from("stays", &rows[20..40], 20).iter().collect());
+    assert!(scorer.stats().evicted_groups > before, "`new` went silent and was evicted");
+    scorer.observe(&samples_from("gone", &rows[..1], 40).iter().collect());
+    assert_eq!(scorer.group_count(), 2);
+}
+
+#[test]
+fn eviction_never_forgets_a_group_that_keeps_reporting() {
+    let model = Arc::new(trained());
+    let cfg = GroupScorerConfig { idle_evict_ms: 2 * 60_000, ..Default::default() };
+    let mut scorer = GroupScorer::new(model, "m/1", cfg);
+    let (rows, _) = host_rows(200, 4, &[]);
+    // Each host reports every minute, in batches of one minute, in turn.
+    for t in 0..200 {
+        for h in ["a", "b", "c"] {
+            scorer.observe(&samples_from(h, &rows[t..t + 1], t).iter().collect());
+        }
+    }
+    assert_eq!(scorer.stats().evicted_groups, 0);
+    assert_eq!(scorer.stats().rows_scored, 600);
+}
+
+#[test]
+fn the_online_scorer_gives_exactly_the_offline_series_score_row_by_row() {
+    let model = Arc::new(trained());
+    let mut scorer = GroupScorer::new(model.clone(), "m/1", GroupScorerConfig::default());
+    let breaks = [Break { start: 40, len: 12, feature: 2 }, Break { start: 150, len: 3, feature: 6 }];
+    let (a, _) = host_rows(240, 21, &breaks);
+    let (b, _) = host_rows(240, 22, &[Break { start: 90, len: 20, feature: 0 }]);
+    let offline_a = model.score_series(matrix(&a).view());
+    let offline_b = model.score_series(matrix(&b).view());
+    // The smoothing matters: the series score is not the row score.
+    let rows_a = model.score_rows(matrix(&a).view());
+    assert!(offline_a.iter().zip(&rows_a).filter(|(s, r)| (**s - r.combined).abs() > 1e-6).count() > 100);
+    // Two hosts interleaved, each minute in one batch with the samples of both shuffled together.
+    for t in 0..240 {
+        let mut batch = samples_from("a", &a[t..t + 1], t);
+        batch.extend(samples_from("b", &b[t..t + 1], t));
+        batch.reverse();
+        scorer.observe(&batch.iter().collect());
+        assert_eq!(scorer.last_score("a"), Some(offline_a[t]), "host a, row {t}");
+        assert_eq!(scorer.last_score("b"), Some(offline_b[t]), "host b, row {t}");
+    }
+}
+
+#[test]
+fn the_smoother_holds_a_peak_for_hold_rows_then_lets_it_decay() {
+    let model = trained();
+    let hp = &model.hyperparameters;
+    let row = |combined: f64| RowScore { pca: 0.0, residual: 0.0, kmeans: 0.0, combined };
+    let mut s = Smoother::default();
+    let cal = model.calibration.score;
+    let first = s.push(&model, &row(1.0));
+    assert_eq!(first, 1.0 / cal);
+    // A spike lifts the average by alpha of its height ...
+    let spike = s.push(&model, &row(11.0));
+    assert!((spike * cal - (1.0 + hp.smoothing_alpha * 10.0)).abs() < 1e-12, "{spike}");
+    // ... and the peak is held for `hold_rows` rows in all, while the average decays under it.
+    for _ in 1..hp.hold_rows {
+        assert_eq!(s.push(&model, &row(1.0)), spike);
+    }
+    let after = s.push(&model, &row(1.0));
+    assert!(after < spike, "{after} {spike}");
+    // Long streams do not grow the state: it is a fixed-size value.
+    for _ in 0..10_000 {
+        s.push(&model, &row(1.0));
+    }
+    assert!((s.push(&model, &row(1.0)) * cal - 1.0).abs() < 1e-9);
+}
