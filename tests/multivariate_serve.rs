@@ -18,7 +18,8 @@ fn host_body(instance: &str, rows: &[[f64; 8]], start_ms: i64) -> Vec<u8> {
     remote_write_body(&series)
 }
 
-async fn anomalies_after_sending(models_enabled: bool) -> u64 {
+/// Anomalies recorded, and Cairn's `/metrics` text, after two hosts' samples.
+async fn anomalies_after_sending(models_enabled: bool) -> (u64, String) {
     // The per-series detector is switched off (no score reaches 2.0), so every anomaly counted
     // here comes from the multivariate model.
     let mut h = Harness::start_with(|c| {
@@ -42,13 +43,18 @@ async fn anomalies_after_sending(models_enabled: bool) -> u64 {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let metrics = h.metrics_text().await;
     h.stop().await;
-    n
+    (n, metrics)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_scores_hosts_with_the_shipped_model_and_records_the_anomaly() {
-    let with = anomalies_after_sending(true).await;
+    let (with, metrics) = anomalies_after_sending(true).await;
     assert!((1..=3).contains(&with), "{with} anomalies with the model");
-    assert_eq!(anomalies_after_sending(false).await, 0, "without the model nothing else fires");
+    // Operators see the hosts the model tracks and what it found.
+    assert!(metrics.contains(r#"cairn_multivariate_groups{model="host-pca-kmeans/2"} 2"#), "{metrics}");
+    let found = format!(r#"cairn_anomalies_total{{detector="multivariate-pca-kmeans",kind="correlation_break"}} {with}"#);
+    assert!(metrics.contains(&found), "{metrics}");
+    assert_eq!(anomalies_after_sending(false).await.0, 0, "without the model nothing else fires");
 }

@@ -71,6 +71,8 @@ pub struct Analysis {
     pub last_sweep_ms: i64,
     /// Online scorers of the multivariate models (`crate::models`), one per model.
     pub multivariate: Vec<cairn_detect::multivariate::GroupScorer>,
+    /// Their counters already exported, one per scorer, to export deltas.
+    pub exported_multivariate: Vec<cairn_detect::multivariate::GroupScorerStats>,
 }
 
 /// How often the analysis worker forgets idle series and closes idle incidents.
@@ -148,6 +150,7 @@ impl Engine {
         if now - analysis.last_sweep_ms >= SWEEP_EVERY_MS {
             // Bounded state stays bounded over time, not only by its caps.
             analysis.detector.evict_idle(now);
+            crate::models::evict_idle(&mut analysis.multivariate, now);
             analysis.correlator.close_idle(now);
             analysis.last_sweep_ms = now;
         }
@@ -217,6 +220,7 @@ impl Engine {
         refused.with_label_values(&["out_of_order"]).inc_by(now.out_of_order - before.out_of_order);
         refused.with_label_values(&["not_finite"]).inc_by(now.points_skipped - before.points_skipped);
         analysis.exported = now;
+        crate::models::export_stats(&analysis.multivariate, &mut analysis.exported_multivariate, &self.metrics);
     }
 
     pub(crate) fn route_and_open(&self, rec: cairn_types::Recommendation, now: i64) -> Result<(), ApiError> {

@@ -158,6 +158,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             (cfg.ingest.dedup_ttl_secs * 1000) as i64,
         ),
         exported: Default::default(),
+        exported_multivariate: Vec::new(),
         last_sweep_ms: 0,
         multivariate: models::load_scorers(&cfg.models)?,
     };

@@ -1,7 +1,7 @@
 //! Cairn's own health and governance series, exposed on `GET /metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 use prometheus::core::Collector;
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub reviews: IntCounterVec,
     pub executions: IntCounterVec,
     pub active_series: IntGauge,
+    pub multivariate_groups: IntGaugeVec,
+    pub multivariate_group_events: IntCounterVec,
     pub refused_points: IntCounterVec,
     pub analysis_failures: IntCounter,
     /// Governance series: how people and guardrails steer automation.
@@ -99,6 +101,19 @@ impl Metrics {
             .expect("valid metric"),
             active_series: IntGauge::new("cairn_detector_active_series", "Series with detector state.")
                 .expect("valid metric"),
+            multivariate_groups: IntGaugeVec::new(
+                Opts::new("cairn_multivariate_groups", "Groups (hosts) a multivariate model tracks, by model."),
+                &["model"],
+            )
+            .expect("valid metric"),
+            multivariate_group_events: IntCounterVec::new(
+                Opts::new(
+                    "cairn_multivariate_group_events_total",
+                    "Multivariate groups by event and model: refused (models.max_groups was reached; their samples are not scored), evicted (silent past models.idle_evict_ms).",
+                ),
+                &["model", "event"],
+            )
+            .expect("valid metric"),
             refused_points: IntCounterVec::new(
                 Opts::new("cairn_detector_refused_points_total", "Samples the detector did not score, by reason: series_cap (the active-series cap detect.max_series was hit), out_of_order, not_finite."),
                 &["reason"],
@@ -128,6 +143,8 @@ impl Metrics {
             Box::new(m.reviews.clone()),
             Box::new(m.executions.clone()),
             Box::new(m.active_series.clone()),
+            Box::new(m.multivariate_groups.clone()),
+            Box::new(m.multivariate_group_events.clone()),
             Box::new(m.refused_points.clone()),
             Box::new(m.analysis_failures.clone()),
         ]

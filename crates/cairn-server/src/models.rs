@@ -2,7 +2,7 @@
 //! repository's `models/` folder, or every verified model folder under `[models] dir`. Each model
 //! gets an online group scorer; anomalies it raises carry the model's `id/version`.
 
-use cairn_detect::multivariate::{GroupScorer, GroupScorerConfig};
+use cairn_detect::multivariate::{GroupScorer, GroupScorerConfig, GroupScorerStats};
 use cairn_detect::registry::{self, RegistryError};
 use cairn_types::{Anomaly, SampleBatch};
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,28 @@ pub fn load_scorers(cfg: &ModelsConfig) -> Result<Vec<GroupScorer>, RegistryErro
         .into_iter()
         .map(|m| GroupScorer::new(m.model, m.manifest.model_version(), scorer_cfg.clone()))
         .collect())
+}
+
+/// Forgets, in every model's scorer, the groups silent for longer than `models.idle_evict_ms`.
+pub fn evict_idle(scorers: &mut [GroupScorer], now_ms: i64) {
+    for s in scorers {
+        s.evict_idle(now_ms);
+    }
+}
+
+/// Exports each scorer's group count and the growth of its refused and evicted counters since
+/// `exported` (one entry per scorer, kept by the caller).
+pub fn export_stats(scorers: &[GroupScorer], exported: &mut Vec<GroupScorerStats>, metrics: &crate::metrics::Metrics) {
+    exported.resize(scorers.len(), GroupScorerStats::default());
+    for (s, before) in scorers.iter().zip(exported.iter_mut()) {
+        let now = s.stats();
+        let model = s.model_version();
+        metrics.multivariate_groups.with_label_values(&[model]).set(s.group_count() as i64);
+        let events = &metrics.multivariate_group_events;
+        events.with_label_values(&[model, "refused"]).inc_by(now.refused_groups.saturating_sub(before.refused_groups));
+        events.with_label_values(&[model, "evicted"]).inc_by(now.evicted_groups.saturating_sub(before.evicted_groups));
+        *before = now;
+    }
 }
 
 /// Feeds a batch to every model; their anomalies, model by model.

@@ -25,8 +25,9 @@ pub struct GroupScorerConfig {
     pub alert_score: f64,
     /// Groups tracked at most; samples of further new groups are counted as refused.
     pub max_groups: usize,
-    /// A group with no sample for this long (in sample time: behind the newest sample the scorer
-    /// has taken) is forgotten, so hosts that went away free their slot and their state.
+    /// A group whose newest sample is this much older than the time given to
+    /// [`GroupScorer::evict_idle`] is forgotten, so hosts that went away free their slot and their
+    /// state.
     pub idle_evict_ms: i64,
 }
 
@@ -99,10 +100,6 @@ pub struct GroupScorer {
     evicted_groups: u64,
     /// Rows scored by groups since evicted (the stats stay monotonic).
     evicted_rows: u64,
-    /// Newest sample time taken so far: the scorer's clock for idle eviction.
-    newest_ms: TimestampMs,
-    /// `newest_ms` at the last eviction sweep.
-    last_sweep_ms: TimestampMs,
 }
 
 impl GroupScorer {
@@ -119,8 +116,6 @@ impl GroupScorer {
             samples_used: 0,
             evicted_groups: 0,
             evicted_rows: 0,
-            newest_ms: i64::MIN,
-            last_sweep_ms: i64::MIN,
         }
     }
 
@@ -156,16 +151,6 @@ impl GroupScorer {
             let Some(&f) = series.label(METRIC_NAME_LABEL).and_then(|n| self.feature_index.get(n)) else { continue };
             let points = series.points.iter().filter(|(_, v)| v.is_finite()).map(|&(ts, v)| (f, ts, v));
             buckets.entry(group).or_default().extend(points);
-        }
-        if let Some(newest) = buckets.values().flatten().map(|p| p.1).max() {
-            self.newest_ms = self.newest_ms.max(newest);
-        }
-        // Sweep before admitting new groups, so a host that went away frees its slot for one that
-        // came. A quarter of the idle limit between sweeps keeps the cost of a sweep off most
-        // batches; a group is kept at most 1.25 times the limit.
-        let sweep_every = (self.cfg.idle_evict_ms / 4).max(1);
-        if self.newest_ms.saturating_sub(self.last_sweep_ms) >= sweep_every {
-            self.evict_idle();
         }
         let d = self.model.dimension();
         for group in buckets.keys() {
@@ -210,10 +195,11 @@ impl GroupScorer {
 }
 
 impl GroupScorer {
-    /// Forgets the groups whose newest sample is more than `idle_evict_ms` behind the newest
-    /// sample taken; returns how many.
-    fn evict_idle(&mut self) -> usize {
-        let cutoff = self.newest_ms.saturating_sub(self.cfg.idle_evict_ms);
+    /// Forgets the groups whose newest sample is more than `idle_evict_ms` older than `now_ms`;
+    /// returns how many. The caller's clock decides, as for the per-series detector, not the
+    /// samples: one sample stamped far in the future must not make every other host look idle.
+    pub fn evict_idle(&mut self, now_ms: TimestampMs) -> usize {
+        let cutoff = now_ms.saturating_sub(self.cfg.idle_evict_ms);
         let before = self.groups.len();
         let mut rows = 0;
         self.groups.retain(|_, g| {
@@ -226,7 +212,6 @@ impl GroupScorer {
         self.evicted_rows += rows;
         let n = before - self.groups.len();
         self.evicted_groups += n as u64;
-        self.last_sweep_ms = self.newest_ms;
         n
     }
 }

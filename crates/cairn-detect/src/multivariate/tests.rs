@@ -239,24 +239,27 @@ fn samples_from(host: &str, rows: &[[f64; 8]], from: usize) -> Vec<MetricSample>
 }
 
 #[test]
-fn a_group_silent_past_the_idle_limit_is_forgotten_by_sample_time_and_frees_its_slot() {
+fn a_group_silent_past_the_idle_limit_is_forgotten_and_frees_its_slot() {
     let model = Arc::new(trained());
     let cfg = GroupScorerConfig { max_groups: 2, idle_evict_ms: 10 * 60_000, ..Default::default() };
     let mut scorer = GroupScorer::new(model, "m/1", cfg);
     let (rows, _) = host_rows(60, 4, &[]);
-    // Both hosts report for 5 minutes, then only `stays` goes on.
+    let minute = |m: i64| m * 60_000;
+    // Both hosts report for 5 minutes (samples at minutes 0..4), then only `stays` goes on.
     scorer.observe(&samples_from("gone", &rows[..5], 0).iter().collect());
     scorer.observe(&samples_from("stays", &rows[..5], 0).iter().collect());
     assert_eq!(scorer.group_count(), 2);
-    // Eight minutes after `gone`'s last sample: within the limit, still tracked; a third host is
+    // Ten minutes after `gone`'s last sample: within the limit, still tracked; a third host is
     // refused by the cap.
     scorer.observe(&samples_from("stays", &rows[5..13], 5).iter().collect());
+    assert_eq!(scorer.evict_idle(minute(14)), 0);
     scorer.observe(&samples_from("new", &rows[..1], 13).iter().collect());
     assert_eq!(scorer.group_count(), 2);
     assert_eq!(scorer.stats().refused_groups, 1);
     assert_eq!(scorer.stats().evicted_groups, 0);
-    // Once sample time is well past the limit, `gone` is forgotten and `new` takes its slot.
+    // Past the limit, `gone` is forgotten and `new` takes its slot.
     scorer.observe(&samples_from("stays", &rows[13..20], 13).iter().collect());
+    assert_eq!(scorer.evict_idle(minute(20)), 1);
     scorer.observe(&samples_from("new", &rows[..1], 20).iter().collect());
     assert_eq!(scorer.stats().evicted_groups, 1);
     assert_eq!(scorer.group_count(), 2);
@@ -264,11 +267,24 @@ fn a_group_silent_past_the_idle_limit_is_forgotten_by_sample_time_and_frees_its_
     // Rows scored stay counted after their group is gone.
     assert_eq!(scorer.stats().rows_scored, 5 + 20 + 1);
     // A host that comes back later starts afresh as a new group.
-    let before = scorer.stats().evicted_groups;
     scorer.observe(&samples_from("stays", &rows[20..40], 20).iter().collect());
-    assert!(scorer.stats().evicted_groups > before, "`new` went silent and was evicted");
+    assert_eq!(scorer.evict_idle(minute(40)), 1, "`new` went silent and was evicted");
     scorer.observe(&samples_from("gone", &rows[..1], 40).iter().collect());
     assert_eq!(scorer.group_count(), 2);
+}
+
+#[test]
+fn a_sample_stamped_far_in_the_future_does_not_make_other_hosts_idle() {
+    let model = Arc::new(trained());
+    let cfg = GroupScorerConfig { idle_evict_ms: 10 * 60_000, ..Default::default() };
+    let mut scorer = GroupScorer::new(model, "m/1", cfg);
+    let (rows, _) = host_rows(10, 4, &[]);
+    scorer.observe(&samples_from("a", &rows[..5], 0).iter().collect());
+    scorer.observe(&samples_from("b", &rows[..5], 0).iter().collect());
+    // A third host with a clock a year ahead.
+    scorer.observe(&samples_from("skewed", &rows[..1], 525_600).iter().collect());
+    assert_eq!(scorer.evict_idle(5 * 60_000), 0, "by the caller's clock nobody is idle");
+    assert_eq!(scorer.group_count(), 3);
 }
 
 #[test]
@@ -277,11 +293,12 @@ fn eviction_never_forgets_a_group_that_keeps_reporting() {
     let cfg = GroupScorerConfig { idle_evict_ms: 2 * 60_000, ..Default::default() };
     let mut scorer = GroupScorer::new(model, "m/1", cfg);
     let (rows, _) = host_rows(200, 4, &[]);
-    // Each host reports every minute, in batches of one minute, in turn.
+    // Each host reports every minute, in batches of one minute, in turn; the sweep runs each minute.
     for t in 0..200 {
         for h in ["a", "b", "c"] {
             scorer.observe(&samples_from(h, &rows[t..t + 1], t).iter().collect());
         }
+        scorer.evict_idle(t as i64 * 60_000 + 59_999);
     }
     assert_eq!(scorer.stats().evicted_groups, 0);
     assert_eq!(scorer.stats().rows_scored, 600);
