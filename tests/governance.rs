@@ -231,18 +231,10 @@ async fn breakglass_expires_by_itself_audited_and_alerted() {
     let dir = tempfile::tempdir().unwrap();
     let (_am, am_port) = alertmanager(dir.path()).await;
     let clock = Arc::new(ManualClock(AtomicI64::new(now_ms())));
-    let data = tempfile::tempdir().unwrap();
-    let mut cfg = default_config(data.path().join("data"));
-    cfg.alerting.alertmanager_url = Some(format!("http://127.0.0.1:{am_port}"));
-    let server = cairn_server::start(cfg, clock.clone()).await.unwrap();
-    let mut h = Harness {
-        http: server.http_addr,
-        grpc: format!("http://{}", server.grpc_addr),
-        server: Some(server),
-        data_dir: data.path().join("data"),
-        _dir: data,
-        client: reqwest::Client::new(),
-    };
+    let mut h = Harness::start_on(clock.clone(), |cfg, _| {
+        cfg.alerting.alertmanager_url = Some(format!("http://127.0.0.1:{am_port}"));
+    })
+    .await;
     let mut g = guardrails(&h, "user:bob").await;
     let bg = g
         .open_break_glass(pb::OpenBreakGlassRequest {

@@ -61,6 +61,18 @@ pub fn default_config(data_dir: PathBuf) -> ServerConfig {
     cfg
 }
 
+/// A maintenance window that is always open, for tests of tier-3 changes that need one.
+pub fn always_open_window(cfg: &mut ServerConfig) {
+    cfg.maintenance_windows.push(cairn_workflow::MaintenanceWindow {
+        name: "always".into(),
+        service: "*".into(),
+        environment: "*".into(),
+        weekly: Some(cairn_workflow::WeeklySchedule { days: vec!["mon".into()], start: "00:00".into(), duration_minutes: 7 * 24 * 60 }),
+        start: None,
+        end: None,
+    });
+}
+
 impl Harness {
     pub async fn start() -> Harness {
         Self::start_with(|_| {}).await
@@ -68,11 +80,20 @@ impl Harness {
 
     /// Starts with the default test configuration, adjusted by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
+        Self::start_on(Arc::new(cairn_server::engine::SystemClock), |cfg, _| tweak(cfg)).await
+    }
+
+    /// Starts on `clock` with the default test configuration, adjusted by `tweak`, which also
+    /// gets the test's temporary directory (for files the configuration names, e.g. playbooks).
+    pub async fn start_on(
+        clock: Arc<dyn cairn_server::engine::Clock>,
+        tweak: impl FnOnce(&mut ServerConfig, &std::path::Path),
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = default_config(dir.path().join("data"));
-        tweak(&mut cfg);
+        tweak(&mut cfg, dir.path());
         let data_dir = cfg.data_dir.clone();
-        let server = cairn_server::start(cfg, Arc::new(cairn_server::engine::SystemClock)).await.unwrap();
+        let server = cairn_server::start(cfg, clock).await.unwrap();
         Harness {
             http: server.http_addr,
             grpc: format!("http://{}", server.grpc_addr),

@@ -10,16 +10,6 @@ use std::time::Duration;
 
 const DNS: &str = "DNSResolutionFailure";
 
-fn always_open(cfg: &mut cairn_server::config::ServerConfig) {
-    cfg.maintenance_windows.push(cairn_workflow::MaintenanceWindow {
-        name: "always".into(),
-        service: "*".into(),
-        environment: "*".into(),
-        weekly: Some(cairn_workflow::WeeklySchedule { days: vec!["mon".into()], start: "00:00".into(), duration_minutes: 7 * 24 * 60 }),
-        start: None,
-        end: None,
-    });
-}
 
 /// The default bundle with one threshold changed: a different version.
 fn candidate_files() -> Vec<pb::PolicyFile> {
@@ -56,7 +46,7 @@ fn approve_req(r: &pb::Recommendation, reason: &str) -> pb::ApproveRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
-    let mut h = Harness::start_with(always_open).await;
+    let mut h = Harness::start_with(always_open_window).await;
     let old_version = h.engine().router.current().version().to_string();
 
     // A tier-3 change waiting for its second approval under the old policy.
@@ -128,7 +118,7 @@ async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
     h.stop().await;
     let mut again = Harness::start_with(|cfg| {
         cfg.data_dir = data_dir;
-        always_open(cfg);
+        always_open_window(cfg);
     })
     .await;
     assert_eq!(again.engine().router.current().version(), resp.proposed_version);
@@ -175,7 +165,7 @@ async fn fire_rollback(h: &Harness, fp: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decision_card_shows_criticality_window_rollback_confidence_and_what_people_taught() {
-    let mut h = Harness::start_with(always_open).await;
+    let mut h = Harness::start_with(always_open_window).await;
     fire_rollback(&h, "fp-rb-1").await;
     let views = h
         .wait_for_views("rollback_deploy on checkout", |v| v.iter().any(|v| v.recommendation.as_ref().unwrap().action == "rollback_deploy"))
@@ -229,7 +219,7 @@ async fn decision_card_shows_criticality_window_rollback_confidence_and_what_peo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_decided_under_a_replaced_policy_does_not_run() {
-    let mut h = Harness::start_with(always_open).await;
+    let mut h = Harness::start_with(always_open_window).await;
     fire_rollback(&h, "fp-rb-race").await;
     let views = h
         .wait_for_views("rollback_deploy on checkout", |v| v.iter().any(|v| v.recommendation.as_ref().unwrap().action == "rollback_deploy"))

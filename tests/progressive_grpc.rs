@@ -121,23 +121,15 @@ async fn staged_server(
     clock: Arc<dyn cairn_server::engine::Clock>,
     tweak: impl FnOnce(&mut cairn_server::config::ServerConfig),
 ) -> Harness {
-    let data = tempfile::tempdir().unwrap();
-    let catalogue = data.path().join("playbooks.toml");
-    let text = include_str!("../crates/cairn-recommend/playbooks/default.toml")
-        .replacen("name = \"rollback-deploy\"\n", "name = \"rollback-deploy\"\nstages = [\"canary\", \"25%\", \"100%\"]\n", 1);
-    std::fs::write(&catalogue, text).unwrap();
-    let mut cfg = default_config(data.path().join("data"));
-    cfg.playbooks = Some(catalogue);
-    tweak(&mut cfg);
-    let server = cairn_server::start(cfg, clock).await.unwrap();
-    Harness {
-        http: server.http_addr,
-        grpc: format!("http://{}", server.grpc_addr),
-        server: Some(server),
-        data_dir: data.path().join("data"),
-        _dir: data,
-        client: reqwest::Client::new(),
-    }
+    Harness::start_on(clock, |cfg, dir| {
+        let catalogue = dir.join("playbooks.toml");
+        let text = include_str!("../crates/cairn-recommend/playbooks/default.toml")
+            .replacen("name = \"rollback-deploy\"\n", "name = \"rollback-deploy\"\nstages = [\"canary\", \"25%\", \"100%\"]\n", 1);
+        std::fs::write(&catalogue, text).unwrap();
+        cfg.playbooks = Some(catalogue);
+        tweak(cfg);
+    })
+    .await
 }
 
 /// Fires the alert that proposes the staged rollback, approves it, and waits until the canary ran
@@ -241,17 +233,7 @@ async fn a_paused_rollout_nobody_approves_expires_and_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_policy_version_supersedes_a_paused_rollout_rolls_it_back_and_decides_again_whether_stages_pause() {
-    let mut h = staged_server(Arc::new(cairn_server::engine::SystemClock), |cfg| {
-        cfg.maintenance_windows.push(cairn_workflow::MaintenanceWindow {
-            name: "always".into(),
-            service: "*".into(),
-            environment: "*".into(),
-            weekly: Some(cairn_workflow::WeeklySchedule { days: vec!["mon".into()], start: "00:00".into(), duration_minutes: 7 * 24 * 60 }),
-            start: None,
-            end: None,
-        })
-    })
-    .await;
+    let mut h = staged_server(Arc::new(cairn_server::engine::SystemClock), always_open_window).await;
     let r = paused_after_canary(&h, "fp-supersede-1").await;
 
     // A bundle whose tier-2 decisions let stages run through, activated by two sre-leads.

@@ -403,7 +403,7 @@ impl Engine {
             self.executor.roll_back_stopped(&change, &recommendation, now)
         }
         .await;
-        let (execution, next, mut drafts) = match result {
+        let (execution, next, drafts) = match result {
             Ok(done) => done,
             Err(refused) => {
                 // Cannot happen for a change the store handed out; if it does, its stages may
@@ -427,14 +427,8 @@ impl Engine {
             }
         };
         let status = if next.state == ChangeState::RolledBack { "rolled_back" } else { "rollback_failed" };
-        self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
         info!(parent: &span, adapter = %execution.adapter, status, "stopped rollout rolled back");
-        let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
-        let expected = change.version;
-        self.on_blocking(move |e| Ok(e.store.record_execution(&execution, &next, expected, &drafts, now)?)).await?;
-        self.audit_written();
-        self.escalate(escalations);
-        Ok(())
+        self.record_run(change, recommendation, next, execution, drafts, status, now).await
     }
 
     /// Runs `f` with the engine on a blocking thread: the store is synchronous.
@@ -480,7 +474,7 @@ impl Engine {
             self.executor.run(&change, &recommendation, &decision, now)
         }
         .await;
-        let (execution, next, mut drafts) = match result {
+        let (execution, next, drafts) = match result {
             Ok(done) => done,
             Err(refused) => {
                 // Invariant 1: the executor re-checks the decision and the quorum and refused.
@@ -499,8 +493,25 @@ impl Engine {
             cairn_types::ExecutionOutcome::DryRun => "dry_run",
             cairn_types::ExecutionOutcome::Failed { .. } => "failed",
         };
-        self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
         info!(parent: &span, adapter = %execution.adapter, status, "executed");
+        self.record_run(change, recommendation, next, execution, drafts, status, now).await
+    }
+
+    /// Records what an adapter run (a change's stages, or the undo of a stopped rollout) did: the
+    /// execution counter, learning and escalations, then the execution, the change's next state
+    /// and their audit events in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_run(
+        self: &Arc<Self>,
+        change: ChangeRequest,
+        recommendation: cairn_types::Recommendation,
+        next: ChangeRequest,
+        execution: cairn_types::Execution,
+        mut drafts: Vec<cairn_types::AuditDraft>,
+        status: &str,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
         let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
         let expected = change.version;
         self.on_blocking(move |e| Ok(e.store.record_execution(&execution, &next, expected, &drafts, now)?)).await?;
