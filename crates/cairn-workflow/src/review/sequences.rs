@@ -393,20 +393,7 @@ fn allowed(change: &ChangeRequest, rec: &Recommendation, decision: &Decision, wo
             if change.rejection.is_some() {
                 return Err("a rejected change ran".into());
             }
-            let roster = Roster::new(world.roster.clone());
-            let valid: BTreeSet<&str> = change
-                .approvals
-                .iter()
-                .filter(|a| {
-                    a.subject != change.requester
-                        && a.subject != CAIRN_SERVICE_SUBJECT
-                        && a.revision == rec.revision
-                        && a.policy_version == decision.policy_version
-                        && a.action_digest == change.action_digest
-                        && roster.may_approve(&a.subject, &change.approver_groups)
-                })
-                .map(|a| a.subject.as_str())
-                .collect();
+            let valid = oracle_valid(change.approvals.iter(), change, rec, decision, world);
             let needed = usize::from(decision.approvals_required.max(if tier == 3 { 2 } else { 1 }));
             if valid.len() < needed {
                 return Err(format!("ran with {} valid approvals of {needed}: {:?}", valid.len(), change.approvals));
@@ -599,6 +586,30 @@ fn apply_and_check(world: &mut World, s: Step) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The oracle's own reading of which approvals count (kept apart from the code under test): people
+/// other than the requester and Cairn, bound to this revision, policy version and action, whom the
+/// roster still lets approve.
+fn oracle_valid<'a>(
+    approvals: impl Iterator<Item = &'a Approval>,
+    change: &ChangeRequest,
+    rec: &Recommendation,
+    decision: &Decision,
+    world: &World,
+) -> BTreeSet<&'a str> {
+    let roster = Roster::new(world.roster.clone());
+    approvals
+        .filter(|a| {
+            a.subject != change.requester
+                && a.subject != CAIRN_SERVICE_SUBJECT
+                && a.revision == rec.revision
+                && a.policy_version == decision.policy_version
+                && a.action_digest == change.action_digest
+                && roster.may_approve(&a.subject, &change.approver_groups)
+        })
+        .map(|a| a.subject.as_str())
+        .collect()
+}
+
 /// Read independently of `authorize_stage`: a stage after the first of a change whose decision
 /// (or the change itself) says stages pause ran only with a quorum of distinct, current stage
 /// approvals naming that stage, from people other than the requester and Cairn whom the roster
@@ -611,22 +622,8 @@ fn stage_allowed(change: &ChangeRequest, rec: &Recommendation, decision: &Decisi
         return Ok(());
     }
     let Some(stage) = change.stage.as_deref() else { return Err(format!("{} ran a staged change without naming the stage", change.id)) };
-    let roster = Roster::new(world.roster.clone());
-    let valid: BTreeSet<&str> = change
-        .stage_approvals
-        .iter()
-        .filter(|s| s.stage == stage)
-        .map(|s| &s.approval)
-        .filter(|a| {
-            a.subject != change.requester
-                && a.subject != CAIRN_SERVICE_SUBJECT
-                && a.revision == rec.revision
-                && a.policy_version == decision.policy_version
-                && a.action_digest == change.action_digest
-                && roster.may_approve(&a.subject, &change.approver_groups)
-        })
-        .map(|a| a.subject.as_str())
-        .collect();
+    let of_stage = change.stage_approvals.iter().filter(|s| s.stage == stage).map(|s| &s.approval);
+    let valid = oracle_valid(of_stage, change, rec, decision, world);
     let needed = usize::from(decision.approvals_required.max(if decision.tier == Some(3) { 2 } else { 1 }));
     if valid.len() < needed {
         return Err(format!("{} ran stage {stage} with {} valid stage approvals of {needed}", change.id, valid.len()));
