@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dataset;
+pub mod iforest;
 pub mod multivariate;
 pub mod nab;
 pub mod report;
