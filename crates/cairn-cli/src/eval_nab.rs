@@ -34,6 +34,10 @@ pub struct NabArgs {
     /// Also print the standard profile's score of every file (the category table is always printed).
     #[arg(long)]
     pub per_file: bool,
+    /// Also print, per file, where the standard profile's points go: each window's first detection
+    /// and credit (or miss), and each false-positive row with its weight.
+    #[arg(long)]
+    pub breakdown: bool,
     /// Where the generated Rust table goes.
     #[arg(long, default_value = "crates/cairn-detect/src/univariate/calibration_table.rs")]
     pub table_rs: PathBuf,
@@ -66,6 +70,9 @@ pub fn run(args: NabArgs) -> Result<()> {
     nab::write_summary(&args.results, &args.detector, &results)?;
     print_table(&args.detector, &results);
     print_categories(&corpus, &results[0], args.per_file);
+    if args.breakdown {
+        print_breakdown(&corpus, &scores, &results[0]);
+    }
     println!("results: {}", args.results.join(&args.detector).display());
 
     if args.calibrate {
@@ -139,6 +146,29 @@ fn print_categories(corpus: &NabCorpus, r: &nab::ProfileResult, per_file: bool) 
                 let all = f.windows_detected + f.windows_missed;
                 println!("    {:<44} {:>8.3} {:>3}/{:<3} {:>4}", s.name, f.score, f.windows_detected, all, f.false_positive_rows);
             }
+        }
+    }
+}
+
+/// Per file: windows (rows, first detection, credit, best score inside) and false positives.
+fn print_breakdown(corpus: &NabCorpus, scores: &[Vec<f64>], r: &nab::ProfileResult) {
+    println!();
+    println!("{} profile breakdown at threshold {:.4}:", r.profile.name, r.threshold);
+    for (s, sc) in corpus.series.iter().zip(scores) {
+        let b = nab::breakdown::breakdown(s, sc, &r.profile, r.threshold);
+        println!("  {} total {:.3} (false positives {} rows, {:.3})", s.key(), b.total(), b.false_positives.len(), b.false_positive_cost());
+        for w in &b.windows {
+            let width = w.rows.1 - w.rows.0 + 1;
+            let first = match w.first_detection {
+                Some(row) => format!("first at +{}/{width}", row - w.rows.0),
+                None => "missed".to_string(),
+            };
+            let credit = w.credit.map_or("in probation".to_string(), |c| format!("{c:.3}"));
+            let best = w.best.map_or(String::new(), |(row, sc)| format!(" best {sc:.3} at +{}", row - w.rows.0));
+            println!("    window {}..{} {first} credit {credit}{best}", w.rows.0, w.rows.1);
+        }
+        for f in &b.false_positives {
+            println!("    FP row {} score {:.3} weight {:.3}", f.row, f.score, f.weight);
         }
     }
 }

@@ -619,5 +619,7 @@ impl CalibrationReport {
     }
 }
 
+pub mod breakdown;
+
 #[cfg(test)]
 mod tests;

@@ -179,3 +179,28 @@ fn calibration_split_alternates_within_each_category() {
     let (_d, c) = corpus(&[("a", "1", 50, &[]), ("a", "2", 50, &[]), ("a", "3", 50, &[]), ("b", "1", 50, &[])]);
     assert_eq!(calibration_split(&c), vec![true, false, true, true]);
 }
+
+#[test]
+fn breakdown_matches_the_file_score_and_names_each_point() {
+    let (_d, c) = corpus(&[("cat", "f", 100, &[(40, 59), (70, 79)])]);
+    // Row 20: a false positive with no window before it; row 50 detects the first window halfway
+    // (row 55 adds nothing); the second window is missed though row 75 scores 0.4; row 90 is a false
+    // positive after the second window.
+    let mut scores = fire_at(&c, &[&[20, 50, 55, 90]]);
+    scores[0][75] = 0.4;
+    let p = PROFILES[0];
+    let b = breakdown::breakdown(&c.series[0], &scores[0], &p, 1.0);
+    let pts = sweep_points(&c.series[0], &scores[0], &p, 0);
+    let file = score_at(&pts, 1.0, p.fn_);
+    assert!((b.total() - file.score).abs() < 1e-12, "{} vs {}", b.total(), file.score);
+    assert_eq!(b.windows[0].first_detection, Some(50));
+    let tp = sigmoid_ref(-(59.0 - 50.0 + 1.0) / 20.0) / sigmoid_ref(-1.0);
+    assert!((b.windows[0].credit.expect("scored") - tp).abs() < 1e-12);
+    assert_eq!(b.windows[1].first_detection, None);
+    assert_eq!(b.windows[1].credit, Some(-p.fn_));
+    assert_eq!(b.windows[1].best, Some((75, 0.4)));
+    let rows: Vec<usize> = b.false_positives.iter().map(|f| f.row).collect();
+    assert_eq!(rows, vec![20, 90]);
+    assert!((b.false_positives[0].weight + p.fp).abs() < 1e-12, "no window before row 20: full cost");
+    assert!(b.false_positives[1].weight > -p.fp, "just after a window: less than the full cost");
+}
