@@ -1,10 +1,10 @@
 //! `cairn demo`: a self-contained run of the whole path on bundled data, through the real
 //! protocols. It starts a server on free loopback ports with a temporary store, sends metrics as
 //! Prometheus remote_write (the bundled series and an hour of generated history in which the
-//! per-series and the multivariate detectors each find something), alerts as Alertmanager webhooks (one group twice, as a clustered
-//! Alertmanager would) and one alert over the gRPC ingest stream, then shows what Cairn proposed and
-//! how policy routed it, approves a review item as a person, waits for the dry-run execution, and
-//! verifies the audit chain.
+//! per-series and the multivariate detectors each find something), alerts as Alertmanager webhooks
+//! (one group twice, as a clustered Alertmanager would) and one alert over the gRPC ingest stream,
+//! then shows what the detectors found, what Cairn proposed and how policy routed it, approves a
+//! review item as a person, waits for the dry-run execution, and verifies the audit chain.
 
 use crate::client::{self, bearer, status_error};
 use crate::output;
@@ -419,8 +419,9 @@ fn time_slices(series: &[cairn_ingest::prompb::TimeSeries], window_ms: i64) -> V
                     let samples: Vec<_> = s.samples.iter().filter(|x| x.timestamp >= start && x.timestamp < start + window_ms).cloned().collect();
                     (!samples.is_empty()).then(|| cairn_ingest::prompb::TimeSeries { labels: s.labels.clone(), samples, ..Default::default() })
                 })
-                .collect()
+                .collect::<Vec<_>>()
         })
+        .filter(|request| !request.is_empty())
         .collect()
 }
 
@@ -461,6 +462,29 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_798_761_599_000), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn time_slices_send_every_sample_once_oldest_first_with_all_series_of_a_window_together() {
+        let mut series = parse_metrics(METRICS_CSV, 1_000_000_000_000).expect("bundled data parses");
+        series.extend(generated_metrics(1_000_000_000_000));
+        let requests = time_slices(&series, 150_000);
+        let sent: usize = requests.iter().flatten().map(|s| s.samples.len()).sum();
+        assert_eq!(sent, series.iter().map(|s| s.samples.len()).sum::<usize>());
+        let spans: Vec<(i64, i64)> = requests
+            .iter()
+            .map(|r| {
+                let ts = r.iter().flat_map(|s| s.samples.iter().map(|x| x.timestamp));
+                (ts.clone().min().unwrap(), ts.max().unwrap())
+            })
+            .collect();
+        assert!(spans.iter().all(|(lo, hi)| hi - lo < 150_000), "{spans:?}");
+        assert!(spans.windows(2).all(|w| w[0].1 < w[1].0), "requests are in time order: {spans:?}");
+        // A host's eight metrics travel together, so the multivariate model can build its rows.
+        let web2 = |r: &Vec<cairn_ingest::prompb::TimeSeries>| {
+            r.iter().filter(|s| s.labels.iter().any(|l| l.name == "instance" && l.value == "web-2:9100")).count()
+        };
+        assert!(requests.iter().all(|r| web2(r) == 8), "{:?}", requests.iter().map(web2).collect::<Vec<_>>());
     }
 
     #[test]
