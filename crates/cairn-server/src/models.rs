@@ -21,7 +21,8 @@ pub struct ModelsConfig {
     pub alert_score: f64,
     /// Groups tracked per model at most.
     pub max_groups: usize,
-    /// A group without a sample for this long (sample time) is forgotten.
+    /// A group whose newest sample is this much older than the server's clock is forgotten (in the
+    /// analysis worker's minute sweep, as for series).
     pub idle_evict_ms: i64,
 }
 
