@@ -204,15 +204,20 @@ impl Harness {
     }
 
     /// Polls the decision card of `id` until its change is in one of `states`.
+    /// The decision card of a recommendation as alice sees it; revision 0 is the latest.
+    pub async fn card(&self, id: &str, revision: u32) -> pb::DecisionCard {
+        self.review("user:alice")
+            .await
+            .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: id.into(), revision })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn wait_for_state(&self, id: &str, states: &[&str]) -> pb::DecisionCard {
-        let mut c = self.review("user:alice").await;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let card = c
-                .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: id.into(), revision: 0 })
-                .await
-                .unwrap()
-                .into_inner();
+            let card = self.card(id, 0).await;
             let state = card.change.as_ref().map(|c| c.state.clone()).unwrap_or_default();
             if states.contains(&state.as_str()) {
                 return card;

@@ -197,13 +197,7 @@ async fn decision_card_shows_criticality_window_rollback_confidence_and_what_peo
     let second = views.iter().find(|v| v.recommendation.as_ref().unwrap().id == first.id).unwrap().recommendation.clone().unwrap();
     assert!((second.confidence - 0.68).abs() < 1e-9, "{}", second.confidence);
 
-    let card = h
-        .review("user:alice")
-        .await
-        .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: first.id.clone(), revision: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let card = h.card(&first.id, 0).await;
     assert_eq!(card.learning, "confidence 0.72 → 0.68: 1 of the last 1 similar changes was rejected");
     assert_eq!(card.service_criticality, "high");
     assert!(card.maintenance_window_open);
@@ -242,13 +236,7 @@ async fn a_change_decided_under_a_replaced_policy_does_not_run() {
     let v2 = views.iter().find(|v| v.recommendation.as_ref().unwrap().id == r1.id).unwrap();
     assert_eq!(v2.decision.as_ref().unwrap().policy_version, new_version);
     assert!(v2.change.as_ref().unwrap().approvals.is_empty());
-    let old = h
-        .review("user:alice")
-        .await
-        .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: r1.id.clone(), revision: r1.revision })
-        .await
-        .unwrap()
-        .into_inner();
+    let old = h.card(&r1.id, r1.revision).await;
     assert_eq!(old.change.unwrap().state, "failed");
     assert!(old.executions.is_empty(), "it never reached the adapter");
     h.stop().await;

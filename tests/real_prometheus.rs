@@ -161,13 +161,7 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
     let decision = v.decision.as_ref().unwrap();
     assert_ne!(decision.outcome, pb::Outcome::Unspecified as i32);
     assert!(decision.policy_version.starts_with("sha256:"));
-    let card = h
-        .review("user:alice")
-        .await
-        .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: v.recommendation.as_ref().unwrap().id.clone(), revision: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let card = h.card(&v.recommendation.as_ref().unwrap().id, 0).await;
     let incident = card.incident.unwrap();
     assert!(incident.members.iter().any(|m| m.kind == "anomaly" && m.name.contains("payments_queue_depth")), "{incident:?}");
     assert!(incident.members.iter().any(|m| m.kind == "alert" && m.name == "QueueBacklog"), "{incident:?}");

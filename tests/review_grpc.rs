@@ -130,13 +130,7 @@ async fn a_new_revision_voids_earlier_approvals() {
     // Bob approving the old revision is refused; it would otherwise complete a quorum.
     let e = h.review("user:bob").await.approve(approve_req(&r1, r1.revision, "checked")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    let old = h
-        .review("user:alice")
-        .await
-        .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: r1.id.clone(), revision: r1.revision })
-        .await
-        .unwrap()
-        .into_inner();
+    let old = h.card(&r1.id, r1.revision).await;
     assert_eq!(old.change.unwrap().state, "superseded");
     h.stop().await;
 }
@@ -159,13 +153,7 @@ async fn auto_runs_by_itself_advisory_and_blocked_never_run() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     for v in [&adv, &blk] {
         let r = v.recommendation.as_ref().unwrap();
-        let card = h
-            .review("user:alice")
-            .await
-            .get_decision_card(pb::GetDecisionCardRequest { recommendation_id: r.id.clone(), revision: 0 })
-            .await
-            .unwrap()
-            .into_inner();
+        let card = h.card(&r.id, 0).await;
         assert!(card.executions.is_empty(), "{} never executes", r.action);
         // Approving does not turn them into executable changes.
         let e = h.review("user:alice").await.approve(approve_req(r, r.revision, "please run")).await.unwrap_err();

@@ -84,6 +84,16 @@ fn proposed(store: &SqliteStore, rev: u32) {
     store.propose(&rec(rev), &decision(rev), &change(rev), &[draft("recommendation.proposed")], 5).unwrap();
 }
 
+/// Revision 1 proposed, and its change approved (version 2).
+fn approved(store: &SqliteStore) -> ChangeRequest {
+    proposed(store, 1);
+    let mut c = change(1);
+    c.state = ChangeState::Approved;
+    c.version = 2;
+    store.update_change(&c, 1, &[], 6).unwrap();
+    c
+}
+
 #[test]
 fn propose_then_read_back_latest_and_by_revision() {
     let s = SqliteStore::open_in_memory().unwrap();
@@ -148,11 +158,7 @@ fn a_failing_audit_append_rolls_back_the_state_change() {
 #[test]
 fn claim_moves_approved_to_executing_once() {
     let s = SqliteStore::open_in_memory().unwrap();
-    proposed(&s, 1);
-    let mut c = change(1);
-    c.state = ChangeState::Approved;
-    c.version = 2;
-    s.update_change(&c, 1, &[], 6).unwrap();
+    approved(&s);
     let claimed = s.claim_approved(10, 7).unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].state, ChangeState::Executing);
@@ -236,12 +242,8 @@ fn alerts_upsert_by_fingerprint() {
 #[test]
 fn a_change_waiting_for_its_window_stays_approved_and_unclaimed() {
     let s = SqliteStore::open_in_memory().unwrap();
-    proposed(&s, 1);
-    let mut c = change(1);
-    c.state = ChangeState::Approved;
-    c.version = 2;
-    s.update_change(&c, 1, &[], 6).unwrap();
-    assert_eq!(s.approved_changes(10).unwrap(), [c.clone()]);
+    let c = approved(&s);
+    assert_eq!(s.approved_changes(10).unwrap(), std::slice::from_ref(&c));
     let head = s.audit_head().unwrap();
     assert!(s.claim_approved_except(10, 7, std::slice::from_ref(&c.id)).unwrap().is_empty());
     assert_eq!(s.get_change(&c.id).unwrap().unwrap().state, ChangeState::Approved);
