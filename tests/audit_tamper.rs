@@ -32,14 +32,7 @@ async fn editing_one_stored_audit_row_is_detected_and_named() {
     assert_eq!(v.tree_size, v.entries, "{v:?}");
     assert_eq!(v.root_hash.len(), 64, "{v:?}");
     assert!(v.entries >= 5, "proposal, decision, change, approval, execution: {v:?}");
-    let events = h
-        .audit("user:alice")
-        .await
-        .query(pb::AuditQueryRequest { recommendation_id: r.id.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = h.audit_events(&r.id).await;
     let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
     for k in ["decision.made", "change.approved", "change.executed"] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");

@@ -204,6 +204,12 @@ impl Harness {
     }
 
     /// Polls the decision card of `id` until its change is in one of `states`.
+    /// The audit events of one recommendation, oldest first, as alice reads them.
+    pub async fn audit_events(&self, rec_id: &str) -> Vec<pb::AuditEvent> {
+        let q = pb::AuditQueryRequest { recommendation_id: rec_id.into(), ..Default::default() };
+        self.audit("user:alice").await.query(q).await.unwrap().into_inner().events
+    }
+
     /// The decision card of a recommendation as alice sees it; revision 0 is the latest.
     pub async fn card(&self, id: &str, revision: u32) -> pb::DecisionCard {
         self.review("user:alice")

@@ -86,14 +86,7 @@ async fn a_staged_change_pauses_before_each_stage_until_a_person_approves_it() {
     assert!(ch.stage_approvals.iter().all(|a| a.action_digest == ch.action_digest && a.revision == r.revision));
 
     // Every stage start, finish, pause and approval is in the audit log.
-    let events = h
-        .audit("user:alice")
-        .await
-        .query(pb::AuditQueryRequest { recommendation_id: r.id.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = h.audit_events(&r.id).await;
     let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
     assert_eq!(count("change.stage_started"), 3);
     assert_eq!(count("change.stage_finished"), 3);
@@ -154,8 +147,7 @@ async fn paused_after_canary(h: &Harness, fingerprint: &str) -> pb::Recommendati
 }
 
 async fn audit_kinds(h: &Harness, rec_id: &str) -> Vec<String> {
-    let q = pb::AuditQueryRequest { recommendation_id: rec_id.into(), ..Default::default() };
-    h.audit("user:alice").await.query(q).await.unwrap().into_inner().events.into_iter().map(|e| e.kind).collect()
+    h.audit_events(rec_id).await.into_iter().map(|e| e.kind).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
