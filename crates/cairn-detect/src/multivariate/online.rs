@@ -98,8 +98,8 @@ pub struct GroupScorer {
     refused_groups: u64,
     samples_used: u64,
     evicted_groups: u64,
-    /// Rows scored by groups since evicted (the stats stay monotonic).
-    evicted_rows: u64,
+    /// Rows scored by every group, evicted ones included, so reading the stats costs nothing.
+    rows_scored: u64,
 }
 
 impl GroupScorer {
@@ -115,7 +115,7 @@ impl GroupScorer {
             refused_groups: 0,
             samples_used: 0,
             evicted_groups: 0,
-            evicted_rows: 0,
+            rows_scored: 0,
         }
     }
 
@@ -135,7 +135,7 @@ impl GroupScorer {
 
     pub fn stats(&self) -> GroupScorerStats {
         GroupScorerStats {
-            rows_scored: self.evicted_rows + self.groups.values().map(|g| g.rows_scored).sum::<u64>(),
+            rows_scored: self.rows_scored,
             samples_used: self.samples_used,
             refused_groups: self.refused_groups,
             evicted_groups: self.evicted_groups,
@@ -171,22 +171,25 @@ impl GroupScorer {
         let model = &*self.model;
         let cfg = &self.cfg;
         let version = self.model_version.as_str();
-        let mut out: Vec<Anomaly> = work
+        let per_group: Vec<(Vec<Anomaly>, u64)> = work
             .par_iter_mut()
-            .flat_map_iter(|(name, st, batch)| {
+            .map(|(name, st, batch)| {
                 batch.sort_by_key(|&(f, ts, _)| (ts, f));
                 if let Some(last) = batch.last() {
                     st.last_seen_ms = st.last_seen_ms.max(last.1);
                 }
+                let rows_before = st.rows_scored;
                 let mut found = Vec::new();
                 for &point in batch.iter() {
                     if let Some(a) = feed(model, cfg, version, name, st, point) {
                         found.push(a);
                     }
                 }
-                found
+                (found, st.rows_scored - rows_before)
             })
             .collect();
+        self.rows_scored += per_group.iter().map(|g| g.1).sum::<u64>();
+        let mut out: Vec<Anomaly> = per_group.into_iter().flat_map(|g| g.0).collect();
         out.sort_by(|a, b| {
             (a.labels.get(&self.cfg.group_label), a.timestamp_ms).cmp(&(b.labels.get(&self.cfg.group_label), b.timestamp_ms))
         });
@@ -201,15 +204,7 @@ impl GroupScorer {
     pub fn evict_idle(&mut self, now_ms: TimestampMs) -> usize {
         let cutoff = now_ms.saturating_sub(self.cfg.idle_evict_ms);
         let before = self.groups.len();
-        let mut rows = 0;
-        self.groups.retain(|_, g| {
-            let keep = g.last_seen_ms >= cutoff;
-            if !keep {
-                rows += g.rows_scored;
-            }
-            keep
-        });
-        self.evicted_rows += rows;
+        self.groups.retain(|_, g| g.last_seen_ms >= cutoff);
         let n = before - self.groups.len();
         self.evicted_groups += n as u64;
         n
