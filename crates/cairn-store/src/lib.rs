@@ -25,9 +25,11 @@
 #![forbid(unsafe_code)]
 
 mod guard;
+mod lease;
 mod sqlite;
 
 pub use guard::GuardStore;
+pub use lease::{DEFAULT_LEASE_MS, Lease, LeaseStore, LeaseTerms};
 
 pub use cairn_audit::{ChainBreak, ChainSummary};
 pub use sqlite::SqliteStore;
@@ -90,7 +92,7 @@ pub struct AuditQuery {
 }
 
 /// Durable state. See the crate documentation for the transaction and audit rules.
-pub trait Store: GuardStore + Send + Sync + std::fmt::Debug {
+pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// Upserts alerts by fingerprint (status, end, last seen). Returns how many rows changed.
     fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize>;
     fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()>;

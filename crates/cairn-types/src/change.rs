@@ -53,8 +53,8 @@ pub enum ChangeState {
     /// A staged change ran some of its stages, verified them, and waits for a person to approve
     /// the next stage (named by [`ChangeRequest::next_stage`]).
     AwaitingStageApproval,
-    /// A staged change that ran some of its stages was stopped (rejected, expired, superseded or
-    /// refused; see [`ChangeRequest::stop`]); it waits for the executor to undo those stages,
+    /// A staged change that ran some of its stages was stopped (rejected, expired, superseded,
+    /// refused or interrupted; see [`ChangeRequest::stop`]); it waits for the executor to undo those stages,
     /// newest first, and ends `rolled_back` or `rollback_failed`.
     RollbackPending,
 }
@@ -157,6 +157,9 @@ pub enum StopCause {
     Superseded,
     /// The executor refused to run its next stage.
     Refused,
+    /// The executor that held it stopped (crashed, killed, restarted) while it was running, and
+    /// its claim on the change lapsed.
+    Interrupted,
 }
 
 impl StopCause {
@@ -167,6 +170,7 @@ impl StopCause {
             StopCause::Expired => "expired",
             StopCause::Superseded => "superseded",
             StopCause::Refused => "refused",
+            StopCause::Interrupted => "interrupted",
         }
     }
 
@@ -177,6 +181,7 @@ impl StopCause {
             StopCause::Expired => "change.expired",
             StopCause::Superseded => "change.superseded",
             StopCause::Refused => "change.execution_refused",
+            StopCause::Interrupted => "change.interrupted",
         }
     }
 }

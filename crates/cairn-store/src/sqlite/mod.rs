@@ -3,7 +3,7 @@
 
 mod audit;
 
-use crate::{AuditQuery, RecommendationFilter, RecommendationRecord, Result, Store, StoreError};
+use crate::{AuditQuery, LeaseStore, RecommendationFilter, RecommendationRecord, Result, Store, StoreError};
 use cairn_types::{
     AlertEvent, Anomaly, AuditDraft, AuditEvent, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest,
     ChangeState, Decision, Execution, Incident, IncidentId, Recommendation, RecommendationId, RolloutStop,
@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 mod guard;
+mod lease;
 
 /// Migrations, applied in order; `user_version` is the number applied. Never edit a released one:
 /// append.
@@ -126,12 +127,16 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 3: break-glass records and uses, the freeze switch, automations the loop guard disabled.
     guard::MIGRATION,
+    // 4: leases on claimed executor work (who holds it, until when, whether an adapter call began).
+    lease::MIGRATION,
 ];
 
 /// SQLite-backed [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Who claims executor work through this store, and for how long ([`crate::LeaseStore`]).
+    lease: Mutex<crate::LeaseTerms>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
@@ -173,7 +178,7 @@ impl SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         audit::catch_up_tree(&tx)?;
         tx.commit()?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), lease: Mutex::default() })
     }
 
     /// Opens an existing database read-only, without migrating it: for verifying a stopped
@@ -198,7 +203,7 @@ impl SqliteStore {
                 "the database schema is version {current}, older than this build ({known}); verify a copy after opening it once with `cairn serve`"
             )));
         }
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), lease: Mutex::default() })
     }
 
     fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -243,7 +248,7 @@ fn write_change(tx: &Transaction<'_>, change: &ChangeRequest, expected_version: 
         "UPDATE changes SET state = ?2, version = ?3, expires_ms = ?4, body = ?5 WHERE id = ?1",
         params![change.id.0, change.state.as_str(), change.version as i64, change.expires_ms, to_json(change)?],
     )?;
-    Ok(())
+    lease::end_unless_executing(tx, change)
 }
 
 fn record_for(conn: &Connection, id: &str, revision: u32) -> Result<Option<RecommendationRecord>> {
@@ -570,16 +575,19 @@ impl Store for SqliteStore {
     }
 
     fn claim_approved(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>> {
+        let terms = self.lease_terms();
         self.with_tx(|tx| {
-            transition_where(
+            let claimed = transition_where(
                 tx,
                 "SELECT body FROM changes WHERE state = 'approved' ORDER BY created_ms, id LIMIT ?1",
                 [limit as i64],
                 ChangeState::Executing,
                 "change.executing",
-                |_| "claimed by the executor".to_string(),
+                |_| format!("claimed by the executor {}", terms.holder),
                 now_ms,
-            )
+            )?;
+            lease::grant(tx, &claimed, &terms, now_ms)?;
+            Ok(claimed)
         })
     }
 
@@ -587,6 +595,7 @@ impl Store for SqliteStore {
         if except.is_empty() {
             return self.claim_approved(limit, now_ms);
         }
+        let terms = self.lease_terms();
         self.with_tx(|tx| {
             let ids: Vec<String> = {
                 let mut stmt = tx.prepare("SELECT id FROM changes WHERE state = 'approved' ORDER BY created_ms, id")?;
@@ -600,10 +609,11 @@ impl Store for SqliteStore {
                     [id],
                     ChangeState::Executing,
                     "change.executing",
-                    |_| "claimed by the executor".to_string(),
+                    |_| format!("claimed by the executor {}", terms.holder),
                     now_ms,
                 )?);
             }
+            lease::grant(tx, &out, &terms, now_ms)?;
             Ok(out)
         })
     }
@@ -666,16 +676,19 @@ impl Store for SqliteStore {
     }
 
     fn claim_rollbacks(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>> {
+        let terms = self.lease_terms();
         self.with_tx(|tx| {
-            transition_where(
+            let claimed = transition_where(
                 tx,
                 "SELECT body FROM changes WHERE state = 'rollback_pending' ORDER BY created_ms, id LIMIT ?1",
                 [limit as i64],
                 ChangeState::Executing,
                 "change.executing",
-                |_| "claimed by the executor to roll back a stopped rollout".to_string(),
+                |_| format!("claimed by the executor {} to roll back a stopped rollout", terms.holder),
                 now_ms,
-            )
+            )?;
+            lease::grant(tx, &claimed, &terms, now_ms)?;
+            Ok(claimed)
         })
     }
 

@@ -510,3 +510,5 @@ fn a_running_stage_is_left_alone_and_stopped_when_its_result_lands_under_a_newer
     s.record_execution(&execution, &done, running.version, &[draft("change.executed")], 9).unwrap();
     assert_eq!(s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap().state, ChangeState::Succeeded);
 }
+
+mod lease;
