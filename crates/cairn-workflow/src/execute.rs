@@ -36,6 +36,8 @@ pub enum ExecutionRefused {
     NoStageApproval { stage: String, valid: usize, required: u8 },
     #[error("the rollout was stopped ({0}): its executed stages are only rolled back, no further stage runs")]
     Stopped(String),
+    #[error("this executor no longer holds the change ({0}): it does not touch the target again")]
+    ClaimLost(String),
 }
 
 /// Checks, immediately before execution, that this exact change may run: an `auto` decision within
@@ -167,12 +169,30 @@ pub struct Executor {
     gate: Arc<ExecutionGate>,
     /// How long a staged change waits for its next stage's approval before it expires.
     pub(crate) stage_approval_ttl_ms: i64,
+    /// Told before every adapter call; renews the claim (see `recover.rs`).
+    journal: Option<Arc<dyn crate::RunJournal>>,
 }
 
 impl Executor {
     pub fn new(adapter: Arc<dyn Adapter>) -> Executor {
         let stage_approval_ttl_ms = crate::WorkflowConfig::default().stage_approval_ttl_ms;
-        Executor { adapter, verifier: None, gate: Arc::default(), stage_approval_ttl_ms }
+        Executor { adapter, verifier: None, gate: Arc::default(), stage_approval_ttl_ms, journal: None }
+    }
+
+    /// `journal` learns of every adapter call before it happens, and can forbid it when this
+    /// executor no longer holds the change.
+    pub fn with_journal(mut self, journal: Arc<dyn crate::RunJournal>) -> Executor {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Tells the journal that `call` is about to touch `change`'s target; refused when the claim
+    /// on the change was lost.
+    pub(crate) async fn before_call(&self, change: &ChangeRequest, call: &str) -> Result<(), ExecutionRefused> {
+        match &self.journal {
+            Some(j) => j.before_adapter_call(change, call).await.map_err(ExecutionRefused::ClaimLost),
+            None => Ok(()),
+        }
     }
 
     /// A staged change that pauses for its next stage expires this long after the pause
@@ -209,8 +229,9 @@ impl Executor {
     ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
         authorize_execution(change, rec, decision, &self.gate, now_ms)?;
         if !change.stages.is_empty() {
-            return Ok(self.run_stages(change, rec, decision, now_ms).await);
+            return self.run_stages(change, rec, decision, now_ms).await;
         }
+        self.before_call(change, "execute").await?;
         let (outcome, mut output) = self.adapter.execute(rec, change).await;
         let mut next = change.clone();
         next.version += 1;
@@ -234,6 +255,7 @@ impl Executor {
                     // Rollback-first: a change that does not verify is undone without waiting for
                     // anyone; a rollback that fails is left visible for people.
                     drafts.push(verification_failed(change, &failed));
+                    self.before_call(change, "rollback").await?;
                     let (rb, rb_out) = self.adapter.rollback(rec, change).await;
                     output.push_str(&rb_out);
                     match rb {

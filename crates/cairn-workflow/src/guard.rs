@@ -215,7 +215,7 @@ pub fn hold(change: &ChangeRequest, rec: &Recommendation, why: &Hold, now_ms: i6
     (next, drafts, disabled)
 }
 
-fn target_labels(action: ActionClass, target: &Target) -> BTreeMap<String, String> {
+pub(crate) fn target_labels(action: ActionClass, target: &Target) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("action".to_string(), action.as_str().to_string()),
         ("service".to_string(), target.service.clone()),

@@ -6,7 +6,9 @@
 //! them in one transaction. The [`Executor`] is the only path to an [`Adapter`], and it re-checks
 //! the decision and the quorum (invariant 1) immediately before calling one. After a change runs,
 //! its verification checks decide whether it worked; a failed check triggers the declared
-//! rollback, and a failed rollback leaves the change visibly in `rollback_failed`.
+//! rollback, and a failed rollback leaves the change visibly in `rollback_failed`. A change whose
+//! executor died mid-way is recovered by what was recorded before it died, never re-run silently
+//! (`recover.rs`).
 //!
 //! This crate never routes (that is `cairn-policy`), never writes the store, and knows no protocol
 //! other than the outbound webhook an adapter speaks.
@@ -17,6 +19,7 @@ pub mod adapters;
 pub mod breakglass;
 mod execute;
 pub mod guard;
+pub mod recover;
 mod review;
 pub mod stages;
 mod verify;
@@ -27,6 +30,7 @@ pub use breakglass::{BreakGlassError, BreakGlassRequest};
 pub use guard::{GuardInputs, GuardrailsConfig, Hold, RateLimit};
 pub use execute::{Adapter, AdapterFuture, ExecutionRefused, Executor, authorize_execution, refuse};
 pub use stages::pauses_between_stages;
+pub use recover::{AbandonedClaim, Recovered, Resolution, RunJournal, interrupted_escalation, recover_interrupted};
 pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
 pub use verify::{CheckResult, PromQlVerifier, Verifier, compare};
 pub use window::{ExecutionGate, MaintenanceWindow, MaintenanceWindows, Roster, WeeklySchedule, WindowError};

@@ -135,7 +135,7 @@ impl Executor {
         rec: &Recommendation,
         decision: &Decision,
         now_ms: i64,
-    ) -> (Execution, ChangeRequest, Vec<AuditDraft>) {
+    ) -> Result<(Execution, ChangeRequest, Vec<AuditDraft>), ExecutionRefused> {
         let mut next = change.clone();
         next.version += 1;
         next.updated_ms = now_ms;
@@ -152,6 +152,7 @@ impl Executor {
             next.stage = Some(stage.clone());
             drafts.push(stage_draft(&next, "change.stage_started", format!("stage {stage} ({index} of {total}) started")));
             output.push_str(&format!("stage {stage} ({index} of {total}):\n"));
+            self.before_call(&next, &format!("execute stage {stage}")).await?;
             let (outcome, out) = self.adapter.execute(rec, &next).await;
             output.push_str(&out);
             last = outcome.clone();
@@ -183,7 +184,7 @@ impl Executor {
                 }
                 // A failed adapter call may have changed part of the stage: undo it too.
                 let executed = next.stages_done as usize + 1;
-                break self.roll_back_stages(rec, &mut next, executed, &mut output).await;
+                break self.roll_back_stages(rec, &mut next, executed, &mut output).await?;
             }
             next.stages_done += 1;
             drafts.push(stage_draft(&next, "change.stage_finished", format!("stage {stage} ({index} of {total}) finished and verified")));
@@ -205,16 +206,23 @@ impl Executor {
             }
         };
         next.stage = None;
-        self.record(change, rec, next, last, output, drafts, now_ms)
+        Ok(self.record(change, rec, next, last, output, drafts, now_ms))
     }
 
     /// Undoes the first `executed` stages, newest first; `rolled_back`, or `rollback_failed` if
     /// any undo failed (the others are still attempted).
-    async fn roll_back_stages(&self, rec: &Recommendation, next: &mut ChangeRequest, executed: usize, output: &mut String) -> ChangeState {
+    async fn roll_back_stages(
+        &self,
+        rec: &Recommendation,
+        next: &mut ChangeRequest,
+        executed: usize,
+        output: &mut String,
+    ) -> Result<ChangeState, ExecutionRefused> {
         let mut state = ChangeState::RolledBack;
         let stages: Vec<String> = next.stages[..executed.min(next.stages.len())].to_vec();
         for stage in stages.iter().rev() {
             next.stage = Some(stage.clone());
+            self.before_call(next, &format!("rollback stage {stage}")).await?;
             let (rb, out) = self.adapter.rollback(rec, next).await;
             output.push_str(&out);
             if let ExecutionOutcome::Failed { error } = rb {
@@ -222,7 +230,7 @@ impl Executor {
                 state = ChangeState::RollbackFailed;
             }
         }
-        state
+        Ok(state)
     }
 }
 
@@ -290,7 +298,7 @@ impl Executor {
             "rollout stopped ({}); rolling back {executed} executed stage(s), newest first\n",
             change.stop.as_ref().map(|s| s.reason.as_str()).unwrap_or_default()
         );
-        next.state = self.roll_back_stages(rec, &mut next, executed, &mut output).await;
+        next.state = self.roll_back_stages(rec, &mut next, executed, &mut output).await?;
         next.stage = None;
         let outcome = match next.state {
             ChangeState::RolledBack => ExecutionOutcome::Succeeded,
