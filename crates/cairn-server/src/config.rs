@@ -144,6 +144,9 @@ pub struct ExecutorConfig {
     pub command: cairn_workflow::CommandConfig,
     /// How often the executor looks for approved changes.
     pub poll_interval_ms: u64,
+    /// How long a claim on a change lasts without renewal. The executor renews it every third of
+    /// this while it works; past it, the change is taken as abandoned and recovered.
+    pub lease_ms: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -155,6 +158,7 @@ impl Default for ExecutorConfig {
             webhook_hmac_key_file: None,
             command: cairn_workflow::CommandConfig { timeout_ms: 60_000, max_output_bytes: 16 * 1024, ..Default::default() },
             poll_interval_ms: 500,
+            lease_ms: cairn_store::DEFAULT_LEASE_MS as u64,
         }
     }
 }
@@ -243,6 +247,9 @@ impl ServerConfig {
         if let Err(message) = self.guardrails.parsed_rate_limits() {
             return Err(ConfigError::Invalid { key: "guardrails.rate_limits", message });
         }
+        if !(100..=86_400_000).contains(&self.executor.lease_ms) {
+            return Err(ConfigError::Invalid { key: "executor.lease_ms", message: "must be between 100 ms and one day".into() });
+        }
         if self.workflow.stage_approval_ttl_ms <= 0 {
             return Err(ConfigError::Invalid { key: "workflow.stage_approval_ttl_ms", message: "must be at least 1".into() });
         }
@@ -284,12 +291,24 @@ mod tests {
         assert_eq!(cfg.maintenance_windows.len(), 1);
         assert_eq!(cfg.audit.checkpoint_every_entries, 1000);
         assert_eq!(cfg.audit.origin, crate::checkpoint::DEFAULT_ORIGIN);
+        assert_eq!(cfg.executor.lease_ms, 60_000);
     }
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
         let err = toml::from_str::<ServerConfig>("http_adr = \"127.0.0.1:1\"").unwrap_err();
         assert!(err.to_string().contains("http_adr"), "{err}");
+    }
+
+    #[test]
+    fn lease_length_is_read_and_a_useless_one_is_refused_by_name() {
+        let cfg: ServerConfig = toml::from_str("[executor]\nlease_ms = 1500").unwrap();
+        assert_eq!(cfg.executor.lease_ms, 1500);
+        assert_eq!(ServerConfig::default().executor.lease_ms, 60_000);
+        let mut cfg = ServerConfig::default();
+        cfg.executor.lease_ms = 10;
+        let err = cfg.validate().unwrap_err();
+        assert!(err.to_string().contains("executor.lease_ms"), "{err}");
     }
 
     #[test]

@@ -365,6 +365,8 @@ impl Engine {
         let claimed = self
             .on_blocking(|engine| {
                 let now = engine.clock.now_ms();
+                // Changes whose executor died mid-way first: they may block their target (`recover.rs`).
+                engine.recover_interrupted(now)?;
                 let expired = engine.store.expire_pending(now)?;
                 let swept = engine.sweep_breakglass(now)?;
                 // Stopped rollouts first: undoing comes before doing more.
@@ -398,13 +400,17 @@ impl Engine {
             return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
         };
         let now = self.clock.now_ms();
-        let result = {
+        let undo = {
             let _g = span.enter();
             self.executor.roll_back_stopped(&change, &recommendation, now)
-        }
-        .await;
+        };
+        let result = self.renewing_lease(&change.id, undo).await;
         let (execution, next, drafts) = match result {
             Ok(done) => done,
+            Err(cairn_workflow::ExecutionRefused::ClaimLost(why)) => {
+                warn!(parent: &span, %why, "claim on the change lost mid-rollback; recovery decided its state");
+                return Ok(());
+            }
             Err(refused) => {
                 // Cannot happen for a change the store handed out; if it does, its stages may
                 // still be in place: leave it visibly `rollback_failed` for people.
@@ -469,13 +475,19 @@ impl Engine {
             self.audit_written();
             return Ok(());
         }
-        let result = {
+        let run = {
             let _g = span.enter();
             self.executor.run(&change, &recommendation, &decision, now)
-        }
-        .await;
+        };
+        let result = self.renewing_lease(&change.id, run).await;
         let (execution, next, drafts) = match result {
             Ok(done) => done,
+            Err(cairn_workflow::ExecutionRefused::ClaimLost(why)) => {
+                // Another sweep recovered the change after this process's lease lapsed; its state
+                // and audit event are written, and nothing more touches the target from here.
+                warn!(parent: &span, %why, "claim on the change lost; recovery decided its state");
+                return Ok(());
+            }
             Err(refused) => {
                 // Invariant 1: the executor re-checks the decision and the quorum and refused.
                 // The change fails visibly instead of running.

@@ -26,6 +26,7 @@ pub mod metrics;
 mod learning;
 pub mod policy;
 pub mod models;
+pub mod recover;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -126,7 +127,12 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         }
         None => cairn_recommend::Catalogue::embedded_default(),
     };
-    let executor = build_executor(&cfg)?;
+    store.set_lease_terms(cairn_store::LeaseTerms {
+        holder: recover::lease_holder(clock.now_ms()),
+        ttl_ms: cfg.executor.lease_ms as i64,
+    });
+    let executor = build_executor(&cfg)?
+        .with_journal(Arc::new(recover::StoreJournal { store: store.clone(), clock: clock.clone() }));
     info!(
         store = %db.display(),
         policy_version = router.version(),

@@ -199,6 +199,9 @@ pub struct GovernanceMetrics {
     pub disabled_automations: IntGauge,
     /// Escalations sent to Alertmanager, by alert name and result (sent, failed, unconfigured).
     pub escalations: IntCounterVec,
+    /// Changes whose executor stopped mid-way (lease expired while executing), by how they were
+    /// resolved (requeued, stopped, rolling_back, outcome_unknown).
+    pub changes_interrupted: IntCounterVec,
 }
 
 impl GovernanceMetrics {
@@ -253,6 +256,11 @@ impl GovernanceMetrics {
                 &["alertname", "result"],
             )
             .expect("valid metric"),
+            changes_interrupted: IntCounterVec::new(
+                Opts::new("cairn_changes_interrupted_total", "Changes whose executor stopped while running them (lease expired in executing), by resolution (requeued, stopped, rolling_back, outcome_unknown)."),
+                &["resolution"],
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -275,6 +283,7 @@ impl GovernanceMetrics {
             Box::new(self.frozen.clone()),
             Box::new(self.disabled_automations.clone()),
             Box::new(self.escalations.clone()),
+            Box::new(self.changes_interrupted.clone()),
         ]
     }
 }

@@ -1,0 +1,138 @@
+//! The executor's claims on the wire between the store and the workflow: the lease this process
+//! holds on each change it runs (renewed while the adapter works, and before every adapter call
+//! through the [`RunJournal`]), and the sweep that recovers changes whose holder died — at start-up
+//! and on every executor pass. What becomes of an interrupted change is decided in
+//! `cairn_workflow::recover`; this module only reads the store, applies the decision, counts it
+//! (`cairn_changes_interrupted_total{resolution}`) and escalates it (`CairnChangeInterrupted`).
+
+use crate::engine::{Clock, Engine};
+use crate::error::ApiError;
+use cairn_store::{LeaseTerms, Store};
+use cairn_types::{ChangeId, ChangeRequest};
+use cairn_workflow::{AbandonedClaim, RunJournal};
+use futures::future::BoxFuture;
+use std::future::Future;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// How many abandoned changes one sweep recovers at most; the next pass takes the rest.
+const RECOVER_PER_SWEEP: usize = 64;
+
+/// This process's identity on its leases: host, process id and start time, so a restarted process
+/// never mistakes its predecessor's leases for its own.
+pub fn lease_holder(started_ms: i64) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}:{started_ms}", std::process::id())
+}
+
+/// Records each adapter call on the lease before it happens, renewing it; refuses the call when the
+/// lease is no longer this process's.
+#[derive(Debug)]
+pub struct StoreJournal {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl RunJournal for StoreJournal {
+    fn before_adapter_call<'a>(&'a self, change: &'a ChangeRequest, call: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        let (store, now) = (self.store.clone(), self.clock.now_ms());
+        let (id, call) = (change.id.clone(), call.to_string());
+        Box::pin(async move {
+            let holder = store.lease_terms().holder;
+            let marked = tokio::task::spawn_blocking(move || store.mark_adapter_call(&id, &holder, &call, now))
+                .await
+                .map_err(|e| format!("lease write panicked: {e}"))?;
+            match marked {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("its lease expired and the change was recovered, or it already finished".into()),
+                Err(e) => Err(format!("the lease could not be recorded: {e}")),
+            }
+        })
+    }
+}
+
+impl Engine {
+    /// Recovers every change whose lease expired while it was `executing`: each one's fate is
+    /// decided by `cairn_workflow::recover_interrupted` and written with its `change.interrupted`
+    /// event in one transaction, only while the lease is still the expired one (so two sweeps
+    /// recover it once, and a holder that renewed in time keeps it). Blocking.
+    pub(crate) fn recover_interrupted(&self, now: i64) -> Result<usize, ApiError> {
+        let mut recovered = 0;
+        for (change, lease) in self.store.expired_leases(now, RECOVER_PER_SWEEP)? {
+            let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
+            let latest = self.store.get_recommendation(&change.recommendation_id, None)?;
+            let (Some(record), Some(latest)) = (record, latest) else {
+                warn!(change_id = %change.id, "an interrupted change has no recommendation; left for a person");
+                continue;
+            };
+            let claim = AbandonedClaim {
+                holder: lease.holder.clone(),
+                lease_expires_ms: lease.expires_ms,
+                adapter_call: lease.adapter_call.clone(),
+            };
+            let out = cairn_workflow::recover_interrupted(
+                &change,
+                &record.recommendation,
+                &record.decision,
+                latest.recommendation.revision,
+                &claim,
+                self.executor.gate(),
+                now,
+            );
+            if !self.store.resolve_interrupted(&out.change, change.version, &lease, &out.drafts, now)? {
+                continue;
+            }
+            recovered += 1;
+            self.metrics.governance.changes_interrupted.with_label_values(&[out.resolution.as_str()]).inc();
+            warn!(
+                change_id = %change.id,
+                holder = %lease.holder,
+                lease_expires_ms = lease.expires_ms,
+                adapter_call = lease.adapter_call.as_deref().unwrap_or("none"),
+                state = out.change.state.as_str(),
+                resolution = out.resolution.as_str(),
+                "interrupted change recovered"
+            );
+            if let Some(e) = cairn_workflow::interrupted_escalation(&out, &record.recommendation, now) {
+                self.escalate(vec![e]);
+            }
+        }
+        if recovered > 0 {
+            self.audit_written();
+        }
+        Ok(recovered)
+    }
+
+    /// Runs `work` on `change` while renewing this process's lease on it every third of the lease
+    /// length, so a slow adapter call is not taken for an abandoned one.
+    pub(crate) async fn renewing_lease<T>(self: &Arc<Self>, change: &ChangeId, work: impl Future<Output = T>) -> T {
+        let terms: LeaseTerms = self.store.lease_terms();
+        let every = std::time::Duration::from_millis((terms.ttl_ms / 3).max(1) as u64);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = ticker.tick() => {
+                    let (engine, id, holder) = (self.clone(), change.clone(), terms.holder.clone());
+                    let renewed = tokio::task::spawn_blocking(move || {
+                        let now = engine.clock.now_ms();
+                        engine.store.renew_lease(&id, &holder, now)
+                    })
+                    .await;
+                    match renewed {
+                        Ok(Ok(Some(_))) => {}
+                        Ok(Ok(None)) => info!(change_id = %change, "lease no longer held; the executor stops before its next adapter call"),
+                        Ok(Err(e)) => warn!(change_id = %change, error = %e, "lease renewal failed"),
+                        Err(e) => warn!(change_id = %change, error = %e, "lease renewal panicked"),
+                    }
+                }
+            }
+        }
+    }
+}
