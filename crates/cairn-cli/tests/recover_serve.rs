@@ -141,6 +141,14 @@ fn a_change_whose_server_was_killed_mid_adapter_call_fails_for_a_person_and_is_n
     });
     assert!(holder.contains(&format!(":{first_pid}:")), "the lease names the process: {holder}");
     assert_eq!(change_state(&base1, &id).as_deref(), Some("executing"));
+    // While the adapter works, the lease keeps moving ahead of the clock (renewed every ~333 ms),
+    // so another process sweeping this store would leave the change alone.
+    let expiry = || query_db(dir.path(), "SELECT expires_ms || '' FROM change_leases").unwrap().parse::<i64>().unwrap();
+    let before = expiry();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let after = expiry();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(after > before && after > now_ms, "renewed: {before} -> {after}, now {now_ms}");
 
     // 2. Killed mid-call. Nothing was recorded about the result.
     first.kill_group();
