@@ -366,7 +366,9 @@ impl Engine {
             .on_blocking(|engine| {
                 let now = engine.clock.now_ms();
                 // Changes whose executor died mid-way first: they may block their target (`recover.rs`).
-                engine.recover_interrupted(now)?;
+                if let Err(e) = engine.recover_interrupted(now) {
+                    warn!(error = %e, "recovery of interrupted changes failed; retried on the next pass");
+                }
                 let expired = engine.store.expire_pending(now)?;
                 let swept = engine.sweep_breakglass(now)?;
                 // Stopped rollouts first: undoing comes before doing more.

@@ -7,7 +7,7 @@
 
 use crate::engine::{Clock, Engine};
 use crate::error::ApiError;
-use cairn_store::{LeaseTerms, Store};
+use cairn_store::{Lease, LeaseTerms, Store};
 use cairn_types::{ChangeId, ChangeRequest};
 use cairn_workflow::{AbandonedClaim, RunJournal};
 use futures::future::BoxFuture;
@@ -64,48 +64,57 @@ impl Engine {
     pub(crate) fn recover_interrupted(&self, now: i64) -> Result<usize, ApiError> {
         let mut recovered = 0;
         for (change, lease) in self.store.expired_leases(now, RECOVER_PER_SWEEP)? {
-            let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
-            let latest = self.store.get_recommendation(&change.recommendation_id, None)?;
-            let (Some(record), Some(latest)) = (record, latest) else {
-                warn!(change_id = %change.id, "an interrupted change has no recommendation; left for a person");
-                continue;
-            };
-            let claim = AbandonedClaim {
-                holder: lease.holder.clone(),
-                lease_expires_ms: lease.expires_ms,
-                adapter_call: lease.adapter_call.clone(),
-            };
-            let out = cairn_workflow::recover_interrupted(
-                &change,
-                &record.recommendation,
-                &record.decision,
-                latest.recommendation.revision,
-                &claim,
-                self.executor.gate(),
-                now,
-            );
-            if !self.store.resolve_interrupted(&out.change, change.version, &lease, &out.drafts, now)? {
-                continue;
-            }
-            recovered += 1;
-            self.metrics.governance.changes_interrupted.with_label_values(&[out.resolution.as_str()]).inc();
-            warn!(
-                change_id = %change.id,
-                holder = %lease.holder,
-                lease_expires_ms = lease.expires_ms,
-                adapter_call = lease.adapter_call.as_deref().unwrap_or("none"),
-                state = out.change.state.as_str(),
-                resolution = out.resolution.as_str(),
-                "interrupted change recovered"
-            );
-            if let Some(e) = cairn_workflow::interrupted_escalation(&out, &record.recommendation, now) {
-                self.escalate(vec![e]);
+            // One change that cannot be recovered (say, a racing write) must not hold up the rest
+            // or the executor pass: it is tried again on the next sweep.
+            match self.recover_one(&change, &lease, now) {
+                Ok(true) => recovered += 1,
+                Ok(false) => {}
+                Err(e) => warn!(change_id = %change.id, error = %e, "interrupted change not recovered yet"),
             }
         }
         if recovered > 0 {
             self.audit_written();
         }
         Ok(recovered)
+    }
+
+    fn recover_one(&self, change: &ChangeRequest, lease: &Lease, now: i64) -> Result<bool, ApiError> {
+        let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
+        let latest = self.store.get_recommendation(&change.recommendation_id, None)?;
+        let (Some(record), Some(latest)) = (record, latest) else {
+            return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
+        };
+        let claim = AbandonedClaim {
+            holder: lease.holder.clone(),
+            lease_expires_ms: lease.expires_ms,
+            adapter_call: lease.adapter_call.clone(),
+        };
+        let out = cairn_workflow::recover_interrupted(
+            change,
+            &record.recommendation,
+            &record.decision,
+            latest.recommendation.revision,
+            &claim,
+            self.executor.gate(),
+            now,
+        );
+        if !self.store.resolve_interrupted(&out.change, change.version, lease, &out.drafts, now)? {
+            return Ok(false);
+        }
+        self.metrics.governance.changes_interrupted.with_label_values(&[out.resolution.as_str()]).inc();
+        warn!(
+            change_id = %change.id,
+            holder = %lease.holder,
+            lease_expires_ms = lease.expires_ms,
+            adapter_call = lease.adapter_call.as_deref().unwrap_or("none"),
+            state = out.change.state.as_str(),
+            resolution = out.resolution.as_str(),
+            "interrupted change recovered"
+        );
+        if let Some(e) = cairn_workflow::interrupted_escalation(&out, &record.recommendation, now) {
+            self.escalate(vec![e]);
+        }
+        Ok(true)
     }
 
     /// Runs `work` on `change` while renewing this process's lease on it every third of the lease

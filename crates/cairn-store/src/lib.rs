@@ -124,7 +124,8 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// Writes `change` (whose version must be `expected_version + 1`) if the stored version is
     /// still `expected_version`, with its audit events.
     fn update_change(&self, change: &ChangeRequest, expected_version: u64, audit: &[AuditDraft], now_ms: i64) -> Result<()>;
-    /// Atomically moves up to `limit` approved changes to executing and returns them.
+    /// Atomically moves up to `limit` approved changes to executing and returns them, each under
+    /// a lease of the store's [`LeaseTerms`] (see [`LeaseStore`]).
     fn claim_approved(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>>;
     /// Like [`Store::claim_approved`], but leaves the changes named in `except` approved: those
     /// that may not run yet (a tier-3 change waiting for its maintenance window).

@@ -1,0 +1,71 @@
+//! A change claimed by an executor that died before calling its adapter (its lease long expired)
+//! is found by the next server on the same store, put back to `approved` once — its approval
+//! still holds — and then runs under that approval, all through the public gRPC and HTTP APIs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_e2e::*;
+use cairn_proto::v1 as pb;
+use cairn_store::{LeaseStore, LeaseTerms, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DNS: &str = "DNSResolutionFailure";
+const GHOST: &str = "ghost-host:4242:1700000000000";
+
+fn approve_req(r: &pb::Recommendation, reason: &str) -> pb::ApproveRequest {
+    pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: reason.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_abandoned_before_its_adapter_call_is_requeued_once_and_runs_under_its_approval() {
+    let keep = tempfile::tempdir().unwrap();
+    let data_dir = keep.path().join("data");
+    let clock = || Arc::new(cairn_server::engine::SystemClock);
+
+    // 1. A tier-3 change approved by two people waits for a maintenance window (none configured).
+    let dir = data_dir.clone();
+    let mut h = Harness::start_on(clock(), move |cfg, _| cfg.data_dir = dir).await;
+    h.fire_alert(DNS, "edge", "0.9", "fp-dns-recover").await;
+    let views = h.wait_for_views("dns_change on edge", |v| !v.is_empty()).await;
+    let r = views[0].recommendation.clone().unwrap();
+    h.review("user:alice").await.approve(approve_req(&r, "checked")).await.unwrap();
+    h.review("user:bob").await.approve(approve_req(&r, "checked too")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.wait_for_state(&r.id, &["approved"]).await;
+    h.stop().await;
+
+    // 2. Another executor claimed it a minute ago and died before touching the target.
+    let claimed_at = now_ms() - 60_000;
+    {
+        let store = cairn_store::SqliteStore::open(&data_dir.join("cairn.db")).unwrap();
+        store.set_lease_terms(LeaseTerms { holder: GHOST.into(), ttl_ms: 1_000 });
+        assert_eq!(store.claim_approved(10, claimed_at).unwrap().len(), 1);
+    }
+
+    // 3. The next server (now with a window open) recovers it, and the executor runs it.
+    let dir = data_dir.clone();
+    let mut h = Harness::start_on(clock(), move |cfg, _| {
+        cfg.data_dir = dir;
+        always_open_window(cfg);
+    })
+    .await;
+    let card = h.wait_for_state(&r.id, &["succeeded"]).await;
+    assert_eq!(card.executions.len(), 1, "it ran once, under the approval it had");
+    tokio::time::sleep(Duration::from_millis(300)).await; // more sweeps: nothing more to recover
+
+    let events = h.audit_events(&r.id).await;
+    let interrupted: Vec<&pb::AuditEvent> = events.iter().filter(|e| e.kind == "change.interrupted").collect();
+    assert_eq!(interrupted.len(), 1, "{events:#?}");
+    let p: serde_json::Value = serde_json::from_str(&interrupted[0].payload_json).unwrap();
+    assert_eq!((p["lease_holder"].as_str(), p["lease_expires_ms"].as_i64()), (Some(GHOST), Some(claimed_at + 1_000)), "{p}");
+    assert_eq!((p["resolution"].as_str(), p["state"].as_str()), (Some("requeued"), Some("approved")), "{p}");
+    assert!(p["adapter_call"].is_null(), "{p}");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).skip_while(|k| *k != "change.interrupted").collect();
+    assert_eq!(&kinds[..3], ["change.interrupted", "change.executing", "change.executed"], "{kinds:?}");
+
+    let verify = h.audit("user:alice").await.verify(pb::VerifyRequest {}).await.unwrap().into_inner();
+    assert!(verify.ok, "{verify:?}");
+    assert!(h.metrics_text().await.contains("cairn_changes_interrupted_total{resolution=\"requeued\"} 1"));
+    h.stop().await;
+}
