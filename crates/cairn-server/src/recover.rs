@@ -41,10 +41,10 @@ pub struct StoreJournal {
 impl RunJournal for StoreJournal {
     fn before_adapter_call<'a>(&'a self, change: &'a ChangeRequest, call: &'a str) -> BoxFuture<'a, Result<(), String>> {
         let (store, now) = (self.store.clone(), self.clock.now_ms());
-        let (id, call) = (change.id.clone(), call.to_string());
+        let (id, call, done) = (change.id.clone(), call.to_string(), change.stages_done);
         Box::pin(async move {
             let holder = store.lease_terms().holder;
-            let marked = tokio::task::spawn_blocking(move || store.mark_adapter_call(&id, &holder, &call, now))
+            let marked = tokio::task::spawn_blocking(move || store.mark_adapter_call(&id, &holder, &call, done, now))
                 .await
                 .map_err(|e| format!("lease write panicked: {e}"))?;
             match marked {
@@ -88,6 +88,7 @@ impl Engine {
             holder: lease.holder.clone(),
             lease_expires_ms: lease.expires_ms,
             adapter_call: lease.adapter_call.clone(),
+            stages_done_at_call: lease.stages_done_at_call,
         };
         let out = cairn_workflow::recover_interrupted(
             change,

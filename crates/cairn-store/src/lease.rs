@@ -41,6 +41,8 @@ pub struct Lease {
     /// unknown until the executor records it.
     pub adapter_call: Option<String>,
     pub adapter_call_ms: Option<i64>,
+    /// How many stages had run and verified (in memory, in this claim) when that call began.
+    pub stages_done_at_call: Option<u32>,
 }
 
 /// Leases on executor work. A supertrait of [`Store`](crate::Store), so every store has it. The
@@ -56,9 +58,10 @@ pub trait LeaseStore {
     /// Extends `holder`'s lease on `change` to `now_ms` + the lease length. `None` when `holder`
     /// no longer holds it (recovered elsewhere, or finished): stop working on the change.
     fn renew_lease(&self, change: &ChangeId, holder: &str, now_ms: i64) -> Result<Option<Lease>>;
-    /// Records durably, before the adapter is called, that `call` is about to touch the target,
-    /// and renews the lease. `None` when `holder` no longer holds it: the call must not happen.
-    fn mark_adapter_call(&self, change: &ChangeId, holder: &str, call: &str, now_ms: i64) -> Result<Option<Lease>>;
+    /// Records durably, before the adapter is called, that `call` is about to touch the target
+    /// after `stages_done` stages ran and verified, and renews the lease. `None` when `holder` no
+    /// longer holds it: the call must not happen.
+    fn mark_adapter_call(&self, change: &ChangeId, holder: &str, call: &str, stages_done: u32, now_ms: i64) -> Result<Option<Lease>>;
     /// Executing changes whose lease expired at `now_ms`, oldest expiry first.
     fn expired_leases(&self, now_ms: i64, limit: usize) -> Result<Vec<(ChangeRequest, Lease)>>;
     /// Applies recovery's decision for an abandoned change: writes `change` (version

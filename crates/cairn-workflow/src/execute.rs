@@ -231,7 +231,7 @@ impl Executor {
         if !change.stages.is_empty() {
             return self.run_stages(change, rec, decision, now_ms).await;
         }
-        self.before_call(change, "execute").await?;
+        self.before_call(change, &crate::recover::execute_call(None)).await?;
         let (outcome, mut output) = self.adapter.execute(rec, change).await;
         let mut next = change.clone();
         next.version += 1;
@@ -255,7 +255,7 @@ impl Executor {
                     // Rollback-first: a change that does not verify is undone without waiting for
                     // anyone; a rollback that fails is left visible for people.
                     drafts.push(verification_failed(change, &failed));
-                    self.before_call(change, "rollback").await?;
+                    self.before_call(change, &crate::recover::rollback_call(None)).await?;
                     let (rb, rb_out) = self.adapter.rollback(rec, change).await;
                     output.push_str(&rb_out);
                     match rb {

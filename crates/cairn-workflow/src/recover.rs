@@ -3,20 +3,22 @@
 //! again silently. The decision rests only on what was recorded durably before the process died:
 //!
 //! - the **lease** says whether an adapter call had begun: the executor's [`RunJournal`] records
-//!   each call ("execute", "execute stage 25%", "rollback stage canary") *before* making it, so a
-//!   lease without one proves the target was not touched under this claim;
+//!   each call ("execute", "execute stage 25%", "rollback stage canary") and how many stages had
+//!   run and verified *before* making it, so a lease without one proves the target was not
+//!   touched under this claim;
 //! - the **change** says which stages ran and verified before this claim (`stages_done`, written
 //!   when a paused rollout paused), and whether it was claimed to undo a stopped rollout (`stop`).
 //!
 //! | what is known | the change becomes | why |
 //! |---|---|---|
-//! | no adapter call began, the approval still holds | `approved` (`requeued`) | it is exactly where it was before the claim; the executor re-checks everything (revision, policy, digest, quorum, roster, window, break-glass) before it runs |
+//! | no adapter call began, the approval still holds | `approved` (`requeued`) | it is exactly where it was before the claim; the executor re-checks everything (revision, policy, digest, quorum, roster, window, break-glass, guardrails) before it runs |
 //! | no adapter call began, the approval no longer holds, no stage ran | `failed` (`stopped`) | invariants 1 and 2: a void approval never runs |
 //! | no adapter call began, the approval no longer holds, stages ran before | `rollback_pending` (`rolling_back`) | as a refused rollout: what ran is undone |
-//! | an adapter call began, no stage ran before | `failed` (`outcome_unknown`) | whether the target changed is unknown; running it again could apply it twice, so a person decides |
-//! | an adapter call began, stages ran and verified before | `rollback_pending` (`rolling_back`) | rollback-first: the stages known to have run are undone by the existing path; the interrupted call's own effect is unknown and named in the alert |
-//! | an undo was claimed, no call began | `rollback_pending` (`requeued`) | undoing was already decided; nothing was undone yet |
-//! | an undo was claimed, a call began | `rollback_failed` (`outcome_unknown`) | which stages are still in place is unknown: a person checks, as for any failed rollback |
+//! | a one-step change's execute call began | `failed` (`outcome_unknown`) | whether the target changed is unknown; running it again could apply it twice, so a person decides |
+//! | a stage's execute call began | `rollback_pending` (`rolling_back`) | rollback-first: the stages that ran and verified (recorded on the change, or on the lease when the call began) and the stage that was running are undone by the existing path, newest first — as when a stage's adapter call fails |
+//! | a rollback call began (undoing after a failed check) | `rollback_failed` (`outcome_unknown`) | what is still in place is unknown |
+//! | an undo of a stopped rollout was claimed, no call began | `rollback_pending` (`requeued`) | undoing was already decided; nothing was undone yet |
+//! | an undo was claimed and a call began | `rollback_failed` (`outcome_unknown`) | which stages are still in place is unknown: a person checks, as for any failed rollback |
 //!
 //! `approved` is chosen only when the approval is still valid by [`authorize_execution`] (a closed
 //! maintenance window does not void it: the change waits for its window as before) and no newer
@@ -45,8 +47,30 @@ pub trait RunJournal: Send + Sync + std::fmt::Debug {
 pub struct AbandonedClaim {
     pub holder: String,
     pub lease_expires_ms: i64,
-    /// The last adapter call that began under the claim, if any.
+    /// The last adapter call that began under the claim ([`execute_call`] or [`rollback_call`]).
     pub adapter_call: Option<String>,
+    /// How many stages had run and verified in the claim when that call began.
+    pub stages_done_at_call: Option<u32>,
+}
+
+/// How the executor names a call that carries a change (or one stage of it) out.
+pub fn execute_call(stage: Option<&str>) -> String {
+    match stage {
+        Some(stage) => format!("execute stage {stage}"),
+        None => "execute".into(),
+    }
+}
+
+/// How the executor names a call that undoes a change (or one stage of it).
+pub fn rollback_call(stage: Option<&str>) -> String {
+    match stage {
+        Some(stage) => format!("rollback stage {stage}"),
+        None => "rollback".into(),
+    }
+}
+
+fn is_rollback_call(call: &str) -> bool {
+    call == "rollback" || call.starts_with("rollback ")
 }
 
 /// How an interrupted change was resolved (the `resolution` label of the metric).
@@ -56,7 +80,7 @@ pub enum Resolution {
     Requeued,
     /// Nothing was touched, and its approval no longer holds.
     Stopped,
-    /// Stages that ran before are rolled back.
+    /// The stages that ran, and the one that was running, are rolled back.
     RollingBack,
     /// An adapter call began and its result is unknown: a person must look.
     OutcomeUnknown,
@@ -82,6 +106,14 @@ pub struct Recovered {
     pub reason: String,
 }
 
+/// What recovery does with the change, before it is written down.
+enum Fate {
+    /// To this state, as it stands.
+    Move(ChangeState),
+    /// Stopped for rollback of its first `done` stages, and of `in_flight` if it was running.
+    RollBack { done: u32, in_flight: Option<String> },
+}
+
 /// Decides what becomes of `change`, left `executing` under the abandoned `claim` (see the module
 /// documentation). `rec` and `decision` are those of the change's revision; `latest_revision` is
 /// the recommendation's newest.
@@ -95,48 +127,49 @@ pub fn recover_interrupted(
     now_ms: i64,
 ) -> Recovered {
     let lost = format!("the executor {} stopped working on it (its lease expired at {})", claim.holder, claim.lease_expires_ms);
-    let done = change.stages_done;
-    let (state, resolution, reason) = match (change.stop.is_some(), claim.adapter_call.as_deref()) {
+    // Stages known to have run and verified: those recorded on the change before this claim, and
+    // those the lost run had finished when its last adapter call began.
+    let done = change.stages_done.max(claim.stages_done_at_call.unwrap_or(0)).min(change.stages.len() as u32);
+    let (fate, resolution, reason) = match (change.stop.is_some(), claim.adapter_call.as_deref()) {
         (true, None) => (
-            ChangeState::RollbackPending,
+            Fate::Move(ChangeState::RollbackPending),
             Resolution::Requeued,
             format!("{lost} before it undid anything; the executor undoes its stages again"),
         ),
-        (true, Some(call)) => (
-            ChangeState::RollbackFailed,
+        (undoing, Some(call)) if undoing || is_rollback_call(call) => (
+            Fate::Move(ChangeState::RollbackFailed),
             Resolution::OutcomeUnknown,
-            format!("{lost} during {call}; which stages are still in place is unknown: a person must check the target"),
+            format!("{lost} during {call}; what is still in place is unknown: a person must check the target"),
         ),
         (false, None) => match approval_still_holds(change, rec, decision, latest_revision, gate, now_ms) {
             Ok(()) => (
-                ChangeState::Approved,
+                Fate::Move(ChangeState::Approved),
                 Resolution::Requeued,
                 format!("{lost} before any adapter call; its approval still holds, so it is approved again and re-checked before it runs"),
             ),
             Err(why) if done > 0 => (
-                ChangeState::RollbackPending,
+                Fate::RollBack { done, in_flight: None },
                 Resolution::RollingBack,
                 format!("{lost} before its next stage, and it may no longer run ({why})"),
             ),
             Err(why) => (
-                ChangeState::Failed,
+                Fate::Move(ChangeState::Failed),
                 Resolution::Stopped,
                 format!("{lost} before any adapter call, and its approval no longer holds ({why}); it does not run"),
             ),
         },
-        (false, Some(call)) if done > 0 => (
-            ChangeState::RollbackPending,
+        (_, Some(call)) if !change.stages.is_empty() => (
+            Fate::RollBack { done, in_flight: change.stages.get(done as usize).cloned() },
             Resolution::RollingBack,
-            format!("{lost} during {call}, whose outcome is unknown; check what it changed"),
+            format!("{lost} during {call}, whose outcome is unknown; that stage and every stage before it are rolled back"),
         ),
-        (false, Some(call)) => (
-            ChangeState::Failed,
+        (_, Some(call)) => (
+            Fate::Move(ChangeState::Failed),
             Resolution::OutcomeUnknown,
             format!("{lost} during {call}; whether it changed the target is unknown, so it is not run again: a person must check the target"),
         ),
     };
-    let payload = json!({
-        "state": state.as_str(),
+    let mut payload = json!({
         "from_state": change.state.as_str(),
         "resolution": resolution.as_str(),
         "lease_holder": claim.holder,
@@ -144,22 +177,38 @@ pub fn recover_interrupted(
         "adapter_call": claim.adapter_call,
         "stages_done": done,
     });
-    let (next, draft) = if state == ChangeState::RollbackPending && change.stop.is_none() {
-        let stop = RolloutStop { cause: StopCause::Interrupted, subject: CAIRN_SERVICE_SUBJECT.to_string(), reason: reason.clone(), at_ms: now_ms };
-        let (next, mut draft) = change.stop_rollout(stop, now_ms);
-        if let (Some(p), Some(extra)) = (draft.payload.as_object_mut(), payload.as_object()) {
-            p.extend(extra.clone());
+    let (next, draft) = match fate {
+        Fate::RollBack { done, in_flight } => {
+            let mut known = change.clone();
+            known.stages_done = done;
+            known.stage = None;
+            let stop = RolloutStop { cause: StopCause::Interrupted, subject: CAIRN_SERVICE_SUBJECT.to_string(), reason: reason.clone(), at_ms: now_ms };
+            let (mut next, mut draft) = known.stop_rollout(stop, now_ms);
+            // The stage that was running is undone first (see `roll_back_stopped`).
+            next.stage = in_flight.clone();
+            let mut undo: Vec<String> = change.stages[..done as usize].iter().rev().cloned().collect();
+            if let Some(stage) = in_flight {
+                undo.insert(0, stage);
+            }
+            payload["roll_back"] = json!(undo);
+            payload["state"] = json!(next.state.as_str());
+            draft.reason = format!("{reason}; rolling back stage(s) {}", undo.join(", "));
+            if let (Some(p), Some(extra)) = (draft.payload.as_object_mut(), payload.as_object()) {
+                p.extend(extra.clone());
+            }
+            (next, draft)
         }
-        (next, draft)
-    } else {
-        let mut next = change.clone();
-        next.state = state;
-        next.version += 1;
-        next.updated_ms = now_ms;
-        next.stage = None;
-        let draft = AuditDraft::for_change(&next, CAIRN_SERVICE_SUBJECT, "change.interrupted", reason.clone(), payload)
-            .with_diff_summary(format!("state {} -> {}", change.state.as_str(), state.as_str()));
-        (next, draft)
+        Fate::Move(state) => {
+            let mut next = change.clone();
+            next.state = state;
+            next.version += 1;
+            next.updated_ms = now_ms;
+            next.stage = None;
+            payload["state"] = json!(state.as_str());
+            let draft = AuditDraft::for_change(&next, CAIRN_SERVICE_SUBJECT, "change.interrupted", reason.clone(), payload)
+                .with_diff_summary(format!("state {} -> {}", change.state.as_str(), state.as_str()));
+            (next, draft)
+        }
     };
     Recovered { change: next, drafts: vec![draft], resolution, reason }
 }

@@ -152,7 +152,7 @@ impl Executor {
             next.stage = Some(stage.clone());
             drafts.push(stage_draft(&next, "change.stage_started", format!("stage {stage} ({index} of {total}) started")));
             output.push_str(&format!("stage {stage} ({index} of {total}):\n"));
-            self.before_call(&next, &format!("execute stage {stage}")).await?;
+            self.before_call(&next, &crate::recover::execute_call(Some(&stage))).await?;
             let (outcome, out) = self.adapter.execute(rec, &next).await;
             output.push_str(&out);
             last = outcome.clone();
@@ -222,7 +222,7 @@ impl Executor {
         let stages: Vec<String> = next.stages[..executed.min(next.stages.len())].to_vec();
         for stage in stages.iter().rev() {
             next.stage = Some(stage.clone());
-            self.before_call(next, &format!("rollback stage {stage}")).await?;
+            self.before_call(next, &crate::recover::rollback_call(Some(stage))).await?;
             let (rb, out) = self.adapter.rollback(rec, next).await;
             output.push_str(&out);
             if let ExecutionOutcome::Failed { error } = rb {
@@ -274,7 +274,8 @@ pub(crate) fn expire_rollout(change: &ChangeRequest, now_ms: i64) -> Option<(Cha
 }
 
 impl Executor {
-    /// Undoes the executed stages of a stopped rollout (rejected, expired, superseded or refused),
+    /// Undoes the executed stages of a stopped rollout (rejected, expired, superseded, refused or
+    /// interrupted; an interrupted one also undoes the stage it was running),
     /// newest first, through the adapter's rollback — the path a failed check takes. The change
     /// must have been claimed from `rollback_pending` (state `executing`, with its stop recorded).
     /// Ends `rolled_back`, or `rollback_failed` if any undo failed (the others are still tried).
@@ -293,7 +294,10 @@ impl Executor {
         let mut next = change.clone();
         next.version += 1;
         next.updated_ms = now_ms;
-        let executed = change.stages_done as usize;
+        // A rollout interrupted during a stage names that stage: its effect is unknown, so it is
+        // undone too, as a stage whose adapter call failed is.
+        let in_flight = change.stage.is_some() && change.stage.as_deref() == change.next_stage();
+        let executed = change.stages_done as usize + usize::from(in_flight);
         let mut output = format!(
             "rollout stopped ({}); rolling back {executed} executed stage(s), newest first\n",
             change.stop.as_ref().map(|s| s.reason.as_str()).unwrap_or_default()

@@ -16,7 +16,9 @@ pub(super) const MIGRATION: &str = r#"
         claimed_ms       INTEGER NOT NULL,
         expires_ms       INTEGER NOT NULL,
         adapter_call     TEXT,
-        adapter_call_ms  INTEGER
+        adapter_call_ms  INTEGER,
+        -- Stages that had run and verified in the claim when the adapter call began.
+        stages_done_at_call INTEGER
     );
     CREATE INDEX change_leases_by_expiry ON change_leases (expires_ms);
     INSERT INTO change_leases (change_id, holder, claimed_ms, expires_ms, adapter_call, adapter_call_ms)
@@ -26,7 +28,7 @@ pub(super) const MIGRATION: &str = r#"
         FROM changes WHERE state = 'executing';
 "#;
 
-const COLUMNS: &str = "change_id, holder, claimed_ms, expires_ms, adapter_call, adapter_call_ms";
+const COLUMNS: &str = "change_id, holder, claimed_ms, expires_ms, adapter_call, adapter_call_ms, stages_done_at_call";
 
 fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     Ok(Lease {
@@ -36,6 +38,7 @@ fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
         expires_ms: r.get(3)?,
         adapter_call: r.get(4)?,
         adapter_call_ms: r.get(5)?,
+        stages_done_at_call: r.get(6)?,
     })
 }
 
@@ -67,14 +70,14 @@ pub(super) fn end_unless_executing(tx: &Transaction<'_>, change: &ChangeRequest)
 
 impl SqliteStore {
     /// Extends `holder`'s lease and, when `call` is given, records the adapter call beginning.
-    fn extend(&self, change: &ChangeId, holder: &str, call: Option<&str>, now_ms: i64) -> Result<Option<Lease>> {
+    fn extend(&self, change: &ChangeId, holder: &str, call: Option<(&str, u32)>, now_ms: i64) -> Result<Option<Lease>> {
         let until = now_ms.saturating_add(self.lease_terms().ttl_ms);
         self.with_tx(|tx| {
             let n = match call {
-                Some(call) => tx.execute(
-                    "UPDATE change_leases SET expires_ms = ?3, adapter_call = ?4, adapter_call_ms = ?5
+                Some((call, stages_done)) => tx.execute(
+                    "UPDATE change_leases SET expires_ms = ?3, adapter_call = ?4, adapter_call_ms = ?5, stages_done_at_call = ?6
                      WHERE change_id = ?1 AND holder = ?2",
-                    params![change.0, holder, until, call, now_ms],
+                    params![change.0, holder, until, call, now_ms, stages_done],
                 )?,
                 None => tx.execute(
                     "UPDATE change_leases SET expires_ms = ?3 WHERE change_id = ?1 AND holder = ?2",
@@ -106,20 +109,20 @@ impl LeaseStore for SqliteStore {
         self.extend(change, holder, None, now_ms)
     }
 
-    fn mark_adapter_call(&self, change: &ChangeId, holder: &str, call: &str, now_ms: i64) -> Result<Option<Lease>> {
-        self.extend(change, holder, Some(call), now_ms)
+    fn mark_adapter_call(&self, change: &ChangeId, holder: &str, call: &str, stages_done: u32, now_ms: i64) -> Result<Option<Lease>> {
+        self.extend(change, holder, Some((call, stages_done)), now_ms)
     }
 
     fn expired_leases(&self, now_ms: i64, limit: usize) -> Result<Vec<(ChangeRequest, Lease)>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare(
-                "SELECT l.change_id, l.holder, l.claimed_ms, l.expires_ms, l.adapter_call, l.adapter_call_ms, c.body
+                "SELECT l.change_id, l.holder, l.claimed_ms, l.expires_ms, l.adapter_call, l.adapter_call_ms, l.stages_done_at_call, c.body
                  FROM change_leases l JOIN changes c ON c.id = l.change_id
                  WHERE l.expires_ms <= ?1 AND c.state = 'executing'
                  ORDER BY l.expires_ms, l.change_id LIMIT ?2",
             )?;
             let rows: Vec<(Lease, String)> = stmt
-                .query_map(params![now_ms, limit as i64], |r| Ok((row_to_lease(r)?, r.get(6)?)))?
+                .query_map(params![now_ms, limit as i64], |r| Ok((row_to_lease(r)?, r.get(7)?)))?
                 .collect::<std::result::Result<_, _>>()?;
             rows.into_iter().map(|(lease, body)| Ok((from_json("change", &body)?, lease))).collect()
         })

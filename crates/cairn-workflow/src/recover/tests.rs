@@ -15,7 +15,12 @@ fn person(s: &str) -> Principal {
 }
 
 fn claim(call: Option<&str>) -> AbandonedClaim {
-    AbandonedClaim { holder: "node-a:41:1700".into(), lease_expires_ms: 9_000, adapter_call: call.map(String::from) }
+    AbandonedClaim { holder: "node-a:41:1700".into(), lease_expires_ms: 9_000, adapter_call: call.map(String::from), stages_done_at_call: None }
+}
+
+/// A claim that died while `call` ran, `done` stages into the run.
+fn claim_at(call: &str, done: u32) -> AbandonedClaim {
+    AbandonedClaim { stages_done_at_call: Some(done), ..claim(Some(call)) }
 }
 
 /// An approved tier-2 change of `r`, then claimed (`executing`) as the store does.
@@ -149,32 +154,66 @@ fn a_change_whose_adapter_call_began_is_never_run_again() {
     assert!(crate::authorize_execution(&out.change, &r, &d, &always_open(), 11_000).is_err());
 }
 
-#[test]
-fn an_interrupted_rollout_rolls_back_the_stages_that_ran_before() {
-    let r = staged_rec();
-    let d = decision(Outcome::Review, Some(2), 1);
-    let mut c = claimed(&r, &d);
-    c.stages_done = 1; // canary ran, verified and paused; 25% was approved and claimed
-    for call in [None, Some("execute stage 25%")] {
-        // With nothing begun, a stage approval that is missing voids the claim; with a call begun, the outcome is unknown.
-        let out = recover_interrupted(&c, &r, &d, 1, &claim(call), &always_open(), 10_000);
-        assert_eq!((out.change.state, out.resolution), (ChangeState::RollbackPending, Resolution::RollingBack), "{call:?}");
-        let stop = out.change.stop.as_ref().unwrap();
-        assert_eq!((stop.cause, stop.subject.as_str()), (StopCause::Interrupted, CAIRN_SERVICE_SUBJECT));
-        let d0 = &out.drafts[0];
-        assert_eq!(d0.kind, "change.interrupted");
-        assert_eq!((d0.payload["roll_back"].clone(), d0.payload["lease_holder"].clone()), (serde_json::json!(["canary"]), serde_json::json!("node-a:41:1700")));
-    }
-
-    // The existing rollback path undoes what ran, and nothing runs forward.
-    let out = recover_interrupted(&c, &r, &d, 1, &claim(Some("execute stage 25%")), &always_open(), 10_000);
+/// Recovers a claimed staged change, then runs the undo the executor would run, returning what the
+/// audit event said it would undo and what the adapter undid.
+fn recover_and_undo(c: &ChangeRequest, claim: &AbandonedClaim) -> (Recovered, serde_json::Value, Vec<String>) {
+    let (r, d) = (staged_rec(), decision(Outcome::Review, Some(2), 1));
+    let out = recover_interrupted(c, &r, &d, 1, claim, &always_open(), 10_000);
+    assert_eq!((out.change.state, out.resolution), (ChangeState::RollbackPending, Resolution::RollingBack), "{claim:?}");
+    let stop = out.change.stop.as_ref().unwrap();
+    assert_eq!((stop.cause, stop.subject.as_str()), (StopCause::Interrupted, CAIRN_SERVICE_SUBJECT));
+    let d0 = &out.drafts[0];
+    assert_eq!((d0.kind.as_str(), d0.payload["lease_holder"].as_str()), ("change.interrupted", Some("node-a:41:1700")));
+    let said = d0.payload["roll_back"].clone();
     let adapter = Arc::new(Recording::default());
     let ex = Executor::new(adapter.clone()).with_gate(Arc::new(always_open()));
     let mut undo = out.change.clone();
     undo.state = ChangeState::Executing;
     let (_, done, _) = block_on(ex.roll_back_stopped(&undo, &r, 12_000)).unwrap();
     assert_eq!(done.state, ChangeState::RolledBack);
-    assert_eq!(*adapter.calls.lock().unwrap(), ["adapter rollback canary"]);
+    let undone = adapter.calls.lock().unwrap().iter().map(|c| c.trim_start_matches("adapter rollback ").to_string()).collect();
+    (out, said, undone)
+}
+
+#[test]
+fn an_interrupted_rollout_rolls_back_what_ran_and_what_was_running() {
+    let r = staged_rec();
+    let d = decision(Outcome::Review, Some(2), 1);
+    let mut paused = claimed(&r, &d);
+    paused.stages_done = 1; // canary ran, verified and paused; 25% was approved and claimed
+
+    // Nothing began, and the claim has no valid approval of stage 25%: canary is undone.
+    let (_, said, undone) = recover_and_undo(&paused, &claim(None));
+    assert_eq!((said, undone), (serde_json::json!(["canary"]), vec!["canary".to_string()]));
+
+    // Stage 25% was running: it is undone too, first.
+    let (out, said, undone) = recover_and_undo(&paused, &claim_at("execute stage 25%", 1));
+    assert_eq!(said, serde_json::json!(["25%", "canary"]));
+    assert_eq!(undone, ["25%", "canary"]);
+    assert!(out.reason.contains("execute stage 25%"), "{}", out.reason);
+
+    // An auto rollout runs its stages back to back: the store still says 0 stages done, the lease
+    // knows two had verified when 100% began.
+    let mut d0 = decision(Outcome::Auto, Some(0), 0);
+    d0.stage_approval = false;
+    let (mut auto, _) = open_change(&r, &d0, 1_000, &WorkflowConfig::default());
+    auto.state = ChangeState::Executing;
+    auto.version += 1;
+    let (_, said, undone) = recover_and_undo(&auto, &claim_at("execute stage 100%", 2));
+    assert_eq!(said, serde_json::json!(["100%", "25%", "canary"]));
+    assert_eq!(undone, ["100%", "25%", "canary"]);
+
+    // The first stage was running: it alone is undone, nothing is run forward.
+    let (_, said, undone) = recover_and_undo(&auto, &claim_at("execute stage canary", 0));
+    assert_eq!((said, undone), (serde_json::json!(["canary"]), vec!["canary".to_string()]));
+}
+
+#[test]
+fn an_interrupted_rollback_after_a_failed_check_is_left_for_a_person() {
+    let (r, d) = (rec(1), decision(Outcome::Review, Some(2), 1));
+    let c = claimed(&r, &d);
+    let out = recover_interrupted(&c, &r, &d, 1, &claim_at("rollback", 0), &always_open(), 10_000);
+    assert_eq!((out.change.state, out.resolution), (ChangeState::RollbackFailed, Resolution::OutcomeUnknown));
 }
 
 #[test]

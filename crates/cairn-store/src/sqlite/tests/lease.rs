@@ -99,7 +99,7 @@ fn a_renewal_keeps_the_change_from_a_sweep_that_read_it_as_expired() {
     assert!(s.expired_leases(1_010 + TTL - 1, 10).unwrap().is_empty());
     // Another process cannot renew (or mark) a lease it does not hold.
     assert!(s.renew_lease(&c.id, "node-b", 1_020).unwrap().is_none());
-    assert!(s.mark_adapter_call(&c.id, "node-b", "execute", 1_020).unwrap().is_none());
+    assert!(s.mark_adapter_call(&c.id, "node-b", "execute", 0, 1_020).unwrap().is_none());
     assert_eq!(s.lease(&c.id).unwrap().unwrap().holder, "node-a");
 }
 
@@ -107,11 +107,12 @@ fn a_renewal_keeps_the_change_from_a_sweep_that_read_it_as_expired() {
 fn an_adapter_call_is_recorded_before_it_happens_and_a_recorded_result_ends_the_lease() {
     let s = store("node-a");
     let c = claimed(&s, 7);
-    let lease = s.mark_adapter_call(&c.id, "node-a", "execute stage canary", 50).unwrap().unwrap();
-    assert_eq!((lease.adapter_call.as_deref(), lease.adapter_call_ms, lease.expires_ms), (Some("execute stage canary"), Some(50), 50 + TTL));
+    let lease = s.mark_adapter_call(&c.id, "node-a", "execute stage 25%", 1, 50).unwrap().unwrap();
+    assert_eq!((lease.adapter_call.as_deref(), lease.adapter_call_ms, lease.expires_ms), (Some("execute stage 25%"), Some(50), 50 + TTL));
+    assert_eq!(lease.stages_done_at_call, Some(1));
     // A plain renewal keeps what began.
     let lease = s.renew_lease(&c.id, "node-a", 60).unwrap().unwrap();
-    assert_eq!(lease.adapter_call.as_deref(), Some("execute stage canary"));
+    assert_eq!(lease.adapter_call.as_deref(), Some("execute stage 25%"));
 
     let mut done = c.clone();
     done.state = ChangeState::Succeeded;
