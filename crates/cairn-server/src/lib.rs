@@ -128,7 +128,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         None => cairn_recommend::Catalogue::embedded_default(),
     };
     store.set_lease_terms(cairn_store::LeaseTerms {
-        holder: recover::lease_holder(clock.now_ms()),
+        holder: recover::lease_holder(),
         ttl_ms: cfg.executor.lease_ms as i64,
     });
     let executor = build_executor(&cfg)?

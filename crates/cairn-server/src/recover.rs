@@ -18,16 +18,23 @@ use tracing::{info, warn};
 /// How many abandoned changes one sweep recovers at most; the next pass takes the rest.
 const RECOVER_PER_SWEEP: usize = 64;
 
-/// This process's identity on its leases: host, process id and start time, so a restarted process
-/// never mistakes its predecessor's leases for its own.
-pub fn lease_holder(started_ms: i64) -> String {
+/// This server's identity on its leases: host, process id and wall-clock start time, so a
+/// restarted process never mistakes its predecessor's leases for its own (and a sequence number,
+/// for several servers started in one process, as tests do).
+pub fn lease_holder() -> String {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started_ms = crate::engine::SystemClock.now_ms();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}:{started_ms}", std::process::id())
+    match n {
+        0 => format!("{host}:{}:{started_ms}", std::process::id()),
+        n => format!("{host}:{}:{started_ms}#{n}", std::process::id()),
+    }
 }
 
 /// Records each adapter call on the lease before it happens, renewing it; refuses the call when the
@@ -144,5 +151,15 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn two_servers_in_one_process_hold_leases_under_different_names() {
+        let (a, b) = (super::lease_holder(), super::lease_holder());
+        assert_ne!(a, b);
+        assert!(a.contains(&format!(":{}:", std::process::id())), "{a}");
     }
 }
