@@ -63,7 +63,7 @@ pub struct SeriesModel {
     season_seen: u64,
     /// Per hour of the day, the largest spike z seen there lately (decays by a day-visit): spikes
     /// that recur at the same time every day (a nightly job) stop being news.
-    hour_peak: [f32; 24],
+    hour_peak: [u16; 24],
     last_hour: u8,
     /// How often the series repeats its previous value.
     repeat_rate: f32,
@@ -140,7 +140,7 @@ impl SeriesModel {
             seasonal_dev: 0.0,
             season_sum: 0.0,
             season_seen: 0,
-            hour_peak: [0.0; 24],
+            hour_peak: [0; 24],
             last_hour: 0,
             gain: 0.0,
             step_ms: 0.0,
@@ -191,7 +191,7 @@ impl SeriesModel {
         let spike_scale = (f64::from(self.resid_dev) * MAD_TO_SIGMA).max(f64::from(self.resid_tail) / TAIL_TO_SIGMA).max(floor);
         let z_raw_spike = resid.abs() / spike_scale;
         let hour = slot / 2;
-        let recurring = (0..3).map(|d| self.hour_peak[(hour + 23 + d) % 24]).fold(0.0f32, f32::max);
+        let recurring = (0..3).map(|d| from_bf16(self.hour_peak[(hour + 23 + d) % 24])).fold(0.0f32, f32::max);
         let z_spike = z_raw_spike / (f64::from(recurring) / cfg.z_floor).max(1.0);
         let far = z_raw_spike > cfg.clip_z;
         let far_run = if far { self.far_run + 1 } else { 0 };
@@ -315,11 +315,11 @@ impl SeriesModel {
         self.learn_season(cfg, slot, x, timestamp_ms, n);
         if warm {
             if hour as u8 != self.last_hour {
-                self.hour_peak[hour] *= HOUR_PEAK_DECAY;
+                self.hour_peak[hour] = to_bf16(from_bf16(self.hour_peak[hour]) * HOUR_PEAK_DECAY);
             }
             // Only isolated, clear spikes are remembered: noise and sustained shifts are not a habit.
             if z_raw_spike > 2.0 * cfg.z_floor && far_run <= 1 {
-                self.hour_peak[hour] = self.hour_peak[hour].max(z_raw_spike.min(1e6) as f32);
+                self.hour_peak[hour] = to_bf16(from_bf16(self.hour_peak[hour]).max(z_raw_spike.min(1e6) as f32));
             }
         }
         self.last_hour = hour as u8;
@@ -437,6 +437,17 @@ fn learn_tail(tail: &mut f32, d: f64, mean_abs: f64) {
         t *= 1.0 - 0.05 * 0.01;
     }
     *tail = t as f32;
+}
+
+/// A finite `f32` in 16 bits (the upper half of its bits, rounded to nearest): three
+/// significant digits, the full range. For values whose size matters and whose last digits do not.
+fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+fn from_bf16(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
 }
 
 /// Equivalent z to a score in [0, 1]: 0 up to `z_floor`, then rising towards 1.
