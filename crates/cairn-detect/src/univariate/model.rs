@@ -1,10 +1,11 @@
 //! The per-series state and the update step.
 
+use super::weekly::{WeekProfile, WeekSample};
 use super::{calibration, severity_of, AnomalyKind, PointScore, UnivariateConfig};
 
 /// Time-of-day slots of the seasonal profile (half hours).
-const SLOTS: usize = 48;
-const DAY_MS: i64 = 86_400_000;
+pub(super) const SLOTS: usize = 48;
+pub(super) const DAY_MS: i64 = 86_400_000;
 const SLOT_MS: i64 = DAY_MS / SLOTS as i64;
 /// A series must have been seen this long before its daily profile may be used.
 const SEASON_MIN_AGE_MS: i64 = 2 * DAY_MS;
@@ -77,6 +78,8 @@ pub struct SeriesModel {
     /// Highest score of the open episode.
     episode_peak: f32,
     in_episode: bool,
+    /// The weekly profile and its evidence.
+    week: WeekProfile,
 }
 
 impl Default for SeriesModel {
@@ -87,7 +90,7 @@ impl Default for SeriesModel {
 
 /// A stored average: `f64` where the value itself is kept (levels), `f32` where a scale or a weight
 /// is (their seventh digit never matters, and the bytes pay for the weekly profile).
-trait Stored: Copy {
+pub(super) trait Stored: Copy {
     fn get(self) -> f64;
     fn put(&mut self, v: f64);
 }
@@ -111,7 +114,7 @@ impl Stored for f32 {
 }
 
 /// Exponential average step; `n` makes early samples count as a plain mean (no start-up bias).
-fn ew<S: Stored>(avg: &mut S, x: f64, alpha: f64, n: u32) {
+pub(super) fn ew<S: Stored>(avg: &mut S, x: f64, alpha: f64, n: u32) {
     let a = alpha.max(1.0 / n.max(1) as f64);
     let old = avg.get();
     avg.put(old + a * (x - old));
@@ -153,6 +156,7 @@ impl SeriesModel {
             episode_left: 0,
             episode_peak: 0.0,
             in_episode: false,
+            week: WeekProfile::new(),
         }
     }
 
@@ -240,6 +244,14 @@ impl SeriesModel {
             0.0
         };
 
+        // Weekly: the last hours' distance from what this weekday and block usually show.
+        let cell = WeekProfile::cell(timestamp_ms, slot);
+        let off_daily = x - self.profile_at(slot);
+        let week_dev = off_daily - self.week.offset(cell);
+        let week_run = self.week.next_run(week_dev, dt);
+        let week_scale = (f64::from(self.week.run_dev) * MAD_TO_SIGMA).max(floor);
+        let z_week = if self.week.active() { week_run.abs() / week_scale } else { 0.0 };
+
         // Off the daily profile while still inside the usual range: the profile broke, not the level.
         let seasonal_break = {
             let raw_scale = (f64::from(self.raw_dev) * MAD_TO_SIGMA).max(floor);
@@ -270,7 +282,7 @@ impl SeriesModel {
         };
         let mut z = z_spike;
         let mut kind = spike_kind;
-        for (zc, kc) in [(z_noise, noise_kind), (z_shift, shift_kind), (z_flat, AnomalyKind::FlatLine), (z_gap, AnomalyKind::MissingData)] {
+        for (zc, kc) in [(z_noise, noise_kind), (z_shift, shift_kind), (z_flat, AnomalyKind::FlatLine), (z_gap, AnomalyKind::MissingData), (z_week, AnomalyKind::SeasonalBreak)] {
             if zc > z {
                 z = zc;
                 kind = kc;
@@ -312,6 +324,8 @@ impl SeriesModel {
         self.noise_fast = noise_fast as f32;
         self.quick = quick;
         ew(&mut self.slow, y_in, cfg.alpha_slow, n);
+        let week_sample = WeekSample { cell, off_daily, dev: week_dev, run: week_run, scale: week_scale, dt, age_ms: timestamp_ms - self.first_ts };
+        self.week.learn(cfg, warm, &week_sample, self.seasonal_dev, n);
         self.learn_season(cfg, slot, x, timestamp_ms, n);
         if warm {
             if hour as u8 != self.last_hour {
@@ -392,6 +406,15 @@ impl SeriesModel {
         }
     }
 
+    /// The daily profile's value for a slot (the mean of the profile for a slot not seen yet).
+    fn profile_at(&self, slot: usize) -> f64 {
+        if self.season_seen & (1 << slot) == 0 {
+            self.season_mean()
+        } else {
+            f64::from(self.season[slot])
+        }
+    }
+
     /// How far a slot's usual value sits from the day's mean (0 for a slot not seen yet).
     fn seasonal_offset(&self, slot: usize) -> f64 {
         if self.season_seen & (1 << slot) == 0 {
@@ -441,12 +464,12 @@ fn learn_tail(tail: &mut f32, d: f64, mean_abs: f64) {
 
 /// A finite `f32` in 16 bits (the upper half of its bits, rounded to nearest): three
 /// significant digits, the full range. For values whose size matters and whose last digits do not.
-fn to_bf16(x: f32) -> u16 {
+pub(super) fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
 
-fn from_bf16(h: u16) -> f32 {
+pub(super) fn from_bf16(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
@@ -458,3 +481,4 @@ pub fn score_from_z(z: f64, cfg: &UnivariateConfig) -> f64 {
         (1.0 - (-(z - cfg.z_floor) / cfg.z_span).exp()).clamp(0.0, 1.0)
     }
 }
+
