@@ -105,6 +105,10 @@ impl WeekProfile {
     /// Learns one sample; `seasonal_dev` is the series' mean distance from the daily profile.
     pub(super) fn learn(&mut self, cfg: &UnivariateConfig, warm: bool, s: &WeekSample, seasonal_dev: f32, n: u32) {
         let WeekSample { cell, off_daily, dev, run, scale, dt, age_ms } = *s;
+        // A value beyond the range of the profiles (f32) teaches the weekly profile nothing.
+        if !(off_daily as f32).is_finite() || !(run as f32).is_finite() {
+            return;
+        }
         self.run = run as f32;
         // The scale follows about a week (a plain mean before), not a few days: the running deviation
         // is smooth, and a few quiet or busy days must not set how much a day may deviate. Anomalous
