@@ -53,7 +53,7 @@ pub(super) struct WeekProfile {
     acc_n: u16,
     acc_cell: u8,
     /// Running (four-hour) average of the distance from the weekly expectation.
-    pub(super) run: f32,
+    run: f32,
     /// Its mean absolute size over about a week: the scale of the evidence.
     pub(super) run_dev: f32,
     /// Mean absolute distance of a value from the weekly expectation.
