@@ -1,6 +1,6 @@
 //! Streaming univariate anomaly scoring: one small, fixed-size model per series.
 //!
-//! [`SeriesModel`] is the whole state of one series (496 bytes, no heap; a test holds it to 512). Each
+//! [`SeriesModel`] is the whole state of one series (504 bytes, no heap; a test holds it to 512). Each
 //! sample goes through [`SeriesModel::update`], which returns a [`PointScore`]: a score in [0, 1], the
 //! value the model expected, a calibrated confidence (the estimated probability that the point lies in
 //! an anomalous stretch, see [`calibration`]), a severity, the kind of anomaly, and whether this point
@@ -19,6 +19,15 @@
 //! - **noise**: a quick average of the (clipped) prediction error against its long-run size, in units of
 //!   how far apart the two usually are: the series got noisier without leaving its level;
 //! - **seasonal breaks**: a shift that only shows once the daily profile is taken out;
+//! - **weekly breaks** (also named seasonal breaks): the last hours against what this weekday's
+//!   four-hour block usually is. A weekly profile (7 weekdays × 6 blocks of the sample's UTC time, each
+//!   the mean offset of its values from the daily profile, learned once per visit) gives the weekly
+//!   expectation; a running average of the distance from it over about a block (time-weighted, so it
+//!   does not depend on the sampling step) is compared with how far that running average usually
+//!   strays (learned over about a week). It counts only once the series is three weeks old and where
+//!   the weekly profile explains a good part of what the daily one leaves (a gate like the daily
+//!   profile's). A holiday on a weekday, which point by point looks like an ordinary weekend day to the
+//!   daily profile, shows this way within hours;
 //! - **flat lines**: a run of repeated values, scored by how surprising such a run is given how often
 //!   the series repeats itself;
 //! - **missing data**: a gap between samples much longer than the series' usual step.
@@ -58,6 +67,7 @@
 mod calibration_table;
 pub mod calibration;
 mod model;
+mod weekly;
 
 pub use model::SeriesModel;
 
@@ -67,7 +77,7 @@ use serde::{Deserialize, Serialize};
 /// Detector name recorded on anomalies.
 pub const DETECTOR: &str = "univariate";
 /// Version of the scoring itself; the calibration version extends it.
-pub const SCORING_VERSION: &str = "univariate-3";
+pub const SCORING_VERSION: &str = "univariate-4";
 /// Model version recorded on anomalies: the scoring and the calibration table it was fitted with.
 pub const MODEL_VERSION: &str = calibration_table::VERSION;
 

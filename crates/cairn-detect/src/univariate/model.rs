@@ -1,10 +1,11 @@
 //! The per-series state and the update step.
 
+use super::weekly::{WeekProfile, WeekSample};
 use super::{calibration, severity_of, AnomalyKind, PointScore, UnivariateConfig};
 
 /// Time-of-day slots of the seasonal profile (half hours).
-const SLOTS: usize = 48;
-const DAY_MS: i64 = 86_400_000;
+pub(super) const SLOTS: usize = 48;
+pub(super) const DAY_MS: i64 = 86_400_000;
 const SLOT_MS: i64 = DAY_MS / SLOTS as i64;
 /// A series must have been seen this long before its daily profile may be used.
 const SEASON_MIN_AGE_MS: i64 = 2 * DAY_MS;
@@ -34,36 +35,36 @@ pub struct SeriesModel {
     fast: f64,
     slow: f64,
     /// Mean absolute one-step prediction error.
-    resid_dev: f64,
+    resid_dev: f32,
     /// Mean absolute distance between the fast and the slow average.
-    shift_dev: f64,
+    shift_dev: f32,
     /// Running 99th percentiles of the same two distances: heavy-tailed series get wider scales.
-    resid_tail: f64,
-    shift_tail: f64,
+    resid_tail: f32,
+    shift_tail: f32,
     /// Fast average of the clipped absolute prediction error, and how far it usually sits from
     /// `resid_dev` (mean absolute distance and tail): the series got noisier.
-    noise_fast: f64,
-    noise_dev: f64,
-    noise_tail: f64,
+    noise_fast: f32,
+    noise_dev: f32,
+    noise_tail: f32,
     /// The quick average and its distance scales from the slow one, as for the fast average.
     quick: f64,
-    quick_dev: f64,
-    quick_tail: f64,
+    quick_dev: f32,
+    quick_tail: f32,
     /// Mean absolute distance of the value from the profile's mean and from its slot of the profile.
-    raw_dev: f64,
-    seasonal_dev: f64,
+    raw_dev: f32,
+    seasonal_dev: f32,
     /// Sum of the visited slots of the profile.
     season_sum: f64,
     /// How much of the daily profile is taken out, 0 to 1.
-    gain: f64,
+    gain: f32,
     /// Usual step between samples.
-    step_ms: f64,
+    step_ms: f32,
     /// Mean value per time-of-day slot, valid where its bit in `season_seen` is set.
     season: [f32; SLOTS],
     season_seen: u64,
     /// Per hour of the day, the largest spike z seen there lately (decays by a day-visit): spikes
     /// that recur at the same time every day (a nightly job) stop being news.
-    hour_peak: [f32; 24],
+    hour_peak: [u16; 24],
     last_hour: u8,
     /// How often the series repeats its previous value.
     repeat_rate: f32,
@@ -77,6 +78,8 @@ pub struct SeriesModel {
     /// Highest score of the open episode.
     episode_peak: f32,
     in_episode: bool,
+    /// The weekly profile and its evidence.
+    week: WeekProfile,
 }
 
 impl Default for SeriesModel {
@@ -85,10 +88,36 @@ impl Default for SeriesModel {
     }
 }
 
+/// A stored average: `f64` where the value itself is kept (levels), `f32` where a scale or a weight
+/// is (their seventh digit never matters, and the bytes pay for the weekly profile).
+pub(super) trait Stored: Copy {
+    fn get(self) -> f64;
+    fn put(&mut self, v: f64);
+}
+
+impl Stored for f64 {
+    fn get(self) -> f64 {
+        self
+    }
+    fn put(&mut self, v: f64) {
+        *self = v;
+    }
+}
+
+impl Stored for f32 {
+    fn get(self) -> f64 {
+        f64::from(self)
+    }
+    fn put(&mut self, v: f64) {
+        *self = v as f32;
+    }
+}
+
 /// Exponential average step; `n` makes early samples count as a plain mean (no start-up bias).
-fn ew(avg: &mut f64, x: f64, alpha: f64, n: u32) {
+pub(super) fn ew<S: Stored>(avg: &mut S, x: f64, alpha: f64, n: u32) {
     let a = alpha.max(1.0 / n.max(1) as f64);
-    *avg += a * (x - *avg);
+    let old = avg.get();
+    avg.put(old + a * (x - old));
 }
 
 impl SeriesModel {
@@ -114,7 +143,7 @@ impl SeriesModel {
             seasonal_dev: 0.0,
             season_sum: 0.0,
             season_seen: 0,
-            hour_peak: [0.0; 24],
+            hour_peak: [0; 24],
             last_hour: 0,
             gain: 0.0,
             step_ms: 0.0,
@@ -127,6 +156,7 @@ impl SeriesModel {
             episode_left: 0,
             episode_peak: 0.0,
             in_episode: false,
+            week: WeekProfile::new(),
         }
     }
 
@@ -155,17 +185,17 @@ impl SeriesModel {
         let warm = self.n >= cfg.warmup_points;
 
         // The prediction, with the part of the daily profile the series has shown it follows.
-        let seasonal = self.gain * self.seasonal_offset(slot);
+        let seasonal = f64::from(self.gain) * self.seasonal_offset(slot);
         let y = x - seasonal;
         let expected = self.level + seasonal;
         let floor = 1e-3 * self.slow.abs().max(1e-6);
 
         // Spike: the one-step prediction error.
         let resid = y - self.level;
-        let spike_scale = (self.resid_dev * MAD_TO_SIGMA).max(self.resid_tail / TAIL_TO_SIGMA).max(floor);
+        let spike_scale = (f64::from(self.resid_dev) * MAD_TO_SIGMA).max(f64::from(self.resid_tail) / TAIL_TO_SIGMA).max(floor);
         let z_raw_spike = resid.abs() / spike_scale;
         let hour = slot / 2;
-        let recurring = (0..3).map(|d| self.hour_peak[(hour + 23 + d) % 24]).fold(0.0f32, f32::max);
+        let recurring = (0..3).map(|d| from_bf16(self.hour_peak[(hour + 23 + d) % 24])).fold(0.0f32, f32::max);
         let z_spike = z_raw_spike / (f64::from(recurring) / cfg.z_floor).max(1.0);
         let far = z_raw_spike > cfg.clip_z;
         let far_run = if far { self.far_run + 1 } else { 0 };
@@ -180,20 +210,20 @@ impl SeriesModel {
         let mut fast = self.fast;
         ew(&mut fast, y_in, cfg.alpha_fast, self.n);
         let shift = fast - self.slow;
-        let shift_scale = (self.shift_dev * MAD_TO_SIGMA).max(self.shift_tail / TAIL_TO_SIGMA).max(floor);
+        let shift_scale = (f64::from(self.shift_dev) * MAD_TO_SIGMA).max(f64::from(self.shift_tail) / TAIL_TO_SIGMA).max(floor);
         // The same against a quicker average; the stronger of the two horizons counts.
         let mut quick = self.quick;
         ew(&mut quick, y_in, cfg.alpha_quick, self.n);
         let quick_shift = quick - self.slow;
-        let quick_scale = (self.quick_dev * MAD_TO_SIGMA).max(self.quick_tail / TAIL_TO_SIGMA).max(floor);
+        let quick_scale = (f64::from(self.quick_dev) * MAD_TO_SIGMA).max(f64::from(self.quick_tail) / TAIL_TO_SIGMA).max(floor);
         let z_quick = if cfg.alpha_quick > 0.0 { quick_shift.abs() / quick_scale } else { 0.0 };
         let z_shift = (shift.abs() / shift_scale).max(z_quick);
 
         // Noise: the recent size of the prediction error against its long-run size (one-sided).
-        let mut noise_fast = self.noise_fast;
+        let mut noise_fast = f64::from(self.noise_fast);
         ew(&mut noise_fast, resid.abs().min(cfg.clip_z * spike_scale), cfg.alpha_quick, self.n);
-        let noise = noise_fast - self.resid_dev;
-        let noise_scale = (self.noise_dev * MAD_TO_SIGMA).max(self.noise_tail / TAIL_TO_SIGMA).max(floor);
+        let noise = noise_fast - f64::from(self.resid_dev);
+        let noise_scale = (f64::from(self.noise_dev) * MAD_TO_SIGMA).max(f64::from(self.noise_tail) / TAIL_TO_SIGMA).max(floor);
         let z_noise = noise.max(0.0) / noise_scale;
 
         // Flat line: how surprising the current run of repeated values is.
@@ -207,17 +237,25 @@ impl SeriesModel {
         };
 
         // Missing data: a step much longer than usual.
-        let gap_ratio = if self.step_ms > 0.0 { dt / self.step_ms } else { 1.0 };
+        let gap_ratio = if f64::from(self.step_ms) > 0.0 { dt / f64::from(self.step_ms) } else { 1.0 };
         let z_gap = if gap_ratio > cfg.gap_factor {
             cfg.z_floor + 2.0 * (gap_ratio / cfg.gap_factor).ln()
         } else {
             0.0
         };
 
+        // Weekly: the last hours' distance from what this weekday and block usually show.
+        let cell = WeekProfile::cell(timestamp_ms, slot);
+        let off_daily = x - self.profile_at(slot);
+        let week_dev = off_daily - self.week.offset(cell);
+        let week_run = self.week.next_run(week_dev, dt);
+        let week_scale = (f64::from(self.week.run_dev) * MAD_TO_SIGMA).max(floor);
+        let z_week = if self.week.active() { week_run.abs() / week_scale } else { 0.0 };
+
         // Off the daily profile while still inside the usual range: the profile broke, not the level.
         let seasonal_break = {
-            let raw_scale = (self.raw_dev * MAD_TO_SIGMA).max(floor);
-            self.gain > 0.5 && (x - self.season_mean()).abs() / raw_scale < cfg.z_floor
+            let raw_scale = (f64::from(self.raw_dev) * MAD_TO_SIGMA).max(floor);
+            f64::from(self.gain) > 0.5 && (x - self.season_mean()).abs() / raw_scale < cfg.z_floor
         };
         let shift_kind = {
             if seasonal_break {
@@ -244,7 +282,7 @@ impl SeriesModel {
         };
         let mut z = z_spike;
         let mut kind = spike_kind;
-        for (zc, kc) in [(z_noise, noise_kind), (z_shift, shift_kind), (z_flat, AnomalyKind::FlatLine), (z_gap, AnomalyKind::MissingData)] {
+        for (zc, kc) in [(z_noise, noise_kind), (z_shift, shift_kind), (z_flat, AnomalyKind::FlatLine), (z_gap, AnomalyKind::MissingData), (z_week, AnomalyKind::SeasonalBreak)] {
             if zc > z {
                 z = zc;
                 kind = kc;
@@ -263,7 +301,7 @@ impl SeriesModel {
         let n = self.n + 1;
         // Anomalous deviations also widen the scale ten times more slowly, so a drift or a burst cannot
         // hide itself by teaching the model that it is normal.
-        let learn_scale = |dev: &mut f64, d: f64, scale: f64| {
+        let learn_scale = |dev: &mut f32, d: f64, scale: f64| {
             let (d, alpha) = match (warm, d / scale) {
                 (false, _) => (d, cfg.alpha_scale),
                 (true, z) if z <= cfg.z_floor => (d, cfg.alpha_scale),
@@ -276,31 +314,34 @@ impl SeriesModel {
         learn_scale(&mut self.noise_dev, noise.abs(), noise_scale);
         learn_scale(&mut self.quick_dev, quick_shift.abs(), quick_scale);
         if warm {
-            learn_tail(&mut self.resid_tail, resid.abs(), self.resid_dev);
-            learn_tail(&mut self.shift_tail, shift.abs(), self.shift_dev);
-            learn_tail(&mut self.noise_tail, noise.abs(), self.noise_dev);
-            learn_tail(&mut self.quick_tail, quick_shift.abs(), self.quick_dev);
+            learn_tail(&mut self.resid_tail, resid.abs(), f64::from(self.resid_dev));
+            learn_tail(&mut self.shift_tail, shift.abs(), f64::from(self.shift_dev));
+            learn_tail(&mut self.noise_tail, noise.abs(), f64::from(self.noise_dev));
+            learn_tail(&mut self.quick_tail, quick_shift.abs(), f64::from(self.quick_dev));
         }
         ew(&mut self.level, y_in, cfg.alpha_level, n);
         self.fast = fast;
-        self.noise_fast = noise_fast;
+        self.noise_fast = noise_fast as f32;
         self.quick = quick;
         ew(&mut self.slow, y_in, cfg.alpha_slow, n);
+        let week_sample = WeekSample { cell, off_daily, dev: week_dev, run: week_run, scale: week_scale, dt, age_ms: timestamp_ms - self.first_ts };
+        self.week.learn(cfg, warm, &week_sample, self.seasonal_dev, n);
         self.learn_season(cfg, slot, x, timestamp_ms, n);
         if warm {
             if hour as u8 != self.last_hour {
-                self.hour_peak[hour] *= HOUR_PEAK_DECAY;
+                self.hour_peak[hour] = to_bf16(from_bf16(self.hour_peak[hour]) * HOUR_PEAK_DECAY);
             }
             // Only isolated, clear spikes are remembered: noise and sustained shifts are not a habit.
             if z_raw_spike > 2.0 * cfg.z_floor && far_run <= 1 {
-                self.hour_peak[hour] = self.hour_peak[hour].max(z_raw_spike.min(1e6) as f32);
+                self.hour_peak[hour] = to_bf16(from_bf16(self.hour_peak[hour]).max(z_raw_spike.min(1e6) as f32));
             }
         }
         self.last_hour = hour as u8;
-        if self.step_ms == 0.0 {
-            self.step_ms = dt;
+        if f64::from(self.step_ms) == 0.0 {
+            self.step_ms = dt as f32;
         } else {
-            self.step_ms += 0.05 * (dt.min(3.0 * self.step_ms) - self.step_ms);
+            let step = f64::from(self.step_ms);
+            self.step_ms = (step + 0.05 * (dt.min(3.0 * step) - step)) as f32;
         }
         self.repeat_rate += 0.01 * (if repeated { 1.0 } else { 0.0 } - self.repeat_rate);
         self.prev = x;
@@ -365,6 +406,15 @@ impl SeriesModel {
         }
     }
 
+    /// The daily profile's value for a slot (the mean of the profile for a slot not seen yet).
+    fn profile_at(&self, slot: usize) -> f64 {
+        if self.season_seen & (1 << slot) == 0 {
+            self.season_mean()
+        } else {
+            f64::from(self.season[slot])
+        }
+    }
+
     /// How far a slot's usual value sits from the day's mean (0 for a slot not seen yet).
     fn seasonal_offset(&self, slot: usize) -> f64 {
         if self.season_seen & (1 << slot) == 0 {
@@ -396,18 +446,31 @@ impl SeriesModel {
 /// Tracks the 99th percentile of a non-negative quantity by multiplicative steps: up 5% on an
 /// exceedance, down 0.05% otherwise, which balances at 1% exceedances. One wild value moves it by 5%
 /// only. Starts from the mean absolute deviation's Gaussian equivalent.
-fn learn_tail(tail: &mut f64, d: f64, mean_abs: f64) {
-    if *tail <= 0.0 {
-        *tail = mean_abs * MAD_TO_SIGMA * TAIL_TO_SIGMA;
-        if *tail <= 0.0 {
+fn learn_tail(tail: &mut f32, d: f64, mean_abs: f64) {
+    let mut t = f64::from(*tail);
+    if t <= 0.0 {
+        t = mean_abs * MAD_TO_SIGMA * TAIL_TO_SIGMA;
+        if t <= 0.0 {
             return;
         }
     }
-    if d > *tail {
-        *tail *= 1.0 + 0.05 * 0.99;
+    if d > t {
+        t *= 1.0 + 0.05 * 0.99;
     } else {
-        *tail *= 1.0 - 0.05 * 0.01;
+        t *= 1.0 - 0.05 * 0.01;
     }
+    *tail = t as f32;
+}
+
+/// A finite `f32` in 16 bits (the upper half of its bits, rounded to nearest): three
+/// significant digits, the full range. For values whose size matters and whose last digits do not.
+pub(super) fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+pub(super) fn from_bf16(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
 }
 
 /// Equivalent z to a score in [0, 1]: 0 up to `z_floor`, then rising towards 1.
@@ -418,3 +481,4 @@ pub fn score_from_z(z: f64, cfg: &UnivariateConfig) -> f64 {
         (1.0 - (-(z - cfg.z_floor) / cfg.z_span).exp()).clamp(0.0, 1.0)
     }
 }
+

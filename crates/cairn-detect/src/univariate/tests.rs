@@ -323,3 +323,64 @@ fn noise_growing_around_the_same_level_is_raised_within_20_points() {
     // Some point of the opening stretch is named noise (a single wild one may still be a spike first).
     assert!(s[o[0]..o[0] + 30].iter().any(|p| p.kind == AnomalyKind::Noise), "{:?}", &s[o[0]..o[0] + 30]);
 }
+
+/// Midnight UTC of a Monday (2023-11-13).
+const MONDAY_MS: i64 = 19_674 * 86_400_000;
+/// Samples per day of the weekly series (every 15 minutes).
+const WEEKLY_PER_DAY: usize = 96;
+
+/// Six weeks of a busy-weekday, quiet-weekend series with a daily cycle, sampled every 15 minutes
+/// from a Monday midnight; `holiday` names a day (from 0) whose values are all at 60% of its usual.
+fn weekly_series(holiday: Option<usize>) -> Vec<PointScore> {
+    let cfg = UnivariateConfig::default();
+    let mut m = SeriesModel::new();
+    (0..42 * WEEKLY_PER_DAY)
+        .map(|i| {
+            let day = i / WEEKLY_PER_DAY;
+            let phase = (i % WEEKLY_PER_DAY) as f64 / WEEKLY_PER_DAY as f64;
+            let level = if day % 7 >= 5 { 60.0 } else { 100.0 };
+            let usual = level * (1.0 - 0.5 * (phase * std::f64::consts::TAU).cos()) + 3.0 * gauss(i);
+            let v = if holiday == Some(day) { 0.6 * usual } else { usual };
+            m.update(&cfg, MONDAY_MS + i as i64 * 15 * MIN, v)
+        })
+        .collect()
+}
+
+#[test]
+fn a_weekday_at_60_percent_of_its_usual_level_is_raised_within_that_day() {
+    // A Wednesday in the fifth week. Point by point it looks like a quiet weekend day to the daily
+    // profile; summed over hours it is far from what a Wednesday's blocks usually are.
+    let day = 4 * 7 + 2;
+    let s = weekly_series(Some(day));
+    let o = onsets(&s);
+    let (from, to) = (day * WEEKLY_PER_DAY, (day + 1) * WEEKLY_PER_DAY);
+    // Nothing from the fourth week (the weekly profile is used after three) up to the holiday,
+    let quiet_from = 21 * WEEKLY_PER_DAY;
+    assert!(o.iter().all(|&i| i < quiet_from || i >= from), "onsets before the holiday: {o:?}");
+    // an onset within the holiday itself, named a seasonal break,
+    let first = o.iter().copied().find(|&i| i >= from).expect("holiday not raised");
+    assert!(first < to, "holiday raised only at {first}, day is {from}..{to}: {o:?}");
+    assert_eq!(s[first].kind, AnomalyKind::SeasonalBreak, "{:?}", s[first]);
+    // and the following week, which the holiday must not have taught to look wrong, stays quiet.
+    assert!(o.iter().all(|&i| i < to + WEEKLY_PER_DAY || i >= to + 7 * WEEKLY_PER_DAY), "after the holiday: {o:?}");
+}
+
+#[test]
+fn a_weekly_series_without_a_holiday_stays_quiet_once_its_weekly_profile_is_used() {
+    // The weekends are 40% lower than the weekdays: the weekly profile must take that as normal, not
+    // as two anomalous days a week.
+    let s = weekly_series(None);
+    let quiet_from = 21 * WEEKLY_PER_DAY;
+    let o = onsets(&s);
+    assert!(o.iter().all(|&i| i < quiet_from), "onsets after three weeks: {o:?}");
+    let worst = s[quiet_from..].iter().map(|p| p.score).fold(0.0, f64::max);
+    assert!(worst < 0.5, "worst score {worst}");
+    // Quiet because it knows the week, not because it is blind: the same Wednesday at the weekend's
+    // level is raised, while the weekend days at that level are not.
+    let day = 4 * 7 + 2;
+    let with_holiday = onsets(&weekly_series(Some(day)));
+    let holiday = day * WEEKLY_PER_DAY..(day + 1) * WEEKLY_PER_DAY;
+    assert!(with_holiday.iter().any(|i| holiday.contains(i)), "{with_holiday:?}");
+    let weekend = (day + 3) * WEEKLY_PER_DAY..(day + 5) * WEEKLY_PER_DAY;
+    assert!(!with_holiday.iter().any(|i| weekend.contains(i)), "{with_holiday:?}");
+}
