@@ -66,6 +66,10 @@ pub struct SeriesModel {
     /// that recur at the same time every day (a nightly job) stop being news.
     hour_peak: [u16; 24],
     last_hour: u8,
+    /// Binary exponent the series' values are divided by before they enter the state (0 for any
+    /// series that starts within 1e-30..1e30 of zero): scales are stored as `f32`, so a series of
+    /// 1e42s is modelled as 1e42 / 2^e, exactly (a power of two), instead of overflowing them.
+    exp2: i16,
     /// How often the series repeats its previous value.
     repeat_rate: f32,
     /// The series' alerts lately: +1 per onset, fading over `ALERT_MEMORY_POINTS` samples. A series
@@ -145,6 +149,7 @@ impl SeriesModel {
             season_seen: 0,
             hour_peak: [0; 24],
             last_hour: 0,
+            exp2: 0,
             gain: 0.0,
             step_ms: 0.0,
             season: [0.0; SLOTS],
@@ -179,7 +184,8 @@ impl SeriesModel {
             self.start(timestamp_ms, value);
             return self.quiet(value);
         }
-        let x = value;
+        let unit = self.unit();
+        let x = value / unit;
         let slot = (timestamp_ms.rem_euclid(DAY_MS) / SLOT_MS) as usize;
         let dt = (timestamp_ms - self.last_ts) as f64;
         let warm = self.n >= cfg.warmup_points;
@@ -187,7 +193,7 @@ impl SeriesModel {
         // The prediction, with the part of the daily profile the series has shown it follows.
         let seasonal = f64::from(self.gain) * self.seasonal_offset(slot);
         let y = x - seasonal;
-        let expected = self.level + seasonal;
+        let expected = (self.level + seasonal) * unit;
         let floor = 1e-3 * self.slow.abs().max(1e-6);
 
         // Spike: the one-step prediction error.
@@ -382,8 +388,13 @@ impl SeriesModel {
         }
     }
 
-    fn start(&mut self, ts: i64, x: f64) {
+    fn start(&mut self, ts: i64, value: f64) {
         *self = SeriesModel::new();
+        let magnitude = value.abs();
+        if magnitude > 1e30 || (magnitude > 0.0 && magnitude < 1e-30) {
+            self.exp2 = magnitude.log2().floor() as i16;
+        }
+        let x = value / self.unit();
         self.first_ts = ts;
         self.last_ts = ts;
         self.prev = x;
@@ -392,6 +403,14 @@ impl SeriesModel {
         self.quick = x;
         self.slow = x;
         self.n = 1;
+    }
+
+    /// What the series' values are divided by inside the state: `2^exp2`, 1 for almost every series.
+    fn unit(&self) -> f64 {
+        match self.exp2 {
+            0 => 1.0,
+            e => f64::from(e).exp2(),
+        }
     }
 
     fn quiet(&self, expected: f64) -> PointScore {

@@ -384,3 +384,19 @@ fn a_weekly_series_without_a_holiday_stays_quiet_once_its_weekly_profile_is_used
     let weekend = (day + 3) * WEEKLY_PER_DAY..(day + 5) * WEEKLY_PER_DAY;
     assert!(!with_holiday.iter().any(|i| weekend.contains(i)), "{with_holiday:?}");
 }
+
+#[test]
+fn a_series_beyond_f32_range_still_scores_a_level_shift() {
+    // Scales and weights are stored as f32: a series whose values (and so whose deviations) lie past
+    // f32's range, either way, must still give finite scores and still raise a shift, not go blind on
+    // infinities or zeros. 1e42 and 1e-42 are finite f64 samples that remote_write may carry.
+    for unit in [1e40, 1e-44] {
+        let v: Vec<f64> = (0..2000).map(|i| unit * (if i < 1500 { 100.0 } else { 200.0 } + gauss(i))).collect();
+        let s = run(&v, MIN);
+        assert!(s.iter().all(|p| p.score.is_finite() && (0.0..=1.0).contains(&p.score)));
+        let o = onsets(&s);
+        assert!(o.iter().any(|&i| (1500..1510).contains(&i)), "unit {unit}: onsets {o:?}");
+        // What the model expects is in the series' own units.
+        assert!((s[1400].expected / unit - 100.0).abs() < 5.0, "unit {unit}: expected {}", s[1400].expected);
+    }
+}
