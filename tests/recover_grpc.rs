@@ -69,3 +69,68 @@ async fn a_claim_abandoned_before_its_adapter_call_is_requeued_once_and_runs_und
     assert!(h.metrics_text().await.contains("cairn_changes_interrupted_total{resolution=\"requeued\"} 1"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_claimed_in_one_batch_keep_their_leases_while_an_earlier_one_runs() {
+    let keep = tempfile::tempdir().unwrap();
+    let data_dir = keep.path().join("data");
+    let clock = || Arc::new(cairn_server::engine::SystemClock);
+
+    // 1. Two tier-3 changes, each approved by two people, wait for a maintenance window.
+    let dir = data_dir.clone();
+    let mut h = Harness::start_on(clock(), move |cfg, _| cfg.data_dir = dir).await;
+    h.fire_alert(DNS, "edge", "0.9", "fp-dns-batch-1").await;
+    h.fire_alert(DNS, "mail", "0.9", "fp-dns-batch-2").await;
+    let views = h.wait_for_views("two dns_change", |v| v.len() >= 2).await;
+    let recs: Vec<pb::Recommendation> = views.iter().map(|v| v.recommendation.clone().unwrap()).collect();
+    for r in &recs {
+        h.review("user:alice").await.approve(approve_req(r, "checked")).await.unwrap();
+        h.review("user:bob").await.approve(approve_req(r, "checked too")).await.unwrap();
+        h.wait_for_state(&r.id, &["approved"]).await;
+    }
+    h.stop().await;
+
+    // 2. A server with the window open claims both in one pass; each adapter call takes 2 s, three
+    //    times the 600 ms lease. While the first runs, the second waits its turn under this
+    //    process's claim, and its lease must be renewed with the first's: no lease of this store
+    //    is ever seen expired.
+    let dir = data_dir.clone();
+    let mut h = Harness::start_on(clock(), move |cfg, _| {
+        cfg.data_dir = dir;
+        cfg.executor.adapter = "command".into();
+        cfg.executor.command.execute = vec!["sleep".into(), "2".into()];
+        cfg.executor.command.rollback = vec!["true".into()];
+        cfg.executor.lease_ms = 600;
+        always_open_window(cfg);
+    })
+    .await;
+    let store = h.engine().store.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut checks = 0;
+    loop {
+        let executing = {
+            let mut n = 0;
+            for r in &recs {
+                n += usize::from(h.card(&r.id, r.revision).await.change.is_some_and(|c| c.state == "executing"));
+            }
+            n
+        };
+        if executing == 0 && checks > 0 {
+            break;
+        }
+        if executing == 2 {
+            let expired = store.expired_leases(now_ms(), 10).unwrap();
+            assert!(expired.is_empty(), "a claim waiting its turn lapsed: {:?}", expired.iter().map(|(_, l)| l).collect::<Vec<_>>());
+            checks += 1;
+        }
+        assert!(std::time::Instant::now() < deadline, "the batch did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(checks >= 10, "both were seen executing together for at least a second ({checks} checks)");
+    for r in &recs {
+        let events = h.audit_events(&r.id).await;
+        assert!(events.iter().all(|e| e.kind != "change.interrupted"), "{events:#?}");
+        assert!(events.iter().any(|e| e.kind == "change.executed"), "{events:#?}");
+    }
+    h.stop().await;
+}

@@ -11,7 +11,7 @@ use cairn_policy::{Router, RoutingContext};
 use cairn_recommend::Recommender;
 use cairn_store::{RecommendationRecord, Store, StoreError};
 use cairn_types::{
-    AlertEvent, ChangeRequest, ChangeState, Incident, Principal, RecommendationId, SampleBatch,
+    AlertEvent, ChangeId, ChangeRequest, ChangeState, Incident, Principal, RecommendationId, SampleBatch,
 };
 use cairn_workflow::{Executor, WorkflowConfig};
 use std::collections::BTreeMap;
@@ -383,18 +383,24 @@ impl Engine {
             .await?;
         let (rollbacks, claimed) = claimed;
         let n = rollbacks.len() + claimed.len();
+        // The whole batch is claimed now and run one change after another: while one runs, the
+        // leases of those still waiting their turn are renewed with it, so a slow change does not
+        // let the rest look abandoned.
+        let mut waiting: Vec<ChangeId> = rollbacks.iter().chain(&claimed).map(|c| c.id.clone()).collect();
         for change in rollbacks {
-            self.roll_back_one(change).await?;
+            waiting.retain(|id| id != &change.id);
+            self.roll_back_one(change, &waiting).await?;
         }
         for change in claimed {
-            self.execute_one(change).await?;
+            waiting.retain(|id| id != &change.id);
+            self.execute_one(change, &waiting).await?;
         }
         Ok(n)
     }
 
     /// Undoes the executed stages of a stopped rollout the store handed out, records the result
     /// (and escalates a failed rollback) like any execution.
-    async fn roll_back_one(self: &Arc<Self>, change: ChangeRequest) -> Result<(), ApiError> {
+    async fn roll_back_one(self: &Arc<Self>, change: ChangeRequest, waiting: &[ChangeId]) -> Result<(), ApiError> {
         let span = info_span!("roll_back", change_id = %change.id, recommendation_id = %change.recommendation_id, revision = change.revision);
         let (id, rev) = (change.recommendation_id.clone(), change.revision);
         let record = self.on_blocking(move |e| Ok(e.store.get_recommendation(&id, Some(rev))?)).await?;
@@ -406,7 +412,7 @@ impl Engine {
             let _g = span.enter();
             self.executor.roll_back_stopped(&change, &recommendation, now)
         };
-        let result = self.renewing_lease(&change.id, undo).await;
+        let result = self.renewing_lease(&change.id, waiting, undo).await;
         let (execution, next, drafts) = match result {
             Ok(done) => done,
             Err(cairn_workflow::ExecutionRefused::ClaimLost(why)) => {
@@ -448,7 +454,7 @@ impl Engine {
         tokio::task::spawn_blocking(move || f(&engine)).await.map_err(|e| ApiError::Internal(format!("worker panicked: {e}")))?
     }
 
-    async fn execute_one(self: &Arc<Self>, change: ChangeRequest) -> Result<(), ApiError> {
+    async fn execute_one(self: &Arc<Self>, change: ChangeRequest, waiting: &[ChangeId]) -> Result<(), ApiError> {
         let span = info_span!("execute", change_id = %change.id, recommendation_id = %change.recommendation_id, revision = change.revision);
         let (id, rev) = (change.recommendation_id.clone(), change.revision);
         let record = self.on_blocking(move |e| Ok(e.store.get_recommendation(&id, Some(rev))?)).await?;
@@ -481,7 +487,7 @@ impl Engine {
             let _g = span.enter();
             self.executor.run(&change, &recommendation, &decision, now)
         };
-        let result = self.renewing_lease(&change.id, run).await;
+        let result = self.renewing_lease(&change.id, waiting, run).await;
         let (execution, next, drafts) = match result {
             Ok(done) => done,
             Err(cairn_workflow::ExecutionRefused::ClaimLost(why)) => {

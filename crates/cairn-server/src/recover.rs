@@ -125,9 +125,10 @@ impl Engine {
         Ok(true)
     }
 
-    /// Runs `work` on `change` while renewing this process's lease on it every third of the lease
-    /// length, so a slow adapter call is not taken for an abandoned one.
-    pub(crate) async fn renewing_lease<T>(self: &Arc<Self>, change: &ChangeId, work: impl Future<Output = T>) -> T {
+    /// Runs `work` on `change` while renewing this process's lease on it, and on the changes of the
+    /// same batch still `waiting` their turn, every third of the lease length, so a slow adapter call
+    /// is not taken for an abandoned one, nor are the claims queued behind it.
+    pub(crate) async fn renewing_lease<T>(self: &Arc<Self>, change: &ChangeId, waiting: &[ChangeId], work: impl Future<Output = T>) -> T {
         let terms: LeaseTerms = self.store.lease_terms();
         let every = std::time::Duration::from_millis((terms.ttl_ms / 3).max(1) as u64);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -136,17 +137,26 @@ impl Engine {
             tokio::select! {
                 out = &mut work => return out,
                 _ = ticker.tick() => {
-                    let (engine, id, holder) = (self.clone(), change.clone(), terms.holder.clone());
+                    let ids: Vec<ChangeId> = std::iter::once(change).chain(waiting).cloned().collect();
+                    let (engine, holder) = (self.clone(), terms.holder.clone());
                     let renewed = tokio::task::spawn_blocking(move || {
                         let now = engine.clock.now_ms();
-                        engine.store.renew_lease(&id, &holder, now)
+                        ids.into_iter().map(|id| (engine.store.renew_lease(&id, &holder, now), id)).collect::<Vec<_>>()
                     })
                     .await;
-                    match renewed {
-                        Ok(Ok(Some(_))) => {}
-                        Ok(Ok(None)) => info!(change_id = %change, "lease no longer held; the executor stops before its next adapter call"),
-                        Ok(Err(e)) => warn!(change_id = %change, error = %e, "lease renewal failed"),
-                        Err(e) => warn!(change_id = %change, error = %e, "lease renewal panicked"),
+                    let renewed = match renewed {
+                        Ok(renewed) => renewed,
+                        Err(e) => {
+                            warn!(change_id = %change, error = %e, "lease renewal panicked");
+                            continue;
+                        }
+                    };
+                    for (result, id) in renewed {
+                        match result {
+                            Ok(Some(_)) => {}
+                            Ok(None) => info!(change_id = %id, "lease no longer held; the executor stops before its next adapter call"),
+                            Err(e) => warn!(change_id = %id, error = %e, "lease renewal failed"),
+                        }
                     }
                 }
             }
