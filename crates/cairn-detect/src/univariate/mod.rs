@@ -5,7 +5,9 @@
 //! value the model expected, a calibrated confidence (the estimated probability that the point lies in
 //! an anomalous stretch, see [`calibration`]), a severity, the kind of anomaly, and whether this point
 //! opens an anomalous episode. Pure: no clock, no I/O, no randomness; time comes from the samples, so
-//! the same model fed the same samples gives the same scores, bit for bit.
+//! the same model fed the same samples gives the same scores, bit for bit. Levels are kept as `f64`,
+//! scales and weights as `f32`; a series that starts beyond 1e30 in size (or within 1e-30 of zero) is
+//! modelled divided by a power of two, exactly, so those `f32`s neither overflow nor vanish.
 //!
 //! # What it looks at
 //!
