@@ -17,6 +17,25 @@ fn approve_req(r: &pb::Recommendation, reason: &str) -> pb::ApproveRequest {
     pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: reason.into() }
 }
 
+/// One tier-3 DNS change per service, each approved by two people, left `approved` in the store
+/// under `data_dir`, waiting for a maintenance window (none configured); the server is stopped.
+async fn approved_dns_changes(data_dir: &std::path::Path, services: &[&str]) -> Vec<pb::Recommendation> {
+    let dir = data_dir.to_path_buf();
+    let mut h = Harness::start_on(Arc::new(cairn_server::engine::SystemClock), move |cfg, _| cfg.data_dir = dir).await;
+    for service in services {
+        h.fire_alert(DNS, service, "0.9", &format!("fp-dns-{service}")).await;
+    }
+    let views = h.wait_for_views("a dns_change per service", |v| v.len() >= services.len()).await;
+    let recs: Vec<pb::Recommendation> = views.iter().map(|v| v.recommendation.clone().unwrap()).collect();
+    for r in &recs {
+        h.review("user:alice").await.approve(approve_req(r, "checked")).await.unwrap();
+        h.review("user:bob").await.approve(approve_req(r, "checked too")).await.unwrap();
+        h.wait_for_state(&r.id, &["approved"]).await;
+    }
+    h.stop().await;
+    recs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_abandoned_before_its_adapter_call_is_requeued_once_and_runs_under_its_approval() {
     let keep = tempfile::tempdir().unwrap();
@@ -24,16 +43,7 @@ async fn a_claim_abandoned_before_its_adapter_call_is_requeued_once_and_runs_und
     let clock = || Arc::new(cairn_server::engine::SystemClock);
 
     // 1. A tier-3 change approved by two people waits for a maintenance window (none configured).
-    let dir = data_dir.clone();
-    let mut h = Harness::start_on(clock(), move |cfg, _| cfg.data_dir = dir).await;
-    h.fire_alert(DNS, "edge", "0.9", "fp-dns-recover").await;
-    let views = h.wait_for_views("dns_change on edge", |v| !v.is_empty()).await;
-    let r = views[0].recommendation.clone().unwrap();
-    h.review("user:alice").await.approve(approve_req(&r, "checked")).await.unwrap();
-    h.review("user:bob").await.approve(approve_req(&r, "checked too")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    h.wait_for_state(&r.id, &["approved"]).await;
-    h.stop().await;
+    let r = approved_dns_changes(&data_dir, &["edge"]).await.remove(0);
 
     // 2. Another executor claimed it a minute ago and died before touching the target.
     let claimed_at = now_ms() - 60_000;
@@ -77,18 +87,7 @@ async fn changes_claimed_in_one_batch_keep_their_leases_while_an_earlier_one_run
     let clock = || Arc::new(cairn_server::engine::SystemClock);
 
     // 1. Two tier-3 changes, each approved by two people, wait for a maintenance window.
-    let dir = data_dir.clone();
-    let mut h = Harness::start_on(clock(), move |cfg, _| cfg.data_dir = dir).await;
-    h.fire_alert(DNS, "edge", "0.9", "fp-dns-batch-1").await;
-    h.fire_alert(DNS, "mail", "0.9", "fp-dns-batch-2").await;
-    let views = h.wait_for_views("two dns_change", |v| v.len() >= 2).await;
-    let recs: Vec<pb::Recommendation> = views.iter().map(|v| v.recommendation.clone().unwrap()).collect();
-    for r in &recs {
-        h.review("user:alice").await.approve(approve_req(r, "checked")).await.unwrap();
-        h.review("user:bob").await.approve(approve_req(r, "checked too")).await.unwrap();
-        h.wait_for_state(&r.id, &["approved"]).await;
-    }
-    h.stop().await;
+    let recs = approved_dns_changes(&data_dir, &["edge", "mail"]).await;
 
     // 2. A server with the window open claims both in one pass; each adapter call takes 4 s, over
     //    twice the 1.5 s lease (renewed every 500 ms, leaving a loaded machine a second of slack). While the first runs, the second waits its turn under this
