@@ -144,8 +144,8 @@ impl LeaseStore for SqliteStore {
             if !still_abandoned {
                 return Ok(false);
             }
+            // Recovery always moves the change out of `executing`, so this write also ends the lease.
             write_change(tx, change, expected_version)?;
-            tx.execute("DELETE FROM change_leases WHERE change_id = ?1", [&change.id.0])?;
             append_audit(tx, audit, now_ms)?;
             Ok(true)
         })
