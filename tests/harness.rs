@@ -28,6 +28,10 @@ pub const PEOPLE: &[(&str, &[&str])] = &[
     ("user:mallory", &[]),
 ];
 
+/// The service identity the harness's Prometheus and Alertmanager traffic authenticates as: it
+/// may ingest and steer with annotations, and nothing else (it is not a person).
+pub const SENDER: &str = "service:alertmanager";
+
 pub fn token_of(subject: &str) -> String {
     format!("test-token-{subject}")
 }
@@ -56,8 +60,22 @@ pub fn default_config(data_dir: PathBuf) -> ServerConfig {
             display_name: String::new(),
             groups: g.iter().map(|g| g.to_string()).collect(),
             token_sha256: cairn_server::auth::hash_token(&token_of(s)),
+            kind: None,
+            scopes: None,
         })
         .collect();
+    cfg.auth.tokens.push(TokenEntry {
+        subject: SENDER.into(),
+        display_name: String::new(),
+        groups: vec![],
+        token_sha256: cairn_server::auth::hash_token(&token_of(SENDER)),
+        kind: Some(cairn_server::access::PrincipalKind::Service),
+        scopes: Some(vec![cairn_server::access::Scope::Ingest, cairn_server::access::Scope::IngestAnnotate]),
+    });
+    // As a production install runs: senders authenticate, so automation is possible at all, and
+    // held or break-glass changes name who may approve them.
+    cfg.ingest.require_token = true;
+    cfg.guardrails.approver_groups = vec!["sre".into()];
     cfg
 }
 
@@ -114,10 +132,16 @@ impl Harness {
         &self.server.as_ref().unwrap().engine
     }
 
+    /// POSTs as the harness's sender ([`SENDER`]) unless `headers` carry their own Authorization
+    /// (an empty value sends none).
     pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, String) {
         let mut req = self.client.post(format!("http://{}{path}", self.http)).body(body);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+            req = req.bearer_auth(token_of(SENDER));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().copied().filter(|(_, v)| !v.is_empty()).collect();
         for (k, v) in headers {
-            req = req.header(*k, *v);
+            req = req.header(k, v);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();

@@ -92,6 +92,7 @@ async fn full_queue_answers_503_with_retry_after_never_4xx() {
         handles.push(tokio::spawn(async move {
             let r = client
                 .post(url)
+                .bearer_auth(token_of(SENDER))
                 .header("Content-Encoding", "snappy")
                 .header("Content-Type", "application/x-protobuf")
                 .body(body)
@@ -171,7 +172,7 @@ async fn grpc_push_keeps_valid_items_and_explains_rejected_ones() {
     use cairn_proto::v1 as pb;
     let mut h = Harness::start().await;
     let channel = tonic::transport::Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
-    let mut ingest = pb::ingest_service_client::IngestServiceClient::new(channel);
+    let mut ingest = pb::ingest_service_client::IngestServiceClient::with_interceptor(channel, cairn_e2e::Bearer::of(cairn_e2e::SENDER));
     let label = |n: &str, v: &str| pb::Label { name: n.into(), value: v.into() };
     let batch = pb::PushRequest {
         samples: vec![

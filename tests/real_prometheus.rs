@@ -68,6 +68,8 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
     // The detector's default warm-up (150 samples: 37 minutes at a 15 s scrape) is shortened so a
     // test with a 1 s scrape interval gets past it in seconds.
     let mut h = Harness::start_with(|c| c.detect.univariate.warmup_points = 10).await;
+    // Prometheus and Alertmanager authenticate as the service the README tells operators to make.
+    let token = token_of(SENDER);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
@@ -87,7 +89,7 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
     std::fs::write(
         d.join("alertmanager.yml"),
         format!(
-            "route:\n  receiver: cairn\n  group_by: [alertname, service]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: cairn\n    webhook_configs:\n      - url: http://{cairn}/api/v1/alerts/alertmanager\n        send_resolved: true\n        max_alerts: 0\n"
+            "route:\n  receiver: cairn\n  group_by: [alertname, service]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: cairn\n    webhook_configs:\n      - url: http://{cairn}/api/v1/alerts/alertmanager\n        send_resolved: true\n        max_alerts: 0\n        http_config:\n          authorization:\n            credentials: {token}\n"
         ),
     )
     .unwrap();
@@ -112,7 +114,7 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
     std::fs::write(
         d.join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: http://{cairn}/api/v1/write\n    write_relabel_configs:\n      - source_labels: [__name__]\n        regex: \".+_bucket|go_.+\"\n        action: drop\n    queue_config:\n      capacity: 10000\n      max_shards: 10\n      max_samples_per_send: 2000\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 2s\nscrape_configs:\n  - job_name: payments\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n        labels:\n          service: payments\n          env: production\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node}']\n  - job_name: cairn\n    static_configs:\n      - targets: ['{cairn}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: http://{cairn}/api/v1/write\n    authorization:\n      credentials: {token}\n    write_relabel_configs:\n      - source_labels: [__name__]\n        regex: \".+_bucket|go_.+\"\n        action: drop\n    queue_config:\n      capacity: 10000\n      max_shards: 10\n      max_samples_per_send: 2000\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 2s\nscrape_configs:\n  - job_name: payments\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n        labels:\n          service: payments\n          env: production\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node}']\n  - job_name: cairn\n    static_configs:\n      - targets: ['{cairn}']\n",
             rules = d.join("rules.yml").display()
         ),
     )
@@ -276,8 +278,9 @@ async fn prom_self(client: &reqwest::Client, prom: u16, name: &str) -> f64 {
 
 /// Prometheus remote_write config for the pressure test: only node-exporter, scraped as many jobs.
 fn pressure_config(cairn: std::net::SocketAddr, node: u16, jobs: usize) -> String {
+    let token = token_of(SENDER);
     let mut cfg = format!(
-        "global:\n  scrape_interval: 1s\nremote_write:\n  - url: http://{cairn}/api/v1/write\n    queue_config:\n      capacity: 10000\n      max_shards: 10\n      max_samples_per_send: 2000\n      batch_send_deadline: 1s\n      min_backoff: 50ms\n      max_backoff: 500ms\n"
+        "global:\n  scrape_interval: 1s\nremote_write:\n  - url: http://{cairn}/api/v1/write\n    authorization:\n      credentials: {token}\n    queue_config:\n      capacity: 10000\n      max_shards: 10\n      max_samples_per_send: 2000\n      batch_send_deadline: 1s\n      min_backoff: 50ms\n      max_backoff: 500ms\n"
     );
     if jobs > 0 {
         cfg.push_str("scrape_configs:\n");
@@ -338,6 +341,7 @@ async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
             while flooding.load(Ordering::SeqCst) {
                 let r = client
                     .post(&url)
+                    .bearer_auth(token_of(SENDER))
                     .header("Content-Encoding", "snappy")
                     .header("Content-Type", "application/x-protobuf")
                     .body(body.clone())

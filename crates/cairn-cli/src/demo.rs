@@ -10,6 +10,7 @@ use crate::client::{self, bearer, status_error};
 use crate::output;
 use anyhow::{Context, Result, bail, ensure};
 use cairn_proto::v1 as pb;
+use cairn_server::access::{PrincipalKind, Scope};
 use cairn_server::config::{ServerConfig, TokenEntry};
 use prost::Message;
 use serde_json::Value;
@@ -48,15 +49,30 @@ pub async fn run(keep_running: bool) -> Result<()> {
             display_name: p.subject.trim_start_matches("user:").into(),
             groups: p.groups.iter().map(|g| g.to_string()).collect(),
             token_sha256: cairn_server::auth::hash_token(&p.token),
+            kind: Some(PrincipalKind::Person),
+            scopes: Some(Scope::legacy_person().into_iter().collect()),
         })
         .collect();
+    // The senders authenticate, as a production install's Prometheus and Alertmanager do: only
+    // then may anything run by itself, and only a sender with `ingest:annotate` may pin the
+    // confidences the bundled alerts carry.
+    let sender = cairn_server::auth::new_token();
+    cfg.ingest.require_token = true;
+    cfg.auth.tokens.push(TokenEntry {
+        subject: "service:demo-sender".into(),
+        display_name: "Prometheus and Alertmanager of the demo".into(),
+        groups: vec![],
+        token_sha256: cairn_server::auth::hash_token(&sender),
+        kind: Some(PrincipalKind::Service),
+        scopes: Some(vec![Scope::Ingest, Scope::IngestAnnotate]),
+    });
 
     let server = cairn_server::start(cfg, Arc::new(cairn_server::engine::SystemClock))
         .await
         .context("cannot start the demo server")?;
     println!("Cairn demo: server on http://{} and grpc {}, store in {}", server.http_addr, server.grpc_addr, dir.path().display());
     let grpc = format!("http://{}", server.grpc_addr);
-    let result = scenario(&server.http_addr, &grpc, &people).await;
+    let result = scenario(&server.http_addr, &grpc, &people, &sender).await;
     if keep_running && result.is_ok() {
         println!("\nServer still running. Try:\n  cairn review list --server {grpc} --token {}\nCtrl-C to stop.", people[0].token);
         crate::shutdown_signal().await;
@@ -67,7 +83,7 @@ pub async fn run(keep_running: bool) -> Result<()> {
     Ok(())
 }
 
-async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person]) -> Result<()> {
+async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person], sender: &str) -> Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let now_ms = now_ms();
 
@@ -83,6 +99,7 @@ async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person]) -> Resu
             .header("Content-Encoding", "snappy")
             .header("Content-Type", "application/x-protobuf")
             .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .bearer_auth(sender)
             .body(body)
             .send()
             .await
@@ -113,6 +130,7 @@ async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person]) -> Resu
         for _ in 0..deliveries {
             let resp = http
                 .post(format!("http://{http_addr}/api/v1/alerts/alertmanager"))
+                .bearer_auth(sender)
                 .json(&payload)
                 .send()
                 .await
@@ -131,8 +149,10 @@ async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person]) -> Resu
         .iter()
         .map(|a| grpc_alert(a, now_ms - 120_000))
         .collect();
+    let mut push = tonic::Request::new(tokio_stream::iter(vec![pb::PushRequest { samples: vec![], alerts: grpc_alerts }]));
+    push.metadata_mut().insert("authorization", format!("Bearer {sender}").parse().context("token is not a header value")?);
     let pushed = ingest
-        .push(tokio_stream::iter(vec![pb::PushRequest { samples: vec![], alerts: grpc_alerts }]))
+        .push(push)
         .await
         .map_err(status_error)?
         .into_inner();

@@ -198,7 +198,29 @@ enum TokenCmd {
         /// Repeat for several groups.
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// `person` (someone who reviews) or `service` (Prometheus, Alertmanager, a dashboard, CI).
+        #[arg(long, value_parser = parse_kind)]
+        kind: cairn_server::access::PrincipalKind,
+        /// Comma-separated: ingest, ingest:annotate, read, review, breakglass, freeze, policy, admin.
+        /// A service may hold only ingest, ingest:annotate and read.
+        #[arg(long, value_delimiter = ',', value_parser = parse_scope, required = true)]
+        scopes: Vec<cairn_server::access::Scope>,
     },
+}
+
+fn parse_kind(s: &str) -> Result<cairn_server::access::PrincipalKind, String> {
+    match s {
+        "person" => Ok(cairn_server::access::PrincipalKind::Person),
+        "service" => Ok(cairn_server::access::PrincipalKind::Service),
+        other => Err(format!("unknown kind {other:?}: expected person or service")),
+    }
+}
+
+fn parse_scope(s: &str) -> Result<cairn_server::access::Scope, String> {
+    cairn_server::access::Scope::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = cairn_server::access::Scope::ALL.iter().map(|s| s.as_str()).collect();
+        format!("unknown scope {s:?}: expected one of {}", all.join(", "))
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -262,13 +284,20 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Eval(EvalCmd::Nab(args)) => eval_nab::run(args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(EvalCmd::Multivariate(args)) => eval_multivariate::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Token(TokenCmd::New { subject, display_name, groups }) => {
+        Command::Token(TokenCmd::New { subject, display_name, groups, kind, scopes }) => {
+            if kind == cairn_server::access::PrincipalKind::Service
+                && let Some(s) = scopes.iter().find(|s| s.governs())
+            {
+                anyhow::bail!("a service cannot hold scope `{}`: only people govern", s.as_str());
+            }
             let token = cairn_server::auth::new_token();
             let entry = cairn_server::config::TokenEntry {
                 subject,
                 display_name,
                 groups,
                 token_sha256: cairn_server::auth::hash_token(&token),
+                kind: Some(kind),
+                scopes: Some(scopes),
             };
             #[derive(serde::Serialize)]
             struct Snippet {

@@ -49,7 +49,7 @@ fn decision(r: &Recommendation, outcome: Outcome, tier: Option<u8>) -> Decision 
         outcome,
         tier,
         approvals_required: 1,
-        approver_groups: vec![],
+        approver_groups: vec!["sre".into()],
         requires_window: false,
         stage_approval: true,
         breakglass_owner: None,
@@ -163,7 +163,7 @@ fn report_from_the_server_matches_the_data_dir() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let (http, grpc) = (free_port(), free_port());
-    let token_out = cairn(&["token", "new", "--subject", "user:carol", "--group", "sre"]);
+    let token_out = cairn(&["token", "new", "--subject", "user:carol", "--group", "sre", "--kind", "person", "--scopes", "read,review,breakglass,freeze,policy,admin"]);
     let text = String::from_utf8(token_out.stdout).unwrap();
     let token = text.lines().nth(1).unwrap().trim().to_string();
     let entry = &text[text.find("[[auth.tokens]]").unwrap()..];

@@ -111,7 +111,7 @@ fn metrics(http: u16) -> String {
 #[test]
 fn a_change_whose_server_was_killed_mid_adapter_call_fails_for_a_person_and_is_not_run_again() {
     let dir = tempfile::tempdir().unwrap();
-    let token_text = ok(cairn(&["token", "new", "--subject", "user:carol", "--group", "sre"]));
+    let token_text = ok(cairn(&["token", "new", "--subject", "user:carol", "--group", "sre", "--kind", "person", "--scopes", "read,review,breakglass,freeze,policy,admin"]));
     let token = token_text.lines().nth(1).unwrap().trim().to_string();
     let entry = token_text[token_text.find("[[auth.tokens]]").unwrap()..].to_string();
     let executor = "[executor]\npoll_interval_ms = 50\nlease_ms = 1000\n";

@@ -22,7 +22,7 @@ pub use alertmanager::{AlertBatch, decode_alertmanager};
 pub use dedup::AlertDeduper;
 pub use remote_write::decode_remote_write;
 
-use cairn_types::{AlertEvent, Labels, METRIC_NAME_LABEL, MetricSample};
+use cairn_types::{AlertEvent, CONFIDENCE_ANNOTATION, Labels, METRIC_NAME_LABEL, MetricSample, PLAYBOOK_KEY, WITHHELD_ANNOTATION};
 use serde::{Deserialize, Serialize};
 
 /// The remote_write 1.0 messages (package `prometheus`), generated from `proto/prometheus/`.
@@ -68,6 +68,8 @@ pub enum ErrorKind {
     BadRequest,
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// A remote_write message version Cairn does not decode: the spec's answer is 415.
+    UnsupportedMessage,
 }
 
 /// Why a request or an item was refused.
@@ -77,6 +79,12 @@ pub enum IngestError {
     UnsupportedEncoding(String),
     #[error("Content-Type must be application/x-protobuf, got {0:?}")]
     UnsupportedContentType(String),
+    #[error(
+        "remote_write message {0:?} is not supported: Cairn speaks remote_write 1.0 only \
+         (Content-Type: application/x-protobuf or application/x-protobuf;proto=prometheus.WriteRequest); \
+         set `protobuf_message: prometheus.WriteRequest` in Prometheus's remote_write config"
+    )]
+    UnsupportedProtoMessage(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("snappy body declares {declared} decompressed bytes, over the limit of {limit}")]
@@ -99,7 +107,9 @@ impl IngestError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             IngestError::BodyTooLarge { .. } | IngestError::DecompressedTooLarge { .. } => ErrorKind::PayloadTooLarge,
-            IngestError::UnsupportedEncoding(_) | IngestError::UnsupportedContentType(_) => ErrorKind::UnsupportedMediaType,
+            IngestError::UnsupportedEncoding(_)
+            | IngestError::UnsupportedContentType(_) => ErrorKind::UnsupportedMediaType,
+            IngestError::UnsupportedProtoMessage(_) => ErrorKind::UnsupportedMessage,
             _ => ErrorKind::BadRequest,
         }
     }
@@ -188,7 +198,86 @@ pub fn validate_alert(a: &AlertEvent, limits: &IngestLimits) -> Result<(), Inges
     Ok(())
 }
 
+/// Removes what a sender would steer the recommendation with (`cairn_playbook`, `cairn_confidence`)
+/// unless the sender may (`sender_may_steer`: authenticated with `ingest:annotate`) or the alert's
+/// rule is one the operator trusts. An alert that lost them carries [`WITHHELD_ANNOTATION`] saying
+/// so, for the decision card; a sender's own copy of that annotation is always dropped.
+pub fn withhold_steering(alerts: &mut [AlertEvent], sender_may_steer: bool, trusted_rules: &[String]) {
+    for a in alerts {
+        a.annotations.0.remove(WITHHELD_ANNOTATION);
+        if sender_may_steer || trusted_rules.iter().any(|r| r == a.alertname()) {
+            continue;
+        }
+        let mut removed = Vec::new();
+        for key in [PLAYBOOK_KEY, CONFIDENCE_ANNOTATION] {
+            let in_labels = a.labels.0.remove(key).is_some();
+            let in_annotations = a.annotations.0.remove(key).is_some();
+            if in_labels || in_annotations {
+                removed.push(key);
+            }
+        }
+        if !removed.is_empty() {
+            a.annotations.insert(
+                WITHHELD_ANNOTATION,
+                format!(
+                    "{} ignored: the sender is not authorised to steer recommendations (it needs a token with scope \
+                     ingest:annotate, or the rule listed in ingest.trusted_annotation_rules)",
+                    removed.join(" and ")
+                ),
+            );
+        }
+    }
+}
+
 /// A stable fingerprint for an alert's label set when the sender did not give one.
 pub fn fingerprint(labels: &Labels) -> String {
     labels.series_id().to_string()
+}
+
+#[cfg(test)]
+mod steering_tests {
+    use super::*;
+    use cairn_types::AlertStatus;
+
+    fn alert(name: &str) -> AlertEvent {
+        let mut labels = Labels::new();
+        labels.insert("alertname", name);
+        labels.insert(PLAYBOOK_KEY, "restart-process");
+        let mut annotations = Labels::new();
+        annotations.insert(CONFIDENCE_ANNOTATION, "1.0");
+        annotations.insert(WITHHELD_ANNOTATION, "forged by the sender");
+        AlertEvent {
+            fingerprint: "f".into(),
+            status: AlertStatus::Firing,
+            labels,
+            annotations,
+            starts_at_ms: 0,
+            ends_at_ms: None,
+            generator_url: String::new(),
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn an_unauthorised_senders_steering_is_removed_and_the_alert_says_so() {
+        let mut alerts = vec![alert("AnyName")];
+        withhold_steering(&mut alerts, false, &[]);
+        let a = &alerts[0];
+        assert_eq!(a.labels.get(PLAYBOOK_KEY), None);
+        assert_eq!(a.annotations.get(CONFIDENCE_ANNOTATION), None);
+        let note = a.annotations.get(WITHHELD_ANNOTATION).expect("says why");
+        assert!(note.contains("cairn_playbook and cairn_confidence ignored"), "{note}");
+    }
+
+    #[test]
+    fn an_annotating_sender_or_a_trusted_rule_keeps_its_steering_but_never_a_forged_note() {
+        let mut alerts = vec![alert("AnyName"), alert("Trusted")];
+        withhold_steering(&mut alerts[..1], true, &[]);
+        withhold_steering(&mut alerts[1..], false, &["Trusted".to_string()]);
+        for a in &alerts {
+            assert_eq!(a.labels.get(PLAYBOOK_KEY), Some("restart-process"));
+            assert_eq!(a.annotations.get(CONFIDENCE_ANNOTATION), Some("1.0"));
+            assert_eq!(a.annotations.get(WITHHELD_ANNOTATION), None);
+        }
+    }
 }

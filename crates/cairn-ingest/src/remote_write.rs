@@ -33,9 +33,22 @@ fn decompress(
         other => return Err(IngestError::UnsupportedEncoding(other.unwrap_or("").to_string())),
     }
     if let Some(ct) = content_type {
-        let media = ct.split(';').next().unwrap_or("").trim();
+        let mut parts = ct.split(';');
+        let media = parts.next().unwrap_or("").trim();
         if !media.eq_ignore_ascii_case("application/x-protobuf") {
             return Err(IngestError::UnsupportedContentType(ct.to_string()));
+        }
+        // remote_write 2.0 names its message in `proto=`; 1.0 senders send none or
+        // `prometheus.WriteRequest`. Anything else is refused (415) rather than decoded as 1.0,
+        // which would accept the request and keep nothing.
+        for param in parts {
+            let Some((key, value)) = param.split_once('=') else { continue };
+            if key.trim().eq_ignore_ascii_case("proto") {
+                let proto = value.trim().trim_matches('"');
+                if proto != "prometheus.WriteRequest" {
+                    return Err(IngestError::UnsupportedProtoMessage(proto.to_string()));
+                }
+            }
         }
     }
     if body.len() > limits.max_body_bytes {
@@ -128,6 +141,20 @@ mod tests {
         assert!(matches!(decode_remote_write(None, None, &b, &l), Err(IngestError::UnsupportedEncoding(_))));
         assert!(matches!(decode_remote_write(Some("snappy"), Some("application/json"), &b, &l), Err(IngestError::UnsupportedContentType(_))));
         assert!(decode_remote_write(Some("SNAPPY"), Some("application/x-protobuf;proto=prometheus.WriteRequest"), &b, &l).is_ok());
+    }
+
+    #[test]
+    fn a_remote_write_2_request_is_refused_as_unsupported_not_decoded_as_1_0() {
+        let b = body(&WriteRequest::default());
+        let l = IngestLimits::default();
+        for ct in [
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+            "application/x-protobuf; proto=\"io.prometheus.write.v2.Request\"",
+        ] {
+            let e = decode_remote_write(Some("snappy"), Some(ct), &b, &l).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsupportedMessage, "{ct}");
+            assert!(e.to_string().contains("io.prometheus.write.v2.Request"), "{e}");
+        }
     }
 
     #[test]

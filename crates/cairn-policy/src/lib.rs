@@ -515,6 +515,28 @@ pub struct ShadowChange {
     pub reasons: Vec<String>,
 }
 
+/// Invariant 11's floor: an `auto` decision reached while signals arrive unauthenticated (ingest
+/// without `require_token`, so anyone who reaches the port could have sent them) waits for one
+/// person instead, at tier 2. Every other decision passes unchanged.
+pub fn unauthenticated_floor(decision: Decision, approver_groups: &[String]) -> Decision {
+    if decision.outcome != Outcome::Auto {
+        return decision;
+    }
+    let mut d = decision;
+    d.outcome = Outcome::Review;
+    d.tier = Some(d.tier.unwrap_or(2).max(2));
+    d.approvals_required = d.approvals_required.max(1);
+    if d.approver_groups.is_empty() {
+        d.approver_groups = approver_groups.to_vec();
+    }
+    d.stage_approval = true;
+    d.reasons.push(
+        "signals reach Cairn unauthenticated (ingest.require_token = false): nothing runs by itself, a person approves"
+            .to_string(),
+    );
+    d
+}
+
 /// What a decision lets happen, in a few words: outcome, tier and approvals.
 pub fn decision_summary(d: &Decision) -> String {
     match (d.outcome, d.tier) {

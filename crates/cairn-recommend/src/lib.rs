@@ -31,10 +31,11 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 
-/// Label or annotation naming a playbook explicitly.
-pub const PLAYBOOK_LABEL: &str = "cairn_playbook";
-/// Annotation pinning a recommendation's confidence.
-pub const CONFIDENCE_ANNOTATION: &str = "cairn_confidence";
+/// Label or annotation naming a playbook explicitly (ingest removes it from senders not allowed to
+/// steer).
+pub use cairn_types::PLAYBOOK_KEY as PLAYBOOK_LABEL;
+/// Annotation pinning a recommendation's confidence (likewise).
+pub use cairn_types::CONFIDENCE_ANNOTATION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecommendError {
@@ -404,6 +405,19 @@ fn build(
         pb.def.description,
         if pinned.is_some() { " (pinned by the alert's cairn_confidence annotation)" } else { "" }
     );
+    // Steering that ingest withheld from an unauthorised sender is said on the card.
+    let withheld: Vec<&str> = incident
+        .members
+        .iter()
+        .filter_map(|m| match m {
+            IncidentMember::Alert { annotations, .. } => annotations.get(cairn_types::WITHHELD_ANNOTATION),
+            IncidentMember::Anomaly(_) => None,
+        })
+        .collect();
+    let rationale = match withheld.first() {
+        Some(note) => format!("{rationale} Alert annotations {note}."),
+        None => rationale,
+    };
     Recommendation {
         id,
         revision,

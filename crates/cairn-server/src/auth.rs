@@ -1,5 +1,7 @@
-//! Bearer-token identity: maps a presented token to a principal, comparing SHA-256 hashes only.
+//! Bearer-token identity: maps a presented token to an [`Identity`] (principal, kind, scopes),
+//! comparing SHA-256 hashes only.
 
+use crate::access::{Identity, PrincipalKind, Scope};
 use crate::config::AuthConfig;
 use cairn_types::Principal;
 use sha2::{Digest, Sha256};
@@ -16,25 +18,15 @@ pub fn new_token() -> String {
     format!("cairn_{}", hex::encode(bytes))
 }
 
-/// Looks principals up by token hash.
+/// Looks identities up by token hash.
 #[derive(Clone, Debug, Default)]
 pub struct Authenticator {
-    by_hash: HashMap<String, Principal>,
+    by_hash: HashMap<String, Identity>,
 }
 
 impl Authenticator {
     pub fn new(cfg: &AuthConfig) -> Authenticator {
-        let by_hash = cfg
-            .tokens
-            .iter()
-            .map(|t| {
-                let display = if t.display_name.is_empty() { t.subject.clone() } else { t.display_name.clone() };
-                (
-                    t.token_sha256.to_ascii_lowercase(),
-                    Principal { subject: t.subject.clone(), display_name: display, groups: t.groups.clone() },
-                )
-            })
-            .collect();
+        let by_hash = cfg.tokens.iter().map(|t| (t.token_sha256.to_ascii_lowercase(), t.identity())).collect();
         Authenticator { by_hash }
     }
 
@@ -42,14 +34,23 @@ impl Authenticator {
         self.by_hash.is_empty()
     }
 
-    /// The principal for an `Authorization` header value (`Bearer <token>`), if any.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Option<Principal> {
+    /// The identity for an `Authorization` header value (`Bearer <token>`), if any.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<Identity> {
         let value = authorization?.trim();
         let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
         if token.is_empty() {
             return None;
         }
         self.by_hash.get(&hash_token(token)).cloned()
+    }
+
+    /// The people who may approve: persons holding `review`. Approvals by anyone else (a service,
+    /// a person since removed or stripped of the scope) do not count at execution.
+    pub fn reviewers(&self) -> impl Iterator<Item = Principal> + '_ {
+        self.by_hash
+            .values()
+            .filter(|id| id.kind == PrincipalKind::Person && id.has(Scope::Review))
+            .map(|id| id.principal.clone())
     }
 }
 
@@ -58,22 +59,42 @@ mod tests {
     use super::*;
     use crate::config::TokenEntry;
 
+    fn entry(subject: &str, token: &str, kind: Option<PrincipalKind>, scopes: Option<Vec<Scope>>) -> TokenEntry {
+        TokenEntry {
+            subject: subject.into(),
+            display_name: String::new(),
+            groups: vec!["sre".into()],
+            token_sha256: hash_token(token),
+            kind,
+            scopes,
+        }
+    }
+
     fn auth() -> Authenticator {
         Authenticator::new(&AuthConfig {
-            tokens: vec![TokenEntry {
-                subject: "user:alice".into(),
-                display_name: "Alice".into(),
-                groups: vec!["sre".into()],
-                token_sha256: hash_token("s3cret"),
-            }],
+            tokens: vec![
+                entry("user:alice", "s3cret", None, None),
+                entry("service:prometheus", "prom", Some(PrincipalKind::Service), Some(vec![Scope::Ingest])),
+            ],
         })
     }
 
     #[test]
-    fn known_token_maps_to_its_principal() {
-        let p = auth().authenticate(Some("Bearer s3cret")).expect("known token");
-        assert_eq!(p.subject, "user:alice");
-        assert_eq!(p.groups, vec!["sre".to_string()]);
+    fn known_token_maps_to_its_identity() {
+        let id = auth().authenticate(Some("Bearer s3cret")).expect("known token");
+        assert_eq!(id.principal.subject, "user:alice");
+        assert_eq!(id.principal.groups, vec!["sre".to_string()]);
+        assert_eq!(id.kind, PrincipalKind::Person);
+        assert!(id.has(Scope::Review) && !id.has(Scope::Ingest), "a legacy entry is a person without ingest");
+        let svc = auth().authenticate(Some("Bearer prom")).expect("known token");
+        assert_eq!(svc.kind, PrincipalKind::Service);
+        assert!(svc.has(Scope::Ingest) && !svc.has(Scope::Review));
+    }
+
+    #[test]
+    fn only_people_with_review_are_reviewers() {
+        let subjects: Vec<String> = auth().reviewers().map(|p| p.subject).collect();
+        assert_eq!(subjects, ["user:alice"]);
     }
 
     #[test]

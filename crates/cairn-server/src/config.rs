@@ -77,6 +77,12 @@ pub struct IngestConfig {
     pub dedup_ttl_secs: u64,
     /// How many distinct alert deliveries are remembered.
     pub dedup_capacity: usize,
+    /// Alert names whose `cairn_playbook` / `cairn_confidence` annotations are honoured from any
+    /// sender. Otherwise only a sender authenticated with scope `ingest:annotate` may steer.
+    pub trusted_annotation_rules: Vec<String>,
+    /// Lets ingest listen beyond loopback without `require_token`. Off: such a configuration
+    /// refuses to start, since anyone who reaches the port could then feed the triage.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for IngestConfig {
@@ -88,6 +94,8 @@ impl Default for IngestConfig {
             require_token: false,
             dedup_ttl_secs: 600,
             dedup_capacity: 100_000,
+            trusted_annotation_rules: Vec::new(),
+            allow_unauthenticated: false,
         }
     }
 }
@@ -112,6 +120,33 @@ pub struct TokenEntry {
     pub groups: Vec<String>,
     /// Hex SHA-256 of the token.
     pub token_sha256: String,
+    /// `person` or `service`. Absent (entries written before kinds existed): a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::access::PrincipalKind>,
+    /// What the token allows (`ingest`, `ingest:annotate`, `read`, `review`, `breakglass`, `freeze`,
+    /// `policy`, `admin`). Absent: a person gets every scope except the two ingest ones (so an
+    /// upgrade never widens access); a service gets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<crate::access::Scope>>,
+}
+
+impl TokenEntry {
+    /// The identity this entry stands for, with its defaults applied.
+    pub fn identity(&self) -> crate::access::Identity {
+        use crate::access::{PrincipalKind, Scope};
+        let kind = self.kind.unwrap_or(PrincipalKind::Person);
+        let scopes = match (&self.scopes, kind) {
+            (Some(s), _) => s.iter().copied().collect(),
+            (None, PrincipalKind::Person) => Scope::legacy_person(),
+            (None, PrincipalKind::Service) => Default::default(),
+        };
+        let display_name = if self.display_name.is_empty() { self.subject.clone() } else { self.display_name.clone() };
+        crate::access::Identity {
+            principal: cairn_types::Principal { subject: self.subject.clone(), display_name, groups: self.groups.clone() },
+            kind,
+            scopes,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -269,6 +304,31 @@ impl ServerConfig {
                     message: format!("entry {i}: subject {:?} is empty or reserved", t.subject),
                 });
             }
+            let id = t.identity();
+            if id.kind == crate::access::PrincipalKind::Service
+                && let Some(s) = id.scopes.iter().find(|s| s.governs())
+            {
+                return Err(ConfigError::Invalid {
+                    key: "auth.tokens.scopes",
+                    message: format!(
+                        "entry {i} ({}): a service cannot hold `{}`; only people approve, open exceptions, switch the freeze, enable automations or propose policy",
+                        t.subject,
+                        s.as_str()
+                    ),
+                });
+            }
+        }
+        let loopback = self.http_addr.ip().is_loopback() && self.grpc_addr.ip().is_loopback();
+        if !loopback && !self.ingest.require_token && !self.ingest.allow_unauthenticated {
+            return Err(ConfigError::Invalid {
+                key: "ingest.require_token",
+                message: format!(
+                    "ingest listens beyond loopback ({} / {}) without a token requirement: set ingest.require_token = true \
+                     and give Prometheus and Alertmanager service tokens with scope `ingest`, or set \
+                     ingest.allow_unauthenticated = true to accept unauthenticated signals on purpose",
+                    self.http_addr, self.grpc_addr
+                ),
+            });
         }
         for w in &self.maintenance_windows {
             w.validate().map_err(|e| ConfigError::Invalid { key: "maintenance_windows", message: e.to_string() })?;
@@ -327,7 +387,47 @@ mod tests {
             display_name: String::new(),
             groups: vec![],
             token_sha256: "0".repeat(64),
+            kind: None,
+            scopes: None,
         });
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn a_legacy_token_entry_reads_as_a_person_without_ingest() {
+        let cfg: ServerConfig = toml::from_str(&format!(
+            "[[auth.tokens]]\nsubject = \"user:alice\"\ngroups = [\"sre\"]\ntoken_sha256 = \"{}\"\n",
+            "0".repeat(64)
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        let id = cfg.auth.tokens[0].identity();
+        assert_eq!(id.kind, crate::access::PrincipalKind::Person);
+        assert!(id.has(crate::access::Scope::Review));
+        assert!(!id.has(crate::access::Scope::Ingest) && !id.has(crate::access::Scope::IngestAnnotate));
+    }
+
+    #[test]
+    fn a_service_token_with_a_governing_scope_is_refused() {
+        let cfg: ServerConfig = toml::from_str(&format!(
+            "[[auth.tokens]]\nsubject = \"service:ci\"\nkind = \"service\"\nscopes = [\"ingest\", \"review\"]\ntoken_sha256 = \"{}\"\n",
+            "0".repeat(64)
+        ))
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.tokens.scopes") && err.contains("`review`"), "{err}");
+    }
+
+    #[test]
+    fn ingest_beyond_loopback_without_a_token_requirement_refuses_to_start() {
+        let mut cfg = ServerConfig::default();
+        cfg.http_addr = "0.0.0.0:9464".parse().unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.require_token"), "{err}");
+        cfg.ingest.allow_unauthenticated = true;
+        cfg.validate().unwrap();
+        cfg.ingest.allow_unauthenticated = false;
+        cfg.ingest.require_token = true;
+        cfg.validate().unwrap();
     }
 }

@@ -90,6 +90,9 @@ pub struct Engine {
     pub clock: Arc<dyn Clock>,
     /// Break-glass and guardrails (`governance.rs`).
     pub governance: crate::governance::Governance,
+    /// Whether every signal comes from an authenticated sender (`ingest.require_token`). When not,
+    /// nothing is routed `auto` (`cairn_policy::unauthenticated_floor`).
+    pub signals_authenticated: bool,
     /// The audit head after the last write: live streams wait on it to re-read the outbox.
     audit_head: watch::Sender<u64>,
     /// Wakes the executor loop after an approval.
@@ -118,6 +121,7 @@ impl Engine {
             metrics,
             clock,
             governance: Default::default(),
+            signals_authenticated: false,
             audit_head,
             executor_wake: Notify::new(),
             shutdown,
@@ -255,6 +259,11 @@ impl Engine {
         };
         let decision = router.route(&rec, &ctx, now);
         let decision = self.breakglass_for_blocked(&rec, decision, &breakglass, now)?;
+        let decision = if self.signals_authenticated {
+            decision
+        } else {
+            cairn_policy::unauthenticated_floor(decision, &self.governance.guardrails.approver_groups)
+        };
         self.observe_routed(&rec, &decision);
         if decision.policy_failed {
             self.metrics.policy_failures.inc();

@@ -26,6 +26,18 @@ pub enum ApiError {
     Internal(String),
     #[error(transparent)]
     BreakGlass(#[from] cairn_workflow::BreakGlassError),
+    /// Authenticated, but the call needs a scope or a person the caller is not (`access.rs`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+}
+
+impl From<crate::access::Denied> for ApiError {
+    fn from(d: crate::access::Denied) -> ApiError {
+        match d {
+            crate::access::Denied::Unauthenticated => ApiError::Unauthenticated,
+            other => ApiError::PermissionDenied(other.to_string()),
+        }
+    }
 }
 
 impl ApiError {
@@ -36,10 +48,13 @@ impl ApiError {
                 ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 // Prometheus treats every 4xx alike (drop); 400 is what its docs and our README promise.
                 ErrorKind::UnsupportedMediaType => StatusCode::BAD_REQUEST,
+                // The remote_write 2.0 spec: a receiver that does not speak the message answers 415.
+                ErrorKind::UnsupportedMessage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             },
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             // Never a 4xx for overload: Prometheus drops data on 4xx and retries on 5xx.
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Review(_) | ApiError::BreakGlass(_) => StatusCode::CONFLICT,
@@ -53,11 +68,12 @@ impl ApiError {
             ApiError::Ingest(e) => match e.kind() {
                 ErrorKind::BadRequest => "bad_request",
                 ErrorKind::PayloadTooLarge => "too_large",
-                ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+                ErrorKind::UnsupportedMediaType | ErrorKind::UnsupportedMessage => "unsupported_media_type",
             },
             ApiError::InvalidArgument(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::Unauthenticated => "unauthenticated",
+            ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Review(_) | ApiError::BreakGlass(_) => "refused",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
@@ -72,6 +88,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Ingest(_) | ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
             ApiError::Unauthenticated => tonic::Status::unauthenticated(msg),
+            ApiError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
             ApiError::Overloaded { .. } => tonic::Status::unavailable(msg),
             ApiError::Review(r) => review_status(r, msg),
             ApiError::BreakGlass(b) => breakglass_status(b, msg),

@@ -24,31 +24,67 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
-/// A tonic interceptor that authenticates the bearer token and puts the principal into the
-/// request's extensions; calls without a valid token stop here with UNAUTHENTICATED.
+/// A tonic interceptor that authenticates the bearer token and checks the call against the one
+/// access table (`access.rs`): the scope it needs and whether only a person may make it. The
+/// identity (and its principal) go into the request's extensions; a refused call stops here with
+/// UNAUTHENTICATED or PERMISSION_DENIED naming the rule.
 #[derive(Clone, Debug)]
 pub struct AuthInterceptor {
     pub auth: Arc<Authenticator>,
-    /// When false (ingest on loopback by default), calls pass without a token.
+    /// When false (ingest on loopback by default), ingest calls pass without a token; governing
+    /// calls never do.
     pub required: bool,
 }
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        match self.auth.authenticate(header) {
-            Some(p) => {
-                req.extensions_mut().insert(p);
-                Ok(req)
-            }
-            None if !self.required => Ok(req),
-            None => Err(ApiError::Unauthenticated.into()),
+        let identity = self.auth.authenticate(header);
+        let path = req.extensions().get::<RpcPath>().map(|p| p.0.clone()).unwrap_or_default();
+        crate::access::check(&path, identity.as_ref(), !self.required).map_err(|d| Status::from(ApiError::from(d)))?;
+        if let Some(id) = identity {
+            req.extensions_mut().insert(id.principal.clone());
+            req.extensions_mut().insert(id);
         }
+        Ok(req)
+    }
+}
+
+/// The gRPC path of a call (`/cairn.v1.ReviewService/Approve`), put into the request's extensions
+/// by [`TagPath`] so the interceptor can find the call's access rule.
+#[derive(Clone, Debug)]
+pub struct RpcPath(pub String);
+
+/// A tower layer in front of every gRPC service: records the request path for [`AuthInterceptor`].
+#[derive(Clone, Debug)]
+pub struct TagPath<S>(pub S);
+
+impl<S, B> tower::Service<http::Request<B>> for TagPath<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let path = RpcPath(req.uri().path().to_owned());
+        req.extensions_mut().insert(path);
+        self.0.call(req)
     }
 }
 
 pub(crate) fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
     req.extensions().get::<Principal>().cloned().ok_or_else(|| ApiError::Unauthenticated.into())
+}
+
+/// The caller's identity, when it presented a valid token.
+pub(crate) fn identity<T>(req: &Request<T>) -> Option<crate::access::Identity> {
+    req.extensions().get::<crate::access::Identity>().cloned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -59,6 +95,7 @@ pub struct IngestSvc {
     pub engine: Arc<Engine>,
     pub queue: mpsc::Sender<Batch>,
     pub limits: Arc<cairn_ingest::IngestLimits>,
+    pub trusted_annotation_rules: Arc<Vec<String>>,
 }
 
 const MAX_REJECTION_DETAILS: usize = 100;
@@ -66,6 +103,7 @@ const MAX_REJECTION_DETAILS: usize = 100;
 #[tonic::async_trait]
 impl pb::ingest_service_server::IngestService for IngestSvc {
     async fn push(&self, request: Request<Streaming<pb::PushRequest>>) -> Result<Response<pb::PushResponse>, Status> {
+        let may_steer = identity(&request).is_some_and(|id| id.has(crate::access::Scope::IngestAnnotate));
         let mut stream = request.into_inner();
         let mut resp = pb::PushResponse::default();
         let mut batch_index = 0u64;
@@ -99,6 +137,7 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
                     Err(reason) => reject("alert", i, reason),
                 }
             }
+            cairn_ingest::withhold_steering(&mut alerts, may_steer, &self.trusted_annotation_rules);
             // Back-pressure: a gRPC producer waits (bounded) for room instead of being dropped.
             let wait = Duration::from_secs(5);
             if !samples.is_empty() {

@@ -26,6 +26,8 @@ pub struct HttpState {
     pub limits: Arc<IngestLimits>,
     pub auth: Arc<Authenticator>,
     pub require_token: bool,
+    /// Alert names whose steering annotations are honoured from any sender.
+    pub trusted_annotation_rules: Arc<Vec<String>>,
     pub retry_after_secs: u64,
     /// False once the analysis worker has stopped: `/readyz` then fails.
     pub worker_alive: Arc<AtomicBool>,
@@ -50,11 +52,12 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 impl HttpState {
-    fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if self.require_token && self.auth.authenticate(header_str(headers, header::AUTHORIZATION)).is_none() {
-            return Err(ApiError::Unauthenticated);
-        }
-        Ok(())
+    /// The sender's identity, checked against the ingest rule (`access.rs`); `None` for an
+    /// anonymous sender where `ingest.require_token` is off.
+    fn check_token(&self, headers: &HeaderMap) -> Result<Option<crate::access::Identity>, ApiError> {
+        let identity = self.auth.authenticate(header_str(headers, header::AUTHORIZATION));
+        crate::access::check_rule(crate::access::INGEST, identity.as_ref(), !self.require_token)?;
+        Ok(identity)
     }
 
     fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -146,10 +149,12 @@ async fn alertmanager(
     const ENDPOINT: &str = "alertmanager";
     let started = Instant::now();
     let result = (|| {
-        st.check_token(&headers)?;
+        let sender = st.check_token(&headers)?;
         let body = st.body(body)?;
         let now = st.engine.clock.now_ms();
-        let batch = cairn_ingest::decode_alertmanager(&body, &st.limits, now)?;
+        let mut batch = cairn_ingest::decode_alertmanager(&body, &st.limits, now)?;
+        let may_steer = sender.is_some_and(|id| id.has(crate::access::Scope::IngestAnnotate));
+        cairn_ingest::withhold_steering(&mut batch.alerts, may_steer, &st.trusted_annotation_rules);
         let n = batch.alerts.len() as u64;
         if n > 0 {
             st.enqueue(Batch::Alerts { alerts: batch.alerts, source: ENDPOINT }, ENDPOINT)?;

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod audit_api;
 pub mod alerting;
 pub mod auth;
@@ -153,6 +154,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         cancel.clone(),
     )?;
     engine.governance = build_governance(&cfg)?;
+    engine.signals_authenticated = cfg.ingest.require_token;
     engine.apply_configured_freeze().map_err(|e| StartError::Governance(e.to_string()))?;
     let engine = Arc::new(engine);
     let analysis = Analysis {
@@ -170,10 +172,17 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     };
 
     let auth = Arc::new(Authenticator::new(&cfg.auth));
+    if cfg.guardrails.approver_groups.is_empty() {
+        warn!("guardrails.approver_groups is empty: nobody can approve changes held by a guardrail or opened under a break-glass; name the groups that may");
+    }
+    if !cfg.ingest.require_token {
+        warn!("ingest.require_token = false: every signal is unauthenticated, so nothing runs by itself (auto decisions wait for a person); give senders tokens with scope `ingest` and set it to true to allow automation");
+    }
     if auth.is_empty() {
         warn!("no bearer tokens configured: review and audit calls will be refused; run `cairn token new` and add the entry under [auth] in the config file");
     }
     let limits = Arc::new(cfg.ingest.limits.clone());
+    let trusted_rules = Arc::new(cfg.ingest.trusted_annotation_rules.clone());
     let mut tasks = JoinSet::new();
     let (queue_tx, queue_rx) = mpsc::channel::<Batch>(cfg.ingest.queue_capacity);
     let worker_alive = Arc::new(AtomicBool::new(true));
@@ -202,6 +211,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         limits: limits.clone(),
         auth: auth.clone(),
         require_token: cfg.ingest.require_token,
+        trusted_annotation_rules: trusted_rules.clone(),
         retry_after_secs: cfg.ingest.retry_after_secs,
         worker_alive,
     });
@@ -245,7 +255,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let ingest_svc = pb::ingest_service_server::IngestServiceServer::with_interceptor(
-        grpc::IngestSvc { engine: engine.clone(), queue: queue_tx, limits },
+        grpc::IngestSvc { engine: engine.clone(), queue: queue_tx, limits, trusted_annotation_rules: trusted_rules },
         ingest_auth,
     );
     let review_svc = pb::review_service_server::ReviewServiceServer::with_interceptor(
@@ -263,6 +273,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let c = cancel.clone();
     tasks.spawn(async move {
         let res = tonic::transport::Server::builder()
+            .layer(tower::layer::layer_fn(grpc::TagPath))
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(ingest_svc)
@@ -288,11 +299,9 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 fn execution_gate(cfg: &ServerConfig) -> Result<cairn_workflow::ExecutionGate, StartError> {
     let windows = cairn_workflow::MaintenanceWindows::new(cfg.maintenance_windows.clone())
         .map_err(|e| StartError::Executor(e.to_string()))?;
-    let roster = cairn_workflow::Roster::new(cfg.auth.tokens.iter().map(|t| cairn_types::Principal {
-        subject: t.subject.clone(),
-        display_name: t.display_name.clone(),
-        groups: t.groups.clone(),
-    }));
+    // Only people holding `review` count as approvers at execution: a service's approval, even one
+    // forged into the store, is not in the roster.
+    let roster = cairn_workflow::Roster::new(Authenticator::new(&cfg.auth).reviewers());
     Ok(cairn_workflow::ExecutionGate { windows, roster: Some(roster) })
 }
 

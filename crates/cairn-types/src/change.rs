@@ -24,8 +24,10 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether the principal belongs to one of `groups`. An empty list names nobody: approval is
+    /// never open to "anyone authenticated".
     pub fn in_any_group(&self, groups: &[String]) -> bool {
-        groups.is_empty() || groups.iter().any(|g| self.groups.contains(g))
+        groups.iter().any(|g| self.groups.contains(g))
     }
 }
 

@@ -42,3 +42,12 @@ pub type TimestampMs = i64;
 /// The principal subject Cairn itself acts as when it proposes or runs a change. It can never
 /// approve anything (invariant 3).
 pub const CAIRN_SERVICE_SUBJECT: &str = "system:cairn";
+
+/// Label or annotation by which an alert names the playbook to use. Honoured only from a sender
+/// allowed to steer (scope `ingest:annotate`, or a rule the operator lists).
+pub const PLAYBOOK_KEY: &str = "cairn_playbook";
+/// Annotation by which an alert pins a recommendation's confidence; honoured as [`PLAYBOOK_KEY`].
+pub const CONFIDENCE_ANNOTATION: &str = "cairn_confidence";
+/// Annotation Cairn itself sets on an alert whose steering it ignored, saying why; never taken from
+/// a sender.
+pub const WITHHELD_ANNOTATION: &str = "cairn_withheld";

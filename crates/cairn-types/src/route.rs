@@ -49,7 +49,7 @@ pub struct Decision {
     /// Risk tier 0–3 for `auto` and `review`; `None` for advisory and blocked.
     pub tier: Option<u8>,
     pub approvals_required: u8,
-    /// Groups whose members may approve; empty means any authenticated principal.
+    /// Groups whose members may approve; empty means nobody may.
     pub approver_groups: Vec<String>,
     /// Whether execution also needs an open maintenance window.
     pub requires_window: bool,

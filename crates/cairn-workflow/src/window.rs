@@ -155,10 +155,10 @@ impl Roster {
         Roster(principals.into_iter().map(|p| (p.subject, p.groups)).collect())
     }
 
-    /// Whether `subject` is still configured and (unless `groups` is empty, meaning any
-    /// authenticated principal) still in one of `groups`.
+    /// Whether `subject` is still configured as an approver and still in one of `groups`. An
+    /// empty `groups` names nobody.
     pub fn may_approve(&self, subject: &str, groups: &[String]) -> bool {
-        self.0.get(subject).is_some_and(|mine| groups.is_empty() || groups.iter().any(|g| mine.contains(g)))
+        self.0.get(subject).is_some_and(|mine| groups.iter().any(|g| mine.contains(g)))
     }
 }
 
@@ -257,7 +257,7 @@ mod tests {
     fn roster_counts_only_current_members_of_the_groups() {
         let roster = Roster::new([Principal { subject: "user:alice".into(), display_name: "A".into(), groups: vec!["sre".into()] }]);
         assert!(roster.may_approve("user:alice", &["sre".into()]));
-        assert!(roster.may_approve("user:alice", &[]));
+        assert!(!roster.may_approve("user:alice", &[]), "an empty group list names nobody");
         assert!(!roster.may_approve("user:alice", &["sre-leads".into()]), "moved out of the group");
         assert!(!roster.may_approve("user:bob", &[]), "removed from the configuration");
     }

@@ -61,7 +61,7 @@ impl Server {
     /// followed by the `[[auth.tokens]]` entry `cairn token new` printed for `subject` in group `sre`.
     /// `args` are extra `serve` flags. Returns once the HTTP port accepts connections.
     pub fn start(dir: &Path, subject: &str, config: &str, args: &[&str]) -> Server {
-        let text = ok(cairn(&["token", "new", "--subject", subject, "--group", "sre"]));
+        let text = ok(cairn(&["token", "new", "--subject", subject, "--group", "sre", "--kind", "person", "--scopes", "read,review,breakglass,freeze,policy,admin"]));
         let token = text.lines().nth(1).unwrap().trim().to_string();
         let entry = &text[text.find("[[auth.tokens]]").unwrap()..];
         let path = dir.join("cairn.toml");
