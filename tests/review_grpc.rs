@@ -240,3 +240,35 @@ async fn generic_grpc_tools_see_health_and_reflection() {
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_check_reads_every_approved_change_not_only_the_first_thousand() {
+    // No maintenance window is configured: every tier-3 change must wait. The executor passes only
+    // when woken, so the changes below are all in place before it looks.
+    let mut h = Harness::start_with(|c| c.executor.poll_interval_ms = 3_600_000).await;
+    h.fire_alert(DNS, "edge", "0.9", "fp-dns-bulk").await;
+    let v = wait_for(&h, "dns_change", "edge").await;
+    let store = h.engine().store.clone();
+    let id = cairn_types::RecommendationId(v.recommendation.unwrap().id);
+    let record = store.get_recommendation(&id, None).unwrap().unwrap();
+    assert_eq!(record.decision.tier, Some(3));
+    // 1,001 approved tier-3 changes, each a copy of the real one on its own id, all older than
+    // any page boundary a capped read would stop at.
+    let now = now_ms();
+    for i in 0..1001 {
+        let mut r = record.recommendation.clone();
+        r.id = cairn_types::RecommendationId(format!("rec-bulk-{i:04}"));
+        let mut d = record.decision.clone();
+        d.recommendation_id = r.id.clone();
+        let (mut c, drafts) = cairn_workflow::open_change(&r, &d, now, &cairn_workflow::WorkflowConfig::default());
+        c.state = cairn_types::ChangeState::Approved;
+        store.propose(&r, &d, &c, &drafts, now).unwrap();
+    }
+    let waiting = cairn_server::policy::waiting_for_window(h.engine(), now_ms()).unwrap();
+    assert_eq!(waiting.len(), 1001, "every approved tier-3 change waits for its window");
+    // Many executor passes later, none of them was claimed.
+    h.engine().wake_executor();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.approved_changes_after(None, 5000).unwrap().len(), 1001, "nothing was claimed outside its window");
+    h.stop().await;
+}

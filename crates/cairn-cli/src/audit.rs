@@ -119,6 +119,19 @@ pub struct Offline {
     /// The log's origin line [default: cairn.local/audit].
     #[arg(long, default_value = DEFAULT_ORIGIN, requires = "data_dir")]
     origin: String,
+    /// Accept entries no checkpoint covers (a crashed server's tail). Without it they fail the
+    /// verification: a truncated tail would otherwise pass unseen.
+    #[arg(long, requires = "data_dir")]
+    allow_unanchored: bool,
+    /// Use the public key found beside the data directory when no --public-key is given. Without
+    /// it such a verification exits 4: a key next to the data proves nothing about who signed.
+    #[arg(long, requires = "data_dir")]
+    trust_key_beside_data: bool,
+    /// A witness directory holding copies of the checkpoints (`audit.witness_dir`): the log must
+    /// still contain what they signed, so truncation plus deletion of the checkpoints in the data
+    /// directory is caught.
+    #[arg(long, requires = "data_dir")]
+    witness: Option<PathBuf>,
 }
 
 impl Offline {
@@ -131,19 +144,45 @@ impl Offline {
         self.checkpoint_dir.clone().unwrap_or_else(|| default_checkpoint_dir(dir))
     }
 
-    fn pinned(&self, dir: &Path) -> Result<Vec<NoteVerifier>> {
+    /// The keys checkpoints must be signed with, and whether they were pinned by the caller (a key
+    /// taken from beside the data directory could have been put there with a forged log).
+    fn pinned(&self, dir: &Path) -> Result<(Vec<NoteVerifier>, bool)> {
         let mut paths = self.public_keys.clone();
-        if paths.is_empty() {
+        let pinned = !paths.is_empty();
+        if !pinned {
             let beside = public_key_path(&default_key_path(dir));
             if !beside.exists() {
                 bail!("no public key given: pass --public-key FILE (the .pub written beside the server's signing key)");
             }
-            eprintln!("note: using the public key found beside the data directory ({}); pin it with --public-key", beside.display());
             paths.push(beside);
         }
-        read_public_keys(&paths).map_err(anyhow::Error::msg)
+        Ok((read_public_keys(&paths).map_err(anyhow::Error::msg)?, pinned))
+    }
+
+    /// The data directory's checkpoints, with the witness's copies merged in by file name.
+    fn checkpoints(&self, dir: &Path) -> Result<Vec<cairn_audit::verify::PresentedCheckpoint>> {
+        let cdir = self.checkpoint_dir(dir);
+        let mut all = read_checkpoints(&cdir).with_context(|| format!("cannot read checkpoints in {}", cdir.display()))?;
+        if let Some(w) = &self.witness {
+            let witnessed = read_checkpoints(w).with_context(|| format!("cannot read the witness's checkpoints in {}", w.display()))?;
+            if witnessed.is_empty() {
+                bail!("the witness directory {} holds no checkpoint: nothing to check the log against", w.display());
+            }
+            for c in witnessed {
+                if !all.iter().any(|mine| mine.label == c.label) {
+                    all.push(c);
+                }
+            }
+            all.sort_by(|a, b| a.label.cmp(&b.label));
+        }
+        Ok(all)
     }
 }
+
+/// `audit verify` when the entries check out but some are covered by no checkpoint.
+const EXIT_UNANCHORED: u8 = 3;
+/// `audit verify` when no key was pinned: the checks passed, but against a key that proves nothing.
+const EXIT_UNPINNED: u8 = 4;
 
 pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
     match cmd {
@@ -223,10 +262,9 @@ async fn verify_live(client: &ClientArgs) -> Result<ExitCode> {
 
 fn verify_offline(offline: &Offline, dir: &Path, output: OutputFormat) -> Result<ExitCode> {
     let store = offline.store(dir)?;
-    let pinned = offline.pinned(dir)?;
+    let (pinned, key_pinned) = offline.pinned(dir)?;
     let cdir = offline.checkpoint_dir(dir);
-    let checkpoints =
-        read_checkpoints(&cdir).with_context(|| format!("cannot read checkpoints in {}", cdir.display()))?;
+    let checkpoints = offline.checkpoints(dir)?;
     let result = store.verify_audit_anchored(&checkpoints, &pinned, Some(&offline.origin));
     let (ok, first_bad, problem, report) = match result {
         Ok(r) => (true, 0, String::new(), Some(r)),
@@ -265,7 +303,33 @@ fn verify_offline(offline: &Offline, dir: &Path, output: OutputFormat) -> Result
         }
         (OutputFormat::Table, None) => println!("audit trail BROKEN at entry {first_bad}: {problem}"),
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TAMPERED) })
+    if !ok {
+        return Ok(ExitCode::from(EXIT_TAMPERED));
+    }
+    // Fail closed: what no checkpoint covers, and a key nobody pinned, prove nothing.
+    let unanchored = report.as_ref().map_or(0, |r| r.unanchored);
+    if unanchored > 0 && !offline.allow_unanchored {
+        eprintln!(
+            "FAILED: {unanchored} entries are covered by no signed checkpoint, so a truncation of them could not be detected; \
+             let the server write its next checkpoint (it writes one on shutdown), check against a witness (--witness), \
+             or accept them with --allow-unanchored"
+        );
+        return Ok(ExitCode::from(EXIT_UNANCHORED));
+    }
+    if !key_pinned {
+        let beside = public_key_path(&default_key_path(dir));
+        if !offline.trust_key_beside_data {
+            eprintln!(
+                "NOT PROVEN: the checkpoints verify against {}, found beside the data directory; whoever could rewrite the log \
+                 could have put their own key there. Pin the key from a trusted source with --public-key, or accept this one \
+                 with --trust-key-beside-data",
+                beside.display()
+            );
+            return Ok(ExitCode::from(EXIT_UNPINNED));
+        }
+        eprintln!("note: trusted the public key beside the data directory ({}) as asked", beside.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn prove_offline(
@@ -275,7 +339,7 @@ fn prove_offline(
     incident: Option<String>,
 ) -> Result<String> {
     let store = offline.store(dir)?;
-    let pinned = offline.pinned(dir)?;
+    let (pinned, _) = offline.pinned(dir)?;
     let cdir = offline.checkpoint_dir(dir);
     let latest = read_checkpoints(&cdir)
         .with_context(|| format!("cannot read checkpoints in {}", cdir.display()))?

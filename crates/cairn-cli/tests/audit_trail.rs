@@ -162,3 +162,88 @@ fn a_remediation_is_provable_offline_and_tampering_with_the_stopped_servers_data
     assert_eq!(v.status.code(), Some(3), "{}", text(&v));
     assert!(text(&v).contains(&format!("BROKEN at entry {approved_seq}")), "{}", text(&v));
 }
+
+/// `audit verify` fails closed: entries no checkpoint covers, a key found beside the data instead of
+/// pinned, and a log re-signed by someone else's key are all failures; a witness's copy of the
+/// checkpoints catches a truncation whose checkpoints were deleted with it.
+#[test]
+fn verification_fails_closed_and_the_witness_catches_truncation_with_deleted_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let checkpoints = dir.path().join("other-volume/checkpoints");
+    let witness = dir.path().join("witness-volume/checkpoints");
+    let config = format!(
+        "[audit]\ncheckpoint_every_secs = 3600\ncheckpoint_every_entries = 100000\nwitness_dir = {:?}",
+        witness.to_str().unwrap()
+    );
+    // The signing key is generated at its default place, beside the data directory.
+    let mut server = Server::start(dir.path(), "user:carol", &config, &["--checkpoint-dir", checkpoints.to_str().unwrap()]);
+    post_json(
+        server.http,
+        "/api/v1/alerts/alertmanager",
+        r#"{"version":"4","receiver":"cairn","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"DeploymentErrorsAfterRelease","service":"checkout","env":"production","instance":"checkout-1:8080"},"annotations":{},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"abc"}]}"#,
+    );
+    let base = server.client_args().map(str::to_string);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cairn(&[&["review", "list", "--output", "json"], &base.each_ref().map(String::as_str)[..]].concat());
+        if !serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recommendation appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop_gracefully();
+    let beside = dir.path().join("data.audit-key.pub");
+    let real_key = dir.path().join("real.pub");
+    std::fs::copy(&beside, &real_key).unwrap();
+    assert_eq!(std::fs::read_dir(&witness).unwrap().count(), 1, "the witness holds the shutdown checkpoint");
+
+    let verify = |data: &Path, cdir: &Path, extra: &[&str]| -> Output {
+        let mut args = vec!["audit", "verify", "--data-dir", data.to_str().unwrap(), "--checkpoint-dir", cdir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cairn(&args)
+    };
+    let pin = ["--public-key", real_key.to_str().unwrap()];
+
+    // Pinned and anchored: proven.
+    let v = verify(&data, &checkpoints, &pin);
+    assert!(v.status.success(), "{}", text(&v));
+    // The same check without a pinned key proves nothing about who signed.
+    let v = verify(&data, &checkpoints, &[]);
+    assert_eq!(v.status.code(), Some(4), "{}", text(&v));
+    assert!(text(&v).contains("NOT PROVEN"), "{}", text(&v));
+    let v = verify(&data, &checkpoints, &["--trust-key-beside-data"]);
+    assert!(v.status.success(), "{}", text(&v));
+
+    // Truncated, with every checkpoint deleted: nothing anchors the log any more.
+    let cut = dir.path().join("cut");
+    copy_dir(&data, &cut);
+    tamper(&cut.join("cairn.db"), "DELETE FROM audit_log WHERE seq > (SELECT MAX(seq) - 2 FROM audit_log)");
+    let no_checkpoints = dir.path().join("emptied");
+    std::fs::create_dir_all(&no_checkpoints).unwrap();
+    let v = verify(&cut, &no_checkpoints, &pin);
+    assert_eq!(v.status.code(), Some(3), "{}", text(&v));
+    assert!(text(&v).contains("covered by no signed checkpoint"), "{}", text(&v));
+    let v = verify(&cut, &no_checkpoints, &[&pin[..], &["--allow-unanchored"]].concat());
+    assert!(v.status.success(), "only an explicit flag accepts it: {}", text(&v));
+    // The witness still holds what was signed: the truncation is named.
+    let v = verify(&cut, &no_checkpoints, &[&pin[..], &["--witness", witness.to_str().unwrap()]].concat());
+    assert_eq!(v.status.code(), Some(3), "{}", text(&v));
+    assert!(text(&v).contains("BROKEN") && text(&v).contains("truncated"), "{}", text(&v));
+
+    // Re-signed by an attacker's own key, whose .pub now stands beside the data directory.
+    let forged = dir.path().join("forged");
+    copy_dir(&data, &forged);
+    std::fs::remove_file(dir.path().join("forged.audit-key")).ok();
+    let forged_checkpoints = dir.path().join("forged-checkpoints");
+    let store: std::sync::Arc<dyn cairn_store::Store> =
+        std::sync::Arc::new(cairn_store::SqliteStore::open(&forged.join("cairn.db")).unwrap());
+    let cfg = cairn_server::checkpoint::AuditConfig { checkpoint_dir: Some(forged_checkpoints.clone()), ..Default::default() };
+    let attacker = cairn_server::checkpoint::Checkpointer::open(&cfg, &forged, store).unwrap();
+    attacker.write_now().unwrap().expect("a forged checkpoint");
+    let v = verify(&forged, &forged_checkpoints, &[]);
+    assert_eq!(v.status.code(), Some(4), "an unpinned verification never passes: {}", text(&v));
+    let v = verify(&forged, &forged_checkpoints, &pin);
+    assert_eq!(v.status.code(), Some(3), "{}", text(&v));
+}

@@ -42,6 +42,12 @@ pub struct AuditConfig {
     pub public_keys: Vec<String>,
     /// The log's name on the first line of every checkpoint and the signing key's name.
     pub origin: String,
+    /// A second directory that receives a copy of every checkpoint as it is written: an outside
+    /// witness of the latest signed size. Put it on another volume, writable by Cairn but owned by
+    /// someone else (e.g. a group-writable directory of an audit account), so that whoever can
+    /// truncate the store and delete the checkpoints beside it cannot also remove the witness's
+    /// copy. `cairn audit verify --witness DIR` checks the log against it.
+    pub witness_dir: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -53,6 +59,7 @@ impl Default for AuditConfig {
             checkpoint_every_entries: 1000,
             public_keys: Vec::new(),
             origin: DEFAULT_ORIGIN.into(),
+            witness_dir: None,
         }
     }
 }
@@ -122,6 +129,13 @@ pub fn load_or_generate_key(path: &Path, name: &str) -> Result<NoteSigner, Check
     }
 }
 
+/// Writes `dir/name` through a temporary file and a rename, so a reader never sees half of it.
+fn write_atomically(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
 fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
@@ -181,6 +195,8 @@ pub struct Checkpointer {
     pinned: Vec<NoteVerifier>,
     origin: String,
     dir: PathBuf,
+    /// Where a copy of every checkpoint goes too (`audit.witness_dir`).
+    witness: Option<PathBuf>,
     written: Mutex<Written>,
 }
 
@@ -220,12 +236,22 @@ impl Checkpointer {
         // The last checkpoint is only trusted if it verifies against our own keys.
         let last = existing.last().and_then(|c| cairn_audit::checkpoint::open_checkpoint(&c.note, &pinned).ok());
         let (size, root) = last.map_or((0, None), |v| (v.checkpoint.size, Some(v.checkpoint.root)));
+        if let Some(w) = &cfg.witness_dir {
+            // Refuse to start rather than run with a witness that silently receives nothing.
+            let probe = w.join(".cairn-witness-probe");
+            std::fs::create_dir_all(w)
+                .and_then(|()| std::fs::write(&probe, b"probe"))
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|source| CheckpointSetupError::Dir { path: w.clone(), source })?;
+            info!(witness = %w.display(), "every audit checkpoint is also written to the witness directory");
+        }
         Ok(Checkpointer {
             store,
             signer,
             pinned,
             origin: cfg.origin.clone(),
             dir,
+            witness: cfg.witness_dir.clone(),
             written: Mutex::new(Written { counter, size, root }),
         })
     }
@@ -269,14 +295,15 @@ impl Checkpointer {
         let note = self.signer.sign(&Checkpoint { origin: self.origin.clone(), size, root });
         let name = format!("{:010}-size-{size}{CHECKPOINT_SUFFIX}", w.counter + 1);
         let path = self.dir.join(&name);
-        // Write then rename, so a reader never sees half a checkpoint.
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, &note)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("cannot write checkpoint {}: {e}", path.display()))?;
+        write_atomically(&self.dir, &name, &note).map_err(|e| format!("cannot write checkpoint {}: {e}", path.display()))?;
         w.counter += 1;
         w.size = size;
         w.root = Some(root);
+        if let Some(witness) = &self.witness {
+            write_atomically(witness, &name, &note).map_err(|e| {
+                format!("checkpoint {} written, but its copy to the witness {} failed: {e}", path.display(), witness.display())
+            })?;
+        }
         Ok(Some(path))
     }
 
@@ -388,6 +415,28 @@ mod tests {
         append(&store, 1);
         let third = again.write_now().expect("write").expect("written");
         assert!(third.file_name().expect("name").to_string_lossy().starts_with("0000000003-"));
+    }
+
+    #[test]
+    fn every_checkpoint_is_copied_to_the_witness_and_an_unwritable_witness_refuses_to_start() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("keys")).expect("mkdir");
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        let store = store_with(3);
+        let cfg = AuditConfig { witness_dir: Some(tmp.path().join("witness")), ..config(tmp.path()) };
+        let cp = Checkpointer::open(&cfg, &data, store.clone()).expect("open");
+        cp.write_now().expect("write").expect("written");
+        append(&store, 2);
+        cp.write_now().expect("write").expect("written");
+        let mine = read_checkpoints(cp.dir()).expect("read");
+        let witnessed = read_checkpoints(&tmp.path().join("witness")).expect("read witness");
+        assert_eq!(witnessed.len(), 2);
+        assert_eq!(witnessed.iter().map(|c| &c.note).collect::<Vec<_>>(), mine.iter().map(|c| &c.note).collect::<Vec<_>>());
+        // A witness path that cannot be a directory (a file stands there).
+        std::fs::write(tmp.path().join("not-a-dir"), b"x").expect("write");
+        let bad = AuditConfig { witness_dir: Some(tmp.path().join("not-a-dir")), ..config(tmp.path()) };
+        assert!(Checkpointer::open(&bad, &data, store).is_err(), "an unusable witness is a start-up error");
     }
 
     #[test]

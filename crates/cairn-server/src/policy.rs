@@ -55,14 +55,27 @@ pub fn policy_target() -> Target {
 pub fn waiting_for_window(engine: &Engine, now_ms: i64) -> Result<Vec<ChangeId>, ApiError> {
     let windows = &engine.executor.gate().windows;
     let mut waiting = Vec::new();
-    for change in engine.store.approved_changes(1000)? {
-        if !(change.requires_window || (change.outcome == cairn_types::Outcome::Review && change.tier == Some(3))) {
-            continue;
+    // Every approved change, page by page: one the check did not read could be claimed outside
+    // its window.
+    const PAGE: usize = 500;
+    let mut after: Option<(i64, ChangeId)> = None;
+    loop {
+        let page = engine.store.approved_changes_after(after.as_ref().map(|(ms, id)| (*ms, id)), PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_ms, last.id.clone()));
+        let full = page.len() == PAGE;
+        for change in page {
+            if !(change.requires_window || (change.outcome == cairn_types::Outcome::Review && change.tier == Some(3))) {
+                continue;
+            }
+            let record = engine.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
+            let open = record.is_some_and(|r| windows.open_for(&r.recommendation.target, now_ms).is_some());
+            if !open {
+                waiting.push(change.id);
+            }
         }
-        let record = engine.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
-        let open = record.is_some_and(|r| windows.open_for(&r.recommendation.target, now_ms).is_some());
-        if !open {
-            waiting.push(change.id);
+        if !full {
+            break;
         }
     }
     Ok(waiting)

@@ -131,7 +131,12 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// that may not run yet (a tier-3 change waiting for its maintenance window).
     fn claim_approved_except(&self, limit: usize, now_ms: i64, except: &[ChangeId]) -> Result<Vec<ChangeRequest>>;
     /// Approved changes not yet claimed, oldest first.
-    fn approved_changes(&self, limit: usize) -> Result<Vec<ChangeRequest>>;
+    fn approved_changes(&self, limit: usize) -> Result<Vec<ChangeRequest>> {
+        self.approved_changes_after(None, limit)
+    }
+    /// Approved changes not yet claimed, oldest first, after `after` (created_ms, id) in that order:
+    /// a page of a walk over all of them, however many there are.
+    fn approved_changes_after(&self, after: Option<(i64, &ChangeId)>, limit: usize) -> Result<Vec<ChangeRequest>>;
     /// Stores an execution and the change's resulting state in one transaction. A staged change
     /// left waiting for its next stage while a newer revision arrived is stopped for rollback in
     /// the same transaction.

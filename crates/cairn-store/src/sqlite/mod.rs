@@ -618,10 +618,16 @@ impl Store for SqliteStore {
         })
     }
 
-    fn approved_changes(&self, limit: usize) -> Result<Vec<ChangeRequest>> {
+    fn approved_changes_after(&self, after: Option<(i64, &ChangeId)>, limit: usize) -> Result<Vec<ChangeRequest>> {
+        let (after_ms, after_id) = after.map(|(ms, id)| (ms, id.0.as_str())).unwrap_or((i64::MIN, ""));
         self.with_conn(|c| {
-            let mut stmt = c.prepare("SELECT body FROM changes WHERE state = 'approved' ORDER BY created_ms, id LIMIT ?1")?;
-            let bodies: Vec<String> = stmt.query_map([limit as i64], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+            let mut stmt = c.prepare(
+                "SELECT body FROM changes WHERE state = 'approved' AND (created_ms, id) > (?1, ?2)
+                 ORDER BY created_ms, id LIMIT ?3",
+            )?;
+            let bodies: Vec<String> = stmt
+                .query_map(params![after_ms, after_id, limit as i64], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?;
             bodies.iter().map(|b| from_json("change", b)).collect()
         })
     }
