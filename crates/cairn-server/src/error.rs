@@ -26,6 +26,10 @@ pub enum ApiError {
     Internal(String),
     #[error(transparent)]
     BreakGlass(#[from] cairn_workflow::BreakGlassError),
+    /// The store could not make the request durable (a full disk, a failing store): nothing was
+    /// acknowledged, and the sender should resend.
+    #[error("{reason}; nothing was acknowledged, retry after {retry_after_secs}s")]
+    NotStored { retry_after_secs: u64, reason: String },
     /// Authenticated, but the call needs a scope or a person the caller is not (`access.rs`).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -56,7 +60,7 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             // Never a 4xx for overload: Prometheus drops data on 4xx and retries on 5xx.
-            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotStored { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Review(_) | ApiError::BreakGlass(_) => StatusCode::CONFLICT,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -75,6 +79,7 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::NotStored { .. } => "not_stored",
             ApiError::Review(_) | ApiError::BreakGlass(_) => "refused",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
@@ -89,7 +94,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
             ApiError::Unauthenticated => tonic::Status::unauthenticated(msg),
             ApiError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
-            ApiError::Overloaded { .. } => tonic::Status::unavailable(msg),
+            ApiError::Overloaded { .. } | ApiError::NotStored { .. } => tonic::Status::unavailable(msg),
             ApiError::Review(r) => review_status(r, msg),
             ApiError::BreakGlass(b) => breakglass_status(b, msg),
             ApiError::Store(StoreError::Conflict { .. }) => tonic::Status::aborted(msg),
@@ -124,7 +129,7 @@ impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let status = self.http_status();
         let mut resp = (status, format!("{self}\n")).into_response();
-        if let ApiError::Overloaded { retry_after_secs } = self
+        if let ApiError::Overloaded { retry_after_secs } | ApiError::NotStored { retry_after_secs, .. } = self
             && let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_secs.to_string())
         {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);

@@ -31,6 +31,8 @@ pub struct HttpState {
     pub retry_after_secs: u64,
     /// False once the analysis worker has stopped: `/readyz` then fails.
     pub worker_alive: Arc<AtomicBool>,
+    /// Where alerts are made durable before they are acknowledged.
+    pub intake: Arc<crate::intake::Intake>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -96,7 +98,7 @@ impl HttpState {
         match result {
             Ok(r) => r,
             Err(e) => {
-                if !matches!(e, ApiError::Overloaded { .. }) {
+                if !matches!(e, ApiError::Overloaded { .. } | ApiError::NotStored { .. }) {
                     self.engine
                         .metrics
                         .requests_rejected
@@ -148,7 +150,7 @@ async fn alertmanager(
 ) -> Response {
     const ENDPOINT: &str = "alertmanager";
     let started = Instant::now();
-    let result = (|| {
+    let result = async {
         let sender = st.check_token(&headers)?;
         let body = st.body(body)?;
         let now = st.engine.clock.now_ms();
@@ -157,11 +159,16 @@ async fn alertmanager(
         cairn_ingest::withhold_steering(&mut batch.alerts, may_steer, &st.trusted_annotation_rules);
         let n = batch.alerts.len() as u64;
         if n > 0 {
-            st.enqueue(Batch::Alerts { alerts: batch.alerts, source: ENDPOINT }, ENDPOINT)?;
+            // Stored before answered: a 200 is a promise that the alert survives a crash.
+            let (engine, intake, retry) = (st.engine.clone(), st.intake.clone(), st.retry_after_secs);
+            tokio::task::spawn_blocking(move || intake.accept(&engine, &batch.alerts, retry))
+                .await
+                .map_err(|e| ApiError::Internal(format!("intake panicked: {e}")))??;
             st.engine.metrics.alerts_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
         }
         Ok((StatusCode::OK, format!("accepted {n} alerts\n")).into_response())
-    })();
+    }
+    .await;
     st.finish(ENDPOINT, started, result)
 }
 
@@ -176,6 +183,9 @@ async fn metrics(State(st): State<HttpState>) -> Response {
 async fn readyz(State(st): State<HttpState>) -> Response {
     if !st.worker_alive.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "analysis worker stopped\n").into_response();
+    }
+    if let Some(reason) = st.intake.unready_reason() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
     }
     let engine = st.engine.clone();
     match tokio::task::spawn_blocking(move || engine.store.audit_head()).await {

@@ -20,6 +20,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod governance;
+pub mod intake;
 mod grpc;
 mod grpc_guardrails;
 mod http;
@@ -187,7 +188,8 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let (queue_tx, queue_rx) = mpsc::channel::<Batch>(cfg.ingest.queue_capacity);
     let worker_alive = Arc::new(AtomicBool::new(true));
 
-    tasks.spawn(analysis_worker(engine.clone(), analysis, queue_rx, worker_alive.clone()));
+    let intake = Arc::new(intake::Intake::default());
+    tasks.spawn(analysis_worker(engine.clone(), analysis, queue_rx, intake.clone(), worker_alive.clone()));
     tasks.spawn(engine.clone().executor_loop(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
     tasks.spawn(checkpointer.clone().run(
         engine.subscribe_audit_head(),
@@ -214,6 +216,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         trusted_annotation_rules: trusted_rules.clone(),
         retry_after_secs: cfg.ingest.retry_after_secs,
         worker_alive,
+        intake: intake.clone(),
     });
     let c = cancel.clone();
     tasks.spawn(async move {
@@ -255,7 +258,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let ingest_svc = pb::ingest_service_server::IngestServiceServer::with_interceptor(
-        grpc::IngestSvc { engine: engine.clone(), queue: queue_tx, limits, trusted_annotation_rules: trusted_rules },
+        grpc::IngestSvc { engine: engine.clone(), queue: queue_tx, limits, trusted_annotation_rules: trusted_rules, intake },
         ingest_auth,
     );
     let review_svc = pb::review_service_server::ReviewServiceServer::with_interceptor(
@@ -363,20 +366,47 @@ fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartE
     })
 }
 
-/// Takes batches off the queue one at a time and runs them through the analysis stages on the
-/// blocking pool. Ends when every sender is gone (the listeners have stopped), after draining
-/// what was queued: accepted data is analysed, not dropped, on a graceful shutdown.
+/// Runs the analysis stages on the blocking pool, one unit of work at a time: first every alert in
+/// the intake journal (so alerts are never held up by samples, and those acknowledged before a
+/// crash are analysed after it), then the next batch of samples. Ends when every sender is gone
+/// (the listeners have stopped), after draining what was queued and journaled: accepted data is
+/// analysed, not dropped, on a graceful shutdown.
 async fn analysis_worker(
     engine: Arc<Engine>,
     mut analysis: Analysis,
     mut queue: mpsc::Receiver<Batch>,
+    intake: Arc<intake::Intake>,
     alive: Arc<AtomicBool>,
 ) {
-    while let Some(batch) = queue.recv().await {
-        engine.metrics.queue_depth.dec();
+    enum Work {
+        Journal,
+        Samples(Batch),
+    }
+    // What start-up finds journaled is analysed first.
+    let mut next = Some(Work::Journal);
+    loop {
+        let work = match next.take() {
+            Some(w) => w,
+            None => tokio::select! {
+                biased;
+                () = intake.woken() => Work::Journal,
+                batch = queue.recv() => match batch {
+                    Some(b) => {
+                        engine.metrics.queue_depth.dec();
+                        Work::Samples(b)
+                    }
+                    None => break,
+                },
+                // A journal pass that failed (the store refused a write) is retried.
+                () = tokio::time::sleep(Duration::from_secs(1)) => Work::Journal,
+            },
+        };
         let e = engine.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let result = e.analyse(&mut analysis, batch);
+            let result = match work {
+                Work::Journal => intake::drain(&e, &mut analysis).map(|_| ()),
+                Work::Samples(batch) => e.analyse(&mut analysis, batch),
+            };
             (analysis, result)
         })
         .await;
@@ -385,7 +415,7 @@ async fn analysis_worker(
                 analysis = a;
                 if let Err(err) = result {
                     engine.metrics.analysis_failures.inc();
-                    error!(error = %err, "analysis of an accepted batch failed");
+                    error!(error = %err, "analysis of accepted signals failed; journaled alerts are retried");
                 }
             }
             Err(panic) => {
@@ -394,6 +424,15 @@ async fn analysis_worker(
                 return;
             }
         }
+    }
+    if let Err(err) = {
+        let e = engine.clone();
+        tokio::task::spawn_blocking(move || intake::drain(&e, &mut analysis)).await
+    }
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        error!(error = %err, "journaled alerts left for the next start");
     }
     info!("analysis queue drained");
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub multivariate_group_events: IntCounterVec,
     pub refused_points: IntCounterVec,
     pub analysis_failures: IntCounter,
+    pub intake_failures: IntCounter,
     /// Governance series: how people and guardrails steer automation.
     pub governance: GovernanceMetrics,
 }
@@ -124,6 +125,11 @@ impl Metrics {
                 "Batches whose analysis failed after they were accepted (the store refused a write); see the log for the cause.",
             )
             .expect("valid metric"),
+            intake_failures: IntCounter::new(
+                "cairn_intake_failures_total",
+                "Alert requests refused with 503 because the intake journal could not be written (e.g. a full disk); the sender resends.",
+            )
+            .expect("valid metric"),
             governance: GovernanceMetrics::new(),
             registry,
         };
@@ -147,6 +153,7 @@ impl Metrics {
             Box::new(m.multivariate_group_events.clone()),
             Box::new(m.refused_points.clone()),
             Box::new(m.analysis_failures.clone()),
+            Box::new(m.intake_failures.clone()),
         ]
         .into_iter()
         .chain(m.governance.collectors())

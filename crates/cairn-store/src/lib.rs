@@ -95,6 +95,15 @@ pub struct AuditQuery {
 pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// Upserts alerts by fingerprint (status, end, last seen). Returns how many rows changed.
     fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize>;
+    /// Appends acknowledged alerts to the intake journal, durably, before their sender is
+    /// answered (invariant 12). The analysis worker reads them back with [`Store::pending_intake`]
+    /// and removes them with [`Store::finish_intake`] once analysed, so a crash in between replays
+    /// them instead of losing them.
+    fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()>;
+    /// The oldest journaled alerts not yet analysed, with their journal sequence numbers.
+    fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>>;
+    /// Removes journaled alerts up to and including `through_seq`: they are analysed and stored.
+    fn finish_intake(&self, through_seq: i64) -> Result<()>;
     fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()>;
     fn count_alerts(&self) -> Result<u64>;
     fn count_anomalies(&self) -> Result<u64>;

@@ -72,7 +72,7 @@ impl Server {
             .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("serve.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
             .spawn()
             .unwrap();
         let server = Server { child, http, grpc_url: format!("http://127.0.0.1:{grpc}"), token };

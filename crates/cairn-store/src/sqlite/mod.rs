@@ -129,6 +129,14 @@ const MIGRATIONS: &[&str] = &[
     guard::MIGRATION,
     // 4: leases on claimed executor work (who holds it, until when, whether an adapter call began).
     lease::MIGRATION,
+    // 5: the alert intake journal: alerts acknowledged to their sender and not yet analysed.
+    r#"
+    CREATE TABLE alert_intake (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_ms  INTEGER NOT NULL,
+        body         TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// SQLite-backed [`Store`].
@@ -403,6 +411,32 @@ impl Store for SqliteStore {
                 n += stmt.execute(params![a.fingerprint, a.status.as_str(), a.labels.get("service"), now_ms, to_json(a)?])?;
             }
             Ok(n)
+        })
+    }
+
+    fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()> {
+        self.with_tx(|tx| {
+            let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, body) VALUES (?1, ?2)")?;
+            for a in alerts {
+                stmt.execute(params![now_ms, to_json(a)?])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached("SELECT seq, body FROM alert_intake ORDER BY seq LIMIT ?1")?;
+            let rows: Vec<(i64, String)> =
+                stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<std::result::Result<_, _>>()?;
+            rows.into_iter().map(|(seq, body)| Ok((seq, from_json("alert intake", &body)?))).collect()
+        })
+    }
+
+    fn finish_intake(&self, through_seq: i64) -> Result<()> {
+        self.with_tx(|tx| {
+            tx.execute("DELETE FROM alert_intake WHERE seq <= ?1", [through_seq])?;
+            Ok(())
         })
     }
 

@@ -1,0 +1,233 @@
+//! Acknowledged means stored (invariant 12), tried against the real `cairn serve`: a storm of
+//! Alertmanager webhooks cut by SIGKILL at varied points loses none of the alerts answered 200, and
+//! a full disk (a small tmpfs) turns answers into retryable 503s and `/readyz` into 503 instead of
+//! 200s that keep nothing; once space returns the resent alerts are stored. Every server is killed
+//! and every mount undone when the test ends, also on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Server;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// POSTs `body` and returns the status code and the whole response (0 when the server is gone).
+fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut resp = String::new();
+    if s.read_to_string(&mut resp).is_err() {
+        return (0, resp);
+    }
+    let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, resp)
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    (resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0), resp)
+}
+
+/// One webhook carrying an alert per fingerprint; `pad` bytes of annotation make it heavy.
+fn webhook(fingerprints: &[String], pad: usize) -> String {
+    let filler = "x".repeat(pad);
+    let alerts: Vec<String> = fingerprints
+        .iter()
+        .map(|f| {
+            format!(
+                r#"{{"status":"firing","labels":{{"alertname":"StormAlert","service":"svc-{f}","env":"staging"}},"annotations":{{"summary":"{filler}"}},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"{f}"}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"version":"4","receiver":"cairn","status":"firing","alerts":[{}]}}"#, alerts.join(","))
+}
+
+/// Fingerprints in the store: analysed alerts and those still waiting in the intake journal.
+fn stored(data: &Path) -> BTreeSet<String> {
+    let c = rusqlite::Connection::open_with_flags(data.join("cairn.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    let mut q = c.prepare("SELECT fingerprint FROM alerts").unwrap();
+    out.extend(q.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap));
+    let mut q = c.prepare("SELECT body FROM alert_intake").unwrap();
+    for body in q.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap) {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        out.insert(v["fingerprint"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+fn journal_len(data: &Path) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(data.join("cairn.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn sigkill_during_a_webhook_storm_loses_no_acknowledged_alert() {
+    for kill_after in [25usize, 150, 400] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let server = Server::start(dir.path(), "user:carol", "", &[]);
+        let port = server.http;
+        let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders: Vec<_> = (0..4)
+            .map(|t| {
+                let (acked, stop) = (acked.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    for i in 0..100_000 {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let fps: Vec<String> = (0..5).map(|k| format!("{t:02}{i:06}{k}")).collect();
+                        match post(port, "/api/v1/alerts/alertmanager", &webhook(&fps, 0)).0 {
+                            200 => acked.lock().unwrap().extend(fps),
+                            0 => return, // the server is gone
+                            _ => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().len() < kill_after {
+            assert!(Instant::now() < deadline, "the storm did not get {kill_after} alerts acknowledged");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(server); // SIGKILL, mid-storm
+        stop.store(true, Ordering::SeqCst);
+        for s in senders {
+            s.join().unwrap();
+        }
+        let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
+        assert!(acked.len() >= kill_after);
+        let after_crash = stored(&data);
+        let lost: Vec<&String> = acked.difference(&after_crash).collect();
+        assert!(lost.is_empty(), "kill after {kill_after}: {} of {} acknowledged alerts lost: {lost:?}", lost.len(), acked.len());
+
+        // A restart analyses what was journaled but not yet analysed.
+        let server = Server::start(dir.path(), "user:carol", "", &[]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while journal_len(&data) > 0 {
+            assert!(Instant::now() < deadline, "the journal was not replayed after the restart");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let c = rusqlite::Connection::open_with_flags(data.join("cairn.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let analysed: i64 = c.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0)).unwrap();
+        assert!(analysed as usize >= acked.len(), "every acknowledged alert is analysed and stored: {analysed} < {}", acked.len());
+        drop(server);
+    }
+}
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", at.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l", self.0.to_str().unwrap()]).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_503_and_not_ready_and_the_resends_are_stored_once_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_mount) = Tmpfs::mount(&dir.path().join("volume"), "64m") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must be able to mount a tmpfs (root)");
+        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let volume = dir.path().join("volume");
+    let data = volume.join("data");
+    // The signing key and checkpoints live elsewhere: only the store is on the small volume.
+    let keys = dir.path().join("keys/audit.key");
+    std::fs::create_dir_all(keys.parent().unwrap()).unwrap();
+    let cdir = dir.path().join("checkpoints");
+    let server = Server::start(
+        &volume,
+        "user:carol",
+        "",
+        &["--signing-key", keys.to_str().unwrap(), "--checkpoint-dir", cdir.to_str().unwrap()],
+    );
+    let port = server.http;
+    let mut acked = BTreeSet::new();
+    let first: Vec<String> = (0..5).map(|k| format!("before{k}")).collect();
+    assert_eq!(post(port, "/api/v1/alerts/alertmanager", &webhook(&first, 100)).0, 200);
+    acked.extend(first);
+
+    // Fill the volume with ballast until nothing more fits.
+    let ballast = volume.join("ballast");
+    {
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Heavy alerts (16 KiB annotations) need pages the store does not have.
+    let mut refused = Vec::new();
+    for round in 0..6 {
+        let fps: Vec<String> = (0..20).map(|k| format!("full{round:02}{k:02}")).collect();
+        let (code, resp) = post(port, "/api/v1/alerts/alertmanager", &webhook(&fps, 16_000));
+        match code {
+            200 => acked.extend(fps),
+            503 => {
+                assert!(resp.to_ascii_lowercase().contains("retry-after:"), "{resp}");
+                refused.push(fps);
+            }
+            other => panic!("a full disk must answer 200 (stored) or 503, got {other}: {resp}"),
+        }
+    }
+    assert!(!refused.is_empty(), "with the volume full some request must have been refused");
+    let (ready, body) = get(port, "/readyz");
+    assert_eq!(ready, 503, "{body}");
+    assert!(body.contains("cannot be stored"), "{body}");
+    let (_, metrics) = get(port, "/metrics");
+    assert!(metrics.lines().any(|l| l.starts_with("cairn_intake_failures_total ") && !l.ends_with(" 0")), "{metrics}");
+
+    // Space returns: Alertmanager's resends are stored, not dropped as duplicates.
+    std::fs::remove_file(&ballast).unwrap();
+    for fps in &refused {
+        let (code, resp) = post(port, "/api/v1/alerts/alertmanager", &webhook(fps, 16_000));
+        assert_eq!(code, 200, "{resp}");
+        acked.extend(fps.iter().cloned());
+    }
+    assert_eq!(get(port, "/readyz").0, 200, "ready again once writes succeed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journal_len(&data) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the journal did not drain: {}",
+            std::fs::read_to_string(volume.join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let have = stored(&data);
+    let lost: Vec<&String> = acked.difference(&have).collect();
+    assert!(lost.is_empty(), "acknowledged alerts lost: {lost:?}");
+    drop(server);
+}

@@ -1,0 +1,84 @@
+//! Acknowledged means stored (invariant 12): alerts are written to the store's intake journal
+//! before their sender is answered, and the analysis worker takes them from there, ahead of
+//! samples. A crash between the answer and the analysis replays them at the next start; a store
+//! that cannot write (a full disk) turns the answer into a retryable 503 and `/readyz` into 503,
+//! so Alertmanager resends instead of losing the alert, and nothing was remembered as a duplicate.
+//!
+//! This module decides when an alert is acknowledged; it never analyses one.
+
+use crate::engine::{Analysis, Batch, Engine};
+use crate::error::ApiError;
+use cairn_types::AlertEvent;
+use std::sync::Mutex;
+use tokio::sync::Notify;
+use tracing::{error, info};
+
+/// Journaled alerts read back per analysis pass.
+const REPLAY_BATCH: usize = 500;
+
+/// The durable front door for alerts, shared by the webhook and `Push`.
+#[derive(Debug, Default)]
+pub struct Intake {
+    /// Wakes the analysis worker when alerts were journaled.
+    wake: Notify,
+    /// Why the last journal write failed, until one succeeds again: `/readyz` reports it.
+    failing: Mutex<Option<String>>,
+}
+
+impl Intake {
+    /// Journals `alerts` durably, then wakes the worker. Blocking: call it off the async runtime.
+    /// An error is a retryable refusal: nothing of this request was acknowledged.
+    pub fn accept(&self, engine: &Engine, alerts: &[AlertEvent], retry_after_secs: u64) -> Result<(), ApiError> {
+        let now = engine.clock.now_ms();
+        match engine.store.journal_alerts(alerts, now) {
+            Ok(()) => {
+                self.set_failing(None);
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                engine.metrics.intake_failures.inc();
+                let reason = format!("alerts cannot be stored: {e}");
+                error!(error = %e, alerts = alerts.len(), "alerts refused with 503: the intake journal cannot be written");
+                self.set_failing(Some(reason.clone()));
+                Err(ApiError::NotStored { retry_after_secs, reason })
+            }
+        }
+    }
+
+    /// Why ingest cannot acknowledge alerts right now, if it cannot.
+    pub fn unready_reason(&self) -> Option<String> {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_failing(&self, reason: Option<String>) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// Resolves once alerts were journaled since the last call (or at once if some were).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// Analyses every journaled alert, oldest first, and removes each batch from the journal once its
+/// analysis (which stores the alerts) succeeded. Blocking. On a failure the rest stays journaled
+/// for the next pass. Returns how many alerts were analysed.
+pub fn drain(engine: &Engine, analysis: &mut Analysis) -> Result<usize, ApiError> {
+    let mut done = 0;
+    loop {
+        let rows = engine.store.pending_intake(REPLAY_BATCH)?;
+        let Some(&(last, _)) = rows.last() else { return Ok(done) };
+        let alerts: Vec<AlertEvent> = rows.into_iter().map(|(_, a)| a).collect();
+        let n = alerts.len();
+        engine.analyse(analysis, Batch::Alerts { alerts, source: "journal" })?;
+        engine.store.finish_intake(last)?;
+        done += n;
+        if n < REPLAY_BATCH {
+            if done > 0 {
+                info!(alerts = done, "journaled alerts analysed");
+            }
+            return Ok(done);
+        }
+    }
+}
