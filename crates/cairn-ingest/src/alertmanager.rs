@@ -81,7 +81,8 @@ pub fn decode_alertmanager(body: &[u8], limits: &IngestLimits, _now_ms: i64) -> 
         if labels.get("alertname").is_none_or(str::is_empty) {
             return Err(IngestError::MalformedAlert(format!("alerts[{i}].labels: missing required label \"alertname\"")));
         }
-        let annotations: Labels = a.annotations.into_iter().collect();
+        let annotations: Labels = crate::check_annotations(a.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())), limits)
+            .map_err(|p| IngestError::MalformedAlert(format!("alerts[{i}].annotations: {p}")))?;
         let starts_at_ms = parse_time("startsAt", i, &a.starts_at)?
             .ok_or_else(|| IngestError::MalformedAlert(format!("alerts[{i}].startsAt is the zero time")))?;
         let ends_at_ms = match a.ends_at.as_deref() {
@@ -158,6 +159,26 @@ mod tests {
         let b = decode(&payload("resolved", "2026-11-24T10:05:00Z").replace("\"fingerprint\":\"c1f2d3e4a5b6c7d8\"", "\"fingerprint\":\"\"")).unwrap();
         assert_eq!(a.alerts[0].fingerprint, b.alerts[0].fingerprint);
         assert_eq!(a.alerts[0].fingerprint.len(), 16);
+    }
+
+    #[test]
+    fn an_oversized_annotation_is_refused_by_the_webhook_as_by_grpc() {
+        let limits = IngestLimits::default();
+        let body = |n: usize| {
+            format!(
+                r#"{{"version":"4","status":"firing","alerts":[{{"status":"firing","labels":{{"alertname":"A"}},"annotations":{{"summary":"{}"}},"startsAt":"2026-11-24T10:00:00Z","fingerprint":"f"}}]}}"#,
+                "x".repeat(n)
+            )
+        };
+        let at_limit = decode_alertmanager(body(limits.max_annotation_value_bytes).as_bytes(), &limits, 0).unwrap();
+        let webhook = decode_alertmanager(body(limits.max_annotation_value_bytes + 1).as_bytes(), &limits, 0).unwrap_err();
+        assert!(webhook.to_string().contains("annotations") && webhook.to_string().contains("16384 bytes"), "{webhook}");
+        // The same alert, typed as gRPC delivers it, meets the same rule.
+        let mut typed = at_limit.alerts[0].clone();
+        assert!(crate::validate_alert(&typed, &limits).is_ok());
+        typed.annotations.insert("summary", "x".repeat(limits.max_annotation_value_bytes + 1));
+        let grpc = crate::validate_alert(&typed, &limits).unwrap_err();
+        assert!(grpc.to_string().contains("16384 bytes"), "{grpc}");
     }
 
     #[test]

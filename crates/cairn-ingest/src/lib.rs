@@ -45,6 +45,8 @@ pub struct IngestLimits {
     pub max_label_name_bytes: usize,
     pub max_label_value_bytes: usize,
     pub max_alerts_per_request: usize,
+    /// Longest alert annotation value, for the webhook and gRPC alike. Default 16 KiB.
+    pub max_annotation_value_bytes: usize,
 }
 
 impl Default for IngestLimits {
@@ -58,6 +60,7 @@ impl Default for IngestLimits {
             max_label_name_bytes: 256,
             max_label_value_bytes: 2048,
             max_alerts_per_request: 1_000,
+            max_annotation_value_bytes: 16 << 10,
         }
     }
 }
@@ -176,6 +179,13 @@ fn check_labels<'a>(
     Ok(pairs.into_iter().collect())
 }
 
+/// The one rule for alert annotations, whichever endpoint they came through: label-style names,
+/// at most `max_labels_per_series` of them, values up to `max_annotation_value_bytes`.
+fn check_annotations<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, limits: &IngestLimits) -> Result<Labels, String> {
+    let as_labels = IngestLimits { max_label_value_bytes: limits.max_annotation_value_bytes, ..limits.clone() };
+    check_labels(pairs, &as_labels, false)
+}
+
 /// Validates a sample that arrived already typed (gRPC).
 pub fn validate_sample(s: &MetricSample, limits: &IngestLimits) -> Result<(), IngestError> {
     check_labels(s.labels.iter(), limits, true)
@@ -187,8 +197,7 @@ pub fn validate_sample(s: &MetricSample, limits: &IngestLimits) -> Result<(), In
 pub fn validate_alert(a: &AlertEvent, limits: &IngestLimits) -> Result<(), IngestError> {
     let labels = check_labels(a.labels.iter(), limits, false)
         .map_err(|p| IngestError::MalformedAlert(format!("alert labels: {p}")))?;
-    check_labels(a.annotations.iter(), &IngestLimits { max_label_value_bytes: limits.max_label_value_bytes * 8, ..limits.clone() }, false)
-        .map_err(|p| IngestError::MalformedAlert(format!("alert annotations: {p}")))?;
+    check_annotations(a.annotations.iter(), limits).map_err(|p| IngestError::MalformedAlert(format!("alert annotations: {p}")))?;
     if labels.get("alertname").is_none_or(str::is_empty) {
         return Err(IngestError::MalformedAlert("alert has no alertname label".into()));
     }
