@@ -215,3 +215,136 @@ async fn the_active_series_cap_is_enforced_and_counted() {
     }
     h.stop().await;
 }
+
+mod connections {
+    //! What a client that reaches a port can hold: idle, slow-header and half-handshake
+    //! connections are closed within the configured timeouts while a probe keeps being served, and
+    //! the per-listener cap is enforced.
+
+    use super::metric_value;
+    use cairn_e2e::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    fn tight(c: &mut cairn_server::config::ServerConfig) {
+        c.listen.idle_timeout_ms = 1_000;
+        c.listen.header_read_timeout_ms = 700;
+        c.listen.http2_keepalive_interval_ms = 300;
+        c.listen.http2_keepalive_timeout_ms = 300;
+    }
+
+    /// Whether the server closed `s` (EOF or reset) within `within`.
+    fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue, // e.g. a 408 or an HTTP/2 GOAWAY before the close
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    fn healthz(http: SocketAddr) -> bool {
+        let Ok(mut s) = TcpStream::connect(http) else { return false };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        r.starts_with("HTTP/1.1 200")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_slow_header_and_half_handshake_connections_are_closed_while_a_probe_is_served() {
+        let mut h = Harness::start_with(tight).await;
+        let (http, grpc) = (h.http, h.server.as_ref().unwrap().grpc_addr);
+        let held = tokio::task::spawn_blocking(move || {
+            let mut idle_http: Vec<TcpStream> = (0..150).map(|_| TcpStream::connect(http).unwrap()).collect();
+            let mut half_grpc: Vec<TcpStream> = (0..150).map(|_| TcpStream::connect(grpc).unwrap()).collect();
+            // A slow-header client: one byte every 100 ms, never finishing the headers.
+            let mut slow = TcpStream::connect(http).unwrap();
+            let started = Instant::now();
+            let mut probes_ok = 0;
+            let header = b"POST /api/v1/write HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            let mut slow_closed_at = None;
+            for b in header {
+                if slow.write_all(&[*b]).is_err() {
+                    slow_closed_at = Some(started.elapsed());
+                    break;
+                }
+                if healthz(http) {
+                    probes_ok += 1;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let slow_closed = slow_closed_at.is_some() || closed_within(&mut slow, Duration::from_millis(500));
+            // Past the idle timeout (1 s) of the last connection opened, with a margin.
+            std::thread::sleep(Duration::from_millis(1_800).saturating_sub(started.elapsed()));
+            let idle_closed = idle_http.iter_mut().map(|s| closed_within(s, Duration::from_millis(100))).filter(|c| *c).count();
+            let grpc_closed = half_grpc.iter_mut().map(|s| closed_within(s, Duration::from_millis(100))).filter(|c| *c).count();
+            (probes_ok, slow_closed, slow_closed_at, idle_closed, grpc_closed, started.elapsed())
+        })
+        .await
+        .unwrap();
+        let (probes_ok, slow_closed, slow_closed_at, idle_closed, grpc_closed, elapsed) = held;
+        assert!(probes_ok >= 3, "the probe kept being served while hundreds were held: {probes_ok}");
+        assert!(slow_closed, "a slow-header client is cut at the header timeout");
+        if let Some(at) = slow_closed_at {
+            assert!(at < Duration::from_millis(2_500), "slow-header client cut after {at:?}");
+        }
+        assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+        assert_eq!(idle_closed, 150, "idle HTTP connections closed by the idle timeout");
+        assert_eq!(grpc_closed, 150, "gRPC connections that never start their handshake are closed");
+        let text = h.metrics_text().await;
+        assert!(metric_value(&text, "cairn_connections_open{listener=\"http\"}") <= 2.0, "{text}");
+        h.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_connection_cap_closes_one_more_at_once_and_counts_it() {
+        let mut h = Harness::start_with(|c| c.listen.max_connections = 20).await;
+        let http = h.http;
+        let over = tokio::task::spawn_blocking(move || {
+            let held: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(http).unwrap()).collect();
+            std::thread::sleep(Duration::from_millis(200));
+            let mut extra = TcpStream::connect(http).unwrap();
+            let closed = closed_within(&mut extra, Duration::from_secs(2));
+            drop(held);
+            closed
+        })
+        .await
+        .unwrap();
+        assert!(over, "the 21st connection is closed on accept");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !healthz(http) {
+            assert!(Instant::now() < deadline, "served again once connections closed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = h.metrics_text().await;
+        assert!(metric_value(&text, "cairn_connections_refused_total{listener=\"http\"}") >= 1.0, "{text}");
+        h.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_answers_are_not_held_by_nagle_and_delayed_acks() {
+        // Without TCP_NODELAY a unary call's trailers wait for the client's delayed ACK: ~40 ms a
+        // call on Linux loopback. With it a call takes a few ms.
+        let mut h = Harness::start().await;
+        let mut c = h.review("user:alice").await;
+        let mut took = Vec::new();
+        for _ in 0..21 {
+            let t = Instant::now();
+            c.list_recommendations(cairn_proto::v1::ListRecommendationsRequest::default()).await.unwrap();
+            took.push(t.elapsed());
+        }
+        took.sort();
+        let median = took[took.len() / 2];
+        assert!(median < Duration::from_millis(30), "median unary call {median:?}: {took:?}");
+        h.stop().await;
+    }
+}

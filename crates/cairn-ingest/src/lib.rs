@@ -98,6 +98,8 @@ pub enum IngestError {
     Protobuf(String),
     #[error("request has {count} {what}, over the limit of {limit}")]
     TooMany { what: &'static str, count: usize, limit: usize },
+    #[error("request has more than {limit} {what}; refused while decoding, before it was read whole")]
+    OverLimit { what: &'static str, limit: usize },
     #[error("{location}: {problem}")]
     InvalidSeries { location: String, problem: String },
     #[error("invalid Alertmanager webhook payload: {0}")]

@@ -1,6 +1,6 @@
 //! Prometheus remote_write 1.0: snappy block-compressed protobuf `WriteRequest`s.
 
-use crate::wire::{WireRequest, decode_write_request};
+use crate::wire::{Caps, WireRequest, decode_write_request};
 use crate::{IngestError, IngestLimits, check_label_pairs};
 use cairn_types::SampleBatch;
 
@@ -16,7 +16,15 @@ pub fn decode_remote_write(
     limits: &IngestLimits,
 ) -> Result<SampleBatch, IngestError> {
     let raw = decompress(content_encoding, content_type, body, limits)?;
-    let req = decode_write_request(&raw).map_err(|e| IngestError::Protobuf(e.to_string()))?;
+    let caps = Caps {
+        series: limits.max_series_per_request,
+        points: limits.max_samples_per_request,
+        labels: limits.max_series_per_request.saturating_mul(limits.max_labels_per_series),
+    };
+    let req = decode_write_request(&raw, caps).map_err(|e| match e.over {
+        Some((what, limit)) => IngestError::OverLimit { what, limit },
+        None => IngestError::Protobuf(e.to_string()),
+    })?;
     validate_into_batch(&req, limits)
 }
 
@@ -221,9 +229,26 @@ mod tests {
     fn series_and_sample_counts_are_limited() {
         let l = IngestLimits { max_series_per_request: 2, max_samples_per_request: 3, ..Default::default() };
         let three = WriteRequest { timeseries: (0..3).map(|_| series(&[("__name__", "a")], &[(1, 1.0)])).collect(), ..Default::default() };
-        assert!(matches!(decode_remote_write(Some("snappy"), None, &body(&three), &l), Err(IngestError::TooMany { what: "series", .. })));
+        assert!(matches!(decode_remote_write(Some("snappy"), None, &body(&three), &l), Err(IngestError::OverLimit { what: "series", limit: 2 })));
         let four = WriteRequest { timeseries: vec![series(&[("__name__", "a")], &[(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0)])], ..Default::default() };
-        assert!(matches!(decode_remote_write(Some("snappy"), None, &body(&four), &l), Err(IngestError::TooMany { what: "samples", .. })));
+        assert!(matches!(decode_remote_write(Some("snappy"), None, &body(&four), &l), Err(IngestError::OverLimit { what: "samples", limit: 3 })));
+        let wide = WriteRequest { timeseries: vec![series(&[("__name__", "a"), ("b", "1"), ("c", "2")], &[(1, 1.0)])], ..Default::default() };
+        let narrow = IngestLimits { max_series_per_request: 1, max_labels_per_series: 2, ..Default::default() };
+        assert!(matches!(decode_remote_write(Some("snappy"), None, &body(&wide), &narrow), Err(IngestError::OverLimit { what: "labels", limit: 2 })));
+    }
+
+    #[test]
+    fn a_small_body_that_expands_into_many_series_is_refused_while_decoding() {
+        // 200,000 identical tiny series compress to a few hundred kilobytes and expand to megabytes; the
+        // reader stops at the series limit instead of decoding them all into vectors first.
+        let one = series(&[("__name__", "a")], &[(1, 1.0)]);
+        let bomb = WriteRequest { timeseries: vec![one; 200_000], ..Default::default() };
+        let b = body(&bomb);
+        let expanded = snap::raw::decompress_len(&b).unwrap();
+        assert!(expanded > 10 * b.len(), "a bomb: {} bytes expand to {expanded}", b.len());
+        let e = decode_remote_write(Some("snappy"), None, &b, &IngestLimits::default()).unwrap_err();
+        assert!(matches!(e, IngestError::OverLimit { what: "series", limit: 10_000 }), "{e}");
+        assert!(e.to_string().contains("more than 10000 series"), "{e}");
     }
 
     proptest! {
@@ -278,7 +303,7 @@ mod tests {
 
     fn agree(raw: &[u8], limits: &IngestLimits) -> Result<(), TestCaseError> {
         let want = decode_with_prost(raw, limits);
-        let got = decode_write_request(raw)
+        let got = decode_write_request(raw, Caps::NONE)
             .map_err(|e| IngestError::Protobuf(e.to_string()))
             .and_then(|r| validate_into_batch(&r, limits))
             .map(|b| b.to_samples());

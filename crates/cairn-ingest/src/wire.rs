@@ -12,11 +12,33 @@
 use std::fmt;
 use std::ops::Range;
 
-/// Why the bytes are not a `WriteRequest`, with the byte offset (within the enclosing message).
+/// Why the bytes are not a `WriteRequest`, with the byte offset (within the enclosing message);
+/// or, with `over`, the count limit the request went past while it was being read.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct WireError {
     what: &'static str,
     at: usize,
+    /// `(what, limit)` when decoding stopped at a count limit rather than at bad bytes.
+    pub over: Option<(&'static str, usize)>,
+}
+
+/// How much one request may decode into: decoding stops as soon as one is passed, so a small body
+/// that expands into many series cannot make the reader allocate past what the limits allow.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caps {
+    pub series: usize,
+    pub points: usize,
+    pub labels: usize,
+}
+
+impl Caps {
+    /// No limits (for comparing with prost on arbitrary input).
+    #[cfg(test)]
+    pub const NONE: Caps = Caps { series: usize::MAX, points: usize::MAX, labels: usize::MAX };
+}
+
+fn over(what: &'static str, limit: usize) -> WireError {
+    WireError { what, at: 0, over: Some((what, limit)) }
 }
 
 impl fmt::Display for WireError {
@@ -57,7 +79,7 @@ impl<'a> Reader<'a> {
     }
 
     fn fail<T>(&self, what: &'static str) -> Result<T> {
-        Err(WireError { what, at: self.pos })
+        Err(WireError { what, at: self.pos, over: None })
     }
 
     fn done(&self) -> bool {
@@ -133,7 +155,7 @@ impl<'a> Reader<'a> {
     fn string(&mut self, wire: u8) -> Result<&'a str> {
         let at = self.pos;
         let b = self.bytes(wire)?;
-        std::str::from_utf8(b).map_err(|_| WireError { what: "string is not valid UTF-8", at })
+        std::str::from_utf8(b).map_err(|_| WireError { what: "string is not valid UTF-8", at, over: None })
     }
 
     /// The body of a nested message whose fields are read at `depth - 1`.
@@ -224,20 +246,25 @@ fn fields<'a>(
     Ok(())
 }
 
-/// Decodes a `WriteRequest`.
-pub(crate) fn decode_write_request(body: &[u8]) -> Result<WireRequest<'_>> {
+/// Decodes a `WriteRequest`, stopping at the first of `caps` it passes.
+pub(crate) fn decode_write_request(body: &[u8], caps: Caps) -> Result<WireRequest<'_>> {
     // Room for typical requests up front (a label takes ~30 bytes on the wire, a sample ~15, a
     // series ~300), so the vectors are not regrown and copied while reading; exact figures would
-    // need a second pass.
+    // need a second pass. Never more than the caps allow, whatever the body claims.
     let mut out = WireRequest {
-        labels: Vec::with_capacity(body.len() / 32),
-        points: Vec::with_capacity(body.len() / 48),
-        series: Vec::with_capacity(body.len() / 256),
+        labels: Vec::with_capacity((body.len() / 32).min(caps.labels)),
+        points: Vec::with_capacity((body.len() / 48).min(caps.points)),
+        series: Vec::with_capacity((body.len() / 256).min(caps.series)),
     };
     let depth = RECURSION_LIMIT;
     fields(body, depth, |r, tag, wire| {
         match tag {
-            1 => time_series(r.message(wire, depth)?, depth - 1, &mut out)?,
+            1 => {
+                if out.series.len() >= caps.series {
+                    return Err(over("series", caps.series));
+                }
+                time_series(r.message(wire, depth)?, depth - 1, &mut out, caps)?
+            }
             3 => metadata(r.message(wire, depth)?, depth - 1)?,
             _ => return Ok(false),
         }
@@ -246,12 +273,22 @@ pub(crate) fn decode_write_request(body: &[u8]) -> Result<WireRequest<'_>> {
     Ok(out)
 }
 
-fn time_series<'a>(body: &'a [u8], depth: u32, out: &mut WireRequest<'a>) -> Result<()> {
+fn time_series<'a>(body: &'a [u8], depth: u32, out: &mut WireRequest<'a>, caps: Caps) -> Result<()> {
     let (first_label, first_point) = (out.labels.len(), out.points.len());
     fields(body, depth, |r, tag, wire| {
         match tag {
-            1 => out.labels.push(label(r.message(wire, depth)?, depth - 1)?),
-            2 => out.points.push(sample(r.message(wire, depth)?, depth - 1)?),
+            1 => {
+                if out.labels.len() >= caps.labels {
+                    return Err(over("labels", caps.labels));
+                }
+                out.labels.push(label(r.message(wire, depth)?, depth - 1)?)
+            }
+            2 => {
+                if out.points.len() >= caps.points {
+                    return Err(over("samples", caps.points));
+                }
+                out.points.push(sample(r.message(wire, depth)?, depth - 1)?)
+            }
             3 => exemplar(r.message(wire, depth)?, depth - 1)?,
             4 => histogram(r.message(wire, depth)?, depth - 1)?,
             _ => return Ok(false),
@@ -278,7 +315,7 @@ fn label(body: &[u8], depth: u32) -> Result<(&str, &str)> {
         })?;
         return match (text.get(name), text.get(value)) {
             (Some(n), Some(v)) => Ok((n, v)),
-            _ => Err(WireError { what: "string is not valid UTF-8", at: 0 }),
+            _ => Err(WireError { what: "string is not valid UTF-8", at: 0, over: None }),
         };
     }
     let (mut name, mut value) = ("", "");

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub guardrails: cairn_workflow::GuardrailsConfig,
     /// Multivariate models scored on groups of series (`[models]`).
     pub models: crate::models::ModelsConfig,
+    /// Connection bounds of both listeners (`[listen]`).
+    pub listen: crate::listen::ListenConfig,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +58,7 @@ impl Default for ServerConfig {
             alerting: Default::default(),
             guardrails: Default::default(),
             models: Default::default(),
+            listen: Default::default(),
         }
     }
 }
@@ -245,6 +248,9 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(message) = self.models.problem() {
             return Err(ConfigError::Invalid { key: "models", message });
+        }
+        if let Some((key, message)) = self.listen.problem() {
+            return Err(ConfigError::Invalid { key, message });
         }
         if self.ingest.queue_capacity == 0 {
             return Err(ConfigError::Invalid {

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod governance;
 pub mod intake;
+pub mod listen;
 mod grpc;
 mod grpc_guardrails;
 mod http;
@@ -106,6 +107,7 @@ impl RunningServer {
 /// Builds every stage from the configuration and starts listening.
 pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningServer, StartError> {
     cfg.validate()?;
+    listen::raise_descriptor_limit();
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
     let db = cfg.data_dir.join("cairn.db");
@@ -218,15 +220,8 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         worker_alive,
         intake: intake.clone(),
     });
-    let c = cancel.clone();
-    tasks.spawn(async move {
-        let res = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move { c.cancelled().await })
-            .await;
-        if let Err(e) = res {
-            error!(error = %e, "http server failed");
-        }
-    });
+    let http_incoming = listen::accept(http_listener, "http", &cfg.listen, engine.metrics.clone(), cancel.clone());
+    tasks.spawn(listen::serve_http(http_incoming, app, cfg.listen.clone(), cancel.clone()));
 
     // gRPC
     let grpc_listener = TcpListener::bind(cfg.grpc_addr)
@@ -274,8 +269,16 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         required,
     );
     let c = cancel.clone();
+    let grpc_incoming = listen::accept(grpc_listener, "grpc", &cfg.listen, engine.metrics.clone(), cancel.clone());
+    let (ping, ping_timeout) = (
+        Duration::from_millis(cfg.listen.http2_keepalive_interval_ms),
+        Duration::from_millis(cfg.listen.http2_keepalive_timeout_ms),
+    );
     tasks.spawn(async move {
         let res = tonic::transport::Server::builder()
+            // Pings keep live clients sending, so the idle timeout closes only dead or silent ones.
+            .http2_keepalive_interval(Some(ping))
+            .http2_keepalive_timeout(Some(ping_timeout))
             .layer(tower::layer::layer_fn(grpc::TagPath))
             .add_service(health_svc)
             .add_service(reflection)
@@ -284,7 +287,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             .add_service(audit_svc)
             .add_service(guardrail_svc)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                tokio_stream::wrappers::ReceiverStream::new(grpc_incoming),
                 async move { c.cancelled().await },
             )
             .await;

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub refused_points: IntCounterVec,
     pub analysis_failures: IntCounter,
     pub intake_failures: IntCounter,
+    pub connections_open: prometheus::IntGaugeVec,
+    pub connections_refused: IntCounterVec,
     /// Governance series: how people and guardrails steer automation.
     pub governance: GovernanceMetrics,
 }
@@ -130,6 +132,19 @@ impl Metrics {
                 "Alert requests refused with 503 because the intake journal could not be written (e.g. a full disk); the sender resends.",
             )
             .expect("valid metric"),
+            connections_open: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new("cairn_connections_open", "Connections open now, per listener (http, grpc)."),
+                &["listener"],
+            )
+            .expect("valid metric"),
+            connections_refused: IntCounterVec::new(
+                prometheus::Opts::new(
+                    "cairn_connections_refused_total",
+                    "Connections closed on accept because the listener's listen.max_connections were open.",
+                ),
+                &["listener"],
+            )
+            .expect("valid metric"),
             governance: GovernanceMetrics::new(),
             registry,
         };
@@ -154,6 +169,8 @@ impl Metrics {
             Box::new(m.refused_points.clone()),
             Box::new(m.analysis_failures.clone()),
             Box::new(m.intake_failures.clone()),
+            Box::new(m.connections_open.clone()),
+            Box::new(m.connections_refused.clone()),
         ]
         .into_iter()
         .chain(m.governance.collectors())
