@@ -184,6 +184,7 @@ async fn grpc_push_keeps_valid_items_and_explains_rejected_ones() {
             labels: vec![label("alertname", "A")],
             ..Default::default()
         }],
+        idempotency_key: String::new(),
     };
     let resp = ingest.push(tokio_stream::iter(vec![batch])).await.unwrap().into_inner();
     assert_eq!(resp.accepted_samples, 1);
@@ -345,6 +346,66 @@ mod connections {
         took.sort();
         let median = took[took.len() / 2];
         assert!(median < Duration::from_millis(30), "median unary call {median:?}: {took:?}");
+        h.stop().await;
+    }
+}
+
+mod push {
+    //! `Push` retries: idempotency keys keep a resent message from being taken twice, and a stream
+    //! cannot stay open forever.
+
+    use cairn_e2e::*;
+    use cairn_proto::v1 as pb;
+    use std::time::Duration;
+
+    async fn client(h: &Harness) -> pb::ingest_service_client::IngestServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>> {
+        let channel = tonic::transport::Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
+        pb::ingest_service_client::IngestServiceClient::with_interceptor(channel, Bearer::of(SENDER))
+    }
+
+    fn message(key: &str, fingerprint: &str) -> pb::PushRequest {
+        let label = |n: &str, v: &str| pb::Label { name: n.into(), value: v.into() };
+        pb::PushRequest {
+            samples: vec![pb::MetricSample { labels: vec![label("__name__", "pushed"), label("job", "x")], timestamp_ms: now_ms(), value: 1.0 }],
+            alerts: vec![pb::AlertEvent {
+                fingerprint: fingerprint.into(),
+                status: "firing".into(),
+                labels: vec![label("alertname", "PushedAlert"), label("service", "push-svc")],
+                starts_at_ms: now_ms(),
+                ..Default::default()
+            }],
+            idempotency_key: key.into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resent_message_with_its_key_is_taken_once() {
+        let mut h = Harness::start().await;
+        let mut c = client(&h).await;
+        let first = c.push(tokio_stream::iter(vec![message("k-1", "fp-a"), message("k-2", "fp-b")])).await.unwrap().into_inner();
+        assert_eq!((first.accepted_alerts, first.accepted_samples, first.duplicate_messages), (2, 2, 0));
+        // The client did not see that answer (say the stream was cut) and resends everything.
+        let again = c.push(tokio_stream::iter(vec![message("k-1", "fp-a"), message("k-2", "fp-b"), message("k-3", "fp-c")])).await.unwrap().into_inner();
+        assert_eq!((again.accepted_alerts, again.accepted_samples, again.duplicate_messages), (1, 1, 2), "{again:?}");
+        let long = "k".repeat(129);
+        let e = c.push(tokio_stream::iter(vec![message(&long, "fp-d")])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        h.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_stream_left_open_is_ended_at_its_maximum_lifetime() {
+        let mut h = Harness::start_with(|c| c.ingest.push_max_stream_secs = 1).await;
+        let mut c = client(&h).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(message("k-open", "fp-open")).await.unwrap();
+        let started = std::time::Instant::now();
+        // The sender stays open and silent.
+        let e = c.push(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("at most 1 s"), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(tx);
         h.stop().await;
     }
 }

@@ -149,7 +149,7 @@ async fn scenario(http_addr: &SocketAddr, grpc: &str, people: &[Person], sender:
         .iter()
         .map(|a| grpc_alert(a, now_ms - 120_000))
         .collect();
-    let mut push = tonic::Request::new(tokio_stream::iter(vec![pb::PushRequest { samples: vec![], alerts: grpc_alerts }]));
+    let mut push = tonic::Request::new(tokio_stream::iter(vec![pb::PushRequest { samples: vec![], alerts: grpc_alerts, idempotency_key: String::new() }]));
     push.metadata_mut().insert("authorization", format!("Bearer {sender}").parse().context("token is not a header value")?);
     let pushed = ingest
         .push(push)

@@ -9,24 +9,59 @@ type Key = (String, &'static str, i64, Option<i64>);
 /// Remembers recently seen alert states, bounded in count and in time.
 #[derive(Debug)]
 pub struct AlertDeduper {
-    capacity: usize,
-    ttl_ms: i64,
-    seen: HashMap<Key, i64>,
-    order: VecDeque<(i64, Key)>,
+    seen: RecentKeys<Key>,
 }
 
 impl AlertDeduper {
     pub fn new(capacity: usize, ttl_ms: i64) -> AlertDeduper {
-        AlertDeduper { capacity: capacity.max(1), ttl_ms, seen: HashMap::new(), order: VecDeque::new() }
+        AlertDeduper { seen: RecentKeys::new(capacity, ttl_ms) }
     }
 
     /// True the first time this (fingerprint, status, start, end) is seen within the TTL: keep it.
     /// False for a repeat delivery.
     pub fn admit(&mut self, ev: &AlertEvent, now_ms: i64) -> bool {
-        self.forget_older_than(now_ms - self.ttl_ms);
         let key = (ev.fingerprint.clone(), ev.status.as_str(), ev.starts_at_ms, ev.ends_at_ms);
-        if self.seen.contains_key(&key) {
+        if self.seen.contains(&key, now_ms) {
             return false;
+        }
+        self.seen.insert(key, now_ms);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// Keys seen recently, bounded in count (the oldest is forgotten first) and in time: the memory
+/// behind alert de-duplication and `Push` idempotency keys.
+#[derive(Debug)]
+pub struct RecentKeys<K> {
+    capacity: usize,
+    ttl_ms: i64,
+    seen: HashMap<K, i64>,
+    order: VecDeque<(i64, K)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> RecentKeys<K> {
+    pub fn new(capacity: usize, ttl_ms: i64) -> RecentKeys<K> {
+        RecentKeys { capacity: capacity.max(1), ttl_ms, seen: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// Whether `key` was inserted within the TTL.
+    pub fn contains(&mut self, key: &K, now_ms: i64) -> bool {
+        self.forget_older_than(now_ms - self.ttl_ms);
+        self.seen.contains_key(key)
+    }
+
+    /// Remembers `key` as seen at `now_ms`, forgetting the oldest keys beyond the capacity.
+    pub fn insert(&mut self, key: K, now_ms: i64) {
+        if self.seen.contains_key(&key) {
+            return;
         }
         while self.seen.len() >= self.capacity {
             match self.order.pop_front() {
@@ -38,7 +73,6 @@ impl AlertDeduper {
         }
         self.seen.insert(key.clone(), now_ms);
         self.order.push_back((now_ms, key));
-        true
     }
 
     pub fn len(&self) -> usize {

@@ -19,7 +19,7 @@ mod remote_write;
 mod wire;
 
 pub use alertmanager::{AlertBatch, decode_alertmanager};
-pub use dedup::AlertDeduper;
+pub use dedup::{AlertDeduper, RecentKeys};
 pub use remote_write::decode_remote_write;
 
 use cairn_types::{AlertEvent, CONFIDENCE_ANNOTATION, Labels, METRIC_NAME_LABEL, MetricSample, PLAYBOOK_KEY, WITHHELD_ANNOTATION};

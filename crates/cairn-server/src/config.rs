@@ -86,6 +86,8 @@ pub struct IngestConfig {
     /// Lets ingest listen beyond loopback without `require_token`. Off: such a configuration
     /// refuses to start, since anyone who reaches the port could then feed the triage.
     pub allow_unauthenticated: bool,
+    /// How long one gRPC `Push` stream may stay open; past it the stream ends DEADLINE_EXCEEDED.
+    pub push_max_stream_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -99,6 +101,7 @@ impl Default for IngestConfig {
             dedup_capacity: 100_000,
             trusted_annotation_rules: Vec::new(),
             allow_unauthenticated: false,
+            push_max_stream_secs: 600,
         }
     }
 }

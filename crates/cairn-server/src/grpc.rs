@@ -97,9 +97,18 @@ pub struct IngestSvc {
     pub limits: Arc<cairn_ingest::IngestLimits>,
     pub trusted_annotation_rules: Arc<Vec<String>>,
     pub intake: Arc<crate::intake::Intake>,
+    /// Idempotency keys of `Push` messages accepted recently (bounded: `PUSH_KEYS` for 10 min).
+    pub keys: std::sync::Mutex<cairn_ingest::RecentKeys<String>>,
+    /// How long one `Push` stream may stay open.
+    pub max_stream_lifetime: Duration,
 }
 
 const MAX_REJECTION_DETAILS: usize = 100;
+/// Longest idempotency key; with [`PUSH_KEYS`] it bounds the keys' memory to a few MiB.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// Idempotency keys remembered at most, and for how long.
+pub const PUSH_KEYS: usize = 20_000;
+pub const PUSH_KEY_TTL_MS: i64 = 600_000;
 
 #[tonic::async_trait]
 impl pb::ingest_service_server::IngestService for IngestSvc {
@@ -108,7 +117,29 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
         let mut stream = request.into_inner();
         let mut resp = pb::PushResponse::default();
         let mut batch_index = 0u64;
-        while let Some(batch) = stream.message().await? {
+        let deadline = tokio::time::Instant::now() + self.max_stream_lifetime;
+        loop {
+            let next = tokio::time::timeout_at(deadline, stream.message()).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "a Push stream may stay open at most {} s (ingest.push_max_stream_secs); open a new one and resend \
+                     unacknowledged messages with their idempotency keys",
+                    self.max_stream_lifetime.as_secs()
+                ))
+            })?;
+            let Some(batch) = next? else { break };
+            if batch.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "message {batch_index}: idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
+                )));
+            }
+            let key = (!batch.idempotency_key.is_empty()).then(|| batch.idempotency_key.clone());
+            if let Some(k) = &key
+                && self.keys.lock().unwrap_or_else(|p| p.into_inner()).contains(k, self.engine.clock.now_ms())
+            {
+                resp.duplicate_messages += 1;
+                batch_index += 1;
+                continue;
+            }
             let mut samples = cairn_types::SampleBatch::new();
             let mut alerts = Vec::with_capacity(batch.alerts.len());
             let mut reject = |kind: &str, i: usize, reason: String| {
@@ -139,14 +170,10 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
                 }
             }
             cairn_ingest::withhold_steering(&mut alerts, may_steer, &self.trusted_annotation_rules);
-            // Back-pressure: a gRPC producer waits (bounded) for room instead of being dropped.
-            let wait = Duration::from_secs(5);
-            if !samples.is_empty() {
-                let n = samples.len() as u64;
-                self.send(Batch::Samples { samples, source: "grpc" }, wait).await?;
-                self.engine.metrics.samples_accepted.with_label_values(&["grpc"]).inc_by(n);
-                resp.accepted_samples += n;
-            }
+            // Alerts first: they are stored before anything of the message is counted, and a
+            // message cut short after them is resent whole under its key (alerts are
+            // de-duplicated by fingerprint downstream; samples were not yet taken).
+            let n_alerts = alerts.len() as u64;
             if !alerts.is_empty() {
                 let n = alerts.len() as u64;
                 // Stored before counted as accepted (invariant 12).
@@ -156,7 +183,19 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
                     .map_err(|e| Status::internal(format!("intake panicked: {e}")))?
                     .map_err(Status::from)?;
                 self.engine.metrics.alerts_accepted.with_label_values(&["grpc"]).inc_by(n);
-                resp.accepted_alerts += n;
+            }
+            // Back-pressure: a gRPC producer waits (bounded) for room instead of being dropped.
+            let wait = Duration::from_secs(5);
+            let n_samples = samples.len() as u64;
+            if !samples.is_empty() {
+                self.send(Batch::Samples { samples, source: "grpc" }, wait).await?;
+                self.engine.metrics.samples_accepted.with_label_values(&["grpc"]).inc_by(n_samples);
+            }
+            // The whole message is in: count it, and remember its key.
+            resp.accepted_alerts += n_alerts;
+            resp.accepted_samples += n_samples;
+            if let Some(k) = key {
+                self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(k, self.engine.clock.now_ms());
             }
             batch_index += 1;
         }

@@ -253,7 +253,15 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let ingest_svc = pb::ingest_service_server::IngestServiceServer::with_interceptor(
-        grpc::IngestSvc { engine: engine.clone(), queue: queue_tx, limits, trusted_annotation_rules: trusted_rules, intake },
+        grpc::IngestSvc {
+            engine: engine.clone(),
+            queue: queue_tx,
+            limits,
+            trusted_annotation_rules: trusted_rules,
+            intake,
+            keys: std::sync::Mutex::new(cairn_ingest::RecentKeys::new(grpc::PUSH_KEYS, grpc::PUSH_KEY_TTL_MS)),
+            max_stream_lifetime: Duration::from_secs(cfg.ingest.push_max_stream_secs),
+        },
         ingest_auth,
     );
     let review_svc = pb::review_service_server::ReviewServiceServer::with_interceptor(

@@ -131,7 +131,7 @@ const MIGRATIONS: &[&str] = &[
     lease::MIGRATION,
     // 5: the alert intake journal: alerts acknowledged to their sender and not yet analysed.
     r#"
-    CREATE TABLE alert_intake (
+    CREATE TABLE IF NOT EXISTS alert_intake (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,
         received_ms  INTEGER NOT NULL,
         body         TEXT NOT NULL
