@@ -88,6 +88,9 @@ pub struct IngestConfig {
     pub allow_unauthenticated: bool,
     /// How long one gRPC `Push` stream may stay open; past it the stream ends DEADLINE_EXCEEDED.
     pub push_max_stream_secs: u64,
+    /// Alerts stored but not yet analysed that may wait; past it alert senders get 503 +
+    /// Retry-After (a backlog is bounded on disk and in time to recommendation).
+    pub max_pending_alerts: u64,
 }
 
 impl Default for IngestConfig {
@@ -102,6 +105,7 @@ impl Default for IngestConfig {
             trusted_annotation_rules: Vec::new(),
             allow_unauthenticated: false,
             push_max_stream_secs: 600,
+            max_pending_alerts: 20_000,
         }
     }
 }

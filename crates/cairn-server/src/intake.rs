@@ -10,6 +10,7 @@ use crate::engine::{Analysis, Batch, Engine};
 use crate::error::ApiError;
 use cairn_types::AlertEvent;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
 use tracing::{error, info};
 
@@ -17,19 +18,36 @@ use tracing::{error, info};
 const REPLAY_BATCH: usize = 500;
 
 /// The durable front door for alerts, shared by the webhook and `Push`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Intake {
     /// Wakes the analysis worker when alerts were journaled.
     wake: Notify,
     /// Why the last journal write failed, until one succeeds again: `/readyz` reports it.
     failing: Mutex<Option<String>>,
+    /// Journaled alerts not yet analysed, and how many may wait (`ingest.max_pending_alerts`):
+    /// past it senders are answered 503 + Retry-After, as for a full sample queue, so a backlog
+    /// the worker cannot catch up with does not grow without end.
+    pending: AtomicU64,
+    max_pending: u64,
 }
 
 impl Intake {
+    /// `already` alerts are journaled from before (a crash): they count against the bound.
+    pub fn new(max_pending: u64, already: u64) -> Intake {
+        Intake { wake: Notify::new(), failing: Mutex::new(None), pending: AtomicU64::new(already), max_pending }
+    }
+
     /// Journals `alerts` durably, then wakes the worker. Blocking: call it off the async runtime.
     /// An error is a retryable refusal: nothing of this request was acknowledged.
     pub fn accept(&self, engine: &Engine, alerts: &[AlertEvent], retry_after_secs: u64) -> Result<(), ApiError> {
         let now = engine.clock.now_ms();
+        let n = alerts.len() as u64;
+        let before = self.pending.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.max_pending {
+            self.pending.fetch_sub(n, Ordering::SeqCst);
+            engine.metrics.requests_overloaded.with_label_values(&["alerts"]).inc();
+            return Err(ApiError::Overloaded { retry_after_secs });
+        }
         match engine.store.journal_alerts(alerts, now) {
             Ok(()) => {
                 self.set_failing(None);
@@ -37,6 +55,7 @@ impl Intake {
                 Ok(())
             }
             Err(e) => {
+                self.pending.fetch_sub(n, Ordering::SeqCst);
                 engine.metrics.intake_failures.inc();
                 let reason = format!("alerts cannot be stored: {e}");
                 error!(error = %e, alerts = alerts.len(), "alerts refused with 503: the intake journal cannot be written");
@@ -64,7 +83,7 @@ impl Intake {
 /// Analyses every journaled alert, oldest first, and removes each batch from the journal once its
 /// analysis (which stores the alerts) succeeded. Blocking. On a failure the rest stays journaled
 /// for the next pass. Returns how many alerts were analysed.
-pub fn drain(engine: &Engine, analysis: &mut Analysis) -> Result<usize, ApiError> {
+pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Result<usize, ApiError> {
     let mut done = 0;
     loop {
         let rows = engine.store.pending_intake(REPLAY_BATCH)?;
@@ -73,6 +92,7 @@ pub fn drain(engine: &Engine, analysis: &mut Analysis) -> Result<usize, ApiError
         let n = alerts.len();
         engine.analyse(analysis, Batch::Alerts { alerts, source: "journal" })?;
         engine.store.finish_intake(last)?;
+        intake.pending.fetch_sub((n as u64).min(intake.pending.load(Ordering::SeqCst)), Ordering::SeqCst);
         done += n;
         if n < REPLAY_BATCH {
             if done > 0 {

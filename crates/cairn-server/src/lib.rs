@@ -190,7 +190,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let (queue_tx, queue_rx) = mpsc::channel::<Batch>(cfg.ingest.queue_capacity);
     let worker_alive = Arc::new(AtomicBool::new(true));
 
-    let intake = Arc::new(intake::Intake::default());
+    let intake = Arc::new(intake::Intake::new(cfg.ingest.max_pending_alerts, engine.store.pending_intake_len()?));
     tasks.spawn(analysis_worker(engine.clone(), analysis, queue_rx, intake.clone(), worker_alive.clone()));
     tasks.spawn(engine.clone().executor_loop(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
     tasks.spawn(checkpointer.clone().run(
@@ -412,10 +412,10 @@ async fn analysis_worker(
                 () = tokio::time::sleep(Duration::from_secs(1)) => Work::Journal,
             },
         };
-        let e = engine.clone();
+        let (e, i) = (engine.clone(), intake.clone());
         let joined = tokio::task::spawn_blocking(move || {
             let result = match work {
-                Work::Journal => intake::drain(&e, &mut analysis).map(|_| ()),
+                Work::Journal => intake::drain(&e, &i, &mut analysis).map(|_| ()),
                 Work::Samples(batch) => e.analyse(&mut analysis, batch),
             };
             (analysis, result)
@@ -438,7 +438,7 @@ async fn analysis_worker(
     }
     if let Err(err) = {
         let e = engine.clone();
-        tokio::task::spawn_blocking(move || intake::drain(&e, &mut analysis)).await
+        tokio::task::spawn_blocking(move || intake::drain(&e, &intake, &mut analysis)).await
     }
     .map_err(|e| e.to_string())
     .and_then(|r| r.map_err(|e| e.to_string()))

@@ -104,6 +104,8 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>>;
     /// Removes journaled alerts up to and including `through_seq`: they are analysed and stored.
     fn finish_intake(&self, through_seq: i64) -> Result<()>;
+    /// How many journaled alerts wait for analysis (read at start-up to bound the backlog).
+    fn pending_intake_len(&self) -> Result<u64>;
     fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()>;
     fn count_alerts(&self) -> Result<u64>;
     fn count_anomalies(&self) -> Result<u64>;

@@ -440,6 +440,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn pending_intake_len(&self) -> Result<u64> {
+        self.with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+
     fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()> {
         self.with_tx(|tx| {
             let mut stmt = tx.prepare_cached(
