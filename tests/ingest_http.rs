@@ -409,3 +409,25 @@ mod push {
         h.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_write_2_request_is_answered_415_and_nothing_is_kept() {
+    let mut h = Harness::start().await;
+    let body = remote_write_body(&[(vec![("__name__", "up"), ("job", "v2")], vec![(now_ms(), 1.0)])]);
+    let (status, msg) = h
+        .post(
+            "/api/v1/write",
+            &[
+                ("Content-Encoding", "snappy"),
+                ("Content-Type", "application/x-protobuf;proto=io.prometheus.write.v2.Request"),
+                ("X-Prometheus-Remote-Write-Version", "2.0.0"),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(status, 415, "{msg}");
+    assert!(msg.contains("remote_write 1.0"), "{msg}");
+    let text = h.metrics_text().await;
+    assert_eq!(metric_value(&text, "cairn_ingest_samples_total{source=\"remote_write\"}"), 0.0, "{text}");
+    h.stop().await;
+}

@@ -231,3 +231,63 @@ fn a_full_disk_answers_503_and_not_ready_and_the_resends_are_stored_once_space_r
     assert!(lost.is_empty(), "acknowledged alerts lost: {lost:?}");
     drop(server);
 }
+
+/// Peak resident memory of a process, from /proc (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024.0
+}
+
+#[test]
+fn sixteen_compression_bombs_at_once_are_refused_with_bounded_memory() {
+    use prost::Message;
+    // One tiny series, repeated until the request is just under the 32 MiB decompressed limit:
+    // snappy packs it into a body far below the 8 MiB body limit.
+    let series = cairn_ingest::prompb::TimeSeries {
+        labels: vec![cairn_ingest::prompb::Label { name: "__name__".into(), value: "a".into() }],
+        samples: vec![cairn_ingest::prompb::Sample { value: 1.0, timestamp: 1 }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut one = vec![0x0a, series.len() as u8];
+    one.extend_from_slice(&series);
+    let raw: Vec<u8> = one.iter().copied().cycle().take((32 << 20) - one.len() * 2).collect();
+    let bomb = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+    assert!(bomb.len() < 8 << 20, "the body passes the body limit: {}", bomb.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "user:carol", "", &[]);
+    let (port, pid) = (server.http, server.pid());
+    let before = peak_rss_mib(pid);
+    let bomb = Arc::new(bomb);
+    let senders: Vec<_> = (0..16)
+        .map(|_| {
+            let bomb = bomb.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let head = format!(
+                    "POST /api/v1/write HTTP/1.1\r\nHost: x\r\nContent-Encoding: snappy\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    bomb.len()
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                s.write_all(&bomb).unwrap();
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                resp
+            })
+        })
+        .collect();
+    for t in senders {
+        let resp = t.join().unwrap();
+        assert!(resp.starts_with("HTTP/1.1 400"), "a bomb is refused: {}", resp.lines().last().unwrap_or(""));
+        assert!(resp.contains("more than 10000 series"), "{resp}");
+    }
+    let after = peak_rss_mib(pid);
+    println!("peak RSS of cairn serve: {before:.0} MiB before, {after:.0} MiB after 16 concurrent 32 MiB bombs");
+    // Unbounded, each of the 16 would hold its 32 MiB buffer and its decoded vectors at once
+    // (about 1.2 GiB); two decodes at a time hold about a tenth of that.
+    assert!(after - before < 300.0, "peak RSS grew by {:.0} MiB", after - before);
+    drop(server);
+}

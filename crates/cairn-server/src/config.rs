@@ -91,6 +91,10 @@ pub struct IngestConfig {
     /// Alerts stored but not yet analysed that may wait; past it alert senders get 503 +
     /// Retry-After (a backlog is bounded on disk and in time to recommendation).
     pub max_pending_alerts: u64,
+    /// remote_write bodies decompressed and decoded at once; the memory of decoding is at most
+    /// this many times one maximal request (`limits.max_decompressed_bytes` plus its decoded
+    /// series). Default: 2.
+    pub max_concurrent_decodes: usize,
 }
 
 impl Default for IngestConfig {
@@ -106,6 +110,7 @@ impl Default for IngestConfig {
             allow_unauthenticated: false,
             push_max_stream_secs: 600,
             max_pending_alerts: 20_000,
+            max_concurrent_decodes: 2,
         }
     }
 }
@@ -258,6 +263,9 @@ impl ServerConfig {
         }
         if let Some((key, message)) = self.listen.problem() {
             return Err(ConfigError::Invalid { key, message });
+        }
+        if self.ingest.max_concurrent_decodes == 0 {
+            return Err(ConfigError::Invalid { key: "ingest.max_concurrent_decodes", message: "must be at least 1".into() });
         }
         if self.ingest.queue_capacity == 0 {
             return Err(ConfigError::Invalid {

@@ -33,6 +33,8 @@ pub struct HttpState {
     pub worker_alive: Arc<AtomicBool>,
     /// Where alerts are made durable before they are acknowledged.
     pub intake: Arc<crate::intake::Intake>,
+    /// remote_write bodies being decoded at once.
+    pub decode_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -125,9 +127,13 @@ async fn remote_write(
         let encoding = header_str(&headers, header::CONTENT_ENCODING).map(str::to_owned);
         let content_type = header_str(&headers, header::CONTENT_TYPE).map(str::to_owned);
         let limits = st.limits.clone();
+        // At most `ingest.max_concurrent_decodes` bodies are decompressed at once: with the
+        // per-request limits that bounds the memory decoding can take, however many arrive.
+        let slot = st.decode_slots.clone().acquire_owned().await.map_err(|_| ApiError::Internal("decoder closed".into()))?;
         // Decoding is CPU work proportional to the body: keep it off the async workers so one
         // large body does not stall every other connection.
         let samples = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             cairn_ingest::decode_remote_write(encoding.as_deref(), content_type.as_deref(), &body, &limits)
         })
         .await

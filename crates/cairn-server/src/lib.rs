@@ -219,6 +219,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         retry_after_secs: cfg.ingest.retry_after_secs,
         worker_alive,
         intake: intake.clone(),
+        decode_slots: Arc::new(tokio::sync::Semaphore::new(cfg.ingest.max_concurrent_decodes)),
     });
     let http_incoming = listen::accept(http_listener, "http", &cfg.listen, engine.metrics.clone(), cancel.clone());
     tasks.spawn(listen::serve_http(http_incoming, app, cfg.listen.clone(), cancel.clone()));

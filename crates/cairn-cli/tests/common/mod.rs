@@ -84,6 +84,11 @@ impl Server {
         server
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `--server … --token …` for the client commands.
     pub fn client_args(&self) -> [&str; 4] {
         ["--server", &self.grpc_url, "--token", &self.token]
