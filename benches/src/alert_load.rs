@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod load;
+
 use anyhow::Result;
 use clap::Parser;
 use std::sync::Arc;
@@ -43,12 +45,6 @@ fn payload(sender: usize, i: u64, args: &Args) -> String {
     format!(r#"{{"version":"4","receiver":"cairn","status":"firing","alerts":[{}]}}"#, alerts.join(","))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -102,10 +98,7 @@ async fn run(args: Args) -> Result<()> {
             lat
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
+    let lat = load::latencies(tasks).await?;
     let send_secs = started.elapsed().as_secs_f64();
     let acked = acked.load(Ordering::Relaxed);
     // Analysed: every acknowledged alert stored by the analysis worker.
@@ -116,7 +109,6 @@ async fn run(args: Args) -> Result<()> {
     }
     let analysed_secs = started.elapsed().as_secs_f64();
     let analysed = engine.store.count_alerts()?;
-    lat.sort();
     println!(
         "acknowledged: {acked} alerts in {send_secs:.1} s = {:.0} alerts/s ({} requests refused with 503)",
         acked as f64 / send_secs,
@@ -124,8 +116,8 @@ async fn run(args: Args) -> Result<()> {
     );
     println!(
         "latency per webhook: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&lat, 0.5).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        load::percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        load::percentile(&lat, 0.99).as_secs_f64() * 1e3,
         lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
     println!("analysed: {analysed} alerts stored in {analysed_secs:.1} s = {:.0} alerts/s", analysed as f64 / analysed_secs);

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod load;
+
 use anyhow::{Context, Result, bail};
 use cairn_ingest::prompb::{Label, Sample, TimeSeries, WriteRequest};
 use clap::Parser;
@@ -132,12 +134,6 @@ fn rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
     let Ok(resp) = client.get(format!("{base}/metrics")).send().await else { return 0.0 };
@@ -245,17 +241,13 @@ async fn run(args: Args) -> Result<()> {
             lat
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
+    let lat = load::latencies(tasks).await?;
     let send_secs = started.elapsed().as_secs_f64();
     // Ingested and scored: wait for the analysis queue to drain.
     while metric(&client, &base, "cairn_ingest_queue_depth").await > 0.0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let scored_secs = started.elapsed().as_secs_f64();
-    lat.sort();
     let acc = accepted.load(Ordering::Relaxed) as f64;
     let http_rate = acc / send_secs;
     let scored_rate = acc / scored_secs;
@@ -265,7 +257,7 @@ async fn run(args: Args) -> Result<()> {
     println!("    detector alone on decoded batches (1 core)                {:>10.0} samples/s", scoring_rate);
     println!("  accepted over HTTP ({cores} cores)     {:>12.0} samples/s  ({} requests, {} retried after 503)", http_rate, lat.len(), retried.load(Ordering::Relaxed));
     println!("  ingested and scored ({cores} cores)    {:>12.0} samples/s  ({:.0} per core)", scored_rate, scored_rate / cores as f64);
-    println!("  request latency                 p50 {:?}  p99 {:?}", percentile(&lat, 0.5), percentile(&lat, 0.99));
+    println!("  request latency                 p50 {:?}  p99 {:?}", load::percentile(&lat, 0.5), load::percentile(&lat, 0.99));
     println!("  ratio scored / decode-only      {:.2}", scored_rate / decode_rate);
     match (&server, rss_mib()) {
         (Some(_), Some(rss)) => println!("  resident memory (server + generator) {rss:.0} MiB"),
