@@ -232,10 +232,13 @@ impl SeriesModel {
         let noise_scale = (f64::from(self.noise_dev) * MAD_TO_SIGMA).max(f64::from(self.noise_tail) / TAIL_TO_SIGMA).max(floor);
         let z_noise = noise.max(0.0) / noise_scale;
 
-        // Flat line: how surprising the current run of repeated values is.
+        // Flat line: how surprising the current run of repeated values is. A series that has never
+        // changed value (`up`, `*_build_info`, `probe_success`) is not anomalous for being
+        // constant: only a run that follows movement is evidence.
         let repeated = (x - self.prev).abs() <= 1e-12 * x.abs().max(1.0);
         let flat_run = if repeated { self.flat_run + 1 } else { 0 };
-        let z_flat = if flat_run >= FLAT_MIN_RUN {
+        let always_constant = flat_run >= self.n;
+        let z_flat = if flat_run >= FLAT_MIN_RUN && !always_constant {
             let surprise = -f64::from(flat_run) * f64::from(self.repeat_rate).max(0.02).ln();
             (2.0 * surprise).sqrt()
         } else {

@@ -104,6 +104,24 @@ fn a_flat_line_in_a_noisy_series_is_raised_within_10_points() {
 }
 
 #[test]
+fn a_series_that_was_always_constant_raises_nothing_past_warm_up() {
+    // A freshly started `up` (1) and a `*_build_info` (1) at a 15 s scrape, and a series pinned at 0,
+    // for six hours: far past the warm-up of 150 points.
+    for value in [1.0, 0.0, 42.0] {
+        let s = run(&vec![value; 1440], 15_000);
+        assert!(onsets(&s).is_empty(), "constant {value}: {:?}", onsets(&s));
+        assert!(s.iter().all(|p| p.score < 0.5), "constant {value} scores");
+    }
+}
+
+#[test]
+fn a_series_that_moved_and_then_froze_is_still_a_flat_line() {
+    let v: Vec<f64> = (0..2000).map(|i| if i >= 1500 { 7.0 } else { 7.0 + gauss(i) }).collect();
+    let o = onsets(&run(&v, MIN));
+    assert!(!o.is_empty() && (1500..=1510).contains(&o[0]), "{o:?}");
+}
+
+#[test]
 fn a_gap_is_raised_on_the_first_point_after_it() {
     let cfg = UnivariateConfig::default();
     let mut m = SeriesModel::new();
