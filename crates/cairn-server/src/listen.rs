@@ -242,3 +242,41 @@ pub async fn serve_http(mut incoming: mpsc::Receiver<io::Result<Guarded>>, app: 
         () = tokio::time::sleep(Duration::from_secs(10)) => warn!("http connections still open after 10 s of shutdown; closing them"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_and_count_under_the_cap() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cfg = ListenConfig { max_connections: 1, ..ListenConfig::default() };
+        let metrics = Metrics::new();
+        let cancel = CancellationToken::new();
+        let mut incoming = accept(listener, "test", &cfg, metrics.clone(), cancel.clone());
+        let _first = TcpStream::connect(addr).await.expect("connect");
+        let conn = incoming.recv().await.expect("accepted").expect("ok");
+        assert!(conn.nodelay(), "TCP_NODELAY is set on every accepted socket");
+        assert_eq!(metrics.connections_open.with_label_values(&["test"]).get(), 1);
+        // Over the cap: closed on accept, counted, and never handed on.
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut second, &mut buf))
+            .await
+            .expect("closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert_eq!(metrics.connections_refused.with_label_values(&["test"]).get(), 1);
+        drop(conn);
+        assert_eq!(metrics.connections_open.with_label_values(&["test"]).get(), 0);
+        cancel.cancel();
+    }
+
+    #[test]
+    fn keepalive_pings_must_come_more_often_than_the_idle_timeout() {
+        let cfg = ListenConfig { http2_keepalive_interval_ms: 120_000, ..ListenConfig::default() };
+        assert_eq!(cfg.problem().map(|p| p.0), Some("listen.http2_keepalive_interval_ms"));
+        assert!(ListenConfig::default().problem().is_none());
+    }
+}
