@@ -95,6 +95,7 @@ pub enum AuditCmd {
     },
     /// Daily and weekly summaries for people: decisions by outcome and tier, approval latency,
     /// rollbacks, guardrail holds, break-glass exceptions and who opened them.
+    #[cfg(feature = "offline")]
     Report(crate::audit_report::ReportArgs),
 }
 
@@ -234,6 +235,7 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
         AuditCmd::Export { client, offline, format: ExportFormat::Jsonl, after_seq } => {
             export(&client, &offline, after_seq).await.map(|()| ExitCode::SUCCESS)
         }
+        #[cfg(feature = "offline")]
         AuditCmd::Report(args) => crate::audit_report::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }

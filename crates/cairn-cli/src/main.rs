@@ -7,16 +7,20 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+#[cfg(feature = "offline")]
 mod audit_report;
 mod breakglass;
 mod client;
 mod demo;
+#[cfg(feature = "offline")]
 mod eval_multivariate;
+#[cfg(feature = "offline")]
 mod eval_nab;
 mod freeze;
 mod output;
 mod policy;
 mod stages;
+#[cfg(feature = "offline")]
 mod train;
 
 use anyhow::{Context, Result};
@@ -62,12 +66,15 @@ enum Command {
     #[command(subcommand)]
     Guard(freeze::GuardCmd),
     /// Train a multivariate model from a data file into the model registry (`models/`).
+    #[cfg(feature = "offline")]
     Train(train::TrainArgs),
     /// Evaluate detectors on labelled data sets.
+    #[cfg(feature = "offline")]
     #[command(subcommand)]
     Eval(EvalCmd),
 }
 
+#[cfg(feature = "offline")]
 #[derive(Debug, Subcommand)]
 enum EvalCmd {
     /// The univariate detector on a corpus in NAB's layout, scored with NAB's method.
@@ -281,8 +288,11 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Guard(cmd) => freeze::run_guard(cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(cmd) => audit::run(cmd).await,
+        #[cfg(feature = "offline")]
         Command::Eval(EvalCmd::Nab(args)) => eval_nab::run(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "offline")]
         Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "offline")]
         Command::Eval(EvalCmd::Multivariate(args)) => eval_multivariate::run(args).map(|()| ExitCode::SUCCESS),
         Command::Token(TokenCmd::New { subject, display_name, groups, kind, scopes }) => {
             if kind == cairn_server::access::PrincipalKind::Service
