@@ -413,3 +413,23 @@ async fn a_remote_write_2_request_is_answered_415_and_nothing_is_kept() {
     assert_eq!(metric_value(&text, "cairn_ingest_samples_total{source=\"remote_write\"}"), 0.0, "{text}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_alert_whose_analysis_failed_is_stored_on_the_retry_not_dropped_as_a_duplicate() {
+    let mut h = Harness::start().await;
+    let db = rusqlite::Connection::open(h.data_dir.join("cairn.db")).unwrap();
+    // The alerts table goes away under the server: the intake journal still takes the alert, its
+    // analysis fails until the table is back.
+    db.execute_batch("ALTER TABLE alerts RENAME TO alerts_away").unwrap();
+    let p = webhook_payload("RetriedAlert", &[("service", "retry-svc")], &[], "firing", "fp-retry");
+    let (status, msg) = h.webhook(&p).await;
+    assert_eq!(status, 200, "{msg}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    db.execute_batch("ALTER TABLE alerts_away RENAME TO alerts").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while h.engine().store.count_alerts().unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the retried analysis never stored the acknowledged alert");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    h.stop().await;
+}

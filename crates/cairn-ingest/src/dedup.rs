@@ -28,6 +28,12 @@ impl AlertDeduper {
         true
     }
 
+    /// Forgets a delivery admitted by [`AlertDeduper::admit`] that could not be kept, so that its
+    /// retry is admitted again.
+    pub fn forget(&mut self, ev: &AlertEvent) {
+        self.seen.remove(&(ev.fingerprint.clone(), ev.status.as_str(), ev.starts_at_ms, ev.ends_at_ms));
+    }
+
     pub fn len(&self) -> usize {
         self.seen.len()
     }
@@ -65,14 +71,17 @@ impl<K: std::hash::Hash + Eq + Clone> RecentKeys<K> {
         }
         while self.seen.len() >= self.capacity {
             match self.order.pop_front() {
-                Some((_, k)) => {
-                    self.seen.remove(&k);
-                }
+                Some((t, k)) => self.forget_slot(t, &k),
                 None => break,
             }
         }
         self.seen.insert(key.clone(), now_ms);
         self.order.push_back((now_ms, key));
+    }
+
+    /// Forgets `key` (its slot in the age order is dropped when it comes due).
+    pub fn remove(&mut self, key: &K) {
+        self.seen.remove(key);
     }
 
     pub fn len(&self) -> usize {
@@ -88,9 +97,16 @@ impl<K: std::hash::Hash + Eq + Clone> RecentKeys<K> {
             if *t > cutoff {
                 break;
             }
-            if let Some((_, k)) = self.order.pop_front() {
-                self.seen.remove(&k);
+            if let Some((t, k)) = self.order.pop_front() {
+                self.forget_slot(t, &k);
             }
+        }
+    }
+
+    /// Drops `key` if `t` is still its time: a key removed and inserted again has a newer slot.
+    fn forget_slot(&mut self, t: i64, key: &K) {
+        if self.seen.get(key) == Some(&t) {
+            self.seen.remove(key);
         }
     }
 }
@@ -111,6 +127,17 @@ mod tests {
             generator_url: String::new(),
             source: "t".into(),
         }
+    }
+
+    #[test]
+    fn a_forgotten_delivery_is_admitted_again_and_keeps_its_new_time() {
+        let mut d = AlertDeduper::new(10, 100);
+        let a = alert("f", AlertStatus::Firing);
+        assert!(d.admit(&a, 0));
+        d.forget(&a);
+        assert!(d.admit(&a, 50), "a delivery that could not be kept is taken again");
+        assert!(!d.admit(&a, 120), "its first, forgotten slot does not end the new one early");
+        assert!(d.admit(&a, 151));
     }
 
     #[test]

@@ -186,7 +186,14 @@ impl Engine {
                 if fresh.is_empty() {
                     return Ok(());
                 }
-                self.store.record_alerts(&fresh, now)?;
+                if let Err(e) = self.store.record_alerts(&fresh, now) {
+                    // Not stored: they stay journaled and are retried, so they must not be
+                    // remembered as seen, or the retry would drop them as duplicates.
+                    for a in &fresh {
+                        analysis.deduper.forget(a);
+                    }
+                    return Err(e.into());
+                }
                 for a in &fresh {
                     if let Some(inc) = analysis.correlator.observe_alert(a, now) {
                         changed.insert(inc.id.0.clone(), inc);

@@ -175,14 +175,13 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
             // de-duplicated by fingerprint downstream; samples were not yet taken).
             let n_alerts = alerts.len() as u64;
             if !alerts.is_empty() {
-                let n = alerts.len() as u64;
                 // Stored before counted as accepted (invariant 12).
                 let (engine, intake) = (self.engine.clone(), self.intake.clone());
                 tokio::task::spawn_blocking(move || intake.accept(&engine, &alerts, 1))
                     .await
                     .map_err(|e| Status::internal(format!("intake panicked: {e}")))?
                     .map_err(Status::from)?;
-                self.engine.metrics.alerts_accepted.with_label_values(&["grpc"]).inc_by(n);
+                self.engine.metrics.alerts_accepted.with_label_values(&["grpc"]).inc_by(n_alerts);
             }
             // Back-pressure: a gRPC producer waits (bounded) for room instead of being dropped.
             let wait = Duration::from_secs(5);

@@ -92,7 +92,7 @@ pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Resul
         let n = alerts.len();
         engine.analyse(analysis, Batch::Alerts { alerts, source: "journal" })?;
         engine.store.finish_intake(last)?;
-        intake.pending.fetch_sub((n as u64).min(intake.pending.load(Ordering::SeqCst)), Ordering::SeqCst);
+        let _ = intake.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n as u64)));
         done += n;
         if n < REPLAY_BATCH {
             if done > 0 {
