@@ -129,6 +129,12 @@ async fn alertmanager_duplicate_delivery_keeps_one_and_resolved_updates_it() {
     assert_eq!(h.webhook(&firing).await.0, 200);
     h.wait_for_views("a recommendation for the alert", |v| !v.is_empty()).await;
     let store = &h.engine().store;
+    // Both deliveries were acknowledged once journaled; wait until the worker analysed both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.pending_intake_len().unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the journal was not drained");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(store.count_alerts().unwrap(), 1, "the duplicate delivery is one alert");
     let text = h.metrics_text().await;
     assert!(text.contains("cairn_ingest_alerts_deduplicated_total 1"), "{text}");
