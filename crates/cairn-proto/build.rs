@@ -6,7 +6,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let files: Vec<PathBuf> = ["types", "ingest", "review", "audit", "guardrails"]
+    let files: Vec<PathBuf> = ["types", "ingest", "review", "audit", "guardrails", "incidents"]
         .iter()
         .map(|f| root.join(format!("cairn/v1/{f}.proto")))
         .collect();

@@ -16,6 +16,8 @@ mod demo;
 mod eval_multivariate;
 #[cfg(feature = "offline")]
 mod eval_nab;
+#[cfg(feature = "offline")]
+mod eval_triage;
 mod freeze;
 mod output;
 mod policy;
@@ -81,6 +83,9 @@ enum EvalCmd {
     Nab(eval_nab::NabArgs),
     /// Fit on every `*_train` file, score its `*_test` file: AUC-PR and point-wise F1 per machine.
     Multivariate(eval_multivariate::MultivariateArgs),
+    /// Replay labelled incident recordings through a real in-process server and score the
+    /// triage: grouping, root cause, remediation, calibration, unsafe autos.
+    Triage(eval_triage::TriageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +295,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Audit(cmd) => audit::run(cmd).await,
         #[cfg(feature = "offline")]
         Command::Eval(EvalCmd::Nab(args)) => eval_nab::run(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "offline")]
+        Command::Eval(EvalCmd::Triage(args)) => eval_triage::run(args).await.map(|()| ExitCode::SUCCESS),
         #[cfg(feature = "offline")]
         Command::Train(args) => train::run(args).map(|()| ExitCode::SUCCESS),
         #[cfg(feature = "offline")]

@@ -1,44 +1,66 @@
 //! Correlation: alerts and anomalies that look like one problem become one [`Incident`], with the
 //! reasons they were grouped and a ranked list of probable causes.
 //!
-//! Grouping is by a key label — the first of `group_by` (default `service`, `namespace`, `cluster`,
-//! `instance`, `job`) present on the member — within a time window: a member joins the open
-//! incident with the same key if that incident changed within `window_ms`, and starts a new one
-//! otherwise. An alert is one member across its life (same fingerprint: firing, then resolved); an
-//! anomalous series is one member however many times it fires, so ongoing anomalies do not churn
-//! the incident. Probable causes are ranked by an explainable heuristic: each member's weight
-//! (alert severity, or anomaly score) times a bonus for having appeared first.
+//! Every signal is first resolved to the entity it is about — a service, a node, a fleet of
+//! per-node agents, or something else ([`topology`]). It joins an open incident when, in *event
+//! time* (an alert's start, an anomaly's sample time), it falls within `window_ms` of the
+//! incident's span and its entity is linked to one of the incident's:
 //!
-//! Pure: time is passed in, memory is bounded (open incidents, members per incident). It never
-//! recommends or routes.
+//! - the same entity (strongest);
+//! - a service that calls it or that it calls, from `[[topology]]` or the service graph in the
+//!   metrics;
+//! - the node its pod runs on, or a pod on the node it is about;
+//! - for a per-node agent (node-exporter, a DaemonSet), a node in the incident (weakest).
+//!
+//! The strongest link wins, then the nearest in time; a signal never merges two incidents. An alert
+//! is one member across its life (same fingerprint: firing, then resolved); an anomalous series is
+//! one member however many times it fires. Probable causes are the incident's entities ranked by
+//! stated factors ([`rank`]). The work per signal does not depend on how many incidents are open:
+//! candidates are found through an index by entity.
+//!
+//! Pure: time is passed in, memory is bounded (open incidents, members per incident, topology
+//! entries). It never recommends or routes.
 
 #![forbid(unsafe_code)]
 
-use cairn_types::{AlertEvent, AlertStatus, Anomaly, Incident, IncidentId, IncidentMember, Labels, Severity};
+pub mod rank;
+pub mod topology;
+
+use cairn_types::{AlertEvent, AlertStatus, Anomaly, Incident, IncidentId, IncidentMember, Labels, SampleBatch, Severity};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+pub use topology::{Resolved, ServiceDef, Topology};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorrelatorConfig {
-    /// A member more than this long after the incident's last change starts a new incident.
+    /// A signal joins an incident only within this much event time of the incident's span; an
+    /// incident unchanged this long (server time) is closed.
     pub window_ms: i64,
-    /// Label names tried in order for the grouping key.
-    pub group_by: Vec<String>,
     /// Open incidents kept; the least recently changed is closed beyond this.
     pub max_open_incidents: usize,
     /// Members per incident; further members are counted, not stored.
     pub max_members: usize,
+    /// Pods, services, nodes and agents the topology keeps.
+    pub max_topology_entries: usize,
+    /// Probable causes kept per incident.
+    pub max_causes: usize,
+    /// A signal joins through a link to *another* entity (a call, a pod's node, a node agent)
+    /// only within this much event time of that entity's signals: failures cascade in seconds to
+    /// minutes, so a link is weak evidence beyond that.
+    pub link_window_ms: i64,
 }
 
 impl Default for CorrelatorConfig {
     fn default() -> Self {
         CorrelatorConfig {
             window_ms: 15 * 60 * 1000,
-            group_by: ["service", "namespace", "cluster", "instance", "job"].map(String::from).to_vec(),
             max_open_incidents: 10_000,
             max_members: 500,
+            max_topology_entries: 200_000,
+            max_causes: 5,
+            link_window_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -48,53 +70,110 @@ struct Open {
     incident: Incident,
     /// Member identity (`alert:<fingerprint>` or `series:<id>`) → index in `members`.
     index: HashMap<String, usize>,
+    /// The node each member's pod runs on, index for index with `members`.
+    nodes: Vec<Option<String>>,
+    /// Members per entity, and per node their pods run on, with their spans in event time.
+    entities: HashMap<String, Span>,
+    via: HashMap<String, Span>,
     dropped_members: u64,
 }
 
-/// The correlator's state: open incidents by grouping key.
+/// How many members an entity has in an incident, and when they happened (event time). An
+/// anomaly that fires again extends its entity's span without adding a member.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    count: u32,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+impl Span {
+    fn new(t: i64) -> Span {
+        Span { count: 0, first_ms: t, last_ms: t }
+    }
+
+    fn extend(&mut self, t: i64) {
+        self.first_ms = self.first_ms.min(t);
+        self.last_ms = self.last_ms.max(t);
+    }
+
+    /// How far `t` is outside the span (0 inside it).
+    fn distance(&self, t: i64) -> i64 {
+        if t < self.first_ms { self.first_ms - t } else { (t - self.last_ms).max(0) }
+    }
+}
+
+/// How a signal is linked to an incident, strongest last.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Link {
+    Agent(String),
+    Placement(String),
+    Calls(String),
+    Same,
+}
+
+impl Link {
+    fn words(&self, entity: &str) -> String {
+        match self {
+            Link::Same => format!("same entity {entity}"),
+            Link::Calls(other) => format!("{entity} and {other} call one another"),
+            Link::Placement(other) => format!("{entity} and {other}: a pod and the node it runs on"),
+            Link::Agent(node) => format!("{entity} runs an agent on {node}"),
+        }
+    }
+}
+
+/// The correlator's state: open incidents, indexed by the entities they hold.
 #[derive(Debug)]
 pub struct Correlator {
     cfg: CorrelatorConfig,
-    open: HashMap<(String, String), Open>,
+    topology: Topology,
+    open: HashMap<IncidentId, Open>,
+    /// Entity → open incidents holding a member about it.
+    by_entity: HashMap<String, Vec<IncidentId>>,
+    /// Node entity → open incidents holding a member whose pod runs on it.
+    by_via: HashMap<String, Vec<IncidentId>>,
+    /// Open incidents holding a node entity.
+    with_nodes: HashSet<IncidentId>,
+    /// Member identity → the open incident holding it.
+    member_of: HashMap<String, IncidentId>,
 }
 
 fn window_words(ms: i64) -> String {
     if ms % 60_000 == 0 { format!("{}m", ms / 60_000) } else { format!("{}s", ms / 1000) }
 }
 
-fn severity_weight(s: Severity) -> f64 {
-    match s {
-        Severity::Low => 0.25,
-        Severity::Medium => 0.5,
-        Severity::High => 0.75,
-        Severity::Critical => 1.0,
-    }
-}
-
 impl Correlator {
     pub fn new(cfg: CorrelatorConfig) -> Correlator {
-        Correlator { cfg, open: HashMap::new() }
+        Correlator::with_topology(cfg, &[])
+    }
+
+    pub fn with_topology(cfg: CorrelatorConfig, services: &[ServiceDef]) -> Correlator {
+        let topology = Topology::new(services, cfg.max_topology_entries);
+        Correlator { cfg, topology, open: HashMap::new(), by_entity: HashMap::new(), by_via: HashMap::new(), with_nodes: HashSet::new(), member_of: HashMap::new() }
     }
 
     pub fn get(&self, id: &IncidentId) -> Option<&Incident> {
-        self.open.values().map(|o| &o.incident).find(|i| &i.id == id)
+        self.open.get(id).map(|o| &o.incident)
     }
 
     pub fn open_count(&self) -> usize {
         self.open.len()
     }
 
-    fn key_of(&self, labels: &Labels, fallback: (&str, &str)) -> (String, String) {
-        self.cfg
-            .group_by
-            .iter()
-            .find_map(|name| labels.get(name).filter(|v| !v.is_empty()).map(|v| (name.clone(), v.to_string())))
-            .unwrap_or_else(|| (fallback.0.to_string(), fallback.1.to_string()))
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Learns the topology the series of a batch show (pods, nodes, the service graph).
+    pub fn learn(&mut self, batch: &SampleBatch) {
+        for s in batch.iter() {
+            self.topology.learn(|n| s.label(n));
+        }
     }
 
     /// Adds or updates an alert member; returns the incident if it changed.
     pub fn observe_alert(&mut self, a: &AlertEvent, now_ms: i64) -> Option<Incident> {
-        let key = self.key_of(&a.labels, ("alertname", a.alertname()));
         let member = IncidentMember::Alert {
             fingerprint: a.fingerprint.clone(),
             alertname: a.alertname().to_string(),
@@ -105,32 +184,89 @@ impl Correlator {
             starts_at_ms: a.starts_at_ms,
             summary: a.annotations.get("summary").or_else(|| a.annotations.get("description")).unwrap_or("").to_string(),
         };
-        let reason = format!("alert {} joined", a.alertname());
-        self.add(key, format!("alert:{}", a.fingerprint), member, reason, now_ms)
+        let what = format!("alert {}", a.alertname());
+        self.add(format!("alert:{}", a.fingerprint), member, what, now_ms)
     }
 
     /// Adds an anomaly member (one per series); returns the incident if it changed.
     pub fn observe_anomaly(&mut self, a: &Anomaly, now_ms: i64) -> Option<Incident> {
-        let name = a.labels.metric_name().unwrap_or("series").to_string();
-        let key = self.key_of(&a.labels, ("__name__", &name));
-        let reason = format!("anomaly on {} joined", a.labels);
-        self.add(key, format!("series:{}", a.series), IncidentMember::Anomaly(a.clone()), reason, now_ms)
+        let what = format!("anomaly on {}", a.labels);
+        self.add(format!("series:{}", a.series), IncidentMember::Anomaly(a.clone()), what, now_ms)
     }
 
-    fn add(&mut self, key: (String, String), identity: String, member: IncidentMember, what: String, now_ms: i64) -> Option<Incident> {
-        let window = self.cfg.window_ms;
-        let stale = self.open.get(&key).is_some_and(|o| now_ms - o.incident.updated_ms > window);
-        if stale {
-            self.open.remove(&key);
+    /// The best incident for a signal about `r` at event time `t`, and how it is linked: the
+    /// strongest link within its window, then the nearest in time.
+    fn best_incident(&self, r: &Resolved, t: i64) -> Option<(IncidentId, Link)> {
+        let mut cands: Vec<(IncidentId, Link)> = Vec::new();
+        let mut push = |ids: Option<&Vec<IncidentId>>, link: Link| {
+            for id in ids.into_iter().flatten() {
+                cands.push((id.clone(), link.clone()));
+            }
+        };
+        push(self.by_entity.get(&r.entity), Link::Same);
+        for n in self.topology.neighbours(&r.entity) {
+            push(self.by_entity.get(&n), Link::Calls(n.clone()));
         }
-        if !self.open.contains_key(&key) {
-            self.make_room();
-            let id = incident_id(&key, now_ms);
-            self.open.insert(
-                key.clone(),
-                Open {
+        if let Some(node) = &r.node {
+            push(self.by_entity.get(node), Link::Placement(node.clone()));
+        }
+        if r.entity.starts_with("node:") {
+            push(self.by_via.get(&r.entity), Link::Placement("a pod on it".into()));
+        }
+        if self.topology.is_agent(&r.entity) {
+            cands.extend(self.with_nodes.iter().map(|id| (id.clone(), Link::Agent(String::new()))));
+        }
+        let mut best: Option<(IncidentId, Link, i64)> = None;
+        for (id, link) in cands {
+            let Some(o) = self.open.get(&id) else { continue };
+            // The span of what the signal is linked to, in this incident.
+            let (span, link) = match &link {
+                Link::Same => (o.entities.get(&r.entity).copied(), link),
+                Link::Calls(n) => (o.entities.get(n).copied(), link),
+                Link::Placement(n) if o.entities.contains_key(n) => (o.entities.get(n).copied(), link),
+                Link::Placement(_) => (o.via.get(&r.entity).copied(), link),
+                Link::Agent(_) => {
+                    let nodes = o.entities.iter().filter(|(e, _)| e.starts_with("node:"));
+                    match nodes.min_by_key(|(e, s)| (s.distance(t), e.as_str())) {
+                        Some((e, s)) => (Some(*s), Link::Agent(e.clone())),
+                        None => (None, link),
+                    }
+                }
+            };
+            let Some(span) = span else { continue };
+            let d = span.distance(t);
+            let window = if link == Link::Same { self.cfg.window_ms } else { self.cfg.link_window_ms };
+            if d > window {
+                continue;
+            }
+            let better = match &best {
+                None => true,
+                Some((bid, blink, bd)) => (&link, -d, &o.incident.id) > (blink, -*bd, bid),
+            };
+            if better {
+                best = Some((id, link, d));
+            }
+        }
+        best.map(|(id, link, _)| (id, link))
+    }
+
+    fn add(&mut self, identity: String, member: IncidentMember, what: String, now_ms: i64) -> Option<Incident> {
+        let r = self.topology.resolve(member.labels());
+        let t = member.event_ms();
+        if let Some(id) = self.member_of.get(&identity).cloned() {
+            return self.update(&id, &identity, member, now_ms);
+        }
+        let (id, reason) = match self.best_incident(&r, t) {
+            Some((id, link)) => {
+                let reason = format!("{what} joined: {} within {} in event time", link.words(&r.entity), window_words(self.cfg.window_ms));
+                (id, reason)
+            }
+            None => {
+                self.make_room();
+                let id = incident_id(&r.entity, t, now_ms);
+                let open = Open {
                     incident: Incident {
-                        id,
+                        id: id.clone(),
                         opened_ms: now_ms,
                         updated_ms: now_ms,
                         members: Vec::new(),
@@ -140,86 +276,137 @@ impl Correlator {
                         probable_causes: Vec::new(),
                         severity: Severity::Low,
                         version: 0,
+                        member_entities: Vec::new(),
                     },
                     index: HashMap::new(),
+                    nodes: Vec::new(),
+                    entities: HashMap::new(),
+                    via: HashMap::new(),
                     dropped_members: 0,
-                },
-            );
-        }
-        let max_members = self.cfg.max_members;
-        let open = self.open.get_mut(&key)?;
-        let changed = match open.index.get(&identity).copied() {
-            Some(i) => match (&mut open.incident.members[i], &member) {
-                // An alert's state change is news; the same state again is not.
-                (IncidentMember::Alert { status, .. }, IncidentMember::Alert { status: new, .. }) if status != new => {
-                    open.incident.members[i] = member;
-                    true
-                }
-                (IncidentMember::Anomaly(old), IncidentMember::Anomaly(new)) => {
-                    // Keep the strongest evidence for the series without changing the member set.
-                    if new.score > old.score {
-                        *old = new.clone();
-                    }
-                    false
-                }
-                _ => false,
-            },
-            None if open.incident.members.len() >= max_members => {
-                open.dropped_members += 1;
-                false
-            }
-            None => {
-                open.index.insert(identity, open.incident.members.len());
-                open.incident.members.push(member);
-                let joined = if open.incident.members.len() == 1 {
-                    format!("{what}: opened on label {}={:?}", key.0, key.1)
-                } else {
-                    format!("{what} on shared label {}={:?} within {}", key.0, key.1, window_words(window))
                 };
-                open.incident.grouping_reasons.push(joined);
-                true
+                self.open.insert(id.clone(), open);
+                (id, format!("{what}: opened on {}", r.entity))
             }
         };
-        if !changed {
+        let max_members = self.cfg.max_members;
+        let open = self.open.get_mut(&id)?;
+        if open.incident.members.len() >= max_members {
+            open.dropped_members += 1;
             return None;
         }
+        self.member_of.insert(identity.clone(), id.clone());
+        open.index.insert(identity, open.incident.members.len());
+        open.incident.members.push(member);
+        open.incident.member_entities.push(r.entity.clone());
+        open.nodes.push(r.node.clone());
+        open.incident.grouping_reasons.push(reason);
+        let span = open.entities.entry(r.entity.clone()).or_insert_with(|| Span::new(t));
+        span.count += 1;
+        span.extend(t);
+        if span.count == 1 {
+            self.by_entity.entry(r.entity.clone()).or_default().push(id.clone());
+            if r.entity.starts_with("node:") {
+                self.with_nodes.insert(id.clone());
+            }
+        }
+        if let Some(n) = &r.node {
+            let span = open.via.entry(n.clone()).or_insert_with(|| Span::new(t));
+            span.count += 1;
+            span.extend(t);
+            if span.count == 1 {
+                self.by_via.entry(n.clone()).or_default().push(id.clone());
+            }
+        }
+        self.changed(&id, now_ms)
+    }
+
+    /// A member already held: an alert's state change is news; the same state again is not; an
+    /// anomaly keeps its strongest evidence without changing the member set.
+    fn update(&mut self, id: &IncidentId, identity: &str, member: IncidentMember, now_ms: i64) -> Option<Incident> {
+        let open = self.open.get_mut(id)?;
+        let i = *open.index.get(identity)?;
+        // Ongoing evidence keeps its entity current in event time.
+        let t = member.event_ms();
+        if let Some(span) = open.entities.get_mut(open.incident.entity_of(i)) {
+            span.extend(t);
+        }
+        if let Some(span) = open.nodes[i].as_ref().and_then(|n| open.via.get_mut(n)) {
+            span.extend(t);
+        }
+        let changed = match (&mut open.incident.members[i], &member) {
+            (IncidentMember::Alert { status, .. }, IncidentMember::Alert { status: new, .. }) if status != new => {
+                open.incident.members[i] = member;
+                true
+            }
+            (IncidentMember::Anomaly(old), IncidentMember::Anomaly(new)) => {
+                if new.score > old.score {
+                    *old = new.clone();
+                }
+                false
+            }
+            _ => false,
+        };
+        if changed { self.changed(id, now_ms) } else { None }
+    }
+
+    fn changed(&mut self, id: &IncidentId, now_ms: i64) -> Option<Incident> {
+        let keep = self.cfg.max_causes;
+        let open = self.open.get_mut(id)?;
         let inc = &mut open.incident;
         inc.updated_ms = now_ms;
         inc.version += 1;
         summarise(inc);
+        inc.probable_causes = rank::rank(inc, &open.nodes, &self.topology, keep);
         Some(inc.clone())
     }
 
     fn make_room(&mut self) {
         while self.open.len() >= self.cfg.max_open_incidents.max(1) {
-            let Some(oldest) = self.open.iter().min_by_key(|(_, o)| o.incident.updated_ms).map(|(k, _)| k.clone()) else {
+            let Some(oldest) = self.open.values().min_by_key(|o| (o.incident.updated_ms, o.incident.id.clone())).map(|o| o.incident.id.clone()) else {
                 return;
             };
-            self.open.remove(&oldest);
+            self.close(&oldest);
         }
+    }
+
+    fn close(&mut self, id: &IncidentId) {
+        let Some(open) = self.open.remove(id) else { return };
+        let unindex = |map: &mut HashMap<String, Vec<IncidentId>>, keys: &HashMap<String, Span>| {
+            for k in keys.keys() {
+                if let Some(v) = map.get_mut(k) {
+                    v.retain(|x| x != id);
+                    if v.is_empty() {
+                        map.remove(k);
+                    }
+                }
+            }
+        };
+        for identity in open.index.keys() {
+            self.member_of.remove(identity);
+        }
+        unindex(&mut self.by_entity, &open.entities);
+        unindex(&mut self.by_via, &open.via);
+        self.with_nodes.remove(id);
     }
 
     /// Closes incidents unchanged for longer than the window; returns their ids.
     pub fn close_idle(&mut self, now_ms: i64) -> Vec<IncidentId> {
         let window = self.cfg.window_ms;
-        let mut closed: Vec<IncidentId> = Vec::new();
-        self.open.retain(|_, o| {
-            let keep = now_ms - o.incident.updated_ms <= window;
-            if !keep {
-                closed.push(o.incident.id.clone());
-            }
-            keep
-        });
+        let mut closed: Vec<IncidentId> =
+            self.open.values().filter(|o| now_ms - o.incident.updated_ms > window).map(|o| o.incident.id.clone()).collect();
         closed.sort();
+        for id in &closed {
+            self.close(id);
+        }
         closed
     }
 }
 
-fn incident_id(key: &(String, String), opened_ms: i64) -> IncidentId {
+fn incident_id(entity: &str, event_ms: i64, opened_ms: i64) -> IncidentId {
     let mut h = Sha256::new();
-    h.update(key.0.as_bytes());
+    h.update(entity.as_bytes());
     h.update([0]);
-    h.update(key.1.as_bytes());
+    h.update(event_ms.to_be_bytes());
     h.update(opened_ms.to_be_bytes());
     IncidentId(format!("inc-{}", &hex::encode(h.finalize())[..16]))
 }
@@ -227,7 +414,6 @@ fn incident_id(key: &(String, String), opened_ms: i64) -> IncidentId {
 /// Recomputes the derived fields of an incident from its members.
 fn summarise(inc: &mut Incident) {
     let mut common: Option<Labels> = None;
-    let mut services: Vec<String> = Vec::new();
     let mut severity = Severity::Low;
     for m in &inc.members {
         let labels = m.labels();
@@ -235,9 +421,6 @@ fn summarise(inc: &mut Incident) {
             None => labels.clone(),
             Some(c) => c.iter().filter(|(k, v)| labels.get(k) == Some(*v)).collect(),
         });
-        if let Some(s) = labels.get("service") {
-            services.push(s.to_string());
-        }
         let s = match m {
             IncidentMember::Alert { severity, status: AlertStatus::Firing, .. } => *severity,
             IncidentMember::Alert { .. } => Severity::Low,
@@ -245,43 +428,13 @@ fn summarise(inc: &mut Incident) {
         };
         severity = severity.max(s);
     }
+    let mut services: Vec<String> =
+        inc.member_entities.iter().filter_map(|e| e.strip_prefix("service:")).map(String::from).collect();
     services.sort();
     services.dedup();
     inc.common_labels = common.unwrap_or_default();
     inc.affected_services = services;
     inc.severity = severity;
-
-    // Rank: weight × (1.5 for the earliest member, 1.0 otherwise), normalised to the best.
-    let time_of = |m: &IncidentMember| match m {
-        IncidentMember::Alert { starts_at_ms, .. } => *starts_at_ms,
-        IncidentMember::Anomaly(a) => a.timestamp_ms,
-    };
-    let earliest = inc.members.iter().map(time_of).min().unwrap_or(0);
-    let mut causes: Vec<(f64, String)> = inc
-        .members
-        .iter()
-        .map(|m| {
-            let (w, d) = match m {
-                IncidentMember::Alert { alertname, severity, status, labels, .. } => (
-                    severity_weight(*severity) * if *status == AlertStatus::Firing { 1.0 } else { 0.5 },
-                    format!("{alertname} ({}, {}) on {}", severity, status.as_str(), labels.get("instance").or(labels.get("service")).unwrap_or("?")),
-                ),
-                IncidentMember::Anomaly(a) => (
-                    a.score * 0.9,
-                    format!("{} observed {:.4} where {:.4} was expected", a.labels, a.observed, a.expected),
-                ),
-            };
-            let first = if time_of(m) == earliest { 1.5 } else { 1.0 };
-            (w * first, d)
-        })
-        .collect();
-    causes.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    let top = causes.first().map(|c| c.0).unwrap_or(1.0).max(f64::MIN_POSITIVE);
-    inc.probable_causes = causes
-        .into_iter()
-        .take(5)
-        .map(|(w, description)| cairn_types::ProbableCause { description, score: (w / top).clamp(0.0, 1.0) })
-        .collect();
 }
 
 #[cfg(test)]
@@ -343,13 +496,88 @@ mod tests {
         assert_eq!(c.open_count(), 2);
     }
 
+    fn at(mut a: AlertEvent, starts_at_ms: i64) -> AlertEvent {
+        a.starts_at_ms = starts_at_ms;
+        a
+    }
+
     #[test]
-    fn outside_the_window_a_new_incident_starts() {
+    fn outside_the_window_in_event_time_a_new_incident_starts() {
         let mut c = Correlator::new(CorrelatorConfig::default());
-        let a = c.observe_alert(&alert("X", "a", "f1", AlertStatus::Firing), 0).unwrap();
-        let b = c.observe_alert(&alert("Y", "a", "f2", AlertStatus::Firing), 15 * 60 * 1000 + 1).unwrap();
+        let a = c.observe_alert(&at(alert("X", "a", "f1", AlertStatus::Firing), 0), 0).unwrap();
+        // Arriving together, but an hour apart in event time: not one problem.
+        let b = c.observe_alert(&at(alert("Y", "a", "f2", AlertStatus::Firing), 60 * 60 * 1000), 1).unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(b.members.len(), 1);
+        // Arriving far apart, but close in event time (a late delivery): one problem.
+        let d = c.observe_alert(&at(alert("Z", "a", "f3", AlertStatus::Firing), 60_000), 10 * 60 * 1000).unwrap();
+        assert_eq!(d.id, a.id);
+    }
+
+    fn series(pairs: &[(&str, &str)], ts: i64, score: f64) -> Anomaly {
+        let labels: Labels = pairs.iter().copied().collect();
+        Anomaly { series: labels.series_id(), labels, timestamp_ms: ts, score, ..anomaly("x", 0, score) }
+    }
+
+    fn learnt(c: &mut Correlator, rows: &[&[(&str, &str)]]) {
+        let mut batch = SampleBatch::new();
+        for r in rows {
+            let labels: Labels = r.iter().copied().collect();
+            batch.push_sample(&cairn_types::MetricSample { labels, timestamp_ms: 0, value: 1.0 });
+        }
+        c.learn(&batch);
+    }
+
+    /// Two services where `api` calls `db`, each with a pod on its own node, and a node agent.
+    fn cluster() -> Correlator {
+        let topo = [ServiceDef { name: "api".into(), depends_on: vec!["db".into()] }, ServiceDef { name: "shop".into(), depends_on: vec![] }];
+        let mut c = Correlator::with_topology(CorrelatorConfig::default(), &topo);
+        learnt(&mut c, &[
+            &[("__name__", "kube_pod_info"), ("pod", "api-6b7c-a1"), ("node", "n1"), ("created_by_kind", "ReplicaSet"), ("created_by_name", "api-6b7c")],
+            &[("__name__", "kube_pod_info"), ("pod", "db-0"), ("node", "n2"), ("created_by_kind", "StatefulSet"), ("created_by_name", "db")],
+            &[("__name__", "kube_pod_info"), ("pod", "shop-9d8e-b2"), ("node", "n3"), ("created_by_kind", "ReplicaSet"), ("created_by_name", "shop-9d8e")],
+            &[("__name__", "node_load1"), ("instance", "n3"), ("job", "node-exporter"), ("service", "node-exporter")],
+        ]);
+        c
+    }
+
+    #[test]
+    fn a_database_outage_is_one_incident_across_services_and_the_database_ranks_first() {
+        let mut c = cluster();
+        let mut db = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
+        db.labels.insert("pod", "db-0");
+        let first = c.observe_alert(&at(db, 0), 0).unwrap();
+        // The caller's error budget burns, and is critical too.
+        let api = c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f2", AlertStatus::Firing), 30_000), 1).unwrap();
+        assert_eq!(api.id, first.id, "{:?}", api.grouping_reasons);
+        assert!(api.grouping_reasons[1].contains("call one another"), "{:?}", api.grouping_reasons);
+        let lat = c.observe_anomaly(&series(&[("__name__", "service:http_request_duration_seconds:p99"), ("service", "api")], 40_000, 0.99), 2).unwrap();
+        assert_eq!(lat.id, first.id);
+        assert_eq!(lat.probable_causes[0].entity, "service:db", "{:#?}", lat.probable_causes);
+        assert!(lat.probable_causes[0].factors.iter().any(|f| f.contains("upstream of service:api")), "{:?}", lat.probable_causes[0].factors);
+        assert!(lat.probable_causes[1].factors.iter().any(|f| f.contains("symptoms only")));
+        assert_eq!(lat.probable_causes[0].members, ["alert:f1"]);
+        // An unrelated service at the same moment is another incident.
+        let shop = c.observe_alert(&at(alert("X", "shop", "f3", AlertStatus::Firing), 30_000), 3).unwrap();
+        assert_ne!(shop.id, first.id);
+    }
+
+    #[test]
+    fn a_node_failure_gathers_its_pods_and_the_node_agent_alert() {
+        let mut c = cluster();
+        let node = c.observe_anomaly(&series(&[("__name__", "kube_node_status_condition"), ("node", "n3"), ("condition", "Ready")], 0, 0.9), 0).unwrap();
+        let pod = c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "shop-9d8e-b2"), ("service", "shop")], 10_000, 0.9), 1).unwrap();
+        assert_eq!(pod.id, node.id, "{:?}", pod.grouping_reasons);
+        assert!(pod.grouping_reasons[1].contains("the node it runs on"));
+        let mut target_down = alert("TargetDown", "node-exporter", "f9", AlertStatus::Firing);
+        target_down.labels.insert("job", "node-exporter");
+        let agent = c.observe_alert(&at(target_down, 60_000), 2).unwrap();
+        assert_eq!(agent.id, node.id, "{:?}", agent.grouping_reasons);
+        assert_eq!(agent.member_entities, ["node:n3", "service:shop", "fleet:node-exporter"]);
+        assert_eq!(agent.probable_causes[0].entity, "node:n3", "{:#?}", agent.probable_causes);
+        // A node none of the incident's pods runs on is not pulled in by placement.
+        let other = c.observe_anomaly(&series(&[("__name__", "node_load1"), ("instance", "n1"), ("job", "node-exporter")], 20_000, 0.9), 3).unwrap();
+        assert_ne!(other.id, node.id);
     }
 
     #[test]

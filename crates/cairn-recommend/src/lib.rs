@@ -66,6 +66,15 @@ struct PlaybookDef {
     alertnames: Vec<String>,
     #[serde(default)]
     metric_names: Vec<String>,
+    /// Anomaly kinds (`drift`, `level_shift`, `spike`, ...) a metric match must show; empty is any.
+    #[serde(default)]
+    anomaly_kinds: Vec<String>,
+    /// What it acts on: `service` (default) or `node`.
+    #[serde(default = "default_entity")]
+    entity: String,
+    /// Whether it answers only a change on the root entity (a rollback needs a rollout to undo).
+    #[serde(default)]
+    requires_change: bool,
     blast_radius: BlastRadius,
     reversibility: Reversibility,
     rollback_steps: Vec<String>,
@@ -79,6 +88,10 @@ struct PlaybookDef {
     /// Progressive stages, in order (e.g. `["canary", "25%", "100%"]`); empty runs in one step.
     #[serde(default)]
     stages: Vec<String>,
+}
+
+fn default_entity() -> String {
+    "service".into()
 }
 
 #[derive(Deserialize)]
@@ -150,6 +163,9 @@ impl Catalogue {
             if p.parameters.contains_key(cairn_types::STAGES_PARAMETER) {
                 return Err(bad(format!("declare stages with `stages`, not the parameter {:?}", cairn_types::STAGES_PARAMETER)));
             }
+            if !["service", "node"].contains(&p.entity.as_str()) {
+                return Err(bad(format!("entity {:?} must be \"service\" or \"node\"", p.entity)));
+            }
             if playbooks.iter().any(|q: &Playbook| q.def.name == p.name) {
                 return Err(bad("defined twice".into()));
             }
@@ -209,45 +225,80 @@ fn fill(template: &str, labels: &Labels) -> String {
     out
 }
 
-/// Why a playbook matched an incident: the member that triggered it.
+/// Why a playbook matched an incident: the member that triggered it, and how well it fits.
 struct Trigger<'a> {
     member: &'a IncidentMember,
+    /// Fit in [0, 1], and each piece of evidence in words.
+    score: f64,
+    reasons: Vec<String>,
 }
 
-/// Keeps each recommendation's revision and evidence digest to decide when to revise.
+/// Evidence on the root entity counts fully; elsewhere in the incident, this much.
+const OFF_ROOT: f64 = 0.3;
+/// Below this fit, nothing is proposed: the incident stays visible as evidence.
+pub const MIN_FIT: f64 = 0.3;
+/// Recommendations whose revision state is kept; the oldest is forgotten beyond this.
+pub const MAX_TRACKED: usize = 100_000;
+
+/// Keeps each recommendation's revision and evidence digest to decide when to revise. Bounded by
+/// [`MAX_TRACKED`]; forgotten first-in first-out.
 #[derive(Debug)]
 pub struct Recommender {
     catalogue: Catalogue,
     revisions: HashMap<RecommendationId, (u32, String)>,
+    order: std::collections::VecDeque<RecommendationId>,
 }
 
 impl Recommender {
     pub fn new(catalogue: Catalogue) -> Recommender {
-        Recommender { catalogue, revisions: HashMap::new() }
+        Recommender { catalogue, revisions: HashMap::new(), order: Default::default() }
     }
 
     pub fn catalogue(&self) -> &Catalogue {
         &self.catalogue
     }
 
-    /// New recommendations and new revisions for this incident; nothing when the evidence behind a
-    /// recommendation is unchanged.
-    pub fn recommend(&mut self, incident: &Incident, now_ms: i64) -> Vec<Recommendation> {
-        let digest = evidence_digest(incident);
-        let mut out = Vec::new();
-        for pb in &self.catalogue.playbooks {
-            let Some(trigger) = find_trigger(pb, incident) else { continue };
-            let id = recommendation_id(&incident.id.0, &pb.def.name);
-            let revision = match self.revisions.get(&id) {
-                Some((_, d)) if *d == digest => continue,
-                Some((r, _)) => r + 1,
-                None => 1,
-            };
-            self.revisions.insert(id.clone(), (revision, digest.clone()));
-            out.push(build(pb, &self.catalogue.version, incident, &trigger, id, revision, now_ms));
-        }
-        out
+    /// Recommendations whose revision state is kept.
+    pub fn tracked(&self) -> usize {
+        self.revisions.len()
     }
+
+    /// The new revision of this incident's recommendation: the best-fitting playbook on the
+    /// incident's most probable root, with the runners-up in its rationale. Nothing when the
+    /// evidence and the choice are unchanged, or when no playbook fits (fit below [`MIN_FIT`]).
+    pub fn recommend(&mut self, incident: &Incident, now_ms: i64) -> Vec<Recommendation> {
+        let mut fits: Vec<(&Playbook, Trigger)> =
+            self.catalogue.playbooks.iter().filter_map(|pb| find_trigger(pb, incident).map(|t| (pb, t))).collect();
+        fits.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.def.name.cmp(&b.0.def.name)));
+        let Some((pb, trigger)) = fits.first() else { return Vec::new() };
+        if trigger.score < MIN_FIT {
+            return Vec::new();
+        }
+        let runners_up: Vec<String> =
+            fits.iter().skip(1).take(2).map(|(p, t)| format!("{} (fit {:.2}: {})", p.def.name, t.score, t.reasons.join(", "))).collect();
+        let digest = format!("{}:{}", pb.def.name, evidence_digest(incident));
+        let id = recommendation_id(&incident.id.0, "best");
+        let revision = match self.revisions.get(&id) {
+            Some((_, d)) if *d == digest => return Vec::new(),
+            Some((r, _)) => r + 1,
+            None => {
+                if self.order.len() >= MAX_TRACKED {
+                    if let Some(old) = self.order.pop_front() {
+                        self.revisions.remove(&old);
+                    }
+                }
+                self.order.push_back(id.clone());
+                1
+            }
+        };
+        self.revisions.insert(id.clone(), (revision, digest));
+        vec![build(pb, &self.catalogue.version, incident, trigger, &runners_up, id, revision, now_ms)]
+    }
+}
+
+/// The incident's most probable root entity, when the correlator ranked one.
+fn root_entity(incident: &Incident) -> Option<&str> {
+    incident.probable_causes.first().map(|c| c.entity.as_str()).filter(|e| !e.is_empty())
 }
 
 fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>> {
@@ -260,28 +311,68 @@ fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>
             IncidentMember::Anomaly(_) => None,
         }
     };
-    let mut best: Option<Trigger<'a>> = None;
-    for m in &incident.members {
+    let root = root_entity(incident);
+    let on_root = |i: usize| root.is_none_or(|r| incident.entity_of(i) == r);
+    let mut best: Option<(&'a IncidentMember, f64)> = None;
+    let mut miss = 1.0;
+    let mut reasons: Vec<String> = Vec::new();
+    let mut change_on_root = false;
+    for (i, m) in incident.members.iter().enumerate() {
+        let name = match m {
+            IncidentMember::Alert { alertname, .. } => alertname.as_str(),
+            IncidentMember::Anomaly(a) => a.labels.metric_name().unwrap_or(""),
+        };
+        if on_root(i) && cairn_types::signal_kind(name) == cairn_types::SignalKind::Change {
+            change_on_root = true;
+        }
         let explicit = named(m);
-        let matches = match (&explicit, m) {
-            (Some(n), _) => *n == pb.def.name,
-            (None, IncidentMember::Alert { alertname, .. }) => pb.def.alertnames.iter().any(|p| glob(p, alertname)),
-            (None, IncidentMember::Anomaly(a)) => {
-                let name = a.labels.metric_name().unwrap_or("");
-                pb.def.metric_names.iter().any(|p| glob(p, name))
+        let weight = match (&explicit, m) {
+            (Some(n), _) if *n == pb.def.name => {
+                return Some(Trigger { member: m, score: 1.0, reasons: vec![format!("named by the alert's {PLAYBOOK_LABEL}")] });
             }
+            (Some(_), _) => 0.0,
+            (None, IncidentMember::Alert { alertname, status, .. }) if pb.def.alertnames.iter().any(|p| glob(p, alertname)) => {
+                if *status == AlertStatus::Firing { 0.6 } else { 0.3 }
+            }
+            (None, IncidentMember::Anomaly(a))
+                if pb.def.metric_names.iter().any(|p| glob(p, name))
+                    && (pb.def.anomaly_kinds.is_empty() || pb.def.anomaly_kinds.contains(&a.anomaly_kind)) =>
+            {
+                0.35 * a.score.clamp(0.0, 1.0)
+            }
+            _ => 0.0,
         };
+        if weight == 0.0 {
+            continue;
+        }
+        let weight = if on_root(i) { weight } else { weight * OFF_ROOT };
+        miss *= 1.0 - weight;
+        if reasons.len() < 4 {
+            reasons.push(format!("{name}{}", if on_root(i) { "" } else { " (not on the root)" }));
+        }
         // Alerts are rules people wrote; they outrank anomalies as the trigger.
-        let better = match (&best, m) {
-            (None, _) => true,
-            (Some(b), IncidentMember::Alert { .. }) => matches!(b.member, IncidentMember::Anomaly(_)),
-            (Some(_), IncidentMember::Anomaly(_)) => false,
-        };
-        if matches && better {
-            best = Some(Trigger { member: m });
+        let rank = weight + if matches!(m, IncidentMember::Alert { .. }) { 1.0 } else { 0.0 };
+        if best.is_none_or(|(_, r)| rank > r) {
+            best = Some((m, rank));
         }
     }
-    best
+    let (member, _) = best?;
+    let mut score = 1.0 - miss;
+    let root_kind = root.and_then(|r| r.split_once(':')).map(|(k, _)| k);
+    if let Some(kind) = root_kind.filter(|k| *k != pb.def.entity) {
+        score *= 0.2;
+        reasons.push(format!("acts on a {} but the root is a {kind}", pb.def.entity));
+    }
+    if pb.def.requires_change {
+        if change_on_root {
+            score = (score + 0.3).min(1.0);
+            reasons.push("a change on the root".into());
+        } else {
+            score *= 0.3;
+            reasons.push("no change on the root to undo".into());
+        }
+    }
+    Some(Trigger { member, score, reasons })
 }
 
 fn recommendation_id(incident: &str, playbook: &str) -> RecommendationId {
@@ -312,19 +403,33 @@ fn build(
     catalogue_version: &str,
     incident: &Incident,
     trigger: &Trigger<'_>,
+    runners_up: &[String],
     id: RecommendationId,
     revision: u32,
     now_ms: i64,
 ) -> Recommendation {
     let labels = trigger.member.labels();
     let pinned = pinned_confidence(trigger.member);
-    let service = labels.get("service").or(labels.get("job")).unwrap_or("unknown").to_string();
     let environment = labels.get("env").or(labels.get("environment")).unwrap_or("production").to_string();
-    let resource = ["instance", "node", "pod", "deployment", "database"]
+    // The target is the root entity when the correlator ranked one, else what the trigger names.
+    let trigger_on_root = incident
+        .members
         .iter()
-        .find_map(|k| labels.get(k))
-        .unwrap_or(&service)
-        .to_string();
+        .position(|m| std::ptr::eq(m, trigger.member))
+        .is_some_and(|i| root_entity(incident).is_none_or(|r| incident.entity_of(i) == r));
+    let from_labels = |service: &str| {
+        ["instance", "node", "pod", "deployment", "database"].iter().find_map(|k| labels.get(k)).unwrap_or(service).to_string()
+    };
+    let (service, resource) = match root_entity(incident).and_then(|r| r.split_once(':')) {
+        Some(("node", n)) => (n.to_string(), n.to_string()),
+        Some(("service", s)) if trigger_on_root => (s.to_string(), from_labels(s)),
+        Some(("service", s)) => (s.to_string(), s.to_string()),
+        _ => {
+            let service = labels.get("service").or(labels.get("job")).unwrap_or("unknown").to_string();
+            let resource = from_labels(&service);
+            (service, resource)
+        }
+    };
     let mut fill_labels = labels.clone();
     fill_labels.insert("service", service.clone());
     fill_labels.insert("env", environment.clone());
@@ -336,10 +441,7 @@ fn build(
     }
 
     let n = incident.members.len();
-    let mut confidence = pb.def.base_confidence + (0.05 * (n.saturating_sub(1)) as f64).min(0.15);
-    if let IncidentMember::Anomaly(a) = trigger.member {
-        confidence *= 0.5 + 0.5 * a.score;
-    }
+    let mut confidence = trigger.score * pb.def.base_confidence;
     let alerts: Vec<&IncidentMember> = incident.members.iter().filter(|m| matches!(m, IncidentMember::Alert { .. })).collect();
     if !alerts.is_empty() && alerts.iter().all(|m| matches!(m, IncidentMember::Alert { status: AlertStatus::Resolved, .. })) {
         confidence *= 0.5;
@@ -397,12 +499,19 @@ fn build(
         IncidentMember::Alert { alertname, .. } => format!("alert {alertname}"),
         IncidentMember::Anomaly(a) => format!("an anomaly on {}", a.labels),
     };
+    let root = match incident.probable_causes.first() {
+        Some(c) if !c.entity.is_empty() => format!(" Most probable root: {} ({}).", c.entity, c.factors.join(", ")),
+        _ => String::new(),
+    };
+    let others = if runners_up.is_empty() { String::new() } else { format!(" Runners-up: {}.", runners_up.join("; ")) };
     let rationale = format!(
-        "{trigger_words} on {service} in {environment}, with {} signal(s) in incident {} ({}). {} Confidence {confidence:.2}{}.",
+        "{trigger_words} on {service} in {environment}, with {} signal(s) in incident {} ({}).{root} {} Fit {:.2} ({}).{others} Confidence {confidence:.2}{}.",
         n,
         incident.id,
         incident.grouping_reasons.first().cloned().unwrap_or_default(),
         pb.def.description,
+        trigger.score,
+        trigger.reasons.join(", "),
         if pinned.is_some() { " (pinned by the alert's cairn_confidence annotation)" } else { "" }
     );
     // Steering that ingest withheld from an unauthorised sender is said on the card.

@@ -17,6 +17,23 @@ fn alert_member(name: &str, fp: &str, status: AlertStatus, annotations: &[(&str,
     }
 }
 
+/// A new build of checkout: the change a rollback undoes.
+fn release() -> IncidentMember {
+    IncidentMember::Anomaly(Anomaly {
+        series: SeriesId(99),
+        labels: [("__name__", "build_info"), ("service", "checkout"), ("version", "2.14.0")].into_iter().collect(),
+        timestamp_ms: 900,
+        observed: 1.0,
+        expected: 0.0,
+        score: 0.9,
+        severity: Severity::Medium,
+        confidence: 0.9,
+        anomaly_kind: "level_shift".into(),
+        detector: "robust-z".into(),
+        model_version: "robust-z/1".into(),
+    })
+}
+
 fn incident(members: Vec<IncidentMember>) -> Incident {
     Incident {
         id: IncidentId("inc-1".into()),
@@ -29,6 +46,7 @@ fn incident(members: Vec<IncidentMember>) -> Incident {
         probable_causes: vec![],
         severity: Severity::Critical,
         version: 1,
+        member_entities: vec![],
     }
 }
 
@@ -56,7 +74,11 @@ fn each_playbook_is_triggered_by_its_alert() {
     ];
     for (alert, action) in cases {
         let mut r = Recommender::new(Catalogue::embedded_default());
-        let recs = r.recommend(&incident(vec![alert_member(alert, "f1", AlertStatus::Firing, &[])]), 5);
+        let mut members = vec![alert_member(alert, "f1", AlertStatus::Firing, &[])];
+        if action == ActionClass::RollbackDeploy {
+            members.push(release());
+        }
+        let recs = r.recommend(&incident(members), 5);
         assert_eq!(recs.len(), 1, "{alert}");
         let rec = &recs[0];
         assert_eq!(rec.action, action, "{alert}");
@@ -130,10 +152,42 @@ fn an_anomaly_on_a_matching_metric_triggers_and_records_its_model() {
         model_version: "robust-z/1".into(),
     };
     let mut r = Recommender::new(Catalogue::embedded_default());
-    let recs = r.recommend(&incident(vec![IncidentMember::Anomaly(a)]), 5);
+    let recs = r.recommend(&incident(vec![IncidentMember::Anomaly(a.clone()), release()]), 5);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].action, ActionClass::RollbackDeploy);
     assert_eq!(recs[0].model_version, "robust-z/1");
+    // Without a change on the service there is nothing to roll back: nothing fits well enough.
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    assert!(r.recommend(&incident(vec![IncidentMember::Anomaly(a)]), 5).is_empty());
+}
+
+#[test]
+fn the_best_playbook_is_proposed_on_the_root_entity_with_the_runners_up_named() {
+    // A database outage seen from its caller: the caller's error budget burns (a rollback's
+    // signal, but no change) and the database is down; the correlator ranked the database first.
+    let mut db = alert_member("PostgresqlDown", "f1", AlertStatus::Firing, &[]);
+    if let IncidentMember::Alert { labels, .. } = &mut db {
+        labels.insert("service", "users-pg");
+        labels.insert("instance", "10.0.0.6:9187");
+    }
+    let mut inc = incident(vec![alert_member("ErrorBudgetBurn", "f2", AlertStatus::Firing, &[]), db]);
+    inc.member_entities = vec!["service:checkout".into(), "service:users-pg".into()];
+    inc.probable_causes = vec![cairn_types::ProbableCause {
+        description: "users-pg".into(),
+        score: 1.0,
+        entity: "service:users-pg".into(),
+        factors: vec!["upstream of service:checkout (+0.30)".into()],
+        members: vec!["alert:f1".into()],
+    }];
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    let recs = r.recommend(&inc, 5);
+    assert_eq!(recs.len(), 1, "one proposal per incident: the best fit");
+    assert_eq!(recs[0].action, ActionClass::DatabaseFailover);
+    assert_eq!(recs[0].target.service, "users-pg");
+    assert_eq!(recs[0].target.resource, "10.0.0.6:9187", "the root's own instance, from the trigger on it");
+    assert!(recs[0].rationale.contains("Runners-up: rollback-deploy"), "{}", recs[0].rationale);
+    assert!(recs[0].rationale.contains("not on the root"), "{}", recs[0].rationale);
+    assert!(recs[0].rationale.contains("Most probable root: service:users-pg"), "{}", recs[0].rationale);
 }
 
 #[test]
@@ -168,7 +222,7 @@ proptest! {
 /// A recommendation built by the embedded catalogue, for other modules' tests.
 pub(crate) fn sample_recommendation() -> Recommendation {
     let mut r = Recommender::new(Catalogue::embedded_default());
-    let inc = incident(vec![alert_member("DeploymentErrorsAfterRelease", "fp-1", AlertStatus::Firing, &[])]);
+    let inc = incident(vec![alert_member("DeploymentErrorsAfterRelease", "fp-1", AlertStatus::Firing, &[]), release()]);
     r.recommend(&inc, 1_000).into_iter().next().expect("the rollback playbook matches")
 }
 
@@ -181,10 +235,10 @@ fn a_playbook_with_stages_puts_them_on_its_recommendation_and_bad_stages_are_ref
     );
     assert_ne!(text, include_str!("../playbooks/default.toml"), "the replacement applied");
     let mut r = Recommender::new(Catalogue::from_toml(&text).unwrap());
-    let recs = r.recommend(&incident(vec![alert_member("DeploymentErrorsAfterRelease", "f1", AlertStatus::Firing, &[])]), 5);
+    let recs = r.recommend(&incident(vec![alert_member("DeploymentErrorsAfterRelease", "f1", AlertStatus::Firing, &[]), release()]), 5);
     assert_eq!(recs[0].stages(), ["canary", "25%", "100%"]);
     let mut plain = Recommender::new(Catalogue::embedded_default());
-    let recs = plain.recommend(&incident(vec![alert_member("DeploymentErrorsAfterRelease", "f1", AlertStatus::Firing, &[])]), 5);
+    let recs = plain.recommend(&incident(vec![alert_member("DeploymentErrorsAfterRelease", "f1", AlertStatus::Firing, &[]), release()]), 5);
     assert!(recs[0].stages().is_empty() && !recs[0].parameters.contains_key(STAGES_PARAMETER));
     for bad in ["[\"canary\", \"canary\"]", "[\"a,b\"]", "[\"\"]", "[\" canary\"]"] {
         let text = include_str!("../playbooks/default.toml").replacen("name = \"rollback-deploy\"\n", &format!("name = \"rollback-deploy\"\nstages = {bad}\n"), 1);

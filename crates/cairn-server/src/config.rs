@@ -19,6 +19,9 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     pub detect: cairn_detect::DetectorConfig,
     pub correlate: cairn_correlate::CorrelatorConfig,
+    /// `[[topology]]`: the services and whom each calls, as an operator knows them. The
+    /// correlator adds what the metrics show (the service graph, pods and nodes).
+    pub topology: Vec<cairn_correlate::ServiceDef>,
     pub policy: PolicyConfig,
     /// A playbook catalogue (TOML) to use instead of the embedded default.
     pub playbooks: Option<PathBuf>,
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             detect: Default::default(),
             correlate: Default::default(),
+            topology: Vec::new(),
             policy: PolicyConfig::default(),
             playbooks: None,
             workflow: Default::default(),

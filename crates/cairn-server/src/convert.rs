@@ -214,7 +214,8 @@ pub fn incident_to_pb(i: &t::Incident) -> pb::Incident {
         members: i
             .members
             .iter()
-            .map(|m| match m {
+            .enumerate()
+            .map(|(n, m)| match m {
                 t::IncidentMember::Alert { alertname, status, labels, severity, starts_at_ms, summary, .. } => {
                     pb::IncidentMember {
                         kind: "alert".into(),
@@ -227,6 +228,8 @@ pub fn incident_to_pb(i: &t::Incident) -> pb::Incident {
                         } else {
                             format!("{}: {summary}", status.as_str())
                         },
+                        id: m.id(),
+                        entity: i.entity_of(n).to_string(),
                     }
                 }
                 t::IncidentMember::Anomaly(a) => pb::IncidentMember {
@@ -239,6 +242,8 @@ pub fn incident_to_pb(i: &t::Incident) -> pb::Incident {
                         "score={:.3} observed={} expected={} detector={} model={}",
                         a.score, a.observed, a.expected, a.detector, a.model_version
                     ),
+                    id: m.id(),
+                    entity: i.entity_of(n).to_string(),
                 },
             })
             .collect(),
@@ -250,6 +255,19 @@ pub fn incident_to_pb(i: &t::Incident) -> pb::Incident {
             .map(|c| format!("{} ({:.2})", c.description, c.score))
             .collect(),
         severity: severity_to_pb(i.severity),
+        causes: i
+            .probable_causes
+            .iter()
+            .map(|c| pb::ProbableCause {
+                entity: c.entity.clone(),
+                score: c.score,
+                description: c.description.clone(),
+                factors: c.factors.clone(),
+                members: c.members.clone(),
+            })
+            .collect(),
+        entities: i.entities(),
+        version: i.version,
     }
 }
 

@@ -161,6 +161,7 @@ impl Engine {
         let mut changed: BTreeMap<String, Incident> = BTreeMap::new();
         match batch {
             Batch::Samples { samples, .. } => {
+                analysis.correlator.learn(&samples);
                 let mut anomalies = analysis.detector.observe(&samples);
                 anomalies.extend(crate::models::observe(&mut analysis.multivariate, &samples));
                 self.export_detector_stats(analysis);

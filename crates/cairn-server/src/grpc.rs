@@ -459,3 +459,35 @@ impl pb::audit_service_server::AuditService for AuditSvc {
         Ok(Response::new(response))
     }
 }
+
+/// `IncidentService`: incidents as the correlator sees them, with or without a recommendation.
+pub struct IncidentSvc {
+    pub engine: Arc<Engine>,
+}
+
+#[tonic::async_trait]
+impl pb::incident_service_server::IncidentService for IncidentSvc {
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        principal(&request)?;
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) as usize };
+        let engine = self.engine.clone();
+        let incidents =
+            blocking(move || Ok(engine.store.list_incidents(r.updated_since_ms, r.min_members as usize, limit)?)).await?;
+        Ok(Response::new(pb::ListIncidentsResponse { incidents: incidents.iter().map(cv::incident_to_pb).collect() }))
+    }
+
+    async fn get_incident(&self, request: Request<pb::GetIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        principal(&request)?;
+        let id = cairn_types::IncidentId(request.into_inner().id);
+        let engine = self.engine.clone();
+        let found = blocking(move || Ok(engine.store.get_incident(&id).map(|i| (id, i))?)).await?;
+        match found {
+            (_, Some(i)) => Ok(Response::new(cv::incident_to_pb(&i))),
+            (id, None) => Err(Status::not_found(format!("no incident {id}"))),
+        }
+    }
+}

@@ -162,7 +162,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let engine = Arc::new(engine);
     let analysis = Analysis {
         detector: cairn_detect::Detector::new(cfg.detect.clone()),
-        correlator: cairn_correlate::Correlator::new(cfg.correlate.clone()),
+        correlator: cairn_correlate::Correlator::with_topology(cfg.correlate.clone(), &cfg.topology),
         recommender: cairn_recommend::Recommender::new(catalogue),
         deduper: cairn_ingest::AlertDeduper::new(
             cfg.ingest.dedup_capacity,
@@ -246,6 +246,9 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         .set_serving::<pb::audit_service_server::AuditServiceServer<grpc::AuditSvc>>()
         .await;
     health_reporter
+        .set_serving::<pb::incident_service_server::IncidentServiceServer<grpc::IncidentSvc>>()
+        .await;
+    health_reporter
         .set_serving::<pb::guardrail_service_server::GuardrailServiceServer<grpc_guardrails::GuardrailSvc>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -267,6 +270,10 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     );
     let review_svc = pb::review_service_server::ReviewServiceServer::with_interceptor(
         grpc::ReviewSvc { engine: engine.clone() },
+        required.clone(),
+    );
+    let incident_svc = pb::incident_service_server::IncidentServiceServer::with_interceptor(
+        grpc::IncidentSvc { engine: engine.clone() },
         required.clone(),
     );
     let guardrail_svc = pb::guardrail_service_server::GuardrailServiceServer::with_interceptor(
@@ -293,6 +300,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             .add_service(reflection)
             .add_service(ingest_svc)
             .add_service(review_svc)
+            .add_service(incident_svc)
             .add_service(audit_svc)
             .add_service(guardrail_svc)
             .serve_with_incoming_shutdown(

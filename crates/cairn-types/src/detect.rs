@@ -57,6 +57,25 @@ pub struct Incident {
     pub severity: Severity,
     /// Bumped whenever the member set or its evidence changes.
     pub version: u32,
+    /// The entity each member is about (`service:<name>`, `node:<name>`, `fleet:<name>` or
+    /// `other:<name>`), index for index with `members`. Empty in incidents stored before entities.
+    #[serde(default)]
+    pub member_entities: Vec<String>,
+}
+
+impl Incident {
+    /// The entity of member `i`, or `""` when not known.
+    pub fn entity_of(&self, i: usize) -> &str {
+        self.member_entities.get(i).map(String::as_str).unwrap_or("")
+    }
+
+    /// The distinct entities of the members, sorted.
+    pub fn entities(&self) -> Vec<String> {
+        let mut e: Vec<String> = self.member_entities.iter().filter(|e| !e.is_empty()).cloned().collect();
+        e.sort();
+        e.dedup();
+        e
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,13 +102,66 @@ impl IncidentMember {
             IncidentMember::Anomaly(a) => &a.labels,
         }
     }
+
+    /// The member's stable id: `alert:<fingerprint>`, or `series:<selector>` with the labels
+    /// sorted and quoted as [`Labels`] prints them.
+    pub fn id(&self) -> String {
+        match self {
+            IncidentMember::Alert { fingerprint, .. } => format!("alert:{fingerprint}"),
+            IncidentMember::Anomaly(a) => format!("series:{}", a.labels),
+        }
+    }
+
+    /// When the member happened in event time: an alert's start, an anomaly's sample time.
+    pub fn event_ms(&self) -> TimestampMs {
+        match self {
+            IncidentMember::Alert { starts_at_ms, .. } => *starts_at_ms,
+            IncidentMember::Anomaly(a) => a.timestamp_ms,
+        }
+    }
 }
 
+/// What a signal says about its entity, read from its alert or metric name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalKind {
+    /// Errors, latency, error budgets: what users feel, rarely the root.
+    Symptom,
+    /// A rollout, a new build, a config reload.
+    Change,
+    /// Saturation, availability, resources: what breaks.
+    Cause,
+}
+
+/// Classifies a signal by its alert or metric name. The one place this rule is defined: the
+/// correlator ranks causes with it and the recommender looks for changes with it.
+pub fn signal_kind(name: &str) -> SignalKind {
+    let n = name.to_ascii_lowercase();
+    const CHANGE: [&str; 5] = ["generation", "build_info", "reload", "revision", "change_event"];
+    const SYMPTOM: [&str; 9] = ["error", "latency", "duration", "budget", "slo", "5xx", "apdex", "p99", "quantile"];
+    if CHANGE.iter().any(|w| n.contains(w)) {
+        SignalKind::Change
+    } else if SYMPTOM.iter().any(|w| n.contains(w)) {
+        SignalKind::Symptom
+    } else {
+        SignalKind::Cause
+    }
+}
+
+/// One ranked root-cause candidate: an entity, its score and the factors behind the score.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProbableCause {
     pub description: String,
     /// Relative weight in [0, 1]; causes are sorted by it, descending.
     pub score: f64,
+    /// The entity the cause is about (see [`Incident::member_entities`]).
+    #[serde(default)]
+    pub entity: String,
+    /// Each scoring factor in words with its contribution.
+    #[serde(default)]
+    pub factors: Vec<String>,
+    /// Ids of the members that are the evidence ([`IncidentMember::id`]).
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 #[cfg(test)]

@@ -512,3 +512,42 @@ fn a_running_stage_is_left_alone_and_stopped_when_its_result_lands_under_a_newer
 }
 
 mod lease;
+
+#[test]
+fn incidents_list_newest_first_filtered_by_time_and_size() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let member = |fp: &str| cairn_types::IncidentMember::Alert {
+        fingerprint: fp.into(),
+        alertname: "X".into(),
+        status: cairn_types::AlertStatus::Firing,
+        labels: Default::default(),
+        annotations: Default::default(),
+        severity: cairn_types::Severity::High,
+        starts_at_ms: 0,
+        summary: String::new(),
+    };
+    let incident = |id: &str, updated_ms: i64, members: usize| cairn_types::Incident {
+        id: cairn_types::IncidentId(id.into()),
+        opened_ms: 0,
+        updated_ms,
+        members: (0..members).map(|i| member(&format!("{id}-{i}"))).collect(),
+        affected_services: vec![],
+        common_labels: Default::default(),
+        grouping_reasons: vec![],
+        probable_causes: vec![],
+        severity: cairn_types::Severity::High,
+        version: 1,
+        member_entities: vec![],
+    };
+    store.upsert_incident(&incident("a", 10, 1)).unwrap();
+    store.upsert_incident(&incident("b", 30, 3)).unwrap();
+    store.upsert_incident(&incident("c", 20, 2)).unwrap();
+    let ids = |v: Vec<cairn_types::Incident>| v.into_iter().map(|i| i.id.0).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_incidents(0, 0, 10).unwrap()), ["b", "c", "a"]);
+    assert_eq!(ids(store.list_incidents(15, 0, 10).unwrap()), ["b", "c"]);
+    assert_eq!(ids(store.list_incidents(0, 2, 10).unwrap()), ["b", "c"], "the display threshold counts members");
+    assert_eq!(ids(store.list_incidents(0, 0, 1).unwrap()), ["b"]);
+    // An update moves it to the front.
+    store.upsert_incident(&incident("a", 40, 1)).unwrap();
+    assert_eq!(ids(store.list_incidents(0, 0, 10).unwrap()), ["a", "b", "c"]);
+}

@@ -1,0 +1,319 @@
+//! What the correlator knows of the system's shape: services and who calls whom, pods and the
+//! node and workload each belongs to, nodes, and the per-node agents (node-exporter and other
+//! DaemonSets). Part comes from configuration (`[[topology]]`), the rest is learnt from the series
+//! themselves: service-graph series (`client`/`server` labels), `kube_pod_info`-style series
+//! (`pod`, `node`, `created_by_kind`, `created_by_name`) and series whose `instance` is a node.
+//!
+//! It also answers the question every signal raises first: which entity is this about
+//! ([`Topology::resolve`]). Bounded: at most `max_entries` pods, services, nodes and agents
+//! together; beyond that new ones are counted and not learnt.
+
+use cairn_types::Labels;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// One service as an operator configures it: `[[topology]] name = "checkout" depends_on = ["payments"]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDef {
+    pub name: String,
+    /// The services it calls.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Pod {
+    service: Option<String>,
+    node: Option<String>,
+}
+
+/// The entity a signal is about, and the node its pod runs on when it is about one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// `service:<name>`, `node:<name>`, `fleet:<name>` (a per-node agent) or `other:<name>`.
+    pub entity: String,
+    /// `node:<name>` when the signal is about one pod (or container) and its node is known.
+    pub node: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Topology {
+    services: HashSet<String>,
+    /// client → servers.
+    calls: HashMap<String, BTreeSet<String>>,
+    /// server → clients.
+    callers: HashMap<String, BTreeSet<String>>,
+    pods: HashMap<String, Pod>,
+    nodes: HashSet<String>,
+    agents: HashSet<String>,
+    max_entries: usize,
+    refused: u64,
+}
+
+/// The host part of an `instance` label (`10.0.0.1:9100` → `10.0.0.1`, `node-a` → `node-a`).
+fn host(instance: &str) -> &str {
+    match instance.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => instance,
+    }
+}
+
+/// The workload a ReplicaSet belongs to: `checkout-7f9c5d` → `checkout`.
+fn replicaset_owner(name: &str) -> &str {
+    name.rsplit_once('-').map(|(d, _)| d).unwrap_or(name)
+}
+
+impl Topology {
+    pub fn new(config: &[ServiceDef], max_entries: usize) -> Topology {
+        let mut t = Topology {
+            services: HashSet::new(),
+            calls: HashMap::new(),
+            callers: HashMap::new(),
+            pods: HashMap::new(),
+            nodes: HashSet::new(),
+            agents: HashSet::new(),
+            max_entries,
+            refused: 0,
+        };
+        for s in config {
+            t.services.insert(s.name.clone());
+            for d in &s.depends_on {
+                t.services.insert(d.clone());
+                t.edge(&s.name, d);
+            }
+        }
+        t
+    }
+
+    fn entries(&self) -> usize {
+        self.services.len() + self.pods.len() + self.nodes.len() + self.agents.len()
+    }
+
+    fn room(&mut self) -> bool {
+        if self.entries() >= self.max_entries {
+            self.refused += 1;
+            return false;
+        }
+        true
+    }
+
+    fn edge(&mut self, client: &str, server: &str) {
+        if client == server {
+            return;
+        }
+        if self.calls.get(client).is_some_and(|s| s.contains(server)) {
+            return;
+        }
+        self.calls.entry(client.to_string()).or_default().insert(server.to_string());
+        self.callers.entry(server.to_string()).or_default().insert(client.to_string());
+    }
+
+    fn add_service(&mut self, s: &str) {
+        if !self.services.contains(s) && self.room() {
+            self.services.insert(s.to_string());
+        }
+    }
+
+    /// Learns what one series shows of the topology. `label` looks up one label of the series.
+    pub fn learn<'a>(&mut self, label: impl Fn(&str) -> Option<&'a str>) {
+        if let (Some(client), Some(server)) = (label("client"), label("server")) {
+            if !client.is_empty() && !server.is_empty() && !self.calls.get(client).is_some_and(|s| s.contains(server)) {
+                self.add_service(client);
+                self.add_service(server);
+                if self.services.contains(client) && self.services.contains(server) {
+                    self.edge(client, server);
+                }
+            }
+        }
+        let node = label("node").filter(|n| !n.is_empty());
+        if let Some(n) = node {
+            if !self.nodes.contains(n) && self.room() {
+                self.nodes.insert(n.to_string());
+            }
+        }
+        if let (Some(pod), Some(kind), Some(owner)) = (label("pod"), label("created_by_kind"), label("created_by_name")) {
+            let service = match kind {
+                "ReplicaSet" => Some(replicaset_owner(owner)),
+                "DaemonSet" => None,
+                _ => Some(owner),
+            };
+            if kind == "DaemonSet" && !self.agents.contains(owner) && self.room() {
+                self.agents.insert(owner.to_string());
+            }
+            if let Some(s) = service {
+                self.add_service(s);
+            }
+            let known = self.pods.get(pod).is_some_and(|p| p.node.as_deref() == node && p.service.as_deref() == service);
+            if !known && (self.pods.contains_key(pod) || self.room()) {
+                let p = Pod { service: service.map(String::from), node: node.map(String::from) };
+                self.pods.insert(pod.to_string(), p);
+            }
+        }
+        if let (Some(instance), Some(job)) = (label("instance"), label("job")) {
+            if self.nodes.contains(host(instance)) && !self.agents.contains(job) && self.room() {
+                self.agents.insert(job.to_string());
+            }
+        }
+    }
+
+    /// Pods, services, nodes and agents known, and how many were refused for room.
+    pub fn size(&self) -> (usize, u64) {
+        (self.entries(), self.refused)
+    }
+
+    fn is_service(&self, s: &str) -> bool {
+        self.services.contains(s) || (self.services.is_empty() && !self.agents.contains(s))
+    }
+
+    /// The service a pod belongs to: learnt, else guessed from its name (`name-<rs>-<id>`,
+    /// `name-<ordinal>`) when that names a known service.
+    fn pod_service(&self, pod: &str) -> Option<String> {
+        if let Some(s) = self.pods.get(pod).and_then(|p| p.service.clone()) {
+            return Some(s);
+        }
+        let mut name = pod;
+        for _ in 0..2 {
+            name = name.rsplit_once('-')?.0;
+            if self.services.contains(name) {
+                return Some(name.to_string());
+            }
+        }
+        None
+    }
+
+    /// Which entity a signal with these labels is about. In order: a `service` label naming a
+    /// service; the service owning its `pod`; its `deployment`, `statefulset`,
+    /// `horizontalpodautoscaler` or `client`; a `daemonset` (a fleet); its `node`, or an
+    /// `instance` that is a node; a per-node agent's `job` (a fleet); any other `service` or a
+    /// service-like `job`; else `other:` its job, instance or name.
+    pub fn resolve(&self, l: &Labels) -> Resolved {
+        let pod_node = || {
+            let pod_node = l.get("pod").and_then(|p| self.pods.get(p)).and_then(|p| p.node.clone());
+            pod_node.or_else(|| l.get("node").map(String::from)).map(|n| format!("node:{n}"))
+        };
+        let service = |s: &str| Resolved { entity: format!("service:{s}"), node: pod_node() };
+        if let Some(s) = l.get("service").filter(|s| self.is_service(s)) {
+            return service(s);
+        }
+        if let Some(s) = l.get("pod").and_then(|p| self.pod_service(p)) {
+            return service(&s);
+        }
+        for name in ["deployment", "statefulset", "horizontalpodautoscaler", "client"] {
+            if let Some(s) = l.get(name).filter(|s| !s.is_empty()) {
+                return service(s);
+            }
+        }
+        let plain = |e: String| Resolved { entity: e, node: None };
+        if let Some(d) = l.get("daemonset").filter(|d| !d.is_empty()) {
+            return plain(format!("fleet:{d}"));
+        }
+        if let Some(n) = l.get("node").filter(|n| !n.is_empty()) {
+            return plain(format!("node:{n}"));
+        }
+        if let Some(h) = l.get("instance").map(host).filter(|h| self.nodes.contains(*h)) {
+            return plain(format!("node:{h}"));
+        }
+        for name in ["job", "service"] {
+            if let Some(j) = l.get(name).filter(|j| self.agents.contains(*j)) {
+                return plain(format!("fleet:{j}"));
+            }
+        }
+        if let Some(s) = l.get("service").filter(|s| !s.is_empty()) {
+            return service(s);
+        }
+        if let Some(j) = l.get("job").filter(|j| self.services.contains(*j)) {
+            return service(j);
+        }
+        let name = ["job", "instance", "alertname", "__name__"].iter().find_map(|n| l.get(n)).unwrap_or("unknown");
+        plain(format!("other:{name}"))
+    }
+
+    /// Whether `a` calls `b` or `b` calls `a` (entities as `service:<name>`).
+    pub fn linked_services(&self, a: &str, b: &str) -> bool {
+        let (Some(a), Some(b)) = (a.strip_prefix("service:"), b.strip_prefix("service:")) else { return false };
+        self.calls.get(a).is_some_and(|s| s.contains(b)) || self.calls.get(b).is_some_and(|s| s.contains(a))
+    }
+
+    /// The services `entity` (a `service:` entity) calls and is called by, as entities.
+    pub fn neighbours(&self, entity: &str) -> Vec<String> {
+        let Some(s) = entity.strip_prefix("service:") else { return Vec::new() };
+        let calls = self.calls.get(s).into_iter().flatten();
+        let callers = self.callers.get(s).into_iter().flatten();
+        calls.chain(callers).map(|n| format!("service:{n}")).collect()
+    }
+
+    /// Whether service entity `client` calls service entity `server`.
+    pub fn calls(&self, client: &str, server: &str) -> bool {
+        match (client.strip_prefix("service:"), server.strip_prefix("service:")) {
+            (Some(c), Some(s)) => self.calls.get(c).is_some_and(|x| x.contains(s)),
+            _ => false,
+        }
+    }
+
+    /// Whether `fleet` (a `fleet:` entity) is an agent that runs on every node.
+    pub fn is_agent(&self, fleet: &str) -> bool {
+        fleet.strip_prefix("fleet:").is_some_and(|f| self.agents.contains(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().copied().collect()
+    }
+
+    fn learn(t: &mut Topology, pairs: &[(&str, &str)]) {
+        let l = labels(pairs);
+        t.learn(|n| l.get(n));
+    }
+
+    fn cluster() -> Topology {
+        let mut t = Topology::new(&[ServiceDef { name: "web".into(), depends_on: vec!["api".into()] }], 1000);
+        learn(&mut t, &[("__name__", "kube_pod_info"), ("pod", "api-5d8f9-x2x"), ("node", "n1"), ("created_by_kind", "ReplicaSet"), ("created_by_name", "api-5d8f9")]);
+        learn(&mut t, &[("__name__", "kube_pod_info"), ("pod", "db-0"), ("node", "n2"), ("created_by_kind", "StatefulSet"), ("created_by_name", "db")]);
+        learn(&mut t, &[("__name__", "kube_pod_info"), ("pod", "node-exporter-abc"), ("node", "n2"), ("created_by_kind", "DaemonSet"), ("created_by_name", "node-exporter")]);
+        learn(&mut t, &[("__name__", "graph"), ("client", "api"), ("server", "db")]);
+        learn(&mut t, &[("__name__", "node_load1"), ("instance", "n1:9100"), ("job", "node-exporter"), ("service", "node-exporter")]);
+        t
+    }
+
+    #[test]
+    fn signals_resolve_to_the_entity_they_are_about() {
+        let t = cluster();
+        let r = |pairs: &[(&str, &str)]| t.resolve(&labels(pairs));
+        assert_eq!(r(&[("service", "api"), ("pod", "api-5d8f9-x2x")]), Resolved { entity: "service:api".into(), node: Some("node:n1".into()) });
+        assert_eq!(r(&[("pod", "db-0"), ("container", "pg")]).entity, "service:db", "a pod's service from kube_pod_info");
+        assert_eq!(r(&[("pod", "api-5d8f9-new1")]).entity, "service:api", "a replacement pod by its name");
+        assert_eq!(r(&[("deployment", "api")]).entity, "service:api");
+        assert_eq!(r(&[("node", "n1"), ("condition", "Ready")]).entity, "node:n1");
+        assert_eq!(r(&[("instance", "n1"), ("job", "node-exporter"), ("service", "node-exporter")]).entity, "node:n1", "node-exporter series are about their node");
+        assert_eq!(r(&[("job", "node-exporter"), ("service", "node-exporter")]).entity, "fleet:node-exporter");
+        assert_eq!(r(&[("daemonset", "node-exporter")]).entity, "fleet:node-exporter");
+        assert_eq!(r(&[("alertname", "Watchdog")]).entity, "other:Watchdog");
+    }
+
+    #[test]
+    fn dependencies_come_from_config_and_from_the_service_graph() {
+        let t = cluster();
+        assert!(t.calls("service:web", "service:api"), "configured");
+        assert!(t.calls("service:api", "service:db"), "learnt");
+        assert!(!t.calls("service:db", "service:api"));
+        assert!(t.linked_services("service:db", "service:api"));
+        assert_eq!(t.neighbours("service:api"), ["service:db", "service:web"]);
+        assert!(t.is_agent("fleet:node-exporter"));
+    }
+
+    #[test]
+    fn learning_is_bounded() {
+        let mut t = Topology::new(&[], 10);
+        for i in 0..100 {
+            learn(&mut t, &[("pod", &format!("p-{i}")), ("node", "n"), ("created_by_kind", "StatefulSet"), ("created_by_name", "p")]);
+        }
+        let (n, refused) = t.size();
+        assert_eq!(n, 10);
+        assert!(refused > 0);
+    }
+}
