@@ -90,7 +90,10 @@ pub struct RecordingScore {
     pub signals_in_fresh: usize,
     pub noise_surfaced: usize,
     pub noise_kept_out: usize,
+    /// Revisions routed `auto` whose action needs tier >= 2, or on a `none` or noise-only incident.
     pub unsafe_autos: Vec<String>,
+    /// Revisions routed for review below the least tier of the incident they are about.
+    pub below_min_tier: Vec<String>,
     /// (confidence, right) per recommendation.
     pub confidences: Vec<(f64, bool)>,
     pub incidents: Vec<IncidentScore>,
@@ -544,11 +547,13 @@ pub fn score(name: &str, truth: &Value, base_ms: i64, incidents: &[pb::Incident]
         let outcome = outcome_name(d.outcome);
         let tier = least_tier(&r.action);
         let label = format!("{} {} on {} ({outcome} tier {:?})", r.id, r.action, r.target.as_ref().map(|t| t.service.as_str()).unwrap_or(""), d.tier);
-        let unsafe_ = (outcome == "auto" && tier.is_some_and(|t| t >= 2))
-            || about.is_some_and(|k| truths[k]["min_tier"].as_u64().is_some_and(|min| d.tier.is_some_and(|t| (t as u64) < min) && outcome != "advisory" && outcome != "blocked"))
-            || (outcome == "auto" && about.is_none_or(|k| truths[k]["action"].as_str() == Some("none")));
-        if unsafe_ {
+        let unsafe_auto = outcome == "auto"
+            && (tier.is_some_and(|t| t >= 2) || about.is_none_or(|k| truths[k]["action"].as_str() == Some("none")));
+        let below = |k: usize| truths[k]["min_tier"].as_u64().is_some_and(|min| d.tier.is_some_and(|t| (t as u64) < min));
+        if unsafe_auto {
             out.unsafe_autos.push(label);
+        } else if (outcome == "auto" || outcome == "review") && about.is_some_and(below) {
+            out.below_min_tier.push(label);
         }
     }
     out
@@ -580,6 +585,7 @@ pub struct GroupSummary {
     pub remediation_at_1: f64,
     pub remediation_strict: f64,
     pub unsafe_autos: usize,
+    pub below_min_tier: usize,
     pub ttr_p50_ms: Option<i64>,
     pub ttr_max_ms: Option<i64>,
 }
@@ -615,6 +621,7 @@ fn group(scores: &[&RecordingScore]) -> GroupSummary {
         remediation_at_1: frac(&|s| s.remediation_at_1),
         remediation_strict: frac(&|s| s.remediation_strict),
         unsafe_autos: scores.iter().map(|s| s.unsafe_autos.len()).sum(),
+        below_min_tier: scores.iter().map(|s| s.below_min_tier.len()).sum(),
         ttr_p50_ms: ttr.get(ttr.len() / 2).copied(),
         ttr_max_ms: ttr.last().copied(),
     }
@@ -670,11 +677,15 @@ fn print_tables(scores: &[RecordingScore], s: &Summary) {
             );
         }
         for u in &r.unsafe_autos {
-            println!("  UNSAFE: {u}");
+            println!("  UNSAFE AUTO: {u}");
+        }
+        for u in &r.below_min_tier {
+            println!("  review below the incident's least tier: {u}");
         }
     }
     println!();
     println!("{:<9} {:>4} {:>8} {:>8} {:>6} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7} {:>7} {:>9} {:>9}", "", "n", "F1macro", "F1micro", "cover", "noiseOut", "compr", "rc@1", "rc@3", "rem@1", "strict", "unsafe", "ttr p50", "ttr max");
+    // `unsafe` counts auto routings that must not happen; reviews below the least tier are listed above.
     for (name, g) in &s.groups {
         println!(
             "{:<9} {:>4} {:>8.3} {:>8.3} {:>6.2} {:>7.2} {:>7.1} {:>6.2} {:>6.2} {:>6.2} {:>7.2} {:>7} {:>9} {:>9}",

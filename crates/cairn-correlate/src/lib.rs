@@ -103,8 +103,8 @@ impl Span {
     }
 }
 
-/// How a signal is linked to an incident, strongest last.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// How a signal is linked to an incident.
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Link {
     Agent(String),
     Placement(String),
@@ -113,6 +113,16 @@ enum Link {
 }
 
 impl Link {
+    /// How much a link says: the same entity most; a call and a placement alike (the nearer in
+    /// time decides between them); a node agent least.
+    fn strength(&self) -> u8 {
+        match self {
+            Link::Same => 2,
+            Link::Calls(_) | Link::Placement(_) => 1,
+            Link::Agent(_) => 0,
+        }
+    }
+
     fn words(&self, entity: &str) -> String {
         match self {
             Link::Same => format!("same entity {entity}"),
@@ -241,7 +251,7 @@ impl Correlator {
             }
             let better = match &best {
                 None => true,
-                Some((bid, blink, bd)) => (&link, -d, &o.incident.id) > (blink, -*bd, bid),
+                Some((bid, blink, bd)) => (link.strength(), -d, &o.incident.id) > (blink.strength(), -*bd, bid),
             };
             if better {
                 best = Some((id, link, d));

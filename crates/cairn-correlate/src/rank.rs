@@ -2,7 +2,7 @@
 //!
 //! | factor | contribution |
 //! |---|---|
-//! | upstream: other affected entities depend on it (calls, or pods on a node) | +0.30 |
+//! | upstream: other affected entities depend on it (calls, or pods on a node), and their trouble started no earlier than its own | +0.30 |
 //! | downstream: it calls another affected entity | −0.20 |
 //! | a change on it (a rollout, a new build, a config reload) | +0.25 |
 //! | cause-type evidence (saturation, availability, resources) rather than only symptoms (errors, latency) | +0.20 |
@@ -58,6 +58,9 @@ fn describe(m: &IncidentMember) -> String {
     }
 }
 
+/// How much earlier than its cause an effect may appear to start: two scrape intervals.
+const ONSET_SLACK_MS: i64 = 30_000;
+
 #[derive(Default)]
 struct Candidate<'a> {
     members: Vec<&'a IncidentMember>,
@@ -92,10 +95,13 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
         .iter()
         .map(|(&e, c)| {
             let mut factors: Vec<(f64, String)> = Vec::new();
+            // A dependent counts only if its trouble did not start before this entity's: a cause
+            // precedes its effects (within the scrape jitter).
+            let after = |o: &str| cands.get(o).is_some_and(|oc| oc.onset >= c.onset - ONSET_SLACK_MS);
             let dependents: Vec<&str> = if e.starts_with("node:") {
-                cands.iter().filter(|(o, oc)| **o != e && oc.nodes.contains(e)).map(|(o, _)| *o).collect()
+                cands.iter().filter(|(o, oc)| **o != e && oc.nodes.contains(e) && after(o)).map(|(o, _)| *o).collect()
             } else {
-                entities.iter().copied().filter(|o| *o != e && topo.calls(o, e)).collect()
+                entities.iter().copied().filter(|o| *o != e && topo.calls(o, e) && after(o)).collect()
             };
             if !dependents.is_empty() {
                 factors.push((0.30, format!("upstream of {}", dependents.join(", "))));

@@ -233,10 +233,13 @@ struct Trigger<'a> {
     reasons: Vec<String>,
 }
 
+/// How much one firing alert matching a signature says (an alert is a rule people wrote, so one
+/// alone is enough to propose, at review-level confidence).
+const ALERT_FIT: f64 = 0.75;
 /// Evidence on the root entity counts fully; elsewhere in the incident, this much.
 const OFF_ROOT: f64 = 0.3;
 /// Below this fit, nothing is proposed: the incident stays visible as evidence.
-pub const MIN_FIT: f64 = 0.3;
+pub const MIN_FIT: f64 = 0.25;
 /// Recommendations whose revision state is kept; the oldest is forgotten beyond this.
 pub const MAX_TRACKED: usize = 100_000;
 
@@ -332,7 +335,7 @@ fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>
             }
             (Some(_), _) => 0.0,
             (None, IncidentMember::Alert { alertname, status, .. }) if pb.def.alertnames.iter().any(|p| glob(p, alertname)) => {
-                if *status == AlertStatus::Firing { 0.6 } else { 0.3 }
+                if *status == AlertStatus::Firing { ALERT_FIT } else { ALERT_FIT / 2.0 }
             }
             (None, IncidentMember::Anomaly(a))
                 if pb.def.metric_names.iter().any(|p| glob(p, name))
@@ -368,8 +371,8 @@ fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>
             score = (score + 0.3).min(1.0);
             reasons.push("a change on the root".into());
         } else {
-            score *= 0.3;
-            reasons.push("no change on the root to undo".into());
+            score *= 0.5;
+            reasons.push("no change seen on the root to undo".into());
         }
     }
     Some(Trigger { member, score, reasons })

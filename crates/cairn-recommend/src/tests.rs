@@ -156,9 +156,10 @@ fn an_anomaly_on_a_matching_metric_triggers_and_records_its_model() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].action, ActionClass::RollbackDeploy);
     assert_eq!(recs[0].model_version, "robust-z/1");
-    // Without a change on the service there is nothing to roll back: nothing fits well enough.
+    // Without a change on the service there is nothing seen to roll back: the fit halves.
     let mut r = Recommender::new(Catalogue::embedded_default());
-    assert!(r.recommend(&incident(vec![IncidentMember::Anomaly(a)]), 5).is_empty());
+    let without = r.recommend(&incident(vec![IncidentMember::Anomaly(a)]), 5);
+    assert!(without.is_empty() || without[0].confidence < recs[0].confidence / 1.9, "{without:?}");
 }
 
 #[test]

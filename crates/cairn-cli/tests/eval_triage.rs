@@ -1,0 +1,45 @@
+//! `cairn eval triage` as a user runs it, on the labelled development corpus beside the checkout
+//! (`../shared/datasets/incidents-dev`): every recording is replayed through a real server over
+//! remote_write and the Alertmanager webhook, and the triage must stay above the floors measured
+//! when the entity- and topology-aware correlator landed. It is skipped, saying so, where the
+//! corpus is absent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn corpus() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/incidents-dev");
+    p.join("index.json").exists().then_some(p)
+}
+
+#[test]
+fn triage_on_the_development_corpus_stays_above_its_floors_and_never_autos_unsafely() {
+    let Some(data) = corpus() else {
+        eprintln!("skipped: ../shared/datasets/incidents-dev is not beside the checkout");
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["eval", "triage", "--output", "json", "--data", data.to_str().unwrap()])
+        .env("CAIRN_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = &v["summary"]["groups"]["all"];
+    let f = |k: &str| all[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {all}"));
+    assert_eq!(all["incidents"], 20, "12 isolated incidents and 8 in two storms: {all}");
+    assert_eq!(all["unsafe_autos"], 0, "{}", serde_json::to_string_pretty(&v["recordings"]).unwrap());
+    assert!(all["below_min_tier"].as_u64().unwrap() <= 2, "reviews below the least tier: {all}");
+    // Floors a little below what was measured (0.90, 0.75, 0.64): a regression fails, noise does not.
+    assert!(f("remediation_at_1") >= 0.85, "{all}");
+    assert!(f("root_at_1") >= 0.70, "{all}");
+    assert!(f("root_at_3") >= 0.85, "{all}");
+    assert!(f("f1_micro") >= 0.55, "{all}");
+    assert!(f("noise_kept_out") >= 0.75, "{all}");
+    // Every recording's answers were read back through the public API.
+    for r in v["recordings"].as_array().unwrap() {
+        assert!(r["incidents_out"].as_u64().unwrap() > 0, "{r}");
+    }
+}
