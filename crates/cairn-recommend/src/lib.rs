@@ -2,17 +2,21 @@
 //! what, how confident, how risky, how to undo it and how to check it worked, with the rationale
 //! and evidence a reviewer reads.
 //!
-//! A recommendation's id is stable for one incident and one playbook; its revision increases when
-//! the evidence behind it changes (a member joins, an alert resolves), and only then. The
+//! A recommendation's id is stable for one incident; its revision increases when the evidence
+//! behind it changes (a member joins, an alert resolves) or the best playbook does, and only then. The
 //! catalogue is TOML (`playbooks/default.toml` is embedded; another can be loaded) and its content
 //! hash is the playbook version recorded on every recommendation.
 //!
-//! Confidence starts at the playbook's `base_confidence`, rises by 0.05 for each corroborating
-//! member beyond the first (at most +0.15), scales with the anomaly score when an anomaly triggered
-//! it, halves when every alert in the incident has resolved, and is capped at 0.99. An alert can pin
-//! it with the annotation `cairn_confidence` (a number in [0, 1]) — for rules whose precision the
-//! operator knows, and for the demo. The target's environment defaults to `production` when the
-//! signal does not say: the conservative reading.
+//! Every playbook declares a signature (alert-name and metric-name globs, anomaly kinds, the entity
+//! kind it acts on, whether it needs a change to undo) and is scored against the incident: the
+//! noisy-OR of its matching members, evidence on the most probable root (the correlator's first
+//! cause) counting fully and elsewhere [`OFF_ROOT`]-weighted. The best fit is proposed on the root
+//! entity, one recommendation per incident, with the runners-up named in its rationale; below
+//! [`MIN_FIT`] nothing is. Confidence is the fit times the playbook's `base_confidence` (its
+//! precision when the signature fits fully), halved when every alert has resolved, capped at 0.99.
+//! An alert can pin it with the annotation `cairn_confidence` (a number in [0, 1]) — for rules whose
+//! precision the operator knows, and for the demo. The target's environment defaults to
+//! `production` when the signal does not say: the conservative reading.
 //!
 //! Past human decisions on similar changes then lower it, bounded and with a sentence saying why
 //! ([`learning`]); the server feeds that history in.
@@ -237,7 +241,7 @@ struct Trigger<'a> {
 /// alone is enough to propose, at review-level confidence).
 const ALERT_FIT: f64 = 0.75;
 /// Evidence on the root entity counts fully; elsewhere in the incident, this much.
-const OFF_ROOT: f64 = 0.3;
+pub const OFF_ROOT: f64 = 0.3;
 /// Below this fit, nothing is proposed: the incident stays visible as evidence.
 pub const MIN_FIT: f64 = 0.25;
 /// Recommendations whose revision state is kept; the oldest is forgotten beyond this.

@@ -367,6 +367,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_topology_snippet_parses_and_reaches_the_correlator() {
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+        let start = readme.find("# cairn.toml: the services and whom each calls").expect("the README's [[topology]] snippet");
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let cfg: ServerConfig = toml::from_str(block).unwrap();
+        assert_eq!(cfg.topology.len(), 1);
+        assert_eq!(cfg.topology[0].depends_on, ["payments", "orders-pg"]);
+        let c = cairn_correlate::Correlator::with_topology(cfg.correlate.clone(), &cfg.topology);
+        assert!(c.topology().calls("service:checkout", "service:orders-pg"));
+    }
+
+    #[test]
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cairn.toml");
         let cfg = ServerConfig::load(&path).expect("examples/cairn.toml is valid");
