@@ -50,6 +50,10 @@ pub struct CorrelatorConfig {
     /// only within this much event time of that entity's signals: failures cascade in seconds to
     /// minutes, so a link is weak evidence beyond that.
     pub link_window_ms: i64,
+    /// How long a firing alert, a level shift, a drift or a silence is taken to hold after it was
+    /// seen, for joining signals about the same entity: slow faults (a leak, a filling disk)
+    /// raise their alerts long after the first anomaly.
+    pub persist_ms: i64,
 }
 
 impl Default for CorrelatorConfig {
@@ -61,6 +65,7 @@ impl Default for CorrelatorConfig {
             max_topology_entries: 200_000,
             max_causes: 5,
             link_window_ms: 5 * 60 * 1000,
+            persist_ms: 60 * 60 * 1000,
         }
     }
 }
@@ -83,23 +88,59 @@ struct Open {
 #[derive(Clone, Copy, Debug)]
 struct Span {
     count: u32,
+    /// Alerts among them: a rule someone wrote, stronger evidence than one anomaly.
+    alerts: u32,
     first_ms: i64,
     last_ms: i64,
+    /// Until when a state its members report may still hold: a firing alert, or a level shift,
+    /// drift or silence (not a spike), for `persist_ms` after it. Same-entity joins see it.
+    holds_until_ms: i64,
 }
 
 impl Span {
     fn new(t: i64) -> Span {
-        Span { count: 0, first_ms: t, last_ms: t }
+        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, holds_until_ms: t }
     }
 
-    fn extend(&mut self, t: i64) {
+    fn extend(&mut self, t: i64, holds_until: i64) {
         self.first_ms = self.first_ms.min(t);
         self.last_ms = self.last_ms.max(t);
+        self.holds_until_ms = self.holds_until_ms.max(holds_until).max(t);
     }
 
-    /// How far `t` is outside the span (0 inside it).
+    fn absorb(&mut self, o: &Span) {
+        self.count += o.count;
+        self.alerts += o.alerts;
+        self.first_ms = self.first_ms.min(o.first_ms);
+        self.last_ms = self.last_ms.max(o.last_ms);
+        self.holds_until_ms = self.holds_until_ms.max(o.holds_until_ms);
+    }
+
+    /// Whether the entity is in trouble enough to pass it on through a link: two signals, or an
+    /// alert. One anomaly alone (a blip) links nothing to anything else.
+    fn carries(&self) -> bool {
+        self.count >= 2 || self.alerts >= 1
+    }
+
+    /// How far `t` is outside the members' times (0 inside them).
     fn distance(&self, t: i64) -> i64 {
         if t < self.first_ms { self.first_ms - t } else { (t - self.last_ms).max(0) }
+    }
+
+    /// How far `t` is outside the time the members' state may still hold.
+    fn held_distance(&self, t: i64) -> i64 {
+        if t < self.first_ms { self.first_ms - t } else { (t - self.holds_until_ms).max(0) }
+    }
+}
+
+/// Until when what a member reports may still hold (see [`Span::holds_until_ms`]).
+fn holds_until(m: &IncidentMember, persist_ms: i64) -> i64 {
+    let t = m.event_ms();
+    match m {
+        IncidentMember::Alert { status: AlertStatus::Firing, .. } => t.saturating_add(persist_ms),
+        IncidentMember::Alert { .. } => t,
+        IncidentMember::Anomaly(a) if a.anomaly_kind.is_empty() || a.anomaly_kind == "spike" => t,
+        IncidentMember::Anomaly(_) => t.saturating_add(persist_ms),
     }
 }
 
@@ -147,6 +188,8 @@ pub struct Correlator {
     with_nodes: HashSet<IncidentId>,
     /// Member identity → the open incident holding it.
     member_of: HashMap<String, IncidentId>,
+    /// Incidents merged away, for [`Correlator::take_merged`].
+    merged: Vec<Incident>,
 }
 
 fn window_words(ms: i64) -> String {
@@ -160,7 +203,7 @@ impl Correlator {
 
     pub fn with_topology(cfg: CorrelatorConfig, services: &[ServiceDef]) -> Correlator {
         let topology = Topology::new(services, cfg.max_topology_entries);
-        Correlator { cfg, topology, open: HashMap::new(), by_entity: HashMap::new(), by_via: HashMap::new(), with_nodes: HashSet::new(), member_of: HashMap::new() }
+        Correlator { cfg, topology, open: HashMap::new(), by_entity: HashMap::new(), by_via: HashMap::new(), with_nodes: HashSet::new(), member_of: HashMap::new(), merged: Vec::new() }
     }
 
     pub fn get(&self, id: &IncidentId) -> Option<&Incident> {
@@ -244,8 +287,11 @@ impl Correlator {
                 }
             };
             let Some(span) = span else { continue };
-            let d = span.distance(t);
-            let window = if link == Link::Same { self.cfg.window_ms } else { self.cfg.link_window_ms };
+            if link != Link::Same && !span.carries() {
+                continue;
+            }
+            let (d, window) =
+                if link == Link::Same { (span.held_distance(t), self.cfg.window_ms) } else { (span.distance(t), self.cfg.link_window_ms) };
             if d > window {
                 continue;
             }
@@ -268,7 +314,8 @@ impl Correlator {
         }
         let (id, reason) = match self.best_incident(&r, t) {
             Some((id, link)) => {
-                let reason = format!("{what} joined: {} within {} in event time", link.words(&r.entity), window_words(self.cfg.window_ms));
+                let window = if link == Link::Same { self.cfg.window_ms } else { self.cfg.link_window_ms };
+                let reason = format!("{what} joined: {} within {} in event time", link.words(&r.entity), window_words(window));
                 (id, reason)
             }
             None => {
@@ -298,21 +345,33 @@ impl Correlator {
                 (id, format!("{what}: opened on {}", r.entity))
             }
         };
-        let max_members = self.cfg.max_members;
-        let open = self.open.get_mut(&id)?;
-        if open.incident.members.len() >= max_members {
-            open.dropped_members += 1;
+        if self.open.get(&id).is_some_and(|o| o.incident.members.len() >= self.cfg.max_members) {
+            if let Some(o) = self.open.get_mut(&id) {
+                o.dropped_members += 1;
+            }
             return None;
         }
+        self.insert(&id, identity, member, &r, reason);
+        self.merge_linked(&id, &r, t, now_ms);
+        self.changed(&id, now_ms)
+    }
+
+    /// Puts one member into an open incident and indexes it.
+    fn insert(&mut self, id: &IncidentId, identity: String, member: IncidentMember, r: &Resolved, reason: String) {
+        let t = member.event_ms();
+        let holds = holds_until(&member, self.cfg.persist_ms);
+        let Some(open) = self.open.get_mut(id) else { return };
         self.member_of.insert(identity.clone(), id.clone());
         open.index.insert(identity, open.incident.members.len());
         open.incident.members.push(member);
         open.incident.member_entities.push(r.entity.clone());
         open.nodes.push(r.node.clone());
         open.incident.grouping_reasons.push(reason);
+        let is_alert = matches!(open.incident.members.last(), Some(IncidentMember::Alert { .. }));
         let span = open.entities.entry(r.entity.clone()).or_insert_with(|| Span::new(t));
         span.count += 1;
-        span.extend(t);
+        span.alerts += u32::from(is_alert);
+        span.extend(t, holds);
         if span.count == 1 {
             self.by_entity.entry(r.entity.clone()).or_default().push(id.clone());
             if r.entity.starts_with("node:") {
@@ -322,12 +381,121 @@ impl Correlator {
         if let Some(n) = &r.node {
             let span = open.via.entry(n.clone()).or_insert_with(|| Span::new(t));
             span.count += 1;
-            span.extend(t);
+            span.extend(t, t);
             if span.count == 1 {
                 self.by_via.entry(n.clone()).or_default().push(id.clone());
             }
         }
-        self.changed(&id, now_ms)
+    }
+
+    /// After a signal about `r` joined `into`, other open incidents it links just as surely are
+    /// the same problem seen in pieces (their signals arrived first): those holding the same
+    /// entity within the window, and, once the node is established in one of them (two signals or
+    /// more), the node's incident and those of pods on it within the link window. They are merged
+    /// into `into`, bounded by `max_members`.
+    fn merge_linked(&mut self, into: &IncidentId, r: &Resolved, t: i64, now_ms: i64) {
+        let Some(target) = self.open.get(into) else { return };
+        // A node is established as a problem with three signals or more; its pods' trouble must start
+        // within the link window of the node's own onset (a cause and its effects start together).
+        let established = |o: &Open, node: &str| o.entities.get(node).is_some_and(|s| s.count >= 3);
+        let mut others: Vec<(IncidentId, String)> = Vec::new();
+        for id in self.by_entity.get(&r.entity).into_iter().flatten() {
+            if id != into && self.open.get(id).is_some_and(|o| o.entities.get(&r.entity).is_some_and(|s| s.held_distance(t) <= self.cfg.window_ms)) {
+                others.push((id.clone(), format!("both hold {}", r.entity)));
+            }
+        }
+        if r.entity.starts_with("node:") && established(target, &r.entity) {
+            for id in self.by_via.get(&r.entity).into_iter().flatten() {
+                let onset = target.entities.get(&r.entity).map(|s| s.first_ms).unwrap_or(t);
+                let near = |o: &Open| o.via.get(&r.entity).is_some_and(|s| (s.first_ms - onset).abs() <= self.cfg.link_window_ms);
+                if id != into && self.open.get(id).is_some_and(near) {
+                    others.push((id.clone(), format!("its pods run on {}", r.entity)));
+                }
+            }
+        }
+        if let Some(node) = &r.node {
+            for id in self.by_entity.get(node).into_iter().flatten() {
+                let pod_onset = target.via.get(node).map(|s| s.first_ms).unwrap_or(t);
+                let near = |o: &Open| {
+                    established(o, node) && o.entities.get(node).is_some_and(|s| (s.first_ms - pod_onset).abs() <= self.cfg.link_window_ms)
+                };
+                if id != into && self.open.get(id).is_some_and(near) {
+                    others.push((id.clone(), format!("{node} hosts the pod of {}", r.entity)));
+                }
+            }
+        }
+        others.sort();
+        others.dedup_by(|a, b| a.0 == b.0);
+        for (id, why) in others {
+            self.merge(into, &id, &why, now_ms);
+        }
+    }
+
+    /// Moves every member of `from` into `into` and closes `from`, which is kept (empty, naming
+    /// `into`) for [`Correlator::take_merged`]. Refused when the two together exceed `max_members`.
+    fn merge(&mut self, into: &IncidentId, from: &IncidentId, why: &str, now_ms: i64) {
+        let (Some(a), Some(b)) = (self.open.get(into), self.open.get(from)) else { return };
+        if a.incident.members.len() + b.incident.members.len() > self.cfg.max_members {
+            return;
+        }
+        let Some(b) = self.open.remove(from) else { return };
+        for map in [&mut self.by_entity, &mut self.by_via] {
+            for v in map.values_mut() {
+                v.retain(|x| x != from);
+            }
+            map.retain(|_, v| !v.is_empty());
+        }
+        self.with_nodes.remove(from);
+        let Some(a) = self.open.get_mut(into) else { return };
+        a.incident.grouping_reasons.push(format!("merged incident {from} ({} signals): {why}", b.incident.members.len()));
+        for (entity, span) in &b.entities {
+            if !a.entities.contains_key(entity) {
+                self.by_entity.entry(entity.clone()).or_default().push(into.clone());
+                if entity.starts_with("node:") {
+                    self.with_nodes.insert(into.clone());
+                }
+            }
+            a.entities.entry(entity.clone()).or_insert_with(|| Span { count: 0, ..*span }).absorb(span);
+        }
+        for (node, span) in &b.via {
+            if !a.via.contains_key(node) {
+                self.by_via.entry(node.clone()).or_default().push(into.clone());
+            }
+            a.via.entry(node.clone()).or_insert_with(|| Span { count: 0, ..*span }).absorb(span);
+        }
+        let Open { incident: bi, nodes: bn, .. } = b;
+        let gone = Incident {
+            id: bi.id.clone(),
+            opened_ms: bi.opened_ms,
+            updated_ms: now_ms,
+            members: Vec::new(),
+            affected_services: Vec::new(),
+            common_labels: Labels::new(),
+            grouping_reasons: vec![format!("merged into {into}: {why}")],
+            probable_causes: Vec::new(),
+            severity: Severity::Low,
+            version: bi.version + 1,
+            member_entities: Vec::new(),
+        };
+        a.incident.grouping_reasons.extend(bi.grouping_reasons.into_iter().map(|r| format!("(from {from}) {r}")));
+        for ((member, entity), node) in bi.members.into_iter().zip(bi.member_entities).zip(bn) {
+            let identity = match &member {
+                IncidentMember::Alert { fingerprint, .. } => format!("alert:{fingerprint}"),
+                IncidentMember::Anomaly(x) => format!("series:{}", x.series),
+            };
+            self.member_of.insert(identity.clone(), into.clone());
+            a.index.insert(identity, a.incident.members.len());
+            a.incident.members.push(member);
+            a.incident.member_entities.push(entity);
+            a.nodes.push(node);
+        }
+        self.merged.push(gone);
+    }
+
+    /// Incidents merged into others since the last call: emptied, each saying where its members
+    /// went, so that a store can retire them.
+    pub fn take_merged(&mut self) -> Vec<Incident> {
+        std::mem::take(&mut self.merged)
     }
 
     /// A member already held: an alert's state change is news; the same state again is not; an
@@ -337,11 +505,12 @@ impl Correlator {
         let i = *open.index.get(identity)?;
         // Ongoing evidence keeps its entity current in event time.
         let t = member.event_ms();
+        let holds = holds_until(&member, self.cfg.persist_ms);
         if let Some(span) = open.entities.get_mut(open.incident.entity_of(i)) {
-            span.extend(t);
+            span.extend(t, holds);
         }
         if let Some(span) = open.nodes[i].as_ref().and_then(|n| open.via.get_mut(n)) {
-            span.extend(t);
+            span.extend(t, t);
         }
         let changed = match (&mut open.incident.members[i], &member) {
             (IncidentMember::Alert { status, .. }, IncidentMember::Alert { status: new, .. }) if status != new => {
@@ -515,8 +684,9 @@ mod tests {
     fn outside_the_window_in_event_time_a_new_incident_starts() {
         let mut c = Correlator::new(CorrelatorConfig::default());
         let a = c.observe_alert(&at(alert("X", "a", "f1", AlertStatus::Firing), 0), 0).unwrap();
-        // Arriving together, but an hour apart in event time: not one problem.
-        let b = c.observe_alert(&at(alert("Y", "a", "f2", AlertStatus::Firing), 60 * 60 * 1000), 1).unwrap();
+        // Arriving together, but two hours apart in event time (past the hour a firing alert is
+        // taken to hold, and the window after it): not one problem.
+        let b = c.observe_alert(&at(alert("Y", "a", "f2", AlertStatus::Firing), 2 * 60 * 60 * 1000), 1).unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(b.members.len(), 1);
         // Arriving far apart, but close in event time (a late delivery): one problem.
@@ -576,18 +746,44 @@ mod tests {
     fn a_node_failure_gathers_its_pods_and_the_node_agent_alert() {
         let mut c = cluster();
         let node = c.observe_anomaly(&series(&[("__name__", "kube_node_status_condition"), ("node", "n3"), ("condition", "Ready")], 0, 0.9), 0).unwrap();
+        let agent_up = c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], 0, 0.9), 0).unwrap();
+        assert_eq!(agent_up.id, node.id);
         let pod = c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "shop-9d8e-b2"), ("service", "shop")], 10_000, 0.9), 1).unwrap();
         assert_eq!(pod.id, node.id, "{:?}", pod.grouping_reasons);
-        assert!(pod.grouping_reasons[1].contains("the node it runs on"));
+        assert!(pod.grouping_reasons[2].contains("the node it runs on"));
         let mut target_down = alert("TargetDown", "node-exporter", "f9", AlertStatus::Firing);
         target_down.labels.insert("job", "node-exporter");
         let agent = c.observe_alert(&at(target_down, 60_000), 2).unwrap();
         assert_eq!(agent.id, node.id, "{:?}", agent.grouping_reasons);
-        assert_eq!(agent.member_entities, ["node:n3", "service:shop", "fleet:node-exporter"]);
+        assert_eq!(agent.member_entities, ["node:n3", "node:n3", "service:shop", "fleet:node-exporter"]);
         assert_eq!(agent.probable_causes[0].entity, "node:n3", "{:#?}", agent.probable_causes);
         // A node none of the incident's pods runs on is not pulled in by placement.
         let other = c.observe_anomaly(&series(&[("__name__", "node_load1"), ("instance", "n1"), ("job", "node-exporter")], 20_000, 0.9), 3).unwrap();
         assert_ne!(other.id, node.id);
+    }
+
+    #[test]
+    fn a_lone_blip_links_nothing_and_pieces_that_arrived_first_are_merged() {
+        let mut c = cluster();
+        // One anomaly on a node: a blip. A pod on it misbehaving is not put down to it.
+        let blip = c.observe_anomaly(&series(&[("__name__", "node_load1"), ("instance", "n3"), ("job", "node-exporter")], 0, 0.9), 0).unwrap();
+        let pod = c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "shop-9d8e-b2"), ("service", "shop")], 5_000, 0.9), 1).unwrap();
+        assert_ne!(pod.id, blip.id, "{:?}", pod.grouping_reasons);
+        // The node then fails for real: its own signals gather, and the pod's incident, whose
+        // trouble started with the node's, is merged in and retired.
+        c.observe_anomaly(&series(&[("__name__", "kube_node_status_condition"), ("node", "n3"), ("condition", "Ready")], 10_000, 0.9), 2).unwrap();
+        let node = c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], 10_000, 0.9), 3).unwrap();
+        assert_eq!(node.id, blip.id);
+        assert_eq!(node.members.len(), 4, "{:?}", node.grouping_reasons);
+        assert!(node.grouping_reasons.iter().any(|r| r.contains("merged incident") && r.contains("its pods run on node:n3")), "{:?}", node.grouping_reasons);
+        let gone = c.take_merged();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, pod.id);
+        assert!(gone[0].members.is_empty() && gone[0].grouping_reasons[0].starts_with("merged into"));
+        assert!(c.get(&pod.id).is_none());
+        // The merged member is the node incident's now: seen again, it changes nothing new.
+        assert!(c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "shop-9d8e-b2"), ("service", "shop")], 20_000, 0.5), 4).is_none());
+        assert_eq!(c.open_count(), 1);
     }
 
     #[test]

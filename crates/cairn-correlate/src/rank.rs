@@ -2,11 +2,12 @@
 //!
 //! | factor | contribution |
 //! |---|---|
-//! | upstream: other affected entities depend on it (calls, or pods on a node), and their trouble started no earlier than its own | +0.30 |
+//! | upstream: other affected entities depend on it (they call it, or have pods on the node when the node has three signals or more), and their trouble started no earlier than its own | +0.10 each, at most +0.30 |
 //! | downstream: it calls another affected entity | −0.20 |
 //! | a change on it (a rollout, a new build, a config reload) | +0.25 |
 //! | cause-type evidence (saturation, availability, resources) rather than only symptoms (errors, latency) | +0.20 |
-//! | earliest onset in event time, decaying over 5 minutes | up to +0.15 |
+//! | earliest onset in event time (a signal more than 15 minutes before the next is stale, not the onset), decaying over 5 minutes | up to +0.15 |
+//! | breadth: how many signals it has, 0.08 × ln(1 + n) | up to +0.25 |
 //! | strength of its strongest signal (alert severity, anomaly score) | up to +0.20 |
 //! | a fleet of per-node agents, or an unknown entity | −0.30 |
 //!
@@ -60,11 +61,19 @@ fn describe(m: &IncidentMember) -> String {
 
 /// How much earlier than its cause an effect may appear to start: two scrape intervals.
 const ONSET_SLACK_MS: i64 = 30_000;
+/// Signals a node needs before its pods' trouble is put down to it.
+const NODE_TROUBLE: usize = 3;
+/// A leading signal this far before the next one is stale, not the onset.
+const STALE_LEAD_MS: i64 = 15 * 60_000;
 
 #[derive(Default)]
 struct Candidate<'a> {
     members: Vec<&'a IncidentMember>,
+    /// Event times of its members.
+    times: Vec<i64>,
     onset: i64,
+    /// Pod-level members per node they run on.
+    on_node: BTreeMap<String, usize>,
     weight: f64,
     change: bool,
     cause: bool,
@@ -78,7 +87,7 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
     for (i, m) in inc.members.iter().enumerate() {
         let c = cands.entry(inc.entity_of(i)).or_insert_with(|| Candidate { onset: i64::MAX, ..Default::default() });
         c.members.push(m);
-        c.onset = c.onset.min(m.event_ms());
+        c.times.push(m.event_ms());
         c.weight = c.weight.max(member_weight(m));
         match classify(member_name(m)) {
             SignalKind::Change => c.change = true,
@@ -87,7 +96,15 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
         }
         if let Some(Some(n)) = nodes_of.get(i) {
             c.nodes.insert(n.clone());
+            *c.on_node.entry(n.clone()).or_default() += 1;
         }
+    }
+    for c in cands.values_mut() {
+        c.times.sort_unstable();
+        // The onset is the earliest time, leaving out leading signals far (more than 15 minutes)
+        // before the next one: a stale signal is not when the trouble began.
+        let first = (0..c.times.len()).find(|&i| c.times.get(i + 1).is_none_or(|next| next - c.times[i] <= STALE_LEAD_MS)).unwrap_or(0);
+        c.onset = c.times[first];
     }
     let earliest = cands.values().map(|c| c.onset).min().unwrap_or(0);
     let entities: Vec<&str> = cands.keys().copied().collect();
@@ -98,18 +115,23 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
             // A dependent counts only if its trouble did not start before this entity's: a cause
             // precedes its effects (within the scrape jitter).
             let after = |o: &str| cands.get(o).is_some_and(|oc| oc.onset >= c.onset - ONSET_SLACK_MS);
+            // A node hosts trouble only when it has some of its own: a one-off blip on a node that
+            // runs one of a service's pods says nothing about the service.
+            let node_trouble = |n: &str| cands.get(n).is_some_and(|nc| nc.members.len() >= NODE_TROUBLE);
+            let hosted = |oc: &Candidate| oc.on_node.contains_key(e) && node_trouble(e);
             let dependents: Vec<&str> = if e.starts_with("node:") {
-                cands.iter().filter(|(o, oc)| **o != e && oc.nodes.contains(e) && after(o)).map(|(o, _)| *o).collect()
+                cands.iter().filter(|(o, oc)| **o != e && hosted(oc) && after(o)).map(|(o, _)| *o).collect()
             } else {
                 entities.iter().copied().filter(|o| *o != e && topo.calls(o, e) && after(o)).collect()
             };
             if !dependents.is_empty() {
-                factors.push((0.30, format!("upstream of {}", dependents.join(", "))));
+                let w = (0.10 * dependents.len() as f64).min(0.30);
+                factors.push((w, format!("upstream of {}", dependents.join(", "))));
             }
             let upstream: Vec<&str> = entities
                 .iter()
                 .copied()
-                .filter(|o| *o != e && (topo.calls(e, o) || c.nodes.contains(*o)))
+                .filter(|o| *o != e && (topo.calls(e, o) || (c.nodes.contains(*o) && node_trouble(o))))
                 .collect();
             if !upstream.is_empty() {
                 factors.push((-0.20, format!("downstream of {}", upstream.join(", "))));
@@ -126,6 +148,8 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
             let onset = 0.15 * (-lead_min / 5.0).exp();
             factors.push((onset, if c.onset == earliest { "earliest onset".into() } else { format!("onset {lead_min:.1} min after the first") }));
             factors.push((0.20 * c.weight, "strongest signal".into()));
+            let breadth = (0.08 * (1.0 + c.members.len() as f64).ln()).min(0.25);
+            factors.push((breadth, format!("{} signal(s)", c.members.len())));
             if e.starts_with("fleet:") || e.starts_with("other:") || e.is_empty() {
                 factors.push((-0.30, "a fleet or unknown entity, rarely the root".into()));
             }

@@ -239,8 +239,8 @@ pub fn incident_to_pb(i: &t::Incident) -> pb::Incident {
                     severity: severity_to_pb(a.severity),
                     timestamp_ms: a.timestamp_ms,
                     detail: format!(
-                        "score={:.3} observed={} expected={} detector={} model={}",
-                        a.score, a.observed, a.expected, a.detector, a.model_version
+                        "score={:.3} observed={} expected={} kind={} detector={} model={}",
+                        a.score, a.observed, a.expected, a.anomaly_kind, a.detector, a.model_version
                     ),
                     id: m.id(),
                     entity: i.entity_of(n).to_string(),

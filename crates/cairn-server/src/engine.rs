@@ -202,6 +202,11 @@ impl Engine {
                 }
             }
         }
+        for gone in analysis.correlator.take_merged() {
+            // Merged into another: retired in the store, and no longer a candidate for anything.
+            changed.remove(&gone.id.0);
+            self.store.upsert_incident(&gone)?;
+        }
         for incident in changed.into_values() {
             let span = info_span!("incident", incident_id = %incident.id);
             let _g = span.enter();

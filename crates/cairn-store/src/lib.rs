@@ -114,8 +114,9 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
 
     fn upsert_incident(&self, incident: &Incident) -> Result<()>;
     fn get_incident(&self, id: &IncidentId) -> Result<Option<Incident>>;
-    /// Incidents changed at or after `updated_since_ms` with at least `min_members` members, most
-    /// recently changed first, at most `limit`.
+    /// Incidents changed at or after `updated_since_ms` with at least `min_members` members (and
+    /// at least one: an incident merged into another is empty), most recently changed first, at
+    /// most `limit`.
     fn list_incidents(&self, updated_since_ms: i64, min_members: usize, limit: usize) -> Result<Vec<Incident>>;
 
     /// Stores a new recommendation revision, its decision and its change request, supersedes the

@@ -495,7 +495,7 @@ impl Store for SqliteStore {
     fn list_incidents(&self, updated_since_ms: i64, min_members: usize, limit: usize) -> Result<Vec<Incident>> {
         self.with_conn(|c| {
             let mut st = c.prepare_cached(
-                "SELECT body FROM incidents WHERE updated_ms >= ?1 AND json_array_length(body, '$.members') >= ?2
+                "SELECT body FROM incidents WHERE updated_ms >= ?1 AND json_array_length(body, '$.members') >= MAX(?2, 1)
                  ORDER BY updated_ms DESC, id LIMIT ?3",
             )?;
             let rows = st.query_map(params![updated_since_ms, min_members as i64, limit as i64], |r| r.get::<_, String>(0))?;
