@@ -240,6 +240,17 @@ struct Trigger<'a> {
 /// How much one firing alert matching a signature says (an alert is a rule people wrote, so one
 /// alone is enough to propose, at review-level confidence).
 const ALERT_FIT: f64 = 0.75;
+/// How much an alert's severity says: the rule's author's own word on how much it matters. A lone
+/// critical alert proposes at review-level confidence, a lone warning or info one stays advisory.
+fn severity_factor(s: cairn_types::Severity) -> f64 {
+    match s {
+        cairn_types::Severity::Critical => 1.0,
+        cairn_types::Severity::High => 0.93,
+        cairn_types::Severity::Medium => 0.8,
+        cairn_types::Severity::Low => 0.55,
+    }
+}
+
 /// Evidence on the root entity counts fully; elsewhere in the incident, this much.
 pub const OFF_ROOT: f64 = 0.3;
 /// Below this fit, nothing is proposed: the incident stays visible as evidence.
@@ -338,8 +349,9 @@ fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>
                 return Some(Trigger { member: m, score: 1.0, reasons: vec![format!("named by the alert's {PLAYBOOK_LABEL}")] });
             }
             (Some(_), _) => 0.0,
-            (None, IncidentMember::Alert { alertname, status, .. }) if pb.def.alertnames.iter().any(|p| glob(p, alertname)) => {
-                if *status == AlertStatus::Firing { ALERT_FIT } else { ALERT_FIT / 2.0 }
+            (None, IncidentMember::Alert { alertname, status, severity, .. }) if pb.def.alertnames.iter().any(|p| glob(p, alertname)) => {
+                let fit = ALERT_FIT * severity_factor(*severity);
+                if *status == AlertStatus::Firing { fit } else { fit / 2.0 }
             }
             (None, IncidentMember::Anomaly(a))
                 if pb.def.metric_names.iter().any(|p| glob(p, name))
