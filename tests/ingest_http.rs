@@ -439,3 +439,83 @@ async fn an_acknowledged_alert_whose_analysis_failed_is_stored_on_the_retry_not_
     }
     h.stop().await;
 }
+
+/// Change events from CI/CD (`POST /api/v1/changes`): a deploy shortly before the errors is in the
+/// incident, ranked as a change on the service, and what answers it is a rollback.
+mod changes {
+    use super::*;
+    use cairn_proto::v1 as pb;
+    use tonic::transport::Channel;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deploy_before_the_errors_is_in_the_incident_and_a_rollback_answers_it() {
+        let h = Harness::start().await;
+        let change = serde_json::json!({
+            "service": "checkout", "kind": "deploy", "version": "v2.14.0",
+            "at": "2026-11-24T09:57:00Z", "source": "github-actions", "description": "merge #1234",
+        });
+        let (s, msg) = h.post("/api/v1/changes", &[("Content-Type", "application/json")], serde_json::to_vec(&change).unwrap()).await;
+        assert_eq!(s, 200, "{msg}");
+        assert!(msg.contains("accepted change change-"), "{msg}");
+        // The pipeline retries: the same event again is one change.
+        let (s, _) = h.post("/api/v1/changes", &[("Content-Type", "application/json")], serde_json::to_vec(&change).unwrap()).await;
+        assert_eq!(s, 200);
+        let burn = webhook_payload(
+            "ErrorBudgetBurn",
+            &[("service", "checkout"), ("env", "production"), ("severity", "critical")],
+            &[("summary", "checkout is burning its error budget")],
+            "firing",
+            "burn-1",
+        );
+        let (s, msg) = h.webhook(&burn).await;
+        assert_eq!(s, 200, "{msg}");
+        let views = h
+            .wait_for_views("a rollback of checkout", |v| {
+                v.iter().any(|x| x.recommendation.as_ref().is_some_and(|r| r.action == "rollback_deploy" && r.target.as_ref().is_some_and(|t| t.service == "checkout")))
+            })
+            .await;
+        let rec = views.iter().find_map(|v| v.recommendation.as_ref().filter(|r| r.action == "rollback_deploy")).unwrap();
+        assert!(rec.rationale.contains("a change on the root"), "{}", rec.rationale);
+        let channel = Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
+        let mut incidents = pb::incident_service_client::IncidentServiceClient::with_interceptor(channel, Bearer::of("user:alice"));
+        let inc = incidents.get_incident(pb::GetIncidentRequest { id: rec.incident_id.clone() }).await.unwrap().into_inner();
+        let changes: Vec<_> = inc.members.iter().filter(|m| m.name == "CairnChangeEvent").collect();
+        assert_eq!(changes.len(), 1, "one change, delivered twice: {:#?}", inc.members);
+        assert_eq!(changes[0].entity, "service:checkout");
+        assert!(changes[0].detail.contains("deploy v2.14.0 of checkout: merge #1234"), "{}", changes[0].detail);
+        assert_eq!(inc.causes[0].entity, "service:checkout");
+        assert!(inc.causes[0].factors.iter().any(|f| f.starts_with("a change on it")), "{:?}", inc.causes[0].factors);
+        let listed = incidents.list_incidents(pb::ListIncidentsRequest::default()).await.unwrap().into_inner().incidents;
+        assert!(listed.iter().any(|i| i.id == inc.id));
+        // The incident service is for people and services that may read, not for a sender.
+        let channel = Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
+        let mut as_sender = pb::incident_service_client::IncidentServiceClient::with_interceptor(channel, Bearer::of(SENDER));
+        let err = as_sender.list_incidents(pb::ListIncidentsRequest::default()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_change_is_refused_naming_the_field_and_a_change_needs_a_sender_token() {
+        let h = Harness::start().await;
+        let post = |body: &'static str, auth: &'static str| {
+            let h = &h;
+            async move {
+                let mut headers = vec![("Content-Type", "application/json")];
+                if auth.is_empty() {
+                    headers.push(("Authorization", ""));
+                }
+                h.post("/api/v1/changes", &headers, body.as_bytes().to_vec()).await
+            }
+        };
+        let (s, msg) = post(r#"{"kind":"deploy"}"#, "x").await;
+        assert_eq!(s, 400, "{msg}");
+        assert!(msg.contains("service"), "{msg}");
+        let (s, msg) = post(r#"{"service":"a","kind":"reboot"}"#, "x").await;
+        assert_eq!(s, 400);
+        assert!(msg.contains("deploy, config, feature_flag"), "{msg}");
+        let (s, msg) = post(r#"{"service":"a","kind":"deploy"}"#, "").await;
+        assert_eq!(s, 401, "{msg}");
+        let text = h.metrics_text().await;
+        assert_eq!(metric_value(&text, "cairn_alerts_accepted_total{endpoint=\"changes\"}"), 0.0, "nothing refused was kept");
+    }
+}

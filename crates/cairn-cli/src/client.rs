@@ -25,6 +25,9 @@ impl Interceptor for Bearer {
 pub type Review = pb::review_service_client::ReviewServiceClient<
     tonic::service::interceptor::InterceptedService<Channel, Bearer>,
 >;
+pub type Incidents = pb::incident_service_client::IncidentServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
 pub type Audit = pb::audit_service_client::AuditServiceClient<
     tonic::service::interceptor::InterceptedService<Channel, Bearer>,
 >;
@@ -59,6 +62,39 @@ pub async fn audit_client(args: &ClientArgs) -> Result<Audit> {
         channel(&args.server).await?,
         bearer(args.token.as_deref())?,
     ))
+}
+
+pub async fn incident_client(args: &ClientArgs) -> Result<Incidents> {
+    Ok(pb::incident_service_client::IncidentServiceClient::with_interceptor(
+        channel(&args.server).await?,
+        bearer(args.token.as_deref())?,
+    ))
+}
+
+/// `cairn incidents list`: the most recently changed incidents, with or without a recommendation.
+pub async fn incidents_list(args: &ClientArgs, limit: u32, min_members: u32) -> Result<()> {
+    let mut c = incident_client(args).await?;
+    let resp = c
+        .list_incidents(pb::ListIncidentsRequest { limit, min_members, ..Default::default() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match args.output {
+        OutputFormat::Json => output::print_json(&serde_json::Value::Array(resp.incidents.iter().map(output::incident_json).collect())),
+        OutputFormat::Table => print!("{}", output::incidents_table(&resp.incidents)),
+    }
+    Ok(())
+}
+
+/// `cairn incidents show ID`: members, ranked causes with their factors, and grouping reasons.
+pub async fn incidents_show(args: &ClientArgs, id: &str) -> Result<()> {
+    let mut c = incident_client(args).await?;
+    let i = c.get_incident(pb::GetIncidentRequest { id: id.to_string() }).await.map_err(status_error)?.into_inner();
+    match args.output {
+        OutputFormat::Json => output::print_json(&output::incident_json(&i)),
+        OutputFormat::Table => print!("{}", output::incident_text(&i)),
+    }
+    Ok(())
 }
 
 /// gRPC statuses as errors a person can act on.

@@ -6,6 +6,7 @@
 //! autos and time to recommendation. The definitions are the corpus README's.
 
 use crate::client::{self, bearer};
+use crate::output::outcome_name;
 use anyhow::{Context, Result, bail};
 use cairn_proto::v1 as pb;
 use cairn_server::access::{PrincipalKind, Scope};
@@ -264,9 +265,7 @@ async fn send(req: impl Fn() -> reqwest::RequestBuilder) -> Result<()> {
     bail!("the server kept answering back-pressure")
 }
 
-type Incidents = pb::incident_service_client::IncidentServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, client::Bearer>>;
-
-async fn read_state(inc: &mut Incidents, rev: &mut client::Review) -> Result<(Vec<pb::Incident>, Vec<pb::RecommendationView>)> {
+async fn read_state(inc: &mut client::Incidents, rev: &mut client::Review) -> Result<(Vec<pb::Incident>, Vec<pb::RecommendationView>)> {
     let incidents = inc.list_incidents(pb::ListIncidentsRequest { limit: 1000, ..Default::default() }).await?.into_inner().incidents;
     let recs = rev.list_recommendations(pb::ListRecommendationsRequest { limit: 1000, ..Default::default() }).await?.into_inner().recommendations;
     Ok((incidents, recs))
@@ -330,7 +329,7 @@ async fn replay_and_score(args: &TriageArgs, dir: &Path, name: &str) -> Result<R
         }
         let replay_ms = started.elapsed().as_millis() as u64;
         let channel = client::channel(&grpc).await?;
-        let mut inc: Incidents = pb::incident_service_client::IncidentServiceClient::with_interceptor(channel.clone(), bearer(Some(&srv.reader))?);
+        let mut inc: client::Incidents = pb::incident_service_client::IncidentServiceClient::with_interceptor(channel.clone(), bearer(Some(&srv.reader))?);
         let mut rev: client::Review = pb::review_service_client::ReviewServiceClient::with_interceptor(channel, bearer(Some(&srv.reader))?);
         // Quiet: nothing new in incidents or recommendations for a few polls.
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -376,15 +375,6 @@ fn strs(v: &Value) -> Vec<String> {
     v.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(|x| x.as_str().map(String::from)).collect()
 }
 
-fn outcome_name(o: i32) -> &'static str {
-    match pb::Outcome::try_from(o).unwrap_or(pb::Outcome::Unspecified) {
-        pb::Outcome::Auto => "auto",
-        pb::Outcome::Review => "review",
-        pb::Outcome::Advisory => "advisory",
-        pb::Outcome::Blocked => "blocked",
-        pb::Outcome::Unspecified => "unspecified",
-    }
-}
 
 /// Scores one recording. Items are member ids (`alert:<fp>`, `series:<selector>`).
 pub fn score(name: &str, truth: &Value, base_ms: i64, incidents: &[pb::Incident], recs: &[pb::RecommendationView], accepted_at: &[i64]) -> RecordingScore {

@@ -47,6 +47,9 @@ enum Command {
     /// List, inspect, approve and reject recommendations.
     #[command(subcommand)]
     Review(ReviewCmd),
+    /// List and inspect incidents: members, ranked causes with their factors, grouping reasons.
+    #[command(subcommand)]
+    Incidents(IncidentsCmd),
     /// Follow recommendation state changes live.
     Watch(WatchArgs),
     /// Query, verify, prove and export the audit trail.
@@ -135,6 +138,27 @@ pub struct ClientArgs {
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentsCmd {
+    /// The most recently changed incidents, newest first.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// At most this many (max 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only incidents with at least this many members.
+        #[arg(long, default_value_t = 0)]
+        min_members: u32,
+    },
+    /// One incident in full.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +315,10 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Breakglass(cmd) => breakglass::run(cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Freeze(cmd) => freeze::run_freeze(cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Guard(cmd) => freeze::run_guard(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Incidents(IncidentsCmd::List { client, limit, min_members }) => {
+            client::incidents_list(&client, limit, min_members).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Incidents(IncidentsCmd::Show { client, id }) => client::incidents_show(&client, &id).await.map(|()| ExitCode::SUCCESS),
         Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(cmd) => audit::run(cmd).await,
         #[cfg(feature = "offline")]

@@ -134,12 +134,7 @@ pub fn card_json(c: &pb::DecisionCard) -> Value {
         "recommendation": c.recommendation.as_ref().map(recommendation_json),
         "decision": c.decision.as_ref().map(decision_json),
         "change": c.change.as_ref().map(change_json),
-        "incident": c.incident.as_ref().map(|i| json!({
-            "id": i.id, "opened_ms": i.opened_ms, "updated_ms": i.updated_ms,
-            "affected_services": i.affected_services, "grouping_reasons": i.grouping_reasons,
-            "probable_causes": i.probable_causes, "severity": severity_name(i.severity),
-            "members": i.members.iter().map(|m| json!({"kind": m.kind, "name": m.name, "severity": severity_name(m.severity), "timestamp_ms": m.timestamp_ms, "detail": m.detail})).collect::<Vec<_>>(),
-        })),
+        "incident": c.incident.as_ref().map(incident_json),
         "related_changes": c.related_changes.iter().map(change_json).collect::<Vec<_>>(),
         "target_state": c.target_state,
         "executions": c.executions.iter().map(|e| json!({"adapter": e.adapter, "status": e.status, "error": e.error, "output": e.output, "started_ms": e.started_ms, "finished_ms": e.finished_ms})).collect::<Vec<_>>(),
@@ -288,4 +283,54 @@ pub fn audit_json(e: &pb::AuditEvent) -> Value {
         "payload": serde_json::from_str::<Value>(&e.payload_json).unwrap_or(Value::Null),
         "prev_hash": e.prev_hash, "hash": e.hash,
     })
+}
+
+/// One incident as JSON: members with their ids and entities, ranked causes with their factors.
+pub fn incident_json(i: &pb::Incident) -> Value {
+    json!({
+        "id": i.id, "opened_ms": i.opened_ms, "updated_ms": i.updated_ms, "version": i.version,
+        "affected_services": i.affected_services, "entities": i.entities, "grouping_reasons": i.grouping_reasons,
+        "probable_causes": i.probable_causes, "severity": severity_name(i.severity),
+        "causes": i.causes.iter().map(|c| json!({"entity": c.entity, "score": c.score, "description": c.description, "factors": c.factors, "members": c.members})).collect::<Vec<_>>(),
+        "members": i.members.iter().map(|m| json!({"id": m.id, "entity": m.entity, "kind": m.kind, "name": m.name, "severity": severity_name(m.severity), "timestamp_ms": m.timestamp_ms, "detail": m.detail})).collect::<Vec<_>>(),
+    })
+}
+
+/// Incidents, a line each: id, size, severity, the most probable root and its score.
+pub fn incidents_table(list: &[pb::Incident]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{:<22} {:>7} {:<9} {:<40} {:>5}  entities", "incident", "members", "severity", "most probable root", "score");
+    for i in list {
+        let (root, score) = i.causes.first().map(|c| (c.entity.as_str(), c.score)).unwrap_or(("-", 0.0));
+        let _ = writeln!(
+            o,
+            "{:<22} {:>7} {:<9} {:<40} {:>5.2}  {}",
+            i.id,
+            i.members.len(),
+            severity_name(i.severity),
+            root,
+            score,
+            i.entities.join(", ")
+        );
+    }
+    o
+}
+
+/// One incident for a person: its causes with their factors, its members, and why each joined.
+pub fn incident_text(i: &pb::Incident) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "incident {} (version {}, {} members, {})", i.id, i.version, i.members.len(), severity_name(i.severity));
+    for (n, c) in i.causes.iter().enumerate() {
+        let _ = writeln!(o, "  cause {} ({:.2}): {}", n + 1, c.score, c.description);
+        for f in &c.factors {
+            let _ = writeln!(o, "      {f}");
+        }
+    }
+    for m in &i.members {
+        let _ = writeln!(o, "  - [{}] {} {} {}", m.entity, m.kind, m.name, m.detail);
+    }
+    for g in &i.grouping_reasons {
+        let _ = writeln!(o, "  grouped: {g}");
+    }
+    o
 }

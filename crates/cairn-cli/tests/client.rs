@@ -1,6 +1,6 @@
 //! The operator's commands against a running `cairn serve`: the binary is started as a user would
-//! start it (a config file with a token, loopback ports), then driven with `cairn review …` and
-//! `cairn audit …`. The server process is killed when the test ends, also on failure.
+//! start it (a config file with a token, loopback ports), then driven with `cairn review …`,
+//! `cairn incidents …` and `cairn audit …`. The server process is killed when the test ends, also on failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,6 +39,21 @@ fn review_and_audit_commands_work_against_a_running_server() {
     let rec = &list[0]["recommendation"];
     let id = rec["id"].as_str().unwrap().to_string();
     assert_eq!(list[0]["decision"]["outcome"], "review");
+
+    // The incident behind it, as `cairn incidents` shows it: its root and the factors behind it.
+    let incidents = cairn(&[&["incidents", "list", "--output", "json"], &base[..]].concat());
+    assert!(incidents.status.success(), "{}", String::from_utf8_lossy(&incidents.stderr));
+    let incidents: Vec<serde_json::Value> = serde_json::from_slice(&incidents.stdout).unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0]["id"], rec["incident_id"]);
+    assert_eq!(incidents[0]["causes"][0]["entity"], "service:checkout");
+    let table = cairn(&[&["incidents", "list"], &base[..]].concat());
+    assert!(String::from_utf8_lossy(&table.stdout).contains("service:checkout"), "{}", String::from_utf8_lossy(&table.stdout));
+    let one = cairn(&[&["incidents", "show", rec["incident_id"].as_str().unwrap()], &base[..]].concat());
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert!(text.contains("cause 1") && text.contains("DeploymentErrorsAfterRelease") && text.contains("opened on service:checkout"), "{text}");
+    let missing = cairn(&[&["incidents", "show", "inc-nope"], &base[..]].concat());
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&missing.stderr));
 
     let show = cairn(&[&["review", "show", &id], &base[..]].concat());
     let card = String::from_utf8_lossy(&show.stdout);

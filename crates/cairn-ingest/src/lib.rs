@@ -14,11 +14,13 @@
 #![forbid(unsafe_code)]
 
 mod alertmanager;
+mod change;
 mod dedup;
 mod remote_write;
 mod wire;
 
 pub use alertmanager::{AlertBatch, decode_alertmanager};
+pub use change::{CHANGE_ALERTNAME, CHANGE_KINDS, decode_change};
 pub use dedup::{AlertDeduper, RecentKeys};
 pub use remote_write::decode_remote_write;
 
@@ -104,6 +106,8 @@ pub enum IngestError {
     InvalidSeries { location: String, problem: String },
     #[error("invalid Alertmanager webhook payload: {0}")]
     MalformedAlert(String),
+    #[error("invalid change event: {0}")]
+    MalformedChange(String),
     #[error("Alertmanager webhook version {0:?} is not supported; expected \"4\"")]
     UnsupportedWebhookVersion(String),
 }

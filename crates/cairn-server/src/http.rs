@@ -44,6 +44,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/api/v1/write", post(remote_write))
         .route("/api/v1/alerts/alertmanager", post(alertmanager))
+        .route("/api/v1/changes", post(changes))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -173,6 +174,32 @@ async fn alertmanager(
             st.engine.metrics.alerts_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
         }
         Ok((StatusCode::OK, format!("accepted {n} alerts\n")).into_response())
+    }
+    .await;
+    st.finish(ENDPOINT, started, result)
+}
+
+/// A deploy, config push or feature-flag change, as CI/CD announces it (`cairn_ingest::decode_change`).
+/// Journaled before it is answered, like an alert; the same `ingest` scope.
+async fn changes(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    const ENDPOINT: &str = "changes";
+    let started = Instant::now();
+    let result = async {
+        st.check_token(&headers)?;
+        let body = st.body(body)?;
+        let now = st.engine.clock.now_ms();
+        let change = cairn_ingest::decode_change(&body, &st.limits, now)?;
+        let fingerprint = change.fingerprint.clone();
+        let (engine, intake, retry) = (st.engine.clone(), st.intake.clone(), st.retry_after_secs);
+        tokio::task::spawn_blocking(move || intake.accept(&engine, &[change], retry))
+            .await
+            .map_err(|e| ApiError::Internal(format!("intake panicked: {e}")))??;
+        st.engine.metrics.alerts_accepted.with_label_values(&[ENDPOINT]).inc();
+        Ok((StatusCode::OK, format!("accepted change {fingerprint}\n")).into_response())
     }
     .await;
     st.finish(ENDPOINT, started, result)
