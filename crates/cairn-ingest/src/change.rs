@@ -113,7 +113,7 @@ mod tests {
         assert_eq!(a.labels.get("change_kind"), Some("deploy"));
         assert_eq!(a.labels.get("namespace"), Some("shop"));
         assert_eq!(a.annotations.get("summary"), Some("deploy v2.14.0 of checkout: merge #1234"));
-        assert_eq!(a.starts_at_ms, 1_764_669_600_000);
+        assert_eq!(a.starts_at_ms, 1_796_205_600_000);
         assert_eq!(cairn_types::signal_kind(a.alertname()), cairn_types::SignalKind::Change);
         // The same event twice is one alert; another version is another.
         assert_eq!(decode_change(body, &IngestLimits::default(), 9).unwrap().fingerprint, a.fingerprint);
