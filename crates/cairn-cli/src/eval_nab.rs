@@ -38,6 +38,17 @@ pub struct NabArgs {
     /// and credit (or miss), and each false-positive row with its weight.
     #[arg(long)]
     pub breakdown: bool,
+    /// Cross-validate: split the files into this many folds (stratified by category, deterministic),
+    /// choose every tunable on the other folds, and report the held-out folds. 0 turns it off.
+    #[arg(long, default_value_t = 0)]
+    pub folds: usize,
+    /// A tunable and its candidate values, chosen inside the folds, e.g. `alert_score=0.5,0.6,0.7`.
+    /// Repeat for more; every combination is a candidate (at most 64).
+    #[arg(long = "tune")]
+    pub tune: Vec<String>,
+    /// Also leave each category out in turn: tunables chosen on the others, the category scored.
+    #[arg(long)]
+    pub leave_one_category_out: bool,
     /// Where the generated Rust table goes.
     #[arg(long, default_value = "crates/cairn-detect/src/univariate/calibration_table.rs")]
     pub table_rs: PathBuf,
@@ -75,6 +86,9 @@ pub fn run(args: NabArgs) -> Result<()> {
     }
     println!("results: {}", args.results.join(&args.detector).display());
 
+    if args.folds > 0 || args.leave_one_category_out {
+        cross_validate(&corpus, &cfg, &args)?;
+    }
     if args.calibrate {
         let report = nab::calibrate(&corpus, &point_scores, SCORING_VERSION);
         print_calibration(&report);
@@ -186,4 +200,86 @@ fn print_calibration(r: &nab::CalibrationReport) {
             println!("{:>5.2} – {:<5.2} {:>8} {:>10.3} {:>10.3}", row.lo, row.hi, row.count, row.mean_predicted, row.observed_rate);
         }
     }
+}
+
+/// The candidate configurations: every combination of the `--tune` values over `base`.
+fn candidates(base: &UnivariateConfig, tune: &[String]) -> Result<Vec<(String, UnivariateConfig)>> {
+    let mut out: Vec<(String, toml::Table)> = vec![(String::from("defaults"), toml::Table::try_from(base)?)];
+    for t in tune {
+        let (key, values) = t.split_once('=').with_context(|| format!("--tune {t:?}: expected KEY=V1,V2,..."))?;
+        let mut next = Vec::new();
+        for (name, table) in &out {
+            for v in values.split(',') {
+                let value: toml::Value = v.trim().parse::<i64>().map(toml::Value::Integer).or_else(|_| v.trim().parse::<f64>().map(toml::Value::Float)).with_context(|| format!("--tune {key}: {v:?} is not a number"))?;
+                let mut t = table.clone();
+                t.insert(key.to_string(), value);
+                let label = if name == "defaults" { format!("{key}={v}") } else { format!("{name} {key}={v}") };
+                next.push((label, t));
+            }
+        }
+        out = next;
+        anyhow::ensure!(out.len() <= 64, "--tune gives {} candidates; at most 64", out.len());
+    }
+    out.into_iter()
+        .map(|(name, t)| {
+            let cfg: UnivariateConfig = t.try_into().with_context(|| format!("candidate {name}: not a univariate configuration"))?;
+            Ok((name, cfg))
+        })
+        .collect()
+}
+
+/// `--folds` and `--leave-one-category-out`: the figure to quote.
+fn cross_validate(corpus: &NabCorpus, base: &UnivariateConfig, args: &NabArgs) -> Result<()> {
+    let cands = candidates(base, &args.tune)?;
+    let scores: Vec<Vec<Vec<f64>>> = cands
+        .iter()
+        .map(|(name, cfg)| {
+            eprintln!("candidate {name}");
+            let (ps, _) = detect_all(corpus, cfg);
+            ps.iter().map(|p| p.iter().map(PointScore::alert_stream_score).collect()).collect()
+        })
+        .collect();
+    if args.folds > 0 {
+        let folds = nab::cv::stratified_folds(corpus, args.folds);
+        println!();
+        println!("cross-validated over {} folds (stratified by category; {} candidate configuration(s), chosen with the threshold on the other folds):", args.folds.max(2), cands.len());
+        println!("{:<20} {:>8} {:>7} {:>8}  {:<40} latency median/p90", "profile", "mean", "spread", "pooled", "held-out folds");
+        let mut standard = None;
+        for p in &nab::PROFILES {
+            let r = nab::cv::cross_validate(corpus, &scores, &folds, p);
+            let per: Vec<String> = r.folds.iter().map(|f| format!("{:.1}", f.normalized)).collect();
+            let lat = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
+            println!("{:<20} {:>8.2} {:>7.2} {:>8.2}  {:<40} {}/{}", p.name, r.mean, r.std, r.pooled, per.join(" "), lat(r.latency_median), lat(r.latency_p90));
+            if standard.is_none() {
+                standard = Some(r);
+            }
+        }
+        if let Some(r) = standard {
+            println!("standard profile, held-out files pooled per category (score, windows detected/total, FP rows):");
+            for (c, score, det, total, fp) in &r.categories {
+                let score = if *total == 0 { "-".to_string() } else { format!("{score:.2}") };
+                println!("  {c:<24} {score:>8} {det:>3}/{total:<3} {fp:>4}");
+            }
+            if cands.len() > 1 {
+                for f in &r.folds {
+                    println!("  fold {}: chose {} at threshold {:.4} (training {:.2})", f.fold, cands[f.candidate].0, f.threshold, f.train_normalized);
+                }
+            }
+        }
+    }
+    if args.leave_one_category_out {
+        let (folds, cats) = nab::cv::category_folds(corpus);
+        println!();
+        println!("leave one category out (standard profile; tunables chosen on the other categories):");
+        let r = nab::cv::cross_validate(corpus, &scores, &folds, &nab::PROFILES[0]);
+        for f in &r.folds {
+            if f.windows == 0 {
+                println!("  {:<24} {:>8}  (no windows; {} false-positive rows at threshold {:.4})", cats[f.fold], "-", f.false_positive_rows, f.threshold);
+            } else {
+                println!("  {:<24} {:>8.2}  (threshold {:.4}, {})", cats[f.fold], f.normalized, f.threshold, cands[f.candidate].0);
+            }
+        }
+        println!("  mean {:.2}, spread {:.2} (categories with windows)", r.mean, r.std);
+    }
+    Ok(())
 }

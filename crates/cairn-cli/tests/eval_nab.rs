@@ -62,4 +62,23 @@ fn eval_nab_finds_a_shift_and_writes_nab_results() {
         serde_json::from_str(&std::fs::read_to_string(results.join("final_results.json")).unwrap()).unwrap();
     let standard = summary["cairn"]["standard"].as_f64().unwrap();
     assert!(standard > 50.0, "the shift is found early in its window: {standard}\n{stdout}");
+
+    // Cross-validated: two folds, one file each; the threshold (and the declared candidate) is
+    // chosen on the other fold. The clean file's fold has no window and is not averaged.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["eval", "nab", "--folds", "2", "--tune", "alert_score=0.5,0.7", "--leave-one-category-out", "--data"])
+        .arg(root)
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("cross-validated over 2 folds") && stdout.contains("2 candidate configuration(s)"), "{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with("standard ")).expect("a standard line");
+    let mean: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((0.0..=100.0).contains(&mean), "{line}");
+    assert!(stdout.contains("leave one category out"), "{stdout}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_cairn")).args(["eval", "nab", "--folds", "2", "--tune", "alert_score", "--data"]).arg(root).arg("--results").arg(&results).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("KEY=V1,V2"), "{}", String::from_utf8_lossy(&bad.stderr));
 }

@@ -620,6 +620,7 @@ impl CalibrationReport {
 }
 
 pub mod breakdown;
+pub mod cv;
 
 #[cfg(test)]
 mod tests;
