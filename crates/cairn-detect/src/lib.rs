@@ -23,7 +23,6 @@ use cairn_types::{Anomaly, SampleBatch, SeriesId, SeriesSamples};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hasher};
 
 /// Name and version recorded on every anomaly: the univariate model's.
@@ -115,16 +114,24 @@ impl Detector {
     /// of one series are taken in time order, however its entries were split or ordered.
     pub fn observe(&mut self, batch: &SampleBatch) -> Vec<Anomaly> {
         let mut groups: Vec<Vec<(SeriesId, u32)>> = vec![Vec::new(); SHARDS];
+        // Admission first, in batch order: the cap is exact across shards (not per shard), and
+        // which new series get the last places does not depend on thread timing.
+        let mut room = self.cfg.max_series.saturating_sub(self.series_count());
         for (i, s) in batch.iter().enumerate() {
-            groups[(s.id.0 % SHARDS as u64) as usize].push((s.id, i as u32));
+            let shard = (s.id.0 % SHARDS as u64) as usize;
+            groups[shard].push((s.id, i as u32));
+            let series = &mut self.shards[shard].series;
+            if room > 0 && !series.contains_key(&s.id) && s.points.iter().any(|p| p.1.is_finite()) {
+                series.insert(s.id, univariate::SeriesModel::new());
+                room -= 1;
+            }
         }
         let cfg = &self.cfg;
-        let per_shard_cap = cfg.max_series.div_ceil(SHARDS);
         let mut out: Vec<Anomaly> = self
             .shards
             .par_iter_mut()
             .zip(groups.par_iter_mut())
-            .flat_map_iter(|(shard, group)| shard.observe(cfg, per_shard_cap, batch, group))
+            .flat_map_iter(|(shard, group)| shard.observe(cfg, batch, group))
             .collect();
         out.sort_by_key(|a| (a.series, a.timestamp_ms));
         out
@@ -159,7 +166,7 @@ impl Detector {
 
 impl Shard {
     /// Scores this shard's entries of `batch` (`group` holds their positions).
-    fn observe(&mut self, cfg: &DetectorConfig, cap: usize, batch: &SampleBatch, group: &mut [(SeriesId, u32)]) -> Vec<Anomaly> {
+    fn observe(&mut self, cfg: &DetectorConfig, batch: &SampleBatch, group: &mut [(SeriesId, u32)]) -> Vec<Anomaly> {
         // Entries of one series become adjacent, in batch order (the sort is stable).
         group.sort_by_key(|&(id, _)| id);
         let mut found = Vec::new();
@@ -178,7 +185,7 @@ impl Shard {
             };
             rest = &rest[same..];
             for &(ts, value) in points {
-                if let Some(a) = self.score(cfg, cap, &series, ts, value) {
+                if let Some(a) = self.score(cfg, &series, ts, value) {
                     found.push(a);
                 }
             }
@@ -186,19 +193,15 @@ impl Shard {
         found
     }
 
-    fn score(&mut self, cfg: &DetectorConfig, cap: usize, series: &SeriesSamples<'_>, ts: i64, value: f64) -> Option<Anomaly> {
+    fn score(&mut self, cfg: &DetectorConfig, series: &SeriesSamples<'_>, ts: i64, value: f64) -> Option<Anomaly> {
         if !value.is_finite() {
             self.stats.points_skipped += 1;
             return None;
         }
-        let len = self.series.len();
-        let model = match self.series.entry(series.id) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(_) if len >= cap => {
-                self.stats.refused_series += 1;
-                return None;
-            }
-            Entry::Vacant(e) => e.insert(univariate::SeriesModel::new()),
+        // Series were admitted (or not) before the shards ran: a missing one was refused by the cap.
+        let Some(model) = self.series.get_mut(&series.id) else {
+            self.stats.refused_series += 1;
+            return None;
         };
         if model.points() > 0 && ts <= model.last_timestamp_ms() {
             self.stats.out_of_order += 1;
@@ -371,8 +374,17 @@ mod tests {
             }
         }
         d.observe(&batch(&samples));
-        assert!(d.series_count() <= 32, "{}", d.series_count());
+        assert_eq!(d.series_count(), 32, "the cap is exact across shards, not per shard");
         assert!(d.stats().refused_series > 0);
+        // The same batch again admits nobody new, and the admitted set is the first 32 in batch order.
+        let mut again = Detector::new(DetectorConfig { max_series: 32, ..Default::default() });
+        again.observe(&batch(&samples));
+        let ids = |d: &Detector| {
+            let mut v: Vec<u64> = d.shards.iter().flat_map(|s| s.series.keys().map(|k| k.0)).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(ids(&d), ids(&again), "admission does not depend on thread timing");
         let tracked = d.series_count();
         assert_eq!(d.evict_idle(0), 0, "nothing is idle yet");
         assert_eq!(d.evict_idle(39 + 3_600_000 + 1), tracked);
