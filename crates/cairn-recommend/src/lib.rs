@@ -276,6 +276,14 @@ impl Recommender {
         &self.catalogue
     }
 
+    /// Forgets an incident's recommendation state (the incident was merged away or closed).
+    pub fn forget(&mut self, incident: &cairn_types::IncidentId) {
+        let id = recommendation_for(incident);
+        if self.revisions.remove(&id).is_some() {
+            self.order.retain(|x| *x != id);
+        }
+    }
+
     /// Recommendations whose revision state is kept.
     pub fn tracked(&self) -> usize {
         self.revisions.len()
@@ -295,7 +303,7 @@ impl Recommender {
         let runners_up: Vec<String> =
             fits.iter().skip(1).take(2).map(|(p, t)| format!("{} (fit {:.2}: {})", p.def.name, t.score, t.reasons.join(", "))).collect();
         let digest = format!("{}:{}", pb.def.name, evidence_digest(incident));
-        let id = recommendation_id(&incident.id.0, "best");
+        let id = recommendation_for(&incident.id);
         let revision = match self.revisions.get(&id) {
             Some((_, d)) if *d == digest => return Vec::new(),
             Some((r, _)) => r + 1,
@@ -392,6 +400,11 @@ fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>
         }
     }
     Some(Trigger { member, score, reasons })
+}
+
+/// The id of an incident's recommendation (one per incident; its revisions change).
+pub fn recommendation_for(incident: &cairn_types::IncidentId) -> RecommendationId {
+    recommendation_id(&incident.0, "best")
 }
 
 fn recommendation_id(incident: &str, playbook: &str) -> RecommendationId {

@@ -155,7 +155,10 @@ impl Engine {
             // Bounded state stays bounded over time, not only by its caps.
             analysis.detector.evict_idle(now);
             crate::models::evict_idle(&mut analysis.multivariate, now);
-            analysis.correlator.close_idle(now);
+            // What the recommender keeps for a closed incident goes with it.
+            for closed in analysis.correlator.close_idle(now) {
+                analysis.recommender.forget(&closed);
+            }
             analysis.last_sweep_ms = now;
         }
         let mut changed: BTreeMap<String, Incident> = BTreeMap::new();
@@ -203,9 +206,18 @@ impl Engine {
             }
         }
         for gone in analysis.correlator.take_merged() {
-            // Merged into another: retired in the store, and no longer a candidate for anything.
+            // Merged into another: retired in the store, and its recommendation withdrawn (the
+            // surviving incident has its own), so that nothing is approved or run twice.
             changed.remove(&gone.id.0);
             self.store.upsert_incident(&gone)?;
+            analysis.recommender.forget(&gone.id);
+            let rec_id = cairn_recommend::recommendation_for(&gone.id);
+            if self.store.get_recommendation(&rec_id, None)?.is_some() {
+                let why = gone.grouping_reasons.first().cloned().unwrap_or_default();
+                self.store.withdraw_recommendation(&rec_id, &format!("incident {} was {why}", gone.id), now)?;
+                self.audit_written();
+                info!(incident_id = %gone.id, recommendation_id = %rec_id, "recommendation withdrawn: its incident was merged");
+            }
         }
         for incident in changed.into_values() {
             let span = info_span!("incident", incident_id = %incident.id);

@@ -168,6 +168,10 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// their stage approval are stopped (`rollback_pending`), each with its audit event. Returns
     /// their ids.
     fn expire_pending(&self, now_ms: i64) -> Result<Vec<ChangeId>>;
+    /// Every revision's change of `id` that has not started running is superseded (a half-run
+    /// rollout is stopped and rolled back), with `reason` in the audit trail: the recommendation's
+    /// incident no longer exists (it was merged into another, which has its own).
+    fn withdraw_recommendation(&self, id: &RecommendationId, reason: &str, now_ms: i64) -> Result<()>;
     /// Atomically moves up to `limit` stopped rollouts from `rollback_pending` to `executing` and
     /// returns them: the executor then undoes their executed stages.
     fn claim_rollbacks(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>>;

@@ -326,7 +326,12 @@ fn stop_rollouts_where(
 /// has claimed (`executing`) is left alone: the claim is exclusive, and the result it records is
 /// checked again by [`stop_if_superseded`].
 fn supersede_earlier(tx: &Transaction<'_>, rec_id: &str, newest: u32, now_ms: i64) -> Result<()> {
-    let reason = |old: &ChangeRequest| format!("revision {newest} replaces revision {}", old.revision);
+    supersede_below(tx, rec_id, newest, &|old: &ChangeRequest| format!("revision {newest} replaces revision {}", old.revision), now_ms)
+}
+
+/// Supersedes (or stops and rolls back, when half run) every change of `rec_id` below revision
+/// `newest` that has not started running, saying `reason`.
+fn supersede_below(tx: &Transaction<'_>, rec_id: &str, newest: u32, reason: &dyn Fn(&ChangeRequest) -> String, now_ms: i64) -> Result<()> {
     stop_rollouts_where(
         tx,
         "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ('approved', 'awaiting_stage_approval') ORDER BY created_ms, id",
@@ -706,6 +711,10 @@ impl Store for SqliteStore {
             let bodies: Vec<String> = stmt.query_map([&change.0], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
             bodies.iter().map(|b| from_json("execution", b)).collect()
         })
+    }
+
+    fn withdraw_recommendation(&self, id: &RecommendationId, reason: &str, now_ms: i64) -> Result<()> {
+        self.with_tx(|tx| supersede_below(tx, &id.0, u32::MAX, &|_| reason.to_string(), now_ms))
     }
 
     fn expire_pending(&self, now_ms: i64) -> Result<Vec<ChangeId>> {

@@ -551,3 +551,22 @@ fn incidents_list_newest_first_filtered_by_time_and_size() {
     store.upsert_incident(&incident("a", 40, 1)).unwrap();
     assert_eq!(ids(store.list_incidents(0, 0, 10).unwrap()), ["a", "b", "c"]);
 }
+
+#[test]
+fn a_withdrawn_recommendation_cannot_be_approved_or_run_and_says_why() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let approved = approved(&s);
+    assert_eq!(approved.state, ChangeState::Approved);
+    s.withdraw_recommendation(&RecommendationId("rec-1".into()), "incident inc-1 was merged into inc-2", 9).unwrap();
+    let c = s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap();
+    assert_eq!(c.state, ChangeState::Superseded, "an approval given before the merge is void");
+    assert!(s.claim_approved(10, 10).unwrap().is_empty(), "the executor finds nothing to run");
+    let last = s.audit_events(&AuditQuery::default()).unwrap().pop().unwrap();
+    assert_eq!(last.kind, "change.superseded");
+    assert!(last.reason.contains("merged into inc-2"), "{}", last.reason);
+    // Withdrawing again, or a recommendation that does not exist, changes nothing.
+    let head = s.audit_head().unwrap();
+    s.withdraw_recommendation(&RecommendationId("rec-1".into()), "again", 11).unwrap();
+    s.withdraw_recommendation(&RecommendationId("rec-none".into()), "none", 11).unwrap();
+    assert_eq!(s.audit_head().unwrap(), head);
+}
