@@ -487,6 +487,11 @@ mod changes {
         assert!(inc.causes[0].factors.iter().any(|f| f.starts_with("a change on it")), "{:?}", inc.causes[0].factors);
         let listed = incidents.list_incidents(pb::ListIncidentsRequest::default()).await.unwrap().into_inner().incidents;
         assert!(listed.iter().any(|i| i.id == inc.id));
+        // What triage keeps is counted on /metrics.
+        let text = h.metrics_text().await;
+        assert!(metric_value(&text, "cairn_triage_state{kind=\"open_incidents\"}") >= 1.0, "{text}");
+        assert!(metric_value(&text, "cairn_triage_state{kind=\"tracked_recommendations\"}") >= 0.0);
+        assert!(text.contains("cairn_triage_state{kind=\"topology_entries\"}"), "{text}");
         // The incident service is for people and services that may read, not for a sender.
         let channel = Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
         let mut as_sender = pb::incident_service_client::IncidentServiceClient::with_interceptor(channel, Bearer::of(SENDER));

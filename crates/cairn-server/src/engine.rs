@@ -219,6 +219,10 @@ impl Engine {
                 info!(incident_id = %gone.id, recommendation_id = %rec_id, "recommendation withdrawn: its incident was merged");
             }
         }
+        let state = &self.metrics.triage_state;
+        state.with_label_values(&["open_incidents"]).set(analysis.correlator.open_count() as i64);
+        state.with_label_values(&["topology_entries"]).set(analysis.correlator.topology().size().0 as i64);
+        state.with_label_values(&["tracked_recommendations"]).set(analysis.recommender.tracked() as i64);
         for incident in changed.into_values() {
             let span = info_span!("incident", incident_id = %incident.id);
             let _g = span.enter();

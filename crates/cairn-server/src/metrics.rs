@@ -24,6 +24,9 @@ pub struct Metrics {
     pub reviews: IntCounterVec,
     pub executions: IntCounterVec,
     pub active_series: IntGauge,
+    /// What the correlator and recommender keep, by kind: `open_incidents`, `topology_entries`,
+    /// `tracked_recommendations` (each bounded by its cap).
+    pub triage_state: IntGaugeVec,
     pub multivariate_groups: IntGaugeVec,
     pub multivariate_group_events: IntCounterVec,
     pub refused_points: IntCounterVec,
@@ -104,6 +107,11 @@ impl Metrics {
             .expect("valid metric"),
             active_series: IntGauge::new("cairn_detector_active_series", "Series with detector state.")
                 .expect("valid metric"),
+            triage_state: IntGaugeVec::new(
+                Opts::new("cairn_triage_state", "Entries the correlator and recommender keep, by kind (each bounded by its cap)."),
+                &["kind"],
+            )
+            .expect("valid metric"),
             multivariate_groups: IntGaugeVec::new(
                 Opts::new("cairn_multivariate_groups", "Groups (hosts) a multivariate model tracks, by model."),
                 &["model"],
@@ -164,6 +172,7 @@ impl Metrics {
             Box::new(m.reviews.clone()),
             Box::new(m.executions.clone()),
             Box::new(m.active_series.clone()),
+            Box::new(m.triage_state.clone()),
             Box::new(m.multivariate_groups.clone()),
             Box::new(m.multivariate_group_events.clone()),
             Box::new(m.refused_points.clone()),
