@@ -596,10 +596,11 @@ fn summarise(inc: &mut Incident) {
     let mut severity = Severity::Low;
     for m in &inc.members {
         let labels = m.labels();
-        common = Some(match common {
-            None => labels.clone(),
-            Some(c) => c.iter().filter(|(k, v)| labels.get(k) == Some(*v)).collect(),
-        });
+        // Intersected in place: no label set is built per member.
+        match common.as_mut() {
+            None => common = Some(labels.clone()),
+            Some(c) => c.0.retain(|k, v| labels.get(k) == Some(v.as_str())),
+        }
         let s = match m {
             IncidentMember::Alert { severity, status: AlertStatus::Firing, .. } => *severity,
             IncidentMember::Alert { .. } => Severity::Low,

@@ -61,6 +61,8 @@ fn describe(m: &IncidentMember) -> String {
 
 /// How much earlier than its cause an effect may appear to start: two scrape intervals.
 const ONSET_SLACK_MS: i64 = 30_000;
+/// Member ids named as evidence per cause.
+const MAX_EVIDENCE: usize = 20;
 /// Signals a node needs before its pods' trouble is put down to it.
 const NODE_TROUBLE: usize = 3;
 /// A leading signal this far before the next one is stale, not the onset.
@@ -169,7 +171,9 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
                 score,
                 entity: e.to_string(),
                 factors: factors.iter().map(|(w, f)| format!("{f} ({w:+.2})")).collect(),
-                members: c.members.iter().map(|m| m.id()).collect(),
+                // The strongest evidence, bounded: an incident of hundreds of members names its
+                // best few, not all of them, on every change.
+                members: strongest.iter().take(MAX_EVIDENCE).map(|m| m.id()).collect(),
             };
             (score, cause)
         })
