@@ -300,27 +300,16 @@ async fn wait_for_state(c: &mut client::Review, id: &str, states: &[&str]) -> Re
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-fn rfc3339(ms: i64) -> String {
-    // Civil-from-days (Howard Hinnant's algorithm), to avoid a calendar dependency for one string.
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+/// RFC 3339 UTC with milliseconds, as Alertmanager writes `startsAt`.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()).unwrap_or_default()
 }
 
 /// Reads `offset_seconds,metric,labels,value` rows into remote_write series, one per label set.
@@ -445,7 +434,7 @@ fn time_slices(series: &[cairn_ingest::prompb::TimeSeries], window_ms: i64) -> V
         .collect()
 }
 
-fn encode_remote_write(series: &[cairn_ingest::prompb::TimeSeries]) -> Vec<u8> {
+pub(crate) fn encode_remote_write(series: &[cairn_ingest::prompb::TimeSeries]) -> Vec<u8> {
     let req = cairn_ingest::prompb::WriteRequest { timeseries: series.to_vec(), ..Default::default() };
     let raw = req.encode_to_vec();
     snap::raw::Encoder::new().compress_vec(&raw).unwrap_or_default()
@@ -479,9 +468,9 @@ mod tests {
 
     #[test]
     fn rfc3339_matches_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_798_761_599_000), "2026-12-31T23:59:59Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_798_761_599_250), "2026-12-31T23:59:59.250Z");
     }
 
     #[test]

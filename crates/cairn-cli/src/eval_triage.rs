@@ -6,13 +6,13 @@
 //! autos and time to recommendation. The definitions are the corpus README's.
 
 use crate::client::{self, bearer};
+use crate::demo::{now_ms, rfc3339};
 use crate::output::outcome_name;
 use anyhow::{Context, Result, bail};
 use cairn_proto::v1 as pb;
 use cairn_server::access::{PrincipalKind, Scope};
 use cairn_server::config::{ServerConfig, TokenEntry};
 use clap::Args;
-use prost::Message;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -136,10 +136,6 @@ fn read_lines(path: &Path) -> Result<Vec<Value>> {
     r.lines().map(|l| Ok(serde_json::from_str(&l?)?)).collect()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 struct Server {
     server: cairn_server::RunningServer,
     _dir: tempfile::TempDir,
@@ -222,13 +218,8 @@ fn remote_write_body(line: &Value, base_ms: i64) -> Vec<u8> {
                 .collect();
             prompb::TimeSeries { labels, samples, ..Default::default() }
         })
-        .collect();
-    let raw = prompb::WriteRequest { timeseries, ..Default::default() }.encode_to_vec();
-    snap::raw::Encoder::new().compress_vec(&raw).unwrap_or_default()
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()).unwrap_or_default()
+        .collect::<Vec<_>>();
+    crate::demo::encode_remote_write(&timeseries)
 }
 
 fn webhook_body(line: &Value, base_ms: i64) -> Value {
@@ -445,18 +436,15 @@ pub fn score(name: &str, truth: &Value, base_ms: i64, incidents: &[pb::Incident]
         };
         // Pairwise grouping.
         let mut per_incident: BTreeMap<usize, usize> = BTreeMap::new();
-        let mut unsurfaced = 0u64;
         for m in x {
-            match where_.get(m) {
-                Some(i) => *per_incident.entry(*i).or_default() += 1,
-                None => unsurfaced += 1,
+            if let Some(i) = where_.get(m) {
+                *per_incident.entry(*i).or_default() += 1;
             }
         }
         let n = x.len() as u64;
         let together: u64 = per_incident.values().map(|&k| (k as u64) * (k as u64).saturating_sub(1) / 2).sum();
         s.tp = together;
         s.fn_ = n * n.saturating_sub(1) / 2 - together;
-        let _ = unsurfaced;
         for (&i, &k) in &per_incident {
             let others = incidents[i].members.iter().filter(|m| !x.contains(&m.id) && counted(&m.id)).count() as u64;
             s.fp += k as u64 * others;

@@ -148,6 +148,8 @@ fn holds_until(m: &IncidentMember, persist_ms: i64) -> i64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Link {
     Agent(String),
+    /// The signal is about a node that runs a pod of the incident.
+    Hosts,
     Placement(String),
     Calls(String),
     Same,
@@ -159,7 +161,7 @@ impl Link {
     fn strength(&self) -> u8 {
         match self {
             Link::Same => 2,
-            Link::Calls(_) | Link::Placement(_) => 1,
+            Link::Calls(_) | Link::Placement(_) | Link::Hosts => 1,
             Link::Agent(_) => 0,
         }
     }
@@ -169,6 +171,7 @@ impl Link {
             Link::Same => format!("same entity {entity}"),
             Link::Calls(other) => format!("{entity} and {other} call one another"),
             Link::Placement(other) => format!("{entity} and {other}: a pod and the node it runs on"),
+            Link::Hosts => format!("{entity} runs a pod of the incident"),
             Link::Agent(node) => format!("{entity} runs an agent on {node}"),
         }
     }
@@ -264,7 +267,7 @@ impl Correlator {
             push(self.by_entity.get(node), Link::Placement(node.clone()));
         }
         if r.entity.starts_with("node:") {
-            push(self.by_via.get(&r.entity), Link::Placement("a pod on it".into()));
+            push(self.by_via.get(&r.entity), Link::Hosts);
         }
         if self.topology.is_agent(&r.entity) {
             cands.extend(self.with_nodes.iter().map(|id| (id.clone(), Link::Agent(String::new()))));
@@ -276,8 +279,8 @@ impl Correlator {
             let (span, link) = match &link {
                 Link::Same => (o.entities.get(&r.entity).copied(), link),
                 Link::Calls(n) => (o.entities.get(n).copied(), link),
-                Link::Placement(n) if o.entities.contains_key(n) => (o.entities.get(n).copied(), link),
-                Link::Placement(_) => (o.via.get(&r.entity).copied(), link),
+                Link::Placement(n) => (o.entities.get(n).copied(), link),
+                Link::Hosts => (o.via.get(&r.entity).copied(), link),
                 Link::Agent(_) => {
                     let nodes = o.entities.iter().filter(|(e, _)| e.starts_with("node:"));
                     match nodes.min_by_key(|(e, s)| (s.distance(t), e.as_str())) {
@@ -438,14 +441,8 @@ impl Correlator {
         if a.incident.members.len() + b.incident.members.len() > self.cfg.max_members {
             return;
         }
-        let Some(b) = self.open.remove(from) else { return };
-        for map in [&mut self.by_entity, &mut self.by_via] {
-            for v in map.values_mut() {
-                v.retain(|x| x != from);
-            }
-            map.retain(|_, v| !v.is_empty());
-        }
-        self.with_nodes.remove(from);
+        // Its members' `member_of` entries are pointed at `into` below.
+        let Some(b) = self.take_open(from) else { return };
         let Some(a) = self.open.get_mut(into) else { return };
         a.incident.grouping_reasons.push(format!("merged incident {from} ({} signals): {why}", b.incident.members.len()));
         for (entity, span) in &b.entities {
@@ -549,7 +546,16 @@ impl Correlator {
     }
 
     fn close(&mut self, id: &IncidentId) {
-        let Some(open) = self.open.remove(id) else { return };
+        let Some(open) = self.take_open(id) else { return };
+        for identity in open.index.keys() {
+            self.member_of.remove(identity);
+        }
+    }
+
+    /// Removes an open incident and its entries in the entity indexes (its own entities only, so
+    /// the work does not grow with the number of open incidents).
+    fn take_open(&mut self, id: &IncidentId) -> Option<Open> {
+        let open = self.open.remove(id)?;
         let unindex = |map: &mut HashMap<String, Vec<IncidentId>>, keys: &HashMap<String, Span>| {
             for k in keys.keys() {
                 if let Some(v) = map.get_mut(k) {
@@ -560,12 +566,10 @@ impl Correlator {
                 }
             }
         };
-        for identity in open.index.keys() {
-            self.member_of.remove(identity);
-        }
         unindex(&mut self.by_entity, &open.entities);
         unindex(&mut self.by_via, &open.via);
         self.with_nodes.remove(id);
+        Some(open)
     }
 
     /// Closes incidents unchanged for longer than the window; returns their ids.
