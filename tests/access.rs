@@ -2,6 +2,8 @@
 //! signal cannot steer what Cairn proposes or make anything run by itself. Each test tries to break
 //! it with the credentials a real install hands to machines.
 
+mod tls;
+
 use cairn_e2e::*;
 use cairn_proto::v1 as pb;
 use cairn_server::access::{PrincipalKind, Scope};

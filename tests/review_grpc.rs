@@ -241,6 +241,40 @@ async fn generic_grpc_tools_see_health_and_reflection() {
     h.stop().await;
 }
 
+/// Python's `grpcio-reflection` (the latest, 1.85) speaks only reflection v1alpha: it lists Cairn's
+/// services and resolves a method's descriptor only because the server serves both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_reflection_lists_the_services_over_v1alpha() {
+    const SCRIPT: &str = r#"
+import sys, grpc
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+db = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(sys.argv[1]))
+for name in sorted(db.get_services()):
+    print("service", name)
+review = DescriptorPool(db).FindServiceByName("cairn.v1.ReviewService")
+print("methods", ",".join(m.name for m in review.methods))
+"#;
+    let probe = std::process::Command::new("python3").args(["-c", "import grpc, grpc_reflection.v1alpha"]).output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let msg = "python3 with grpcio and grpcio-reflection is missing: pip install grpcio grpcio-reflection";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("SKIPPED python_grpcio_reflection_lists_the_services_over_v1alpha: {msg}");
+        return;
+    }
+    let mut h = Harness::start().await;
+    let target = h.grpc.trim_start_matches("http://").to_string();
+    let out = tokio::process::Command::new("python3").args(["-c", SCRIPT, &target]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the Python reflection client failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+    for service in ["cairn.v1.ReviewService", "cairn.v1.IngestService", "cairn.v1.IncidentService", "cairn.v1.AuditService", "grpc.health.v1.Health"] {
+        assert!(stdout.lines().any(|l| l == format!("service {service}")), "{service} is listed: {stdout}");
+    }
+    let methods = stdout.lines().find_map(|l| l.strip_prefix("methods ")).unwrap_or_default();
+    assert!(methods.split(',').any(|m| m == "Approve"), "ReviewService's methods resolve: {methods}");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_window_check_reads_every_approved_change_not_only_the_first_thousand() {
     // No maintenance window is configured: every tier-3 change must wait. The executor passes only

@@ -1,6 +1,6 @@
 //! `cairn breakglass open|list|revoke`: time-bound exceptions to policy, over `GuardrailService`.
 
-use crate::client::{bearer, channel, status_error};
+use crate::client::{bearer, status_error};
 use crate::output::print_json;
 use crate::{ClientArgs, OutputFormat};
 use anyhow::{Context, Result, bail};
@@ -14,7 +14,7 @@ pub type Guardrails = pb::guardrail_service_client::GuardrailServiceClient<
 
 pub async fn guardrail_client(args: &ClientArgs) -> Result<Guardrails> {
     Ok(pb::guardrail_service_client::GuardrailServiceClient::with_interceptor(
-        channel(&args.server).await?,
+        crate::client::connect(&args.server, &args.tls).await?,
         bearer(args.token.as_deref())?,
     ))
 }

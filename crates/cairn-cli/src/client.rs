@@ -32,13 +32,60 @@ pub type Audit = pb::audit_service_client::AuditServiceClient<
     tonic::service::interceptor::InterceptedService<Channel, Bearer>,
 >;
 
+/// How to reach a server that serves TLS (`https://` in `--server`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) the server's certificate is checked against; absent, the system's.
+    #[arg(long, env = "CAIRN_TLS_CA_FILE", global = true)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a server that asks for one (`tls.client_ca_file`).
+    #[arg(long, env = "CAIRN_TLS_CERT_FILE", global = true, requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "CAIRN_TLS_KEY_FILE", global = true, requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry, when it differs from `--server`'s host.
+    #[arg(long, env = "CAIRN_TLS_SERVER_NAME", global = true)]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let mut cfg = ClientTlsConfig::new();
+        cfg = match &self.tls_ca_file {
+            Some(ca) => cfg.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => cfg.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &self.tls_server_name {
+            cfg = cfg.domain_name(name.clone());
+        }
+        Ok(cfg)
+    }
+}
+
+/// A channel to a server on plaintext (`http://`).
 pub async fn channel(server: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(server.to_string())
+    connect(server, &TlsArgs::default()).await
+}
+
+/// A channel to `server`: over TLS for `https://`, with `tls`'s CA and client certificate.
+pub async fn connect(server: &str, tls: &TlsArgs) -> Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(server.to_string())
         .with_context(|| format!("invalid server address {server:?} (expected e.g. http://127.0.0.1:9465)"))?;
+    if server.starts_with("https://") {
+        endpoint = endpoint.tls_config(tls.client_config()?).context("cannot set up TLS")?;
+    } else if tls.tls_ca_file.is_some() || tls.tls_cert_file.is_some() {
+        bail!("--tls-* options are given but --server {server:?} is not https://");
+    }
     endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot connect to cairn at {server}; is `cairn serve` running?"))
+        .with_context(|| format!("cannot connect to cairn at {server}; is `cairn serve` running (and is https:// right)?"))
 }
 
 pub fn bearer(token: Option<&str>) -> Result<Bearer> {
@@ -52,21 +99,21 @@ pub fn bearer(token: Option<&str>) -> Result<Bearer> {
 
 pub async fn review_client(args: &ClientArgs) -> Result<Review> {
     Ok(pb::review_service_client::ReviewServiceClient::with_interceptor(
-        channel(&args.server).await?,
+        connect(&args.server, &args.tls).await?,
         bearer(args.token.as_deref())?,
     ))
 }
 
 pub async fn audit_client(args: &ClientArgs) -> Result<Audit> {
     Ok(pb::audit_service_client::AuditServiceClient::with_interceptor(
-        channel(&args.server).await?,
+        connect(&args.server, &args.tls).await?,
         bearer(args.token.as_deref())?,
     ))
 }
 
 pub async fn incident_client(args: &ClientArgs) -> Result<Incidents> {
     Ok(pb::incident_service_client::IncidentServiceClient::with_interceptor(
-        channel(&args.server).await?,
+        connect(&args.server, &args.tls).await?,
         bearer(args.token.as_deref())?,
     ))
 }

@@ -129,6 +129,8 @@ pub struct ClientArgs {
     /// Bearer token (see `cairn token new`).
     #[arg(long, env = "CAIRN_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: client::TlsArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,

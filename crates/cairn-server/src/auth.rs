@@ -1,8 +1,10 @@
-//! Bearer-token identity: maps a presented token to an [`Identity`] (principal, kind, scopes),
-//! comparing SHA-256 hashes only.
+//! Caller identity: maps a presented bearer token to an [`Identity`] (principal, kind, scopes),
+//! comparing SHA-256 hashes only, or, without a token, a verified client certificate to the
+//! service `[[auth.certificates]]` names.
 
 use crate::access::{Identity, PrincipalKind, Scope};
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, CertificateEntry};
+use crate::tls::PeerCert;
 use cairn_types::Principal;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -22,16 +24,17 @@ pub fn new_token() -> String {
 #[derive(Clone, Debug, Default)]
 pub struct Authenticator {
     by_hash: HashMap<String, Identity>,
+    certificates: Vec<CertificateEntry>,
 }
 
 impl Authenticator {
     pub fn new(cfg: &AuthConfig) -> Authenticator {
         let by_hash = cfg.tokens.iter().map(|t| (t.token_sha256.to_ascii_lowercase(), t.identity())).collect();
-        Authenticator { by_hash }
+        Authenticator { by_hash, certificates: cfg.certificates.clone() }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.by_hash.is_empty() && self.certificates.is_empty()
     }
 
     /// The identity for an `Authorization` header value (`Bearer <token>`), if any.
@@ -42,6 +45,18 @@ impl Authenticator {
             return None;
         }
         self.by_hash.get(&hash_token(token)).cloned()
+    }
+
+    /// The identity of a request: its bearer token's when it presents one (a token is the more
+    /// specific claim: a person's CLI may reach Cairn from a host with a machine certificate),
+    /// otherwise the service its verified client certificate is mapped to. A presented token
+    /// that is unknown is not replaced by the certificate: the caller meant to be someone else.
+    pub fn authenticate_peer(&self, authorization: Option<&str>, cert: Option<&PeerCert>) -> Option<Identity> {
+        if authorization.is_some_and(|a| !a.trim().is_empty()) {
+            return self.authenticate(authorization);
+        }
+        let cert = cert?;
+        self.certificates.iter().find(|c| c.matches(cert)).map(CertificateEntry::identity)
     }
 
     /// The people who may approve: persons holding `review`. Approvals by anyone else (a service,
@@ -76,6 +91,15 @@ mod tests {
                 entry("user:alice", "s3cret", None, None),
                 entry("service:prometheus", "prom", Some(PrincipalKind::Service), Some(vec![Scope::Ingest])),
             ],
+            certificates: vec![CertificateEntry {
+                subject: "service:alertmanager".into(),
+                display_name: String::new(),
+                groups: vec![],
+                common_name: Some("alertmanager".into()),
+                dns_name: None,
+                uri: None,
+                scopes: vec![Scope::Ingest],
+            }],
         })
     }
 
@@ -105,5 +129,20 @@ mod tests {
         assert!(a.authenticate(Some("s3cret")).is_none());
         assert!(a.authenticate(Some("Basic s3cret")).is_none());
         assert!(a.authenticate(Some("Bearer ")).is_none());
+    }
+
+    #[test]
+    fn a_certificate_identifies_a_service_only_without_a_token() {
+        let a = auth();
+        let cert = PeerCert { common_name: Some("alertmanager".into()), ..PeerCert::default() };
+        let id = a.authenticate_peer(None, Some(&cert)).expect("mapped certificate");
+        assert_eq!(id.principal.subject, "service:alertmanager");
+        assert_eq!(id.kind, PrincipalKind::Service);
+        assert_eq!(a.authenticate_peer(Some("Bearer s3cret"), Some(&cert)).unwrap().principal.subject, "user:alice", "a token wins");
+        assert!(a.authenticate_peer(Some("Bearer wrong"), Some(&cert)).is_none(), "a wrong token is not rescued by the certificate");
+        let stranger = PeerCert { common_name: Some("someone".into()), ..PeerCert::default() };
+        assert!(a.authenticate_peer(None, Some(&stranger)).is_none());
+        assert!(a.authenticate_peer(None, None).is_none());
+        assert!(!a.reviewers().any(|p| p.subject == "service:alertmanager"), "a certificate never makes a reviewer");
     }
 }

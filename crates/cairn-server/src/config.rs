@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub models: crate::models::ModelsConfig,
     /// Connection bounds of both listeners (`[listen]`).
     pub listen: crate::listen::ListenConfig,
+    /// TLS on both listeners, with optional client certificates (`[tls]`).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             guardrails: Default::default(),
             models: Default::default(),
             listen: Default::default(),
+            tls: None,
         }
     }
 }
@@ -125,6 +128,55 @@ impl Default for IngestConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub tokens: Vec<TokenEntry>,
+    /// `[[auth.certificates]]`: client certificates (verified against `tls.client_ca_file`) that
+    /// stand for services.
+    pub certificates: Vec<CertificateEntry>,
+}
+
+/// A service that proves who it is with a client certificate. Every selector given
+/// (`common_name`, `dns_name`, `uri`) must match the certificate; at least one is required. A
+/// certificate always stands for a service: it can never approve or steer governance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    /// Stable identity, e.g. `service:prometheus`.
+    pub subject: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The certificate's subject common name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    /// One of its DNS subject alternative names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// One of its URI subject alternative names (e.g. a SPIFFE ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// What the certificate allows (`ingest`, `ingest:annotate`, `read`).
+    #[serde(default)]
+    pub scopes: Vec<crate::access::Scope>,
+}
+
+impl CertificateEntry {
+    /// Whether `cert` is the one this entry names.
+    pub fn matches(&self, cert: &crate::tls::PeerCert) -> bool {
+        let selectors = [self.common_name.is_some(), self.dns_name.is_some(), self.uri.is_some()];
+        selectors.iter().any(|s| *s)
+            && self.common_name.as_ref().is_none_or(|cn| cert.common_name.as_ref() == Some(cn))
+            && self.dns_name.as_ref().is_none_or(|d| cert.dns_names.iter().any(|n| n.eq_ignore_ascii_case(d)))
+            && self.uri.as_ref().is_none_or(|u| cert.uris.iter().any(|n| n == u))
+    }
+
+    pub fn identity(&self) -> crate::access::Identity {
+        let display_name = if self.display_name.is_empty() { self.subject.clone() } else { self.display_name.clone() };
+        crate::access::Identity {
+            principal: cairn_types::Principal { subject: self.subject.clone(), display_name, groups: self.groups.clone() },
+            kind: crate::access::PrincipalKind::Service,
+            scopes: self.scopes.iter().copied().collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -343,7 +395,47 @@ impl ServerConfig {
                 });
             }
         }
+        for (i, c) in self.auth.certificates.iter().enumerate() {
+            if c.subject.trim().is_empty() || c.subject == cairn_types::CAIRN_SERVICE_SUBJECT {
+                return Err(ConfigError::Invalid {
+                    key: "auth.certificates.subject",
+                    message: format!("entry {i}: subject {:?} is empty or reserved", c.subject),
+                });
+            }
+            if c.common_name.is_none() && c.dns_name.is_none() && c.uri.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "auth.certificates",
+                    message: format!("entry {i} ({}): give common_name, dns_name or uri, or it would match every certificate", c.subject),
+                });
+            }
+            if let Some(s) = c.scopes.iter().find(|s| s.governs()) {
+                return Err(ConfigError::Invalid {
+                    key: "auth.certificates.scopes",
+                    message: format!(
+                        "entry {i} ({}): a certificate stands for a service, which cannot hold `{}`; only people approve, open exceptions, switch the freeze, enable automations or propose policy",
+                        c.subject,
+                        s.as_str()
+                    ),
+                });
+            }
+        }
+        if !self.auth.certificates.is_empty() && self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+            return Err(ConfigError::Invalid {
+                key: "auth.certificates",
+                message: "client certificates are mapped but never asked for: set tls.client_ca_file".into(),
+            });
+        }
         let loopback = self.http_addr.ip().is_loopback() && self.grpc_addr.ip().is_loopback();
+        if !loopback && self.tls.is_none() && !self.listen.allow_plaintext {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                message: format!(
+                    "the listeners are beyond loopback ({} / {}) without TLS, so tokens would cross the network in clear: \
+                     configure [tls] cert_file and key_file, or set listen.allow_plaintext = true (e.g. behind a TLS-terminating proxy)",
+                    self.http_addr, self.grpc_addr
+                ),
+            });
+        }
         if !loopback && !self.ingest.require_token && !self.ingest.allow_unauthenticated {
             return Err(ConfigError::Invalid {
                 key: "ingest.require_token",
@@ -457,8 +549,11 @@ mod tests {
 
     #[test]
     fn ingest_beyond_loopback_without_a_token_requirement_refuses_to_start() {
-        let mut cfg = ServerConfig::default();
-        cfg.http_addr = "0.0.0.0:9464".parse().unwrap();
+        let mut cfg = ServerConfig {
+            http_addr: "0.0.0.0:9464".parse().unwrap(),
+            listen: crate::listen::ListenConfig { allow_plaintext: true, ..Default::default() },
+            ..Default::default()
+        };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("ingest.require_token"), "{err}");
         cfg.ingest.allow_unauthenticated = true;
@@ -466,5 +561,66 @@ mod tests {
         cfg.ingest.allow_unauthenticated = false;
         cfg.ingest.require_token = true;
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_must_be_asked_for() {
+        let mut cfg = ServerConfig::default();
+        cfg.ingest.require_token = true;
+        cfg.validate().unwrap();
+        cfg.grpc_addr = "0.0.0.0:9465".parse().unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("tls") && err.contains("listen.allow_plaintext"), "{err}");
+        cfg.tls = Some(toml::from_str("cert_file = \"c.pem\"\nkey_file = \"k.pem\"").unwrap());
+        cfg.validate().unwrap();
+        cfg.tls = None;
+        cfg.listen.allow_plaintext = true;
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn certificate_entries_need_a_selector_a_client_ca_and_no_governing_scope() {
+        let with = |entry: &str, tls: &str| -> Result<ServerConfig, String> {
+            let cfg: ServerConfig = toml::from_str(&format!("{tls}\n[[auth.certificates]]\n{entry}")).map_err(|e| e.to_string())?;
+            cfg.validate().map_err(|e| e.to_string())?;
+            Ok(cfg)
+        };
+        let tls = "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"";
+        let cfg = with("subject = \"service:prometheus\"\ncommon_name = \"prometheus\"\nscopes = [\"ingest\"]", tls).unwrap();
+        assert_eq!(cfg.tls.as_ref().map(|t| t.client_auth), Some(crate::tls::ClientAuth::Required), "required by default");
+        let id = cfg.auth.certificates[0].identity();
+        assert_eq!(id.kind, crate::access::PrincipalKind::Service);
+        assert!(id.has(crate::access::Scope::Ingest) && !id.has(crate::access::Scope::Review));
+        let err = with("subject = \"service:prometheus\"\nscopes = [\"ingest\"]", tls).unwrap_err();
+        assert!(err.contains("common_name, dns_name or uri"), "{err}");
+        let err = with("subject = \"service:prometheus\"\nuri = \"spiffe://x\"\nscopes = [\"review\"]", tls).unwrap_err();
+        assert!(err.contains("auth.certificates.scopes"), "{err}");
+        let err = with("subject = \"service:prometheus\"\ncommon_name = \"p\"", "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"").unwrap_err();
+        assert!(err.contains("tls.client_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_entry_matches_only_when_every_selector_does() {
+        let cert = crate::tls::PeerCert {
+            common_name: Some("prometheus".into()),
+            dns_names: vec!["Prometheus.Monitoring.svc".into()],
+            uris: vec!["spiffe://cluster.local/sa/prometheus".into()],
+            sha256: String::new(),
+        };
+        let entry = |cn: Option<&str>, dns: Option<&str>, uri: Option<&str>| CertificateEntry {
+            subject: "service:prometheus".into(),
+            display_name: String::new(),
+            groups: vec![],
+            common_name: cn.map(Into::into),
+            dns_name: dns.map(Into::into),
+            uri: uri.map(Into::into),
+            scopes: vec![],
+        };
+        assert!(entry(Some("prometheus"), None, None).matches(&cert));
+        assert!(entry(None, Some("prometheus.monitoring.svc"), None).matches(&cert), "DNS names compare without case");
+        assert!(entry(Some("prometheus"), None, Some("spiffe://cluster.local/sa/prometheus")).matches(&cert));
+        assert!(!entry(Some("prometheus"), None, Some("spiffe://cluster.local/sa/other")).matches(&cert));
+        assert!(!entry(Some("Prometheus"), None, None).matches(&cert), "the common name is exact");
+        assert!(!entry(None, None, None).matches(&cert), "an entry without selectors matches nothing");
     }
 }

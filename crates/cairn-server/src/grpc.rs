@@ -24,7 +24,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
-/// A tonic interceptor that authenticates the bearer token and checks the call against the one
+/// A tonic interceptor that authenticates the bearer token (or, without one, the verified client
+/// certificate) and checks the call against the one
 /// access table (`access.rs`): the scope it needs and whether only a person may make it. The
 /// identity (and its principal) go into the request's extensions; a refused call stops here with
 /// UNAUTHENTICATED or PERMISSION_DENIED naming the rule.
@@ -39,7 +40,8 @@ pub struct AuthInterceptor {
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        let identity = self.auth.authenticate(header);
+        let cert = req.extensions().get::<crate::listen::PeerInfo>().and_then(|p| p.cert.clone());
+        let identity = self.auth.authenticate_peer(header, cert.as_deref());
         let path = req.extensions().get::<RpcPath>().map(|p| p.0.clone()).unwrap_or_default();
         crate::access::check(&path, identity.as_ref(), !self.required).map_err(|d| Status::from(ApiError::from(d)))?;
         if let Some(id) = identity {

@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
+/// The connection's peer, put into each request by `listen::serve_http`.
+type Peer = Option<axum::Extension<crate::listen::PeerInfo>>;
+
 /// What the HTTP handlers share.
 #[derive(Clone, Debug)]
 pub struct HttpState {
@@ -57,10 +60,12 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 impl HttpState {
-    /// The sender's identity, checked against the ingest rule (`access.rs`); `None` for an
-    /// anonymous sender where `ingest.require_token` is off.
-    fn check_token(&self, headers: &HeaderMap) -> Result<Option<crate::access::Identity>, ApiError> {
-        let identity = self.auth.authenticate(header_str(headers, header::AUTHORIZATION));
+    /// The sender's identity (its bearer token, or without one its verified client certificate),
+    /// checked against the ingest rule (`access.rs`); `None` for an anonymous sender where
+    /// `ingest.require_token` is off.
+    fn check_token(&self, headers: &HeaderMap, peer: &Peer) -> Result<Option<crate::access::Identity>, ApiError> {
+        let cert = peer.as_ref().and_then(|p| p.0.cert.as_deref());
+        let identity = self.auth.authenticate_peer(header_str(headers, header::AUTHORIZATION), cert);
         crate::access::check_rule(crate::access::INGEST, identity.as_ref(), !self.require_token)?;
         Ok(identity)
     }
@@ -118,12 +123,13 @@ impl HttpState {
 async fn remote_write(
     State(st): State<HttpState>,
     headers: HeaderMap,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     const ENDPOINT: &str = "remote_write";
     let started = Instant::now();
     let result = async {
-        st.check_token(&headers)?;
+        st.check_token(&headers, &peer)?;
         let body = st.body(body)?;
         let encoding = header_str(&headers, header::CONTENT_ENCODING).map(str::to_owned);
         let content_type = header_str(&headers, header::CONTENT_TYPE).map(str::to_owned);
@@ -153,12 +159,13 @@ async fn remote_write(
 async fn alertmanager(
     State(st): State<HttpState>,
     headers: HeaderMap,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     const ENDPOINT: &str = "alertmanager";
     let started = Instant::now();
     let result = async {
-        let sender = st.check_token(&headers)?;
+        let sender = st.check_token(&headers, &peer)?;
         let body = st.body(body)?;
         let now = st.engine.clock.now_ms();
         let mut batch = cairn_ingest::decode_alertmanager(&body, &st.limits, now)?;
@@ -184,12 +191,13 @@ async fn alertmanager(
 async fn changes(
     State(st): State<HttpState>,
     headers: HeaderMap,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     const ENDPOINT: &str = "changes";
     let started = Instant::now();
     let result = async {
-        st.check_token(&headers)?;
+        st.check_token(&headers, &peer)?;
         let body = st.body(body)?;
         let now = st.engine.clock.now_ms();
         let change = cairn_ingest::decode_change(&body, &st.limits, now)?;

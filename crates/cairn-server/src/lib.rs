@@ -30,6 +30,7 @@ mod learning;
 pub mod policy;
 pub mod models;
 pub mod recover;
+pub mod tls;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -69,6 +70,8 @@ pub enum StartError {
     Reflection(String),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointSetupError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot load the multivariate models: {0}")]
     Models(#[from] cairn_detect::registry::RegistryError),
 }
@@ -174,6 +177,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         multivariate: models::load_scorers(&cfg.models)?,
     };
 
+    let tls = cfg.tls.clone().map(tls::Tls::load).transpose()?;
     let auth = Arc::new(Authenticator::new(&cfg.auth));
     if cfg.guardrails.approver_groups.is_empty() {
         warn!("guardrails.approver_groups is empty: nobody can approve changes held by a guardrail or opened under a break-glass; name the groups that may");
@@ -221,7 +225,18 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         intake: intake.clone(),
         decode_slots: Arc::new(tokio::sync::Semaphore::new(cfg.ingest.max_concurrent_decodes)),
     });
-    let http_incoming = listen::accept(http_listener, "http", &cfg.listen, engine.metrics.clone(), cancel.clone());
+    if let Some(t) = &tls {
+        tasks.spawn(t.clone().watch(engine.metrics.clone(), cancel.clone()));
+    }
+    let listener_tls = |alpn| tls.clone().map(|tls| listen::ListenerTls { tls, alpn });
+    let http_incoming = listen::accept(
+        http_listener,
+        "http",
+        &cfg.listen,
+        listener_tls(tls::Alpn::Http1),
+        engine.metrics.clone(),
+        cancel.clone(),
+    );
     tasks.spawn(listen::serve_http(http_incoming, app, cfg.listen.clone(), cancel.clone()));
 
     // gRPC
@@ -251,11 +266,15 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     health_reporter
         .set_serving::<pb::guardrail_service_server::GuardrailServiceServer<grpc_guardrails::GuardrailSvc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    // Reflection in both protocol versions: grpcurl and current tools ask v1; Python's
+    // grpcio-reflection, older grpcurl, Evans and Postman ask v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha().map_err(|e| StartError::Reflection(e.to_string()))?;
     let ingest_svc = pb::ingest_service_server::IngestServiceServer::with_interceptor(
         grpc::IngestSvc {
             engine: engine.clone(),
@@ -285,7 +304,14 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         required,
     );
     let c = cancel.clone();
-    let grpc_incoming = listen::accept(grpc_listener, "grpc", &cfg.listen, engine.metrics.clone(), cancel.clone());
+    let grpc_incoming = listen::accept(
+        grpc_listener,
+        "grpc",
+        &cfg.listen,
+        listener_tls(tls::Alpn::H2),
+        engine.metrics.clone(),
+        cancel.clone(),
+    );
     let (ping, ping_timeout) = (
         Duration::from_millis(cfg.listen.http2_keepalive_interval_ms),
         Duration::from_millis(cfg.listen.http2_keepalive_timeout_ms),
@@ -298,6 +324,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             .layer(tower::layer::layer_fn(grpc::TagPath))
             .add_service(health_svc)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(ingest_svc)
             .add_service(review_svc)
             .add_service(incident_svc)
@@ -313,7 +340,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         }
     });
 
-    info!(%http_addr, %grpc_addr, "cairn is listening");
+    info!(%http_addr, %grpc_addr, tls = tls.is_some(), "cairn is listening");
     Ok(RunningServer { http_addr, grpc_addr, engine, checkpointer, cancel, tasks })
 }
 

@@ -6,9 +6,15 @@
 //! requests must deliver their headers within `listen.header_read_timeout_ms`, however slowly the
 //! bytes trickle. At start-up the descriptor soft limit is raised to the hard limit.
 //!
+//! With `[tls]` each accepted socket is handed to its own task for the TLS handshake (bounded by
+//! `listen.tls_handshake_timeout_ms`, and holding its place under the cap), so a slow or hostile
+//! client never holds up the accept loop. A connection carries [`PeerInfo`]: its addresses and
+//! the names of a verified client certificate.
+//!
 //! This module bounds connections; it never looks inside a request.
 
 use crate::metrics::Metrics;
+use crate::tls::{Alpn, PeerCert, Tls};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::pin::Pin;
@@ -36,6 +42,12 @@ pub struct ListenConfig {
     /// gRPC: how often the server pings an HTTP/2 connection, and how long it waits for the answer.
     pub http2_keepalive_interval_ms: u64,
     pub http2_keepalive_timeout_ms: u64,
+    /// A TLS handshake must complete within this long.
+    pub tls_handshake_timeout_ms: u64,
+    /// Lets the listeners speak plaintext on an address other than loopback. Off: without
+    /// `[tls]`, such a configuration refuses to start, since tokens would cross the network in
+    /// clear.
+    pub allow_plaintext: bool,
 }
 
 impl Default for ListenConfig {
@@ -46,6 +58,8 @@ impl Default for ListenConfig {
             header_read_timeout_ms: 10_000,
             http2_keepalive_interval_ms: 30_000,
             http2_keepalive_timeout_ms: 10_000,
+            tls_handshake_timeout_ms: 10_000,
+            allow_plaintext: false,
         }
     }
 }
@@ -57,7 +71,11 @@ impl ListenConfig {
         if self.max_connections == 0 {
             return Some(("listen.max_connections", "must be at least 1".into()));
         }
-        if self.idle_timeout_ms == 0 || self.header_read_timeout_ms == 0 || self.http2_keepalive_timeout_ms == 0 {
+        if self.idle_timeout_ms == 0
+            || self.header_read_timeout_ms == 0
+            || self.http2_keepalive_timeout_ms == 0
+            || self.tls_handshake_timeout_ms == 0
+        {
             return Some(("listen", "timeouts must be at least 1 ms".into()));
         }
         if self.http2_keepalive_interval_ms == 0 || self.http2_keepalive_interval_ms >= self.idle_timeout_ms {
@@ -160,18 +178,114 @@ impl Guarded {
     }
 }
 
+/// Who is at the other end of a connection: its addresses and, over TLS with a client
+/// certificate that verified, the certificate's names. Put into every request's extensions (by
+/// tonic for gRPC, by [`serve_http`] for HTTP).
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    pub cert: Option<Arc<PeerCert>>,
+}
+
+/// An accepted connection, in plaintext or after its TLS handshake.
+#[derive(Debug)]
+pub enum Conn {
+    Plain(Guarded),
+    Tls { stream: Box<tokio_rustls::server::TlsStream<Guarded>>, cert: Option<Arc<PeerCert>> },
+}
+
+impl Conn {
+    pub fn peer_info(&self) -> PeerInfo {
+        match self {
+            Conn::Plain(g) => PeerInfo { tcp: tonic::transport::server::Connected::connect_info(&g.inner), cert: None },
+            Conn::Tls { stream, cert } => PeerInfo { tcp: tonic::transport::server::Connected::connect_info(&stream.get_ref().0.inner), cert: cert.clone() },
+        }
+    }
+
+    /// Whether `TCP_NODELAY` is set on the socket (tests check it on the server's side).
+    pub fn nodelay(&self) -> bool {
+        match self {
+            Conn::Plain(g) => g.nodelay(),
+            Conn::Tls { stream, .. } => stream.get_ref().0.nodelay(),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Conn::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Conn::Tls { stream, .. } => {
+                let $s = Pin::new(stream.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(g) => g.is_write_vectored(),
+            Conn::Tls { stream, .. } => stream.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer_info()
+    }
+}
+
+/// A listener's TLS: the shared, reloadable state and the protocol it offers in ALPN.
+#[derive(Clone, Debug)]
+pub struct ListenerTls {
+    pub tls: Arc<Tls>,
+    pub alpn: Alpn,
+}
+
 /// Accepts on `listener` until `cancel`, handing each connection that fits under the cap, with
-/// `TCP_NODELAY` set, to the returned channel.
+/// `TCP_NODELAY` set (and, with `tls`, once its handshake has completed), to the returned channel.
 pub fn accept(
     listener: TcpListener,
     name: &'static str,
     cfg: &ListenConfig,
+    tls: Option<ListenerTls>,
     metrics: Metrics,
     cancel: CancellationToken,
-) -> mpsc::Receiver<io::Result<Guarded>> {
+) -> mpsc::Receiver<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     let cap = Arc::new(Semaphore::new(cfg.max_connections));
     let idle = cfg.idle_timeout();
+    let handshake_timeout = Duration::from_millis(cfg.tls_handshake_timeout_ms);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -204,9 +318,31 @@ pub fn accept(
                 deadline: Box::pin(tokio::time::sleep(idle)),
                 _open: OpenGauge(gauge),
             };
-            if tx.send(Ok(g)).await.is_err() {
-                break;
-            }
+            let Some(t) = &tls else {
+                if tx.send(Ok(Conn::Plain(g))).await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            let (acceptor, tx, metrics) = (t.tls.acceptor(t.alpn), tx.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(g)).await;
+                let stream = match handshake {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let reason = crate::tls::handshake_failure_reason(&e);
+                        metrics.tls_handshake_failures.with_label_values(&[name, reason]).inc();
+                        tracing::debug!(listener = name, reason, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_failures.with_label_values(&[name, "timeout"]).inc();
+                        return;
+                    }
+                };
+                let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|der| PeerCert::from_der(der)).map(Arc::new);
+                let _ = tx.send(Ok(Conn::Tls { stream: Box::new(stream), cert })).await;
+            });
         }
     });
     rx
@@ -214,7 +350,7 @@ pub fn accept(
 
 /// Serves `app` over HTTP/1 on the accepted connections, each with the header-read timeout, until
 /// `cancel`; then lets in-flight requests finish (at most 10 s).
-pub async fn serve_http(mut incoming: mpsc::Receiver<io::Result<Guarded>>, app: axum::Router, cfg: ListenConfig, cancel: CancellationToken) {
+pub async fn serve_http(mut incoming: mpsc::Receiver<io::Result<Conn>>, app: axum::Router, cfg: ListenConfig, cancel: CancellationToken) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
@@ -227,7 +363,14 @@ pub async fn serve_http(mut incoming: mpsc::Receiver<io::Result<Guarded>>, app: 
                 None => break,
             },
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let peer = conn.peer_info();
+        let with_peer = tower::ServiceBuilder::new()
+            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                req
+            })
+            .service(app.clone());
+        let svc = hyper_util::service::TowerToHyperService::new(with_peer);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
         let served = graceful.watch(builder.serve_connection(TokioIo::new(conn), svc));
@@ -254,7 +397,7 @@ mod tests {
         let cfg = ListenConfig { max_connections: 1, ..ListenConfig::default() };
         let metrics = Metrics::new();
         let cancel = CancellationToken::new();
-        let mut incoming = accept(listener, "test", &cfg, metrics.clone(), cancel.clone());
+        let mut incoming = accept(listener, "test", &cfg, None, metrics.clone(), cancel.clone());
         let _first = TcpStream::connect(addr).await.expect("connect");
         let conn = incoming.recv().await.expect("accepted").expect("ok");
         assert!(conn.nodelay(), "TCP_NODELAY is set on every accepted socket");

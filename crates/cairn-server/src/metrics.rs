@@ -34,6 +34,13 @@ pub struct Metrics {
     pub intake_failures: IntCounter,
     pub connections_open: prometheus::IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    /// TLS handshakes that failed, per listener and reason (`no_certificate`, `bad_certificate`,
+    /// `protocol`, `timeout`).
+    pub tls_handshake_failures: IntCounterVec,
+    /// Certificate reloads, by result (`ok`, `error`: the old certificate stays in use).
+    pub tls_reloads: IntCounterVec,
+    /// When the serving certificate expires (Unix seconds), for an alert well before it does.
+    pub tls_certificate_expiry: IntGauge,
     /// Governance series: how people and guardrails steer automation.
     pub governance: GovernanceMetrics,
 }
@@ -153,6 +160,27 @@ impl Metrics {
                 &["listener"],
             )
             .expect("valid metric"),
+            tls_handshake_failures: IntCounterVec::new(
+                prometheus::Opts::new(
+                    "cairn_tls_handshake_failures_total",
+                    "TLS handshakes that failed, per listener and reason (no_certificate, bad_certificate, protocol, timeout).",
+                ),
+                &["listener", "reason"],
+            )
+            .expect("valid metric"),
+            tls_reloads: IntCounterVec::new(
+                prometheus::Opts::new(
+                    "cairn_tls_reloads_total",
+                    "Certificate reloads after the files changed, by result (ok; error: the previous certificate stays in use).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            tls_certificate_expiry: IntGauge::new(
+                "cairn_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate the listeners serve expires (Unix seconds); 0 without TLS.",
+            )
+            .expect("valid metric"),
             governance: GovernanceMetrics::new(),
             registry,
         };
@@ -180,6 +208,9 @@ impl Metrics {
             Box::new(m.intake_failures.clone()),
             Box::new(m.connections_open.clone()),
             Box::new(m.connections_refused.clone()),
+            Box::new(m.tls_handshake_failures.clone()),
+            Box::new(m.tls_reloads.clone()),
+            Box::new(m.tls_certificate_expiry.clone()),
         ]
         .into_iter()
         .chain(m.governance.collectors())
