@@ -405,3 +405,120 @@ async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
     drop((prom_p, node_p));
     h.stop().await;
 }
+
+/// Prometheus remote-writes and Alertmanager delivers its webhook over TLS, each proving who it is
+/// with a client certificate (made by the test) instead of a token: the README's `tls_config`
+/// blocks, against Cairn with `[tls]` and `[[auth.certificates]]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_and_alertmanager_send_over_mutual_tls() {
+    use cairn_e2e::pki::Ca;
+    if !programs_present(&["prometheus", "prometheus-alertmanager"], "real_prometheus mutual TLS test") {
+        return;
+    }
+    let (ca, clients) = (Ca::new("cairn-test-ca"), Ca::new("cairn-clients"));
+    let mut h = Harness::start_on(Arc::new(cairn_server::engine::SystemClock), |cfg, d| {
+        let server = ca.server(d, "server");
+        cfg.tls = Some(cairn_server::tls::TlsConfig {
+            cert_file: server.cert,
+            key_file: server.key,
+            client_ca_file: Some(clients.write(&d.join("clients-ca.crt"))),
+            client_auth: cairn_server::tls::ClientAuth::Required,
+            reload_interval_ms: 10_000,
+        });
+        for name in ["prometheus", "alertmanager"] {
+            cfg.auth.certificates.push(cairn_server::config::CertificateEntry {
+                subject: format!("service:{name}"),
+                display_name: String::new(),
+                groups: vec![],
+                common_name: Some(name.into()),
+                dns_name: None,
+                uri: None,
+                scopes: vec![cairn_server::access::Scope::Ingest],
+            });
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let ca_file = ca.write(&d.join("cairn-ca.crt"));
+    let (prom_leaf, am_leaf) = (clients.client("prometheus", d), clients.client("alertmanager", d));
+    let (prom, am) = (free_port(), free_port());
+    let cairn = h.http;
+
+    std::fs::write(
+        d.join("alertmanager.yml"),
+        format!(
+            "route:\n  receiver: cairn\n  group_by: [alertname, service]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: cairn\n    webhook_configs:\n      - url: https://{cairn}/api/v1/alerts/alertmanager\n        send_resolved: true\n        http_config:\n          tls_config:\n            ca_file: {ca}\n            cert_file: {cert}\n            key_file: {key}\n",
+            ca = ca_file.display(),
+            cert = am_leaf.cert.display(),
+            key = am_leaf.key.display()
+        ),
+    )
+    .unwrap();
+    let mut am_p = spawn(
+        "alertmanager",
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", d.join("alertmanager.yml").display()),
+            format!("--storage.path={}", d.join("am-data").display()),
+            format!("--web.listen-address=127.0.0.1:{am}"),
+            "--cluster.listen-address=".into(),
+        ],
+        &d.join("alertmanager.log"),
+    );
+    std::fs::write(
+        d.join("rules.yml"),
+        "groups:\n  - name: edge\n    rules:\n      - alert: EdgeProbe\n        expr: vector(1)\n        labels:\n          service: edge\n          severity: warning\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: https://{cairn}/api/v1/write\n    tls_config:\n      ca_file: {ca}\n      cert_file: {cert}\n      key_file: {key}\n    queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\nscrape_configs:\n  - job_name: prometheus\n    static_configs:\n      - targets: ['127.0.0.1:{prom}']\n",
+            rules = d.join("rules.yml").display(),
+            ca = ca_file.display(),
+            cert = prom_leaf.cert.display(),
+            key = prom_leaf.key.display()
+        ),
+    )
+    .unwrap();
+    let mut prom_p = spawn(
+        "prometheus",
+        "prometheus",
+        &[
+            format!("--config.file={}", d.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", d.join("prom-data").display()),
+            format!("--web.listen-address=127.0.0.1:{prom}"),
+            // An alert evaluated before the Alertmanager is discovered is dropped and, by
+            // default, resent only a minute later.
+            "--rules.alert.resend-delay=1s".into(),
+        ],
+        &d.join("prometheus.log"),
+    );
+    wait_ready(&client, &format!("http://127.0.0.1:{am}/-/ready"), "alertmanager", &mut [&mut am_p]).await;
+    wait_ready(&client, &format!("http://127.0.0.1:{prom}/-/ready"), "prometheus", &mut [&mut prom_p]).await;
+
+    let m = &h.engine().metrics;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let samples = m.samples_accepted.with_label_values(&["remote_write"]).get();
+        let alerts = m.alerts_accepted.with_label_values(&["alertmanager"]).get();
+        if samples > 0 && alerts > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "samples {samples} and alerts {alerts} over mutual TLS; prometheus log:\n{}\nalertmanager log:\n{}",
+            std::fs::read_to_string(d.join("prometheus.log")).unwrap_or_default(),
+            std::fs::read_to_string(d.join("alertmanager.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(prom_self(&client, prom, "prometheus_remote_storage_samples_failed_total").await, 0.0, "no remote_write failed");
+    // The alert came from the certificate's service, with no token anywhere in either config.
+    let alerts = h.engine().store.list_alerts(100).unwrap();
+    assert!(alerts.iter().any(|a| a.labels.0.get("alertname").map(String::as_str) == Some("EdgeProbe")), "{alerts:?}");
+    drop((prom_p, am_p));
+    h.stop().await;
+}
