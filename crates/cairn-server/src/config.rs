@@ -471,6 +471,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_tls_snippet_parses_and_validates() {
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+        let start = readme.find("# cairn.toml: TLS on both listeners").expect("the README's [tls] snippet");
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let mut cfg: ServerConfig = toml::from_str(block).unwrap();
+        cfg.http_addr = "0.0.0.0:9464".parse().unwrap();
+        cfg.ingest.require_token = true;
+        cfg.validate().expect("TLS makes a non-loopback address acceptable");
+        let tls = cfg.tls.as_ref().unwrap();
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::Required);
+        assert_eq!(cfg.auth.certificates.len(), 2);
+        assert!(cfg.auth.certificates[1].uri.as_deref().is_some_and(|u| u.starts_with("spiffe://")));
+    }
+
+    #[test]
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cairn.toml");
         let cfg = ServerConfig::load(&path).expect("examples/cairn.toml is valid");
