@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, cairn, post_json};
+use common::{Server, cairn, post_json, text};
 
 #[test]
 fn review_and_audit_commands_work_against_a_running_server() {
@@ -74,4 +74,57 @@ fn review_and_audit_commands_work_against_a_running_server() {
     let verify = cairn(&[&["audit", "verify"], &base[..]].concat());
     assert!(verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stdout).contains("audit chain OK"));
+}
+
+/// A CA and the PEM files it signs, made here: the server's certificate (localhost, 127.0.0.1)
+/// and a client certificate.
+fn tls_files(dir: &std::path::Path) {
+    let ca = |name: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap()
+    };
+    let (server_ca, client_ca) = (ca("cairn-ca"), ca("cairn-clients"));
+    let leaf = |issuer: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, cn: &str, sans: &[&str], stem: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        std::fs::write(dir.join(format!("{stem}.crt")), p.signed_by(&key, issuer).unwrap().pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf(&server_ca, "cairn", &["localhost", "127.0.0.1"], "server");
+    leaf(&client_ca, "carol-laptop", &[], "client");
+    std::fs::write(dir.join("ca.crt"), server_ca.pem()).unwrap();
+    std::fs::write(dir.join("clients-ca.crt"), client_ca.pem()).unwrap();
+}
+
+#[test]
+fn the_cli_reaches_a_tls_server_with_its_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tls_files(d);
+    let config = format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+        d.join("server.crt"),
+        d.join("server.key"),
+        d.join("clients-ca.crt")
+    );
+    let server = Server::start(d, "user:carol", &config, &[]);
+    let https = server.grpc_url.replace("http://", "https://");
+    let path = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (path("ca.crt"), path("client.crt"), path("client.key"));
+    let base = ["review", "list", "--server", &https, "--token", &server.token];
+
+    let out = cairn(&[&base[..], &["--tls-ca-file", &ca, "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-server-name", "localhost"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    // The server requires a client certificate: without one the call fails.
+    let out = cairn(&[&base[..], &["--tls-ca-file", &ca]].concat());
+    assert!(!out.status.success(), "no client certificate: {}", text(&out));
+    // The server's certificate is not in the system's store: without --tls-ca-file it is not trusted.
+    let out = cairn(&[&base[..], &["--tls-cert-file", &cert, "--tls-key-file", &key]].concat());
+    assert!(!out.status.success(), "untrusted server: {}", text(&out));
+    // Plaintext to the TLS port fails, and TLS options on an http:// address are a usage error.
+    let out = cairn(&["review", "list", "--server", &server.grpc_url, "--token", &server.token, "--tls-ca-file", &ca]);
+    assert!(!out.status.success() && text(&out).contains("not https://"), "{}", text(&out));
 }
