@@ -6,24 +6,20 @@
 use crate::engine::Engine;
 use crate::error::ApiError;
 use cairn_recommend::learning::{self, LearningConfig, Verdict};
-use cairn_store::RecommendationFilter;
 use cairn_types::{ActionClass, ChangeState, Recommendation};
 
-/// How many recent recommendations on the service are looked at to find similar decided ones.
+/// How many recent decided changes on the service and environment are looked at.
 const LOOK_BACK: usize = 200;
 
-/// Verdicts on earlier similar changes, newest first.
+/// Verdicts on earlier similar changes, newest first: one per earlier recommendation (its newest
+/// decided revision), so that one incident decided many times does not outweigh the others.
 pub fn history(engine: &Engine, rec: &Recommendation) -> Result<Vec<Verdict>, ApiError> {
-    let filter = RecommendationFilter { service: Some(rec.target.service.clone()), limit: LOOK_BACK, ..Default::default() };
+    let mut seen = std::collections::HashSet::new();
     Ok(engine
         .store
-        .list_recommendations(&filter)?
+        .decided_changes_on_service(&rec.target.service, &rec.target.environment, &rec.id, LOOK_BACK)?
         .into_iter()
-        .filter(|r| {
-            r.recommendation.id != rec.id
-                && r.recommendation.playbook == rec.playbook
-                && r.recommendation.target.environment == rec.target.environment
-        })
+        .filter(|r| r.recommendation.playbook == rec.playbook && seen.insert(r.recommendation.id.clone()))
         .filter_map(|r| match r.change.state {
             ChangeState::Rejected => Some(Verdict::Rejected),
             ChangeState::RolledBack | ChangeState::RollbackFailed | ChangeState::Failed => Some(Verdict::RolledBack),

@@ -134,6 +134,17 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     fn get_recommendation(&self, id: &RecommendationId, revision: Option<u32>) -> Result<Option<RecommendationRecord>>;
     /// The latest revision of each recommendation, newest first.
     fn list_recommendations(&self, filter: &RecommendationFilter) -> Result<Vec<RecommendationRecord>>;
+    /// Revisions on `service` in `environment` whose change people or the executor decided
+    /// (rejected, succeeded, failed, rolled back, rollback failed), newest first, at most `limit`,
+    /// leaving out recommendation `except`: what learning reads, found by index rather than by
+    /// decoding every recommendation on the service.
+    fn decided_changes_on_service(
+        &self,
+        service: &str,
+        environment: &str,
+        except: &RecommendationId,
+        limit: usize,
+    ) -> Result<Vec<RecommendationRecord>>;
 
     fn get_change(&self, id: &ChangeId) -> Result<Option<ChangeRequest>>;
     /// Writes `change` (whose version must be `expected_version + 1`) if the stored version is
@@ -176,7 +187,8 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// returns them: the executor then undoes their executed stages.
     fn claim_rollbacks(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>>;
     /// Changes on the same target (service, environment, resource) created since `since_ms`,
-    /// newest first.
+    /// newest first, leaving out revisions superseded before they ran: they changed nothing, and a
+    /// growing incident leaves many.
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>>;
 
     /// Appends audit events that record something outside this store's own state (a policy

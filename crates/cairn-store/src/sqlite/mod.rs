@@ -756,12 +756,42 @@ impl Store for SqliteStore {
         })
     }
 
+    fn decided_changes_on_service(
+        &self,
+        service: &str,
+        environment: &str,
+        except: &RecommendationId,
+        limit: usize,
+    ) -> Result<Vec<RecommendationRecord>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT r.id, r.revision FROM recommendations r
+                 JOIN changes c ON c.recommendation_id = r.id AND c.revision = r.revision
+                 WHERE r.service = ?1 AND r.environment = ?2 AND r.id <> ?3
+                   AND c.state IN ('rejected', 'succeeded', 'failed', 'rolled_back', 'rollback_failed')
+                 ORDER BY r.created_ms DESC, r.id, r.revision DESC LIMIT ?4",
+            )?;
+            let keys: Vec<(String, u32)> = stmt
+                .query_map(params![service, environment, except.0, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<std::result::Result<_, _>>()?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (id, rev) in keys {
+                if let Some(r) = record_for(c, &id, rev)? {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, revision FROM recommendations
-                 WHERE service = ?1 AND environment = ?2 AND resource = ?3 AND created_ms >= ?4
-                 ORDER BY created_ms DESC, id, revision DESC LIMIT 200",
+                "SELECT r.id, r.revision FROM recommendations r
+                 WHERE r.service = ?1 AND r.environment = ?2 AND r.resource = ?3 AND r.created_ms >= ?4
+                   AND NOT EXISTS (SELECT 1 FROM changes c
+                                   WHERE c.recommendation_id = r.id AND c.revision = r.revision AND c.state = 'superseded')
+                 ORDER BY r.created_ms DESC, r.id, r.revision DESC LIMIT 200",
             )?;
             let keys: Vec<(String, u32)> = stmt
                 .query_map(params![target.service, target.environment, target.resource, since_ms], |r| {

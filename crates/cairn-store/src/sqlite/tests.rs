@@ -570,3 +570,45 @@ fn a_withdrawn_recommendation_cannot_be_approved_or_run_and_says_why() {
     s.withdraw_recommendation(&RecommendationId("rec-none".into()), "none", 11).unwrap();
     assert_eq!(s.audit_head().unwrap(), head);
 }
+
+#[test]
+fn recent_changes_on_a_target_leave_out_superseded_revisions() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    for rev in 1..=5 {
+        proposed(&s, rev);
+    }
+    let target = rec(1).target;
+    let recent = s.recent_changes_on_target(&target, 0).unwrap();
+    assert_eq!(recent.len(), 1, "revisions 1-4 were superseded before they ran");
+    assert_eq!(recent[0].recommendation.revision, 5);
+}
+
+#[test]
+fn decided_changes_are_found_per_service_and_environment_without_the_asking_recommendation() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let propose_as = |id: &str, rev: u32, state: ChangeState, environment: &str| {
+        let (mut r, mut d, mut c) = (rec(rev), decision(rev), change(rev));
+        r.id = RecommendationId(id.into());
+        r.target.environment = environment.into();
+        d.recommendation_id = r.id.clone();
+        c.recommendation_id = r.id.clone();
+        c.id = ChangeId(format!("chg-{id}-{rev}"));
+        s.propose(&r, &d, &c, &[draft("recommendation.proposed")], 5).unwrap();
+        if state != ChangeState::PendingApproval {
+            let mut next = c.clone();
+            next.state = state;
+            next.version = 2;
+            s.update_change(&next, 1, &[], 6).unwrap();
+        }
+    };
+    propose_as("rec-a", 1, ChangeState::Rejected, "production");
+    propose_as("rec-b", 1, ChangeState::Succeeded, "production");
+    propose_as("rec-c", 1, ChangeState::PendingApproval, "production");
+    propose_as("rec-d", 1, ChangeState::Failed, "staging");
+    let asking = RecommendationId("rec-b".into());
+    let decided = s.decided_changes_on_service("checkout", "production", &asking, 10).unwrap();
+    let ids: Vec<&str> = decided.iter().map(|r| r.recommendation.id.0.as_str()).collect();
+    assert_eq!(ids, ["rec-a"], "pending, other environments and the asking recommendation are left out");
+    assert_eq!(decided[0].change.state, ChangeState::Rejected);
+    assert!(s.decided_changes_on_service("checkout", "production", &RecommendationId("x".into()), 1).unwrap().len() == 1, "the limit holds");
+}
