@@ -172,6 +172,9 @@ impl SqliteStore {
     fn init(mut conn: Connection) -> Result<SqliteStore> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The analysis path runs a few dozen distinct statements per routed recommendation; keep
+        // them all prepared instead of re-parsing each (the default cache holds 16).
+        conn.set_prepared_statement_cache_capacity(64);
         let known = MIGRATIONS.len() as i64;
         let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if current > known {
@@ -234,13 +237,14 @@ fn append_audit(tx: &Transaction<'_>, drafts: &[AuditDraft], now_ms: i64) -> Res
 }
 
 fn read_change(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Option<ChangeRequest>> {
-    let body: Option<String> = conn.query_row(sql, p, |r| r.get(0)).optional()?;
+    let body: Option<String> = conn.prepare_cached(sql)?.query_row(p, |r| r.get(0)).optional()?;
     body.map(|b| from_json("change", &b)).transpose()
 }
 
 fn write_change(tx: &Transaction<'_>, change: &ChangeRequest, expected_version: u64) -> Result<()> {
     let found: Option<i64> = tx
-        .query_row("SELECT version FROM changes WHERE id = ?1", [&change.id.0], |r| r.get(0))
+        .prepare_cached("SELECT version FROM changes WHERE id = ?1")?
+        .query_row([&change.id.0], |r| r.get(0))
         .optional()?;
     let Some(found) = found else {
         return Err(StoreError::NotFound(format!("change {}", change.id)));
@@ -261,13 +265,12 @@ fn write_change(tx: &Transaction<'_>, change: &ChangeRequest, expected_version: 
 
 fn record_for(conn: &Connection, id: &str, revision: u32) -> Result<Option<RecommendationRecord>> {
     let row: Option<(String, Option<String>)> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT r.body, d.body FROM recommendations r
              LEFT JOIN decisions d ON d.recommendation_id = r.id AND d.revision = r.revision
              WHERE r.id = ?1 AND r.revision = ?2",
-            params![id, revision],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        )?
+        .query_row(params![id, revision], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((rec, dec)) = row else { return Ok(None) };
     let dec = dec.ok_or_else(|| StoreError::Corrupt(format!("recommendation {id} revision {revision} has no decision")))?;
@@ -786,7 +789,7 @@ impl Store for SqliteStore {
 
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT r.id, r.revision FROM recommendations r
                  WHERE r.service = ?1 AND r.environment = ?2 AND r.resource = ?3 AND r.created_ms >= ?4
                    AND NOT EXISTS (SELECT 1 FROM changes c
