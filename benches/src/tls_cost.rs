@@ -1,6 +1,6 @@
 //! What TLS costs on the remote_write path: two in-process Cairn servers side by side, one in
 //! plaintext (the sender holds a bearer token) and one with mutual TLS (the sender holds a client
-//! certificate mapped to a service, made here with rcgen), sent the same snappy bodies in
+//! certificate mapped to a service, made by the test PKI in `cairn-e2e`), sent the same snappy bodies in
 //! alternating rounds so that the shared machine's noise falls on both.
 //!
 //! Prints, per transport: a new connection's handshake plus first request (p50, p99), and
@@ -13,6 +13,7 @@
 mod load;
 
 use anyhow::{Result, bail};
+use cairn_e2e::pki::Ca;
 use cairn_ingest::prompb::{Label, Sample, TimeSeries, WriteRequest};
 use clap::Parser;
 use prost::Message;
@@ -117,35 +118,7 @@ fn body(series: usize, round: i64) -> Vec<u8> {
     snap::raw::Encoder::new().compress_vec(&WriteRequest { timeseries, ..Default::default() }.encode_to_vec()).unwrap()
 }
 
-struct Pki {
-    server_cert: String,
-    server_key: String,
-    ca: String,
-    client_ca: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn pki() -> Pki {
-    let ca_of = |name: &str| {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap()
-    };
-    let (ca, clients) = (ca_of("bench-ca"), ca_of("bench-clients"));
-    let leaf = |issuer: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, cn: &str, sans: Vec<String>| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(sans).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        (p.signed_by(&key, issuer).unwrap().pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(&ca, "cairn", vec!["localhost".into()]);
-    let (client_cert, client_key) = leaf(&clients, "prometheus", vec![]);
-    Pki { server_cert, server_key, ca: ca.pem(), client_ca: clients.pem(), client_cert, client_key }
-}
-
-async fn start(dir: &std::path::Path, pki: Option<&Pki>) -> Result<(cairn_server::RunningServer, Target)> {
+async fn start(dir: &std::path::Path, pki: Option<(&Ca, &Ca)>) -> Result<(cairn_server::RunningServer, Target)> {
     let token = "bench-sender-token".to_string();
     let mut cfg = cairn_server::config::ServerConfig {
         http_addr: ([127, 0, 0, 1], 0).into(),
@@ -164,15 +137,13 @@ async fn start(dir: &std::path::Path, pki: Option<&Pki>) -> Result<(cairn_server
         scopes: Some(vec![cairn_server::access::Scope::Ingest]),
     });
     let mut connector = None;
-    if let Some(p) = pki {
+    if let Some((ca, clients)) = pki {
         std::fs::create_dir_all(dir)?;
-        for (name, text) in [("server.crt", &p.server_cert), ("server.key", &p.server_key), ("clients.crt", &p.client_ca)] {
-            std::fs::write(dir.join(name), text)?;
-        }
+        let server = ca.server(dir, "server");
         cfg.tls = Some(cairn_server::tls::TlsConfig {
-            cert_file: dir.join("server.crt"),
-            key_file: dir.join("server.key"),
-            client_ca_file: Some(dir.join("clients.crt")),
+            cert_file: server.cert,
+            key_file: server.key,
+            client_ca_file: Some(clients.write(&dir.join("clients.crt"))),
             client_auth: cairn_server::tls::ClientAuth::Required,
             reload_interval_ms: 10_000,
         });
@@ -186,14 +157,15 @@ async fn start(dir: &std::path::Path, pki: Option<&Pki>) -> Result<(cairn_server
             scopes: vec![cairn_server::access::Scope::Ingest],
         });
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(p.ca.as_bytes()) {
+        for c in CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
             roots.add(c?)?;
         }
-        let client_certs = CertificateDer::pem_slice_iter(p.client_cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let leaf = clients.client("prometheus", dir);
+        let client_certs = CertificateDer::pem_file_iter(&leaf.cert)?.collect::<Result<Vec<_>, _>>()?;
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
-            .with_client_auth_cert(client_certs, PrivateKeyDer::from_pem_slice(p.client_key.as_bytes())?)?;
+            .with_client_auth_cert(client_certs, PrivateKeyDer::from_pem_file(&leaf.key)?)?;
         connector = Some(tokio_rustls::TlsConnector::from(Arc::new(client)));
     }
     let server = cairn_server::start(cfg, Arc::new(cairn_server::engine::SystemClock)).await?;
@@ -251,9 +223,9 @@ fn main() -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dir = tempfile::tempdir()?;
-    let pki = pki();
+    let (ca, clients) = (Ca::new("bench-ca"), Ca::new("bench-clients"));
     let (plain_server, plain) = start(&dir.path().join("plain"), None).await?;
-    let (tls_server, tls) = start(&dir.path().join("tls"), Some(&pki)).await?;
+    let (tls_server, tls) = start(&dir.path().join("tls"), Some((&ca, &clients))).await?;
     let (plain, tls) = (Arc::new(plain), Arc::new(tls));
     let body = body(args.series, 0);
     println!(

@@ -76,27 +76,16 @@ fn review_and_audit_commands_work_against_a_running_server() {
     assert!(String::from_utf8_lossy(&verify.stdout).contains("audit chain OK"));
 }
 
-/// A CA and the PEM files it signs, made here: the server's certificate (localhost, 127.0.0.1)
-/// and a client certificate.
+/// A CA and the PEM files it signs (the harness's `pki`): the server's certificate (localhost,
+/// 127.0.0.1), a client CA and a client certificate.
 fn tls_files(dir: &std::path::Path) {
-    let ca = |name: &str| {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap()
-    };
-    let (server_ca, client_ca) = (ca("cairn-ca"), ca("cairn-clients"));
-    let leaf = |issuer: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, cn: &str, sans: &[&str], stem: &str| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        std::fs::write(dir.join(format!("{stem}.crt")), p.signed_by(&key, issuer).unwrap().pem()).unwrap();
-        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
-    };
-    leaf(&server_ca, "cairn", &["localhost", "127.0.0.1"], "server");
-    leaf(&client_ca, "carol-laptop", &[], "client");
-    std::fs::write(dir.join("ca.crt"), server_ca.pem()).unwrap();
-    std::fs::write(dir.join("clients-ca.crt"), client_ca.pem()).unwrap();
+    let (server_ca, client_ca) = (cairn_e2e::pki::Ca::new("cairn-ca"), cairn_e2e::pki::Ca::new("cairn-clients"));
+    server_ca.server(dir, "server");
+    let laptop = client_ca.client("carol-laptop", dir);
+    std::fs::rename(&laptop.cert, dir.join("client.crt")).unwrap();
+    std::fs::rename(&laptop.key, dir.join("client.key")).unwrap();
+    server_ca.write(&dir.join("ca.crt"));
+    client_ca.write(&dir.join("clients-ca.crt"));
 }
 
 #[test]
