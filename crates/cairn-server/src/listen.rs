@@ -163,14 +163,6 @@ impl AsyncWrite for Guarded {
     }
 }
 
-impl tonic::transport::server::Connected for Guarded {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
 impl Guarded {
     /// Whether `TCP_NODELAY` is set on the socket (tests check it on the server's side).
     pub fn nodelay(&self) -> bool {
