@@ -100,6 +100,7 @@ mod tests {
                 uri: None,
                 scopes: vec![Scope::Ingest],
             }],
+            ..Default::default()
         })
     }
 

@@ -131,6 +131,10 @@ pub struct AuthConfig {
     /// `[[auth.certificates]]`: client certificates (verified against `tls.client_ca_file`) that
     /// stand for services.
     pub certificates: Vec<CertificateEntry>,
+    /// `[[auth.oidc]]`: OpenID Providers whose signed-in people may call (bearer JWTs).
+    pub oidc: Vec<crate::oidc::OidcConfig>,
+    /// `[auth.step_up]`: how fresh a sign-in must be for tier-3 approvals, break-glass and policy.
+    pub step_up: crate::access::StepUp,
 }
 
 /// A service that proves who it is with a client certificate. Every selector given
@@ -175,6 +179,7 @@ impl CertificateEntry {
             principal: cairn_types::Principal { subject: self.subject.clone(), display_name, groups: self.groups.clone() },
             kind: crate::access::PrincipalKind::Service,
             scopes: self.scopes.iter().copied().collect(),
+            sign_in: None,
         }
     }
 }
@@ -216,6 +221,7 @@ impl TokenEntry {
             principal: cairn_types::Principal { subject: self.subject.clone(), display_name, groups: self.groups.clone() },
             kind,
             scopes,
+            sign_in: None,
         }
     }
 }
@@ -418,6 +424,26 @@ impl ServerConfig {
                     ),
                 });
             }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for o in &self.auth.oidc {
+            if let Some((key, message)) = o.problems().into_iter().next() {
+                return Err(ConfigError::Invalid { key, message });
+            }
+            if !names.insert(o.name.as_str()) {
+                return Err(ConfigError::Invalid { key: "auth.oidc.name", message: format!("{:?} is used twice", o.name) });
+            }
+            let prefix = o.subject_prefix();
+            let static_subjects = self.auth.tokens.iter().map(|t| &t.subject).chain(self.auth.certificates.iter().map(|c| &c.subject));
+            if let Some(s) = static_subjects.into_iter().find(|s| s.starts_with(&prefix)) {
+                return Err(ConfigError::Invalid {
+                    key: "auth.oidc.name",
+                    message: format!("subject {s:?} of a token or certificate starts with {prefix:?}, which names people from issuer {}: rename one", o.issuer),
+                });
+            }
+        }
+        if self.auth.step_up.max_age_s < 0 {
+            return Err(ConfigError::Invalid { key: "auth.step_up.max_age_s", message: "must not be negative".into() });
         }
         if !self.auth.certificates.is_empty() && self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
             return Err(ConfigError::Invalid {

@@ -11,7 +11,7 @@ use cairn_policy::{Router, RoutingContext};
 use cairn_recommend::Recommender;
 use cairn_store::{RecommendationRecord, Store, StoreError};
 use cairn_types::{
-    AlertEvent, ChangeId, ChangeRequest, ChangeState, Incident, Principal, RecommendationId, SampleBatch,
+    AlertEvent, ChangeId, ChangeRequest, ChangeState, Incident, RecommendationId, SampleBatch,
 };
 use cairn_workflow::{Executor, WorkflowConfig};
 use std::collections::BTreeMap;
@@ -93,6 +93,10 @@ pub struct Engine {
     /// Whether every signal comes from an authenticated sender (`ingest.require_token`). When not,
     /// nothing is routed `auto` (`cairn_policy::unauthenticated_floor`).
     pub signals_authenticated: bool,
+    /// How fresh a sign-in must be for tier-3 approvals, break-glass and policy proposals.
+    pub step_up: crate::access::StepUp,
+    /// Whether an OpenID issuer is configured (decides whether static person tokens pass step-up).
+    pub oidc_configured: bool,
     /// The audit head after the last write: live streams wait on it to re-read the outbox.
     audit_head: watch::Sender<u64>,
     /// Wakes the executor loop after an approval.
@@ -122,6 +126,8 @@ impl Engine {
             clock,
             governance: Default::default(),
             signals_authenticated: false,
+            step_up: Default::default(),
+            oidc_configured: false,
             audit_head,
             executor_wake: Notify::new(),
             shutdown,
@@ -320,14 +326,24 @@ impl Engine {
     }
 
     /// Approves (or rejects) one exact revision as `principal`. Blocking.
+    /// Whether `who` signed in recently enough for `what` (see [`crate::access::StepUp`]).
+    pub fn check_step_up(&self, what: &'static str, who: &crate::access::Identity) -> Result<(), ApiError> {
+        self.step_up
+            .check(what, who, self.oidc_configured, self.clock.now_ms() / 1000)
+            .map_err(|e| ApiError::StaleSignIn(e.to_string()))
+    }
+
+    /// Records `who`'s approval or rejection of a change. Approving a tier-3 change needs a
+    /// recent sign-in; every approval record states how its approver authenticated.
     pub fn review(
         &self,
-        principal: &Principal,
+        who: &crate::access::Identity,
         id: &RecommendationId,
         revision: u32,
         reason: &str,
         approve: bool,
     ) -> Result<(ChangeRequest, String), ApiError> {
+        let principal = &who.principal;
         let action = if approve { "approve" } else { "reject" };
         let span = info_span!("review", recommendation_id = %id, revision, subject = %principal.subject, action);
         let _g = span.enter();
@@ -339,12 +355,19 @@ impl Engine {
                 .get_recommendation(id, None)?
                 .ok_or_else(|| ApiError::NotFound(format!("no recommendation {id}")))?;
             let change = record.change.clone();
+            if approve && change.tier == Some(3) {
+                if let Err(e) = self.check_step_up("approving a tier-3 change", who) {
+                    self.metrics.reviews.with_label_values(&[action, "refused"]).inc();
+                    info!(error = %e, "review refused: sign-in too old");
+                    return Err(e);
+                }
+            }
             let result = if approve {
                 cairn_workflow::approve(&change, &record.recommendation, principal, revision, reason, now)
             } else {
                 cairn_workflow::reject(&change, &record.recommendation, principal, revision, reason, now)
             };
-            let (next, drafts) = match result {
+            let (next, mut drafts) = match result {
                 Ok(ok) => ok,
                 Err(e) => {
                     self.metrics.reviews.with_label_values(&[action, "refused"]).inc();
@@ -356,6 +379,11 @@ impl Engine {
                     return Err(e.into());
                 }
             };
+            for d in &mut drafts {
+                if let Some(payload) = d.payload.as_object_mut() {
+                    payload.insert("authentication".into(), who.authentication());
+                }
+            }
             match self.store.update_change(&next, change.version, &drafts, now) {
                 Ok(()) => {
                     self.metrics.reviews.with_label_values(&[action, "accepted"]).inc();

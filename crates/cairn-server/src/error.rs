@@ -20,6 +20,12 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error("missing or unknown bearer token; present one as 'authorization: Bearer <token>'")]
     Unauthenticated,
+    /// A signed-in person's token that does not verify (expired, foreign issuer, unknown key...).
+    #[error("sign-in token refused: {0}")]
+    TokenRefused(String),
+    /// A sign-in too old (or a static token) for a call that needs a recent one.
+    #[error("{0}")]
+    StaleSignIn(String),
     #[error("analysis queue is full; retry after {retry_after_secs}s")]
     Overloaded { retry_after_secs: u64 },
     #[error("internal error: {0}")]
@@ -57,7 +63,7 @@ impl ApiError {
             },
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated | ApiError::TokenRefused(_) | ApiError::StaleSignIn(_) => StatusCode::UNAUTHORIZED,
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             // Never a 4xx for overload: Prometheus drops data on 4xx and retries on 5xx.
             ApiError::Overloaded { .. } | ApiError::NotStored { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -76,7 +82,8 @@ impl ApiError {
             },
             ApiError::InvalidArgument(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Unauthenticated | ApiError::TokenRefused(_) => "unauthenticated",
+            ApiError::StaleSignIn(_) => "stale_sign_in",
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotStored { .. } => "not_stored",
@@ -92,7 +99,7 @@ impl From<ApiError> for tonic::Status {
         match &e {
             ApiError::Ingest(_) | ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
-            ApiError::Unauthenticated => tonic::Status::unauthenticated(msg),
+            ApiError::Unauthenticated | ApiError::TokenRefused(_) | ApiError::StaleSignIn(_) => tonic::Status::unauthenticated(msg),
             ApiError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
             ApiError::Overloaded { .. } | ApiError::NotStored { .. } => tonic::Status::unavailable(msg),
             ApiError::Review(r) => review_status(r, msg),

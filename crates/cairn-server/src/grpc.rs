@@ -39,9 +39,17 @@ pub struct AuthInterceptor {
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        let cert = req.extensions().get::<crate::listen::PeerInfo>().and_then(|p| p.cert.clone());
-        let identity = self.auth.authenticate_peer(header, cert.as_deref());
+        // A signed-in person's JWT was verified (asynchronously) by `TagPath`; its outcome wins
+        // over the static tables, and a refused one is never replaced by a certificate.
+        let identity = match req.extensions_mut().remove::<OidcOutcome>() {
+            Some(OidcOutcome(Ok(id))) => Some(id),
+            Some(OidcOutcome(Err(e))) => return Err(ApiError::TokenRefused(e.to_string()).into()),
+            None => {
+                let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+                let cert = req.extensions().get::<crate::listen::PeerInfo>().and_then(|p| p.cert.clone());
+                self.auth.authenticate_peer(header, cert.as_deref())
+            }
+        };
         let path = req.extensions().get::<RpcPath>().map(|p| p.0.clone()).unwrap_or_default();
         crate::access::check(&path, identity.as_ref(), !self.required).map_err(|d| Status::from(ApiError::from(d)))?;
         if let Some(id) = identity {
@@ -57,31 +65,75 @@ impl tonic::service::Interceptor for AuthInterceptor {
 #[derive(Clone, Debug)]
 pub struct RpcPath(pub String);
 
-/// A tower layer in front of every gRPC service: records the request path for [`AuthInterceptor`].
+/// What verifying a bearer JWT against the OpenID issuers gave, for [`AuthInterceptor`].
 #[derive(Clone, Debug)]
-pub struct TagPath<S>(pub S);
+pub struct OidcOutcome(pub Result<crate::access::Identity, crate::oidc::OidcError>);
+
+/// A tower layer in front of every gRPC service: records the request path for [`AuthInterceptor`]
+/// and, when the bearer is a JWT and issuers are configured, verifies it (fetching the issuer's
+/// keys if need be, which an interceptor cannot wait for).
+#[derive(Clone, Debug)]
+pub struct TagPath<S> {
+    pub inner: S,
+    pub verifier: Arc<crate::oidc::Verifier>,
+    pub metrics: crate::metrics::Metrics,
+}
 
 impl<S, B> tower::Service<http::Request<B>> for TagPath<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = RpcPath(req.uri().path().to_owned());
         req.extensions_mut().insert(path);
-        self.0.call(req)
+        let jwt = (!self.verifier.is_empty())
+            .then(|| req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
+            .flatten()
+            .and_then(|v| v.trim().strip_prefix("Bearer ").or_else(|| v.trim().strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| crate::oidc::looks_like_jwt(t))
+            .map(str::to_owned);
+        let Some(token) = jwt else {
+            return Box::pin(self.inner.call(req));
+        };
+        // The ready service is the one to call; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let outcome = verifier.verify(&token, chrono::Utc::now().timestamp()).await;
+            let result = match &outcome {
+                Ok(_) => "ok",
+                Err(e) => e.reason(),
+            };
+            metrics.oidc_verifications.with_label_values(&[result]).inc();
+            if let Err(e) = &outcome {
+                tracing::info!(error = %e, "sign-in token refused");
+            }
+            req.extensions_mut().insert(OidcOutcome(outcome));
+            inner.call(req).await
+        })
     }
 }
 
 pub(crate) fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
     req.extensions().get::<Principal>().cloned().ok_or_else(|| ApiError::Unauthenticated.into())
+}
+
+/// The caller's identity, for calls the interceptor only lets authenticated callers make.
+pub(crate) fn caller<T>(req: &Request<T>) -> Result<crate::access::Identity, Status> {
+    identity(req).ok_or_else(|| ApiError::Unauthenticated.into())
 }
 
 /// The caller's identity, when it presented a valid token.
@@ -281,7 +333,9 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         &self,
         request: Request<pb::ProposePolicyRequest>,
     ) -> Result<Response<pb::ProposePolicyResponse>, Status> {
-        let who = principal(&request)?;
+        let id = caller(&request)?;
+        self.engine.check_step_up("proposing a policy", &id).map_err(Status::from)?;
+        let who = id.principal;
         let r = request.into_inner();
         let files = r.files.into_iter().map(|f| cairn_policy::PolicyFile { name: f.name, text: f.text }).collect();
         let engine = self.engine.clone();
@@ -329,13 +383,13 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
     }
 
     async fn approve(&self, request: Request<pb::ApproveRequest>) -> Result<Response<pb::ReviewResponse>, Status> {
-        let who = principal(&request)?;
+        let who = caller(&request)?;
         let r = request.into_inner();
         self.review(who, r.recommendation_id, r.revision, r.reason, true).await
     }
 
     async fn reject(&self, request: Request<pb::RejectRequest>) -> Result<Response<pb::ReviewResponse>, Status> {
-        let who = principal(&request)?;
+        let who = caller(&request)?;
         let r = request.into_inner();
         self.review(who, r.recommendation_id, r.revision, r.reason, false).await
     }
@@ -395,7 +449,7 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
 impl ReviewSvc {
     async fn review(
         &self,
-        who: Principal,
+        who: crate::access::Identity,
         id: String,
         revision: u32,
         reason: String,

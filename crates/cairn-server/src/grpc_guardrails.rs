@@ -81,7 +81,9 @@ fn status_of(engine: &Engine) -> Result<pb::GuardrailStatus, ApiError> {
 #[tonic::async_trait]
 impl pb::guardrail_service_server::GuardrailService for GuardrailSvc {
     async fn open_break_glass(&self, request: Request<pb::OpenBreakGlassRequest>) -> Result<Response<pb::BreakGlass>, Status> {
-        let who = principal(&request)?;
+        let id = crate::grpc::caller(&request)?;
+        self.engine.check_step_up("opening a break-glass", &id).map_err(Status::from)?;
+        let who = id.principal;
         let r = request.into_inner();
         let scope = r.scope.unwrap_or_default();
         let actions = scope.actions.iter().map(|a| action_from(a)).collect::<Result<Vec<_>, _>>().map_err(Status::from)?;

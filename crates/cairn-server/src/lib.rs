@@ -29,6 +29,7 @@ pub mod metrics;
 mod learning;
 pub mod policy;
 pub mod models;
+pub mod oidc;
 pub mod recover;
 pub mod tls;
 
@@ -72,6 +73,8 @@ pub enum StartError {
     Checkpoint(#[from] checkpoint::CheckpointSetupError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("cannot set up the OpenID issuers: {0}")]
+    Oidc(String),
     #[error("cannot load the multivariate models: {0}")]
     Models(#[from] cairn_detect::registry::RegistryError),
 }
@@ -161,6 +164,8 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     )?;
     engine.governance = build_governance(&cfg)?;
     engine.signals_authenticated = cfg.ingest.require_token;
+    engine.step_up = cfg.auth.step_up;
+    engine.oidc_configured = !cfg.auth.oidc.is_empty();
     engine.apply_configured_freeze().map_err(|e| StartError::Governance(e.to_string()))?;
     let engine = Arc::new(engine);
     let analysis = Analysis {
@@ -179,18 +184,24 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     let tls = cfg.tls.clone().map(tls::Tls::load).transpose()?;
     let auth = Arc::new(Authenticator::new(&cfg.auth));
+    let verifier = Arc::new(oidc::Verifier::new(&cfg.auth.oidc).map_err(StartError::Oidc)?);
     if cfg.guardrails.approver_groups.is_empty() {
         warn!("guardrails.approver_groups is empty: nobody can approve changes held by a guardrail or opened under a break-glass; name the groups that may");
     }
     if !cfg.ingest.require_token {
         warn!("ingest.require_token = false: every signal is unauthenticated, so nothing runs by itself (auto decisions wait for a person); give senders tokens with scope `ingest` and set it to true to allow automation");
     }
-    if auth.is_empty() {
+    if auth.is_empty() && cfg.auth.oidc.is_empty() {
         warn!("no bearer tokens configured: review and audit calls will be refused; run `cairn token new` and add the entry under [auth] in the config file");
     }
     let limits = Arc::new(cfg.ingest.limits.clone());
     let trusted_rules = Arc::new(cfg.ingest.trusted_annotation_rules.clone());
     let mut tasks = JoinSet::new();
+    if !verifier.is_empty() {
+        // The issuers' keys now, so the first sign-in costs no round trip to the provider.
+        let v = verifier.clone();
+        tasks.spawn(async move { v.prefetch().await });
+    }
     let (queue_tx, queue_rx) = mpsc::channel::<Batch>(cfg.ingest.queue_capacity);
     let worker_alive = Arc::new(AtomicBool::new(true));
 
@@ -304,6 +315,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         required,
     );
     let c = cancel.clone();
+    let grpc_metrics = engine.metrics.clone();
     let grpc_incoming = listen::accept(
         grpc_listener,
         "grpc",
@@ -321,7 +333,11 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             // Pings keep live clients sending, so the idle timeout closes only dead or silent ones.
             .http2_keepalive_interval(Some(ping))
             .http2_keepalive_timeout(Some(ping_timeout))
-            .layer(tower::layer::layer_fn(grpc::TagPath))
+            .layer(tower::layer::layer_fn(move |inner| grpc::TagPath {
+                inner,
+                verifier: verifier.clone(),
+                metrics: grpc_metrics.clone(),
+            }))
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
@@ -351,7 +367,10 @@ fn execution_gate(cfg: &ServerConfig) -> Result<cairn_workflow::ExecutionGate, S
         .map_err(|e| StartError::Executor(e.to_string()))?;
     // Only people holding `review` count as approvers at execution: a service's approval, even one
     // forged into the store, is not in the roster.
-    let roster = cairn_workflow::Roster::new(Authenticator::new(&cfg.auth).reviewers());
+    // People from an OpenID issuer whose groups grant `review` count too: their groups were the
+    // provider's word when they approved.
+    let federated = cfg.auth.oidc.iter().filter(|o| o.grants_review()).map(|o| o.subject_prefix());
+    let roster = cairn_workflow::Roster::new(Authenticator::new(&cfg.auth).reviewers()).with_federated(federated);
     Ok(cairn_workflow::ExecutionGate { windows, roster: Some(roster) })
 }
 

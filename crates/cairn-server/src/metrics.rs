@@ -41,6 +41,8 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// When the serving certificate expires (Unix seconds), for an alert well before it does.
     pub tls_certificate_expiry: IntGauge,
+    /// Bearer JWTs checked against the OpenID issuers, by result (`ok`, or why one was refused).
+    pub oidc_verifications: IntCounterVec,
     /// Governance series: how people and guardrails steer automation.
     pub governance: GovernanceMetrics,
 }
@@ -176,6 +178,14 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            oidc_verifications: IntCounterVec::new(
+                prometheus::Opts::new(
+                    "cairn_oidc_verifications_total",
+                    "Sign-in tokens (JWTs) checked against the configured OpenID issuers, by result (ok, expired, audience, unknown_key, bad_signature, unknown_issuer, unavailable, ...).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             tls_certificate_expiry: IntGauge::new(
                 "cairn_tls_certificate_expiry_timestamp_seconds",
                 "When the certificate the listeners serve expires (Unix seconds); 0 without TLS.",
@@ -211,6 +221,7 @@ impl Metrics {
             Box::new(m.tls_handshake_failures.clone()),
             Box::new(m.tls_reloads.clone()),
             Box::new(m.tls_certificate_expiry.clone()),
+            Box::new(m.oidc_verifications.clone()),
         ]
         .into_iter()
         .chain(m.governance.collectors())

@@ -148,17 +148,34 @@ impl MaintenanceWindows {
 
 /// The principals configured now, by stable subject, with their current groups.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Roster(BTreeMap<String, Vec<String>>);
+pub struct Roster {
+    configured: BTreeMap<String, Vec<String>>,
+    /// Subject prefixes of people whose groups an OpenID Provider vouched for when they approved
+    /// (`corp:`): the server checked their groups then; no directory here can re-check them.
+    federated: Vec<String>,
+}
 
 impl Roster {
     pub fn new(principals: impl IntoIterator<Item = Principal>) -> Roster {
-        Roster(principals.into_iter().map(|p| (p.subject, p.groups)).collect())
+        Roster { configured: principals.into_iter().map(|p| (p.subject, p.groups)).collect(), federated: Vec::new() }
     }
 
-    /// Whether `subject` is still configured as an approver and still in one of `groups`. An
-    /// empty `groups` names nobody.
+    /// Also counts approvals by subjects under these prefixes (issuers whose people may review).
+    pub fn with_federated(mut self, prefixes: impl IntoIterator<Item = String>) -> Roster {
+        self.federated.extend(prefixes.into_iter().filter(|p| !p.is_empty()));
+        self
+    }
+
+    /// Whether `subject` is still configured as an approver and still in one of `groups`, or comes
+    /// from an issuer still trusted to name reviewers. An empty `groups` names nobody.
     pub fn may_approve(&self, subject: &str, groups: &[String]) -> bool {
-        self.0.get(subject).is_some_and(|mine| groups.iter().any(|g| mine.contains(g)))
+        if groups.is_empty() {
+            return false;
+        }
+        if self.federated.iter().any(|p| subject.starts_with(p.as_str())) && !self.configured.contains_key(subject) {
+            return true;
+        }
+        self.configured.get(subject).is_some_and(|mine| groups.iter().any(|g| mine.contains(g)))
     }
 }
 
@@ -260,5 +277,9 @@ mod tests {
         assert!(!roster.may_approve("user:alice", &[]), "an empty group list names nobody");
         assert!(!roster.may_approve("user:alice", &["sre-leads".into()]), "moved out of the group");
         assert!(!roster.may_approve("user:bob", &[]), "removed from the configuration");
+        let roster = roster.with_federated(["corp:".to_string()]);
+        assert!(roster.may_approve("corp:carol", &["sre".into()]), "vouched for by a trusted issuer");
+        assert!(!roster.may_approve("corp:carol", &[]), "an empty group list names nobody");
+        assert!(!roster.may_approve("other:carol", &["sre".into()]), "an issuer no longer trusted");
     }
 }
