@@ -2,6 +2,7 @@
 //! signal cannot steer what Cairn proposes or make anything run by itself. Each test tries to break
 //! it with the credentials a real install hands to machines.
 
+mod oidc;
 mod tls;
 
 use cairn_e2e::*;

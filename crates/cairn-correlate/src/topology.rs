@@ -117,21 +117,19 @@ impl Topology {
 
     /// Learns what one series shows of the topology. `label` looks up one label of the series.
     pub fn learn<'a>(&mut self, label: impl Fn(&str) -> Option<&'a str>) {
-        if let (Some(client), Some(server)) = (label("client"), label("server")) {
-            if !client.is_empty() && !server.is_empty() && !self.calls.get(client).is_some_and(|s| s.contains(server)) {
+        if let (Some(client), Some(server)) = (label("client"), label("server"))
+            && !client.is_empty() && !server.is_empty() && !self.calls.get(client).is_some_and(|s| s.contains(server)) {
                 self.add_service(client);
                 self.add_service(server);
                 if self.services.contains(client) && self.services.contains(server) {
                     self.edge(client, server);
                 }
             }
-        }
         let node = label("node").filter(|n| !n.is_empty());
-        if let Some(n) = node {
-            if !self.nodes.contains(n) && self.room() {
+        if let Some(n) = node
+            && !self.nodes.contains(n) && self.room() {
                 self.nodes.insert(n.to_string());
             }
-        }
         if let (Some(pod), Some(kind), Some(owner)) = (label("pod"), label("created_by_kind"), label("created_by_name")) {
             let service = match kind {
                 "ReplicaSet" => Some(replicaset_owner(owner)),
@@ -150,11 +148,10 @@ impl Topology {
                 self.pods.insert(pod.to_string(), p);
             }
         }
-        if let (Some(instance), Some(job)) = (label("instance"), label("job")) {
-            if self.nodes.contains(host(instance)) && !self.agents.contains(job) && self.room() {
+        if let (Some(instance), Some(job)) = (label("instance"), label("job"))
+            && self.nodes.contains(host(instance)) && !self.agents.contains(job) && self.room() {
                 self.agents.insert(job.to_string());
             }
-        }
     }
 
     /// Pods, services, nodes and agents known, and how many were refused for room.

@@ -308,11 +308,10 @@ impl Recommender {
             Some((_, d)) if *d == digest => return Vec::new(),
             Some((r, _)) => r + 1,
             None => {
-                if self.order.len() >= MAX_TRACKED {
-                    if let Some(old) = self.order.pop_front() {
+                if self.order.len() >= MAX_TRACKED
+                    && let Some(old) = self.order.pop_front() {
                         self.revisions.remove(&old);
                     }
-                }
                 self.order.push_back(id.clone());
                 1
             }

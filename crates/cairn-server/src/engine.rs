@@ -355,13 +355,12 @@ impl Engine {
                 .get_recommendation(id, None)?
                 .ok_or_else(|| ApiError::NotFound(format!("no recommendation {id}")))?;
             let change = record.change.clone();
-            if approve && change.tier == Some(3) {
-                if let Err(e) = self.check_step_up("approving a tier-3 change", who) {
+            if approve && change.tier == Some(3)
+                && let Err(e) = self.check_step_up("approving a tier-3 change", who) {
                     self.metrics.reviews.with_label_values(&[action, "refused"]).inc();
                     info!(error = %e, "review refused: sign-in too old");
                     return Err(e);
                 }
-            }
             let result = if approve {
                 cairn_workflow::approve(&change, &record.recommendation, principal, revision, reason, now)
             } else {

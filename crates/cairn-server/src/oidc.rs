@@ -372,16 +372,14 @@ impl Issuer {
         if now_s > exp + skew {
             return Err(OidcError::Expired { ago_s: now_s - exp });
         }
-        if let Some(nbf) = number("nbf") {
-            if now_s + skew < nbf {
+        if let Some(nbf) = number("nbf")
+            && now_s + skew < nbf {
                 return Err(OidcError::NotYetValid { nbf, now: now_s });
             }
-        }
-        if let Some(iat) = number("iat") {
-            if now_s + skew < iat {
+        if let Some(iat) = number("iat")
+            && now_s + skew < iat {
                 return Err(OidcError::NotYetValid { nbf: iat, now: now_s });
             }
-        }
         let aud: Vec<&str> = match claims.get("aud") {
             Some(serde_json::Value::String(s)) => vec![s.as_str()],
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
