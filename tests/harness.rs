@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
 
+pub mod oidc_provider;
 pub mod pki;
 pub mod programs;
 

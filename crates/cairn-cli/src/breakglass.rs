@@ -15,7 +15,7 @@ pub type Guardrails = pb::guardrail_service_client::GuardrailServiceClient<
 pub async fn guardrail_client(args: &ClientArgs) -> Result<Guardrails> {
     Ok(pb::guardrail_service_client::GuardrailServiceClient::with_interceptor(
         crate::client::connect(&args.server, &args.tls).await?,
-        bearer(args.token.as_deref())?,
+        bearer(crate::client::token(args).await?.as_deref())?,
     ))
 }
 

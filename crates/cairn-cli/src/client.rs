@@ -97,24 +97,33 @@ pub fn bearer(token: Option<&str>) -> Result<Bearer> {
     }
 }
 
+/// The caller's token: `--token` / `CAIRN_TOKEN`, else the sign-in `cairn login` cached for the
+/// server (refreshed when about to expire), else none.
+pub async fn token(args: &ClientArgs) -> Result<Option<String>> {
+    match &args.token {
+        Some(t) => Ok(Some(t.clone())),
+        None => crate::login::cached_token(&args.server).await,
+    }
+}
+
 pub async fn review_client(args: &ClientArgs) -> Result<Review> {
     Ok(pb::review_service_client::ReviewServiceClient::with_interceptor(
         connect(&args.server, &args.tls).await?,
-        bearer(args.token.as_deref())?,
+        bearer(token(args).await?.as_deref())?,
     ))
 }
 
 pub async fn audit_client(args: &ClientArgs) -> Result<Audit> {
     Ok(pb::audit_service_client::AuditServiceClient::with_interceptor(
         connect(&args.server, &args.tls).await?,
-        bearer(args.token.as_deref())?,
+        bearer(token(args).await?.as_deref())?,
     ))
 }
 
 pub async fn incident_client(args: &ClientArgs) -> Result<Incidents> {
     Ok(pb::incident_service_client::IncidentServiceClient::with_interceptor(
         connect(&args.server, &args.tls).await?,
-        bearer(args.token.as_deref())?,
+        bearer(token(args).await?.as_deref())?,
     ))
 }
 
@@ -147,7 +156,7 @@ pub async fn incidents_show(args: &ClientArgs, id: &str) -> Result<()> {
 /// gRPC statuses as errors a person can act on.
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     let hint = match s.code() {
-        tonic::Code::Unauthenticated => " (pass --token or set CAIRN_TOKEN)",
+        tonic::Code::Unauthenticated => " (run `cairn login`, or pass --token / set CAIRN_TOKEN)",
         tonic::Code::Unavailable => " (is the server running, and is --server right?)",
         _ => "",
     };

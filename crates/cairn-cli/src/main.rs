@@ -19,6 +19,7 @@ mod eval_nab;
 #[cfg(feature = "offline")]
 mod eval_triage;
 mod freeze;
+mod login;
 mod output;
 mod policy;
 mod stages;
@@ -55,6 +56,9 @@ enum Command {
     /// Query, verify, prove and export the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Sign in at your OpenID Provider (authorization code + PKCE) and cache the token for a
+    /// server; client commands without --token use it.
+    Login(login::LoginArgs),
     /// Create bearer tokens for the server's configuration.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -126,7 +130,7 @@ pub struct ClientArgs {
     /// gRPC address of the server.
     #[arg(long, env = "CAIRN_SERVER", default_value = "http://127.0.0.1:9465", global = true)]
     pub server: String,
-    /// Bearer token (see `cairn token new`).
+    /// Bearer token (see `cairn token new`). Absent: the sign-in `cairn login` cached for --server.
     #[arg(long, env = "CAIRN_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
@@ -294,6 +298,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match command {
         Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Login(args) => login::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(args.keep_running).await.map(|()| ExitCode::SUCCESS),
         Command::Review(cmd) => match cmd {
             ReviewCmd::List { client, outcome, state, service, limit } => {

@@ -117,3 +117,86 @@ fn the_cli_reaches_a_tls_server_with_its_ca_and_a_client_certificate() {
     let out = cairn(&["review", "list", "--server", &server.grpc_url, "--token", &server.token, "--tls-ca-file", &ca]);
     assert!(!out.status.success() && text(&out).contains("not https://"), "{}", text(&out));
 }
+
+/// `cairn login` against a real OpenID Provider (panva's `oidc-provider`, see `tests/oidc`): the
+/// CLI prints the sign-in address, the "browser" signs alice in and is sent back to the CLI's
+/// loopback listener, the token lands in a 0600 cache, and `cairn review list` without `--token`
+/// uses it, refreshing it through the provider when it is about to expire.
+#[test]
+fn cairn_login_signs_in_at_the_provider_caches_the_token_and_refreshes_it() {
+    use cairn_e2e::oidc_provider::{Browser, CLIENT_ID, Provider, provider_present};
+    use std::io::BufRead;
+    if !provider_present("cairn login") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // ID tokens live 20 s: inside the CLI's 30 s margin, so every use refreshes first.
+    let op = rt.block_on(Provider::start_with_ttl(common::free_port(), "k1", dir.path(), 20));
+    let config = format!(
+        "[[auth.oidc]]\nname = \"corp\"\nissuer = \"{}\"\naudiences = [\"{CLIENT_ID}\"]\nclient_id = \"{CLIENT_ID}\"\n\
+         [[auth.oidc.groups]]\nclaim = \"sre-leads\"\ngroups = [\"sre\"]\nscopes = [\"read\", \"review\"]\n",
+        op.issuer
+    );
+    let server = Server::start(dir.path(), "user:carol", &config, &[]);
+    let cache = dir.path().join("tokens");
+
+    let mut login = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["login", "--server", &server.grpc_url, "--issuer", &op.issuer, "--no-browser", "--timeout-secs", "60"])
+        .env("CAIRN_TOKEN_CACHE", &cache)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(login.stderr.take().unwrap());
+    let mut line = String::new();
+    let auth_url = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "cairn login ended without printing the sign-in address");
+        if let Some(at) = line.find(&format!("{}/auth?", op.issuer)) {
+            break line[at..].trim().to_string();
+        }
+    };
+    assert!(auth_url.contains("code_challenge_method=S256") && auth_url.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"), "{auth_url}");
+    rt.block_on(async {
+        let back = op.authorize(&mut Browser::default(), &auth_url, "alice").await;
+        assert!(back.starts_with("http://127.0.0.1:") && back.contains("/callback?code="), "{back}");
+        let page = reqwest::get(&back).await.unwrap().text().await.unwrap();
+        assert!(page.contains("Signed in to Cairn"), "{page}");
+    });
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(login.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("Signed in as alice"), "{rest}");
+
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777, 0o600, "only its owner reads the token");
+    }
+    let cached = |p: &std::path::Path| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap()).unwrap();
+    let first = cached(&files[0]);
+    assert!(first["refresh_token"].is_string(), "{first}");
+    // RS256 signatures are deterministic: a token refreshed within the same second could be
+    // byte-identical to the first one.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["review", "list", "--server", &server.grpc_url, "--output", "json"])
+        .env("CAIRN_TOKEN_CACHE", &cache)
+        .env("CAIRN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "the cached sign-in is used: {}", text(&list));
+    let second = cached(&files[0]);
+    assert_ne!(first["id_token"], second["id_token"], "the token about to expire was refreshed before use");
+    assert_ne!(first["refresh_token"], second["refresh_token"], "the provider's rotated refresh token is kept");
+    // Another server has no sign-in: refused, and told how to sign in.
+    let other = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["review", "list", "--server", "http://127.0.0.1:1"])
+        .env("CAIRN_TOKEN_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+}

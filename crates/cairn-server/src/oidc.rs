@@ -517,9 +517,15 @@ impl Issuer {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let body = self.http.get(url).await.map_err(|e| format!("{url}: {e}"))?;
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+        self.http.get_json(url).await
     }
+}
+
+/// A JWT's claims *without checking its signature*: for a client showing who it signed in as and
+/// when its token expires (`cairn login`). Never a basis for trusting the token.
+pub fn unverified_claims(token: &str) -> Result<serde_json::Value, OidcError> {
+    let payload = token.split('.').nth(1).ok_or_else(|| OidcError::Malformed("not three dot-separated parts".into()))?;
+    decode_part(payload, "payload")
 }
 
 fn decode_part<T: serde::de::DeserializeOwned>(part: &str, what: &str) -> Result<T, OidcError> {
@@ -534,12 +540,13 @@ fn claim_path<'a>(claims: &'a serde_json::Value, path: &str) -> Option<&'a serde
     path.split('.').try_fold(claims, |v, k| v.get(k))
 }
 
-/// GETs an issuer's documents: one HTTP/1.1 connection per fetch (fetches are rare), rustls with
-/// the ring provider and the system roots or `ca_file`, plain HTTP only to a loopback host, no
-/// redirects, a deadline and a size bound. Hand-written on hyper rather than reqwest so that no
-/// process-wide TLS provider has to be installed for every other HTTP client in the workspace.
+/// Talks to an OpenID Provider (discovery, JWKS, and for `cairn login` its token endpoint): one
+/// HTTP/1.1 connection per request (they are rare), rustls with the ring provider and the system
+/// roots or `ca_file`, plain HTTP only to a loopback host, no redirects, a deadline and a size
+/// bound. Hand-written on hyper rather than reqwest so that no process-wide TLS provider has to
+/// be installed for every other HTTP client in the workspace.
 #[derive(Clone)]
-struct Fetcher {
+pub struct Fetcher {
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
 }
@@ -551,7 +558,7 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    fn new(ca_file: Option<&PathBuf>, timeout: Duration) -> Result<Fetcher, String> {
+    pub fn new(ca_file: Option<&PathBuf>, timeout: Duration) -> Result<Fetcher, String> {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
             Some(path) => {
@@ -576,7 +583,30 @@ impl Fetcher {
         Ok(Fetcher { tls: Arc::new(tls), timeout })
     }
 
-    async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
+    /// GETs `url`; anything but a 2xx answer is an error.
+    pub async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
+        let (status, body) = self.send(url, None).await?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        Ok(body)
+    }
+
+    /// GETs `url` and decodes its JSON body.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let body = self.get(url).await.map_err(|e| format!("{url}: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// POSTs `form` (`application/x-www-form-urlencoded`) and returns the status and the body,
+    /// whatever the status (a token endpoint explains a refusal in a 400's JSON body).
+    pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<(http::StatusCode, bytes::Bytes), String> {
+        let mut encoder = reqwest::Url::parse("http://form.invalid/").map_err(|e| e.to_string())?;
+        encoder.query_pairs_mut().extend_pairs(form);
+        self.send(url, Some(encoder.query().unwrap_or_default().to_string())).await
+    }
+
+    async fn send(&self, url: &str, form: Option<String>) -> Result<(http::StatusCode, bytes::Bytes), String> {
         let url = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
         let https = match url.scheme() {
             "https" => true,
@@ -598,40 +628,43 @@ impl Fetcher {
             if https {
                 let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
                 let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
-                get_over(hyper_util::rt::TokioIo::new(tls), &authority, &target).await
+                exchange(hyper_util::rt::TokioIo::new(tls), &authority, &target, form).await
             } else {
-                get_over(hyper_util::rt::TokioIo::new(tcp), &authority, &target).await
+                exchange(hyper_util::rt::TokioIo::new(tcp), &authority, &target, form).await
             }
         };
         tokio::time::timeout(self.timeout, fetch).await.map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
 }
 
-async fn get_over<T>(io: T, authority: &str, target: &str) -> Result<bytes::Bytes, String>
+/// One request on a fresh connection: a GET, or a form POST when `form` is given.
+async fn exchange<T>(io: T, authority: &str, target: &str, form: Option<String>) -> Result<(http::StatusCode, bytes::Bytes), String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     use http_body_util::BodyExt as _;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
     let conn = tokio::spawn(conn);
-    let req = http::Request::get(target)
+    let builder = http::Request::builder()
+        .method(if form.is_some() { http::Method::POST } else { http::Method::GET })
+        .uri(target)
         .header(http::header::HOST, authority)
         .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, concat!("cairn/", env!("CARGO_PKG_VERSION")))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        conn.abort();
-        return Err(format!("HTTP {}", resp.status()));
+        .header(http::header::USER_AGENT, concat!("cairn/", env!("CARGO_PKG_VERSION")));
+    let req = match form {
+        Some(f) => builder.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(http_body_util::Full::new(bytes::Bytes::from(f))),
+        None => builder.body(http_body_util::Full::new(bytes::Bytes::new())),
     }
+    .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
         .collect()
         .await
         .map_err(|e| if e.is::<http_body_util::LengthLimitError>() { format!("larger than {MAX_DOCUMENT_BYTES} bytes") } else { e.to_string() })?
         .to_bytes();
     conn.abort();
-    Ok(body)
+    Ok((status, body))
 }
 
 #[cfg(test)]
