@@ -512,6 +512,33 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_oidc_snippet_parses_and_validates() {
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+        let start = readme.find("# cairn.toml: people from the company's identity provider").expect("the README's [[auth.oidc]] snippet");
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let cfg: ServerConfig = toml::from_str(block).unwrap();
+        cfg.validate().expect("valid");
+        let o = &cfg.auth.oidc[0];
+        assert_eq!((o.subject_prefix().as_str(), o.groups.len()), ("corp:", 2));
+        assert!(o.grants_review());
+        assert_eq!(cfg.auth.step_up.max_age_s, 900);
+        let mut clash = cfg.clone();
+        clash.auth.tokens.push(TokenEntry {
+            subject: "corp:alice".into(),
+            display_name: String::new(),
+            groups: vec![],
+            token_sha256: "0".repeat(64),
+            kind: None,
+            scopes: None,
+        });
+        let err = clash.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.oidc.name") && err.contains("corp:alice"), "a static subject cannot pose as a signed-in person: {err}");
+        let mut symmetric = cfg;
+        symmetric.auth.oidc[0].algorithms = vec!["HS256".into()];
+        assert!(symmetric.validate().unwrap_err().to_string().contains("HS256"));
+    }
+
+    #[test]
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cairn.toml");
         let cfg = ServerConfig::load(&path).expect("examples/cairn.toml is valid");
