@@ -54,18 +54,25 @@ async fn dns_change(h: &Harness, fingerprint: &str) -> pb::Recommendation {
     r
 }
 
+/// The provider (key `k1`) and a Cairn that trusts it with `step_up.max_age_s`; `None` (the test
+/// skips) without node and the provider's packages.
+async fn setup(test: &str, max_age_s: i64) -> Option<(tempfile::TempDir, Provider, Harness)> {
+    if !provider_present(test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let op = Provider::start(free_port(), "k1", dir.path()).await;
+    let h = Harness::start_with(with_provider(&op, max_age_s)).await;
+    Some((dir, op, h))
+}
+
 fn approve(r: &pb::Recommendation, reason: &str) -> pb::ApproveRequest {
     pb::ApproveRequest { recommendation_id: r.id.clone(), revision: r.revision, reason: reason.into() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_signed_in_at_the_provider_approve_a_tier3_change_and_the_record_says_how() {
-    if !provider_present("oidc approvals") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let op = Provider::start(free_port(), "k1", dir.path()).await;
-    let mut h = Harness::start_with(with_provider(&op, 900)).await;
+    let Some((_dir, op, mut h)) = setup("oidc approvals", 900).await else { return };
     let r = dns_change(&h, "fp-oidc-1").await;
 
     let alice = op.sign_in("alice").await;
@@ -114,12 +121,7 @@ async fn people_signed_in_at_the_provider_approve_a_tier3_change_and_the_record_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_the_provider_would_not_stand_behind_are_refused_naming_why() {
-    if !provider_present("oidc refusals") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let op = Provider::start(free_port(), "k1", dir.path()).await;
-    let mut h = Harness::start_with(with_provider(&op, 900)).await;
+    let Some((_dir, op, mut h)) = setup("oidc refusals", 900).await else { return };
     let now = now_ms() / 1000;
     let claims = |over: serde_json::Value| {
         let mut c =
@@ -162,13 +164,8 @@ async fn tokens_the_provider_would_not_stand_behind_are_refused_naming_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotation_at_the_provider_is_followed_without_restarting_cairn() {
-    if !provider_present("oidc key rotation") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let op = Provider::start(port, "k1", dir.path()).await;
-    let mut h = Harness::start_with(with_provider(&op, 900)).await;
+    let Some((dir, op, mut h)) = setup("oidc key rotation", 900).await else { return };
+    let port = op.port;
     let old = op.sign_in("alice").await;
     assert!(list(&h, &old).await.is_ok());
 
@@ -180,18 +177,12 @@ async fn a_key_rotation_at_the_provider_is_followed_without_restarting_cairn() {
     let e = list(&h, &old).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("\"k1\"") && e.message().contains("does not publish"), "{e:?}");
-    assert_eq!(op.port, port);
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tier3_approval_wants_a_recent_sign_in() {
-    if !provider_present("oidc step-up") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let op = Provider::start(free_port(), "k1", dir.path()).await;
-    let mut h = Harness::start_with(with_provider(&op, 2)).await;
+    let Some((_dir, op, mut h)) = setup("oidc step-up", 2).await else { return };
     let r = dns_change(&h, "fp-oidc-step").await;
     let alice = op.sign_in("alice").await;
     tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
