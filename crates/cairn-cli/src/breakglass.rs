@@ -63,19 +63,10 @@ pub enum BreakGlassCmd {
     },
 }
 
-/// `90s`, `30m`, `2h` → seconds.
+/// `90s`, `30m`, `2h` → seconds (the server bounds a break-glass to four hours).
 fn duration_secs(s: &str) -> Result<u32> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u32 = n.parse().with_context(|| format!("duration {s:?}: expected e.g. 30m or 2h"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" | "" => 60,
-        "h" => 3600,
-        other => bail!("duration {s:?}: unknown unit {other:?}; use s, m or h"),
-    };
-    n.checked_mul(mult).context("duration too long")
+    let ms = cairn_types::parse_duration_ms(s).map_err(anyhow::Error::msg)?;
+    u32::try_from(ms / 1000).context("duration too long")
 }
 
 fn target(s: &str) -> Result<pb::Target> {
@@ -154,8 +145,7 @@ mod tests {
     fn durations_and_targets_parse_or_say_why() {
         assert_eq!(duration_secs("2h").unwrap(), 7200);
         assert_eq!(duration_secs("30m").unwrap(), 1800);
-        assert_eq!(duration_secs("45").unwrap(), 2700, "a bare number is minutes");
-        assert!(duration_secs("2d").is_err());
+        assert!(duration_secs("45").is_err(), "a bare number is ambiguous");
         let t = target("production/payments/*").unwrap();
         assert_eq!((t.environment.as_str(), t.service.as_str(), t.resource.as_str()), ("production", "payments", "*"));
         assert!(target("payments").is_err());

@@ -11,6 +11,24 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_need_a_unit_and_say_why_not() {
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("30m"), Ok(1_800_000));
+        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration_ms("7d"), Ok(7 * 86_400_000));
+        assert_eq!(parse_duration_ms("2w"), Ok(14 * 86_400_000));
+        assert_eq!(parse_duration_ms("1h 30m"), Ok(5_400_000));
+        let e = parse_duration_ms("45").unwrap_err();
+        assert!(e.contains("\"45\"") && e.contains("e.g. 90s"), "{e}");
+        assert!(parse_duration_ms("2 fortnights").is_err());
+    }
+}
+
 mod change;
 mod detect;
 mod guard;
@@ -38,6 +56,14 @@ pub use signal::{AlertEvent, AlertStatus, MetricSample, SampleBatch, SeriesSampl
 /// Milliseconds since the Unix epoch, UTC. The one time representation in hand-off types, so that
 /// nothing in the pipeline needs a calendar library and tests can drive time with plain integers.
 pub type TimestampMs = i64;
+
+/// A duration as people type it, in milliseconds: a number and a unit (`500ms`, `90s`, `30m`,
+/// `2h`, `7d`, `2w`, or several, `1h 30m`). The one parser for every flag and setting that takes a
+/// duration; a bare number is refused, since it would be ambiguous.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("duration {s:?}: {e} (e.g. 90s, 30m, 2h, 7d)"))?;
+    i64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?}: too long"))
+}
 
 /// The principal subject Cairn itself acts as when it proposes or runs a change. It can never
 /// approve anything (invariant 3).

@@ -53,17 +53,17 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// `"N/unit"` with unit `second`, `minute`, `hour` or `day` (or their first letter).
+    /// `"N/period"`: a unit (`second`, `minute`, `hour`, `day`, or `s`, `m`, `h`, `d`) or a
+    /// duration (`15m`, `6h`).
     pub fn parse(s: &str) -> Result<RateLimit, String> {
-        let (n, unit) = s.split_once('/').ok_or_else(|| format!("{s:?} is not of the form \"N/hour\""))?;
+        let (n, period) = s.split_once('/').ok_or_else(|| format!("{s:?} is not of the form \"N/hour\""))?;
         let max: u32 = n.trim().parse().map_err(|_| format!("{n:?} is not a whole number"))?;
-        let per_ms = match unit.trim() {
-            "s" | "second" => 1_000,
-            "m" | "minute" => 60_000,
-            "h" | "hour" => 3_600_000,
-            "d" | "day" => 86_400_000,
-            other => return Err(format!("unknown unit {other:?}; use second, minute, hour or day")),
-        };
+        let period = period.trim();
+        let one = if period.starts_with(|c: char| c.is_ascii_digit()) { period.to_string() } else { format!("1{period}") };
+        let per_ms = cairn_types::parse_duration_ms(&one)?;
+        if per_ms <= 0 {
+            return Err(format!("{s:?}: the period must be longer than zero"));
+        }
         Ok(RateLimit { max, per_ms })
     }
 }

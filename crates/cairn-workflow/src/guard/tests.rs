@@ -108,7 +108,9 @@ fn rate_limits_parse_or_name_the_problem() {
     assert_eq!(RateLimit::parse("3 / m"), Ok(RateLimit { max: 3, per_ms: 60_000 }));
     assert!(RateLimit::parse("10 per hour").is_err());
     assert!(RateLimit::parse("x/hour").is_err());
-    assert!(RateLimit::parse("1/week").unwrap_err().contains("week"));
+    assert_eq!(RateLimit::parse("1/week"), Ok(RateLimit { max: 1, per_ms: 7 * 86_400_000 }));
+    assert_eq!(RateLimit::parse("6/15m"), Ok(RateLimit { max: 6, per_ms: 900_000 }), "a period can be a duration");
+    assert!(RateLimit::parse("1/fortnight").unwrap_err().contains("fortnight"));
     let cfg = GuardrailsConfig { rate_limits: BTreeMap::from([("reboot_planet".into(), "1/day".into())]), ..Default::default() };
     assert!(cfg.parsed_rate_limits().unwrap_err().contains("reboot_planet"));
 }
