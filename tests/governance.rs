@@ -116,7 +116,7 @@ async fn failed_rollback_escalates_to_alertmanager() {
     wait_ready(&reqwest::Client::new(), &format!("http://127.0.0.1:{prom_port}/-/ready"), "prometheus", &mut [&mut prom]).await;
 
     let mut h = Harness::start_with(|cfg| {
-        cfg.executor.adapter = "command".into();
+        cfg.executor.adapter = cairn_server::config::AdapterKind::Command;
         cfg.executor.command.execute = vec!["/bin/echo".into(), "restarting {resource}".into()];
         cfg.executor.command.rollback = vec!["/bin/sh".into(), "-c".into(), "echo cannot undo >&2; exit 7".into()];
         cfg.verification.prometheus_url = Some(format!("http://127.0.0.1:{prom_port}"));
@@ -498,7 +498,7 @@ async fn webhook_executions_are_signed_with_the_configured_key_file() {
     let key_file = keys.path().join("webhook.key");
     std::fs::write(&key_file, "  s3cret-key\n").unwrap();
     let mut h = Harness::start_with(|cfg| {
-        cfg.executor.adapter = "webhook".into();
+        cfg.executor.adapter = cairn_server::config::AdapterKind::Webhook;
         cfg.executor.webhook_url = Some(url);
         cfg.executor.webhook_hmac_key_file = Some(key_file);
     })

@@ -287,7 +287,7 @@ async fn a_new_policy_version_supersedes_a_paused_rollout_rolls_it_back_and_deci
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_rollout_whose_undo_fails_ends_rollback_failed_and_escalates() {
     let mut h = staged_server(Arc::new(cairn_server::engine::SystemClock), |cfg| {
-        cfg.executor.adapter = "command".into();
+        cfg.executor.adapter = cairn_server::config::AdapterKind::Command;
         cfg.executor.command.execute = vec!["/bin/echo".into(), "rolling out {stage}".into()];
         cfg.executor.command.rollback = vec![
             "/bin/sh".into(),

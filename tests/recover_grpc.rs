@@ -96,7 +96,7 @@ async fn changes_claimed_in_one_batch_keep_their_leases_while_an_earlier_one_run
     let dir = data_dir.clone();
     let mut h = Harness::start_on(clock(), move |cfg, _| {
         cfg.data_dir = dir;
-        cfg.executor.adapter = "command".into();
+        cfg.executor.adapter = cairn_server::config::AdapterKind::Command;
         cfg.executor.command.execute = vec!["sleep".into(), "4".into()];
         cfg.executor.command.rollback = vec!["true".into()];
         cfg.executor.lease_ms = 1_500;

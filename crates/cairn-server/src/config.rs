@@ -241,11 +241,35 @@ impl Default for PolicyConfig {
     }
 }
 
+/// What carries out an approved change: `executor.adapter`. An unknown name is a configuration
+/// error, never a silent dry run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterKind {
+    /// Describes the change, touches nothing.
+    #[default]
+    DryRun,
+    /// POSTs the change request to `executor.webhook_url`.
+    Webhook,
+    /// Runs `executor.command`'s argv.
+    Command,
+}
+
+impl AdapterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterKind::DryRun => "dry_run",
+            AdapterKind::Webhook => "webhook",
+            AdapterKind::Command => "command",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorConfig {
     /// `dry_run` (default: describes the change, touches nothing), `webhook` or `command`.
-    pub adapter: String,
+    pub adapter: AdapterKind,
     /// For `webhook`: where change requests are POSTed.
     pub webhook_url: Option<String>,
     pub webhook_timeout_ms: u64,
@@ -264,7 +288,7 @@ pub struct ExecutorConfig {
 impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig {
-            adapter: "dry_run".into(),
+            adapter: AdapterKind::DryRun,
             webhook_url: None,
             webhook_timeout_ms: 10_000,
             webhook_hmac_key_file: None,
@@ -335,25 +359,19 @@ impl ServerConfig {
                 message: "must be at least 1".into(),
             });
         }
-        match self.executor.adapter.as_str() {
-            "dry_run" => {}
-            "webhook" if self.executor.webhook_url.is_some() => {}
-            "webhook" => {
+        match self.executor.adapter {
+            AdapterKind::DryRun => {}
+            AdapterKind::Webhook if self.executor.webhook_url.is_some() => {}
+            AdapterKind::Webhook => {
                 return Err(ConfigError::Invalid {
                     key: "executor.webhook_url",
                     message: "required when executor.adapter = \"webhook\"".into(),
                 });
             }
-            "command" => {
+            AdapterKind::Command => {
                 if let Some((key, message)) = self.executor.command.problem() {
                     return Err(ConfigError::Invalid { key, message: message.into() });
                 }
-            }
-            other => {
-                return Err(ConfigError::Invalid {
-                    key: "executor.adapter",
-                    message: format!("unknown adapter {other:?}; expected \"dry_run\", \"webhook\" or \"command\""),
-                });
             }
         }
         if self.audit.origin.is_empty() || self.audit.origin.chars().any(|c| c.is_whitespace() || c == '+') {
@@ -571,9 +589,12 @@ mod tests {
     #[test]
     fn webhook_adapter_without_url_is_refused() {
         let mut cfg = ServerConfig::default();
-        cfg.executor.adapter = "webhook".into();
+        cfg.executor.adapter = AdapterKind::Webhook;
         let err = cfg.validate().unwrap_err();
         assert!(err.to_string().contains("executor.webhook_url"), "{err}");
+        // A misspelt adapter is an error at load, not a silent dry run.
+        let err = toml::from_str::<ServerConfig>("[executor]\nadapter = \"web_hook\"\n").unwrap_err().to_string();
+        assert!(err.contains("web_hook") && err.contains("dry_run") && err.contains("command"), "{err}");
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         store = %db.display(),
         policy_version = router.version(),
         playbooks_version = catalogue.version(),
-        adapter = %cfg.executor.adapter,
+        adapter = cfg.executor.adapter.as_str(),
         "starting cairn"
     );
 
@@ -389,8 +389,8 @@ fn build_governance(cfg: &ServerConfig) -> Result<governance::Governance, StartE
 }
 
 fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartError> {
-    let adapter: Arc<dyn cairn_workflow::Adapter> = match cfg.executor.adapter.as_str() {
-        "webhook" => {
+    let adapter: Arc<dyn cairn_workflow::Adapter> = match cfg.executor.adapter {
+        config::AdapterKind::Webhook => {
             let url = cfg
                 .executor
                 .webhook_url
@@ -411,8 +411,8 @@ fn build_executor(cfg: &ServerConfig) -> Result<cairn_workflow::Executor, StartE
                     .map_err(|e| StartError::Executor(e.to_string()))?,
             )
         }
-        "command" => Arc::new(cairn_workflow::CommandAdapter::new(cfg.executor.command.clone())),
-        _ => Arc::new(cairn_workflow::DryRunAdapter),
+        config::AdapterKind::Command => Arc::new(cairn_workflow::CommandAdapter::new(cfg.executor.command.clone())),
+        config::AdapterKind::DryRun => Arc::new(cairn_workflow::DryRunAdapter),
     };
     let executor = cairn_workflow::Executor::new(adapter)
         .with_gate(Arc::new(execution_gate(cfg)?))
