@@ -222,13 +222,14 @@ impl RoutingContext {
 pub struct RouterConfig {
     /// Evaluation deadline; past it the decision fails closed.
     pub timeout_ms: u64,
-    /// Below this confidence an `auto` outcome becomes `advisory`, whatever the policy says.
+    /// Below this confidence an `auto` outcome becomes `advisory`, whatever the policy says. It
+    /// can raise [`cairn_types::MIN_AUTO_CONFIDENCE`], never lower it.
     pub min_auto_confidence: f64,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { timeout_ms: 250, min_auto_confidence: 0.5 }
+        RouterConfig { timeout_ms: 250, min_auto_confidence: cairn_types::MIN_AUTO_CONFIDENCE }
     }
 }
 
@@ -337,7 +338,7 @@ impl Router {
         // a person looks before each stage.
         let mut stage_approval = raw.stage_approval;
         if outcome == Outcome::Auto {
-            let floor = self.cfg.min_auto_confidence;
+            let floor = self.cfg.min_auto_confidence.max(cairn_types::MIN_AUTO_CONFIDENCE);
             if rec.confidence.is_nan() || rec.confidence < floor {
                 reasons.push(format!(
                     "confidence {:.2} is below the floor {floor:.2} that no policy can lower: advisory instead of auto",
@@ -372,8 +373,8 @@ impl Router {
             stage_approval = true;
         }
         let (approvals_required, approver_groups, requires_window) = match outcome {
-            Outcome::Review if tier == Some(3) => (raw.approvals_required.max(2), raw.approver_groups, true),
-            Outcome::Review => (raw.approvals_required.max(1), raw.approver_groups, raw.requires_window),
+            Outcome::Review if tier == Some(3) => (raw.approvals_required.max(cairn_types::min_approvals(tier)), raw.approver_groups, true),
+            Outcome::Review => (raw.approvals_required.max(cairn_types::min_approvals(tier)), raw.approver_groups, raw.requires_window),
             _ => (0, Vec::new(), false),
         };
         Decision {
@@ -435,8 +436,7 @@ fn validate(raw: &RawDecision) -> Result<(), String> {
     match (outcome, raw.tier) {
         (Outcome::Auto, Some(0 | 1)) => {}
         (Outcome::Auto, t) => return Err(format!("auto needs tier 0 or 1, got {t:?}")),
-        (Outcome::Review, Some(2)) if raw.approvals_required >= 1 => {}
-        (Outcome::Review, Some(3)) if raw.approvals_required >= 2 => {}
+        (Outcome::Review, t @ Some(2 | 3)) if raw.approvals_required >= cairn_types::min_approvals(t) => {}
         (Outcome::Review, t) => {
             return Err(format!(
                 "review needs tier 2 with at least 1 approval or tier 3 with at least 2, got tier {t:?} with {}",
@@ -525,7 +525,7 @@ pub fn unauthenticated_floor(decision: Decision, approver_groups: &[String]) -> 
     let mut d = decision;
     d.outcome = Outcome::Review;
     d.tier = Some(d.tier.unwrap_or(2).max(2));
-    d.approvals_required = d.approvals_required.max(1);
+    d.approvals_required = d.approvals_required.max(cairn_types::min_approvals(d.tier));
     if d.approver_groups.is_empty() {
         d.approver_groups = approver_groups.to_vec();
     }

@@ -210,6 +210,19 @@ decision := {"outcome": "auto", "tier": 0, "approvals_required": 0, "reasons": [
 }
 
 #[test]
+fn a_setting_can_raise_the_confidence_floor_but_never_lower_it() {
+    let lax = r#"package cairn.route
+decision := {"outcome": "auto", "tier": 0, "approvals_required": 0, "reasons": ["anything goes"]}"#;
+    let below = rec(ActionClass::RestartProcess, "production", 0.45, BlastRadius::Instance, Reversibility::Reversible);
+    let lowered = Router::from_sources(lax, "{}", RouterConfig { min_auto_confidence: 0.1, ..Default::default() }).unwrap();
+    assert_eq!(lowered.route(&below, &ctx(), 0).outcome, Outcome::Advisory, "0.45 < the invariant floor 0.5");
+    let raised = Router::from_sources(lax, "{}", RouterConfig { min_auto_confidence: 0.8, ..Default::default() }).unwrap();
+    let fair = rec(ActionClass::RestartProcess, "production", 0.7, BlastRadius::Instance, Reversibility::Reversible);
+    assert_eq!(raised.route(&fair, &ctx(), 0).outcome, Outcome::Advisory, "0.7 < a raised floor of 0.8");
+    assert_eq!(lowered.route(&fair, &ctx(), 0).outcome, Outcome::Auto);
+}
+
+#[test]
 fn service_criticality_comes_from_the_bundle_and_keeps_critical_services_from_auto() {
     let bundle = PolicyBundle::embedded_default();
     assert_eq!(bundle.service_criticality("payments"), "critical");

@@ -65,6 +65,16 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     i64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?}: too long"))
 }
 
+/// Confidence below which nothing runs by itself (invariant 6), whatever a policy or a setting
+/// says: the router turns such an `auto` into `advisory`, and the executor refuses it again.
+pub const MIN_AUTO_CONFIDENCE: f64 = 0.5;
+
+/// The fewest approvals a change under review needs, by risk tier: one, and two distinct people at
+/// tier 3. The router raises a bundle's `approvals_required` to it; the executor counts against it.
+pub const fn min_approvals(tier: Option<u8>) -> u8 {
+    if matches!(tier, Some(3)) { 2 } else { 1 }
+}
+
 /// The principal subject Cairn itself acts as when it proposes or runs a change. It can never
 /// approve anything (invariant 3).
 pub const CAIRN_SERVICE_SUBJECT: &str = "system:cairn";

@@ -118,7 +118,7 @@ pub fn authorize_execution(
 
 /// Distinct approvals a review needs: what the policy asked, at least one, at least two at tier 3.
 pub(crate) fn required_approvals(asked: u8, tier: Option<u8>) -> u8 {
-    asked.max(if tier == Some(3) { 2 } else { 1 })
+    asked.max(cairn_types::min_approvals(tier))
 }
 
 /// The change's state when the executor refused it: failed, visibly, with the refusal audited.

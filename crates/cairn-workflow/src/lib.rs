@@ -54,5 +54,4 @@ impl Default for WorkflowConfig {
     }
 }
 
-/// Confidence below which nothing runs by itself (invariant 6), whatever the policy said.
-pub const MIN_AUTO_CONFIDENCE: f64 = 0.5;
+pub use cairn_types::MIN_AUTO_CONFIDENCE;
