@@ -81,20 +81,7 @@ pub fn authorize_execution(
         }
         Outcome::Review => {
             let required = required_approvals(decision.approvals_required, decision.tier);
-            let valid: BTreeSet<&str> = change
-                .approvals
-                .iter()
-                .filter(|a| {
-                    a.subject != change.requester
-                        && a.subject != CAIRN_SERVICE_SUBJECT
-                        && change.breakglass_owner.as_deref() != Some(a.subject.as_str())
-                        && decision.breakglass_owner.as_deref() != Some(a.subject.as_str())
-                        && a.revision == rec.revision
-                        && a.policy_version == decision.policy_version
-                        && a.action_digest == change.action_digest
-                })
-                .map(|a| a.subject.as_str())
-                .collect();
+            let valid = counting_approvers(change, rec, decision, &change.approvals);
             if valid.len() < usize::from(required) {
                 return Err(ExecutionRefused::NoQuorum { valid: valid.len(), required });
             }
@@ -114,6 +101,33 @@ pub fn authorize_execution(
             Ok(())
         }
     }
+}
+
+/// The one rule for which approvals count, for a change and for each of its stages: distinct
+/// people other than the requester, Cairn itself and a break-glass's owner, who approved this very
+/// revision under this policy version and this action digest. (Whether the roster still
+/// authorises them is checked after, against the current configuration.)
+pub(crate) fn counting_approvers<'a>(
+    change: &ChangeRequest,
+    rec: &Recommendation,
+    decision: &Decision,
+    approvals: impl IntoIterator<Item = &'a cairn_types::Approval>,
+) -> BTreeSet<&'a str> {
+    approvals
+        .into_iter()
+        .filter(|a| {
+            a.subject != change.requester
+                && a.subject != CAIRN_SERVICE_SUBJECT
+                && change.breakglass_owner.as_deref() != Some(a.subject.as_str())
+                && decision.breakglass_owner.as_deref() != Some(a.subject.as_str())
+                && a.revision == rec.revision
+                && a.revision == change.revision
+                && a.policy_version == decision.policy_version
+                && a.policy_version == change.policy_version
+                && a.action_digest == change.action_digest
+        })
+        .map(|a| a.subject.as_str())
+        .collect()
 }
 
 /// Distinct approvals a review needs: what the policy asked, at least one, at least two at tier 3.

@@ -13,34 +13,12 @@ use cairn_types::{
     ExecutionOutcome, Principal, Recommendation, Rejection, RolloutStop, StageApproval, StopCause,
 };
 use serde_json::json;
-use std::collections::BTreeSet;
 
 /// Whether a staged change pauses for approval before each stage after the first: the policy
 /// decides ([`Decision::stage_approval`], recorded on the change when it was opened). Fail closed:
 /// if either the change or the decision in force says pause, it pauses.
 pub fn pauses_between_stages(change: &ChangeRequest, decision: &Decision) -> bool {
     change.stage_approval || decision.stage_approval
-}
-
-/// The approvals that let the next stage run: distinct people other than the requester and Cairn,
-/// bound to this revision, policy version and action digest, naming that stage.
-fn valid_stage_approvers<'a>(change: &'a ChangeRequest, rec: &Recommendation, stage: &str) -> BTreeSet<&'a str> {
-    change
-        .stage_approvals
-        .iter()
-        .filter(|s| s.stage == stage)
-        .map(|s| &s.approval)
-        .filter(|a| {
-            a.subject != change.requester
-                && a.subject != CAIRN_SERVICE_SUBJECT
-                && change.breakglass_owner.as_deref() != Some(a.subject.as_str())
-                && a.revision == rec.revision
-                && a.revision == change.revision
-                && a.policy_version == change.policy_version
-                && a.action_digest == change.action_digest
-        })
-        .map(|a| a.subject.as_str())
-        .collect()
 }
 
 /// Part of [`authorize_execution`](crate::authorize_execution): a staged change past its first
@@ -62,7 +40,7 @@ pub(crate) fn authorize_stage(
         return Err(ExecutionRefused::Mismatch("every stage already ran"));
     };
     let required = required_approvals(decision.approvals_required, decision.tier);
-    let valid = valid_stage_approvers(change, rec, stage);
+    let valid = crate::execute::counting_approvers(change, rec, decision, change.stage_approvals.iter().filter(|s| s.stage == stage).map(|s| &s.approval));
     let still = match &gate.roster {
         Some(roster) => valid.iter().filter(|s| roster.may_approve(s, &change.approver_groups)).count(),
         None => valid.len(),

@@ -166,6 +166,18 @@ fn a_staged_change_never_runs_the_next_stage_without_a_valid_approval_of_it() {
                 "{subject} {stage} {revision}"
             );
         }
+        // The owner of the break-glass the decision in force was opened under cannot approve a
+        // stage of it either (the same rule as for the change's own approvals).
+        let mut under_breakglass = d.clone();
+        under_breakglass.breakglass_owner = Some("user:dan".into());
+        let mut forged = c.clone();
+        forged.state = ChangeState::Approved;
+        let mut a = c.approvals[0].clone();
+        a.subject = "user:dan".into();
+        forged.stage_approvals.push(StageApproval { stage: "25%".into(), approval: a });
+        let dan = |d: &Decision| crate::execute::counting_approvers(&forged, &r, d, forged.stage_approvals.iter().map(|s| &s.approval)).contains("user:dan");
+        assert!(dan(&d) && !dan(&under_breakglass), "dan counts, except as the break-glass's owner");
+        assert!(matches!(ex.run(&forged, &r, &under_breakglass, 3_600).await, Err(ExecutionRefused::NoStageApproval { .. })));
         assert_eq!(adapter.ran(), ["canary"], "no refused attempt reached the adapter");
 
         // A valid approval of stage 2 lets exactly stage 2 run; the change pauses before stage 3.
