@@ -489,9 +489,7 @@ impl Engine {
                 // still be in place: leave it visibly `rollback_failed` for people.
                 warn!(parent: &span, error = %refused, "rollback of a stopped rollout refused");
                 let mut next = change.clone();
-                next.state = ChangeState::RollbackFailed;
-                next.version += 1;
-                next.updated_ms = now;
+                next.advance(ChangeState::RollbackFailed, now);
                 let drafts = vec![cairn_types::AuditDraft::for_change(
                     &next,
                     cairn_types::CAIRN_SERVICE_SUBJECT,

@@ -105,6 +105,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Review(r) => review_status(r, msg),
             ApiError::BreakGlass(b) => breakglass_status(b, msg),
             ApiError::Store(StoreError::Conflict { .. }) => tonic::Status::aborted(msg),
+            ApiError::Store(StoreError::IllegalTransition { .. }) => tonic::Status::failed_precondition(msg),
             ApiError::Store(_) | ApiError::Internal(_) => tonic::Status::internal(msg),
         }
     }

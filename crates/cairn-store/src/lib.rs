@@ -50,6 +50,10 @@ pub enum StoreError {
     Conflict { what: String, expected: u64, found: u64 },
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A write that would move a change where its lifecycle does not go
+    /// ([`cairn_types::ChangeState::may_become`]); nothing was written.
+    #[error("change {change} cannot move from {from} to {to}: not a transition of the change lifecycle; nothing was written")]
+    IllegalTransition { change: String, from: cairn_types::ChangeState, to: cairn_types::ChangeState },
     #[error("the database schema is version {found}, newer than this build understands ({known}); upgrade cairn")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("audit chain broken: {0}")]

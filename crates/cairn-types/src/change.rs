@@ -102,6 +102,31 @@ impl ChangeState {
         ChangeState::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
+    /// The transition table: whether a change stored in `self` may next be stored in `to`. The
+    /// store refuses every other write, so no path (a bug, a forged request, a second backend)
+    /// can move a change where its lifecycle does not go. Staying in a live state is allowed (an
+    /// approval recorded, a stage approved); nothing leaves a terminal state.
+    pub fn may_become(self, to: ChangeState) -> bool {
+        use ChangeState::*;
+        if self == to {
+            return !self.is_terminal();
+        }
+        match self {
+            PendingApproval => matches!(to, Approved | Rejected | Expired | Superseded),
+            // Claimed; replaced by a newer revision; a half-done rollout stopped; held by a guardrail.
+            Approved => matches!(to, Executing | Superseded | RollbackPending | PendingApproval),
+            // Finished; paused before the next stage; stopped mid-rollout; recovered to wait again
+            // (a lost claim whose approval still holds); held by a guardrail after the claim.
+            Executing => matches!(
+                to,
+                Succeeded | Failed | RolledBack | RollbackFailed | AwaitingStageApproval | RollbackPending | Approved | PendingApproval
+            ),
+            AwaitingStageApproval => matches!(to, Approved | RollbackPending),
+            RollbackPending => matches!(to, Executing | RolledBack | RollbackFailed),
+            Advisory | Blocked | Rejected | Expired | Superseded | Succeeded | Failed | RolledBack | RollbackFailed => false,
+        }
+    }
+
     /// No further transitions happen from a terminal state.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -279,6 +304,15 @@ pub(crate) fn pause_between_stages_by_default() -> bool {
 }
 
 impl ChangeRequest {
+    /// Moves this (already cloned) change to `to` at `now_ms`: the state, the version every write
+    /// bumps, the time. Whether the move is allowed is [`ChangeState::may_become`], which the store
+    /// enforces on every write.
+    pub fn advance(&mut self, to: ChangeState, now_ms: TimestampMs) {
+        self.state = to;
+        self.version += 1;
+        self.updated_ms = now_ms;
+    }
+
     /// The stage that runs next, if the change is staged and not finished.
     pub fn next_stage(&self) -> Option<&str> {
         self.stages.get(self.stages_done as usize).map(String::as_str)
@@ -299,9 +333,7 @@ impl ChangeRequest {
     /// refusal of a claimed change).
     pub fn stop_rollout(&self, stop: RolloutStop, now_ms: TimestampMs) -> (ChangeRequest, AuditDraft) {
         let mut next = self.clone();
-        next.state = ChangeState::RollbackPending;
-        next.version += 1;
-        next.updated_ms = now_ms;
+        next.advance(ChangeState::RollbackPending, now_ms);
         let undo: Vec<&str> = self.stages[..(self.stages_done as usize).min(self.stages.len())].iter().rev().map(String::as_str).collect();
         let draft = AuditDraft::for_change(
             &next,

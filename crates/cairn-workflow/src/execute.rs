@@ -151,9 +151,7 @@ pub fn refuse(change: &ChangeRequest, refused: &ExecutionRefused, now_ms: i64) -
         return (next, vec![draft]);
     }
     let mut next = change.clone();
-    next.state = ChangeState::Failed;
-    next.version += 1;
-    next.updated_ms = now_ms;
+    next.advance(ChangeState::Failed, now_ms);
     let draft = AuditDraft::for_change(
         &next,
         CAIRN_SERVICE_SUBJECT,

@@ -171,12 +171,10 @@ pub fn hold(change: &ChangeRequest, rec: &Recommendation, why: &Hold, now_ms: i6
     if next.approver_groups.is_empty() {
         next.approver_groups = approver_groups.to_vec();
     }
-    next.state = ChangeState::PendingApproval;
+    next.advance(ChangeState::PendingApproval, now_ms);
     next.approvals_required = next.approvals_required.max(1);
     // A held automation is in doubt: its stages, if any, wait for a person too.
     next.stage_approval = true;
-    next.version += 1;
-    next.updated_ms = now_ms;
     next.expires_ms = now_ms.saturating_add(pending_ttl_ms);
     let mut drafts = vec![AuditDraft::for_change(
         &next,

@@ -200,9 +200,7 @@ pub fn recover_interrupted(
         }
         Fate::Move(state) => {
             let mut next = change.clone();
-            next.state = state;
-            next.version += 1;
-            next.updated_ms = now_ms;
+            next.advance(state, now_ms);
             next.stage = None;
             payload["state"] = json!(state.as_str());
             let draft = AuditDraft::for_change(&next, CAIRN_SERVICE_SUBJECT, "change.interrupted", reason.clone(), payload)

@@ -242,11 +242,11 @@ fn read_change(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result
 }
 
 fn write_change(tx: &Transaction<'_>, change: &ChangeRequest, expected_version: u64) -> Result<()> {
-    let found: Option<i64> = tx
-        .prepare_cached("SELECT version FROM changes WHERE id = ?1")?
-        .query_row([&change.id.0], |r| r.get(0))
+    let found: Option<(i64, String)> = tx
+        .prepare_cached("SELECT version, state FROM changes WHERE id = ?1")?
+        .query_row([&change.id.0], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some(found) = found else {
+    let Some((found, state)) = found else {
         return Err(StoreError::NotFound(format!("change {}", change.id)));
     };
     if found as u64 != expected_version || change.version != expected_version + 1 {
@@ -255,6 +255,10 @@ fn write_change(tx: &Transaction<'_>, change: &ChangeRequest, expected_version: 
             expected: expected_version,
             found: found as u64,
         });
+    }
+    let from = ChangeState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("change {} has unknown state {state:?}", change.id)))?;
+    if !from.may_become(change.state) {
+        return Err(StoreError::IllegalTransition { change: change.id.0.clone(), from, to: change.state });
     }
     tx.execute(
         "UPDATE changes SET state = ?2, version = ?3, expires_ms = ?4, body = ?5 WHERE id = ?1",
@@ -396,9 +400,7 @@ fn transition_where(
     for b in bodies {
         let old: ChangeRequest = from_json("change", &b)?;
         let mut next = old.clone();
-        next.state = state;
-        next.version = old.version + 1;
-        next.updated_ms = now_ms;
+        next.advance(state, now_ms);
         write_change(tx, &next, old.version)?;
         append_audit(tx, &[system_draft(&next, kind, reason(&old))], now_ms)?;
         out.push(next);

@@ -407,9 +407,34 @@ fn audit_queries_combine_every_given_filter() {
 
 // --- stopped rollouts: expiry and a new revision stop a half-done staged change for rollback -----
 
+/// The lifecycle's way from `pending_approval` to `state`, for fixtures: the store refuses any
+/// write that skips a step ([`ChangeState::may_become`]).
+fn path_to(state: ChangeState) -> Vec<ChangeState> {
+    use ChangeState::*;
+    match state {
+        PendingApproval => vec![],
+        Approved | Rejected | Expired | Superseded => vec![state],
+        Executing => vec![Approved, Executing],
+        _ => vec![Approved, Executing, state],
+    }
+}
+
+/// Moves `c` (stored, in `pending_approval`) through the lifecycle up to the step before `state`,
+/// writing no audit; returns it as stored.
+fn walk_to_before(s: &SqliteStore, mut c: ChangeRequest, state: ChangeState) -> ChangeRequest {
+    let path = path_to(state);
+    for step in path.iter().take(path.len().saturating_sub(1)) {
+        let expected = c.version;
+        c.advance(*step, 6);
+        s.update_change(&c, expected, &[], 6).unwrap();
+    }
+    c
+}
+
 /// Writes change `rev` (already proposed) as a staged change in `state` with `done` stages run.
 fn staged(s: &SqliteStore, rev: u32, state: ChangeState, done: u32, expires_ms: i64) -> ChangeRequest {
-    let mut c = s.get_change(&ChangeId(format!("chg-{rev}"))).unwrap().unwrap();
+    let c = s.get_change(&ChangeId(format!("chg-{rev}"))).unwrap().unwrap();
+    let mut c = walk_to_before(s, c, state);
     let expected = c.version;
     c.stages = vec!["canary".into(), "25%".into(), "100%".into()];
     c.stages_done = done;
@@ -584,6 +609,46 @@ fn recent_changes_on_a_target_leave_out_superseded_revisions() {
 }
 
 #[test]
+fn the_store_refuses_a_write_that_leaves_the_change_lifecycle() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    s.propose(&rec(1), &decision(1), &change(1), &[draft("recommendation.proposed")], 5).unwrap();
+    let c = s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap();
+    let audit_before = s.audit_events(&AuditQuery::default()).unwrap().len();
+    // Straight from waiting for approval to running, or to done: skipping the approval.
+    for to in [ChangeState::Executing, ChangeState::Succeeded, ChangeState::AwaitingStageApproval] {
+        let mut next = c.clone();
+        next.advance(to, 7);
+        let e = s.update_change(&next, c.version, &[draft("forged")], 7).unwrap_err();
+        assert!(matches!(e, StoreError::IllegalTransition { from: ChangeState::PendingApproval, .. }), "{to}: {e}");
+        assert!(e.to_string().contains("nothing was written"), "{e}");
+    }
+    assert_eq!(s.get_change(&c.id).unwrap().unwrap(), c, "the change is as it was");
+    assert_eq!(s.audit_events(&AuditQuery::default()).unwrap().len(), audit_before, "and so is the audit log");
+    // Nothing leaves a terminal state, not even to itself.
+    let mut rejected = c.clone();
+    rejected.advance(ChangeState::Rejected, 8);
+    s.update_change(&rejected, c.version, &[], 8).unwrap();
+    for to in [ChangeState::Approved, ChangeState::Rejected] {
+        let mut again = rejected.clone();
+        again.advance(to, 9);
+        assert!(matches!(s.update_change(&again, rejected.version, &[], 9), Err(StoreError::IllegalTransition { .. })), "{to}");
+    }
+}
+
+#[test]
+fn every_state_the_table_allows_is_reachable_and_terminal_states_lead_nowhere() {
+    for from in ChangeState::ALL {
+        let next: Vec<ChangeState> = ChangeState::ALL.into_iter().filter(|to| from.may_become(*to)).collect();
+        assert_eq!(next.is_empty(), from.is_terminal(), "{from}: {next:?}");
+    }
+    // Every state but the two a change can only be opened in is reached by some transition.
+    for to in ChangeState::ALL {
+        let reached = ChangeState::ALL.into_iter().any(|from| from != to && from.may_become(to));
+        assert_eq!(reached, !matches!(to, ChangeState::Advisory | ChangeState::Blocked), "{to}");
+    }
+}
+
+#[test]
 fn decided_changes_are_found_per_service_and_environment_without_the_asking_recommendation() {
     let s = SqliteStore::open_in_memory().unwrap();
     let propose_as = |id: &str, rev: u32, state: ChangeState, environment: &str| {
@@ -595,10 +660,10 @@ fn decided_changes_are_found_per_service_and_environment_without_the_asking_reco
         c.id = ChangeId(format!("chg-{id}-{rev}"));
         s.propose(&r, &d, &c, &[draft("recommendation.proposed")], 5).unwrap();
         if state != ChangeState::PendingApproval {
-            let mut next = c.clone();
-            next.state = state;
-            next.version = 2;
-            s.update_change(&next, 1, &[], 6).unwrap();
+            let mut next = walk_to_before(&s, c.clone(), state);
+            let expected = next.version;
+            next.advance(state, 6);
+            s.update_change(&next, expected, &[], 6).unwrap();
         }
     };
     propose_as("rec-a", 1, ChangeState::Rejected, "production");

@@ -360,9 +360,7 @@ pub fn expire(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec
         return None;
     }
     let mut next = change.clone();
-    next.state = ChangeState::Expired;
-    next.version += 1;
-    next.updated_ms = now_ms;
+    next.advance(ChangeState::Expired, now_ms);
     let d = AuditDraft::for_change(
         &next,
         CAIRN_SERVICE_SUBJECT,
