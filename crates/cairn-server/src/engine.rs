@@ -117,6 +117,18 @@ impl Engine {
     ) -> Result<Engine, StoreError> {
         let head = store.audit_head()?;
         let (audit_head, _) = watch::channel(head);
+        // The store says when the log grew (after the commit), so live streams wake on every
+        // write without any caller having to remember to tell them.
+        let notify = audit_head.clone();
+        store.on_audit_commit(Box::new(move |head| {
+            notify.send_if_modified(|h| {
+                let newer = head > *h;
+                if newer {
+                    *h = head;
+                }
+                newer
+            });
+        }));
         Ok(Engine {
             store,
             router: crate::policy::ActiveRouter::new(router),
@@ -136,12 +148,6 @@ impl Engine {
 
     pub fn subscribe_audit_head(&self) -> watch::Receiver<u64> {
         self.audit_head.subscribe()
-    }
-
-    pub(crate) fn audit_written(&self) {
-        if let Ok(head) = self.store.audit_head() {
-            self.audit_head.send_replace(head);
-        }
     }
 
     /// Cancelled when the server begins to shut down.
@@ -221,7 +227,6 @@ impl Engine {
             if self.store.get_recommendation(&rec_id, None)?.is_some() {
                 let why = gone.grouping_reasons.first().cloned().unwrap_or_default();
                 self.store.withdraw_recommendation(&rec_id, &format!("incident {} was {why}", gone.id), now)?;
-                self.audit_written();
                 info!(incident_id = %gone.id, recommendation_id = %rec_id, "recommendation withdrawn: its incident was merged");
             }
         }
@@ -318,7 +323,6 @@ impl Engine {
             target = %rec.target,
             "recommendation routed"
         );
-        self.audit_written();
         if change.state == ChangeState::Approved {
             self.wake_executor();
         }
@@ -372,7 +376,6 @@ impl Engine {
                     self.metrics.reviews.with_label_values(&[action, "refused"]).inc();
                     if matches!(e, cairn_workflow::ReviewError::Expired { .. }) {
                         self.store.expire_pending(now)?;
-                        self.audit_written();
                     }
                     info!(error = %e, "review refused");
                     return Err(e.into());
@@ -386,7 +389,6 @@ impl Engine {
             match self.store.update_change(&next, change.version, &drafts, now) {
                 Ok(()) => {
                     self.metrics.reviews.with_label_values(&[action, "accepted"]).inc();
-                    self.audit_written();
                     let message = match (approve, next.state) {
                         (true, ChangeState::Approved) => {
                             self.observe_approved(&next, now);
@@ -434,15 +436,12 @@ impl Engine {
                 if let Err(e) = engine.recover_interrupted(now) {
                     warn!(error = %e, "recovery of interrupted changes failed; retried on the next pass");
                 }
-                let expired = engine.store.expire_pending(now)?;
-                let swept = engine.sweep_breakglass(now)?;
+                engine.store.expire_pending(now)?;
+                engine.sweep_breakglass(now)?;
                 // Stopped rollouts first: undoing comes before doing more.
                 let rollbacks = engine.store.claim_rollbacks(16, now)?;
                 let waiting = crate::policy::waiting_for_window(engine, now)?;
                 let claimed = engine.store.claim_approved_except(16, now, &waiting)?;
-                if !expired.is_empty() || swept > 0 || !rollbacks.is_empty() || !claimed.is_empty() {
-                    engine.audit_written();
-                }
                 Ok((rollbacks, claimed))
             })
             .await?;
@@ -499,7 +498,6 @@ impl Engine {
                 )];
                 let expected = change.version;
                 self.on_blocking(move |e| Ok(e.store.update_change(&next, expected, &drafts, now)?)).await?;
-                self.audit_written();
                 return Ok(());
             }
         };
@@ -526,7 +524,6 @@ impl Engine {
         };
         if recommendation.action == cairn_types::ActionClass::PolicyActivation {
             self.on_blocking(move |e| crate::policy::activate(e, change, recommendation, decision)).await?;
-            self.audit_written();
             return Ok(());
         }
         let stopped = {
@@ -534,7 +531,6 @@ impl Engine {
             self.on_blocking(move |e| crate::policy::stop_if_decided_under_old_policy(e, &change, &rec, &decision)).await?
         };
         if stopped {
-            self.audit_written();
             return Ok(());
         }
         let now = self.clock.now_ms();
@@ -543,7 +539,6 @@ impl Engine {
             self.on_blocking(move |e| e.stop_before_run(&change, &rec, now)).await?
         };
         if stopped {
-            self.audit_written();
             return Ok(());
         }
         let run = {
@@ -567,7 +562,6 @@ impl Engine {
                 let expected = change.version;
                 self.on_blocking(move |e| Ok(e.store.update_change(&next, expected, &drafts, now)?)).await?;
                 self.metrics.executions.with_label_values(&["none", "refused"]).inc();
-                self.audit_written();
                 return Ok(());
             }
         };
@@ -598,7 +592,6 @@ impl Engine {
         let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
         let expected = change.version;
         self.on_blocking(move |e| Ok(e.store.record_execution(&execution, &next, expected, &drafts, now)?)).await?;
-        self.audit_written();
         self.escalate(escalations);
         Ok(())
     }

@@ -266,7 +266,6 @@ impl Engine {
         g.guardrail_overrides.with_label_values(&[&who.subject, "breakglass_opened"]).inc();
         g.breakglass_active.inc();
         info!(breakglass_id = %bg.id, owner = %bg.owner, expires_ms = bg.expires_ms, "break-glass opened");
-        self.audit_written();
         self.escalate(alerts);
         Ok(bg)
     }
@@ -279,7 +278,6 @@ impl Engine {
         self.store.save_breakglass(&next, &drafts, now)?;
         self.metrics.governance.breakglass_events.with_label_values(&["revoked", &who.subject]).inc();
         self.metrics.governance.breakglass_active.dec();
-        self.audit_written();
         self.escalate(alerts);
         Ok(next)
     }
@@ -299,7 +297,6 @@ impl Engine {
         if !frozen && before.is_some_and(|b| b.frozen) {
             g.guardrail_overrides.with_label_values(&[&who.subject, "freeze_off"]).inc();
         }
-        self.audit_written();
         self.escalate(vec![freeze_alert(&state, now)]);
         if !frozen {
             // Changes the freeze held are pending approval; nothing else needs waking.
@@ -328,7 +325,6 @@ impl Engine {
             ..Default::default()
         };
         self.store.set_freeze(&state, &[draft], now)?;
-        self.audit_written();
         self.escalate(vec![freeze_alert(&state, now)]);
         Ok(())
     }
@@ -341,7 +337,6 @@ impl Engine {
         if enabled {
             self.metrics.governance.guardrail_overrides.with_label_values(&[&who.subject, "automation_enabled"]).inc();
             self.refresh_disabled_gauge();
-            self.audit_written();
             self.escalate(vec![guard::loop_guard_resolved(action, target, &who.subject, now)]);
         }
         Ok(enabled)

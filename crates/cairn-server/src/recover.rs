@@ -79,9 +79,6 @@ impl Engine {
                 Err(e) => warn!(change_id = %change.id, error = %e, "interrupted change not recovered yet"),
             }
         }
-        if recovered > 0 {
-            self.audit_written();
-        }
         Ok(recovered)
     }
 

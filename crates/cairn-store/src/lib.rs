@@ -64,6 +64,9 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What [`Store::on_audit_commit`] calls with the new audit head.
+pub type AuditHook = Box<dyn Fn(u64) + Send + Sync>;
+
 /// A recommendation revision with the decision that routed it and its change request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecommendationRecord {
@@ -201,6 +204,10 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
     /// The sequence number of the last audit event (0 when empty).
     fn audit_head(&self) -> Result<u64>;
+    /// Calls `hook` with the new audit head after every committed write that appended to the log
+    /// (live streams wake on it); replaces an earlier hook. The store says when, so no caller has
+    /// to remember to.
+    fn on_audit_commit(&self, hook: AuditHook);
     /// Streams the whole log through the chain verifier.
     fn verify_audit(&self) -> Result<ChainSummary>;
     /// The audit log's Merkle tree head (size, root), from the stored tree nodes.

@@ -145,6 +145,19 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     /// Who claims executor work through this store, and for how long ([`crate::LeaseStore`]).
     lease: Mutex<crate::LeaseTerms>,
+    /// Told the audit head after every committed write that appended to the log.
+    audit_hook: HookSlot,
+}
+
+/// The audit hook's place (a closure has no `Debug`).
+#[derive(Default)]
+struct HookSlot(std::sync::RwLock<Option<crate::AuditHook>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.read().map(|h| h.is_some()).unwrap_or(false);
+        f.debug_tuple("HookSlot").field(&if set { "set" } else { "unset" }).finish()
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
@@ -189,7 +202,7 @@ impl SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         audit::catch_up_tree(&tx)?;
         tx.commit()?;
-        Ok(SqliteStore { conn: Mutex::new(conn), lease: Mutex::default() })
+        Ok(SqliteStore { conn: Mutex::new(conn), lease: Mutex::default(), audit_hook: Default::default() })
     }
 
     /// Opens an existing database read-only, without migrating it: for verifying a stopped
@@ -214,14 +227,22 @@ impl SqliteStore {
                 "the database schema is version {current}, older than this build ({known}); verify a copy after opening it once with `cairn serve`"
             )));
         }
-        Ok(SqliteStore { conn: Mutex::new(conn), lease: Mutex::default() })
+        Ok(SqliteStore { conn: Mutex::new(conn), lease: Mutex::default(), audit_hook: Default::default() })
     }
 
     fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let head_before = audit_head_of(&tx)?;
         let out = f(&tx)?;
+        let head_after = audit_head_of(&tx)?;
         tx.commit()?;
+        drop(conn);
+        if head_after != head_before {
+            if let Some(hook) = self.audit_hook.0.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                hook(head_after);
+            }
+        }
         Ok(out)
     }
 
@@ -229,6 +250,11 @@ impl SqliteStore {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
     }
+}
+
+/// The sequence number of the newest audit entry (0 for an empty log).
+fn audit_head_of(c: &Connection) -> Result<u64> {
+    Ok(c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit_log")?.query_row([], |r| r.get::<_, i64>(0))? as u64)
 }
 
 /// Seals and appends drafts inside the caller's transaction.
@@ -822,9 +848,11 @@ impl Store for SqliteStore {
     }
 
     fn audit_head(&self) -> Result<u64> {
-        self.with_conn(|c| {
-            Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_log", [], |r| r.get::<_, i64>(0))? as u64)
-        })
+        self.with_conn(audit_head_of)
+    }
+
+    fn on_audit_commit(&self, hook: crate::AuditHook) {
+        *self.audit_hook.0.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     fn verify_audit(&self) -> Result<crate::ChainSummary> {

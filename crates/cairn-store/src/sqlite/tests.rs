@@ -609,6 +609,27 @@ fn recent_changes_on_a_target_leave_out_superseded_revisions() {
 }
 
 #[test]
+fn the_audit_hook_hears_every_committed_append_and_nothing_else() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = heard.clone();
+    s.on_audit_commit(Box::new(move |head| h.lock().unwrap().push(head)));
+    s.propose(&rec(1), &decision(1), &change(1), &[draft("recommendation.proposed"), draft("decision.made")], 5).unwrap();
+    assert_eq!(*heard.lock().unwrap(), [2], "one call per commit, with the new head");
+    // A write that appends nothing, and a write refused (stale version) after its audit was
+    // drafted: neither is heard.
+    s.record_alerts(&[], 6).unwrap();
+    let c = s.get_change(&ChangeId("chg-1".into())).unwrap().unwrap();
+    let mut next = c.clone();
+    next.advance(ChangeState::Approved, 7);
+    assert!(s.update_change(&next, c.version + 5, &[draft("change.approved")], 7).is_err());
+    assert_eq!(*heard.lock().unwrap(), [2]);
+    s.update_change(&next, c.version, &[draft("change.approved")], 7).unwrap();
+    assert_eq!(*heard.lock().unwrap(), [2, 3]);
+    assert_eq!(s.audit_head().unwrap(), 3);
+}
+
+#[test]
 fn the_store_refuses_a_write_that_leaves_the_change_lifecycle() {
     let s = SqliteStore::open_in_memory().unwrap();
     s.propose(&rec(1), &decision(1), &change(1), &[draft("recommendation.proposed")], 5).unwrap();
