@@ -238,10 +238,10 @@ impl SqliteStore {
         let head_after = audit_head_of(&tx)?;
         tx.commit()?;
         drop(conn);
-        if head_after != head_before {
-            if let Some(hook) = self.audit_hook.0.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                hook(head_after);
-            }
+        if head_after != head_before
+            && let Some(hook) = self.audit_hook.0.read().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            hook(head_after);
         }
         Ok(out)
     }
