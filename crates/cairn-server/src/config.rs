@@ -502,12 +502,17 @@ impl ServerConfig {
 mod tests {
     use super::*;
 
+    /// The README's code block that starts with the comment line `marker`, up to its fence.
+    fn readme_block(marker: &str) -> String {
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+        let start = readme.find(marker).unwrap_or_else(|| panic!("the README has no block starting {marker:?}"));
+        readme[start..start + readme[start..].find("```").unwrap()].to_string()
+    }
+
     #[test]
     fn the_readme_topology_snippet_parses_and_reaches_the_correlator() {
-        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
-        let start = readme.find("# cairn.toml: the services and whom each calls").expect("the README's [[topology]] snippet");
-        let block = &readme[start..start + readme[start..].find("```").unwrap()];
-        let cfg: ServerConfig = toml::from_str(block).unwrap();
+        let block = readme_block("# cairn.toml: the services and whom each calls");
+        let cfg: ServerConfig = toml::from_str(&block).unwrap();
         assert_eq!(cfg.topology.len(), 1);
         assert_eq!(cfg.topology[0].depends_on, ["payments", "orders-pg"]);
         let c = cairn_correlate::Correlator::with_topology(cfg.correlate.clone(), &cfg.topology);
@@ -516,10 +521,8 @@ mod tests {
 
     #[test]
     fn the_readme_tls_snippet_parses_and_validates() {
-        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
-        let start = readme.find("# cairn.toml: TLS on both listeners").expect("the README's [tls] snippet");
-        let block = &readme[start..start + readme[start..].find("```").unwrap()];
-        let mut cfg: ServerConfig = toml::from_str(block).unwrap();
+        let block = readme_block("# cairn.toml: TLS on both listeners");
+        let mut cfg: ServerConfig = toml::from_str(&block).unwrap();
         cfg.http_addr = "0.0.0.0:9464".parse().unwrap();
         cfg.ingest.require_token = true;
         cfg.validate().expect("TLS makes a non-loopback address acceptable");
@@ -531,10 +534,8 @@ mod tests {
 
     #[test]
     fn the_readme_oidc_snippet_parses_and_validates() {
-        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
-        let start = readme.find("# cairn.toml: people from the company's identity provider").expect("the README's [[auth.oidc]] snippet");
-        let block = &readme[start..start + readme[start..].find("```").unwrap()];
-        let cfg: ServerConfig = toml::from_str(block).unwrap();
+        let block = readme_block("# cairn.toml: people from the company's identity provider");
+        let cfg: ServerConfig = toml::from_str(&block).unwrap();
         cfg.validate().expect("valid");
         let o = &cfg.auth.oidc[0];
         assert_eq!((o.subject_prefix().as_str(), o.groups.len()), ("corp:", 2));
