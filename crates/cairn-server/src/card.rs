@@ -5,7 +5,7 @@ use crate::engine::Engine;
 use crate::error::ApiError;
 use cairn_proto::v1 as pb;
 use cairn_store::{RecommendationFilter, RecommendationRecord};
-use cairn_types::{AlertStatus, ChangeState, Recommendation, RecommendationId};
+use cairn_types::{ChangeState, Recommendation, RecommendationId};
 
 /// How far back "related recent changes" on the same target look.
 const RELATED_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -31,9 +31,8 @@ pub fn decision_card(engine: &Engine, id: &RecommendationId, revision: u32) -> R
         .collect();
     let firing: Vec<String> = engine
         .store
-        .list_alerts(1000)?
+        .firing_alerts_on_service(&rec.target.service, 200)?
         .into_iter()
-        .filter(|a| a.status == AlertStatus::Firing && a.labels.get("service") == Some(rec.target.service.as_str()))
         .map(|a| a.alertname().to_string())
         .collect();
     let target_state = if firing.is_empty() {

@@ -118,6 +118,9 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     fn count_anomalies(&self) -> Result<u64>;
     /// Most recently seen first.
     fn list_alerts(&self, limit: usize) -> Result<Vec<AlertEvent>>;
+    /// The alerts firing now whose `service` label is `service`, most recently seen first, by
+    /// index: however many alerts other services have.
+    fn firing_alerts_on_service(&self, service: &str, limit: usize) -> Result<Vec<AlertEvent>>;
 
     fn upsert_incident(&self, incident: &Incident) -> Result<()>;
     fn get_incident(&self, id: &IncidentId) -> Result<Option<Incident>>;

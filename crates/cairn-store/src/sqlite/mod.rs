@@ -137,6 +137,13 @@ const MIGRATIONS: &[&str] = &[
         body         TEXT NOT NULL
     );
     "#,
+    // 6: the lookups that scanned: alerts by service (the decision card) and by recency, audit
+    // entries by kind.
+    r#"
+    CREATE INDEX IF NOT EXISTS alerts_by_service ON alerts (service, status, last_seen_ms);
+    CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (last_seen_ms);
+    CREATE INDEX IF NOT EXISTS audit_by_kind ON audit_log (kind, seq);
+    "#,
 ];
 
 /// SQLite-backed [`Store`].
@@ -505,6 +512,17 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare("SELECT body FROM alerts ORDER BY last_seen_ms DESC, fingerprint LIMIT ?1")?;
             let bodies: Vec<String> =
                 stmt.query_map([limit as i64], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+            bodies.iter().map(|b| from_json("alert", b)).collect()
+        })
+    }
+
+    fn firing_alerts_on_service(&self, service: &str, limit: usize) -> Result<Vec<AlertEvent>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT body FROM alerts WHERE service = ?1 AND status = 'firing' ORDER BY last_seen_ms DESC, fingerprint LIMIT ?2",
+            )?;
+            let bodies: Vec<String> =
+                stmt.query_map(params![service, limit as i64], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
             bodies.iter().map(|b| from_json("alert", b)).collect()
         })
     }

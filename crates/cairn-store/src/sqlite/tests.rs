@@ -240,6 +240,43 @@ fn alerts_upsert_by_fingerprint() {
 }
 
 #[test]
+fn firing_alerts_on_a_service_are_found_by_index_however_many_others_are_newer() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let alert = |fp: &str, service: &str, name: &str, status: AlertStatus| AlertEvent {
+        fingerprint: fp.into(),
+        status,
+        labels: [("alertname", name), ("service", service)].into_iter().collect(),
+        annotations: Labels::new(),
+        starts_at_ms: 1,
+        ends_at_ms: None,
+        generator_url: String::new(),
+        source: "t".into(),
+    };
+    s.record_alerts(&[alert("old", "checkout", "HighErrorRate", AlertStatus::Firing), alert("done", "checkout", "Slow", AlertStatus::Resolved)], 1).unwrap();
+    // 1,500 newer alerts elsewhere: more than the 1,000 the decision card used to read and filter.
+    let others: Vec<AlertEvent> = (0..1500).map(|i| alert(&format!("o{i}"), &format!("svc-{i}"), "X", AlertStatus::Firing)).collect();
+    s.record_alerts(&others, 2).unwrap();
+    let found: Vec<String> = s.firing_alerts_on_service("checkout", 10).unwrap().iter().map(|a| a.alertname().to_string()).collect();
+    assert_eq!(found, ["HighErrorRate"], "the firing one, not the resolved one, and not lost behind newer alerts");
+    let plan: String = s
+        .with_conn(|c| {
+            let mut st = c.prepare("EXPLAIN QUERY PLAN SELECT body FROM alerts WHERE service = 'checkout' AND status = 'firing' ORDER BY last_seen_ms DESC, fingerprint LIMIT 10")?;
+            let rows: Vec<String> = st.query_map([], |r| r.get::<_, String>(3))?.collect::<std::result::Result<_, _>>()?;
+            Ok(rows.join("; "))
+        })
+        .unwrap();
+    assert!(plan.contains("alerts_by_service"), "{plan}");
+    let plan: String = s
+        .with_conn(|c| {
+            let mut st = c.prepare("EXPLAIN QUERY PLAN SELECT seq FROM audit_log WHERE seq > 0 AND kind = 'change.approved' ORDER BY seq LIMIT 50")?;
+            let rows: Vec<String> = st.query_map([], |r| r.get::<_, String>(3))?.collect::<std::result::Result<_, _>>()?;
+            Ok(rows.join("; "))
+        })
+        .unwrap();
+    assert!(plan.contains("audit_by_kind"), "an audit query by kind reads its index: {plan}");
+}
+
+#[test]
 fn a_change_waiting_for_its_window_stays_approved_and_unclaimed() {
     let s = SqliteStore::open_in_memory().unwrap();
     let c = approved(&s);
