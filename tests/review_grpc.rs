@@ -44,6 +44,7 @@ async fn unapproved_review_item_never_reaches_the_executor_and_approval_is_check
     tokio::time::sleep(Duration::from_millis(500)).await;
     let card = h.wait_for_state(&r.id, &["pending_approval"]).await;
     assert!(card.executions.is_empty(), "nothing ran before approval: {:?}", card.executions);
+    assert!(card.target_state.contains("1 firing alert(s)") && card.target_state.contains(ROLLBACK), "the card shows what fires on the target: {}", card.target_state);
 
     // No token.
     let channel = tonic::transport::Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
