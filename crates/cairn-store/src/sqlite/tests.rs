@@ -239,6 +239,16 @@ fn alerts_upsert_by_fingerprint() {
     assert_eq!(s.list_alerts(10).unwrap()[0].status, AlertStatus::Resolved);
 }
 
+/// SQLite's plan for `sql`, its steps joined: which index (if any) it reads.
+fn query_plan(s: &SqliteStore, sql: &str) -> String {
+    s.with_conn(|c| {
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let rows: Vec<String> = st.query_map([], |r| r.get::<_, String>(3))?.collect::<std::result::Result<_, _>>()?;
+        Ok(rows.join("; "))
+    })
+    .unwrap()
+}
+
 #[test]
 fn firing_alerts_on_a_service_are_found_by_index_however_many_others_are_newer() {
     let s = SqliteStore::open_in_memory().unwrap();
@@ -258,21 +268,9 @@ fn firing_alerts_on_a_service_are_found_by_index_however_many_others_are_newer()
     s.record_alerts(&others, 2).unwrap();
     let found: Vec<String> = s.firing_alerts_on_service("checkout", 10).unwrap().iter().map(|a| a.alertname().to_string()).collect();
     assert_eq!(found, ["HighErrorRate"], "the firing one, not the resolved one, and not lost behind newer alerts");
-    let plan: String = s
-        .with_conn(|c| {
-            let mut st = c.prepare("EXPLAIN QUERY PLAN SELECT body FROM alerts WHERE service = 'checkout' AND status = 'firing' ORDER BY last_seen_ms DESC, fingerprint LIMIT 10")?;
-            let rows: Vec<String> = st.query_map([], |r| r.get::<_, String>(3))?.collect::<std::result::Result<_, _>>()?;
-            Ok(rows.join("; "))
-        })
-        .unwrap();
+    let plan = query_plan(&s, "SELECT body FROM alerts WHERE service = 'checkout' AND status = 'firing' ORDER BY last_seen_ms DESC, fingerprint LIMIT 10");
     assert!(plan.contains("alerts_by_service"), "{plan}");
-    let plan: String = s
-        .with_conn(|c| {
-            let mut st = c.prepare("EXPLAIN QUERY PLAN SELECT seq FROM audit_log WHERE seq > 0 AND kind = 'change.approved' ORDER BY seq LIMIT 50")?;
-            let rows: Vec<String> = st.query_map([], |r| r.get::<_, String>(3))?.collect::<std::result::Result<_, _>>()?;
-            Ok(rows.join("; "))
-        })
-        .unwrap();
+    let plan = query_plan(&s, "SELECT seq FROM audit_log WHERE seq > 0 AND kind = 'change.approved' ORDER BY seq LIMIT 50");
     assert!(plan.contains("audit_by_kind"), "an audit query by kind reads its index: {plan}");
 }
 
