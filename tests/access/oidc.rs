@@ -206,3 +206,21 @@ async fn a_tier3_approval_wants_a_recent_sign_in() {
     assert_eq!(resp.change.unwrap().approvals.len(), 1);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_cannot_be_reached_is_unavailable_not_a_bad_token() {
+    use base64::Engine as _;
+    // An issuer on a loopback port nothing listens on: its keys can never be fetched.
+    let issuer = format!("http://127.0.0.1:{}", free_port());
+    let cfg: cairn_server::oidc::OidcConfig =
+        serde_json::from_value(serde_json::json!({"name": "corp", "issuer": issuer, "audiences": [CLIENT_ID], "timeout_ms": 500})).unwrap();
+    let mut h = Harness::start_with(move |c| c.auth.oidc = vec![cfg]).await;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let now = now_ms() / 1000;
+    let claims = serde_json::json!({"iss": issuer, "sub": "alice", "aud": CLIENT_ID, "exp": now + 600}).to_string();
+    let token = format!("{}.{}.c2ln", b64(r#"{"alg":"RS256","kid":"k1"}"#), b64(&claims));
+    let e = list(&h, &token).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "the caller should retry, not sign in again: {e:?}");
+    assert!(e.message().contains("cannot reach issuer corp"), "{e:?}");
+    h.stop().await;
+}

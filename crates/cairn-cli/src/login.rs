@@ -226,19 +226,22 @@ async fn callback(listener: &tokio::net::TcpListener, state: &str) -> Result<Str
         let mut buf = Vec::with_capacity(2048);
         let mut chunk = [0u8; 2048];
         while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_CALLBACK_BYTES {
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                break;
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
         let head = String::from_utf8_lossy(&buf);
         let target = head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/");
-        let url = reqwest::Url::parse(&format!("http://127.0.0.1{target}"))?;
-        if url.path() != "/callback" {
-            conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
-            continue;
-        }
+        // Anything but the provider's redirect (a favicon, a stray connection, garbage) is answered
+        // and waited past: it cannot end the sign-in.
+        let url = match reqwest::Url::parse(&format!("http://127.0.0.1{target}")) {
+            Ok(url) if url.path() == "/callback" => url,
+            _ => {
+                let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                continue;
+            }
+        };
         let param = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
         let (page, outcome) = if let Some(error) = param("error") {
             let why = format!("{error}{}", param("error_description").map(|d| format!(": {d}")).unwrap_or_default());
@@ -252,7 +255,8 @@ async fn callback(listener: &tokio::net::TcpListener, state: &str) -> Result<Str
         };
         let html = format!("<!doctype html><title>cairn login</title><p>{page}</p>");
         let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}", html.len());
-        conn.write_all(resp.as_bytes()).await?;
+        // The browser's page is a courtesy: the outcome stands even if it cannot be shown.
+        let _ = conn.write_all(resp.as_bytes()).await;
         return outcome;
     }
 }

@@ -20,6 +20,14 @@ pub fn new_token() -> String {
     format!("cairn_{}", hex::encode(bytes))
 }
 
+/// The token of an `Authorization: Bearer <token>` header value; `None` for another scheme or an
+/// empty token.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let value = authorization.trim();
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
 /// Looks identities up by token hash.
 #[derive(Clone, Debug, Default)]
 pub struct Authenticator {
@@ -39,12 +47,7 @@ impl Authenticator {
 
     /// The identity for an `Authorization` header value (`Bearer <token>`), if any.
     pub fn authenticate(&self, authorization: Option<&str>) -> Option<Identity> {
-        let value = authorization?.trim();
-        let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
-        if token.is_empty() {
-            return None;
-        }
-        self.by_hash.get(&hash_token(token)).cloned()
+        self.by_hash.get(&hash_token(bearer_token(authorization?)?)).cloned()
     }
 
     /// The identity of a request: its bearer token's when it presents one (a token is the more

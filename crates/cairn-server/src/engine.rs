@@ -329,7 +329,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Approves (or rejects) one exact revision as `principal`. Blocking.
     /// Whether `who` signed in recently enough for `what` (see [`crate::access::StepUp`]).
     pub fn check_step_up(&self, what: &'static str, who: &crate::access::Identity) -> Result<(), ApiError> {
         self.step_up
@@ -337,8 +336,8 @@ impl Engine {
             .map_err(|e| ApiError::StaleSignIn(e.to_string()))
     }
 
-    /// Records `who`'s approval or rejection of a change. Approving a tier-3 change needs a
-    /// recent sign-in; every approval record states how its approver authenticated.
+    /// Approves (or rejects) one exact revision as `who`. Blocking. Approving a tier-3 change
+    /// needs a recent sign-in; every review record states how its reviewer authenticated.
     pub fn review(
         &self,
         who: &crate::access::Identity,
@@ -359,12 +358,14 @@ impl Engine {
                 .get_recommendation(id, None)?
                 .ok_or_else(|| ApiError::NotFound(format!("no recommendation {id}")))?;
             let change = record.change.clone();
-            if approve && change.tier == Some(3)
-                && let Err(e) = self.check_step_up("approving a tier-3 change", who) {
-                    self.metrics.reviews.with_label_values(&[action, "refused"]).inc();
-                    info!(error = %e, "review refused: sign-in too old");
-                    return Err(e);
-                }
+            if approve
+                && change.tier == Some(3)
+                && let Err(e) = self.check_step_up("approving a tier-3 change", who)
+            {
+                self.metrics.reviews.with_label_values(&[action, "refused"]).inc();
+                info!(error = %e, "review refused: sign-in too old");
+                return Err(e);
+            }
             let result = if approve {
                 cairn_workflow::approve(&change, &record.recommendation, principal, revision, reason, now)
             } else {

@@ -43,6 +43,8 @@ impl tonic::service::Interceptor for AuthInterceptor {
         // over the static tables, and a refused one is never replaced by a certificate.
         let identity = match req.extensions_mut().remove::<OidcOutcome>() {
             Some(OidcOutcome(Ok(id))) => Some(id),
+            // The provider being away is not the caller's fault: UNAVAILABLE, so clients retry.
+            Some(OidcOutcome(Err(e @ crate::oidc::OidcError::Unavailable { .. }))) => return Err(Status::unavailable(e.to_string())),
             Some(OidcOutcome(Err(e))) => return Err(ApiError::TokenRefused(e.to_string()).into()),
             None => {
                 let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
@@ -99,8 +101,7 @@ where
         let jwt = (!self.verifier.is_empty())
             .then(|| req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
             .flatten()
-            .and_then(|v| v.trim().strip_prefix("Bearer ").or_else(|| v.trim().strip_prefix("bearer ")))
-            .map(str::trim)
+            .and_then(crate::auth::bearer_token)
             .filter(|t| crate::oidc::looks_like_jwt(t))
             .map(str::to_owned);
         let Some(token) = jwt else {

@@ -1,6 +1,7 @@
 //! Cairn's daemon: the gRPC services (`cairn.v1` ingest, review, audit, plus health and reflection),
 //! the HTTP endpoints (remote_write, Alertmanager webhook, metrics, health), caller identity (static
-//! tokens, client certificates, people signed in at an OpenID Provider: `oidc.rs`), and the wiring that moves values from one pipeline stage to the next.
+//! tokens, client certificates, people signed in at an OpenID Provider: `oidc.rs`), and the wiring
+//! that moves values from one pipeline stage to the next.
 //!
 //! This is the only crate that knows gRPC and HTTP, and the only place where errors become status
 //! codes (`error.rs`). It holds no domain logic of its own: detection, correlation, recommendation,

@@ -65,6 +65,18 @@ pub(super) fn catch_up_tree(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+thread_local! {
+    /// The head the last [`append`] on this thread wrote, until the writing transaction takes it
+    /// (`SqliteStore::with_tx`, which holds the connection for the whole transaction on one
+    /// thread): how the store knows a commit grew the log without querying for it on every write.
+    static APPENDED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The head the last append on this thread wrote, if any since the last call; clears it.
+pub(super) fn take_appended() -> Option<u64> {
+    APPENDED.with(|a| a.take())
+}
+
 /// Seals and appends drafts inside the caller's transaction, and grows the tree with them.
 pub(super) fn append(tx: &Connection, drafts: &[AuditDraft], now_ms: i64) -> Result<()> {
     if drafts.is_empty() {
@@ -104,6 +116,7 @@ pub(super) fn append(tx: &Connection, drafts: &[AuditDraft], now_ms: i64) -> Res
         add_leaf(tx, seq as u64, &e.hash)?;
         prev = e.hash;
     }
+    APPENDED.with(|a| a.set(Some(seq as u64)));
     Ok(())
 }
 

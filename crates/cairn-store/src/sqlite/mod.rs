@@ -240,15 +240,15 @@ impl SqliteStore {
     fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let head_before = audit_head_of(&tx)?;
+        // Whatever an earlier, rolled-back transaction on this thread appended is not ours.
+        audit::take_appended();
         let out = f(&tx)?;
-        let head_after = audit_head_of(&tx)?;
         tx.commit()?;
         drop(conn);
-        if head_after != head_before
+        if let Some(head) = audit::take_appended()
             && let Some(hook) = self.audit_hook.0.read().unwrap_or_else(|p| p.into_inner()).as_ref()
         {
-            hook(head_after);
+            hook(head);
         }
         Ok(out)
     }
