@@ -1,5 +1,6 @@
-//! The SQLite implementation: one connection behind a mutex, WAL mode, numbered migrations tracked
-//! in `PRAGMA user_version`, an append-only audit table guarded by triggers.
+//! The SQLite implementation: one writer connection behind a mutex and a few read-only connections
+//! beside it (WAL mode, so a long read neither waits for nor delays a write), numbered migrations
+//! tracked in `PRAGMA user_version`, an append-only audit table guarded by triggers.
 
 mod audit;
 
@@ -144,12 +145,33 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (last_seen_ms);
     CREATE INDEX IF NOT EXISTS audit_by_kind ON audit_log (kind, seq);
     "#,
+    // 7: each recommendation's latest revision is marked, so listing latest revisions reads an
+    // index instead of grouping the whole table by id; a revision's newest change is found in the
+    // index without a sort, and the changes in one state newest first.
+    r#"
+    ALTER TABLE recommendations ADD COLUMN latest INTEGER NOT NULL DEFAULT 0;
+    UPDATE recommendations SET latest = 1
+     WHERE revision = (SELECT MAX(r2.revision) FROM recommendations r2 WHERE r2.id = recommendations.id);
+    CREATE INDEX IF NOT EXISTS recommendations_latest ON recommendations (created_ms DESC, id) WHERE latest = 1;
+    CREATE INDEX IF NOT EXISTS recommendations_latest_by_service ON recommendations (service, created_ms DESC, id) WHERE latest = 1;
+    DROP INDEX IF EXISTS changes_by_rec;
+    CREATE INDEX changes_by_rec ON changes (recommendation_id, revision, created_ms);
+    CREATE INDEX IF NOT EXISTS changes_in_state ON changes (state, created_ms DESC, id);
+    "#,
 ];
+
+/// Read connections kept beside the writer of a file store. Each holds its own page cache (SQLite's
+/// default, about 2 MiB at most), so this bounds what readers add to memory.
+const READERS: usize = 4;
 
 /// SQLite-backed [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// The one connection that writes (and, for an in-memory store, also reads).
     conn: Mutex<Connection>,
+    /// Read-only connections to the same file; empty for an in-memory store.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     /// Who claims executor work through this store, and for how long ([`crate::LeaseStore`]).
     lease: Mutex<crate::LeaseTerms>,
     /// Told the audit head after every committed write that appended to the log.
@@ -181,7 +203,15 @@ impl SqliteStore {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        for _ in 0..READERS {
+            let reader = Connection::open(path)?;
+            reader.busy_timeout(std::time::Duration::from_secs(5))?;
+            reader.pragma_update(None, "query_only", true)?;
+            reader.set_prepared_statement_cache_capacity(64);
+            store.readers.push(Mutex::new(reader));
+        }
+        Ok(store)
     }
 
     /// A private in-memory database, for tests.
@@ -209,7 +239,7 @@ impl SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         audit::catch_up_tree(&tx)?;
         tx.commit()?;
-        Ok(SqliteStore { conn: Mutex::new(conn), lease: Mutex::default(), audit_hook: Default::default() })
+        Ok(SqliteStore::over(conn))
     }
 
     /// Opens an existing database read-only, without migrating it: for verifying a stopped
@@ -234,7 +264,17 @@ impl SqliteStore {
                 "the database schema is version {current}, older than this build ({known}); verify a copy after opening it once with `cairn serve`"
             )));
         }
-        Ok(SqliteStore { conn: Mutex::new(conn), lease: Mutex::default(), audit_hook: Default::default() })
+        Ok(SqliteStore::over(conn))
+    }
+
+    fn over(conn: Connection) -> SqliteStore {
+        SqliteStore {
+            conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: Default::default(),
+            lease: Mutex::default(),
+            audit_hook: Default::default(),
+        }
     }
 
     fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -253,9 +293,30 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Runs `f` on a read connection, inside one read transaction so that every statement of `f`
+    /// sees the same committed state: a free reader if there is one, else the next in turn. An
+    /// in-memory store reads on its writer.
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn)
+        if self.readers.is_empty() {
+            return f(&self.conn.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        let mut reader = match self.readers.iter().find_map(|r| r.try_lock().ok()) {
+            Some(free) => free,
+            None => {
+                let turn = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
+                self.readers[turn].lock().unwrap_or_else(|p| p.into_inner())
+            }
+        };
+        let tx = reader.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` on the writer connection outside a transaction: for tests that change the schema.
+    #[cfg(test)]
+    fn with_writer<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        f(&self.conn.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -322,6 +383,45 @@ fn record_for(conn: &Connection, id: &str, revision: u32) -> Result<Option<Recom
         decision: from_json("decision", &dec)?,
         change,
     }))
+}
+
+/// The one query that lists latest revisions, newest first, with their decision and newest change
+/// (see [`record_for`]): only the given filters appear in it, so that each shape is planned on its
+/// own index and stops at the limit — by change state when one is asked for (newest change first:
+/// a change is opened when its revision is made), else the latest-revision index, by service when
+/// one is given.
+fn latest_revisions_sql(filter: &RecommendationFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    const NEWEST_CHANGE: &str = "SELECT n.rowid FROM changes n WHERE n.recommendation_id = r.id AND n.revision = r.revision
+                                 ORDER BY n.created_ms DESC, n.rowid DESC LIMIT 1";
+    let mut args = Vec::new();
+    let mut sql = match filter.state {
+        Some(state) => {
+            args.push(Value::Text(state.as_str().into()));
+            format!(
+                "SELECT r.body, d.body, c.body FROM changes c
+                 JOIN recommendations r ON r.id = c.recommendation_id AND r.revision = c.revision AND r.latest = 1
+                 JOIN decisions d ON d.recommendation_id = r.id AND d.revision = r.revision
+                 WHERE c.state = ? AND c.rowid = ({NEWEST_CHANGE})"
+            )
+        }
+        None => format!(
+            "SELECT r.body, d.body, (SELECT c.body FROM changes c WHERE c.rowid = ({NEWEST_CHANGE})) FROM recommendations r
+             JOIN decisions d ON d.recommendation_id = r.id AND d.revision = r.revision
+             WHERE r.latest = 1"
+        ),
+    };
+    if let Some(outcome) = filter.outcome {
+        sql.push_str(" AND d.outcome = ?");
+        args.push(Value::Text(outcome.as_str().into()));
+    }
+    if let Some(service) = &filter.service {
+        sql.push_str(" AND r.service = ?");
+        args.push(Value::Text(service.clone()));
+    }
+    sql.push_str(if filter.state.is_some() { " ORDER BY c.created_ms DESC, c.id LIMIT ?" } else { " ORDER BY r.created_ms DESC, r.id LIMIT ?" });
+    args.push(Value::Integer(if filter.limit == 0 { -1 } else { filter.limit as i64 }));
+    (sql, args)
 }
 
 fn system_draft(change: &ChangeRequest, kind: &str, reason: String) -> AuditDraft {
@@ -581,9 +681,12 @@ impl Store for SqliteStore {
                 });
             }
             supersede_earlier(tx, &rec.id.0, rec.revision, now_ms)?;
+            tx.prepare_cached("UPDATE recommendations SET latest = 0 WHERE id = ?1 AND latest = 1 AND revision < ?2")?
+                .execute(params![rec.id.0, rec.revision])?;
             tx.execute(
-                "INSERT INTO recommendations (id, revision, incident_id, service, environment, resource, action, created_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO recommendations (id, revision, incident_id, service, environment, resource, action, created_ms, body, latest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                         NOT EXISTS (SELECT 1 FROM recommendations WHERE id = ?1 AND revision > ?2))",
                 params![
                     rec.id.0,
                     rec.revision,
@@ -636,33 +739,23 @@ impl Store for SqliteStore {
 
     fn list_recommendations(&self, filter: &RecommendationFilter) -> Result<Vec<RecommendationRecord>> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare(
-                "SELECT r.id, r.revision FROM recommendations r
-                 JOIN (SELECT id, MAX(revision) AS rev FROM recommendations GROUP BY id) latest
-                   ON latest.id = r.id AND latest.rev = r.revision
-                 JOIN decisions d ON d.recommendation_id = r.id AND d.revision = r.revision
-                 WHERE (?1 IS NULL OR d.outcome = ?1) AND (?2 IS NULL OR r.service = ?2)
-                 ORDER BY r.created_ms DESC, r.id",
-            )?;
-            let keys: Vec<(String, u32)> = stmt
-                .query_map(
-                    params![filter.outcome.map(|o| o.as_str()), filter.service.as_deref()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?
+            let (sql, args) = latest_revisions_sql(filter);
+            let rows: Vec<(String, String, Option<String>)> = c
+                .prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<std::result::Result<_, _>>()?;
-            let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
-            let mut out = Vec::new();
-            for (id, rev) in keys {
-                if out.len() >= limit {
-                    break;
-                }
-                if let Some(rec) = record_for(c, &id, rev)?
-                    && filter.state.is_none_or(|s| rec.change.state == s)
-                {
-                    out.push(rec);
-                }
-            }
-            Ok(out)
+            rows.into_iter()
+                .map(|(rec, dec, change)| {
+                    let recommendation: Recommendation = from_json("recommendation", &rec)?;
+                    let change = change.ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "recommendation {} revision {} has no change request",
+                            recommendation.id, recommendation.revision
+                        ))
+                    })?;
+                    Ok(RecommendationRecord { recommendation, decision: from_json("decision", &dec)?, change: from_json("change", &change)? })
+                })
+                .collect()
         })
     }
 

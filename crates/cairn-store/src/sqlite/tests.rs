@@ -141,7 +141,7 @@ fn stale_version_is_a_conflict_and_writes_nothing() {
 fn a_failing_audit_append_rolls_back_the_state_change() {
     let s = SqliteStore::open_in_memory().unwrap();
     proposed(&s, 1);
-    s.with_conn(|c| {
+    s.with_writer(|c| {
         c.execute_batch("CREATE TRIGGER fail_append BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END;")?;
         Ok(())
     })
@@ -181,7 +181,7 @@ fn audit_rows_refuse_update_and_delete_and_tampering_is_located() {
     proposed(&s, 1);
     proposed(&s, 2);
     assert_eq!(s.verify_audit().unwrap().entries, 3);
-    s.with_conn(|c| {
+    s.with_writer(|c| {
         assert!(c.execute("UPDATE audit_log SET reason = 'x' WHERE seq = 2", []).is_err());
         assert!(c.execute("DELETE FROM audit_log WHERE seq = 3", []).is_err());
         c.execute_batch("DROP TRIGGER audit_log_no_update; UPDATE audit_log SET reason = 'forged' WHERE seq = 2;")?;
@@ -346,7 +346,7 @@ fn audit_fields_added_later_are_stored_and_read_back() {
 fn the_tree_table_refuses_update_and_delete() {
     let s = SqliteStore::open_in_memory().unwrap();
     proposed(&s, 1);
-    s.with_conn(|c| {
+    s.with_writer(|c| {
         assert!(c.execute("UPDATE audit_tree SET hash = x'00' WHERE level = 0", []).is_err());
         assert!(c.execute("DELETE FROM audit_tree", []).is_err());
         Ok(())
@@ -704,24 +704,113 @@ fn every_state_the_table_allows_is_reachable_and_terminal_states_lead_nowhere() 
     }
 }
 
+/// Proposes revision `rev` of recommendation `id` on (service, environment) and walks its change to
+/// `state`.
+fn propose_on(s: &SqliteStore, id: &str, rev: u32, (service, environment): (&str, &str), state: ChangeState) {
+    let (mut r, mut d, mut c) = (rec(rev), decision(rev), change(rev));
+    r.id = RecommendationId(id.into());
+    r.target.service = service.into();
+    r.target.environment = environment.into();
+    d.recommendation_id = r.id.clone();
+    c.recommendation_id = r.id.clone();
+    c.id = ChangeId(format!("chg-{id}-{rev}"));
+    s.propose(&r, &d, &c, &[draft("recommendation.proposed")], 5).unwrap();
+    if state != ChangeState::PendingApproval {
+        let mut next = walk_to_before(s, c.clone(), state);
+        let expected = next.version;
+        next.advance(state, 6);
+        s.update_change(&next, expected, &[], 6).unwrap();
+    }
+}
+
+#[test]
+fn listing_reads_latest_revisions_by_index_in_one_query_per_shape() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    // rec-a: three revisions (the earlier two superseded); rec-b approved; rec-c on another service.
+    for rev in 1..=3 {
+        propose_on(&s, "rec-a", rev, ("checkout", "production"), ChangeState::PendingApproval);
+    }
+    propose_on(&s, "rec-b", 4, ("checkout", "production"), ChangeState::Approved);
+    propose_on(&s, "rec-c", 5, ("search", "production"), ChangeState::PendingApproval);
+    let list = |filter: RecommendationFilter| -> Vec<(String, u32)> {
+        s.list_recommendations(&filter).unwrap().into_iter().map(|r| (r.recommendation.id.0, r.recommendation.revision)).collect()
+    };
+    let key = |id: &str, rev: u32| (id.to_string(), rev);
+    assert_eq!(list(RecommendationFilter::default()), [key("rec-c", 5), key("rec-b", 4), key("rec-a", 3)], "latest revisions, newest first");
+    assert_eq!(list(RecommendationFilter { limit: 2, ..Default::default() }).len(), 2);
+    let checkout = RecommendationFilter { service: Some("checkout".into()), ..Default::default() };
+    assert_eq!(list(checkout.clone()), [key("rec-b", 4), key("rec-a", 3)]);
+    let pending = RecommendationFilter { state: Some(ChangeState::PendingApproval), ..Default::default() };
+    assert_eq!(list(pending.clone()), [key("rec-c", 5), key("rec-a", 3)], "superseded revisions are not pending");
+    assert_eq!(list(RecommendationFilter { state: Some(ChangeState::Superseded), ..Default::default() }), [], "only latest revisions");
+    let both = RecommendationFilter { service: Some("checkout".into()), ..pending.clone() };
+    assert_eq!(list(both.clone()), [key("rec-a", 3)]);
+    assert_eq!(list(RecommendationFilter { outcome: Some(Outcome::Auto), ..Default::default() }), []);
+
+    // Each shape is planned on an index that is already in order, so that it stops at the limit;
+    // none groups, sorts, or scans the recommendations table.
+    for (filter, index) in [
+        (RecommendationFilter::default(), "recommendations_latest"),
+        (checkout, "recommendations_latest_by_service"),
+        (pending, "changes_in_state"),
+        (both, "changes_in_state"),
+    ] {
+        let (sql, _) = latest_revisions_sql(&filter);
+        let plan = query_plan(&s, &sql.replace('?', "'x'").replace("LIMIT 'x'", "LIMIT 10"));
+        assert!(plan.contains(index), "{filter:?}: {plan}");
+        assert!(!plan.contains("SCAN r ") || plan.contains("SCAN r USING INDEX"), "{filter:?}: {plan}");
+        assert!(!plan.contains("GROUP BY"), "{filter:?}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{filter:?}: {plan}");
+    }
+}
+
+#[test]
+fn a_file_store_reads_beside_a_writer_and_sees_each_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    assert_eq!(s.readers.len(), READERS);
+    proposed(&s, 1);
+    // A reader refuses to write.
+    let refused = s.with_conn(|c| Ok(c.execute("DELETE FROM alert_intake", []).map_err(|e| e.to_string())));
+    assert!(refused.unwrap().unwrap_err().contains("readonly"), "a read connection wrote");
+    // A read held open on one reader neither blocks the writer nor sees its commit; the next read does.
+    let held = s.with_conn(|c| {
+        let before = c.query_row("SELECT COUNT(*) FROM recommendations", [], |r| r.get::<_, i64>(0))?;
+        proposed(&s, 2);
+        let after = c.query_row("SELECT COUNT(*) FROM recommendations", [], |r| r.get::<_, i64>(0))?;
+        Ok((before, after))
+    });
+    assert_eq!(held.unwrap(), (1, 1), "one read transaction sees one state");
+    assert_eq!(s.get_recommendation(&RecommendationId("rec-1".into()), None).unwrap().unwrap().recommendation.revision, 2);
+}
+
+#[test]
+fn a_store_from_before_latest_marks_gets_them_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        proposed(&s, 1);
+        proposed(&s, 2);
+    }
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "DROP INDEX recommendations_latest; DROP INDEX recommendations_latest_by_service;
+             ALTER TABLE recommendations DROP COLUMN latest;",
+        )
+        .unwrap();
+        c.pragma_update(None, "user_version", 6).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let listed = s.list_recommendations(&RecommendationFilter::default()).unwrap();
+    assert_eq!(listed.iter().map(|r| r.recommendation.revision).collect::<Vec<_>>(), [2]);
+}
+
 #[test]
 fn decided_changes_are_found_per_service_and_environment_without_the_asking_recommendation() {
     let s = SqliteStore::open_in_memory().unwrap();
-    let propose_as = |id: &str, rev: u32, state: ChangeState, environment: &str| {
-        let (mut r, mut d, mut c) = (rec(rev), decision(rev), change(rev));
-        r.id = RecommendationId(id.into());
-        r.target.environment = environment.into();
-        d.recommendation_id = r.id.clone();
-        c.recommendation_id = r.id.clone();
-        c.id = ChangeId(format!("chg-{id}-{rev}"));
-        s.propose(&r, &d, &c, &[draft("recommendation.proposed")], 5).unwrap();
-        if state != ChangeState::PendingApproval {
-            let mut next = walk_to_before(&s, c.clone(), state);
-            let expected = next.version;
-            next.advance(state, 6);
-            s.update_change(&next, expected, &[], 6).unwrap();
-        }
-    };
+    let propose_as = |id, rev, state, environment| propose_on(&s, id, rev, ("checkout", environment), state);
     propose_as("rec-a", 1, ChangeState::Rejected, "production");
     propose_as("rec-b", 1, ChangeState::Succeeded, "production");
     propose_as("rec-c", 1, ChangeState::PendingApproval, "production");

@@ -159,7 +159,13 @@ fn a_change_executing_before_leases_existed_is_handed_to_recovery_on_open() {
     }
     {
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch("DROP TABLE change_leases;").unwrap();
+        // Undo what the migrations after 3 did that cannot be redone over itself.
+        c.execute_batch(
+            "DROP TABLE change_leases;
+             DROP INDEX recommendations_latest; DROP INDEX recommendations_latest_by_service;
+             ALTER TABLE recommendations DROP COLUMN latest;",
+        )
+        .unwrap();
         c.pragma_update(None, "user_version", 3).unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();
