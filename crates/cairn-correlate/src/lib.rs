@@ -29,7 +29,7 @@ pub mod topology;
 use cairn_types::{AlertEvent, AlertStatus, Anomaly, Incident, IncidentId, IncidentMember, Labels, SampleBatch, Severity};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 pub use topology::{Resolved, ServiceDef, Topology};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -191,6 +191,9 @@ pub struct Correlator {
     with_nodes: HashSet<IncidentId>,
     /// Member identity → the open incident holding it.
     member_of: HashMap<String, IncidentId>,
+    /// Open incidents by when they last changed, oldest first: closing the least recently changed
+    /// and the idle ones reads the front instead of every open incident.
+    by_age: BTreeSet<(i64, IncidentId)>,
     /// Incidents merged away, for [`Correlator::take_merged`].
     merged: Vec<Incident>,
 }
@@ -206,7 +209,17 @@ impl Correlator {
 
     pub fn with_topology(cfg: CorrelatorConfig, services: &[ServiceDef]) -> Correlator {
         let topology = Topology::new(services, cfg.max_topology_entries);
-        Correlator { cfg, topology, open: HashMap::new(), by_entity: HashMap::new(), by_via: HashMap::new(), with_nodes: HashSet::new(), member_of: HashMap::new(), merged: Vec::new() }
+        Correlator {
+            cfg,
+            topology,
+            open: HashMap::new(),
+            by_entity: HashMap::new(),
+            by_via: HashMap::new(),
+            with_nodes: HashSet::new(),
+            member_of: HashMap::new(),
+            by_age: BTreeSet::new(),
+            merged: Vec::new(),
+        }
     }
 
     pub fn get(&self, id: &IncidentId) -> Option<&Incident> {
@@ -345,6 +358,7 @@ impl Correlator {
                     dropped_members: 0,
                 };
                 self.open.insert(id.clone(), open);
+                self.by_age.insert((now_ms, id.clone()));
                 (id, format!("{what}: opened on {}", r.entity))
             }
         };
@@ -529,6 +543,8 @@ impl Correlator {
         let keep = self.cfg.max_causes;
         let open = self.open.get_mut(id)?;
         let inc = &mut open.incident;
+        self.by_age.remove(&(inc.updated_ms, id.clone()));
+        self.by_age.insert((now_ms, id.clone()));
         inc.updated_ms = now_ms;
         inc.version += 1;
         summarise(inc);
@@ -538,9 +554,7 @@ impl Correlator {
 
     fn make_room(&mut self) {
         while self.open.len() >= self.cfg.max_open_incidents.max(1) {
-            let Some(oldest) = self.open.values().min_by_key(|o| (o.incident.updated_ms, o.incident.id.clone())).map(|o| o.incident.id.clone()) else {
-                return;
-            };
+            let Some((_, oldest)) = self.by_age.first().cloned() else { return };
             self.close(&oldest);
         }
     }
@@ -556,6 +570,7 @@ impl Correlator {
     /// the work does not grow with the number of open incidents).
     fn take_open(&mut self, id: &IncidentId) -> Option<Open> {
         let open = self.open.remove(id)?;
+        self.by_age.remove(&(open.incident.updated_ms, id.clone()));
         let unindex = |map: &mut HashMap<String, Vec<IncidentId>>, keys: &HashMap<String, Span>| {
             for k in keys.keys() {
                 if let Some(v) = map.get_mut(k) {
@@ -576,7 +591,7 @@ impl Correlator {
     pub fn close_idle(&mut self, now_ms: i64) -> Vec<IncidentId> {
         let window = self.cfg.window_ms;
         let mut closed: Vec<IncidentId> =
-            self.open.values().filter(|o| now_ms - o.incident.updated_ms > window).map(|o| o.incident.id.clone()).collect();
+            self.by_age.iter().take_while(|(updated, _)| now_ms - updated > window).map(|(_, id)| id.clone()).collect();
         closed.sort();
         for id in &closed {
             self.close(id);
@@ -817,6 +832,10 @@ mod tests {
         assert_eq!(first.dropped_members, 7);
         c.observe_alert(&alert("X", "c", "h", AlertStatus::Firing), 30);
         assert_eq!(c.open_count(), 2);
+        let by_age: Vec<_> = c.by_age.iter().cloned().collect();
+        let mut open: Vec<_> = c.open.values().map(|o| (o.incident.updated_ms, o.incident.id.clone())).collect();
+        open.sort();
+        assert_eq!(by_age, open, "the age index holds exactly the open incidents at their last change");
         assert!(c.get(&inc.id).is_some(), "the least recently changed incident was closed, not the newer one");
     }
 
@@ -834,7 +853,13 @@ mod tests {
     fn idle_incidents_close() {
         let mut c = Correlator::new(CorrelatorConfig::default());
         let a = c.observe_alert(&alert("X", "a", "f1", AlertStatus::Firing), 0).unwrap();
+        c.observe_alert(&alert("X", "b", "g1", AlertStatus::Firing), 0).unwrap();
         assert!(c.close_idle(1000).is_empty());
+        // b changes later, so it is not idle when a is.
+        let b = c.observe_alert(&alert("X", "b", "g2", AlertStatus::Firing), 10 * 60 * 1000).unwrap();
         assert_eq!(c.close_idle(15 * 60 * 1000 + 1), vec![a.id]);
+        assert!(c.get(&b.id).is_some());
+        assert_eq!(c.close_idle(25 * 60 * 1000 + 1), vec![b.id]);
+        assert!(c.by_age.is_empty());
     }
 }
