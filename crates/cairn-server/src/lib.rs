@@ -32,6 +32,8 @@ pub mod policy;
 pub mod models;
 pub mod oidc;
 pub mod recover;
+#[cfg(test)]
+mod sequences;
 pub mod tls;
 
 use crate::auth::Authenticator;

@@ -281,7 +281,7 @@ pub fn activate(engine: &Engine, change: ChangeRequest, rec: Recommendation, dec
 /// routed again, as a new revision, under the active one — which decides again, among the rest,
 /// whether its stages pause. The store supersedes the earlier change with its audit event; a
 /// half-done rollout is stopped and its executed stages are rolled back.
-fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), ApiError> {
+pub(crate) fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), ApiError> {
     let active = engine.router.current().version().to_string();
     for state in [ChangeState::PendingApproval, ChangeState::Approved, ChangeState::AwaitingStageApproval] {
         let filter = RecommendationFilter { state: Some(state), limit: 10_000, ..Default::default() };

@@ -31,6 +31,8 @@ mod duration_tests {
 
 mod change;
 mod detect;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 mod guard;
 mod labels;
 mod recommend;

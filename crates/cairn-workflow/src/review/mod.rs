@@ -374,5 +374,5 @@ pub fn expire(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec
 #[cfg(test)]
 pub(crate) mod tests;
 
-#[cfg(test)]
-mod sequences;
+// Whole review sequences are generated against the real server core, in
+// `cairn-server/src/sequences.rs`, not against a copy of its steps here.

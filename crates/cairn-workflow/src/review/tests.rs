@@ -2,33 +2,11 @@ use super::*;
 use crate::{Adapter, AdapterFuture, ExecutionRefused, Executor, authorize_execution};
 use cairn_types::*;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub(crate) fn rec(rev: u32) -> Recommendation {
-    Recommendation {
-        id: RecommendationId("rec-1".into()),
-        revision: rev,
-        incident_id: IncidentId("inc-1".into()),
-        playbook: "rollback-deploy".into(),
-        playbook_version: "1".into(),
-        action: ActionClass::RollbackDeploy,
-        target: Target { service: "checkout".into(), environment: "production".into(), resource: "deploy/checkout".into() },
-        parameters: [("execution_window".to_string(), "next maintenance window".to_string())].into_iter().collect::<BTreeMap<_, _>>(),
-        confidence: 0.9,
-        severity: Severity::High,
-        blast_radius: BlastRadius::Service,
-        reversibility: Reversibility::Reversible,
-        rollback_plan: Some(RollbackPlan { steps: vec!["redeploy previous".into()], owner: "team-checkout".into() }),
-        verification: vec![VerificationCheck { name: "errors".into(), query: "err_ratio".into(), comparator: "<".into(), threshold: 0.01, within_secs: 300 }],
-        expected_benefit: "error ratio back under 1%".into(),
-        rationale: "errors after release".into(),
-        evidence: vec![],
-        model_version: "none".into(),
-        created_ms: 0,
-        requester: CAIRN_SERVICE_SUBJECT.into(),
-    }
+    cairn_types::fixtures::recommendation(rev)
 }
 
 pub(crate) fn decision(outcome: Outcome, tier: Option<u8>, approvals: u8) -> Decision {

@@ -1,11 +1,12 @@
-//! Whole review sequences, generated: proposals routed by the real default policy, approvals and
-//! rejections by random principals (including the requester and Cairn itself), new revisions,
-//! policy version changes, clock jumps across expiry and maintenance windows, principals removed
-//! from the configuration, forged states, adapters that fail, staged rollouts (stage approvals,
-//! rejects and expiry of paused rollouts, supersede with rollback), and break-glass grants, revocations
-//! and expiries (with blocked actions that need them) — applied through the real SQLite store as
-//! the server applies them (`breakglass_for_blocked` at routing, the sweeper and `stop_before_run`
-//! in the executor pass).
+//! Whole review sequences, generated, through the real server core: recommendations are routed
+//! and opened by [`Engine::route_and_open`] (the default policy, learning, guardrail inputs and
+//! `breakglass_for_blocked`), reviewed by [`Engine::review`] as random principals (including the
+//! requester and Cairn itself), executed by [`Engine::execute_ready`] (recovery, expiry, the
+//! break-glass sweeper, rollbacks of stopped rollouts, the window wait, `stop_before_run`, the
+//! executor and its gate), break-glass opened and revoked through the engine, and policy versions
+//! switched the way an activation does (`reroute_after_activation`). Also: new revisions, clock
+//! jumps across expiry and maintenance windows, principals removed from the configuration, forged
+//! states, adapters that fail and staged rollouts. Nothing here re-implements a step of the server.
 //!
 //! After every step it asserts, with its own independent reading of the rules, that the adapter was
 //! reached only for a change with an allowing decision and a valid quorum (invariants 1, 2, 3, 6 and
@@ -15,16 +16,21 @@
 //! a recorded use; no break-glass is used beyond its maximum or at or after its expiry; and each of
 //! its state changes (opened, used, revoked, expired) has its audit event.
 
-use crate::breakglass::{self, BreakGlassRequest};
-use crate::{
-    Adapter, AdapterFuture, ExecutionGate, ExecutionRefused, Executor, MaintenanceWindow, MaintenanceWindows, Roster,
-    WeeklySchedule, WorkflowConfig, approve, expire, open_change, refuse, reject,
-};
+use crate::access::{Identity, PrincipalKind};
+use crate::engine::{Clock, Engine};
+use crate::governance::Governance;
+use crate::metrics::Metrics;
 use cairn_policy::{PolicyBundle, Router, RouterConfig, RoutingContext};
-use cairn_store::{AuditQuery, GuardStore, SqliteStore, Store};
+use cairn_store::{AuditQuery, SqliteStore, Store};
 use cairn_types::*;
+use cairn_workflow::breakglass::BreakGlassRequest;
+use cairn_workflow::{
+    Adapter, AdapterFuture, ExecutionGate, Executor, GuardrailsConfig, MaintenanceWindow, MaintenanceWindows, Roster, WeeklySchedule,
+    WorkflowConfig, approve, expire, open_change,
+};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Records what reached it, and each undone stage; fails when told to.
@@ -43,7 +49,11 @@ impl Adapter for Recording {
         self.ran.lock().unwrap().push((change.clone(), rec.clone()));
         let fail = *self.fail.lock().unwrap();
         Box::pin(async move {
-            if fail { (ExecutionOutcome::Failed { error: "adapter down".into() }, String::new()) } else { (ExecutionOutcome::Succeeded, String::new()) }
+            if fail {
+                (ExecutionOutcome::Failed { error: "adapter down".into() }, String::new())
+            } else {
+                (ExecutionOutcome::Succeeded, String::new())
+            }
         })
     }
     fn rollback<'a>(&'a self, _: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
@@ -113,7 +123,12 @@ enum Step {
     Forge,
     /// A person opens a break-glass: owner, whether its scope covers the recommendation, minutes
     /// it lasts (up to four hours), and its optional maximum number of uses.
-    Grant { owner: usize, covering: bool, minutes: i64, max_uses: Option<u32> },
+    Grant {
+        owner: usize,
+        covering: bool,
+        minutes: i64,
+        max_uses: Option<u32>,
+    },
     /// A person revokes the most recently opened break-glass (refused when it is not active).
     Revoke(usize),
 }
@@ -156,7 +171,7 @@ fn staged(kind: (ActionClass, BlastRadius, Reversibility), confidence: f64) -> R
 }
 
 fn recommendation(kind: (ActionClass, BlastRadius, Reversibility), confidence: f64) -> Recommendation {
-    let mut r = crate::review::tests::rec(1);
+    let mut r = cairn_types::fixtures::recommendation(1);
     r.action = kind.0;
     r.blast_radius = kind.1;
     r.reversibility = kind.2;
@@ -165,13 +180,24 @@ fn recommendation(kind: (ActionClass, BlastRadius, Reversibility), confidence: f
     r
 }
 
+/// The test's clock: the engine reads it, steps move it.
+#[derive(Debug)]
+struct TestClock(AtomicI64);
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 struct World {
-    store: SqliteStore,
-    routers: [Router; 2],
+    rt: tokio::runtime::Runtime,
+    engine: Arc<Engine>,
+    clock: Arc<TestClock>,
+    routers: [Arc<Router>; 2],
     active: usize,
     roster: Vec<Principal>,
     windows: MaintenanceWindows,
-    now: i64,
     rec: Recommendation,
     adapter: Arc<Recording>,
     changes: BTreeSet<ChangeId>,
@@ -182,178 +208,141 @@ struct World {
     stopped: BTreeMap<ChangeId, usize>,
 }
 
-/// The approver groups the guardrails name for break-glass reviews when the policy names none.
-fn breakglass_groups() -> Vec<String> {
-    vec!["sre-leads".to_string()]
+/// An engine as `cairn serve` builds one, on `store`: authenticated senders (so `auto` is
+/// possible), the guardrails' break-glass approvers, the recording adapter behind the gate.
+fn engine(
+    store: Arc<dyn Store>,
+    router: Arc<Router>,
+    world: (&[Principal], &MaintenanceWindows, &Arc<Recording>, &Arc<TestClock>),
+) -> Arc<Engine> {
+    let (roster, windows, adapter, clock) = world;
+    let gate = ExecutionGate { windows: windows.clone(), roster: Some(Roster::new(roster.to_vec())) };
+    let executor = Executor::new(adapter.clone()).with_gate(Arc::new(gate));
+    let clock: Arc<dyn Clock> = clock.clone();
+    let mut engine = Engine::new(store, router, executor, WorkflowConfig::default(), Metrics::new(), clock, Default::default()).unwrap();
+    let guardrails = GuardrailsConfig { approver_groups: vec!["sre-leads".into()], ..Default::default() };
+    engine.governance = Governance::new(guardrails, None).unwrap();
+    engine.signals_authenticated = true;
+    Arc::new(engine)
 }
 
 impl World {
     fn new(rec: Recommendation) -> World {
+        let routers = routers().map(Arc::new);
+        let roster: Vec<Principal> = people().into_iter().filter(|p| p.subject != CAIRN_SERVICE_SUBJECT).collect();
+        let (windows, adapter, clock) = (windows(), Arc::new(Recording::default()), Arc::new(TestClock(AtomicI64::new(START_MS))));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let engine = engine(store, routers[0].clone(), (&roster, &windows, &adapter, &clock));
         World {
-            store: SqliteStore::open_in_memory().unwrap(),
-            routers: routers(),
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            engine,
+            clock,
+            routers,
             active: 0,
-            roster: people().into_iter().filter(|p| p.subject != CAIRN_SERVICE_SUBJECT).collect(),
-            windows: windows(),
-            now: START_MS,
+            roster,
+            windows,
             rec,
-            adapter: Arc::new(Recording::default()),
+            adapter,
             changes: BTreeSet::new(),
             blocked: BTreeSet::new(),
             stopped: BTreeMap::new(),
         }
     }
 
-    fn gate(&self) -> ExecutionGate {
-        ExecutionGate { windows: self.windows.clone(), roster: Some(Roster::new(self.roster.clone())) }
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
     }
 
-    /// Routes the current revision under the active policy and stores it (the store supersedes the
-    /// earlier revision's change unless it is running).
+    fn advance(&self, minutes: i64) {
+        self.clock.0.fetch_add(minutes * 60_000, Ordering::SeqCst);
+    }
+
+    fn store(&self) -> &dyn Store {
+        &*self.engine.store
+    }
+
+    /// Routes and opens the current revision through the engine.
     fn propose(&mut self) {
-        let router = &self.routers[self.active];
-        let active = self.store.list_breakglass(true).unwrap();
-        let ctx = RoutingContext {
-            maintenance_window_open: self.windows.open_for(&self.rec.target, self.now).is_some(),
-            active_break_glass: active
-                .iter()
-                .filter(|bg| bg.scope.covers(self.rec.action, &self.rec.target) && breakglass::check_usable(bg, self.now).is_ok())
-                .map(|bg| bg.id.clone())
-                .collect(),
-            ..RoutingContext::for_environment(&self.rec.target.environment)
-        };
-        let routed = router.route(&self.rec, &ctx, self.now);
-        let was_blocked = routed.outcome == Outcome::Blocked;
-        let decision = self.breakglass_for_blocked(routed, &active);
-        let (change, drafts) = open_change(&self.rec, &decision, self.now, &WorkflowConfig::default());
-        self.store.propose(&self.rec, &decision, &change, &drafts, self.now).unwrap();
-        if was_blocked {
-            self.blocked.insert(change.id.clone());
-        }
-        self.changes.insert(change.id);
+        let _rt = self.rt.enter();
+        self.engine.route_and_open(self.rec.clone(), self.now()).unwrap();
+        self.note_latest();
     }
 
-    /// What the server's `breakglass_for_blocked` does: a blocked decision that a usable
-    /// break-glass covers becomes two-person review, once its use is recorded.
-    fn breakglass_for_blocked(&self, decision: Decision, active: &[BreakGlass]) -> Decision {
-        if decision.outcome != Outcome::Blocked {
-            return decision;
+    /// Remembers the latest revision's change, and whether the policy blocked it (a break-glass
+    /// opens only a blocked decision, and names its owner on it).
+    fn note_latest(&mut self) {
+        let latest = self.latest();
+        self.rec.revision = latest.recommendation.revision;
+        if latest.decision.outcome == Outcome::Blocked || latest.decision.breakglass_owner.is_some() {
+            self.blocked.insert(latest.change.id.clone());
         }
-        let Some(bg) = breakglass::find_usable(active, &self.rec, self.now) else { return decision };
-        let under = breakglass::apply_to_decision(&decision, bg, &breakglass_groups());
-        let (change, _) = open_change(&self.rec, &under, self.now, &WorkflowConfig::default());
-        match breakglass::use_for(bg, &self.rec, &change.id.0, self.now) {
-            Ok((used, drafts, _)) if self.store.use_breakglass(&used, &change.id, &drafts, self.now).is_ok() => under,
-            _ => decision,
-        }
+        self.changes.insert(latest.change.id);
     }
 
     fn grant(&mut self, owner: usize, covering: bool, minutes: i64, max_uses: Option<u32>) {
         let scope = if covering {
-            BreakGlassScope {
-                actions: vec![self.rec.action],
-                targets: vec![Target { service: "*".into(), ..self.rec.target.clone() }],
-            }
+            BreakGlassScope { actions: vec![self.rec.action], targets: vec![Target { service: "*".into(), ..self.rec.target.clone() }] }
         } else {
             BreakGlassScope {
                 actions: vec![self.rec.action],
                 targets: vec![Target { environment: "staging".into(), ..self.rec.target.clone() }],
             }
         };
-        let req = BreakGlassRequest { purpose: "incident bridge".into(), link: "INC-1".into(), scope, duration_ms: minutes * 60_000, max_uses };
-        // Cairn's own subject is refused, as the server refuses it.
-        if let Ok((bg, drafts, _)) = breakglass::open(&people()[owner], req, self.now) {
-            // Ids carry a random part, so even the same request twice in the same millisecond is
-            // two records; a conflict would be the store's to refuse, as the server would return.
-            match self.store.save_breakglass(&bg, &drafts, self.now) {
-                Ok(()) | Err(cairn_store::StoreError::Conflict { .. }) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let req =
+            BreakGlassRequest { purpose: "incident bridge".into(), link: "INC-1".into(), scope, duration_ms: minutes * 60_000, max_uses };
+        // Refused for Cairn's own subject, as over gRPC.
+        let _rt = self.rt.enter();
+        let _ = self.engine.open_breakglass(&people()[owner], req);
     }
 
     fn revoke(&mut self, who: usize) {
-        let all = self.store.list_breakglass(false).unwrap();
+        let all = self.store().list_breakglass(false).unwrap();
         let Some(bg) = all.iter().max_by_key(|bg| (bg.opened_ms, bg.id.clone())) else { return };
-        if let Ok((next, drafts, _)) = breakglass::revoke(bg, &people()[who], "no longer needed", self.now) {
-            self.store.save_breakglass(&next, &drafts, self.now).unwrap();
-        }
-    }
-
-    /// The server's sweeper: marks expired break-glass records, with their audit events.
-    fn sweep(&mut self) {
-        for bg in self.store.list_breakglass(true).unwrap() {
-            if let Some((next, drafts, _)) = breakglass::expire(&bg, self.now) {
-                self.store.save_breakglass(&next, &drafts, self.now).unwrap();
-            }
-        }
+        // Refused when it is not active.
+        let _rt = self.rt.enter();
+        let _ = self.engine.revoke_breakglass(&people()[who], &bg.id, "no longer needed");
     }
 
     fn latest(&self) -> cairn_store::RecommendationRecord {
-        self.store.get_recommendation(&self.rec.id, None).unwrap().unwrap()
+        self.store().get_recommendation(&self.rec.id, None).unwrap().unwrap()
     }
 
+    /// A review as a person with a static token (refusals are the engine's to make).
     fn review(&mut self, who: usize, approving: bool) {
         let record = self.latest();
-        let p = &people()[who];
-        let result = if approving {
-            approve(&record.change, &record.recommendation, p, record.recommendation.revision, "reviewed", self.now)
-        } else {
-            reject(&record.change, &record.recommendation, p, record.recommendation.revision, "not now", self.now)
-        };
-        if let Ok((next, drafts)) = result {
-            assert!(!drafts.is_empty(), "a review that changed the change must say so in the audit log");
-            self.store.update_change(&next, record.change.version, &drafts, self.now).unwrap();
-        }
+        let who = Identity { principal: people()[who].clone(), kind: PrincipalKind::Person, scopes: BTreeSet::new(), sign_in: None };
+        let _rt = self.rt.enter();
+        let _ = self.engine.review(&who, &record.recommendation.id, record.recommendation.revision, "reviewed", approving);
     }
 
-    /// What the server's executor loop does: expire, roll back stopped rollouts, leave
-    /// window-waiting changes approved, claim, run (or refuse) and record.
+    /// One pass of the executor loop.
     fn execute(&mut self, fail: bool) {
         *self.adapter.fail.lock().unwrap() = fail;
-        self.store.expire_pending(self.now).unwrap();
-        self.sweep();
-        let undo = Executor::new(self.adapter.clone());
-        for change in self.store.claim_rollbacks(16, self.now).unwrap() {
-            let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision)).unwrap().unwrap();
-            let (execution, next, drafts) = block_on(undo.roll_back_stopped(&change, &record.recommendation, self.now)).unwrap();
-            self.store.record_execution(&execution, &next, change.version, &drafts, self.now).unwrap();
-        }
-        let waiting: Vec<ChangeId> = self
-            .store
-            .approved_changes(100)
-            .unwrap()
-            .into_iter()
-            .filter(|c| (c.tier == Some(3) || c.requires_window) && self.windows.open_for(&self.rec.target, self.now).is_none())
-            .map(|c| c.id)
-            .collect();
-        let executor = Executor::new(self.adapter.clone()).with_gate(Arc::new(self.gate()));
-        for change in self.store.claim_approved_except(16, self.now, &waiting).unwrap() {
-            let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision)).unwrap().unwrap();
-            // The server's `stop_before_run`: a change opened under a break-glass runs only while
-            // that break-glass is in force.
-            if let Some(bg) = self.store.breakglass_for_change(&change.id).unwrap()
-                && let Err(lapsed) = breakglass::check_in_force(&bg, self.now)
-            {
-                let (next, drafts) = refuse(&change, &ExecutionRefused::BreakGlassLapsed(lapsed.to_string()), self.now);
-                self.store.update_change(&next, change.version, &drafts, self.now).unwrap();
-                continue;
-            }
-            let run = block_on(executor.run(&change, &record.recommendation, &record.decision, self.now));
-            match run {
-                Ok((execution, next, drafts)) => {
-                    self.store.record_execution(&execution, &next, change.version, &drafts, self.now).unwrap()
-                }
-                Err(refused) => {
-                    let (next, drafts) = refuse(&change, &refused, self.now);
-                    self.store.update_change(&next, change.version, &drafts, self.now).unwrap();
-                }
-            }
-        }
+        let engine = self.engine.clone();
+        self.rt.block_on(engine.execute_ready()).unwrap();
     }
 
-    /// Only changes that never ran, or paused or stopped rollouts: re-running a finished change is
-    /// the store's state machine to prevent, not the executor's.
+    /// A person leaves the configuration: the server is restarted on the same store without them.
+    fn remove(&mut self, who: usize) {
+        let gone = people()[who].subject.clone();
+        self.roster.retain(|p| p.subject != gone);
+        let router = self.engine.router.current();
+        self.engine = engine(self.engine.store.clone(), router, (&self.roster, &self.windows, &self.adapter, &self.clock));
+    }
+
+    /// The other policy version becomes active, as a policy activation makes it: waiting changes
+    /// decided under the earlier version are routed again.
+    fn switch_policy(&mut self) {
+        self.active = 1 - self.active;
+        self.engine.router.swap(self.routers[self.active].clone());
+        let _rt = self.rt.enter();
+        crate::policy::reroute_after_activation(&self.engine, self.now()).unwrap();
+        self.note_latest();
+    }
+
+    /// A buggy or hostile writer hands the engine's executor a change forced to `approved`. Only
+    /// changes that never ran, or paused or stopped rollouts: re-running a finished change is the
+    /// store's state machine to prevent, not the executor's.
     fn forge(&mut self) {
         let record = self.latest();
         if !matches!(
@@ -368,13 +357,9 @@ impl World {
         }
         let mut forged = record.change.clone();
         forged.state = ChangeState::Approved;
-        let executor = Executor::new(self.adapter.clone()).with_gate(Arc::new(self.gate()));
-        let _ = block_on(executor.run(&forged, &record.recommendation, &record.decision, self.now));
+        let now = self.now();
+        let _ = self.rt.block_on(self.engine.executor.run(&forged, &record.recommendation, &record.decision, now));
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 }
 
 /// The rules of invariants 1–3 and 6, the window and the roster, read independently of
@@ -398,7 +383,7 @@ fn allowed(change: &ChangeRequest, rec: &Recommendation, decision: &Decision, wo
             if valid.len() < needed {
                 return Err(format!("ran with {} valid approvals of {needed}: {:?}", valid.len(), change.approvals));
             }
-            if (tier == 3 || decision.requires_window) && world.windows.open_for(&rec.target, world.now).is_none() {
+            if (tier == 3 || decision.requires_window) && world.windows.open_for(&rec.target, world.now()).is_none() {
                 return Err("a tier-3 change ran outside its maintenance window".into());
             }
             Ok(())
@@ -410,9 +395,9 @@ fn allowed(change: &ChangeRequest, rec: &Recommendation, decision: &Decision, wo
 /// Every change's state changes are in the audit log: at least one event per version, the last
 /// state the log records is the stored state, and the chain verifies.
 fn audit_covers_every_change(world: &World) -> Result<(), String> {
-    world.store.verify_audit().map_err(|e| e.to_string())?;
+    world.store().verify_audit().map_err(|e| e.to_string())?;
     let events = world
-        .store
+        .store()
         .audit_events(&AuditQuery { recommendation_id: Some(world.rec.id.0.clone()), limit: 100_000, ..Default::default() })
         .unwrap();
     let mut by_change: BTreeMap<&str, Vec<&AuditEvent>> = BTreeMap::new();
@@ -422,7 +407,7 @@ fn audit_covers_every_change(world: &World) -> Result<(), String> {
         }
     }
     for id in &world.changes {
-        let change = world.store.get_change(id).unwrap().ok_or("a proposed change is missing")?;
+        let change = world.store().get_change(id).unwrap().ok_or("a proposed change is missing")?;
         let mine = by_change.get(id.0.as_str()).map(Vec::as_slice).unwrap_or_default();
         if (mine.len() as u64) < change.version {
             return Err(format!("{id} is at version {} with only {} audit events", change.version, mine.len()));
@@ -439,12 +424,12 @@ fn audit_covers_every_change(world: &World) -> Result<(), String> {
 /// was opened under a break-glass, ran while that break-glass was unrevoked and unexpired, with two
 /// distinct valid approvals; and a change policy blocked ran only under a recorded use.
 fn breakglass_run_allowed(change: &ChangeRequest, world: &World) -> Result<(), String> {
-    let under = world.store.breakglass_for_change(&change.id).unwrap();
+    let under = world.store().breakglass_for_change(&change.id).unwrap();
     if world.blocked.contains(&change.id) {
         let Some(bg) = &under else { return Err(format!("blocked change {} ran without a break-glass", change.id)) };
-        let used = breakglass_events(world)
-            .into_iter()
-            .any(|e| e.kind == "breakglass.used" && e.change_id.as_deref() == Some(change.id.0.as_str()) && bg_id(&e) == Some(bg.id.clone()));
+        let used = breakglass_events(world).into_iter().any(|e| {
+            e.kind == "breakglass.used" && e.change_id.as_deref() == Some(change.id.0.as_str()) && bg_id(&e) == Some(bg.id.clone())
+        });
         if !used {
             return Err(format!("blocked change {} ran with no break-glass use recorded for it", change.id));
         }
@@ -453,8 +438,8 @@ fn breakglass_run_allowed(change: &ChangeRequest, world: &World) -> Result<(), S
     if bg.state == BreakGlassState::Revoked {
         return Err(format!("{} ran under revoked break-glass {}", change.id, bg.id));
     }
-    if world.now >= bg.expires_ms {
-        return Err(format!("{} ran at {} under break-glass {} that expired at {}", change.id, world.now, bg.id, bg.expires_ms));
+    if world.now() >= bg.expires_ms {
+        return Err(format!("{} ran at {} under break-glass {} that expired at {}", change.id, world.now(), bg.id, bg.expires_ms));
     }
     let distinct: BTreeSet<&str> = change
         .approvals
@@ -471,7 +456,7 @@ fn breakglass_run_allowed(change: &ChangeRequest, world: &World) -> Result<(), S
 }
 
 fn breakglass_events(world: &World) -> Vec<AuditEvent> {
-    let all = world.store.audit_events(&AuditQuery { limit: 100_000, ..Default::default() }).unwrap();
+    let all = world.store().audit_events(&AuditQuery { limit: 100_000, ..Default::default() }).unwrap();
     all.into_iter().filter(|e| e.kind.starts_with("breakglass.")).collect()
 }
 
@@ -484,7 +469,7 @@ fn bg_id(e: &AuditEvent) -> Option<String> {
 /// its stored state.
 fn breakglass_kept_its_bounds(world: &World) -> Result<(), String> {
     let events = breakglass_events(world);
-    for bg in world.store.list_breakglass(false).unwrap() {
+    for bg in world.store().list_breakglass(false).unwrap() {
         let mine: Vec<&AuditEvent> = events.iter().filter(|e| bg_id(e).as_deref() == Some(bg.id.as_str())).collect();
         let uses: Vec<&&AuditEvent> = mine.iter().filter(|e| e.kind == "breakglass.used").collect();
         if uses.len() as u32 != bg.uses {
@@ -537,21 +522,12 @@ fn apply_and_check(world: &mut World, s: Step) -> Result<(), TestCaseError> {
         Step::Revise(c) => {
             world.rec.revision += 1;
             world.rec.confidence = c;
+            world.rec.created_ms = world.now();
             world.propose();
         }
-        Step::SwitchPolicy => {
-            world.active = 1 - world.active;
-            let latest = world.latest();
-            if matches!(latest.change.state, ChangeState::PendingApproval | ChangeState::Approved | ChangeState::AwaitingStageApproval) {
-                world.rec.revision += 1;
-                world.propose();
-            }
-        }
-        Step::Advance(m) => world.now += m * 60_000,
-        Step::Remove(i) => {
-            let gone = people()[i].subject.clone();
-            world.roster.retain(|p| p.subject != gone);
-        }
+        Step::SwitchPolicy => world.switch_policy(),
+        Step::Advance(m) => world.advance(m),
+        Step::Remove(i) => world.remove(i),
         Step::Execute(fail) => world.execute(fail),
         Step::Forge => world.forge(),
         Step::Grant { owner, covering, minutes, max_uses } => world.grant(owner, covering, minutes, max_uses),
@@ -559,11 +535,14 @@ fn apply_and_check(world: &mut World, s: Step) -> Result<(), TestCaseError> {
     }
     let ran = world.adapter.ran.lock().unwrap().clone();
     for (change, rec) in &ran[ran_before..] {
-        let record = world.store.get_recommendation(&rec.id, Some(rec.revision)).unwrap().unwrap();
+        let record = world.store().get_recommendation(&rec.id, Some(rec.revision)).unwrap().unwrap();
         prop_assert_eq!(&record.recommendation, rec, "the adapter got the stored revision");
         prop_assert_eq!(rec.revision, world.rec.revision, "only the latest revision runs");
-        prop_assert_eq!(&record.decision.policy_version, &world.routers[world.active].version().to_string(),
-            "only a decision of the active policy version runs");
+        prop_assert_eq!(
+            &record.decision.policy_version,
+            &world.routers[world.active].version().to_string(),
+            "only a decision of the active policy version runs"
+        );
         if let Err(why) = allowed(change, rec, &record.decision, world) {
             return Err(TestCaseError::fail(format!("{why} (decision {:?})", record.decision)));
         }
@@ -637,7 +616,7 @@ fn stopped_rollouts_only_roll_back(world: &mut World) -> Result<(), String> {
     let ran = world.adapter.ran.lock().unwrap().clone();
     let undone = world.adapter.undone.lock().unwrap().clone();
     for id in world.changes.clone() {
-        let change = world.store.get_change(&id).unwrap().ok_or("a proposed change is missing")?;
+        let change = world.store().get_change(&id).unwrap().ok_or("a proposed change is missing")?;
         if change.stop.is_none() {
             continue;
         }
@@ -777,7 +756,7 @@ fn a_tier3_sequence_runs_once_inside_the_window_with_two_current_approvers() {
     world.execute(false);
     assert!(world.adapter.ran.lock().unwrap().is_empty(), "01:30 is before the window");
     assert_eq!(world.latest().change.state, ChangeState::Approved, "it waits, approved");
-    world.now += 40 * 60_000;
+    world.advance(40);
     world.execute(false);
     assert_eq!(world.adapter.ran.lock().unwrap().len(), 1);
     assert_eq!(world.latest().change.state, ChangeState::Succeeded);
@@ -815,12 +794,12 @@ fn a_breakglass_change_runs_once_inside_its_validity_and_is_refused_after_it_lap
     world.propose();
     let second = world.latest();
     assert_eq!(second.decision.outcome, Outcome::Review);
-    let bg = world.store.breakglass_for_change(&second.change.id).unwrap().unwrap();
+    let bg = world.store().breakglass_for_change(&second.change.id).unwrap().unwrap();
     assert_eq!((bg.uses, bg.state), (2, BreakGlassState::Exhausted));
     world.review(1, true);
     world.review(3, true);
     assert_eq!(world.latest().change.state, ChangeState::Approved);
-    world.now += 61 * 60_000;
+    world.advance(61);
     world.execute(false);
     assert_eq!(world.adapter.ran.lock().unwrap().len(), 1, "lapsed: refused, not run");
     assert_eq!(world.latest().change.state, ChangeState::Failed, "the refusal is written");
@@ -837,7 +816,8 @@ fn a_breakglass_change_runs_once_inside_its_validity_and_is_refused_after_it_lap
 #[test]
 fn a_revoked_or_expired_breakglass_stops_its_approved_change() {
     for revoke in [true, false] {
-        let mut world = World::new(recommendation((ActionClass::FirewallRelax, BlastRadius::Global, Reversibility::PartiallyReversible), 0.9));
+        let mut world =
+            World::new(recommendation((ActionClass::FirewallRelax, BlastRadius::Global, Reversibility::PartiallyReversible), 0.9));
         world.grant(2, true, 30, None);
         world.propose();
         assert_eq!(world.latest().decision.outcome, Outcome::Review);
@@ -846,11 +826,11 @@ fn a_revoked_or_expired_breakglass_stops_its_approved_change() {
         if revoke {
             world.revoke(3);
         } else {
-            world.now += 30 * 60_000;
+            world.advance(30);
         }
         world.execute(false);
         assert!(world.adapter.ran.lock().unwrap().is_empty(), "revoke={revoke}: it must not run");
-        let bg = world.store.list_breakglass(false).unwrap().remove(0);
+        let bg = world.store().list_breakglass(false).unwrap().remove(0);
         assert_eq!(bg.state, if revoke { BreakGlassState::Revoked } else { BreakGlassState::Expired });
         audit_covers_every_change(&world).unwrap();
         breakglass_kept_its_bounds(&world).unwrap();
@@ -873,7 +853,7 @@ fn a_paused_rollout_is_stopped_by_a_reject_or_its_expiry_and_rolled_back_once() 
             assert_eq!(world.latest().change.state, ChangeState::AwaitingStageApproval);
             world.review(4, false); // the requester may stop their own rollout
         } else {
-            world.now += 61 * 60_000;
+            world.advance(61);
         }
         world.execute(false);
         let c = world.latest().change;
