@@ -352,7 +352,64 @@ impl ChangeRequest {
         next.stop = Some(stop);
         (next, draft)
     }
+
+    /// An audit draft by Cairn itself for this change's new state.
+    fn system_draft(&self, kind: &str, reason: String) -> AuditDraft {
+        AuditDraft::for_change(
+            self,
+            crate::CAIRN_SERVICE_SUBJECT,
+            kind,
+            reason,
+            serde_json::json!({ "state": self.state.as_str(), "version": self.version }),
+        )
+    }
+
+    /// The deadline rule, planned: a change pending approval past its deadline expires; a rollout
+    /// paused for a stage approval past its deadline is stopped and rolled back. `None` when the
+    /// change is not due. Every store applies this; none writes its own.
+    pub fn expired(&self, now_ms: TimestampMs) -> Option<(ChangeRequest, AuditDraft)> {
+        if now_ms < self.expires_ms {
+            return None;
+        }
+        match self.state {
+            ChangeState::AwaitingStageApproval => Some(self.stop_rollout(RolloutStop::expired(self, now_ms), now_ms)),
+            ChangeState::PendingApproval => {
+                let mut next = self.clone();
+                next.advance(ChangeState::Expired, now_ms);
+                let why = format!("no quorum before the deadline ({} of {} approvals)", self.approvals.len(), self.approvals_required);
+                let draft = next.system_draft("change.expired", why);
+                Some((next, draft))
+            }
+            _ => None,
+        }
+    }
+
+    /// Invariant 2, planned for a change of an earlier revision than the newest (or of a withdrawn
+    /// recommendation): one that has not started running is superseded and its approvals are
+    /// void; a half-done rollout is stopped and its executed stages are rolled back. `None` for a
+    /// change that is running or finished: a claim is exclusive, and the result it records is
+    /// checked again then. Every store applies this; none writes its own.
+    pub fn superseded(&self, reason: String, now_ms: TimestampMs) -> Option<(ChangeRequest, AuditDraft)> {
+        if self.is_half_done_rollout() {
+            let stop = RolloutStop { cause: StopCause::Superseded, subject: crate::CAIRN_SERVICE_SUBJECT.to_string(), reason, at_ms: now_ms };
+            return Some(self.stop_rollout(stop, now_ms));
+        }
+        if !matches!(self.state, ChangeState::PendingApproval | ChangeState::Approved) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.advance(ChangeState::Superseded, now_ms);
+        let draft = next.system_draft("change.superseded", format!("{reason}; its approvals are void"));
+        Some((next, draft))
+    }
 }
+
+/// The states [`ChangeRequest::expired`] may act on: what a store selects past the deadline.
+pub const EXPIRING_STATES: [ChangeState; 2] = [ChangeState::PendingApproval, ChangeState::AwaitingStageApproval];
+
+/// The states [`ChangeRequest::superseded`] may act on: what a store selects of earlier revisions.
+pub const SUPERSEDABLE_STATES: [ChangeState; 3] =
+    [ChangeState::PendingApproval, ChangeState::Approved, ChangeState::AwaitingStageApproval];
 
 /// What happened when an adapter ran a change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

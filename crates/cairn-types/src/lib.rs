@@ -40,7 +40,7 @@ mod route;
 mod signal;
 
 pub use change::{
-    Approval, AuditDraft, AuditEvent, ChangeId, ChangeRequest, ChangeState, Execution, ExecutionOutcome,
+    EXPIRING_STATES, SUPERSEDABLE_STATES, Approval, AuditDraft, AuditEvent, ChangeId, ChangeRequest, ChangeState, Execution, ExecutionOutcome,
     Principal, Rejection, RolloutStop, StageApproval, StopCause,
 };
 pub use guard::{

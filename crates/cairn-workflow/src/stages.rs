@@ -240,16 +240,6 @@ pub(crate) fn stop_by_reject(
     Ok((next, vec![draft]))
 }
 
-/// Expires a change that waited in `awaiting_stage_approval` past its deadline: it moves to
-/// `rollback_pending`, and the executor undoes its executed stages. `None` if it is not waiting
-/// for a stage or not yet due.
-pub(crate) fn expire_rollout(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec<AuditDraft>)> {
-    if change.state != ChangeState::AwaitingStageApproval || now_ms < change.expires_ms {
-        return None;
-    }
-    let (next, draft) = change.stop_rollout(RolloutStop::expired(change, now_ms), now_ms);
-    Some((next, vec![draft]))
-}
 
 impl Executor {
     /// Undoes the executed stages of a stopped rollout (rejected, expired, superseded, refused or

@@ -7,8 +7,8 @@ mod audit;
 use crate::{AuditQuery, LeaseStore, RecommendationFilter, RecommendationRecord, Result, Store, StoreError};
 use cairn_types::{
     AlertEvent, Anomaly, AuditDraft, AuditEvent, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest,
-    ChangeState, Decision, Execution, Incident, IncidentId, Recommendation, RecommendationId, RolloutStop,
-    StopCause, Target,
+    ChangeState, Decision, EXPIRING_STATES, Execution, Incident, IncidentId, Recommendation, RecommendationId,
+    SUPERSEDABLE_STATES, Target,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
@@ -434,31 +434,6 @@ fn system_draft(change: &ChangeRequest, kind: &str, reason: String) -> AuditDraf
     )
 }
 
-/// Stops every half-done staged rollout selected by `sql` for which `stop` gives a reason: it
-/// moves to `rollback_pending` (the executor undoes its executed stages), audited here.
-fn stop_rollouts_where(
-    tx: &Transaction<'_>,
-    sql: &str,
-    p: impl rusqlite::Params,
-    stop: impl Fn(&ChangeRequest) -> Option<RolloutStop>,
-    now_ms: i64,
-) -> Result<Vec<ChangeRequest>> {
-    let bodies: Vec<String> = {
-        let mut stmt = tx.prepare(sql)?;
-        stmt.query_map(p, |r| r.get(0))?.collect::<std::result::Result<_, _>>()?
-    };
-    let mut out = Vec::new();
-    for b in bodies {
-        let old: ChangeRequest = from_json("change", &b)?;
-        let Some(why) = stop(&old) else { continue };
-        let (next, draft) = old.stop_rollout(why, now_ms);
-        write_change(tx, &next, old.version)?;
-        append_audit(tx, &[draft], now_ms)?;
-        out.push(next);
-    }
-    Ok(out)
-}
-
 /// Invariant 2 and rollback-first: when `newest` is the latest revision of a recommendation, every
 /// earlier revision's change that has not started running is superseded, and its approvals with
 /// it; one whose stages ran in part (waiting for a stage approval, or approved for the next stage
@@ -470,32 +445,44 @@ fn supersede_earlier(tx: &Transaction<'_>, rec_id: &str, newest: u32, now_ms: i6
 }
 
 /// Supersedes (or stops and rolls back, when half run) every change of `rec_id` below revision
-/// `newest` that has not started running, saying `reason`.
+/// `newest` that has not started running, saying `reason`: the rule is
+/// [`ChangeRequest::superseded`]; this only selects, checks versions and writes.
 fn supersede_below(tx: &Transaction<'_>, rec_id: &str, newest: u32, reason: &dyn Fn(&ChangeRequest) -> String, now_ms: i64) -> Result<()> {
-    stop_rollouts_where(
-        tx,
-        "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ('approved', 'awaiting_stage_approval') ORDER BY created_ms, id",
-        params![rec_id, newest],
-        |old| {
-            old.is_half_done_rollout().then(|| RolloutStop {
-                cause: StopCause::Superseded,
-                subject: CAIRN_SERVICE_SUBJECT.to_string(),
-                reason: reason(old),
-                at_ms: now_ms,
-            })
-        },
-        now_ms,
-    )?;
-    transition_where(
-        tx,
-        "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ('pending_approval', 'approved')",
-        params![rec_id, newest],
-        ChangeState::Superseded,
-        "change.superseded",
-        |old| format!("{}; its approvals are void", reason(old)),
-        now_ms,
-    )?;
+    let sql = format!(
+        "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ({}) ORDER BY created_ms, id",
+        states_sql(&SUPERSEDABLE_STATES)
+    );
+    apply_plans(tx, &sql, params![rec_id, newest], |old| old.superseded(reason(old), now_ms), now_ms)?;
     Ok(())
+}
+
+/// `'a', 'b'` for an SQL `IN` list of states.
+fn states_sql(states: &[ChangeState]) -> String {
+    states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+}
+
+/// Writes, for every change selected by `sql`, the next state and audit draft `plan` gives (none
+/// when it gives none). Returns the changes written.
+fn apply_plans(
+    tx: &Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+    plan: impl Fn(&ChangeRequest) -> Option<(ChangeRequest, AuditDraft)>,
+    now_ms: i64,
+) -> Result<Vec<ChangeRequest>> {
+    let bodies: Vec<String> = {
+        let mut stmt = tx.prepare_cached(sql)?;
+        stmt.query_map(p, |r| r.get(0))?.collect::<std::result::Result<_, _>>()?
+    };
+    let mut out = Vec::new();
+    for b in bodies {
+        let old: ChangeRequest = from_json("change", &b)?;
+        let Some((next, draft)) = plan(&old) else { continue };
+        write_change(tx, &next, old.version)?;
+        append_audit(tx, &[draft], now_ms)?;
+        out.push(next);
+    }
+    Ok(out)
 }
 
 /// After an execution is recorded: a staged change that paused (or was approved for its next
@@ -860,25 +847,11 @@ impl Store for SqliteStore {
     }
 
     fn expire_pending(&self, now_ms: i64) -> Result<Vec<ChangeId>> {
-        self.with_tx(|tx| {
-            let stopped = stop_rollouts_where(
-                tx,
-                "SELECT body FROM changes WHERE state = 'awaiting_stage_approval' AND expires_ms <= ?1 ORDER BY expires_ms, id",
-                [now_ms],
-                |old| Some(RolloutStop::expired(old, now_ms)),
-                now_ms,
-            )?;
-            let expired = transition_where(
-                tx,
-                "SELECT body FROM changes WHERE state = 'pending_approval' AND expires_ms <= ?1 ORDER BY expires_ms, id",
-                [now_ms],
-                ChangeState::Expired,
-                "change.expired",
-                |old| format!("no quorum before the deadline ({} of {} approvals)", old.approvals.len(), old.approvals_required),
-                now_ms,
-            )?;
-            Ok(stopped.into_iter().chain(expired).map(|c| c.id).collect())
-        })
+        let sql = format!(
+            "SELECT body FROM changes WHERE state IN ({}) AND expires_ms <= ?1 ORDER BY expires_ms, id",
+            states_sql(&EXPIRING_STATES)
+        );
+        self.with_tx(|tx| Ok(apply_plans(tx, &sql, [now_ms], |old| old.expired(now_ms), now_ms)?.into_iter().map(|c| c.id).collect()))
     }
 
     fn claim_rollbacks(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>> {

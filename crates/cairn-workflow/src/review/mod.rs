@@ -353,22 +353,7 @@ pub fn reject(
 /// staged change waiting for a stage approval past its deadline is stopped, and what ran is rolled
 /// back.
 pub fn expire(change: &ChangeRequest, now_ms: i64) -> Option<(ChangeRequest, Vec<AuditDraft>)> {
-    if change.state == ChangeState::AwaitingStageApproval {
-        return crate::stages::expire_rollout(change, now_ms);
-    }
-    if change.state != ChangeState::PendingApproval || now_ms < change.expires_ms {
-        return None;
-    }
-    let mut next = change.clone();
-    next.advance(ChangeState::Expired, now_ms);
-    let d = AuditDraft::for_change(
-        &next,
-        CAIRN_SERVICE_SUBJECT,
-        "change.expired",
-        format!("no quorum before the deadline ({} of {})", change.approvals.len(), change.approvals_required),
-        json!({ "state": next.state.as_str() }),
-    );
-    Some((next, vec![d]))
+    change.expired(now_ms).map(|(next, draft)| (next, vec![draft]))
 }
 
 #[cfg(test)]
