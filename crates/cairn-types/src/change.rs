@@ -547,3 +547,46 @@ pub struct AuditEvent {
     /// Hex SHA-256 of this entry.
     pub hash: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The change in `state`, as a half-done rollout where that is possible.
+    fn in_state(state: ChangeState, staged: bool) -> ChangeRequest {
+        let mut c = crate::fixtures::change_request(1);
+        c.state = state;
+        if staged {
+            c.stages = vec!["canary".into(), "100%".into()];
+            c.stages_done = 1;
+        }
+        c
+    }
+
+    #[test]
+    fn supersede_and_expiry_plan_only_transitions_the_lifecycle_allows_from_the_states_they_name() {
+        for state in ChangeState::ALL {
+            for staged in [false, true] {
+                let c = in_state(state, staged);
+                if let Some((next, draft)) = c.superseded("revision 2 replaces revision 1".into(), 5) {
+                    assert!(SUPERSEDABLE_STATES.contains(&state), "{state} superseded");
+                    assert!(state.may_become(next.state), "{state} -> {}", next.state);
+                    assert_eq!((next.version, draft.change_id.as_deref()), (c.version + 1, Some(c.id.0.as_str())));
+                    let expected = if c.is_half_done_rollout() { ChangeState::RollbackPending } else { ChangeState::Superseded };
+                    assert_eq!(next.state, expected, "{state}, staged {staged}");
+                }
+                assert!(c.expired(c.expires_ms - 1).is_none(), "{state}: not before the deadline");
+                if let Some((next, _)) = c.expired(c.expires_ms) {
+                    assert!(EXPIRING_STATES.contains(&state), "{state} expired");
+                    assert!(state.may_become(next.state), "{state} -> {}", next.state);
+                }
+            }
+        }
+        // What each rule is for does happen.
+        assert_eq!(in_state(ChangeState::Approved, false).superseded("r".into(), 5).unwrap().0.state, ChangeState::Superseded);
+        assert!(in_state(ChangeState::Executing, true).superseded("r".into(), 5).is_none(), "a running change is left alone");
+        assert_eq!(in_state(ChangeState::PendingApproval, false).expired(10_000).unwrap().0.state, ChangeState::Expired);
+        let stopped = in_state(ChangeState::AwaitingStageApproval, true).expired(10_000).unwrap().0;
+        assert_eq!((stopped.state, stopped.stop.map(|s| s.cause)), (ChangeState::RollbackPending, Some(StopCause::Expired)));
+    }
+}

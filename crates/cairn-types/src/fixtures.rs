@@ -37,3 +37,35 @@ pub fn recommendation(revision: u32) -> Recommendation {
         requester: CAIRN_SERVICE_SUBJECT.into(),
     }
 }
+
+/// The change request of [`recommendation`]'s `revision` (`chg-<revision>`), pending one approval
+/// at tier 2, with a deadline at 10 s.
+pub fn change_request(revision: u32) -> ChangeRequest {
+    ChangeRequest {
+        id: ChangeId(format!("chg-{revision}")),
+        recommendation_id: RecommendationId("rec-1".into()),
+        revision,
+        outcome: Outcome::Review,
+        tier: Some(2),
+        approvals_required: 1,
+        approver_groups: vec![],
+        requires_window: false,
+        policy_version: "sha256:p".into(),
+        action_digest: "d".into(),
+        requester: CAIRN_SERVICE_SUBJECT.into(),
+        state: ChangeState::PendingApproval,
+        approvals: vec![],
+        rejection: None,
+        created_ms: 0,
+        expires_ms: 10_000,
+        updated_ms: 0,
+        version: 1,
+        stages: vec![],
+        stages_done: 0,
+        stage: None,
+        stage_approvals: vec![],
+        stage_approval: true,
+        breakglass_owner: None,
+        stop: None,
+    }
+}

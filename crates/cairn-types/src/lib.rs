@@ -31,7 +31,7 @@ mod duration_tests {
 
 mod change;
 mod detect;
-#[cfg(feature = "fixtures")]
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod guard;
 mod labels;
