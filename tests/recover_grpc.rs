@@ -6,7 +6,7 @@
 
 use cairn_e2e::*;
 use cairn_proto::v1 as pb;
-use cairn_store::{LeaseStore, LeaseTerms, Store};
+use cairn_store::{ChangeStore, LeaseStore, LeaseTerms};
 use std::sync::Arc;
 use std::time::Duration;
 

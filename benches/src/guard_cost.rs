@@ -8,7 +8,7 @@
 
 use anyhow::Result;
 use cairn_server::governance::{Governance, guard_inputs};
-use cairn_store::{GuardStore, SqliteStore, Store};
+use cairn_store::{ChangeStore, GuardStore, SqliteStore};
 use cairn_types::*;
 use cairn_workflow::GuardrailsConfig;
 use clap::Parser;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use cairn_offline::report::{self, Format};
 use cairn_proto::v1 as pb;
-use cairn_store::{AuditQuery, Store};
+use cairn_store::{AuditLog, AuditQuery};
 use cairn_types::AuditEvent;
 use clap::{Args, ValueEnum};
 

@@ -9,7 +9,7 @@ use crate::{ClientArgs, OutputFormat};
 use anyhow::{Context, Result, bail};
 use cairn_policy::{PolicyBundle, PolicyFile, Router, RouterConfig, ShadowChange};
 use cairn_proto::v1 as pb;
-use cairn_store::{RecommendationFilter, Store};
+use cairn_store::{ChangeStore, RecommendationFilter};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

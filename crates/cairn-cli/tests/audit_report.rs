@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use cairn_store::{SqliteStore, Store};
+use cairn_store::{ChangeStore, SqliteStore};
 use cairn_types::*;
 use cairn_workflow::WorkflowConfig;
 

@@ -1,11 +1,12 @@
-//! Cairn's durable state behind one trait: alerts, anomalies, incidents, recommendation revisions,
-//! decisions, change requests, executions and the audit log.
+//! Cairn's durable state behind traits cut by what uses them ([`Store`] is their sum): signals
+//! (alerts, anomalies, incidents), recommendation revisions with their decisions, change requests
+//! and executions, guardrails, executor leases, and the audit log.
 //!
 //! Every method that changes the state of a recommendation or a change takes the audit drafts that
 //! describe the change and appends them, sealed into the hash chain, **in the same transaction**: if
 //! the append fails, nothing is written (invariant 8). Change requests carry a version, and a write
 //! with a stale version is refused ([`StoreError::Conflict`]) so racing reviewers or replicas cannot
-//! both win. Executor work is claimed atomically ([`Store::claim_approved`]), the shape that
+//! both win. Executor work is claimed atomically ([`ChangeStore::claim_approved`]), the shape that
 //! `SELECT … FOR UPDATE SKIP LOCKED` takes on PostgreSQL.
 //!
 //! The store keeps what it is given; it never decides. The only rules it applies itself are
@@ -16,11 +17,16 @@
 //! Beside the audit log the store keeps the RFC 6962 Merkle tree's perfect-subtree nodes
 //! (`cairn_audit::merkle`), appended in the same transaction as the entries, so tree heads for
 //! checkpoints and inclusion proofs for evidence bundles never re-read the log. Verification never
-//! trusts those nodes: [`Store::verify_audit_anchored`] rebuilds the tree from the entries.
+//! trusts those nodes: [`AuditLog::verify_audit_anchored`] rebuilds the tree from the entries.
 //! [`SqliteStore::open_read_only`] opens a stopped server's database (or a copy) for auditors.
 //!
-//! The trait is synchronous; the server calls it from blocking threads. No SQLite type appears in
-//! its signatures, so a PostgreSQL implementation can follow.
+//! The traits are synchronous, and stay so for PostgreSQL: every caller already runs store calls on
+//! blocking threads (the analysis worker is one, the gRPC handlers and the executor hand each call
+//! to `spawn_blocking`), a write's audit append must share its transaction, which a synchronous
+//! closure over one connection expresses directly, and a PostgreSQL backend can hold a blocking
+//! client (`postgres`, over `tokio-postgres`) per connection of its pool without making the
+//! domain crates async. No backend type appears in their signatures or errors, so a PostgreSQL
+//! implementation can follow.
 
 #![forbid(unsafe_code)]
 
@@ -42,8 +48,9 @@ use cairn_types::{
 /// What can go wrong in the store, by cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend failed (I/O, a constraint, a lost connection), in its own words.
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(String),
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
     #[error("{what} was changed concurrently (expected version {expected}, found {found}); re-read and retry")]
@@ -64,7 +71,7 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// What [`Store::on_audit_commit`] calls with the new audit head.
+/// What [`AuditLog::on_audit_commit`] calls with the new audit head.
 pub type AuditHook = Box<dyn Fn(u64) + Send + Sync>;
 
 /// A recommendation revision with the decision that routed it and its change request.
@@ -75,7 +82,7 @@ pub struct RecommendationRecord {
     pub change: ChangeRequest,
 }
 
-/// Filters for [`Store::list_recommendations`]; `None` means any.
+/// Filters for [`ChangeStore::list_recommendations`]; `None` means any.
 #[derive(Clone, Debug, Default)]
 pub struct RecommendationFilter {
     pub outcome: Option<Outcome>,
@@ -84,7 +91,7 @@ pub struct RecommendationFilter {
     pub limit: usize,
 }
 
-/// Filters for [`Store::audit_events`]; every given filter must match. Ascending by sequence.
+/// Filters for [`AuditLog::audit_events`]; every given filter must match. Ascending by sequence.
 #[derive(Clone, Debug, Default)]
 pub struct AuditQuery {
     pub recommendation_id: Option<String>,
@@ -98,13 +105,22 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
-/// Durable state. See the crate documentation for the transaction and audit rules.
-pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
+/// Durable state, cut by what uses it: signals ([`SignalStore`]), recommendations and their
+/// changes ([`ChangeStore`]), guardrails ([`GuardStore`]), executor leases ([`LeaseStore`]) and the
+/// audit log ([`AuditLog`]). Every backend implements the parts; `Store` is their sum, implemented
+/// for any type that has them all. See the crate documentation for the transaction and audit rules.
+pub trait Store: SignalStore + ChangeStore + GuardStore + LeaseStore + AuditLog + Send + Sync + std::fmt::Debug {}
+
+impl<T: SignalStore + ChangeStore + GuardStore + LeaseStore + AuditLog + Send + Sync + std::fmt::Debug> Store for T {}
+
+/// What analysis writes and reads about signals: alerts (and their intake journal), anomalies and
+/// incidents.
+pub trait SignalStore {
     /// Upserts alerts by fingerprint (status, end, last seen). Returns how many rows changed.
     fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize>;
     /// Appends acknowledged alerts to the intake journal, durably, before their sender is
-    /// answered (invariant 12). The analysis worker reads them back with [`Store::pending_intake`]
-    /// and removes them with [`Store::finish_intake`] once analysed, so a crash in between replays
+    /// answered (invariant 12). The analysis worker reads them back with [`SignalStore::pending_intake`]
+    /// and removes them with [`SignalStore::finish_intake`] once analysed, so a crash in between replays
     /// them instead of losing them.
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()>;
     /// The oldest journaled alerts not yet analysed, with their journal sequence numbers.
@@ -128,7 +144,12 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// at least one: an incident merged into another is empty), most recently changed first, at
     /// most `limit`.
     fn list_incidents(&self, updated_since_ms: i64, min_members: usize, limit: usize) -> Result<Vec<Incident>>;
+}
 
+/// Recommendation revisions, their decisions and change requests, and executions: what routing,
+/// the review desk and the executor loop write and read. Every write takes its audit drafts and
+/// appends them in its own transaction.
+pub trait ChangeStore {
     /// Stores a new recommendation revision, its decision and its change request, supersedes the
     /// earlier revision's change if it has not started running (a half-done staged rollout is
     /// stopped for rollback instead), and appends `audit` — one transaction.
@@ -163,7 +184,7 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// Atomically moves up to `limit` approved changes to executing and returns them, each under
     /// a lease of the store's [`LeaseTerms`] (see [`LeaseStore`]).
     fn claim_approved(&self, limit: usize, now_ms: i64) -> Result<Vec<ChangeRequest>>;
-    /// Like [`Store::claim_approved`], but leaves the changes named in `except` approved: those
+    /// Like [`ChangeStore::claim_approved`], but leaves the changes named in `except` approved: those
     /// that may not run yet (a tier-3 change waiting for its maintenance window).
     fn claim_approved_except(&self, limit: usize, now_ms: i64, except: &[ChangeId]) -> Result<Vec<ChangeRequest>>;
     /// Approved changes not yet claimed, oldest first.
@@ -200,7 +221,11 @@ pub trait Store: GuardStore + LeaseStore + Send + Sync + std::fmt::Debug {
     /// newest first, leaving out revisions superseded before they ran: they changed nothing, and a
     /// growing incident leaves many.
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>>;
+}
 
+/// The audit log: appends outside another write, queries, the head and its commit hook, the
+/// Merkle tree, evidence and verification.
+pub trait AuditLog {
     /// Appends audit events that record something outside this store's own state (a policy
     /// reload, an alert sent), in a transaction of their own.
     fn record_audit(&self, audit: &[AuditDraft], now_ms: i64) -> Result<()>;

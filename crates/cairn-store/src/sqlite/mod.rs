@@ -4,7 +4,7 @@
 
 mod audit;
 
-use crate::{AuditQuery, LeaseStore, RecommendationFilter, RecommendationRecord, Result, Store, StoreError};
+use crate::{AuditQuery, LeaseStore, RecommendationFilter, RecommendationRecord, Result, StoreError};
 use cairn_types::{
     AlertEvent, Anomaly, AuditDraft, AuditEvent, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest,
     ChangeState, Decision, EXPIRING_STATES, Execution, Incident, IncidentId, Recommendation, RecommendationId,
@@ -164,7 +164,14 @@ const MIGRATIONS: &[&str] = &[
 /// default, about 2 MiB at most), so this bounds what readers add to memory.
 const READERS: usize = 4;
 
-/// SQLite-backed [`Store`].
+/// SQLite's errors reach callers as text: no backend type appears in [`StoreError`].
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// SQLite-backed [`Store`](crate::Store).
 #[derive(Debug)]
 pub struct SqliteStore {
     /// The one connection that writes (and, for an in-memory store, also reads).
@@ -528,7 +535,7 @@ fn transition_where(
     Ok(out)
 }
 
-impl Store for SqliteStore {
+impl crate::SignalStore for SqliteStore {
     fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize> {
         self.with_tx(|tx| {
             let mut stmt = tx.prepare_cached(
@@ -643,7 +650,9 @@ impl Store for SqliteStore {
             rows.map(|b| from_json("incident", &b?)).collect()
         })
     }
+}
 
+impl crate::ChangeStore for SqliteStore {
     fn propose(
         &self,
         rec: &Recommendation,
@@ -922,7 +931,9 @@ impl Store for SqliteStore {
             Ok(out)
         })
     }
+}
 
+impl crate::AuditLog for SqliteStore {
     fn record_audit(&self, audit: &[AuditDraft], now_ms: i64) -> Result<()> {
         self.with_tx(|tx| append_audit(tx, audit, now_ms))
     }

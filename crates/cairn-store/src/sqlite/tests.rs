@@ -1,5 +1,5 @@
 use super::*;
-use crate::AuditQuery;
+use crate::{AuditLog, AuditQuery, ChangeStore, SignalStore};
 use cairn_types::*;
 use std::collections::BTreeMap;
 
