@@ -92,6 +92,10 @@ async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
     let card = h.wait_for_state(&r.id, &["succeeded", "failed"]).await;
     assert_eq!(card.change.unwrap().state, "succeeded", "{:?}", card.executions);
     assert_eq!(h.engine().router.current().version(), resp.proposed_version);
+    // It ran through the executor like any change, on the policy adapter, whatever the configured
+    // adapter is.
+    let adapters: Vec<&str> = card.executions.iter().map(|x| x.adapter.as_str()).collect();
+    assert_eq!(adapters, ["policy"], "{:?}", card.executions);
 
     // Alice's approval of the DNS change was given under the old version: it is routed again under
     // the new one, as a new revision with no approvals.

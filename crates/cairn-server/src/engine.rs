@@ -83,8 +83,12 @@ const SWEEP_EVERY_MS: i64 = 60_000;
 pub struct Engine {
     pub store: Arc<dyn Store>,
     /// Swapped atomically when a policy activation executes (see `policy.rs`).
-    pub router: crate::policy::ActiveRouter,
+    pub router: Arc<crate::policy::ActiveRouter>,
     pub executor: Executor,
+    /// The executor's gate and journal in front of the policy adapter: policy activations run
+    /// through it like any change.
+    policy_executor: Executor,
+    policy_adapter: Arc<crate::policy::PolicyAdapter>,
     pub workflow: WorkflowConfig,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
@@ -129,9 +133,13 @@ impl Engine {
                 newer
             });
         }));
+        let router = Arc::new(crate::policy::ActiveRouter::new(router));
+        let policy_adapter = Arc::new(crate::policy::PolicyAdapter::new(router.clone()));
         Ok(Engine {
             store,
-            router: crate::policy::ActiveRouter::new(router),
+            router,
+            policy_executor: executor.with_adapter(policy_adapter.clone()),
+            policy_adapter,
             executor,
             workflow,
             metrics,
@@ -523,10 +531,6 @@ impl Engine {
         let Some(RecommendationRecord { recommendation, decision, .. }) = record else {
             return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
         };
-        if recommendation.action == cairn_types::ActionClass::PolicyActivation {
-            self.on_blocking(move |e| crate::policy::activate(e, change, recommendation, decision)).await?;
-            return Ok(());
-        }
         let stopped = {
             let (change, rec, decision) = (change.clone(), recommendation.clone(), decision.clone());
             self.on_blocking(move |e| crate::policy::stop_if_decided_under_old_policy(e, &change, &rec, &decision)).await?
@@ -542,9 +546,11 @@ impl Engine {
         if stopped {
             return Ok(());
         }
+        let executor =
+            if recommendation.action == cairn_types::ActionClass::PolicyActivation { &self.policy_executor } else { &self.executor };
         let run = {
             let _g = span.enter();
-            self.executor.run(&change, &recommendation, &decision, now)
+            executor.run(&change, &recommendation, &decision, now)
         };
         let result = self.renewing_lease(&change.id, waiting, run).await;
         let (execution, next, drafts) = match result {
@@ -591,9 +597,17 @@ impl Engine {
     ) -> Result<(), ApiError> {
         self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
         let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
+        let activated = next.state == ChangeState::Succeeded && recommendation.action == cairn_types::ActionClass::PolicyActivation;
+        if activated && let Some(d) = self.policy_adapter.activated(&next, &recommendation) {
+            drafts.push(d);
+        }
         let expected = change.version;
         self.on_blocking(move |e| Ok(e.store.record_execution(&execution, &next, expected, &drafts, now)?)).await?;
         self.escalate(escalations);
+        if activated {
+            // What the new version voids is routed again under it.
+            self.on_blocking(move |e| crate::policy::reroute_after_activation(e, now)).await?;
+        }
         Ok(())
     }
 

@@ -4,8 +4,9 @@
 //! instead of being claimed.
 //!
 //! The rules (what tier, who approves, whether it may run now) stay in `cairn-policy` and
-//! `cairn-workflow`; this module only builds the proposal, performs the swap, and re-routes what
-//! the swap voids.
+//! `cairn-workflow`; this module only builds the proposal, provides the adapter that performs the
+//! swap (the executor runs it like any change: it is never called around the executor), and
+//! re-routes what the swap voids.
 
 use crate::engine::Engine;
 use crate::error::ApiError;
@@ -13,11 +14,12 @@ use cairn_policy::{PolicyBundle, PolicyFile, Router};
 use cairn_store::{RecommendationFilter, RecommendationRecord, Store};
 use cairn_types::{
     ActionClass, AuditDraft, BlastRadius, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest, ChangeState,
-    Decision, Execution, ExecutionOutcome, IncidentId, Principal, Recommendation, RecommendationId,
+    Decision, ExecutionOutcome, IncidentId, Principal, Recommendation, RecommendationId,
     Reversibility, RollbackPlan, Severity, Target, VerificationCheck,
 };
 use serde_json::json;
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use tracing::{info, warn};
 
 /// Parameters of a `policy_activation` recommendation.
@@ -206,74 +208,77 @@ pub fn bundle_of(rec: &Recommendation) -> Result<PolicyBundle, String> {
     Ok(bundle)
 }
 
-/// Executes an approved policy activation: re-checks it like any execution (decision, quorum,
-/// still-authorised approvers, window), swaps the router, records the execution, then routes again
-/// every pending or approved change decided under another version. Blocking.
-pub fn activate(engine: &Engine, change: ChangeRequest, rec: Recommendation, decision: Decision) -> Result<(), ApiError> {
-    let now = engine.clock.now_ms();
-    let checked = cairn_workflow::authorize_execution(&change, &rec, &decision, engine.executor.gate(), now);
-    if let Err(refused) = checked {
-        warn!(change_id = %change.id, error = %refused, "policy activation refused");
-        let (next, drafts) = cairn_workflow::refuse(&change, &refused, now);
-        engine.store.update_change(&next, change.version, &drafts, now)?;
-        return Ok(());
+/// The adapter policy activations run through: the executor authorises them like any change
+/// (decision, quorum, still-authorised approvers, window) and records the execution; executing
+/// one swaps the server's router to the change's bundle, and its rollback swaps the earlier one
+/// back. What the swap voids is routed again by the engine once the execution is recorded
+/// ([`activated`], [`reroute_after_activation`]).
+#[derive(Debug)]
+pub struct PolicyAdapter {
+    router: Arc<ActiveRouter>,
+    /// The router each activation replaced, until its result is recorded: its rollback and its
+    /// audit event need it.
+    replaced: Mutex<HashMap<ChangeId, Arc<Router>>>,
+}
+
+impl PolicyAdapter {
+    pub fn new(router: Arc<ActiveRouter>) -> PolicyAdapter {
+        PolicyAdapter { router, replaced: Mutex::default() }
     }
-    let built = bundle_of(&rec).and_then(|b| {
-        let cfg = engine.router.current().config().clone();
-        Router::new(b, cfg).map_err(|e| e.to_string())
-    });
-    let mut next = change.clone();
-    next.version += 1;
-    next.updated_ms = now;
-    let (outcome, output, mut drafts) = match built {
-        Err(e) => {
-            next.state = ChangeState::Failed;
-            (ExecutionOutcome::Failed { error: e.clone() }, e, Vec::new())
-        }
-        Ok(router) => {
-            let new_version = router.version().to_string();
-            let previous = engine.router.swap(Arc::new(router));
-            next.state = ChangeState::Succeeded;
-            let msg = format!("active policy {} → {new_version}", previous.version());
-            let activated = AuditDraft {
-                policy_version: Some(new_version.clone()),
-                ..AuditDraft::for_change(
-                    &next,
-                    CAIRN_SERVICE_SUBJECT,
-                    "policy.activated",
-                    msg.clone(),
-                    json!({ "previous_version": previous.version(), "version": new_version }),
-                )
-            };
-            (ExecutionOutcome::Succeeded, format!("{msg}\ncheck active policy version: passed\n"), vec![activated])
-        }
-    };
-    let execution = Execution {
-        change_id: change.id.clone(),
-        recommendation_id: rec.id.clone(),
-        revision: rec.revision,
-        adapter: "policy".into(),
-        action_digest: change.action_digest.clone(),
-        started_ms: now,
-        finished_ms: now,
-        outcome: outcome.clone(),
-        output,
-    };
-    drafts.insert(
-        0,
-        AuditDraft::for_change(
-            &next,
-            CAIRN_SERVICE_SUBJECT,
-            "change.executed",
-            format!("policy adapter: {}", next.state),
-            json!({ "state": next.state.as_str(), "adapter": "policy", "outcome": outcome, "action_digest": change.action_digest }),
-        ),
-    );
-    engine.store.record_execution(&execution, &next, change.version, &drafts, now)?;
-    if next.state == ChangeState::Succeeded {
-        reroute_after_activation(engine, now)?;
+
+    fn replaced(&self) -> std::sync::MutexGuard<'_, HashMap<ChangeId, Arc<Router>>> {
+        self.replaced.lock().unwrap_or_else(|p| p.into_inner())
     }
-    Ok(())
+
+    /// The `policy.activated` audit event of an activation that succeeded, naming the version it
+    /// replaced; forgets the replaced router.
+    pub fn activated(&self, change: &ChangeRequest, rec: &Recommendation) -> Option<AuditDraft> {
+        let previous = self.replaced().remove(&change.id)?;
+        let version = rec.parameters.get(BUNDLE_VERSION).cloned().unwrap_or_default();
+        Some(AuditDraft {
+            policy_version: Some(version.clone()),
+            ..AuditDraft::for_change(
+                change,
+                CAIRN_SERVICE_SUBJECT,
+                "policy.activated",
+                format!("active policy {} → {version}", previous.version()),
+                json!({ "previous_version": previous.version(), "version": version }),
+            )
+        })
+    }
+}
+
+impl cairn_workflow::Adapter for PolicyAdapter {
+    fn name(&self) -> &str {
+        "policy"
+    }
+
+    fn execute<'a>(&'a self, rec: &'a Recommendation, change: &'a ChangeRequest) -> cairn_workflow::AdapterFuture<'a> {
+        let built = bundle_of(rec).and_then(|b| Router::new(b, self.router.current().config().clone()).map_err(|e| e.to_string()));
+        let result = match built {
+            Err(e) => (ExecutionOutcome::Failed { error: e.clone() }, e),
+            Ok(router) => {
+                let version = router.version().to_string();
+                let previous = self.router.swap(Arc::new(router));
+                let msg = format!("active policy {} → {version}\ncheck active policy version: passed\n", previous.version());
+                self.replaced().insert(change.id.clone(), previous);
+                (ExecutionOutcome::Succeeded, msg)
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn rollback<'a>(&'a self, _: &'a Recommendation, change: &'a ChangeRequest) -> cairn_workflow::AdapterFuture<'a> {
+        let result = match self.replaced().remove(&change.id) {
+            Some(previous) => {
+                let msg = format!("active policy back to {}\n", previous.version());
+                self.router.swap(previous);
+                (ExecutionOutcome::Succeeded, msg)
+            }
+            None => (ExecutionOutcome::Failed { error: "no earlier policy recorded for this activation".into() }, String::new()),
+        };
+        Box::pin(async move { result })
+    }
 }
 
 /// A new policy version voids earlier approvals (invariant 2): every change still waiting (pending,

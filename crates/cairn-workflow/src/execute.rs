@@ -214,6 +214,12 @@ impl Executor {
         self
     }
 
+    /// The same gate, journal and stage deadline in front of another adapter, with no verifier:
+    /// for changes that are not to the monitored system (a policy activation checks itself).
+    pub fn with_adapter(&self, adapter: Arc<dyn Adapter>) -> Executor {
+        Executor { adapter, verifier: None, ..self.clone() }
+    }
+
     /// Maintenance windows and the current approver roster, re-checked before every run.
     pub fn with_gate(mut self, gate: Arc<ExecutionGate>) -> Executor {
         self.gate = gate;
