@@ -307,18 +307,13 @@ pub(crate) fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), 
 /// The bundle to route with at start-up: the most recently activated one in the store (an
 /// activation outlives restarts), else the configured one.
 pub fn restore_active(store: &dyn Store, configured: PolicyBundle) -> PolicyBundle {
-    let filter = RecommendationFilter {
-        state: Some(ChangeState::Succeeded),
-        service: Some(policy_target().service),
-        limit: 10_000,
-        ..Default::default()
+    let latest = match store.active_policy() {
+        Ok(latest) => latest,
+        Err(e) => {
+            warn!(error = %e, "the last activated policy bundle cannot be read; routing with the configured one");
+            None
+        }
     };
-    let latest = store.list_recommendations(&filter).ok().and_then(|records| {
-        records
-            .into_iter()
-            .filter(|r| r.recommendation.action == ActionClass::PolicyActivation)
-            .max_by_key(|r| (r.change.updated_ms, r.change.id.0.clone()))
-    });
     match latest.map(|r| bundle_of(&r.recommendation)) {
         Some(Ok(bundle)) => {
             if bundle.version() != configured.version() {

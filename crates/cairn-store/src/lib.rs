@@ -206,6 +206,9 @@ pub trait ChangeStore {
         now_ms: i64,
     ) -> Result<()>;
     fn executions_for(&self, change: &ChangeId) -> Result<Vec<Execution>>;
+    /// The policy activation that succeeded last (recorded by [`ChangeStore::record_execution`]
+    /// in the same transaction), if any: what the server routes with after a restart.
+    fn active_policy(&self) -> Result<Option<RecommendationRecord>>;
     /// Pending changes past their expiry become expired; staged changes past the deadline of
     /// their stage approval are stopped (`rollback_pending`), each with its audit event. Returns
     /// their ids.

@@ -158,6 +158,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX changes_by_rec ON changes (recommendation_id, revision, created_ms);
     CREATE INDEX IF NOT EXISTS changes_in_state ON changes (state, created_ms DESC, id);
     "#,
+    // 8: the policy activation that succeeded last, in a row of its own, instead of found by
+    // scanning every succeeded change.
+    r#"
+    CREATE TABLE IF NOT EXISTS active_policy (
+        slot        INTEGER PRIMARY KEY CHECK (slot = 1),
+        change_id   TEXT NOT NULL
+    );
+    INSERT OR IGNORE INTO active_policy (slot, change_id)
+        SELECT 1, c.id FROM changes c
+        JOIN recommendations r ON r.id = c.recommendation_id AND r.revision = c.revision
+        WHERE r.action = 'policy_activation' AND c.state = 'succeeded'
+        ORDER BY json_extract(c.body, '$.updated_ms') DESC, c.id DESC LIMIT 1;
+    "#,
 ];
 
 /// Read connections kept beside the writer of a file store. Each holds its own page cache (SQLite's
@@ -839,7 +852,31 @@ impl crate::ChangeStore for SqliteStore {
                 params![execution.change_id.0, execution.started_ms, to_json(execution)?],
             )?;
             append_audit(tx, audit, now_ms)?;
+            if change.state == ChangeState::Succeeded {
+                // A policy activation that succeeded is the one to route with after a restart.
+                tx.prepare_cached(
+                    "INSERT INTO active_policy (slot, change_id)
+                     SELECT 1, ?1 FROM recommendations WHERE id = ?2 AND revision = ?3 AND action = 'policy_activation'
+                     ON CONFLICT (slot) DO UPDATE SET change_id = excluded.change_id",
+                )?
+                .execute(params![change.id.0, change.recommendation_id.0, change.revision])?;
+            }
             stop_if_superseded(tx, change, now_ms)
+        })
+    }
+
+    fn active_policy(&self) -> Result<Option<RecommendationRecord>> {
+        self.with_conn(|c| {
+            let key: Option<(String, u32)> = c
+                .prepare_cached(
+                    "SELECT c.recommendation_id, c.revision FROM active_policy a JOIN changes c ON c.id = a.change_id WHERE a.slot = 1",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match key {
+                Some((id, revision)) => record_for(c, &id, revision),
+                None => Ok(None),
+            }
         })
     }
 

@@ -807,6 +807,56 @@ fn a_store_from_before_latest_marks_gets_them_on_open() {
     assert_eq!(listed.iter().map(|r| r.recommendation.revision).collect::<Vec<_>>(), [2]);
 }
 
+/// Proposes `id` (of `action`) and records a successful execution of its change.
+fn executed(s: &SqliteStore, id: &str, action: ActionClass) {
+    let (mut r, mut d, mut c) = (rec(1), decision(1), change(1));
+    r.id = RecommendationId(id.into());
+    r.action = action;
+    d.recommendation_id = r.id.clone();
+    c.recommendation_id = r.id.clone();
+    c.id = ChangeId(format!("chg-{id}"));
+    s.propose(&r, &d, &c, &[draft("recommendation.proposed")], 5).unwrap();
+    let c = walk_to_before(s, c, ChangeState::Succeeded);
+    let mut done = c.clone();
+    done.advance(ChangeState::Succeeded, 7);
+    let execution = Execution {
+        change_id: c.id.clone(),
+        recommendation_id: r.id.clone(),
+        revision: 1,
+        adapter: "policy".into(),
+        action_digest: c.action_digest.clone(),
+        started_ms: 7,
+        finished_ms: 7,
+        outcome: ExecutionOutcome::Succeeded,
+        output: String::new(),
+    };
+    s.record_execution(&execution, &done, c.version, &[draft("change.executed")], 7).unwrap();
+}
+
+#[test]
+fn the_active_policy_is_the_last_activation_that_succeeded_and_survives_a_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let active = |s: &SqliteStore| s.active_policy().unwrap().map(|r| r.recommendation.id.0);
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(active(&s), None);
+        executed(&s, "rec-policy-a", ActionClass::PolicyActivation);
+        assert_eq!(active(&s).as_deref(), Some("rec-policy-a"));
+        executed(&s, "rec-restart", ActionClass::RestartProcess);
+        assert_eq!(active(&s).as_deref(), Some("rec-policy-a"), "another change's success is not an activation");
+        executed(&s, "rec-policy-b", ActionClass::PolicyActivation);
+        assert_eq!(active(&s).as_deref(), Some("rec-policy-b"));
+    }
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("DROP TABLE active_policy;").unwrap();
+        c.pragma_update(None, "user_version", 7).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(active(&s).as_deref(), Some("rec-policy-b"), "a store from before the table finds its last activation");
+}
+
 #[test]
 fn decided_changes_are_found_per_service_and_environment_without_the_asking_recommendation() {
     let s = SqliteStore::open_in_memory().unwrap();
