@@ -37,6 +37,7 @@ pub use topology::{Resolved, ServiceDef, Topology};
 pub struct CorrelatorConfig {
     /// A signal joins an incident only within this much event time of the incident's span; an
     /// incident unchanged this long (server time) is closed.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub window_ms: i64,
     /// Open incidents kept; the least recently changed is closed beyond this.
     pub max_open_incidents: usize,
@@ -49,10 +50,12 @@ pub struct CorrelatorConfig {
     /// A signal joins through a link to *another* entity (a call, a pod's node, a node agent)
     /// only within this much event time of that entity's signals: failures cascade in seconds to
     /// minutes, so a link is weak evidence beyond that.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub link_window_ms: i64,
     /// How long a firing alert, a level shift, a drift or a silence is taken to hold after it was
     /// seen, for joining signals about the same entity: slow faults (a leak, a filling disk)
     /// raise their alerts long after the first anomaly.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub persist_ms: i64,
 }
 

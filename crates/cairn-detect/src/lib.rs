@@ -36,6 +36,7 @@ pub struct DetectorConfig {
     /// Series tracked at most; samples of further new series are counted as refused.
     pub max_series: usize,
     /// Series with no sample for this long (by sample time) are forgotten by `evict_idle`.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub idle_evict_ms: i64,
     /// The per-series model's tuning (`[detect.univariate]`); the defaults are what `cairn eval nab`
     /// measures.

@@ -221,6 +221,7 @@ impl RoutingContext {
 #[serde(default, deny_unknown_fields)]
 pub struct RouterConfig {
     /// Evaluation deadline; past it the decision fails closed.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub timeout_ms: u64,
     /// Below this confidence an `auto` outcome becomes `advisory`, whatever the policy says. It
     /// can raise [`cairn_types::MIN_AUTO_CONFIDENCE`], never lower it.

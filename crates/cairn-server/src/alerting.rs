@@ -21,6 +21,7 @@ pub struct AlertingConfig {
     /// Base URL of Alertmanager, e.g. `http://127.0.0.1:9093`. Unset: escalations are only logged
     /// and audited.
     pub alertmanager_url: Option<String>,
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub timeout_ms: u64,
     /// The `generatorURL` of every alert (where a person finds the details); default: Cairn's
     /// HTTP address.

@@ -34,6 +34,7 @@ pub struct AuditConfig {
     /// at `<data_dir>.audit-key` beside the data directory, with its public key in `….pub`.
     pub signing_key: Option<PathBuf>,
     /// Write a checkpoint at least this often while entries are being added.
+    #[serde(deserialize_with = "cairn_types::duration_setting::secs")]
     pub checkpoint_every_secs: u64,
     /// …or as soon as this many entries are not yet covered by one.
     pub checkpoint_every_entries: u64,

@@ -79,11 +79,13 @@ pub struct IngestConfig {
     /// Prometheus backs off and resends; nothing is dropped.
     pub queue_capacity: usize,
     /// Seconds Prometheus is asked to wait before retrying when the queue is full.
+    #[serde(deserialize_with = "cairn_types::duration_setting::secs")]
     pub retry_after_secs: u64,
     /// Require a bearer token (any configured principal) on the ingest endpoints too. Off by default
     /// because the default listen address is loopback.
     pub require_token: bool,
     /// How long a delivered alert is remembered for de-duplication across clustered Alertmanagers.
+    #[serde(deserialize_with = "cairn_types::duration_setting::secs")]
     pub dedup_ttl_secs: u64,
     /// How many distinct alert deliveries are remembered.
     pub dedup_capacity: usize,
@@ -94,6 +96,7 @@ pub struct IngestConfig {
     /// refuses to start, since anyone who reaches the port could then feed the triage.
     pub allow_unauthenticated: bool,
     /// How long one gRPC `Push` stream may stay open; past it the stream ends DEADLINE_EXCEEDED.
+    #[serde(deserialize_with = "cairn_types::duration_setting::secs")]
     pub push_max_stream_secs: u64,
     /// Alerts stored but not yet analysed that may wait; past it alert senders get 503 +
     /// Retry-After (a backlog is bounded on disk and in time to recommendation).
@@ -232,6 +235,7 @@ pub struct PolicyConfig {
     /// A bundle directory (`*.rego` + `data.json`) to use instead of the embedded default.
     pub bundle: Option<PathBuf>,
     /// Evaluation deadline; past it the decision fails closed (review, tier 3).
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub timeout_ms: u64,
 }
 
@@ -272,6 +276,7 @@ pub struct ExecutorConfig {
     pub adapter: AdapterKind,
     /// For `webhook`: where change requests are POSTed.
     pub webhook_url: Option<String>,
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub webhook_timeout_ms: u64,
     /// For `webhook`: a file holding the HMAC-SHA256 key; every body is then signed in
     /// `X-Cairn-Signature: sha256=<hex>`. Surrounding whitespace in the file is ignored.
@@ -279,9 +284,11 @@ pub struct ExecutorConfig {
     /// For `command`: the argv to run and to roll back, a deadline and an output bound.
     pub command: cairn_workflow::CommandConfig,
     /// How often the executor looks for approved changes.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub poll_interval_ms: u64,
     /// How long a claim on a change lasts without renewal. The executor renews it every third of
     /// this while it works; past it, the change is taken as abandoned and recovered.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub lease_ms: u64,
 }
 
@@ -307,10 +314,13 @@ pub struct VerificationConfig {
     /// Base URL of the Prometheus whose `/api/v1/query` answers the checks' PromQL.
     pub prometheus_url: Option<String>,
     /// Per-request timeout.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub timeout_ms: u64,
     /// Pause between attempts while a check has not passed.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub interval_ms: u64,
     /// Upper bound on a check's wait, whatever its `within_secs`.
+    #[serde(deserialize_with = "cairn_types::duration_setting::secs")]
     pub max_wait_secs: u64,
 }
 
@@ -585,6 +595,31 @@ mod tests {
         cfg.executor.lease_ms = 10;
         let err = cfg.validate().unwrap_err();
         assert!(err.to_string().contains("executor.lease_ms"), "{err}");
+    }
+
+    #[test]
+    fn duration_keys_take_their_unit_or_a_duration_as_people_write_it() {
+        let cfg: ServerConfig = toml::from_str(
+            "[correlate]\nwindow_ms = \"15m\"\npersist_ms = 3600000\n\
+             [ingest]\nretry_after_secs = \"2m\"\n\
+             [executor]\nlease_ms = \"1m 30s\"\n\
+             [workflow]\npending_ttl_ms = \"4h\"\n",
+        )
+        .unwrap();
+        assert_eq!((cfg.correlate.window_ms, cfg.correlate.persist_ms), (900_000, 3_600_000));
+        assert_eq!((cfg.ingest.retry_after_secs, cfg.executor.lease_ms), (120, 90_000));
+        assert_eq!(cfg.workflow.pending_ttl_ms, 4 * 3_600_000);
+        // Refused by name: no unit, a unit the key cannot hold, and a negative number.
+        for (bad, why) in [
+            ("[executor]\nlease_ms = \"90\"", "e.g. 90s"),
+            ("[ingest]\nretry_after_secs = \"1500ms\"", "whole number"),
+            ("[executor]\nlease_ms = -5", "cannot be negative"),
+        ] {
+            let err = toml::from_str::<ServerConfig>(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+            let key = bad.split('\n').nth(1).unwrap().split(' ').next().unwrap();
+            assert!(err.contains(key), "{bad}: the error names the key: {err}");
+        }
     }
 
     #[test]

@@ -36,13 +36,16 @@ pub struct ListenConfig {
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed (idle keep-alive, a TCP connect
     /// that never starts its handshake, a dead peer).
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub idle_timeout_ms: u64,
     /// An HTTP/1 request's headers must arrive within this long.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub header_read_timeout_ms: u64,
     /// gRPC: how often the server pings an HTTP/2 connection, and how long it waits for the answer.
     pub http2_keepalive_interval_ms: u64,
     pub http2_keepalive_timeout_ms: u64,
     /// A TLS handshake must complete within this long.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub tls_handshake_timeout_ms: u64,
     /// Lets the listeners speak plaintext on an address other than loopback. Off: without
     /// `[tls]`, such a configuration refuses to start, since tokens would cross the network in

@@ -23,6 +23,7 @@ pub struct ModelsConfig {
     pub max_groups: usize,
     /// A group whose newest sample is this much older than the server's clock is forgotten (in the
     /// analysis worker's minute sweep, as for series).
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub idle_evict_ms: i64,
 }
 

@@ -66,9 +66,11 @@ pub struct OidcConfig {
     pub jwks_max_age_s: u64,
     /// A token with an unknown key id refetches the keys at most this often.
     #[serde(default = "default_jwks_min_refetch_ms")]
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub jwks_min_refetch_ms: u64,
     /// Timeout of one request to the provider.
     #[serde(default = "default_timeout_ms")]
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub timeout_ms: u64,
     /// PEM bundle to trust for the provider's HTTPS instead of the system store.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -43,6 +43,7 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
     /// How often the files are checked for a change.
     #[serde(default = "default_reload_interval_ms")]
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub reload_interval_ms: u64,
 }
 

@@ -67,6 +67,58 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     i64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?}: too long"))
 }
 
+/// Duration settings in configuration files: a key named for its unit (`window_ms`,
+/// `retry_after_secs`) takes a plain number in that unit, as it always has, or a duration as people
+/// type it (`"15m"`, `"1h 30m"`, `"250ms"`; see [`parse_duration_ms`]). Use with
+/// `#[serde(deserialize_with = "cairn_types::duration_setting::ms")]` (or `::secs`).
+pub mod duration_setting {
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
+    use std::fmt;
+
+    /// Reads a number (in units of `per_unit_ms`) or a duration string, as a count of those units.
+    struct Units(u64);
+
+    impl<'de> Visitor<'de> for Units {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number in the key's unit, or a duration such as \"90s\", \"15m\" or \"1h 30m\"")
+        }
+
+        fn visit_u64<E: Error>(self, n: u64) -> Result<u64, E> {
+            Ok(n)
+        }
+
+        fn visit_i64<E: Error>(self, n: i64) -> Result<u64, E> {
+            u64::try_from(n).map_err(|_| E::custom(format!("a duration cannot be negative ({n})")))
+        }
+
+        fn visit_str<E: Error>(self, s: &str) -> Result<u64, E> {
+            let ms = super::parse_duration_ms(s).map_err(E::custom)? as u64;
+            if !ms.is_multiple_of(self.0) {
+                return Err(E::custom(format!("duration {s:?} is not a whole number of the key's unit ({} ms)", self.0)));
+            }
+            Ok(ms / self.0)
+        }
+    }
+
+    fn read<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D, per_unit_ms: u64) -> Result<T, D::Error> {
+        let n = d.deserialize_any(Units(per_unit_ms))?;
+        T::try_from(n).map_err(|_| D::Error::custom(format!("duration {n} is too large")))
+    }
+
+    /// A duration setting in milliseconds.
+    pub fn ms<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        read(d, 1)
+    }
+
+    /// A duration setting in seconds.
+    pub fn secs<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        read(d, 1000)
+    }
+}
+
 /// Confidence below which nothing runs by itself (invariant 6), whatever a policy or a setting
 /// says: the router turns such an `auto` into `advisory`, and the executor refuses it again.
 pub const MIN_AUTO_CONFIDENCE: f64 = 0.5;

@@ -23,6 +23,7 @@ pub struct GuardrailsConfig {
     pub freeze: bool,
     /// More runs than this of one action on one target within the window trip the loop guard.
     pub loop_guard_max_runs: u32,
+    #[serde(deserialize_with = "cairn_types::duration_setting::secs")]
     pub loop_guard_window_secs: u64,
     /// Per action class, e.g. `restart_process = "10/hour"` (units: second, minute, hour, day).
     /// Auto runs beyond it are left for a person.

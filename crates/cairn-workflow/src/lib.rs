@@ -42,9 +42,11 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct WorkflowConfig {
     /// A change waiting for approval expires after this long (default one hour).
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub pending_ttl_ms: i64,
     /// A staged change waiting in `awaiting_stage_approval` for its next stage expires after this
     /// long, and the stages it ran are rolled back (default one hour, as `pending_ttl_ms`).
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub stage_approval_ttl_ms: i64,
 }
 

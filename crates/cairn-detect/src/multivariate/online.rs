@@ -28,6 +28,7 @@ pub struct GroupScorerConfig {
     /// A group whose newest sample is this much older than the time given to
     /// [`GroupScorer::evict_idle`] is forgotten, so hosts that went away free their slot and their
     /// state.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub idle_evict_ms: i64,
 }
 
