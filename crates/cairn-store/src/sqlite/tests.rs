@@ -47,33 +47,7 @@ fn decision(rev: u32) -> Decision {
 }
 
 fn change(rev: u32) -> ChangeRequest {
-    ChangeRequest {
-        id: ChangeId(format!("chg-{rev}")),
-        recommendation_id: RecommendationId("rec-1".into()),
-        revision: rev,
-        outcome: Outcome::Review,
-        tier: Some(2),
-        approvals_required: 1,
-        approver_groups: vec![],
-        requires_window: false,
-        policy_version: "sha256:p".into(),
-        action_digest: "d".into(),
-        requester: CAIRN_SERVICE_SUBJECT.into(),
-        state: ChangeState::PendingApproval,
-        approvals: vec![],
-        rejection: None,
-        created_ms: 1000 * i64::from(rev),
-        expires_ms: 10_000,
-        updated_ms: 0,
-        version: 1,
-        stages: vec![],
-        stages_done: 0,
-        stage: None,
-        stage_approvals: vec![],
-        stage_approval: true,
-        breakglass_owner: None,
-        stop: None,
-    }
+    ChangeRequest { created_ms: 1000 * i64::from(rev), ..cairn_types::fixtures::change_request(rev) }
 }
 
 fn draft(kind: &str) -> AuditDraft {
