@@ -212,7 +212,7 @@ pub fn bundle_of(rec: &Recommendation) -> Result<PolicyBundle, String> {
 /// (decision, quorum, still-authorised approvers, window) and records the execution; executing
 /// one swaps the server's router to the change's bundle, and its rollback swaps the earlier one
 /// back. What the swap voids is routed again by the engine once the execution is recorded
-/// ([`activated`], [`reroute_after_activation`]).
+/// ([`PolicyAdapter::activated`], `reroute_after_activation`).
 #[derive(Debug)]
 pub struct PolicyAdapter {
     router: Arc<ActiveRouter>,
