@@ -130,6 +130,14 @@ impl Harness {
         }
     }
 
+    /// How many rows `table` of the server's store holds, read on a connection of the test's own:
+    /// the store's API has no counts, since nothing in Cairn needs them.
+    pub fn stored_rows(&self, table: &str) -> u64 {
+        let db = rusqlite::Connection::open(self.data_dir.join("cairn.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get::<_, i64>(0)).unwrap() as u64
+    }
+
     pub fn engine(&self) -> &cairn_server::engine::Engine {
         &self.server.as_ref().unwrap().engine
     }

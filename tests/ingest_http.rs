@@ -59,7 +59,7 @@ async fn remote_write_errors_get_their_documented_status_and_leave_no_trace() {
 
     let text = h.metrics_text().await;
     assert_eq!(metric_value(&text, "cairn_ingest_samples_total{source=\"remote_write\"}"), 0.0, "{text}");
-    assert_eq!(h.engine().store.count_anomalies().unwrap(), 0);
+    assert_eq!(h.stored_rows("anomalies"), 0);
     assert_eq!(metric_value(&text, "cairn_detector_active_series"), 0.0);
 
     // And a good request after all that is accepted.
@@ -135,7 +135,7 @@ async fn alertmanager_duplicate_delivery_keeps_one_and_resolved_updates_it() {
         assert!(std::time::Instant::now() < deadline, "the journal was not drained");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(store.count_alerts().unwrap(), 1, "the duplicate delivery is one alert");
+    assert_eq!(h.stored_rows("alerts"), 1, "the duplicate delivery is one alert");
     let text = h.metrics_text().await;
     assert!(text.contains("cairn_ingest_alerts_deduplicated_total 1"), "{text}");
 
@@ -169,7 +169,7 @@ async fn malformed_alertmanager_payloads_are_400_naming_the_problem() {
     v3["version"] = "3".into();
     let (s, msg) = h.webhook(&v3).await;
     assert_eq!(s, 400, "{msg}");
-    assert_eq!(h.engine().store.count_alerts().unwrap(), 0, "nothing from a refused request is kept");
+    assert_eq!(h.stored_rows("alerts"), 0, "nothing from a refused request is kept");
     h.stop().await;
 }
 
@@ -433,7 +433,7 @@ async fn an_acknowledged_alert_whose_analysis_failed_is_stored_on_the_retry_not_
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     db.execute_batch("ALTER TABLE alerts_away RENAME TO alerts").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while h.engine().store.count_alerts().unwrap() == 0 {
+    while h.stored_rows("alerts") == 0 {
         assert!(std::time::Instant::now() < deadline, "the retried analysis never stored the acknowledged alert");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

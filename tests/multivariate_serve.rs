@@ -37,7 +37,7 @@ async fn anomalies_after_sending(models_enabled: bool) -> (u64, String) {
     // Analysis runs behind a queue: give it a bounded time to drain.
     let mut n = 0;
     for _ in 0..100 {
-        n = h.engine().store.count_anomalies().unwrap();
+        n = h.stored_rows("anomalies");
         if n > 0 {
             break;
         }

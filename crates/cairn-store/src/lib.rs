@@ -130,8 +130,6 @@ pub trait SignalStore {
     /// How many journaled alerts wait for analysis (read at start-up to bound the backlog).
     fn pending_intake_len(&self) -> Result<u64>;
     fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()>;
-    fn count_alerts(&self) -> Result<u64>;
-    fn count_anomalies(&self) -> Result<u64>;
     /// Most recently seen first.
     fn list_alerts(&self, limit: usize) -> Result<Vec<AlertEvent>>;
     /// The alerts firing now whose `service` label is `service`, most recently seen first, by

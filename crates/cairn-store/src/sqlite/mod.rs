@@ -606,14 +606,6 @@ impl crate::SignalStore for SqliteStore {
         })
     }
 
-    fn count_alerts(&self) -> Result<u64> {
-        self.with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get::<_, i64>(0))? as u64))
-    }
-
-    fn count_anomalies(&self) -> Result<u64> {
-        self.with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM anomalies", [], |r| r.get::<_, i64>(0))? as u64))
-    }
-
     fn list_alerts(&self, limit: usize) -> Result<Vec<AlertEvent>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare("SELECT body FROM alerts ORDER BY last_seen_ms DESC, fingerprint LIMIT ?1")?;
