@@ -353,8 +353,8 @@ impl ChangeRequest {
         (next, draft)
     }
 
-    /// An audit draft by Cairn itself for this change's new state.
-    fn system_draft(&self, kind: &str, reason: String) -> AuditDraft {
+    /// An audit draft by Cairn itself recording this change's (new) state and version.
+    pub fn system_draft(&self, kind: &str, reason: String) -> AuditDraft {
         AuditDraft::for_change(
             self,
             crate::CAIRN_SERVICE_SUBJECT,

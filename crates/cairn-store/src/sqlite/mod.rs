@@ -6,7 +6,7 @@ mod audit;
 
 use crate::{AuditQuery, LeaseStore, RecommendationFilter, RecommendationRecord, Result, StoreError};
 use cairn_types::{
-    AlertEvent, Anomaly, AuditDraft, AuditEvent, CAIRN_SERVICE_SUBJECT, ChangeId, ChangeRequest,
+    AlertEvent, Anomaly, AuditDraft, AuditEvent, ChangeId, ChangeRequest,
     ChangeState, Decision, EXPIRING_STATES, Execution, Incident, IncidentId, Recommendation, RecommendationId,
     SUPERSEDABLE_STATES, Target,
 };
@@ -444,16 +444,6 @@ fn latest_revisions_sql(filter: &RecommendationFilter) -> (String, Vec<rusqlite:
     (sql, args)
 }
 
-fn system_draft(change: &ChangeRequest, kind: &str, reason: String) -> AuditDraft {
-    AuditDraft::for_change(
-        change,
-        CAIRN_SERVICE_SUBJECT,
-        kind,
-        reason,
-        serde_json::json!({ "state": change.state.as_str(), "version": change.version }),
-    )
-}
-
 /// Invariant 2 and rollback-first: when `newest` is the latest revision of a recommendation, every
 /// earlier revision's change that has not started running is superseded, and its approvals with
 /// it; one whose stages ran in part (waiting for a stage approval, or approved for the next stage
@@ -542,7 +532,7 @@ fn transition_where(
         let mut next = old.clone();
         next.advance(state, now_ms);
         write_change(tx, &next, old.version)?;
-        append_audit(tx, &[system_draft(&next, kind, reason(&old))], now_ms)?;
+        append_audit(tx, &[next.system_draft(kind, reason(&old))], now_ms)?;
         out.push(next);
     }
     Ok(out)
