@@ -3,7 +3,7 @@
 //! series costs. Inputs are generated deterministically: a daily cycle with noise and rare spikes.
 
 use cairn_detect::univariate::{SeriesModel, UnivariateConfig};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 
 const STEP_MS: i64 = 60_000;
@@ -63,10 +63,43 @@ fn many_series(c: &mut Criterion) {
     g.finish();
 }
 
+/// The whole detector (series table, admission, shards) on one rayon thread: batches of 100k series
+/// with 10 points each, every series already tracked, as remote_write delivers them.
+fn detector(c: &mut Criterion) {
+    let series = 100_000usize;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a rayon pool");
+    let names: Vec<String> = (0..series).map(|s| format!("pod-{s}")).collect();
+    let batch = |round: usize| {
+        let mut b = cairn_types::SampleBatch::new();
+        for (s, name) in names.iter().enumerate() {
+            let points = (0..10).map(|k| ((round * 10 + k) as i64 * STEP_MS, value(round * 10 + k + s)));
+            b.push_series([("__name__", "container_memory_working_set_bytes"), ("pod", name.as_str())], points);
+        }
+        b
+    };
+    let mut g = c.benchmark_group("detector");
+    g.throughput(Throughput::Elements((series * 10) as u64));
+    g.sample_size(10);
+    g.bench_function("observe_100k_series_10_points", |b| {
+        let mut d = cairn_detect::Detector::new(Default::default());
+        // Warm every model past its warm-up first, so the measured batches score.
+        pool.install(|| (0..8).for_each(|r| drop(d.observe(&batch(r)))));
+        let mut round = 8usize;
+        // The same timestamps again would be refused as out of order: each iteration gets new ones,
+        // built outside the timing.
+        let next = || {
+            round += 1;
+            batch(round)
+        };
+        b.iter_batched(next, |shifted| pool.install(|| black_box(d.observe(&shifted).len())), BatchSize::LargeInput)
+    });
+    g.finish();
+}
+
 fn report_state_size(_: &mut Criterion) {
     // Not a timing: the per-series footprint, printed with the results. The model owns no heap.
     println!("univariate/bytes_per_series: {} (size_of::<SeriesModel>, no heap)", std::mem::size_of::<SeriesModel>());
 }
 
-criterion_group!(benches, report_state_size, one_series, many_series);
+criterion_group!(benches, report_state_size, one_series, many_series, detector);
 criterion_main!(benches);

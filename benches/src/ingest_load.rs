@@ -128,22 +128,6 @@ fn scoring_only(all: &[(Vec<u8>, u64)], limits: &cairn_ingest::IngestLimits) -> 
     })
 }
 
-fn rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let Ok(resp) = client.get(format!("{base}/metrics")).send().await else { return 0.0 };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.series_per_request * args.samples_per_series > cairn_ingest::IngestLimits::default().max_samples_per_request {
@@ -244,7 +228,7 @@ async fn run(args: Args) -> Result<()> {
     let lat = load::latencies(tasks).await?;
     let send_secs = started.elapsed().as_secs_f64();
     // Ingested and scored: wait for the analysis queue to drain.
-    while metric(&client, &base, "cairn_ingest_queue_depth").await > 0.0 {
+    while load::metric(&client, &base, "cairn_ingest_queue_depth").await > 0.0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let scored_secs = started.elapsed().as_secs_f64();
@@ -259,7 +243,7 @@ async fn run(args: Args) -> Result<()> {
     println!("  ingested and scored ({cores} cores)    {:>12.0} samples/s  ({:.0} per core)", scored_rate, scored_rate / cores as f64);
     println!("  request latency                 p50 {:?}  p99 {:?}", load::percentile(&lat, 0.5), load::percentile(&lat, 0.99));
     println!("  ratio scored / decode-only      {:.2}", scored_rate / decode_rate);
-    match (&server, rss_mib()) {
+    match (&server, load::rss_mib()) {
         (Some(_), Some(rss)) => println!("  resident memory (server + generator) {rss:.0} MiB"),
         _ => println!("  resident memory: not measured for a remote server"),
     }

@@ -1,4 +1,7 @@
-//! What the load generators share: collecting the senders' latencies and reading percentiles.
+//! What the load generators share: collecting the senders' latencies and reading percentiles, and
+//! reading a server's metrics and this process's resident memory. Each generator uses a part.
+
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -18,4 +21,23 @@ pub async fn latencies(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> an
     }
     lat.sort();
     Ok(lat)
+}
+
+/// This process's resident memory (`VmRSS`), in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// [`rss_bytes`] in MiB.
+pub fn rss_mib() -> Option<f64> {
+    rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
+}
+
+/// The sum of a metric's samples (every label set) on a Cairn's `/metrics`; 0 when unreachable.
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let Ok(resp) = client.get(format!("{base}/metrics")).send().await else { return 0.0 };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines().filter(|l| l.split(['{', ' ']).next() == Some(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }

@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)] // not every load generator uses every helper
 mod load;
 
 use anyhow::{Result, bail};

@@ -8,8 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// Shared with the other load generators; this one needs only `percentile`.
-#[allow(dead_code)]
 mod load;
 
 use anyhow::{Result, bail};

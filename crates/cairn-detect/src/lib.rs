@@ -6,7 +6,8 @@
 //! them. Owned labels are built only for an emitted anomaly. A batch is scored with rayon across
 //! shards of series, each series touched by one thread, with a deterministic output order.
 //!
-//! The [`Detector`] is the container (series map, cap, ordering, eviction, counters); how one point
+//! The [`Detector`] is the container (series table, cap, ordering, eviction, counters; the table is
+//! laid out for memory, see `table.rs`); how one point
 //! of one series is scored is [`univariate::SeriesModel`] (fixed size, no heap: seasonality-aware
 //! baselines, spikes, level shifts, drifts, flat lines, gaps). An anomaly is emitted at the *onset*
 //! of an anomalous episode, not for every point of it, so a level shift is one anomaly, not hundreds.
@@ -17,13 +18,12 @@
 
 pub mod multivariate;
 pub mod registry;
+mod table;
 pub mod univariate;
 
 use cairn_types::{Anomaly, SampleBatch, SeriesId, SeriesSamples};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 
 /// Name and version recorded on every anomaly: the univariate model's.
 pub use univariate::{DETECTOR, MODEL_VERSION};
@@ -60,39 +60,8 @@ pub struct DetectorStats {
 
 #[derive(Debug, Default)]
 struct Shard {
-    series: HashMap<SeriesId, univariate::SeriesModel, BuildSeriesHasher>,
+    series: table::SeriesTable,
     stats: DetectorStats,
-}
-
-/// Series ids are already uniform 64-bit hashes (xxh3 of the label set), so the map only needs them
-/// mixed — the shard is chosen by the low bits, which are therefore constant within a shard — not
-/// SipHash's keyed cost. A sender crafting colliding label sets gains nothing it could not get by
-/// sending many new series, which `max_series` bounds.
-#[derive(Clone, Copy, Debug, Default)]
-struct BuildSeriesHasher;
-
-#[derive(Debug, Default)]
-struct SeriesHasher(u64);
-
-impl BuildHasher for BuildSeriesHasher {
-    type Hasher = SeriesHasher;
-    fn build_hasher(&self) -> SeriesHasher {
-        SeriesHasher(0)
-    }
-}
-
-impl Hasher for SeriesHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 32)
-    }
 }
 
 /// The streaming detector for all series.
@@ -122,7 +91,7 @@ impl Detector {
             let shard = (s.id.0 % SHARDS as u64) as usize;
             groups[shard].push((s.id, i as u32));
             let series = &mut self.shards[shard].series;
-            if room > 0 && !series.contains_key(&s.id) && s.points.iter().any(|p| p.1.is_finite()) {
+            if room > 0 && !series.contains(s.id) && s.points.iter().any(|p| p.1.is_finite()) {
                 series.insert(s.id, univariate::SeriesModel::new());
                 room -= 1;
             }
@@ -142,6 +111,11 @@ impl Detector {
         self.shards.iter().map(|s| s.series.len()).sum()
     }
 
+    /// Bytes the detector has allocated for its series (tables and models), for `/metrics`.
+    pub fn memory_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.series.memory_bytes()).sum()
+    }
+
     pub fn stats(&self) -> DetectorStats {
         self.shards.iter().fold(DetectorStats::default(), |mut acc, s| {
             acc.points_scored += s.stats.points_scored;
@@ -157,9 +131,7 @@ impl Detector {
         let cutoff = now_ms.saturating_sub(self.cfg.idle_evict_ms);
         let mut n = 0;
         for shard in &mut self.shards {
-            let before = shard.series.len();
-            shard.series.retain(|_, model| model.last_timestamp_ms() >= cutoff);
-            n += before - shard.series.len();
+            n += shard.series.retain(|model| model.last_timestamp_ms() >= cutoff);
         }
         n
     }
@@ -200,7 +172,7 @@ impl Shard {
             return None;
         }
         // Series were admitted (or not) before the shards ran: a missing one was refused by the cap.
-        let Some(model) = self.series.get_mut(&series.id) else {
+        let Some(model) = self.series.get_mut(series.id) else {
             self.stats.refused_series += 1;
             return None;
         };
@@ -381,7 +353,7 @@ mod tests {
         let mut again = Detector::new(DetectorConfig { max_series: 32, ..Default::default() });
         again.observe(&batch(&samples));
         let ids = |d: &Detector| {
-            let mut v: Vec<u64> = d.shards.iter().flat_map(|s| s.series.keys().map(|k| k.0)).collect();
+            let mut v: Vec<u64> = d.shards.iter().flat_map(|s| s.series.ids().map(|k| k.0)).collect();
             v.sort_unstable();
             v
         };

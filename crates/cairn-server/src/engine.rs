@@ -258,6 +258,7 @@ impl Engine {
         let now = analysis.detector.stats();
         let before = analysis.exported;
         self.metrics.active_series.set(analysis.detector.series_count() as i64);
+        self.metrics.detector_memory.set(analysis.detector.memory_bytes() as i64);
         let refused = &self.metrics.refused_points;
         if now.refused_series > before.refused_series {
             if before.refused_series == 0 {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub reviews: IntCounterVec,
     pub executions: IntCounterVec,
     pub active_series: IntGauge,
+    /// Bytes the detector has allocated for its series' state (index and models).
+    pub detector_memory: IntGauge,
     /// What the correlator and recommender keep, by kind: `open_incidents`, `topology_entries`,
     /// `tracked_recommendations` (each bounded by its cap).
     pub triage_state: IntGaugeVec,
@@ -115,6 +117,8 @@ impl Metrics {
             )
             .expect("valid metric"),
             active_series: IntGauge::new("cairn_detector_active_series", "Series with detector state.")
+                .expect("valid metric"),
+            detector_memory: IntGauge::new("cairn_detector_memory_bytes", "Bytes allocated for the detector's series state (index and models).")
                 .expect("valid metric"),
             triage_state: IntGaugeVec::new(
                 Opts::new("cairn_triage_state", "Entries the correlator and recommender keep, by kind (each bounded by its cap)."),
@@ -210,6 +214,7 @@ impl Metrics {
             Box::new(m.reviews.clone()),
             Box::new(m.executions.clone()),
             Box::new(m.active_series.clone()),
+            Box::new(m.detector_memory.clone()),
             Box::new(m.triage_state.clone()),
             Box::new(m.multivariate_groups.clone()),
             Box::new(m.multivariate_group_events.clone()),

@@ -9,6 +9,11 @@ pub(super) const DAY_MS: i64 = 86_400_000;
 const SLOT_MS: i64 = DAY_MS / SLOTS as i64;
 /// A series must have been seen this long before its daily profile may be used.
 const SEASON_MIN_AGE_MS: i64 = 2 * DAY_MS;
+const MINUTE_MS: i64 = 60_000;
+/// A slot of the daily profile not seen yet (stored values are clamped to finite `f32`s).
+const UNSEEN: f32 = f32::INFINITY;
+/// `episode_left` outside an episode.
+const NO_EPISODE: u16 = u16::MAX;
 /// Mean absolute deviation to standard deviation, for Gaussian noise.
 const MAD_TO_SIGMA: f64 = 1.2533;
 /// The 99th percentile of |N(0, 1)|, to read a tail quantile as a standard deviation.
@@ -16,7 +21,7 @@ const TAIL_TO_SIGMA: f64 = 2.576;
 /// How much a remembered hourly spike fades each day its hour comes round without one.
 const HOUR_PEAK_DECAY: f32 = 0.7;
 /// Consecutive far-off points after which a new level is taken as it is, not clipped.
-const ADOPT_AFTER: u32 = 3;
+const ADOPT_AFTER: u16 = 3;
 /// Repeated values needed before a flat line is scored at all.
 const FLAT_MIN_RUN: u32 = 5;
 /// The alert memory (`alert_load`) fades by 1/e over this many samples.
@@ -25,7 +30,8 @@ const ALERT_MEMORY_POINTS: f32 = 10_000.0;
 /// Everything the model keeps about one series. Fixed size, no heap.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SeriesModel {
-    first_ts: i64,
+    /// Minute of the first sample (floored): only the series' age in days is read from it.
+    first_minute: i32,
     last_ts: i64,
     /// Previous raw value (flat-line detection).
     prev: f64,
@@ -59,13 +65,13 @@ pub struct SeriesModel {
     gain: f32,
     /// Usual step between samples.
     step_ms: f32,
-    /// Mean value per time-of-day slot, valid where its bit in `season_seen` is set.
+    /// Mean value per time-of-day slot; [`UNSEEN`] for a slot not seen yet.
     season: [f32; SLOTS],
-    season_seen: u64,
+    /// How many slots have been seen.
+    season_seen: u8,
     /// Per hour of the day, the largest spike z seen there lately (decays by a day-visit): spikes
     /// that recur at the same time every day (a nightly job) stop being news.
     hour_peak: [u16; 24],
-    last_hour: u8,
     /// Binary exponent the series' values are divided by before they enter the state (0 for any
     /// series that starts within 1e-30..1e30 of zero): scales are stored as `f32`, so a series of
     /// 1e42s is modelled as 1e42 / 2^e, exactly (a power of two), instead of overflowing them.
@@ -77,11 +83,12 @@ pub struct SeriesModel {
     alert_load: f32,
     n: u32,
     flat_run: u32,
-    far_run: u32,
-    episode_left: u32,
+    /// Large errors in a row (saturating: only runs of up to three are told apart).
+    far_run: u16,
+    /// Samples left of the open episode's cool-down, or [`NO_EPISODE`].
+    episode_left: u16,
     /// Highest score of the open episode.
     episode_peak: f32,
-    in_episode: bool,
     /// The weekly profile and its evidence.
     week: WeekProfile,
 }
@@ -127,7 +134,7 @@ pub(super) fn ew<S: Stored>(avg: &mut S, x: f64, alpha: f64, n: u32) {
 impl SeriesModel {
     pub const fn new() -> SeriesModel {
         SeriesModel {
-            first_ts: 0,
+            first_minute: 0,
             last_ts: 0,
             prev: 0.0,
             level: 0.0,
@@ -148,19 +155,17 @@ impl SeriesModel {
             season_sum: 0.0,
             season_seen: 0,
             hour_peak: [0; 24],
-            last_hour: 0,
             exp2: 0,
             gain: 0.0,
             step_ms: 0.0,
-            season: [0.0; SLOTS],
+            season: [UNSEEN; SLOTS],
             repeat_rate: 0.0,
             alert_load: 0.0,
             n: 0,
             flat_run: 0,
             far_run: 0,
-            episode_left: 0,
+            episode_left: NO_EPISODE,
             episode_peak: 0.0,
-            in_episode: false,
             week: WeekProfile::new(),
         }
     }
@@ -204,7 +209,7 @@ impl SeriesModel {
         let recurring = (0..3).map(|d| from_bf16(self.hour_peak[(hour + 23 + d) % 24])).fold(0.0f32, f32::max);
         let z_spike = z_raw_spike / (f64::from(recurring) / cfg.z_floor).max(1.0);
         let far = z_raw_spike > cfg.clip_z;
-        let far_run = if far { self.far_run + 1 } else { 0 };
+        let far_run = if far { self.far_run.saturating_add(1) } else { 0 };
         // Far-off values enter the averages clipped until they have lasted long enough to be a level.
         let y_in = if !warm || !far || far_run >= ADOPT_AFTER {
             y
@@ -333,11 +338,11 @@ impl SeriesModel {
         self.noise_fast = noise_fast as f32;
         self.quick = quick;
         ew(&mut self.slow, y_in, cfg.alpha_slow, n);
-        let week_sample = WeekSample { cell, off_daily, dev: week_dev, run: week_run, scale: week_scale, dt, age_ms: timestamp_ms - self.first_ts };
+        let week_sample = WeekSample { cell, off_daily, dev: week_dev, run: week_run, scale: week_scale, dt, age_ms: self.age_ms(timestamp_ms) };
         self.week.learn(cfg, warm, &week_sample, self.seasonal_dev, n);
         self.learn_season(cfg, slot, x, timestamp_ms, n);
         if warm {
-            if hour as u8 != self.last_hour {
+            if hour != hour_of(self.last_ts) {
                 self.hour_peak[hour] = to_bf16(from_bf16(self.hour_peak[hour]) * HOUR_PEAK_DECAY);
             }
             // Only isolated, clear spikes are remembered: noise and sustained shifts are not a habit.
@@ -345,7 +350,6 @@ impl SeriesModel {
                 self.hour_peak[hour] = to_bf16(from_bf16(self.hour_peak[hour]).max(z_raw_spike.min(1e6) as f32));
             }
         }
-        self.last_hour = hour as u8;
         if f64::from(self.step_ms) == 0.0 {
             self.step_ms = dt as f32;
         } else {
@@ -360,22 +364,21 @@ impl SeriesModel {
         self.far_run = far_run;
 
         // Episodes: open on high evidence, stay open while it is high and for the cool-down.
-        if self.in_episode {
+        if self.in_episode() {
             self.episode_left = self.episode_left.saturating_sub(1);
             if self.episode_left == 0 && raw < cfg.alert_score {
-                self.in_episode = false;
+                self.episode_left = NO_EPISODE;
             }
         }
         // Much stronger evidence inside an open episode is raised again: it got worse.
-        let escalation = self.in_episode && raw >= f64::from(self.episode_peak) + cfg.escalate_margin;
-        let onset = warm && raw >= cfg.alert_score && (!self.in_episode || escalation);
+        let escalation = self.in_episode() && raw >= f64::from(self.episode_peak) + cfg.escalate_margin;
+        let onset = warm && raw >= cfg.alert_score && (!self.in_episode() || escalation);
         self.alert_load *= 1.0 - 1.0 / ALERT_MEMORY_POINTS;
         if onset {
             self.alert_load += 1.0;
-            self.in_episode = true;
-            self.episode_left = cfg.cooldown_points;
+            self.episode_left = cfg.cooldown_points.min(u32::from(NO_EPISODE - 1)) as u16;
         }
-        if self.in_episode {
+        if self.in_episode() {
             self.episode_peak = if onset { raw as f32 } else { self.episode_peak.max(raw as f32) };
         }
         let confidence = if warm { calibration::confidence(score) } else { 0.0 };
@@ -387,7 +390,7 @@ impl SeriesModel {
             severity: severity_of(score, confidence, cfg),
             kind,
             onset,
-            in_episode: self.in_episode,
+            in_episode: self.in_episode(),
         }
     }
 
@@ -398,7 +401,7 @@ impl SeriesModel {
             self.exp2 = magnitude.log2().floor() as i16;
         }
         let x = value / self.unit();
-        self.first_ts = ts;
+        self.first_minute = ts.div_euclid(MINUTE_MS).clamp(i32::MIN.into(), i32::MAX.into()) as i32;
         self.last_ts = ts;
         self.prev = x;
         self.level = x;
@@ -420,9 +423,18 @@ impl SeriesModel {
         PointScore { accepted: true, expected, ..PointScore::refused() }
     }
 
+    fn in_episode(&self) -> bool {
+        self.episode_left != NO_EPISODE
+    }
+
+    /// Time since the first sample, to the minute.
+    fn age_ms(&self, ts: i64) -> i64 {
+        ts - i64::from(self.first_minute) * MINUTE_MS
+    }
+
     /// Mean of the visited slots of the daily profile.
     fn season_mean(&self) -> f64 {
-        match self.season_seen.count_ones() {
+        match self.season_seen {
             0 => self.slow,
             seen => self.season_sum / f64::from(seen),
         }
@@ -430,7 +442,7 @@ impl SeriesModel {
 
     /// The daily profile's value for a slot (the mean of the profile for a slot not seen yet).
     fn profile_at(&self, slot: usize) -> f64 {
-        if self.season_seen & (1 << slot) == 0 {
+        if self.season[slot] == UNSEEN {
             self.season_mean()
         } else {
             f64::from(self.season[slot])
@@ -439,7 +451,7 @@ impl SeriesModel {
 
     /// How far a slot's usual value sits from the day's mean (0 for a slot not seen yet).
     fn seasonal_offset(&self, slot: usize) -> f64 {
-        if self.season_seen & (1 << slot) == 0 {
+        if self.season[slot] == UNSEEN {
             0.0
         } else {
             f64::from(self.season[slot]) - self.season_mean()
@@ -448,18 +460,19 @@ impl SeriesModel {
 
     /// Updates the daily profile and how much of it to trust.
     fn learn_season(&mut self, cfg: &UnivariateConfig, slot: usize, x: f64, ts: i64, n: u32) {
-        let seen = self.season_seen & (1 << slot) != 0;
+        let seen = self.season[slot] != UNSEEN;
         let old = if seen { f64::from(self.season[slot]) } else { 0.0 };
         let profile = if seen { old } else { self.season_mean() };
         let mean = self.season_mean();
         ew(&mut self.raw_dev, (x - mean).abs(), cfg.alpha_scale, n);
         ew(&mut self.seasonal_dev, (x - profile).abs(), cfg.alpha_scale, n);
-        let new = if seen { (profile + cfg.alpha_season * (x - profile)) as f32 } else { x as f32 };
-        self.season_seen |= 1 << slot;
+        // Kept finite, so that no value reads as `UNSEEN`.
+        let new = (if seen { profile + cfg.alpha_season * (x - profile) } else { x }).clamp(f32::MIN.into(), f32::MAX.into()) as f32;
+        self.season_seen += u8::from(!seen);
         self.season_sum += f64::from(new) - old;
         self.season[slot] = new;
         // Take the profile out only where it explains a good part of the spread, and only after two days.
-        let old_enough = ts - self.first_ts >= SEASON_MIN_AGE_MS;
+        let old_enough = self.age_ms(ts) >= SEASON_MIN_AGE_MS;
         let target = if old_enough && self.seasonal_dev < 0.6 * self.raw_dev { 1.0 } else { 0.0 };
         self.gain += 0.01 * (target - self.gain);
     }
@@ -486,6 +499,11 @@ fn learn_tail(tail: &mut f32, d: f64, mean_abs: f64) {
 
 /// A finite `f32` in 16 bits (the upper half of its bits, rounded to nearest): three
 /// significant digits, the full range. For values whose size matters and whose last digits do not.
+/// The hour of the day a timestamp falls in (by the profile's slots).
+fn hour_of(ts: i64) -> usize {
+    (ts.rem_euclid(DAY_MS) / SLOT_MS) as usize / 2
+}
+
 pub(super) fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16

@@ -34,10 +34,11 @@ fn daily(i: usize, sd: f64) -> f64 {
 }
 
 #[test]
-fn state_is_at_most_512_bytes_and_owns_no_heap() {
-    // Every field is inline (numbers and a fixed array), so size_of is the whole footprint.
+fn state_is_at_most_488_bytes_and_owns_no_heap() {
+    // Every field is inline (numbers and a fixed array), so size_of is the whole footprint. With its
+    // 8-byte id a series' slot is then 496 bytes, which leaves its share of the index within 512.
     let size = std::mem::size_of::<SeriesModel>();
-    assert!(size <= 512, "SeriesModel is {size} bytes");
+    assert!(size <= 488, "SeriesModel is {size} bytes");
     // Feeding a long series does not change that: there is nothing to grow.
     let mut m = SeriesModel::new();
     let cfg = UnivariateConfig::default();
