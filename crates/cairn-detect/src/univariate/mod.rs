@@ -114,7 +114,7 @@ pub struct UnivariateConfig {
     pub gap_factor: f64,
     /// Score at which an episode opens (and an anomaly is emitted).
     pub alert_score: f64,
-    /// Samples an episode lasts at least once opened.
+    /// Samples an episode lasts at least once opened (at most 65,534; larger values count as that).
     pub cooldown_points: u32,
     /// Inside an open episode, a score this much above the episode's peak so far is raised again.
     pub escalate_margin: f64,
