@@ -12,6 +12,10 @@
 //! - the node its pod runs on, or a pod on the node it is about;
 //! - for a per-node agent (node-exporter, a DaemonSet), a node in the incident (weakest).
 //!
+//! A link to another entity holds only when that entity is in trouble (two signals or an alert), and
+//! a dependency (a service the linked one calls, a node its pods run on) joins only trouble that
+//! began at most `link_window_ms` before its own: a cause precedes its effects.
+//!
 //! The strongest link wins, then the nearest in time; a signal never merges two incidents. An alert
 //! is one member across its life (same fingerprint: firing, then resolved); an anomalous series is
 //! one member however many times it fires. Probable causes are the incident's entities ranked by
@@ -95,6 +99,9 @@ struct Span {
     alerts: u32,
     first_ms: i64,
     last_ms: i64,
+    /// When the current run of trouble began: the first time after the last gap longer than
+    /// [`rank::STALE_LEAD_MS`], so that a stale blip long before is not taken for the onset.
+    onset_ms: i64,
     /// Until when a state its members report may still hold: a firing alert, or a level shift,
     /// drift or silence (not a spike), for `persist_ms` after it. Same-entity joins see it.
     holds_until_ms: i64,
@@ -102,10 +109,15 @@ struct Span {
 
 impl Span {
     fn new(t: i64) -> Span {
-        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, holds_until_ms: t }
+        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, onset_ms: t, holds_until_ms: t }
     }
 
     fn extend(&mut self, t: i64, holds_until: i64) {
+        if t > self.last_ms + rank::STALE_LEAD_MS {
+            self.onset_ms = t;
+        } else if t < self.onset_ms && self.onset_ms - t <= rank::STALE_LEAD_MS {
+            self.onset_ms = t;
+        }
         self.first_ms = self.first_ms.min(t);
         self.last_ms = self.last_ms.max(t);
         self.holds_until_ms = self.holds_until_ms.max(holds_until).max(t);
@@ -114,6 +126,9 @@ impl Span {
     fn absorb(&mut self, o: &Span) {
         self.count += o.count;
         self.alerts += o.alerts;
+        // The later run's onset, unless the two runs touch.
+        let (early, late) = if self.onset_ms <= o.onset_ms { (*self, *o) } else { (*o, *self) };
+        self.onset_ms = if late.first_ms.min(late.onset_ms) > early.last_ms + rank::STALE_LEAD_MS { late.onset_ms } else { early.onset_ms };
         self.first_ms = self.first_ms.min(o.first_ms);
         self.last_ms = self.last_ms.max(o.last_ms);
         self.holds_until_ms = self.holds_until_ms.max(o.holds_until_ms);
@@ -307,6 +322,17 @@ impl Correlator {
             };
             let Some(span) = span else { continue };
             if link != Link::Same && !span.carries() {
+                continue;
+            }
+            // A cause precedes its effects: a dependency (a service the linked one calls, a node its
+            // pods run on) joins only trouble that did not start long before its own, which it
+            // cannot have caused. A dependent (a caller, a pod) may join at any time after.
+            let dependency = match &link {
+                Link::Calls(n) => self.topology.calls(n, &r.entity) && !self.topology.calls(&r.entity, n),
+                Link::Hosts => true,
+                _ => false,
+            };
+            if dependency && span.onset_ms < t - self.cfg.link_window_ms {
                 continue;
             }
             let (d, window) =
@@ -763,6 +789,37 @@ mod tests {
         // An unrelated service at the same moment is another incident.
         let shop = c.observe_alert(&at(alert("X", "shop", "f3", AlertStatus::Firing), 30_000), 3).unwrap();
         assert_ne!(shop.id, first.id);
+    }
+
+    #[test]
+    fn a_dependency_does_not_join_trouble_that_began_long_before_its_own() {
+        const MIN: i64 = 60_000;
+        let mut c = cluster();
+        // The caller has been in trouble since minute 0 (and still is at minute 8).
+        let api = c.observe_alert(&at(alert("CPUThrottlingHigh", "api", "f1", AlertStatus::Firing), 0), 0).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "service:http_request_duration_seconds:p99"), ("service", "api")], 8 * MIN, 0.9), 1);
+        // Its dependency fails at minute 9: it cannot have caused what began 9 minutes earlier.
+        let mut down = alert("PostgresqlDown", "db", "f2", AlertStatus::Firing);
+        down.labels.insert("pod", "db-0");
+        let db = c.observe_alert(&at(down, 9 * MIN), 2).unwrap();
+        assert_ne!(db.id, api.id, "{:?}", db.grouping_reasons);
+        // The other way round is a cascade: the dependency first, then its caller, any time after.
+        let mut c = cluster();
+        let mut down = alert("PostgresqlDown", "db", "f2", AlertStatus::Firing);
+        down.labels.insert("pod", "db-0");
+        let db = c.observe_alert(&at(down, 0), 0).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "pg_up"), ("service", "db")], 4 * MIN, 0.9), 1);
+        let api = c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f1", AlertStatus::Firing), 8 * MIN), 2).unwrap();
+        assert_eq!(api.id, db.id, "{:?}", api.grouping_reasons);
+        // A stale blip long before (more than 15 minutes before the rest) is not when the caller's
+        // trouble began: its dependency, failing just after the real onset, still joins.
+        let mut c = cluster();
+        let blip = c.observe_anomaly(&series(&[("__name__", "service:http_request_errors:ratio_rate5m"), ("service", "api")], 0, 0.6), 0).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "service:http_request_duration_seconds:p99"), ("service", "api")], 30 * MIN, 0.9), 1);
+        let mut down = alert("PostgresqlDown", "db", "f2", AlertStatus::Firing);
+        down.labels.insert("pod", "db-0");
+        let db = c.observe_alert(&at(down, 30 * MIN - 20_000), 2).unwrap();
+        assert_eq!(db.id, blip.id, "{:?}", db.grouping_reasons);
     }
 
     #[test]

@@ -66,7 +66,7 @@ const MAX_EVIDENCE: usize = 20;
 /// Signals a node needs before its pods' trouble is put down to it.
 const NODE_TROUBLE: usize = 3;
 /// A leading signal this far before the next one is stale, not the onset.
-const STALE_LEAD_MS: i64 = 15 * 60_000;
+pub(crate) const STALE_LEAD_MS: i64 = 15 * 60_000;
 
 #[derive(Default)]
 struct Candidate<'a> {
