@@ -9,7 +9,7 @@
 use cairn_audit::checkpoint::{Checkpoint, NoteSigner, open_checkpoint};
 use cairn_audit::merkle::{MemoryTree, verify_inclusion};
 use cairn_audit::verify::PresentedCheckpoint;
-use cairn_store::{AuditLog, SqliteStore};
+use cairn_store::{AuditLog, AuditProofs, SqliteStore};
 use cairn_types::AuditDraft;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -66,7 +66,7 @@ pub struct BundleReport {
 
 /// Builds a bundle: `events` (ascending) are proven against the tree of `checkpoint_size` entries
 /// held by `nodes`; later ones are listed as unanchored.
-pub fn build_bundle<S: NodeSource>(
+pub fn build_bundle<S: NodeSource + ?Sized>(
     subject: &str,
     checkpoint_note: &str,
     checkpoint_size: u64,

@@ -23,6 +23,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod export;
 pub mod merkle;
+pub mod stored;
 pub mod verify;
 
 use cairn_types::{AuditDraft, AuditEvent};

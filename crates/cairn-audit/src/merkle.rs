@@ -51,7 +51,7 @@ fn split(n: u64) -> u64 {
 }
 
 /// The hash of the `n` leaves starting at `start` (MTH of that range).
-fn subtree<S: NodeSource>(src: &S, start: u64, n: u64) -> Result<Hash, S::Error> {
+fn subtree<S: NodeSource + ?Sized>(src: &S, start: u64, n: u64) -> Result<Hash, S::Error> {
     if n.is_power_of_two() && start.is_multiple_of(n) {
         let level = n.trailing_zeros();
         return src.node(level, start >> level);
@@ -61,14 +61,14 @@ fn subtree<S: NodeSource>(src: &S, start: u64, n: u64) -> Result<Hash, S::Error>
 }
 
 /// The root of the tree of the first `size` leaves.
-pub fn root<S: NodeSource>(src: &S, size: u64) -> Result<Hash, S::Error> {
+pub fn root<S: NodeSource + ?Sized>(src: &S, size: u64) -> Result<Hash, S::Error> {
     if size == 0 { Ok(empty_root()) } else { subtree(src, 0, size) }
 }
 
 /// The nodes that become complete when leaf number `index` (0-based; the tree had `index` leaves)
 /// is appended: the leaf itself and each perfect subtree it closes. The source must already hold
 /// every node of the first `index` leaves.
-pub fn nodes_completed_by<S: NodeSource>(src: &S, index: u64, leaf: Hash) -> Result<Vec<(u32, u64, Hash)>, S::Error> {
+pub fn nodes_completed_by<S: NodeSource + ?Sized>(src: &S, index: u64, leaf: Hash) -> Result<Vec<(u32, u64, Hash)>, S::Error> {
     let mut out = vec![(0, index, leaf)];
     let (mut level, mut i, mut h) = (0u32, index, leaf);
     while i & 1 == 1 {
@@ -82,7 +82,7 @@ pub fn nodes_completed_by<S: NodeSource>(src: &S, index: u64, leaf: Hash) -> Res
 }
 
 /// The audit path of leaf `index` in the tree of `size` leaves (RFC 6962 §2.1.1), leaf-side first.
-pub fn inclusion_proof<S: NodeSource>(src: &S, index: u64, size: u64) -> Result<Option<Vec<Hash>>, S::Error> {
+pub fn inclusion_proof<S: NodeSource + ?Sized>(src: &S, index: u64, size: u64) -> Result<Option<Vec<Hash>>, S::Error> {
     if index >= size {
         return Ok(None);
     }
@@ -91,7 +91,7 @@ pub fn inclusion_proof<S: NodeSource>(src: &S, index: u64, size: u64) -> Result<
     Ok(Some(proof))
 }
 
-fn path<S: NodeSource>(src: &S, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -> Result<(), S::Error> {
+fn path<S: NodeSource + ?Sized>(src: &S, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -> Result<(), S::Error> {
     if n == 1 {
         return Ok(());
     }
@@ -108,7 +108,7 @@ fn path<S: NodeSource>(src: &S, m: u64, start: u64, n: u64, out: &mut Vec<Hash>)
 
 /// The proof that the tree of `old_size` leaves is a prefix of the tree of `new_size` leaves
 /// (RFC 6962 §2.1.2). `None` when `old_size` is 0 or greater than `new_size`.
-pub fn consistency_proof<S: NodeSource>(src: &S, old_size: u64, new_size: u64) -> Result<Option<Vec<Hash>>, S::Error> {
+pub fn consistency_proof<S: NodeSource + ?Sized>(src: &S, old_size: u64, new_size: u64) -> Result<Option<Vec<Hash>>, S::Error> {
     if old_size == 0 || old_size > new_size {
         return Ok(None);
     }
@@ -117,7 +117,7 @@ pub fn consistency_proof<S: NodeSource>(src: &S, old_size: u64, new_size: u64) -
     Ok(Some(proof))
 }
 
-fn subproof<S: NodeSource>(src: &S, m: u64, start: u64, n: u64, whole: bool, out: &mut Vec<Hash>) -> Result<(), S::Error> {
+fn subproof<S: NodeSource + ?Sized>(src: &S, m: u64, start: u64, n: u64, whole: bool, out: &mut Vec<Hash>) -> Result<(), S::Error> {
     if m == n {
         if !whole {
             out.push(subtree(src, start, n)?);

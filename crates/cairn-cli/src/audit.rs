@@ -14,7 +14,7 @@ use cairn_proto::v1 as pb;
 use cairn_server::checkpoint::{
     DEFAULT_ORIGIN, default_checkpoint_dir, default_key_path, public_key_path, read_checkpoints, read_public_keys,
 };
-use cairn_store::{AuditQuery, AuditLog, SqliteStore, StoreError};
+use cairn_store::{AuditLog, AuditProofs, AuditQuery, SqliteStore, StoreError};
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -113,9 +113,10 @@ impl Span {
     }
 
     fn extend(&mut self, t: i64, holds_until: i64) {
-        if t > self.last_ms + rank::STALE_LEAD_MS {
-            self.onset_ms = t;
-        } else if t < self.onset_ms && self.onset_ms - t <= rank::STALE_LEAD_MS {
+        // A new run after a long gap, or an earlier signal of the current run arriving late.
+        let new_run = t > self.last_ms + rank::STALE_LEAD_MS;
+        let earlier_in_run = t < self.onset_ms && self.onset_ms - t <= rank::STALE_LEAD_MS;
+        if new_run || earlier_in_run {
             self.onset_ms = t;
         }
         self.first_ms = self.first_ms.min(t);

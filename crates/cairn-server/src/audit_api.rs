@@ -4,7 +4,7 @@
 use crate::checkpoint::{Checkpointer, read_checkpoints};
 use crate::error::ApiError;
 use cairn_proto::v1 as pb;
-use cairn_store::{AuditQuery, Store, StoreError};
+use cairn_store::{AuditProofs, AuditQuery, Store, StoreError};
 
 /// Verifies the chain, the tree and every checkpoint. A failed check is a successful call that
 /// says `ok = false` and names the first bad entry where it can be known; only a store or file

@@ -14,7 +14,7 @@
 
 use cairn_audit::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use cairn_audit::verify::PresentedCheckpoint;
-use cairn_store::Store;
+use cairn_store::{AuditProofs, Store};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -21,7 +21,7 @@ use crate::engine::{Clock, Engine};
 use crate::governance::Governance;
 use crate::metrics::Metrics;
 use cairn_policy::{PolicyBundle, Router, RouterConfig, RoutingContext};
-use cairn_store::{AuditQuery, SqliteStore, Store};
+use cairn_store::{AuditProofs, AuditQuery, SqliteStore, Store};
 use cairn_types::*;
 use cairn_workflow::breakglass::BreakGlassRequest;
 use cairn_workflow::{

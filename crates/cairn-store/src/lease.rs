@@ -46,7 +46,7 @@ pub struct Lease {
 }
 
 /// Leases on executor work. A supertrait of [`Store`](crate::Store), so every store has it. The
-/// claims themselves ([`Store::claim_approved`](crate::Store::claim_approved) and its siblings)
+/// claims themselves ([`ChangeStore::claim_approved`](crate::ChangeStore::claim_approved) and its siblings)
 /// create the lease under the store's [`LeaseTerms`]; any write that moves the change out of
 /// `executing` ends it.
 pub trait LeaseStore {

@@ -17,7 +17,9 @@
 //! Beside the audit log the store keeps the RFC 6962 Merkle tree's perfect-subtree nodes
 //! (`cairn_audit::merkle`), appended in the same transaction as the entries, so tree heads for
 //! checkpoints and inclusion proofs for evidence bundles never re-read the log. Verification never
-//! trusts those nodes: [`AuditLog::verify_audit_anchored`] rebuilds the tree from the entries.
+//! trusts those nodes: [`AuditProofs::verify_audit_anchored`] rebuilds the tree from the entries.
+//! Verification, tree heads and evidence are [`cairn_audit::stored`]'s rules over one read of the
+//! log ([`AuditLog::read_log`]); a backend gives the read, not the rules.
 //! [`SqliteStore::open_read_only`] opens a stopped server's database (or a copy) for auditors.
 //!
 //! The traits are synchronous, and stay so for PostgreSQL: every caller already runs store calls on
@@ -224,8 +226,8 @@ pub trait ChangeStore {
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>>;
 }
 
-/// The audit log: appends outside another write, queries, the head and its commit hook, the
-/// Merkle tree, evidence and verification.
+/// The audit log: appends outside another write, queries, the head and its commit hook, and one
+/// consistent read of the entries and tree nodes, over which [`AuditProofs`] verifies and proves.
 pub trait AuditLog {
     /// Appends audit events that record something outside this store's own state (a policy
     /// reload, an alert sent), in a transaction of their own.
@@ -237,21 +239,46 @@ pub trait AuditLog {
     /// (live streams wake on it); replaces an earlier hook. The store says when, so no caller has
     /// to remember to.
     fn on_audit_commit(&self, hook: AuditHook);
+    /// Calls `read` with one consistent read of the log (its entries and its Merkle tree nodes), for
+    /// the checks and proofs of [`AuditProofs`], whose rules live in [`cairn_audit::stored`].
+    fn read_log(&self, read: &mut dyn FnMut(&dyn AuditSnapshot) -> Result<()>) -> Result<()>;
+}
+
+/// One consistent read of the audit log: what [`cairn_audit::stored`] reads, and the query that
+/// selects a bundle's events from the same read.
+pub trait AuditSnapshot: cairn_audit::stored::StoredLog<Error = StoreError> {
+    fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+}
+
+impl From<cairn_audit::stored::StoredLogError> for StoreError {
+    fn from(e: cairn_audit::stored::StoredLogError) -> StoreError {
+        match e {
+            cairn_audit::stored::StoredLogError::Anchor(a) => StoreError::AuditAnchor(a),
+            other => StoreError::Corrupt(other.to_string()),
+        }
+    }
+}
+
+/// Verification, tree heads and evidence, for every [`AuditLog`]: each is one read of the log
+/// through [`AuditLog::read_log`] handed to [`cairn_audit::stored`], so no backend repeats them.
+pub trait AuditProofs: AuditLog {
     /// Streams the whole log through the chain verifier.
-    fn verify_audit(&self) -> Result<ChainSummary>;
+    fn verify_audit(&self) -> Result<ChainSummary> {
+        read_with(self, |log| cairn_audit::stored::verify(log))
+    }
     /// The audit log's Merkle tree head (size, root), from the stored tree nodes.
-    fn audit_tree_head(&self) -> Result<(u64, cairn_audit::merkle::Hash)>;
+    fn audit_tree_head(&self) -> Result<(u64, cairn_audit::merkle::Hash)> {
+        read_with(self, |log| cairn_audit::stored::tree_head(log))
+    }
     /// The root of the stored tree's first `size` leaves (`None` past the tree's size).
-    fn audit_tree_root_at(&self, size: u64) -> Result<Option<cairn_audit::merkle::Hash>>;
+    fn audit_tree_root_at(&self, size: u64) -> Result<Option<cairn_audit::merkle::Hash>> {
+        read_with(self, |log| cairn_audit::stored::tree_root_at(log, size))
+    }
     /// An evidence bundle: the events matching `query`, each with its inclusion proof in the tree
     /// of `checkpoint_size` entries signed by `checkpoint_note`; later events are listed unproven.
-    fn audit_evidence(
-        &self,
-        query: &AuditQuery,
-        subject: &str,
-        checkpoint_note: &str,
-        checkpoint_size: u64,
-    ) -> Result<cairn_audit::bundle::EvidenceBundle>;
+    fn audit_evidence(&self, query: &AuditQuery, subject: &str, checkpoint_note: &str, checkpoint_size: u64) -> Result<cairn_audit::bundle::EvidenceBundle> {
+        read_with(self, |log| cairn_audit::stored::evidence(log, log.query(query)?, subject, checkpoint_note, checkpoint_size))
+    }
     /// Streams the whole log through the chain verifier while rebuilding the Merkle tree from the
     /// entries (never trusting the stored nodes), then checks the checkpoints, in written order.
     fn verify_audit_anchored(
@@ -259,5 +286,22 @@ pub trait AuditLog {
         checkpoints: &[cairn_audit::verify::PresentedCheckpoint],
         pinned: &[cairn_audit::checkpoint::NoteVerifier],
         origin: Option<&str>,
-    ) -> Result<cairn_audit::verify::LogReport>;
+    ) -> Result<cairn_audit::verify::LogReport> {
+        read_with(self, |log| cairn_audit::stored::verify_anchored(log, checkpoints, pinned, origin))
+    }
+}
+
+impl<T: AuditLog + ?Sized> AuditProofs for T {}
+
+/// Runs `f` on one read of `log` and returns what it gave.
+fn read_with<L: AuditLog + ?Sized, T>(log: &L, f: impl FnOnce(&dyn AuditSnapshot) -> Result<T>) -> Result<T> {
+    let mut f = Some(f);
+    let mut out = None;
+    log.read_log(&mut |snap| {
+        if let Some(f) = f.take() {
+            out = Some(f(snap)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| StoreError::Database("the audit log read did not run".into()))
 }

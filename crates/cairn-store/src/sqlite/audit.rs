@@ -11,8 +11,23 @@ use rusqlite::{Connection, OptionalExtension, params};
 /// The columns `audit_row` reads, in its order.
 pub(super) const AUDIT_COLUMNS: &str = "seq, at_ms, actor, kind, incident_id, recommendation_id, revision, change_id, policy_version, reason, payload, prev_hash, hash, signal_id, model_version, reason_codes, diff_summary, affected_resources";
 
-/// The tree nodes as the store holds them. Reads see the caller's open transaction.
+/// The log and its tree nodes as the store holds them. Reads see the caller's open transaction.
 pub(super) struct SqlNodes<'c>(pub &'c Connection);
+
+impl cairn_audit::stored::StoredLog for SqlNodes<'_> {
+    fn scan(&self, push: &mut dyn FnMut(&AuditEvent) -> std::result::Result<(), cairn_audit::ChainBreak>) -> Result<()> {
+        scan(self.0, push)
+    }
+    fn tree_size(&self) -> Result<u64> {
+        tree_size(self.0)
+    }
+}
+
+impl crate::AuditSnapshot for SqlNodes<'_> {
+    fn query(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        query(self.0, q)
+    }
+}
 
 impl NodeSource for SqlNodes<'_> {
     type Error = StoreError;

@@ -969,58 +969,8 @@ impl crate::AuditLog for SqliteStore {
         *self.audit_hook.0.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
-    fn verify_audit(&self) -> Result<crate::ChainSummary> {
-        self.with_conn(|c| {
-            let mut verifier = cairn_audit::ChainVerifier::new();
-            audit::scan(c, |e| verifier.push(e))?;
-            Ok(verifier.finish())
-        })
-    }
-
-    fn audit_tree_head(&self) -> Result<(u64, cairn_audit::merkle::Hash)> {
-        self.with_conn(|c| {
-            let size = audit::tree_size(c)?;
-            Ok((size, cairn_audit::merkle::root(&audit::SqlNodes(c), size)?))
-        })
-    }
-
-    fn audit_tree_root_at(&self, size: u64) -> Result<Option<cairn_audit::merkle::Hash>> {
-        self.with_conn(|c| {
-            if size > audit::tree_size(c)? {
-                return Ok(None);
-            }
-            Ok(Some(cairn_audit::merkle::root(&audit::SqlNodes(c), size)?))
-        })
-    }
-
-    fn audit_evidence(
-        &self,
-        q: &AuditQuery,
-        subject: &str,
-        checkpoint_note: &str,
-        checkpoint_size: u64,
-    ) -> Result<cairn_audit::bundle::EvidenceBundle> {
-        self.with_conn(|c| {
-            let held = audit::tree_size(c)?;
-            if checkpoint_size > held {
-                return Err(StoreError::Corrupt(format!(
-                    "the checkpoint signs {checkpoint_size} entries but the log holds {held}"
-                )));
-            }
-            let events = audit::query(c, q)?;
-            cairn_audit::bundle::build_bundle(subject, checkpoint_note, checkpoint_size, events, &audit::SqlNodes(c))
-        })
-    }
-
-    fn verify_audit_anchored(
-        &self,
-        checkpoints: &[cairn_audit::verify::PresentedCheckpoint],
-        pinned: &[cairn_audit::checkpoint::NoteVerifier],
-        origin: Option<&str>,
-    ) -> Result<cairn_audit::verify::LogReport> {
-        let mut verifier = cairn_audit::verify::LogVerifier::new();
-        self.with_conn(|c| audit::scan(c, |e| verifier.push(e)))?;
-        verifier.finish(checkpoints, pinned, origin).map_err(StoreError::AuditAnchor)
+    fn read_log(&self, read: &mut dyn FnMut(&dyn crate::AuditSnapshot) -> Result<()>) -> Result<()> {
+        self.with_conn(|c| read(&audit::SqlNodes(c)))
     }
 }
 

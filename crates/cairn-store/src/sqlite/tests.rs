@@ -1,5 +1,5 @@
 use super::*;
-use crate::{AuditLog, AuditQuery, ChangeStore, SignalStore};
+use crate::{AuditLog, AuditProofs, AuditQuery, ChangeStore, SignalStore};
 use cairn_types::*;
 use std::collections::BTreeMap;
 

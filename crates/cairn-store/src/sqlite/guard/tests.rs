@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::{AuditLog, AuditQuery, ChangeStore, GuardStore, SqliteStore, StoreError};
+use crate::{AuditLog, AuditProofs, AuditQuery, ChangeStore, GuardStore, SqliteStore, StoreError};
 use cairn_types::*;
 
 fn target() -> Target {
