@@ -17,28 +17,15 @@ const DAY: i64 = 24 * HOUR;
 /// Monday 2026-11-16 00:00 UTC (ISO week 47).
 const MON: i64 = 1_794_787_200_000;
 
+/// The shared example, under `id`, on a service of its own, created at `at_ms`.
 fn rec(id: &str, at_ms: i64) -> Recommendation {
     Recommendation {
         id: RecommendationId(id.into()),
-        revision: 1,
         incident_id: IncidentId(format!("inc-{id}")),
-        playbook: "rollback".into(),
-        playbook_version: "1".into(),
-        action: ActionClass::RollbackDeploy,
         target: Target { service: format!("svc-{id}"), environment: "production".into(), resource: format!("deploy/{id}") },
         parameters: BTreeMap::new(),
-        confidence: 0.9,
-        severity: Severity::High,
-        blast_radius: BlastRadius::Service,
-        reversibility: Reversibility::Reversible,
-        rollback_plan: Some(RollbackPlan { steps: vec!["redeploy".into()], owner: "team".into() }),
-        verification: vec![VerificationCheck { name: "errors".into(), query: "err_ratio".into(), comparator: "<".into(), threshold: 0.01, within_secs: 300 }],
-        expected_benefit: "fewer errors".into(),
-        rationale: "because".into(),
-        evidence: vec![],
-        model_version: "none".into(),
         created_ms: at_ms,
-        requester: CAIRN_SERVICE_SUBJECT.into(),
+        ..cairn_types::fixtures::recommendation(1)
     }
 }
 

@@ -3,28 +3,17 @@ use cairn_types::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
+/// The shared example with the fields routing reads set per test.
 fn rec(action: ActionClass, env: &str, confidence: f64, blast: BlastRadius, rev: Reversibility) -> Recommendation {
     Recommendation {
-        id: RecommendationId("rec-1".into()),
-        revision: 1,
-        incident_id: IncidentId("inc-1".into()),
-        playbook: "p".into(),
-        playbook_version: "1".into(),
         action,
         target: Target { service: "svc".into(), environment: env.into(), resource: "r".into() },
         parameters: BTreeMap::new(),
         confidence,
-        severity: Severity::High,
         blast_radius: blast,
         reversibility: rev,
-        rollback_plan: Some(RollbackPlan { steps: vec!["undo".into()], owner: "team".into() }),
         verification: vec![VerificationCheck { name: "v".into(), query: "up".into(), comparator: ">=".into(), threshold: 1.0, within_secs: 60 }],
-        expected_benefit: "b".into(),
-        rationale: "r".into(),
-        evidence: vec![],
-        model_version: "none".into(),
-        created_ms: 0,
-        requester: CAIRN_SERVICE_SUBJECT.into(),
+        ..cairn_types::fixtures::recommendation(1)
     }
 }
 

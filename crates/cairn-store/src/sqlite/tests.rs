@@ -1,31 +1,10 @@
 use super::*;
 use crate::{AuditLog, AuditProofs, AuditQuery, ChangeStore, SignalStore};
 use cairn_types::*;
-use std::collections::BTreeMap;
 
+/// The shared example, created a second after the previous revision.
 fn rec(rev: u32) -> Recommendation {
-    Recommendation {
-        id: RecommendationId("rec-1".into()),
-        revision: rev,
-        incident_id: IncidentId("inc-1".into()),
-        playbook: "rollback".into(),
-        playbook_version: "1".into(),
-        action: ActionClass::RollbackDeploy,
-        target: Target { service: "checkout".into(), environment: "production".into(), resource: "deploy/checkout".into() },
-        parameters: BTreeMap::new(),
-        confidence: 0.9,
-        severity: Severity::High,
-        blast_radius: BlastRadius::Service,
-        reversibility: Reversibility::Reversible,
-        rollback_plan: Some(RollbackPlan { steps: vec!["redeploy".into()], owner: "team".into() }),
-        verification: vec![],
-        expected_benefit: "fewer errors".into(),
-        rationale: "because".into(),
-        evidence: vec![],
-        model_version: "none".into(),
-        created_ms: 1000 * i64::from(rev),
-        requester: CAIRN_SERVICE_SUBJECT.into(),
-    }
+    Recommendation { created_ms: 1000 * i64::from(rev), ..cairn_types::fixtures::recommendation(rev) }
 }
 
 fn decision(rev: u32) -> Decision {

@@ -7,28 +7,17 @@ fn target() -> Target {
     Target { service: "checkout".into(), environment: "production".into(), resource: "pod/a".into() }
 }
 
+/// The shared example as a reversible restart of one pod, under `id`.
 fn rec(id: &str) -> Recommendation {
     Recommendation {
         id: RecommendationId(id.into()),
         revision: 1,
-        incident_id: IncidentId("inc-1".into()),
         playbook: "restart".into(),
-        playbook_version: "1".into(),
         action: ActionClass::RestartProcess,
         target: target(),
-        parameters: Default::default(),
-        confidence: 0.9,
-        severity: Severity::High,
         blast_radius: BlastRadius::Instance,
-        reversibility: Reversibility::Reversible,
         rollback_plan: None,
-        verification: vec![],
-        expected_benefit: "up".into(),
-        rationale: "down".into(),
-        evidence: vec![],
-        model_version: "none".into(),
-        created_ms: 0,
-        requester: CAIRN_SERVICE_SUBJECT.into(),
+        ..cairn_types::fixtures::recommendation(1)
     }
 }
 
