@@ -118,7 +118,7 @@ async fn a_service_approval_forged_into_the_store_is_not_counted_at_execution() 
     h.fire_alert("DeploymentErrorsAfterRelease", "checkout", "0.9", "fp-forge").await;
     let views = h.wait_for_views("rollback on checkout", |v| !v.is_empty()).await;
     let id = cairn_types::RecommendationId(views[0].recommendation.as_ref().unwrap().id.clone());
-    let store = &h.engine().store;
+    let store = &h.engine().store();
     let record = store.get_recommendation(&id, None).unwrap().unwrap();
     assert_eq!(record.change.state, cairn_types::ChangeState::PendingApproval);
     // The workflow itself would accept this principal (it is in the approver group); only its

@@ -128,7 +128,7 @@ async fn alertmanager_duplicate_delivery_keeps_one_and_resolved_updates_it() {
     assert_eq!(h.webhook(&firing).await.0, 200);
     assert_eq!(h.webhook(&firing).await.0, 200);
     h.wait_for_views("a recommendation for the alert", |v| !v.is_empty()).await;
-    let store = &h.engine().store;
+    let store = &h.engine().store();
     // Both deliveries were acknowledged once journaled; wait until the worker analysed both.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while store.pending_intake_len().unwrap() > 0 {
@@ -143,7 +143,7 @@ async fn alertmanager_duplicate_delivery_keeps_one_and_resolved_updates_it() {
     assert_eq!(h.webhook(&resolved).await.0, 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let alerts = h.engine().store.list_alerts(10).unwrap();
+        let alerts = h.engine().store().list_alerts(10).unwrap();
         assert_eq!(alerts.len(), 1, "resolved updates the same fingerprint, it does not add one");
         if alerts[0].status == cairn_types::AlertStatus::Resolved {
             assert!(alerts[0].ends_at_ms.is_some());

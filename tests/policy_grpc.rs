@@ -47,7 +47,7 @@ fn approve_req(r: &pb::Recommendation, reason: &str) -> pb::ApproveRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
     let mut h = Harness::start_with(always_open_window).await;
-    let old_version = h.engine().router.current().version().to_string();
+    let old_version = h.engine().router().current().version().to_string();
 
     // A tier-3 change waiting for its second approval under the old policy.
     fire_dns(&h, "fp-dns-1").await;
@@ -68,7 +68,7 @@ async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
     assert_ne!(sh.candidate_version, old_version);
     assert!(sh.evaluated >= 1);
     assert!(sh.changed.is_empty(), "a stricter auto threshold does not change a tier-3 DNS change: {:?}", sh.changed);
-    assert_eq!(h.engine().router.current().version(), old_version);
+    assert_eq!(h.engine().router().current().version(), old_version);
 
     // Carol (sre, not sre-leads) proposes the new bundle.
     let resp = h.review("user:carol").await.propose_policy(propose_req(candidate_files())).await.unwrap().into_inner();
@@ -86,12 +86,12 @@ async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     h.review("user:alice").await.approve(approve_req(&r, "read the diff")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.engine().router.current().version(), old_version);
+    assert_eq!(h.engine().router().current().version(), old_version);
 
     h.review("user:bob").await.approve(approve_req(&r, "read the diff too")).await.unwrap();
     let card = h.wait_for_state(&r.id, &["succeeded", "failed"]).await;
     assert_eq!(card.change.unwrap().state, "succeeded", "{:?}", card.executions);
-    assert_eq!(h.engine().router.current().version(), resp.proposed_version);
+    assert_eq!(h.engine().router().current().version(), resp.proposed_version);
     // It ran through the executor like any change, on the policy adapter, whatever the configured
     // adapter is.
     let adapters: Vec<&str> = card.executions.iter().map(|x| x.adapter.as_str()).collect();
@@ -125,7 +125,7 @@ async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
         always_open_window(cfg);
     })
     .await;
-    assert_eq!(again.engine().router.current().version(), resp.proposed_version);
+    assert_eq!(again.engine().router().current().version(), resp.proposed_version);
     again.stop().await;
     h.stop().await;
 }
@@ -133,7 +133,7 @@ async fn policy_activation_is_a_tier3_change_and_new_version_voids_approvals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_activation_outside_a_window_waits_and_a_failing_bundle_is_refused() {
     let mut h = Harness::start().await;
-    let old_version = h.engine().router.current().version().to_string();
+    let old_version = h.engine().router().current().version().to_string();
 
     // A bundle whose own tests fail is refused before any change exists.
     let mut broken = candidate_files();
@@ -159,7 +159,7 @@ async fn policy_activation_outside_a_window_waits_and_a_failing_bundle_is_refuse
     tokio::time::sleep(Duration::from_millis(500)).await;
     let card = h.wait_for_state(&r.id, &["approved"]).await;
     assert!(card.executions.is_empty(), "{:?}", card.executions);
-    assert_eq!(h.engine().router.current().version(), old_version);
+    assert_eq!(h.engine().router().current().version(), old_version);
     h.stop().await;
 }
 
@@ -180,18 +180,18 @@ async fn decision_card_shows_criticality_window_rollback_confidence_and_what_peo
     // An earlier, similar change (same playbook, service and environment, another incident) that
     // people rejected.
     let engine = h.engine();
-    let record = engine.store.get_recommendation(&cairn_types::RecommendationId(first.id.clone()), None).unwrap().unwrap();
+    let record = engine.store().get_recommendation(&cairn_types::RecommendationId(first.id.clone()), None).unwrap().unwrap();
     let mut older = record.recommendation.clone();
     older.id = cairn_types::RecommendationId("rec-older".into());
     older.incident_id = cairn_types::IncidentId("inc-older".into());
     let mut decision = record.decision.clone();
     decision.recommendation_id = older.id.clone();
-    let now = engine.clock.now_ms();
+    let now = engine.clock().now_ms();
     let (change, drafts) = cairn_workflow::open_change(&older, &decision, now, &Default::default());
-    engine.store.propose(&older, &decision, &change, &drafts, now).unwrap();
+    engine.store().propose(&older, &decision, &change, &drafts, now).unwrap();
     let carol = cairn_types::Principal { subject: "user:carol".into(), display_name: "c".into(), groups: vec!["sre".into()] };
     let (rejected, drafts) = cairn_workflow::reject(&change, &older, &carol, older.revision, "wrong release", now).unwrap();
-    engine.store.update_change(&rejected, change.version, &drafts, now).unwrap();
+    engine.store().update_change(&rejected, change.version, &drafts, now).unwrap();
 
     // New evidence: a second revision, whose confidence carries the lesson.
     fire_rollback(&h, "fp-rb-2").await;
@@ -229,7 +229,7 @@ async fn a_change_decided_under_a_replaced_policy_does_not_run() {
         candidate_files().into_iter().map(|f| cairn_policy::PolicyFile { name: f.name, text: f.text }).collect();
     let newer = cairn_policy::Router::new(cairn_policy::PolicyBundle::from_all_files(files).unwrap(), Default::default()).unwrap();
     let new_version = newer.version().to_string();
-    h.engine().router.swap(std::sync::Arc::new(newer));
+    h.engine().router().swap(std::sync::Arc::new(newer));
     h.review("user:carol").await.approve(approve_req(&r1, "looks right")).await.unwrap();
 
     let views = h

@@ -254,7 +254,7 @@ async fn a_new_policy_version_supersedes_a_paused_rollout_rolls_it_back_and_deci
     assert_eq!(h.wait_for_state(&p.id, &["succeeded", "failed"]).await.change.unwrap().state, "succeeded");
 
     // The paused rollout was routed again as a new revision; the old one is rolled back.
-    let store = h.engine().store.clone();
+    let store = h.engine().store().clone();
     let rec_id = cairn_types::RecommendationId(r.id.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let old = loop {

@@ -226,7 +226,7 @@ impl cairn_workflow::Adapter for Recording {
 /// change succeeds; a failing one leads to the rollback.
 async fn verification_through_promql(h: &Harness, rec: &pb::Recommendation, prom: u16) {
     use cairn_types::{ChangeState, Principal, RecommendationId, VerificationCheck};
-    let stored = h.engine().store.get_recommendation(&RecommendationId(rec.id.clone()), None).unwrap().unwrap();
+    let stored = h.engine().store().get_recommendation(&RecommendationId(rec.id.clone()), None).unwrap().unwrap();
     let verifier = Arc::new(
         cairn_workflow::PromQlVerifier::new(
             &format!("http://127.0.0.1:{prom}"),
@@ -499,7 +499,7 @@ async fn prometheus_and_alertmanager_send_over_mutual_tls() {
     wait_ready(&client, &format!("http://127.0.0.1:{am}/-/ready"), "alertmanager", &mut [&mut am_p]).await;
     wait_ready(&client, &format!("http://127.0.0.1:{prom}/-/ready"), "prometheus", &mut [&mut prom_p]).await;
 
-    let m = &h.engine().metrics;
+    let m = &h.engine().metrics();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let samples = m.samples_accepted.with_label_values(&["remote_write"]).get();
@@ -517,7 +517,7 @@ async fn prometheus_and_alertmanager_send_over_mutual_tls() {
     }
     assert_eq!(prom_self(&client, prom, "prometheus_remote_storage_samples_failed_total").await, 0.0, "no remote_write failed");
     // The alert came from the certificate's service, with no token anywhere in either config.
-    let alerts = h.engine().store.list_alerts(100).unwrap();
+    let alerts = h.engine().store().list_alerts(100).unwrap();
     assert!(alerts.iter().any(|a| a.labels.0.get("alertname").map(String::as_str) == Some("EdgeProbe")), "{alerts:?}");
     drop((prom_p, am_p));
     h.stop().await;

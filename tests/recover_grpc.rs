@@ -103,7 +103,7 @@ async fn changes_claimed_in_one_batch_keep_their_leases_while_an_earlier_one_run
         always_open_window(cfg);
     })
     .await;
-    let store = h.engine().store.clone();
+    let store = h.engine().store().clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut checks = 0;
     loop {

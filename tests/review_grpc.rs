@@ -283,7 +283,7 @@ async fn the_window_check_reads_every_approved_change_not_only_the_first_thousan
     let mut h = Harness::start_with(|c| c.executor.poll_interval_ms = 3_600_000).await;
     h.fire_alert(DNS, "edge", "0.9", "fp-dns-bulk").await;
     let v = wait_for(&h, "dns_change", "edge").await;
-    let store = h.engine().store.clone();
+    let store = h.engine().store().clone();
     let id = cairn_types::RecommendationId(v.recommendation.unwrap().id);
     let record = store.get_recommendation(&id, None).unwrap().unwrap();
     assert_eq!(record.decision.tier, Some(3));

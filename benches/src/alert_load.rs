@@ -105,11 +105,11 @@ async fn run(args: Args) -> Result<()> {
     // which removes a batch only once it is stored.
     let engine = server.engine.clone();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while engine.store.pending_intake_len()? > 0 && Instant::now() < deadline {
+    while engine.store().pending_intake_len()? > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let analysed_secs = started.elapsed().as_secs_f64();
-    let analysed = acked - engine.store.pending_intake_len()?;
+    let analysed = acked - engine.store().pending_intake_len()?;
     println!(
         "acknowledged: {acked} alerts in {send_secs:.1} s = {:.0} alerts/s ({} requests refused with 503)",
         acked as f64 / send_secs,

@@ -102,7 +102,7 @@ async fn send_and_drain(h: &Harness, prefix: &str, first: usize, alerts: usize, 
         r??;
     }
     let deadline = Instant::now() + Duration::from_secs(1800);
-    while h.engine().store.pending_intake_len()? > 0 {
+    while h.engine().store().pending_intake_len()? > 0 {
         if Instant::now() > deadline {
             bail!("the analysis worker did not drain in 30 min");
         }
@@ -159,7 +159,7 @@ impl<'a> Target<'a> {
         if ids.is_empty() {
             bail!("{prefix}: no recommendations to show");
         }
-        let head = h.engine().store.audit_head()?;
+        let head = h.engine().store().audit_head()?;
         let watch = review.watch_recommendations(pb::WatchRequest { after_cursor: head }).await?.into_inner();
         Ok(Target {
             h,
@@ -206,7 +206,7 @@ impl<'a> Target<'a> {
             self.fresh += 1;
             let body = serde_json::json!({"version": "4", "receiver": "cairn", "status": "firing",
                 "alerts": [alert(&format!("{}-visible", self.prefix), self.fresh, self.fresh)]});
-            let before = self.h.engine().store.audit_head()?;
+            let before = self.h.engine().store().audit_head()?;
             let t = Instant::now();
             let (status, msg) = self.h.webhook(&body).await;
             if status != 200 {
@@ -252,7 +252,7 @@ async fn run(args: Args) -> Result<()> {
         sent += n;
         println!("fill: alerts {:>6}..{:<6} analysed at {rate:>5.0} alerts/s", sent - n, sent);
     }
-    let stored = full.engine().store.list_recommendations(&cairn_store::RecommendationFilter::default())?.len();
+    let stored = full.engine().store().list_recommendations(&cairn_store::RecommendationFilter::default())?.len();
     println!("filled in {:.0} s: {stored} recommendations stored", fill_started.elapsed().as_secs_f64());
 
     let mut targets = [Target::new(&empty, "svc", 100).await?, Target::new(&full, "svc", args.services).await?];

@@ -54,7 +54,7 @@ fn sample_body() -> Vec<u8> {
 }
 
 fn handshake_failures(h: &Harness, listener: &str, reason: &str) -> u64 {
-    h.engine().metrics.tls_handshake_failures.with_label_values(&[listener, reason]).get()
+    h.engine().metrics().tls_handshake_failures.with_label_values(&[listener, reason]).get()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +108,7 @@ async fn a_client_certificate_stands_for_its_service_and_others_are_refused_at_t
     }
     assert!(handshake_failures(&h, "grpc", "no_certificate") >= 1);
     // Nothing refused reached the pipeline: the only samples are the mapped sender's one.
-    assert_eq!(h.engine().metrics.samples_accepted.with_label_values(&["remote_write"]).get(), 1);
+    assert_eq!(h.engine().metrics().samples_accepted.with_label_values(&["remote_write"]).get(), 1);
     h.stop().await;
 }
 
@@ -144,7 +144,7 @@ async fn rotated_certificate_files_reach_new_connections_while_open_ones_carry_o
     let open = grpc_channel(grpc_addr(&h), &old_ca.pem(), Some(&client)).await.unwrap();
     let mut open = pb::review_service_client::ReviewServiceClient::with_interceptor(open, Bearer::of("user:alice"));
     open.list_recommendations(pb::ListRecommendationsRequest::default()).await.unwrap();
-    let expiry_before = h.engine().metrics.tls_certificate_expiry.get();
+    let expiry_before = h.engine().metrics().tls_certificate_expiry.get();
     assert!(expiry_before > now_ms() / 1000, "the serving certificate's expiry is exported");
 
     // Rotation: the new certificate replaces the old one under the same file names.
@@ -157,7 +157,7 @@ async fn rotated_certificate_files_reach_new_connections_while_open_ones_carry_o
         assert!(Instant::now() < deadline, "the rotated certificate was not picked up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(h.engine().metrics.tls_reloads.with_label_values(&["ok"]).get() >= 1);
+    assert!(h.engine().metrics().tls_reloads.with_label_values(&["ok"]).get() >= 1);
     let request = remote_write_request(&sample_body(), None);
     assert!(https(h.http, &new_ca.pem(), Some(&client), &request).await.unwrap().starts_with("HTTP/1.1 204"), "HTTP serves the new certificate too");
     assert!(https(h.http, &old_ca.pem(), Some(&client), &request).await.is_err(), "new connections no longer get the old certificate");
@@ -167,7 +167,7 @@ async fn rotated_certificate_files_reach_new_connections_while_open_ones_carry_o
     // A broken rotation (a key without its certificate) keeps the last good pair in use.
     std::fs::write(server_dir.join("server.crt"), "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.engine().metrics.tls_reloads.with_label_values(&["error"]).get() == 0 {
+    while h.engine().metrics().tls_reloads.with_label_values(&["error"]).get() == 0 {
         assert!(Instant::now() < deadline, "the broken files were not noticed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

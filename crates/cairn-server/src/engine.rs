@@ -81,26 +81,26 @@ const SWEEP_EVERY_MS: i64 = 60_000;
 /// Shared, stateless-or-internally-synchronised parts of the pipeline.
 #[derive(Debug)]
 pub struct Engine {
-    pub store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     /// Swapped atomically when a policy activation executes (see `policy.rs`).
-    pub router: Arc<crate::policy::ActiveRouter>,
-    pub executor: Executor,
+    pub(crate) router: Arc<crate::policy::ActiveRouter>,
+    pub(crate) executor: Executor,
     /// The executor's gate and journal in front of the policy adapter: policy activations run
     /// through it like any change.
     policy_executor: Executor,
     policy_adapter: Arc<crate::policy::PolicyAdapter>,
-    pub workflow: WorkflowConfig,
-    pub metrics: Metrics,
-    pub clock: Arc<dyn Clock>,
+    pub(crate) workflow: WorkflowConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Break-glass and guardrails (`governance.rs`).
-    pub governance: crate::governance::Governance,
+    pub(crate) governance: crate::governance::Governance,
     /// Whether every signal comes from an authenticated sender (`ingest.require_token`). When not,
     /// nothing is routed `auto` (`cairn_policy::unauthenticated_floor`).
-    pub signals_authenticated: bool,
+    pub(crate) signals_authenticated: bool,
     /// How fresh a sign-in must be for tier-3 approvals, break-glass and policy proposals.
-    pub step_up: crate::access::StepUp,
+    pub(crate) step_up: crate::access::StepUp,
     /// Whether an OpenID issuer is configured (decides whether static person tokens pass step-up).
-    pub oidc_configured: bool,
+    pub(crate) oidc_configured: bool,
     /// The audit head after the last write: live streams wait on it to re-read the outbox.
     audit_head: watch::Sender<u64>,
     /// Wakes the executor loop after an approval.
@@ -110,6 +110,26 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The store, for embedders and tests that read what the server wrote.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The active policy router (swapped when a policy activation runs).
+    pub fn router(&self) -> &crate::policy::ActiveRouter {
+        &self.router
+    }
+
+    /// The server's own metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The clock every stage reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         router: Arc<Router>,
