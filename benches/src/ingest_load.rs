@@ -200,13 +200,7 @@ async fn run(args: Args) -> Result<()> {
                 let (body, n) = &all[k];
                 loop {
                     let t = Instant::now();
-                    let r = client
-                        .post(&url)
-                        .header("Content-Encoding", "snappy")
-                        .header("Content-Type", "application/x-protobuf")
-                        .body(body.clone())
-                        .send()
-                        .await;
+                    let r = load::remote_write(&client, &url, body.clone()).send().await;
                     lat.push(t.elapsed());
                     match r.map(|r| r.status().as_u16()) {
                         Ok(204) => {

@@ -41,3 +41,8 @@ pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
     let text = resp.text().await.unwrap_or_default();
     text.lines().filter(|l| l.split(['{', ' ']).next() == Some(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
+
+/// A remote_write request of a snappy-compressed protobuf body, as Prometheus sends it.
+pub fn remote_write(client: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+    client.post(url).header("Content-Encoding", "snappy").header("Content-Type", "application/x-protobuf").body(body)
+}

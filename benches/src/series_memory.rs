@@ -84,13 +84,7 @@ async fn send(client: &reqwest::Client, url: &str, range: std::ops::Range<usize>
             while let Some(&start) = starts.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let bytes = body(start..(start + per).min(end), round);
                 loop {
-                    let r = client
-                        .post(&url)
-                        .header("Content-Encoding", "snappy")
-                        .header("Content-Type", "application/x-protobuf")
-                        .body(bytes.clone())
-                        .send()
-                        .await?;
+                    let r = load::remote_write(&client, &url, bytes.clone()).send().await?;
                     match r.status().as_u16() {
                         204 => break,
                         503 => tokio::time::sleep(Duration::from_millis(20)).await,
