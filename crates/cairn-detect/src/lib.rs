@@ -18,6 +18,7 @@
 
 pub mod multivariate;
 pub mod registry;
+pub mod state;
 mod table;
 pub mod univariate;
 
@@ -181,26 +182,32 @@ impl Shard {
             return None;
         }
         let warm = model.points() >= cfg.univariate.warmup_points;
+        let previous_ms = model.last_timestamp_ms();
         let point = model.update(&cfg.univariate, ts, value);
         if warm {
             self.stats.points_scored += 1;
         }
-        if !point.onset {
-            return None;
-        }
-        Some(Anomaly {
+        let anomaly = |expected, score, severity, confidence, kind: univariate::AnomalyKind| Anomaly {
             series: series.id,
             labels: series.to_labels(),
             timestamp_ms: ts,
             observed: value,
-            expected: point.expected,
-            score: point.score,
-            severity: point.severity,
-            confidence: point.confidence,
-            anomaly_kind: point.kind.as_str().into(),
+            expected,
+            score,
+            severity,
+            confidence,
+            anomaly_kind: kind.as_str().into(),
             detector: DETECTOR.into(),
             model_version: MODEL_VERSION.into(),
-        })
+        };
+        if point.onset {
+            return Some(anomaly(point.expected, point.score, point.severity, point.confidence, point.kind));
+        }
+        // Not a statistical matter: down from the start is down (see `state`).
+        if state::down_since_start(series, model, previous_ms, ts, value) {
+            return Some(anomaly(1.0, 1.0, cairn_types::Severity::High, 0.9, univariate::AnomalyKind::DownSinceStart));
+        }
+        None
     }
 }
 
@@ -260,6 +267,36 @@ mod tests {
         assert_eq!(a.len(), 1, "{a:?}");
         let at = (a[0].timestamp_ms - 1_000) / STEP_MS;
         assert!((CALM as i64..CALM as i64 + 3).contains(&at), "raised at point {at}");
+    }
+
+    #[test]
+    fn a_health_gauge_down_from_its_first_sample_is_one_anomaly_after_five_minutes() {
+        let with = |name: &str, extra: &[(&str, &str)], v: f64| -> Vec<MetricSample> {
+            let mut l = labels(name);
+            for &(k, val) in extra {
+                l.insert(k, val);
+            }
+            // Eight minutes at 15 s, every sample the same.
+            (0..32).map(|i| MetricSample { labels: l.clone(), timestamp_ms: 60_000 + i * STEP_MS, value: v }).collect()
+        };
+        let mut d = Detector::new(DetectorConfig::default());
+        // A replacement pod that never became ready, and a target that never came up.
+        let pod = with("kube_pod_status_ready", &[("condition", "true"), ("pod", "api-1")], 0.0);
+        let a = d.observe(&batch(&pod));
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].anomaly_kind.as_str(), a[0].timestamp_ms), ("down_since_start", 60_000 + 5 * 60_000));
+        assert_eq!((a[0].observed, a[0].expected), (0.0, 1.0));
+        assert_eq!(d.observe(&batch(&with("pg_up", &[], 0.0))).len(), 1);
+        // Up from the start, the "false" condition of a ready pod, and a gauge where 0 is fine: nothing.
+        let mut quiet = with("up", &[], 1.0);
+        quiet.extend(with("kube_pod_status_ready", &[("condition", "false"), ("pod", "api-2")], 0.0));
+        quiet.extend(with("queue_depth", &[], 0.0));
+        quiet.extend(with("node_network_up", &[("device", "eth1")], 0.0));
+        assert!(d.observe(&batch(&quiet)).is_empty());
+        // Down only after having been up is the statistical model's to judge, not this rule's.
+        let mut flapped = with("probe_success", &[], 0.0);
+        flapped[0].value = 1.0;
+        assert!(d.observe(&batch(&flapped)).iter().all(|a| a.anomaly_kind != "down_since_start"));
     }
 
     #[test]

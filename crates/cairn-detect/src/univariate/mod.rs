@@ -155,6 +155,9 @@ pub enum AnomalyKind {
     FlatLine,
     MissingData,
     SeasonalBreak,
+    /// A health gauge (`up`, a pod's readiness) that has read 0 since its first sample
+    /// ([`crate::state`]).
+    DownSinceStart,
 }
 
 impl AnomalyKind {
@@ -168,6 +171,7 @@ impl AnomalyKind {
             AnomalyKind::FlatLine => "flat_line",
             AnomalyKind::MissingData => "missing_data",
             AnomalyKind::SeasonalBreak => "seasonal_break",
+            AnomalyKind::DownSinceStart => "down_since_start",
         }
     }
 }

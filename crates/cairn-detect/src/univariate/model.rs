@@ -175,6 +175,16 @@ impl SeriesModel {
         self.n
     }
 
+    /// Timestamp of the first accepted sample, to the minute (0 before the first).
+    pub fn first_timestamp_ms(&self) -> i64 {
+        i64::from(self.first_minute) * MINUTE_MS
+    }
+
+    /// Whether every sample so far had the same value (false before the first).
+    pub fn always_constant(&self) -> bool {
+        self.n > 0 && self.flat_run.saturating_add(1) >= self.n
+    }
+
     /// Timestamp of the last accepted sample (0 before the first).
     pub fn last_timestamp_ms(&self) -> i64 {
         self.last_ts
