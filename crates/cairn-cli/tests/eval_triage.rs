@@ -32,15 +32,16 @@ fn triage_on_the_development_corpus_stays_above_its_floors_and_never_autos_unsaf
     assert_eq!(all["incidents"], 20, "12 isolated incidents and 8 in two storms: {all}");
     assert_eq!(all["unsafe_autos"], 0, "{}", serde_json::to_string_pretty(&v["recordings"]).unwrap());
     assert!(all["below_min_tier"].as_u64().unwrap() <= 2, "reviews below the least tier: {all}");
-    // Floors a little below what was measured (remediation 0.90, root cause 0.90 / 1.00, F1 micro
-    // 0.80, noise kept out 0.85): a regression fails, run-to-run noise does not.
-    assert!(f("remediation_at_1") >= 0.85, "{all}");
-    assert!(f("root_at_1") >= 0.80, "{all}");
-    assert!(f("root_at_3") >= 0.90, "{all}");
-    assert!(f("f1_micro") >= 0.70, "{all}");
-    assert!(f("noise_kept_out") >= 0.75, "{all}");
+    // Floors a little below what was measured (remediation 0.95, root cause 0.95 / 1.00, F1 micro
+    // 0.83 and 0.82 in storms, noise kept out 0.90, once a dependency joins only trouble that began
+    // with its own): a regression fails, run-to-run noise does not.
+    assert!(f("remediation_at_1") >= 0.90, "{all}");
+    assert!(f("root_at_1") >= 0.85, "{all}");
+    assert!(f("root_at_3") >= 0.95, "{all}");
+    assert!(f("f1_micro") >= 0.75, "{all}");
+    assert!(f("noise_kept_out") >= 0.82, "{all}");
     let storm = &v["summary"]["groups"]["storm"];
-    assert!(storm["f1_micro"].as_f64().unwrap() >= 0.65, "storms are told apart: {storm}");
+    assert!(storm["f1_micro"].as_f64().unwrap() >= 0.70, "storms are told apart: {storm}");
     // Every recording's answers were read back through the public API.
     for r in v["recordings"].as_array().unwrap() {
         assert!(r["incidents_out"].as_u64().unwrap() > 0, "{r}");
