@@ -14,7 +14,9 @@
 //!
 //! A link to another entity holds only when that entity is in trouble (two signals or an alert), and
 //! a dependency (a service the linked one calls, a node its pods run on) joins only trouble that
-//! began at most `link_window_ms` before its own: a cause precedes its effects.
+//! began at most `link_window_ms` before its own: a cause precedes its effects. Between a node and
+//! its pods, trouble explains trouble of the same resource only (CPU, memory, disk, network), or of
+//! none in particular (down, not ready, errors, latency).
 //!
 //! The strongest link wins, then the nearest in time; a signal never merges two incidents. An alert
 //! is one member across its life (same fingerprint: firing, then resolved); an anomalous series is
@@ -102,6 +104,9 @@ struct Span {
     /// When the current run of trouble began: the first time after the last gap longer than
     /// [`rank::STALE_LEAD_MS`], so that a stale blip long before is not taken for the onset.
     onset_ms: i64,
+    /// The resources its members are about ([`resources_of`]), with [`ANY_RESOURCE`] when one of
+    /// them goes with anything.
+    resources: u8,
     /// Until when a state its members report may still hold: a firing alert, or a level shift,
     /// drift or silence (not a spike), for `persist_ms` after it. Same-entity joins see it.
     holds_until_ms: i64,
@@ -109,7 +114,7 @@ struct Span {
 
 impl Span {
     fn new(t: i64) -> Span {
-        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, onset_ms: t, holds_until_ms: t }
+        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, onset_ms: t, resources: 0, holds_until_ms: t }
     }
 
     fn extend(&mut self, t: i64, holds_until: i64) {
@@ -127,6 +132,7 @@ impl Span {
     fn absorb(&mut self, o: &Span) {
         self.count += o.count;
         self.alerts += o.alerts;
+        self.resources |= o.resources;
         // The later run's onset, unless the two runs touch.
         let (early, late) = if self.onset_ms <= o.onset_ms { (*self, *o) } else { (*o, *self) };
         self.onset_ms = if late.first_ms.min(late.onset_ms) > early.last_ms + rank::STALE_LEAD_MS { late.onset_ms } else { early.onset_ms };
@@ -150,6 +156,55 @@ impl Span {
     fn held_distance(&self, t: i64) -> i64 {
         if t < self.first_ms { self.first_ms - t } else { (t - self.holds_until_ms).max(0) }
     }
+}
+
+const CPU: u8 = 1;
+const MEMORY: u8 = 2;
+const DISK: u8 = 4;
+const NETWORK: u8 = 8;
+/// In a span's resources: some member is about no resource in particular.
+const ANY_RESOURCE: u8 = 0x80;
+
+/// The resources a signal is about, by its name (an alert's, a metric's): CPU, memory, disk or the
+/// network. 0 for availability (down, not ready) and symptoms (errors, latency), which go with
+/// anything. Between a node and the pods on it, trouble explains trouble of the same resource only:
+/// a node's filling disk does not explain a pod's growing memory.
+fn resources_of(name: &str) -> u8 {
+    let n = name.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| n.contains(w));
+    let mut r = 0;
+    if has(&["cpu", "throttl", "load1", "load5", "load15", "pidpressure"]) {
+        r |= CPU;
+    }
+    if has(&["memory", "oom", "_rss", "resident", "working_set", "heap"]) {
+        r |= MEMORY;
+    }
+    if has(&["filesystem", "disk", "inode", "volume"]) {
+        r |= DISK;
+    }
+    if has(&["network", "receive_bytes", "transmit", "packet", "networkunavailable"]) {
+        r |= NETWORK;
+    }
+    r
+}
+
+/// [`resources_of`] a member: its name, and the `condition` (`DiskPressure`) or `resource`
+/// (`memory`) label that kube-state-metrics series carry.
+fn member_resources(m: &IncidentMember) -> u8 {
+    let labels = m.labels();
+    let label = |k: &str| labels.get(k).map_or(0, resources_of);
+    resources_of(rank::member_name(m)) | label("condition") | label("resource")
+}
+
+/// Whether a signal about `resources` can be explained by, or explain, trouble whose members are
+/// about `span` ([`Span::resources`]).
+fn same_resource(span: u8, resources: u8) -> bool {
+    resources == 0 || span & ANY_RESOURCE != 0 || span & resources != 0
+}
+
+/// Whether two spans' trouble can be one problem by their resources.
+fn spans_share(a: &Span, b: &Span) -> bool {
+    (a.resources | b.resources) & ANY_RESOURCE != 0 || a.resources & b.resources != 0
 }
 
 /// Until when what a member reports may still hold (see [`Span::holds_until_ms`]).
@@ -284,7 +339,7 @@ impl Correlator {
 
     /// The best incident for a signal about `r` at event time `t`, and how it is linked: the
     /// strongest link within its window, then the nearest in time.
-    fn best_incident(&self, r: &Resolved, t: i64) -> Option<(IncidentId, Link)> {
+    fn best_incident(&self, r: &Resolved, t: i64, resources: u8) -> Option<(IncidentId, Link)> {
         let mut cands: Vec<(IncidentId, Link)> = Vec::new();
         let mut push = |ids: Option<&Vec<IncidentId>>, link: Link| {
             for id in ids.into_iter().flatten() {
@@ -336,6 +391,9 @@ impl Correlator {
             if dependency && span.onset_ms < t - self.cfg.link_window_ms {
                 continue;
             }
+            if matches!(link, Link::Hosts | Link::Placement(_)) && !same_resource(span.resources, resources) {
+                continue;
+            }
             let (d, window) =
                 if link == Link::Same { (span.held_distance(t), self.cfg.window_ms) } else { (span.distance(t), self.cfg.link_window_ms) };
             if d > window {
@@ -358,7 +416,7 @@ impl Correlator {
         if let Some(id) = self.member_of.get(&identity).cloned() {
             return self.update(&id, &identity, member, now_ms);
         }
-        let (id, reason) = match self.best_incident(&r, t) {
+        let (id, reason) = match self.best_incident(&r, t, member_resources(&member)) {
             Some((id, link)) => {
                 let window = if link == Link::Same { self.cfg.window_ms } else { self.cfg.link_window_ms };
                 let reason = format!("{what} joined: {} within {} in event time", link.words(&r.entity), window_words(window));
@@ -415,9 +473,14 @@ impl Correlator {
         open.nodes.push(r.node.clone());
         open.incident.grouping_reasons.push(reason);
         let is_alert = matches!(open.incident.members.last(), Some(IncidentMember::Alert { .. }));
+        let resources = match open.incident.members.last().map(member_resources) {
+            Some(0) | None => ANY_RESOURCE,
+            Some(r) => r,
+        };
         let span = open.entities.entry(r.entity.clone()).or_insert_with(|| Span::new(t));
         span.count += 1;
         span.alerts += u32::from(is_alert);
+        span.resources |= resources;
         span.extend(t, holds);
         if span.count == 1 {
             self.by_entity.entry(r.entity.clone()).or_default().push(id.clone());
@@ -428,6 +491,7 @@ impl Correlator {
         if let Some(n) = &r.node {
             let span = open.via.entry(n.clone()).or_insert_with(|| Span::new(t));
             span.count += 1;
+            span.resources |= resources;
             span.extend(t, t);
             if span.count == 1 {
                 self.by_via.entry(n.clone()).or_default().push(id.clone());
@@ -453,8 +517,11 @@ impl Correlator {
         }
         if r.entity.starts_with("node:") && established(target, &r.entity) {
             for id in self.by_via.get(&r.entity).into_iter().flatten() {
-                let onset = target.entities.get(&r.entity).map(|s| s.first_ms).unwrap_or(t);
-                let near = |o: &Open| o.via.get(&r.entity).is_some_and(|s| (s.first_ms - onset).abs() <= self.cfg.link_window_ms);
+                let node = target.entities.get(&r.entity);
+                let onset = node.map(|s| s.first_ms).unwrap_or(t);
+                let near = |o: &Open| {
+                    o.via.get(&r.entity).is_some_and(|s| (s.first_ms - onset).abs() <= self.cfg.link_window_ms && node.is_none_or(|n| spans_share(n, s)))
+                };
                 if id != into && self.open.get(id).is_some_and(near) {
                     others.push((id.clone(), format!("its pods run on {}", r.entity)));
                 }
@@ -462,9 +529,13 @@ impl Correlator {
         }
         if let Some(node) = &r.node {
             for id in self.by_entity.get(node).into_iter().flatten() {
-                let pod_onset = target.via.get(node).map(|s| s.first_ms).unwrap_or(t);
+                let pods = target.via.get(node);
+                let pod_onset = pods.map(|s| s.first_ms).unwrap_or(t);
                 let near = |o: &Open| {
-                    established(o, node) && o.entities.get(node).is_some_and(|s| (s.first_ms - pod_onset).abs() <= self.cfg.link_window_ms)
+                    established(o, node)
+                        && o.entities.get(node).is_some_and(|s| {
+                            (s.first_ms - pod_onset).abs() <= self.cfg.link_window_ms && pods.is_none_or(|p| spans_share(p, s))
+                        })
                 };
                 if id != into && self.open.get(id).is_some_and(near) {
                     others.push((id.clone(), format!("{node} hosts the pod of {}", r.entity)));
@@ -821,6 +892,32 @@ mod tests {
         down.labels.insert("pod", "db-0");
         let db = c.observe_alert(&at(down, 30 * MIN - 20_000), 2).unwrap();
         assert_eq!(db.id, blip.id, "{:?}", db.grouping_reasons);
+    }
+
+    #[test]
+    fn a_node_and_its_pods_are_one_problem_only_when_their_trouble_is_about_the_same_resource() {
+        let mut c = cluster();
+        // shop's pod on n3 leaks memory; two minutes later n3's disk starts filling.
+        let pod = |name: &str, t: i64| series(&[("__name__", name), ("pod", "shop-9d8e-b2"), ("service", "shop")], t, 0.9);
+        let leak = c.observe_anomaly(&pod("container_memory_working_set_bytes", 0), 0).unwrap();
+        c.observe_anomaly(&pod("process_resident_memory_bytes", 10_000), 1);
+        let mut disk = alert("NodeFilesystemSpaceFillingUp", "node-exporter", "d1", AlertStatus::Firing);
+        disk.labels.insert("node", "n3");
+        disk.labels.0.remove("service");
+        let disk = c.observe_alert(&at(disk, 120_000), 2).unwrap();
+        assert_ne!(disk.id, leak.id, "a filling disk does not explain a growing memory: {:?}", disk.grouping_reasons);
+        // The node's pressure condition names its resource in a label: still the disk, still apart,
+        // though the node now has three signals (enough to merge its pods' incidents when they match).
+        c.observe_anomaly(&series(&[("__name__", "kube_node_status_condition"), ("node", "n3"), ("condition", "DiskPressure")], 130_000, 0.9), 3);
+        let last = c.observe_anomaly(&series(&[("__name__", "node_filesystem_avail_bytes"), ("node", "n3")], 140_000, 0.9), 4).unwrap();
+        assert_eq!(last.id, disk.id);
+        assert!(c.get(&leak.id).is_some_and(|i| i.members.len() == 2), "the leak stays its own incident");
+        // A node that goes down explains anything on it: its pod's errors join.
+        let mut c = cluster();
+        let down = c.observe_anomaly(&series(&[("__name__", "kube_node_status_condition"), ("node", "n3"), ("condition", "Ready")], 0, 0.9), 0).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "node_memory_MemAvailable_bytes"), ("node", "n3")], 5_000, 0.9), 1);
+        let errors = c.observe_anomaly(&pod("http_request_errors", 10_000), 2).unwrap();
+        assert_eq!(errors.id, down.id, "{:?}", errors.grouping_reasons);
     }
 
     #[test]
