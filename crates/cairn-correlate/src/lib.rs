@@ -416,7 +416,8 @@ impl Correlator {
         if let Some(id) = self.member_of.get(&identity).cloned() {
             return self.update(&id, &identity, member, now_ms);
         }
-        let (id, reason) = match self.best_incident(&r, t, member_resources(&member)) {
+        let resources = member_resources(&member);
+        let (id, reason) = match self.best_incident(&r, t, resources) {
             Some((id, link)) => {
                 let window = if link == Link::Same { self.cfg.window_ms } else { self.cfg.link_window_ms };
                 let reason = format!("{what} joined: {} within {} in event time", link.words(&r.entity), window_words(window));
@@ -456,13 +457,13 @@ impl Correlator {
             }
             return None;
         }
-        self.insert(&id, identity, member, &r, reason);
+        self.insert(&id, identity, member, &r, resources, reason);
         self.merge_linked(&id, &r, t, now_ms);
         self.changed(&id, now_ms)
     }
 
-    /// Puts one member into an open incident and indexes it.
-    fn insert(&mut self, id: &IncidentId, identity: String, member: IncidentMember, r: &Resolved, reason: String) {
+    /// Puts one member into an open incident and indexes it; `resources` is its [`member_resources`].
+    fn insert(&mut self, id: &IncidentId, identity: String, member: IncidentMember, r: &Resolved, resources: u8, reason: String) {
         let t = member.event_ms();
         let holds = holds_until(&member, self.cfg.persist_ms);
         let Some(open) = self.open.get_mut(id) else { return };
@@ -473,10 +474,7 @@ impl Correlator {
         open.nodes.push(r.node.clone());
         open.incident.grouping_reasons.push(reason);
         let is_alert = matches!(open.incident.members.last(), Some(IncidentMember::Alert { .. }));
-        let resources = match open.incident.members.last().map(member_resources) {
-            Some(0) | None => ANY_RESOURCE,
-            Some(r) => r,
-        };
+        let resources = if resources == 0 { ANY_RESOURCE } else { resources };
         let span = open.entities.entry(r.entity.clone()).or_insert_with(|| Span::new(t));
         span.count += 1;
         span.alerts += u32::from(is_alert);
