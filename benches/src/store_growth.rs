@@ -12,7 +12,7 @@
 mod load;
 
 use anyhow::{Result, bail};
-use cairn_e2e::Harness;
+use cairn_testkit::Harness;
 use cairn_proto::v1 as pb;
 use clap::Parser;
 use std::time::{Duration, Instant};
@@ -84,7 +84,7 @@ async fn send_and_drain(h: &Harness, prefix: &str, first: usize, alerts: usize, 
                 loop {
                     let resp = client
                         .post(&url)
-                        .bearer_auth(cairn_e2e::token_of(cairn_e2e::SENDER))
+                        .bearer_auth(cairn_testkit::token_of(cairn_testkit::SENDER))
                         .header("Content-Type", "application/json")
                         .body(body.clone())
                         .send()
@@ -136,8 +136,8 @@ struct Target<'a> {
     h: &'a Harness,
     prefix: &'static str,
     services: usize,
-    review: cairn_e2e::Review,
-    audit: cairn_e2e::Audit,
+    review: cairn_testkit::Review,
+    audit: cairn_testkit::Audit,
     ids: Vec<String>,
     watch: tonic::Streaming<pb::WatchEvent>,
     fresh: usize,

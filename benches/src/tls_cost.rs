@@ -1,6 +1,6 @@
 //! What TLS costs on the remote_write path: two in-process Cairn servers side by side, one in
 //! plaintext (the sender holds a bearer token) and one with mutual TLS (the sender holds a client
-//! certificate mapped to a service, made by the test PKI in `cairn-e2e`), sent the same snappy bodies in
+//! certificate mapped to a service, made by the test PKI in `cairn-testkit`), sent the same snappy bodies in
 //! alternating rounds so that the shared machine's noise falls on both.
 //!
 //! Prints, per transport: a new connection's handshake plus first request (p50, p99), and
@@ -11,7 +11,7 @@
 mod load;
 
 use anyhow::{Result, bail};
-use cairn_e2e::pki::Ca;
+use cairn_testkit::pki::Ca;
 use cairn_ingest::prompb::{Label, Sample, TimeSeries, WriteRequest};
 use clap::Parser;
 use prost::Message;

@@ -1,14 +1,14 @@
 //! People signed in at a real OpenID Provider (panva's certified `oidc-provider`, on Node, from
-//! `tests/oidc`): the authorization-code flow with PKCE as a browser runs it, the ID token as
+//! `crates/cairn-testkit/oidc`): the authorization-code flow with PKCE as a browser runs it, the ID token as
 //! the bearer, groups mapped to approvers, and every way a token should be refused: expired,
 //! another audience, a foreign issuer, unsigned, tampered, signed with a key the provider has
 //! rotated out. Tier-3 approvals want a recent sign-in. The provider is killed when each test
 //! ends, also on failure.
 
 use super::channel;
-use cairn_e2e::oidc_provider::{CLIENT_ID, Provider, provider_present};
-use cairn_e2e::programs::free_port;
-use cairn_e2e::*;
+use cairn_testkit::oidc_provider::{CLIENT_ID, Provider, provider_present};
+use cairn_testkit::programs::free_port;
+use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use cairn_server::config::ServerConfig;
 use tonic::transport::Channel;

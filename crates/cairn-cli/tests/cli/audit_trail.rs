@@ -7,11 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, cairn, post_json, text};
+use crate::common::{Server, cairn, post_json, text};
 use std::path::Path;
 use std::process::Output;
 

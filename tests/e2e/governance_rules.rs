@@ -20,7 +20,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn governance_rules_pass_promtool_unit_tests() {
-    if !cairn_e2e::programs::programs_present(&["promtool"], "governance rules test") {
+    if !cairn_testkit::programs::programs_present(&["promtool"], "governance rules test") {
         return;
     }
     let (ok, out) = promtool(&["check", "rules", "rules/cairn-governance.rules.yml"]);

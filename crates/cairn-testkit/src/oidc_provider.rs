@@ -1,5 +1,5 @@
 //! A real OpenID Provider for the tests: panva's certified `oidc-provider` on the machine's
-//! Node.js (`tests/oidc`, installed by `.ci/run` with `npm ci`), started on loopback and killed
+//! Node.js (`crates/cairn-testkit/oidc`, installed by `.ci/run` with `npm ci`), started on loopback and killed
 //! when the test ends, and just enough of a browser to sign a person in at it.
 
 use crate::now_ms;
@@ -24,7 +24,7 @@ pub fn provider_present(test: &str) -> bool {
     if node && modules {
         return true;
     }
-    let msg = "the OpenID Provider needs node and its packages: apt-get install nodejs npm; (cd tests/oidc && npm ci)";
+    let msg = "the OpenID Provider needs node and its packages: apt-get install nodejs npm; (cd crates/cairn-testkit/oidc && npm ci)";
     assert!(std::env::var_os("CI").is_none(), "{msg}");
     eprintln!("SKIPPED {test}: {msg}");
     false

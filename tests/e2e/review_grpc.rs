@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cairn_e2e::*;
+use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use std::time::Duration;
 use tokio_stream::StreamExt;

@@ -9,11 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-/// Only people govern (invariant 11): in this binary to keep the number of linked test binaries down.
-mod access;
-
-use cairn_e2e::programs::*;
-use cairn_e2e::*;
+use cairn_testkit::programs::*;
+use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use std::path::Path;
 use std::sync::Arc;

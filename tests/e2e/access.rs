@@ -5,7 +5,7 @@
 mod oidc;
 mod tls;
 
-use cairn_e2e::*;
+use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use cairn_server::access::{PrincipalKind, Scope};
 use cairn_server::config::{ServerConfig, TokenEntry};

@@ -12,8 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cairn_e2e::programs::*;
-use cairn_e2e::*;
+use cairn_testkit::programs::*;
+use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use std::process::Command;
 use std::sync::Arc;
@@ -411,7 +411,7 @@ async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
 /// blocks, against Cairn with `[tls]` and `[[auth.certificates]]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_and_alertmanager_send_over_mutual_tls() {
-    use cairn_e2e::pki::Ca;
+    use cairn_testkit::pki::Ca;
     if !programs_present(&["prometheus", "prometheus-alertmanager"], "real_prometheus mutual TLS test") {
         return;
     }

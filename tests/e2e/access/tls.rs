@@ -2,8 +2,8 @@
 //! service it is mapped to, a client without one (or with one from another CA) is refused at the
 //! handshake, and rotated files reach new connections while open ones carry on.
 
-use cairn_e2e::pki::{Ca, Leaf, grpc_channel, https};
-use cairn_e2e::*;
+use cairn_testkit::pki::{Ca, Leaf, grpc_channel, https};
+use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use cairn_server::access::Scope;
 use cairn_server::config::{CertificateEntry, ServerConfig};

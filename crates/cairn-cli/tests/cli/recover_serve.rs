@@ -9,9 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
-use common::{cairn, free_port, ok, post_json};
+use crate::common::{cairn, free_port, ok, post_json};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,5 +175,5 @@ fn a_change_whose_server_was_killed_mid_adapter_call_fails_for_a_person_and_is_n
     assert!(metrics(second.http).contains("cairn_changes_interrupted_total{resolution=\"outcome_unknown\"} 1"));
 
     let verify = cairn(&[&["audit", "verify"], &base2[..]].concat());
-    assert!(verify.status.success() && String::from_utf8_lossy(&verify.stdout).contains("audit chain OK"), "{}", common::text(&verify));
+    assert!(verify.status.success() && String::from_utf8_lossy(&verify.stdout).contains("audit chain OK"), "{}", crate::common::text(&verify));
 }

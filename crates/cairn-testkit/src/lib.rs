@@ -1,15 +1,25 @@
-//! A test harness: a real Cairn server on free loopback ports with a temporary store and a few
-//! known people, plus clients that speak the real protocols (remote_write over HTTP, the
-//! Alertmanager webhook, gRPC with bearer tokens).
+//! What Cairn's tests share, in one place: a real Cairn server on free loopback ports with a
+//! temporary store and a few known people ([`Harness`]), clients that speak the real protocols
+//! (remote_write over HTTP, the Alertmanager webhook, gRPC with bearer tokens), the test PKI
+//! ([`pki`]: certificates made by the test), the real programs the tests start and always end
+//! ([`programs`]: Prometheus, Alertmanager, node-exporter; [`oidc_provider`]: an OpenID Provider on
+//! Node.js), and the domain fixtures ([`fixtures`], from `cairn-types`).
 //!
 //! The server runs inside the test's tokio runtime, so it ends with the test even when the test
-//! fails.
+//! fails. This crate is for tests and benches only: nothing in Cairn's own binaries depends on it,
+//! and it never stands in for a real peer where the real one can run here.
+//!
+//! The fixtures are defined in `cairn-types` (feature `fixtures`), not here, because the unit tests
+//! of the crates below the server use them too, and those crates cannot depend on a kit that links
+//! the server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
 
 pub mod oidc_provider;
 pub mod pki;
 pub mod programs;
+
+pub use cairn_types::fixtures;
 
 use cairn_proto::v1 as pb;
 use cairn_server::config::{ServerConfig, TokenEntry};

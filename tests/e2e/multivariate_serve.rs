@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cairn_detect::multivariate::synthetic::{host_rows, Break, HOST_FEATURES};
-use cairn_e2e::*;
+use cairn_testkit::*;
 
 fn host_body(instance: &str, rows: &[[f64; 8]], start_ms: i64) -> Vec<u8> {
     let series: Vec<SeriesSpec> = (0..8)

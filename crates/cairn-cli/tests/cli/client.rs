@@ -4,11 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, cairn, post_json, text};
+use crate::common::{Server, cairn, post_json, text};
 
 #[test]
 fn review_and_audit_commands_work_against_a_running_server() {
@@ -79,7 +78,7 @@ fn review_and_audit_commands_work_against_a_running_server() {
 /// A CA and the PEM files it signs (the harness's `pki`): the server's certificate (localhost,
 /// 127.0.0.1), a client CA and a client certificate.
 fn tls_files(dir: &std::path::Path) {
-    let (server_ca, client_ca) = (cairn_e2e::pki::Ca::new("cairn-ca"), cairn_e2e::pki::Ca::new("cairn-clients"));
+    let (server_ca, client_ca) = (cairn_testkit::pki::Ca::new("cairn-ca"), cairn_testkit::pki::Ca::new("cairn-clients"));
     server_ca.server(dir, "server");
     let laptop = client_ca.client("carol-laptop", dir);
     std::fs::rename(&laptop.cert, dir.join("client.crt")).unwrap();
@@ -118,13 +117,13 @@ fn the_cli_reaches_a_tls_server_with_its_ca_and_a_client_certificate() {
     assert!(!out.status.success() && text(&out).contains("not https://"), "{}", text(&out));
 }
 
-/// `cairn login` against a real OpenID Provider (panva's `oidc-provider`, see `tests/oidc`): the
+/// `cairn login` against a real OpenID Provider (panva's `oidc-provider`, see `crates/cairn-testkit/oidc`): the
 /// CLI prints the sign-in address, the "browser" signs alice in and is sent back to the CLI's
 /// loopback listener, the token lands in a 0600 cache, and `cairn review list` without `--token`
 /// uses it, refreshing it through the provider when it is about to expire.
 #[test]
 fn cairn_login_signs_in_at_the_provider_caches_the_token_and_refreshes_it() {
-    use cairn_e2e::oidc_provider::{Browser, CLIENT_ID, Provider, provider_present};
+    use cairn_testkit::oidc_provider::{Browser, CLIENT_ID, Provider, provider_present};
     use std::io::BufRead;
     if !provider_present("cairn login") {
         return;
@@ -132,7 +131,7 @@ fn cairn_login_signs_in_at_the_provider_caches_the_token_and_refreshes_it() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // ID tokens live 20 s: inside the CLI's 30 s margin, so every use refreshes first.
-    let op = rt.block_on(Provider::start_with_ttl(common::free_port(), "k1", dir.path(), 20));
+    let op = rt.block_on(Provider::start_with_ttl(crate::common::free_port(), "k1", dir.path(), 20));
     let config = format!(
         "[[auth.oidc]]\nname = \"corp\"\nissuer = \"{}\"\naudiences = [\"{CLIENT_ID}\"]\nclient_id = \"{CLIENT_ID}\"\n\
          [[auth.oidc.groups]]\nclaim = \"sre-leads\"\ngroups = [\"sre\"]\nscopes = [\"read\", \"review\"]\n",

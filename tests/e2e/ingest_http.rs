@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cairn_e2e::*;
+use cairn_testkit::*;
 
 fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -178,7 +178,7 @@ async fn grpc_push_keeps_valid_items_and_explains_rejected_ones() {
     use cairn_proto::v1 as pb;
     let mut h = Harness::start().await;
     let channel = tonic::transport::Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();
-    let mut ingest = pb::ingest_service_client::IngestServiceClient::with_interceptor(channel, cairn_e2e::Bearer::of(cairn_e2e::SENDER));
+    let mut ingest = pb::ingest_service_client::IngestServiceClient::with_interceptor(channel, cairn_testkit::Bearer::of(cairn_testkit::SENDER));
     let label = |n: &str, v: &str| pb::Label { name: n.into(), value: v.into() };
     let batch = pb::PushRequest {
         samples: vec![
@@ -229,7 +229,7 @@ mod connections {
     //! the per-listener cap is enforced.
 
     use super::metric_value;
-    use cairn_e2e::*;
+    use cairn_testkit::*;
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
     use std::time::{Duration, Instant};
@@ -342,7 +342,7 @@ mod push {
     //! `Push` retries: idempotency keys keep a resent message from being taken twice, and a stream
     //! cannot stay open forever.
 
-    use cairn_e2e::*;
+    use cairn_testkit::*;
     use cairn_proto::v1 as pb;
     use std::time::Duration;
 

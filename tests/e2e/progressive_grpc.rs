@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cairn_e2e::*;
+use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -19,7 +19,7 @@ fn approve_req(r: &pb::Recommendation, revision: u32, reason: &str) -> pb::Appro
 async fn a_staged_change_pauses_before_each_stage_until_a_person_approves_it() {
     let dir = tempfile::tempdir().unwrap();
     let catalogue = dir.path().join("playbooks.toml");
-    let text = include_str!("../crates/cairn-recommend/playbooks/default.toml")
+    let text = include_str!("../../crates/cairn-recommend/playbooks/default.toml")
         .replacen("name = \"rollback-deploy\"\n", "name = \"rollback-deploy\"\nstages = [\"canary\", \"25%\", \"100%\"]\n", 1);
     std::fs::write(&catalogue, text).unwrap();
     let mut h = Harness::start_with(|cfg| cfg.playbooks = Some(catalogue.clone())).await;
@@ -116,7 +116,7 @@ async fn staged_server(
 ) -> Harness {
     Harness::start_on(clock, |cfg, dir| {
         let catalogue = dir.join("playbooks.toml");
-        let text = include_str!("../crates/cairn-recommend/playbooks/default.toml")
+        let text = include_str!("../../crates/cairn-recommend/playbooks/default.toml")
             .replacen("name = \"rollback-deploy\"\n", "name = \"rollback-deploy\"\nstages = [\"canary\", \"25%\", \"100%\"]\n", 1);
         std::fs::write(&catalogue, text).unwrap();
         cfg.playbooks = Some(catalogue);

@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
-use common::{Server, cairn, ok};
+use crate::common::{Server, cairn, ok};
 
 #[test]
 fn breakglass_and_freeze_commands_work_against_a_running_server() {
