@@ -144,6 +144,13 @@ pub trait SignalStore {
     /// at least one: an incident merged into another is empty), most recently changed first, at
     /// most `limit`.
     fn list_incidents(&self, updated_since_ms: i64, min_members: usize, limit: usize) -> Result<Vec<Incident>>;
+    /// The incidents written after change cursor `after`, oldest change first, at most `limit`,
+    /// each with the cursor of its latest write and its latest state: an incident written several
+    /// times since `after` comes once. Those with fewer than `min_members` members are left out,
+    /// except an emptied one (merged into another), so that a follower can drop it. Every write of
+    /// an incident takes the next cursor, so a follower that resumes from the last cursor it saw
+    /// misses no change.
+    fn incidents_changed_after(&self, after: u64, min_members: usize, limit: usize) -> Result<Vec<(u64, Incident)>>;
 }
 
 /// Recommendation revisions, their decisions and change requests, and executions: what routing,

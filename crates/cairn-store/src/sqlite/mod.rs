@@ -171,6 +171,16 @@ const MIGRATIONS: &[&str] = &[
         WHERE r.action = 'policy_activation' AND c.state = 'succeeded'
         ORDER BY json_extract(c.body, '$.updated_ms') DESC, c.id DESC LIMIT 1;
     "#,
+    // 9: every write of an incident takes the next change cursor, so `WatchIncidents` follows
+    // incidents from a cursor, by index, instead of by time (which clocks and event time can
+    // reorder). Existing incidents are numbered in the order they were last changed.
+    r#"
+    ALTER TABLE incidents ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE incidents SET change_seq = (
+        SELECT COUNT(*) FROM incidents i2
+         WHERE i2.updated_ms < incidents.updated_ms OR (i2.updated_ms = incidents.updated_ms AND i2.id <= incidents.id));
+    CREATE INDEX IF NOT EXISTS incidents_by_change ON incidents (change_seq);
+    "#,
 ];
 
 /// Read connections kept beside the writer of a file store. Each holds its own page cache (SQLite's
@@ -619,8 +629,10 @@ impl crate::SignalStore for SqliteStore {
     fn upsert_incident(&self, incident: &Incident) -> Result<()> {
         self.with_tx(|tx| {
             tx.execute(
-                "INSERT INTO incidents (id, version, updated_ms, body) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_ms = excluded.updated_ms, body = excluded.body",
+                "INSERT INTO incidents (id, version, updated_ms, body, change_seq)
+                 VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents))
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_ms = excluded.updated_ms,
+                     body = excluded.body, change_seq = excluded.change_seq",
                 params![incident.id.0, incident.version, incident.updated_ms, to_json(incident)?],
             )?;
             Ok(())
@@ -643,6 +655,24 @@ impl crate::SignalStore for SqliteStore {
             )?;
             let rows = st.query_map(params![updated_since_ms, min_members as i64, limit as i64], |r| r.get::<_, String>(0))?;
             rows.map(|b| from_json("incident", &b?)).collect()
+        })
+    }
+
+    fn incidents_changed_after(&self, after: u64, min_members: usize, limit: usize) -> Result<Vec<(u64, Incident)>> {
+        self.with_conn(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT change_seq, body FROM incidents WHERE change_seq > ?1
+                   AND (json_array_length(body, '$.members') >= ?2 OR json_array_length(body, '$.members') = 0)
+                 ORDER BY change_seq LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![after as i64, min_members as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            rows.map(|row| {
+                let (seq, body) = row?;
+                Ok((seq as u64, from_json("incident", &body)?))
+            })
+            .collect()
         })
     }
 }

@@ -527,11 +527,10 @@ fn a_running_stage_is_left_alone_and_stopped_when_its_result_lands_under_a_newer
 
 mod lease;
 
-#[test]
-fn incidents_list_newest_first_filtered_by_time_and_size() {
-    let store = SqliteStore::open_in_memory().unwrap();
-    let member = |fp: &str| cairn_types::IncidentMember::Alert {
-        fingerprint: fp.into(),
+/// An incident `id` last changed at `updated_ms` with `members` alert members.
+fn incident(id: &str, updated_ms: i64, members: usize) -> cairn_types::Incident {
+    let member = |fp: String| cairn_types::IncidentMember::Alert {
+        fingerprint: fp,
         alertname: "X".into(),
         status: cairn_types::AlertStatus::Firing,
         labels: Default::default(),
@@ -540,11 +539,11 @@ fn incidents_list_newest_first_filtered_by_time_and_size() {
         starts_at_ms: 0,
         summary: String::new(),
     };
-    let incident = |id: &str, updated_ms: i64, members: usize| cairn_types::Incident {
+    cairn_types::Incident {
         id: cairn_types::IncidentId(id.into()),
         opened_ms: 0,
         updated_ms,
-        members: (0..members).map(|i| member(&format!("{id}-{i}"))).collect(),
+        members: (0..members).map(|i| member(format!("{id}-{i}"))).collect(),
         affected_services: vec![],
         common_labels: Default::default(),
         grouping_reasons: vec![],
@@ -552,7 +551,12 @@ fn incidents_list_newest_first_filtered_by_time_and_size() {
         severity: cairn_types::Severity::High,
         version: 1,
         member_entities: vec![],
-    };
+    }
+}
+
+#[test]
+fn incidents_list_newest_first_filtered_by_time_and_size() {
+    let store = SqliteStore::open_in_memory().unwrap();
     store.upsert_incident(&incident("a", 10, 1)).unwrap();
     store.upsert_incident(&incident("b", 30, 3)).unwrap();
     store.upsert_incident(&incident("c", 20, 2)).unwrap();
@@ -564,6 +568,38 @@ fn incidents_list_newest_first_filtered_by_time_and_size() {
     // An update moves it to the front.
     store.upsert_incident(&incident("a", 40, 1)).unwrap();
     assert_eq!(ids(store.list_incidents(0, 0, 10).unwrap()), ["a", "b", "c"]);
+}
+
+#[test]
+fn incidents_are_followed_from_a_cursor_each_write_once_in_its_latest_state() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let seen = |after: u64, min: usize, limit: usize| {
+        store.incidents_changed_after(after, min, limit).unwrap().into_iter().map(|(c, i)| (c, i.id.0, i.members.len())).collect::<Vec<_>>()
+    };
+    store.upsert_incident(&incident("a", 10, 1)).unwrap();
+    store.upsert_incident(&incident("b", 5, 3)).unwrap();
+    // Change order, not event time: b was written after a although its clock says earlier.
+    assert_eq!(seen(0, 0, 10), [(1, "a".into(), 1), (2, "b".into(), 3)]);
+    assert_eq!(seen(1, 0, 10), [(2, "b".into(), 3)], "a follower resuming after 1 sees only what came after");
+    assert_eq!(seen(0, 0, 1), [(1, "a".into(), 1)], "at most limit, oldest change first");
+    // a is written twice more: it comes once, with its latest state and cursor, after b.
+    store.upsert_incident(&incident("a", 11, 2)).unwrap();
+    store.upsert_incident(&incident("a", 12, 4)).unwrap();
+    assert_eq!(seen(2, 0, 10), [(4, "a".into(), 4)]);
+    assert_eq!(seen(0, 0, 10), [(2, "b".into(), 3), (4, "a".into(), 4)]);
+    // The display threshold leaves out small incidents, but never an emptied (merged-away) one.
+    store.upsert_incident(&incident("c", 13, 1)).unwrap();
+    store.upsert_incident(&incident("b", 14, 0)).unwrap();
+    assert_eq!(seen(4, 2, 10), [(6, "b".into(), 0)]);
+    assert!(seen(6, 0, 10).is_empty());
+}
+
+#[test]
+fn following_incidents_reads_the_change_index() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let plan = query_plan(&s, "SELECT change_seq, body FROM incidents WHERE change_seq > 7 ORDER BY change_seq LIMIT 10");
+    assert!(plan.contains("incidents_by_change"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
 }
 
 #[test]
@@ -825,4 +861,26 @@ fn decided_changes_are_found_per_service_and_environment_without_the_asking_reco
     assert_eq!(ids, ["rec-a"], "pending, other environments and the asking recommendation are left out");
     assert_eq!(decided[0].change.state, ChangeState::Rejected);
     assert!(s.decided_changes_on_service("checkout", "production", &RecommendationId("x".into()), 1).unwrap().len() == 1, "the limit holds");
+}
+
+#[test]
+fn a_store_from_before_incident_cursors_numbers_its_incidents_in_the_order_they_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        for (id, updated_ms) in [("a", 30), ("b", 10), ("c", 20)] {
+            s.upsert_incident(&incident(id, updated_ms, 1)).unwrap();
+        }
+    }
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("DROP INDEX incidents_by_change; ALTER TABLE incidents DROP COLUMN change_seq;").unwrap();
+        c.pragma_update(None, "user_version", 8).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let seen = |after| s.incidents_changed_after(after, 0, 10).unwrap().into_iter().map(|(c, i)| (c, i.id.0)).collect::<Vec<_>>();
+    assert_eq!(seen(0), [(1, "b".into()), (2, "c".into()), (3, "a".into())]);
+    s.upsert_incident(&incident("b", 40, 2)).unwrap();
+    assert_eq!(seen(3), [(4, "b".into())], "the next write follows the numbered ones");
 }
