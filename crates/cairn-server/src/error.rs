@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use cairn_ingest::{ErrorKind, IngestError};
+use cairn_service::ServiceError;
 use cairn_store::StoreError;
 use cairn_workflow::ReviewError;
 
@@ -46,6 +47,26 @@ impl From<crate::access::Denied> for ApiError {
         match d {
             crate::access::Denied::Unauthenticated => ApiError::Unauthenticated,
             other => ApiError::PermissionDenied(other.to_string()),
+        }
+    }
+}
+
+/// The core's errors keep the statuses and messages they had when the core lived here: each
+/// variant maps to the request error that names the same problem.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::Store(e) => ApiError::Store(e),
+            ServiceError::Review(e) => ApiError::Review(e),
+            ServiceError::BreakGlass(e) => ApiError::BreakGlass(e),
+            ServiceError::UnknownRecommendation { .. } | ServiceError::UnknownBreakGlass(_) => ApiError::NotFound(e.to_string()),
+            ServiceError::StaleSignIn(_) => ApiError::StaleSignIn(e.to_string()),
+            ServiceError::GuardrailRefused(_) | ServiceError::InvalidBundle(_) => ApiError::InvalidArgument(e.to_string()),
+            ServiceError::Orphaned(_)
+            | ServiceError::Contended
+            | ServiceError::ProposalNotStored
+            | ServiceError::Encoding(_)
+            | ServiceError::WorkerPanicked(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

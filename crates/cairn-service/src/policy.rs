@@ -9,7 +9,7 @@
 //! re-routes what the swap voids.
 
 use crate::engine::Engine;
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use cairn_policy::{PolicyBundle, PolicyFile, Router};
 use cairn_store::{RecommendationFilter, RecommendationRecord, Store};
 use cairn_types::{
@@ -54,7 +54,7 @@ pub fn policy_target() -> Target {
 
 /// Approved changes that need a maintenance window and have none open now: the executor leaves
 /// them approved, and they run when a window opens.
-pub fn waiting_for_window(engine: &Engine, now_ms: i64) -> Result<Vec<ChangeId>, ApiError> {
+pub fn waiting_for_window(engine: &Engine, now_ms: i64) -> Result<Vec<ChangeId>, ServiceError> {
     let windows = &engine.executor.gate().windows;
     let mut waiting = Vec::new();
     // Every approved change, page by page: one the check did not read could be claimed outside
@@ -90,16 +90,16 @@ pub fn propose(
     files: Vec<PolicyFile>,
     reason: &str,
     execution_window: &str,
-) -> Result<(RecommendationRecord, String, String), ApiError> {
+) -> Result<(RecommendationRecord, String, String), ServiceError> {
     if reason.trim().is_empty() {
-        return Err(ApiError::InvalidArgument("reason is required: why should the policy change?".into()));
+        return Err(ServiceError::InvalidBundle("reason is required: why should the policy change?".into()));
     }
-    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-    let report = cairn_policy::run_policy_tests(&bundle).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ServiceError::InvalidBundle(e.to_string()))?;
+    let report = cairn_policy::run_policy_tests(&bundle).map_err(|e| ServiceError::InvalidBundle(e.to_string()))?;
     if !report.passed() {
         let failed: Vec<String> =
             report.results.iter().filter(|r| !r.1).map(|r| format!("{} ({})", r.0, r.2)).collect();
-        return Err(ApiError::InvalidArgument(if failed.is_empty() {
+        return Err(ServiceError::InvalidBundle(if failed.is_empty() {
             "the bundle has no Rego tests (*_test.rego with test_* rules); a policy is proposed with its tests".into()
         } else {
             format!("the bundle's own Rego tests fail: {}", failed.join("; "))
@@ -113,7 +113,7 @@ pub fn propose(
     let files_json = serde_json::to_string(
         &bundle.files().iter().map(|f| json!({ "name": f.name, "text": f.text })).collect::<Vec<_>>(),
     )
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(|e| ServiceError::Encoding(e.to_string()))?;
     let mut parameters = std::collections::BTreeMap::new();
     parameters.insert(BUNDLE_VERSION.to_string(), version.clone());
     parameters.insert(BUNDLE_FILES.to_string(), files_json);
@@ -164,7 +164,7 @@ pub fn propose(
     let record = engine
         .store
         .get_recommendation(&rec.id, Some(rec.revision))?
-        .ok_or_else(|| ApiError::Internal("the proposal was not stored".into()))?;
+        .ok_or(ServiceError::ProposalNotStored)?;
     info!(proposed = %version, active = active.version(), by = %who.subject, "policy activation proposed");
     Ok((record, active.version().to_string(), version))
 }
@@ -175,10 +175,10 @@ pub fn shadow(
     engine: &Engine,
     files: Vec<PolicyFile>,
     limit: usize,
-) -> Result<(String, String, usize, Vec<cairn_policy::ShadowChange>), ApiError> {
-    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+) -> Result<(String, String, usize, Vec<cairn_policy::ShadowChange>), ServiceError> {
+    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ServiceError::InvalidBundle(e.to_string()))?;
     let active = engine.router.current();
-    let candidate = Router::new(bundle, active.config().clone()).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    let candidate = Router::new(bundle, active.config().clone()).map_err(|e| ServiceError::InvalidBundle(e.to_string()))?;
     let records = engine.store.list_recommendations(&RecommendationFilter { limit, ..Default::default() })?;
     let recorded: Vec<(Recommendation, Decision)> =
         records.into_iter().map(|r| (r.recommendation, r.decision)).collect();
@@ -286,7 +286,7 @@ impl cairn_workflow::Adapter for PolicyAdapter {
 /// routed again, as a new revision, under the active one — which decides again, among the rest,
 /// whether its stages pause. The store supersedes the earlier change with its audit event; a
 /// half-done rollout is stopped and its executed stages are rolled back.
-pub(crate) fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), ApiError> {
+pub(crate) fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), ServiceError> {
     let active = engine.router.current().version().to_string();
     for state in [ChangeState::PendingApproval, ChangeState::Approved, ChangeState::AwaitingStageApproval] {
         let filter = RecommendationFilter { state: Some(state), limit: 10_000, ..Default::default() };
@@ -342,7 +342,7 @@ pub fn stop_if_decided_under_old_policy(
     change: &ChangeRequest,
     rec: &Recommendation,
     decision: &Decision,
-) -> Result<bool, ApiError> {
+) -> Result<bool, ServiceError> {
     let active = engine.router.current().version().to_string();
     if decision.policy_version == active {
         return Ok(false);

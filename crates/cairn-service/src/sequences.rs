@@ -16,7 +16,7 @@
 //! a recorded use; no break-glass is used beyond its maximum or at or after its expiry; and each of
 //! its state changes (opened, used, revoked, expired) has its audit event.
 
-use crate::access::{Identity, PrincipalKind};
+use crate::identity::{Identity, PrincipalKind};
 use crate::engine::{Clock, Engine};
 use crate::governance::Governance;
 use crate::metrics::Metrics;

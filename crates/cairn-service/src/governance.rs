@@ -1,12 +1,13 @@
 //! The wiring of break-glass and guardrails into the pipeline: where the engine consults them,
 //! how their state reaches the store (with audit events in the same transaction), the metrics
-//! they move, and the escalations they send to Alertmanager. The rules themselves live in
+//! they move, and the escalations they hand to an [`Escalator`]. The rules themselves live in
 //! `cairn_workflow::{breakglass, guard}`; this module only moves values between them, the store,
-//! the metrics and [`Alertmanager`].
+//! the metrics and the escalator.
 
-use crate::alerting::Alertmanager;
+use futures::future::BoxFuture;
+use std::sync::Arc;
 use crate::engine::Engine;
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use cairn_store::StoreError;
 use cairn_types::{
     ActionClass, AuditDraft, BreakGlass, BreakGlassState, CAIRN_SERVICE_SUBJECT, ChangeRequest, ChangeState,
@@ -19,19 +20,27 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
+/// The way escalations reach people (the server's Alertmanager client). Sending happens after
+/// the state change and its audit event are committed, and never blocks the pipeline.
+pub trait Escalator: Send + Sync + std::fmt::Debug {
+    /// Delivers `escalations`; the error says why they were not delivered.
+    fn send<'a>(&'a self, escalations: &'a [Escalation]) -> BoxFuture<'a, Result<(), String>>;
+}
+
 /// Guardrail settings and the way to people.
 #[derive(Debug, Default)]
 pub struct Governance {
     pub guardrails: GuardrailsConfig,
     limits: BTreeMap<ActionClass, RateLimit>,
-    alertmanager: Option<Alertmanager>,
+    escalator: Option<Arc<dyn Escalator>>,
 }
 
 impl Governance {
-    /// `guardrails` must have passed validation (its rate limits parse).
-    pub fn new(guardrails: GuardrailsConfig, alertmanager: Option<Alertmanager>) -> Result<Governance, String> {
+    /// `guardrails` must have passed validation (its rate limits parse). Without an escalator,
+    /// escalations are only logged and counted as `unconfigured`.
+    pub fn new(guardrails: GuardrailsConfig, escalator: Option<Arc<dyn Escalator>>) -> Result<Governance, String> {
         let limits = guardrails.parsed_rate_limits()?;
-        Ok(Governance { guardrails, limits, alertmanager })
+        Ok(Governance { guardrails, limits, escalator })
     }
 }
 
@@ -77,7 +86,7 @@ impl Engine {
         }
         let counter = self.metrics.governance.escalations.clone();
         let handle = tokio::runtime::Handle::try_current();
-        match (&self.governance.alertmanager, handle) {
+        match (&self.governance.escalator, handle) {
             (Some(am), Ok(handle)) => {
                 let am = am.clone();
                 handle.spawn(async move {
@@ -123,7 +132,7 @@ impl Engine {
         decision: Decision,
         active: &[BreakGlass],
         now_ms: i64,
-    ) -> Result<Decision, ApiError> {
+    ) -> Result<Decision, ServiceError> {
         if decision.outcome != Outcome::Blocked {
             return Ok(decision);
         }
@@ -135,7 +144,7 @@ impl Engine {
         // A use that cannot be recorded (revoked or used up concurrently) leaves the decision
         // blocked: without its audit event, a break-glass allows nothing.
         let recorded = breakglass::use_for(bg, rec, &change.id.0, now_ms)
-            .map_err(ApiError::from)
+            .map_err(ServiceError::from)
             .and_then(|(used, drafts, alerts)| {
                 self.store.use_breakglass(&used, &change.id, &drafts, now_ms)?;
                 Ok((used, alerts))
@@ -161,7 +170,7 @@ impl Engine {
     /// Immediately before the executor: a change opened under a break-glass runs only while that
     /// break-glass is in force, and a change that would run by itself passes the guardrails.
     /// `true` when the change was refused or held (and that was written). Blocking.
-    pub(crate) fn stop_before_run(&self, change: &ChangeRequest, rec: &Recommendation, now_ms: i64) -> Result<bool, ApiError> {
+    pub(crate) fn stop_before_run(&self, change: &ChangeRequest, rec: &Recommendation, now_ms: i64) -> Result<bool, ServiceError> {
         if let Some(bg) = self.store.breakglass_for_change(&change.id)?
             && let Err(lapsed) = breakglass::check_in_force(&bg, now_ms)
         {
@@ -232,7 +241,7 @@ impl Engine {
     }
 
     /// Marks expired break-glass records, with their audit events and alerts. Blocking.
-    pub(crate) fn sweep_breakglass(&self, now_ms: i64) -> Result<usize, ApiError> {
+    pub(crate) fn sweep_breakglass(&self, now_ms: i64) -> Result<usize, ServiceError> {
         let active = self.store.list_breakglass(true)?;
         let g = &self.metrics.governance;
         let mut closed = 0;
@@ -257,7 +266,7 @@ impl Engine {
     }
 
     /// A person opens a break-glass. Blocking.
-    pub fn open_breakglass(&self, who: &Principal, req: BreakGlassRequest) -> Result<BreakGlass, ApiError> {
+    pub fn open_breakglass(&self, who: &Principal, req: BreakGlassRequest) -> Result<BreakGlass, ServiceError> {
         let now = self.clock.now_ms();
         let (bg, drafts, alerts) = breakglass::open(who, req, now)?;
         self.store.save_breakglass(&bg, &drafts, now)?;
@@ -271,9 +280,9 @@ impl Engine {
     }
 
     /// A person closes a break-glass early. Blocking.
-    pub fn revoke_breakglass(&self, who: &Principal, id: &str, reason: &str) -> Result<BreakGlass, ApiError> {
+    pub fn revoke_breakglass(&self, who: &Principal, id: &str, reason: &str) -> Result<BreakGlass, ServiceError> {
         let now = self.clock.now_ms();
-        let bg = self.store.get_breakglass(id)?.ok_or_else(|| ApiError::NotFound(format!("no break-glass {id}")))?;
+        let bg = self.store.get_breakglass(id)?.ok_or_else(|| ServiceError::UnknownBreakGlass(id.to_string()))?;
         let (next, drafts, alerts) = breakglass::revoke(&bg, who, reason, now)?;
         self.store.save_breakglass(&next, &drafts, now)?;
         self.metrics.governance.breakglass_events.with_label_values(&["revoked", &who.subject]).inc();
@@ -282,15 +291,15 @@ impl Engine {
         Ok(next)
     }
 
-    pub fn list_breakglass(&self, active_only: bool) -> Result<Vec<BreakGlass>, ApiError> {
+    pub fn list_breakglass(&self, active_only: bool) -> Result<Vec<BreakGlass>, ServiceError> {
         Ok(self.store.list_breakglass(active_only)?)
     }
 
     /// A person flips the global freeze. Blocking.
-    pub fn set_freeze(&self, who: &Principal, frozen: bool, reason: &str) -> Result<FreezeState, ApiError> {
+    pub fn set_freeze(&self, who: &Principal, frozen: bool, reason: &str) -> Result<FreezeState, ServiceError> {
         let now = self.clock.now_ms();
         let before = self.store.freeze_state()?;
-        let (state, draft) = guard::set_freeze(who, frozen, reason, now).map_err(ApiError::InvalidArgument)?;
+        let (state, draft) = guard::set_freeze(who, frozen, reason, now).map_err(ServiceError::GuardrailRefused)?;
         self.store.set_freeze(&state, &[draft], now)?;
         let g = &self.metrics.governance;
         g.frozen.set(i64::from(frozen));
@@ -306,7 +315,7 @@ impl Engine {
     }
 
     /// Applies `guardrails.freeze = true` from the configuration at start-up (audited as `config`).
-    pub(crate) fn apply_configured_freeze(&self) -> Result<(), ApiError> {
+    pub fn apply_configured_freeze(&self) -> Result<(), ServiceError> {
         let current = self.store.freeze_state()?;
         let frozen = current.as_ref().is_some_and(|f| f.frozen);
         self.metrics.governance.frozen.set(i64::from(frozen || self.governance.guardrails.freeze));
@@ -330,9 +339,9 @@ impl Engine {
     }
 
     /// A person turns an automation the loop guard disabled back on. Blocking.
-    pub fn enable_automation(&self, who: &Principal, action: ActionClass, target: &Target, reason: &str) -> Result<bool, ApiError> {
+    pub fn enable_automation(&self, who: &Principal, action: ActionClass, target: &Target, reason: &str) -> Result<bool, ServiceError> {
         let now = self.clock.now_ms();
-        let draft = guard::enable(who, action, target, reason).map_err(ApiError::InvalidArgument)?;
+        let draft = guard::enable(who, action, target, reason).map_err(ServiceError::GuardrailRefused)?;
         let enabled = self.store.enable_automation(action, target, &[draft], now)?;
         if enabled {
             self.metrics.governance.guardrail_overrides.with_label_values(&[&who.subject, "automation_enabled"]).inc();
@@ -343,7 +352,7 @@ impl Engine {
     }
 
     /// The freeze switch and the disabled automations.
-    pub fn guardrail_status(&self) -> Result<(Option<FreezeState>, Vec<DisabledAutomation>), ApiError> {
+    pub fn guardrail_status(&self) -> Result<(Option<FreezeState>, Vec<DisabledAutomation>), ServiceError> {
         Ok((self.store.freeze_state()?, self.store.list_disabled_automations()?))
     }
 

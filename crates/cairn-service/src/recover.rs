@@ -6,7 +6,7 @@
 //! (`cairn_changes_interrupted_total{resolution}`) and escalates it (`CairnChangeInterrupted`).
 
 use crate::engine::{Clock, Engine};
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use cairn_store::{Lease, LeaseTerms, Store};
 use cairn_types::{ChangeId, ChangeRequest};
 use cairn_workflow::{AbandonedClaim, RunJournal};
@@ -68,7 +68,7 @@ impl Engine {
     /// decided by `cairn_workflow::recover_interrupted` and written with its `change.interrupted`
     /// event in one transaction, only while the lease is still the expired one (so two sweeps
     /// recover it once, and a holder that renewed in time keeps it). Blocking.
-    pub(crate) fn recover_interrupted(&self, now: i64) -> Result<usize, ApiError> {
+    pub(crate) fn recover_interrupted(&self, now: i64) -> Result<usize, ServiceError> {
         let mut recovered = 0;
         for (change, lease) in self.store.expired_leases(now, RECOVER_PER_SWEEP)? {
             // One change that cannot be recovered (say, a racing write) must not hold up the rest
@@ -82,11 +82,11 @@ impl Engine {
         Ok(recovered)
     }
 
-    fn recover_one(&self, change: &ChangeRequest, lease: &Lease, now: i64) -> Result<bool, ApiError> {
+    fn recover_one(&self, change: &ChangeRequest, lease: &Lease, now: i64) -> Result<bool, ServiceError> {
         let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
         let latest = self.store.get_recommendation(&change.recommendation_id, None)?;
         let (Some(record), Some(latest)) = (record, latest) else {
-            return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
+            return Err(ServiceError::Orphaned(change.id.clone()));
         };
         let claim = AbandonedClaim {
             holder: lease.holder.clone(),

@@ -2,7 +2,7 @@
 //! review actions, and the executor loop. Each stage's logic lives in its own crate; this module only
 //! moves values between them and the store, in order, with the ids in tracing spans.
 
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use cairn_correlate::Correlator;
 use cairn_detect::Detector;
@@ -98,7 +98,7 @@ pub struct Engine {
     /// nothing is routed `auto` (`cairn_policy::unauthenticated_floor`).
     pub(crate) signals_authenticated: bool,
     /// How fresh a sign-in must be for tier-3 approvals, break-glass and policy proposals.
-    pub(crate) step_up: crate::access::StepUp,
+    pub(crate) step_up: crate::identity::StepUp,
     /// Whether an OpenID issuer is configured (decides whether static person tokens pass step-up).
     pub(crate) oidc_configured: bool,
     /// The audit head after the last write: live streams wait on it to re-read the outbox.
@@ -174,6 +174,27 @@ impl Engine {
         })
     }
 
+    /// Break-glass and guardrail settings, and the way escalations reach people.
+    pub fn with_governance(mut self, governance: crate::governance::Governance) -> Engine {
+        self.governance = governance;
+        self
+    }
+
+    /// Whether every signal comes from an authenticated sender (`ingest.require_token`); when not,
+    /// nothing is routed `auto`.
+    pub fn with_signals_authenticated(mut self, authenticated: bool) -> Engine {
+        self.signals_authenticated = authenticated;
+        self
+    }
+
+    /// How fresh a sign-in must be for the most consequential acts, and whether an OpenID issuer
+    /// is configured (which decides whether static person tokens pass).
+    pub fn with_step_up(mut self, step_up: crate::identity::StepUp, oidc_configured: bool) -> Engine {
+        self.step_up = step_up;
+        self.oidc_configured = oidc_configured;
+        self
+    }
+
     pub fn subscribe_audit_head(&self) -> watch::Receiver<u64> {
         self.audit_head.subscribe()
     }
@@ -189,7 +210,7 @@ impl Engine {
 
     /// Runs one batch through detect → correlate → recommend → route → open change. Blocking:
     /// call it from `spawn_blocking`.
-    pub fn analyse(&self, analysis: &mut Analysis, batch: Batch) -> Result<(), ApiError> {
+    pub fn analyse(&self, analysis: &mut Analysis, batch: Batch) -> Result<(), ServiceError> {
         let now = self.clock.now_ms();
         if now - analysis.last_sweep_ms >= SWEEP_EVERY_MS {
             // Bounded state stays bounded over time, not only by its caps.
@@ -296,7 +317,7 @@ impl Engine {
         crate::models::export_stats(&analysis.multivariate, &mut analysis.exported_multivariate, &self.metrics);
     }
 
-    pub(crate) fn route_and_open(&self, rec: cairn_types::Recommendation, now: i64) -> Result<(), ApiError> {
+    pub(crate) fn route_and_open(&self, rec: cairn_types::Recommendation, now: i64) -> Result<(), ServiceError> {
         let span = info_span!("recommendation", recommendation_id = %rec.id, revision = rec.revision);
         let _g = span.enter();
         let rec = crate::learning::apply(self, rec, now)?;
@@ -358,23 +379,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether `who` signed in recently enough for `what` (see [`crate::access::StepUp`]).
-    pub fn check_step_up(&self, what: &'static str, who: &crate::access::Identity) -> Result<(), ApiError> {
+    /// Whether `who` signed in recently enough for `what` (see [`crate::identity::StepUp`]).
+    pub fn check_step_up(&self, what: &'static str, who: &crate::identity::Identity) -> Result<(), ServiceError> {
         self.step_up
             .check(what, who, self.oidc_configured, self.clock.now_ms() / 1000)
-            .map_err(|e| ApiError::StaleSignIn(e.to_string()))
+            .map_err(ServiceError::from)
     }
 
     /// Approves (or rejects) one exact revision as `who`. Blocking. Approving a tier-3 change
     /// needs a recent sign-in; every review record states how its reviewer authenticated.
     pub fn review(
         &self,
-        who: &crate::access::Identity,
+        who: &crate::identity::Identity,
         id: &RecommendationId,
         revision: u32,
         reason: &str,
         approve: bool,
-    ) -> Result<(ChangeRequest, String), ApiError> {
+    ) -> Result<(ChangeRequest, String), ServiceError> {
         let principal = &who.principal;
         let action = if approve { "approve" } else { "reject" };
         let span = info_span!("review", recommendation_id = %id, revision, subject = %principal.subject, action);
@@ -385,7 +406,7 @@ impl Engine {
             let record = self
                 .store
                 .get_recommendation(id, None)?
-                .ok_or_else(|| ApiError::NotFound(format!("no recommendation {id}")))?;
+                .ok_or_else(|| ServiceError::UnknownRecommendation { id: id.clone(), revision: None })?;
             let change = record.change.clone();
             if approve
                 && change.tier == Some(3)
@@ -453,12 +474,12 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::Internal("the change kept changing under concurrent reviews; try again".into()))
+        Err(ServiceError::Contended)
     }
 
     /// Expires stale pending changes, claims approved ones and runs them. Async because adapters
     /// do I/O; store calls are short.
-    pub async fn execute_ready(self: &Arc<Self>) -> Result<usize, ApiError> {
+    pub async fn execute_ready(self: &Arc<Self>) -> Result<usize, ServiceError> {
         let claimed = self
             .on_blocking(|engine| {
                 let now = engine.clock.now_ms();
@@ -494,12 +515,12 @@ impl Engine {
 
     /// Undoes the executed stages of a stopped rollout the store handed out, records the result
     /// (and escalates a failed rollback) like any execution.
-    async fn roll_back_one(self: &Arc<Self>, change: ChangeRequest, waiting: &[ChangeId]) -> Result<(), ApiError> {
+    async fn roll_back_one(self: &Arc<Self>, change: ChangeRequest, waiting: &[ChangeId]) -> Result<(), ServiceError> {
         let span = info_span!("roll_back", change_id = %change.id, recommendation_id = %change.recommendation_id, revision = change.revision);
         let (id, rev) = (change.recommendation_id.clone(), change.revision);
         let record = self.on_blocking(move |e| Ok(e.store.get_recommendation(&id, Some(rev))?)).await?;
         let Some(RecommendationRecord { recommendation, .. }) = record else {
-            return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
+            return Err(ServiceError::Orphaned(change.id.clone()));
         };
         let now = self.clock.now_ms();
         let undo = {
@@ -539,18 +560,18 @@ impl Engine {
     /// Runs `f` with the engine on a blocking thread: the store is synchronous.
     async fn on_blocking<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Engine) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
+        f: impl FnOnce(&Engine) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || f(&engine)).await.map_err(|e| ApiError::Internal(format!("worker panicked: {e}")))?
+        tokio::task::spawn_blocking(move || f(&engine)).await.map_err(|e| ServiceError::WorkerPanicked(e.to_string()))?
     }
 
-    async fn execute_one(self: &Arc<Self>, change: ChangeRequest, waiting: &[ChangeId]) -> Result<(), ApiError> {
+    async fn execute_one(self: &Arc<Self>, change: ChangeRequest, waiting: &[ChangeId]) -> Result<(), ServiceError> {
         let span = info_span!("execute", change_id = %change.id, recommendation_id = %change.recommendation_id, revision = change.revision);
         let (id, rev) = (change.recommendation_id.clone(), change.revision);
         let record = self.on_blocking(move |e| Ok(e.store.get_recommendation(&id, Some(rev))?)).await?;
         let Some(RecommendationRecord { recommendation, decision, .. }) = record else {
-            return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
+            return Err(ServiceError::Orphaned(change.id.clone()));
         };
         let stopped = {
             let (change, rec, decision) = (change.clone(), recommendation.clone(), decision.clone());
@@ -615,7 +636,7 @@ impl Engine {
         mut drafts: Vec<cairn_types::AuditDraft>,
         status: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ServiceError> {
         self.metrics.executions.with_label_values(&[&execution.adapter, status]).inc();
         let escalations = self.after_execution(&change, &recommendation, &next, &execution, &mut drafts, now);
         let activated = next.state == ChangeState::Succeeded && recommendation.action == cairn_types::ActionClass::PolicyActivation;

@@ -4,7 +4,7 @@
 //! and succeeded.
 
 use crate::engine::Engine;
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use cairn_recommend::learning::{self, LearningConfig, Verdict};
 use cairn_types::{ActionClass, ChangeState, Recommendation};
 
@@ -13,7 +13,7 @@ const LOOK_BACK: usize = 200;
 
 /// Verdicts on earlier similar changes, newest first: one per earlier recommendation (its newest
 /// decided revision), so that one incident decided many times does not outweigh the others.
-pub fn history(engine: &Engine, rec: &Recommendation) -> Result<Vec<Verdict>, ApiError> {
+pub fn history(engine: &Engine, rec: &Recommendation) -> Result<Vec<Verdict>, ServiceError> {
     let mut seen = std::collections::HashSet::new();
     Ok(engine
         .store
@@ -30,7 +30,7 @@ pub fn history(engine: &Engine, rec: &Recommendation) -> Result<Vec<Verdict>, Ap
 }
 
 /// The recommendation with its confidence adjusted by what people decided before.
-pub fn apply(engine: &Engine, rec: Recommendation, now_ms: i64) -> Result<Recommendation, ApiError> {
+pub fn apply(engine: &Engine, rec: Recommendation, now_ms: i64) -> Result<Recommendation, ServiceError> {
     if rec.action == ActionClass::PolicyActivation {
         return Ok(rec);
     }
