@@ -2,7 +2,7 @@
 
 use crate::auth::Authenticator;
 use crate::convert as cv;
-use crate::engine::{Batch, Engine};
+use cairn_service::{Batch, Engine};
 use crate::error::ApiError;
 use cairn_proto::v1 as pb;
 use cairn_store::{AuditQuery, RecommendationFilter};
@@ -325,7 +325,7 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         principal(&request)?;
         let r = request.into_inner();
         let engine = self.engine.clone();
-        let card = blocking(move || Ok(cairn_service::card::decision_card(&engine, &RecommendationId(r.recommendation_id), r.revision)?))
+        let card = blocking(move || Ok(cairn_service::card::decision_card(engine.desk(), &RecommendationId(r.recommendation_id), r.revision)?))
             .await?;
         Ok(Response::new(cv::decision_card_to_pb(&card)))
     }
@@ -335,13 +335,13 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         request: Request<pb::ProposePolicyRequest>,
     ) -> Result<Response<pb::ProposePolicyResponse>, Status> {
         let id = caller(&request)?;
-        self.engine.check_step_up("proposing a policy", &id).map_err(|e| Status::from(ApiError::from(e)))?;
+        self.engine.desk().check_step_up("proposing a policy", &id).map_err(|e| Status::from(ApiError::from(e)))?;
         let who = id.principal;
         let r = request.into_inner();
         let files = r.files.into_iter().map(|f| cairn_policy::PolicyFile { name: f.name, text: f.text }).collect();
         let engine = self.engine.clone();
         let (record, active_version, proposed_version) =
-            blocking(move || Ok(cairn_service::policy::propose(&engine, &who, files, &r.reason, &r.execution_window)?)).await?;
+            blocking(move || Ok(cairn_service::policy::propose(engine.desk(), &who, files, &r.reason, &r.execution_window)?)).await?;
         Ok(Response::new(pb::ProposePolicyResponse {
             proposal: Some(pb::RecommendationView {
                 recommendation: Some(cv::recommendation_to_pb(&record.recommendation)),
@@ -363,7 +363,7 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         let limit = if r.limit == 0 { 500 } else { r.limit.min(10_000) as usize };
         let engine = self.engine.clone();
         let (active_version, candidate_version, evaluated, changed) =
-            blocking(move || Ok(cairn_service::policy::shadow(&engine, files, limit)?)).await?;
+            blocking(move || Ok(cairn_service::policy::shadow(engine.desk(), files, limit)?)).await?;
         Ok(Response::new(pb::ShadowPolicyResponse {
             active_version,
             candidate_version,
@@ -466,7 +466,7 @@ impl ReviewSvc {
         }
         let engine = self.engine.clone();
         let (change, message) =
-            blocking(move || Ok(engine.review(&who, &RecommendationId(id), revision, &reason, approve)?)).await?;
+            blocking(move || Ok(engine.desk().review(&who, &RecommendationId(id), revision, &reason, approve)?)).await?;
         Ok(Response::new(pb::ReviewResponse { change: Some(cv::change_to_pb(&change)), message }))
     }
 }

@@ -3,7 +3,7 @@
 //! size cap before buffering, enqueues accepted batches and maps errors to statuses.
 
 use crate::auth::Authenticator;
-use crate::engine::{Batch, Engine};
+use cairn_service::{Batch, Engine};
 use crate::error::ApiError;
 use axum::Router;
 use axum::body::Bytes;

@@ -6,7 +6,7 @@
 //!
 //! This module decides when an alert is acknowledged; it never analyses one.
 
-use crate::engine::{Analysis, Batch, Engine};
+use cairn_service::{Analysis, Batch, Engine};
 use crate::error::ApiError;
 use cairn_types::AlertEvent;
 use std::sync::Mutex;
@@ -90,7 +90,7 @@ pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Resul
         let Some(&(last, _)) = rows.last() else { return Ok(done) };
         let alerts: Vec<AlertEvent> = rows.into_iter().map(|(_, a)| a).collect();
         let n = alerts.len();
-        engine.analyse(analysis, Batch::Alerts { alerts, source: "journal" })?;
+        engine.pipeline().analyse(analysis, Batch::Alerts { alerts, source: "journal" })?;
         engine.store().finish_intake(last)?;
         let _ = intake.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n as u64)));
         done += n;

@@ -32,7 +32,7 @@ pub use cairn_service::{engine, governance, metrics, models, policy, recover};
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
-use crate::engine::{Analysis, Batch, Clock, Engine};
+use cairn_service::{Analysis, Batch, Clock, Engine, EngineParts};
 use crate::metrics::Metrics;
 use cairn_proto::v1 as pb;
 use std::net::SocketAddr;
@@ -139,7 +139,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         ttl_ms: cfg.executor.lease_ms as i64,
     });
     let executor = build_executor(&cfg)?
-        .with_journal(Arc::new(recover::StoreJournal { store: store.clone(), clock: clock.clone() }));
+        .with_journal(Arc::new(recover::StoreJournal { leases: store.clone(), clock: clock.clone() }));
     info!(
         store = %db.display(),
         policy_version = router.version(),
@@ -150,19 +150,20 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     let metrics = Metrics::new();
     let cancel = CancellationToken::new();
-    let engine = Engine::new(
+    let engine = Engine::new(EngineParts {
         store,
-        Arc::new(router),
+        router: Arc::new(router),
         executor,
-        cfg.workflow.clone(),
+        workflow: cfg.workflow.clone(),
+        governance: build_governance(&cfg)?,
         metrics,
         clock,
-        cancel.clone(),
-    )?
-    .with_governance(build_governance(&cfg)?)
-    .with_signals_authenticated(cfg.ingest.require_token)
-    .with_step_up(cfg.auth.step_up, !cfg.auth.oidc.is_empty());
-    engine.apply_configured_freeze().map_err(|e| StartError::Governance(e.to_string()))?;
+        signals_authenticated: cfg.ingest.require_token,
+        step_up: cfg.auth.step_up,
+        oidc_configured: !cfg.auth.oidc.is_empty(),
+        shutdown: cancel.clone(),
+    })?;
+    engine.desk().apply_configured_freeze().map_err(|e| StartError::Governance(e.to_string()))?;
     let engine = Arc::new(engine);
     let analysis = Analysis {
         detector: cairn_detect::Detector::new(cfg.detect.clone()),
@@ -203,7 +204,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     let intake = Arc::new(intake::Intake::new(cfg.ingest.max_pending_alerts, engine.store().pending_intake_len()?));
     tasks.spawn(analysis_worker(engine.clone(), analysis, queue_rx, intake.clone(), worker_alive.clone()));
-    tasks.spawn(engine.clone().executor_loop(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
+    tasks.spawn(engine.executor().clone().run(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
     tasks.spawn(checkpointer.clone().run(
         engine.subscribe_audit_head(),
         Duration::from_secs(cfg.audit.checkpoint_every_secs.max(1)),
@@ -467,7 +468,7 @@ async fn analysis_worker(
         let joined = tokio::task::spawn_blocking(move || {
             let result = match work {
                 Work::Journal => intake::drain(&e, &i, &mut analysis).map(|_| ()),
-                Work::Samples(batch) => e.analyse(&mut analysis, batch).map_err(error::ApiError::from),
+                Work::Samples(batch) => e.pipeline().analyse(&mut analysis, batch).map_err(error::ApiError::from),
             };
             (analysis, result)
         })

@@ -1,8 +1,7 @@
 //! Decision cards: everything a reviewer needs about one recommendation, gathered in one read.
 //! The card is domain values; the server turns it into its wire form.
 
-use crate::engine::Engine;
-use crate::error::ServiceError;
+use crate::desk::{ReviewDesk, ReviewDeskError};
 use cairn_store::{RecommendationFilter, RecommendationRecord};
 use cairn_types::{ChangeRequest, ChangeState, Decision, Execution, Incident, Recommendation, RecommendationId};
 
@@ -34,24 +33,24 @@ pub struct DecisionCard {
 }
 
 /// The card of `id` at `revision` (0: the newest). Blocking.
-pub fn decision_card(engine: &Engine, id: &RecommendationId, revision: u32) -> Result<DecisionCard, ServiceError> {
+pub fn decision_card(desk: &ReviewDesk, id: &RecommendationId, revision: u32) -> Result<DecisionCard, ReviewDeskError> {
     let rev = (revision != 0).then_some(revision);
-    let record = engine
-        .store
+    let record = desk
+        .changes
         .get_recommendation(id, rev)?
-        .ok_or_else(|| ServiceError::UnknownRecommendation { id: id.clone(), revision: rev })?;
+        .ok_or_else(|| ReviewDeskError::UnknownRecommendation { id: id.clone(), revision: rev })?;
     let rec = &record.recommendation;
-    let incident = engine.store.get_incident(&rec.incident_id)?;
-    let now = engine.clock.now_ms();
-    let related_changes = engine
-        .store
+    let incident = desk.signals.get_incident(&rec.incident_id)?;
+    let now = desk.clock.now_ms();
+    let related_changes = desk
+        .changes
         .recent_changes_on_target(&rec.target, now - RELATED_WINDOW_MS)?
         .into_iter()
         .filter(|c| c.change.id != record.change.id)
         .map(|c| c.change)
         .collect();
-    let firing: Vec<String> = engine
-        .store
+    let firing: Vec<String> = desk
+        .signals
         .firing_alerts_on_service(&rec.target.service, 200)?
         .into_iter()
         .map(|a| a.alertname().to_string())
@@ -61,11 +60,11 @@ pub fn decision_card(engine: &Engine, id: &RecommendationId, revision: u32) -> R
     } else {
         format!("{} firing alert(s) on service {:?}: {}", firing.len(), rec.target.service, firing.join(", "))
     };
-    let executions = engine.store.executions_for(&record.change.id)?;
+    let executions = desk.changes.executions_for(&record.change.id)?;
     let missing_fields = cairn_workflow::missing_fields(rec, &record.decision).into_iter().map(String::from).collect();
-    let active = engine.router.current();
-    let maintenance_window = engine.executor.gate().windows.open_for(&rec.target, now).map(|w| w.name.clone());
-    let on_service = engine.store.list_recommendations(&RecommendationFilter {
+    let active = desk.router.current();
+    let maintenance_window = desk.windows.open_for(&rec.target, now).map(|w| w.name.clone());
+    let on_service = desk.changes.list_recommendations(&RecommendationFilter {
         service: Some(rec.target.service.clone()),
         limit: 200,
         ..Default::default()
