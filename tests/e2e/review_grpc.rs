@@ -299,7 +299,7 @@ async fn the_window_check_reads_every_approved_change_not_only_the_first_thousan
         c.state = cairn_types::ChangeState::Approved;
         store.propose(&r, &d, &c, &drafts, now).unwrap();
     }
-    let waiting = cairn_server::policy::waiting_for_window(h.engine(), now_ms()).unwrap();
+    let waiting = cairn_server::policy::waiting_for_window(h.engine().executor(), now_ms()).unwrap();
     assert_eq!(waiting.len(), 1001, "every approved tier-3 change waits for its window");
     // Many executor passes later, none of them was claimed.
     h.engine().wake_executor();

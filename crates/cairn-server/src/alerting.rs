@@ -51,6 +51,13 @@ pub struct Alertmanager {
     client: reqwest::Client,
 }
 
+/// The core hands its escalations to Alertmanager through this.
+impl cairn_service::Escalator for Alertmanager {
+    fn send<'a>(&'a self, escalations: &'a [Escalation]) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { Alertmanager::send(self, escalations).await.map_err(|e| e.to_string()) })
+    }
+}
+
 fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }

@@ -206,6 +206,29 @@ pub fn execution_to_pb(e: &t::Execution) -> pb::Execution {
     }
 }
 
+pub fn decision_card_to_pb(c: &cairn_service::card::DecisionCard) -> pb::DecisionCard {
+    let rec = &c.recommendation;
+    pb::DecisionCard {
+        recommendation: Some(recommendation_to_pb(rec)),
+        decision: Some(decision_to_pb(&c.decision)),
+        change: Some(change_to_pb(&c.change)),
+        incident: c.incident.as_ref().map(incident_to_pb),
+        related_changes: c.related_changes.iter().map(change_to_pb).collect(),
+        target_state: c.target_state.clone(),
+        executions: c.executions.iter().map(execution_to_pb).collect(),
+        missing_fields: c.missing_fields.clone(),
+        service_criticality: c.service_criticality.clone(),
+        maintenance_window_open: c.maintenance_window.is_some(),
+        maintenance_window: c.maintenance_window.clone().unwrap_or_default(),
+        blast_radius: rec.blast_radius.as_str().into(),
+        reversibility: rec.reversibility.as_str().into(),
+        rollback_confidence: c.rollback_confidence.clone(),
+        recent_incidents: c.recent_incidents.clone(),
+        learning: c.learning.clone(),
+        active_policy_version: c.active_policy_version.clone(),
+    }
+}
+
 pub fn incident_to_pb(i: &t::Incident) -> pb::Incident {
     pb::Incident {
         id: i.id.0.clone(),

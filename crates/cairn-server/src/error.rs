@@ -1,7 +1,10 @@
-//! The one place where errors of the pipeline become gRPC statuses and HTTP responses.
+//! The one place where errors of the pipeline become gRPC statuses and HTTP responses: the
+//! core's (`cairn-service`: analysis pipeline, review desk, executor loop), ingest's, the
+//! store's and access's.
 
 use axum::http::StatusCode;
 use cairn_ingest::{ErrorKind, IngestError};
+use cairn_service::{AnalysisError, ExecutorError, ReviewDeskError};
 use cairn_store::StoreError;
 use cairn_workflow::ReviewError;
 
@@ -46,6 +49,43 @@ impl From<crate::access::Denied> for ApiError {
         match d {
             crate::access::Denied::Unauthenticated => ApiError::Unauthenticated,
             other => ApiError::PermissionDenied(other.to_string()),
+        }
+    }
+}
+
+// The core's errors keep the statuses and messages they had when the core lived in this crate:
+// each variant maps to the request error that names the same problem.
+
+impl From<AnalysisError> for ApiError {
+    fn from(e: AnalysisError) -> ApiError {
+        match e {
+            AnalysisError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
+impl From<ReviewDeskError> for ApiError {
+    fn from(e: ReviewDeskError) -> ApiError {
+        use ReviewDeskError as D;
+        match e {
+            D::Store(e) => ApiError::Store(e),
+            D::Routing(e) => e.into(),
+            D::Review(e) => ApiError::Review(e),
+            D::BreakGlass(e) => ApiError::BreakGlass(e),
+            D::UnknownRecommendation { .. } | D::UnknownBreakGlass(_) => ApiError::NotFound(e.to_string()),
+            D::StaleSignIn(_) => ApiError::StaleSignIn(e.to_string()),
+            D::GuardrailRefused(_) | D::InvalidBundle(_) => ApiError::InvalidArgument(e.to_string()),
+            D::Contended | D::ProposalNotStored | D::Encoding(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ExecutorError> for ApiError {
+    fn from(e: ExecutorError) -> ApiError {
+        match e {
+            ExecutorError::Store(e) => ApiError::Store(e),
+            ExecutorError::Routing(e) => e.into(),
+            ExecutorError::Orphaned(_) | ExecutorError::WorkerPanicked(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::auth::Authenticator;
 use crate::convert as cv;
-use crate::engine::{Batch, Engine};
+use cairn_service::{Batch, Engine};
 use crate::error::ApiError;
 use cairn_proto::v1 as pb;
 use cairn_store::{AuditQuery, RecommendationFilter};
@@ -189,7 +189,7 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
             }
             let key = (!batch.idempotency_key.is_empty()).then(|| batch.idempotency_key.clone());
             if let Some(k) = &key
-                && self.keys.lock().unwrap_or_else(|p| p.into_inner()).contains(k, self.engine.clock.now_ms())
+                && self.keys.lock().unwrap_or_else(|p| p.into_inner()).contains(k, self.engine.clock().now_ms())
             {
                 resp.duplicate_messages += 1;
                 batch_index += 1;
@@ -236,20 +236,20 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
                     .await
                     .map_err(|e| Status::internal(format!("intake panicked: {e}")))?
                     .map_err(Status::from)?;
-                self.engine.metrics.alerts_accepted.with_label_values(&["grpc"]).inc_by(n_alerts);
+                self.engine.metrics().alerts_accepted.with_label_values(&["grpc"]).inc_by(n_alerts);
             }
             // Back-pressure: a gRPC producer waits (bounded) for room instead of being dropped.
             let wait = Duration::from_secs(5);
             let n_samples = samples.len() as u64;
             if !samples.is_empty() {
                 self.send(Batch::Samples { samples, source: "grpc" }, wait).await?;
-                self.engine.metrics.samples_accepted.with_label_values(&["grpc"]).inc_by(n_samples);
+                self.engine.metrics().samples_accepted.with_label_values(&["grpc"]).inc_by(n_samples);
             }
             // The whole message is in: count it, and remember its key.
             resp.accepted_alerts += n_alerts;
             resp.accepted_samples += n_samples;
             if let Some(k) = key {
-                self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(k, self.engine.clock.now_ms());
+                self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(k, self.engine.clock().now_ms());
             }
             batch_index += 1;
         }
@@ -261,11 +261,11 @@ impl IngestSvc {
     async fn send(&self, batch: Batch, wait: Duration) -> Result<(), Status> {
         match self.queue.send_timeout(batch, wait).await {
             Ok(()) => {
-                self.engine.metrics.queue_depth.inc();
+                self.engine.metrics().queue_depth.inc();
                 Ok(())
             }
             Err(_) => {
-                self.engine.metrics.requests_overloaded.with_label_values(&["grpc"]).inc();
+                self.engine.metrics().requests_overloaded.with_label_values(&["grpc"]).inc();
                 Err(ApiError::Overloaded { retry_after_secs: wait.as_secs() }.into())
             }
         }
@@ -305,7 +305,7 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
             limit: if r.limit == 0 { 100 } else { r.limit.min(1000) as usize },
         };
         let engine = self.engine.clone();
-        let records = blocking(move || Ok(engine.store.list_recommendations(&filter)?)).await?;
+        let records = blocking(move || Ok(engine.store().list_recommendations(&filter)?)).await?;
         Ok(Response::new(pb::ListRecommendationsResponse {
             recommendations: records
                 .iter()
@@ -325,9 +325,9 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         principal(&request)?;
         let r = request.into_inner();
         let engine = self.engine.clone();
-        let card = blocking(move || crate::card::decision_card(&engine, &RecommendationId(r.recommendation_id), r.revision))
+        let card = blocking(move || Ok(cairn_service::card::decision_card(engine.desk(), &RecommendationId(r.recommendation_id), r.revision)?))
             .await?;
-        Ok(Response::new(card))
+        Ok(Response::new(cv::decision_card_to_pb(&card)))
     }
 
     async fn propose_policy(
@@ -335,13 +335,13 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         request: Request<pb::ProposePolicyRequest>,
     ) -> Result<Response<pb::ProposePolicyResponse>, Status> {
         let id = caller(&request)?;
-        self.engine.check_step_up("proposing a policy", &id).map_err(Status::from)?;
+        self.engine.desk().check_step_up("proposing a policy", &id).map_err(|e| Status::from(ApiError::from(e)))?;
         let who = id.principal;
         let r = request.into_inner();
         let files = r.files.into_iter().map(|f| cairn_policy::PolicyFile { name: f.name, text: f.text }).collect();
         let engine = self.engine.clone();
         let (record, active_version, proposed_version) =
-            blocking(move || crate::policy::propose(&engine, &who, files, &r.reason, &r.execution_window)).await?;
+            blocking(move || Ok(cairn_service::policy::propose(engine.desk(), &who, files, &r.reason, &r.execution_window)?)).await?;
         Ok(Response::new(pb::ProposePolicyResponse {
             proposal: Some(pb::RecommendationView {
                 recommendation: Some(cv::recommendation_to_pb(&record.recommendation)),
@@ -363,7 +363,7 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         let limit = if r.limit == 0 { 500 } else { r.limit.min(10_000) as usize };
         let engine = self.engine.clone();
         let (active_version, candidate_version, evaluated, changed) =
-            blocking(move || crate::policy::shadow(&engine, files, limit)).await?;
+            blocking(move || Ok(cairn_service::policy::shadow(engine.desk(), files, limit)?)).await?;
         Ok(Response::new(pb::ShadowPolicyResponse {
             active_version,
             candidate_version,
@@ -413,7 +413,7 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
             loop {
                 let e2 = engine.clone();
                 let q = AuditQuery { after_seq: Some(cursor), limit: 500, ..Default::default() };
-                let events = match blocking(move || Ok(e2.store.audit_events(&q)?)).await {
+                let events = match blocking(move || Ok(e2.store().audit_events(&q)?)).await {
                     Ok(ev) => ev,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
@@ -466,7 +466,7 @@ impl ReviewSvc {
         }
         let engine = self.engine.clone();
         let (change, message) =
-            blocking(move || engine.review(&who, &RecommendationId(id), revision, &reason, approve)).await?;
+            blocking(move || Ok(engine.desk().review(&who, &RecommendationId(id), revision, &reason, approve)?)).await?;
         Ok(Response::new(pb::ReviewResponse { change: Some(cv::change_to_pb(&change)), message }))
     }
 }
@@ -497,14 +497,14 @@ impl pb::audit_service_server::AuditService for AuditSvc {
             limit: if r.limit == 0 { 1000 } else { r.limit.min(10_000) as usize },
         };
         let engine = self.engine.clone();
-        let events = blocking(move || Ok(engine.store.audit_events(&q)?)).await?;
+        let events = blocking(move || Ok(engine.store().audit_events(&q)?)).await?;
         Ok(Response::new(pb::AuditQueryResponse { events: events.iter().map(cv::audit_to_pb).collect() }))
     }
 
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         principal(&request)?;
         let (engine, checkpoints) = (self.engine.clone(), self.checkpoints.clone());
-        let response = blocking(move || crate::audit_api::verify(engine.store.as_ref(), &checkpoints)).await?;
+        let response = blocking(move || crate::audit_api::verify(engine.store().as_ref(), &checkpoints)).await?;
         Ok(Response::new(response))
     }
 
@@ -512,7 +512,7 @@ impl pb::audit_service_server::AuditService for AuditSvc {
         principal(&request)?;
         let r = request.into_inner();
         let (engine, checkpoints) = (self.engine.clone(), self.checkpoints.clone());
-        let response = blocking(move || crate::audit_api::prove(engine.store.as_ref(), &checkpoints, r)).await?;
+        let response = blocking(move || crate::audit_api::prove(engine.store().as_ref(), &checkpoints, r)).await?;
         Ok(Response::new(response))
     }
 }
@@ -533,7 +533,7 @@ impl pb::incident_service_server::IncidentService for IncidentSvc {
         let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) as usize };
         let engine = self.engine.clone();
         let incidents =
-            blocking(move || Ok(engine.store.list_incidents(r.updated_since_ms, r.min_members as usize, limit)?)).await?;
+            blocking(move || Ok(engine.store().list_incidents(r.updated_since_ms, r.min_members as usize, limit)?)).await?;
         Ok(Response::new(pb::ListIncidentsResponse { incidents: incidents.iter().map(cv::incident_to_pb).collect() }))
     }
 
@@ -541,7 +541,7 @@ impl pb::incident_service_server::IncidentService for IncidentSvc {
         principal(&request)?;
         let id = cairn_types::IncidentId(request.into_inner().id);
         let engine = self.engine.clone();
-        let found = blocking(move || Ok(engine.store.get_incident(&id).map(|i| (id, i))?)).await?;
+        let found = blocking(move || Ok(engine.store().get_incident(&id).map(|i| (id, i))?)).await?;
         match found {
             (_, Some(i)) => Ok(Response::new(cv::incident_to_pb(&i))),
             (id, None) => Err(Status::not_found(format!("no incident {id}"))),

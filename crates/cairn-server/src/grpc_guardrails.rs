@@ -2,7 +2,7 @@
 //! automations the loop guard disabled. Thin: each call converts, calls the engine on the blocking
 //! pool, converts back.
 
-use crate::engine::Engine;
+use cairn_service::Engine;
 use crate::error::ApiError;
 use crate::grpc::{blocking, principal};
 use cairn_proto::v1 as pb;
@@ -74,7 +74,7 @@ fn status_to(freeze: Option<FreezeState>, disabled: Vec<DisabledAutomation>) -> 
 }
 
 fn status_of(engine: &Engine) -> Result<pb::GuardrailStatus, ApiError> {
-    let (f, d) = engine.guardrail_status()?;
+    let (f, d) = engine.desk().guardrail_status()?;
     Ok(status_to(f, d))
 }
 
@@ -82,7 +82,7 @@ fn status_of(engine: &Engine) -> Result<pb::GuardrailStatus, ApiError> {
 impl pb::guardrail_service_server::GuardrailService for GuardrailSvc {
     async fn open_break_glass(&self, request: Request<pb::OpenBreakGlassRequest>) -> Result<Response<pb::BreakGlass>, Status> {
         let id = crate::grpc::caller(&request)?;
-        self.engine.check_step_up("opening a break-glass", &id).map_err(Status::from)?;
+        self.engine.desk().check_step_up("opening a break-glass", &id).map_err(|e| Status::from(ApiError::from(e)))?;
         let who = id.principal;
         let r = request.into_inner();
         let scope = r.scope.unwrap_or_default();
@@ -95,7 +95,7 @@ impl pb::guardrail_service_server::GuardrailService for GuardrailSvc {
             max_uses: (r.max_uses > 0).then_some(r.max_uses),
         };
         let engine = self.engine.clone();
-        let bg = blocking(move || engine.open_breakglass(&who, req)).await?;
+        let bg = blocking(move || Ok(engine.desk().open_breakglass(&who, req)?)).await?;
         Ok(Response::new(breakglass_to(&bg)))
     }
 
@@ -103,7 +103,7 @@ impl pb::guardrail_service_server::GuardrailService for GuardrailSvc {
         principal(&request)?;
         let active_only = request.into_inner().active_only;
         let engine = self.engine.clone();
-        let items = blocking(move || engine.list_breakglass(active_only)).await?;
+        let items = blocking(move || Ok(engine.desk().list_breakglass(active_only)?)).await?;
         Ok(Response::new(pb::ListBreakGlassResponse { items: items.iter().map(breakglass_to).collect() }))
     }
 
@@ -111,7 +111,7 @@ impl pb::guardrail_service_server::GuardrailService for GuardrailSvc {
         let who = principal(&request)?;
         let r = request.into_inner();
         let engine = self.engine.clone();
-        let bg = blocking(move || engine.revoke_breakglass(&who, &r.id, &r.reason)).await?;
+        let bg = blocking(move || Ok(engine.desk().revoke_breakglass(&who, &r.id, &r.reason)?)).await?;
         Ok(Response::new(breakglass_to(&bg)))
     }
 
@@ -120,7 +120,7 @@ impl pb::guardrail_service_server::GuardrailService for GuardrailSvc {
         let r = request.into_inner();
         let engine = self.engine.clone();
         let status = blocking(move || {
-            engine.set_freeze(&who, r.frozen, &r.reason)?;
+            engine.desk().set_freeze(&who, r.frozen, &r.reason)?;
             status_of(&engine)
         })
         .await?;
@@ -140,7 +140,7 @@ impl pb::guardrail_service_server::GuardrailService for GuardrailSvc {
         let target = target_from(r.target);
         let engine = self.engine.clone();
         let status = blocking(move || {
-            if !engine.enable_automation(&who, action, &target, &r.reason)? {
+            if !engine.desk().enable_automation(&who, action, &target, &r.reason)? {
                 return Err(ApiError::NotFound(format!("{action} on {target} is not disabled")));
             }
             status_of(&engine)

@@ -3,7 +3,7 @@
 //! size cap before buffering, enqueues accepted batches and maps errors to statuses.
 
 use crate::auth::Authenticator;
-use crate::engine::{Batch, Engine};
+use cairn_service::{Batch, Engine};
 use crate::error::ApiError;
 use axum::Router;
 use axum::body::Bytes;
@@ -87,11 +87,11 @@ impl HttpState {
     fn enqueue(&self, batch: Batch, endpoint: &'static str) -> Result<(), ApiError> {
         match self.queue.try_send(batch) {
             Ok(()) => {
-                self.engine.metrics.queue_depth.inc();
+                self.engine.metrics().queue_depth.inc();
                 Ok(())
             }
             Err(_) => {
-                self.engine.metrics.requests_overloaded.with_label_values(&[endpoint]).inc();
+                self.engine.metrics().requests_overloaded.with_label_values(&[endpoint]).inc();
                 Err(ApiError::Overloaded { retry_after_secs: self.retry_after_secs })
             }
         }
@@ -99,7 +99,7 @@ impl HttpState {
 
     fn finish(&self, endpoint: &'static str, started: Instant, result: Result<Response, ApiError>) -> Response {
         self.engine
-            .metrics
+            .metrics()
             .request_duration
             .with_label_values(&[endpoint])
             .observe(started.elapsed().as_secs_f64());
@@ -108,7 +108,7 @@ impl HttpState {
             Err(e) => {
                 if !matches!(e, ApiError::Overloaded { .. } | ApiError::NotStored { .. }) {
                     self.engine
-                        .metrics
+                        .metrics()
                         .requests_rejected
                         .with_label_values(&[endpoint, e.reason_label()])
                         .inc();
@@ -148,7 +148,7 @@ async fn remote_write(
         let n = samples.len() as u64;
         if n > 0 {
             st.enqueue(Batch::Samples { samples, source: ENDPOINT }, ENDPOINT)?;
-            st.engine.metrics.samples_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
+            st.engine.metrics().samples_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     }
@@ -167,7 +167,7 @@ async fn alertmanager(
     let result = async {
         let sender = st.check_token(&headers, &peer)?;
         let body = st.body(body)?;
-        let now = st.engine.clock.now_ms();
+        let now = st.engine.clock().now_ms();
         let mut batch = cairn_ingest::decode_alertmanager(&body, &st.limits, now)?;
         let may_steer = sender.is_some_and(|id| id.has(crate::access::Scope::IngestAnnotate));
         cairn_ingest::withhold_steering(&mut batch.alerts, may_steer, &st.trusted_annotation_rules);
@@ -178,7 +178,7 @@ async fn alertmanager(
             tokio::task::spawn_blocking(move || intake.accept(&engine, &batch.alerts, retry))
                 .await
                 .map_err(|e| ApiError::Internal(format!("intake panicked: {e}")))??;
-            st.engine.metrics.alerts_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
+            st.engine.metrics().alerts_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
         }
         Ok((StatusCode::OK, format!("accepted {n} alerts\n")).into_response())
     }
@@ -199,14 +199,14 @@ async fn changes(
     let result = async {
         st.check_token(&headers, &peer)?;
         let body = st.body(body)?;
-        let now = st.engine.clock.now_ms();
+        let now = st.engine.clock().now_ms();
         let change = cairn_ingest::decode_change(&body, &st.limits, now)?;
         let fingerprint = change.fingerprint.clone();
         let (engine, intake, retry) = (st.engine.clone(), st.intake.clone(), st.retry_after_secs);
         tokio::task::spawn_blocking(move || intake.accept(&engine, &[change], retry))
             .await
             .map_err(|e| ApiError::Internal(format!("intake panicked: {e}")))??;
-        st.engine.metrics.alerts_accepted.with_label_values(&[ENDPOINT]).inc();
+        st.engine.metrics().alerts_accepted.with_label_values(&[ENDPOINT]).inc();
         Ok((StatusCode::OK, format!("accepted change {fingerprint}\n")).into_response())
     }
     .await;
@@ -216,7 +216,7 @@ async fn changes(
 async fn metrics(State(st): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        st.engine.metrics.render(),
+        st.engine.metrics().render(),
     )
         .into_response()
 }
@@ -229,7 +229,7 @@ async fn readyz(State(st): State<HttpState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
     }
     let engine = st.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.store.audit_head()).await {
+    match tokio::task::spawn_blocking(move || engine.store().audit_head()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store check failed: {e}\n")).into_response(),

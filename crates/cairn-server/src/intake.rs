@@ -6,7 +6,7 @@
 //!
 //! This module decides when an alert is acknowledged; it never analyses one.
 
-use crate::engine::{Analysis, Batch, Engine};
+use cairn_service::{Analysis, Batch, Engine};
 use crate::error::ApiError;
 use cairn_types::AlertEvent;
 use std::sync::Mutex;
@@ -40,15 +40,15 @@ impl Intake {
     /// Journals `alerts` durably, then wakes the worker. Blocking: call it off the async runtime.
     /// An error is a retryable refusal: nothing of this request was acknowledged.
     pub fn accept(&self, engine: &Engine, alerts: &[AlertEvent], retry_after_secs: u64) -> Result<(), ApiError> {
-        let now = engine.clock.now_ms();
+        let now = engine.clock().now_ms();
         let n = alerts.len() as u64;
         let before = self.pending.fetch_add(n, Ordering::SeqCst);
         if before + n > self.max_pending {
             self.pending.fetch_sub(n, Ordering::SeqCst);
-            engine.metrics.requests_overloaded.with_label_values(&["alerts"]).inc();
+            engine.metrics().requests_overloaded.with_label_values(&["alerts"]).inc();
             return Err(ApiError::Overloaded { retry_after_secs });
         }
-        match engine.store.journal_alerts(alerts, now) {
+        match engine.store().journal_alerts(alerts, now) {
             Ok(()) => {
                 self.set_failing(None);
                 self.wake.notify_one();
@@ -56,7 +56,7 @@ impl Intake {
             }
             Err(e) => {
                 self.pending.fetch_sub(n, Ordering::SeqCst);
-                engine.metrics.intake_failures.inc();
+                engine.metrics().intake_failures.inc();
                 let reason = format!("alerts cannot be stored: {e}");
                 error!(error = %e, alerts = alerts.len(), "alerts refused with 503: the intake journal cannot be written");
                 self.set_failing(Some(reason.clone()));
@@ -86,12 +86,12 @@ impl Intake {
 pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Result<usize, ApiError> {
     let mut done = 0;
     loop {
-        let rows = engine.store.pending_intake(REPLAY_BATCH)?;
+        let rows = engine.store().pending_intake(REPLAY_BATCH)?;
         let Some(&(last, _)) = rows.last() else { return Ok(done) };
         let alerts: Vec<AlertEvent> = rows.into_iter().map(|(_, a)| a).collect();
         let n = alerts.len();
-        engine.analyse(analysis, Batch::Alerts { alerts, source: "journal" })?;
-        engine.store.finish_intake(last)?;
+        engine.pipeline().analyse(analysis, Batch::Alerts { alerts, source: "journal" })?;
+        engine.store().finish_intake(last)?;
         let _ = intake.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n as u64)));
         done += n;
         if n < REPLAY_BATCH {

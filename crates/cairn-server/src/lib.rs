@@ -14,31 +14,25 @@ pub mod access;
 mod audit_api;
 pub mod alerting;
 pub mod auth;
-mod card;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
-pub mod engine;
 pub mod error;
-pub mod governance;
 pub mod intake;
 pub mod listen;
 mod grpc;
 mod grpc_guardrails;
 mod http;
-pub mod metrics;
-mod learning;
-pub mod policy;
-pub mod models;
 pub mod oidc;
-pub mod recover;
-#[cfg(test)]
-mod sequences;
 pub mod tls;
+
+// The protocol-free core moved to `cairn-service`; these paths stay so that embedders (the e2e
+// tests, the `cairn` binary, the benches) keep naming `cairn_server::engine::SystemClock` and kin.
+pub use cairn_service::{engine, governance, metrics, models, policy, recover};
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
-use crate::engine::{Analysis, Batch, Clock, Engine};
+use cairn_service::{Analysis, Batch, Clock, Engine, EngineParts};
 use crate::metrics::Metrics;
 use cairn_proto::v1 as pb;
 use std::net::SocketAddr;
@@ -145,7 +139,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         ttl_ms: cfg.executor.lease_ms as i64,
     });
     let executor = build_executor(&cfg)?
-        .with_journal(Arc::new(recover::StoreJournal { store: store.clone(), clock: clock.clone() }));
+        .with_journal(Arc::new(recover::StoreJournal { leases: store.clone(), clock: clock.clone() }));
     info!(
         store = %db.display(),
         policy_version = router.version(),
@@ -156,20 +150,20 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     let metrics = Metrics::new();
     let cancel = CancellationToken::new();
-    let mut engine = Engine::new(
+    let engine = Engine::new(EngineParts {
         store,
-        Arc::new(router),
+        router: Arc::new(router),
         executor,
-        cfg.workflow.clone(),
+        workflow: cfg.workflow.clone(),
+        governance: build_governance(&cfg)?,
         metrics,
         clock,
-        cancel.clone(),
-    )?;
-    engine.governance = build_governance(&cfg)?;
-    engine.signals_authenticated = cfg.ingest.require_token;
-    engine.step_up = cfg.auth.step_up;
-    engine.oidc_configured = !cfg.auth.oidc.is_empty();
-    engine.apply_configured_freeze().map_err(|e| StartError::Governance(e.to_string()))?;
+        signals_authenticated: cfg.ingest.require_token,
+        step_up: cfg.auth.step_up,
+        oidc_configured: !cfg.auth.oidc.is_empty(),
+        shutdown: cancel.clone(),
+    })?;
+    engine.desk().apply_configured_freeze().map_err(|e| StartError::Governance(e.to_string()))?;
     let engine = Arc::new(engine);
     let analysis = Analysis {
         detector: cairn_detect::Detector::new(cfg.detect.clone()),
@@ -208,9 +202,9 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let (queue_tx, queue_rx) = mpsc::channel::<Batch>(cfg.ingest.queue_capacity);
     let worker_alive = Arc::new(AtomicBool::new(true));
 
-    let intake = Arc::new(intake::Intake::new(cfg.ingest.max_pending_alerts, engine.store.pending_intake_len()?));
+    let intake = Arc::new(intake::Intake::new(cfg.ingest.max_pending_alerts, engine.store().pending_intake_len()?));
     tasks.spawn(analysis_worker(engine.clone(), analysis, queue_rx, intake.clone(), worker_alive.clone()));
-    tasks.spawn(engine.clone().executor_loop(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
+    tasks.spawn(engine.executor().clone().run(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
     tasks.spawn(checkpointer.clone().run(
         engine.subscribe_audit_head(),
         Duration::from_secs(cfg.audit.checkpoint_every_secs.max(1)),
@@ -240,7 +234,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         decode_slots: Arc::new(tokio::sync::Semaphore::new(cfg.ingest.max_concurrent_decodes)),
     });
     if let Some(t) = &tls {
-        tasks.spawn(t.clone().watch(engine.metrics.clone(), cancel.clone()));
+        tasks.spawn(t.clone().watch(engine.metrics().clone(), cancel.clone()));
     }
     let listener_tls = |alpn| tls.clone().map(|tls| listen::ListenerTls { tls, alpn });
     let http_incoming = listen::accept(
@@ -248,7 +242,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         "http",
         &cfg.listen,
         listener_tls(tls::Alpn::Http1),
-        engine.metrics.clone(),
+        engine.metrics().clone(),
         cancel.clone(),
     );
     tasks.spawn(listen::serve_http(http_incoming, app, cfg.listen.clone(), cancel.clone()));
@@ -318,13 +312,13 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         required,
     );
     let c = cancel.clone();
-    let grpc_metrics = engine.metrics.clone();
+    let grpc_metrics = engine.metrics().clone();
     let grpc_incoming = listen::accept(
         grpc_listener,
         "grpc",
         &cfg.listen,
         listener_tls(tls::Alpn::H2),
-        engine.metrics.clone(),
+        engine.metrics().clone(),
         cancel.clone(),
     );
     let (ping, ping_timeout) = (
@@ -378,13 +372,13 @@ fn execution_gate(cfg: &ServerConfig) -> Result<cairn_workflow::ExecutionGate, S
 }
 
 fn build_governance(cfg: &ServerConfig) -> Result<governance::Governance, StartError> {
-    let am = match &cfg.alerting.alertmanager_url {
+    let am: Option<Arc<dyn governance::Escalator>> = match &cfg.alerting.alertmanager_url {
         Some(url) => {
             let generator = cfg.alerting.generator_url.clone().unwrap_or_else(|| format!("http://{}/", cfg.http_addr));
-            Some(
+            Some(Arc::new(
                 alerting::Alertmanager::new(url, generator, Duration::from_millis(cfg.alerting.timeout_ms))
                     .map_err(|e| StartError::Governance(format!("alerting.alertmanager_url: {e}")))?,
-            )
+            ))
         }
         None => None,
     };
@@ -461,7 +455,7 @@ async fn analysis_worker(
                 () = intake.woken() => Work::Journal,
                 batch = queue.recv() => match batch {
                     Some(b) => {
-                        engine.metrics.queue_depth.dec();
+                        engine.metrics().queue_depth.dec();
                         Work::Samples(b)
                     }
                     None => break,
@@ -474,7 +468,7 @@ async fn analysis_worker(
         let joined = tokio::task::spawn_blocking(move || {
             let result = match work {
                 Work::Journal => intake::drain(&e, &i, &mut analysis).map(|_| ()),
-                Work::Samples(batch) => e.analyse(&mut analysis, batch),
+                Work::Samples(batch) => e.pipeline().analyse(&mut analysis, batch).map_err(error::ApiError::from),
             };
             (analysis, result)
         })
@@ -483,7 +477,7 @@ async fn analysis_worker(
             Ok((a, result)) => {
                 analysis = a;
                 if let Err(err) = result {
-                    engine.metrics.analysis_failures.inc();
+                    engine.metrics().analysis_failures.inc();
                     error!(error = %err, "analysis of accepted signals failed; journaled alerts are retried");
                 }
             }

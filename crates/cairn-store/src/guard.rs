@@ -6,7 +6,7 @@ use crate::Result;
 use cairn_types::{ActionClass, AuditDraft, BreakGlass, ChangeId, ChangeRequest, DisabledAutomation, FreezeState, Target};
 
 /// Guardrail and break-glass state. A supertrait of [`Store`](crate::Store), so every store has it.
-pub trait GuardStore {
+pub trait GuardStore: Send + Sync + std::fmt::Debug {
     /// Inserts a new break-glass (version 1) or writes the next version of an existing one; a
     /// stale version is a [`Conflict`](crate::StoreError::Conflict).
     fn save_breakglass(&self, bg: &BreakGlass, audit: &[AuditDraft], now_ms: i64) -> Result<()>;

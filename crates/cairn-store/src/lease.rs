@@ -49,7 +49,7 @@ pub struct Lease {
 /// claims themselves ([`ChangeStore::claim_approved`](crate::ChangeStore::claim_approved) and its siblings)
 /// create the lease under the store's [`LeaseTerms`]; any write that moves the change out of
 /// `executing` ends it.
-pub trait LeaseStore {
+pub trait LeaseStore: Send + Sync + std::fmt::Debug {
     /// The holder and length that later claims record.
     fn set_lease_terms(&self, terms: LeaseTerms);
     fn lease_terms(&self) -> LeaseTerms;

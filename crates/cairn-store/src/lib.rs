@@ -117,7 +117,9 @@ impl<T: SignalStore + ChangeStore + GuardStore + LeaseStore + AuditLog + Send + 
 
 /// What analysis writes and reads about signals: alerts (and their intake journal), anomalies and
 /// incidents.
-pub trait SignalStore {
+// Each part is shared across threads on its own (the core hands a part to each of its users), so
+// each is `Send + Sync + Debug` by itself, not only through [`Store`].
+pub trait SignalStore: Send + Sync + std::fmt::Debug {
     /// Upserts alerts by fingerprint (status, end, last seen). Returns how many rows changed.
     fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize>;
     /// Appends acknowledged alerts to the intake journal, durably, before their sender is
@@ -156,7 +158,7 @@ pub trait SignalStore {
 /// Recommendation revisions, their decisions and change requests, and executions: what routing,
 /// the review desk and the executor loop write and read. Every write takes its audit drafts and
 /// appends them in its own transaction.
-pub trait ChangeStore {
+pub trait ChangeStore: Send + Sync + std::fmt::Debug {
     /// Stores a new recommendation revision, its decision and its change request, supersedes the
     /// earlier revision's change if it has not started running (a half-done staged rollout is
     /// stopped for rollback instead), and appends `audit` — one transaction.

@@ -11,7 +11,8 @@
 //! (`recover.rs`).
 //!
 //! This crate never routes (that is `cairn-policy`), never writes the store, and knows no protocol
-//! other than the outbound webhook an adapter speaks.
+//! other than the outbound HTTP of the webhook adapter and the PromQL verifier, both behind the
+//! `http` feature (on by default; the protocol-free `cairn-service` builds without it).
 
 #![forbid(unsafe_code)]
 
@@ -25,14 +26,18 @@ pub mod stages;
 mod verify;
 mod window;
 
-pub use adapters::{CommandAdapter, CommandConfig, DryRunAdapter, WebhookAdapter};
+pub use adapters::{CommandAdapter, CommandConfig, DryRunAdapter};
+#[cfg(feature = "http")]
+pub use adapters::WebhookAdapter;
 pub use breakglass::{BreakGlassError, BreakGlassRequest};
 pub use guard::{GuardInputs, GuardrailsConfig, Hold, RateLimit};
 pub use execute::{Adapter, AdapterFuture, ExecutionRefused, Executor, authorize_execution, refuse};
 pub use stages::pauses_between_stages;
 pub use recover::{AbandonedClaim, Recovered, Resolution, RunJournal, interrupted_escalation, recover_interrupted};
 pub use review::{ReviewError, approve, expire, missing_fields, open_change, reject};
-pub use verify::{CheckResult, PromQlVerifier, Verifier, compare};
+pub use verify::{CheckResult, Verifier, compare};
+#[cfg(feature = "http")]
+pub use verify::PromQlVerifier;
 pub use window::{ExecutionGate, MaintenanceWindow, MaintenanceWindows, Roster, WeeklySchedule, WindowError};
 
 use serde::{Deserialize, Serialize};

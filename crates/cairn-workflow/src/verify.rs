@@ -4,6 +4,7 @@
 
 use cairn_types::VerificationCheck;
 use futures::future::BoxFuture;
+#[cfg(feature = "http")]
 use std::time::{Duration, Instant};
 
 /// The result of one check.
@@ -34,6 +35,7 @@ pub fn compare(observed: f64, comparator: &str, threshold: f64) -> bool {
 }
 
 /// Checks PromQL expressions against a Prometheus server.
+#[cfg(feature = "http")]
 #[derive(Debug)]
 pub struct PromQlVerifier {
     base_url: String,
@@ -44,6 +46,7 @@ pub struct PromQlVerifier {
     max_wait: Duration,
 }
 
+#[cfg(feature = "http")]
 impl PromQlVerifier {
     /// `timeout` bounds each HTTP request; a check is retried every `interval` until it passes or
     /// `min(within_secs, max_wait)` has passed.
@@ -83,6 +86,7 @@ impl PromQlVerifier {
     }
 }
 
+#[cfg(feature = "http")]
 impl Verifier for PromQlVerifier {
     fn check<'a>(&'a self, check: &'a VerificationCheck) -> BoxFuture<'a, CheckResult> {
         Box::pin(async move {

@@ -1,17 +1,20 @@
 //! The adapters that carry a change out, and undo it: a dry run that touches nothing, a signed
-//! webhook, and a command run without a shell. Each one turns what happened into an
+//! webhook (with the `http` feature), and a command run without a shell. Each one turns what happened into an
 //! [`ExecutionOutcome`](cairn_types::ExecutionOutcome) and bounded, captured output; none of them
 //! decides whether a change may run — the [`Executor`](crate::Executor) has already checked that.
 
 mod command;
 mod dry_run;
+#[cfg(feature = "http")]
 mod webhook;
 
 pub use command::{CommandAdapter, CommandConfig};
 pub use dry_run::DryRunAdapter;
+#[cfg(feature = "http")]
 pub use webhook::{SIGNATURE_HEADER, WebhookAdapter, sign};
 
 /// Cuts captured output to at most `max` bytes on a character boundary, saying so when it cut.
+#[cfg(any(test, feature = "http"))]
 pub(crate) fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
@@ -36,5 +39,5 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "http"))]
 mod adapter_tests;

@@ -3,8 +3,7 @@
 //! environment, from another incident. Only decided changes count: rejected, rolled back or failed,
 //! and succeeded.
 
-use crate::engine::Engine;
-use crate::error::ApiError;
+use cairn_store::{ChangeStore, StoreError};
 use cairn_recommend::learning::{self, LearningConfig, Verdict};
 use cairn_types::{ActionClass, ChangeState, Recommendation};
 
@@ -13,10 +12,9 @@ const LOOK_BACK: usize = 200;
 
 /// Verdicts on earlier similar changes, newest first: one per earlier recommendation (its newest
 /// decided revision), so that one incident decided many times does not outweigh the others.
-pub fn history(engine: &Engine, rec: &Recommendation) -> Result<Vec<Verdict>, ApiError> {
+pub fn history(changes: &dyn ChangeStore, rec: &Recommendation) -> Result<Vec<Verdict>, StoreError> {
     let mut seen = std::collections::HashSet::new();
-    Ok(engine
-        .store
+    Ok(changes
         .decided_changes_on_service(&rec.target.service, &rec.target.environment, &rec.id, LOOK_BACK)?
         .into_iter()
         .filter(|r| r.recommendation.playbook == rec.playbook && seen.insert(r.recommendation.id.clone()))
@@ -30,10 +28,10 @@ pub fn history(engine: &Engine, rec: &Recommendation) -> Result<Vec<Verdict>, Ap
 }
 
 /// The recommendation with its confidence adjusted by what people decided before.
-pub fn apply(engine: &Engine, rec: Recommendation, now_ms: i64) -> Result<Recommendation, ApiError> {
+pub fn apply(changes: &dyn ChangeStore, rec: Recommendation, now_ms: i64) -> Result<Recommendation, StoreError> {
     if rec.action == ActionClass::PolicyActivation {
         return Ok(rec);
     }
-    let past = history(engine, &rec)?;
+    let past = history(changes, &rec)?;
     Ok(learning::apply(rec, &past, &LearningConfig::default(), now_ms))
 }

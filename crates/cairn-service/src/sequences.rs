@@ -1,9 +1,12 @@
-//! Whole review sequences, generated, through the real server core: recommendations are routed
-//! and opened by [`Engine::route_and_open`] (the default policy, learning, guardrail inputs and
-//! `breakglass_for_blocked`), reviewed by [`Engine::review`] as random principals (including the
-//! requester and Cairn itself), executed by [`Engine::execute_ready`] (recovery, expiry, the
+//! Whole review sequences, generated, through the real core, its three parts wired as `cairn serve`
+//! wires them: recommendations are routed and opened by the analysis pipeline
+//! ([`Pipeline::route_and_open`](crate::Pipeline::route_and_open): the default policy, learning,
+//! guardrail inputs and `breakglass_for_blocked`), reviewed at the review desk
+//! ([`ReviewDesk::review`](crate::ReviewDesk::review)) as random principals (including the
+//! requester and Cairn itself), executed by the executor loop
+//! ([`ExecutorLoop::execute_ready`](crate::ExecutorLoop::execute_ready): recovery, expiry, the
 //! break-glass sweeper, rollbacks of stopped rollouts, the window wait, `stop_before_run`, the
-//! executor and its gate), break-glass opened and revoked through the engine, and policy versions
+//! executor and its gate), break-glass opened and revoked at the desk, and policy versions
 //! switched the way an activation does (`reroute_after_activation`). Also: new revisions, clock
 //! jumps across expiry and maintenance windows, principals removed from the configuration, forged
 //! states, adapters that fail and staged rollouts. Nothing here re-implements a step of the server.
@@ -16,8 +19,8 @@
 //! a recorded use; no break-glass is used beyond its maximum or at or after its expiry; and each of
 //! its state changes (opened, used, revoked, expired) has its audit event.
 
-use crate::access::{Identity, PrincipalKind};
-use crate::engine::{Clock, Engine};
+use crate::identity::{Identity, PrincipalKind};
+use crate::engine::{Clock, Engine, EngineParts};
 use crate::governance::Governance;
 use crate::metrics::Metrics;
 use cairn_policy::{PolicyBundle, Router, RouterConfig, RoutingContext};
@@ -219,10 +222,21 @@ fn engine(
     let gate = ExecutionGate { windows: windows.clone(), roster: Some(Roster::new(roster.to_vec())) };
     let executor = Executor::new(adapter.clone()).with_gate(Arc::new(gate));
     let clock: Arc<dyn Clock> = clock.clone();
-    let mut engine = Engine::new(store, router, executor, WorkflowConfig::default(), Metrics::new(), clock, Default::default()).unwrap();
     let guardrails = GuardrailsConfig { approver_groups: vec!["sre-leads".into()], ..Default::default() };
-    engine.governance = Governance::new(guardrails, None).unwrap();
-    engine.signals_authenticated = true;
+    let engine = Engine::new(EngineParts {
+        store,
+        router,
+        executor,
+        workflow: WorkflowConfig::default(),
+        governance: Governance::new(guardrails, None).unwrap(),
+        metrics: Metrics::new(),
+        clock,
+        signals_authenticated: true,
+        step_up: Default::default(),
+        oidc_configured: false,
+        shutdown: Default::default(),
+    })
+    .unwrap();
     Arc::new(engine)
 }
 
@@ -258,13 +272,13 @@ impl World {
     }
 
     fn store(&self) -> &dyn Store {
-        &*self.engine.store
+        self.engine.store().as_ref()
     }
 
     /// Routes and opens the current revision through the engine.
     fn propose(&mut self) {
         let _rt = self.rt.enter();
-        self.engine.route_and_open(self.rec.clone(), self.now()).unwrap();
+        self.engine.pipeline().route_and_open(self.rec.clone(), self.now()).unwrap();
         self.note_latest();
     }
 
@@ -292,7 +306,7 @@ impl World {
             BreakGlassRequest { purpose: "incident bridge".into(), link: "INC-1".into(), scope, duration_ms: minutes * 60_000, max_uses };
         // Refused for Cairn's own subject, as over gRPC.
         let _rt = self.rt.enter();
-        let _ = self.engine.open_breakglass(&people()[owner], req);
+        let _ = self.engine.desk().open_breakglass(&people()[owner], req);
     }
 
     fn revoke(&mut self, who: usize) {
@@ -300,7 +314,7 @@ impl World {
         let Some(bg) = all.iter().max_by_key(|bg| (bg.opened_ms, bg.id.clone())) else { return };
         // Refused when it is not active.
         let _rt = self.rt.enter();
-        let _ = self.engine.revoke_breakglass(&people()[who], &bg.id, "no longer needed");
+        let _ = self.engine.desk().revoke_breakglass(&people()[who], &bg.id, "no longer needed");
     }
 
     fn latest(&self) -> cairn_store::RecommendationRecord {
@@ -312,31 +326,30 @@ impl World {
         let record = self.latest();
         let who = Identity { principal: people()[who].clone(), kind: PrincipalKind::Person, scopes: BTreeSet::new(), sign_in: None };
         let _rt = self.rt.enter();
-        let _ = self.engine.review(&who, &record.recommendation.id, record.recommendation.revision, "reviewed", approving);
+        let _ = self.engine.desk().review(&who, &record.recommendation.id, record.recommendation.revision, "reviewed", approving);
     }
 
     /// One pass of the executor loop.
     fn execute(&mut self, fail: bool) {
         *self.adapter.fail.lock().unwrap() = fail;
-        let engine = self.engine.clone();
-        self.rt.block_on(engine.execute_ready()).unwrap();
+        self.rt.block_on(self.engine.executor().execute_ready()).unwrap();
     }
 
     /// A person leaves the configuration: the server is restarted on the same store without them.
     fn remove(&mut self, who: usize) {
         let gone = people()[who].subject.clone();
         self.roster.retain(|p| p.subject != gone);
-        let router = self.engine.router.current();
-        self.engine = engine(self.engine.store.clone(), router, (&self.roster, &self.windows, &self.adapter, &self.clock));
+        let router = self.engine.router().current();
+        self.engine = engine(self.engine.store().clone(), router, (&self.roster, &self.windows, &self.adapter, &self.clock));
     }
 
     /// The other policy version becomes active, as a policy activation makes it: waiting changes
     /// decided under the earlier version are routed again.
     fn switch_policy(&mut self) {
         self.active = 1 - self.active;
-        self.engine.router.swap(self.routers[self.active].clone());
+        self.engine.router().swap(self.routers[self.active].clone());
         let _rt = self.rt.enter();
-        crate::policy::reroute_after_activation(&self.engine, self.now()).unwrap();
+        crate::policy::reroute_after_activation(self.engine.executor(), self.now()).unwrap();
         self.note_latest();
     }
 
@@ -358,7 +371,7 @@ impl World {
         let mut forged = record.change.clone();
         forged.state = ChangeState::Approved;
         let now = self.now();
-        let _ = self.rt.block_on(self.engine.executor.run(&forged, &record.recommendation, &record.decision, now));
+        let _ = self.rt.block_on(self.engine.executor().executor.run(&forged, &record.recommendation, &record.decision, now));
     }
 }
 

@@ -8,8 +8,8 @@
 //! swap (the executor runs it like any change: it is never called around the executor), and
 //! re-routes what the swap voids.
 
-use crate::engine::Engine;
-use crate::error::ApiError;
+use crate::desk::{ReviewDesk, ReviewDeskError};
+use crate::executor::{ExecutorError, ExecutorLoop};
 use cairn_policy::{PolicyBundle, PolicyFile, Router};
 use cairn_store::{RecommendationFilter, RecommendationRecord, Store};
 use cairn_types::{
@@ -54,15 +54,15 @@ pub fn policy_target() -> Target {
 
 /// Approved changes that need a maintenance window and have none open now: the executor leaves
 /// them approved, and they run when a window opens.
-pub fn waiting_for_window(engine: &Engine, now_ms: i64) -> Result<Vec<ChangeId>, ApiError> {
-    let windows = &engine.executor.gate().windows;
+pub fn waiting_for_window(ex: &ExecutorLoop, now_ms: i64) -> Result<Vec<ChangeId>, ExecutorError> {
+    let windows = &ex.executor.gate().windows;
     let mut waiting = Vec::new();
     // Every approved change, page by page: one the check did not read could be claimed outside
     // its window.
     const PAGE: usize = 500;
     let mut after: Option<(i64, ChangeId)> = None;
     loop {
-        let page = engine.store.approved_changes_after(after.as_ref().map(|(ms, id)| (*ms, id)), PAGE)?;
+        let page = ex.changes.approved_changes_after(after.as_ref().map(|(ms, id)| (*ms, id)), PAGE)?;
         let Some(last) = page.last() else { break };
         after = Some((last.created_ms, last.id.clone()));
         let full = page.len() == PAGE;
@@ -70,7 +70,7 @@ pub fn waiting_for_window(engine: &Engine, now_ms: i64) -> Result<Vec<ChangeId>,
             if !(change.requires_window || (change.outcome == cairn_types::Outcome::Review && change.tier == Some(3))) {
                 continue;
             }
-            let record = engine.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
+            let record = ex.changes.get_recommendation(&change.recommendation_id, Some(change.revision))?;
             let open = record.is_some_and(|r| windows.open_for(&r.recommendation.target, now_ms).is_some());
             if !open {
                 waiting.push(change.id);
@@ -85,35 +85,35 @@ pub fn waiting_for_window(engine: &Engine, now_ms: i64) -> Result<Vec<ChangeId>,
 
 /// Opens the change request that would activate `files`. Blocking.
 pub fn propose(
-    engine: &Engine,
+    desk: &ReviewDesk,
     who: &Principal,
     files: Vec<PolicyFile>,
     reason: &str,
     execution_window: &str,
-) -> Result<(RecommendationRecord, String, String), ApiError> {
+) -> Result<(RecommendationRecord, String, String), ReviewDeskError> {
     if reason.trim().is_empty() {
-        return Err(ApiError::InvalidArgument("reason is required: why should the policy change?".into()));
+        return Err(ReviewDeskError::InvalidBundle("reason is required: why should the policy change?".into()));
     }
-    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-    let report = cairn_policy::run_policy_tests(&bundle).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ReviewDeskError::InvalidBundle(e.to_string()))?;
+    let report = cairn_policy::run_policy_tests(&bundle).map_err(|e| ReviewDeskError::InvalidBundle(e.to_string()))?;
     if !report.passed() {
         let failed: Vec<String> =
             report.results.iter().filter(|r| !r.1).map(|r| format!("{} ({})", r.0, r.2)).collect();
-        return Err(ApiError::InvalidArgument(if failed.is_empty() {
+        return Err(ReviewDeskError::InvalidBundle(if failed.is_empty() {
             "the bundle has no Rego tests (*_test.rego with test_* rules); a policy is proposed with its tests".into()
         } else {
             format!("the bundle's own Rego tests fail: {}", failed.join("; "))
         }));
     }
-    let active = engine.router.current();
-    let now = engine.clock.now_ms();
+    let active = desk.router.current();
+    let now = desk.clock.now_ms();
     let version = bundle.version().to_string();
     let id = RecommendationId(format!("rec-policy-{}", &version.trim_start_matches("sha256:")[..16]));
-    let revision = engine.store.get_recommendation(&id, None)?.map_or(1, |r| r.recommendation.revision + 1);
+    let revision = desk.changes.get_recommendation(&id, None)?.map_or(1, |r| r.recommendation.revision + 1);
     let files_json = serde_json::to_string(
         &bundle.files().iter().map(|f| json!({ "name": f.name, "text": f.text })).collect::<Vec<_>>(),
     )
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(|e| ReviewDeskError::Encoding(e.to_string()))?;
     let mut parameters = std::collections::BTreeMap::new();
     parameters.insert(BUNDLE_VERSION.to_string(), version.clone());
     parameters.insert(BUNDLE_FILES.to_string(), files_json);
@@ -160,11 +160,11 @@ pub fn propose(
         created_ms: now,
         requester: who.subject.clone(),
     };
-    engine.route_and_open(rec.clone(), now)?;
-    let record = engine
-        .store
+    desk.pipeline.route_and_open(rec.clone(), now)?;
+    let record = desk
+        .changes
         .get_recommendation(&rec.id, Some(rec.revision))?
-        .ok_or_else(|| ApiError::Internal("the proposal was not stored".into()))?;
+        .ok_or(ReviewDeskError::ProposalNotStored)?;
     info!(proposed = %version, active = active.version(), by = %who.subject, "policy activation proposed");
     Ok((record, active.version().to_string(), version))
 }
@@ -172,17 +172,17 @@ pub fn propose(
 /// Routes the `limit` most recent recommendations through a candidate bundle built from `files`
 /// and returns (active version, candidate version, evaluated, changed). Blocking; writes nothing.
 pub fn shadow(
-    engine: &Engine,
+    desk: &ReviewDesk,
     files: Vec<PolicyFile>,
     limit: usize,
-) -> Result<(String, String, usize, Vec<cairn_policy::ShadowChange>), ApiError> {
-    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-    let active = engine.router.current();
-    let candidate = Router::new(bundle, active.config().clone()).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-    let records = engine.store.list_recommendations(&RecommendationFilter { limit, ..Default::default() })?;
+) -> Result<(String, String, usize, Vec<cairn_policy::ShadowChange>), ReviewDeskError> {
+    let bundle = PolicyBundle::from_all_files(files).map_err(|e| ReviewDeskError::InvalidBundle(e.to_string()))?;
+    let active = desk.router.current();
+    let candidate = Router::new(bundle, active.config().clone()).map_err(|e| ReviewDeskError::InvalidBundle(e.to_string()))?;
+    let records = desk.changes.list_recommendations(&RecommendationFilter { limit, ..Default::default() })?;
     let recorded: Vec<(Recommendation, Decision)> =
         records.into_iter().map(|r| (r.recommendation, r.decision)).collect();
-    let changed = cairn_policy::shadow(&candidate, &recorded, engine.clock.now_ms());
+    let changed = cairn_policy::shadow(&candidate, &recorded, desk.clock.now_ms());
     Ok((active.version().to_string(), candidate.version().to_string(), recorded.len(), changed))
 }
 
@@ -211,7 +211,7 @@ pub fn bundle_of(rec: &Recommendation) -> Result<PolicyBundle, String> {
 /// The adapter policy activations run through: the executor authorises them like any change
 /// (decision, quorum, still-authorised approvers, window) and records the execution; executing
 /// one swaps the server's router to the change's bundle, and its rollback swaps the earlier one
-/// back. What the swap voids is routed again by the engine once the execution is recorded
+/// back. What the swap voids is routed again by the executor loop once the execution is recorded
 /// ([`PolicyAdapter::activated`], `reroute_after_activation`).
 #[derive(Debug)]
 pub struct PolicyAdapter {
@@ -286,11 +286,11 @@ impl cairn_workflow::Adapter for PolicyAdapter {
 /// routed again, as a new revision, under the active one — which decides again, among the rest,
 /// whether its stages pause. The store supersedes the earlier change with its audit event; a
 /// half-done rollout is stopped and its executed stages are rolled back.
-pub(crate) fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), ApiError> {
-    let active = engine.router.current().version().to_string();
+pub(crate) fn reroute_after_activation(ex: &ExecutorLoop, now: i64) -> Result<(), ExecutorError> {
+    let active = ex.router.current().version().to_string();
     for state in [ChangeState::PendingApproval, ChangeState::Approved, ChangeState::AwaitingStageApproval] {
         let filter = RecommendationFilter { state: Some(state), limit: 10_000, ..Default::default() };
-        for record in engine.store.list_recommendations(&filter)? {
+        for record in ex.changes.list_recommendations(&filter)? {
             if record.change.policy_version == active {
                 continue;
             }
@@ -298,7 +298,7 @@ pub(crate) fn reroute_after_activation(engine: &Engine, now: i64) -> Result<(), 
             rec.revision += 1;
             rec.created_ms = now;
             info!(recommendation_id = %rec.id, revision = rec.revision, "routed again under the new policy version");
-            engine.route_and_open(rec, now)?;
+            ex.pipeline.route_and_open(rec, now)?;
         }
     }
     Ok(())
@@ -338,22 +338,22 @@ pub fn restore_active(store: &dyn Store, configured: PolicyBundle) -> PolicyBund
 /// This closes the window in which a recommendation routed concurrently with an activation escaped
 /// the re-routing. Returns whether the change was stopped. Blocking.
 pub fn stop_if_decided_under_old_policy(
-    engine: &Engine,
+    ex: &ExecutorLoop,
     change: &ChangeRequest,
     rec: &Recommendation,
     decision: &Decision,
-) -> Result<bool, ApiError> {
-    let active = engine.router.current().version().to_string();
+) -> Result<bool, ExecutorError> {
+    let active = ex.router.current().version().to_string();
     if decision.policy_version == active {
         return Ok(false);
     }
-    let now = engine.clock.now_ms();
+    let now = ex.clock.now_ms();
     let refused = cairn_workflow::ExecutionRefused::Mismatch("the policy version that decided it is no longer active");
     let (next, drafts) = cairn_workflow::refuse(change, &refused, now);
-    engine.store.update_change(&next, change.version, &drafts, now)?;
+    ex.changes.update_change(&next, change.version, &drafts, now)?;
     let mut again = rec.clone();
     again.revision += 1;
     again.created_ms = now;
-    engine.route_and_open(again, now)?;
+    ex.pipeline.route_and_open(again, now)?;
     Ok(true)
 }

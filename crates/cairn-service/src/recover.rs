@@ -5,9 +5,9 @@
 //! `cairn_workflow::recover`; this module only reads the store, applies the decision, counts it
 //! (`cairn_changes_interrupted_total{resolution}`) and escalates it (`CairnChangeInterrupted`).
 
-use crate::engine::{Clock, Engine};
-use crate::error::ApiError;
-use cairn_store::{Lease, LeaseTerms, Store};
+use crate::engine::{Clock, Leases};
+use crate::executor::{ExecutorError, ExecutorLoop};
+use cairn_store::{Lease, LeaseTerms};
 use cairn_types::{ChangeId, ChangeRequest};
 use cairn_workflow::{AbandonedClaim, RunJournal};
 use futures::future::BoxFuture;
@@ -41,13 +41,13 @@ pub fn lease_holder() -> String {
 /// lease is no longer this process's.
 #[derive(Debug)]
 pub struct StoreJournal {
-    pub store: Arc<dyn Store>,
+    pub leases: Leases,
     pub clock: Arc<dyn Clock>,
 }
 
 impl RunJournal for StoreJournal {
     fn before_adapter_call<'a>(&'a self, change: &'a ChangeRequest, call: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        let (store, now) = (self.store.clone(), self.clock.now_ms());
+        let (store, now) = (self.leases.clone(), self.clock.now_ms());
         let (id, call, done) = (change.id.clone(), call.to_string(), change.stages_done);
         Box::pin(async move {
             let holder = store.lease_terms().holder;
@@ -63,14 +63,14 @@ impl RunJournal for StoreJournal {
     }
 }
 
-impl Engine {
+impl ExecutorLoop {
     /// Recovers every change whose lease expired while it was `executing`: each one's fate is
     /// decided by `cairn_workflow::recover_interrupted` and written with its `change.interrupted`
     /// event in one transaction, only while the lease is still the expired one (so two sweeps
     /// recover it once, and a holder that renewed in time keeps it). Blocking.
-    pub(crate) fn recover_interrupted(&self, now: i64) -> Result<usize, ApiError> {
+    pub(crate) fn recover_interrupted(&self, now: i64) -> Result<usize, ExecutorError> {
         let mut recovered = 0;
-        for (change, lease) in self.store.expired_leases(now, RECOVER_PER_SWEEP)? {
+        for (change, lease) in self.leases.expired_leases(now, RECOVER_PER_SWEEP)? {
             // One change that cannot be recovered (say, a racing write) must not hold up the rest
             // or the executor pass: it is tried again on the next sweep.
             match self.recover_one(&change, &lease, now) {
@@ -82,11 +82,11 @@ impl Engine {
         Ok(recovered)
     }
 
-    fn recover_one(&self, change: &ChangeRequest, lease: &Lease, now: i64) -> Result<bool, ApiError> {
-        let record = self.store.get_recommendation(&change.recommendation_id, Some(change.revision))?;
-        let latest = self.store.get_recommendation(&change.recommendation_id, None)?;
+    fn recover_one(&self, change: &ChangeRequest, lease: &Lease, now: i64) -> Result<bool, ExecutorError> {
+        let record = self.changes.get_recommendation(&change.recommendation_id, Some(change.revision))?;
+        let latest = self.changes.get_recommendation(&change.recommendation_id, None)?;
         let (Some(record), Some(latest)) = (record, latest) else {
-            return Err(ApiError::Internal(format!("change {} has no recommendation", change.id)));
+            return Err(ExecutorError::Orphaned(change.id.clone()));
         };
         let claim = AbandonedClaim {
             holder: lease.holder.clone(),
@@ -103,7 +103,7 @@ impl Engine {
             self.executor.gate(),
             now,
         );
-        if !self.store.resolve_interrupted(&out.change, change.version, lease, &out.drafts, now)? {
+        if !self.leases.resolve_interrupted(&out.change, change.version, lease, &out.drafts, now)? {
             return Ok(false);
         }
         self.metrics.governance.changes_interrupted.with_label_values(&[out.resolution.as_str()]).inc();
@@ -117,7 +117,7 @@ impl Engine {
             "interrupted change recovered"
         );
         if let Some(e) = cairn_workflow::interrupted_escalation(&out, &record.recommendation, now) {
-            self.escalate(vec![e]);
+            self.governance.escalate(&self.metrics, vec![e]);
         }
         Ok(true)
     }
@@ -126,7 +126,7 @@ impl Engine {
     /// same batch still `waiting` their turn, every third of the lease length, so a slow adapter call
     /// is not taken for an abandoned one, nor are the claims queued behind it.
     pub(crate) async fn renewing_lease<T>(self: &Arc<Self>, change: &ChangeId, waiting: &[ChangeId], work: impl Future<Output = T>) -> T {
-        let terms: LeaseTerms = self.store.lease_terms();
+        let terms: LeaseTerms = self.leases.lease_terms();
         let every = std::time::Duration::from_millis((terms.ttl_ms / 3).max(1) as u64);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tokio::pin!(work);
@@ -135,10 +135,10 @@ impl Engine {
                 out = &mut work => return out,
                 _ = ticker.tick() => {
                     let ids: Vec<ChangeId> = std::iter::once(change).chain(waiting).cloned().collect();
-                    let (engine, holder) = (self.clone(), terms.holder.clone());
+                    let (ex, holder) = (self.clone(), terms.holder.clone());
                     let renewed = tokio::task::spawn_blocking(move || {
-                        let now = engine.clock.now_ms();
-                        ids.into_iter().map(|id| (engine.store.renew_lease(&id, &holder, now), id)).collect::<Vec<_>>()
+                        let now = ex.clock.now_ms();
+                        ids.into_iter().map(|id| (ex.leases.renew_lease(&id, &holder, now), id)).collect::<Vec<_>>()
                     })
                     .await;
                     let renewed = match renewed {

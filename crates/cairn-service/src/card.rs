@@ -1,36 +1,56 @@
 //! Decision cards: everything a reviewer needs about one recommendation, gathered in one read.
+//! The card is domain values; the server turns it into its wire form.
 
-use crate::convert as cv;
-use crate::engine::Engine;
-use crate::error::ApiError;
-use cairn_proto::v1 as pb;
+use crate::desk::{ReviewDesk, ReviewDeskError};
 use cairn_store::{RecommendationFilter, RecommendationRecord};
-use cairn_types::{ChangeState, Recommendation, RecommendationId};
+use cairn_types::{ChangeRequest, ChangeState, Decision, Execution, Incident, Recommendation, RecommendationId};
 
 /// How far back "related recent changes" on the same target look.
 const RELATED_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
 
-pub fn decision_card(engine: &Engine, id: &RecommendationId, revision: u32) -> Result<pb::DecisionCard, ApiError> {
+/// One recommendation revision with what a reviewer weighs it by.
+#[derive(Clone, Debug)]
+pub struct DecisionCard {
+    pub recommendation: Recommendation,
+    pub decision: Decision,
+    pub change: ChangeRequest,
+    pub incident: Option<Incident>,
+    /// Other changes on the same target within the last week.
+    pub related_changes: Vec<ChangeRequest>,
+    /// The firing alerts on the target's service, in words.
+    pub target_state: String,
+    pub executions: Vec<Execution>,
+    /// Required fields the change lacks (invariant 4): it cannot be approved until they are set.
+    pub missing_fields: Vec<String>,
+    pub service_criticality: String,
+    /// The maintenance window open for the target now, if any.
+    pub maintenance_window: Option<String>,
+    pub rollback_confidence: String,
+    pub recent_incidents: Vec<String>,
+    /// What past decisions did to the confidence, in words (empty when nothing did).
+    pub learning: String,
+    pub active_policy_version: String,
+}
+
+/// The card of `id` at `revision` (0: the newest). Blocking.
+pub fn decision_card(desk: &ReviewDesk, id: &RecommendationId, revision: u32) -> Result<DecisionCard, ReviewDeskError> {
     let rev = (revision != 0).then_some(revision);
-    let record = engine
-        .store
+    let record = desk
+        .changes
         .get_recommendation(id, rev)?
-        .ok_or_else(|| match rev {
-            Some(r) => ApiError::NotFound(format!("no recommendation {id} at revision {r}")),
-            None => ApiError::NotFound(format!("no recommendation {id}")),
-        })?;
+        .ok_or_else(|| ReviewDeskError::UnknownRecommendation { id: id.clone(), revision: rev })?;
     let rec = &record.recommendation;
-    let incident = engine.store.get_incident(&rec.incident_id)?;
-    let now = engine.clock.now_ms();
-    let related = engine
-        .store
+    let incident = desk.signals.get_incident(&rec.incident_id)?;
+    let now = desk.clock.now_ms();
+    let related_changes = desk
+        .changes
         .recent_changes_on_target(&rec.target, now - RELATED_WINDOW_MS)?
         .into_iter()
         .filter(|c| c.change.id != record.change.id)
-        .map(|c| cv::change_to_pb(&c.change))
+        .map(|c| c.change)
         .collect();
-    let firing: Vec<String> = engine
-        .store
+    let firing: Vec<String> = desk
+        .signals
         .firing_alerts_on_service(&rec.target.service, 200)?
         .into_iter()
         .map(|a| a.alertname().to_string())
@@ -40,11 +60,11 @@ pub fn decision_card(engine: &Engine, id: &RecommendationId, revision: u32) -> R
     } else {
         format!("{} firing alert(s) on service {:?}: {}", firing.len(), rec.target.service, firing.join(", "))
     };
-    let executions = engine.store.executions_for(&record.change.id)?.iter().map(cv::execution_to_pb).collect();
-    let missing = cairn_workflow::missing_fields(rec, &record.decision).into_iter().map(String::from).collect();
-    let active = engine.router.current();
-    let window = engine.executor.gate().windows.open_for(&rec.target, now).map(|w| w.name.clone());
-    let on_service = engine.store.list_recommendations(&RecommendationFilter {
+    let executions = desk.changes.executions_for(&record.change.id)?;
+    let missing_fields = cairn_workflow::missing_fields(rec, &record.decision).into_iter().map(String::from).collect();
+    let active = desk.router.current();
+    let maintenance_window = desk.windows.open_for(&rec.target, now).map(|w| w.name.clone());
+    let on_service = desk.changes.list_recommendations(&RecommendationFilter {
         service: Some(rec.target.service.clone()),
         limit: 200,
         ..Default::default()
@@ -57,24 +77,23 @@ pub fn decision_card(engine: &Engine, id: &RecommendationId, revision: u32) -> R
         .find(|e| e.kind == cairn_recommend::learning::LEARNING_EVIDENCE)
         .map(|e| e.description.clone())
         .unwrap_or_default();
-    Ok(pb::DecisionCard {
-        recommendation: Some(cv::recommendation_to_pb(rec)),
-        decision: Some(cv::decision_to_pb(&record.decision)),
-        change: Some(cv::change_to_pb(&record.change)),
-        incident: incident.as_ref().map(cv::incident_to_pb),
-        related_changes: related,
+    let service_criticality = active.bundle().service_criticality(&rec.target.service);
+    let active_policy_version = active.version().to_string();
+    Ok(DecisionCard {
+        incident,
+        related_changes,
         target_state,
         executions,
-        missing_fields: missing,
-        service_criticality: active.bundle().service_criticality(&rec.target.service),
-        maintenance_window_open: window.is_some(),
-        maintenance_window: window.unwrap_or_default(),
-        blast_radius: rec.blast_radius.as_str().into(),
-        reversibility: rec.reversibility.as_str().into(),
+        missing_fields,
+        service_criticality,
+        maintenance_window,
         rollback_confidence,
         recent_incidents,
         learning,
-        active_policy_version: active.version().to_string(),
+        active_policy_version,
+        recommendation: record.recommendation,
+        decision: record.decision,
+        change: record.change,
     })
 }
 

@@ -1,0 +1,165 @@
+//! Each part of the core built and used on its own, from only what it is given: the pipeline
+//! without a desk or an executor loop, the desk without an executor loop, the executor loop on a
+//! change written straight into the store. (The property suite, `sequences.rs`, drives the three
+//! together as `cairn serve` wires them.)
+
+#![allow(clippy::unwrap_used)]
+
+use crate::desk::{ReviewDesk, ReviewDeskDeps, ReviewDeskError};
+use crate::engine::Clock;
+use crate::executor::{ExecutorLoop, ExecutorLoopDeps};
+use crate::governance::Governance;
+use crate::identity::{Identity, PrincipalKind};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineDeps};
+use crate::policy::ActiveRouter;
+use cairn_policy::{PolicyBundle, Router, RouterConfig};
+use cairn_store::{SqliteStore, Store};
+use cairn_types::{ChangeRequest, Decision, ExecutionOutcome, Outcome, Principal, Recommendation, RecommendationId};
+use cairn_workflow::{Adapter, AdapterFuture, Executor, WorkflowConfig};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+const NOW: i64 = 1_795_915_800_000;
+
+#[derive(Debug)]
+struct FixedClock;
+
+impl Clock for FixedClock {
+    fn now_ms(&self) -> i64 {
+        NOW
+    }
+}
+
+/// Records the changes that reached it.
+#[derive(Debug, Default)]
+struct Recording(Mutex<Vec<ChangeRequest>>);
+
+impl Adapter for Recording {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    fn execute<'a>(&'a self, _: &'a Recommendation, change: &'a ChangeRequest) -> AdapterFuture<'a> {
+        self.0.lock().unwrap().push(change.clone());
+        Box::pin(async { (ExecutionOutcome::Succeeded, String::new()) })
+    }
+    fn rollback<'a>(&'a self, _: &'a Recommendation, _: &'a ChangeRequest) -> AdapterFuture<'a> {
+        Box::pin(async { (ExecutionOutcome::Succeeded, String::new()) })
+    }
+}
+
+fn store() -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open_in_memory().unwrap())
+}
+
+fn router() -> Arc<ActiveRouter> {
+    let router = Router::new(PolicyBundle::embedded_default(), RouterConfig::default()).unwrap();
+    Arc::new(ActiveRouter::new(Arc::new(router)))
+}
+
+fn pipeline(store: &Arc<dyn Store>, router: &Arc<ActiveRouter>, signals_authenticated: bool) -> Arc<Pipeline> {
+    Arc::new(Pipeline::new(PipelineDeps {
+        signals: store.clone(),
+        changes: store.clone(),
+        guards: store.clone(),
+        router: router.clone(),
+        windows: Default::default(),
+        governance: Arc::new(Governance::default()),
+        workflow: WorkflowConfig::default(),
+        metrics: Metrics::new(),
+        clock: Arc::new(FixedClock),
+        executor_wake: Arc::new(Notify::new()),
+        signals_authenticated,
+    }))
+}
+
+#[test]
+fn the_pipeline_alone_opens_a_change_under_the_active_policy_and_never_auto_for_unauthenticated_signals() {
+    let (store, router) = (store(), router());
+    let pipeline = pipeline(&store, &router, false);
+    let mut rec = cairn_types::fixtures::recommendation(1);
+    rec.created_ms = NOW;
+    pipeline.route_and_open(rec.clone(), NOW).unwrap();
+    let record = store.get_recommendation(&rec.id, None).unwrap().expect("the recommendation is stored");
+    assert_eq!(record.change.revision, 1);
+    assert_eq!(record.decision.policy_version, router.current().version());
+    assert_ne!(record.decision.outcome, Outcome::Auto, "unauthenticated signals never run by themselves");
+}
+
+#[test]
+fn the_desk_alone_refuses_an_unknown_recommendation_and_a_freeze_without_a_reason() {
+    let (store, router) = (store(), router());
+    let desk = ReviewDesk::new(ReviewDeskDeps {
+        changes: store.clone(),
+        signals: store.clone(),
+        guards: store.clone(),
+        pipeline: pipeline(&store, &router, true),
+        router,
+        windows: Default::default(),
+        governance: Arc::new(Governance::default()),
+        metrics: Metrics::new(),
+        clock: Arc::new(FixedClock),
+        step_up: Default::default(),
+        oidc_configured: false,
+        executor_wake: Arc::new(Notify::new()),
+    });
+    let alice = Principal { subject: "user:alice".into(), display_name: "Alice".into(), groups: vec!["sre".into()] };
+    let who = Identity { principal: alice.clone(), kind: PrincipalKind::Person, scopes: Default::default(), sign_in: None };
+    let unknown = desk.review(&who, &RecommendationId("rec-nope".into()), 1, "looks right", true).unwrap_err();
+    assert!(matches!(unknown, ReviewDeskError::UnknownRecommendation { .. }), "{unknown}");
+    assert_eq!(unknown.to_string(), "no recommendation rec-nope");
+
+    let refused = desk.set_freeze(&alice, true, "  ").unwrap_err();
+    assert!(matches!(refused, ReviewDeskError::GuardrailRefused(_)), "{refused}");
+    assert!(store.freeze_state().unwrap().is_none_or(|f| !f.frozen), "a refused freeze writes nothing");
+    desk.set_freeze(&alice, true, "incident bridge").unwrap();
+    assert!(store.freeze_state().unwrap().is_some_and(|f| f.frozen));
+}
+
+#[test]
+fn the_executor_loop_alone_runs_an_allowed_change_once_through_its_adapter() {
+    let (store, router) = (store(), router());
+    let mut rec = cairn_types::fixtures::recommendation(1);
+    rec.created_ms = NOW;
+    // An auto decision at tier 0 by the active policy, written as routing would write it.
+    let decision = Decision {
+        recommendation_id: rec.id.clone(),
+        revision: 1,
+        outcome: Outcome::Auto,
+        tier: Some(0),
+        approvals_required: 0,
+        approver_groups: vec![],
+        requires_window: false,
+        stage_approval: false,
+        breakglass_owner: None,
+        reasons: vec!["safe and reversible".into()],
+        policy_version: router.current().version().to_string(),
+        policy_failed: false,
+        decided_ms: NOW,
+    };
+    let (change, drafts) = cairn_workflow::open_change(&rec, &decision, NOW, &WorkflowConfig::default());
+    store.propose(&rec, &decision, &change, &drafts, NOW).unwrap();
+
+    let adapter = Arc::new(Recording::default());
+    let ex = Arc::new(ExecutorLoop::new(ExecutorLoopDeps {
+        changes: store.clone(),
+        guards: store.clone(),
+        leases: store.clone(),
+        executor: Executor::new(adapter.clone()),
+        pipeline: pipeline(&store, &router, true),
+        router,
+        governance: Arc::new(Governance::default()),
+        workflow: WorkflowConfig::default(),
+        metrics: Metrics::new(),
+        clock: Arc::new(FixedClock),
+        wake: Arc::new(Notify::new()),
+    }));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert_eq!(rt.block_on(ex.execute_ready()).unwrap(), 1, "the approved change is claimed");
+    assert_eq!(rt.block_on(ex.execute_ready()).unwrap(), 0, "and only once");
+    let ran = adapter.0.lock().unwrap();
+    assert_eq!(ran.len(), 1);
+    assert_eq!(ran[0].id, change.id);
+    let after = store.get_change(&change.id).unwrap().unwrap();
+    assert_ne!(after.state, cairn_types::ChangeState::Approved, "its result is recorded");
+}
