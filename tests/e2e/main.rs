@@ -17,6 +17,8 @@ mod audit_tamper;
 mod governance;
 /// The governance alert rules, checked by the real promtool.
 mod governance_rules;
+/// Incidents followed live from a cursor.
+mod incidents_grpc;
 /// remote_write, the Alertmanager webhook and change events over real HTTP.
 mod ingest_http;
 /// The shipped multivariate model scoring hosts online.

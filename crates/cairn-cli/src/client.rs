@@ -153,6 +153,25 @@ pub async fn incidents_show(args: &ClientArgs, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// `cairn incidents watch`: every incident written after `after`, then each write as it is stored,
+/// a line (or a JSON object) each, until the server ends the stream.
+pub async fn incidents_watch(args: &ClientArgs, after: u64, min_members: u32) -> Result<()> {
+    let mut c = incident_client(args).await?;
+    let request = pb::WatchIncidentsRequest { after_cursor: after, min_members };
+    let mut stream = c.watch_incidents(request).await.map_err(status_error)?.into_inner();
+    let mut last = after;
+    while let Some(ev) = stream.next().await {
+        let ev = ev.map_err(status_error)?;
+        last = ev.cursor;
+        match args.output {
+            OutputFormat::Json => println!("{}", output::incident_event_json(&ev)),
+            OutputFormat::Table => println!("{}", output::incident_event_line(&ev)),
+        }
+    }
+    eprintln!("the server closed the stream (shutting down?); resume with: cairn incidents watch --after {last}");
+    Ok(())
+}
+
 /// gRPC statuses as errors a person can act on.
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     let hint = match s.code() {

@@ -165,6 +165,18 @@ enum IncidentsCmd {
         client: ClientArgs,
         id: String,
     },
+    /// Follow incidents as they are written: every one changed after the cursor, then each change
+    /// live, a line each. Resume with the last cursor printed to miss nothing.
+    Watch {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Resume after this cursor (0: every stored incident first).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only incidents with at least this many members (and any merged away).
+        #[arg(long, default_value_t = 0)]
+        min_members: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +338,9 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             client::incidents_list(&client, limit, min_members).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Incidents(IncidentsCmd::Show { client, id }) => client::incidents_show(&client, &id).await.map(|()| ExitCode::SUCCESS),
+        Command::Incidents(IncidentsCmd::Watch { client, after, min_members }) => {
+            client::incidents_watch(&client, after, min_members).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Watch(args) => client::watch(&args.client, args.after).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(cmd) => audit::run(cmd).await,
         #[cfg(feature = "offline")]

@@ -301,19 +301,37 @@ pub fn incidents_table(list: &[pb::Incident]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "{:<22} {:>7} {:<9} {:<40} {:>5}  entities", "incident", "members", "severity", "most probable root", "score");
     for i in list {
-        let (root, score) = i.causes.first().map(|c| (c.entity.as_str(), c.score)).unwrap_or(("-", 0.0));
-        let _ = writeln!(
-            o,
-            "{:<22} {:>7} {:<9} {:<40} {:>5.2}  {}",
-            i.id,
-            i.members.len(),
-            severity_name(i.severity),
-            root,
-            score,
-            i.entities.join(", ")
-        );
+        let _ = writeln!(o, "{}", incident_row(i));
     }
     o
+}
+
+/// One incident's line of [`incidents_table`].
+fn incident_row(i: &pb::Incident) -> String {
+    let (root, score) = i.causes.first().map(|c| (c.entity.as_str(), c.score)).unwrap_or(("-", 0.0));
+    format!(
+        "{:<22} {:>7} {:<9} {:<40} {:>5.2}  {}",
+        i.id,
+        i.members.len(),
+        severity_name(i.severity),
+        root,
+        score,
+        i.entities.join(", ")
+    )
+}
+
+/// One `WatchIncidents` event, a line: its cursor, then the incident as `incidents list` shows it,
+/// or that it was merged away.
+pub fn incident_event_line(e: &pb::IncidentEvent) -> String {
+    match &e.incident {
+        Some(i) if i.members.is_empty() => format!("[{}] {} merged into another incident", e.cursor, i.id),
+        Some(i) => format!("[{}] {}", e.cursor, incident_row(i)),
+        None => format!("[{}] (no incident)", e.cursor),
+    }
+}
+
+pub fn incident_event_json(e: &pb::IncidentEvent) -> Value {
+    json!({"cursor": e.cursor, "incident": e.incident.as_ref().map(incident_json)})
 }
 
 /// One incident for a person: its causes with their factors, its members, and why each joined.

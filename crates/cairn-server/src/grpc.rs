@@ -281,6 +281,8 @@ pub struct ReviewSvc {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+/// What `WatchIncidents` answers: incidents as they are written.
+type IncidentStream = Pin<Box<dyn Stream<Item = Result<pb::IncidentEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::review_service_server::ReviewService for ReviewSvc {
@@ -547,4 +549,59 @@ impl pb::incident_service_server::IncidentService for IncidentSvc {
             (id, None) => Err(Status::not_found(format!("no incident {id}"))),
         }
     }
+
+    type WatchIncidentsStream = IncidentStream;
+
+    async fn watch_incidents(
+        &self,
+        request: Request<pb::WatchIncidentsRequest>,
+    ) -> Result<Response<Self::WatchIncidentsStream>, Status> {
+        principal(&request)?;
+        let r = request.into_inner();
+        let (mut cursor, min_members) = (r.after_cursor, r.min_members as usize);
+        let engine = self.engine.clone();
+        // Incident writes are not audited, so there is no head to wait on for them alone: wake on
+        // the audit head (a changed incident usually routes a recommendation), else poll the
+        // change index, which costs one indexed read per follower per interval.
+        let mut head = engine.subscribe_audit_head();
+        let shutdown = engine.shutdown_token();
+        let (tx, rx) = mpsc::channel::<Result<pb::IncidentEvent, Status>>(256);
+        tokio::spawn(async move {
+            loop {
+                let e2 = engine.clone();
+                let read = blocking(move || Ok(e2.store().incidents_changed_after(cursor, min_members, WATCH_PAGE)?));
+                let changed = match read.await {
+                    Ok(changed) => changed,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let full_page = changed.len() == WATCH_PAGE;
+                for (seq, incident) in &changed {
+                    cursor = *seq;
+                    let event = pb::IncidentEvent { cursor: *seq, incident: Some(cv::incident_to_pb(incident)) };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return; // the follower went away
+                    }
+                }
+                if full_page {
+                    continue;
+                }
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(INCIDENT_POLL) => {}
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
 }
+
+
+/// Incidents read from the change index at a time by `WatchIncidents`.
+const WATCH_PAGE: usize = 200;
+/// How long `WatchIncidents` waits for a wake-up before it reads the change index anyway.
+const INCIDENT_POLL: Duration = Duration::from_millis(500);

@@ -214,6 +214,11 @@ impl Harness {
         pb::audit_service_client::AuditServiceClient::with_interceptor(channel, Bearer::of(subject))
     }
 
+    pub async fn incidents(&self, subject: &str) -> Incidents {
+        let channel = Channel::from_shared(self.grpc.clone()).unwrap().connect().await.unwrap();
+        pb::incident_service_client::IncidentServiceClient::with_interceptor(channel, Bearer::of(subject))
+    }
+
     /// Polls ListRecommendations until `pred` holds, or panics after 15 s.
     pub async fn wait_for_views(
         &self,
@@ -296,6 +301,7 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Review = pb::review_service_client::ReviewServiceClient<InterceptedService<Channel, Bearer>>;
 pub type Audit = pb::audit_service_client::AuditServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Incidents = pb::incident_service_client::IncidentServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64

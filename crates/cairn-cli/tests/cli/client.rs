@@ -51,6 +51,26 @@ fn review_and_audit_commands_work_against_a_running_server() {
     let one = cairn(&[&["incidents", "show", rec["incident_id"].as_str().unwrap()], &base[..]].concat());
     let text = String::from_utf8_lossy(&one.stdout);
     assert!(text.contains("cause 1") && text.contains("DeploymentErrorsAfterRelease") && text.contains("opened on service:checkout"), "{text}");
+    // `cairn incidents watch` follows from the start: the stored incident comes first, with its cursor.
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([&["incidents", "watch", "--output", "json"], &base[..]].concat())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let event: serde_json::Value = serde_json::from_str(&line.expect("incidents watch printed nothing in 20 s")).unwrap();
+    assert!(event["cursor"].as_u64().unwrap() >= 1, "{event}");
+    assert_eq!(event["incident"]["id"], rec["incident_id"], "{event}");
     let missing = cairn(&[&["incidents", "show", "inc-nope"], &base[..]].concat());
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&missing.stderr));
 
