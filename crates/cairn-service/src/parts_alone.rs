@@ -104,7 +104,7 @@ fn the_desk_alone_refuses_an_unknown_recommendation_and_a_freeze_without_a_reaso
         executor_wake: Arc::new(Notify::new()),
     });
     let alice = Principal { subject: "user:alice".into(), display_name: "Alice".into(), groups: vec!["sre".into()] };
-    let who = Identity { principal: alice.clone(), kind: PrincipalKind::Person, scopes: Default::default(), sign_in: None };
+    let who = Identity::without_sign_in(alice.clone(), PrincipalKind::Person, []);
     let unknown = desk.review(&who, &RecommendationId("rec-nope".into()), 1, "looks right", true).unwrap_err();
     assert!(matches!(unknown, ReviewDeskError::UnknownRecommendation { .. }), "{unknown}");
     assert_eq!(unknown.to_string(), "no recommendation rec-nope");
