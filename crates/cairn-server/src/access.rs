@@ -100,12 +100,8 @@ mod tests {
     use cairn_types::Principal;
 
     fn identity(kind: PrincipalKind, scopes: &[Scope]) -> Identity {
-        Identity {
-            principal: Principal { subject: "x:y".into(), display_name: "Y".into(), groups: vec!["sre".into()] },
-            kind,
-            scopes: scopes.iter().copied().collect(),
-            sign_in: None,
-        }
+        let principal = Principal { subject: "x:y".into(), display_name: "Y".into(), groups: vec!["sre".into()] };
+        Identity::without_sign_in(principal, kind, scopes.iter().copied())
     }
 
     const GOVERNING: [&str; 7] = [

@@ -178,12 +178,8 @@ impl CertificateEntry {
 
     pub fn identity(&self) -> crate::access::Identity {
         let display_name = if self.display_name.is_empty() { self.subject.clone() } else { self.display_name.clone() };
-        crate::access::Identity {
-            principal: cairn_types::Principal { subject: self.subject.clone(), display_name, groups: self.groups.clone() },
-            kind: crate::access::PrincipalKind::Service,
-            scopes: self.scopes.iter().copied().collect(),
-            sign_in: None,
-        }
+        let principal = cairn_types::Principal { subject: self.subject.clone(), display_name, groups: self.groups.clone() };
+        crate::access::Identity::without_sign_in(principal, crate::access::PrincipalKind::Service, self.scopes.iter().copied())
     }
 }
 
@@ -220,12 +216,8 @@ impl TokenEntry {
             (None, PrincipalKind::Service) => Default::default(),
         };
         let display_name = if self.display_name.is_empty() { self.subject.clone() } else { self.display_name.clone() };
-        crate::access::Identity {
-            principal: cairn_types::Principal { subject: self.subject.clone(), display_name, groups: self.groups.clone() },
-            kind,
-            scopes,
-            sign_in: None,
-        }
+        let principal = cairn_types::Principal { subject: self.subject.clone(), display_name, groups: self.groups.clone() };
+        crate::access::Identity::without_sign_in(principal, kind, scopes)
     }
 }
 

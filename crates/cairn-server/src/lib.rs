@@ -1,12 +1,14 @@
 //! Cairn's daemon: the gRPC services (`cairn.v1` ingest, review, audit, plus health and reflection),
 //! the HTTP endpoints (remote_write, Alertmanager webhook, metrics, health), caller identity (static
-//! tokens, client certificates, people signed in at an OpenID Provider: `oidc.rs`), and the wiring
-//! that moves values from one pipeline stage to the next.
+//! tokens, client certificates, people signed in at an OpenID Provider: `oidc.rs`), TLS and the
+//! listeners, and the composition root that turns the configuration into a running core
+//! (`cairn-service`'s analysis pipeline, review desk and executor loop) wired to them.
 //!
 //! This is the only crate that knows gRPC and HTTP, and the only place where errors become status
-//! codes (`error.rs`). It holds no domain logic of its own: detection, correlation, recommendation,
-//! routing, review rules, execution and the audit chain each live in their stage's crate. It must
-//! never decide what may run — that is `cairn-policy` and `cairn-workflow`.
+//! codes (`error.rs`). It holds no domain logic of its own: the orchestration is `cairn-service`'s,
+//! and detection, correlation, recommendation, routing, review rules, execution and the audit chain
+//! each live in their stage's crate. It must never decide what may run — that is `cairn-policy`
+//! and `cairn-workflow`.
 
 #![forbid(unsafe_code)]
 
@@ -26,8 +28,9 @@ mod http;
 pub mod oidc;
 pub mod tls;
 
-// The protocol-free core moved to `cairn-service`; these paths stay so that embedders (the e2e
-// tests, the `cairn` binary, the benches) keep naming `cairn_server::engine::SystemClock` and kin.
+// The protocol-free core lives in `cairn-service`; these paths stay so that embedders (the e2e
+// tests, the `cairn` binary, the benches) keep naming `cairn_server::engine::SystemClock`,
+// `cairn_server::access::Scope` and kin without churn.
 pub use cairn_service::{engine, governance, metrics, models, policy, recover};
 
 use crate::auth::Authenticator;

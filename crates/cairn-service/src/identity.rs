@@ -119,6 +119,11 @@ pub struct SignIn {
 }
 
 impl Identity {
+    /// A caller known by a static token or a client certificate: no sign-in at a provider.
+    pub fn without_sign_in(principal: Principal, kind: PrincipalKind, scopes: impl IntoIterator<Item = Scope>) -> Identity {
+        Identity { principal, kind, scopes: scopes.into_iter().collect(), sign_in: None }
+    }
+
     /// How this caller authenticated, for approval records: what an auditor reads to see whether
     /// an approval came from a fresh sign-in, a static token or a certificate.
     pub fn authentication(&self) -> serde_json::Value {
@@ -200,12 +205,8 @@ mod tests {
     use super::*;
 
     fn identity(kind: PrincipalKind, scopes: &[Scope]) -> Identity {
-        Identity {
-            principal: Principal { subject: "x:y".into(), display_name: "Y".into(), groups: vec!["sre".into()] },
-            kind,
-            scopes: scopes.iter().copied().collect(),
-            sign_in: None,
-        }
+        let principal = Principal { subject: "x:y".into(), display_name: "Y".into(), groups: vec!["sre".into()] };
+        Identity::without_sign_in(principal, kind, scopes.iter().copied())
     }
 
     #[test]

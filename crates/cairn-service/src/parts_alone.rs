@@ -13,7 +13,7 @@ use crate::identity::{Identity, PrincipalKind};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineDeps};
 use crate::policy::ActiveRouter;
-use cairn_policy::{PolicyBundle, Router, RouterConfig};
+use cairn_policy::{PolicyBundle, Router, RouterConfig, RoutingContext};
 use cairn_store::{SqliteStore, Store};
 use cairn_types::{ChangeRequest, Decision, ExecutionOutcome, Outcome, Principal, Recommendation, RecommendationId};
 use cairn_workflow::{Adapter, AdapterFuture, Executor, WorkflowConfig};
@@ -104,7 +104,7 @@ fn the_desk_alone_refuses_an_unknown_recommendation_and_a_freeze_without_a_reaso
         executor_wake: Arc::new(Notify::new()),
     });
     let alice = Principal { subject: "user:alice".into(), display_name: "Alice".into(), groups: vec!["sre".into()] };
-    let who = Identity { principal: alice.clone(), kind: PrincipalKind::Person, scopes: Default::default(), sign_in: None };
+    let who = Identity::without_sign_in(alice.clone(), PrincipalKind::Person, []);
     let unknown = desk.review(&who, &RecommendationId("rec-nope".into()), 1, "looks right", true).unwrap_err();
     assert!(matches!(unknown, ReviewDeskError::UnknownRecommendation { .. }), "{unknown}");
     assert_eq!(unknown.to_string(), "no recommendation rec-nope");
@@ -121,22 +121,10 @@ fn the_executor_loop_alone_runs_an_allowed_change_once_through_its_adapter() {
     let (store, router) = (store(), router());
     let mut rec = cairn_types::fixtures::recommendation(1);
     rec.created_ms = NOW;
-    // An auto decision at tier 0 by the active policy, written as routing would write it.
-    let decision = Decision {
-        recommendation_id: rec.id.clone(),
-        revision: 1,
-        outcome: Outcome::Auto,
-        tier: Some(0),
-        approvals_required: 0,
-        approver_groups: vec![],
-        requires_window: false,
-        stage_approval: false,
-        breakglass_owner: None,
-        reasons: vec!["safe and reversible".into()],
-        policy_version: router.current().version().to_string(),
-        policy_failed: false,
-        decided_ms: NOW,
-    };
+    // The active policy's decision, made auto at tier 0 (as for a safe, confident restart), written
+    // as routing would write it.
+    let routed = router.current().route(&rec, &RoutingContext::for_environment(&rec.target.environment), NOW);
+    let decision = Decision { outcome: Outcome::Auto, tier: Some(0), approvals_required: 0, requires_window: false, ..routed };
     let (change, drafts) = cairn_workflow::open_change(&rec, &decision, NOW, &WorkflowConfig::default());
     store.propose(&rec, &decision, &change, &drafts, NOW).unwrap();
 

@@ -324,7 +324,7 @@ impl World {
     /// A review as a person with a static token (refusals are the engine's to make).
     fn review(&mut self, who: usize, approving: bool) {
         let record = self.latest();
-        let who = Identity { principal: people()[who].clone(), kind: PrincipalKind::Person, scopes: BTreeSet::new(), sign_in: None };
+        let who = Identity::without_sign_in(people()[who].clone(), PrincipalKind::Person, []);
         let _rt = self.rt.enter();
         let _ = self.engine.desk().review(&who, &record.recommendation.id, record.recommendation.revision, "reviewed", approving);
     }
