@@ -90,7 +90,7 @@ pub fn run(args: NabArgs) -> Result<()> {
         cross_validate(&corpus, &cfg, &args)?;
     }
     if args.calibrate {
-        let report = nab::calibrate(&corpus, &point_scores, SCORING_VERSION);
+        let report = nab::calibrate(&corpus, &scores, SCORING_VERSION);
         print_calibration(&report);
         std::fs::create_dir_all(&args.models_dir)
             .with_context(|| format!("cannot create {}", args.models_dir.display()))?;
@@ -255,6 +255,13 @@ fn cross_validate(corpus: &NabCorpus, base: &UnivariateConfig, args: &NabArgs) -
             }
         }
         if let Some(r) = standard {
+            let b = &r.brier;
+            println!(
+                "calibration refit on each fold's training folds; Brier on the held-out onsets ({}): calibrated {:.4}, raw score {:.4}, training base rate {:.4}",
+                b.onsets, b.calibrated, b.raw, b.base_rate
+            );
+            let per: Vec<String> = r.folds.iter().map(|f| format!("{:.4}", f.brier.calibrated)).collect();
+            println!("  calibrated Brier per held-out fold: {}", per.join(" "));
             println!("standard profile, held-out files pooled per category (score, windows detected/total, FP rows):");
             for (c, score, det, total, fp) in &r.categories {
                 let score = if *total == 0 { "-".to_string() } else { format!("{score:.2}") };

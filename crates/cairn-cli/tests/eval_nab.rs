@@ -79,6 +79,9 @@ fn eval_nab_finds_a_shift_and_writes_nab_results() {
     let mean: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((0.0..=100.0).contains(&mean), "{line}");
     assert!(stdout.contains("leave one category out"), "{stdout}");
+    let brier = stdout.lines().find(|l| l.starts_with("calibration refit on each fold")).expect("a held-out Brier line");
+    let calibrated: f64 = brier.split("calibrated ").nth(1).and_then(|t| t.split(',').next()).unwrap().parse().unwrap();
+    assert!((0.0..=1.0).contains(&calibrated), "{brier}");
     let bad = Command::new(env!("CARGO_BIN_EXE_cairn")).args(["eval", "nab", "--folds", "2", "--tune", "alert_score", "--data"]).arg(root).arg("--results").arg(&results).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("KEY=V1,V2"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
