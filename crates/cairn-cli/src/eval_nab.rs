@@ -46,6 +46,11 @@ pub struct NabArgs {
     /// Repeat for more; every combination is a candidate (at most 64).
     #[arg(long = "tune")]
     pub tune: Vec<String>,
+    /// With `--folds`, also deal the files into folds this many ways (each deterministic, deal 0 the
+    /// one by file name) and report the held-out mean over the deals: a difference smaller than their
+    /// spread is which file fell in which fold.
+    #[arg(long, default_value_t = 1)]
+    pub deals: u64,
     /// Also leave each category out in turn: tunables chosen on the others, the category scored.
     #[arg(long)]
     pub leave_one_category_out: bool,
@@ -254,6 +259,9 @@ fn cross_validate(corpus: &NabCorpus, base: &UnivariateConfig, args: &NabArgs) -
                 standard = Some(r);
             }
         }
+        if args.deals > 1 {
+            print_deals(corpus, &scores, args.folds, args.deals);
+        }
         if let Some(r) = standard {
             let b = &r.brier;
             println!(
@@ -289,4 +297,22 @@ fn cross_validate(corpus: &NabCorpus, base: &UnivariateConfig, args: &NabArgs) -
         println!("  mean {:.2}, spread {:.2} (categories with windows)", r.mean, r.std);
     }
     Ok(())
+}
+
+/// The held-out mean per profile over `deals` deals of the files into folds: the mean of the deals'
+/// means, their spread, and the lowest held-out fold of any deal.
+fn print_deals(corpus: &NabCorpus, scores: &[Vec<Vec<f64>>], k: usize, deals: u64) {
+    println!("over {deals} deals of the files into {k} folds (deal 0 is the one above):");
+    println!("{:<20} {:>8} {:>7} {:>12}  deal means", "profile", "mean", "spread", "lowest fold");
+    for p in &nab::PROFILES {
+        let results: Vec<nab::cv::CvResult> =
+            (0..deals).map(|d| nab::cv::cross_validate(corpus, scores, &nab::cv::redealt_folds(corpus, k, d), p)).collect();
+        let means: Vec<f64> = results.iter().map(|r| r.mean).collect();
+        let n = means.len() as f64;
+        let mean = means.iter().sum::<f64>() / n;
+        let spread = (means.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let lowest = results.iter().flat_map(|r| r.folds.iter().filter(|f| f.windows > 0).map(|f| f.normalized)).fold(f64::INFINITY, f64::min);
+        let per: Vec<String> = means.iter().map(|m| format!("{m:.1}")).collect();
+        println!("{:<20} {mean:>8.2} {spread:>7.2} {lowest:>12.1}  {}", p.name, per.join(" "));
+    }
 }

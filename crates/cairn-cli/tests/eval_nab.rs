@@ -66,7 +66,7 @@ fn eval_nab_finds_a_shift_and_writes_nab_results() {
     // Cross-validated: two folds, one file each; the threshold (and the declared candidate) is
     // chosen on the other fold. The clean file's fold has no window and is not averaged.
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["eval", "nab", "--folds", "2", "--tune", "alert_score=0.5,0.7", "--leave-one-category-out", "--data"])
+        .args(["eval", "nab", "--folds", "2", "--deals", "3", "--tune", "alert_score=0.5,0.7", "--leave-one-category-out", "--data"])
         .arg(root)
         .arg("--results")
         .arg(&results)
@@ -79,6 +79,7 @@ fn eval_nab_finds_a_shift_and_writes_nab_results() {
     let mean: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((0.0..=100.0).contains(&mean), "{line}");
     assert!(stdout.contains("leave one category out"), "{stdout}");
+    assert!(stdout.contains("over 3 deals of the files into 2 folds"), "{stdout}");
     let brier = stdout.lines().find(|l| l.starts_with("calibration refit on each fold")).expect("a held-out Brier line");
     let calibrated: f64 = brier.split("calibrated ").nth(1).and_then(|t| t.split(',').next()).unwrap().parse().unwrap();
     assert!((0.0..=1.0).contains(&calibrated), "{brier}");

@@ -606,7 +606,7 @@ pub fn fit_and_check(fit: &[(f64, bool)], check: &[(f64, bool)]) -> Fitted {
 /// Score bins pooled before the isotonic fit: few, so the table does not learn single files.
 pub const CALIBRATION_BINS: usize = 10;
 
-fn fnv1a(s: &str) -> u32 {
+pub(crate) fn fnv1a(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 

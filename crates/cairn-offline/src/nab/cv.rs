@@ -7,7 +7,7 @@
 //! folds' onsets, its Brier score is taken on the held-out fold's onsets only.
 
 use super::{
-    Brier, FileScore, NabCorpus, Profile, SweepPoint, best_threshold, breakdown, corpus_points, fit_and_check, onsets, score_at,
+    Brier, FileScore, NabCorpus, Profile, SweepPoint, best_threshold, breakdown, corpus_points, fit_and_check, fnv1a, onsets, score_at,
     scores_by_threshold,
 };
 
@@ -15,7 +15,15 @@ use super::{
 /// continuing where the previous category's ended, so every fold holds some of every large
 /// category and the split depends only on the file names.
 pub fn stratified_folds(corpus: &NabCorpus, k: usize) -> Vec<usize> {
+    redealt_folds(corpus, k, 0)
+}
+
+/// [`stratified_folds`] with the files of each category shuffled first by a hash of `deal` and their
+/// name (deal 0 keeps name order): another split as deterministic as the first. Averaging over a few
+/// deals shows how much of a difference between two configurations is which file fell in which fold.
+pub fn redealt_folds(corpus: &NabCorpus, k: usize, deal: u64) -> Vec<usize> {
     let k = k.max(2);
+    let key = |i: usize| if deal == 0 { 0 } else { fnv1a(&format!("{deal}/{}", corpus.series[i].name)) };
     let mut fold = vec![0; corpus.series.len()];
     let mut cats: Vec<&str> = corpus.series.iter().map(|s| s.category.as_str()).collect();
     cats.sort_unstable();
@@ -23,7 +31,7 @@ pub fn stratified_folds(corpus: &NabCorpus, k: usize) -> Vec<usize> {
     let mut next = 0usize;
     for c in cats {
         let mut idx: Vec<usize> = (0..corpus.series.len()).filter(|&i| corpus.series[i].category == c).collect();
-        idx.sort_by(|a, b| corpus.series[*a].name.cmp(&corpus.series[*b].name));
+        idx.sort_by(|&a, &b| key(a).cmp(&key(b)).then_with(|| corpus.series[a].name.cmp(&corpus.series[b].name)));
         for i in idx {
             fold[i] = next % k;
             next += 1;
@@ -261,6 +269,13 @@ mod tests {
         for k in 0..5 {
             let members: Vec<&str> = (0..10).filter(|&i| f[i] == k).map(|i| c.series[i].category.as_str()).collect();
             assert_eq!(members.len(), 2, "fold {k}: {members:?}");
+        }
+        // Another deal is another split, as stratified and as reproducible.
+        let g = redealt_folds(&c, 5, 1);
+        assert_eq!(g, redealt_folds(&c, 5, 1));
+        assert_ne!(g, f);
+        for k in 0..5 {
+            assert_eq!((0..10).filter(|&i| g[i] == k).count(), 2);
         }
         let (loco, cats) = category_folds(&c);
         assert_eq!(cats, ["a", "b"]);
