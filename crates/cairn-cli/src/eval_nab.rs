@@ -261,6 +261,9 @@ fn cross_validate(corpus: &NabCorpus, base: &UnivariateConfig, args: &NabArgs) -
         }
         if args.deals > 1 {
             print_deals(corpus, &scores, args.folds, args.deals);
+            if cands.len() > 1 {
+                print_candidates(corpus, &scores, &cands, args.folds, args.deals);
+            }
         }
         if let Some(r) = standard {
             let b = &r.brier;
@@ -299,6 +302,40 @@ fn cross_validate(corpus: &NabCorpus, base: &UnivariateConfig, args: &NabArgs) -
     Ok(())
 }
 
+/// Mean and population standard deviation.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    (mean, (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+/// Each candidate configuration held fixed (only the threshold chosen on the training folds), over
+/// the same deals, beside the first candidate deal by deal: a candidate is better than the first
+/// only when it is higher on most deals by more than the deals' spread.
+fn print_candidates(corpus: &NabCorpus, scores: &[Vec<Vec<f64>>], cands: &[(String, UnivariateConfig)], k: usize, deals: u64) {
+    let folds: Vec<Vec<usize>> = (0..deals).map(|d| nab::cv::redealt_folds(corpus, k, d)).collect();
+    for p in &nab::PROFILES {
+        println!("{} profile, each candidate alone over the {deals} deals (mean, sd of the deals; difference from the first, deal by deal):", p.name);
+        let mut first: Option<Vec<f64>> = None;
+        for (c, (name, _)) in cands.iter().enumerate() {
+            let means: Vec<f64> = folds.iter().map(|f| nab::cv::cross_validate(corpus, &scores[c..=c], f, p).mean).collect();
+            let (mean, sd) = mean_sd(&means);
+            match &first {
+                None => {
+                    println!("  {name:<48} {mean:>7.2} {sd:>5.2}");
+                    first = Some(means);
+                }
+                Some(base) => {
+                    let diff: Vec<f64> = means.iter().zip(base).map(|(m, b)| m - b).collect();
+                    let (d, dsd) = mean_sd(&diff);
+                    let higher = diff.iter().filter(|&&x| x > 0.0).count();
+                    println!("  {name:<48} {mean:>7.2} {sd:>5.2}  {d:>+6.2} ± {dsd:.2}, higher on {higher} of {deals}");
+                }
+            }
+        }
+    }
+}
+
 /// The held-out mean per profile over `deals` deals of the files into folds: the mean of the deals'
 /// means, their spread, and the lowest held-out fold of any deal.
 fn print_deals(corpus: &NabCorpus, scores: &[Vec<Vec<f64>>], k: usize, deals: u64) {
@@ -308,9 +345,7 @@ fn print_deals(corpus: &NabCorpus, scores: &[Vec<Vec<f64>>], k: usize, deals: u6
         let results: Vec<nab::cv::CvResult> =
             (0..deals).map(|d| nab::cv::cross_validate(corpus, scores, &nab::cv::redealt_folds(corpus, k, d), p)).collect();
         let means: Vec<f64> = results.iter().map(|r| r.mean).collect();
-        let n = means.len() as f64;
-        let mean = means.iter().sum::<f64>() / n;
-        let spread = (means.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let (mean, spread) = mean_sd(&means);
         let lowest = results.iter().flat_map(|r| r.folds.iter().filter(|f| f.windows > 0).map(|f| f.normalized)).fold(f64::INFINITY, f64::min);
         let per: Vec<String> = means.iter().map(|m| format!("{m:.1}")).collect();
         println!("{:<20} {mean:>8.2} {spread:>7.2} {lowest:>12.1}  {}", p.name, per.join(" "));

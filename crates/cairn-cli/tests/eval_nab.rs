@@ -80,6 +80,9 @@ fn eval_nab_finds_a_shift_and_writes_nab_results() {
     assert!((0.0..=100.0).contains(&mean), "{line}");
     assert!(stdout.contains("leave one category out"), "{stdout}");
     assert!(stdout.contains("over 3 deals of the files into 2 folds"), "{stdout}");
+    // Each candidate alone, the second against the first deal by deal.
+    let alone = stdout.lines().skip_while(|l| !l.starts_with("standard profile, each candidate alone")).nth(2).expect("a second candidate line");
+    assert!(alone.trim_start().starts_with("alert_score=0.7") && alone.contains("of 3"), "{alone}\n{stdout}");
     let brier = stdout.lines().find(|l| l.starts_with("calibration refit on each fold")).expect("a held-out Brier line");
     let calibrated: f64 = brier.split("calibrated ").nth(1).and_then(|t| t.split(',').next()).unwrap().parse().unwrap();
     assert!((0.0..=1.0).contains(&calibrated), "{brier}");
