@@ -46,6 +46,11 @@ pub struct NabArgs {
     /// Repeat for more; every combination is a candidate (at most 64).
     #[arg(long = "tune")]
     pub tune: Vec<String>,
+    /// With `--folds`, also deal the files into folds this many ways (each deterministic, deal 0 the
+    /// one by file name) and report the held-out mean over the deals: a difference smaller than their
+    /// spread is which file fell in which fold.
+    #[arg(long, default_value_t = 1)]
+    pub deals: u64,
     /// Also leave each category out in turn: tunables chosen on the others, the category scored.
     #[arg(long)]
     pub leave_one_category_out: bool,
@@ -90,7 +95,7 @@ pub fn run(args: NabArgs) -> Result<()> {
         cross_validate(&corpus, &cfg, &args)?;
     }
     if args.calibrate {
-        let report = nab::calibrate(&corpus, &point_scores, SCORING_VERSION);
+        let report = nab::calibrate(&corpus, &scores, SCORING_VERSION);
         print_calibration(&report);
         std::fs::create_dir_all(&args.models_dir)
             .with_context(|| format!("cannot create {}", args.models_dir.display()))?;
@@ -254,7 +259,20 @@ fn cross_validate(corpus: &NabCorpus, base: &UnivariateConfig, args: &NabArgs) -
                 standard = Some(r);
             }
         }
+        if args.deals > 1 {
+            print_deals(corpus, &scores, args.folds, args.deals);
+            if cands.len() > 1 {
+                print_candidates(corpus, &scores, &cands, args.folds, args.deals);
+            }
+        }
         if let Some(r) = standard {
+            let b = &r.brier;
+            println!(
+                "calibration refit on each fold's training folds; Brier on the held-out onsets ({}): calibrated {:.4}, raw score {:.4}, training base rate {:.4}",
+                b.onsets, b.calibrated, b.raw, b.base_rate
+            );
+            let per: Vec<String> = r.folds.iter().map(|f| format!("{:.4}", f.brier.calibrated)).collect();
+            println!("  calibrated Brier per held-out fold: {}", per.join(" "));
             println!("standard profile, held-out files pooled per category (score, windows detected/total, FP rows):");
             for (c, score, det, total, fp) in &r.categories {
                 let score = if *total == 0 { "-".to_string() } else { format!("{score:.2}") };
@@ -282,4 +300,54 @@ fn cross_validate(corpus: &NabCorpus, base: &UnivariateConfig, args: &NabArgs) -
         println!("  mean {:.2}, spread {:.2} (categories with windows)", r.mean, r.std);
     }
     Ok(())
+}
+
+/// Mean and population standard deviation.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    (mean, (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+/// Each candidate configuration held fixed (only the threshold chosen on the training folds), over
+/// the same deals, beside the first candidate deal by deal: a candidate is better than the first
+/// only when it is higher on most deals by more than the deals' spread.
+fn print_candidates(corpus: &NabCorpus, scores: &[Vec<Vec<f64>>], cands: &[(String, UnivariateConfig)], k: usize, deals: u64) {
+    let folds: Vec<Vec<usize>> = (0..deals).map(|d| nab::cv::redealt_folds(corpus, k, d)).collect();
+    for p in &nab::PROFILES {
+        println!("{} profile, each candidate alone over the {deals} deals (mean, sd of the deals; difference from the first, deal by deal):", p.name);
+        let mut first: Option<Vec<f64>> = None;
+        for (c, (name, _)) in cands.iter().enumerate() {
+            let means: Vec<f64> = folds.iter().map(|f| nab::cv::cross_validate(corpus, &scores[c..=c], f, p).mean).collect();
+            let (mean, sd) = mean_sd(&means);
+            match &first {
+                None => {
+                    println!("  {name:<48} {mean:>7.2} {sd:>5.2}");
+                    first = Some(means);
+                }
+                Some(base) => {
+                    let diff: Vec<f64> = means.iter().zip(base).map(|(m, b)| m - b).collect();
+                    let (d, dsd) = mean_sd(&diff);
+                    let higher = diff.iter().filter(|&&x| x > 0.0).count();
+                    println!("  {name:<48} {mean:>7.2} {sd:>5.2}  {d:>+6.2} ± {dsd:.2}, higher on {higher} of {deals}");
+                }
+            }
+        }
+    }
+}
+
+/// The held-out mean per profile over `deals` deals of the files into folds: the mean of the deals'
+/// means, their spread, and the lowest held-out fold of any deal.
+fn print_deals(corpus: &NabCorpus, scores: &[Vec<Vec<f64>>], k: usize, deals: u64) {
+    println!("over {deals} deals of the files into {k} folds (deal 0 is the one above):");
+    println!("{:<20} {:>8} {:>7} {:>12}  deal means", "profile", "mean", "spread", "lowest fold");
+    for p in &nab::PROFILES {
+        let results: Vec<nab::cv::CvResult> =
+            (0..deals).map(|d| nab::cv::cross_validate(corpus, scores, &nab::cv::redealt_folds(corpus, k, d), p)).collect();
+        let means: Vec<f64> = results.iter().map(|r| r.mean).collect();
+        let (mean, spread) = mean_sd(&means);
+        let lowest = results.iter().flat_map(|r| r.folds.iter().filter(|f| f.windows > 0).map(|f| f.normalized)).fold(f64::INFINITY, f64::min);
+        let per: Vec<String> = means.iter().map(|m| format!("{m:.1}")).collect();
+        println!("{:<20} {mean:>8.2} {spread:>7.2} {lowest:>12.1}  {}", p.name, per.join(" "));
+    }
 }

@@ -66,7 +66,7 @@ fn eval_nab_finds_a_shift_and_writes_nab_results() {
     // Cross-validated: two folds, one file each; the threshold (and the declared candidate) is
     // chosen on the other fold. The clean file's fold has no window and is not averaged.
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["eval", "nab", "--folds", "2", "--tune", "alert_score=0.5,0.7", "--leave-one-category-out", "--data"])
+        .args(["eval", "nab", "--folds", "2", "--deals", "3", "--tune", "alert_score=0.5,0.7", "--leave-one-category-out", "--data"])
         .arg(root)
         .arg("--results")
         .arg(&results)
@@ -79,6 +79,13 @@ fn eval_nab_finds_a_shift_and_writes_nab_results() {
     let mean: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((0.0..=100.0).contains(&mean), "{line}");
     assert!(stdout.contains("leave one category out"), "{stdout}");
+    assert!(stdout.contains("over 3 deals of the files into 2 folds"), "{stdout}");
+    // Each candidate alone, the second against the first deal by deal.
+    let alone = stdout.lines().skip_while(|l| !l.starts_with("standard profile, each candidate alone")).nth(2).expect("a second candidate line");
+    assert!(alone.trim_start().starts_with("alert_score=0.7") && alone.contains("of 3"), "{alone}\n{stdout}");
+    let brier = stdout.lines().find(|l| l.starts_with("calibration refit on each fold")).expect("a held-out Brier line");
+    let calibrated: f64 = brier.split("calibrated ").nth(1).and_then(|t| t.split(',').next()).unwrap().parse().unwrap();
+    assert!((0.0..=1.0).contains(&calibrated), "{brier}");
     let bad = Command::new(env!("CARGO_BIN_EXE_cairn")).args(["eval", "nab", "--folds", "2", "--tune", "alert_score", "--data"]).arg(root).arg("--results").arg(&results).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("KEY=V1,V2"), "{}", String::from_utf8_lossy(&bad.stderr));
 }

@@ -528,54 +528,85 @@ pub fn calibration_split(corpus: &NabCorpus) -> Vec<bool> {
         .collect()
 }
 
-/// Fits the score → P(anomalous) map on one half of the files and checks it on the other. The rows
-/// used are the onsets, the points the pipeline turns into anomalies and attaches a confidence to;
+/// The onsets of `files` (rows with a non-zero alert-stream score: what the detector emitted) as
+/// (score, lies in a labelled window) pairs. Rows in a file's probation period are left out, as NAB
+/// leaves them out.
+pub(crate) fn onsets(corpus: &NabCorpus, scores: &[Vec<f64>], files: &[usize]) -> Vec<(f64, bool)> {
+    let mut out = Vec::new();
+    for &i in files {
+        let s = &corpus.series[i];
+        let start = probation_rows(s.values.len());
+        out.extend(scores[i].iter().zip(s.labels()).skip(start).filter(|(sc, _)| **sc > 0.0).map(|(&sc, l)| (sc, l == 1)));
+    }
+    out
+}
+
+/// Fits the score → P(anomalous) map on one half of the files and checks it on the other
+/// (`scores` is the alert stream, [`PointScore::alert_stream_score`]). The rows used are the onsets, the points the pipeline turns into anomalies and attaches a confidence to;
 /// an onset is a true anomaly when it lies in a labelled window. Rows in a file's probation period
 /// are left out, as NAB leaves them out. (Fitting on every row instead measured no better than the
 /// constant base rate on the check half: most rows in NAB's wide windows look normal.)
-pub fn calibrate(corpus: &NabCorpus, point_scores: &[Vec<PointScore>], scoring_version: &str) -> CalibrationReport {
+pub fn calibrate(corpus: &NabCorpus, scores: &[Vec<f64>], scoring_version: &str) -> CalibrationReport {
     let split = calibration_split(corpus);
-    let mut fit = Vec::new();
-    let mut check = Vec::new();
-    let (mut fit_files, mut check_files) = (Vec::new(), Vec::new());
-    for ((s, ps), &is_fit) in corpus.series.iter().zip(point_scores).zip(&split) {
-        let labels = s.labels();
-        let start = probation_rows(s.values.len());
-        let rows = ps
-            .iter()
-            .zip(&labels)
-            .skip(start)
-            .filter(|(p, _)| p.onset)
-            .map(|(p, &l)| (p.score, l == 1));
-        if is_fit {
-            fit.extend(rows);
-            fit_files.push(s.key());
-        } else {
-            check.extend(rows);
-            check_files.push(s.key());
-        }
-    }
-    let knots = calibration::fit_isotonic(fit.iter().copied(), CALIBRATION_BINS);
-    let base_rate = fit.iter().filter(|r| r.1).count() as f64 / fit.len().max(1) as f64;
+    let (fit_idx, check_idx): (Vec<usize>, Vec<usize>) = (0..corpus.series.len()).partition(|&i| split[i]);
+    let fit = onsets(corpus, scores, &fit_idx);
+    let check = onsets(corpus, scores, &check_idx);
+    let keys = |idx: &[usize]| idx.iter().map(|&i| corpus.series[i].key()).collect::<Vec<_>>();
+    let (fit_files, check_files) = (keys(&fit_idx), keys(&check_idx));
+    let fitted = fit_and_check(&fit, &check);
+    let knots = fitted.knots;
     let calibrated: Vec<(f64, bool)> = check.iter().map(|&(s, y)| (calibration::interpolate(&knots, s), y)).collect();
     let edges = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
     CalibrationReport {
         version: format!("{scoring_version}+cal-{:08x}", fnv1a(&format!("{knots:?}"))),
-        brier_calibrated: calibration::brier(calibrated.iter().copied()),
-        brier_raw: calibration::brier(check.iter().copied()),
-        brier_base_rate: calibration::brier(check.iter().map(|&(_, y)| (base_rate, y))),
+        brier_calibrated: fitted.brier.calibrated,
+        brier_raw: fitted.brier.raw,
+        brier_base_rate: fitted.brier.base_rate,
         reliability: calibration::reliability(calibrated.iter().copied(), &edges),
-        base_rate,
+        base_rate: fitted.base_rate,
         knots,
         fit_files,
         check_files,
     }
 }
 
+/// Brier scores of (score, is a true anomaly) onsets: the calibrated probability, the raw score read
+/// as one, and a constant base rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Brier {
+    pub onsets: usize,
+    pub calibrated: f64,
+    pub raw: f64,
+    pub base_rate: f64,
+}
+
+/// A calibration fitted on some onsets and checked on others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fitted {
+    pub knots: Vec<(f64, f64)>,
+    /// The fit onsets' share of true anomalies.
+    pub base_rate: f64,
+    /// On the check onsets; `base_rate` predicts the fit onsets' base rate.
+    pub brier: Brier,
+}
+
+/// Fits the isotonic map on `fit` and takes the Brier scores on `check`.
+pub fn fit_and_check(fit: &[(f64, bool)], check: &[(f64, bool)]) -> Fitted {
+    let knots = calibration::fit_isotonic(fit.iter().copied(), CALIBRATION_BINS);
+    let base_rate = fit.iter().filter(|r| r.1).count() as f64 / fit.len().max(1) as f64;
+    let brier = Brier {
+        onsets: check.len(),
+        calibrated: calibration::brier(check.iter().map(|&(s, y)| (calibration::interpolate(&knots, s), y))),
+        raw: calibration::brier(check.iter().copied()),
+        base_rate: calibration::brier(check.iter().map(|&(_, y)| (base_rate, y))),
+    };
+    Fitted { knots, base_rate, brier }
+}
+
 /// Score bins pooled before the isotonic fit: few, so the table does not learn single files.
 pub const CALIBRATION_BINS: usize = 10;
 
-fn fnv1a(s: &str) -> u32 {
+pub(crate) fn fnv1a(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 

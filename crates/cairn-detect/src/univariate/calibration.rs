@@ -3,8 +3,10 @@
 //! The map is fitted offline by isotonic regression (pool-adjacent-violators) of "the onset lies in a
 //! labelled anomaly window" on the score at episode onsets (the points emitted as anomalies), over one
 //! half of the NAB development files, and checked on the other half with a reliability table and the Brier score (`cairn eval nab --calibrate`, which
-//! also writes `models/univariate-calibration.json` and the generated `calibration_table.rs`). At run
-//! time it is a linear interpolation between the fitted knots.
+//! also writes `models/univariate-calibration.json` and the generated `calibration_table.rs`).
+//! `cairn eval nab --folds` refits it inside each fold, on the training folds only, and reports its
+//! Brier score on the held-out onsets. At run time it is a linear interpolation between the fitted
+//! knots.
 
 use super::calibration_table::KNOTS;
 

@@ -3,15 +3,27 @@
 //! of the declared candidate configurations) is chosen on the *other* folds, and the fold is scored
 //! at that choice. Reported: each held-out fold's normalised score, their mean and spread, the
 //! held-out files pooled (overall and per category), and how early inside each window the first
-//! detection came.
+//! detection came. The confidence calibration is refit inside the folds too: fitted on the training
+//! folds' onsets, its Brier score is taken on the held-out fold's onsets only.
 
-use super::{FileScore, NabCorpus, Profile, SweepPoint, best_threshold, breakdown, corpus_points, score_at, scores_by_threshold};
+use super::{
+    Brier, FileScore, NabCorpus, Profile, SweepPoint, best_threshold, breakdown, corpus_points, fit_and_check, fnv1a, onsets, score_at,
+    scores_by_threshold,
+};
 
 /// Fold of each file: within each category (in name order), files are dealt round-robin, the deal
 /// continuing where the previous category's ended, so every fold holds some of every large
 /// category and the split depends only on the file names.
 pub fn stratified_folds(corpus: &NabCorpus, k: usize) -> Vec<usize> {
+    redealt_folds(corpus, k, 0)
+}
+
+/// [`stratified_folds`] with the files of each category shuffled first by a hash of `deal` and their
+/// name (deal 0 keeps name order): another split as deterministic as the first. Averaging over a few
+/// deals shows how much of a difference between two configurations is which file fell in which fold.
+pub fn redealt_folds(corpus: &NabCorpus, k: usize, deal: u64) -> Vec<usize> {
     let k = k.max(2);
+    let key = |i: usize| if deal == 0 { 0 } else { fnv1a(&format!("{deal}/{}", corpus.series[i].name)) };
     let mut fold = vec![0; corpus.series.len()];
     let mut cats: Vec<&str> = corpus.series.iter().map(|s| s.category.as_str()).collect();
     cats.sort_unstable();
@@ -19,7 +31,7 @@ pub fn stratified_folds(corpus: &NabCorpus, k: usize) -> Vec<usize> {
     let mut next = 0usize;
     for c in cats {
         let mut idx: Vec<usize> = (0..corpus.series.len()).filter(|&i| corpus.series[i].category == c).collect();
-        idx.sort_by(|a, b| corpus.series[*a].name.cmp(&corpus.series[*b].name));
+        idx.sort_by(|&a, &b| key(a).cmp(&key(b)).then_with(|| corpus.series[a].name.cmp(&corpus.series[b].name)));
         for i in idx {
             fold[i] = next % k;
             next += 1;
@@ -52,6 +64,14 @@ pub struct CvFold {
     /// convention), and is left out of the mean and spread.
     pub windows: usize,
     pub false_positive_rows: usize,
+    /// The calibration refit on the training folds, checked on this fold's onsets.
+    pub brier: Brier,
+}
+
+/// Fits the score → probability map on `train`'s onsets (as `cairn eval nab --calibrate` does) and
+/// takes its Brier score on `test`'s.
+pub fn held_out_brier(corpus: &NabCorpus, scores: &[Vec<f64>], train: &[usize], test: &[usize]) -> Brier {
+    fit_and_check(&onsets(corpus, scores, train), &onsets(corpus, scores, test)).brier
 }
 
 /// A profile's cross-validated result.
@@ -73,6 +93,9 @@ pub struct CvResult {
     /// width (0 = its left edge): median and 90th percentile over the held-out windows.
     pub latency_median: Option<f64>,
     pub latency_p90: Option<f64>,
+    /// The folds' held-out Brier scores, pooled by onset count (each fold's calibration refit on its
+    /// training folds).
+    pub brier: Brier,
 }
 
 /// Raw score, null score and perfect score of a set of files at `threshold`.
@@ -147,6 +170,7 @@ pub fn cross_validate(corpus: &NabCorpus, candidates: &[Vec<Vec<f64>>], fold_of:
         let sums = Sums { raw, null: null_of(&zeros, &test, corpus, p), perfect: perfect_of(&test, corpus, p) };
         let windows = test.iter().map(|&i| corpus.series[i].windows.len()).sum();
         let false_positive_rows = test.iter().map(|&i| files[i].false_positive_rows).sum();
+        let brier = held_out_brier(corpus, &candidates[best_c], &train, &test);
         folds.push(CvFold {
             fold: f,
             candidate: best_c,
@@ -156,6 +180,7 @@ pub fn cross_validate(corpus: &NabCorpus, candidates: &[Vec<Vec<f64>>], fold_of:
             files: test,
             windows,
             false_positive_rows,
+            brier,
         });
     }
     let scored: Vec<f64> = folds.iter().filter(|f| f.windows > 0).map(|f| f.normalized).collect();
@@ -192,6 +217,9 @@ pub fn cross_validate(corpus: &NabCorpus, candidates: &[Vec<Vec<f64>>], fold_of:
         }
     }
     lat.sort_by(f64::total_cmp);
+    let emitted: usize = folds.iter().map(|f| f.brier.onsets).sum();
+    let pool = |part: fn(&Brier) -> f64| folds.iter().map(|f| part(&f.brier) * f.brier.onsets as f64).sum::<f64>() / emitted.max(1) as f64;
+    let brier = Brier { onsets: emitted, calibrated: pool(|b| b.calibrated), raw: pool(|b| b.raw), base_rate: pool(|b| b.base_rate) };
     CvResult {
         profile: *p,
         folds,
@@ -202,6 +230,7 @@ pub fn cross_validate(corpus: &NabCorpus, candidates: &[Vec<Vec<f64>>], fold_of:
         categories,
         latency_median: quantile(&lat, 0.5),
         latency_p90: quantile(&lat, 0.9),
+        brier,
     }
 }
 
@@ -241,6 +270,13 @@ mod tests {
             let members: Vec<&str> = (0..10).filter(|&i| f[i] == k).map(|i| c.series[i].category.as_str()).collect();
             assert_eq!(members.len(), 2, "fold {k}: {members:?}");
         }
+        // Another deal is another split, as stratified and as reproducible.
+        let g = redealt_folds(&c, 5, 1);
+        assert_eq!(g, redealt_folds(&c, 5, 1));
+        assert_ne!(g, f);
+        for k in 0..5 {
+            assert_eq!((0..10).filter(|&i| g[i] == k).count(), 2);
+        }
         let (loco, cats) = category_folds(&c);
         assert_eq!(cats, ["a", "b"]);
         assert!(loco[..5].iter().all(|&x| x == 0) && loco[5..].iter().all(|&x| x == 1));
@@ -250,7 +286,7 @@ mod tests {
     fn the_threshold_is_chosen_on_the_other_folds_and_a_perfect_detector_scores_100_held_out() {
         let c = corpus();
         // A detector that fires exactly at each window's left edge, and a useless one.
-        let perfect: Vec<Vec<f64>> = c.series.iter().map(|s| (0..s.values.len()).map(|i| if i == s.windows[0].0 { 0.9 } else { 0.1 }).collect()).collect();
+        let perfect: Vec<Vec<f64>> = c.series.iter().map(|s| (0..s.values.len()).map(|i| if i == s.windows[0].0 { 0.9 } else { 0.0 }).collect()).collect();
         let useless: Vec<Vec<f64>> = c.series.iter().map(|s| vec![0.5; s.values.len()]).collect();
         let folds = stratified_folds(&c, 5);
         let r = cross_validate(&c, &[useless.clone(), perfect.clone()], &folds, &crate::nab::PROFILES[0]);
@@ -258,8 +294,40 @@ mod tests {
         assert!(r.folds.iter().all(|f| f.candidate == 1), "the better candidate is chosen on the training folds");
         assert!((r.mean - 100.0).abs() < 1e-9 && r.std < 1e-9, "{r:?}");
         assert_eq!(r.latency_median, Some(0.0), "detected at the left edge");
+        assert_eq!(r.brier.onsets, 10, "one onset per file, each in its window");
         // The useless one alone scores nothing held out.
         let r = cross_validate(&c, &[useless], &folds, &crate::nab::PROFILES[0]);
         assert!(r.mean <= 0.0 + 1e-9, "{}", r.mean);
+    }
+
+    #[test]
+    fn the_calibration_is_fitted_on_the_training_folds_and_checked_on_the_held_out_one() {
+        let c = corpus();
+        // Training files: an onset at 0.9 inside the window and one at 0.2 outside. The held-out
+        // file's 0.9 onset is outside its window: a map fitted on the training files says ~1 there,
+        // so its held-out Brier is ~1, where a map that had seen the held-out file would do better.
+        let held_out = 3usize;
+        let scores: Vec<Vec<f64>> = (0..c.series.len())
+            .map(|i| {
+                let mut v = vec![0.0; 400];
+                if i == held_out {
+                    v[100] = 0.9;
+                } else {
+                    v[310] = 0.9;
+                    v[100] = 0.2;
+                }
+                v
+            })
+            .collect();
+        let train: Vec<usize> = (0..c.series.len()).filter(|&i| i != held_out).collect();
+        let b = held_out_brier(&c, &scores, &train, &[held_out]);
+        assert_eq!(b.onsets, 1);
+        assert!(b.calibrated > 0.99, "{b:?}");
+        assert!((b.base_rate - 0.25).abs() < 1e-9, "training base rate 0.5, squared: {b:?}");
+        // Rows in probation are not onsets that count.
+        let mut early = scores.clone();
+        early[held_out] = vec![0.0; 400];
+        early[held_out][10] = 0.9;
+        assert_eq!(held_out_brier(&c, &early, &train, &[held_out]).onsets, 0);
     }
 }
