@@ -787,7 +787,8 @@ fn a_store_from_before_latest_marks_gets_them_on_open() {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch(
             "DROP INDEX recommendations_latest; DROP INDEX recommendations_latest_by_service;
-             ALTER TABLE recommendations DROP COLUMN latest;",
+             ALTER TABLE recommendations DROP COLUMN latest;
+             DROP INDEX incidents_by_change; ALTER TABLE incidents DROP COLUMN change_seq;",
         )
         .unwrap();
         c.pragma_update(None, "user_version", 6).unwrap();
@@ -840,7 +841,8 @@ fn the_active_policy_is_the_last_activation_that_succeeded_and_survives_a_migrat
     }
     {
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch("DROP TABLE active_policy;").unwrap();
+        c.execute_batch("DROP TABLE active_policy; DROP INDEX incidents_by_change; ALTER TABLE incidents DROP COLUMN change_seq;")
+            .unwrap();
         c.pragma_update(None, "user_version", 7).unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();

@@ -163,7 +163,8 @@ fn a_change_executing_before_leases_existed_is_handed_to_recovery_on_open() {
         c.execute_batch(
             "DROP TABLE change_leases;
              DROP INDEX recommendations_latest; DROP INDEX recommendations_latest_by_service;
-             ALTER TABLE recommendations DROP COLUMN latest;",
+             ALTER TABLE recommendations DROP COLUMN latest;
+             DROP INDEX incidents_by_change; ALTER TABLE incidents DROP COLUMN change_seq;",
         )
         .unwrap();
         c.pragma_update(None, "user_version", 3).unwrap();
