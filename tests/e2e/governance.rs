@@ -14,7 +14,6 @@ use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -213,15 +212,6 @@ async fn breakglass_opens_blocked_for_two_person_review_and_alerts_alertmanager(
     h.stop().await;
 }
 
-/// A clock the test moves.
-#[derive(Debug)]
-struct ManualClock(AtomicI64);
-
-impl cairn_server::engine::Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breakglass_expires_by_itself_audited_and_alerted() {
@@ -230,7 +220,7 @@ async fn breakglass_expires_by_itself_audited_and_alerted() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (_am, am_port) = alertmanager(dir.path()).await;
-    let clock = Arc::new(ManualClock(AtomicI64::new(now_ms())));
+    let clock = Arc::new(ManualClock::at(now_ms()));
     let mut h = Harness::start_on(clock.clone(), |cfg, _| {
         cfg.alerting.alertmanager_url = Some(format!("http://127.0.0.1:{am_port}"));
     })
@@ -251,7 +241,7 @@ async fn breakglass_expires_by_itself_audited_and_alerted() {
         .unwrap()
         .into_inner();
     // Ten minutes pass in a moment; the executor loop's sweep closes it by itself.
-    clock.0.fetch_add(600_001, Ordering::SeqCst);
+    clock.advance(600_001);
     h.engine().wake_executor();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -8,7 +8,6 @@
 use cairn_testkit::*;
 use cairn_proto::v1 as pb;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 fn approve_req(r: &pb::Recommendation, revision: u32, reason: &str) -> pb::ApproveRequest {
@@ -99,15 +98,6 @@ fn reject_req(r: &pb::Recommendation, revision: u32, reason: &str) -> pb::Reject
     pb::RejectRequest { recommendation_id: r.id.clone(), revision, reason: reason.into() }
 }
 
-/// A clock the test moves.
-#[derive(Debug)]
-struct ManualClock(AtomicI64);
-
-impl cairn_server::engine::Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// A server whose `rollback-deploy` playbook runs in three stages, on `clock`.
 async fn staged_server(
@@ -199,16 +189,16 @@ async fn a_person_stops_a_paused_rollout_by_rejecting_it_and_its_stages_are_roll
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_rollout_nobody_approves_expires_and_is_rolled_back() {
-    let clock = Arc::new(ManualClock(AtomicI64::new(now_ms())));
+    let clock = Arc::new(ManualClock::at(now_ms()));
     let mut h = staged_server(clock.clone(), |cfg| cfg.workflow.stage_approval_ttl_ms = 600_000).await;
     let r = paused_after_canary(&h, "fp-expire-1").await;
     // Nine minutes: still waiting.
-    clock.0.fetch_add(540_000, Ordering::SeqCst);
+    clock.advance(540_000);
     h.engine().wake_executor();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(h.wait_for_state(&r.id, &["awaiting_stage_approval"]).await.executions.len(), 1);
     // Past ten minutes since the pause: it expires by itself and the canary is rolled back.
-    clock.0.fetch_add(60_001, Ordering::SeqCst);
+    clock.advance(60_001);
     h.engine().wake_executor();
     let card = h.wait_for_state(&r.id, &["rolled_back"]).await;
     assert_eq!(card.executions.len(), 2, "the canary and its rollback");

@@ -17,23 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-/// The time source, passed in so tests can drive it.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now_ms(&self) -> i64;
-}
-
-/// Wall-clock time.
-#[derive(Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
-}
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 /// The store cut by consumer, as the parts hold it: alerts, anomalies and incidents.
 pub type Signals = Arc<dyn SignalStore>;

@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod card;
+pub mod clock;
 pub mod desk;
 pub mod engine;
 pub mod executor;
@@ -54,7 +55,8 @@ mod parts_alone;
 mod sequences;
 
 pub use desk::{ReviewDesk, ReviewDeskDeps, ReviewDeskError};
-pub use engine::{Changes, Clock, Engine, EngineParts, Guards, Leases, Signals, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{Changes, Engine, EngineParts, Guards, Leases, Signals};
 pub use executor::{ExecutorError, ExecutorLoop, ExecutorLoopDeps};
 pub use governance::{Escalator, Governance};
 pub use pipeline::{Analysis, AnalysisError, Batch, Pipeline, PipelineDeps};

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::desk::{ReviewDesk, ReviewDeskDeps, ReviewDeskError};
-use crate::engine::Clock;
+use crate::clock::ManualClock;
 use crate::executor::{ExecutorLoop, ExecutorLoopDeps};
 use crate::governance::Governance;
 use crate::identity::{Identity, PrincipalKind};
@@ -22,14 +22,6 @@ use tokio::sync::Notify;
 
 const NOW: i64 = 1_795_915_800_000;
 
-#[derive(Debug)]
-struct FixedClock;
-
-impl Clock for FixedClock {
-    fn now_ms(&self) -> i64 {
-        NOW
-    }
-}
 
 /// Records the changes that reached it.
 #[derive(Debug, Default)]
@@ -67,7 +59,7 @@ fn pipeline(store: &Arc<dyn Store>, router: &Arc<ActiveRouter>, signals_authenti
         governance: Arc::new(Governance::default()),
         workflow: WorkflowConfig::default(),
         metrics: Metrics::new(),
-        clock: Arc::new(FixedClock),
+        clock: Arc::new(ManualClock::at(NOW)),
         executor_wake: Arc::new(Notify::new()),
         signals_authenticated,
     }))
@@ -98,7 +90,7 @@ fn the_desk_alone_refuses_an_unknown_recommendation_and_a_freeze_without_a_reaso
         windows: Default::default(),
         governance: Arc::new(Governance::default()),
         metrics: Metrics::new(),
-        clock: Arc::new(FixedClock),
+        clock: Arc::new(ManualClock::at(NOW)),
         step_up: Default::default(),
         oidc_configured: false,
         executor_wake: Arc::new(Notify::new()),
@@ -139,7 +131,7 @@ fn the_executor_loop_alone_runs_an_allowed_change_once_through_its_adapter() {
         governance: Arc::new(Governance::default()),
         workflow: WorkflowConfig::default(),
         metrics: Metrics::new(),
-        clock: Arc::new(FixedClock),
+        clock: Arc::new(ManualClock::at(NOW)),
         wake: Arc::new(Notify::new()),
     }));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

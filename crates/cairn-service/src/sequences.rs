@@ -20,7 +20,8 @@
 //! its state changes (opened, used, revoked, expired) has its audit event.
 
 use crate::identity::{Identity, PrincipalKind};
-use crate::engine::{Clock, Engine, EngineParts};
+use crate::clock::{Clock, ManualClock};
+use crate::engine::{Engine, EngineParts};
 use crate::governance::Governance;
 use crate::metrics::Metrics;
 use cairn_policy::{PolicyBundle, Router, RouterConfig, RoutingContext};
@@ -33,7 +34,6 @@ use cairn_workflow::{
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Records what reached it, and each undone stage; fails when told to.
@@ -183,20 +183,10 @@ fn recommendation(kind: (ActionClass, BlastRadius, Reversibility), confidence: f
     r
 }
 
-/// The test's clock: the engine reads it, steps move it.
-#[derive(Debug)]
-struct TestClock(AtomicI64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 struct World {
     rt: tokio::runtime::Runtime,
     engine: Arc<Engine>,
-    clock: Arc<TestClock>,
+    clock: Arc<ManualClock>,
     routers: [Arc<Router>; 2],
     active: usize,
     roster: Vec<Principal>,
@@ -216,7 +206,7 @@ struct World {
 fn engine(
     store: Arc<dyn Store>,
     router: Arc<Router>,
-    world: (&[Principal], &MaintenanceWindows, &Arc<Recording>, &Arc<TestClock>),
+    world: (&[Principal], &MaintenanceWindows, &Arc<Recording>, &Arc<ManualClock>),
 ) -> Arc<Engine> {
     let (roster, windows, adapter, clock) = world;
     let gate = ExecutionGate { windows: windows.clone(), roster: Some(Roster::new(roster.to_vec())) };
@@ -244,7 +234,7 @@ impl World {
     fn new(rec: Recommendation) -> World {
         let routers = routers().map(Arc::new);
         let roster: Vec<Principal> = people().into_iter().filter(|p| p.subject != CAIRN_SERVICE_SUBJECT).collect();
-        let (windows, adapter, clock) = (windows(), Arc::new(Recording::default()), Arc::new(TestClock(AtomicI64::new(START_MS))));
+        let (windows, adapter, clock) = (windows(), Arc::new(Recording::default()), Arc::new(ManualClock::at(START_MS)));
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
         let engine = engine(store, routers[0].clone(), (&roster, &windows, &adapter, &clock));
         World {
@@ -268,7 +258,7 @@ impl World {
     }
 
     fn advance(&self, minutes: i64) {
-        self.clock.0.fetch_add(minutes * 60_000, Ordering::SeqCst);
+        self.clock.advance(minutes * 60_000);
     }
 
     fn store(&self) -> &dyn Store {

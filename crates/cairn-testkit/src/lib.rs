@@ -3,7 +3,8 @@
 //! (remote_write over HTTP, the Alertmanager webhook, gRPC with bearer tokens), the test PKI
 //! ([`pki`]: certificates made by the test), the real programs the tests start and always end
 //! ([`programs`]: Prometheus, Alertmanager, node-exporter; [`oidc_provider`]: an OpenID Provider on
-//! Node.js), and the domain fixtures ([`fixtures`], from `cairn-types`).
+//! Node.js), a clock the test moves ([`ManualClock`], the core's), and the domain fixtures
+//! ([`fixtures`], from `cairn-types`).
 //!
 //! The server runs inside the test's tokio runtime, so it ends with the test even when the test
 //! fails. This crate is for tests and benches only: nothing in Cairn's own binaries depends on it,
@@ -19,6 +20,7 @@ pub mod oidc_provider;
 pub mod pki;
 pub mod programs;
 
+pub use cairn_server::engine::ManualClock;
 pub use cairn_types::fixtures;
 
 use cairn_proto::v1 as pb;
