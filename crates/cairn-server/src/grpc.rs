@@ -24,6 +24,57 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
+/// One page of an outbox read after a cursor: each entry's cursor and what to send for it (`None`:
+/// the cursor moves past it, nothing is sent), and whether the page was full.
+type Page<T> = (Vec<(u64, Option<T>)>, bool);
+
+/// A live stream that follows an outbox from `cursor`: it reads a page after the cursor (`read`,
+/// on a blocking thread), sends what the page holds, and once a page comes back short waits for
+/// the audit head to move, for `poll`, for the client to go or for shutdown, then reads again.
+/// Every read starts from the last cursor sent, so a missed wake-up costs latency, never an entry;
+/// ending on shutdown lets a graceful stop finish, and clients resume from their last cursor.
+fn follow<T: Send + 'static>(
+    engine: Arc<Engine>,
+    mut cursor: u64,
+    poll: Duration,
+    read: impl Fn(&Engine, u64) -> Result<Page<T>, ApiError> + Send + Sync + 'static,
+) -> tokio_stream::wrappers::ReceiverStream<Result<T, Status>> {
+    let mut head = engine.subscribe_audit_head();
+    let shutdown = engine.shutdown_token();
+    let read = Arc::new(read);
+    let (tx, rx) = mpsc::channel::<Result<T, Status>>(256);
+    tokio::spawn(async move {
+        loop {
+            let (engine2, read2) = (engine.clone(), read.clone());
+            let (items, full) = match blocking(move || read2(&engine2, cursor)).await {
+                Ok(page) => page,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            for (seq, item) in items {
+                cursor = seq;
+                if let Some(item) = item
+                    && tx.send(Ok(item)).await.is_err()
+                {
+                    return; // the client went away
+                }
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(poll) => {}
+                _ = tx.closed() => return,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// A tonic interceptor that authenticates the bearer token (or, without one, the verified client
 /// certificate) and checks the call against the one
 /// access table (`access.rs`): the scope it needs and whether only a person may make it. The
@@ -404,48 +455,16 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchRecommendationsStream>, Status> {
         principal(&request)?;
-        let mut cursor = request.into_inner().after_cursor;
-        let engine = self.engine.clone();
-        let mut head = engine.subscribe_audit_head();
-        let shutdown = engine.shutdown_token();
-        let (tx, rx) = mpsc::channel::<Result<pb::WatchEvent, Status>>(256);
-        tokio::spawn(async move {
-            // The audit log is the outbox: re-read from the cursor after every wake-up, so a
-            // missed notification costs latency, never an event.
-            loop {
-                let e2 = engine.clone();
-                let q = AuditQuery { after_seq: Some(cursor), limit: 500, ..Default::default() };
-                let events = match blocking(move || Ok(e2.store().audit_events(&q)?)).await {
-                    Ok(ev) => ev,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let full_page = events.len() == 500;
-                for ev in &events {
-                    cursor = ev.seq;
-                    if ev.recommendation_id.is_none() {
-                        continue;
-                    }
-                    if tx.send(Ok(cv::watch_event_from_audit(ev))).await.is_err() {
-                        return; // client went away
-                    }
-                }
-                if full_page {
-                    continue;
-                }
-                tokio::select! {
-                    changed = head.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = tx.closed() => return,
-                    // Ending the stream lets a graceful shutdown finish; clients resume from
-                    // their last cursor against the next server.
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        let after = request.into_inner().after_cursor;
+        // The audit log is the outbox; entries about no recommendation move the cursor only.
+        let stream = follow(self.engine.clone(), after, Duration::from_secs(2), |engine, cursor| {
+            let q = AuditQuery { after_seq: Some(cursor), limit: 500, ..Default::default() };
+            let events = engine.store().audit_events(&q)?;
+            let full = events.len() == 500;
+            let items = events.iter().map(|ev| (ev.seq, ev.recommendation_id.as_ref().map(|_| cv::watch_event_from_audit(ev))));
+            Ok((items.collect(), full))
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -558,45 +577,19 @@ impl pb::incident_service_server::IncidentService for IncidentSvc {
     ) -> Result<Response<Self::WatchIncidentsStream>, Status> {
         principal(&request)?;
         let r = request.into_inner();
-        let (mut cursor, min_members) = (r.after_cursor, r.min_members as usize);
-        let engine = self.engine.clone();
-        // Incident writes are not audited, so there is no head to wait on for them alone: wake on
-        // the audit head (a changed incident usually routes a recommendation), else poll the
-        // change index, which costs one indexed read per follower per interval.
-        let mut head = engine.subscribe_audit_head();
-        let shutdown = engine.shutdown_token();
-        let (tx, rx) = mpsc::channel::<Result<pb::IncidentEvent, Status>>(256);
-        tokio::spawn(async move {
-            loop {
-                let e2 = engine.clone();
-                let read = blocking(move || Ok(e2.store().incidents_changed_after(cursor, min_members, WATCH_PAGE)?));
-                let changed = match read.await {
-                    Ok(changed) => changed,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let full_page = changed.len() == WATCH_PAGE;
-                for (seq, incident) in &changed {
-                    cursor = *seq;
-                    let event = pb::IncidentEvent { cursor: *seq, incident: Some(cv::incident_to_pb(incident)) };
-                    if tx.send(Ok(event)).await.is_err() {
-                        return; // the follower went away
-                    }
-                }
-                if full_page {
-                    continue;
-                }
-                tokio::select! {
-                    changed = head.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(INCIDENT_POLL) => {}
-                    _ = tx.closed() => return,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        let min_members = r.min_members as usize;
+        // Incident writes are not audited, so there is no head to wait on for them alone: the
+        // audit head wakes it (a changed incident usually routes a recommendation), and the change
+        // index is read at least every INCIDENT_POLL, one indexed read per follower.
+        let stream = follow(self.engine.clone(), r.after_cursor, INCIDENT_POLL, move |engine, cursor| {
+            let changed = engine.store().incidents_changed_after(cursor, min_members, WATCH_PAGE)?;
+            let full = changed.len() == WATCH_PAGE;
+            let items = changed.iter().map(|(seq, incident)| {
+                (*seq, Some(pb::IncidentEvent { cursor: *seq, incident: Some(cv::incident_to_pb(incident)) }))
+            });
+            Ok((items.collect(), full))
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
