@@ -1,6 +1,7 @@
-//! Cairn's daemon: the gRPC services (`cairn.v1` ingest, review, audit, plus health and reflection),
-//! the HTTP endpoints (remote_write, Alertmanager webhook, metrics, health), caller identity (static
-//! tokens, client certificates, people signed in at an OpenID Provider: `oidc.rs`), TLS and the
+//! Cairn's daemon: the gRPC services (`cairn.v1` ingest, review, incidents, guardrails, audit, plus
+//! health and reflection), the HTTP endpoints (remote_write, Alertmanager webhook, change events,
+//! metrics, health), caller identity (static tokens, client certificates, people signed in at an
+//! OpenID Provider: `oidc.rs`), TLS and the
 //! listeners, and the composition root that turns the configuration into a running core
 //! (`cairn-service`'s analysis pipeline, review desk and executor loop) wired to them.
 //!
