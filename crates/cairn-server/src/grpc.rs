@@ -29,7 +29,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
 type Page<T> = (Vec<(u64, Option<T>)>, bool);
 
 /// A live stream that follows an outbox from `cursor`: it reads a page after the cursor (`read`,
-/// on a blocking thread), sends what the page holds, and once a page comes back short waits for
+/// on a blocking thread), sends what the page holds through a channel of `buffer` items (so a
+/// follower holds at most a page and a buffer in memory), and once a page comes back short waits for
 /// the audit head to move, for `poll`, for the client to go or for shutdown, then reads again.
 /// Every read starts from the last cursor sent, so a missed wake-up costs latency, never an entry;
 /// ending on shutdown lets a graceful stop finish, and clients resume from their last cursor.
@@ -37,12 +38,13 @@ fn follow<T: Send + 'static>(
     engine: Arc<Engine>,
     mut cursor: u64,
     poll: Duration,
+    buffer: usize,
     read: impl Fn(&Engine, u64) -> Result<Page<T>, ApiError> + Send + Sync + 'static,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<T, Status>> {
     let mut head = engine.subscribe_audit_head();
     let shutdown = engine.shutdown_token();
     let read = Arc::new(read);
-    let (tx, rx) = mpsc::channel::<Result<T, Status>>(256);
+    let (tx, rx) = mpsc::channel::<Result<T, Status>>(buffer);
     tokio::spawn(async move {
         loop {
             let (engine2, read2) = (engine.clone(), read.clone());
@@ -457,7 +459,7 @@ impl pb::review_service_server::ReviewService for ReviewSvc {
         principal(&request)?;
         let after = request.into_inner().after_cursor;
         // The audit log is the outbox; entries about no recommendation move the cursor only.
-        let stream = follow(self.engine.clone(), after, Duration::from_secs(2), |engine, cursor| {
+        let stream = follow(self.engine.clone(), after, Duration::from_secs(2), 256, |engine, cursor| {
             let q = AuditQuery { after_seq: Some(cursor), limit: 500, ..Default::default() };
             let events = engine.store().audit_events(&q)?;
             let full = events.len() == 500;
@@ -581,7 +583,7 @@ impl pb::incident_service_server::IncidentService for IncidentSvc {
         // Incident writes are not audited, so there is no head to wait on for them alone: the
         // audit head wakes it (a changed incident usually routes a recommendation), and the change
         // index is read at least every INCIDENT_POLL, one indexed read per follower.
-        let stream = follow(self.engine.clone(), r.after_cursor, INCIDENT_POLL, move |engine, cursor| {
+        let stream = follow(self.engine.clone(), r.after_cursor, INCIDENT_POLL, WATCH_PAGE, move |engine, cursor| {
             let changed = engine.store().incidents_changed_after(cursor, min_members, WATCH_PAGE)?;
             let full = changed.len() == WATCH_PAGE;
             let items = changed.iter().map(|(seq, incident)| {
@@ -594,7 +596,9 @@ impl pb::incident_service_server::IncidentService for IncidentSvc {
 }
 
 
-/// Incidents read from the change index at a time by `WatchIncidents`.
-const WATCH_PAGE: usize = 200;
+/// Incidents read from the change index at a time by `WatchIncidents`, and buffered for a slow
+/// follower: an incident may hold up to `correlate.max_members` members, so a follower's memory is
+/// bounded by twice this many incidents, not by a count of small events.
+const WATCH_PAGE: usize = 16;
 /// How long `WatchIncidents` waits for a wake-up before it reads the change index anyway.
 const INCIDENT_POLL: Duration = Duration::from_millis(500);
