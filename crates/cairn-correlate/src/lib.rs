@@ -20,9 +20,9 @@
 //! `link_window_ms` of one another, as a failure shows. A dependency joins only trouble that began
 //! at most `link_window_ms` before its own: a cause precedes its effects. Across a call, trouble
 //! travels as the caller's errors and latency: a caller joins its callee's incident only with
-//! errors or latency that began no earlier than the callee's trouble, and a callee joins its
-//! caller's only when the caller shows them; a caller's memory or request rate is its own
-//! business. Between a node and its pods, trouble explains trouble of the same resource only
+//! errors or latency (two signals or an alert, not a blip) that began no earlier than the callee's trouble,
+//! and a callee joins its caller's only when the caller shows them; a caller's memory or request
+//! rate is its own business. Between a node and its pods, trouble explains trouble of the same resource only
 //! (CPU, memory, disk, network), or of none in particular (down, not ready, errors, latency).
 //! Effects seen before their cause (a caller's incident, a per-node agent's) are gathered into
 //! the cause's incident once it is established.
@@ -119,8 +119,10 @@ struct Span {
     /// Until when a state its members report may still hold: a firing alert, or a level shift,
     /// drift or silence (not a spike), for `persist_ms` after it. Same-entity joins see it.
     holds_until_ms: i64,
-    /// Members that are errors or latency ([`SignalKind::Symptom`]): what travels across a call.
+    /// Members that are errors or latency ([`SignalKind::Symptom`]): what travels across a call;
+    /// and how many of them are alerts.
     symptoms: u32,
+    symptom_alerts: u32,
     /// The latest signal times (event time), ascending; `i64::MIN` where fewer.
     recent: [i64; 4],
     /// Whether [`rank::NODE_TROUBLE`] of its signals ever came within `link_window_ms` of one
@@ -130,7 +132,7 @@ struct Span {
 
 impl Span {
     fn new(t: i64) -> Span {
-        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, onset_ms: t, resources: 0, holds_until_ms: t, symptoms: 0, recent: [i64::MIN; 4], burst: false }
+        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, onset_ms: t, resources: 0, holds_until_ms: t, symptoms: 0, symptom_alerts: 0, recent: [i64::MIN; 4], burst: false }
     }
 
     fn extend(&mut self, t: i64, holds_until: i64) {
@@ -167,6 +169,7 @@ impl Span {
         self.count += o.count;
         self.alerts += o.alerts;
         self.symptoms += o.symptoms;
+        self.symptom_alerts += o.symptom_alerts;
         self.resources |= o.resources;
         // The later run's onset, unless the two runs touch.
         let (early, late) = if self.onset_ms <= o.onset_ms { (*self, *o) } else { (*o, *self) };
@@ -188,6 +191,12 @@ impl Span {
     /// more likely unrelated blips.
     fn established(&self) -> bool {
         self.burst
+    }
+
+    /// Whether its errors and latency are trouble, not a blip: two such signals or an alert, as
+    /// [`Span::carries`] asks of any.
+    fn shows_symptoms(&self) -> bool {
+        self.symptoms >= 2 || self.symptom_alerts >= 1
     }
 
     /// How far apart two spans are in time (0 when they overlap).
@@ -251,6 +260,7 @@ fn signal_span(m: &IncidentMember, resources: u8, persist_ms: i64) -> Span {
     s.count = 1;
     s.alerts = u32::from(matches!(m, IncidentMember::Alert { .. }));
     s.symptoms = u32::from(rank::classify(rank::member_name(m)) == rank::SignalKind::Symptom);
+    s.symptom_alerts = s.symptoms.min(s.alerts);
     s.resources = if resources == 0 { ANY_RESOURCE } else { resources };
     s
 }
@@ -398,8 +408,8 @@ impl Correlator {
     ///   likewise a caller, a pod or an agent joins only a callee or node so established;
     /// - between a node and its pods, trouble is about the same resource;
     /// - across a call, trouble travels as the caller's errors and latency: a caller joins its
-    ///   callee's trouble only with errors or latency of its own that began no earlier, and a
-    ///   callee joins its caller's only when the caller shows errors or latency;
+    ///   callee's trouble only with errors or latency of its own (two signals or an alert) that began no
+    ///   earlier, and a callee joins its caller's only when the caller shows them;
     /// - within `link_window_ms` of each other.
     fn admits(&self, entity: &str, j: &Span, linked: &Span, link: &Link) -> Option<i64> {
         if !linked.carries() {
@@ -423,9 +433,9 @@ impl Correlator {
                 // An effect does not begin before its cause (within two scrape intervals).
                 let as_caller = self.topology.calls(entity, n)
                     && linked.established()
-                    && j.symptoms > 0
+                    && j.shows_symptoms()
                     && j.onset_ms >= linked.onset_ms - rank::ONSET_SLACK_MS;
-                let as_callee = self.topology.calls(n, entity) && linked.symptoms > 0 && j.established() && caused(j);
+                let as_callee = self.topology.calls(n, entity) && linked.shows_symptoms() && j.established() && caused(j);
                 if !as_caller && !as_callee {
                     return None;
                 }
@@ -634,6 +644,7 @@ impl Correlator {
         span.count += 1;
         span.alerts += u32::from(is_alert);
         span.symptoms += u32::from(is_symptom);
+        span.symptom_alerts += u32::from(is_symptom && is_alert);
         span.resources |= resources;
         span.note(t, self.cfg.link_window_ms);
         span.extend(t, holds);
@@ -1088,6 +1099,9 @@ mod tests {
         let db = db_down(&mut c, 0);
         c.observe_anomaly(&api("process_resident_memory_bytes", 30_000), 3);
         let other = c.observe_anomaly(&api("http_requests:rate5m", 40_000), 4).unwrap();
+        assert_ne!(other.id, db.id, "{:?}", other.grouping_reasons);
+        // One latency spike beside them is still a blip, not the caller's errors and latency.
+        let other = c.observe_anomaly(&api("http_request_duration_seconds:p99", 50_000), 5).unwrap();
         assert_ne!(other.id, db.id, "{:?}", other.grouping_reasons);
         // Nor does a caller's latency that began before the callee failed follow from it.
         let mut c = cluster();
