@@ -27,7 +27,7 @@
 //! Effects seen before their cause (a caller's incident, a per-node agent's) are gathered into
 //! the cause's incident once it is established.
 //!
-//! The strongest link wins, then the nearest in time; a signal never merges two incidents. An alert
+//! The strongest link wins, then the nearest in time; incidents merge only as said above. An alert
 //! is one member across its life (same fingerprint: firing, then resolved); an anomalous series is
 //! one member however many times it fires. Probable causes are the incident's entities ranked by
 //! stated factors ([`rank`]). The work per signal does not depend on how many incidents are open:
@@ -132,7 +132,19 @@ struct Span {
 
 impl Span {
     fn new(t: i64) -> Span {
-        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, onset_ms: t, resources: 0, holds_until_ms: t, symptoms: 0, symptom_alerts: 0, recent: [i64::MIN; 4], burst: false }
+        Span {
+            count: 0,
+            alerts: 0,
+            first_ms: t,
+            last_ms: t,
+            onset_ms: t,
+            resources: 0,
+            holds_until_ms: t,
+            symptoms: 0,
+            symptom_alerts: 0,
+            recent: [i64::MIN; 4],
+            burst: false,
+        }
     }
 
     fn extend(&mut self, t: i64, holds_until: i64) {
@@ -408,8 +420,8 @@ impl Correlator {
     ///   likewise a caller, a pod or an agent joins only a callee or node so established;
     /// - between a node and its pods, trouble is about the same resource;
     /// - across a call, trouble travels as the caller's errors and latency: a caller joins its
-    ///   callee's trouble only with errors or latency of its own (two signals or an alert) that began no
-    ///   earlier, and a callee joins its caller's only when the caller shows them;
+    ///   callee's trouble only with errors or latency of its own (two signals or an alert) that
+    ///   began no earlier, and a callee joins its caller's only when the caller shows them;
     /// - within `link_window_ms` of each other.
     fn admits(&self, entity: &str, j: &Span, linked: &Span, link: &Link) -> Option<i64> {
         if !linked.carries() {
