@@ -12,8 +12,11 @@
 //! noisy-OR of its matching members, evidence on the most probable root (the correlator's first
 //! cause) counting fully and elsewhere [`OFF_ROOT`]-weighted. The best fit is proposed on the root
 //! entity, one recommendation per incident, with the runners-up named in its rationale; below
-//! [`MIN_FIT`] nothing is. Confidence is the fit times the playbook's `base_confidence` (its
-//! precision when the signature fits fully), halved when every alert has resolved, capped at 0.99.
+//! [`MIN_FIT`] nothing is. The fit times the playbook's `base_confidence` (its precision when the
+//! signature fits fully), halved when every alert has resolved, is the *uncalibrated* confidence;
+//! the confidence proposed is the probability that the action is right, read off a monotone map
+//! fitted on labelled incidents and checked on held-out ones ([`calibration`]), capped at 0.99.
+//! Its version is recorded in the playbook version, and the rationale states both figures.
 //! An alert can pin it with the annotation `cairn_confidence` (a number in [0, 1]) — for rules whose
 //! precision the operator knows, and for the demo. The target's environment defaults to
 //! `production` when the signal does not say: the conservative reading.
@@ -25,6 +28,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calibration;
+mod calibration_table;
 pub mod learning;
 
 use cairn_types::{
@@ -250,6 +255,13 @@ fn severity_factor(s: cairn_types::Severity) -> f64 {
         cairn_types::Severity::Low => 0.55,
     }
 }
+
+/// The embedded confidence calibration ([`calibration`]).
+static CALIBRATION: std::sync::LazyLock<calibration::Calibration> = std::sync::LazyLock::new(calibration::Calibration::embedded);
+
+/// Words in a rationale before the uncalibrated confidence (fit × prior), so that an evaluation can
+/// refit the calibration from what the server answered.
+pub const UNCALIBRATED: &str = "uncalibrated confidence";
 
 /// Evidence on the root entity counts fully; elsewhere in the incident, this much.
 pub const OFF_ROOT: f64 = 0.3;
@@ -477,7 +489,9 @@ fn build(
     if !alerts.is_empty() && alerts.iter().all(|m| matches!(m, IncidentMember::Alert { status: AlertStatus::Resolved, .. })) {
         confidence *= 0.5;
     }
-    let confidence = pinned.unwrap_or(confidence).clamp(0.0, 0.99);
+    let raw = confidence.clamp(0.0, 0.99);
+    let calibration = &*CALIBRATION;
+    let confidence = pinned.unwrap_or_else(|| calibration.apply(raw)).clamp(0.0, 0.99);
 
     let mut parameters: BTreeMap<String, String> =
         pb.def.parameters.iter().map(|(k, v)| (k.clone(), fill(v, &fill_labels))).collect();
@@ -543,7 +557,11 @@ fn build(
         pb.def.description,
         trigger.score,
         trigger.reasons.join(", "),
-        if pinned.is_some() { " (pinned by the alert's cairn_confidence annotation)" } else { "" }
+        if pinned.is_some() {
+            " (pinned by the alert's cairn_confidence annotation)".to_string()
+        } else {
+            format!(" ({UNCALIBRATED} {raw:.4}, calibrated by {})", calibration.version())
+        }
     );
     // Steering that ingest withheld from an unauthorised sender is said on the card.
     let withheld: Vec<&str> = incident
@@ -563,7 +581,8 @@ fn build(
         revision,
         incident_id: incident.id.clone(),
         playbook: pb.def.name.clone(),
-        playbook_version: format!("{}@{catalogue_version}", pb.def.version),
+        // The calibration that turned the fit into a probability is part of what produced it.
+        playbook_version: format!("{}@{catalogue_version}+{}", pb.def.version, calibration.version()),
         action: pb.action,
         target: Target { service, environment, resource },
         parameters,

@@ -247,3 +247,19 @@ fn a_playbook_with_stages_puts_them_on_its_recommendation_and_bad_stages_are_ref
         assert!(err.contains("rollback-deploy") && err.contains("stage"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn confidence_is_the_calibrated_probability_and_says_what_it_was_calibrated_from() {
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    let two = incident(vec![
+        alert_member("ProcessDown", "f1", AlertStatus::Firing, &[]),
+        alert_member("ProcessDown", "f2", AlertStatus::Firing, &[]),
+    ]);
+    let rec = r.recommend(&two, 1).remove(0);
+    let cal = crate::calibration::Calibration::embedded();
+    let stated = rec.rationale.split(crate::UNCALIBRATED).nth(1).and_then(|s| s.split_whitespace().next());
+    let raw: f64 = stated.and_then(|s| s.trim_end_matches([',', ')']).parse().ok()).unwrap_or_else(|| panic!("{}", rec.rationale));
+    assert!((rec.confidence - cal.apply(raw)).abs() < 1e-3, "{} vs {raw}", rec.confidence);
+    assert!(rec.playbook_version.ends_with(&format!("+{}", cal.version())), "{}", rec.playbook_version);
+    assert!(rec.rationale.contains(&cal.version()));
+}
