@@ -243,10 +243,10 @@ struct Trigger<'a> {
 }
 
 /// How much one firing alert matching a signature says (an alert is a rule people wrote, so one
-/// alone is enough to propose, at review-level confidence).
+/// alone is enough to propose; what that is worth as a probability is the calibration's to say).
 const ALERT_FIT: f64 = 0.75;
 /// How much an alert's severity says: the rule's author's own word on how much it matters. A lone
-/// critical alert proposes at review-level confidence, a lone warning or info one stays advisory.
+/// critical alert fits better than a lone warning or info one.
 fn severity_factor(s: cairn_types::Severity) -> f64 {
     match s {
         cairn_types::Severity::Critical => 1.0,
