@@ -12,11 +12,13 @@
 //! noisy-OR of its matching members, evidence on the most probable root (the correlator's first
 //! cause) counting fully and elsewhere [`OFF_ROOT`]-weighted. The best fit is proposed on the root
 //! entity, one recommendation per incident, with the runners-up named in its rationale; below
-//! [`MIN_FIT`] nothing is. The fit times the playbook's `base_confidence` (its precision when the
-//! signature fits fully), halved when every alert has resolved, is the *uncalibrated* confidence;
-//! the confidence proposed is the probability that the action is right, read off a monotone map
-//! fitted on labelled incidents and checked on held-out ones ([`calibration`]), capped at 0.99.
-//! Its version is recorded in the playbook version, and the rationale states both figures.
+//! [`MIN_FIT`] nothing is. The fit, halved when every alert has resolved, is the *uncalibrated*
+//! confidence; the confidence proposed is the probability that the action is right, read off a
+//! monotone map fitted on labelled incidents and checked on held-out ones ([`calibration`]),
+//! capped at 0.99. The map is pooled over playbooks rather than fed each playbook's hand-set
+//! `base_confidence`, which stands in only when no map is embedded (a playbook of a low prior would
+//! otherwise never reach the confidence its evidence earns). Its version is recorded in the
+//! playbook version, and the rationale states both figures.
 //! An alert can pin it with the annotation `cairn_confidence` (a number in [0, 1]) — for rules whose
 //! precision the operator knows, and for the demo. The target's environment defaults to
 //! `production` when the signal does not say: the conservative reading.
@@ -484,14 +486,28 @@ fn build(
     }
 
     let n = incident.members.len();
-    let mut confidence = trigger.score * pb.def.base_confidence;
+    // The fit, halved when every alert has resolved, is what the calibration maps to a probability;
+    // with no calibration the playbook's prior stands in for it.
+    let mut fit = trigger.score;
     let alerts: Vec<&IncidentMember> = incident.members.iter().filter(|m| matches!(m, IncidentMember::Alert { .. })).collect();
     if !alerts.is_empty() && alerts.iter().all(|m| matches!(m, IncidentMember::Alert { status: AlertStatus::Resolved, .. })) {
-        confidence *= 0.5;
+        fit *= 0.5;
     }
-    let raw = confidence.clamp(0.0, 0.99);
+    let raw = fit.clamp(0.0, 1.0);
     let calibration = &*CALIBRATION;
-    let confidence = pinned.unwrap_or_else(|| calibration.apply(raw)).clamp(0.0, 0.99);
+    let prior = raw * pb.def.base_confidence;
+    // A firing critical alert is its author's word that the matter is critical, and the labelled
+    // incidents hold no wrong recommendation a critical alert triggered: the map cannot say such
+    // a one is worth less than its prior (at most 0.75, below the policy's `auto` line).
+    let critical = matches!(trigger.member, IncidentMember::Alert { status: AlertStatus::Firing, severity: cairn_types::Severity::Critical, .. });
+    let calibrated = if calibration.knots.is_empty() {
+        prior
+    } else if critical {
+        calibration.apply(raw).max(prior)
+    } else {
+        calibration.apply(raw)
+    };
+    let confidence = pinned.unwrap_or(calibrated).clamp(0.0, 0.99);
 
     let mut parameters: BTreeMap<String, String> =
         pb.def.parameters.iter().map(|(k, v)| (k.clone(), fill(v, &fill_labels))).collect();
