@@ -1205,6 +1205,23 @@ mod tests {
     }
 
     #[test]
+    fn a_node_agent_seen_before_its_node_fails_is_gathered_once_the_node_is_established() {
+        let mut c = cluster();
+        let node = |pairs: &[(&str, &str)], t: i64| series(&[pairs, &[("node", "n3")]].concat(), t, 0.9);
+        // The DaemonSet misses a pod before the node's own signals arrive: an incident of its own.
+        let agent = c.observe_anomaly(&series(&[("__name__", "kube_daemonset_status_number_unavailable"), ("daemonset", "node-exporter")], 0, 0.9), 0).unwrap();
+        c.observe_anomaly(&node(&[("__name__", "kube_node_status_condition"), ("condition", "Ready")], 10_000), 1);
+        let two = c.observe_anomaly(&node(&[("__name__", "kube_node_status_condition"), ("condition", "Ready"), ("status", "unknown")], 10_000), 2).unwrap();
+        assert_eq!(c.open_count(), 2, "two signals do not establish the node: {:?}", two.grouping_reasons);
+        // The third establishes it, and the agent's incident is gathered in.
+        let node = c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], 10_000, 0.9), 3).unwrap();
+        assert_eq!(c.open_count(), 1, "{:?}", node.grouping_reasons);
+        assert_eq!(node.members.len(), 4);
+        assert!(node.grouping_reasons.iter().any(|r| r.contains("runs an agent on node:n3")), "{:?}", node.grouping_reasons);
+        assert!(c.take_merged().iter().any(|g| g.id == agent.id));
+    }
+
+    #[test]
     fn a_lone_blip_links_nothing_and_pieces_that_arrived_first_are_merged() {
         let mut c = cluster();
         // One anomaly on a node: a blip. A pod on it misbehaving is not put down to it.
