@@ -17,7 +17,7 @@
 //! node established as a problem), and opens an incident of its own that joins where it belongs
 //! once its entity has trouble of its own. An entity is put forward as the *cause* of others'
 //! trouble (a callee of a caller, a node of its pods) only when established: three signals within
-//! `link_window_ms` of one another, as a failure shows. A dependency joins only trouble that began
+//! `link_window_ms` of one another, as a failure shows, or a firing critical alert. A dependency joins only trouble that began
 //! at most `link_window_ms` before its own: a cause precedes its effects. Across a call, trouble
 //! travels as the caller's errors and latency: a caller joins its callee's incident only with
 //! errors or latency (two signals or an alert, not a blip) that began no earlier than the callee's trouble,
@@ -126,7 +126,7 @@ struct Span {
     /// The latest signal times (event time), ascending; `i64::MIN` where fewer.
     recent: [i64; 4],
     /// Whether [`rank::NODE_TROUBLE`] of its signals ever came within `link_window_ms` of one
-    /// another: see [`Span::established`].
+    /// another, or a firing critical alert is among them: see [`Span::established`].
     burst: bool,
 }
 
@@ -198,9 +198,10 @@ impl Span {
     }
 
     /// Whether the entity is established as a problem, enough to be put forward as the cause of
-    /// others' trouble: [`rank::NODE_TROUBLE`] signals within `link_window_ms` of one another. A
-    /// failure shows in several places at once; signals strewn over a quarter of an hour are
-    /// more likely unrelated blips.
+    /// others' trouble: [`rank::NODE_TROUBLE`] signals within `link_window_ms` of one another, or a
+    /// firing critical alert (its author's word that the matter is critical). A failure shows in
+    /// several places at once; signals strewn over a quarter of an hour are more likely unrelated
+    /// blips.
     fn established(&self) -> bool {
         self.burst
     }
@@ -273,6 +274,7 @@ fn signal_span(m: &IncidentMember, resources: u8, persist_ms: i64) -> Span {
     s.alerts = u32::from(matches!(m, IncidentMember::Alert { .. }));
     s.symptoms = u32::from(rank::classify(rank::member_name(m)) == rank::SignalKind::Symptom);
     s.symptom_alerts = s.symptoms.min(s.alerts);
+    s.burst = matches!(m, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
     s.resources = if resources == 0 { ANY_RESOURCE } else { resources };
     s
 }
@@ -643,6 +645,7 @@ impl Correlator {
         let t = member.event_ms();
         let holds = holds_until(&member, self.cfg.persist_ms);
         let is_symptom = rank::classify(rank::member_name(&member)) == rank::SignalKind::Symptom;
+        let critical = matches!(member, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
         let Some(open) = self.open.get_mut(id) else { return };
         self.member_of.insert(identity.clone(), id.clone());
         open.index.insert(identity, open.incident.members.len());
@@ -659,6 +662,7 @@ impl Correlator {
         span.symptom_alerts += u32::from(is_symptom && is_alert);
         span.resources |= resources;
         span.note(t, self.cfg.link_window_ms);
+        span.burst |= critical;
         span.extend(t, holds);
         if span.count == 1 {
             self.by_entity.entry(r.entity.clone()).or_default().push(id.clone());
@@ -1138,6 +1142,20 @@ mod tests {
             c.observe_anomaly(&db("pg_replication_lag_seconds", 12 * MIN - spread), 3);
             let last = c.observe_anomaly(&db("pg_stat_activity_count", 12 * MIN), 4).unwrap();
             assert_eq!(last.id == caller.id, joins, "spread {spread}: {:?}", last.grouping_reasons);
+        }
+    }
+
+    #[test]
+    fn a_firing_critical_alert_establishes_a_callee_and_a_warning_does_not() {
+        for (severity, joins) in [("warning", false), ("critical", true)] {
+            let mut c = cluster();
+            let api = |name: &str| series(&[("__name__", name), ("service", "api")], 60_000, 0.9);
+            c.observe_anomaly(&api("http_request_duration_seconds:p99"), 0);
+            let caller = c.observe_anomaly(&api("http_request_errors:ratio_rate5m"), 1).unwrap();
+            let mut down = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
+            down.labels.insert("severity", severity);
+            let db = c.observe_alert(&at(down, 30_000), 2).unwrap();
+            assert_eq!(db.id == caller.id, joins, "{severity}: {:?}", db.grouping_reasons);
         }
     }
 
