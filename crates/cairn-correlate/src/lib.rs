@@ -39,7 +39,12 @@
 #![forbid(unsafe_code)]
 
 pub mod rank;
+mod regroup;
 pub mod topology;
+
+pub use regroup::{MAX_KEPT_APART, RegroupRefused};
+#[cfg(test)]
+use regroup::identity_of as regroup_identity;
 
 use cairn_types::{AlertEvent, AlertStatus, Anomaly, Incident, IncidentId, IncidentMember, Labels, SampleBatch, Severity};
 use serde::{Deserialize, Serialize};
@@ -99,6 +104,32 @@ struct Open {
     entities: HashMap<String, Span>,
     via: HashMap<String, Span>,
     dropped_members: u64,
+}
+
+impl Open {
+    /// An incident with no members yet.
+    fn empty(id: IncidentId, opened_ms: i64, now_ms: i64) -> Open {
+        Open {
+            incident: Incident {
+                id,
+                opened_ms,
+                updated_ms: now_ms,
+                members: Vec::new(),
+                affected_services: Vec::new(),
+                common_labels: Labels::new(),
+                grouping_reasons: Vec::new(),
+                probable_causes: Vec::new(),
+                severity: Severity::Low,
+                version: 0,
+                member_entities: Vec::new(),
+            },
+            index: HashMap::new(),
+            nodes: Vec::new(),
+            entities: HashMap::new(),
+            via: HashMap::new(),
+            dropped_members: 0,
+        }
+    }
 }
 
 /// How many members an entity has in an incident, and when they happened (event time). An
@@ -342,6 +373,8 @@ pub struct Correlator {
     by_age: BTreeSet<(i64, IncidentId)>,
     /// Incidents merged away, for [`Correlator::take_merged`].
     merged: Vec<Incident>,
+    /// Entity pairs persons' splits separated: not joined through a link again.
+    kept_apart: regroup::KeptApart,
 }
 
 fn window_words(ms: i64) -> String {
@@ -365,6 +398,7 @@ impl Correlator {
             member_of: HashMap::new(),
             by_age: BTreeSet::new(),
             merged: Vec::new(),
+            kept_apart: regroup::KeptApart::default(),
         }
     }
 
@@ -493,6 +527,12 @@ impl Correlator {
                 continue;
             }
             let Some(o) = self.open.get(&id) else { continue };
+            // A person split these two apart: the rules do not join them again.
+            if let Link::Calls(n) | Link::Placement(n) = &link
+                && self.kept_apart.holds(entity, n)
+            {
+                continue;
+            }
             // The span of what the trouble is linked to, in this incident.
             let (span, link) = match &link {
                 Link::Same => (o.entities.get(entity).copied(), link),
@@ -548,27 +588,7 @@ impl Correlator {
             None => {
                 self.make_room();
                 let id = incident_id(&r.entity, t, now_ms);
-                let open = Open {
-                    incident: Incident {
-                        id: id.clone(),
-                        opened_ms: now_ms,
-                        updated_ms: now_ms,
-                        members: Vec::new(),
-                        affected_services: Vec::new(),
-                        common_labels: Labels::new(),
-                        grouping_reasons: Vec::new(),
-                        probable_causes: Vec::new(),
-                        severity: Severity::Low,
-                        version: 0,
-                        member_entities: Vec::new(),
-                    },
-                    index: HashMap::new(),
-                    nodes: Vec::new(),
-                    entities: HashMap::new(),
-                    via: HashMap::new(),
-                    dropped_members: 0,
-                };
-                self.open.insert(id.clone(), open);
+                self.open.insert(id.clone(), Open::empty(id.clone(), now_ms, now_ms));
                 self.by_age.insert((now_ms, id.clone()));
                 (id, format!("{what}: opened on {}", r.entity))
             }
@@ -1048,6 +1068,79 @@ mod tests {
         // An unrelated service at the same moment is another incident.
         let shop = c.observe_alert(&at(alert("X", "shop", "f3", AlertStatus::Firing), 30_000), 3).unwrap();
         assert_ne!(shop.id, first.id);
+    }
+
+    /// The database outage of the test above: one incident holding `db`'s trouble and `api`'s
+    /// errors (members alert:f1, alert:f2 and three series).
+    fn outage(c: &mut Correlator) -> Incident {
+        let mut db = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
+        db.labels.insert("pod", "db-0");
+        c.observe_alert(&at(db, 0), 0).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "pg_up"), ("pod", "db-0"), ("service", "db")], 0, 0.9), 1);
+        c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 0, 0.9), 1);
+        c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f2", AlertStatus::Firing), 30_000), 1).unwrap()
+    }
+
+    #[test]
+    fn a_person_merges_two_incidents_into_one_and_the_other_is_emptied_naming_it() {
+        let mut c = Correlator::new(CorrelatorConfig::default());
+        let a = c.observe_alert(&alert("X", "a", "f1", AlertStatus::Firing), 0).unwrap();
+        let b = c.observe_alert(&alert("Y", "b", "f2", AlertStatus::Firing), 0).unwrap();
+        let merged = c.merge_by_person(&a.id, &b.id, "one upstream fault (user:alice)", 5).unwrap();
+        assert_eq!(merged.id, a.id);
+        assert_eq!(merged.members.len(), 2);
+        assert!(merged.version > a.version);
+        assert!(merged.grouping_reasons.iter().any(|r| r.contains("one upstream fault (user:alice)")), "{:?}", merged.grouping_reasons);
+        let gone = c.take_merged();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, b.id);
+        assert!(gone[0].members.is_empty() && gone[0].grouping_reasons[0].contains(&a.id.0));
+        assert_eq!(c.open_count(), 1);
+        // Later trouble on b joins the merged incident.
+        let later = c.observe_alert(&alert("Z", "b", "f3", AlertStatus::Firing), 6).unwrap();
+        assert_eq!(later.id, a.id);
+        // Refusals change nothing.
+        assert_eq!(c.merge_by_person(&a.id, &a.id, "", 7), Err(RegroupRefused::SameIncident(a.id.clone())));
+        assert_eq!(c.merge_by_person(&a.id, &b.id, "", 7), Err(RegroupRefused::NotOpen(b.id.clone())));
+        assert_eq!(c.get(&a.id).map(|i| i.members.len()), Some(3));
+    }
+
+    #[test]
+    fn a_person_splits_signals_out_and_the_rules_do_not_join_them_again() {
+        let mut c = cluster();
+        let both = outage(&mut c);
+        let before = both.members.len();
+        let (left, new) = c.split_by_person(&both.id, &["alert:f2".to_string()], "api's errors are its own deploy (user:alice)", 10).unwrap();
+        assert_eq!(left.id, both.id);
+        assert_eq!(left.members.len(), before - 1);
+        assert!(left.version > both.version);
+        assert_eq!(left.probable_causes[0].entity, "service:db");
+        assert!(left.grouping_reasons.iter().any(|r| r.contains(&format!("moved to {}", new.id))), "{:?}", left.grouping_reasons);
+        assert_eq!(new.members.len(), 1);
+        assert_eq!(new.probable_causes[0].entity, "service:api");
+        assert!(new.grouping_reasons[0].contains("by a person") && new.grouping_reasons[0].contains("own deploy"), "{:?}", new.grouping_reasons);
+        assert_eq!(c.open_count(), 2);
+        assert_eq!(c.kept_apart_count(), 1);
+        // More of api's errors stay with api, not with the database the rules linked them to.
+        let more = c.observe_alert(&at(alert("HighErrorRate", "api", "f4", AlertStatus::Firing), 60_000), 11).unwrap();
+        assert_eq!(more.id, new.id, "{:?}", more.grouping_reasons);
+        // Another member of the database incident still goes there.
+        let db_more = c.observe_anomaly(&series(&[("__name__", "pg_stat_activity_count"), ("service", "db")], 60_000, 0.9), 12).unwrap();
+        assert_eq!(db_more.id, both.id);
+    }
+
+    #[test]
+    fn a_split_that_names_no_member_or_moves_everything_is_refused_and_changes_nothing() {
+        let mut c = cluster();
+        let both = outage(&mut c);
+        let all: Vec<String> = c.get(&both.id).unwrap().members.iter().map(super::regroup_identity).collect();
+        assert_eq!(c.split_by_person(&both.id, &all, "", 1), Err(RegroupRefused::NothingLeft(both.id.clone())));
+        assert_eq!(c.split_by_person(&both.id, &[], "", 1), Err(RegroupRefused::NothingLeft(both.id.clone())));
+        let err = c.split_by_person(&both.id, &["alert:nope".to_string()], "", 1).unwrap_err();
+        assert!(matches!(err, RegroupRefused::NoSuchMember { .. }), "{err:?}");
+        assert!(matches!(c.split_by_person(&IncidentId("inc-x".into()), &all, "", 1), Err(RegroupRefused::NotOpen(_))));
+        assert_eq!(c.get(&both.id).unwrap().members.len(), all.len());
+        assert_eq!(c.open_count(), 1);
     }
 
     #[test]

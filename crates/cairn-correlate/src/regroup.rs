@@ -1,0 +1,183 @@
+//! Grouping decided by a person: merging two incidents the rules kept apart, and splitting signals
+//! out of an incident the rules put together. A split is also feedback: the entities it separated
+//! are not joined through a link again (until that memory is full and the oldest pair goes), so
+//! the correlator does not undo what a responder decided. A merge needs no memory: later signals
+//! join the merged incident through the entities it now holds.
+
+use crate::{Correlator, Open};
+use cairn_types::{Incident, IncidentId, IncidentMember};
+use std::collections::{HashSet, VecDeque};
+
+/// Entity pairs a person separated, remembered at most this many (oldest forgotten first).
+pub const MAX_KEPT_APART: usize = 10_000;
+
+/// Why a person's regrouping was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegroupRefused {
+    /// No open incident has this id (it closed, was merged away, or never was).
+    NotOpen(IncidentId),
+    /// Merging an incident into itself.
+    SameIncident(IncidentId),
+    /// The two together would hold more than `max_members`.
+    TooLarge { members: usize, max: usize },
+    /// The incident holds no member with this id (`alert:<fingerprint>` or `series:<id>`).
+    NoSuchMember { incident: IncidentId, member: String },
+    /// A split must leave at least one member behind and move at least one.
+    NothingLeft(IncidentId),
+}
+
+impl std::fmt::Display for RegroupRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegroupRefused::NotOpen(id) => write!(f, "incident {id} is not open (closed, merged away, or unknown)"),
+            RegroupRefused::SameIncident(id) => write!(f, "incident {id} cannot be merged into itself"),
+            RegroupRefused::TooLarge { members, max } => {
+                write!(f, "the merged incident would hold {members} members, more than correlate.max_members ({max})")
+            }
+            RegroupRefused::NoSuchMember { incident, member } => {
+                write!(f, "incident {incident} holds no member {member} (members are named alert:<fingerprint> or series:<id>)")
+            }
+            RegroupRefused::NothingLeft(id) => {
+                write!(f, "a split of {id} must move at least one member and leave at least one")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RegroupRefused {}
+
+/// What persons' splits taught: entity pairs not to join through a link.
+#[derive(Debug, Default)]
+pub(crate) struct KeptApart {
+    pairs: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+}
+
+impl KeptApart {
+    fn key(a: &str, b: &str) -> (String, String) {
+        if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) }
+    }
+
+    fn remember(&mut self, a: &str, b: &str) {
+        if a == b {
+            return;
+        }
+        let key = Self::key(a, b);
+        if self.pairs.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MAX_KEPT_APART {
+            if let Some(old) = self.order.pop_front() {
+                self.pairs.remove(&old);
+            }
+        }
+    }
+
+    /// Whether a person separated `a` and `b`.
+    pub(crate) fn holds(&self, a: &str, b: &str) -> bool {
+        !self.pairs.is_empty() && self.pairs.contains(&Self::key(a, b))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.pairs.len()
+    }
+}
+
+pub(crate) fn identity_of(m: &IncidentMember) -> String {
+    match m {
+        IncidentMember::Alert { fingerprint, .. } => format!("alert:{fingerprint}"),
+        IncidentMember::Anomaly(a) => format!("series:{}", a.series),
+    }
+}
+
+impl Correlator {
+    /// A person merges `from` into `into`: one incident holding both, re-ranked; `from` is emptied,
+    /// naming `into`, and handed out by [`Correlator::take_merged`] like any merge.
+    pub fn merge_by_person(&mut self, into: &IncidentId, from: &IncidentId, why: &str, now_ms: i64) -> Result<Incident, RegroupRefused> {
+        if into == from {
+            return Err(RegroupRefused::SameIncident(into.clone()));
+        }
+        let size = |id: &IncidentId| self.open.get(id).map(|o| o.incident.members.len()).ok_or_else(|| RegroupRefused::NotOpen(id.clone()));
+        let members = size(into)? + size(from)?;
+        if members > self.cfg.max_members {
+            return Err(RegroupRefused::TooLarge { members, max: self.cfg.max_members });
+        }
+        self.merge(into, from, why, now_ms);
+        self.changed(into, now_ms).ok_or_else(|| RegroupRefused::NotOpen(into.clone()))
+    }
+
+    /// A person moves `members` (ids `alert:<fingerprint>` or `series:<id>`) of `from` into a new
+    /// incident. Both are rebuilt from their members and re-ranked; `from` keeps its id. The
+    /// entities that end up only on one side are remembered as kept apart from those only on the
+    /// other. Returns (what is left of `from`, the new incident).
+    pub fn split_by_person(&mut self, from: &IncidentId, members: &[String], why: &str, now_ms: i64) -> Result<(Incident, Incident), RegroupRefused> {
+        let open = self.open.get(from).ok_or_else(|| RegroupRefused::NotOpen(from.clone()))?;
+        for m in members {
+            if !open.index.contains_key(m) {
+                return Err(RegroupRefused::NoSuchMember { incident: from.clone(), member: m.clone() });
+            }
+        }
+        let moving: HashSet<&String> = members.iter().collect();
+        if moving.is_empty() || moving.len() >= open.incident.members.len() {
+            return Err(RegroupRefused::NothingLeft(from.clone()));
+        }
+        let Some(old) = self.take_open(from) else { return Err(RegroupRefused::NotOpen(from.clone())) };
+        let Open { incident, dropped_members, .. } = old;
+        let (mut stay, mut go) = (Vec::new(), Vec::new());
+        for member in incident.members {
+            if moving.contains(&identity_of(&member)) { go.push(member) } else { stay.push(member) }
+        }
+        let first_moved = go.first().map(|m| (self.topology.resolve(m.labels()).entity, m.event_ms()));
+        let (entity, t) = first_moved.unwrap_or_default();
+        let new_id = crate::incident_id(&entity, t, now_ms);
+
+        self.open.insert(from.clone(), Open::empty(from.clone(), incident.opened_ms, now_ms));
+        if let Some(o) = self.open.get_mut(from) {
+            o.incident.version = incident.version;
+            o.dropped_members = dropped_members;
+            o.incident.grouping_reasons = incident.grouping_reasons;
+            o.incident.grouping_reasons.push(format!("split by a person: {} signals moved to {new_id}: {why}", go.len()));
+        }
+        self.by_age.insert((now_ms, from.clone()));
+        self.open.insert(new_id.clone(), Open::empty(new_id.clone(), now_ms, now_ms));
+        self.by_age.insert((now_ms, new_id.clone()));
+        let mut stay_entities = HashSet::new();
+        for member in stay {
+            let r = self.topology.resolve(member.labels());
+            stay_entities.insert(r.entity.clone());
+            let resources = crate::member_resources(&member);
+            let identity = identity_of(&member);
+            self.insert_quietly(from, identity, member, &r, resources);
+        }
+        let mut go_entities = HashSet::new();
+        for member in go {
+            let r = self.topology.resolve(member.labels());
+            go_entities.insert(r.entity.clone());
+            let resources = crate::member_resources(&member);
+            let identity = identity_of(&member);
+            let reason = format!("moved here from {from} by a person: {why}");
+            self.insert(&new_id, identity, member, &r, resources, reason);
+        }
+        for a in go_entities.difference(&stay_entities) {
+            for b in stay_entities.difference(&go_entities) {
+                self.kept_apart.remember(a, b);
+            }
+        }
+        let left = self.changed(from, now_ms).ok_or_else(|| RegroupRefused::NotOpen(from.clone()))?;
+        let new = self.changed(&new_id, now_ms).ok_or_else(|| RegroupRefused::NotOpen(new_id.clone()))?;
+        Ok((left, new))
+    }
+
+    /// Entity pairs persons' splits keep apart (for `/metrics`).
+    pub fn kept_apart_count(&self) -> usize {
+        self.kept_apart.len()
+    }
+
+    /// Inserts a member back where it was, keeping the incident's grouping reasons as they were.
+    fn insert_quietly(&mut self, id: &IncidentId, identity: String, member: IncidentMember, r: &crate::Resolved, resources: u8) {
+        self.insert(id, identity, member, r, resources, String::new());
+        if let Some(o) = self.open.get_mut(id) {
+            o.incident.grouping_reasons.pop();
+        }
+    }
+}
