@@ -40,6 +40,14 @@ pub struct TriageArgs {
     /// `table` or `json`.
     #[arg(long, default_value = "table")]
     pub output: String,
+    /// Refit the confidence calibration on the recommendations' uncalibrated confidence: report it
+    /// on held-out recordings (leave one recording out, and two folds of alternate recordings), then
+    /// fit on all of them and write the table to `--calibration-table`.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Where `--calibrate` writes the table (cairn-recommend's, from the work tree's root).
+    #[arg(long, default_value = "crates/cairn-recommend/src/calibration_table.rs")]
+    pub calibration_table: PathBuf,
 }
 
 /// Least risk tier per action, as the corpus defines it.
@@ -97,6 +105,8 @@ pub struct RecordingScore {
     pub below_min_tier: Vec<String>,
     /// (confidence, right) per recommendation.
     pub confidences: Vec<(f64, bool)>,
+    /// (uncalibrated confidence, right) per recommendation whose rationale gives it.
+    pub uncalibrated: Vec<(f64, bool)>,
     pub incidents: Vec<IncidentScore>,
     pub replay_ms: u64,
 }
@@ -117,12 +127,108 @@ pub async fn run(args: TriageArgs) -> Result<()> {
         bail!("no recordings matched");
     }
     let summary = summarise(&scores);
+    let calibration = args.calibrate.then(|| calibrate(&scores));
     if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&json!({"summary": summary, "recordings": scores}))?);
+        println!("{}", serde_json::to_string_pretty(&json!({"summary": summary, "recordings": scores, "calibration": calibration}))?);
     } else {
         print_tables(&scores, &summary);
+        if let Some(c) = &calibration {
+            print_calibration(c);
+        }
+    }
+    if let Some(c) = &calibration {
+        std::fs::write(&args.calibration_table, table_source(&c.fitted))
+            .with_context(|| format!("cannot write {}", args.calibration_table.display()))?;
+        eprintln!("wrote {} ({})", args.calibration_table.display(), c.version);
     }
     Ok(())
+}
+
+/// The uncalibrated confidence a recommendation's rationale states ([`cairn_recommend::UNCALIBRATED`]).
+fn uncalibrated(rationale: &str) -> Option<f64> {
+    let rest = &rationale[rationale.find(cairn_recommend::UNCALIBRATED)? + cairn_recommend::UNCALIBRATED.len()..];
+    rest.split_whitespace().next()?.trim_end_matches([',', ')', '.']).parse().ok()
+}
+
+/// What `--calibrate` measured: Brier and ECE of the calibrated confidence on recordings the fit
+/// did not see, the base rate's Brier, and the map fitted on every recording.
+#[derive(Debug, Serialize)]
+pub struct CalibrationReport {
+    pub recommendations: usize,
+    pub base_rate_brier: f64,
+    pub uncalibrated_brier: f64,
+    pub uncalibrated_ece: f64,
+    pub leave_one_out_brier: f64,
+    pub leave_one_out_ece: f64,
+    pub two_fold_brier: f64,
+    pub two_fold_ece: f64,
+    /// (recording, held-out Brier) with leave one recording out.
+    pub per_recording_brier: Vec<(String, f64)>,
+    pub version: String,
+    #[serde(skip)]
+    pub fitted: cairn_recommend::calibration::Calibration,
+}
+
+fn calibrate(scores: &[RecordingScore]) -> CalibrationReport {
+    use cairn_recommend::calibration::{fit, scores as brier_ece};
+    let all: Vec<(f64, bool)> = scores.iter().flat_map(|r| r.uncalibrated.iter().copied()).collect();
+    let points = |keep: &dyn Fn(usize) -> bool| -> Vec<(f64, bool)> {
+        scores.iter().enumerate().filter(|(i, _)| keep(*i)).flat_map(|(_, s)| s.uncalibrated.iter().copied()).collect()
+    };
+    let scored_by = |map: &cairn_recommend::calibration::Calibration, k: usize| -> Vec<(f64, bool)> {
+        scores[k].uncalibrated.iter().map(|(raw, y)| (map.apply(*raw), *y)).collect()
+    };
+    // Leave one recording out: each recording scored by a map fitted on the others.
+    let held: Vec<Vec<(f64, bool)>> = (0..scores.len()).map(|k| scored_by(&fit(&points(&|i| i != k)), k)).collect();
+    let loo: Vec<(f64, bool)> = held.iter().flatten().copied().collect();
+    let per_recording_brier = held.iter().zip(scores).map(|(h, s)| (s.recording.clone(), brier_ece(h).0)).collect();
+    // Two folds of alternate recordings, each scored by the map fitted on the other.
+    let maps = [fit(&points(&|i| i % 2 != 0)), fit(&points(&|i| i % 2 != 1))];
+    let two: Vec<(f64, bool)> = (0..scores.len()).flat_map(|k| scored_by(&maps[k % 2], k)).collect();
+    let rate = mean(all.iter().map(|c| if c.1 { 1.0 } else { 0.0 }));
+    let (ub, ue) = brier_ece(&all);
+    let (lb, le) = brier_ece(&loo);
+    let (tb, te) = brier_ece(&two);
+    let fitted = fit(&all);
+    CalibrationReport {
+        recommendations: all.len(),
+        base_rate_brier: rate * (1.0 - rate),
+        uncalibrated_brier: ub,
+        uncalibrated_ece: ue,
+        leave_one_out_brier: lb,
+        leave_one_out_ece: le,
+        two_fold_brier: tb,
+        two_fold_ece: te,
+        per_recording_brier,
+        version: fitted.version(),
+        fitted,
+    }
+}
+
+fn print_calibration(c: &CalibrationReport) {
+    println!();
+    println!("calibration refit on {} recommendations' uncalibrated confidence (base rate Brier {:.3}):", c.recommendations, c.base_rate_brier);
+    println!("  uncalibrated               Brier {:.3}  ECE {:.3}", c.uncalibrated_brier, c.uncalibrated_ece);
+    println!("  held out, leave one out    Brier {:.3}  ECE {:.3}", c.leave_one_out_brier, c.leave_one_out_ece);
+    println!("  held out, two folds        Brier {:.3}  ECE {:.3}", c.two_fold_brier, c.two_fold_ece);
+    for (r, b) in &c.per_recording_brier {
+        println!("    {r:<20} held-out Brier {b:.3}");
+    }
+    println!("  fitted on all ({}):", c.version);
+    for k in &c.fitted.knots {
+        println!("    uncalibrated {:.3} -> {:.3} (n={})", k.raw, k.p, k.n);
+    }
+}
+
+fn table_source(c: &cairn_recommend::calibration::Calibration) -> String {
+    let rows: Vec<String> = c.knots.iter().map(|k| format!("    ({:.6}, {:.6}, {}),", k.raw, k.p, k.n)).collect();
+    format!(
+        "//! Written by `cairn eval triage --calibrate` from the labelled incidents of\n\
+         //! `../shared/datasets/incidents-dev`: (uncalibrated confidence, share of right actions, cases) per\n\
+         //! block of the isotonic fit. Do not edit by hand.\n\n\
+         pub const TABLE: &[(f64, f64, usize)] = &[\n{}\n];\n",
+        rows.join("\n")
+    )
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -522,6 +628,9 @@ pub fn score(name: &str, truth: &Value, base_ms: i64, incidents: &[pb::Incident]
         let about = (0..truths.len()).max_by_key(|&k| xs[k].iter().filter(|m| where_.get(*m) == Some(&i)).count()).filter(|&k| xs[k].iter().any(|m| where_.get(m) == Some(&i)));
         let right = about.is_some_and(|k| truths[k]["action"].as_str() == Some(r.action.as_str()));
         out.confidences.push((r.confidence, right));
+        if let Some(raw) = uncalibrated(&r.rationale) {
+            out.uncalibrated.push((raw, right));
+        }
         let outcome = outcome_name(d.outcome);
         let tier = least_tier(&r.action);
         let label = format!("{} {} on {} ({outcome} tier {:?})", r.id, r.action, r.target.as_ref().map(|t| t.service.as_str()).unwrap_or(""), d.tier);

@@ -12,13 +12,22 @@
 //! - the node its pod runs on, or a pod on the node it is about;
 //! - for a per-node agent (node-exporter, a DaemonSet), a node in the incident (weakest).
 //!
-//! A link to another entity holds only when that entity is in trouble (two signals or an alert), and
-//! a dependency (a service the linked one calls, a node its pods run on) joins only trouble that
-//! began at most `link_window_ms` before its own: a cause precedes its effects. Between a node and
-//! its pods, trouble explains trouble of the same resource only (CPU, memory, disk, network), or of
-//! none in particular (down, not ready, errors, latency).
+//! A link to another entity holds only when both sides are in trouble. The linked entity carries
+//! (two signals or an alert); a lone anomaly on the joining side links to nothing (except to a
+//! node established as a problem), and opens an incident of its own that joins where it belongs
+//! once its entity has trouble of its own. An entity is put forward as the *cause* of others'
+//! trouble (a callee of a caller, a node of its pods) only when established: three signals within
+//! `link_window_ms` of one another, as a failure shows, or a firing critical alert. A dependency joins only trouble that began
+//! at most `link_window_ms` before its own: a cause precedes its effects. Across a call, trouble
+//! travels as the caller's errors and latency: a caller joins its callee's incident only with
+//! errors or latency (two signals or an alert, not a blip) that began no earlier than the callee's trouble,
+//! and a callee joins its caller's only when the caller shows them; a caller's memory or request
+//! rate is its own business. Between a node and its pods, trouble explains trouble of the same resource only
+//! (CPU, memory, disk, network), or of none in particular (down, not ready, errors, latency).
+//! Effects seen before their cause (a caller's incident, a per-node agent's) are gathered into
+//! the cause's incident once it is established.
 //!
-//! The strongest link wins, then the nearest in time; a signal never merges two incidents. An alert
+//! The strongest link wins, then the nearest in time; incidents merge only as said above. An alert
 //! is one member across its life (same fingerprint: firing, then resolved); an anomalous series is
 //! one member however many times it fires. Probable causes are the incident's entities ranked by
 //! stated factors ([`rank`]). The work per signal does not depend on how many incidents are open:
@@ -110,11 +119,32 @@ struct Span {
     /// Until when a state its members report may still hold: a firing alert, or a level shift,
     /// drift or silence (not a spike), for `persist_ms` after it. Same-entity joins see it.
     holds_until_ms: i64,
+    /// Members that are errors or latency ([`SignalKind::Symptom`]): what travels across a call;
+    /// and how many of them are alerts.
+    symptoms: u32,
+    symptom_alerts: u32,
+    /// The latest signal times (event time), ascending; `i64::MIN` where fewer.
+    recent: [i64; 4],
+    /// Whether [`rank::NODE_TROUBLE`] of its signals ever came within `link_window_ms` of one
+    /// another, or a firing critical alert is among them: see [`Span::established`].
+    burst: bool,
 }
 
 impl Span {
     fn new(t: i64) -> Span {
-        Span { count: 0, alerts: 0, first_ms: t, last_ms: t, onset_ms: t, resources: 0, holds_until_ms: t }
+        Span {
+            count: 0,
+            alerts: 0,
+            first_ms: t,
+            last_ms: t,
+            onset_ms: t,
+            resources: 0,
+            holds_until_ms: t,
+            symptoms: 0,
+            symptom_alerts: 0,
+            recent: [i64::MIN; 4],
+            burst: false,
+        }
     }
 
     fn extend(&mut self, t: i64, holds_until: i64) {
@@ -129,9 +159,29 @@ impl Span {
         self.holds_until_ms = self.holds_until_ms.max(holds_until).max(t);
     }
 
-    fn absorb(&mut self, o: &Span) {
+    /// Counts one more signal at `t` towards [`Span::established`].
+    fn note(&mut self, t: i64, window_ms: i64) {
+        let mut all = [self.recent[0], self.recent[1], self.recent[2], self.recent[3], t];
+        all.sort_unstable();
+        self.recent = [all[1], all[2], all[3], all[4]];
+        self.check_burst(window_ms);
+    }
+
+    fn check_burst(&mut self, window_ms: i64) {
+        let n = rank::NODE_TROUBLE;
+        self.burst |= self.recent.windows(n).any(|w| w[0] != i64::MIN && w[n - 1] - w[0] <= window_ms);
+    }
+
+    fn absorb(&mut self, o: &Span, window_ms: i64) {
+        let mut all = [self.recent, o.recent].concat();
+        all.sort_unstable();
+        self.recent = [all[4], all[5], all[6], all[7]];
+        self.burst |= o.burst;
+        self.check_burst(window_ms);
         self.count += o.count;
         self.alerts += o.alerts;
+        self.symptoms += o.symptoms;
+        self.symptom_alerts += o.symptom_alerts;
         self.resources |= o.resources;
         // The later run's onset, unless the two runs touch.
         let (early, late) = if self.onset_ms <= o.onset_ms { (*self, *o) } else { (*o, *self) };
@@ -147,9 +197,24 @@ impl Span {
         self.count >= 2 || self.alerts >= 1
     }
 
-    /// How far `t` is outside the members' times (0 inside them).
-    fn distance(&self, t: i64) -> i64 {
-        if t < self.first_ms { self.first_ms - t } else { (t - self.last_ms).max(0) }
+    /// Whether the entity is established as a problem, enough to be put forward as the cause of
+    /// others' trouble: [`rank::NODE_TROUBLE`] signals within `link_window_ms` of one another, or a
+    /// firing critical alert (its author's word that the matter is critical). A failure shows in
+    /// several places at once; signals strewn over a quarter of an hour are more likely unrelated
+    /// blips.
+    fn established(&self) -> bool {
+        self.burst
+    }
+
+    /// Whether its errors and latency are trouble, not a blip: two such signals or an alert, as
+    /// [`Span::carries`] asks of any.
+    fn shows_symptoms(&self) -> bool {
+        self.symptoms >= 2 || self.symptom_alerts >= 1
+    }
+
+    /// How far apart two spans are in time (0 when they overlap).
+    fn gap(&self, o: &Span) -> i64 {
+        (self.first_ms - o.last_ms).max(o.first_ms - self.last_ms).max(0)
     }
 
     /// How far `t` is outside the time the members' state may still hold.
@@ -196,15 +261,22 @@ fn member_resources(m: &IncidentMember) -> u8 {
     resources_of(rank::member_name(m)) | label("condition") | label("resource")
 }
 
-/// Whether a signal about `resources` can be explained by, or explain, trouble whose members are
-/// about `span` ([`Span::resources`]).
-fn same_resource(span: u8, resources: u8) -> bool {
-    resources == 0 || span & ANY_RESOURCE != 0 || span & resources != 0
-}
-
 /// Whether two spans' trouble can be one problem by their resources.
 fn spans_share(a: &Span, b: &Span) -> bool {
     (a.resources | b.resources) & ANY_RESOURCE != 0 || a.resources & b.resources != 0
+}
+
+/// A signal on its own, as the span it would start: what [`Correlator::admits`] weighs.
+fn signal_span(m: &IncidentMember, resources: u8, persist_ms: i64) -> Span {
+    let mut s = Span::new(m.event_ms());
+    s.extend(m.event_ms(), holds_until(m, persist_ms));
+    s.count = 1;
+    s.alerts = u32::from(matches!(m, IncidentMember::Alert { .. }));
+    s.symptoms = u32::from(rank::classify(rank::member_name(m)) == rank::SignalKind::Symptom);
+    s.symptom_alerts = s.symptoms.min(s.alerts);
+    s.burst = matches!(m, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
+    s.resources = if resources == 0 { ANY_RESOURCE } else { resources };
+    s
 }
 
 /// Until when what a member reports may still hold (see [`Span::holds_until_ms`]).
@@ -337,68 +409,117 @@ impl Correlator {
         self.add(format!("series:{}", a.series), IncidentMember::Anomaly(a.clone()), what, now_ms)
     }
 
-    /// The best incident for a signal about `r` at event time `t`, and how it is linked: the
-    /// strongest link within its window, then the nearest in time.
-    fn best_incident(&self, r: &Resolved, t: i64, resources: u8) -> Option<(IncidentId, Link)> {
+    /// Whether trouble `j` about `entity` may join trouble `linked` about another entity through
+    /// `link` (not [`Link::Same`]), and if so how far apart they are in event time. The rules:
+    ///
+    /// - the linked entity is in trouble ([`Span::carries`]);
+    /// - so is the joining one: a lone anomaly links to nothing, except to a node established as a
+    ///   problem (its pods and agents go with it); its entity's incident is merged once it has
+    ///   trouble of its own ([`Correlator::join_pending`]);
+    /// - a dependency (a callee, a node its pods run on) is put forward as the cause of others'
+    ///   trouble only when established as a problem ([`Span::established`]), and joins only
+    ///   trouble that began at most `link_window_ms` before its own: a cause precedes its effects;
+    ///   likewise a caller, a pod or an agent joins only a callee or node so established;
+    /// - between a node and its pods, trouble is about the same resource;
+    /// - across a call, trouble travels as the caller's errors and latency: a caller joins its
+    ///   callee's trouble only with errors or latency of its own (two signals or an alert) that
+    ///   began no earlier, and a callee joins its caller's only when the caller shows them;
+    /// - within `link_window_ms` of each other.
+    fn admits(&self, entity: &str, j: &Span, linked: &Span, link: &Link) -> Option<i64> {
+        if !linked.carries() {
+            return None;
+        }
+        let to_node = matches!(link, Link::Placement(_) | Link::Agent(_));
+        if !(j.carries() || to_node && linked.established()) {
+            return None;
+        }
+        // A cause precedes its effects: trouble that began long before the dependency's own was
+        // not caused by it.
+        let caused = |j: &Span| linked.onset_ms >= j.onset_ms - self.cfg.link_window_ms;
+        match link {
+            // A node's trouble explains its pods' only when established, and of the same resource.
+            Link::Hosts if !(j.established() && caused(j) && spans_share(linked, j)) => return None,
+            // A node explains its pods' and agents' trouble only when established, and a pod's
+            // only of the same resource.
+            Link::Placement(_) if !(linked.established() && spans_share(linked, j)) => return None,
+            Link::Agent(_) if !linked.established() => return None,
+            Link::Calls(n) => {
+                // An effect does not begin before its cause (within two scrape intervals).
+                let as_caller = self.topology.calls(entity, n)
+                    && linked.established()
+                    && j.shows_symptoms()
+                    && j.onset_ms >= linked.onset_ms - rank::ONSET_SLACK_MS;
+                let as_callee = self.topology.calls(n, entity) && linked.shows_symptoms() && j.established() && caused(j);
+                if !as_caller && !as_callee {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+        let d = linked.gap(j);
+        (d <= self.cfg.link_window_ms).then_some(d)
+    }
+
+    /// The best incident for trouble `j` about `entity` (whose pods run on `nodes`), and how it is
+    /// linked: the strongest link within its window, then the nearest in time. `pending` is an
+    /// incident holding only that trouble, looking for where it belongs: only links count for it,
+    /// and never itself.
+    fn best_incident(&self, entity: &str, nodes: &[&String], j: &Span, pending: Option<&IncidentId>) -> Option<(IncidentId, Link)> {
         let mut cands: Vec<(IncidentId, Link)> = Vec::new();
         let mut push = |ids: Option<&Vec<IncidentId>>, link: Link| {
             for id in ids.into_iter().flatten() {
                 cands.push((id.clone(), link.clone()));
             }
         };
-        push(self.by_entity.get(&r.entity), Link::Same);
-        for n in self.topology.neighbours(&r.entity) {
+        if pending.is_none() {
+            push(self.by_entity.get(entity), Link::Same);
+        }
+        for n in self.topology.neighbours(entity) {
             push(self.by_entity.get(&n), Link::Calls(n.clone()));
         }
-        if let Some(node) = &r.node {
-            push(self.by_entity.get(node), Link::Placement(node.clone()));
+        for node in nodes {
+            push(self.by_entity.get(*node), Link::Placement((*node).clone()));
         }
-        if r.entity.starts_with("node:") {
-            push(self.by_via.get(&r.entity), Link::Hosts);
+        if entity.starts_with("node:") {
+            push(self.by_via.get(entity), Link::Hosts);
         }
-        if self.topology.is_agent(&r.entity) {
+        if self.topology.is_agent(entity) {
             cands.extend(self.with_nodes.iter().map(|id| (id.clone(), Link::Agent(String::new()))));
         }
+        let t = j.last_ms;
         let mut best: Option<(IncidentId, Link, i64)> = None;
         for (id, link) in cands {
+            if pending == Some(&id) {
+                continue;
+            }
             let Some(o) = self.open.get(&id) else { continue };
-            // The span of what the signal is linked to, in this incident.
+            // The span of what the trouble is linked to, in this incident.
             let (span, link) = match &link {
-                Link::Same => (o.entities.get(&r.entity).copied(), link),
+                Link::Same => (o.entities.get(entity).copied(), link),
                 Link::Calls(n) => (o.entities.get(n).copied(), link),
                 Link::Placement(n) => (o.entities.get(n).copied(), link),
-                Link::Hosts => (o.via.get(&r.entity).copied(), link),
+                Link::Hosts => (o.via.get(entity).copied(), link),
                 Link::Agent(_) => {
                     let nodes = o.entities.iter().filter(|(e, _)| e.starts_with("node:"));
-                    match nodes.min_by_key(|(e, s)| (s.distance(t), e.as_str())) {
+                    match nodes.min_by_key(|(e, s)| (s.gap(j), e.as_str())) {
                         Some((e, s)) => (Some(*s), Link::Agent(e.clone())),
                         None => (None, link),
                     }
                 }
             };
             let Some(span) = span else { continue };
-            if link != Link::Same && !span.carries() {
-                continue;
-            }
-            // A cause precedes its effects: a dependency (a service the linked one calls, a node its
-            // pods run on) joins only trouble that did not start long before its own, which it
-            // cannot have caused. A dependent (a caller, a pod) may join at any time after.
-            let dependency = match &link {
-                Link::Calls(n) => self.topology.calls(n, &r.entity) && !self.topology.calls(&r.entity, n),
-                Link::Hosts => true,
-                _ => false,
+            let d = if link == Link::Same {
+                let d = span.held_distance(t);
+                if d > self.cfg.window_ms {
+                    continue;
+                }
+                d
+            } else {
+                match self.admits(entity, j, &span, &link) {
+                    Some(d) => d,
+                    None => continue,
+                }
             };
-            if dependency && span.onset_ms < t - self.cfg.link_window_ms {
-                continue;
-            }
-            if matches!(link, Link::Hosts | Link::Placement(_)) && !same_resource(span.resources, resources) {
-                continue;
-            }
-            let (d, window) =
-                if link == Link::Same { (span.held_distance(t), self.cfg.window_ms) } else { (span.distance(t), self.cfg.link_window_ms) };
-            if d > window {
-                continue;
-            }
             let better = match &best {
                 None => true,
                 Some((bid, blink, bd)) => (link.strength(), -d, &o.incident.id) > (blink.strength(), -*bd, bid),
@@ -417,7 +538,8 @@ impl Correlator {
             return self.update(&id, &identity, member, now_ms);
         }
         let resources = member_resources(&member);
-        let (id, reason) = match self.best_incident(&r, t, resources) {
+        let signal = signal_span(&member, resources, self.cfg.persist_ms);
+        let (id, reason) = match self.best_incident(&r.entity, &r.node.iter().collect::<Vec<_>>(), &signal, None) {
             Some((id, link)) => {
                 let window = if link == Link::Same { self.cfg.window_ms } else { self.cfg.link_window_ms };
                 let reason = format!("{what} joined: {} within {} in event time", link.words(&r.entity), window_words(window));
@@ -459,13 +581,71 @@ impl Correlator {
         }
         self.insert(&id, identity, member, &r, resources, reason);
         self.merge_linked(&id, &r, t, now_ms);
+        let id = self.join_pending(&id, now_ms).unwrap_or(id);
+        self.gather_pending(&id, &r.entity, now_ms);
         self.changed(&id, now_ms)
+    }
+
+    /// An incident holding the trouble of one entity only, which now carries (two signals or an
+    /// alert), joins the incident it links to as a single signal would have: its first lone
+    /// anomaly could not. Returns where it went.
+    fn join_pending(&mut self, pending: &IncidentId, now_ms: i64) -> Option<IncidentId> {
+        let o = self.open.get(pending)?;
+        let (entity, span) = match o.entities.iter().next() {
+            Some((e, s)) if o.entities.len() == 1 && s.carries() => (e.clone(), *s),
+            _ => return None,
+        };
+        let nodes: Vec<&String> = o.via.keys().collect();
+        let (into, link) = self.best_incident(&entity, &nodes, &span, Some(pending))?;
+        let why = format!("{} within {} in event time, once it had trouble of its own", link.words(&entity), window_words(self.cfg.link_window_ms));
+        self.merge(&into, pending, &why, now_ms);
+        (!self.open.contains_key(pending)).then_some(into)
+    }
+
+    /// The mirror of [`Correlator::join_pending`] for effects seen before their cause: once
+    /// `entity` carries in `into`, incidents holding only the trouble of one of its callers, or of a
+    /// per-node agent when `entity` is an established node, that would have joined it had it been
+    /// there first, are merged in.
+    fn gather_pending(&mut self, into: &IncidentId, entity: &str, now_ms: i64) {
+        // A caller gathered may have callers of its own waiting: a cascade two calls away. Each
+        // incident is merged once, so the work is bounded by the incidents linked.
+        let mut work = vec![entity.to_string()];
+        while let Some(entity) = work.pop() {
+            let Some(target) = self.open.get(into) else { return };
+            let Some(span) = target.entities.get(&entity).copied().filter(Span::carries) else { continue };
+            let callers = self.topology.neighbours(&entity).into_iter().filter(|n| self.topology.calls(n, &entity));
+            let mut linked: Vec<(String, Link)> = callers.map(|n| (n, Link::Calls(entity.clone()))).collect();
+            if entity.starts_with("node:") && span.established() {
+                linked.extend(self.topology.agent_fleets().map(|f| (f, Link::Agent(entity.clone()))));
+            }
+            let mut found: Vec<(IncidentId, String, String)> = Vec::new();
+            for (other, link) in linked {
+                for id in self.by_entity.get(&other).into_iter().flatten() {
+                    let Some(o) = self.open.get(id) else { continue };
+                    let Some(j) = o.entities.get(&other).filter(|_| id != into && o.entities.len() == 1) else { continue };
+                    if self.admits(&other, j, &span, &link).is_some() {
+                        let why = format!("{} within {} in event time", link.words(&other), window_words(self.cfg.link_window_ms));
+                        found.push((id.clone(), why, other.clone()));
+                    }
+                }
+            }
+            found.sort();
+            found.dedup_by(|a, b| a.0 == b.0);
+            for (id, why, other) in found {
+                self.merge(into, &id, &why, now_ms);
+                if !self.open.contains_key(&id) {
+                    work.push(other);
+                }
+            }
+        }
     }
 
     /// Puts one member into an open incident and indexes it; `resources` is its [`member_resources`].
     fn insert(&mut self, id: &IncidentId, identity: String, member: IncidentMember, r: &Resolved, resources: u8, reason: String) {
         let t = member.event_ms();
         let holds = holds_until(&member, self.cfg.persist_ms);
+        let is_symptom = rank::classify(rank::member_name(&member)) == rank::SignalKind::Symptom;
+        let critical = matches!(member, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
         let Some(open) = self.open.get_mut(id) else { return };
         self.member_of.insert(identity.clone(), id.clone());
         open.index.insert(identity, open.incident.members.len());
@@ -478,7 +658,11 @@ impl Correlator {
         let span = open.entities.entry(r.entity.clone()).or_insert_with(|| Span::new(t));
         span.count += 1;
         span.alerts += u32::from(is_alert);
+        span.symptoms += u32::from(is_symptom);
+        span.symptom_alerts += u32::from(is_symptom && is_alert);
         span.resources |= resources;
+        span.note(t, self.cfg.link_window_ms);
+        span.burst |= critical;
         span.extend(t, holds);
         if span.count == 1 {
             self.by_entity.entry(r.entity.clone()).or_default().push(id.clone());
@@ -490,6 +674,7 @@ impl Correlator {
             let span = open.via.entry(n.clone()).or_insert_with(|| Span::new(t));
             span.count += 1;
             span.resources |= resources;
+            span.note(t, self.cfg.link_window_ms);
             span.extend(t, t);
             if span.count == 1 {
                 self.by_via.entry(n.clone()).or_default().push(id.clone());
@@ -550,6 +735,7 @@ impl Correlator {
     /// Moves every member of `from` into `into` and closes `from`, which is kept (empty, naming
     /// `into`) for [`Correlator::take_merged`]. Refused when the two together exceed `max_members`.
     fn merge(&mut self, into: &IncidentId, from: &IncidentId, why: &str, now_ms: i64) {
+        let window = self.cfg.link_window_ms;
         let (Some(a), Some(b)) = (self.open.get(into), self.open.get(from)) else { return };
         if a.incident.members.len() + b.incident.members.len() > self.cfg.max_members {
             return;
@@ -565,13 +751,13 @@ impl Correlator {
                     self.with_nodes.insert(into.clone());
                 }
             }
-            a.entities.entry(entity.clone()).or_insert_with(|| Span { count: 0, ..*span }).absorb(span);
+            a.entities.entry(entity.clone()).or_insert_with(|| Span { count: 0, ..*span }).absorb(span, window);
         }
         for (node, span) in &b.via {
             if !a.via.contains_key(node) {
                 self.by_via.entry(node.clone()).or_default().push(into.clone());
             }
-            a.via.entry(node.clone()).or_insert_with(|| Span { count: 0, ..*span }).absorb(span);
+            a.via.entry(node.clone()).or_insert_with(|| Span { count: 0, ..*span }).absorb(span, window);
         }
         let Open { incident: bi, nodes: bn, .. } = b;
         let gone = Incident {
@@ -846,16 +1032,19 @@ mod tests {
         let mut db = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
         db.labels.insert("pod", "db-0");
         let first = c.observe_alert(&at(db, 0), 0).unwrap();
+        // Established as a problem: three signals.
+        c.observe_anomaly(&series(&[("__name__", "pg_up"), ("pod", "db-0"), ("service", "db")], 0, 0.9), 1);
+        c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 0, 0.9), 1);
         // The caller's error budget burns, and is critical too.
         let api = c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f2", AlertStatus::Firing), 30_000), 1).unwrap();
         assert_eq!(api.id, first.id, "{:?}", api.grouping_reasons);
-        assert!(api.grouping_reasons[1].contains("call one another"), "{:?}", api.grouping_reasons);
+        assert!(api.grouping_reasons[3].contains("call one another"), "{:?}", api.grouping_reasons);
         let lat = c.observe_anomaly(&series(&[("__name__", "service:http_request_duration_seconds:p99"), ("service", "api")], 40_000, 0.99), 2).unwrap();
         assert_eq!(lat.id, first.id);
         assert_eq!(lat.probable_causes[0].entity, "service:db", "{:#?}", lat.probable_causes);
         assert!(lat.probable_causes[0].factors.iter().any(|f| f.contains("upstream of service:api")), "{:?}", lat.probable_causes[0].factors);
         assert!(lat.probable_causes[1].factors.iter().any(|f| f.contains("symptoms only")));
-        assert_eq!(lat.probable_causes[0].members, ["alert:f1"]);
+        assert_eq!(lat.probable_causes[0].members[0], "alert:f1");
         // An unrelated service at the same moment is another incident.
         let shop = c.observe_alert(&at(alert("X", "shop", "f3", AlertStatus::Firing), 30_000), 3).unwrap();
         assert_ne!(shop.id, first.id);
@@ -879,6 +1068,7 @@ mod tests {
         down.labels.insert("pod", "db-0");
         let db = c.observe_alert(&at(down, 0), 0).unwrap();
         c.observe_anomaly(&series(&[("__name__", "pg_up"), ("service", "db")], 4 * MIN, 0.9), 1);
+        c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 4 * MIN, 0.9), 1);
         let api = c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f1", AlertStatus::Firing), 8 * MIN), 2).unwrap();
         assert_eq!(api.id, db.id, "{:?}", api.grouping_reasons);
         // A stale blip long before (more than 15 minutes before the rest) is not when the caller's
@@ -888,8 +1078,100 @@ mod tests {
         c.observe_anomaly(&series(&[("__name__", "service:http_request_duration_seconds:p99"), ("service", "api")], 30 * MIN, 0.9), 1);
         let mut down = alert("PostgresqlDown", "db", "f2", AlertStatus::Firing);
         down.labels.insert("pod", "db-0");
-        let db = c.observe_alert(&at(down, 30 * MIN - 20_000), 2).unwrap();
+        c.observe_alert(&at(down, 30 * MIN - 20_000), 2).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "pg_up"), ("service", "db")], 30 * MIN - 15_000, 0.9), 3);
+        // Established with its third signal: it joins, with what it had before.
+        let db = c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 30 * MIN, 0.9), 4).unwrap();
         assert_eq!(db.id, blip.id, "{:?}", db.grouping_reasons);
+        assert_eq!(db.members.len(), 5);
+    }
+
+    /// A database `db` established as a problem (three signals) at minute 0.
+    fn db_down(c: &mut Correlator, t: i64) -> Incident {
+        let mut down = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
+        down.labels.insert("pod", "db-0");
+        c.observe_alert(&at(down, t), 0).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "pg_up"), ("pod", "db-0"), ("service", "db")], t, 0.9), 1);
+        c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], t, 0.9), 2).unwrap()
+    }
+
+    #[test]
+    fn across_a_call_only_the_callers_errors_and_latency_join_and_a_lone_anomaly_joins_nothing() {
+        let api = |name: &str, t: i64| series(&[("__name__", name), ("service", "api")], t, 0.9);
+        // One latency spike on the caller, alone: a blip, not put down to the failing database.
+        let mut c = cluster();
+        let db = db_down(&mut c, 0);
+        let blip = c.observe_anomaly(&api("http_request_duration_seconds:p99", 30_000), 3).unwrap();
+        assert_ne!(blip.id, db.id, "{:?}", blip.grouping_reasons);
+        // A second signal on it, errors: trouble of its own, and the kind a caller shows when its
+        // callee fails. Its incident joins the database's.
+        let joined = c.observe_anomaly(&api("http_request_errors:ratio_rate5m", 40_000), 4).unwrap();
+        assert_eq!(joined.id, db.id, "{:?}", joined.grouping_reasons);
+        assert_eq!(joined.members.len(), 5);
+        assert!(joined.grouping_reasons.iter().any(|r| r.contains("once it had trouble of its own")), "{:?}", joined.grouping_reasons);
+        assert!(c.take_merged().iter().any(|g| g.id == blip.id));
+        // The caller's memory and request rate are not what a failing callee does to it.
+        let mut c = cluster();
+        let db = db_down(&mut c, 0);
+        c.observe_anomaly(&api("process_resident_memory_bytes", 30_000), 3);
+        let other = c.observe_anomaly(&api("http_requests:rate5m", 40_000), 4).unwrap();
+        assert_ne!(other.id, db.id, "{:?}", other.grouping_reasons);
+        // One latency spike beside them is still a blip, not the caller's errors and latency.
+        let other = c.observe_anomaly(&api("http_request_duration_seconds:p99", 50_000), 5).unwrap();
+        assert_ne!(other.id, db.id, "{:?}", other.grouping_reasons);
+        // Nor does a caller's latency that began before the callee failed follow from it.
+        let mut c = cluster();
+        let db = db_down(&mut c, 2 * 60_000);
+        c.observe_anomaly(&api("http_request_duration_seconds:p99", 0), 3);
+        let early = c.observe_anomaly(&api("http_request_errors:ratio_rate5m", 0), 4).unwrap();
+        assert_ne!(early.id, db.id, "{:?}", early.grouping_reasons);
+    }
+
+    #[test]
+    fn a_callee_is_put_forward_as_a_cause_only_when_its_signals_come_together() {
+        const MIN: i64 = 60_000;
+        let api = |name: &str, t: i64| series(&[("__name__", name), ("service", "api")], t, 0.9);
+        let db = |name: &str, t: i64| series(&[("__name__", name), ("service", "db")], t, 0.9);
+        for (spread, joins) in [(6 * MIN, false), (MIN, true)] {
+            let mut c = cluster();
+            c.observe_anomaly(&api("http_request_duration_seconds:p99", 12 * MIN), 0);
+            let caller = c.observe_anomaly(&api("http_request_errors:ratio_rate5m", 12 * MIN), 1).unwrap();
+            // Three signals on the callee: strewn over 12 minutes they are blips, within one
+            // minute they are a failure.
+            c.observe_anomaly(&db("pg_up", 12 * MIN - 2 * spread), 2);
+            c.observe_anomaly(&db("pg_replication_lag_seconds", 12 * MIN - spread), 3);
+            let last = c.observe_anomaly(&db("pg_stat_activity_count", 12 * MIN), 4).unwrap();
+            assert_eq!(last.id == caller.id, joins, "spread {spread}: {:?}", last.grouping_reasons);
+        }
+    }
+
+    #[test]
+    fn a_firing_critical_alert_establishes_a_callee_and_a_warning_does_not() {
+        for (severity, joins) in [("warning", false), ("critical", true)] {
+            let mut c = cluster();
+            let api = |name: &str| series(&[("__name__", name), ("service", "api")], 60_000, 0.9);
+            c.observe_anomaly(&api("http_request_duration_seconds:p99"), 0);
+            let caller = c.observe_anomaly(&api("http_request_errors:ratio_rate5m"), 1).unwrap();
+            let mut down = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
+            down.labels.insert("severity", severity);
+            let db = c.observe_alert(&at(down, 30_000), 2).unwrap();
+            assert_eq!(db.id == caller.id, joins, "{severity}: {:?}", db.grouping_reasons);
+        }
+    }
+
+    #[test]
+    fn effects_seen_before_their_cause_are_gathered_once_the_cause_is_established() {
+        let mut c = cluster();
+        // The caller's errors and latency arrive first, as their own incident.
+        let api = |name: &str| series(&[("__name__", name), ("service", "api")], 30_000, 0.9);
+        c.observe_anomaly(&api("http_request_duration_seconds:p99"), 0);
+        let caller = c.observe_anomaly(&api("http_request_errors:ratio_rate5m"), 1).unwrap();
+        // The database's signals follow; with its third it is established and takes the caller in.
+        let db = db_down(&mut c, 0);
+        assert_eq!(db.members.len(), 5, "{:?}", db.grouping_reasons);
+        assert_eq!(db.id, caller.id, "{:?}", db.grouping_reasons);
+        assert_eq!(c.open_count(), 1);
+        assert_eq!(db.probable_causes[0].entity, "service:db", "{:#?}", db.probable_causes);
     }
 
     #[test]
@@ -914,6 +1196,7 @@ mod tests {
         let mut c = cluster();
         let down = c.observe_anomaly(&series(&[("__name__", "kube_node_status_condition"), ("node", "n3"), ("condition", "Ready")], 0, 0.9), 0).unwrap();
         c.observe_anomaly(&series(&[("__name__", "node_memory_MemAvailable_bytes"), ("node", "n3")], 5_000, 0.9), 1);
+        c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], 5_000, 0.9), 1);
         let errors = c.observe_anomaly(&pod("http_request_errors", 10_000), 2).unwrap();
         assert_eq!(errors.id, down.id, "{:?}", errors.grouping_reasons);
     }
@@ -924,18 +1207,36 @@ mod tests {
         let node = c.observe_anomaly(&series(&[("__name__", "kube_node_status_condition"), ("node", "n3"), ("condition", "Ready")], 0, 0.9), 0).unwrap();
         let agent_up = c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], 0, 0.9), 0).unwrap();
         assert_eq!(agent_up.id, node.id);
+        c.observe_anomaly(&series(&[("__name__", "kube_node_status_condition"), ("node", "n3"), ("condition", "Ready"), ("status", "unknown")], 0, 0.9), 0);
         let pod = c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "shop-9d8e-b2"), ("service", "shop")], 10_000, 0.9), 1).unwrap();
         assert_eq!(pod.id, node.id, "{:?}", pod.grouping_reasons);
-        assert!(pod.grouping_reasons[2].contains("the node it runs on"));
+        assert!(pod.grouping_reasons[3].contains("the node it runs on"));
         let mut target_down = alert("TargetDown", "node-exporter", "f9", AlertStatus::Firing);
         target_down.labels.insert("job", "node-exporter");
         let agent = c.observe_alert(&at(target_down, 60_000), 2).unwrap();
         assert_eq!(agent.id, node.id, "{:?}", agent.grouping_reasons);
-        assert_eq!(agent.member_entities, ["node:n3", "node:n3", "service:shop", "fleet:node-exporter"]);
+        assert_eq!(agent.member_entities, ["node:n3", "node:n3", "node:n3", "service:shop", "fleet:node-exporter"]);
         assert_eq!(agent.probable_causes[0].entity, "node:n3", "{:#?}", agent.probable_causes);
         // A node none of the incident's pods runs on is not pulled in by placement.
         let other = c.observe_anomaly(&series(&[("__name__", "node_load1"), ("instance", "n1"), ("job", "node-exporter")], 20_000, 0.9), 3).unwrap();
         assert_ne!(other.id, node.id);
+    }
+
+    #[test]
+    fn a_node_agent_seen_before_its_node_fails_is_gathered_once_the_node_is_established() {
+        let mut c = cluster();
+        let node = |pairs: &[(&str, &str)], t: i64| series(&[pairs, &[("node", "n3")]].concat(), t, 0.9);
+        // The DaemonSet misses a pod before the node's own signals arrive: an incident of its own.
+        let agent = c.observe_anomaly(&series(&[("__name__", "kube_daemonset_status_number_unavailable"), ("daemonset", "node-exporter")], 0, 0.9), 0).unwrap();
+        c.observe_anomaly(&node(&[("__name__", "kube_node_status_condition"), ("condition", "Ready")], 10_000), 1);
+        let two = c.observe_anomaly(&node(&[("__name__", "kube_node_status_condition"), ("condition", "Ready"), ("status", "unknown")], 10_000), 2).unwrap();
+        assert_eq!(c.open_count(), 2, "two signals do not establish the node: {:?}", two.grouping_reasons);
+        // The third establishes it, and the agent's incident is gathered in.
+        let node = c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], 10_000, 0.9), 3).unwrap();
+        assert_eq!(c.open_count(), 1, "{:?}", node.grouping_reasons);
+        assert_eq!(node.members.len(), 4);
+        assert!(node.grouping_reasons.iter().any(|r| r.contains("runs an agent on node:n3")), "{:?}", node.grouping_reasons);
+        assert!(c.take_merged().iter().any(|g| g.id == agent.id));
     }
 
     #[test]

@@ -60,11 +60,11 @@ fn describe(m: &IncidentMember) -> String {
 }
 
 /// How much earlier than its cause an effect may appear to start: two scrape intervals.
-const ONSET_SLACK_MS: i64 = 30_000;
+pub(crate) const ONSET_SLACK_MS: i64 = 30_000;
 /// Member ids named as evidence per cause.
 const MAX_EVIDENCE: usize = 20;
 /// Signals a node needs before its pods' trouble is put down to it.
-const NODE_TROUBLE: usize = 3;
+pub(crate) const NODE_TROUBLE: usize = 3;
 /// A leading signal this far before the next one is stale, not the onset.
 pub(crate) const STALE_LEAD_MS: i64 = 15 * 60_000;
 

@@ -248,6 +248,11 @@ impl Topology {
         }
     }
 
+    /// The per-node agents known, as `fleet:` entities.
+    pub fn agent_fleets(&self) -> impl Iterator<Item = String> + '_ {
+        self.agents.iter().map(|a| format!("fleet:{a}"))
+    }
+
     /// Whether `fleet` (a `fleet:` entity) is an agent that runs on every node.
     pub fn is_agent(&self, fleet: &str) -> bool {
         fleet.strip_prefix("fleet:").is_some_and(|f| self.agents.contains(f))

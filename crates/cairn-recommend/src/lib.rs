@@ -12,8 +12,13 @@
 //! noisy-OR of its matching members, evidence on the most probable root (the correlator's first
 //! cause) counting fully and elsewhere [`OFF_ROOT`]-weighted. The best fit is proposed on the root
 //! entity, one recommendation per incident, with the runners-up named in its rationale; below
-//! [`MIN_FIT`] nothing is. Confidence is the fit times the playbook's `base_confidence` (its
-//! precision when the signature fits fully), halved when every alert has resolved, capped at 0.99.
+//! [`MIN_FIT`] nothing is. The fit, halved when every alert has resolved, is the *uncalibrated*
+//! confidence; the confidence proposed is the probability that the action is right, read off a
+//! monotone map fitted on labelled incidents and checked on held-out ones ([`calibration`]),
+//! capped at 0.99. The map is pooled over playbooks rather than fed each playbook's hand-set
+//! `base_confidence`, which stands in only when no map is embedded (a playbook of a low prior would
+//! otherwise never reach the confidence its evidence earns). Its version is recorded in the
+//! playbook version, and the rationale states both figures.
 //! An alert can pin it with the annotation `cairn_confidence` (a number in [0, 1]) — for rules whose
 //! precision the operator knows, and for the demo. The target's environment defaults to
 //! `production` when the signal does not say: the conservative reading.
@@ -25,6 +30,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calibration;
+mod calibration_table;
 pub mod learning;
 
 use cairn_types::{
@@ -238,10 +245,10 @@ struct Trigger<'a> {
 }
 
 /// How much one firing alert matching a signature says (an alert is a rule people wrote, so one
-/// alone is enough to propose, at review-level confidence).
+/// alone is enough to propose; what that is worth as a probability is the calibration's to say).
 const ALERT_FIT: f64 = 0.75;
 /// How much an alert's severity says: the rule's author's own word on how much it matters. A lone
-/// critical alert proposes at review-level confidence, a lone warning or info one stays advisory.
+/// critical alert fits better than a lone warning or info one.
 fn severity_factor(s: cairn_types::Severity) -> f64 {
     match s {
         cairn_types::Severity::Critical => 1.0,
@@ -250,6 +257,13 @@ fn severity_factor(s: cairn_types::Severity) -> f64 {
         cairn_types::Severity::Low => 0.55,
     }
 }
+
+/// The embedded confidence calibration ([`calibration`]).
+static CALIBRATION: std::sync::LazyLock<calibration::Calibration> = std::sync::LazyLock::new(calibration::Calibration::embedded);
+
+/// Words in a rationale before the uncalibrated confidence (fit × prior), so that an evaluation can
+/// refit the calibration from what the server answered.
+pub const UNCALIBRATED: &str = "uncalibrated confidence";
 
 /// Evidence on the root entity counts fully; elsewhere in the incident, this much.
 pub const OFF_ROOT: f64 = 0.3;
@@ -472,12 +486,28 @@ fn build(
     }
 
     let n = incident.members.len();
-    let mut confidence = trigger.score * pb.def.base_confidence;
+    // The fit, halved when every alert has resolved, is what the calibration maps to a probability;
+    // with no calibration the playbook's prior stands in for it.
+    let mut fit = trigger.score;
     let alerts: Vec<&IncidentMember> = incident.members.iter().filter(|m| matches!(m, IncidentMember::Alert { .. })).collect();
     if !alerts.is_empty() && alerts.iter().all(|m| matches!(m, IncidentMember::Alert { status: AlertStatus::Resolved, .. })) {
-        confidence *= 0.5;
+        fit *= 0.5;
     }
-    let confidence = pinned.unwrap_or(confidence).clamp(0.0, 0.99);
+    let raw = fit.clamp(0.0, 1.0);
+    let calibration = &*CALIBRATION;
+    let prior = raw * pb.def.base_confidence;
+    // A firing critical alert is its author's word that the matter is critical, and the labelled
+    // incidents hold no wrong recommendation a critical alert triggered: the map cannot say such
+    // a one is worth less than its prior (at most 0.75, below the policy's `auto` line).
+    let critical = matches!(trigger.member, IncidentMember::Alert { status: AlertStatus::Firing, severity: cairn_types::Severity::Critical, .. });
+    let calibrated = if calibration.knots.is_empty() {
+        prior
+    } else if critical {
+        calibration.apply(raw).max(prior)
+    } else {
+        calibration.apply(raw)
+    };
+    let confidence = pinned.unwrap_or(calibrated).clamp(0.0, 0.99);
 
     let mut parameters: BTreeMap<String, String> =
         pb.def.parameters.iter().map(|(k, v)| (k.clone(), fill(v, &fill_labels))).collect();
@@ -543,7 +573,11 @@ fn build(
         pb.def.description,
         trigger.score,
         trigger.reasons.join(", "),
-        if pinned.is_some() { " (pinned by the alert's cairn_confidence annotation)" } else { "" }
+        if pinned.is_some() {
+            " (pinned by the alert's cairn_confidence annotation)".to_string()
+        } else {
+            format!(" ({UNCALIBRATED} {raw:.4}, calibrated by {})", calibration.version())
+        }
     );
     // Steering that ingest withheld from an unauthorised sender is said on the card.
     let withheld: Vec<&str> = incident
@@ -563,7 +597,8 @@ fn build(
         revision,
         incident_id: incident.id.clone(),
         playbook: pb.def.name.clone(),
-        playbook_version: format!("{}@{catalogue_version}", pb.def.version),
+        // The calibration that turned the fit into a probability is part of what produced it.
+        playbook_version: format!("{}@{catalogue_version}+{}", pb.def.version, calibration.version()),
         action: pb.action,
         target: Target { service, environment, resource },
         parameters,

@@ -110,14 +110,17 @@ fn unchanged_evidence_gives_nothing_new_and_a_new_member_gives_revision_2() {
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].id, first[0].id);
     assert_eq!(second[0].revision, 2);
-    assert!(second[0].confidence > first[0].confidence, "corroboration raises confidence");
+    // The calibration is monotone: corroboration raises the fit, and never lowers the confidence.
+    assert!(uncalibrated(&second[0]) > uncalibrated(&first[0]), "corroboration raises the fit");
+    assert!(second[0].confidence >= first[0].confidence);
     let resolved = incident(vec![
         alert_member("ProcessDown", "f1", AlertStatus::Resolved, &[]),
         alert_member("ProcessDown", "f2", AlertStatus::Resolved, &[]),
     ]);
     let third = r.recommend(&resolved, 8);
     assert_eq!(third[0].revision, 3);
-    assert!(third[0].confidence < second[0].confidence, "a resolved-only incident lowers it");
+    assert!(uncalibrated(&third[0]) < uncalibrated(&second[0]), "a resolved-only incident lowers it");
+    assert!(third[0].confidence <= second[0].confidence);
 }
 
 #[test]
@@ -246,4 +249,46 @@ fn a_playbook_with_stages_puts_them_on_its_recommendation_and_bad_stages_are_ref
         let err = Catalogue::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("rollback-deploy") && err.contains("stage"), "{bad}: {err}");
     }
+}
+
+#[test]
+fn confidence_is_the_calibrated_probability_and_says_what_it_was_calibrated_from() {
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    let two = incident(vec![
+        alert_member("ProcessDown", "f1", AlertStatus::Firing, &[]),
+        alert_member("ProcessDown", "f2", AlertStatus::Firing, &[]),
+    ]);
+    let rec = r.recommend(&two, 1).remove(0);
+    let cal = crate::calibration::Calibration::embedded();
+    let raw = uncalibrated(&rec);
+    assert!((rec.confidence - cal.apply(raw)).abs() < 1e-3, "{} vs {raw}", rec.confidence);
+    assert!(rec.playbook_version.ends_with(&format!("+{}", cal.version())), "{}", rec.playbook_version);
+    assert!(rec.rationale.contains(&cal.version()));
+}
+
+/// The uncalibrated confidence a recommendation's rationale states.
+fn uncalibrated(rec: &Recommendation) -> f64 {
+    let stated = rec.rationale.split(crate::UNCALIBRATED).nth(1).and_then(|s| s.split_whitespace().next());
+    stated.and_then(|s| s.trim_end_matches([',', ')']).parse().ok()).unwrap_or_else(|| panic!("{}", rec.rationale))
+}
+
+#[test]
+fn a_lone_critical_alert_keeps_at_least_its_prior_and_a_lone_warning_does_not() {
+    let lone = |severity: &str| {
+        let mut r = Recommender::new(Catalogue::embedded_default());
+        let mut m = alert_member("QueueBacklog", "f1", AlertStatus::Firing, &[]);
+        if let IncidentMember::Alert { severity: s, labels, .. } = &mut m {
+            *s = match severity {
+                "critical" => Severity::Critical,
+                _ => Severity::Medium,
+            };
+            labels.insert("severity", severity);
+        }
+        r.recommend(&incident(vec![m]), 1).remove(0)
+    };
+    let critical = lone("critical");
+    // scale-out's prior is 0.7: a lone critical alert's fit 0.75 gives 0.525, a person reviews it.
+    assert!(critical.confidence >= 0.75 * 0.7 - 1e-9, "{}", critical.rationale);
+    let warning = lone("warning");
+    assert!(warning.confidence < critical.confidence, "{} vs {}", warning.confidence, critical.confidence);
 }
