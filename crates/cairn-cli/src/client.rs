@@ -153,6 +153,29 @@ pub async fn incidents_show(args: &ClientArgs, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// `cairn incidents merge INTO FROM --reason …`.
+pub async fn incidents_merge(args: &ClientArgs, into_id: String, from_id: String, reason: String) -> Result<()> {
+    let mut c = incident_client(args).await?;
+    let r = c.merge(pb::MergeIncidentsRequest { into_id, from_id, reason }).await.map_err(status_error)?.into_inner();
+    print_regrouped(args, &r.incidents);
+    Ok(())
+}
+
+/// `cairn incidents split ID --member … --reason …`.
+pub async fn incidents_split(args: &ClientArgs, id: String, member_ids: Vec<String>, reason: String) -> Result<()> {
+    let mut c = incident_client(args).await?;
+    let r = c.split(pb::SplitIncidentRequest { id, member_ids, reason }).await.map_err(status_error)?.into_inner();
+    print_regrouped(args, &r.incidents);
+    Ok(())
+}
+
+fn print_regrouped(args: &ClientArgs, incidents: &[pb::Incident]) {
+    match args.output {
+        OutputFormat::Json => output::print_json(&serde_json::Value::Array(incidents.iter().map(output::incident_json).collect())),
+        OutputFormat::Table => print!("{}", output::incidents_table(incidents)),
+    }
+}
+
 /// `cairn incidents watch`: every incident written after `after`, then each write as it is stored,
 /// a line (or a JSON object) each, until the server ends the stream.
 pub async fn incidents_watch(args: &ClientArgs, after: u64, min_members: u32) -> Result<()> {

@@ -177,6 +177,28 @@ enum IncidentsCmd {
         #[arg(long, default_value_t = 0)]
         min_members: u32,
     },
+    /// Merge FROM into INTO: one incident, recommended for again; audited with your name and reason.
+    Merge {
+        #[command(flatten)]
+        client: ClientArgs,
+        into: String,
+        from: String,
+        /// Why (required): the audit entry and the incident's grouping reasons carry it.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Move members out of an incident into a new one; the rules then keep their entities apart.
+    Split {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// A member to move, as `incidents show` names it (`alert:<fingerprint>`); repeat for more.
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,6 +360,12 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             client::incidents_list(&client, limit, min_members).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Incidents(IncidentsCmd::Show { client, id }) => client::incidents_show(&client, &id).await.map(|()| ExitCode::SUCCESS),
+        Command::Incidents(IncidentsCmd::Merge { client, into, from, reason }) => {
+            client::incidents_merge(&client, into, from, reason).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Incidents(IncidentsCmd::Split { client, id, members, reason }) => {
+            client::incidents_split(&client, id, members, reason).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Incidents(IncidentsCmd::Watch { client, after, min_members }) => {
             client::incidents_watch(&client, after, min_members).await.map(|()| ExitCode::SUCCESS)
         }

@@ -141,23 +141,8 @@ impl Correlator {
         self.by_age.insert((now_ms, from.clone()));
         self.open.insert(new_id.clone(), Open::empty(new_id.clone(), now_ms, now_ms));
         self.by_age.insert((now_ms, new_id.clone()));
-        let mut stay_entities = HashSet::new();
-        for member in stay {
-            let r = self.topology.resolve(member.labels());
-            stay_entities.insert(r.entity.clone());
-            let resources = crate::member_resources(&member);
-            let identity = identity_of(&member);
-            self.insert_quietly(from, identity, member, &r, resources);
-        }
-        let mut go_entities = HashSet::new();
-        for member in go {
-            let r = self.topology.resolve(member.labels());
-            go_entities.insert(r.entity.clone());
-            let resources = crate::member_resources(&member);
-            let identity = identity_of(&member);
-            let reason = format!("moved here from {from} by a person: {why}");
-            self.insert(&new_id, identity, member, &r, resources, reason);
-        }
+        let stay_entities = self.reinsert(from, stay, None);
+        let go_entities = self.reinsert(&new_id, go, Some(&format!("moved here from {from} by a person: {why}")));
         for a in go_entities.difference(&stay_entities) {
             for b in stay_entities.difference(&go_entities) {
                 self.kept_apart.remember(a, b);
@@ -173,11 +158,21 @@ impl Correlator {
         self.kept_apart.len()
     }
 
-    /// Inserts a member back where it was, keeping the incident's grouping reasons as they were.
-    fn insert_quietly(&mut self, id: &IncidentId, identity: String, member: IncidentMember, r: &crate::Resolved, resources: u8) {
-        self.insert(id, identity, member, r, resources, String::new());
-        if let Some(o) = self.open.get_mut(id) {
-            o.incident.grouping_reasons.pop();
+    /// Puts `members` into the open incident `id`, each with `reason` among the grouping reasons
+    /// (none: the incident's reasons stay as they were); returns the entities they are about.
+    fn reinsert(&mut self, id: &IncidentId, members: Vec<IncidentMember>, reason: Option<&str>) -> HashSet<String> {
+        let mut entities = HashSet::new();
+        for member in members {
+            let r = self.topology.resolve(member.labels());
+            entities.insert(r.entity.clone());
+            let (resources, identity) = (crate::member_resources(&member), identity_of(&member));
+            self.insert(id, identity, member, &r, resources, reason.unwrap_or_default().to_string());
+            if reason.is_none()
+                && let Some(o) = self.open.get_mut(id)
+            {
+                o.incident.grouping_reasons.pop();
+            }
         }
+        entities
     }
 }

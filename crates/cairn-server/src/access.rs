@@ -47,6 +47,8 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         ("cairn.v1.AuditService", "Query") => read("query the audit log"),
         ("cairn.v1.AuditService", "Verify") => read("verify the audit log"),
         ("cairn.v1.AuditService", "Prove") => read("prove audit inclusion"),
+        ("cairn.v1.IncidentService", "Merge") => govern("merge incidents", Scope::Review),
+        ("cairn.v1.IncidentService", "Split") => govern("split an incident", Scope::Review),
         ("cairn.v1.IncidentService", _) => read("read incidents"),
         _ => return None,
     };

@@ -42,6 +42,10 @@ pub enum ApiError {
     /// Authenticated, but the call needs a scope or a person the caller is not (`access.rs`).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A well-formed request the state of things refuses (e.g. regrouping an incident that has
+    /// closed); nothing changed.
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 impl From<crate::access::Denied> for ApiError {
@@ -60,6 +64,7 @@ impl From<AnalysisError> for ApiError {
     fn from(e: AnalysisError) -> ApiError {
         match e {
             AnalysisError::Store(e) => ApiError::Store(e),
+            AnalysisError::Regroup(refused) => ApiError::FailedPrecondition(refused.to_string()),
         }
     }
 }
@@ -107,7 +112,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             // Never a 4xx for overload: Prometheus drops data on 4xx and retries on 5xx.
             ApiError::Overloaded { .. } | ApiError::NotStored { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Review(_) | ApiError::BreakGlass(_) => StatusCode::CONFLICT,
+            ApiError::Review(_) | ApiError::BreakGlass(_) | ApiError::FailedPrecondition(_) => StatusCode::CONFLICT,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,7 +132,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotStored { .. } => "not_stored",
-            ApiError::Review(_) | ApiError::BreakGlass(_) => "refused",
+            ApiError::Review(_) | ApiError::BreakGlass(_) | ApiError::FailedPrecondition(_) => "refused",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
     }
@@ -145,7 +150,9 @@ impl From<ApiError> for tonic::Status {
             ApiError::Review(r) => review_status(r, msg),
             ApiError::BreakGlass(b) => breakglass_status(b, msg),
             ApiError::Store(StoreError::Conflict { .. }) => tonic::Status::aborted(msg),
-            ApiError::Store(StoreError::IllegalTransition { .. }) => tonic::Status::failed_precondition(msg),
+            ApiError::Store(StoreError::IllegalTransition { .. }) | ApiError::FailedPrecondition(_) => {
+                tonic::Status::failed_precondition(msg)
+            }
             ApiError::Store(_) | ApiError::Internal(_) => tonic::Status::internal(msg),
         }
     }

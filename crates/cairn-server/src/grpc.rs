@@ -543,6 +543,32 @@ impl pb::audit_service_server::AuditService for AuditSvc {
 /// `IncidentService`: incidents as the correlator sees them, with or without a recommendation.
 pub struct IncidentSvc {
     pub engine: Arc<Engine>,
+    /// The analysis worker's queue: a person's merge or split is applied by the worker, which
+    /// owns the correlator, in order with the signals.
+    pub queue: mpsc::Sender<Batch>,
+}
+
+/// How long a merge or split waits for a place in the analysis queue, then for the worker.
+const REGROUP_WAIT: Duration = Duration::from_secs(30);
+
+impl IncidentSvc {
+    /// Hands a person's regrouping to the analysis worker and waits for it to be stored.
+    async fn regroup(&self, by: cairn_types::Principal, regroup: cairn_service::Regroup, reason: String) -> Result<Response<pb::RegroupResponse>, Status> {
+        if reason.trim().is_empty() {
+            return Err(Status::invalid_argument("reason is required: say why, for the audit trail and the incident's grouping reasons"));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let batch = Batch::Regroup { regroup, by: by.subject, reason, reply };
+        if self.queue.send_timeout(batch, REGROUP_WAIT).await.is_err() {
+            return Err(ApiError::Overloaded { retry_after_secs: REGROUP_WAIT.as_secs() }.into());
+        }
+        self.engine.metrics().queue_depth.inc();
+        let stored = match tokio::time::timeout(REGROUP_WAIT, answer).await {
+            Ok(Ok(result)) => result.map_err(ApiError::from)?,
+            _ => return Err(Status::unavailable("the analysis worker did not answer; see whether the incidents changed, then try again")),
+        };
+        Ok(Response::new(pb::RegroupResponse { incidents: stored.iter().map(cv::incident_to_pb).collect() }))
+    }
 }
 
 #[tonic::async_trait]
@@ -569,6 +595,26 @@ impl pb::incident_service_server::IncidentService for IncidentSvc {
             (_, Some(i)) => Ok(Response::new(cv::incident_to_pb(&i))),
             (id, None) => Err(Status::not_found(format!("no incident {id}"))),
         }
+    }
+
+    async fn merge(&self, request: Request<pb::MergeIncidentsRequest>) -> Result<Response<pb::RegroupResponse>, Status> {
+        let by = principal(&request)?;
+        let r = request.into_inner();
+        if r.into_id.is_empty() || r.from_id.is_empty() {
+            return Err(Status::invalid_argument("into_id and from_id are required"));
+        }
+        let regroup = cairn_service::Regroup::Merge { into: cairn_types::IncidentId(r.into_id), from: cairn_types::IncidentId(r.from_id) };
+        self.regroup(by, regroup, r.reason).await
+    }
+
+    async fn split(&self, request: Request<pb::SplitIncidentRequest>) -> Result<Response<pb::RegroupResponse>, Status> {
+        let by = principal(&request)?;
+        let r = request.into_inner();
+        if r.id.is_empty() || r.member_ids.is_empty() {
+            return Err(Status::invalid_argument("id and at least one member_ids entry are required"));
+        }
+        let regroup = cairn_service::Regroup::Split { from: cairn_types::IncidentId(r.id), members: r.member_ids };
+        self.regroup(by, regroup, r.reason).await
     }
 
     type WatchIncidentsStream = IncidentStream;

@@ -290,7 +290,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let ingest_svc = pb::ingest_service_server::IngestServiceServer::with_interceptor(
         grpc::IngestSvc {
             engine: engine.clone(),
-            queue: queue_tx,
+            queue: queue_tx.clone(),
             limits,
             trusted_annotation_rules: trusted_rules,
             intake,
@@ -304,7 +304,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         required.clone(),
     );
     let incident_svc = pb::incident_service_server::IncidentServiceServer::with_interceptor(
-        grpc::IncidentSvc { engine: engine.clone() },
+        grpc::IncidentSvc { engine: engine.clone(), queue: queue_tx },
         required.clone(),
     );
     let guardrail_svc = pb::guardrail_service_server::GuardrailServiceServer::with_interceptor(

@@ -59,4 +59,4 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Changes, Engine, EngineParts, Guards, Leases, Signals};
 pub use executor::{ExecutorError, ExecutorLoop, ExecutorLoopDeps};
 pub use governance::{Escalator, Governance};
-pub use pipeline::{Analysis, AnalysisError, Batch, Pipeline, PipelineDeps};
+pub use pipeline::{Analysis, AnalysisError, Batch, Pipeline, PipelineDeps, Regroup, RegroupReply};

@@ -18,7 +18,7 @@ use cairn_policy::RoutingContext;
 use cairn_recommend::Recommender;
 use cairn_store::StoreError;
 use cairn_types::{
-    AlertEvent, BreakGlass, BreakGlassState, ChangeState, Decision, Incident, Outcome, Recommendation, SampleBatch,
+    AlertEvent, AuditDraft, BreakGlass, BreakGlassState, ChangeState, Decision, Incident, IncidentId, Outcome, Recommendation, SampleBatch,
 };
 use cairn_workflow::{MaintenanceWindows, WorkflowConfig, breakglass};
 use std::collections::BTreeMap;
@@ -32,7 +32,24 @@ pub enum AnalysisError {
     /// The store refused or failed a read or a write; journaled alerts are retried.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A person's regrouping the correlator refused; nothing changed.
+    #[error("{0}")]
+    Regroup(#[from] cairn_correlate::RegroupRefused),
 }
+
+/// What a person decided about grouping, carried to the analysis worker (which owns the
+/// correlator).
+#[derive(Debug)]
+pub enum Regroup {
+    /// `from`'s signals join `into`; `from` is emptied.
+    Merge { into: IncidentId, from: IncidentId },
+    /// The members named (`alert:<fingerprint>`, `series:<id>`) leave `from` for a new incident.
+    Split { from: IncidentId, members: Vec<String> },
+}
+
+/// The answer to a [`Batch::Regroup`]: the incidents as stored afterwards (the merged one and the
+/// emptied one, or what is left and the new one), or why nothing changed.
+pub type RegroupReply = tokio::sync::oneshot::Sender<Result<Vec<Incident>, AnalysisError>>;
 
 /// One unit of work for the analysis worker.
 #[derive(Debug)]
@@ -40,6 +57,8 @@ pub enum Batch {
     /// Samples grouped by series, as decoded: no per-sample allocation on the way to the detector.
     Samples { samples: SampleBatch, source: &'static str },
     Alerts { alerts: Vec<AlertEvent>, source: &'static str },
+    /// A person's merge or split, with who made it and why; answered once stored.
+    Regroup { regroup: Regroup, by: String, reason: String, reply: RegroupReply },
 }
 
 impl Batch {
@@ -47,6 +66,7 @@ impl Batch {
         match self {
             Batch::Samples { samples, .. } => samples.len(),
             Batch::Alerts { alerts, .. } => alerts.len(),
+            Batch::Regroup { .. } => 1,
         }
     }
 
@@ -188,34 +208,99 @@ impl Pipeline {
                     }
                 }
             }
+            Batch::Regroup { regroup, by, reason, reply } => {
+                let span = info_span!("regroup", by = %by);
+                let _g = span.enter();
+                // Refused or not stored, the person is told (and may try again); it is not a
+                // failure of the signals' analysis.
+                let _ = reply.send(self.regroup(analysis, regroup, &by, &reason, now));
+                return Ok(());
+            }
         }
         for gone in analysis.correlator.take_merged() {
-            // Merged into another: retired in the store, and its recommendation withdrawn (the
-            // surviving incident has its own), so that nothing is approved or run twice.
             changed.remove(&gone.id.0);
             self.signals.upsert_incident(&gone)?;
-            analysis.recommender.forget(&gone.id);
-            let rec_id = cairn_recommend::recommendation_for(&gone.id);
-            if self.changes.get_recommendation(&rec_id, None)?.is_some() {
-                let why = gone.grouping_reasons.first().cloned().unwrap_or_default();
-                self.changes.withdraw_recommendation(&rec_id, &format!("incident {} was {why}", gone.id), now)?;
-                info!(incident_id = %gone.id, recommendation_id = %rec_id, "recommendation withdrawn: its incident was merged");
-            }
+            self.withdraw_merged(analysis, &gone, now)?;
         }
         let state = &self.metrics.triage_state;
         state.with_label_values(&["open_incidents"]).set(analysis.correlator.open_count() as i64);
         state.with_label_values(&["topology_entries"]).set(analysis.correlator.topology().size().0 as i64);
         state.with_label_values(&["tracked_recommendations"]).set(analysis.recommender.tracked() as i64);
+        state.with_label_values(&["kept_apart_pairs"]).set(analysis.correlator.kept_apart_count() as i64);
         for incident in changed.into_values() {
             let span = info_span!("incident", incident_id = %incident.id);
             let _g = span.enter();
             self.metrics.incidents_changed.inc();
             self.signals.upsert_incident(&incident)?;
-            for rec in analysis.recommender.recommend(&incident, now) {
-                self.route_and_open(rec, now)?;
-            }
+            self.recommend(analysis, &incident, now)?;
         }
         Ok(())
+    }
+
+    /// Proposes what the incident's evidence now calls for, as a new revision, and routes it.
+    fn recommend(&self, analysis: &mut Analysis, incident: &Incident, now: i64) -> Result<(), AnalysisError> {
+        for rec in analysis.recommender.recommend(incident, now) {
+            self.route_and_open(rec, now)?;
+        }
+        Ok(())
+    }
+
+    /// An incident merged into another is retired: its recommendation is withdrawn (the surviving
+    /// incident has its own), so that nothing is approved or run twice.
+    fn withdraw_merged(&self, analysis: &mut Analysis, gone: &Incident, now: i64) -> Result<(), AnalysisError> {
+        analysis.recommender.forget(&gone.id);
+        let rec_id = cairn_recommend::recommendation_for(&gone.id);
+        if self.changes.get_recommendation(&rec_id, None)?.is_some() {
+            let why = gone.grouping_reasons.first().cloned().unwrap_or_default();
+            self.changes.withdraw_recommendation(&rec_id, &format!("incident {} was {why}", gone.id), now)?;
+            info!(incident_id = %gone.id, recommendation_id = %rec_id, "recommendation withdrawn: its incident was merged");
+        }
+        Ok(())
+    }
+
+    /// A person's merge or split: the correlator regroups, the incidents and an audit entry naming
+    /// the person are stored in one transaction, a merged-away incident's recommendation is
+    /// withdrawn, and each incident left is recommended for again (a new revision, which voids
+    /// approvals of the old grouping). Returns the incidents as stored.
+    fn regroup(&self, analysis: &mut Analysis, regroup: Regroup, by: &str, reason: &str, now: i64) -> Result<Vec<Incident>, AnalysisError> {
+        let why = format!("{reason} ({by})");
+        let (kind, stored, live) = match &regroup {
+            Regroup::Merge { into, from } => {
+                let merged = analysis.correlator.merge_by_person(into, from, &why, now)?;
+                let gone = analysis.correlator.take_merged();
+                let mut stored = vec![merged.clone()];
+                stored.extend(gone);
+                ("incident.merged", stored, vec![merged])
+            }
+            Regroup::Split { from, members } => {
+                let (left, new) = analysis.correlator.split_by_person(from, members, &why, now)?;
+                ("incident.split", vec![left.clone(), new.clone()], vec![left, new])
+            }
+        };
+        let payload = match &regroup {
+            Regroup::Merge { into, from } => serde_json::json!({ "into": into.0, "from": from.0 }),
+            Regroup::Split { from, members } => {
+                serde_json::json!({ "from": from.0, "members": members, "new": stored.get(1).map(|i| i.id.0.clone()) })
+            }
+        };
+        let audit = AuditDraft {
+            actor: by.to_string(),
+            kind: kind.to_string(),
+            incident_id: stored.first().map(|i| i.id.0.clone()),
+            reason: reason.to_string(),
+            payload,
+            affected_resources: stored.iter().map(|i| i.id.0.clone()).collect(),
+            ..AuditDraft::default()
+        };
+        self.signals.regroup_incidents(&stored, &[audit], now)?;
+        info!(kind, incidents = ?stored.iter().map(|i| &i.id.0).collect::<Vec<_>>(), "regrouped by a person");
+        for gone in stored.iter().filter(|i| i.members.is_empty()) {
+            self.withdraw_merged(analysis, gone, now)?;
+        }
+        for incident in &live {
+            self.recommend(analysis, incident, now)?;
+        }
+        Ok(stored)
     }
 
     fn export_detector_stats(&self, analysis: &mut Analysis) {

@@ -153,6 +153,9 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     /// an incident takes the next cursor, so a follower that resumes from the last cursor it saw
     /// misses no change.
     fn incidents_changed_after(&self, after: u64, min_members: usize, limit: usize) -> Result<Vec<(u64, Incident)>>;
+    /// Writes incidents a person regrouped (merged or split) and the audit entries that say who
+    /// did it and why, in one transaction.
+    fn regroup_incidents(&self, incidents: &[Incident], audit: &[AuditDraft], now_ms: i64) -> Result<()>;
 }
 
 /// Recommendation revisions, their decisions and change requests, and executions: what routing,

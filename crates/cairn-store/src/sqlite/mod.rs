@@ -219,6 +219,18 @@ impl std::fmt::Debug for HookSlot {
     }
 }
 
+/// Writes an incident with the next change cursor (`WatchIncidents` follows them).
+fn write_incident(tx: &Transaction<'_>, incident: &Incident) -> Result<()> {
+    tx.execute(
+        "INSERT INTO incidents (id, version, updated_ms, body, change_seq)
+         VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents))
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_ms = excluded.updated_ms,
+             body = excluded.body, change_seq = excluded.change_seq",
+        params![incident.id.0, incident.version, incident.updated_ms, to_json(incident)?],
+    )?;
+    Ok(())
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
 }
@@ -627,15 +639,15 @@ impl crate::SignalStore for SqliteStore {
     }
 
     fn upsert_incident(&self, incident: &Incident) -> Result<()> {
+        self.with_tx(|tx| write_incident(tx, incident))
+    }
+
+    fn regroup_incidents(&self, incidents: &[Incident], audit: &[AuditDraft], now_ms: i64) -> Result<()> {
         self.with_tx(|tx| {
-            tx.execute(
-                "INSERT INTO incidents (id, version, updated_ms, body, change_seq)
-                 VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents))
-                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_ms = excluded.updated_ms,
-                     body = excluded.body, change_seq = excluded.change_seq",
-                params![incident.id.0, incident.version, incident.updated_ms, to_json(incident)?],
-            )?;
-            Ok(())
+            for incident in incidents {
+                write_incident(tx, incident)?;
+            }
+            append_audit(tx, audit, now_ms)
         })
     }
 

@@ -886,3 +886,15 @@ fn a_store_from_before_incident_cursors_numbers_its_incidents_in_the_order_they_
     s.upsert_incident(&incident("b", 40, 2)).unwrap();
     assert_eq!(seen(3), [(4, "b".into())], "the next write follows the numbered ones");
 }
+
+#[test]
+fn a_regrouping_stores_its_incidents_and_the_persons_audit_entry_together() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let audit = AuditDraft { actor: "user:alice".into(), kind: "incident.merged".into(), reason: "one bad node".into(), ..AuditDraft::default() };
+    s.regroup_incidents(&[incident("a", 10, 2), incident("b", 10, 0)], &[audit], 10).unwrap();
+    let followed: Vec<String> = s.incidents_changed_after(0, 0, 10).unwrap().into_iter().map(|(_, i)| i.id.0).collect();
+    assert_eq!(followed, ["a", "b"]);
+    let last = s.audit_events(&AuditQuery::default()).unwrap().pop().unwrap();
+    assert_eq!((last.kind.as_str(), last.actor.as_str(), last.reason.as_str()), ("incident.merged", "user:alice", "one bad node"));
+    assert!(s.verify_audit().is_ok());
+}
