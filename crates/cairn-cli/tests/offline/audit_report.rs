@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use crate::common::{cairn, free_port};
+
 use cairn_store::{ChangeStore, SqliteStore};
 use cairn_types::*;
 use cairn_workflow::WorkflowConfig;
@@ -129,14 +131,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn cairn(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).env("CAIRN_LOG", "warn").output().unwrap()
 }
 
 fn data_rows(md: &str) -> Vec<&str> {
