@@ -375,6 +375,8 @@ pub struct Correlator {
     merged: Vec<Incident>,
     /// Entity pairs persons' splits separated: not joined through a link again.
     kept_apart: regroup::KeptApart,
+    /// Open incidents changed since the last [`Correlator::settle`] (at most every open one).
+    dirty: BTreeSet<IncidentId>,
 }
 
 fn window_words(ms: i64) -> String {
@@ -399,6 +401,7 @@ impl Correlator {
             by_age: BTreeSet::new(),
             merged: Vec::new(),
             kept_apart: regroup::KeptApart::default(),
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -421,8 +424,25 @@ impl Correlator {
         }
     }
 
-    /// Adds or updates an alert member; returns the incident if it changed.
+    /// Adds or updates an alert member; returns the incident, summarised and ranked, if it
+    /// changed. A batch of signals is cheaper through [`Correlator::note_alert`] and one
+    /// [`Correlator::settle`].
     pub fn observe_alert(&mut self, a: &AlertEvent, now_ms: i64) -> Option<Incident> {
+        let id = self.note_alert(a, now_ms)?;
+        self.settle_one(&id)
+    }
+
+    /// Adds an anomaly member (one per series); returns the incident if it changed.
+    pub fn observe_anomaly(&mut self, a: &Anomaly, now_ms: i64) -> Option<Incident> {
+        let id = self.note_anomaly(a, now_ms)?;
+        self.settle_one(&id)
+    }
+
+    /// Adds or updates an alert member and returns the id of the incident it changed, without
+    /// summarising or ranking it: that is done once per incident by [`Correlator::settle`],
+    /// however many signals of a batch joined it, so the work per signal does not grow with the
+    /// incident.
+    pub fn note_alert(&mut self, a: &AlertEvent, now_ms: i64) -> Option<IncidentId> {
         let member = IncidentMember::Alert {
             fingerprint: a.fingerprint.clone(),
             alertname: a.alertname().to_string(),
@@ -437,10 +457,22 @@ impl Correlator {
         self.add(format!("alert:{}", a.fingerprint), member, what, now_ms)
     }
 
-    /// Adds an anomaly member (one per series); returns the incident if it changed.
-    pub fn observe_anomaly(&mut self, a: &Anomaly, now_ms: i64) -> Option<Incident> {
+    /// [`Correlator::note_alert`] for an anomaly.
+    pub fn note_anomaly(&mut self, a: &Anomaly, now_ms: i64) -> Option<IncidentId> {
         let what = format!("anomaly on {}", a.labels);
         self.add(format!("series:{}", a.series), IncidentMember::Anomaly(a.clone()), what, now_ms)
+    }
+
+    /// The incidents changed since the last settle that are still open, each summarised and
+    /// ranked once, in id order.
+    pub fn settle(&mut self) -> Vec<Incident> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty.iter().filter_map(|id| self.snapshot(id)).collect()
+    }
+
+    fn settle_one(&mut self, id: &IncidentId) -> Option<Incident> {
+        self.dirty.remove(id);
+        self.snapshot(id)
     }
 
     /// Whether trouble `j` about `entity` may join trouble `linked` about another entity through
@@ -571,7 +603,7 @@ impl Correlator {
         best.map(|(id, link, _)| (id, link))
     }
 
-    fn add(&mut self, identity: String, member: IncidentMember, what: String, now_ms: i64) -> Option<Incident> {
+    fn add(&mut self, identity: String, member: IncidentMember, what: String, now_ms: i64) -> Option<IncidentId> {
         let r = self.topology.resolve(member.labels());
         let t = member.event_ms();
         if let Some(id) = self.member_of.get(&identity).cloned() {
@@ -603,7 +635,7 @@ impl Correlator {
         self.merge_linked(&id, &r, t, now_ms);
         let id = self.join_pending(&id, now_ms).unwrap_or(id);
         self.gather_pending(&id, &r.entity, now_ms);
-        self.changed(&id, now_ms)
+        self.touch(&id, now_ms)
     }
 
     /// An incident holding the trouble of one entity only, which now carries (two signals or an
@@ -816,7 +848,7 @@ impl Correlator {
 
     /// A member already held: an alert's state change is news; the same state again is not; an
     /// anomaly keeps its strongest evidence without changing the member set.
-    fn update(&mut self, id: &IncidentId, identity: &str, member: IncidentMember, now_ms: i64) -> Option<Incident> {
+    fn update(&mut self, id: &IncidentId, identity: &str, member: IncidentMember, now_ms: i64) -> Option<IncidentId> {
         let open = self.open.get_mut(id)?;
         let i = *open.index.get(identity)?;
         // Ongoing evidence keeps its entity current in event time.
@@ -841,20 +873,34 @@ impl Correlator {
             }
             _ => false,
         };
-        if changed { self.changed(id, now_ms) } else { None }
+        if changed { self.touch(id, now_ms) } else { None }
     }
 
-    fn changed(&mut self, id: &IncidentId, now_ms: i64) -> Option<Incident> {
-        let keep = self.cfg.max_causes;
-        let open = self.open.get_mut(id)?;
-        let inc = &mut open.incident;
+    /// The incident changed now: a new version, and it is marked for [`Correlator::settle`].
+    fn touch(&mut self, id: &IncidentId, now_ms: i64) -> Option<IncidentId> {
+        let inc = &mut self.open.get_mut(id)?.incident;
         self.by_age.remove(&(inc.updated_ms, id.clone()));
         self.by_age.insert((now_ms, id.clone()));
         inc.updated_ms = now_ms;
         inc.version += 1;
+        self.dirty.insert(id.clone());
+        Some(id.clone())
+    }
+
+    /// The incident as it stands, summarised and ranked: the work that grows with its size.
+    fn snapshot(&mut self, id: &IncidentId) -> Option<Incident> {
+        let keep = self.cfg.max_causes;
+        let open = self.open.get_mut(id)?;
+        let inc = &mut open.incident;
         summarise(inc);
         inc.probable_causes = rank::rank(inc, &open.nodes, &self.topology, keep);
         Some(inc.clone())
+    }
+
+    /// [`Correlator::touch`] and [`Correlator::snapshot`] at once, for a change made alone.
+    fn changed(&mut self, id: &IncidentId, now_ms: i64) -> Option<Incident> {
+        self.touch(id, now_ms)?;
+        self.settle_one(id)
     }
 
     fn make_room(&mut self) {

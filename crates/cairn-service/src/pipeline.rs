@@ -181,9 +181,7 @@ impl Pipeline {
                 }
                 self.signals.record_anomalies(&anomalies)?;
                 for a in &anomalies {
-                    if let Some(inc) = analysis.correlator.observe_anomaly(a, now) {
-                        changed.insert(inc.id.0.clone(), inc);
-                    }
+                    analysis.correlator.note_anomaly(a, now);
                 }
             }
             Batch::Alerts { alerts, .. } => {
@@ -203,9 +201,7 @@ impl Pipeline {
                     return Err(e.into());
                 }
                 for a in &fresh {
-                    if let Some(inc) = analysis.correlator.observe_alert(a, now) {
-                        changed.insert(inc.id.0.clone(), inc);
-                    }
+                    analysis.correlator.note_alert(a, now);
                 }
             }
             Batch::Regroup { regroup, by, reason, reply } => {
@@ -216,6 +212,10 @@ impl Pipeline {
                 let _ = reply.send(self.regroup(analysis, regroup, &by, &reason, now));
                 return Ok(());
             }
+        }
+        // Each incident the batch changed is summarised and ranked once, in its final state.
+        for inc in analysis.correlator.settle() {
+            changed.insert(inc.id.0.clone(), inc);
         }
         for gone in analysis.correlator.take_merged() {
             changed.remove(&gone.id.0);
