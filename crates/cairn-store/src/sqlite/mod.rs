@@ -221,13 +221,13 @@ impl std::fmt::Debug for HookSlot {
 
 /// Writes an incident with the next change cursor (`WatchIncidents` follows them).
 fn write_incident(tx: &Transaction<'_>, incident: &Incident) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO incidents (id, version, updated_ms, body, change_seq)
          VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents))
          ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_ms = excluded.updated_ms,
              body = excluded.body, change_seq = excluded.change_seq",
-        params![incident.id.0, incident.version, incident.updated_ms, to_json(incident)?],
-    )?;
+    )?
+    .execute(params![incident.id.0, incident.version, incident.updated_ms, to_json(incident)?])?;
     Ok(())
 }
 
@@ -396,10 +396,8 @@ fn write_change(tx: &Transaction<'_>, change: &ChangeRequest, expected_version: 
     if !from.may_become(change.state) {
         return Err(StoreError::IllegalTransition { change: change.id.0.clone(), from, to: change.state });
     }
-    tx.execute(
-        "UPDATE changes SET state = ?2, version = ?3, expires_ms = ?4, body = ?5 WHERE id = ?1",
-        params![change.id.0, change.state.as_str(), change.version as i64, change.expires_ms, to_json(change)?],
-    )?;
+    tx.prepare_cached("UPDATE changes SET state = ?2, version = ?3, expires_ms = ?4, body = ?5 WHERE id = ?1")?
+        .execute(params![change.id.0, change.state.as_str(), change.version as i64, change.expires_ms, to_json(change)?])?;
     lease::end_unless_executing(tx, change)
 }
 
@@ -700,11 +698,8 @@ impl crate::ChangeStore for SqliteStore {
     ) -> Result<()> {
         self.with_tx(|tx| {
             let exists: Option<i64> = tx
-                .query_row(
-                    "SELECT 1 FROM recommendations WHERE id = ?1 AND revision = ?2",
-                    params![rec.id.0, rec.revision],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT 1 FROM recommendations WHERE id = ?1 AND revision = ?2")?
+                .query_row(params![rec.id.0, rec.revision], |r| r.get(0))
                 .optional()?;
             if exists.is_some() {
                 return Err(StoreError::Conflict {
@@ -716,40 +711,38 @@ impl crate::ChangeStore for SqliteStore {
             supersede_earlier(tx, &rec.id.0, rec.revision, now_ms)?;
             tx.prepare_cached("UPDATE recommendations SET latest = 0 WHERE id = ?1 AND latest = 1 AND revision < ?2")?
                 .execute(params![rec.id.0, rec.revision])?;
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO recommendations (id, revision, incident_id, service, environment, resource, action, created_ms, body, latest)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
                          NOT EXISTS (SELECT 1 FROM recommendations WHERE id = ?1 AND revision > ?2))",
-                params![
-                    rec.id.0,
-                    rec.revision,
-                    rec.incident_id.0,
-                    rec.target.service,
-                    rec.target.environment,
-                    rec.target.resource,
-                    rec.action.as_str(),
-                    rec.created_ms,
-                    to_json(rec)?
-                ],
-            )?;
-            tx.execute(
-                "INSERT INTO decisions (recommendation_id, revision, outcome, body) VALUES (?1, ?2, ?3, ?4)",
-                params![decision.recommendation_id.0, decision.revision, decision.outcome.as_str(), to_json(decision)?],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![
+                rec.id.0,
+                rec.revision,
+                rec.incident_id.0,
+                rec.target.service,
+                rec.target.environment,
+                rec.target.resource,
+                rec.action.as_str(),
+                rec.created_ms,
+                to_json(rec)?
+            ])?;
+            tx.prepare_cached("INSERT INTO decisions (recommendation_id, revision, outcome, body) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![decision.recommendation_id.0, decision.revision, decision.outcome.as_str(), to_json(decision)?])?;
+            tx.prepare_cached(
                 "INSERT INTO changes (id, recommendation_id, revision, state, version, expires_ms, created_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    change.id.0,
-                    change.recommendation_id.0,
-                    change.revision,
-                    change.state.as_str(),
-                    change.version as i64,
-                    change.expires_ms,
-                    change.created_ms,
-                    to_json(change)?
-                ],
-            )?;
+            )?
+            .execute(params![
+                change.id.0,
+                change.recommendation_id.0,
+                change.revision,
+                change.state.as_str(),
+                change.version as i64,
+                change.expires_ms,
+                change.created_ms,
+                to_json(change)?
+            ])?;
             append_audit(tx, audit, now_ms)
         })
     }
