@@ -627,7 +627,11 @@ pub fn score(name: &str, truth: &Value, base_ms: i64, incidents: &[pb::Incident]
         // The truth incident it is about: the one with most of its X in this incident.
         let about = (0..truths.len()).max_by_key(|&k| xs[k].iter().filter(|m| where_.get(*m) == Some(&i)).count()).filter(|&k| xs[k].iter().any(|m| where_.get(m) == Some(&i)));
         let right = about.is_some_and(|k| truths[k]["action"].as_str() == Some(r.action.as_str()));
-        out.confidences.push((r.confidence, right));
+        // An investigation proposes no action, so it has no probability of being the right one:
+        // it stays out of the calibration figures.
+        if r.action != cairn_types::ActionClass::Investigate.as_str() {
+            out.confidences.push((r.confidence, right));
+        }
         if let Some(raw) = uncalibrated(&r.rationale) {
             out.uncalibrated.push((raw, right));
         }

@@ -370,6 +370,12 @@ impl Router {
             tier = Some(3);
             stage_approval = true;
         }
+        // Not blocked either: a break-glass may open a blocked recommendation for review.
+        if rec.action == cairn_types::ActionClass::Investigate && outcome != Outcome::Advisory {
+            reasons.push("an investigation is for people to carry out: advisory, never executed, whatever the bundle says".into());
+            outcome = Outcome::Advisory;
+            tier = None;
+        }
         if matches!(outcome, Outcome::Advisory | Outcome::Blocked) {
             stage_approval = true;
         }

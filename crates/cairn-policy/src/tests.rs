@@ -326,7 +326,7 @@ fn generated_inputs(n: usize) -> Vec<(Recommendation, RoutingContext)> {
 #[test]
 fn the_prepared_router_decides_exactly_as_a_freshly_loaded_engine() {
     let r = router();
-    let inputs = generated_inputs(400);
+    let inputs = generated_inputs(600);
     let mut seen = std::collections::BTreeSet::new();
     // Each decision twice on the prepared router, the second time after all the others, so that
     // nothing left over from one evaluation can leak into the next unnoticed.
@@ -429,5 +429,28 @@ fn every_floor_that_overrides_the_bundle_also_pauses_stages() {
         let d = r.route(&r2, &ctx(), 0);
         assert_ne!(d.outcome, Outcome::Auto, "{what}");
         assert!(d.stage_approval, "{what}: {d:?}");
+    }
+}
+
+#[test]
+fn an_investigation_is_advisory_whatever_its_confidence_or_the_bundle_says() {
+    let r = router();
+    for confidence in [0.0, 0.5, 0.99] {
+        // It has no rollback plan (it changes nothing), which the bundle blocks: advisory still.
+        let mut investigate = rec(ActionClass::Investigate, "staging", confidence, BlastRadius::Instance, Reversibility::Reversible);
+        investigate.rollback_plan = None;
+        let d = r.route(&investigate, &ctx(), 7);
+        assert_eq!(d.outcome, Outcome::Advisory, "{confidence}: {:?}", d.reasons);
+        assert_eq!(d.tier, None);
+    }
+    // A bundle that would let it run by itself, or wait for one person, is overruled.
+    for (outcome, tier, approvals) in [("auto", 0, 0), ("review", 2, 1)] {
+        let rego = format!(
+            "package cairn.route\n\ndecision := {{\"outcome\": \"{outcome}\", \"tier\": {tier}, \"approvals_required\": {approvals}, \"approver_groups\": [\"sre\"], \"reasons\": [\"the bundle says so\"]}} if {{ true }}\n"
+        );
+        let permissive = Router::from_sources(&rego, "{}", RouterConfig::default()).unwrap();
+        let d = permissive.route(&rec(ActionClass::Investigate, "staging", 0.99, BlastRadius::Instance, Reversibility::Reversible), &ctx(), 7);
+        assert_eq!((d.outcome, d.tier, d.approvals_required), (Outcome::Advisory, None, 0), "{outcome}: {:?}", d.reasons);
+        assert!(!d.policy_failed && d.reasons.iter().any(|r| r.contains("never executed")), "{:?}", d.reasons);
     }
 }

@@ -153,6 +153,9 @@ impl Catalogue {
                     ActionClass::ALL.map(|a| a.as_str()).join(", ")
                 ))
             })?;
+            if action == ActionClass::Investigate {
+                return Err(bad("`investigate` is what Cairn proposes when no playbook fits; a playbook names an action".into()));
+            }
             if !(0.0..=1.0).contains(&p.base_confidence) {
                 return Err(bad(format!("base_confidence {} is outside [0, 1]", p.base_confidence)));
             }
@@ -310,29 +313,57 @@ impl Recommender {
         let mut fits: Vec<(&Playbook, Trigger)> =
             self.catalogue.playbooks.iter().filter_map(|pb| find_trigger(pb, incident).map(|t| (pb, t))).collect();
         fits.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.def.name.cmp(&b.0.def.name)));
-        let Some((pb, trigger)) = fits.first() else { return Vec::new() };
-        if trigger.score < MIN_FIT {
-            return Vec::new();
-        }
+        let fitting = fits.first().filter(|(_, t)| t.score >= MIN_FIT);
+        let Some((pb, trigger)) = fitting else {
+            // Nothing fits: when a firing alert says this matters — a critical one, or one among
+            // other signals — people are asked to look (advisory). A lone warning or a lone
+            // anomaly is not enough to ask: that would be a second inbox for every rule.
+            let firing = |critical: bool| {
+                incident.members.iter().any(|m| {
+                    matches!(m, IncidentMember::Alert { status: AlertStatus::Firing, severity, .. } if !critical || *severity == cairn_types::Severity::Critical)
+                })
+            };
+            if !(firing(true) || (firing(false) && incident.members.len() >= 2)) {
+                return Vec::new();
+            }
+            let closest = fits.first().map(|(p, t)| (*p, t));
+            let digest = format!("{INVESTIGATE}:{}", evidence_digest(incident));
+            let id = recommendation_for(&incident.id);
+            let Some(revision) = next_revision(&mut self.revisions, &mut self.order, &id, digest) else { return Vec::new() };
+            return vec![investigate(incident, &self.catalogue.version, closest, id, revision, now_ms)];
+        };
         let runners_up: Vec<String> =
             fits.iter().skip(1).take(2).map(|(p, t)| format!("{} (fit {:.2}: {})", p.def.name, t.score, t.reasons.join(", "))).collect();
         let digest = format!("{}:{}", pb.def.name, evidence_digest(incident));
         let id = recommendation_for(&incident.id);
-        let revision = match self.revisions.get(&id) {
-            Some((_, d)) if *d == digest => return Vec::new(),
-            Some((r, _)) => r + 1,
-            None => {
-                if self.order.len() >= MAX_TRACKED
-                    && let Some(old) = self.order.pop_front() {
-                        self.revisions.remove(&old);
-                    }
-                self.order.push_back(id.clone());
-                1
-            }
-        };
-        self.revisions.insert(id.clone(), (revision, digest));
+        let Some(revision) = next_revision(&mut self.revisions, &mut self.order, &id, digest) else { return Vec::new() };
         vec![build(pb, &self.catalogue.version, incident, trigger, &runners_up, id, revision, now_ms)]
     }
+
+}
+
+/// The revision to propose for `id` given what it now rests on (`digest`: the choice and the
+/// evidence), or `None` when that is unchanged. What is tracked stays bounded (oldest out).
+fn next_revision(
+    revisions: &mut HashMap<RecommendationId, (u32, String)>,
+    order: &mut std::collections::VecDeque<RecommendationId>,
+    id: &RecommendationId,
+    digest: String,
+) -> Option<u32> {
+    let revision = match revisions.get(id) {
+        Some((_, d)) if *d == digest => return None,
+        Some((r, _)) => r + 1,
+        None => {
+            if order.len() >= MAX_TRACKED
+                && let Some(old) = order.pop_front() {
+                    revisions.remove(&old);
+                }
+            order.push_back(id.clone());
+            1
+        }
+    };
+    revisions.insert(id.clone(), (revision, digest));
+    Some(revision)
 }
 
 /// The incident's most probable root entity, when the correlator ranked one.
@@ -516,46 +547,7 @@ fn build(
         parameters.insert(cairn_types::STAGES_PARAMETER.into(), pb.def.stages.join(","));
     }
 
-    let evidence: Vec<Evidence> = incident
-        .members
-        .iter()
-        .map(|m| match m {
-            IncidentMember::Alert { alertname, status, severity, starts_at_ms, summary, labels, .. } => Evidence {
-                kind: "alert".into(),
-                description: format!(
-                    "{alertname} {} ({severity}) on {}{}",
-                    status.as_str(),
-                    labels.get("instance").or(labels.get("service")).unwrap_or("?"),
-                    if summary.is_empty() { String::new() } else { format!(": {summary}") }
-                ),
-                timestamp_ms: *starts_at_ms,
-            },
-            IncidentMember::Anomaly(a) => Evidence {
-                kind: "anomaly".into(),
-                description: format!(
-                    "{} {}: observed {:.4}, expected {:.4} (score {:.2}, confidence {:.2}, {})",
-                    a.labels,
-                    if a.anomaly_kind.is_empty() { "anomaly" } else { a.anomaly_kind.as_str() },
-                    a.observed,
-                    a.expected,
-                    a.score,
-                    a.confidence,
-                    a.model_version
-                ),
-                timestamp_ms: a.timestamp_ms,
-            },
-        })
-        .collect();
-    let mut models: Vec<&str> = incident
-        .members
-        .iter()
-        .filter_map(|m| match m {
-            IncidentMember::Anomaly(a) => Some(a.model_version.as_str()),
-            IncidentMember::Alert { .. } => None,
-        })
-        .collect();
-    models.sort();
-    models.dedup();
+    let (evidence, models) = evidence_of(incident);
     let trigger_words = match trigger.member {
         IncidentMember::Alert { alertname, .. } => format!("alert {alertname}"),
         IncidentMember::Anomaly(a) => format!("an anomaly on {}", a.labels),
@@ -625,11 +617,140 @@ fn build(
         expected_benefit: fill(&pb.def.expected_benefit, &fill_labels),
         rationale,
         evidence,
-        model_version: if models.is_empty() { "none".into() } else { models.join(",") },
+        model_version: models,
         created_ms: now_ms,
         requester: CAIRN_SERVICE_SUBJECT.into(),
     }
 }
+
+/// The incident's members as evidence, and the versions of the models behind its anomalies
+/// (`none` when there are none).
+fn evidence_of(incident: &Incident) -> (Vec<Evidence>, String) {
+    let evidence: Vec<Evidence> = incident
+        .members
+        .iter()
+        .map(|m| match m {
+            IncidentMember::Alert { alertname, status, severity, starts_at_ms, summary, labels, .. } => Evidence {
+                kind: "alert".into(),
+                description: format!(
+                    "{alertname} {} ({severity}) on {}{}",
+                    status.as_str(),
+                    labels.get("instance").or(labels.get("service")).unwrap_or("?"),
+                    if summary.is_empty() { String::new() } else { format!(": {summary}") }
+                ),
+                timestamp_ms: *starts_at_ms,
+            },
+            IncidentMember::Anomaly(a) => Evidence {
+                kind: "anomaly".into(),
+                description: format!(
+                    "{} {}: observed {:.4}, expected {:.4} (score {:.2}, confidence {:.2}, {})",
+                    a.labels,
+                    if a.anomaly_kind.is_empty() { "anomaly" } else { a.anomaly_kind.as_str() },
+                    a.observed,
+                    a.expected,
+                    a.score,
+                    a.confidence,
+                    a.model_version
+                ),
+                timestamp_ms: a.timestamp_ms,
+            },
+        })
+        .collect();
+    let mut models: Vec<&str> = incident
+        .members
+        .iter()
+        .filter_map(|m| match m {
+            IncidentMember::Anomaly(a) => Some(a.model_version.as_str()),
+            IncidentMember::Alert { .. } => None,
+        })
+        .collect();
+    models.sort();
+    models.dedup();
+    let models = if models.is_empty() { "none".to_string() } else { models.join(",") };
+    (evidence, models)
+}
+
+/// What a person is asked to look into when no playbook fits an incident that a firing alert
+/// carries: advisory (the policy never lets it run), with the evidence, the closest playbook, and
+/// the telemetry whose absence left Cairn unsure.
+fn investigate(
+    incident: &Incident,
+    catalogue_version: &str,
+    closest: Option<(&Playbook, &Trigger<'_>)>,
+    id: RecommendationId,
+    revision: u32,
+    now_ms: i64,
+) -> Recommendation {
+    let (evidence, models) = evidence_of(incident);
+    let first_alert = incident.members.iter().find_map(|m| match m {
+        IncidentMember::Alert { labels, .. } => Some(labels),
+        IncidentMember::Anomaly(_) => None,
+    });
+    let label = |k: &str| first_alert.and_then(|l| l.get(k)).map(str::to_string);
+    let environment = label("env").or_else(|| label("environment")).unwrap_or_else(|| "production".into());
+    let (service, resource) = match root_entity(incident).and_then(|r| r.split_once(':')) {
+        Some(("service", s)) => (s.to_string(), s.to_string()),
+        Some(("node", n)) => (n.to_string(), n.to_string()),
+        _ => {
+            let service = label("service").or_else(|| label("job")).unwrap_or_else(|| "unknown".into());
+            (service.clone(), label("instance").unwrap_or(service))
+        }
+    };
+    let mut missing: Vec<String> = Vec::new();
+    if !incident.members.iter().any(|m| matches!(m, IncidentMember::Anomaly(_))) {
+        missing.push(format!("no metric series of {service} was anomalous: is its telemetry (request rate, errors, latency, saturation) remote-written to Cairn?"));
+    }
+    if !matches!(root_entity(incident).and_then(|r| r.split_once(':')), Some(("service" | "node", _))) {
+        missing.push("the signals name no service or node Cairn can place: add a `service` label to the alert rules, or declare the service in `[[topology]]`".into());
+    }
+    let changed = incident.members.iter().any(|m| {
+        let name = match m {
+            IncidentMember::Alert { alertname, .. } => alertname.as_str(),
+            IncidentMember::Anomaly(a) => a.labels.metric_name().unwrap_or(""),
+        };
+        cairn_types::signal_kind(name) == cairn_types::SignalKind::Change
+    });
+    if !changed {
+        missing.push("no change event in the incident: if something was deployed or reconfigured, send it to `POST /api/v1/changes`".into());
+    }
+    let closest = match closest {
+        Some((pb, t)) => format!(" The closest playbook, {} (fit {:.2}: {}), is below the {MIN_FIT:.2} a proposal needs.", pb.def.name, t.score, t.reasons.join(", ")),
+        None => " No playbook matches any of its signals.".into(),
+    };
+    let rationale = format!(
+        "No playbook fits incident {} ({} signal(s); {}).{closest} Look into it before acting; what would have made Cairn surer: {}",
+        incident.id,
+        incident.members.len(),
+        incident.grouping_reasons.first().cloned().unwrap_or_default(),
+        if missing.is_empty() { "nothing obvious is missing".to_string() } else { missing.join("; ") },
+    );
+    Recommendation {
+        id,
+        revision,
+        incident_id: incident.id.clone(),
+        playbook: INVESTIGATE.into(),
+        playbook_version: format!("{INVESTIGATE}@{catalogue_version}"),
+        action: ActionClass::Investigate,
+        target: Target { service, environment, resource },
+        parameters: BTreeMap::new(),
+        // It proposes no action, so there is no probability of an action being right.
+        confidence: 0.0,
+        severity: incident.severity,
+        blast_radius: cairn_types::BlastRadius::Instance,
+        reversibility: cairn_types::Reversibility::Reversible,
+        rollback_plan: None,
+        verification: Vec::new(),
+        expected_benefit: "people find what the playbooks do not cover".into(),
+        rationale,
+        evidence,
+        model_version: models,
+        created_ms: now_ms,
+        requester: CAIRN_SERVICE_SUBJECT.into(),
+    }
+}
+
+/// The playbook name of what Cairn proposes when none fits.
+pub const INVESTIGATE: &str = "investigate";
 
 /// The `cairn_confidence` annotation of the triggering alert, if it holds a number in [0, 1].
 fn pinned_confidence(member: &IncidentMember) -> Option<f64> {

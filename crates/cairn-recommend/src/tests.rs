@@ -53,8 +53,9 @@ fn incident(members: Vec<IncidentMember>) -> Incident {
 #[test]
 fn the_embedded_catalogue_is_valid_and_covers_every_action_class() {
     let c = Catalogue::embedded_default();
-    // A policy activation is proposed by people through `cairn policy propose`, never by a playbook.
-    for a in ActionClass::ALL.into_iter().filter(|a| *a != ActionClass::PolicyActivation) {
+    // A policy activation is proposed by people through `cairn policy propose`, never by a playbook;
+    // an investigation by Cairn when no playbook fits.
+    for a in ActionClass::ALL.into_iter().filter(|a| !matches!(a, ActionClass::PolicyActivation | ActionClass::Investigate)) {
         assert!(c.playbooks().iter().any(|p| p.action() == a), "no playbook for {a}");
     }
     assert!(c.version().starts_with("sha256:"));
@@ -291,4 +292,49 @@ fn a_lone_critical_alert_keeps_at_least_its_prior_and_a_lone_warning_does_not() 
     assert!(critical.confidence >= 0.75 * 0.7 - 1e-9, "{}", critical.rationale);
     let warning = lone("warning");
     assert!(warning.confidence < critical.confidence, "{} vs {}", warning.confidence, critical.confidence);
+}
+
+#[test]
+fn a_firing_alert_no_playbook_fits_asks_people_to_investigate_and_says_what_is_missing() {
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    let unknown = incident(vec![alert_member("SomethingNobodyWroteAPlaybookFor", "f1", AlertStatus::Firing, &[])]);
+    let recs = r.recommend(&unknown, 5);
+    assert_eq!(recs.len(), 1);
+    let rec = &recs[0];
+    assert_eq!((rec.action, rec.playbook.as_str(), rec.confidence), (ActionClass::Investigate, INVESTIGATE, 0.0));
+    assert_eq!(rec.target.service, "checkout");
+    assert!(rec.rollback_plan.is_none() && rec.verification.is_empty() && rec.parameters.is_empty(), "it proposes no action");
+    assert!(rec.rationale.contains("No playbook fits"), "{}", rec.rationale);
+    assert!(rec.rationale.contains("no metric series of checkout was anomalous"), "{}", rec.rationale);
+    assert!(rec.rationale.contains("no change event"), "{}", rec.rationale);
+    assert_eq!(rec.evidence.len(), 1);
+    // The same evidence again is nothing new; a release joining it is a new revision.
+    assert!(r.recommend(&unknown, 6).is_empty());
+    let with_release = incident(vec![alert_member("SomethingNobodyWroteAPlaybookFor", "f1", AlertStatus::Firing, &[]), release()]);
+    let again = r.recommend(&with_release, 7);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].revision, 2);
+    // A lone warning is not enough to ask; with another signal beside it, it is.
+    let mut warned = Recommender::new(Catalogue::embedded_default());
+    let mut warning = alert_member("SomethingNobodyWroteAPlaybookFor", "f5", AlertStatus::Firing, &[]);
+    if let IncidentMember::Alert { severity, .. } = &mut warning {
+        *severity = Severity::Medium;
+    }
+    assert!(warned.recommend(&incident(vec![warning.clone()]), 5).is_empty());
+    let beside = warned.recommend(&incident(vec![warning, release()]), 6);
+    assert!(beside.iter().any(|r| r.action == ActionClass::Investigate || r.action == ActionClass::RollbackDeploy), "{beside:?}");
+    // Without a firing alert (a lone anomaly, or alerts that resolved), nothing is asked.
+    let mut quiet = Recommender::new(Catalogue::embedded_default());
+    let mut lone = incident(vec![release()]);
+    lone.id = IncidentId("inc-2".into());
+    let resolved = incident(vec![alert_member("SomethingNobodyWroteAPlaybookFor", "f9", AlertStatus::Resolved, &[])]);
+    assert!(quiet.recommend(&resolved, 5).is_empty());
+    assert!(quiet.recommend(&lone, 5).iter().all(|r| r.action != ActionClass::Investigate));
+}
+
+#[test]
+fn a_playbook_may_not_name_investigate() {
+    let text = include_str!("../playbooks/default.toml").replacen("action = \"restart_process\"", "action = \"investigate\"", 1);
+    let err = Catalogue::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("what Cairn proposes when no playbook fits"), "{err}");
 }

@@ -35,10 +35,13 @@ pub enum ActionClass {
     DataDelete,
     /// Swapping the active policy bundle (invariant 10): always tier 3.
     PolicyActivation,
+    /// No action fits: people should look, with the evidence and what telemetry is missing.
+    /// Always advisory; never executed.
+    Investigate,
 }
 
 impl ActionClass {
-    pub const ALL: [ActionClass; 11] = [
+    pub const ALL: [ActionClass; 12] = [
         ActionClass::RestartProcess,
         ActionClass::ScaleOut,
         ActionClass::RollbackDeploy,
@@ -50,6 +53,7 @@ impl ActionClass {
         ActionClass::ProviderMove,
         ActionClass::DataDelete,
         ActionClass::PolicyActivation,
+        ActionClass::Investigate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +69,7 @@ impl ActionClass {
             ActionClass::ProviderMove => "provider_move",
             ActionClass::DataDelete => "data_delete",
             ActionClass::PolicyActivation => "policy_activation",
+            ActionClass::Investigate => "investigate",
         }
     }
 
