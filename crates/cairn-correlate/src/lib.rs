@@ -329,6 +329,8 @@ enum Link {
     Hosts,
     Placement(String),
     Calls(String),
+    /// A person merged incidents about these two entities before.
+    Merged(String),
     Same,
 }
 
@@ -338,7 +340,7 @@ impl Link {
     fn strength(&self) -> u8 {
         match self {
             Link::Same => 2,
-            Link::Calls(_) | Link::Placement(_) | Link::Hosts => 1,
+            Link::Calls(_) | Link::Placement(_) | Link::Hosts | Link::Merged(_) => 1,
             Link::Agent(_) => 0,
         }
     }
@@ -347,6 +349,7 @@ impl Link {
         match self {
             Link::Same => format!("same entity {entity}"),
             Link::Calls(other) => format!("{entity} and {other} call one another"),
+            Link::Merged(other) => format!("{entity} and {other} were merged into one incident by a person before"),
             Link::Placement(other) => format!("{entity} and {other}: a pod and the node it runs on"),
             Link::Hosts => format!("{entity} runs a pod of the incident"),
             Link::Agent(node) => format!("{entity} runs an agent on {node}"),
@@ -374,7 +377,9 @@ pub struct Correlator {
     /// Incidents merged away, for [`Correlator::take_merged`].
     merged: Vec<Incident>,
     /// Entity pairs persons' splits separated: not joined through a link again.
-    kept_apart: regroup::KeptApart,
+    kept_apart: regroup::Pairs,
+    /// Entity pairs persons' merges put together: linked from then on.
+    kept_together: regroup::Pairs,
     /// Open incidents changed since the last [`Correlator::settle`] (at most every open one).
     dirty: BTreeSet<IncidentId>,
 }
@@ -400,7 +405,8 @@ impl Correlator {
             member_of: HashMap::new(),
             by_age: BTreeSet::new(),
             merged: Vec::new(),
-            kept_apart: regroup::KeptApart::default(),
+            kept_apart: regroup::Pairs::default(),
+            kept_together: regroup::Pairs::default(),
             dirty: BTreeSet::new(),
         }
     }
@@ -543,6 +549,9 @@ impl Correlator {
         for n in self.topology.neighbours(entity) {
             push(self.by_entity.get(&n), Link::Calls(n.clone()));
         }
+        for n in self.kept_together.partners(entity) {
+            push(self.by_entity.get(n), Link::Merged(n.clone()));
+        }
         for node in nodes {
             push(self.by_entity.get(*node), Link::Placement((*node).clone()));
         }
@@ -560,7 +569,7 @@ impl Correlator {
             }
             let Some(o) = self.open.get(&id) else { continue };
             // A person split these two apart: the rules do not join them again.
-            if let Link::Calls(n) | Link::Placement(n) = &link
+            if let Link::Calls(n) | Link::Placement(n) | Link::Merged(n) = &link
                 && self.kept_apart.holds(entity, n)
             {
                 continue;
@@ -568,7 +577,7 @@ impl Correlator {
             // The span of what the trouble is linked to, in this incident.
             let (span, link) = match &link {
                 Link::Same => (o.entities.get(entity).copied(), link),
-                Link::Calls(n) => (o.entities.get(n).copied(), link),
+                Link::Calls(n) | Link::Merged(n) => (o.entities.get(n).copied(), link),
                 Link::Placement(n) => (o.entities.get(n).copied(), link),
                 Link::Hosts => (o.via.get(entity).copied(), link),
                 Link::Agent(_) => {
@@ -1149,6 +1158,31 @@ mod tests {
         assert_eq!(c.merge_by_person(&a.id, &a.id, "", 7), Err(RegroupRefused::SameIncident(a.id.clone())));
         assert_eq!(c.merge_by_person(&a.id, &b.id, "", 7), Err(RegroupRefused::NotOpen(b.id.clone())));
         assert_eq!(c.get(&a.id).map(|i| i.members.len()), Some(3));
+    }
+
+    #[test]
+    fn what_a_person_merged_is_one_incident_the_next_time_both_are_in_trouble() {
+        const MIN: i64 = 60_000;
+        let mut c = Correlator::new(CorrelatorConfig::default());
+        let a = c.observe_alert(&at(alert("X", "a", "f1", AlertStatus::Firing), 0), 0).unwrap();
+        let b = c.observe_alert(&at(alert("Y", "b", "f2", AlertStatus::Firing), 0), 0).unwrap();
+        c.merge_by_person(&a.id, &b.id, "one upstream fault (user:alice)", 1).unwrap();
+        assert_eq!(c.kept_together_count(), 1);
+        // Long after, both incidents closed: new trouble on a, then on b, is one incident.
+        assert_eq!(c.close_idle(60 * MIN).len(), 1);
+        let t = 60 * MIN;
+        let a2 = c.observe_alert(&at(alert("X", "a", "f3", AlertStatus::Firing), t), t).unwrap();
+        let b2 = c.observe_alert(&at(alert("Y", "b", "f4", AlertStatus::Firing), t + MIN), t + 1).unwrap();
+        assert_eq!(b2.id, a2.id, "{:?}", b2.grouping_reasons);
+        assert!(b2.grouping_reasons.iter().any(|r| r.contains("merged into one incident by a person before")), "{:?}", b2.grouping_reasons);
+        // A later split of the two replaces what the merge taught.
+        c.split_by_person(&a2.id, &["alert:f4".to_string()], "not this time (user:bob)", t + 2).unwrap();
+        assert_eq!((c.kept_together_count(), c.kept_apart_count()), (0, 1));
+        assert_eq!(c.close_idle(t + 60 * MIN).len(), 2);
+        let t = t + 60 * MIN;
+        let a3 = c.observe_alert(&at(alert("X", "a", "f5", AlertStatus::Firing), t), t).unwrap();
+        let b3 = c.observe_alert(&at(alert("Y", "b", "f6", AlertStatus::Firing), t), t + 1).unwrap();
+        assert_ne!(a3.id, b3.id);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Grouping decided by a person: merging two incidents the rules kept apart, and splitting signals
-//! out of an incident the rules put together. A split is also feedback: the entities it separated
-//! are not joined through a link again (until that memory is full and the oldest pair goes), so
-//! the correlator does not undo what a responder decided. A merge needs no memory: later signals
-//! join the merged incident through the entities it now holds.
+//! out of an incident the rules put together. Both are feedback the rules learn from (as a
+//! responder's merges teach PagerDuty's grouping): the entities a split separated are not joined
+//! through a link again, and those a merge put together are linked from then on, so that the next
+//! time both are in trouble at once they are one incident without anyone merging them. Each memory
+//! is bounded (the oldest pair goes first), and a later decision about a pair replaces an earlier.
 
 use crate::{Correlator, Open};
 use cairn_types::{Incident, IncidentId, IncidentMember};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 /// Entity pairs a person separated, remembered at most this many (oldest forgotten first).
 pub const MAX_KEPT_APART: usize = 10_000;
@@ -46,14 +47,18 @@ impl std::fmt::Display for RegroupRefused {
 
 impl std::error::Error for RegroupRefused {}
 
-/// What persons' splits taught: entity pairs not to join through a link.
+/// Entity pairs persons' regroupings taught: those a split separated (not joined through a link
+/// again) or those a merge put together (linked from then on). At most [`MAX_KEPT_APART`] pairs
+/// each, oldest forgotten first; a later decision about a pair replaces an earlier one.
 #[derive(Debug, Default)]
-pub(crate) struct KeptApart {
+pub(crate) struct Pairs {
     pairs: HashSet<(String, String)>,
     order: VecDeque<(String, String)>,
+    /// Entity → the entities it is paired with.
+    partners: HashMap<String, BTreeSet<String>>,
 }
 
-impl KeptApart {
+impl Pairs {
     fn key(a: &str, b: &str) -> (String, String) {
         if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) }
     }
@@ -64,23 +69,55 @@ impl KeptApart {
         }
         let key = Self::key(a, b);
         if self.pairs.insert(key.clone()) {
+            self.partners.entry(key.0.clone()).or_default().insert(key.1.clone());
+            self.partners.entry(key.1.clone()).or_default().insert(key.0.clone());
             self.order.push_back(key);
         }
         while self.order.len() > MAX_KEPT_APART {
             if let Some(old) = self.order.pop_front() {
-                self.pairs.remove(&old);
+                self.drop_pair(&old);
             }
         }
     }
 
-    /// Whether a person separated `a` and `b`.
+    fn forget(&mut self, a: &str, b: &str) {
+        let key = Self::key(a, b);
+        if self.pairs.contains(&key) {
+            self.order.retain(|k| *k != key);
+            self.drop_pair(&key);
+        }
+    }
+
+    fn drop_pair(&mut self, key: &(String, String)) {
+        self.pairs.remove(key);
+        for (x, y) in [(&key.0, &key.1), (&key.1, &key.0)] {
+            if let Some(set) = self.partners.get_mut(x) {
+                set.remove(y);
+                if set.is_empty() {
+                    self.partners.remove(x);
+                }
+            }
+        }
+    }
+
+    /// Whether `a` and `b` are a remembered pair.
     pub(crate) fn holds(&self, a: &str, b: &str) -> bool {
         !self.pairs.is_empty() && self.pairs.contains(&Self::key(a, b))
+    }
+
+    /// The entities `a` is paired with.
+    pub(crate) fn partners(&self, a: &str) -> impl Iterator<Item = &String> {
+        self.partners.get(a).into_iter().flatten()
     }
 
     pub(crate) fn len(&self) -> usize {
         self.pairs.len()
     }
+}
+
+/// The entities only one side holds, paired with those only the other holds.
+fn across<'a>(left: &'a HashSet<String>, right: &'a HashSet<String>) -> impl Iterator<Item = (&'a String, &'a String)> {
+    left.difference(right).flat_map(move |a| right.difference(left).map(move |b| (a, b)))
 }
 
 pub(crate) fn identity_of(m: &IncidentMember) -> String {
@@ -101,6 +138,14 @@ impl Correlator {
         let members = size(into)? + size(from)?;
         if members > self.cfg.max_members {
             return Err(RegroupRefused::TooLarge { members, max: self.cfg.max_members });
+        }
+        let entities = |c: &Correlator, id: &IncidentId| -> HashSet<String> {
+            c.open.get(id).map(|o| o.entities.keys().cloned().collect()).unwrap_or_default()
+        };
+        let (a, b) = (entities(self, into), entities(self, from));
+        for (x, y) in across(&a, &b) {
+            self.kept_apart.forget(x, y);
+            self.kept_together.remember(x, y);
         }
         self.merge(into, from, why, now_ms);
         self.changed(into, now_ms).ok_or_else(|| RegroupRefused::NotOpen(into.clone()))
@@ -143,10 +188,9 @@ impl Correlator {
         self.by_age.insert((now_ms, new_id.clone()));
         let stay_entities = self.reinsert(from, stay, None);
         let go_entities = self.reinsert(&new_id, go, Some(&format!("moved here from {from} by a person: {why}")));
-        for a in go_entities.difference(&stay_entities) {
-            for b in stay_entities.difference(&go_entities) {
-                self.kept_apart.remember(a, b);
-            }
+        for (a, b) in across(&go_entities, &stay_entities) {
+            self.kept_together.forget(a, b);
+            self.kept_apart.remember(a, b);
         }
         let left = self.changed(from, now_ms).ok_or_else(|| RegroupRefused::NotOpen(from.clone()))?;
         let new = self.changed(&new_id, now_ms).ok_or_else(|| RegroupRefused::NotOpen(new_id.clone()))?;
@@ -156,6 +200,11 @@ impl Correlator {
     /// Entity pairs persons' splits keep apart (for `/metrics`).
     pub fn kept_apart_count(&self) -> usize {
         self.kept_apart.len()
+    }
+
+    /// Entity pairs persons' merges linked (for `/metrics`).
+    pub fn kept_together_count(&self) -> usize {
+        self.kept_together.len()
     }
 
     /// Puts `members` into the open incident `id`, each with `reason` among the grouping reasons

@@ -227,6 +227,7 @@ impl Pipeline {
         state.with_label_values(&["topology_entries"]).set(analysis.correlator.topology().size().0 as i64);
         state.with_label_values(&["tracked_recommendations"]).set(analysis.recommender.tracked() as i64);
         state.with_label_values(&["kept_apart_pairs"]).set(analysis.correlator.kept_apart_count() as i64);
+        state.with_label_values(&["kept_together_pairs"]).set(analysis.correlator.kept_together_count() as i64);
         for incident in changed.into_values() {
             let span = info_span!("incident", incident_id = %incident.id);
             let _g = span.enter();
