@@ -17,15 +17,17 @@
 //! node established as a problem), and opens an incident of its own that joins where it belongs
 //! once its entity has trouble of its own. An entity is put forward as the *cause* of others'
 //! trouble (a callee of a caller, a node of its pods) only when established: three signals within
-//! `link_window_ms` of one another, as a failure shows, or a firing critical alert. A dependency joins only trouble that began
-//! at most `link_window_ms` before its own: a cause precedes its effects. Across a call, trouble
-//! travels as the caller's errors and latency: a caller joins its callee's incident only with
-//! errors or latency (two signals or an alert, not a blip) that began no earlier than the callee's trouble,
-//! and a callee joins its caller's only when the caller shows them; a caller's memory or request
-//! rate is its own business. Between a node and its pods, trouble explains trouble of the same resource only
-//! (CPU, memory, disk, network), or of none in particular (down, not ready, errors, latency).
-//! Effects seen before their cause (a caller's incident, a per-node agent's) are gathered into
-//! the cause's incident once it is established.
+//! `link_window_ms` of one another, as a failure shows, or a firing critical alert. A dependency
+//! joins only trouble that began at most `link_window_ms` before its own: a cause precedes its
+//! effects. Across a call, trouble travels as the caller's errors and latency: a caller joins its
+//! callee's incident only with errors or latency (two signals or an alert, not a blip) that began
+//! no earlier than the callee's trouble, and a callee joins its caller's only when the caller shows
+//! them; a caller's memory or request rate is its own business. Between a node and its pods,
+//! trouble explains trouble of the same resource only (CPU, memory, disk, network), or of none in
+//! particular (down, not ready, errors, latency). Effects seen before their cause (a caller's
+//! incident, a per-node agent's) are gathered into the cause's incident once it is established.
+//! What people decide about grouping (merges and splits, [`Correlator::merge_by_person`],
+//! [`Correlator::split_by_person`]) is applied here and remembered as links the rules follow.
 //!
 //! The strongest link wins, then the nearest in time; incidents merge only as said above. An alert
 //! is one member across its life (same fingerprint: firing, then resolved); an anomalous series is

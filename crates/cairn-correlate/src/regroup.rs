@@ -52,8 +52,13 @@ impl std::error::Error for RegroupRefused {}
 /// each, oldest forgotten first; a later decision about a pair replaces an earlier one.
 #[derive(Debug, Default)]
 pub(crate) struct Pairs {
-    pairs: HashSet<(String, String)>,
-    order: VecDeque<(String, String)>,
+    /// Each remembered pair, with the generation it was remembered in.
+    pairs: HashMap<(String, String), u64>,
+    /// Pairs in the order they were remembered, with their generation. An entry whose generation
+    /// no longer matches (the pair was forgotten, or remembered again later) is stale and skipped,
+    /// so forgetting is O(1); stale entries are compacted away before they double the queue.
+    order: VecDeque<((String, String), u64)>,
+    generation: u64,
     /// Entity → the entities it is paired with.
     partners: HashMap<String, BTreeSet<String>>,
 }
@@ -68,22 +73,29 @@ impl Pairs {
             return;
         }
         let key = Self::key(a, b);
-        if self.pairs.insert(key.clone()) {
-            self.partners.entry(key.0.clone()).or_default().insert(key.1.clone());
-            self.partners.entry(key.1.clone()).or_default().insert(key.0.clone());
-            self.order.push_back(key);
+        if self.pairs.contains_key(&key) {
+            return;
         }
-        while self.order.len() > MAX_KEPT_APART {
-            if let Some(old) = self.order.pop_front() {
+        self.generation += 1;
+        self.pairs.insert(key.clone(), self.generation);
+        self.partners.entry(key.0.clone()).or_default().insert(key.1.clone());
+        self.partners.entry(key.1.clone()).or_default().insert(key.0.clone());
+        self.order.push_back((key, self.generation));
+        while self.pairs.len() > MAX_KEPT_APART {
+            let Some((old, generation)) = self.order.pop_front() else { break };
+            if self.pairs.get(&old) == Some(&generation) {
                 self.drop_pair(&old);
             }
+        }
+        if self.order.len() > 2 * MAX_KEPT_APART {
+            let pairs = &self.pairs;
+            self.order.retain(|(k, g)| pairs.get(k) == Some(g));
         }
     }
 
     fn forget(&mut self, a: &str, b: &str) {
         let key = Self::key(a, b);
-        if self.pairs.contains(&key) {
-            self.order.retain(|k| *k != key);
+        if self.pairs.contains_key(&key) {
             self.drop_pair(&key);
         }
     }
@@ -102,7 +114,7 @@ impl Pairs {
 
     /// Whether `a` and `b` are a remembered pair.
     pub(crate) fn holds(&self, a: &str, b: &str) -> bool {
-        !self.pairs.is_empty() && self.pairs.contains(&Self::key(a, b))
+        !self.pairs.is_empty() && self.pairs.contains_key(&Self::key(a, b))
     }
 
     /// The entities `a` is paired with.
@@ -223,5 +235,36 @@ impl Correlator {
             }
         }
         entities
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pair_memory_keeps_the_newest_pairs_and_forgetting_does_not_lose_newer_ones() {
+        let mut p = Pairs::default();
+        for i in 0..MAX_KEPT_APART + 5 {
+            p.remember(&format!("a{i}"), "b");
+        }
+        assert_eq!(p.len(), MAX_KEPT_APART);
+        assert!(!p.holds("a0", "b") && !p.holds("a4", "b"), "the oldest are forgotten first");
+        assert!(p.holds("b", &format!("a{}", MAX_KEPT_APART + 4)), "order within a pair does not matter");
+        // Forget a pair and remember it again: its old place in the queue must not evict it.
+        p.forget("a5", "b");
+        assert!(!p.holds("a5", "b") && !p.partners("a5").any(|_| true));
+        p.remember("a5", "b");
+        for i in 0..10 {
+            p.remember(&format!("c{i}"), "d");
+        }
+        assert!(p.holds("a5", "b"), "remembered again, it is among the newest");
+        assert_eq!(p.len(), MAX_KEPT_APART);
+        // Churn leaves the queue bounded too.
+        for i in 0..3 * MAX_KEPT_APART {
+            p.remember(&format!("e{i}"), "f");
+            p.forget(&format!("e{i}"), "f");
+        }
+        assert!(p.order.len() <= 2 * MAX_KEPT_APART + 1, "{}", p.order.len());
     }
 }

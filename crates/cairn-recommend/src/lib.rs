@@ -250,6 +250,9 @@ struct Trigger<'a> {
 /// How much one firing alert matching a signature says (an alert is a rule people wrote, so one
 /// alone is enough to propose; what that is worth as a probability is the calibration's to say).
 const ALERT_FIT: f64 = 0.75;
+/// The most a firing critical alert's floor (fit × prior) may give a recommendation: below the
+/// default policy's `auto` line (0.8), so only the calibrated evidence can put it there.
+const CRITICAL_FLOOR_CAP: f64 = 0.75;
 /// How much an alert's severity says: the rule's author's own word on how much it matters. A lone
 /// critical alert fits better than a lone warning or info one.
 fn severity_factor(s: cairn_types::Severity) -> f64 {
@@ -529,12 +532,13 @@ fn build(
     let prior = raw * pb.def.base_confidence;
     // A firing critical alert is its author's word that the matter is critical, and the labelled
     // incidents hold no wrong recommendation a critical alert triggered: the map cannot say such
-    // a one is worth less than its prior (at most 0.75, below the policy's `auto` line).
+    // a one is worth less than its prior, up to CRITICAL_FLOOR_CAP, so that this floor alone never
+    // lifts a recommendation to the default policy's `auto` line, whatever a catalogue's priors.
     let critical = matches!(trigger.member, IncidentMember::Alert { status: AlertStatus::Firing, severity: cairn_types::Severity::Critical, .. });
     let calibrated = if calibration.knots.is_empty() {
         prior
     } else if critical {
-        calibration.apply(raw).max(prior)
+        calibration.apply(raw).max(prior.min(CRITICAL_FLOOR_CAP))
     } else {
         calibration.apply(raw)
     };

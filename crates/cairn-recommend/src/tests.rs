@@ -295,6 +295,24 @@ fn a_lone_critical_alert_keeps_at_least_its_prior_and_a_lone_warning_does_not() 
 }
 
 #[test]
+fn a_catalogues_high_prior_cannot_lift_a_critical_alerts_floor_to_auto() {
+    // A prior of 1.0, and a fit in the band the calibration finds unreliable: a critical and a
+    // medium alert of one playbook.
+    let text = include_str!("../playbooks/default.toml").replace("base_confidence = 0.75", "base_confidence = 1.0");
+    let mut r = Recommender::new(Catalogue::from_toml(&text).unwrap());
+    let mut medium = alert_member("ProcessDown", "f2", AlertStatus::Firing, &[]);
+    if let IncidentMember::Alert { severity, .. } = &mut medium {
+        *severity = Severity::Medium;
+    }
+    let recs = r.recommend(&incident(vec![alert_member("ProcessDown", "f1", AlertStatus::Firing, &[]), medium]), 1);
+    let rec = recs.iter().find(|r| r.action == ActionClass::RestartProcess).expect("a restart");
+    let raw = uncalibrated(rec);
+    assert!(raw > 0.75, "the fit is above the cap, so the prior alone would pass it: {raw}");
+    assert!(rec.confidence <= CRITICAL_FLOOR_CAP.max(CALIBRATION.apply(raw)) + 1e-9, "{}", rec.rationale);
+    assert!(rec.confidence < 0.8 || CALIBRATION.apply(raw) >= 0.8, "{}", rec.rationale);
+}
+
+#[test]
 fn a_firing_alert_no_playbook_fits_asks_people_to_investigate_and_says_what_is_missing() {
     let mut r = Recommender::new(Catalogue::embedded_default());
     let unknown = incident(vec![alert_member("SomethingNobodyWroteAPlaybookFor", "f1", AlertStatus::Firing, &[])]);

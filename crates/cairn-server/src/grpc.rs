@@ -641,7 +641,6 @@ impl pb::incident_service_server::IncidentService for IncidentSvc {
     }
 }
 
-
 /// Incidents read from the change index at a time by `WatchIncidents`, and buffered for a slow
 /// follower: an incident may hold up to `correlate.max_members` members, so a follower's memory is
 /// bounded by twice this many incidents, not by a count of small events.
