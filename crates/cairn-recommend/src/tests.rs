@@ -96,6 +96,43 @@ fn each_playbook_is_triggered_by_its_alert() {
     }
 }
 
+/// The names the public rule sets give (kubernetes-mixin, node-mixin, awesome-prometheus-alerts,
+/// CoreDNS, pyrra) reach the playbook an SRE would pick, each alone and firing; and the ones no
+/// remedy answers (a filling disk, a failed job, an expiring certificate, a lone crash loop)
+/// propose no action.
+#[test]
+fn common_rule_names_reach_their_playbook_and_others_propose_no_action() {
+    let cases = [
+        ("KubernetesContainerOomKiller", Some(ActionClass::RestartProcess)),
+        ("RedisDown", Some(ActionClass::RestartProcess)),
+        ("CoreDNSDown", Some(ActionClass::RestartProcess)),
+        ("KubernetesHpaScaleMaximum", Some(ActionClass::ScaleOut)),
+        ("RabbitmqTooManyMessagesInQueue", Some(ActionClass::ScaleOut)),
+        ("KafkaConsumersGroupLag", Some(ActionClass::ScaleOut)),
+        ("NginxHighHttp5xxErrorRate", Some(ActionClass::RollbackDeploy)),
+        ("KubeDeploymentGenerationMismatch", Some(ActionClass::RollbackDeploy)),
+        ("PrometheusConfigurationReloadFailure", Some(ActionClass::RollbackDeploy)),
+        ("KubeletDown", Some(ActionClass::DrainNode)),
+        ("KubernetesNodeNotReady", Some(ActionClass::DrainNode)),
+        ("MongodbDown", Some(ActionClass::DatabaseFailover)),
+        ("PostgresqlReplicationLagBytes", Some(ActionClass::DatabaseFailover)),
+        ("NodeFilesystemSpaceFillingUp", None),
+        ("KubeJobFailed", None),
+        ("CertificateExpiresIn30Days", None),
+        ("Watchdog", None),
+        ("KubePodCrashLooping", None),
+    ];
+    for (alert, want) in cases {
+        let mut r = Recommender::new(Catalogue::embedded_default());
+        let mut members = vec![alert_member(alert, "f1", AlertStatus::Firing, &[])];
+        if want == Some(ActionClass::RollbackDeploy) {
+            members.push(release());
+        }
+        let got = r.recommend(&incident(members), 5).into_iter().map(|rec| rec.action).find(|a| *a != ActionClass::Investigate);
+        assert_eq!(got, want, "{alert}");
+    }
+}
+
 #[test]
 fn unchanged_evidence_gives_nothing_new_and_a_new_member_gives_revision_2() {
     let mut r = Recommender::new(Catalogue::embedded_default());
