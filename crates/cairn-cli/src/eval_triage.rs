@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod rename;
+
 #[derive(Debug, Args)]
 pub struct TriageArgs {
     /// The corpus: a directory with `index.json` and one directory per recording.
@@ -34,6 +36,11 @@ pub struct TriageArgs {
     /// only what it learns from the metrics.
     #[arg(long)]
     pub learn_topology_only: bool,
+    /// Replay each recording as another cluster would name it: every cluster, namespace, service
+    /// and node name its `topology.json` declares is replaced by a neutral one, in the signals, the
+    /// labels and the topology alike. Figures that change under this depend on names.
+    #[arg(long)]
+    pub rename: bool,
     /// Also write what the server answered (incidents, recommendations) per recording here, as JSON.
     #[arg(long)]
     pub dump: Option<PathBuf>,
@@ -375,8 +382,15 @@ fn fingerprint_of(incidents: &[pb::Incident], recs: &[pb::RecommendationView]) -
 }
 
 async fn replay_and_score(args: &TriageArgs, dir: &Path, name: &str) -> Result<RecordingScore> {
-    let truth = read_json(&dir.join("truth.json"))?;
-    let topology: Value = read_json(&dir.join("topology.json"))?;
+    let mut truth = read_json(&dir.join("truth.json"))?;
+    let mut topology: Value = read_json(&dir.join("topology.json"))?;
+    let mut lines = read_lines(&dir.join("signals.jsonl.gz"))?;
+    if args.rename {
+        let r = rename::Renamer::new(&topology)?;
+        truth = r.value(&truth);
+        lines = lines.iter().map(|l| r.value(l)).collect();
+        topology = r.value(&topology);
+    }
     let services: Vec<cairn_correlate::ServiceDef> = if args.learn_topology_only {
         Vec::new()
     } else {
@@ -391,7 +405,6 @@ async fn replay_and_score(args: &TriageArgs, dir: &Path, name: &str) -> Result<R
             })
             .collect()
     };
-    let lines = read_lines(&dir.join("signals.jsonl.gz"))?;
     let step = truth["step_ms"].as_i64().unwrap_or(15_000);
     let duration = truth["duration_ms"].as_i64().unwrap_or(0);
     let base_ms = (now_ms() - duration).div_euclid(step) * step;

@@ -1,0 +1,98 @@
+//! `cairn eval triage --rename`: the same recordings as another cluster would name them.
+//!
+//! Every name the corpus's `topology.json` declares (the cluster, the namespace, each service and
+//! node) is replaced, as a whole word, wherever it appears: label values, pod and ReplicaSet names
+//! built from them, the series ids in `truth.json`, the topology itself. The replacements are
+//! neutral words and another cloud's node names, so nothing a name hints at (a `-pg` suffix, a
+//! `pool-b` node, a `gke-` prefix) survives. Metric and label *names* are left alone: they are what
+//! the exporters define, not what this cluster chose. A triage whose figures change under this
+//! has learnt the cluster's names rather than what the signals say.
+
+use anyhow::{Context, Result};
+use regex::Regex;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// Service names: words that say nothing of what a service does.
+const WORDS: [&str; 24] = [
+    "amber", "basalt", "cedar", "dune", "ember", "fjord", "garnet", "harbor", "iris", "jasper", "kestrel", "lumen", "moss",
+    "nectar", "onyx", "pylon", "quartz", "reef", "slate", "tundra", "umber", "vale", "willow", "yarrow",
+];
+
+/// Rewrites the names `topology.json` declares into another cluster's.
+pub struct Renamer {
+    pattern: Regex,
+    to: HashMap<String, String>,
+}
+
+impl Renamer {
+    /// The renaming for a recording, from its `topology.json`.
+    pub fn new(topology: &Value) -> Result<Renamer> {
+        let mut to: HashMap<String, String> = HashMap::new();
+        let names = |key: &str| -> Vec<String> {
+            topology[key].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(|s| s["name"].as_str().map(String::from)).collect()
+        };
+        let services = names("services");
+        anyhow::ensure!(services.len() <= WORDS.len(), "more than {} services to rename", WORDS.len());
+        for (s, w) in services.iter().zip(WORDS) {
+            to.insert(s.clone(), w.to_string());
+        }
+        for (i, n) in names("nodes").iter().enumerate() {
+            to.insert(n.clone(), format!("ip-10-20-{}-{}.eu-west-2.compute.internal", i / 4, 10 + i));
+        }
+        if let Some(c) = topology["cluster"].as_str() {
+            to.insert(c.to_string(), "euw2-retail".into());
+        }
+        if let Some(ns) = topology["namespace"].as_str() {
+            to.insert(ns.to_string(), "storefront".into());
+        }
+        // Longest first, so that a name containing another (a node name holding the cluster's)
+        // is replaced whole; whole words only, `-` and `.` being word boundaries as in pod names.
+        let mut keys: Vec<&String> = to.keys().collect();
+        keys.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        let alternation = keys.iter().map(|k| regex::escape(k)).collect::<Vec<_>>().join("|");
+        let pattern = Regex::new(&format!(r"\b(?:{alternation})\b")).context("renaming pattern")?;
+        Ok(Renamer { pattern, to })
+    }
+
+    /// Renames every string in `v`, object keys included (`truth.json` keys maps by series id; a
+    /// label or field name is never a declared name as a whole word).
+    pub fn value(&self, v: &Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(self.text(s)),
+            Value::Array(a) => Value::Array(a.iter().map(|x| self.value(x)).collect()),
+            Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (self.text(k), self.value(x))).collect()),
+            other => other.clone(),
+        }
+    }
+
+    fn text(&self, s: &str) -> String {
+        self.pattern.replace_all(s, |c: &regex::Captures| self.to[&c[0]].clone()).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_are_replaced_whole_and_everywhere_but_metric_and_label_names() {
+        let topology = json!({"cluster": "use1-media", "namespace": "streaming",
+            "services": [{"name": "web"}, {"name": "users-pg"}, {"name": "users"}],
+            "nodes": [{"name": "gke-use1-media-pool-a-3kq7"}]});
+        let r = Renamer::new(&topology).unwrap();
+        let series = json!({"labels": {"__name__": "web_requests_total", "service": "users-pg", "pod": "web-7fmp7-4lcch",
+            "node": "gke-use1-media-pool-a-3kq7", "cluster": "use1-media", "namespace": "streaming", "job": "webhook"},
+            "id": "series:up{pod=\"users-pg-0\",service=\"users\"}"});
+        let out = r.value(&series);
+        assert_eq!(out["labels"]["__name__"], "web_requests_total", "a metric name is the exporter's");
+        assert_eq!(out["labels"]["service"], "basalt", "users-pg whole, not users + -pg");
+        assert_eq!(out["labels"]["pod"], "amber-7fmp7-4lcch");
+        assert_eq!(out["labels"]["node"], "ip-10-20-0-10.eu-west-2.compute.internal", "the node whole, not its cluster part");
+        assert_eq!((out["labels"]["cluster"].as_str(), out["labels"]["namespace"].as_str()), (Some("euw2-retail"), Some("storefront")));
+        assert_eq!(out["labels"]["job"], "webhook", "only whole words");
+        assert_eq!(out["id"], "series:up{pod=\"basalt-0\",service=\"cedar\"}");
+        assert!(out.to_string().find("use1").is_none() && out.to_string().find("pg").is_none(), "{out}");
+    }
+}
