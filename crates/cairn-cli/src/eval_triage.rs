@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod rename;
+mod variant;
 
 #[derive(Debug, Args)]
 pub struct TriageArgs {
@@ -41,6 +41,10 @@ pub struct TriageArgs {
     /// labels and the topology alike. Figures that change under this depend on names.
     #[arg(long)]
     pub rename: bool,
+    /// Keep one sample in K of every series, as a cluster scraping K times less often would send
+    /// them (2: every 30 s; 4: every minute). 1 keeps them all.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=8))]
+    pub thin: i64,
     /// Also write what the server answered (incidents, recommendations) per recording here, as JSON.
     #[arg(long)]
     pub dump: Option<PathBuf>,
@@ -386,10 +390,16 @@ async fn replay_and_score(args: &TriageArgs, dir: &Path, name: &str) -> Result<R
     let mut topology: Value = read_json(&dir.join("topology.json"))?;
     let mut lines = read_lines(&dir.join("signals.jsonl.gz"))?;
     if args.rename {
-        let r = rename::Renamer::new(&topology)?;
+        let r = variant::Renamer::new(&topology)?;
         truth = r.value(&truth);
         lines = lines.iter().map(|l| r.value(l)).collect();
         topology = r.value(&topology);
+    }
+    if args.thin > 1 {
+        let step = truth["step_ms"].as_i64().unwrap_or(15_000);
+        for l in lines.iter_mut().filter(|l| l["kind"] == "remote_write") {
+            variant::thin(l, step, args.thin);
+        }
     }
     let services: Vec<cairn_correlate::ServiceDef> = if args.learn_topology_only {
         Vec::new()

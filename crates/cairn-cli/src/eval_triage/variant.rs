@@ -1,12 +1,17 @@
-//! `cairn eval triage --rename`: the same recordings as another cluster would name them.
+//! The same recordings as another cluster would send them, to check that the triage depends on
+//! what the signals say rather than on this corpus's particulars.
 //!
-//! Every name the corpus's `topology.json` declares (the cluster, the namespace, each service and
+//! `--rename` ([`Renamer`]): every name the corpus's `topology.json` declares (the cluster, the namespace, each service and
 //! node) is replaced, as a whole word, wherever it appears: label values, pod and ReplicaSet names
 //! built from them, the series ids in `truth.json`, the topology itself. The replacements are
 //! neutral words and another cloud's node names, so nothing a name hints at (a `-pg` suffix, a
 //! `pool-b` node, a `gke-` prefix) survives. Metric and label *names* are left alone: they are what
 //! the exporters define, not what this cluster chose. A triage whose figures change under this
 //! has learnt the cluster's names rather than what the signals say.
+//!
+//! `--thin K` ([`thin`]): one sample in K is kept, as a cluster scraping K times less often sends
+//! them (every 30 s or 60 s instead of 15 s). Staleness markers are kept, as Prometheus sends them
+//! whatever the interval.
 
 use anyhow::{Context, Result};
 use regex::Regex;
@@ -71,6 +76,17 @@ impl Renamer {
     }
 }
 
+/// Keeps one sample in `k` of every series in a remote_write line (those whose time is a multiple
+/// of `k` steps), and every staleness marker.
+pub fn thin(line: &mut Value, step_ms: i64, k: i64) {
+    let Some(series) = line["series"].as_array_mut() else { return };
+    for s in series {
+        if let Some(samples) = s["samples"].as_array_mut() {
+            samples.retain(|p| p[1].as_str() == Some("stale") || p[0].as_i64().is_some_and(|t| t.div_euclid(step_ms) % k == 0));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +110,12 @@ mod tests {
         assert_eq!(out["labels"]["job"], "webhook", "only whole words");
         assert_eq!(out["id"], "series:up{pod=\"basalt-0\",service=\"cedar\"}");
         assert!(out.to_string().find("use1").is_none() && out.to_string().find("pg").is_none(), "{out}");
+    }
+
+    #[test]
+    fn thinning_keeps_one_sample_in_k_and_every_staleness_marker() {
+        let mut line = json!({"kind": "remote_write", "series": [{"labels": {}, "samples": [[0, 1.0], [15000, 2.0], [30000, 3.0], [45000, "stale"], [60000, 5.0]]}]});
+        thin(&mut line, 15_000, 2);
+        assert_eq!(line["series"][0]["samples"], json!([[0, 1.0], [30000, 3.0], [45000, "stale"], [60000, 5.0]]));
     }
 }
