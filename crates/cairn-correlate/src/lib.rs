@@ -156,7 +156,8 @@ struct Span {
     /// and how many of them are alerts.
     symptoms: u32,
     symptom_alerts: u32,
-    /// The latest signal times (event time), ascending; `i64::MIN` where fewer.
+    /// The event times of the latest signals to arrive, oldest arrival first; `i64::MIN` where
+    /// fewer.
     recent: [i64; 4],
     /// Whether [`rank::NODE_TROUBLE`] of its signals ever came within `link_window_ms` of one
     /// another, or a firing critical alert is among them: see [`Span::established`].
@@ -192,20 +193,25 @@ impl Span {
         self.holds_until_ms = self.holds_until_ms.max(holds_until).max(t);
     }
 
-    /// Counts one more signal at `t` towards [`Span::established`].
+    /// Counts one more signal at `t` towards [`Span::established`]. The signals kept are the
+    /// latest to *arrive*, whatever their event time: a failure's signals arrive together even
+    /// when some are stamped earlier (an anomaly confirmed only once its series stopped arrives
+    /// after the alerts it preceded), and keeping the latest by event time would drop exactly
+    /// those.
     fn note(&mut self, t: i64, window_ms: i64) {
-        let mut all = [self.recent[0], self.recent[1], self.recent[2], self.recent[3], t];
-        all.sort_unstable();
-        self.recent = [all[1], all[2], all[3], all[4]];
+        self.recent = [self.recent[1], self.recent[2], self.recent[3], t];
         self.check_burst(window_ms);
     }
 
     fn check_burst(&mut self, window_ms: i64) {
         let n = rank::NODE_TROUBLE;
-        self.burst |= self.recent.windows(n).any(|w| w[0] != i64::MIN && w[n - 1] - w[0] <= window_ms);
+        let mut times = self.recent;
+        times.sort_unstable();
+        self.burst |= times.windows(n).any(|w| w[0] != i64::MIN && w[n - 1] - w[0] <= window_ms);
     }
 
     fn absorb(&mut self, o: &Span, window_ms: i64) {
+        // Which of two spans' signals arrived last is not known: the latest by event time are kept.
         let mut all = [self.recent, o.recent].concat();
         all.sort_unstable();
         self.recent = [all[4], all[5], all[6], all[7]];
@@ -297,6 +303,14 @@ fn member_resources(m: &IncidentMember) -> u8 {
 /// Whether two spans' trouble can be one problem by their resources.
 fn spans_share(a: &Span, b: &Span) -> bool {
     (a.resources | b.resources) & ANY_RESOURCE != 0 || a.resources & b.resources != 0
+}
+
+/// Whether two spans' trouble is of one kind, availability (down, unready, unavailable) counting
+/// as a kind of its own rather than going with anything as in [`spans_share`]. A per-node agent's
+/// trouble says nothing of which node it is on, so only its kind can tell the node that explains
+/// it from another node in trouble at the same time.
+fn spans_alike(a: &Span, b: &Span) -> bool {
+    a.resources & b.resources != 0
 }
 
 /// A signal on its own, as the span it would start: what [`Correlator::admits`] weighs.
@@ -516,7 +530,10 @@ impl Correlator {
             // A node explains its pods' and agents' trouble only when established, and a pod's
             // only of the same resource.
             Link::Placement(_) if !(linked.established() && spans_share(linked, j)) => return None,
-            Link::Agent(_) if !linked.established() => return None,
+            // A node explains its agents' trouble only when established, and of a kind it can
+            // explain: an agent that is down or unavailable is put down to a node that is down or
+            // unready, not to one whose disk fills (`spans_alike`).
+            Link::Agent(_) if !(linked.established() && spans_alike(linked, j)) => return None,
             Link::Calls(n) => {
                 // An effect does not begin before its cause (within two scrape intervals).
                 let as_caller = self.topology.calls(entity, n)
@@ -747,14 +764,16 @@ impl Correlator {
 
     /// After a signal about `r` joined `into`, other open incidents it links just as surely are
     /// the same problem seen in pieces (their signals arrived first): those holding the same
-    /// entity within the window, and, once the node is established in one of them (two signals or
-    /// more), the node's incident and those of pods on it within the link window. They are merged
+    /// entity within the window, and, once the node is established in one of them
+    /// ([`Span::established`]), the node's incident and those of pods on it within the link window. They are merged
     /// into `into`, bounded by `max_members`.
     fn merge_linked(&mut self, into: &IncidentId, r: &Resolved, t: i64, now_ms: i64) {
         let Some(target) = self.open.get(into) else { return };
-        // A node is established as a problem with three signals or more; its pods' trouble must start
-        // within the link window of the node's own onset (a cause and its effects start together).
-        let established = |o: &Open, node: &str| o.entities.get(node).is_some_and(|s| s.count >= 3);
+        // A node is established as a problem as any cause is ([`Span::established`]: three signals
+        // within the link window of one another, or a firing critical alert), not by three strewn
+        // over the window; its pods' trouble must start within the link window of the node's own
+        // onset (a cause and its effects start together).
+        let established = |o: &Open, node: &str| o.entities.get(node).is_some_and(Span::established);
         let mut others: Vec<(IncidentId, String)> = Vec::new();
         for id in self.by_entity.get(&r.entity).into_iter().flatten() {
             if id != into && self.open.get(id).is_some_and(|o| o.entities.get(&r.entity).is_some_and(|s| s.held_distance(t) <= self.cfg.window_ms)) {
@@ -1412,6 +1431,46 @@ mod tests {
         assert_eq!(node.members.len(), 4);
         assert!(node.grouping_reasons.iter().any(|r| r.contains("runs an agent on node:n3")), "{:?}", node.grouping_reasons);
         assert!(c.take_merged().iter().any(|g| g.id == agent.id));
+    }
+
+    #[test]
+    fn a_node_agent_that_is_unavailable_goes_with_the_node_that_is_down_not_the_one_whose_disk_fills() {
+        let mut c = cluster();
+        let on = |node: &str, pairs: &[(&str, &str)], t: i64| series(&[pairs, &[("node", node)]].concat(), t, 0.9);
+        // n3 goes down; n1's disk fills, its signals nearer in time to the agent's.
+        let down = c.observe_anomaly(&on("n3", &[("__name__", "kube_node_status_condition"), ("condition", "Ready")], 0), 0).unwrap();
+        c.observe_anomaly(&on("n3", &[("__name__", "kube_node_status_condition"), ("condition", "Ready"), ("status", "unknown")], 0), 0);
+        c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], 0, 0.9), 0);
+        let disk = c.observe_anomaly(&on("n1", &[("__name__", "kube_node_status_condition"), ("condition", "DiskPressure")], 50_000), 1).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "node_filesystem_avail_bytes"), ("instance", "n1"), ("job", "node-exporter")], 55_000, 0.9), 1);
+        c.observe_anomaly(&series(&[("__name__", "node_disk_io_time_seconds"), ("instance", "n1"), ("job", "node-exporter")], 58_000, 0.9), 1);
+        assert_ne!(disk.id, down.id);
+        let agent = c.observe_anomaly(&series(&[("__name__", "kube_daemonset_status_number_unavailable"), ("daemonset", "node-exporter")], 60_000, 0.9), 2).unwrap();
+        assert_eq!(agent.id, down.id, "{:?}", agent.grouping_reasons);
+        assert!(agent.grouping_reasons.iter().any(|r| r.contains("runs an agent on node:n3")), "{:?}", agent.grouping_reasons);
+    }
+
+    #[test]
+    fn a_node_is_established_by_signals_that_arrive_after_its_alerts_though_stamped_before() {
+        let mut c = cluster();
+        let on = |pairs: &[(&str, &str)], t: i64| series(&[pairs, &[("node", "n3")]].concat(), t, 0.9);
+        const T: i64 = 3_600_000;
+        // Its pod's callers' symptoms first; then the node's warnings, fired after 15 minutes.
+        let pod = c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "shop-9d8e-b2"), ("service", "shop")], T, 0.9), 0).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "kube_deployment_status_replicas_available"), ("deployment", "shop")], T + 30_000, 0.9), 0);
+        for (i, name) in ["KubeNodeNotReady", "KubeNodeUnreachable"].into_iter().enumerate() {
+            let mut a = alert(name, "kube-state-metrics", &format!("n{i}"), AlertStatus::Firing);
+            a.labels.insert("node", "n3");
+            a.labels.insert("severity", "warning");
+            c.observe_alert(&at(a, T + 15 * 60_000), 1);
+        }
+        // The node's own anomalies, stamped when it failed, confirmed only once its series stopped.
+        c.observe_anomaly(&on(&[("__name__", "kube_node_status_condition"), ("condition", "Ready")], T + 30_000), 2);
+        c.observe_anomaly(&on(&[("__name__", "kube_node_status_condition"), ("condition", "Ready"), ("status", "unknown")], T + 30_000), 2);
+        let node = c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], T, 0.9), 2).unwrap();
+        assert_eq!(c.open_count(), 1, "{:?}", node.grouping_reasons);
+        assert!(node.members.len() == 7 && node.members.iter().any(|m| m.labels().get("pod") == Some("shop-9d8e-b2")), "{:?}", node.grouping_reasons);
+        assert!(c.take_merged().iter().any(|g| g.id == pod.id) || node.id == pod.id);
     }
 
     #[test]
