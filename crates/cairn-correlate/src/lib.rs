@@ -1474,6 +1474,23 @@ mod tests {
     }
 
     #[test]
+    fn a_node_with_three_signals_strewn_over_a_quarter_hour_does_not_gather_its_pods() {
+        let mut c = cluster();
+        let node = |name: &str, t: i64| series(&[("__name__", name), ("instance", "n3"), ("job", "node-exporter")], t, 0.9);
+        let first = c.observe_anomaly(&node("instance:node_cpu_steal:rate5m", 0), 0).unwrap();
+        // Its pod's CPU trouble two minutes later: an incident of its own.
+        let pod = |name: &str| series(&[("__name__", name), ("pod", "shop-9d8e-b2"), ("service", "shop")], 120_000, 0.9);
+        c.observe_anomaly(&pod("container_cpu_cfs_throttled_seconds_total"), 1);
+        let shop = c.observe_anomaly(&pod("node_namespace_pod_container:container_cpu_usage_seconds_total:sum_irate"), 1).unwrap();
+        assert_ne!(shop.id, first.id);
+        // Two more node blips six minutes apart: three signals, never three within the link window.
+        c.observe_anomaly(&node("instance:node_cpu_utilisation:rate5m", 6 * 60_000), 2);
+        let last = c.observe_anomaly(&node("instance:node_load1_per_cpu:ratio", 12 * 60_000), 3).unwrap();
+        assert_eq!(c.open_count(), 2, "{:?}", last.grouping_reasons);
+        assert!(c.take_merged().is_empty());
+    }
+
+    #[test]
     fn a_lone_blip_links_nothing_and_pieces_that_arrived_first_are_merged() {
         let mut c = cluster();
         // One anomaly on a node: a blip. A pod on it misbehaving is not put down to it.
