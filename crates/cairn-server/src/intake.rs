@@ -94,8 +94,24 @@ pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Resul
         let Some(&(last, _)) = rows.last() else { return Ok(done) };
         let alerts: Vec<AlertEvent> = rows.into_iter().map(|(_, a)| a).collect();
         let n = alerts.len();
-        engine.pipeline().analyse(analysis, Batch::Alerts { alerts, source: "journal" })?;
-        engine.store().finish_intake(last)?;
+        // What the analysis of the batch writes (alerts, incidents, revisions with their audit
+        // events) and the journal rows it takes share a transaction, give or take the turns the
+        // pass gives to acknowledgements: one commit where there was one per incident and revision.
+        let pass = engine.store().write_pass()?;
+        let analysed = engine
+            .pipeline()
+            .analyse(analysis, Batch::Alerts { alerts, source: "journal" })
+            .map_err(ApiError::from)
+            .and_then(|()| Ok(engine.store().finish_intake(last)?));
+        if let Err(e) = pass.commit() {
+            // Not stored: the batch stays journaled and is retried, so its alerts must not be
+            // remembered as seen, or the retry would drop them as duplicates.
+            for (_, a) in engine.store().pending_intake(n).unwrap_or_default() {
+                analysis.deduper.forget(&a);
+            }
+            return Err(e.into());
+        }
+        analysed?;
         let _ = intake.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n as u64)));
         done += n;
         if n < ALERTS_PER_PASS {
