@@ -125,7 +125,9 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     /// Appends acknowledged alerts to the intake journal, durably, before their sender is
     /// answered (invariant 12). The analysis worker reads them back with [`SignalStore::pending_intake`]
     /// and removes them with [`SignalStore::finish_intake`] once analysed, so a crash in between replays
-    /// them instead of losing them.
+    /// them instead of losing them. Concurrent callers may share a commit (group commit): each
+    /// returns after the commit that holds its rows, and when that commit fails every caller in it
+    /// gets the error and none of their rows is stored.
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()>;
     /// The oldest journaled alerts not yet analysed, with their journal sequence numbers.
     fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>>;

@@ -214,6 +214,50 @@ pub struct SqliteStore {
     lease: Mutex<crate::LeaseTerms>,
     /// Told the audit head after every committed write that appended to the log.
     audit_hook: HookSlot,
+    /// Journal writes of concurrent callers, committed together ([`crate::SignalStore::journal_alerts`]).
+    journal: GroupCommit,
+}
+
+/// Group commit of the intake journal: concurrent callers queue their rows; one of them (the
+/// leader) writes every queued row in one transaction and hands each caller the outcome of that
+/// commit, so each is answered after its rows are committed (or with the commit's error, and then
+/// none of its rows is stored). While a commit runs, the next callers queue for the next one.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    state: Mutex<GroupState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    next_ticket: u64,
+    /// Rows waiting for a leader, with their caller's ticket: (ticket, received_ms, bodies).
+    queued: Vec<(u64, i64, Vec<String>)>,
+    /// Whether a caller is writing a group now.
+    leading: bool,
+    /// The outcome of each written ticket, until its caller takes it (an error as text: every
+    /// caller of a failed group gets it).
+    outcomes: std::collections::HashMap<u64, std::result::Result<(), String>>,
+}
+
+/// Ends a leader's turn even if its write panicked: its callers are told, and the next can lead.
+struct Leading<'g> {
+    group: &'g GroupCommit,
+    tickets: Vec<u64>,
+    outcome: Option<std::result::Result<(), String>>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or_else(|| Err("the journal write panicked".into()));
+        let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+        for t in self.tickets.drain(..) {
+            st.outcomes.insert(t, outcome.clone());
+        }
+        st.leading = false;
+        drop(st);
+        self.group.done.notify_all();
+    }
 }
 
 /// The writer connection and the write pass open on it.
@@ -358,6 +402,7 @@ impl SqliteStore {
             next_reader: Default::default(),
             lease: Mutex::default(),
             audit_hook: Default::default(),
+            journal: GroupCommit::default(),
         }
     }
 
@@ -783,13 +828,42 @@ impl crate::SignalStore for SqliteStore {
     }
 
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()> {
-        self.with_tx(|tx| {
-            let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, body) VALUES (?1, ?2)")?;
-            for a in alerts {
-                stmt.execute(params![now_ms, to_json(a)?])?;
+        // Encoded by each caller, in parallel, before it queues.
+        let bodies = alerts.iter().map(to_json).collect::<Result<Vec<String>>>()?;
+        let group = &self.journal;
+        let mut st = group.state.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.queued.push((ticket, now_ms, bodies));
+        loop {
+            if let Some(outcome) = st.outcomes.remove(&ticket) {
+                return outcome.map_err(StoreError::Database);
             }
-            Ok(())
-        })
+            if st.leading {
+                st = group.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Lead: write every queued caller's rows (this one's among them) in one commit.
+            st.leading = true;
+            let rows = std::mem::take(&mut st.queued);
+            drop(st);
+            let mut leading = Leading { group, tickets: rows.iter().map(|(t, _, _)| *t).collect(), outcome: None };
+            let written = self.with_tx(|tx| {
+                let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, body) VALUES (?1, ?2)")?;
+                for (_, received_ms, bodies) in &rows {
+                    for body in bodies {
+                        stmt.execute(params![received_ms, body])?;
+                    }
+                }
+                Ok(())
+            });
+            leading.outcome = Some(written.map_err(|e| match e {
+                StoreError::Database(m) => m,
+                other => other.to_string(),
+            }));
+            drop(leading);
+            st = group.state.lock().unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>> {

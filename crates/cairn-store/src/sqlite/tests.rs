@@ -1029,3 +1029,81 @@ fn one_thread_at_a_time_has_a_pass_and_a_pass_inside_a_pass_is_empty() {
     });
     assert_eq!(fingerprints(&s), ["a", "b", "c"]);
 }
+
+/// The fingerprints journaled and not yet analysed, as another connection sees them (committed).
+fn journaled(s: &SqliteStore) -> Vec<String> {
+    std::thread::scope(|t| t.spawn(|| s.pending_intake(100_000).unwrap().into_iter().map(|(_, a)| a.fingerprint).collect()).join().unwrap())
+}
+
+#[test]
+fn concurrent_journal_writes_are_committed_together_and_each_is_answered_after_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    // A pass holding the writer makes the callers queue, so that groups form.
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("pass")], 1).unwrap();
+    std::thread::scope(|t| {
+        for sender in 0..8 {
+            let s = &s;
+            t.spawn(move || {
+                for i in 0..20 {
+                    let batch: Vec<AlertEvent> = (0..3).map(|k| firing(&format!("{sender}-{i}-{k}"))).collect();
+                    s.journal_alerts(&batch, 2).unwrap();
+                    // Answered: every row of it is committed, as another connection sees.
+                    let seen = journaled(s);
+                    for a in &batch {
+                        assert!(seen.contains(&a.fingerprint), "{} answered before it was committed", a.fingerprint);
+                    }
+                }
+            });
+        }
+    });
+    pass.commit().unwrap();
+    let all = journaled(&s);
+    assert_eq!(all.len(), 8 * 20 * 3, "nothing lost, nothing twice");
+    // Each sender's rows in the order it sent them.
+    for sender in 0..8 {
+        let mine: Vec<&String> = all.iter().filter(|f| f.starts_with(&format!("{sender}-"))).collect();
+        let sent: Vec<String> = (0..20).flat_map(|i| (0..3).map(move |k| format!("{sender}-{i}-{k}"))).collect();
+        assert_eq!(mine, sent.iter().collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    // A row the journal refuses, standing for a commit that fails (a full disk).
+    s.with_writer(|c| {
+        c.execute_batch(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON alert_intake WHEN NEW.body LIKE '%poison%'
+             BEGIN SELECT RAISE(ABORT, 'no space left on device'); END",
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("pass")], 1).unwrap();
+    let outcomes: Vec<(String, bool)> = std::thread::scope(|t| {
+        let calls: Vec<_> = ["a", "poison", "b", "c", "d"]
+            .into_iter()
+            .map(|fp| {
+                let s = &s;
+                t.spawn(move || (fp.to_string(), s.journal_alerts(&[firing(fp)], 2).is_ok()))
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    pass.commit().unwrap();
+    let stored = journaled(&s);
+    for (fp, ok) in &outcomes {
+        // Answered success exactly when stored: a failed group loses nothing it acknowledged.
+        assert_eq!(*ok, stored.contains(fp), "{fp}: answered {ok}, stored {}", stored.contains(fp));
+    }
+    assert!(outcomes.iter().any(|(fp, ok)| fp == "poison" && !ok));
+    let failed = outcomes.iter().filter(|(_, ok)| !ok).count();
+    assert_eq!(stored.len(), outcomes.len() - failed);
+    // The journal takes writes again after a failed group.
+    s.journal_alerts(&[firing("later")], 3).unwrap();
+    assert!(journaled(&s).contains(&"later".to_string()));
+}
