@@ -1107,3 +1107,42 @@ fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows(
     s.journal_alerts(&[firing("later")], 3).unwrap();
     assert!(journaled(&s).contains(&"later".to_string()));
 }
+
+#[test]
+fn a_pass_whose_commit_fails_says_so_stores_nothing_of_it_and_writes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    // An alert 'orphan' leaves a row whose deferred foreign key fails the commit that holds it,
+    // standing for a commit that fails (a full disk).
+    s.with_writer(|c| {
+        c.execute_batch(
+            "CREATE TABLE parent (id TEXT PRIMARY KEY);
+             CREATE TABLE child (p TEXT REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER orphan AFTER INSERT ON alerts WHEN NEW.fingerprint = 'orphan'
+             BEGIN INSERT INTO child VALUES ('none'); END",
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("orphan")], 1).unwrap();
+    s.record_alerts(&[firing("b")], 1).unwrap();
+    assert!(pass.commit().is_err(), "the failed commit is reported");
+    assert!(fingerprints(&s).is_empty(), "and nothing of the pass is stored");
+
+    // The commit that fails is one a waiting writer makes to take its turn: the writer's own
+    // rows are stored, the pass learns at its next write and at its end.
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("orphan")], 1).unwrap();
+    std::thread::scope(|t| t.spawn(|| s.journal_alerts(&[firing("acked")], 2).unwrap()).join().unwrap());
+    let later = s.record_alerts(&[firing("c")], 3);
+    assert!(later.is_err(), "a write after the failed commit fails: {later:?}");
+    assert!(pass.commit().is_err());
+    assert!(fingerprints(&s).is_empty());
+    assert_eq!(s.pending_intake_len().unwrap(), 1, "the writer's own rows are stored");
+    // The next pass starts afresh.
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("d")], 4).unwrap();
+    pass.commit().unwrap();
+    assert_eq!(fingerprints(&s), ["d"]);
+}
