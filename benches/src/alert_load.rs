@@ -180,7 +180,9 @@ async fn run_cairn(args: &Arc<Args>) -> Result<(Sent, f64)> {
     // which removes a batch only once it is stored.
     let engine = server.engine.clone();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while engine.store().pending_intake_len()? > 0 && Instant::now() < deadline {
+    // Polled for emptiness (the oldest row, by key), not counted: counting a full journal every
+    // 20 ms took 3-7% of this 2-core machine's samples from the Cairn it measures.
+    while !engine.store().pending_intake(1)?.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let analysed_secs = started.elapsed().as_secs_f64();

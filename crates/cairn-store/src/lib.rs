@@ -125,7 +125,9 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     /// Appends acknowledged alerts to the intake journal, durably, before their sender is
     /// answered (invariant 12). The analysis worker reads them back with [`SignalStore::pending_intake`]
     /// and removes them with [`SignalStore::finish_intake`] once analysed, so a crash in between replays
-    /// them instead of losing them.
+    /// them instead of losing them. Concurrent callers may share a commit (group commit): each
+    /// returns after the commit that holds its rows, and when that commit fails every caller in it
+    /// gets the error and none of their rows is stored.
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()>;
     /// The oldest journaled alerts not yet analysed, with their journal sequence numbers.
     fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>>;
@@ -133,6 +135,18 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     fn finish_intake(&self, through_seq: i64) -> Result<()>;
     /// How many journaled alerts wait for analysis (read at start-up to bound the backlog).
     fn pending_intake_len(&self) -> Result<u64>;
+    /// Opens a write pass on the calling thread: until it is committed, every write this thread
+    /// makes through this store (through any of its traits) joins one transaction, each write
+    /// still all or nothing by itself (a failed one leaves the pass's other writes), and this
+    /// thread's reads see the pass's writes. What the analysis of a batch writes then costs one
+    /// commit instead of one per incident and revision. Other threads' writes wait for it; a long
+    /// pass commits what it has and lets them in at intervals of milliseconds, so a pass is not
+    /// atomic and no caller may count on it being so. Dropped without `commit`, what the pass
+    /// wrote since its last such commit is rolled back. A pass opened inside another is empty.
+    /// The default has no pass: every write is its own transaction.
+    fn write_pass(&self) -> Result<Box<dyn WritePass + '_>> {
+        Ok(Box::new(NoPass))
+    }
     fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()>;
     /// Most recently seen first.
     fn list_alerts(&self, limit: usize) -> Result<Vec<AlertEvent>>;
@@ -156,6 +170,23 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     /// Writes incidents a person regrouped (merged or split) and the audit entries that say who
     /// did it and why, in one transaction.
     fn regroup_incidents(&self, incidents: &[Incident], audit: &[AuditDraft], now_ms: i64) -> Result<()>;
+}
+
+/// A write pass ([`SignalStore::write_pass`]).
+pub trait WritePass: std::fmt::Debug {
+    /// Commits what the pass wrote. An error means that what it wrote since its last intermediate
+    /// commit is not stored.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The pass of a backend without passes: every write was already committed by itself.
+#[derive(Debug)]
+struct NoPass;
+
+impl WritePass for NoPass {
+    fn commit(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Recommendation revisions, their decisions and change requests, and executions: what routing,

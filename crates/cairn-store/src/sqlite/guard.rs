@@ -3,7 +3,7 @@
 use super::{SqliteStore, append_audit, from_json, to_json, write_change};
 use crate::{GuardStore, Result, StoreError};
 use cairn_types::{ActionClass, AuditDraft, BreakGlass, ChangeId, ChangeRequest, DisabledAutomation, FreezeState, Target};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// The migration that adds guardrail and break-glass state.
 pub(super) const MIGRATION: &str = r#"
@@ -38,7 +38,7 @@ pub(super) const MIGRATION: &str = r#"
     CREATE INDEX recommendations_action ON recommendations (action, created_ms);
 "#;
 
-fn write_breakglass(tx: &Transaction<'_>, bg: &BreakGlass) -> Result<()> {
+fn write_breakglass(tx: &Connection, bg: &BreakGlass) -> Result<()> {
     let found: Option<i64> = tx.query_row("SELECT version FROM breakglass WHERE id = ?1", [&bg.id], |r| r.get(0)).optional()?;
     match found {
         None if bg.version == 1 => {

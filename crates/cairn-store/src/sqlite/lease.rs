@@ -4,7 +4,7 @@
 use super::{SqliteStore, append_audit, from_json, write_change};
 use crate::{Lease, LeaseStore, LeaseTerms, Result};
 use cairn_types::{AuditDraft, ChangeId, ChangeRequest, ChangeState};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// The migration that adds leases. Changes already `executing` when it runs were claimed by a
 /// build that recorded no lease: they get an expired lease of an unknown holder whose adapter call
@@ -49,7 +49,7 @@ fn read(conn: &Connection, change: &str) -> Result<Option<Lease>> {
 }
 
 /// Records `terms.holder`'s lease on each change just claimed, in the claim's transaction.
-pub(super) fn grant(tx: &Transaction<'_>, claimed: &[ChangeRequest], terms: &LeaseTerms, now_ms: i64) -> Result<()> {
+pub(super) fn grant(tx: &Connection, claimed: &[ChangeRequest], terms: &LeaseTerms, now_ms: i64) -> Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO change_leases (change_id, holder, claimed_ms, expires_ms, adapter_call, adapter_call_ms)
          VALUES (?1, ?2, ?3, ?4, NULL, NULL)",
@@ -61,7 +61,7 @@ pub(super) fn grant(tx: &Transaction<'_>, claimed: &[ChangeRequest], terms: &Lea
 }
 
 /// Ends the lease of a change that leaves `executing`; called by every change write.
-pub(super) fn end_unless_executing(tx: &Transaction<'_>, change: &ChangeRequest) -> Result<()> {
+pub(super) fn end_unless_executing(tx: &Connection, change: &ChangeRequest) -> Result<()> {
     if change.state != ChangeState::Executing {
         tx.execute("DELETE FROM change_leases WHERE change_id = ?1", [&change.id.0])?;
     }

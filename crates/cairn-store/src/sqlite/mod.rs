@@ -10,11 +10,13 @@ use cairn_types::{
     ChangeState, Decision, EXPIRING_STATES, Execution, Incident, IncidentId, Recommendation, RecommendationId,
     SUPERSEDABLE_STATES, Target,
 };
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 mod guard;
 mod lease;
@@ -197,8 +199,14 @@ impl From<rusqlite::Error> for StoreError {
 /// SQLite-backed [`Store`](crate::Store).
 #[derive(Debug)]
 pub struct SqliteStore {
-    /// The one connection that writes (and, for an in-memory store, also reads).
-    conn: Mutex<Connection>,
+    /// The one connection that writes (and, for an in-memory store, also reads), and the write
+    /// pass open on it, if any ([`crate::SignalStore::write_pass`]).
+    writer: Mutex<Writer>,
+    /// Wakes writers waiting for a pass to give them a turn, and a pass waiting for them to take it.
+    turn: Condvar,
+    /// The thread number ([`thread_no`]) of the thread whose write pass is open, 0 when none: read
+    /// without the lock, so that the pass's own reads go to the writer (and see its writes).
+    pass_thread: AtomicU64,
     /// Read-only connections to the same file; empty for an in-memory store.
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
@@ -206,6 +214,82 @@ pub struct SqliteStore {
     lease: Mutex<crate::LeaseTerms>,
     /// Told the audit head after every committed write that appended to the log.
     audit_hook: HookSlot,
+    /// Journal writes of concurrent callers, committed together ([`crate::SignalStore::journal_alerts`]).
+    journal: GroupCommit,
+}
+
+/// Group commit of the intake journal: concurrent callers queue their rows; one of them (the
+/// leader) writes every queued row in one transaction and hands each caller the outcome of that
+/// commit, so each is answered after its rows are committed (or with the commit's error, and then
+/// none of its rows is stored). While a commit runs, the next callers queue for the next one.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    state: Mutex<GroupState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    next_ticket: u64,
+    /// Rows waiting for a leader, with their caller's ticket: (ticket, received_ms, bodies).
+    queued: Vec<(u64, i64, Vec<String>)>,
+    /// Whether a caller is writing a group now.
+    leading: bool,
+    /// The outcome of each written ticket, until its caller takes it (an error as text: every
+    /// caller of a failed group gets it).
+    outcomes: std::collections::HashMap<u64, std::result::Result<(), String>>,
+}
+
+/// Ends a leader's turn even if its write panicked: its callers are told, and the next can lead.
+struct Leading<'g> {
+    group: &'g GroupCommit,
+    tickets: Vec<u64>,
+    outcome: Option<std::result::Result<(), String>>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or_else(|| Err("the journal write panicked".into()));
+        let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+        for t in self.tickets.drain(..) {
+            st.outcomes.insert(t, outcome.clone());
+        }
+        st.leading = false;
+        drop(st);
+        self.group.done.notify_all();
+    }
+}
+
+/// The writer connection and the write pass open on it.
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    /// The transaction a write pass has open on `conn`: its thread's number and when it began.
+    /// Between two calls of the pass's thread every write of the pass is whole (a released
+    /// savepoint), so whoever holds the lock may commit it.
+    pass: Option<(u64, Instant)>,
+    /// The audit head the pass's uncommitted writes appended, for the hook once committed.
+    pass_appended: Option<u64>,
+    /// Callers waiting for the pass's transaction to be committed.
+    waiting: u64,
+    /// Why a commit of the pass's transaction failed: every later write of the pass fails too
+    /// (what it wrote before is gone, so nothing after may pretend otherwise), and so does its end.
+    broken: Option<String>,
+}
+
+/// How long the transaction of a write pass may keep other writers (the webhooks' journal writes)
+/// waiting: past it, the first writer to come (or the pass itself) commits what the pass wrote
+/// and writes. Long enough that a busy pass commits tens of times per second rather than once per
+/// write; short enough that an acknowledgement waits milliseconds, not a whole pass.
+const PASS_TURN_AFTER: Duration = Duration::from_millis(10);
+
+/// A number for the calling thread, unique in the process and never 0.
+fn thread_no() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static NO: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    NO.with(|n| *n)
 }
 
 /// The audit hook's place (a closure has no `Debug`).
@@ -220,7 +304,7 @@ impl std::fmt::Debug for HookSlot {
 }
 
 /// Writes an incident with the next change cursor (`WatchIncidents` follows them).
-fn write_incident(tx: &Transaction<'_>, incident: &Incident) -> Result<()> {
+fn write_incident(tx: &Connection, incident: &Incident) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO incidents (id, version, updated_ms, body, change_seq)
          VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents))
@@ -311,36 +395,182 @@ impl SqliteStore {
 
     fn over(conn: Connection) -> SqliteStore {
         SqliteStore {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(Writer { conn, pass: None, pass_appended: None, waiting: 0, broken: None }),
+            turn: Condvar::new(),
+            pass_thread: AtomicU64::new(0),
             readers: Vec::new(),
             next_reader: Default::default(),
             lease: Mutex::default(),
             audit_hook: Default::default(),
+            journal: GroupCommit::default(),
         }
     }
 
-    fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // Whatever an earlier, rolled-back transaction on this thread appended is not ours.
-        audit::take_appended();
-        let out = f(&tx)?;
-        tx.commit()?;
-        drop(conn);
+    /// Whether the calling thread has a write pass open on this store.
+    fn in_my_pass(&self) -> bool {
+        self.pass_thread.load(Ordering::Acquire) == thread_no()
+    }
+
+    /// The writer, once no other thread's pass has a transaction open on it: one open for
+    /// [`PASS_TURN_AFTER`] is committed here, a younger one is waited for (its thread commits it
+    /// when it is due and someone waits).
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        let me = thread_no();
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let Some((owner, began)) = w.pass else { return w };
+            if owner == me {
+                return w;
+            }
+            let open_for = began.elapsed();
+            if open_for >= PASS_TURN_AFTER {
+                let head = Self::commit_pass_tx(&mut w);
+                self.after_pass_commit(head);
+                continue;
+            }
+            w.waiting += 1;
+            w = self.turn.wait_timeout(w, PASS_TURN_AFTER - open_for).unwrap_or_else(|p| p.into_inner()).0;
+            w.waiting -= 1;
+        }
+    }
+
+    /// Commits the pass's open transaction; a failure rolls it back and breaks the pass. Returns
+    /// the audit head to tell the hook, if the commit grew the log.
+    fn commit_pass_tx(w: &mut Writer) -> Option<u64> {
+        w.pass = None;
+        let appended = w.pass_appended.take();
+        match w.conn.execute_batch("COMMIT") {
+            Ok(()) => appended,
+            Err(e) => {
+                let _ = w.conn.execute_batch("ROLLBACK");
+                w.broken = Some(e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Wakes those waiting for a pass's commit and tells the audit hook (`head`, if the log grew).
+    /// Call it holding the writer: the hook only reads.
+    fn after_pass_commit(&self, head: Option<u64>) {
+        self.turn.notify_all();
+        if let Some(head) = head
+            && let Some(hook) = self.audit_hook.0.read().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            hook(head);
+        }
+    }
+
+    /// Calls the audit hook with the head a committed write appended, if it appended.
+    fn tell_audit_hook(&self) {
         if let Some(head) = audit::take_appended()
             && let Some(hook) = self.audit_hook.0.read().unwrap_or_else(|p| p.into_inner()).as_ref()
         {
             hook(head);
         }
-        Ok(out)
+    }
+
+    /// Runs `f` in a transaction of its own, or, inside the calling thread's write pass, in a
+    /// savepoint of the pass's transaction: all or nothing either way.
+    fn with_tx<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let mut w = self.lock_writer();
+        if self.in_my_pass() {
+            return self.in_pass(w, f);
+        }
+        let out = (|| {
+            let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Whatever an earlier, rolled-back transaction on this thread appended is not ours.
+            audit::take_appended();
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        drop(w);
+        if out.is_ok() {
+            self.tell_audit_hook();
+        }
+        out
+    }
+
+    /// One write of a pass: a savepoint in the pass's transaction (begun if none is open), which
+    /// is committed at once when it has kept someone waiting for [`PASS_TURN_AFTER`].
+    fn in_pass<T>(&self, mut w: MutexGuard<'_, Writer>, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if let Some(why) = &w.broken {
+            return Err(StoreError::Database(format!("an earlier commit of this write pass failed, so it writes nothing more: {why}")));
+        }
+        if w.pass.is_none() {
+            w.conn.execute_batch("BEGIN IMMEDIATE")?;
+            w.pass = Some((thread_no(), Instant::now()));
+        }
+        audit::take_appended();
+        let out = {
+            let sp = w.conn.savepoint()?;
+            // Dropped on an error, the savepoint is rolled back, and what it appended with it.
+            f(&sp).and_then(|v| sp.commit().map(|()| v).map_err(StoreError::from))
+        };
+        match audit::take_appended() {
+            Some(head) if out.is_ok() => w.pass_appended = Some(head),
+            _ => {}
+        }
+        if w.waiting > 0 && w.pass.is_some_and(|(_, began)| began.elapsed() >= PASS_TURN_AFTER) {
+            let head = Self::commit_pass_tx(&mut w);
+            self.after_pass_commit(head);
+            if let Some(why) = &w.broken {
+                return Err(StoreError::Database(format!("a commit of this write pass failed: {why}")));
+            }
+        }
+        out
+    }
+
+    /// Opens a write pass for the calling thread (see [`crate::SignalStore::write_pass`]); a
+    /// thread that has one open gets an empty pass (the outer one commits). One thread at a time
+    /// has a pass: another waits for it to end.
+    fn open_pass(&self) -> Result<SqlitePass<'_>> {
+        let me = thread_no();
+        if self.in_my_pass() {
+            return Ok(SqlitePass { store: self, outer: false });
+        }
+        let mut w = self.lock_writer();
+        while self.pass_thread.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            w = self.turn.wait(w).unwrap_or_else(|p| p.into_inner());
+        }
+        w.broken = None;
+        Ok(SqlitePass { store: self, outer: true })
+    }
+
+    /// Ends the calling thread's pass: commits (or rolls back) its open transaction, if one is
+    /// open, and lets the waiting writers in.
+    fn close_pass(&self, commit: bool) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = if let Some(why) = w.broken.take() {
+            Err(StoreError::Database(format!("a commit of this write pass failed: {why}")))
+        } else if w.pass.is_none() {
+            Ok(None)
+        } else if commit {
+            let head = Self::commit_pass_tx(&mut w);
+            match w.broken.take() {
+                Some(why) => Err(StoreError::Database(format!("the write pass did not commit: {why}"))),
+                None => Ok(head),
+            }
+        } else {
+            w.pass = None;
+            w.pass_appended = None;
+            w.conn.execute_batch("ROLLBACK").map(|()| None).map_err(StoreError::from)
+        };
+        w.pass = None;
+        w.pass_appended = None;
+        self.pass_thread.store(0, Ordering::Release);
+        let head = ended?;
+        self.after_pass_commit(head);
+        drop(w);
+        Ok(())
     }
 
     /// Runs `f` on a read connection, inside one read transaction so that every statement of `f`
     /// sees the same committed state: a free reader if there is one, else the next in turn. An
-    /// in-memory store reads on its writer.
+    /// in-memory store reads on its writer, and so does a write pass (it sees its own writes).
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        if self.readers.is_empty() {
-            return f(&self.conn.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.readers.is_empty() || self.in_my_pass() {
+            return f(&self.lock_writer().conn);
         }
         let mut reader = match self.readers.iter().find_map(|r| r.try_lock().ok()) {
             Some(free) => free,
@@ -358,7 +588,30 @@ impl SqliteStore {
     /// Runs `f` on the writer connection outside a transaction: for tests that change the schema.
     #[cfg(test)]
     fn with_writer<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        f(&self.conn.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&self.lock_writer().conn)
+    }
+}
+
+/// A write pass on a [`SqliteStore`]: rolled back if dropped without [`crate::WritePass::commit`].
+#[derive(Debug)]
+struct SqlitePass<'s> {
+    store: &'s SqliteStore,
+    /// Whether this pass opened the transaction (a pass opened inside another is empty).
+    outer: bool,
+}
+
+impl crate::WritePass for SqlitePass<'_> {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let outer = std::mem::take(&mut self.outer);
+        if outer { self.store.close_pass(true) } else { Ok(()) }
+    }
+}
+
+impl Drop for SqlitePass<'_> {
+    fn drop(&mut self) {
+        if self.outer {
+            let _ = self.store.close_pass(false);
+        }
     }
 }
 
@@ -368,7 +621,7 @@ fn audit_head_of(c: &Connection) -> Result<u64> {
 }
 
 /// Seals and appends drafts inside the caller's transaction.
-fn append_audit(tx: &Transaction<'_>, drafts: &[AuditDraft], now_ms: i64) -> Result<()> {
+fn append_audit(tx: &Connection, drafts: &[AuditDraft], now_ms: i64) -> Result<()> {
     audit::append(tx, drafts, now_ms)
 }
 
@@ -377,7 +630,7 @@ fn read_change(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result
     body.map(|b| from_json("change", &b)).transpose()
 }
 
-fn write_change(tx: &Transaction<'_>, change: &ChangeRequest, expected_version: u64) -> Result<()> {
+fn write_change(tx: &Connection, change: &ChangeRequest, expected_version: u64) -> Result<()> {
     let found: Option<(i64, String)> = tx
         .prepare_cached("SELECT version, state FROM changes WHERE id = ?1")?
         .query_row([&change.id.0], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -470,14 +723,14 @@ fn latest_revisions_sql(filter: &RecommendationFilter) -> (String, Vec<rusqlite:
 /// and not yet claimed) is stopped and its executed stages are rolled back. A change the executor
 /// has claimed (`executing`) is left alone: the claim is exclusive, and the result it records is
 /// checked again by [`stop_if_superseded`].
-fn supersede_earlier(tx: &Transaction<'_>, rec_id: &str, newest: u32, now_ms: i64) -> Result<()> {
+fn supersede_earlier(tx: &Connection, rec_id: &str, newest: u32, now_ms: i64) -> Result<()> {
     supersede_below(tx, rec_id, newest, &|old: &ChangeRequest| format!("revision {newest} replaces revision {}", old.revision), now_ms)
 }
 
 /// Supersedes (or stops and rolls back, when half run) every change of `rec_id` below revision
 /// `newest` that has not started running, saying `reason`: the rule is
 /// [`ChangeRequest::superseded`]; this only selects, checks versions and writes.
-fn supersede_below(tx: &Transaction<'_>, rec_id: &str, newest: u32, reason: &dyn Fn(&ChangeRequest) -> String, now_ms: i64) -> Result<()> {
+fn supersede_below(tx: &Connection, rec_id: &str, newest: u32, reason: &dyn Fn(&ChangeRequest) -> String, now_ms: i64) -> Result<()> {
     let sql = format!(
         "SELECT body FROM changes WHERE recommendation_id = ?1 AND revision < ?2 AND state IN ({}) ORDER BY created_ms, id",
         states_sql(&SUPERSEDABLE_STATES)
@@ -494,7 +747,7 @@ fn states_sql(states: &[ChangeState]) -> String {
 /// Writes, for every change selected by `sql`, the next state and audit draft `plan` gives (none
 /// when it gives none). Returns the changes written.
 fn apply_plans(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sql: &str,
     p: impl rusqlite::Params,
     plan: impl Fn(&ChangeRequest) -> Option<(ChangeRequest, AuditDraft)>,
@@ -517,7 +770,7 @@ fn apply_plans(
 
 /// After an execution is recorded: a staged change that paused (or was approved for its next
 /// stage) while a newer revision of its recommendation arrived is stopped and rolled back now.
-fn stop_if_superseded(tx: &Transaction<'_>, change: &ChangeRequest, now_ms: i64) -> Result<()> {
+fn stop_if_superseded(tx: &Connection, change: &ChangeRequest, now_ms: i64) -> Result<()> {
     if !change.is_half_done_rollout() {
         return Ok(());
     }
@@ -534,7 +787,7 @@ fn stop_if_superseded(tx: &Transaction<'_>, change: &ChangeRequest, now_ms: i64)
 
 /// Moves every change selected by `sql` to `state`, with one generated audit event each.
 fn transition_where(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sql: &str,
     p: impl rusqlite::Params,
     state: ChangeState,
@@ -575,13 +828,42 @@ impl crate::SignalStore for SqliteStore {
     }
 
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()> {
-        self.with_tx(|tx| {
-            let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, body) VALUES (?1, ?2)")?;
-            for a in alerts {
-                stmt.execute(params![now_ms, to_json(a)?])?;
+        // Encoded by each caller, in parallel, before it queues.
+        let bodies = alerts.iter().map(to_json).collect::<Result<Vec<String>>>()?;
+        let group = &self.journal;
+        let mut st = group.state.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.queued.push((ticket, now_ms, bodies));
+        loop {
+            if let Some(outcome) = st.outcomes.remove(&ticket) {
+                return outcome.map_err(StoreError::Database);
             }
-            Ok(())
-        })
+            if st.leading {
+                st = group.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Lead: write every queued caller's rows (this one's among them) in one commit.
+            st.leading = true;
+            let rows = std::mem::take(&mut st.queued);
+            drop(st);
+            let mut leading = Leading { group, tickets: rows.iter().map(|(t, _, _)| *t).collect(), outcome: None };
+            let written = self.with_tx(|tx| {
+                let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, body) VALUES (?1, ?2)")?;
+                for (_, received_ms, bodies) in &rows {
+                    for body in bodies {
+                        stmt.execute(params![received_ms, body])?;
+                    }
+                }
+                Ok(())
+            });
+            leading.outcome = Some(written.map_err(|e| match e {
+                StoreError::Database(m) => m,
+                other => other.to_string(),
+            }));
+            drop(leading);
+            st = group.state.lock().unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>> {
@@ -602,6 +884,10 @@ impl crate::SignalStore for SqliteStore {
 
     fn pending_intake_len(&self) -> Result<u64> {
         self.with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+
+    fn write_pass(&self) -> Result<Box<dyn crate::WritePass + '_>> {
+        Ok(Box::new(self.open_pass()?))
     }
 
     fn record_anomalies(&self, anomalies: &[Anomaly]) -> Result<()> {

@@ -898,3 +898,251 @@ fn a_regrouping_stores_its_incidents_and_the_persons_audit_entry_together() {
     assert_eq!((last.kind.as_str(), last.actor.as_str(), last.reason.as_str()), ("incident.merged", "user:alice", "one bad node"));
     assert!(s.verify_audit().is_ok());
 }
+
+/// A firing alert with fingerprint `fp`.
+fn firing(fp: &str) -> AlertEvent {
+    AlertEvent {
+        fingerprint: fp.into(),
+        status: AlertStatus::Firing,
+        labels: [("alertname", "X"), ("service", "checkout")].into_iter().collect(),
+        annotations: Labels::new(),
+        starts_at_ms: 1,
+        ends_at_ms: None,
+        generator_url: String::new(),
+        source: "t".into(),
+    }
+}
+
+fn fingerprints(s: &SqliteStore) -> Vec<String> {
+    let mut f: Vec<String> = s.list_alerts(100).unwrap().into_iter().map(|a| a.fingerprint).collect();
+    f.sort();
+    f
+}
+
+/// What another thread sees: a file store's readers see committed state only.
+fn seen_elsewhere(s: &SqliteStore) -> Vec<String> {
+    std::thread::scope(|t| t.spawn(|| fingerprints(s)).join().unwrap())
+}
+
+#[test]
+fn a_write_pass_is_committed_once_and_its_own_reads_see_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = heard.clone();
+    s.on_audit_commit(Box::new(move |head| h.lock().unwrap().push(head)));
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("a")], 1).unwrap();
+    s.propose(&rec(1), &decision(1), &change(1), &[draft("recommendation.proposed")], 5).unwrap();
+    assert_eq!(fingerprints(&s), ["a"], "the pass reads what it wrote");
+    assert!(s.get_recommendation(&RecommendationId("rec-1".into()), None).unwrap().is_some());
+    assert!(seen_elsewhere(&s).is_empty(), "nobody else sees it before the commit");
+    assert!(heard.lock().unwrap().is_empty(), "nor is the audit hook told");
+    pass.commit().unwrap();
+    assert_eq!(seen_elsewhere(&s), ["a"]);
+    assert_eq!(*heard.lock().unwrap(), [1], "the hook hears the commit, with the head");
+}
+
+#[test]
+fn a_failed_write_in_a_pass_is_undone_alone_and_the_rest_is_kept() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let pass = s.write_pass().unwrap();
+    proposed(&s, 1);
+    // The same revision again is refused after its audit was drafted: that write is undone.
+    let refused = s.propose(&rec(1), &decision(1), &change(1), &[draft("recommendation.proposed")], 6);
+    assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
+    proposed(&s, 2);
+    pass.commit().unwrap();
+    assert_eq!(s.audit_head().unwrap(), 3, "revision 1, its supersession by 2, and revision 2; nothing of the refused write");
+    assert_eq!(s.verify_audit().unwrap().entries, 3);
+    assert_eq!(s.get_recommendation(&RecommendationId("rec-1".into()), None).unwrap().unwrap().recommendation.revision, 2);
+}
+
+#[test]
+fn a_pass_dropped_without_commit_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = heard.clone();
+    s.on_audit_commit(Box::new(move |head| h.lock().unwrap().push(head)));
+    {
+        let _pass = s.write_pass().unwrap();
+        s.record_alerts(&[firing("a")], 1).unwrap();
+        proposed(&s, 1);
+    }
+    assert!(fingerprints(&s).is_empty());
+    assert_eq!(s.audit_head().unwrap(), 0);
+    assert!(heard.lock().unwrap().is_empty());
+    // And the writer is free: a write after it is a transaction of its own.
+    s.record_alerts(&[firing("b")], 2).unwrap();
+    assert_eq!(seen_elsewhere(&s), ["b"]);
+}
+
+#[test]
+fn a_journal_write_during_a_pass_is_committed_before_it_returns_and_survives_the_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("before")], 1).unwrap();
+    // Another thread acknowledges an alert while the pass's transaction is open: it waits (at
+    // most about PASS_TURN_AFTER), the pass's finished write is committed, then its own row.
+    let waited = std::thread::scope(|t| {
+        t.spawn(|| {
+            let started = Instant::now();
+            s.journal_alerts(&[firing("acked")], 2).unwrap();
+            let waited = started.elapsed();
+            // Answered: it must be committed, whatever the pass does next.
+            assert_eq!(s.pending_intake_len().unwrap(), 1, "committed before journal_alerts returned");
+            waited
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(waited < Duration::from_secs(2), "a pass keeps writers waiting for milliseconds, not for the pass: {waited:?}");
+    assert_eq!(seen_elsewhere(&s), ["before"], "the pass's finished write was committed to let the writer in");
+    s.record_alerts(&[firing("after")], 3).unwrap();
+    drop(pass);
+    assert_eq!(s.pending_intake_len().unwrap(), 1, "the acknowledged alert is not undone with the pass");
+    assert_eq!(fingerprints(&s), ["before"], "what the pass wrote after the turn is rolled back");
+}
+
+#[test]
+fn one_thread_at_a_time_has_a_pass_and_a_pass_inside_a_pass_is_empty() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let pass = s.write_pass().unwrap();
+    let inner = s.write_pass().unwrap();
+    s.record_alerts(&[firing("a")], 1).unwrap();
+    inner.commit().unwrap();
+    s.record_alerts(&[firing("b")], 1).unwrap();
+    let other_got_in = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|t| {
+        let h = t.spawn(|| {
+            let p = s.write_pass().unwrap();
+            other_got_in.store(true, std::sync::atomic::Ordering::SeqCst);
+            s.record_alerts(&[firing("c")], 2).unwrap();
+            p.commit().unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!other_got_in.load(std::sync::atomic::Ordering::SeqCst), "a second pass waits for the first to end");
+        pass.commit().unwrap();
+        h.join().unwrap();
+    });
+    assert_eq!(fingerprints(&s), ["a", "b", "c"]);
+}
+
+/// The fingerprints journaled and not yet analysed, as another connection sees them (committed).
+fn journaled(s: &SqliteStore) -> Vec<String> {
+    std::thread::scope(|t| t.spawn(|| s.pending_intake(100_000).unwrap().into_iter().map(|(_, a)| a.fingerprint).collect()).join().unwrap())
+}
+
+#[test]
+fn concurrent_journal_writes_are_committed_together_and_each_is_answered_after_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    // A pass holding the writer makes the callers queue, so that groups form.
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("pass")], 1).unwrap();
+    std::thread::scope(|t| {
+        for sender in 0..8 {
+            let s = &s;
+            t.spawn(move || {
+                for i in 0..20 {
+                    let batch: Vec<AlertEvent> = (0..3).map(|k| firing(&format!("{sender}-{i}-{k}"))).collect();
+                    s.journal_alerts(&batch, 2).unwrap();
+                    // Answered: every row of it is committed, as another connection sees.
+                    let seen = journaled(s);
+                    for a in &batch {
+                        assert!(seen.contains(&a.fingerprint), "{} answered before it was committed", a.fingerprint);
+                    }
+                }
+            });
+        }
+    });
+    pass.commit().unwrap();
+    let all = journaled(&s);
+    assert_eq!(all.len(), 8 * 20 * 3, "nothing lost, nothing twice");
+    // Each sender's rows in the order it sent them.
+    for sender in 0..8 {
+        let mine: Vec<&String> = all.iter().filter(|f| f.starts_with(&format!("{sender}-"))).collect();
+        let sent: Vec<String> = (0..20).flat_map(|i| (0..3).map(move |k| format!("{sender}-{i}-{k}"))).collect();
+        assert_eq!(mine, sent.iter().collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    // A row the journal refuses, standing for a commit that fails (a full disk).
+    s.with_writer(|c| {
+        c.execute_batch(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON alert_intake WHEN NEW.body LIKE '%poison%'
+             BEGIN SELECT RAISE(ABORT, 'no space left on device'); END",
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("pass")], 1).unwrap();
+    let outcomes: Vec<(String, bool)> = std::thread::scope(|t| {
+        let calls: Vec<_> = ["a", "poison", "b", "c", "d"]
+            .into_iter()
+            .map(|fp| {
+                let s = &s;
+                t.spawn(move || (fp.to_string(), s.journal_alerts(&[firing(fp)], 2).is_ok()))
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    pass.commit().unwrap();
+    let stored = journaled(&s);
+    for (fp, ok) in &outcomes {
+        // Answered success exactly when stored: a failed group loses nothing it acknowledged.
+        assert_eq!(*ok, stored.contains(fp), "{fp}: answered {ok}, stored {}", stored.contains(fp));
+    }
+    assert!(outcomes.iter().any(|(fp, ok)| fp == "poison" && !ok));
+    let failed = outcomes.iter().filter(|(_, ok)| !ok).count();
+    assert_eq!(stored.len(), outcomes.len() - failed);
+    // The journal takes writes again after a failed group.
+    s.journal_alerts(&[firing("later")], 3).unwrap();
+    assert!(journaled(&s).contains(&"later".to_string()));
+}
+
+#[test]
+fn a_pass_whose_commit_fails_says_so_stores_nothing_of_it_and_writes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    // An alert 'orphan' leaves a row whose deferred foreign key fails the commit that holds it,
+    // standing for a commit that fails (a full disk).
+    s.with_writer(|c| {
+        c.execute_batch(
+            "CREATE TABLE parent (id TEXT PRIMARY KEY);
+             CREATE TABLE child (p TEXT REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER orphan AFTER INSERT ON alerts WHEN NEW.fingerprint = 'orphan'
+             BEGIN INSERT INTO child VALUES ('none'); END",
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("orphan")], 1).unwrap();
+    s.record_alerts(&[firing("b")], 1).unwrap();
+    assert!(pass.commit().is_err(), "the failed commit is reported");
+    assert!(fingerprints(&s).is_empty(), "and nothing of the pass is stored");
+
+    // The commit that fails is one a waiting writer makes to take its turn: the writer's own
+    // rows are stored, the pass learns at its next write and at its end.
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("orphan")], 1).unwrap();
+    std::thread::scope(|t| t.spawn(|| s.journal_alerts(&[firing("acked")], 2).unwrap()).join().unwrap());
+    let later = s.record_alerts(&[firing("c")], 3);
+    assert!(later.is_err(), "a write after the failed commit fails: {later:?}");
+    assert!(pass.commit().is_err());
+    assert!(fingerprints(&s).is_empty());
+    assert_eq!(s.pending_intake_len().unwrap(), 1, "the writer's own rows are stored");
+    // The next pass starts afresh.
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("d")], 4).unwrap();
+    pass.commit().unwrap();
+    assert_eq!(fingerprints(&s), ["d"]);
+}
