@@ -559,7 +559,9 @@ impl SqliteStore {
         w.pass = None;
         w.pass_appended = None;
         self.pass_thread.store(0, Ordering::Release);
-        let head = ended?;
+        // Whatever the outcome, the pass is over: whoever waits for it (another pass, a writer)
+        // is woken, also when it ends in an error.
+        let head = ended.inspect_err(|_| self.turn.notify_all())?;
         self.after_pass_commit(head);
         drop(w);
         Ok(())
