@@ -295,6 +295,7 @@ impl Correlator {
         self.comove.forget_idle(self.cfg.window_ms);
         let cands = self.candidates();
         let found = self.correlated(&cands);
+        tracing::debug!(recorded = self.comove.len(), candidates = cands.len(), linked = found.len(), "co-movement check");
         let mut changed = false;
         for f in found {
             changed |= self.join_moved(&cands[f.a], &cands[f.b], f.r, f.n, now_ms);
