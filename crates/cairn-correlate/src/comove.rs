@@ -491,15 +491,22 @@ mod tests {
 
     #[test]
     fn too_few_common_points_do_not_join() {
-        // Eleven points fed after the seed at t = 0: twelve common points.
+        // Both rings hold 25 points, but b's begin where a's are about to end: they share the
+        // seed at t = 0 and steps 16..=24, ten points, fewer than the twelve asked for.
         let mut c = two_incidents(CorrelatorConfig::default());
-        let cfg = CorrelatorConfig { comove_min_points: 13, ..CorrelatorConfig::default() };
-        let mut strict = two_incidents(cfg);
-        feed(&mut c, 11, ramp, ramp);
-        feed(&mut strict, 11, ramp, ramp);
-        assert!(c.co_move(2), "twelve common points are enough at the default minimum");
-        assert!(!strict.co_move(2), "twelve are too few when thirteen are asked for");
-        assert_eq!(strict.open_count(), 2);
+        for k in 1..=39 {
+            let t = k as i64 * STEP;
+            let mut samples = Vec::new();
+            if k <= 24 {
+                samples.push(MetricSample { labels: labels("a", "errors"), timestamp_ms: t, value: ramp(k) });
+            }
+            if k >= 16 {
+                samples.push(MetricSample { labels: labels("b", "errors"), timestamp_ms: t, value: ramp(k) });
+            }
+            c.learn(&samples.iter().collect());
+        }
+        assert!(!c.co_move(2));
+        assert_eq!(c.open_count(), 2);
     }
 
     #[test]
