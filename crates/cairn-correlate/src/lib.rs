@@ -10,7 +10,10 @@
 //! - a service that calls it or that it calls, from `[[topology]]` or the service graph in the
 //!   metrics;
 //! - the node its pod runs on, or a pod on the node it is about;
-//! - for a per-node agent (node-exporter, a DaemonSet), a node in the incident (weakest).
+//! - for a per-node agent (node-exporter, a DaemonSet), a node in the incident (weakest);
+//! - a series of the entity that moved together with a series of one of the incident's entities
+//!   ([`comove`]: Pearson's r over the values recorded since each was anomalous), found by
+//!   [`Correlator::co_move`] once enough points are in (`comove`, off unless configured).
 //!
 //! A link to another entity holds only when both sides are in trouble. The linked entity carries
 //! (two signals or an alert); a lone anomaly on the joining side links to nothing (except to a
@@ -36,7 +39,7 @@
 //! candidates are found through an index by entity.
 //!
 //! Pure: time is passed in, memory is bounded (open incidents, members per incident, topology
-//! entries). It never recommends or routes.
+//! entries, series recorded for co-movement). It never recommends or routes.
 
 #![forbid(unsafe_code)]
 
@@ -110,9 +113,10 @@ impl Default for CorrelatorConfig {
             link_window_ms: 5 * 60 * 1000,
             persist_ms: 60 * 60 * 1000,
             learn_service_graph: true,
-            comove: true,
-            comove_min_r: 0.9,
-            comove_min_points: 12,
+            // Off: on incidents-dev it merged nothing, with topology or without (see comove.rs).
+            comove: false,
+            comove_min_r: 0.95,
+            comove_min_points: 24,
             comove_max_series: 1024,
             comove_every_ms: 60_000,
             comove_max_pairs: 10_000,
