@@ -67,6 +67,10 @@ fn per_batch(c: &mut Criterion) {
             for k in 1..=cairn_correlate::COMOVE_RING as i64 {
                 corr.learn(&batch(&all, k));
             }
+            if comove {
+                let (series, bytes) = corr.comove_size();
+                eprintln!("recorded {series} series in {bytes} bytes ({} per series; cap {} bytes)", bytes / series.max(1), corr.comove_max_bytes());
+            }
             let mut k = cairn_correlate::COMOVE_RING as i64;
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;

@@ -27,7 +27,8 @@
 //! 0.95 × 12 or 24 points), 0 co-movement merges in 14 recordings, so every figure is the same on
 //! and off. Its faults are steps, and what is recorded from the anomaly on is the plateau after
 //! them: callers' error ratios and the database's series correlate at |r| < 0.7 there. Given the
-//! few minutes before the anomaly as well (an experiment, not this code), Pearson on values merged
+//! batch that carried the anomaly as well (about a minute before it in the replay; an experiment,
+//! not this code), Pearson on values (|r| >= 0.9, 12 points) merged
 //! unrelated incidents of a storm (request rates with a replica's lag, both following the
 //! traffic's hourly cycle: storm precision 1.00 → 0.52), and on changes (first differences) merged
 //! nothing. What it would need to earn its keep is context before the onset, kept for every series
