@@ -45,6 +45,20 @@ pub struct TriageArgs {
     /// them (2: every 30 s; 4: every minute). 1 keeps them all.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=8))]
     pub thin: i64,
+    /// Withhold topology entirely: no `topology.json` as `[[topology]]`, and no service graph
+    /// learned from the metrics (`correlate.learn_service_graph = false`); pods and nodes are
+    /// still learned. What a cluster no one described looks like to the correlator.
+    #[arg(long)]
+    pub no_topology: bool,
+    /// Metric co-movement (`correlate.comove`): `on` or `off`; default the server's default.
+    #[arg(long)]
+    pub comove: Option<Switch>,
+    /// `correlate.comove_min_r` (default the server's).
+    #[arg(long)]
+    pub comove_min_r: Option<f64>,
+    /// `correlate.comove_min_points` (default the server's).
+    #[arg(long)]
+    pub comove_min_points: Option<usize>,
     /// Also write what the server answered (incidents, recommendations) per recording here, as JSON.
     #[arg(long)]
     pub dump: Option<PathBuf>,
@@ -59,6 +73,26 @@ pub struct TriageArgs {
     /// Where `--calibrate` writes the table (cairn-recommend's, from the work tree's root).
     #[arg(long, default_value = "crates/cairn-recommend/src/calibration_table.rs")]
     pub calibration_table: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl TriageArgs {
+    /// The `[correlate]` settings the replay runs with.
+    fn correlate(&self) -> cairn_correlate::CorrelatorConfig {
+        let d = cairn_correlate::CorrelatorConfig::default();
+        cairn_correlate::CorrelatorConfig {
+            learn_service_graph: !self.no_topology,
+            comove: self.comove.map_or(d.comove, |s| matches!(s, Switch::On)),
+            comove_min_r: self.comove_min_r.unwrap_or(d.comove_min_r),
+            comove_min_points: self.comove_min_points.unwrap_or(d.comove_min_points),
+            ..d
+        }
+    }
 }
 
 /// Least risk tier per action, as the corpus defines it.
@@ -260,13 +294,14 @@ struct Server {
     reader: String,
 }
 
-async fn start(topology: Vec<cairn_correlate::ServiceDef>) -> Result<Server> {
+async fn start(topology: Vec<cairn_correlate::ServiceDef>, correlate: cairn_correlate::CorrelatorConfig) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let mut cfg = ServerConfig {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: dir.path().join("data"),
         topology,
+        correlate,
         ..ServerConfig::default()
     };
     let sender = cairn_server::auth::new_token();
@@ -401,7 +436,7 @@ async fn replay_and_score(args: &TriageArgs, dir: &Path, name: &str) -> Result<R
             variant::thin(l, step, args.thin);
         }
     }
-    let services: Vec<cairn_correlate::ServiceDef> = if args.learn_topology_only {
+    let services: Vec<cairn_correlate::ServiceDef> = if args.learn_topology_only || args.no_topology {
         Vec::new()
     } else {
         topology["services"]
@@ -419,7 +454,7 @@ async fn replay_and_score(args: &TriageArgs, dir: &Path, name: &str) -> Result<R
     let duration = truth["duration_ms"].as_i64().unwrap_or(0);
     let base_ms = (now_ms() - duration).div_euclid(step) * step;
 
-    let srv = start(services).await?;
+    let srv = start(services, args.correlate()).await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let (http_addr, grpc) = (srv.server.http_addr, format!("http://{}", srv.server.grpc_addr));
     let started = Instant::now();

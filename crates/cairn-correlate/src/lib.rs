@@ -10,7 +10,10 @@
 //! - a service that calls it or that it calls, from `[[topology]]` or the service graph in the
 //!   metrics;
 //! - the node its pod runs on, or a pod on the node it is about;
-//! - for a per-node agent (node-exporter, a DaemonSet), a node in the incident (weakest).
+//! - for a per-node agent (node-exporter, a DaemonSet), a node in the incident (weakest);
+//! - a series of the entity that moved together with a series of one of the incident's entities
+//!   ([`comove`]: Pearson's r over the values recorded since each was anomalous), found by
+//!   [`Correlator::co_move`] once enough points are in (`comove`, off unless configured).
 //!
 //! A link to another entity holds only when both sides are in trouble. The linked entity carries
 //! (two signals or an alert); a lone anomaly on the joining side links to nothing (except to a
@@ -36,14 +39,16 @@
 //! candidates are found through an index by entity.
 //!
 //! Pure: time is passed in, memory is bounded (open incidents, members per incident, topology
-//! entries). It never recommends or routes.
+//! entries, series recorded for co-movement). It never recommends or routes.
 
 #![forbid(unsafe_code)]
 
+mod comove;
 pub mod rank;
 mod regroup;
 pub mod topology;
 
+pub use comove::RING as COMOVE_RING;
 pub use regroup::{MAX_KEPT_APART, RegroupRefused};
 #[cfg(test)]
 use regroup::identity_of as regroup_identity;
@@ -79,6 +84,22 @@ pub struct CorrelatorConfig {
     /// raise their alerts long after the first anomaly.
     #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
     pub persist_ms: i64,
+    /// Learn who calls whom from the service graph in the metrics (`client`/`server` labels).
+    /// Off, the correlator knows only the `[[topology]]` it is given (and pods and nodes).
+    pub learn_service_graph: bool,
+    /// Join incidents whose anomalous series move together ([`comove`]).
+    pub comove: bool,
+    /// Co-movement: the least |Pearson r| that links two series.
+    pub comove_min_r: f64,
+    /// Co-movement: the least common points (timestamps bucketed to the scrape step) r is taken on.
+    pub comove_min_points: usize,
+    /// Co-movement: series recorded at most (the oldest recording is evicted).
+    pub comove_max_series: usize,
+    /// Co-movement: how often (event time) recorded series are checked.
+    #[serde(deserialize_with = "cairn_types::duration_setting::ms")]
+    pub comove_every_ms: i64,
+    /// Co-movement: the most pairs correlated per check (the rest wait for the next).
+    pub comove_max_pairs: usize,
 }
 
 impl Default for CorrelatorConfig {
@@ -91,6 +112,14 @@ impl Default for CorrelatorConfig {
             max_causes: 5,
             link_window_ms: 5 * 60 * 1000,
             persist_ms: 60 * 60 * 1000,
+            learn_service_graph: true,
+            // Off: on incidents-dev it merged nothing, with topology or without (see comove.rs).
+            comove: false,
+            comove_min_r: 0.95,
+            comove_min_points: 24,
+            comove_max_series: 1024,
+            comove_every_ms: 60_000,
+            comove_max_pairs: 10_000,
         }
     }
 }
@@ -347,6 +376,9 @@ enum Link {
     Calls(String),
     /// A person merged incidents about these two entities before.
     Merged(String),
+    /// A series of the signal's entity moved together with one of `other`'s ([`comove`]);
+    /// `words` says which, and how closely.
+    Moved { other: String, words: String },
     Same,
 }
 
@@ -356,7 +388,7 @@ impl Link {
     fn strength(&self) -> u8 {
         match self {
             Link::Same => 2,
-            Link::Calls(_) | Link::Placement(_) | Link::Hosts | Link::Merged(_) => 1,
+            Link::Calls(_) | Link::Placement(_) | Link::Hosts | Link::Merged(_) | Link::Moved { .. } => 1,
             Link::Agent(_) => 0,
         }
     }
@@ -366,6 +398,7 @@ impl Link {
             Link::Same => format!("same entity {entity}"),
             Link::Calls(other) => format!("{entity} and {other} call one another"),
             Link::Merged(other) => format!("{entity} and {other} were merged into one incident by a person before"),
+            Link::Moved { other, words } => format!("{entity} and {other}: {words}"),
             Link::Placement(other) => format!("{entity} and {other}: a pod and the node it runs on"),
             Link::Hosts => format!("{entity} runs a pod of the incident"),
             Link::Agent(node) => format!("{entity} runs an agent on {node}"),
@@ -398,6 +431,8 @@ pub struct Correlator {
     kept_together: regroup::Pairs,
     /// Open incidents changed since the last [`Correlator::settle`] (at most every open one).
     dirty: BTreeSet<IncidentId>,
+    /// Recent values of recently anomalous series ([`comove`]).
+    comove: comove::Recorder,
 }
 
 fn window_words(ms: i64) -> String {
@@ -411,6 +446,7 @@ impl Correlator {
 
     pub fn with_topology(cfg: CorrelatorConfig, services: &[ServiceDef]) -> Correlator {
         let topology = Topology::new(services, cfg.max_topology_entries);
+        let comove = comove::Recorder::new(cfg.comove_max_series);
         Correlator {
             cfg,
             topology,
@@ -424,6 +460,7 @@ impl Correlator {
             kept_apart: regroup::Pairs::default(),
             kept_together: regroup::Pairs::default(),
             dirty: BTreeSet::new(),
+            comove,
         }
     }
 
@@ -439,10 +476,16 @@ impl Correlator {
         &self.topology
     }
 
-    /// Learns the topology the series of a batch show (pods, nodes, the service graph).
+    /// Learns the topology the series of a batch show (pods, nodes, the service graph unless
+    /// `learn_service_graph` is off), and records the values of the series recorded for
+    /// co-movement ([`Correlator::co_move`] checks them).
     pub fn learn(&mut self, batch: &SampleBatch) {
+        let graph = self.cfg.learn_service_graph;
         for s in batch.iter() {
-            self.topology.learn(|n| s.label(n));
+            self.topology.learn(|n| if !graph && (n == "client" || n == "server") { None } else { s.label(n) });
+        }
+        if self.cfg.comove {
+            self.comove.record(batch);
         }
     }
 
@@ -481,6 +524,7 @@ impl Correlator {
 
     /// [`Correlator::note_alert`] for an anomaly.
     pub fn note_anomaly(&mut self, a: &Anomaly, now_ms: i64) -> Option<IncidentId> {
+        self.start_recording(a);
         let what = format!("anomaly on {}", a.labels);
         self.add(format!("series:{}", a.series), IncidentMember::Anomaly(a.clone()), what, now_ms)
     }
@@ -588,7 +632,7 @@ impl Correlator {
             }
             let Some(o) = self.open.get(&id) else { continue };
             // A person split these two apart: the rules do not join them again.
-            if let Link::Calls(n) | Link::Placement(n) | Link::Merged(n) = &link
+            if let Link::Calls(n) | Link::Placement(n) | Link::Merged(n) | Link::Moved { other: n, .. } = &link
                 && self.kept_apart.holds(entity, n)
             {
                 continue;
@@ -596,7 +640,7 @@ impl Correlator {
             // The span of what the trouble is linked to, in this incident.
             let (span, link) = match &link {
                 Link::Same => (o.entities.get(entity).copied(), link),
-                Link::Calls(n) | Link::Merged(n) => (o.entities.get(n).copied(), link),
+                Link::Calls(n) | Link::Merged(n) | Link::Moved { other: n, .. } => (o.entities.get(n).copied(), link),
                 Link::Placement(n) => (o.entities.get(n).copied(), link),
                 Link::Hosts => (o.via.get(entity).copied(), link),
                 Link::Agent(_) => {

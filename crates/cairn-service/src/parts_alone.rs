@@ -143,3 +143,68 @@ fn the_executor_loop_alone_runs_an_allowed_change_once_through_its_adapter() {
     let after = store.get_change(&change.id).unwrap().unwrap();
     assert_ne!(after.state, cairn_types::ChangeState::Approved, "its result is recorded");
 }
+
+/// A batch of samples that brings no new anomaly can still bring the points that show two
+/// incidents' series moving together: the merge co-movement finds is stored like any other (the
+/// incident merged away is kept, empty, naming where its members went).
+#[test]
+fn the_pipeline_stores_a_co_movement_merge_from_a_batch_without_new_anomalies() {
+    use crate::pipeline::{Analysis, Batch};
+    use cairn_types::{Anomaly, Labels, MetricSample, SampleBatch, Severity};
+    let (store, router) = (store(), router());
+    let pipeline = pipeline(&store, &router, true);
+    let cfg = cairn_correlate::CorrelatorConfig { comove: true, comove_min_r: 0.9, comove_min_points: 12, ..Default::default() };
+    let mut analysis = Analysis {
+        detector: cairn_detect::Detector::new(Default::default()),
+        correlator: cairn_correlate::Correlator::new(cfg),
+        recommender: cairn_recommend::Recommender::new(cairn_recommend::Catalogue::embedded_default()),
+        deduper: cairn_ingest::AlertDeduper::new(1_000, 60_000),
+        exported: Default::default(),
+        exported_multivariate: Vec::new(),
+        last_sweep_ms: NOW,
+        multivariate: Vec::new(),
+    };
+    let labels = |service: &str, name: &str| -> Labels { [("__name__", name), ("service", service)].into_iter().collect() };
+    let t0 = NOW - 10 * 60_000;
+    // Two services in trouble (two anomalous series each) and nothing linking them: two incidents.
+    for service in ["a", "b"] {
+        for name in ["errors", "latency"] {
+            let l = labels(service, name);
+            let a = Anomaly {
+                series: l.series_id(),
+                labels: l,
+                timestamp_ms: t0,
+                observed: 0.0,
+                expected: 0.0,
+                score: 0.9,
+                severity: Severity::High,
+                confidence: 0.9,
+                anomaly_kind: "level_shift".into(),
+                detector: "robust-z".into(),
+                model_version: "robust-z/1".into(),
+            };
+            analysis.correlator.note_anomaly(&a, NOW);
+        }
+    }
+    let opened: Vec<_> = analysis.correlator.settle().into_iter().map(|i| i.id).collect();
+    assert_eq!(opened.len(), 2);
+    // Their error ratios climb together; too few points for the detector, which is warming up.
+    let samples: Vec<MetricSample> = (1..=20)
+        .flat_map(|k| {
+            let t = t0 + k * 15_000;
+            let wiggle = if k % 3 == 0 { 0.4 } else { 0.0 };
+            [
+                MetricSample { labels: labels("a", "errors"), timestamp_ms: t, value: k as f64 + wiggle },
+                MetricSample { labels: labels("b", "errors"), timestamp_ms: t, value: 2.0 * k as f64 - wiggle },
+            ]
+        })
+        .collect();
+    let samples: SampleBatch = samples.iter().collect();
+    pipeline.analyse(&mut analysis, Batch::Samples { samples, source: "test" }).unwrap();
+    assert_eq!(analysis.correlator.open_count(), 1);
+    let stored: Vec<_> = opened.iter().map(|id| store.get_incident(id).unwrap()).collect();
+    let gone = stored.iter().flatten().find(|i| i.members.is_empty()).expect("the incident merged away is stored, emptied");
+    assert!(gone.grouping_reasons[0].starts_with("merged into") && gone.grouping_reasons[0].contains("moved together with"), "{:?}", gone.grouping_reasons);
+    let kept = stored.iter().flatten().find(|i| !i.members.is_empty()).expect("the merged incident is stored");
+    assert_eq!(kept.members.len(), 4);
+}

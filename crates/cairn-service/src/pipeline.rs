@@ -172,7 +172,10 @@ impl Pipeline {
                 let mut anomalies = analysis.detector.observe(&samples);
                 anomalies.extend(crate::models::observe(&mut analysis.multivariate, &samples));
                 self.export_detector_stats(analysis);
-                if anomalies.is_empty() {
+                // Series recorded since their anomalies may now be seen to move together: the
+                // incidents that joins are settled and stored below, with or without new anomalies.
+                let co_moved = analysis.correlator.co_move(now);
+                if anomalies.is_empty() && !co_moved {
                     return Ok(());
                 }
                 for a in &anomalies {
@@ -228,6 +231,9 @@ impl Pipeline {
         state.with_label_values(&["tracked_recommendations"]).set(analysis.recommender.tracked() as i64);
         state.with_label_values(&["kept_apart_pairs"]).set(analysis.correlator.kept_apart_count() as i64);
         state.with_label_values(&["kept_together_pairs"]).set(analysis.correlator.kept_together_count() as i64);
+        let (comove_series, comove_bytes) = analysis.correlator.comove_size();
+        state.with_label_values(&["comove_series"]).set(comove_series as i64);
+        state.with_label_values(&["comove_bytes"]).set(comove_bytes as i64);
         for incident in changed.into_values() {
             let span = info_span!("incident", incident_id = %incident.id);
             let _g = span.enter();
