@@ -414,6 +414,15 @@ async fn read_state(inc: &mut client::Incidents, rev: &mut client::Review) -> Re
     Ok((incidents, recs))
 }
 
+/// Batches waiting for analysis, from the server's `/metrics` (`cairn_ingest_queue_depth`).
+async fn queue_depth(http: &reqwest::Client, addr: SocketAddr) -> Result<i64> {
+    let text = http.get(format!("http://{addr}/metrics")).send().await?.error_for_status()?.text().await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("cairn_ingest_queue_depth ").and_then(|v| v.trim().parse::<f64>().ok()))
+        .map(|v| v as i64)
+        .context("the server's /metrics has no cairn_ingest_queue_depth")
+}
+
 fn fingerprint_of(incidents: &[pb::Incident], recs: &[pb::RecommendationView]) -> (usize, u64, usize, u64) {
     let versions: u64 = incidents.iter().map(|i| i.version as u64).sum();
     let revisions: u64 = recs.iter().filter_map(|r| r.recommendation.as_ref()).map(|r| r.revision as u64).sum();
@@ -486,14 +495,17 @@ async fn replay_and_score(args: &TriageArgs, dir: &Path, name: &str) -> Result<R
         let channel = client::channel(&grpc).await?;
         let mut inc: client::Incidents = pb::incident_service_client::IncidentServiceClient::with_interceptor(channel.clone(), bearer(Some(&srv.reader))?);
         let mut rev: client::Review = pb::review_service_client::ReviewServiceClient::with_interceptor(channel, bearer(Some(&srv.reader))?);
-        // Quiet: nothing new in incidents or recommendations for a few polls.
+        // Quiet: no batch waiting for analysis, and nothing new in incidents or recommendations
+        // for a few polls. The queue matters on a busy machine, where one batch of samples can
+        // take longer to analyse than the polls wait.
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut last = (usize::MAX, 0, 0, 0);
         let mut stable = 0;
         let (incidents, recs) = loop {
             let (incidents, recs) = read_state(&mut inc, &mut rev).await?;
             let fp = fingerprint_of(&incidents, &recs);
-            stable = if fp == last { stable + 1 } else { 0 };
+            let idle = queue_depth(&http, http_addr).await? == 0;
+            stable = if fp == last && idle { stable + 1 } else { 0 };
             last = fp;
             if stable >= 6 || Instant::now() > deadline {
                 break (incidents, recs);
