@@ -161,6 +161,17 @@ impl Open {
             dropped_members: 0,
         }
     }
+
+    /// How many of its entities have a member on a pod that runs on `node` (bounded by the
+    /// members, at most `max_members`). The incidents of pods on a node are merged into the node's
+    /// only when most of their entities (more than half) do: an incident about other things that took
+    /// in one such pod (a database outage whose callers include a pod the node took down) is
+    /// another problem, and is not swallowed whole.
+    fn entities_on(&self, node: &str) -> usize {
+        let on: std::collections::HashSet<&String> =
+            self.nodes.iter().zip(&self.incident.member_entities).filter(|(n, _)| n.as_deref() == Some(node)).map(|(_, e)| e).collect();
+        on.len()
+    }
 }
 
 /// How many members an entity has in an incident, and when they happened (event time). An
@@ -185,8 +196,7 @@ struct Span {
     /// and how many of them are alerts.
     symptoms: u32,
     symptom_alerts: u32,
-    /// The event times of the latest signals to arrive, oldest arrival first; `i64::MIN` where
-    /// fewer.
+    /// The latest signal times (event time), ascending; `i64::MIN` where fewer.
     recent: [i64; 4],
     /// Whether [`rank::NODE_TROUBLE`] of its signals ever came within `link_window_ms` of one
     /// another, or a firing critical alert is among them: see [`Span::established`].
@@ -222,30 +232,22 @@ impl Span {
         self.holds_until_ms = self.holds_until_ms.max(holds_until).max(t);
     }
 
-    /// Counts one more signal at `t` towards [`Span::established`]. The signals kept are the
-    /// latest to *arrive*, whatever their event time: a failure's signals arrive together even
-    /// when some are stamped earlier (an anomaly confirmed only once its series stopped arrives
-    /// after the alerts it preceded), and keeping the latest by event time would drop exactly
-    /// those.
+    /// Counts one more signal at `t` towards [`Span::established`]. The burst is looked for among
+    /// the kept signals *and* the new one before the earliest is dropped: a failure's signals
+    /// can arrive out of order (an anomaly confirmed only once its series stopped arrives after
+    /// the alerts that fired a quarter hour later), and the late early one must still count.
     fn note(&mut self, t: i64, window_ms: i64) {
-        self.recent = [self.recent[1], self.recent[2], self.recent[3], t];
-        self.check_burst(window_ms);
-    }
-
-    fn check_burst(&mut self, window_ms: i64) {
-        let n = rank::NODE_TROUBLE;
-        let mut times = self.recent;
-        times.sort_unstable();
-        self.burst |= times.windows(n).any(|w| w[0] != i64::MIN && w[n - 1] - w[0] <= window_ms);
+        let mut all = [self.recent[0], self.recent[1], self.recent[2], self.recent[3], t];
+        all.sort_unstable();
+        self.burst |= burst_in(&all, window_ms);
+        self.recent = [all[1], all[2], all[3], all[4]];
     }
 
     fn absorb(&mut self, o: &Span, window_ms: i64) {
-        // Which of two spans' signals arrived last is not known: the latest by event time are kept.
         let mut all = [self.recent, o.recent].concat();
         all.sort_unstable();
+        self.burst |= o.burst || burst_in(&all, window_ms);
         self.recent = [all[4], all[5], all[6], all[7]];
-        self.burst |= o.burst;
-        self.check_burst(window_ms);
         self.count += o.count;
         self.alerts += o.alerts;
         self.symptoms += o.symptoms;
@@ -334,6 +336,13 @@ fn spans_share(a: &Span, b: &Span) -> bool {
     (a.resources | b.resources) & ANY_RESOURCE != 0 || a.resources & b.resources != 0
 }
 
+/// Whether [`rank::NODE_TROUBLE`] of `times` (ascending, `i64::MIN` for none) fall within
+/// `window_ms` of one another.
+fn burst_in(times: &[i64], window_ms: i64) -> bool {
+    let n = rank::NODE_TROUBLE;
+    times.windows(n).any(|w| w[0] != i64::MIN && w[n - 1] - w[0] <= window_ms)
+}
+
 /// Whether two spans' trouble is of one kind, availability (down, unready, unavailable) counting
 /// as a kind of its own rather than going with anything as in [`spans_share`]. A per-node agent's
 /// trouble says nothing of which node it is on, so only its kind can tell the node that explains
@@ -397,9 +406,13 @@ impl Link {
         match self {
             Link::Same => format!("same entity {entity}"),
             Link::Calls(other) => format!("{entity} and {other} call one another"),
-            Link::Merged(other) => format!("{entity} and {other} were merged into one incident by a person before"),
+            Link::Merged(other) => {
+                format!("{entity} and {other} were merged into one incident by a person before")
+            }
             Link::Moved { other, words } => format!("{entity} and {other}: {words}"),
-            Link::Placement(other) => format!("{entity} and {other}: a pod and the node it runs on"),
+            Link::Placement(other) => {
+                format!("{entity} and {other}: a pod and the node it runs on")
+            }
             Link::Hosts => format!("{entity} runs a pod of the incident"),
             Link::Agent(node) => format!("{entity} runs an agent on {node}"),
         }
@@ -570,7 +583,9 @@ impl Correlator {
         let caused = |j: &Span| linked.onset_ms >= j.onset_ms - self.cfg.link_window_ms;
         match link {
             // A node's trouble explains its pods' only when established, and of the same resource.
-            Link::Hosts if !(j.established() && caused(j) && spans_share(linked, j)) => return None,
+            Link::Hosts if !(j.established() && caused(j) && spans_share(linked, j)) => {
+                return None;
+            }
             // A node explains its pods' and agents' trouble only when established, and a pod's
             // only of the same resource.
             Link::Placement(_) if !(linked.established() && spans_share(linked, j)) => return None,
@@ -630,7 +645,9 @@ impl Correlator {
             if pending == Some(&id) {
                 continue;
             }
-            let Some(o) = self.open.get(&id) else { continue };
+            let Some(o) = self.open.get(&id) else {
+                continue;
+            };
             // A person split these two apart: the rules do not join them again.
             if let Link::Calls(n) | Link::Placement(n) | Link::Merged(n) | Link::Moved { other: n, .. } = &link
                 && self.kept_apart.holds(entity, n)
@@ -735,8 +752,12 @@ impl Correlator {
         // incident is merged once, so the work is bounded by the incidents linked.
         let mut work = vec![entity.to_string()];
         while let Some(entity) = work.pop() {
-            let Some(target) = self.open.get(into) else { return };
-            let Some(span) = target.entities.get(&entity).copied().filter(Span::carries) else { continue };
+            let Some(target) = self.open.get(into) else {
+                return;
+            };
+            let Some(span) = target.entities.get(&entity).copied().filter(Span::carries) else {
+                continue;
+            };
             let callers = self.topology.neighbours(&entity).into_iter().filter(|n| self.topology.calls(n, &entity));
             let mut linked: Vec<(String, Link)> = callers.map(|n| (n, Link::Calls(entity.clone()))).collect();
             if entity.starts_with("node:") && span.established() {
@@ -746,7 +767,9 @@ impl Correlator {
             for (other, link) in linked {
                 for id in self.by_entity.get(&other).into_iter().flatten() {
                     let Some(o) = self.open.get(id) else { continue };
-                    let Some(j) = o.entities.get(&other).filter(|_| id != into && o.entities.len() == 1) else { continue };
+                    let Some(j) = o.entities.get(&other).filter(|_| id != into && o.entities.len() == 1) else {
+                        continue;
+                    };
                     if self.admits(&other, j, &span, &link).is_some() {
                         let why = format!("{} within {} in event time", link.words(&other), window_words(self.cfg.link_window_ms));
                         found.push((id.clone(), why, other.clone()));
@@ -770,7 +793,9 @@ impl Correlator {
         let holds = holds_until(&member, self.cfg.persist_ms);
         let is_symptom = rank::classify(rank::member_name(&member)) == rank::SignalKind::Symptom;
         let critical = matches!(member, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
-        let Some(open) = self.open.get_mut(id) else { return };
+        let Some(open) = self.open.get_mut(id) else {
+            return;
+        };
         self.member_of.insert(identity.clone(), id.clone());
         open.index.insert(identity, open.incident.members.len());
         open.incident.members.push(member);
@@ -812,7 +837,9 @@ impl Correlator {
     /// ([`Span::established`]), the node's incident and those of pods on it within the link window. They are merged
     /// into `into`, bounded by `max_members`.
     fn merge_linked(&mut self, into: &IncidentId, r: &Resolved, t: i64, now_ms: i64) {
-        let Some(target) = self.open.get(into) else { return };
+        let Some(target) = self.open.get(into) else {
+            return;
+        };
         // A node is established as a problem as any cause is ([`Span::established`]: three signals
         // within the link window of one another, or a firing critical alert), not by three strewn
         // over the window; its pods' trouble must start within the link window of the node's own
@@ -828,8 +855,14 @@ impl Correlator {
             for id in self.by_via.get(&r.entity).into_iter().flatten() {
                 let node = target.entities.get(&r.entity);
                 let onset = node.map(|s| s.first_ms).unwrap_or(t);
+                // ... and only where the incident is mostly about pods on the node
+                // (`Open::entities_on`).
                 let near = |o: &Open| {
-                    o.via.get(&r.entity).is_some_and(|s| (s.first_ms - onset).abs() <= self.cfg.link_window_ms && node.is_none_or(|n| spans_share(n, s)))
+                    o.via.get(&r.entity).is_some_and(|s| {
+                        (s.first_ms - onset).abs() <= self.cfg.link_window_ms
+                            && node.is_none_or(|n| spans_share(n, s))
+                            && 2 * o.entities_on(&r.entity) > o.entities.len()
+                    })
                 };
                 if id != into && self.open.get(id).is_some_and(near) {
                     others.push((id.clone(), format!("its pods run on {}", r.entity)));
@@ -862,13 +895,19 @@ impl Correlator {
     /// `into`) for [`Correlator::take_merged`]. Refused when the two together exceed `max_members`.
     fn merge(&mut self, into: &IncidentId, from: &IncidentId, why: &str, now_ms: i64) {
         let window = self.cfg.link_window_ms;
-        let (Some(a), Some(b)) = (self.open.get(into), self.open.get(from)) else { return };
+        let (Some(a), Some(b)) = (self.open.get(into), self.open.get(from)) else {
+            return;
+        };
         if a.incident.members.len() + b.incident.members.len() > self.cfg.max_members {
             return;
         }
         // Its members' `member_of` entries are pointed at `into` below.
-        let Some(b) = self.take_open(from) else { return };
-        let Some(a) = self.open.get_mut(into) else { return };
+        let Some(b) = self.take_open(from) else {
+            return;
+        };
+        let Some(a) = self.open.get_mut(into) else {
+            return;
+        };
         a.incident.grouping_reasons.push(format!("merged incident {from} ({} signals): {why}", b.incident.members.len()));
         for (entity, span) in &b.entities {
             if !a.entities.contains_key(entity) {
@@ -979,13 +1018,17 @@ impl Correlator {
 
     fn make_room(&mut self) {
         while self.open.len() >= self.cfg.max_open_incidents.max(1) {
-            let Some((_, oldest)) = self.by_age.first().cloned() else { return };
+            let Some((_, oldest)) = self.by_age.first().cloned() else {
+                return;
+            };
             self.close(&oldest);
         }
     }
 
     fn close(&mut self, id: &IncidentId) {
-        let Some(open) = self.take_open(id) else { return };
+        let Some(open) = self.take_open(id) else {
+            return;
+        };
         for identity in open.index.keys() {
             self.member_of.remove(identity);
         }
@@ -1496,25 +1539,41 @@ mod tests {
 
     #[test]
     fn a_node_is_established_by_signals_that_arrive_after_its_alerts_though_stamped_before() {
-        let mut c = cluster();
-        let on = |pairs: &[(&str, &str)], t: i64| series(&[pairs, &[("node", "n3")]].concat(), t, 0.9);
         const T: i64 = 3_600_000;
-        // Its pod's callers' symptoms first; then the node's warnings, fired after 15 minutes.
-        let pod = c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "shop-9d8e-b2"), ("service", "shop")], T, 0.9), 0).unwrap();
-        c.observe_anomaly(&series(&[("__name__", "kube_deployment_status_replicas_available"), ("deployment", "shop")], T + 30_000, 0.9), 0);
-        for (i, name) in ["KubeNodeNotReady", "KubeNodeUnreachable"].into_iter().enumerate() {
-            let mut a = alert(name, "kube-state-metrics", &format!("n{i}"), AlertStatus::Firing);
-            a.labels.insert("node", "n3");
-            a.labels.insert("severity", "warning");
-            c.observe_alert(&at(a, T + 15 * 60_000), 1);
+        let ready = |extra: &[(&'static str, &'static str)]| -> Anomaly {
+            series(&[&[("__name__", "kube_node_status_condition"), ("condition", "Ready"), ("node", "n3")], extra].concat(), T + 45_000, 0.9)
+        };
+        let agent_up = series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], T, 0.9);
+        // The node's warnings fire after 15 minutes; its own anomalies are stamped when it failed
+        // but confirmed only once their series stopped, some after the alerts, some before them.
+        for late_before_alerts in [0, 1, 2] {
+            let mut c = cluster();
+            // Its pod's trouble first.
+            let pod = c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "shop-9d8e-b2"), ("service", "shop")], T, 0.9), 0).unwrap();
+            c.observe_anomaly(&series(&[("__name__", "kube_deployment_status_replicas_available"), ("deployment", "shop")], T + 30_000, 0.9), 0);
+            let mut late = vec![ready(&[]), ready(&[("status", "unknown")]), agent_up.clone()].into_iter();
+            for a in late.by_ref().take(late_before_alerts) {
+                c.observe_anomaly(&a, 1);
+            }
+            for (i, name) in ["KubeNodeNotReady", "KubeNodeUnreachable"].into_iter().enumerate() {
+                let mut a = alert(name, "kube-state-metrics", &format!("n{i}"), AlertStatus::Firing);
+                a.labels.insert("node", "n3");
+                a.labels.insert("severity", "warning");
+                c.observe_alert(&at(a, T + 15 * 60_000), 2);
+            }
+            let mut node = None;
+            for a in late {
+                node = c.observe_anomaly(&a, 3);
+            }
+            let node = node.unwrap();
+            assert_eq!(c.open_count(), 1, "{late_before_alerts} before the alerts: {:?}", node.grouping_reasons);
+            assert!(
+                node.members.len() == 7 && node.members.iter().any(|m| m.labels().get("pod") == Some("shop-9d8e-b2")),
+                "{:?}",
+                node.grouping_reasons
+            );
+            assert!(c.take_merged().iter().any(|g| g.id == pod.id) || node.id == pod.id);
         }
-        // The node's own anomalies, stamped when it failed, confirmed only once its series stopped.
-        c.observe_anomaly(&on(&[("__name__", "kube_node_status_condition"), ("condition", "Ready")], T + 30_000), 2);
-        c.observe_anomaly(&on(&[("__name__", "kube_node_status_condition"), ("condition", "Ready"), ("status", "unknown")], T + 30_000), 2);
-        let node = c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n3"), ("job", "node-exporter")], T, 0.9), 2).unwrap();
-        assert_eq!(c.open_count(), 1, "{:?}", node.grouping_reasons);
-        assert!(node.members.len() == 7 && node.members.iter().any(|m| m.labels().get("pod") == Some("shop-9d8e-b2")), "{:?}", node.grouping_reasons);
-        assert!(c.take_merged().iter().any(|g| g.id == pod.id) || node.id == pod.id);
     }
 
     #[test]
@@ -1532,6 +1591,29 @@ mod tests {
         let last = c.observe_anomaly(&node("instance:node_load1_per_cpu:ratio", 12 * 60_000), 3).unwrap();
         assert_eq!(c.open_count(), 2, "{:?}", last.grouping_reasons);
         assert!(c.take_merged().is_empty());
+    }
+
+    #[test]
+    fn a_node_failure_does_not_swallow_an_incident_mostly_about_other_things_that_took_in_its_pod() {
+        let mut c = cluster();
+        // The database fails at 0; its caller api's errors join.
+        let mut down = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
+        down.labels.insert("pod", "db-0");
+        let db = c.observe_alert(&at(down, 0), 0).unwrap();
+        c.observe_anomaly(&series(&[("__name__", "pg_up"), ("pod", "db-0"), ("service", "db")], 0, 0.9), 0);
+        c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 0, 0.9), 0);
+        c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f2", AlertStatus::Firing), 30_000), 1);
+        // A minute later node n1, where an api pod runs, fails too: the pod goes down and joins
+        // api's trouble in the database's incident before the node is established.
+        let pod = c.observe_anomaly(&series(&[("__name__", "up"), ("pod", "api-6b7c-a1"), ("service", "api")], 60_000, 0.9), 2).unwrap();
+        assert_eq!(pod.id, db.id, "{:?}", pod.grouping_reasons);
+        let on = |pairs: &[(&str, &str)]| series(&[pairs, &[("node", "n1")]].concat(), 60_000, 0.9);
+        c.observe_anomaly(&on(&[("__name__", "kube_node_status_condition"), ("condition", "Ready")]), 3);
+        c.observe_anomaly(&on(&[("__name__", "kube_node_status_condition"), ("condition", "Ready"), ("status", "unknown")]), 3);
+        let node = c.observe_anomaly(&series(&[("__name__", "up"), ("instance", "n1"), ("job", "node-exporter")], 60_000, 0.9), 3).unwrap();
+        assert_ne!(node.id, db.id, "{:?}", node.grouping_reasons);
+        assert_eq!(c.open_count(), 2);
+        assert_eq!(c.get(&db.id).map(|i| i.members.len()), Some(5));
     }
 
     #[test]
