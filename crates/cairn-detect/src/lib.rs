@@ -411,7 +411,7 @@ mod tests {
             let name = format!("s{i}");
             let mut b = SampleBatch::new();
             b.push_series([("__name__", name.as_str())], [(0, 1.0)]);
-            if b.series(0).id.0 % SHARDS as u64 == 0 {
+            if b.series(0).id.0.is_multiple_of(SHARDS as u64) {
                 names.push((name, b.series(0).id));
             }
             if names.len() == 40 {
