@@ -400,4 +400,40 @@ mod tests {
         assert_eq!(d.evict_idle(39 + 3_600_000 + 1), tracked);
         assert_eq!(d.series_count(), 0);
     }
+
+    #[test]
+    fn the_cap_is_exact_when_every_new_series_falls_in_one_shard() {
+        // Forty series that all hash to shard 0. A cap split per shard (max_series / 16) would admit one
+        // of them, and the test above cannot tell (500 series fill every shard's share); the
+        // detector-wide cap admits exactly the first 20 in batch order.
+        let mut names = Vec::new();
+        for i in 0.. {
+            let name = format!("s{i}");
+            let mut b = SampleBatch::new();
+            b.push_series([("__name__", name.as_str())], [(0, 1.0)]);
+            if b.series(0).id.0.is_multiple_of(SHARDS as u64) {
+                names.push((name, b.series(0).id));
+            }
+            if names.len() == 40 {
+                break;
+            }
+        }
+        let send = |d: &mut Detector, t: i64| {
+            let mut b = SampleBatch::new();
+            for (name, _) in &names {
+                b.push_series([("__name__", name.as_str())], [(t, 1.0)]);
+            }
+            d.observe(&b);
+        };
+        let mut d = Detector::new(DetectorConfig { max_series: 20, ..Default::default() });
+        send(&mut d, 0);
+        assert_eq!(d.series_count(), 20);
+        for (k, (_, id)) in names.iter().enumerate() {
+            assert_eq!(d.shards[0].series.contains(*id), k < 20, "series {k}");
+        }
+        assert_eq!(d.stats().refused_series, 20);
+        // At the cap, the admitted series go on being scored and the others stay refused.
+        send(&mut d, 15_000);
+        assert_eq!((d.series_count(), d.stats().refused_series), (20, 40));
+    }
 }

@@ -18,8 +18,9 @@ const NO_EPISODE: u16 = u16::MAX;
 const MAD_TO_SIGMA: f64 = 1.2533;
 /// The 99th percentile of |N(0, 1)|, to read a tail quantile as a standard deviation.
 const TAIL_TO_SIGMA: f64 = 2.576;
-/// How much a remembered hourly spike fades each day its hour comes round without one.
-const HOUR_PEAK_DECAY: f32 = 0.7;
+/// How much a remembered hourly spike fades each day its hour comes round without one: six steps of
+/// its log scale ([`peak_code`]), a factor 2^(-1/2) ≈ 0.71.
+const HOUR_PEAK_DECAY_STEPS: u8 = 6;
 /// Consecutive far-off points after which a new level is taken as it is, not clipped.
 const ADOPT_AFTER: u16 = 3;
 /// Repeated values needed before a flat line is scored at all.
@@ -70,8 +71,9 @@ pub struct SeriesModel {
     /// How many slots have been seen.
     season_seen: u8,
     /// Per hour of the day, the largest spike z seen there lately (decays by a day-visit): spikes
-    /// that recur at the same time every day (a nightly job) stop being news.
-    hour_peak: [u16; 24],
+    /// that recur at the same time every day (a nightly job) stop being news. One byte an hour, on a
+    /// log scale ([`peak_code`]).
+    hour_peak: [u8; 24],
     /// Binary exponent the series' values are divided by before they enter the state (0 for any
     /// series that starts within 1e-30..1e30 of zero): scales are stored as `f32`, so a series of
     /// 1e42s is modelled as 1e42 / 2^e, exactly (a power of two), instead of overflowing them.
@@ -216,7 +218,7 @@ impl SeriesModel {
         let spike_scale = (f64::from(self.resid_dev) * MAD_TO_SIGMA).max(f64::from(self.resid_tail) / TAIL_TO_SIGMA).max(floor);
         let z_raw_spike = resid.abs() / spike_scale;
         let hour = slot / 2;
-        let recurring = (0..3).map(|d| from_bf16(self.hour_peak[(hour + 23 + d) % 24])).fold(0.0f32, f32::max);
+        let recurring = peak_z((0..3).map(|d| self.hour_peak[(hour + 23 + d) % 24]).fold(0, u8::max));
         let z_spike = z_raw_spike / (f64::from(recurring) / cfg.z_floor).max(1.0);
         let far = z_raw_spike > cfg.clip_z;
         let far_run = if far { self.far_run.saturating_add(1) } else { 0 };
@@ -353,11 +355,11 @@ impl SeriesModel {
         self.learn_season(cfg, slot, x, timestamp_ms, n);
         if warm {
             if hour != hour_of(self.last_ts) {
-                self.hour_peak[hour] = to_bf16(from_bf16(self.hour_peak[hour]) * HOUR_PEAK_DECAY);
+                self.hour_peak[hour] = self.hour_peak[hour].saturating_sub(HOUR_PEAK_DECAY_STEPS);
             }
             // Only isolated, clear spikes are remembered: noise and sustained shifts are not a habit.
             if z_raw_spike > 2.0 * cfg.z_floor && far_run <= 1 {
-                self.hour_peak[hour] = to_bf16(from_bf16(self.hour_peak[hour]).max(z_raw_spike.min(1e6) as f32));
+                self.hour_peak[hour] = self.hour_peak[hour].max(peak_code(z_raw_spike.min(1e6)));
             }
         }
         if f64::from(self.step_ms) == 0.0 {
@@ -507,13 +509,59 @@ fn learn_tail(tail: &mut f32, d: f64, mean_abs: f64) {
     *tail = t as f32;
 }
 
-/// A finite `f32` in 16 bits (the upper half of its bits, rounded to nearest): three
-/// significant digits, the full range. For values whose size matters and whose last digits do not.
 /// The hour of the day a timestamp falls in (by the profile's slots).
 fn hour_of(ts: i64) -> usize {
     (ts.rem_euclid(DAY_MS) / SLOT_MS) as usize / 2
 }
 
+/// Steps of the spike memory's log scale per doubling.
+const PEAK_STEPS: i32 = 12;
+/// 2^(j/12) for j in 0..12, and the boundaries between steps, 2^((j + 1/2)/12): with them a z is
+/// coded and decoded by comparisons and exact powers of two, the same on every platform (no libm).
+pub(super) const PEAK_STEP_VALUES: [f32; 12] =
+    [1.0, 1.059_463_1, 1.122_462, 1.189_207_1, 1.259_921_1, 1.334_839_8, std::f32::consts::SQRT_2, 1.498_307_1, 1.587_401, 1.681_792_9, 1.781_797_4, 1.887_748_6];
+pub(super) const PEAK_STEP_BOUNDS: [f64; 12] = [
+    1.029_302_236_643_492,
+    1.090_507_732_665_257_7,
+    1.155_352_696_872_273,
+    1.224_053_543_304_655_3,
+    1.296_839_554_651_009_6,
+    1.373_953_647_458_089,
+    1.455_653_182_842_187_3,
+    1.542_210_825_407_940_7,
+    1.633_915_453_241_1,
+    1.731_073_122_012_286,
+    1.834_008_086_409_342_4,
+    1.943_063_882_307_211_7,
+];
+
+/// A spike's z in one byte, on a log scale: `1 + round(12 * log2 z)`, so 1 is z = 1, each step 6% more
+/// and 255 about 2.4 million (larger z saturate there); 0 is no spike, and any z below 2^(-1/24), which
+/// no z floor reads. Decoded ([`peak_z`]) within 3% of the z coded; monotone, so the largest of several
+/// z is the largest code.
+pub(super) fn peak_code(z: f64) -> u8 {
+    // Below a half (and NaN) codes to 0 anyway; this keeps subnormals out of the bit reading.
+    if z.is_nan() || z < 0.5 {
+        return 0;
+    }
+    // z = m * 2^e with m in [1, 2), read from the bits (z is normal here).
+    let bits = z.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i32 - 1023;
+    let m = f64::from_bits((bits & ((1u64 << 52) - 1)) | (1023u64 << 52));
+    let j = PEAK_STEP_BOUNDS.iter().filter(|&&b| m >= b).count() as i32;
+    (1 + PEAK_STEPS * e + j).clamp(0, 255) as u8
+}
+
+/// The z a [`peak_code`] stands for (0 for 0).
+pub(super) fn peak_z(code: u8) -> f32 {
+    match i32::from(code) - 1 {
+        -1 => 0.0,
+        k => PEAK_STEP_VALUES[(k % PEAK_STEPS) as usize] * (1u32 << (k / PEAK_STEPS)) as f32,
+    }
+}
+
+/// A finite `f32` in 16 bits (the upper half of its bits, rounded to nearest): three
+/// significant digits, the full range. For values whose size matters and whose last digits do not.
 pub(super) fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
