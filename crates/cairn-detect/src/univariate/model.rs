@@ -25,6 +25,12 @@ const HOUR_PEAK_DECAY_STEPS: u8 = 6;
 const ADOPT_AFTER: u16 = 3;
 /// Repeated values needed before a flat line is scored at all.
 const FLAT_MIN_RUN: u32 = 5;
+/// Samples of one unchanged value after which a series that has never moved (`up`, a node
+/// condition, a rollout's generation, a build's version) is scored on its first change even before
+/// warm-up ends: there is nothing more to learn about a value that never moved, and a fresh pod's
+/// `up` (or a series scraped every minute) must not wait `warmup_points` to say it went down.
+/// Twenty samples are five minutes at a 15 s scrape and twenty at 60 s.
+const STATE_RUN: u32 = 20;
 /// The alert memory (`alert_load`) fades by 1/e over this many samples.
 const ALERT_MEMORY_POINTS: f32 = 10_000.0;
 
@@ -206,6 +212,8 @@ impl SeriesModel {
         let slot = (timestamp_ms.rem_euclid(DAY_MS) / SLOT_MS) as usize;
         let dt = (timestamp_ms - self.last_ts) as f64;
         let warm = self.n >= cfg.warmup_points;
+        // A state series' first change, before warm-up ([`STATE_RUN`]).
+        let unmoved = self.n >= STATE_RUN && self.flat_run.saturating_add(1) >= self.n;
 
         // The prediction, with the part of the daily profile the series has shown it follows.
         let seasonal = f64::from(self.gain) * self.seasonal_offset(slot);
@@ -317,7 +325,13 @@ impl SeriesModel {
         // The evidence (`raw`) drives the episodes; the score reported is that evidence divided by one
         // plus the series' recent alerts, so scores compare across series: an onset in a series that
         // rarely alerts outranks one in a series that cries wolf every few hundred points.
-        let raw = if warm { score_from_z(z, cfg) } else { 0.0 };
+        let state_change = !warm && unmoved && !repeated;
+        if state_change {
+            // Its new value is a new state, not a one-point spike.
+            kind = AnomalyKind::LevelShift;
+        }
+        let scored = warm || state_change;
+        let raw = if scored { score_from_z(z, cfg) } else { 0.0 };
         if raw == 0.0 {
             kind = AnomalyKind::None;
         }
@@ -384,7 +398,7 @@ impl SeriesModel {
         }
         // Much stronger evidence inside an open episode is raised again: it got worse.
         let escalation = self.in_episode() && raw >= f64::from(self.episode_peak) + cfg.escalate_margin;
-        let onset = warm && raw >= cfg.alert_score && (!self.in_episode() || escalation);
+        let onset = scored && raw >= cfg.alert_score && (!self.in_episode() || escalation);
         self.alert_load *= 1.0 - 1.0 / ALERT_MEMORY_POINTS;
         if onset {
             self.alert_load += 1.0;
@@ -393,7 +407,7 @@ impl SeriesModel {
         if self.in_episode() {
             self.episode_peak = if onset { raw as f32 } else { self.episode_peak.max(raw as f32) };
         }
-        let confidence = if warm { calibration::confidence(score) } else { 0.0 };
+        let confidence = if scored { calibration::confidence(score) } else { 0.0 };
         PointScore {
             accepted: true,
             score,

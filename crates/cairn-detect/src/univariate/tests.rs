@@ -117,6 +117,25 @@ fn a_series_that_was_always_constant_raises_nothing_past_warm_up() {
 }
 
 #[test]
+fn a_state_series_that_never_moved_is_raised_on_its_first_change_even_before_warm_up() {
+    // A fresh `up` scraped every minute goes to 0 after 70 points (warm-up is 150); a rollout's
+    // generation steps from 3 to 4; both are new states.
+    for (before, after) in [(1.0, 0.0), (3.0, 4.0), (0.0, 1.0)] {
+        let v: Vec<f64> = (0..100).map(|i| if i < 70 { before } else { after }).collect();
+        let s = run(&v, MIN);
+        assert_eq!(onsets(&s), [70], "{before} -> {after}");
+        assert_eq!(s[70].kind, AnomalyKind::LevelShift);
+        assert!(s[70].confidence > 0.0 && s[70].score >= 0.5, "{:?}", s[70]);
+    }
+    // Too short a run to be a state (a pod's readiness settling as it starts), and a series that
+    // moves, stay unscored until warm-up as before.
+    let settling: Vec<f64> = (0..100).map(|i| if i < 10 { 0.0 } else { 1.0 }).collect();
+    assert!(onsets(&run(&settling, MIN)).is_empty());
+    let moving: Vec<f64> = (0..140).map(|i| if i < 70 { 5.0 + gauss(i) } else { 50.0 + gauss(i) }).collect();
+    assert!(onsets(&run(&moving, MIN)).is_empty());
+}
+
+#[test]
 fn a_series_that_moved_and_then_froze_is_still_a_flat_line() {
     let v: Vec<f64> = (0..2000).map(|i| if i >= 1500 { 7.0 } else { 7.0 + gauss(i) }).collect();
     let o = onsets(&run(&v, MIN));
