@@ -60,7 +60,10 @@
 //!   non-finite value, are refused ([`PointScore::accepted`] is false) and leave the state untouched:
 //!   count them, drop them.
 //! - **Warm-up**: the first [`UnivariateConfig::warmup_points`] samples only teach the model; they
-//!   score 0 with confidence 0 and are never an onset.
+//!   score 0 with confidence 0 and are never an onset, with one exception: a series that has held
+//!   one value for 20 samples since it began (`up`, a condition, a generation, a version) is scored
+//!   on its first change, as a level shift, since there is nothing to learn about a value that
+//!   never moved.
 //! - **Onset rule**: emit an `Anomaly` only when [`PointScore::onset`] is true. An episode opens when
 //!   the evidence reaches [`UnivariateConfig::alert_score`] outside an episode, and stays open while the
 //!   evidence stays high and for at least [`UnivariateConfig::cooldown_points`] samples, so one incident
