@@ -6,7 +6,7 @@
 //! the state stays the same size however long the bench runs.
 
 use cairn_correlate::{Correlator, CorrelatorConfig};
-use cairn_types::{Anomaly, Labels, MetricSample, SampleBatch, Severity};
+use cairn_types::{Labels, MetricSample, SampleBatch};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -35,19 +35,7 @@ fn storm(comove: bool) -> (Correlator, Vec<Labels>) {
     let mut c = Correlator::new(cfg);
     let all: Vec<Labels> = (0..SERVICES * PER_SERVICE).map(labels).collect();
     for (i, l) in all.iter().enumerate() {
-        let a = Anomaly {
-            series: l.series_id(),
-            labels: l.clone(),
-            timestamp_ms: 0,
-            observed: noise(i, 0),
-            expected: 0.0,
-            score: 0.9,
-            severity: Severity::High,
-            confidence: 0.9,
-            anomaly_kind: "level_shift".into(),
-            detector: "robust-z".into(),
-            model_version: "robust-z/1".into(),
-        };
+        let a = cairn_types::fixtures::anomaly(l.clone(), 0, noise(i, 0));
         c.note_anomaly(&a, 0);
     }
     c.settle();

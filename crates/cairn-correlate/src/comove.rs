@@ -415,7 +415,7 @@ fn carries(s: &crate::Span) -> bool {
 mod tests {
     use super::*;
     use crate::CorrelatorConfig;
-    use cairn_types::{Anomaly, Labels, MetricSample, Severity};
+    use cairn_types::{Anomaly, Labels, MetricSample};
 
     const STEP: i64 = 15_000;
 
@@ -430,20 +430,7 @@ mod tests {
     }
 
     fn anomaly(service: &str, name: &str, t: i64, observed: f64) -> Anomaly {
-        let labels = labels(service, name);
-        Anomaly {
-            series: labels.series_id(),
-            labels,
-            timestamp_ms: t,
-            observed,
-            expected: 0.0,
-            score: 0.9,
-            severity: Severity::High,
-            confidence: 0.9,
-            anomaly_kind: "level_shift".into(),
-            detector: "robust-z".into(),
-            model_version: "robust-z/1".into(),
-        }
+        cairn_types::fixtures::anomaly(labels(service, name), t, observed)
     }
 
     /// Two services with no topology between them, each in trouble (two anomalous series), so

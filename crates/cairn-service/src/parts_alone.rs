@@ -150,7 +150,7 @@ fn the_executor_loop_alone_runs_an_allowed_change_once_through_its_adapter() {
 #[test]
 fn the_pipeline_stores_a_co_movement_merge_from_a_batch_without_new_anomalies() {
     use crate::pipeline::{Analysis, Batch};
-    use cairn_types::{Anomaly, Labels, MetricSample, SampleBatch, Severity};
+    use cairn_types::{Labels, MetricSample, SampleBatch};
     let (store, router) = (store(), router());
     let pipeline = pipeline(&store, &router, true);
     let cfg = cairn_correlate::CorrelatorConfig { comove: true, comove_min_r: 0.9, comove_min_points: 12, ..Default::default() };
@@ -170,19 +170,7 @@ fn the_pipeline_stores_a_co_movement_merge_from_a_batch_without_new_anomalies() 
     for service in ["a", "b"] {
         for name in ["errors", "latency"] {
             let l = labels(service, name);
-            let a = Anomaly {
-                series: l.series_id(),
-                labels: l,
-                timestamp_ms: t0,
-                observed: 0.0,
-                expected: 0.0,
-                score: 0.9,
-                severity: Severity::High,
-                confidence: 0.9,
-                anomaly_kind: "level_shift".into(),
-                detector: "robust-z".into(),
-                model_version: "robust-z/1".into(),
-            };
+            let a = cairn_types::fixtures::anomaly(l, t0, 0.0);
             analysis.correlator.note_anomaly(&a, NOW);
         }
     }

@@ -69,3 +69,21 @@ pub fn change_request(revision: u32) -> ChangeRequest {
         stop: None,
     }
 }
+
+/// A level-shift anomaly on `labels` at `timestamp_ms` (score and confidence 0.9, severity high,
+/// from the robust-z detector). Tests change the fields they are about.
+pub fn anomaly(labels: Labels, timestamp_ms: i64, observed: f64) -> Anomaly {
+    Anomaly {
+        series: labels.series_id(),
+        labels,
+        timestamp_ms,
+        observed,
+        expected: 0.0,
+        score: 0.9,
+        severity: Severity::High,
+        confidence: 0.9,
+        anomaly_kind: "level_shift".into(),
+        detector: "robust-z".into(),
+        model_version: "robust-z/1".into(),
+    }
+}
