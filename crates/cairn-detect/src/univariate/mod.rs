@@ -89,7 +89,7 @@ use serde::{Deserialize, Serialize};
 /// Detector name recorded on anomalies.
 pub const DETECTOR: &str = "univariate";
 /// Version of the scoring itself; the calibration version extends it.
-pub const SCORING_VERSION: &str = "univariate-4";
+pub const SCORING_VERSION: &str = "univariate-5";
 /// Model version recorded on anomalies: the scoring and the calibration table it was fitted with.
 pub const MODEL_VERSION: &str = calibration_table::VERSION;
 
