@@ -447,9 +447,9 @@ mod tests {
         c
     }
 
-    /// Feeds `points` steps of the two `errors` series: `fa(k)` and `fb(k)`.
-    fn feed(c: &mut Correlator, points: usize, fa: impl Fn(usize) -> f64, fb: impl Fn(usize) -> f64) {
-        for k in 1..=points {
+    /// Feeds steps `ks` of the two `errors` series: `fa(k)` and `fb(k)`.
+    fn feed(c: &mut Correlator, ks: std::ops::RangeInclusive<usize>, fa: impl Fn(usize) -> f64, fb: impl Fn(usize) -> f64) {
+        for k in ks {
             let t = k as i64 * STEP;
             let batch: SampleBatch = [
                 MetricSample { labels: labels("a", "errors"), timestamp_ms: t, value: fa(k) },
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn two_series_that_ramp_together_join_their_incidents_with_the_reason() {
         let mut c = two_incidents(on());
-        feed(&mut c, 20, ramp, |k| 3.0 * k as f64 + 5.0 * noise(k, 11));
+        feed(&mut c, 1..=20, ramp, |k| 3.0 * k as f64 + 5.0 * noise(k, 11));
         assert!(c.co_move(2));
         let merged = c.settle();
         assert_eq!(c.open_count(), 1);
@@ -488,7 +488,7 @@ mod tests {
     #[test]
     fn uncorrelated_series_do_not_join() {
         let mut c = two_incidents(on());
-        feed(&mut c, 40, |k| noise(k, 1), |k| noise(k, 2));
+        feed(&mut c, 1..=40, |k| noise(k, 1), |k| noise(k, 2));
         assert!(!c.co_move(2));
         assert_eq!(c.open_count(), 2);
         assert!(c.take_merged().is_empty());
@@ -517,7 +517,7 @@ mod tests {
     #[test]
     fn a_persons_split_keeps_series_that_move_together_apart() {
         let mut c = two_incidents(on());
-        feed(&mut c, 20, ramp, ramp);
+        feed(&mut c, 1..=20, ramp, ramp);
         assert!(c.co_move(2));
         let one = c.settle().remove(0);
         let b_members: Vec<String> =
@@ -525,16 +525,7 @@ mod tests {
         c.split_by_person(&one.id, &b_members, "different problems (user:alice)", 3).unwrap();
         assert_eq!(c.open_count(), 2);
         // More of the same movement: the split holds.
-        for k in 21..=40 {
-            let t = k as i64 * STEP;
-            let batch: SampleBatch = [
-                MetricSample { labels: labels("a", "errors"), timestamp_ms: t, value: ramp(k) },
-                MetricSample { labels: labels("b", "errors"), timestamp_ms: t, value: ramp(k) },
-            ]
-            .iter()
-            .collect();
-            c.learn(&batch);
-        }
+        feed(&mut c, 21..=40, ramp, ramp);
         assert!(!c.co_move(4));
         assert_eq!(c.open_count(), 2);
     }
@@ -542,7 +533,7 @@ mod tests {
     #[test]
     fn co_movement_switched_off_joins_nothing_and_records_nothing() {
         let mut c = two_incidents(CorrelatorConfig { comove: false, ..on() });
-        feed(&mut c, 20, ramp, ramp);
+        feed(&mut c, 1..=20, ramp, ramp);
         assert!(!c.co_move(2));
         assert_eq!((c.open_count(), c.comove_size()), (2, (0, 0)));
     }
@@ -553,7 +544,7 @@ mod tests {
         let mut c = Correlator::new(on());
         c.note_anomaly(&anomaly("a", "errors", 0, 0.0), 1);
         c.note_anomaly(&anomaly("b", "errors", 0, 0.0), 1);
-        feed(&mut c, 20, ramp, ramp);
+        feed(&mut c, 1..=20, ramp, ramp);
         assert!(!c.co_move(2));
         assert_eq!(c.open_count(), 2);
         let id = c.member_of.get(&format!("series:{}", labels("a", "errors").series_id())).cloned().unwrap();
