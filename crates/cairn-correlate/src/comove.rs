@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(merged.len(), 1);
         let gone = c.take_merged();
         assert_eq!(gone.len(), 1, "the merged-away incident comes out of take_merged");
-        let reasons = merged[0].grouping_reasons.join("\n");
+        let reasons = c.get(&merged[0]).unwrap().grouping_reasons.join("\n");
         assert!(reasons.contains("moved together with"), "{reasons}");
         assert!(reasons.contains("r = 0.9") && reasons.contains("over 21 points"), "{reasons}");
     }
@@ -520,6 +520,7 @@ mod tests {
         feed(&mut c, 1..=20, ramp, ramp);
         assert!(c.co_move(2));
         let one = c.settle().remove(0);
+        let one = c.get(&one).unwrap().clone();
         let b_members: Vec<String> =
             one.members.iter().filter(|m| m.labels().get("service") == Some("b")).map(crate::regroup::identity_of).collect();
         c.split_by_person(&one.id, &b_members, "different problems (user:alice)", 3).unwrap();

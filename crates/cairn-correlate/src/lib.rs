@@ -543,10 +543,11 @@ impl Correlator {
     }
 
     /// The incidents changed since the last settle that are still open, each summarised and
-    /// ranked once, in id order.
-    pub fn settle(&mut self) -> Vec<Incident> {
+    /// ranked once, in id order; read them with [`Correlator::get`]. Nothing is copied: what a
+    /// batch costs does not grow with the size of the incidents it touched by a clone of each.
+    pub fn settle(&mut self) -> Vec<IncidentId> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.iter().filter_map(|id| self.snapshot(id)).collect()
+        dirty.into_iter().filter(|id| self.refresh(id).is_some()).collect()
     }
 
     fn settle_one(&mut self, id: &IncidentId) -> Option<Incident> {
@@ -1000,14 +1001,19 @@ impl Correlator {
         Some(id.clone())
     }
 
-    /// The incident as it stands, summarised and ranked: the work that grows with its size.
-    fn snapshot(&mut self, id: &IncidentId) -> Option<Incident> {
+    /// Summarises and ranks the incident as it stands: the work that grows with its size.
+    fn refresh(&mut self, id: &IncidentId) -> Option<&Incident> {
         let keep = self.cfg.max_causes;
         let open = self.open.get_mut(id)?;
         let inc = &mut open.incident;
         summarise(inc);
         inc.probable_causes = rank::rank(inc, &open.nodes, &self.topology, keep);
-        Some(inc.clone())
+        Some(inc)
+    }
+
+    /// [`Correlator::refresh`], and a copy of the incident.
+    fn snapshot(&mut self, id: &IncidentId) -> Option<Incident> {
+        self.refresh(id).cloned()
     }
 
     /// [`Correlator::touch`] and [`Correlator::snapshot`] at once, for a change made alone.

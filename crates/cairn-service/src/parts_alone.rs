@@ -174,7 +174,7 @@ fn the_pipeline_stores_a_co_movement_merge_from_a_batch_without_new_anomalies() 
             analysis.correlator.note_anomaly(&a, NOW);
         }
     }
-    let opened: Vec<_> = analysis.correlator.settle().into_iter().map(|i| i.id).collect();
+    let opened = analysis.correlator.settle();
     assert_eq!(opened.len(), 2);
     // Their error ratios climb together; too few points for the detector, which is warming up.
     let samples: Vec<MetricSample> = (1..=20)

@@ -21,7 +21,7 @@ use cairn_types::{
     AlertEvent, AuditDraft, BreakGlass, BreakGlassState, ChangeState, Decision, Incident, IncidentId, Outcome, Recommendation, SampleBatch,
 };
 use cairn_workflow::{MaintenanceWindows, WorkflowConfig, breakglass};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tracing::{info, info_span, warn};
@@ -165,7 +165,6 @@ impl Pipeline {
             }
             analysis.last_sweep_ms = now;
         }
-        let mut changed: BTreeMap<String, Incident> = BTreeMap::new();
         match batch {
             Batch::Samples { samples, .. } => {
                 analysis.correlator.learn(&samples);
@@ -217,11 +216,9 @@ impl Pipeline {
             }
         }
         // Each incident the batch changed is summarised and ranked once, in its final state.
-        for inc in analysis.correlator.settle() {
-            changed.insert(inc.id.0.clone(), inc);
-        }
+        let mut changed: BTreeSet<IncidentId> = analysis.correlator.settle().into_iter().collect();
         for gone in analysis.correlator.take_merged() {
-            changed.remove(&gone.id.0);
+            changed.remove(&gone.id);
             self.signals.upsert_incident(&gone)?;
             self.withdraw_merged(analysis, &gone, now)?;
         }
@@ -234,19 +231,20 @@ impl Pipeline {
         let (comove_series, comove_bytes) = analysis.correlator.comove_size();
         state.with_label_values(&["comove_series"]).set(comove_series as i64);
         state.with_label_values(&["comove_bytes"]).set(comove_bytes as i64);
-        for incident in changed.into_values() {
+        let Analysis { correlator, recommender, .. } = analysis;
+        for incident in changed.iter().filter_map(|id| correlator.get(id)) {
             let span = info_span!("incident", incident_id = %incident.id);
             let _g = span.enter();
             self.metrics.incidents_changed.inc();
-            self.signals.upsert_incident(&incident)?;
-            self.recommend(analysis, &incident, now)?;
+            self.signals.upsert_incident(incident)?;
+            self.recommend(recommender, incident, now)?;
         }
         Ok(())
     }
 
     /// Proposes what the incident's evidence now calls for, as a new revision, and routes it.
-    fn recommend(&self, analysis: &mut Analysis, incident: &Incident, now: i64) -> Result<(), AnalysisError> {
-        for rec in analysis.recommender.recommend(incident, now) {
+    fn recommend(&self, recommender: &mut Recommender, incident: &Incident, now: i64) -> Result<(), AnalysisError> {
+        for rec in recommender.recommend(incident, now) {
             self.route_and_open(rec, now)?;
         }
         Ok(())
@@ -305,7 +303,7 @@ impl Pipeline {
             self.withdraw_merged(analysis, gone, now)?;
         }
         for incident in &live {
-            self.recommend(analysis, incident, now)?;
+            self.recommend(&mut analysis.recommender, incident, now)?;
         }
         Ok(stored)
     }
