@@ -283,13 +283,56 @@ pub const MAX_TRACKED: usize = 100_000;
 #[derive(Debug)]
 pub struct Recommender {
     catalogue: Catalogue,
-    revisions: HashMap<RecommendationId, (u32, String)>,
-    order: std::collections::VecDeque<RecommendationId>,
+    revisions: Revisions,
+}
+
+/// Each tracked recommendation's revision and evidence digest, with the order they were first
+/// tracked in for forgetting the oldest. Forgetting one (its incident closed or merged) is O(1):
+/// its place in the order goes stale, is skipped when reached, and stale places are swept out once
+/// they are as many as the live ones, so the order stays under twice [`MAX_TRACKED`].
+#[derive(Debug, Default)]
+struct Revisions {
+    /// Revision, digest, and the tracking number of its place in `order`.
+    by_id: HashMap<RecommendationId, (u32, String, u64)>,
+    order: std::collections::VecDeque<(RecommendationId, u64)>,
+    next: u64,
+}
+
+impl Revisions {
+    fn forget(&mut self, id: &RecommendationId) {
+        if self.by_id.remove(id).is_some() && self.order.len() > 2 * self.by_id.len().max(1) {
+            let live = &self.by_id;
+            self.order.retain(|(id, n)| live.get(id).is_some_and(|e| e.2 == *n));
+        }
+    }
+
+    /// The revision to propose for `id` given what it now rests on (`digest`: the choice and the
+    /// evidence), or `None` when that is unchanged. At most [`MAX_TRACKED`] are kept, oldest out.
+    fn next_revision(&mut self, id: &RecommendationId, digest: String) -> Option<u32> {
+        if let Some((r, d, _)) = self.by_id.get_mut(id) {
+            if *d == digest {
+                return None;
+            }
+            *r += 1;
+            *d = digest;
+            return Some(*r);
+        }
+        while self.by_id.len() >= MAX_TRACKED {
+            let Some((old, n)) = self.order.pop_front() else { break };
+            if self.by_id.get(&old).is_some_and(|e| e.2 == n) {
+                self.by_id.remove(&old);
+            }
+        }
+        self.next += 1;
+        self.order.push_back((id.clone(), self.next));
+        self.by_id.insert(id.clone(), (1, digest, self.next));
+        Some(1)
+    }
 }
 
 impl Recommender {
     pub fn new(catalogue: Catalogue) -> Recommender {
-        Recommender { catalogue, revisions: HashMap::new(), order: Default::default() }
+        Recommender { catalogue, revisions: Revisions::default() }
     }
 
     pub fn catalogue(&self) -> &Catalogue {
@@ -299,22 +342,21 @@ impl Recommender {
     /// Forgets an incident's recommendation state (the incident was merged away or closed).
     pub fn forget(&mut self, incident: &cairn_types::IncidentId) {
         let id = recommendation_for(incident);
-        if self.revisions.remove(&id).is_some() {
-            self.order.retain(|x| *x != id);
-        }
+        self.revisions.forget(&id);
     }
 
     /// Recommendations whose revision state is kept.
     pub fn tracked(&self) -> usize {
-        self.revisions.len()
+        self.revisions.by_id.len()
     }
 
     /// The new revision of this incident's recommendation: the best-fitting playbook on the
     /// incident's most probable root, with the runners-up in its rationale. Nothing when the
     /// evidence and the choice are unchanged, or when no playbook fits (fit below [`MIN_FIT`]).
     pub fn recommend(&mut self, incident: &Incident, now_ms: i64) -> Vec<Recommendation> {
+        let view = MemberView::of(incident);
         let mut fits: Vec<(&Playbook, Trigger)> =
-            self.catalogue.playbooks.iter().filter_map(|pb| find_trigger(pb, incident).map(|t| (pb, t))).collect();
+            self.catalogue.playbooks.iter().filter_map(|pb| find_trigger(pb, incident, &view).map(|t| (pb, t))).collect();
         fits.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.def.name.cmp(&b.0.def.name)));
         let fitting = fits.first().filter(|(_, t)| t.score >= MIN_FIT);
         let Some((pb, trigger)) = fitting else {
@@ -330,43 +372,19 @@ impl Recommender {
                 return Vec::new();
             }
             let closest = fits.first().map(|(p, t)| (*p, t));
-            let digest = format!("{INVESTIGATE}:{}", evidence_digest(incident));
+            let digest = format!("{INVESTIGATE}:{}", evidence_digest(incident, &EvidencePlan::of(incident)));
             let id = recommendation_for(&incident.id);
-            let Some(revision) = next_revision(&mut self.revisions, &mut self.order, &id, digest) else { return Vec::new() };
+            let Some(revision) = self.revisions.next_revision(&id, digest) else { return Vec::new() };
             return vec![investigate(incident, &self.catalogue.version, closest, id, revision, now_ms)];
         };
         let runners_up: Vec<String> =
             fits.iter().skip(1).take(2).map(|(p, t)| format!("{} (fit {:.2}: {})", p.def.name, t.score, t.reasons.join(", "))).collect();
-        let digest = format!("{}:{}", pb.def.name, evidence_digest(incident));
+        let digest = format!("{}:{}", pb.def.name, evidence_digest(incident, &EvidencePlan::of(incident)));
         let id = recommendation_for(&incident.id);
-        let Some(revision) = next_revision(&mut self.revisions, &mut self.order, &id, digest) else { return Vec::new() };
+        let Some(revision) = self.revisions.next_revision(&id, digest) else { return Vec::new() };
         vec![build(pb, &self.catalogue.version, incident, trigger, &runners_up, id, revision, now_ms)]
     }
 
-}
-
-/// The revision to propose for `id` given what it now rests on (`digest`: the choice and the
-/// evidence), or `None` when that is unchanged. What is tracked stays bounded (oldest out).
-fn next_revision(
-    revisions: &mut HashMap<RecommendationId, (u32, String)>,
-    order: &mut std::collections::VecDeque<RecommendationId>,
-    id: &RecommendationId,
-    digest: String,
-) -> Option<u32> {
-    let revision = match revisions.get(id) {
-        Some((_, d)) if *d == digest => return None,
-        Some((r, _)) => r + 1,
-        None => {
-            if order.len() >= MAX_TRACKED
-                && let Some(old) = order.pop_front() {
-                    revisions.remove(&old);
-                }
-            order.push_back(id.clone());
-            1
-        }
-    };
-    revisions.insert(id.clone(), (revision, digest));
-    Some(revision)
 }
 
 /// The incident's most probable root entity, when the correlator ranked one.
@@ -374,42 +392,71 @@ fn root_entity(incident: &Incident) -> Option<&str> {
     incident.probable_causes.first().map(|c| c.entity.as_str()).filter(|e| !e.is_empty())
 }
 
-fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>> {
-    // An explicit `cairn_playbook` wins over name matching, for this playbook and against others.
-    let named = |m: &IncidentMember| -> Option<String> {
-        match m {
-            IncidentMember::Alert { labels, annotations, .. } => {
-                labels.get(PLAYBOOK_LABEL).or(annotations.get(PLAYBOOK_LABEL)).map(str::to_string)
-            }
-            IncidentMember::Anomaly(_) => None,
-        }
-    };
+/// What every playbook's signature is matched against, worked out once per incident: each
+/// member's name (alert name or metric), whether it is on the root, the playbook an alert names,
+/// and whether a change is on the root. Names repeat (a fleet's alerts share one), so a
+/// signature's patterns are matched once per distinct name, not once per member.
+struct MemberView<'a> {
+    names: Vec<&'a str>,
+    on_root: Vec<bool>,
+    explicit: Vec<Option<&'a str>>,
+    change_on_root: bool,
+}
+
+impl<'a> MemberView<'a> {
+    fn of(incident: &'a Incident) -> MemberView<'a> {
+        let root = root_entity(incident);
+        let names: Vec<&str> = incident
+            .members
+            .iter()
+            .map(|m| match m {
+                IncidentMember::Alert { alertname, .. } => alertname.as_str(),
+                IncidentMember::Anomaly(a) => a.labels.metric_name().unwrap_or(""),
+            })
+            .collect();
+        let on_root: Vec<bool> = (0..names.len()).map(|i| root.is_none_or(|r| incident.entity_of(i) == r)).collect();
+        // An explicit `cairn_playbook` wins over name matching, for this playbook and against others.
+        let explicit = incident
+            .members
+            .iter()
+            .map(|m| match m {
+                IncidentMember::Alert { labels, annotations, .. } => labels.get(PLAYBOOK_LABEL).or(annotations.get(PLAYBOOK_LABEL)),
+                IncidentMember::Anomaly(_) => None,
+            })
+            .collect();
+        let mut kinds: HashMap<&str, bool> = HashMap::new();
+        let change_on_root = names.iter().zip(&on_root).any(|(name, root)| {
+            *root && *kinds.entry(name).or_insert_with(|| cairn_types::signal_kind(name) == cairn_types::SignalKind::Change)
+        });
+        MemberView { names, on_root, explicit, change_on_root }
+    }
+}
+
+fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident, view: &MemberView<'a>) -> Option<Trigger<'a>> {
     let root = root_entity(incident);
-    let on_root = |i: usize| root.is_none_or(|r| incident.entity_of(i) == r);
     let mut best: Option<(&'a IncidentMember, f64)> = None;
     let mut miss = 1.0;
     let mut reasons: Vec<String> = Vec::new();
-    let mut change_on_root = false;
+    let change_on_root = view.change_on_root;
+    // Whether the signature's patterns match a name, once per distinct name.
+    let mut alert_match: HashMap<&str, bool> = HashMap::new();
+    let mut metric_match: HashMap<&str, bool> = HashMap::new();
     for (i, m) in incident.members.iter().enumerate() {
-        let name = match m {
-            IncidentMember::Alert { alertname, .. } => alertname.as_str(),
-            IncidentMember::Anomaly(a) => a.labels.metric_name().unwrap_or(""),
-        };
-        if on_root(i) && cairn_types::signal_kind(name) == cairn_types::SignalKind::Change {
-            change_on_root = true;
-        }
-        let explicit = named(m);
-        let weight = match (&explicit, m) {
-            (Some(n), _) if *n == pb.def.name => {
+        let name = view.names[i];
+        let on_root = view.on_root[i];
+        let weight = match (view.explicit[i], m) {
+            (Some(n), _) if n == pb.def.name => {
                 return Some(Trigger { member: m, score: 1.0, reasons: vec![format!("named by the alert's {PLAYBOOK_LABEL}")] });
             }
             (Some(_), _) => 0.0,
-            (None, IncidentMember::Alert { alertname, status, severity, .. }) if pb.def.alertnames.iter().any(|p| glob(p, alertname)) => {
+            (None, IncidentMember::Alert { status, severity, .. })
+                if *alert_match.entry(name).or_insert_with(|| pb.def.alertnames.iter().any(|p| glob(p, name))) =>
+            {
                 let fit = ALERT_FIT * severity_factor(*severity);
                 if *status == AlertStatus::Firing { fit } else { fit / 2.0 }
             }
             (None, IncidentMember::Anomaly(a))
-                if pb.def.metric_names.iter().any(|p| glob(p, name))
+                if *metric_match.entry(name).or_insert_with(|| pb.def.metric_names.iter().any(|p| glob(p, name)))
                     && (pb.def.anomaly_kinds.is_empty() || pb.def.anomaly_kinds.contains(&a.anomaly_kind)) =>
             {
                 0.35 * a.score.clamp(0.0, 1.0)
@@ -419,10 +466,10 @@ fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident) -> Option<Trigger<'a>
         if weight == 0.0 {
             continue;
         }
-        let weight = if on_root(i) { weight } else { weight * OFF_ROOT };
+        let weight = if on_root { weight } else { weight * OFF_ROOT };
         miss *= 1.0 - weight;
         if reasons.len() < 4 {
-            reasons.push(format!("{name}{}", if on_root(i) { "" } else { " (not on the root)" }));
+            reasons.push(format!("{name}{}", if on_root { "" } else { " (not on the root)" }));
         }
         // Alerts are rules people wrote; they outrank anomalies as the trigger.
         let rank = weight + if matches!(m, IncidentMember::Alert { .. }) { 1.0 } else { 0.0 };
@@ -462,18 +509,24 @@ fn recommendation_id(incident: &str, playbook: &str) -> RecommendationId {
     RecommendationId(format!("rec-{}", &hex::encode(h.finalize())[..16]))
 }
 
-/// What the evidence is: member identities and alert states, not scores (a stronger anomaly on the
-/// same series is not a new revision).
-fn evidence_digest(incident: &Incident) -> String {
-    let mut items: Vec<String> = incident
-        .members
+/// What the card's evidence rests on, for deciding when a revision is new: the identities and
+/// alert states of the members it lists, and for the rest their kinds with their counts to the
+/// nearest power of two. Scores are left out (a stronger anomaly on the same series is not a new
+/// revision), and so is a fleet's 301st alert of a kind it has 300 of: a new revision voids
+/// approvals, and one that only recounts what the person approved would void them every second of
+/// an alert storm. A new kind of signal, a listed alert that resolves, a new root, or a kind whose
+/// count doubles is new evidence.
+fn evidence_digest(incident: &Incident, plan: &EvidencePlan) -> String {
+    let mut items: Vec<String> = plan
+        .listed
         .iter()
-        .map(|m| match m {
+        .map(|&i| match &incident.members[i] {
             IncidentMember::Alert { fingerprint, status, .. } => format!("alert:{fingerprint}:{}", status.as_str()),
             IncidentMember::Anomaly(a) => format!("series:{}", a.series),
         })
         .collect();
     items.sort();
+    items.extend(plan.rest.iter().map(|(what, n)| format!("more:{what}:{}", n.ilog2())));
     hex::encode(Sha256::digest(items.join("\n").as_bytes()))
 }
 
@@ -627,39 +680,67 @@ fn build(
     }
 }
 
-/// The incident's members as evidence, and the versions of the models behind its anomalies
-/// (`none` when there are none).
+/// At most this many of an incident's members are listed one by one as evidence; the rest are
+/// counted by what they are. A card with five hundred lines is not read, and every revision is
+/// stored, shown to the policy and audited: its size must not grow with the incident's.
+pub const MAX_EVIDENCE_ITEMS: usize = 24;
+
+/// At most this many kinds of the members not listed are named in the count.
+const MAX_COUNTED_KINDS: usize = 8;
+
+/// Which members a card lists one by one (members on the most probable root first, at most
+/// [`MAX_EVIDENCE_ITEMS`]), and the rest counted by what they are (alert name and state, or the
+/// anomalous metric), with the earliest event time among them.
+struct EvidencePlan {
+    listed: Vec<usize>,
+    rest: BTreeMap<String, usize>,
+    rest_from: i64,
+}
+
+impl EvidencePlan {
+    fn of(incident: &Incident) -> EvidencePlan {
+        let root = root_entity(incident);
+        let n = incident.members.len();
+        let on_root = |i: &usize| root.is_some_and(|r| incident.entity_of(*i) == r);
+        let order = (0..n).filter(on_root).chain((0..n).filter(|i| !on_root(i)));
+        let mut plan = EvidencePlan { listed: Vec::new(), rest: BTreeMap::new(), rest_from: i64::MAX };
+        for i in order {
+            if plan.listed.len() < MAX_EVIDENCE_ITEMS {
+                plan.listed.push(i);
+                continue;
+            }
+            let m = &incident.members[i];
+            let what = match m {
+                IncidentMember::Alert { alertname, status, .. } => format!("{alertname} {}", status.as_str()),
+                IncidentMember::Anomaly(a) => format!("anomaly on {}", a.labels.metric_name().unwrap_or("a series")),
+            };
+            *plan.rest.entry(what).or_default() += 1;
+            plan.rest_from = plan.rest_from.min(m.event_ms());
+        }
+        plan
+    }
+}
+
+/// The incident's members as evidence ([`EvidencePlan`]: past [`MAX_EVIDENCE_ITEMS`], one line
+/// counting the rest), and the versions of the models behind its anomalies (`none` when there are
+/// none).
 fn evidence_of(incident: &Incident) -> (Vec<Evidence>, String) {
-    let evidence: Vec<Evidence> = incident
-        .members
-        .iter()
-        .map(|m| match m {
-            IncidentMember::Alert { alertname, status, severity, starts_at_ms, summary, labels, .. } => Evidence {
-                kind: "alert".into(),
-                description: format!(
-                    "{alertname} {} ({severity}) on {}{}",
-                    status.as_str(),
-                    labels.get("instance").or(labels.get("service")).unwrap_or("?"),
-                    if summary.is_empty() { String::new() } else { format!(": {summary}") }
-                ),
-                timestamp_ms: *starts_at_ms,
-            },
-            IncidentMember::Anomaly(a) => Evidence {
-                kind: "anomaly".into(),
-                description: format!(
-                    "{} {}: observed {:.4}, expected {:.4} (score {:.2}, confidence {:.2}, {})",
-                    a.labels,
-                    if a.anomaly_kind.is_empty() { "anomaly" } else { a.anomaly_kind.as_str() },
-                    a.observed,
-                    a.expected,
-                    a.score,
-                    a.confidence,
-                    a.model_version
-                ),
-                timestamp_ms: a.timestamp_ms,
-            },
-        })
-        .collect();
+    let plan = EvidencePlan::of(incident);
+    let mut evidence: Vec<Evidence> = plan.listed.iter().map(|&i| evidence_item(&incident.members[i])).collect();
+    if !plan.rest.is_empty() {
+        let total: usize = plan.rest.values().sum();
+        let mut kinds: Vec<(&String, &usize)> = plan.rest.iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let mut named: Vec<String> = kinds.iter().take(MAX_COUNTED_KINDS).map(|(w, n)| format!("{w} ×{n}")).collect();
+        if kinds.len() > MAX_COUNTED_KINDS {
+            named.push(format!("{} other kinds", kinds.len() - MAX_COUNTED_KINDS));
+        }
+        evidence.push(Evidence {
+            kind: "more".into(),
+            description: format!("{total} more signal(s) in the incident, not listed: {}", named.join(", ")),
+            timestamp_ms: plan.rest_from,
+        });
+    }
     let mut models: Vec<&str> = incident
         .members
         .iter()
@@ -672,6 +753,36 @@ fn evidence_of(incident: &Incident) -> (Vec<Evidence>, String) {
     models.dedup();
     let models = if models.is_empty() { "none".to_string() } else { models.join(",") };
     (evidence, models)
+}
+
+/// One member as a line of evidence.
+fn evidence_item(m: &IncidentMember) -> Evidence {
+    match m {
+        IncidentMember::Alert { alertname, status, severity, starts_at_ms, summary, labels, .. } => Evidence {
+            kind: "alert".into(),
+            description: format!(
+                "{alertname} {} ({severity}) on {}{}",
+                status.as_str(),
+                labels.get("instance").or(labels.get("service")).unwrap_or("?"),
+                if summary.is_empty() { String::new() } else { format!(": {summary}") }
+            ),
+            timestamp_ms: *starts_at_ms,
+        },
+        IncidentMember::Anomaly(a) => Evidence {
+            kind: "anomaly".into(),
+            description: format!(
+                "{} {}: observed {:.4}, expected {:.4} (score {:.2}, confidence {:.2}, {})",
+                a.labels,
+                if a.anomaly_kind.is_empty() { "anomaly" } else { a.anomaly_kind.as_str() },
+                a.observed,
+                a.expected,
+                a.score,
+                a.confidence,
+                a.model_version
+            ),
+            timestamp_ms: a.timestamp_ms,
+        },
+    }
 }
 
 /// What a person is asked to look into when no playbook fits an incident that a firing alert

@@ -393,3 +393,96 @@ fn a_playbook_may_not_name_investigate() {
     let err = Catalogue::from_toml(&text).unwrap_err().to_string();
     assert!(err.contains("what Cairn proposes when no playbook fits"), "{err}");
 }
+
+#[test]
+fn evidence_lists_the_root_first_and_counts_the_rest_so_a_revision_does_not_grow_with_the_incident() {
+    // A fleet's worth of one alert, a release on the root, and a few resolved ones.
+    let mut members: Vec<IncidentMember> =
+        (0..300).map(|i| alert_member("HighErrorRate", &format!("f{i}"), AlertStatus::Firing, &[])).collect();
+    members.extend((0..5).map(|i| alert_member("HighErrorRate", &format!("r{i}"), AlertStatus::Resolved, &[])));
+    let mut release = release();
+    if let IncidentMember::Anomaly(a) = &mut release {
+        a.labels.insert("service", "payments".to_string());
+    }
+    members.push(release);
+    let mut inc = incident(members);
+    inc.member_entities = (0..inc.members.len()).map(|i| if i < 305 { "service:checkout" } else { "service:payments" }.to_string()).collect();
+    inc.probable_causes = vec![cairn_types::ProbableCause {
+        description: "a release".into(),
+        score: 0.9,
+        entity: "service:payments".into(),
+        factors: vec![],
+        members: vec![],
+    }];
+    let (evidence, _) = evidence_of(&inc);
+    assert_eq!(evidence.len(), MAX_EVIDENCE_ITEMS + 1, "{evidence:?}");
+    // The root's member leads, though it joined last.
+    assert!(evidence[0].description.contains("build_info"), "{:?}", evidence[0]);
+    let more = evidence.last().unwrap();
+    assert_eq!(more.kind, "more");
+    let listed = MAX_EVIDENCE_ITEMS - 1;
+    assert!(
+        more.description.starts_with(&format!("{} more signal(s)", 305 - listed))
+            && more.description.contains(&format!("HighErrorRate firing ×{}", 300 - listed))
+            && more.description.contains("HighErrorRate resolved ×5"),
+        "{}",
+        more.description
+    );
+    // A small incident is listed whole.
+    let (small, _) = evidence_of(&incident(vec![alert_member("HighErrorRate", "f1", AlertStatus::Firing, &[])]));
+    assert_eq!(small.len(), 1);
+    assert_eq!(small[0].kind, "alert");
+}
+
+#[test]
+fn a_storm_of_one_alert_kind_is_revised_when_the_card_would_say_more_not_for_every_alert() {
+    let mut r = Recommender::new(Catalogue::embedded_default());
+    let fleet = |n: usize| (0..n).map(|i| alert_member("ProcessDown", &format!("f{i}"), AlertStatus::Firing, &[])).collect::<Vec<_>>();
+    let mut revisions = Vec::new();
+    for n in 1..=200 {
+        for rec in r.recommend(&incident(fleet(n)), n as i64) {
+            assert_eq!(rec.action, ActionClass::RestartProcess, "a playbook fits: {}", rec.rationale);
+            revisions.push((n, rec.revision));
+        }
+    }
+    // Each of the first members is listed on the card, so each is new evidence; past them, a new
+    // revision comes when the count of the rest doubles (1, 2, 4, ... 128 more).
+    let at: Vec<usize> = revisions.iter().map(|(n, _)| *n).collect();
+    let listed: Vec<usize> = (1..=MAX_EVIDENCE_ITEMS).collect();
+    let doublings: Vec<usize> = [1, 2, 4, 8, 16, 32, 64, 128].iter().map(|k| MAX_EVIDENCE_ITEMS + k).collect();
+    assert_eq!(at, [listed, doublings].concat(), "{revisions:?}");
+    // A new kind of signal is new evidence at once, however many were counted before it.
+    let mut with_release = fleet(200);
+    with_release.push(release());
+    assert_eq!(r.recommend(&incident(with_release.clone()), 300).len(), 1);
+    // So is an alert that resolves: the count of a state that was not there before.
+    if let IncidentMember::Alert { status, .. } = &mut with_release[150] {
+        *status = AlertStatus::Resolved;
+    }
+    assert_eq!(r.recommend(&incident(with_release), 301).len(), 1);
+}
+
+#[test]
+fn revisions_forget_without_a_scan_stay_bounded_and_evict_the_oldest_live_one() {
+    let id = |i: usize| RecommendationId(format!("rec-{i}"));
+    let mut r = Revisions::default();
+    for i in 0..MAX_TRACKED {
+        assert_eq!(r.next_revision(&id(i), "d".into()), Some(1));
+    }
+    // Forget the older half, then track the first one again: its old place in the order is stale.
+    for i in 0..MAX_TRACKED / 2 {
+        r.forget(&id(i));
+    }
+    assert!(r.order.len() <= 2 * r.by_id.len() + 1, "stale places are swept: {} for {}", r.order.len(), r.by_id.len());
+    assert_eq!(r.next_revision(&id(0), "d".into()), Some(1), "forgotten, so tracked afresh");
+    // Filling up evicts the oldest live ones (from MAX_TRACKED / 2 on), never the re-tracked one
+    // through its stale place.
+    for i in MAX_TRACKED..MAX_TRACKED + MAX_TRACKED / 2 {
+        r.next_revision(&id(i), "d".into());
+    }
+    assert_eq!(r.by_id.len(), MAX_TRACKED);
+    assert!(r.by_id.contains_key(&id(0)));
+    assert!(!r.by_id.contains_key(&id(MAX_TRACKED / 2)), "the oldest live one went first");
+    assert_eq!(r.next_revision(&id(0), "d".into()), None, "unchanged evidence is no new revision");
+    assert_eq!(r.next_revision(&id(0), "e".into()), Some(2));
+}
