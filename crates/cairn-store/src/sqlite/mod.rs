@@ -183,6 +183,24 @@ const MIGRATIONS: &[&str] = &[
          WHERE i2.updated_ms < incidents.updated_ms OR (i2.updated_ms = incidents.updated_ms AND i2.id <= incidents.id));
     CREATE INDEX IF NOT EXISTS incidents_by_change ON incidents (change_seq);
     "#,
+    // 10: an incident's members are rows of their own, and the incident's row keeps a digest of
+    // each, so that a write of a growing incident writes the members that are new or changed,
+    // not the whole incident again (`write_incident`). Existing incidents are split up; their
+    // digests are unknown, so their next write writes every member once.
+    r#"
+    CREATE TABLE incident_members (
+        incident_id   TEXT NOT NULL,
+        pos           INTEGER NOT NULL,
+        body          TEXT NOT NULL,
+        PRIMARY KEY (incident_id, pos)
+    ) WITHOUT ROWID;
+    ALTER TABLE incidents ADD COLUMN member_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE incidents ADD COLUMN member_digests BLOB;
+    INSERT INTO incident_members (incident_id, pos, body)
+        SELECT i.id, CAST(m.key AS INTEGER), m.value FROM incidents i, json_each(i.body, '$.members') m;
+    UPDATE incidents SET member_count = json_array_length(body, '$.members'),
+                         body = json_set(body, '$.members', json('[]'));
+    "#,
 ];
 
 /// Read connections kept beside the writer of a file store. Each holds its own page cache (SQLite's
@@ -304,15 +322,131 @@ impl std::fmt::Debug for HookSlot {
 }
 
 /// Writes an incident with the next change cursor (`WatchIncidents` follows them).
+/// Writes an incident: its row (everything but the members, each member's digest, the next change
+/// cursor) and the member rows that are new or changed since the last write, which the stored
+/// digests tell without encoding the others; members past the new end are deleted. So a write
+/// costs what changed, not the size of the incident.
 fn write_incident(tx: &Connection, incident: &Incident) -> Result<()> {
+    let stored: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT member_digests FROM incidents WHERE id = ?1")?
+        .query_row([&incident.id.0], |r| r.get::<_, Option<Vec<u8>>>(0))
+        .optional()?
+        .flatten();
+    let stored: Vec<u64> = stored.unwrap_or_default().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+    let digests: Vec<u64> = incident.members.iter().map(member_digest).collect();
+    let mut put = tx.prepare_cached("INSERT OR REPLACE INTO incident_members (incident_id, pos, body) VALUES (?1, ?2, ?3)")?;
+    for (pos, (member, digest)) in incident.members.iter().zip(&digests).enumerate() {
+        if stored.get(pos) != Some(digest) {
+            put.execute(params![incident.id.0, pos as i64, to_json(member)?])?;
+        }
+    }
+    tx.prepare_cached("DELETE FROM incident_members WHERE incident_id = ?1 AND pos >= ?2")?
+        .execute(params![incident.id.0, incident.members.len() as i64])?;
+    let header = IncidentHeader::of(incident);
+    let blob: Vec<u8> = digests.iter().flat_map(|d| d.to_le_bytes()).collect();
     tx.prepare_cached(
-        "INSERT INTO incidents (id, version, updated_ms, body, change_seq)
-         VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents))
+        "INSERT INTO incidents (id, version, updated_ms, body, change_seq, member_count, member_digests)
+         VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents), ?5, ?6)
          ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_ms = excluded.updated_ms,
-             body = excluded.body, change_seq = excluded.change_seq",
+             body = excluded.body, change_seq = excluded.change_seq, member_count = excluded.member_count,
+             member_digests = excluded.member_digests",
     )?
-    .execute(params![incident.id.0, incident.version, incident.updated_ms, to_json(incident)?])?;
+    .execute(params![incident.id.0, incident.version, incident.updated_ms, to_json(&header)?, incident.members.len() as i64, blob])?;
     Ok(())
+}
+
+/// An incident as its row stores it: every field, with the members (rows of their own) empty.
+#[derive(Serialize)]
+struct IncidentHeader<'a> {
+    id: &'a IncidentId,
+    opened_ms: i64,
+    updated_ms: i64,
+    members: [(); 0],
+    affected_services: &'a [String],
+    common_labels: &'a cairn_types::Labels,
+    grouping_reasons: &'a [String],
+    probable_causes: &'a [cairn_types::ProbableCause],
+    severity: cairn_types::Severity,
+    version: u32,
+    member_entities: &'a [String],
+}
+
+impl<'a> IncidentHeader<'a> {
+    /// Every field is named, so one added to an incident cannot be left out of its row.
+    fn of(incident: &'a Incident) -> IncidentHeader<'a> {
+        let Incident {
+            id,
+            opened_ms,
+            updated_ms,
+            members: _,
+            affected_services,
+            common_labels,
+            grouping_reasons,
+            probable_causes,
+            severity,
+            version,
+            member_entities,
+        } = incident;
+        IncidentHeader {
+            id,
+            opened_ms: *opened_ms,
+            updated_ms: *updated_ms,
+            members: [],
+            affected_services,
+            common_labels,
+            grouping_reasons,
+            probable_causes,
+            severity: *severity,
+            version: *version,
+            member_entities,
+        }
+    }
+}
+
+/// A digest of everything a member holds, to tell whether its stored row is current. Every field
+/// is named, so a field added to a member cannot be left out of it. A collision (about one in 2^64
+/// per change) would leave one member's stored row a version behind. The hash is foldhash with a
+/// fixed seed: fast, and the same in every process; a release that changes it only makes the next
+/// write of each incident write all its members once.
+fn member_digest(m: &cairn_types::IncidentMember) -> u64 {
+    use cairn_types::IncidentMember;
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
+    match m {
+        IncidentMember::Alert { fingerprint, alertname, status, labels, annotations, severity, starts_at_ms, summary } => {
+            0u8.hash(&mut h);
+            (fingerprint, alertname, status.as_str(), labels, annotations, severity, starts_at_ms, summary).hash(&mut h);
+        }
+        IncidentMember::Anomaly(Anomaly {
+            series,
+            labels,
+            timestamp_ms,
+            observed,
+            expected,
+            score,
+            severity,
+            confidence,
+            anomaly_kind,
+            detector,
+            model_version,
+        }) => {
+            1u8.hash(&mut h);
+            (series.0, labels, timestamp_ms, severity, anomaly_kind, detector, model_version).hash(&mut h);
+            for x in [observed, expected, score, confidence] {
+                x.to_bits().hash(&mut h);
+            }
+        }
+    }
+    h.finish()
+}
+
+/// Reads an incident from its row's body and its member rows.
+fn read_incident(c: &Connection, id: &str, body: &str) -> Result<Incident> {
+    let mut incident: Incident = from_json("incident", body)?;
+    let mut st = c.prepare_cached("SELECT body FROM incident_members WHERE incident_id = ?1 ORDER BY pos")?;
+    let rows = st.query_map([id], |r| r.get::<_, String>(0))?;
+    incident.members = rows.map(|b| from_json("incident member", &b?)).collect::<Result<_>>()?;
+    Ok(incident)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
@@ -941,36 +1075,36 @@ impl crate::SignalStore for SqliteStore {
         self.with_conn(|c| {
             let b: Option<String> =
                 c.query_row("SELECT body FROM incidents WHERE id = ?1", [&id.0], |r| r.get(0)).optional()?;
-            b.map(|b| from_json("incident", &b)).transpose()
+            b.map(|b| read_incident(c, &id.0, &b)).transpose()
         })
     }
 
     fn list_incidents(&self, updated_since_ms: i64, min_members: usize, limit: usize) -> Result<Vec<Incident>> {
         self.with_conn(|c| {
             let mut st = c.prepare_cached(
-                "SELECT body FROM incidents WHERE updated_ms >= ?1 AND json_array_length(body, '$.members') >= MAX(?2, 1)
+                "SELECT id, body FROM incidents WHERE updated_ms >= ?1 AND member_count >= MAX(?2, 1)
                  ORDER BY updated_ms DESC, id LIMIT ?3",
             )?;
-            let rows = st.query_map(params![updated_since_ms, min_members as i64, limit as i64], |r| r.get::<_, String>(0))?;
-            rows.map(|b| from_json("incident", &b?)).collect()
+            let rows = st.query_map(params![updated_since_ms, min_members as i64, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let rows: Vec<(String, String)> = rows.collect::<rusqlite::Result<_>>()?;
+            rows.iter().map(|(id, body)| read_incident(c, id, body)).collect()
         })
     }
 
     fn incidents_changed_after(&self, after: u64, min_members: usize, limit: usize) -> Result<Vec<(u64, Incident)>> {
         self.with_conn(|c| {
             let mut st = c.prepare_cached(
-                "SELECT change_seq, body FROM incidents WHERE change_seq > ?1
-                   AND (json_array_length(body, '$.members') >= ?2 OR json_array_length(body, '$.members') = 0)
+                "SELECT change_seq, id, body FROM incidents WHERE change_seq > ?1
+                   AND (member_count >= ?2 OR member_count = 0)
                  ORDER BY change_seq LIMIT ?3",
             )?;
             let rows = st.query_map(params![after as i64, min_members as i64, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
             })?;
-            rows.map(|row| {
-                let (seq, body) = row?;
-                Ok((seq as u64, from_json("incident", &body)?))
-            })
-            .collect()
+            let rows: Vec<(i64, String, String)> = rows.collect::<rusqlite::Result<_>>()?;
+            rows.iter().map(|(seq, id, body)| Ok((*seq as u64, read_incident(c, id, body)?))).collect()
         })
     }
 }

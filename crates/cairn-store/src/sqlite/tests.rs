@@ -597,7 +597,7 @@ fn incidents_are_followed_from_a_cursor_each_write_once_in_its_latest_state() {
 #[test]
 fn following_incidents_reads_the_change_index() {
     let s = SqliteStore::open_in_memory().unwrap();
-    let plan = query_plan(&s, "SELECT change_seq, body FROM incidents WHERE change_seq > 7 ORDER BY change_seq LIMIT 10");
+    let plan = query_plan(&s, "SELECT change_seq, id, body FROM incidents WHERE change_seq > 7 AND (member_count >= 2 OR member_count = 0) ORDER BY change_seq LIMIT 10");
     assert!(plan.contains("incidents_by_change"), "{plan}");
     assert!(!plan.contains("TEMP B-TREE"), "{plan}");
 }
@@ -791,6 +791,7 @@ fn a_store_from_before_latest_marks_gets_them_on_open() {
              DROP INDEX incidents_by_change; ALTER TABLE incidents DROP COLUMN change_seq;",
         )
         .unwrap();
+        c.execute_batch(UNDO_MEMBER_ROWS).unwrap();
         c.pragma_update(None, "user_version", 6).unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();
@@ -843,6 +844,7 @@ fn the_active_policy_is_the_last_activation_that_succeeded_and_survives_a_migrat
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch("DROP TABLE active_policy; DROP INDEX incidents_by_change; ALTER TABLE incidents DROP COLUMN change_seq;")
             .unwrap();
+        c.execute_batch(UNDO_MEMBER_ROWS).unwrap();
         c.pragma_update(None, "user_version", 7).unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();
@@ -877,6 +879,7 @@ fn a_store_from_before_incident_cursors_numbers_its_incidents_in_the_order_they_
     }
     {
         let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(UNDO_MEMBER_ROWS).unwrap();
         c.execute_batch("DROP INDEX incidents_by_change; ALTER TABLE incidents DROP COLUMN change_seq;").unwrap();
         c.pragma_update(None, "user_version", 8).unwrap();
     }
@@ -885,6 +888,95 @@ fn a_store_from_before_incident_cursors_numbers_its_incidents_in_the_order_they_
     assert_eq!(seen(0), [(1, "b".into()), (2, "c".into()), (3, "a".into())]);
     s.upsert_incident(&incident("b", 40, 2)).unwrap();
     assert_eq!(seen(3), [(4, "b".into())], "the next write follows the numbered ones");
+}
+
+/// Undoes migration 10 (incidents' member rows), for a test that opens a store from before it.
+const UNDO_MEMBER_ROWS: &str =
+    "DROP TABLE incident_members; ALTER TABLE incidents DROP COLUMN member_count; ALTER TABLE incidents DROP COLUMN member_digests;";
+
+/// Rows the writer connection has inserted, updated or deleted so far.
+fn rows_written(s: &SqliteStore) -> u64 {
+    s.with_writer(|c| Ok(c.total_changes())).unwrap()
+}
+
+#[test]
+fn a_growing_incident_writes_only_its_new_and_changed_members_and_reads_back_whole() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let mut inc = incident("a", 10, 100);
+    s.upsert_incident(&inc).unwrap();
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    // One more member: its row and the incident's, not a hundred rows again.
+    let grown = incident("a", 11, 101);
+    inc.members.push(grown.members[100].clone());
+    inc.updated_ms = 11;
+    let before = rows_written(&s);
+    s.upsert_incident(&inc).unwrap();
+    assert_eq!(rows_written(&s) - before, 2, "the new member and the incident");
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    // A member changed in place (an alert resolved, an anomaly grew stronger) is written again.
+    if let cairn_types::IncidentMember::Alert { status, .. } = &mut inc.members[50] {
+        *status = cairn_types::AlertStatus::Resolved;
+    }
+    let before = rows_written(&s);
+    s.upsert_incident(&inc).unwrap();
+    assert_eq!(rows_written(&s) - before, 2);
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    // Unchanged members written again cost nothing but the incident's row.
+    let before = rows_written(&s);
+    s.upsert_incident(&inc).unwrap();
+    assert_eq!(rows_written(&s) - before, 1);
+    // A split leaves fewer, in another order: what is read is what was written.
+    inc.members.truncate(40);
+    inc.members.swap(0, 39);
+    s.upsert_incident(&inc).unwrap();
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    // Emptied (merged away), it is still listed by its cursor, with no member.
+    inc.members.clear();
+    s.upsert_incident(&inc).unwrap();
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    let followed = s.incidents_changed_after(0, 2, 10).unwrap();
+    assert_eq!(followed.len(), 1);
+    assert!(followed[0].1.members.is_empty());
+    assert_eq!(s.list_incidents(0, 0, 10).unwrap().len(), 0, "an empty incident is not listed");
+    let rows: i64 = s.with_writer(|c| Ok(c.query_row("SELECT COUNT(*) FROM incident_members", [], |r| r.get(0))?)).unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[test]
+fn a_store_from_before_member_rows_keeps_its_incidents_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let (a, b) = (incident("a", 10, 3), incident("b", 20, 0));
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.upsert_incident(&incident("placeholder", 1, 1)).unwrap();
+    }
+    {
+        // As migration 9 left them: each incident one row, its members in its body.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(UNDO_MEMBER_ROWS).unwrap();
+        c.execute_batch("DELETE FROM incidents;").unwrap();
+        for (seq, inc) in [(1, &a), (2, &b)] {
+            c.execute(
+                "INSERT INTO incidents (id, version, updated_ms, body, change_seq) VALUES (?1, 1, ?2, ?3, ?4)",
+                params![inc.id.0, inc.updated_ms, serde_json::to_string(inc).unwrap(), seq],
+            )
+            .unwrap();
+        }
+        c.pragma_update(None, "user_version", 9).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.get_incident(&a.id).unwrap().unwrap(), a);
+    assert_eq!(s.get_incident(&b.id).unwrap().unwrap(), b);
+    assert_eq!(s.list_incidents(0, 3, 10).unwrap(), [a.clone()], "member counts are carried over");
+    // The first write after it, digests unknown, writes every member once; then only what changed.
+    let mut grown = incident("a", 30, 4);
+    grown.members[..3].clone_from_slice(&a.members);
+    s.upsert_incident(&grown).unwrap();
+    assert_eq!(s.get_incident(&a.id).unwrap().unwrap(), grown);
+    let before = rows_written(&s);
+    s.upsert_incident(&grown).unwrap();
+    assert_eq!(rows_written(&s) - before, 1);
 }
 
 #[test]

@@ -167,6 +167,7 @@ fn a_change_executing_before_leases_existed_is_handed_to_recovery_on_open() {
              DROP INDEX incidents_by_change; ALTER TABLE incidents DROP COLUMN change_seq;",
         )
         .unwrap();
+        c.execute_batch(UNDO_MEMBER_ROWS).unwrap();
         c.pragma_update(None, "user_version", 3).unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();
