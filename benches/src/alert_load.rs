@@ -189,8 +189,26 @@ async fn run_cairn(args: &Arc<Args>) -> Result<(Sent, f64)> {
     let analysed = sent.acked - engine.store().pending_intake_len()?;
     sent.print("cairn acknowledged");
     println!("  cairn analysed: {analysed} alerts stored in {analysed_secs:.1} s = {:.0} alerts/s", analysed as f64 / analysed_secs);
+    let metrics = reqwest::get(format!("http://{}/metrics", server.http_addr)).await?.text().await?;
+    let (p50, p99) = (delay_bound(&metrics, 0.5), delay_bound(&metrics, 0.99));
+    println!("  cairn acknowledged → analysed (cairn_alert_analysis_delay_seconds): p50 ≤ {p50} s, p99 ≤ {p99} s");
     server.shutdown().await;
     Ok((sent, analysed as f64 / analysed_secs))
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` of
+/// `cairn_alert_analysis_delay_seconds`, from Prometheus's text exposition (`?` when absent).
+fn delay_bound(metrics: &str, q: f64) -> String {
+    let buckets: Vec<(String, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("cairn_alert_analysis_delay_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            Some((le.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    buckets.iter().find(|(_, n)| *n >= q * total).map(|(le, _)| le.clone()).unwrap_or_else(|| "?".into())
 }
 
 /// A real Alertmanager on loopback, killed (and reaped) when dropped, so that no run leaves one.

@@ -138,6 +138,17 @@ async fn alertmanager_duplicate_delivery_keeps_one_and_resolved_updates_it() {
     assert_eq!(h.stored_rows("alerts"), 1, "the duplicate delivery is one alert");
     let text = h.metrics_text().await;
     assert!(text.contains("cairn_ingest_alerts_deduplicated_total 1"), "{text}");
+    // How long each acknowledged delivery waited for its analysis is on /metrics (observed just
+    // after the pass's commit, which is what emptied the journal).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = text;
+    while metric_value(&text, "cairn_alert_analysis_delay_seconds_count") < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        text = h.metrics_text().await;
+    }
+    assert_eq!(metric_value(&text, "cairn_alert_analysis_delay_seconds_count"), 2.0, "{text}");
+    assert!(metric_value(&text, "cairn_alert_analysis_delay_seconds_sum") < 10.0, "{text}");
 
     let resolved = webhook_payload("ProcessDown", &labels, &[("summary", "api down")], "resolved", "fp0001");
     assert_eq!(h.webhook(&resolved).await.0, 200);

@@ -95,8 +95,9 @@ pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Resul
     let mut done = 0;
     loop {
         let rows = engine.store().pending_intake(ALERTS_PER_PASS)?;
-        let Some(&(last, _)) = rows.last() else { return Ok(done) };
-        let alerts: Vec<AlertEvent> = rows.into_iter().map(|(_, a)| a).collect();
+        let Some(last) = rows.last().map(|r| r.seq) else { return Ok(done) };
+        let received: Vec<i64> = rows.iter().map(|r| r.received_ms).collect();
+        let alerts: Vec<AlertEvent> = rows.into_iter().map(|r| r.alert).collect();
         let n = alerts.len();
         // What the analysis of the batch writes (alerts, incidents, revisions with their audit
         // events) and the journal rows it takes share a transaction, give or take the turns the
@@ -110,12 +111,16 @@ pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Resul
         if let Err(e) = pass.commit() {
             // Not stored: the batch stays journaled and is retried, so its alerts must not be
             // remembered as seen, or the retry would drop them as duplicates.
-            for (_, a) in engine.store().pending_intake(n).unwrap_or_default() {
-                analysis.deduper.forget(&a);
+            for j in engine.store().pending_intake(n).unwrap_or_default() {
+                analysis.deduper.forget(&j.alert);
             }
             return Err(e.into());
         }
         analysed?;
+        let now = engine.clock().now_ms();
+        for at in received {
+            engine.metrics().alert_analysis_delay.observe((now - at).max(0) as f64 / 1000.0);
+        }
         let _ = intake.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n as u64)));
         done += n;
         if n < ALERTS_PER_PASS {

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub refused_points: IntCounterVec,
     pub analysis_failures: IntCounter,
     pub intake_failures: IntCounter,
+    /// Seconds from an alert's acknowledgement to the commit of the analysis pass that stored it,
+    /// with its incident and any new revision: how far the analysis lags the intake.
+    pub alert_analysis_delay: prometheus::Histogram,
     pub connections_open: prometheus::IntGaugeVec,
     pub connections_refused: IntCounterVec,
     /// TLS handshakes that failed, per listener and reason (`no_certificate`, `bad_certificate`,
@@ -154,6 +157,14 @@ impl Metrics {
                 "Alert requests refused with 503 because the intake journal could not be written (e.g. a full disk); the sender resends.",
             )
             .expect("valid metric"),
+            alert_analysis_delay: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "cairn_alert_analysis_delay_seconds",
+                    "Seconds from an alert's acknowledgement to the commit of the analysis that stored it, with its incident and any new revision.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            )
+            .expect("valid metric"),
             connections_open: prometheus::IntGaugeVec::new(
                 prometheus::Opts::new("cairn_connections_open", "Connections open now, per listener (http, grpc)."),
                 &["listener"],
@@ -222,6 +233,7 @@ impl Metrics {
             Box::new(m.refused_points.clone()),
             Box::new(m.analysis_failures.clone()),
             Box::new(m.intake_failures.clone()),
+            Box::new(m.alert_analysis_delay.clone()),
             Box::new(m.connections_open.clone()),
             Box::new(m.connections_refused.clone()),
             Box::new(m.tls_handshake_failures.clone()),

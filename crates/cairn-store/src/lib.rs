@@ -117,6 +117,16 @@ impl<T: SignalStore + ChangeStore + GuardStore + LeaseStore + AuditLog + Send + 
 
 /// What analysis writes and reads about signals: alerts (and their intake journal), anomalies and
 /// incidents.
+/// An acknowledged alert waiting in the intake journal.
+#[derive(Debug, Clone)]
+pub struct JournaledAlert {
+    /// Its place in the journal ([`SignalStore::finish_intake`] removes through one).
+    pub seq: i64,
+    /// When it was acknowledged.
+    pub received_ms: i64,
+    pub alert: AlertEvent,
+}
+
 // Each part is shared across threads on its own (the core hands a part to each of its users), so
 // each is `Send + Sync + Debug` by itself, not only through [`Store`].
 pub trait SignalStore: Send + Sync + std::fmt::Debug {
@@ -129,8 +139,8 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     /// returns after the commit that holds its rows, and when that commit fails every caller in it
     /// gets the error and none of their rows is stored.
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()>;
-    /// The oldest journaled alerts not yet analysed, with their journal sequence numbers.
-    fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>>;
+    /// The oldest journaled alerts not yet analysed, oldest first.
+    fn pending_intake(&self, limit: usize) -> Result<Vec<JournaledAlert>>;
     /// Removes journaled alerts up to and including `through_seq`: they are analysed and stored.
     fn finish_intake(&self, through_seq: i64) -> Result<()>;
     /// How many journaled alerts wait for analysis (read at start-up to bound the backlog).

@@ -1002,12 +1002,14 @@ impl crate::SignalStore for SqliteStore {
         }
     }
 
-    fn pending_intake(&self, limit: usize) -> Result<Vec<(i64, AlertEvent)>> {
+    fn pending_intake(&self, limit: usize) -> Result<Vec<crate::JournaledAlert>> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare_cached("SELECT seq, body FROM alert_intake ORDER BY seq LIMIT ?1")?;
-            let rows: Vec<(i64, String)> =
-                stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<std::result::Result<_, _>>()?;
-            rows.into_iter().map(|(seq, body)| Ok((seq, from_json("alert intake", &body)?))).collect()
+            let mut stmt = c.prepare_cached("SELECT seq, received_ms, body FROM alert_intake ORDER BY seq LIMIT ?1")?;
+            let rows: Vec<(i64, i64, String)> =
+                stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<std::result::Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(seq, received_ms, body)| Ok(crate::JournaledAlert { seq, received_ms, alert: from_json("alert intake", &body)? }))
+                .collect()
         })
     }
 

@@ -1124,7 +1124,7 @@ fn one_thread_at_a_time_has_a_pass_and_a_pass_inside_a_pass_is_empty() {
 
 /// The fingerprints journaled and not yet analysed, as another connection sees them (committed).
 fn journaled(s: &SqliteStore) -> Vec<String> {
-    std::thread::scope(|t| t.spawn(|| s.pending_intake(100_000).unwrap().into_iter().map(|(_, a)| a.fingerprint).collect()).join().unwrap())
+    std::thread::scope(|t| t.spawn(|| s.pending_intake(100_000).unwrap().into_iter().map(|j| j.alert.fingerprint).collect()).join().unwrap())
 }
 
 #[test]
