@@ -24,7 +24,8 @@
 //! joins only trouble that began at most `link_window_ms` before its own: a cause precedes its
 //! effects. Across a call, trouble travels as the caller's errors and latency: a caller joins its
 //! callee's incident only with errors or latency (two signals or an alert, not a blip) that began
-//! no earlier than the callee's trouble, and a callee joins its caller's only when the caller shows
+//! no earlier than the callee's trouble (less two scrape intervals, as the samples show them:
+//! `step.rs`), and a callee joins its caller's only when the caller shows
 //! them; a caller's memory or request rate is its own business. Between a node and its pods,
 //! trouble explains trouble of the same resource only (CPU, memory, disk, network), or of none in
 //! particular (down, not ready, errors, latency). Effects seen before their cause (a caller's
@@ -46,6 +47,7 @@
 mod comove;
 pub mod rank;
 mod regroup;
+mod step;
 pub mod topology;
 
 pub use comove::RING as COMOVE_RING;
@@ -438,6 +440,8 @@ pub struct Correlator {
     by_age: BTreeSet<(i64, IncidentId)>,
     /// Incidents merged away, for [`Correlator::take_merged`].
     merged: Vec<Incident>,
+    /// The scrape interval the samples show, for the onset slack.
+    step: step::ScrapeStep,
     /// Entity pairs persons' splits separated: not joined through a link again.
     kept_apart: regroup::Pairs,
     /// Entity pairs persons' merges put together: linked from then on.
@@ -470,6 +474,7 @@ impl Correlator {
             member_of: HashMap::new(),
             by_age: BTreeSet::new(),
             merged: Vec::new(),
+            step: step::ScrapeStep::default(),
             kept_apart: regroup::Pairs::default(),
             kept_together: regroup::Pairs::default(),
             dirty: BTreeSet::new(),
@@ -497,6 +502,7 @@ impl Correlator {
         for s in batch.iter() {
             self.topology.learn(|n| if !graph && (n == "client" || n == "server") { None } else { s.label(n) });
         }
+        self.step.observe(batch);
         if self.cfg.comove {
             self.comove.record(batch);
         }
@@ -599,7 +605,7 @@ impl Correlator {
                 let as_caller = self.topology.calls(entity, n)
                     && linked.established()
                     && j.shows_symptoms()
-                    && j.onset_ms >= linked.onset_ms - rank::ONSET_SLACK_MS;
+                    && j.onset_ms >= linked.onset_ms - self.step.onset_slack_ms();
                 let as_callee = self.topology.calls(n, entity) && linked.shows_symptoms() && j.established() && caused(j);
                 if !as_caller && !as_callee {
                     return None;
@@ -1004,10 +1010,11 @@ impl Correlator {
     /// Summarises and ranks the incident as it stands: the work that grows with its size.
     fn refresh(&mut self, id: &IncidentId) -> Option<&Incident> {
         let keep = self.cfg.max_causes;
+        let slack = self.step.onset_slack_ms();
         let open = self.open.get_mut(id)?;
         let inc = &mut open.incident;
         summarise(inc);
-        inc.probable_causes = rank::rank(inc, &open.nodes, &self.topology, keep);
+        inc.probable_causes = rank::rank(inc, &open.nodes, &self.topology, keep, slack);
         Some(inc)
     }
 
@@ -1237,6 +1244,43 @@ mod tests {
         // An unrelated service at the same moment is another incident.
         let shop = c.observe_alert(&at(alert("X", "shop", "f3", AlertStatus::Firing), 30_000), 3).unwrap();
         assert_ne!(shop.id, first.id);
+    }
+
+    #[test]
+    fn a_caller_seen_before_its_callee_joins_within_two_scrape_intervals_of_the_scrape_the_samples_show() {
+        // The callee is established at 100 s; the caller's errors are first seen 90 s earlier.
+        let outage = |c: &mut Correlator| {
+            let mut db = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
+            db.labels.insert("pod", "db-0");
+            let db = c.observe_alert(&at(db, 100_000), 0).unwrap();
+            c.observe_anomaly(&series(&[("__name__", "pg_up"), ("pod", "db-0"), ("service", "db")], 100_000, 0.9), 1);
+            c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 100_000, 0.9), 1);
+            let api = c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f2", AlertStatus::Firing), 10_000), 2).unwrap();
+            (db.id, api)
+        };
+        // Scraped every 15 s, that is more than two scrapes before the cause: not its effect.
+        let mut fast = cluster();
+        for k in 0..4 {
+            learnt_at(&mut fast, k * 15_000);
+        }
+        let (db, api) = outage(&mut fast);
+        assert_ne!(api.id, db, "{:?}", api.grouping_reasons);
+        // Scraped every minute, the same 90 s is within two scrapes: the caller joins.
+        let mut slow = cluster();
+        for k in 0..4 {
+            learnt_at(&mut slow, k * 60_000);
+        }
+        let (db, api) = outage(&mut slow);
+        assert_eq!(api.id, db, "{:?}", api.grouping_reasons);
+    }
+
+    /// One scrape of two series at `t`.
+    fn learnt_at(c: &mut Correlator, t: i64) {
+        let samples: Vec<cairn_types::MetricSample> = ["a", "b"]
+            .iter()
+            .map(|i| cairn_types::MetricSample { labels: [("__name__", "up"), ("instance", *i)].into_iter().collect(), timestamp_ms: t, value: 1.0 })
+            .collect();
+        c.learn(&samples.iter().collect());
     }
 
     /// The database outage of the test above: one incident holding `db`'s trouble and `api`'s

@@ -59,8 +59,6 @@ fn describe(m: &IncidentMember) -> String {
     }
 }
 
-/// How much earlier than its cause an effect may appear to start: two scrape intervals.
-pub(crate) const ONSET_SLACK_MS: i64 = 30_000;
 /// Member ids named as evidence per cause.
 const MAX_EVIDENCE: usize = 20;
 /// Signals a node needs before its pods' trouble is put down to it.
@@ -84,7 +82,7 @@ struct Candidate<'a> {
 }
 
 /// Ranks the incident's entities as root-cause candidates, best first, at most `keep`.
-pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: usize) -> Vec<ProbableCause> {
+pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: usize, onset_slack_ms: i64) -> Vec<ProbableCause> {
     let mut cands: BTreeMap<&str, Candidate> = BTreeMap::new();
     for (i, m) in inc.members.iter().enumerate() {
         let c = cands.entry(inc.entity_of(i)).or_insert_with(|| Candidate { onset: i64::MAX, ..Default::default() });
@@ -116,7 +114,7 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
             let mut factors: Vec<(f64, String)> = Vec::new();
             // A dependent counts only if its trouble did not start before this entity's: a cause
             // precedes its effects (within the scrape jitter).
-            let after = |o: &str| cands.get(o).is_some_and(|oc| oc.onset >= c.onset - ONSET_SLACK_MS);
+            let after = |o: &str| cands.get(o).is_some_and(|oc| oc.onset >= c.onset - onset_slack_ms);
             // A node hosts trouble only when it has some of its own: a one-off blip on a node that
             // runs one of a service's pods says nothing about the service.
             let node_trouble = |n: &str| cands.get(n).is_some_and(|nc| nc.members.len() >= NODE_TROUBLE);
