@@ -1225,12 +1225,7 @@ mod tests {
     #[test]
     fn a_database_outage_is_one_incident_across_services_and_the_database_ranks_first() {
         let mut c = cluster();
-        let mut db = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
-        db.labels.insert("pod", "db-0");
-        let first = c.observe_alert(&at(db, 0), 0).unwrap();
-        // Established as a problem: three signals.
-        c.observe_anomaly(&series(&[("__name__", "pg_up"), ("pod", "db-0"), ("service", "db")], 0, 0.9), 1);
-        c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 0, 0.9), 1);
+        let first = db_down(&mut c, 0);
         // The caller's error budget burns, and is critical too.
         let api = c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f2", AlertStatus::Firing), 30_000), 1).unwrap();
         assert_eq!(api.id, first.id, "{:?}", api.grouping_reasons);
@@ -1250,11 +1245,7 @@ mod tests {
     fn a_caller_seen_before_its_callee_joins_within_two_scrape_intervals_of_the_scrape_the_samples_show() {
         // The callee is established at 100 s; the caller's errors are first seen 90 s earlier.
         let outage = |c: &mut Correlator| {
-            let mut db = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
-            db.labels.insert("pod", "db-0");
-            let db = c.observe_alert(&at(db, 100_000), 0).unwrap();
-            c.observe_anomaly(&series(&[("__name__", "pg_up"), ("pod", "db-0"), ("service", "db")], 100_000, 0.9), 1);
-            c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 100_000, 0.9), 1);
+            let db = db_down(c, 100_000);
             let api = c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f2", AlertStatus::Firing), 10_000), 2).unwrap();
             (db.id, api)
         };
@@ -1286,11 +1277,7 @@ mod tests {
     /// The database outage of the test above: one incident holding `db`'s trouble and `api`'s
     /// errors (members alert:f1, alert:f2 and three series).
     fn outage(c: &mut Correlator) -> Incident {
-        let mut db = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
-        db.labels.insert("pod", "db-0");
-        c.observe_alert(&at(db, 0), 0).unwrap();
-        c.observe_anomaly(&series(&[("__name__", "pg_up"), ("pod", "db-0"), ("service", "db")], 0, 0.9), 1);
-        c.observe_anomaly(&series(&[("__name__", "kube_statefulset_status_replicas_ready"), ("statefulset", "db")], 0, 0.9), 1);
+        db_down(c, 0);
         c.observe_alert(&at(alert("ErrorBudgetBurn", "api", "f2", AlertStatus::Firing), 30_000), 1).unwrap()
     }
 
@@ -1417,7 +1404,7 @@ mod tests {
         assert_eq!(db.members.len(), 5);
     }
 
-    /// A database `db` established as a problem (three signals) at minute 0.
+    /// A database `db` established as a problem (three signals) at event time `t`.
     fn db_down(c: &mut Correlator, t: i64) -> Incident {
         let mut down = alert("PostgresqlDown", "db", "f1", AlertStatus::Firing);
         down.labels.insert("pod", "db-0");
