@@ -527,6 +527,7 @@ fn evidence_digest(incident: &Incident, plan: &EvidencePlan) -> String {
         .collect();
     items.sort();
     items.extend(plan.rest.iter().map(|(what, n)| format!("more:{what}:{}", n.ilog2())));
+    items.push(format!("root:{}", root_entity(incident).unwrap_or("")));
     hex::encode(Sha256::digest(items.join("\n").as_bytes()))
 }
 

@@ -459,7 +459,19 @@ fn a_storm_of_one_alert_kind_is_revised_when_the_card_would_say_more_not_for_eve
     if let IncidentMember::Alert { status, .. } = &mut with_release[150] {
         *status = AlertStatus::Resolved;
     }
-    assert_eq!(r.recommend(&incident(with_release), 301).len(), 1);
+    assert_eq!(r.recommend(&incident(with_release.clone()), 301).len(), 1);
+    // And so is a new root, though every member is the same.
+    let mut rooted = incident(with_release);
+    rooted.member_entities = vec!["service:checkout".into(); rooted.members.len()];
+    rooted.probable_causes = vec![cairn_types::ProbableCause {
+        description: "checkout".into(),
+        score: 0.9,
+        entity: "service:checkout".into(),
+        factors: vec![],
+        members: vec![],
+    }];
+    assert_eq!(r.recommend(&rooted, 302).len(), 1);
+    assert!(r.recommend(&rooted, 303).is_empty(), "the same again is nothing new");
 }
 
 #[test]
