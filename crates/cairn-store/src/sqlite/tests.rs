@@ -1238,3 +1238,26 @@ fn a_pass_whose_commit_fails_says_so_stores_nothing_of_it_and_writes_nothing_mor
     pass.commit().unwrap();
     assert_eq!(fingerprints(&s), ["d"]);
 }
+
+#[test]
+fn the_wal_is_checkpointed_off_the_writers_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    // Far fewer than SQLite's 1,000 pages: its own automatic checkpoint would not run, and the
+    // writer's is off; only the checkpointer copies these pages into the database file.
+    for i in 0..50 {
+        s.upsert_incident(&incident(&format!("inc-{i}"), i, 4)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() <= before {
+        assert!(std::time::Instant::now() < deadline, "the database file never grew: nothing checkpointed the WAL");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let auto: i64 = s.with_writer(|c| Ok(c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?)).unwrap();
+    assert_eq!(auto, 0, "no writer checkpoints inside its commit");
+    drop(s);
+    assert_eq!(SqliteStore::open(&path).unwrap().list_incidents(0, 0, 100).unwrap().len(), 50);
+}
