@@ -137,6 +137,9 @@ struct Open {
     entities: HashMap<String, Span>,
     via: HashMap<String, Span>,
     dropped_members: u64,
+    /// How many leading members `incident.common_labels` is the intersection of: members are only
+    /// appended (a split rebuilds the incident), so each settle folds in the new ones only.
+    common_upto: usize,
 }
 
 impl Open {
@@ -161,6 +164,7 @@ impl Open {
             entities: HashMap::new(),
             via: HashMap::new(),
             dropped_members: 0,
+            common_upto: 0,
         }
     }
 
@@ -330,7 +334,7 @@ fn resources_of(name: &str) -> u8 {
 fn member_resources(m: &IncidentMember) -> u8 {
     let labels = m.labels();
     let label = |k: &str| labels.get(k).map_or(0, resources_of);
-    resources_of(rank::member_name(m)) | label("condition") | label("resource")
+    resources_of(m.name()) | label("condition") | label("resource")
 }
 
 /// Whether two spans' trouble can be one problem by their resources.
@@ -359,7 +363,7 @@ fn signal_span(m: &IncidentMember, resources: u8, persist_ms: i64) -> Span {
     s.extend(m.event_ms(), holds_until(m, persist_ms));
     s.count = 1;
     s.alerts = u32::from(matches!(m, IncidentMember::Alert { .. }));
-    s.symptoms = u32::from(rank::classify(rank::member_name(m)) == rank::SignalKind::Symptom);
+    s.symptoms = u32::from(rank::classify(m.name()) == rank::SignalKind::Symptom);
     s.symptom_alerts = s.symptoms.min(s.alerts);
     s.burst = matches!(m, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
     s.resources = if resources == 0 { ANY_RESOURCE } else { resources };
@@ -798,7 +802,7 @@ impl Correlator {
     fn insert(&mut self, id: &IncidentId, identity: String, member: IncidentMember, r: &Resolved, resources: u8, reason: String) {
         let t = member.event_ms();
         let holds = holds_until(&member, self.cfg.persist_ms);
-        let is_symptom = rank::classify(rank::member_name(&member)) == rank::SignalKind::Symptom;
+        let is_symptom = rank::classify(member.name()) == rank::SignalKind::Symptom;
         let critical = matches!(member, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
         let Some(open) = self.open.get_mut(id) else {
             return;
@@ -981,7 +985,12 @@ impl Correlator {
             span.extend(t, t);
         }
         let changed = match (&mut open.incident.members[i], &member) {
-            (IncidentMember::Alert { status, .. }, IncidentMember::Alert { status: new, .. }) if status != new => {
+            (IncidentMember::Alert { status, labels, .. }, IncidentMember::Alert { status: new, labels: new_labels, .. }) if status != new => {
+                // The same fingerprint with other labels (a sender's fault): the common labels are
+                // worked out again from every member.
+                if labels != new_labels {
+                    open.common_upto = 0;
+                }
                 open.incident.members[i] = member;
                 true
             }
@@ -1013,7 +1022,7 @@ impl Correlator {
         let slack = self.step.onset_slack_ms();
         let open = self.open.get_mut(id)?;
         let inc = &mut open.incident;
-        summarise(inc);
+        summarise(inc, &mut open.common_upto);
         inc.probable_causes = rank::rank(inc, &open.nodes, &self.topology, keep, slack);
         Some(inc)
     }
@@ -1090,17 +1099,26 @@ fn incident_id(entity: &str, event_ms: i64, opened_ms: i64) -> IncidentId {
     IncidentId(format!("inc-{}", &hex::encode(h.finalize())[..16]))
 }
 
-/// Recomputes the derived fields of an incident from its members.
-fn summarise(inc: &mut Incident) {
-    let mut common: Option<Labels> = None;
-    let mut severity = Severity::Low;
-    for m in &inc.members {
+/// Recomputes the derived fields of an incident from its members. The common labels are
+/// intersected with the members after the first `common_upto` only (they are already in it), and
+/// `common_upto` is moved to the end.
+fn summarise(inc: &mut Incident, common_upto: &mut usize) {
+    if *common_upto > inc.members.len() || inc.members.is_empty() {
+        *common_upto = 0;
+        inc.common_labels = Labels::new();
+    }
+    for (k, m) in inc.members.iter().enumerate().skip(*common_upto) {
         let labels = m.labels();
         // Intersected in place: no label set is built per member.
-        match common.as_mut() {
-            None => common = Some(labels.clone()),
-            Some(c) => c.0.retain(|k, v| labels.get(k) == Some(v.as_str())),
+        if k == 0 {
+            inc.common_labels = labels.clone();
+        } else {
+            inc.common_labels.0.retain(|k, v| labels.get(k) == Some(v.as_str()));
         }
+    }
+    *common_upto = inc.members.len();
+    let mut severity = Severity::Low;
+    for m in &inc.members {
         let s = match m {
             IncidentMember::Alert { severity, status: AlertStatus::Firing, .. } => *severity,
             IncidentMember::Alert { .. } => Severity::Low,
@@ -1112,7 +1130,6 @@ fn summarise(inc: &mut Incident) {
         inc.member_entities.iter().filter_map(|e| e.strip_prefix("service:")).map(String::from).collect();
     services.sort();
     services.dedup();
-    inc.common_labels = common.unwrap_or_default();
     inc.affected_services = services;
     inc.severity = severity;
 }
@@ -1263,6 +1280,68 @@ mod tests {
         }
         let (db, api) = outage(&mut slow);
         assert_eq!(api.id, db, "{:?}", api.grouping_reasons);
+    }
+
+    #[test]
+    fn common_labels_kept_as_members_join_equal_those_worked_out_from_every_member() {
+        // Alerts on three services that call one another, with labels that differ per alert, some
+        // resolving, one re-sent with other labels under its fingerprint, a person's split and merge.
+        let mut c = cluster();
+        let mut x: u64 = 7;
+        for i in 0..300 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let service = ["api", "db", "shop", "cart", "search"][(x >> 33) as usize % 5];
+            let mut a = alert(if i % 2 == 0 { "HighErrorRate" } else { "PostgresqlDown" }, service, &format!("f{}", (x >> 40) % 120), AlertStatus::Firing);
+            if (x >> 20) % 5 == 0 {
+                a.status = AlertStatus::Resolved;
+            }
+            if (x >> 24) % 3 == 0 {
+                a.labels.insert("zone", if (x >> 28) % 2 == 0 { "a" } else { "b" });
+            }
+            a.labels.insert("team", "core");
+            c.note_alert(&at(a, i * 1_000), i);
+            if i % 50 == 49 {
+                let ids = c.settle();
+                if let Some(inc) = ids.first().and_then(|id| c.get(id)).filter(|inc| inc.members.len() > 2).cloned() {
+                    let first = crate::regroup::identity_of(&inc.members[0]);
+                    let (left, new) = c.split_by_person(&inc.id, &[first], "test", i).unwrap();
+                    // Merged back once: a person's merge links the entities from then on.
+                    if i == 249 {
+                        c.merge_by_person(&left.id, &new.id, "test", i).unwrap();
+                    }
+                }
+            }
+        }
+        c.settle();
+        let mut checked = 0;
+        for inc in c.open.values().map(|o| &o.incident) {
+            let mut full: Option<Labels> = None;
+            for m in &inc.members {
+                let l = m.labels();
+                full = Some(match full {
+                    None => l.clone(),
+                    Some(mut f) => {
+                        f.0.retain(|k, v| l.get(k) == Some(v.as_str()));
+                        f
+                    }
+                });
+            }
+            assert_eq!(inc.common_labels, full.unwrap_or_default(), "{}", inc.id);
+            checked += 1;
+        }
+        assert!(checked >= 2, "{checked} incidents");
+        // A fingerprint re-sent with other labels (as a faulty sender may): worked out again.
+        let mut c = Correlator::new(CorrelatorConfig::default());
+        let zoned = |fp: &str, zone: &str, status| {
+            let mut a = alert("X", "shop", fp, status);
+            a.labels.insert("zone", zone);
+            a
+        };
+        c.observe_alert(&zoned("f1", "a", AlertStatus::Firing), 0);
+        let both = c.observe_alert(&zoned("f2", "a", AlertStatus::Firing), 0).unwrap();
+        assert_eq!(both.common_labels.get("zone"), Some("a"));
+        let moved = c.observe_alert(&zoned("f2", "b", AlertStatus::Resolved), 1).unwrap();
+        assert_eq!(moved.common_labels.get("zone"), None, "{:?}", moved.common_labels);
     }
 
     /// One scrape of two series at `t`.

@@ -20,14 +20,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use cairn_types::{SignalKind, signal_kind as classify};
 
-/// The name a member is classified by: an alert's name, an anomaly's metric name.
-pub fn member_name(m: &IncidentMember) -> &str {
-    match m {
-        IncidentMember::Alert { alertname, .. } => alertname,
-        IncidentMember::Anomaly(a) => a.labels.metric_name().unwrap_or(""),
-    }
-}
-
 pub(crate) fn severity_weight(s: Severity) -> f64 {
     match s {
         Severity::Low => 0.25,
@@ -84,12 +76,15 @@ struct Candidate<'a> {
 /// Ranks the incident's entities as root-cause candidates, best first, at most `keep`.
 pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: usize, onset_slack_ms: i64) -> Vec<ProbableCause> {
     let mut cands: BTreeMap<&str, Candidate> = BTreeMap::new();
+    // What each name says, once per distinct name (a fleet's members share one).
+    let mut kinds: std::collections::HashMap<&str, SignalKind> = std::collections::HashMap::new();
     for (i, m) in inc.members.iter().enumerate() {
         let c = cands.entry(inc.entity_of(i)).or_insert_with(|| Candidate { onset: i64::MAX, ..Default::default() });
         c.members.push(m);
         c.times.push(m.event_ms());
         c.weight = c.weight.max(member_weight(m));
-        match classify(member_name(m)) {
+        let name = m.name();
+        match *kinds.entry(name).or_insert_with(|| classify(name)) {
             SignalKind::Change => c.change = true,
             SignalKind::Cause => c.cause = true,
             SignalKind::Symptom => {}

@@ -406,14 +406,7 @@ struct MemberView<'a> {
 impl<'a> MemberView<'a> {
     fn of(incident: &'a Incident) -> MemberView<'a> {
         let root = root_entity(incident);
-        let names: Vec<&str> = incident
-            .members
-            .iter()
-            .map(|m| match m {
-                IncidentMember::Alert { alertname, .. } => alertname.as_str(),
-                IncidentMember::Anomaly(a) => a.labels.metric_name().unwrap_or(""),
-            })
-            .collect();
+        let names: Vec<&str> = incident.members.iter().map(IncidentMember::name).collect();
         let on_root: Vec<bool> = (0..names.len()).map(|i| root.is_none_or(|r| incident.entity_of(i) == r)).collect();
         // An explicit `cairn_playbook` wins over name matching, for this playbook and against others.
         let explicit = incident
@@ -819,13 +812,7 @@ fn investigate(
     if !matches!(root_entity(incident).and_then(|r| r.split_once(':')), Some(("service" | "node", _))) {
         missing.push("the signals name no service or node Cairn can place: add a `service` label to the alert rules, or declare the service in `[[topology]]`".into());
     }
-    let changed = incident.members.iter().any(|m| {
-        let name = match m {
-            IncidentMember::Alert { alertname, .. } => alertname.as_str(),
-            IncidentMember::Anomaly(a) => a.labels.metric_name().unwrap_or(""),
-        };
-        cairn_types::signal_kind(name) == cairn_types::SignalKind::Change
-    });
+    let changed = incident.members.iter().any(|m| cairn_types::signal_kind(m.name()) == cairn_types::SignalKind::Change);
     if !changed {
         missing.push("no change event in the incident: if something was deployed or reconfigured, send it to `POST /api/v1/changes`".into());
     }

@@ -112,6 +112,15 @@ impl IncidentMember {
         }
     }
 
+    /// What the member is called: an alert's name, an anomaly's metric name (`""` when the series
+    /// has none). Signatures and signal kinds are read from it.
+    pub fn name(&self) -> &str {
+        match self {
+            IncidentMember::Alert { alertname, .. } => alertname,
+            IncidentMember::Anomaly(a) => a.labels.metric_name().unwrap_or(""),
+        }
+    }
+
     /// When the member happened in event time: an alert's start, an anomaly's sample time.
     pub fn event_ms(&self) -> TimestampMs {
         match self {
