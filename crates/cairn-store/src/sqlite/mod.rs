@@ -183,12 +183,20 @@ const MIGRATIONS: &[&str] = &[
          WHERE i2.updated_ms < incidents.updated_ms OR (i2.updated_ms = incidents.updated_ms AND i2.id <= incidents.id));
     CREATE INDEX IF NOT EXISTS incidents_by_change ON incidents (change_seq);
     "#,
-    // 10: an incident's members are rows of their own, and the incident's row keeps a digest of
-    // each, so that a write of a growing incident writes the members that are new or changed,
-    // not the whole incident again (`write_incident`). Existing incidents are split up; their
-    // digests are unknown, so their next write writes every member once.
+    // 10: an incident's members (with their entities) and its grouping reasons are rows of their
+    // own, and the incident's row keeps a digest of each, so that a write of a growing incident
+    // writes the rows that are new or changed, not the whole incident again (`write_incident`).
+    // Existing incidents are split up; their digests are unknown, so their next write writes
+    // every row once.
     r#"
     CREATE TABLE incident_members (
+        incident_id   TEXT NOT NULL,
+        pos           INTEGER NOT NULL,
+        body          TEXT NOT NULL,
+        entity        TEXT,
+        PRIMARY KEY (incident_id, pos)
+    ) WITHOUT ROWID;
+    CREATE TABLE incident_reasons (
         incident_id   TEXT NOT NULL,
         pos           INTEGER NOT NULL,
         body          TEXT NOT NULL,
@@ -196,10 +204,15 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     ALTER TABLE incidents ADD COLUMN member_count INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE incidents ADD COLUMN member_digests BLOB;
-    INSERT INTO incident_members (incident_id, pos, body)
-        SELECT i.id, CAST(m.key AS INTEGER), m.value FROM incidents i, json_each(i.body, '$.members') m;
+    ALTER TABLE incidents ADD COLUMN reason_digests BLOB;
+    INSERT INTO incident_members (incident_id, pos, body, entity)
+        SELECT i.id, CAST(m.key AS INTEGER), m.value, json_extract(i.body, '$.member_entities[' || m.key || ']')
+          FROM incidents i, json_each(i.body, '$.members') m;
+    INSERT INTO incident_reasons (incident_id, pos, body)
+        SELECT i.id, CAST(r.key AS INTEGER), r.value FROM incidents i, json_each(i.body, '$.grouping_reasons') r;
     UPDATE incidents SET member_count = json_array_length(body, '$.members'),
-                         body = json_set(body, '$.members', json('[]'));
+                         body = json_set(body, '$.members', json('[]'), '$.member_entities', json('[]'),
+                                         '$.grouping_reasons', json('[]'));
     "#,
 ];
 
@@ -370,40 +383,60 @@ impl std::fmt::Debug for HookSlot {
 }
 
 /// Writes an incident with the next change cursor (`WatchIncidents` follows them).
-/// Writes an incident: its row (everything but the members, each member's digest, the next change
-/// cursor) and the member rows that are new or changed since the last write, which the stored
-/// digests tell without encoding the others; members past the new end are deleted. So a write
-/// costs what changed, not the size of the incident.
+/// Writes an incident: its row (everything but its members, their entities and its grouping
+/// reasons; a digest of each of those; the next change cursor) and the member and reason rows that
+/// are new or changed since the last write, which the stored digests tell without encoding the
+/// others; rows past the new end are deleted. So a write costs what changed, not the size of the
+/// incident.
 fn write_incident(tx: &Connection, incident: &Incident) -> Result<()> {
-    let stored: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT member_digests FROM incidents WHERE id = ?1")?
-        .query_row([&incident.id.0], |r| r.get::<_, Option<Vec<u8>>>(0))
+    let id = &incident.id.0;
+    let (stored_members, stored_reasons): (Option<Vec<u8>>, Option<Vec<u8>>) = tx
+        .prepare_cached("SELECT member_digests, reason_digests FROM incidents WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
-        .flatten();
-    let stored: Vec<u64> = stored.unwrap_or_default().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
-    let digests: Vec<u64> = incident.members.iter().map(member_digest).collect();
-    let mut put = tx.prepare_cached("INSERT OR REPLACE INTO incident_members (incident_id, pos, body) VALUES (?1, ?2, ?3)")?;
-    for (pos, (member, digest)) in incident.members.iter().zip(&digests).enumerate() {
-        if stored.get(pos) != Some(digest) {
-            put.execute(params![incident.id.0, pos as i64, to_json(member)?])?;
-        }
+        .unwrap_or_default();
+    let entity = |pos: usize| incident.member_entities.get(pos).map(String::as_str);
+    let members: Vec<u64> = incident.members.iter().enumerate().map(|(pos, m)| member_digest(m, entity(pos))).collect();
+    let reasons: Vec<u64> = incident.grouping_reasons.iter().map(|r| text_digest(r)).collect();
+    let mut put = tx.prepare_cached("INSERT OR REPLACE INTO incident_members (incident_id, pos, body, entity) VALUES (?1, ?2, ?3, ?4)")?;
+    for pos in changed(stored_members.as_deref(), &members) {
+        put.execute(params![id, pos as i64, to_json(&incident.members[pos])?, entity(pos)])?;
     }
-    tx.prepare_cached("DELETE FROM incident_members WHERE incident_id = ?1 AND pos >= ?2")?
-        .execute(params![incident.id.0, incident.members.len() as i64])?;
-    let header = IncidentHeader::of(incident);
-    let blob: Vec<u8> = digests.iter().flat_map(|d| d.to_le_bytes()).collect();
+    let mut put = tx.prepare_cached("INSERT OR REPLACE INTO incident_reasons (incident_id, pos, body) VALUES (?1, ?2, ?3)")?;
+    for pos in changed(stored_reasons.as_deref(), &reasons) {
+        put.execute(params![id, pos as i64, incident.grouping_reasons[pos]])?;
+    }
+    tx.prepare_cached("DELETE FROM incident_members WHERE incident_id = ?1 AND pos >= ?2")?.execute(params![id, members.len() as i64])?;
+    tx.prepare_cached("DELETE FROM incident_reasons WHERE incident_id = ?1 AND pos >= ?2")?.execute(params![id, reasons.len() as i64])?;
+    let blob = |d: &[u64]| -> Vec<u8> { d.iter().flat_map(|x| x.to_le_bytes()).collect() };
     tx.prepare_cached(
-        "INSERT INTO incidents (id, version, updated_ms, body, change_seq, member_count, member_digests)
-         VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents), ?5, ?6)
+        "INSERT INTO incidents (id, version, updated_ms, body, change_seq, member_count, member_digests, reason_digests)
+         VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM incidents), ?5, ?6, ?7)
          ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_ms = excluded.updated_ms,
              body = excluded.body, change_seq = excluded.change_seq, member_count = excluded.member_count,
-             member_digests = excluded.member_digests",
+             member_digests = excluded.member_digests, reason_digests = excluded.reason_digests",
     )?
-    .execute(params![incident.id.0, incident.version, incident.updated_ms, to_json(&header)?, incident.members.len() as i64, blob])?;
+    .execute(params![
+        id,
+        incident.version,
+        incident.updated_ms,
+        to_json(&IncidentHeader::of(incident))?,
+        incident.members.len() as i64,
+        blob(&members),
+        blob(&reasons)
+    ])?;
     Ok(())
 }
 
-/// An incident as its row stores it: every field, with the members (rows of their own) empty.
+/// The positions whose digest differs from the one stored (a blob of little-endian `u64`s, none
+/// when unknown): those rows are written again.
+fn changed<'a>(stored: Option<&[u8]>, digests: &'a [u64]) -> impl Iterator<Item = usize> + 'a {
+    let stored: Vec<u64> = stored.unwrap_or_default().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+    digests.iter().enumerate().filter(move |(pos, d)| stored.get(*pos) != Some(*d)).map(|(pos, _)| pos)
+}
+
+/// An incident as its row stores it: every field, with the members, their entities and the
+/// grouping reasons (rows of their own) empty.
 #[derive(Serialize)]
 struct IncidentHeader<'a> {
     id: &'a IncidentId,
@@ -412,11 +445,11 @@ struct IncidentHeader<'a> {
     members: [(); 0],
     affected_services: &'a [String],
     common_labels: &'a cairn_types::Labels,
-    grouping_reasons: &'a [String],
+    grouping_reasons: [(); 0],
     probable_causes: &'a [cairn_types::ProbableCause],
     severity: cairn_types::Severity,
     version: u32,
-    member_entities: &'a [String],
+    member_entities: [(); 0],
 }
 
 impl<'a> IncidentHeader<'a> {
@@ -429,11 +462,11 @@ impl<'a> IncidentHeader<'a> {
             members: _,
             affected_services,
             common_labels,
-            grouping_reasons,
+            grouping_reasons: _,
             probable_causes,
             severity,
             version,
-            member_entities,
+            member_entities: _,
         } = incident;
         IncidentHeader {
             id,
@@ -442,11 +475,11 @@ impl<'a> IncidentHeader<'a> {
             members: [],
             affected_services,
             common_labels,
-            grouping_reasons,
+            grouping_reasons: [],
             probable_causes,
             severity: *severity,
             version: *version,
-            member_entities,
+            member_entities: [],
         }
     }
 }
@@ -456,10 +489,11 @@ impl<'a> IncidentHeader<'a> {
 /// per change) would leave one member's stored row a version behind. The hash is foldhash with a
 /// fixed seed: fast, and the same in every process; a release that changes it only makes the next
 /// write of each incident write all its members once.
-fn member_digest(m: &cairn_types::IncidentMember) -> u64 {
+fn member_digest(m: &cairn_types::IncidentMember, entity: Option<&str>) -> u64 {
     use cairn_types::IncidentMember;
     use std::hash::{BuildHasher, Hash, Hasher};
     let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
+    entity.hash(&mut h);
     match m {
         IncidentMember::Alert { fingerprint, alertname, status, labels, annotations, severity, starts_at_ms, summary } => {
             0u8.hash(&mut h);
@@ -488,12 +522,23 @@ fn member_digest(m: &cairn_types::IncidentMember) -> u64 {
     h.finish()
 }
 
-/// Reads an incident from its row's body and its member rows.
+/// A digest of a text row (a grouping reason), as [`member_digest`] is of a member.
+fn text_digest(text: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0).hash_one(text)
+}
+
+/// Reads an incident from its row's body and its member and reason rows.
 fn read_incident(c: &Connection, id: &str, body: &str) -> Result<Incident> {
     let mut incident: Incident = from_json("incident", body)?;
-    let mut st = c.prepare_cached("SELECT body FROM incident_members WHERE incident_id = ?1 ORDER BY pos")?;
-    let rows = st.query_map([id], |r| r.get::<_, String>(0))?;
-    incident.members = rows.map(|b| from_json("incident member", &b?)).collect::<Result<_>>()?;
+    let mut st = c.prepare_cached("SELECT body, entity FROM incident_members WHERE incident_id = ?1 ORDER BY pos")?;
+    let rows: Vec<(String, Option<String>)> = st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    // Incidents stored before entities have none: the list stays empty rather than blank.
+    let with_entities = rows.iter().any(|(_, e)| e.is_some());
+    incident.member_entities = if with_entities { rows.iter().map(|(_, e)| e.clone().unwrap_or_default()).collect() } else { Vec::new() };
+    incident.members = rows.iter().map(|(b, _)| from_json("incident member", b)).collect::<Result<_>>()?;
+    let mut st = c.prepare_cached("SELECT body FROM incident_reasons WHERE incident_id = ?1 ORDER BY pos")?;
+    incident.grouping_reasons = st.query_map([id], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>()?;
     Ok(incident)
 }
 

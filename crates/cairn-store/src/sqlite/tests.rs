@@ -891,8 +891,8 @@ fn a_store_from_before_incident_cursors_numbers_its_incidents_in_the_order_they_
 }
 
 /// Undoes migration 10 (incidents' member rows), for a test that opens a store from before it.
-const UNDO_MEMBER_ROWS: &str =
-    "DROP TABLE incident_members; ALTER TABLE incidents DROP COLUMN member_count; ALTER TABLE incidents DROP COLUMN member_digests;";
+const UNDO_MEMBER_ROWS: &str = "DROP TABLE incident_members; DROP TABLE incident_reasons; ALTER TABLE incidents DROP COLUMN member_count;
+     ALTER TABLE incidents DROP COLUMN member_digests; ALTER TABLE incidents DROP COLUMN reason_digests;";
 
 /// Rows the writer connection has inserted, updated or deleted so far.
 fn rows_written(s: &SqliteStore) -> u64 {
@@ -903,16 +903,23 @@ fn rows_written(s: &SqliteStore) -> u64 {
 fn a_growing_incident_writes_only_its_new_and_changed_members_and_reads_back_whole() {
     let s = SqliteStore::open_in_memory().unwrap();
     let mut inc = incident("a", 10, 100);
+    inc.member_entities = (0..100).map(|i| format!("service:s{}", i % 3)).collect();
+    inc.grouping_reasons = (0..100).map(|i| format!("alert X joined: reason {i}")).collect();
     s.upsert_incident(&inc).unwrap();
     assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
-    // One more member: its row and the incident's, not a hundred rows again.
+    // One more member, with its entity and the reason it joined: its two rows and the incident's,
+    // not two hundred rows again.
     let grown = incident("a", 11, 101);
     inc.members.push(grown.members[100].clone());
+    inc.member_entities.push("service:s9".into());
+    inc.grouping_reasons.push("alert X joined: the last one".into());
     inc.updated_ms = 11;
     let before = rows_written(&s);
     s.upsert_incident(&inc).unwrap();
-    assert_eq!(rows_written(&s) - before, 2, "the new member and the incident");
+    assert_eq!(rows_written(&s) - before, 3, "the new member, its reason and the incident");
     assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    let stored = s.with_writer(|c| Ok(c.query_row("SELECT length(body) FROM incidents WHERE id = 'a'", [], |r| r.get::<_, i64>(0))?)).unwrap();
+    assert!(stored < 1_000, "the incident's own row does not grow with its members: {stored} bytes");
     // A member changed in place (an alert resolved, an anomaly grew stronger) is written again.
     if let cairn_types::IncidentMember::Alert { status, .. } = &mut inc.members[50] {
         *status = cairn_types::AlertStatus::Resolved;
@@ -928,10 +935,15 @@ fn a_growing_incident_writes_only_its_new_and_changed_members_and_reads_back_who
     // A split leaves fewer, in another order: what is read is what was written.
     inc.members.truncate(40);
     inc.members.swap(0, 39);
+    inc.member_entities.truncate(40);
+    inc.member_entities.swap(0, 39);
+    inc.grouping_reasons.truncate(10);
     s.upsert_incident(&inc).unwrap();
     assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
     // Emptied (merged away), it is still listed by its cursor, with no member.
     inc.members.clear();
+    inc.member_entities.clear();
+    inc.grouping_reasons = vec!["merged into b: one problem".into()];
     s.upsert_incident(&inc).unwrap();
     assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
     let followed = s.incidents_changed_after(0, 2, 10).unwrap();
@@ -940,13 +952,18 @@ fn a_growing_incident_writes_only_its_new_and_changed_members_and_reads_back_who
     assert_eq!(s.list_incidents(0, 0, 10).unwrap().len(), 0, "an empty incident is not listed");
     let rows: i64 = s.with_writer(|c| Ok(c.query_row("SELECT COUNT(*) FROM incident_members", [], |r| r.get(0))?)).unwrap();
     assert_eq!(rows, 0);
+    let reasons: i64 = s.with_writer(|c| Ok(c.query_row("SELECT COUNT(*) FROM incident_reasons", [], |r| r.get(0))?)).unwrap();
+    assert_eq!(reasons, 1);
 }
 
 #[test]
 fn a_store_from_before_member_rows_keeps_its_incidents_whole() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cairn.db");
-    let (a, b) = (incident("a", 10, 3), incident("b", 20, 0));
+    let mut a = incident("a", 10, 3);
+    a.member_entities = vec!["service:a".into(), "node:n1".into(), "service:a".into()];
+    a.grouping_reasons = vec!["alert X: opened on service:a".into(), "alert X joined".into()];
+    let b = incident("b", 20, 0);
     {
         let s = SqliteStore::open(&path).unwrap();
         s.upsert_incident(&incident("placeholder", 1, 1)).unwrap();
@@ -972,6 +989,8 @@ fn a_store_from_before_member_rows_keeps_its_incidents_whole() {
     // The first write after it, digests unknown, writes every member once; then only what changed.
     let mut grown = incident("a", 30, 4);
     grown.members[..3].clone_from_slice(&a.members);
+    grown.member_entities = [a.member_entities.clone(), vec!["service:a".into()]].concat();
+    grown.grouping_reasons = a.grouping_reasons.clone();
     s.upsert_incident(&grown).unwrap();
     assert_eq!(s.get_incident(&a.id).unwrap().unwrap(), grown);
     let before = rows_written(&s);
