@@ -667,8 +667,11 @@ pub fn score(name: &str, truth: &Value, base_ms: i64, incidents: &[pb::Incident]
                     s.remediation_strict = s.remediation_at_1 && on_root;
                 }
                 let last_line = t["last_signal_line"].as_u64().unwrap_or(0) as usize;
+                // From the last line's acceptance to when the final revision is there to list: a
+                // revision made before that line (the line added nothing the card rests on) was
+                // there at once, which is 0, not a negative wait.
                 if let Some(at) = accepted_at.get(last_line) {
-                    s.time_to_recommendation_ms = Some(top.created_ms - at);
+                    s.time_to_recommendation_ms = Some((top.created_ms - at).max(0));
                 }
             }
         }
@@ -870,5 +873,40 @@ fn print_tables(scores: &[RecordingScore], s: &Summary) {
     println!("confidence: {} recommendations, Brier {:.3} (base rate {:.3}), ECE {:.3}", s.recommendations, s.brier, s.brier_base_rate, s.ece);
     for (lo, mc, acc, n) in &s.reliability {
         println!("  [{lo:.1}, {:.1}): mean confidence {mc:.2}, right {acc:.2}, n={n}", lo + 0.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One truth incident (`alert:a`, on `service:x`, restart) whose last signal is line 1, found
+    /// as one incident whose recommendation was made at `created_ms`; lines accepted at 0 and 1,000.
+    fn time_to_recommendation(created_ms: i64) -> Option<i64> {
+        let truth = json!({"incidents": [{"members": ["alert:a"], "root": "service:x", "action": "restart_process", "last_signal_line": 1}]});
+        let incident = pb::Incident {
+            id: "inc-1".into(),
+            members: vec![pb::IncidentMember { id: "alert:a".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        let rec = pb::RecommendationView {
+            recommendation: Some(pb::Recommendation {
+                id: "rec-1".into(),
+                incident_id: "inc-1".into(),
+                action: "restart_process".into(),
+                created_ms,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        score("r", &truth, 0, &[incident], &[rec], &[0, 1_000]).incidents[0].time_to_recommendation_ms
+    }
+
+    #[test]
+    fn time_to_recommendation_runs_from_the_last_line_and_a_card_already_there_waited_nothing() {
+        assert_eq!(time_to_recommendation(1_250), Some(250));
+        // Made before the last line was accepted: that line added nothing the card rests on, and
+        // the card was there to list at once.
+        assert_eq!(time_to_recommendation(900), Some(0));
     }
 }
