@@ -1,6 +1,8 @@
 //! The SQLite implementation: one writer connection behind a mutex and a few read-only connections
-//! beside it (WAL mode, so a long read neither waits for nor delays a write), numbered migrations
-//! tracked in `PRAGMA user_version`, an append-only audit table guarded by triggers.
+//! beside it (WAL mode, so a long read neither waits for nor delays a write; the WAL is checkpointed
+//! by a thread of its own, not inside a writer's commit), numbered migrations tracked in
+//! `PRAGMA user_version`, an append-only audit table guarded by triggers. An incident is its row
+//! plus a row per member and per grouping reason, written by what changed (`write_incident`).
 
 mod audit;
 
