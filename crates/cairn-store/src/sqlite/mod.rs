@@ -731,6 +731,13 @@ impl SqliteStore {
             return Err(StoreError::Database(format!("an earlier commit of this write pass failed, so it writes nothing more: {why}")));
         }
         if w.pass.is_none() {
+            // Writers the last transaction kept waiting go first. Begun again at once, the pass
+            // would take the lock back before they wake (it is busy, they are asleep) and keep
+            // them waiting a whole turn each time: a webhook answered in 11 ms instead of 0.5.
+            let since = Instant::now();
+            while w.waiting > 0 && since.elapsed() < PASS_TURN_AFTER {
+                w = self.turn.wait_timeout(w, Duration::from_millis(1)).unwrap_or_else(|p| p.into_inner()).0;
+            }
             w.conn.execute_batch("BEGIN IMMEDIATE")?;
             w.pass = Some((thread_no(), Instant::now()));
         }
