@@ -685,14 +685,33 @@ const MAX_COUNTED_KINDS: usize = 8;
 /// Which members a card lists one by one (members on the most probable root first, at most
 /// [`MAX_EVIDENCE_ITEMS`]), and the rest counted by what they are (alert name and state, or the
 /// anomalous metric), with the earliest event time among them.
-struct EvidencePlan {
+struct EvidencePlan<'a> {
     listed: Vec<usize>,
-    rest: BTreeMap<String, usize>,
+    rest: BTreeMap<Counted<'a>, usize>,
     rest_from: i64,
 }
 
-impl EvidencePlan {
-    fn of(incident: &Incident) -> EvidencePlan {
+/// What a member not listed is counted as: borrowed from the incident, so that counting them,
+/// which every pass does for every changed incident, allocates nothing per member.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Counted<'a> {
+    /// An alert's name and state.
+    Alert(&'a str, &'static str),
+    /// An anomaly's metric.
+    Anomaly(&'a str),
+}
+
+impl std::fmt::Display for Counted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Counted::Alert(name, state) => write!(f, "{name} {state}"),
+            Counted::Anomaly(metric) => write!(f, "anomaly on {metric}"),
+        }
+    }
+}
+
+impl<'a> EvidencePlan<'a> {
+    fn of(incident: &'a Incident) -> EvidencePlan<'a> {
         let root = root_entity(incident);
         let n = incident.members.len();
         let on_root = |i: &usize| root.is_some_and(|r| incident.entity_of(*i) == r);
@@ -705,8 +724,8 @@ impl EvidencePlan {
             }
             let m = &incident.members[i];
             let what = match m {
-                IncidentMember::Alert { alertname, status, .. } => format!("{alertname} {}", status.as_str()),
-                IncidentMember::Anomaly(a) => format!("anomaly on {}", a.labels.metric_name().unwrap_or("a series")),
+                IncidentMember::Alert { alertname, status, .. } => Counted::Alert(alertname, status.as_str()),
+                IncidentMember::Anomaly(a) => Counted::Anomaly(a.labels.metric_name().unwrap_or("a series")),
             };
             *plan.rest.entry(what).or_default() += 1;
             plan.rest_from = plan.rest_from.min(m.event_ms());
@@ -723,7 +742,7 @@ fn evidence_of(incident: &Incident) -> (Vec<Evidence>, String) {
     let mut evidence: Vec<Evidence> = plan.listed.iter().map(|&i| evidence_item(&incident.members[i])).collect();
     if !plan.rest.is_empty() {
         let total: usize = plan.rest.values().sum();
-        let mut kinds: Vec<(&String, &usize)> = plan.rest.iter().collect();
+        let mut kinds: Vec<(&Counted, &usize)> = plan.rest.iter().collect();
         kinds.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
         let mut named: Vec<String> = kinds.iter().take(MAX_COUNTED_KINDS).map(|(w, n)| format!("{w} ×{n}")).collect();
         if kinds.len() > MAX_COUNTED_KINDS {
