@@ -633,12 +633,18 @@ fn recent_changes_on_a_target_leave_out_superseded_revisions() {
     assert_eq!(recent[0].recommendation.revision, 5);
 }
 
-#[test]
-fn the_audit_hook_hears_every_committed_append_and_nothing_else() {
-    let s = SqliteStore::open_in_memory().unwrap();
+/// The audit heads the store's hook is told, in order, from now on.
+fn heard_heads(s: &SqliteStore) -> std::sync::Arc<std::sync::Mutex<Vec<u64>>> {
     let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let h = heard.clone();
     s.on_audit_commit(Box::new(move |head| h.lock().unwrap().push(head)));
+    heard
+}
+
+#[test]
+fn the_audit_hook_hears_every_committed_append_and_nothing_else() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let heard = heard_heads(&s);
     s.propose(&rec(1), &decision(1), &change(1), &[draft("recommendation.proposed"), draft("decision.made")], 5).unwrap();
     assert_eq!(*heard.lock().unwrap(), [2], "one call per commit, with the new head");
     // A write that appends nothing, and a write refused (stale version) after its audit was
@@ -1039,9 +1045,7 @@ fn seen_elsewhere(s: &SqliteStore) -> Vec<String> {
 fn a_write_pass_is_committed_once_and_its_own_reads_see_its_writes() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
-    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let h = heard.clone();
-    s.on_audit_commit(Box::new(move |head| h.lock().unwrap().push(head)));
+    let heard = heard_heads(&s);
     let pass = s.write_pass().unwrap();
     s.record_alerts(&[firing("a")], 1).unwrap();
     s.propose(&rec(1), &decision(1), &change(1), &[draft("recommendation.proposed")], 5).unwrap();
@@ -1073,9 +1077,7 @@ fn a_failed_write_in_a_pass_is_undone_alone_and_the_rest_is_kept() {
 fn a_pass_dropped_without_commit_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
-    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let h = heard.clone();
-    s.on_audit_commit(Box::new(move |head| h.lock().unwrap().push(head)));
+    let heard = heard_heads(&s);
     {
         let _pass = s.write_pass().unwrap();
         s.record_alerts(&[firing("a")], 1).unwrap();
