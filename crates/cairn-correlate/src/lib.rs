@@ -140,6 +140,19 @@ struct Open {
     /// How many leading members `incident.common_labels` is the intersection of: members are only
     /// appended (a split rebuilds the incident), so each settle folds in the new ones only.
     common_upto: usize,
+    /// The incident as it was last handed out to be stored ([`Correlator::take_changes`]), and
+    /// what changed in place since; none before the first time (or after a rebuild).
+    handed_out: Option<HandedOut>,
+}
+
+/// What [`Correlator::take_changes`] remembers of the incident it handed out: its version, how many
+/// members and grouping reasons it had, and the members changed in place since.
+#[derive(Debug)]
+struct HandedOut {
+    version: u32,
+    members: usize,
+    reasons: usize,
+    updated: Vec<usize>,
 }
 
 impl Open {
@@ -165,6 +178,19 @@ impl Open {
             via: HashMap::new(),
             dropped_members: 0,
             common_upto: 0,
+            handed_out: None,
+        }
+    }
+
+    /// Member `i` changed in place: the next [`Correlator::take_changes`] names it. Past one entry
+    /// a member, what was handed out is forgotten (and the store compares every row once).
+    fn updated(&mut self, i: usize) {
+        let Some(h) = &mut self.handed_out else { return };
+        if h.updated.last() != Some(&i) {
+            h.updated.push(i);
+        }
+        if h.updated.len() > self.incident.members.len() {
+            self.handed_out = None;
         }
     }
 
@@ -450,6 +476,9 @@ pub struct Correlator {
     kept_apart: regroup::Pairs,
     /// Entity pairs persons' merges put together: linked from then on.
     kept_together: regroup::Pairs,
+    /// Open incidents a person split from one another: the rules do not merge them again, even
+    /// over an entity both hold. Forgotten when either closes.
+    split_apart: regroup::Pairs,
     /// Open incidents changed since the last [`Correlator::settle`] (at most every open one).
     dirty: BTreeSet<IncidentId>,
     /// Recent values of recently anomalous series ([`comove`]).
@@ -481,6 +510,7 @@ impl Correlator {
             step: step::ScrapeStep::default(),
             kept_apart: regroup::Pairs::default(),
             kept_together: regroup::Pairs::default(),
+            split_apart: regroup::Pairs::default(),
             dirty: BTreeSet::new(),
             comove,
         }
@@ -543,6 +573,26 @@ impl Correlator {
         };
         let what = format!("alert {}", a.alertname());
         self.add(format!("alert:{}", a.fingerprint), member, what, now_ms)
+    }
+
+    /// What changed in incident `id` since it was last handed out to be stored (call it before
+    /// reading the incident with [`Correlator::get`] to store it): the members appended or changed
+    /// in place, and the grouping reasons appended. None the first time, after a person's split
+    /// rebuilt it, when its version did not move since (a store cannot tell that write from the
+    /// last), or when it is not open: then a store compares every row.
+    pub fn take_changes(&mut self, id: &IncidentId) -> Option<cairn_types::IncidentChanges> {
+        let open = self.open.get_mut(id)?;
+        let inc = &open.incident;
+        let now = HandedOut { version: inc.version, members: inc.members.len(), reasons: inc.grouping_reasons.len(), updated: Vec::new() };
+        let last = open.handed_out.replace(now)?;
+        if last.version == inc.version || last.members > inc.members.len() || last.reasons > inc.grouping_reasons.len() {
+            return None;
+        }
+        let mut members: Vec<usize> = last.updated.into_iter().filter(|&i| i < last.members).collect();
+        members.sort_unstable();
+        members.dedup();
+        members.extend(last.members..inc.members.len());
+        Some(cairn_types::IncidentChanges { since_version: last.version, members, reasons_from: last.reasons })
     }
 
     /// [`Correlator::note_alert`] for an anomaly.
@@ -858,7 +908,10 @@ impl Correlator {
         let established = |o: &Open, node: &str| o.entities.get(node).is_some_and(Span::established);
         let mut others: Vec<(IncidentId, String)> = Vec::new();
         for id in self.by_entity.get(&r.entity).into_iter().flatten() {
-            if id != into && self.open.get(id).is_some_and(|o| o.entities.get(&r.entity).is_some_and(|s| s.held_distance(t) <= self.cfg.window_ms)) {
+            if id != into
+                && !self.split_apart.holds(&into.0, &id.0)
+                && self.open.get(id).is_some_and(|o| o.entities.get(&r.entity).is_some_and(|s| s.held_distance(t) <= self.cfg.window_ms))
+            {
                 others.push((id.clone(), format!("both hold {}", r.entity)));
             }
         }
@@ -992,11 +1045,13 @@ impl Correlator {
                     open.common_upto = 0;
                 }
                 open.incident.members[i] = member;
+                open.updated(i);
                 true
             }
             (IncidentMember::Anomaly(old), IncidentMember::Anomaly(new)) => {
                 if new.score > old.score {
                     *old = new.clone();
+                    open.updated(i);
                 }
                 false
             }
@@ -1022,7 +1077,7 @@ impl Correlator {
         let slack = self.step.onset_slack_ms();
         let open = self.open.get_mut(id)?;
         let inc = &mut open.incident;
-        summarise(inc, &mut open.common_upto);
+        summarise(inc, &mut open.common_upto, &open.entities);
         inc.probable_causes = rank::rank(inc, &open.nodes, &self.topology, keep, slack);
         Some(inc)
     }
@@ -1060,6 +1115,7 @@ impl Correlator {
     /// the work does not grow with the number of open incidents).
     fn take_open(&mut self, id: &IncidentId) -> Option<Open> {
         let open = self.open.remove(id)?;
+        self.split_apart.forget_all(&id.0);
         self.by_age.remove(&(open.incident.updated_ms, id.clone()));
         let unindex = |map: &mut HashMap<String, Vec<IncidentId>>, keys: &HashMap<String, Span>| {
             for k in keys.keys() {
@@ -1101,8 +1157,8 @@ fn incident_id(entity: &str, event_ms: i64, opened_ms: i64) -> IncidentId {
 
 /// Recomputes the derived fields of an incident from its members. The common labels are
 /// intersected with the members after the first `common_upto` only (they are already in it), and
-/// `common_upto` is moved to the end.
-fn summarise(inc: &mut Incident, common_upto: &mut usize) {
+/// `common_upto` is moved to the end. `entities` are the incident's [`Open::entities`].
+fn summarise(inc: &mut Incident, common_upto: &mut usize, entities: &HashMap<String, Span>) {
     if *common_upto > inc.members.len() || inc.members.is_empty() {
         *common_upto = 0;
         inc.common_labels = Labels::new();
@@ -1126,10 +1182,9 @@ fn summarise(inc: &mut Incident, common_upto: &mut usize) {
         };
         severity = severity.max(s);
     }
-    let mut services: Vec<String> =
-        inc.member_entities.iter().filter_map(|e| e.strip_prefix("service:")).map(String::from).collect();
+    // From the distinct entities, which are those of the members: not a string per member.
+    let mut services: Vec<String> = entities.keys().filter_map(|e| e.strip_prefix("service:")).map(String::from).collect();
     services.sort();
-    services.dedup();
     inc.affected_services = services;
     inc.severity = severity;
 }
@@ -1182,6 +1237,59 @@ mod tests {
         assert_eq!(b.common_labels.get("service"), Some("checkout"));
         assert_eq!(b.severity, Severity::Critical);
         assert!(b.probable_causes[0].description.contains("latency"), "the earlier anomaly ranks first: {:?}", b.probable_causes);
+    }
+
+    #[test]
+    fn what_changed_since_an_incident_was_handed_out_names_every_member_and_reason_that_moved() {
+        let mut c = Correlator::new(CorrelatorConfig::default());
+        let id = c.note_alert(&alert("X", "checkout", "f0", AlertStatus::Firing), 10_000).unwrap();
+        for k in 1..5 {
+            c.note_alert(&alert("X", "checkout", &format!("f{k}"), AlertStatus::Firing), 10_000);
+        }
+        c.note_anomaly(&anomaly("checkout", 7, 0.5), 10_000);
+        c.settle();
+        assert_eq!(c.take_changes(&id), None, "the first time: nothing was handed out before");
+        let v = c.get(&id).unwrap().version;
+        assert_eq!(c.take_changes(&id), None, "the same version again cannot be told from the last write");
+        // An alert resolves, a stronger anomaly on the same series, a new member with its reason.
+        c.note_alert(&alert("X", "checkout", "f2", AlertStatus::Resolved), 11_000);
+        c.note_anomaly(&anomaly("checkout", 7, 0.9), 11_000);
+        c.note_alert(&alert("Y", "checkout", "f9", AlertStatus::Firing), 11_000);
+        c.settle();
+        let inc = c.get(&id).unwrap().clone();
+        let changes = c.take_changes(&id).unwrap();
+        assert_eq!(changes, cairn_types::IncidentChanges { since_version: v, members: vec![2, 5, 6], reasons_from: 6 });
+        assert!(matches!(&inc.members[5], IncidentMember::Anomaly(a) if a.score == 0.9));
+        assert_eq!(inc.grouping_reasons.len(), 7);
+        // A weaker anomaly and an alert in the state it is in change nothing.
+        c.note_anomaly(&anomaly("checkout", 7, 0.2), 12_000);
+        c.note_alert(&alert("X", "checkout", "f1", AlertStatus::Firing), 12_000);
+        c.note_alert(&alert("Z", "checkout", "f10", AlertStatus::Firing), 12_000);
+        c.settle();
+        assert_eq!(c.take_changes(&id).unwrap().members, [7]);
+        // A person's split rebuilds both incidents: what is left is compared whole.
+        let (left, new) = c.split_by_person(&id, &["alert:f9".to_string()], "its own", 13_000).unwrap();
+        assert_eq!((left.members.len(), new.members.len()), (7, 1));
+        assert_eq!(c.take_changes(&id), None);
+        assert_eq!(c.take_changes(&new.id), None);
+    }
+
+    #[test]
+    fn a_persons_split_of_one_entitys_signals_is_not_merged_again_by_its_next_signal() {
+        let mut c = Correlator::new(CorrelatorConfig::default());
+        let id = c.note_alert(&alert("X", "checkout", "f0", AlertStatus::Firing), 10_000).unwrap();
+        c.note_alert(&alert("Y", "checkout", "f1", AlertStatus::Firing), 10_000);
+        c.settle();
+        // Within the millisecond the incident was opened in, of a signal with its entity and time.
+        let (left, new) = c.split_by_person(&id, &["alert:f1".to_string()], "another problem", 10_000).unwrap();
+        assert_ne!(left.id, new.id, "the part split off is an incident of its own");
+        assert_eq!(c.split_apart_count(), 1);
+        c.note_alert(&alert("Y", "checkout", "f1", AlertStatus::Resolved), 11_000);
+        c.note_alert(&alert("Z", "checkout", "f2", AlertStatus::Firing), 11_000);
+        c.settle();
+        assert_eq!(c.open_count(), 2, "both hold service:checkout, and stay apart");
+        c.close_idle(i64::MAX / 2);
+        assert_eq!((c.open_count(), c.split_apart_count()), (0, 0), "forgotten when they close");
     }
 
     #[test]

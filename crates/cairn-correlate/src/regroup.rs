@@ -112,6 +112,13 @@ impl Pairs {
         }
     }
 
+    /// Forgets every pair `a` is in.
+    pub(crate) fn forget_all(&mut self, a: &str) {
+        for b in self.partners.get(a).cloned().unwrap_or_default() {
+            self.drop_pair(&Self::key(a, &b));
+        }
+    }
+
     /// Whether `a` and `b` are a remembered pair.
     pub(crate) fn holds(&self, a: &str, b: &str) -> bool {
         !self.pairs.is_empty() && self.pairs.contains_key(&Self::key(a, b))
@@ -186,7 +193,15 @@ impl Correlator {
         }
         let first_moved = go.first().map(|m| (self.topology.resolve(m.labels()).entity, m.event_ms()));
         let (entity, t) = first_moved.unwrap_or_default();
-        let new_id = crate::incident_id(&entity, t, now_ms);
+        // Named like any incident, from its first signal and the time; never the name of one
+        // that is open, `from` among them (a split within the millisecond `from` was opened in,
+        // of signals on its entity and time, would otherwise replace it).
+        let mut new_id = crate::incident_id(&entity, t, now_ms);
+        let mut at = now_ms;
+        while self.open.contains_key(&new_id) || new_id == *from {
+            at += 1;
+            new_id = crate::incident_id(&entity, t, at);
+        }
 
         self.open.insert(from.clone(), Open::empty(from.clone(), incident.opened_ms, now_ms));
         if let Some(o) = self.open.get_mut(from) {
@@ -204,9 +219,16 @@ impl Correlator {
             self.kept_together.forget(a, b);
             self.kept_apart.remember(a, b);
         }
+        // Signals on an entity both sides hold would merge them again at the next one.
+        self.split_apart.remember(&from.0, &new_id.0);
         let left = self.changed(from, now_ms).ok_or_else(|| RegroupRefused::NotOpen(from.clone()))?;
         let new = self.changed(&new_id, now_ms).ok_or_else(|| RegroupRefused::NotOpen(new_id.clone()))?;
         Ok((left, new))
+    }
+
+    /// Entity pairs persons' splits keep apart (for `/metrics`).
+    pub fn split_apart_count(&self) -> usize {
+        self.split_apart.len()
     }
 
     /// Entity pairs persons' splits keep apart (for `/metrics`).

@@ -147,14 +147,9 @@ fn the_executor_loop_alone_runs_an_allowed_change_once_through_its_adapter() {
 /// A batch of samples that brings no new anomaly can still bring the points that show two
 /// incidents' series moving together: the merge co-movement finds is stored like any other (the
 /// incident merged away is kept, empty, naming where its members went).
-#[test]
-fn the_pipeline_stores_a_co_movement_merge_from_a_batch_without_new_anomalies() {
-    use crate::pipeline::{Analysis, Batch};
-    use cairn_types::{Labels, MetricSample, SampleBatch};
-    let (store, router) = (store(), router());
-    let pipeline = pipeline(&store, &router, true);
-    let cfg = cairn_correlate::CorrelatorConfig { comove: true, comove_min_r: 0.9, comove_min_points: 12, ..Default::default() };
-    let mut analysis = Analysis {
+/// The analysis worker's stages, fresh, with the correlator configured as given.
+fn analysis(cfg: cairn_correlate::CorrelatorConfig) -> crate::pipeline::Analysis {
+    crate::pipeline::Analysis {
         detector: cairn_detect::Detector::new(Default::default()),
         correlator: cairn_correlate::Correlator::new(cfg),
         recommender: cairn_recommend::Recommender::new(cairn_recommend::Catalogue::embedded_default()),
@@ -163,7 +158,17 @@ fn the_pipeline_stores_a_co_movement_merge_from_a_batch_without_new_anomalies() 
         exported_multivariate: Vec::new(),
         last_sweep_ms: NOW,
         multivariate: Vec::new(),
-    };
+    }
+}
+
+#[test]
+fn the_pipeline_stores_a_co_movement_merge_from_a_batch_without_new_anomalies() {
+    use crate::pipeline::Batch;
+    use cairn_types::{Labels, MetricSample, SampleBatch};
+    let (store, router) = (store(), router());
+    let pipeline = pipeline(&store, &router, true);
+    let cfg = cairn_correlate::CorrelatorConfig { comove: true, comove_min_r: 0.9, comove_min_points: 12, ..Default::default() };
+    let mut analysis = analysis(cfg);
     let labels = |service: &str, name: &str| -> Labels { [("__name__", name), ("service", service)].into_iter().collect() };
     let t0 = NOW - 10 * 60_000;
     // Two services in trouble (two anomalous series each) and nothing linking them: two incidents.
@@ -195,4 +200,59 @@ fn the_pipeline_stores_a_co_movement_merge_from_a_batch_without_new_anomalies() 
     assert!(gone.grouping_reasons[0].starts_with("merged into") && gone.grouping_reasons[0].contains("moved together with"), "{:?}", gone.grouping_reasons);
     let kept = stored.iter().flatten().find(|i| !i.members.is_empty()).expect("the merged incident is stored");
     assert_eq!(kept.members.len(), 4);
+}
+
+/// Each changed incident is stored told what changed since its last write (the rows of new and
+/// changed members only): through growth, alerts resolving and firing again, and a person's split,
+/// every incident reads back from the store exactly as the correlator holds it.
+#[test]
+fn incidents_stored_from_what_changed_read_back_as_the_correlator_holds_them() {
+    use crate::pipeline::{Analysis, Batch, Regroup};
+    use cairn_types::{AlertEvent, AlertStatus};
+    let (store, router) = (store(), router());
+    let pipeline = pipeline(&store, &router, true);
+    let mut analysis = analysis(Default::default());
+    let alert = |fp: &str, status: AlertStatus| AlertEvent {
+        fingerprint: fp.into(),
+        status,
+        labels: [("alertname", "HighErrorRate"), ("service", &fp[..1]), ("severity", "warning"), ("id", fp)].into_iter().collect(),
+        annotations: [("summary", "errors")].into_iter().collect(),
+        starts_at_ms: NOW - 60_000,
+        ends_at_ms: None,
+        generator_url: String::new(),
+        source: "test".into(),
+    };
+    let firing = |fps: std::ops::Range<u32>, service: &str| -> Vec<AlertEvent> {
+        fps.map(|k| alert(&format!("{service}{k}"), AlertStatus::Firing)).collect()
+    };
+    let check = |analysis: &Analysis| {
+        let open = analysis.correlator.open_count();
+        let mut seen = 0;
+        for id in store.list_incidents(0, 1, 100).unwrap().iter().map(|i| i.id.clone()) {
+            let Some(held) = analysis.correlator.get(&id) else { continue };
+            assert_eq!(&store.get_incident(&id).unwrap().unwrap(), held, "incident {id} as stored");
+            seen += 1;
+        }
+        assert_eq!(seen, open, "every open incident is stored");
+    };
+    let analyse = |analysis: &mut Analysis, alerts: Vec<AlertEvent>| {
+        pipeline.analyse(analysis, Batch::Alerts { alerts, source: "test" }).unwrap();
+    };
+    analyse(&mut analysis, [firing(0..30, "c"), firing(0..5, "p")].concat());
+    check(&analysis);
+    analyse(&mut analysis, [vec![alert("c3", AlertStatus::Resolved), alert("c7", AlertStatus::Resolved)], firing(30..40, "c")].concat());
+    check(&analysis);
+    analyse(&mut analysis, vec![alert("c3", AlertStatus::Firing), alert("p1", AlertStatus::Resolved), alert("c40", AlertStatus::Firing)]);
+    check(&analysis);
+    let from = store.list_incidents(0, 1, 100).unwrap().into_iter().find(|i| i.affected_services == ["c"]).unwrap().id;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let members = (20..26).map(|k| format!("alert:c{k}")).collect();
+    let regroup = Batch::Regroup { regroup: Regroup::Split { from, members }, by: "alice".into(), reason: "their own".into(), reply };
+    pipeline.analyse(&mut analysis, regroup).unwrap();
+    let split = answer.blocking_recv().unwrap().unwrap();
+    assert!(split.len() == 2 && split[0].id != split[1].id, "the part split off is an incident of its own");
+    check(&analysis);
+    analyse(&mut analysis, vec![alert("c21", AlertStatus::Resolved), alert("c41", AlertStatus::Firing), alert("c7", AlertStatus::Firing)]);
+    check(&analysis);
+    assert_eq!(analysis.correlator.open_count(), 3, "the rules do not merge again what a person split");
 }

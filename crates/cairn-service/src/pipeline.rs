@@ -227,16 +227,22 @@ impl Pipeline {
         state.with_label_values(&["topology_entries"]).set(analysis.correlator.topology().size().0 as i64);
         state.with_label_values(&["tracked_recommendations"]).set(analysis.recommender.tracked() as i64);
         state.with_label_values(&["kept_apart_pairs"]).set(analysis.correlator.kept_apart_count() as i64);
+        state.with_label_values(&["split_apart_incidents"]).set(analysis.correlator.split_apart_count() as i64);
         state.with_label_values(&["kept_together_pairs"]).set(analysis.correlator.kept_together_count() as i64);
         let (comove_series, comove_bytes) = analysis.correlator.comove_size();
         state.with_label_values(&["comove_series"]).set(comove_series as i64);
         state.with_label_values(&["comove_bytes"]).set(comove_bytes as i64);
         let Analysis { correlator, recommender, .. } = analysis;
-        for incident in changed.iter().filter_map(|id| correlator.get(id)) {
+        for id in &changed {
+            let changes = correlator.take_changes(id);
+            let Some(incident) = correlator.get(id) else { continue };
             let span = info_span!("incident", incident_id = %incident.id);
             let _g = span.enter();
             self.metrics.incidents_changed.inc();
-            self.signals.upsert_incident(incident)?;
+            match &changes {
+                Some(changes) => self.signals.upsert_incident_changes(incident, changes)?,
+                None => self.signals.upsert_incident(incident)?,
+            }
             self.recommend(recommender, incident, now)?;
         }
         Ok(())

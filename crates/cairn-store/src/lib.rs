@@ -44,7 +44,7 @@ pub use sqlite::SqliteStore;
 
 use cairn_types::{
     AlertEvent, Anomaly, AuditDraft, AuditEvent, ChangeId, ChangeRequest, ChangeState, Decision,
-    Execution, Incident, IncidentId, Outcome, Recommendation, RecommendationId, Target,
+    Execution, Incident, IncidentChanges, IncidentId, Outcome, Recommendation, RecommendationId, Target,
 };
 
 /// What can go wrong in the store, by cause.
@@ -120,7 +120,8 @@ impl<T: SignalStore + ChangeStore + GuardStore + LeaseStore + AuditLog + Send + 
 /// An acknowledged alert waiting in the intake journal.
 #[derive(Debug, Clone)]
 pub struct JournaledAlert {
-    /// Its place in the journal ([`SignalStore::finish_intake`] removes through one).
+    /// Its place in the journal, shared by the alerts journaled by one call
+    /// ([`SignalStore::finish_intake`] removes through one).
     pub seq: i64,
     /// When it was acknowledged.
     pub received_ms: i64,
@@ -139,7 +140,10 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     /// returns after the commit that holds its rows, and when that commit fails every caller in it
     /// gets the error and none of their rows is stored.
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()>;
-    /// The oldest journaled alerts not yet analysed, oldest first.
+    /// The oldest journaled alerts not yet analysed, oldest first: those of whole journal rows
+    /// (one per [`SignalStore::journal_alerts`] call), from the oldest row, until at least `limit`
+    /// alerts are read or none is left. So it may return up to one call's alerts past `limit`,
+    /// and [`SignalStore::finish_intake`] through the last one's `seq` removes exactly these.
     fn pending_intake(&self, limit: usize) -> Result<Vec<JournaledAlert>>;
     /// Removes journaled alerts up to and including `through_seq`: they are analysed and stored.
     fn finish_intake(&self, through_seq: i64) -> Result<()>;
@@ -165,6 +169,11 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     fn firing_alerts_on_service(&self, service: &str, limit: usize) -> Result<Vec<AlertEvent>>;
 
     fn upsert_incident(&self, incident: &Incident) -> Result<()>;
+    /// [`SignalStore::upsert_incident`] told what changed since the correlator last handed the
+    /// incident out ([`IncidentChanges`]): only those rows are looked at, when this store holds
+    /// the version the changes are relative to; otherwise as `upsert_incident`. What it stores is
+    /// the same either way, as long as the changes name every row that differs.
+    fn upsert_incident_changes(&self, incident: &Incident, changes: &IncidentChanges) -> Result<()>;
     fn get_incident(&self, id: &IncidentId) -> Result<Option<Incident>>;
     /// Incidents changed at or after `updated_since_ms` with at least `min_members` members (and
     /// at least one: an incident merged into another is empty), most recently changed first, at

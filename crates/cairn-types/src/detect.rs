@@ -78,6 +78,20 @@ impl Incident {
     }
 }
 
+/// What changed in an incident since its correlator last handed it out to be stored, so that a
+/// store writes those rows only and a write costs what changed, not the incident's size. It is
+/// relative to the incident as it was at version `since_version`: a store that holds another
+/// version (that write failed, or another was made since) compares every row instead.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IncidentChanges {
+    /// The incident's version when it was last handed out.
+    pub since_version: u32,
+    /// Positions of the members that are new or may differ since, ascending, each once.
+    pub members: Vec<usize>,
+    /// The grouping reasons from this position on are new or may differ; those before are not.
+    pub reasons_from: usize,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum IncidentMember {

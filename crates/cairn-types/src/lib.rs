@@ -46,7 +46,7 @@ pub use change::{
 pub use guard::{
     BREAKGLASS_MAX_MS, BreakGlass, BreakGlassScope, BreakGlassState, DisabledAutomation, Escalation, FreezeState,
 };
-pub use detect::{Anomaly, Incident, IncidentId, IncidentMember, ProbableCause, SignalKind, signal_kind};
+pub use detect::{Anomaly, Incident, IncidentChanges, IncidentId, IncidentMember, ProbableCause, SignalKind, signal_kind};
 pub use labels::{Labels, SeriesId, METRIC_NAME_LABEL, series_id_of_sorted};
 pub use recommend::{
     ActionClass, BlastRadius, Evidence, Recommendation, RecommendationId, Reversibility,

@@ -65,15 +65,15 @@ fn stored(data: &Path) -> BTreeSet<String> {
     out.extend(q.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap));
     let mut q = c.prepare("SELECT body FROM alert_intake").unwrap();
     for body in q.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap) {
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        out.insert(v["fingerprint"].as_str().unwrap().to_string());
+        let alerts: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        out.extend(alerts.iter().map(|v| v["fingerprint"].as_str().unwrap().to_string()));
     }
     out
 }
 
 fn journal_len(data: &Path) -> i64 {
     let c = rusqlite::Connection::open_with_flags(data.join("cairn.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get(0)).unwrap()
+    c.query_row("SELECT COALESCE(SUM(alerts), 0) FROM alert_intake", [], |r| r.get(0)).unwrap()
 }
 
 #[test]

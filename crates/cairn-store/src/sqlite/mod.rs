@@ -9,7 +9,7 @@ mod audit;
 use crate::{AuditQuery, LeaseStore, RecommendationFilter, RecommendationRecord, Result, StoreError};
 use cairn_types::{
     AlertEvent, Anomaly, AuditDraft, AuditEvent, ChangeId, ChangeRequest,
-    ChangeState, Decision, EXPIRING_STATES, Execution, Incident, IncidentId, Recommendation, RecommendationId,
+    ChangeState, Decision, EXPIRING_STATES, Execution, Incident, IncidentChanges, IncidentId, Recommendation, RecommendationId,
     SUPERSEDABLE_STATES, Target,
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -216,6 +216,13 @@ const MIGRATIONS: &[&str] = &[
                          body = json_set(body, '$.members', json('[]'), '$.member_entities', json('[]'),
                                          '$.grouping_reasons', json('[]'));
     "#,
+    // 11: a journal row holds every alert of one acknowledged request (a JSON array, and how many
+    // it holds), not one alert: written, read back and deleted once per webhook instead of once
+    // per alert. Rows from before hold one alert each.
+    r#"
+    ALTER TABLE alert_intake ADD COLUMN alerts INTEGER NOT NULL DEFAULT 1;
+    UPDATE alert_intake SET body = '[' || body || ']';
+    "#,
 ];
 
 /// Read connections kept beside the writer of a file store. Each holds its own page cache (SQLite's
@@ -312,8 +319,9 @@ struct GroupCommit {
 #[derive(Debug, Default)]
 struct GroupState {
     next_ticket: u64,
-    /// Rows waiting for a leader, with their caller's ticket: (ticket, received_ms, bodies).
-    queued: Vec<(u64, i64, Vec<String>)>,
+    /// Rows waiting for a leader, one per caller, with its ticket: (ticket, received_ms, alerts,
+    /// the alerts as one JSON array).
+    queued: Vec<(u64, i64, usize, String)>,
     /// Whether a caller is writing a group now.
     leading: bool,
     /// The outcome of each written ticket, until its caller takes it (an error as text: every
@@ -384,29 +392,51 @@ impl std::fmt::Debug for HookSlot {
     }
 }
 
-/// Writes an incident with the next change cursor (`WatchIncidents` follows them).
 /// Writes an incident: its row (everything but its members, their entities and its grouping
 /// reasons; a digest of each of those; the next change cursor) and the member and reason rows that
-/// are new or changed since the last write, which the stored digests tell without encoding the
-/// others; rows past the new end are deleted. So a write costs what changed, not the size of the
-/// incident.
-fn write_incident(tx: &Connection, incident: &Incident) -> Result<()> {
+/// are new or changed since the last write; rows past the new end are deleted. Which rows changed
+/// the stored digests tell, without encoding the others. With `changes` from the correlator,
+/// relative to the version this store holds, only the rows it names are digested (and written
+/// when their digest moved): a write then costs what changed, not the size of the incident.
+/// Otherwise every row is digested and compared.
+fn write_incident(tx: &Connection, incident: &Incident, changes: Option<&IncidentChanges>) -> Result<()> {
     let id = &incident.id.0;
-    let (stored_members, stored_reasons): (Option<Vec<u8>>, Option<Vec<u8>>) = tx
-        .prepare_cached("SELECT member_digests, reason_digests FROM incidents WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+    let (version, stored_members, stored_reasons) = tx
+        .prepare_cached("SELECT version, member_digests, reason_digests FROM incidents WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, Option<Vec<u8>>>(2)?)))
         .optional()?
         .unwrap_or_default();
+    let (old_members, old_reasons) = (digests_of(stored_members.as_deref()), digests_of(stored_reasons.as_deref()));
+    // The hint holds only against the version it was taken after, and only where digests are kept.
+    let hint = changes.filter(|c| c.since_version == version && stored_members.is_some() && stored_reasons.is_some());
     let entity = |pos: usize| incident.member_entities.get(pos).map(String::as_str);
-    let members: Vec<u64> = incident.members.iter().enumerate().map(|(pos, m)| member_digest(m, entity(pos))).collect();
-    let reasons: Vec<u64> = incident.grouping_reasons.iter().map(|r| text_digest(r)).collect();
+    // The stored digests become the new ones in place: those not looked at are kept as stored.
+    let (len, kept) = (incident.members.len(), old_members.len().min(incident.members.len()));
+    let mut members = old_members;
+    members.resize(len, 0);
+    let looked_at: Box<dyn Iterator<Item = usize>> = match hint {
+        Some(c) => Box::new(c.members.iter().copied().filter(|&p| p < kept).chain(kept..len)),
+        None => Box::new(0..len),
+    };
     let mut put = tx.prepare_cached("INSERT OR REPLACE INTO incident_members (incident_id, pos, body, entity) VALUES (?1, ?2, ?3, ?4)")?;
-    for pos in changed(stored_members.as_deref(), &members) {
-        put.execute(params![id, pos as i64, to_json(&incident.members[pos])?, entity(pos)])?;
+    for pos in looked_at {
+        let digest = member_digest(&incident.members[pos], entity(pos));
+        if pos >= kept || members[pos] != digest {
+            put.execute(params![id, pos as i64, to_json(&incident.members[pos])?, entity(pos)])?;
+            members[pos] = digest;
+        }
     }
+    let kept_reasons = old_reasons.len().min(incident.grouping_reasons.len());
+    let reasons_from = hint.map_or(0, |c| c.reasons_from).min(kept_reasons);
+    let mut reasons = old_reasons;
+    reasons.resize(incident.grouping_reasons.len(), 0);
     let mut put = tx.prepare_cached("INSERT OR REPLACE INTO incident_reasons (incident_id, pos, body) VALUES (?1, ?2, ?3)")?;
-    for pos in changed(stored_reasons.as_deref(), &reasons) {
-        put.execute(params![id, pos as i64, incident.grouping_reasons[pos]])?;
+    for (pos, reason) in incident.grouping_reasons.iter().enumerate().skip(reasons_from) {
+        let digest = text_digest(reason);
+        if pos >= kept_reasons || reasons[pos] != digest {
+            put.execute(params![id, pos as i64, reason])?;
+            reasons[pos] = digest;
+        }
     }
     tx.prepare_cached("DELETE FROM incident_members WHERE incident_id = ?1 AND pos >= ?2")?.execute(params![id, members.len() as i64])?;
     tx.prepare_cached("DELETE FROM incident_reasons WHERE incident_id = ?1 AND pos >= ?2")?.execute(params![id, reasons.len() as i64])?;
@@ -430,11 +460,9 @@ fn write_incident(tx: &Connection, incident: &Incident) -> Result<()> {
     Ok(())
 }
 
-/// The positions whose digest differs from the one stored (a blob of little-endian `u64`s, none
-/// when unknown): those rows are written again.
-fn changed<'a>(stored: Option<&[u8]>, digests: &'a [u64]) -> impl Iterator<Item = usize> + 'a {
-    let stored: Vec<u64> = stored.unwrap_or_default().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
-    digests.iter().enumerate().filter(move |(pos, d)| stored.get(*pos) != Some(*d)).map(|(pos, _)| pos)
+/// The digests a row keeps (a blob of little-endian `u64`s; none when unknown).
+fn digests_of(stored: Option<&[u8]>) -> Vec<u64> {
+    stored.unwrap_or_default().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect()
 }
 
 /// An incident as its row stores it: every field, with the members, their entities and the
@@ -1071,12 +1099,12 @@ impl crate::SignalStore for SqliteStore {
 
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()> {
         // Encoded by each caller, in parallel, before it queues.
-        let bodies = alerts.iter().map(to_json).collect::<Result<Vec<String>>>()?;
+        let body = to_json(&alerts)?;
         let group = &self.journal;
         let mut st = group.state.lock().unwrap_or_else(|p| p.into_inner());
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        st.queued.push((ticket, now_ms, bodies));
+        st.queued.push((ticket, now_ms, alerts.len(), body));
         loop {
             if let Some(outcome) = st.outcomes.remove(&ticket) {
                 return outcome.map_err(StoreError::Database);
@@ -1089,13 +1117,11 @@ impl crate::SignalStore for SqliteStore {
             st.leading = true;
             let rows = std::mem::take(&mut st.queued);
             drop(st);
-            let mut leading = Leading { group, tickets: rows.iter().map(|(t, _, _)| *t).collect(), outcome: None };
+            let mut leading = Leading { group, tickets: rows.iter().map(|(t, ..)| *t).collect(), outcome: None };
             let written = self.with_tx(|tx| {
-                let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, body) VALUES (?1, ?2)")?;
-                for (_, received_ms, bodies) in &rows {
-                    for body in bodies {
-                        stmt.execute(params![received_ms, body])?;
-                    }
+                let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, alerts, body) VALUES (?1, ?2, ?3)")?;
+                for (_, received_ms, alerts, body) in &rows {
+                    stmt.execute(params![received_ms, *alerts as i64, body])?;
                 }
                 Ok(())
             });
@@ -1110,24 +1136,29 @@ impl crate::SignalStore for SqliteStore {
 
     fn pending_intake(&self, limit: usize) -> Result<Vec<crate::JournaledAlert>> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare_cached("SELECT seq, received_ms, body FROM alert_intake ORDER BY seq LIMIT ?1")?;
-            let rows: Vec<(i64, i64, String)> =
-                stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<std::result::Result<_, _>>()?;
-            rows.into_iter()
-                .map(|(seq, received_ms, body)| Ok(crate::JournaledAlert { seq, received_ms, alert: from_json("alert intake", &body)? }))
-                .collect()
+            let mut stmt = c.prepare_cached("SELECT seq, received_ms, body FROM alert_intake ORDER BY seq")?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while out.len() < limit {
+                let Some(row) = rows.next()? else { break };
+                let (seq, received_ms): (i64, i64) = (row.get(0)?, row.get(1)?);
+                let body: String = row.get(2)?;
+                let alerts: Vec<AlertEvent> = from_json("alert intake", &body)?;
+                out.extend(alerts.into_iter().map(|alert| crate::JournaledAlert { seq, received_ms, alert }));
+            }
+            Ok(out)
         })
     }
 
     fn finish_intake(&self, through_seq: i64) -> Result<()> {
         self.with_tx(|tx| {
-            tx.execute("DELETE FROM alert_intake WHERE seq <= ?1", [through_seq])?;
+            tx.prepare_cached("DELETE FROM alert_intake WHERE seq <= ?1")?.execute([through_seq])?;
             Ok(())
         })
     }
 
     fn pending_intake_len(&self) -> Result<u64> {
-        self.with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get::<_, i64>(0))? as u64))
+        self.with_conn(|c| Ok(c.query_row("SELECT COALESCE(SUM(alerts), 0) FROM alert_intake", [], |r| r.get::<_, i64>(0))? as u64))
     }
 
     fn write_pass(&self) -> Result<Box<dyn crate::WritePass + '_>> {
@@ -1167,13 +1198,17 @@ impl crate::SignalStore for SqliteStore {
     }
 
     fn upsert_incident(&self, incident: &Incident) -> Result<()> {
-        self.with_tx(|tx| write_incident(tx, incident))
+        self.with_tx(|tx| write_incident(tx, incident, None))
+    }
+
+    fn upsert_incident_changes(&self, incident: &Incident, changes: &IncidentChanges) -> Result<()> {
+        self.with_tx(|tx| write_incident(tx, incident, Some(changes)))
     }
 
     fn regroup_incidents(&self, incidents: &[Incident], audit: &[AuditDraft], now_ms: i64) -> Result<()> {
         self.with_tx(|tx| {
             for incident in incidents {
-                write_incident(tx, incident)?;
+                write_incident(tx, incident, None)?;
             }
             append_audit(tx, audit, now_ms)
         })

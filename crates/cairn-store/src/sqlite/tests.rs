@@ -896,9 +896,11 @@ fn a_store_from_before_incident_cursors_numbers_its_incidents_in_the_order_they_
     assert_eq!(seen(3), [(4, "b".into())], "the next write follows the numbered ones");
 }
 
-/// Undoes migration 10 (incidents' member rows), for a test that opens a store from before it.
+/// Undoes migrations 10 (incidents' member rows) and 11 (a journal row per request), for a test
+/// that opens a store from before them.
 const UNDO_MEMBER_ROWS: &str = "DROP TABLE incident_members; DROP TABLE incident_reasons; ALTER TABLE incidents DROP COLUMN member_count;
-     ALTER TABLE incidents DROP COLUMN member_digests; ALTER TABLE incidents DROP COLUMN reason_digests;";
+     ALTER TABLE incidents DROP COLUMN member_digests; ALTER TABLE incidents DROP COLUMN reason_digests;
+     ALTER TABLE alert_intake DROP COLUMN alerts;";
 
 /// Rows the writer connection has inserted, updated or deleted so far.
 fn rows_written(s: &SqliteStore) -> u64 {
@@ -960,6 +962,56 @@ fn a_growing_incident_writes_only_its_new_and_changed_members_and_reads_back_who
     assert_eq!(rows, 0);
     let reasons: i64 = s.with_writer(|c| Ok(c.query_row("SELECT COUNT(*) FROM incident_reasons", [], |r| r.get(0))?)).unwrap();
     assert_eq!(reasons, 1);
+}
+
+#[test]
+fn a_write_told_what_changed_looks_at_those_rows_only_while_the_store_holds_the_version_it_follows() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    let resolve = |inc: &mut cairn_types::Incident, i: usize| {
+        if let cairn_types::IncidentMember::Alert { status, .. } = &mut inc.members[i] {
+            *status = cairn_types::AlertStatus::Resolved;
+        }
+    };
+    let mut inc = incident("a", 10, 100);
+    inc.member_entities = (0..100).map(|i| format!("service:s{}", i % 3)).collect();
+    inc.grouping_reasons = (0..100).map(|i| format!("alert X joined: reason {i}")).collect();
+    s.upsert_incident(&inc).unwrap();
+    // Version 2: member 50 resolved, one member and its reason more.
+    inc.version = 2;
+    resolve(&mut inc, 50);
+    inc.members.push(incident("a", 11, 101).members[100].clone());
+    inc.member_entities.push("service:s9".into());
+    inc.grouping_reasons.push("alert X joined: the last one".into());
+    let changes = IncidentChanges { since_version: 1, members: vec![50, 100], reasons_from: 100 };
+    let before = rows_written(&s);
+    s.upsert_incident_changes(&inc, &changes).unwrap();
+    assert_eq!(rows_written(&s) - before, 4, "members 50 and 100, reason 100 and the incident");
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    // The changes are what the store goes by: a member they leave out is not looked at. (The
+    // correlator names every member it changed; this shows the store reads no other.)
+    inc.version = 3;
+    resolve(&mut inc, 10);
+    s.upsert_incident_changes(&inc, &IncidentChanges { since_version: 2, members: vec![], reasons_from: 101 }).unwrap();
+    assert_ne!(s.get_incident(&inc.id).unwrap().unwrap(), inc, "member 10 was not named, so not written");
+    // Changes relative to a version the store does not hold (that write failed, or another was
+    // made since) are not trusted: every row is compared, and member 20 is written.
+    s.upsert_incident(&inc).unwrap();
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    inc.version = 4;
+    resolve(&mut inc, 20);
+    let before = rows_written(&s);
+    s.upsert_incident_changes(&inc, &IncidentChanges { since_version: 2, members: vec![], reasons_from: 101 }).unwrap();
+    assert_eq!(rows_written(&s) - before, 2, "member 20 and the incident");
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
+    // Shrunk and reordered under changes naming every member from 0: read back whole.
+    inc.version = 5;
+    inc.members.truncate(40);
+    inc.members.swap(0, 39);
+    inc.member_entities.truncate(40);
+    inc.member_entities.swap(0, 39);
+    inc.grouping_reasons.truncate(10);
+    s.upsert_incident_changes(&inc, &IncidentChanges { since_version: 4, members: (0..40).collect(), reasons_from: 0 }).unwrap();
+    assert_eq!(s.get_incident(&inc.id).unwrap().unwrap(), inc);
 }
 
 #[test]
@@ -1034,6 +1086,43 @@ fn fingerprints(s: &SqliteStore) -> Vec<String> {
     let mut f: Vec<String> = s.list_alerts(100).unwrap().into_iter().map(|a| a.fingerprint).collect();
     f.sort();
     f
+}
+
+#[test]
+fn a_journal_row_holds_one_requests_alerts_and_rows_from_before_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let fps = |j: &[crate::JournaledAlert]| j.iter().map(|j| j.alert.fingerprint.clone()).collect::<Vec<_>>();
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.journal_alerts(&[firing("a1"), firing("a2"), firing("a3")], 5).unwrap();
+        s.journal_alerts(&[firing("b1")], 6).unwrap();
+        let rows: i64 = s.with_writer(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(rows, 2, "a row per call, not per alert");
+        assert_eq!(s.pending_intake_len().unwrap(), 4);
+        // Whole rows: asked for two, the first call's three come, all with its place and time.
+        let first = s.pending_intake(2).unwrap();
+        assert_eq!(fps(&first), ["a1", "a2", "a3"]);
+        assert!(first.iter().all(|j| j.seq == first[0].seq && j.received_ms == 5));
+        s.finish_intake(first[0].seq).unwrap();
+        assert_eq!(fps(&s.pending_intake(100).unwrap()), ["b1"]);
+        assert_eq!(s.pending_intake_len().unwrap(), 1);
+    }
+    {
+        // As migration 10 left the journal: a row per alert, its body the alert itself.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("DELETE FROM alert_intake; ALTER TABLE alert_intake DROP COLUMN alerts;").unwrap();
+        for fp in ["old1", "old2"] {
+            c.execute("INSERT INTO alert_intake (received_ms, body) VALUES (7, ?1)", [serde_json::to_string(&firing(fp)).unwrap()]).unwrap();
+        }
+        c.pragma_update(None, "user_version", 10).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.pending_intake_len().unwrap(), 2);
+    let old = s.pending_intake(100).unwrap();
+    assert_eq!(fps(&old), ["old1", "old2"]);
+    s.finish_intake(old[0].seq).unwrap();
+    assert_eq!(fps(&s.pending_intake(100).unwrap()), ["old2"], "each old row is its own place");
 }
 
 /// What another thread sees: a file store's readers see committed state only.
