@@ -3,7 +3,9 @@
 //! as they are answered, for a fixed time.
 //!
 //! Prints: alerts/s acknowledged (HTTP 200), p50 / p99 / max request latency, and alerts/s analysed
-//! (acknowledged alerts stored and correlated, including the time for the worker to catch up).
+//! (acknowledged alerts stored and correlated, including the time for the worker to catch up),
+//! with the incident changes stored and the recommendation revisions routed on the way (the work
+//! per incident, beside the work per alert).
 //!
 //! With `--target both` the same stream (same senders, alerts per request and label sets) also goes
 //! to a real Alertmanager on loopback (`POST /api/v2/alerts`), started here with a temporary store
@@ -192,6 +194,11 @@ async fn run_cairn(args: &Arc<Args>) -> Result<(Sent, f64)> {
     let metrics = reqwest::get(format!("http://{}/metrics", server.http_addr)).await?.text().await?;
     let (p50, p99) = (delay_bound(&metrics, 0.5), delay_bound(&metrics, 0.99));
     println!("  cairn acknowledged → analysed (cairn_alert_analysis_delay_seconds): p50 ≤ {p50} s, p99 ≤ {p99} s");
+    println!(
+        "  cairn stored {} incident changes and routed {} recommendation revisions",
+        sum_of(&metrics, "cairn_incident_updates_total"),
+        sum_of(&metrics, "cairn_recommendations_total")
+    );
     server.shutdown().await;
     Ok((sent, analysed as f64 / analysed_secs))
 }
@@ -209,6 +216,15 @@ fn delay_bound(metrics: &str, q: f64) -> String {
         .collect();
     let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
     buckets.iter().find(|(_, n)| *n >= q * total).map(|(le, _)| le.clone()).unwrap_or_else(|| "?".into())
+}
+
+/// The sum of every sample of metric `name` in Prometheus's text exposition.
+fn sum_of(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// A real Alertmanager on loopback, killed (and reaped) when dropped, so that no run leaves one.
