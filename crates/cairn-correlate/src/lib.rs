@@ -908,10 +908,7 @@ impl Correlator {
         let established = |o: &Open, node: &str| o.entities.get(node).is_some_and(Span::established);
         let mut others: Vec<(IncidentId, String)> = Vec::new();
         for id in self.by_entity.get(&r.entity).into_iter().flatten() {
-            if id != into
-                && !self.split_apart.holds(&into.0, &id.0)
-                && self.open.get(id).is_some_and(|o| o.entities.get(&r.entity).is_some_and(|s| s.held_distance(t) <= self.cfg.window_ms))
-            {
+            if id != into && self.open.get(id).is_some_and(|o| o.entities.get(&r.entity).is_some_and(|s| s.held_distance(t) <= self.cfg.window_ms)) {
                 others.push((id.clone(), format!("both hold {}", r.entity)));
             }
         }
@@ -956,8 +953,12 @@ impl Correlator {
     }
 
     /// Moves every member of `from` into `into` and closes `from`, which is kept (empty, naming
-    /// `into`) for [`Correlator::take_merged`]. Refused when the two together exceed `max_members`.
+    /// `into`) for [`Correlator::take_merged`]. Refused when the two together exceed `max_members`,
+    /// and when a person split them from one another (only a person merges those again).
     fn merge(&mut self, into: &IncidentId, from: &IncidentId, why: &str, now_ms: i64) {
+        if self.split_apart.holds(&into.0, &from.0) {
+            return;
+        }
         let window = self.cfg.link_window_ms;
         let (Some(a), Some(b)) = (self.open.get(into), self.open.get(from)) else {
             return;
@@ -1288,7 +1289,13 @@ mod tests {
         c.note_alert(&alert("Z", "checkout", "f2", AlertStatus::Firing), 11_000);
         c.settle();
         assert_eq!(c.open_count(), 2, "both hold service:checkout, and stay apart");
+        // A person may merge them again.
+        let merged = c.merge_by_person(&left.id, &new.id, "one problem after all", 12_000).unwrap();
+        assert_eq!((c.open_count(), c.split_apart_count(), merged.members.len()), (1, 0, 3));
+        let (_, again) = c.split_by_person(&left.id, &["alert:f1".to_string()], "another problem", 13_000).unwrap();
+        assert_eq!(c.split_apart_count(), 1);
         c.close_idle(i64::MAX / 2);
+        assert!(c.get(&again.id).is_none());
         assert_eq!((c.open_count(), c.split_apart_count()), (0, 0), "forgotten when they close");
     }
 

@@ -166,6 +166,7 @@ impl Correlator {
             self.kept_apart.forget(x, y);
             self.kept_together.remember(x, y);
         }
+        self.split_apart.forget(&into.0, &from.0);
         self.merge(into, from, why, now_ms);
         self.changed(into, now_ms).ok_or_else(|| RegroupRefused::NotOpen(into.clone()))
     }
@@ -226,7 +227,7 @@ impl Correlator {
         Ok((left, new))
     }
 
-    /// Entity pairs persons' splits keep apart (for `/metrics`).
+    /// Pairs of open incidents a person split from one another (for `/metrics`).
     pub fn split_apart_count(&self) -> usize {
         self.split_apart.len()
     }
