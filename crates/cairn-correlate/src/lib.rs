@@ -970,6 +970,7 @@ impl Correlator {
         let Some(b) = self.take_open(from) else {
             return;
         };
+        self.split_apart.forget_all(&from.0);
         let Some(a) = self.open.get_mut(into) else {
             return;
         };
@@ -1107,6 +1108,7 @@ impl Correlator {
         let Some(open) = self.take_open(id) else {
             return;
         };
+        self.split_apart.forget_all(&id.0);
         for identity in open.index.keys() {
             self.member_of.remove(identity);
         }
@@ -1116,7 +1118,6 @@ impl Correlator {
     /// the work does not grow with the number of open incidents).
     fn take_open(&mut self, id: &IncidentId) -> Option<Open> {
         let open = self.open.remove(id)?;
-        self.split_apart.forget_all(&id.0);
         self.by_age.remove(&(open.incident.updated_ms, id.clone()));
         let unindex = |map: &mut HashMap<String, Vec<IncidentId>>, keys: &HashMap<String, Span>| {
             for k in keys.keys() {
@@ -1294,6 +1295,13 @@ mod tests {
         assert_eq!((c.open_count(), c.split_apart_count(), merged.members.len()), (1, 0, 3));
         let (_, again) = c.split_by_person(&left.id, &["alert:f1".to_string()], "another problem", 13_000).unwrap();
         assert_eq!(c.split_apart_count(), 1);
+        // A second split of what is left keeps the first apart too (the split rebuilds `left`
+        // under its own id, which is not an incident ending).
+        let (_, third) = c.split_by_person(&left.id, &["alert:f2".to_string()], "a third problem", 13_000).unwrap();
+        assert_eq!(c.split_apart_count(), 2);
+        c.note_alert(&alert("Z", "checkout", "f3", AlertStatus::Firing), 13_000);
+        c.settle();
+        assert_eq!(c.open_count(), 3, "{:?}", [&again.id, &third.id]);
         c.close_idle(i64::MAX / 2);
         assert!(c.get(&again.id).is_none());
         assert_eq!((c.open_count(), c.split_apart_count()), (0, 0), "forgotten when they close");
