@@ -88,8 +88,8 @@ impl Intake {
     }
 }
 
-/// Analyses every journaled alert, oldest first, and removes each batch from the journal once its
-/// analysis (which stores the alerts) succeeded. Blocking. On a failure the rest stays journaled
+/// Analyses every journaled alert, oldest first, and marks each batch analysed once its analysis
+/// (which stores the alerts) succeeded. Blocking. On a failure the rest stays journaled
 /// for the next pass. Returns how many alerts were analysed.
 pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Result<usize, ApiError> {
     let mut done = 0;
@@ -100,8 +100,10 @@ pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Resul
         let alerts: Vec<AlertEvent> = rows.into_iter().map(|r| r.alert).collect();
         let n = alerts.len();
         // What the analysis of the batch writes (alerts, incidents, revisions with their audit
-        // events) and the journal rows it takes share a transaction, give or take the turns the
-        // pass gives to acknowledgements: one commit where there was one per incident and revision.
+        // events) and the mark that its journal rows are analysed share a transaction, give or
+        // take the turns the pass gives to other writers (a person's approval): one commit where
+        // there was one per incident and revision. Acknowledgements go on meanwhile: the journal
+        // is written apart.
         let pass = engine.store().write_pass()?;
         let analysed = engine
             .pipeline()

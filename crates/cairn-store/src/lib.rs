@@ -121,7 +121,7 @@ impl<T: SignalStore + ChangeStore + GuardStore + LeaseStore + AuditLog + Send + 
 #[derive(Debug, Clone)]
 pub struct JournaledAlert {
     /// Its place in the journal, shared by the alerts journaled by one call
-    /// ([`SignalStore::finish_intake`] removes through one).
+    /// ([`SignalStore::finish_intake`] marks analysed through one).
     pub seq: i64,
     /// When it was acknowledged.
     pub received_ms: i64,
@@ -135,17 +135,20 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     fn record_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<usize>;
     /// Appends acknowledged alerts to the intake journal, durably, before their sender is
     /// answered (invariant 12). The analysis worker reads them back with [`SignalStore::pending_intake`]
-    /// and removes them with [`SignalStore::finish_intake`] once analysed, so a crash in between replays
+    /// and marks them analysed with [`SignalStore::finish_intake`], so a crash in between replays
     /// them instead of losing them. Concurrent callers may share a commit (group commit): each
     /// returns after the commit that holds its rows, and when that commit fails every caller in it
-    /// gets the error and none of their rows is stored.
+    /// gets the error and none of their rows is stored. The journal is written apart from the
+    /// store's other writes: a call does not wait for a write pass, nor joins one.
     fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()>;
     /// The oldest journaled alerts not yet analysed, oldest first: those of whole journal rows
     /// (one per [`SignalStore::journal_alerts`] call), from the oldest row, until at least `limit`
     /// alerts are read or none is left. So it may return up to one call's alerts past `limit`,
-    /// and [`SignalStore::finish_intake`] through the last one's `seq` removes exactly these.
+    /// and [`SignalStore::finish_intake`] through the last one's `seq` marks exactly these.
     fn pending_intake(&self, limit: usize) -> Result<Vec<JournaledAlert>>;
-    /// Removes journaled alerts up to and including `through_seq`: they are analysed and stored.
+    /// Marks journaled alerts up to and including `through_seq` analysed: they are never handed
+    /// out again. Written like any other write, so inside a write pass it is committed with the
+    /// analysis it follows, or not at all.
     fn finish_intake(&self, through_seq: i64) -> Result<()>;
     /// How many journaled alerts wait for analysis (read at start-up to bound the backlog).
     fn pending_intake_len(&self) -> Result<u64>;

@@ -1,10 +1,12 @@
 //! The SQLite implementation: one writer connection behind a mutex and a few read-only connections
 //! beside it (WAL mode, so a long read neither waits for nor delays a write; the WAL is checkpointed
-//! by a thread of its own, not inside a writer's commit), numbered migrations tracked in
+//! by a thread of its own, not inside a writer's commit), the intake journal in a file of its own
+//! (`intake.rs`), numbered migrations tracked in
 //! `PRAGMA user_version`, an append-only audit table guarded by triggers. An incident is its row
 //! plus a row per member and per grouping reason, written by what changed (`write_incident`).
 
 mod audit;
+mod intake;
 
 use crate::{AuditQuery, LeaseStore, RecommendationFilter, RecommendationRecord, Result, StoreError};
 use cairn_types::{
@@ -223,6 +225,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alert_intake ADD COLUMN alerts INTEGER NOT NULL DEFAULT 1;
     UPDATE alert_intake SET body = '[' || body || ']';
     "#,
+    // 12: the journal moves to a database of its own (`intake.rs`); here stays the place of the
+    // last journal row analysed, written by the pass that analysed it. Rows left in
+    // `alert_intake` are moved to the journal when the store opens.
+    r#"
+    CREATE TABLE intake_done (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        through_seq  INTEGER NOT NULL
+    );
+    INSERT INTO intake_done (id, through_seq) VALUES (1, 0);
+    "#,
 ];
 
 /// Read connections kept beside the writer of a file store. Each holds its own page cache (SQLite's
@@ -254,8 +266,8 @@ pub struct SqliteStore {
     lease: Mutex<crate::LeaseTerms>,
     /// Told the audit head after every committed write that appended to the log.
     audit_hook: HookSlot,
-    /// Journal writes of concurrent callers, committed together ([`crate::SignalStore::journal_alerts`]).
-    journal: GroupCommit,
+    /// The intake journal ([`intake`]); none for a store opened read-only.
+    journal: Option<intake::Journal>,
     /// Checkpoints the WAL of a file store off the writers' threads.
     checkpointer: Option<Checkpointer>,
 }
@@ -306,49 +318,6 @@ impl Drop for Checkpointer {
     }
 }
 
-/// Group commit of the intake journal: concurrent callers queue their rows; one of them (the
-/// leader) writes every queued row in one transaction and hands each caller the outcome of that
-/// commit, so each is answered after its rows are committed (or with the commit's error, and then
-/// none of its rows is stored). While a commit runs, the next callers queue for the next one.
-#[derive(Debug, Default)]
-struct GroupCommit {
-    state: Mutex<GroupState>,
-    done: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GroupState {
-    next_ticket: u64,
-    /// Rows waiting for a leader, one per caller, with its ticket: (ticket, received_ms, alerts,
-    /// the alerts as one JSON array).
-    queued: Vec<(u64, i64, usize, String)>,
-    /// Whether a caller is writing a group now.
-    leading: bool,
-    /// The outcome of each written ticket, until its caller takes it (an error as text: every
-    /// caller of a failed group gets it).
-    outcomes: std::collections::HashMap<u64, std::result::Result<(), String>>,
-}
-
-/// Ends a leader's turn even if its write panicked: its callers are told, and the next can lead.
-struct Leading<'g> {
-    group: &'g GroupCommit,
-    tickets: Vec<u64>,
-    outcome: Option<std::result::Result<(), String>>,
-}
-
-impl Drop for Leading<'_> {
-    fn drop(&mut self) {
-        let outcome = self.outcome.take().unwrap_or_else(|| Err("the journal write panicked".into()));
-        let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
-        for t in self.tickets.drain(..) {
-            st.outcomes.insert(t, outcome.clone());
-        }
-        st.leading = false;
-        drop(st);
-        self.group.done.notify_all();
-    }
-}
-
 /// The writer connection and the write pass open on it.
 #[derive(Debug)]
 struct Writer {
@@ -366,10 +335,11 @@ struct Writer {
     broken: Option<String>,
 }
 
-/// How long the transaction of a write pass may keep other writers (the webhooks' journal writes)
-/// waiting: past it, the first writer to come (or the pass itself) commits what the pass wrote
-/// and writes. Long enough that a busy pass commits tens of times per second rather than once per
-/// write; short enough that an acknowledgement waits milliseconds, not a whole pass.
+/// How long the transaction of a write pass may keep other writers (a person's approval, the
+/// executor's claims) waiting: past it, the first writer to come (or the pass itself) commits
+/// what the pass wrote and writes. Long enough that a busy pass commits tens of times per second
+/// rather than once per write; short enough that a person waits milliseconds, not a whole pass.
+/// Acknowledgements do not wait at all: the intake journal is a database of its own.
 const PASS_TURN_AFTER: Duration = Duration::from_millis(10);
 
 /// A number for the calling thread, unique in the process and never 0.
@@ -458,6 +428,11 @@ fn write_incident(tx: &Connection, incident: &Incident, changes: Option<&Inciden
         blob(&reasons)
     ])?;
     Ok(())
+}
+
+/// The place of the last journal row analysed (migration 12).
+fn analysed_through(c: &Connection) -> Result<i64> {
+    Ok(c.prepare_cached("SELECT through_seq FROM intake_done WHERE id = 1")?.query_row([], |r| r.get(0))?)
 }
 
 /// The digests a row keeps (a blob of little-endian `u64`s; none when unknown).
@@ -588,7 +563,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // The checkpointer's thread copies the WAL back, not the commit that crosses 1,000 pages.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let mut store = Self::init(conn)?;
+        let mut store = Self::init(conn, intake::Journal::open(&intake::path_beside(path))?)?;
         store.checkpointer = Some(Checkpointer::start(path)?);
         for _ in 0..READERS {
             let reader = Connection::open(path)?;
@@ -602,10 +577,10 @@ impl SqliteStore {
 
     /// A private in-memory database, for tests.
     pub fn open_in_memory() -> Result<SqliteStore> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, intake::Journal::open_in_memory()?)
     }
 
-    fn init(mut conn: Connection) -> Result<SqliteStore> {
+    fn init(mut conn: Connection, journal: intake::Journal) -> Result<SqliteStore> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // The analysis path runs a few dozen distinct statements per routed recommendation; keep
@@ -625,7 +600,10 @@ impl SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         audit::catch_up_tree(&tx)?;
         tx.commit()?;
-        Ok(SqliteStore::over(conn))
+        journal.adopt(&conn, analysed_through(&conn)?)?;
+        let mut store = SqliteStore::over(conn);
+        store.journal = Some(journal);
+        Ok(store)
     }
 
     /// Opens an existing database read-only, without migrating it: for verifying a stopped
@@ -662,9 +640,14 @@ impl SqliteStore {
             next_reader: Default::default(),
             lease: Mutex::default(),
             audit_hook: Default::default(),
-            journal: GroupCommit::default(),
+            journal: None,
             checkpointer: None,
         }
+    }
+
+    /// The intake journal, which a store opened read-only has not.
+    fn journal(&self) -> Result<&intake::Journal> {
+        self.journal.as_ref().ok_or_else(|| StoreError::Database("the store is open read-only: it has no intake journal".into()))
     }
 
     /// Whether the calling thread has a write pass open on this store.
@@ -1104,65 +1087,24 @@ impl crate::SignalStore for SqliteStore {
         }
         // Encoded by each caller, in parallel, before it queues.
         let body = to_json(&alerts)?;
-        let group = &self.journal;
-        let mut st = group.state.lock().unwrap_or_else(|p| p.into_inner());
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.queued.push((ticket, now_ms, alerts.len(), body));
-        loop {
-            if let Some(outcome) = st.outcomes.remove(&ticket) {
-                return outcome.map_err(StoreError::Database);
-            }
-            if st.leading {
-                st = group.done.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            // Lead: write every queued caller's rows (this one's among them) in one commit.
-            st.leading = true;
-            let rows = std::mem::take(&mut st.queued);
-            drop(st);
-            let mut leading = Leading { group, tickets: rows.iter().map(|(t, ..)| *t).collect(), outcome: None };
-            let written = self.with_tx(|tx| {
-                let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, alerts, body) VALUES (?1, ?2, ?3)")?;
-                for (_, received_ms, alerts, body) in &rows {
-                    stmt.execute(params![received_ms, *alerts as i64, body])?;
-                }
-                Ok(())
-            });
-            leading.outcome = Some(written.map_err(|e| match e {
-                StoreError::Database(m) => m,
-                other => other.to_string(),
-            }));
-            drop(leading);
-            st = group.state.lock().unwrap_or_else(|p| p.into_inner());
-        }
+        self.journal()?.append(now_ms, alerts.len(), body)
     }
 
     fn pending_intake(&self, limit: usize) -> Result<Vec<crate::JournaledAlert>> {
-        self.with_conn(|c| {
-            let mut stmt = c.prepare_cached("SELECT seq, received_ms, body FROM alert_intake ORDER BY seq")?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while out.len() < limit {
-                let Some(row) = rows.next()? else { break };
-                let (seq, received_ms): (i64, i64) = (row.get(0)?, row.get(1)?);
-                let body: String = row.get(2)?;
-                let alerts: Vec<AlertEvent> = from_json("alert intake", &body)?;
-                out.extend(alerts.into_iter().map(|alert| crate::JournaledAlert { seq, received_ms, alert }));
-            }
-            Ok(out)
-        })
+        let through = self.with_conn(analysed_through)?;
+        self.journal()?.pending(through, limit)
     }
 
     fn finish_intake(&self, through_seq: i64) -> Result<()> {
         self.with_tx(|tx| {
-            tx.prepare_cached("DELETE FROM alert_intake WHERE seq <= ?1")?.execute([through_seq])?;
+            tx.prepare_cached("UPDATE intake_done SET through_seq = MAX(through_seq, ?1) WHERE id = 1")?.execute([through_seq])?;
             Ok(())
         })
     }
 
     fn pending_intake_len(&self) -> Result<u64> {
-        self.with_conn(|c| Ok(c.query_row("SELECT COALESCE(SUM(alerts), 0) FROM alert_intake", [], |r| r.get::<_, i64>(0))? as u64))
+        let through = self.with_conn(analysed_through)?;
+        self.journal()?.pending_len(through)
     }
 
     fn write_pass(&self) -> Result<Box<dyn crate::WritePass + '_>> {

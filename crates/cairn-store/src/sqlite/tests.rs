@@ -896,11 +896,11 @@ fn a_store_from_before_incident_cursors_numbers_its_incidents_in_the_order_they_
     assert_eq!(seen(3), [(4, "b".into())], "the next write follows the numbered ones");
 }
 
-/// Undoes migrations 10 (incidents' member rows) and 11 (a journal row per request), for a test
-/// that opens a store from before them.
+/// Undoes migrations 10 (incidents' member rows), 11 (a journal row per request) and 12 (the
+/// journal's mark), for a test that opens a store from before them.
 const UNDO_MEMBER_ROWS: &str = "DROP TABLE incident_members; DROP TABLE incident_reasons; ALTER TABLE incidents DROP COLUMN member_count;
      ALTER TABLE incidents DROP COLUMN member_digests; ALTER TABLE incidents DROP COLUMN reason_digests;
-     ALTER TABLE alert_intake DROP COLUMN alerts;";
+     ALTER TABLE alert_intake DROP COLUMN alerts; DROP TABLE intake_done;";
 
 /// Rows the writer connection has inserted, updated or deleted so far.
 fn rows_written(s: &SqliteStore) -> u64 {
@@ -1088,42 +1088,107 @@ fn fingerprints(s: &SqliteStore) -> Vec<String> {
     f
 }
 
+/// The fingerprints of journaled alerts.
+fn fps(j: &[crate::JournaledAlert]) -> Vec<String> {
+    j.iter().map(|j| j.alert.fingerprint.clone()).collect()
+}
+
+/// Rows in the journal's file, analysed or not.
+fn journal_rows(s: &SqliteStore) -> i64 {
+    s.journal().unwrap().with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get(0))?)).unwrap()
+}
+
 #[test]
-fn a_journal_row_holds_one_requests_alerts_and_rows_from_before_read_back() {
+fn a_journal_row_holds_one_requests_alerts_and_an_analysed_one_is_not_handed_out_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
-    let fps = |j: &[crate::JournaledAlert]| j.iter().map(|j| j.alert.fingerprint.clone()).collect::<Vec<_>>();
     {
         let s = SqliteStore::open(&path).unwrap();
+        assert!(intake::path_beside(&path).exists(), "the journal is a file beside the store");
         s.journal_alerts(&[firing("a1"), firing("a2"), firing("a3")], 5).unwrap();
         s.journal_alerts(&[firing("b1")], 6).unwrap();
         s.journal_alerts(&[], 6).unwrap();
-        let rows: i64 = s.with_writer(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get(0))?)).unwrap();
-        assert_eq!(rows, 2, "a row per call with alerts, not per alert");
+        assert_eq!(journal_rows(&s), 2, "a row per call with alerts, not per alert");
         assert_eq!(s.pending_intake_len().unwrap(), 4);
         // Whole rows: asked for two, the first call's three come, all with its place and time.
         let first = s.pending_intake(2).unwrap();
         assert_eq!(fps(&first), ["a1", "a2", "a3"]);
         assert!(first.iter().all(|j| j.seq == first[0].seq && j.received_ms == 5));
+        // Marked in the store's database, the row is not yet deleted from the journal's file
+        // (as after a crash between the two): it is not handed out again, here or after a restart.
         s.finish_intake(first[0].seq).unwrap();
-        assert_eq!(fps(&s.pending_intake(100).unwrap()), ["b1"]);
         assert_eq!(s.pending_intake_len().unwrap(), 1);
+        assert_eq!(journal_rows(&s), 2);
     }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.pending_intake_len().unwrap(), 1);
+    assert_eq!(fps(&s.pending_intake(100).unwrap()), ["b1"]);
+    assert_eq!(journal_rows(&s), 1, "the analysed row is deleted when the journal is next read");
+}
+
+#[test]
+fn journal_rows_a_store_kept_before_the_journal_had_its_file_are_moved_once_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    drop(SqliteStore::open(&path).unwrap());
     {
-        // As migration 10 left the journal: a row per alert, its body the alert itself.
+        // As migration 10 left the store: the journal a table in it, a row per alert, its body
+        // the alert itself; and no journal file.
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch("DELETE FROM alert_intake; ALTER TABLE alert_intake DROP COLUMN alerts;").unwrap();
-        for fp in ["old1", "old2"] {
+        c.execute_batch("DROP TABLE intake_done; ALTER TABLE alert_intake DROP COLUMN alerts;").unwrap();
+        for fp in ["old1", "old2", "old3"] {
             c.execute("INSERT INTO alert_intake (received_ms, body) VALUES (7, ?1)", [serde_json::to_string(&firing(fp)).unwrap()]).unwrap();
         }
         c.pragma_update(None, "user_version", 10).unwrap();
     }
+    for f in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{f}", intake::path_beside(&path).display()));
+    }
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.pending_intake_len().unwrap(), 2);
-    let old = s.pending_intake(100).unwrap();
-    assert_eq!(fps(&old), ["old1", "old2"]);
+    assert_eq!(s.pending_intake_len().unwrap(), 3);
+    let old = s.pending_intake(1).unwrap();
+    assert_eq!(fps(&old), ["old1"], "each old row is its own place");
     s.finish_intake(old[0].seq).unwrap();
-    assert_eq!(fps(&s.pending_intake(100).unwrap()), ["old2"], "each old row is its own place");
+    let left: i64 = s.with_writer(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get(0))?)).unwrap();
+    assert_eq!(left, 0, "moved out of the store's database");
+    drop(s);
+    {
+        // A crash after the copy and before the delete: the rows are in both places.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        for (seq, fp) in [(2, "old2"), (3, "old3")] {
+            c.execute("INSERT INTO alert_intake (seq, received_ms, alerts, body) VALUES (?1, 7, 1, ?2)", rusqlite::params![seq, format!("[{}]", serde_json::to_string(&firing(fp)).unwrap())])
+                .unwrap();
+        }
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(fps(&s.pending_intake(100).unwrap()), ["old2", "old3"], "copied once, not twice");
+    s.journal_alerts(&[firing("new")], 8).unwrap();
+    assert_eq!(fps(&s.pending_intake(100).unwrap()), ["old2", "old3", "new"], "and placed before what comes after");
+}
+
+#[test]
+fn a_journal_file_lost_beside_a_store_takes_new_rows_above_what_was_analysed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        for i in 0..5 {
+            s.journal_alerts(&[firing(&format!("a{i}"))], 1).unwrap();
+        }
+        let all = s.pending_intake(100).unwrap();
+        s.finish_intake(all.last().unwrap().seq).unwrap();
+        s.pending_intake(100).unwrap();
+        assert_eq!(journal_rows(&s), 0);
+    }
+    // A store restored from a backup that left the journal out: a new journal would place rows
+    // from 1 again, at or below the mark, and they would be skipped as analysed: lost.
+    for f in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{f}", intake::path_beside(&path).display()));
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    s.journal_alerts(&[firing("after")], 2).unwrap();
+    assert_eq!(s.pending_intake_len().unwrap(), 1);
+    assert_eq!(fps(&s.pending_intake(100).unwrap()), ["after"]);
 }
 
 /// What another thread sees: a file store's readers see committed state only.
@@ -1182,31 +1247,50 @@ fn a_pass_dropped_without_commit_stores_nothing() {
 }
 
 #[test]
-fn a_journal_write_during_a_pass_is_committed_before_it_returns_and_survives_the_pass() {
+fn a_journal_write_during_a_pass_neither_waits_for_it_nor_commits_it_and_survives_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
     let pass = s.write_pass().unwrap();
     s.record_alerts(&[firing("before")], 1).unwrap();
-    // Another thread acknowledges an alert while the pass's transaction is open: it waits (at
-    // most about PASS_TURN_AFTER), the pass's finished write is committed, then its own row.
+    // Another thread acknowledges an alert while the pass's transaction is open, and keeps it
+    // open past PASS_TURN_AFTER: the acknowledgement is committed by itself, at once.
+    std::thread::sleep(PASS_TURN_AFTER * 2);
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            s.journal_alerts(&[firing("acked")], 2).unwrap();
+            assert_eq!(s.pending_intake_len().unwrap(), 1, "committed before journal_alerts returned");
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(seen_elsewhere(&s).is_empty(), "the pass was not committed to let the acknowledgement in");
+    drop(pass);
+    assert_eq!(s.pending_intake_len().unwrap(), 1, "the acknowledged alert is not undone with the pass");
+    assert!(fingerprints(&s).is_empty(), "what the pass wrote is rolled back");
+}
+
+#[test]
+fn a_writer_waiting_for_a_pass_gets_a_turn_within_milliseconds_and_its_write_survives_the_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+    let pass = s.write_pass().unwrap();
+    s.record_alerts(&[firing("before")], 1).unwrap();
+    // Another thread writes while the pass's transaction is open: it waits (at most about
+    // PASS_TURN_AFTER), the pass's finished write is committed, then its own.
     let waited = std::thread::scope(|t| {
         t.spawn(|| {
             let started = Instant::now();
-            s.journal_alerts(&[firing("acked")], 2).unwrap();
-            let waited = started.elapsed();
-            // Answered: it must be committed, whatever the pass does next.
-            assert_eq!(s.pending_intake_len().unwrap(), 1, "committed before journal_alerts returned");
-            waited
+            s.record_alerts(&[firing("other")], 2).unwrap();
+            started.elapsed()
         })
         .join()
         .unwrap()
     });
     assert!(waited < Duration::from_secs(2), "a pass keeps writers waiting for milliseconds, not for the pass: {waited:?}");
-    assert_eq!(seen_elsewhere(&s), ["before"], "the pass's finished write was committed to let the writer in");
+    assert_eq!(seen_elsewhere(&s), ["before", "other"], "the pass's finished write was committed to let the writer in");
     s.record_alerts(&[firing("after")], 3).unwrap();
     drop(pass);
-    assert_eq!(s.pending_intake_len().unwrap(), 1, "the acknowledged alert is not undone with the pass");
-    assert_eq!(fingerprints(&s), ["before"], "what the pass wrote after the turn is rolled back");
+    assert_eq!(fingerprints(&s), ["before", "other"], "what the pass wrote after the turn is rolled back");
 }
 
 #[test]
@@ -1242,9 +1326,6 @@ fn journaled(s: &SqliteStore) -> Vec<String> {
 fn concurrent_journal_writes_are_committed_together_and_each_is_answered_after_its_commit() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
-    // A pass holding the writer makes the callers queue, so that groups form.
-    let pass = s.write_pass().unwrap();
-    s.record_alerts(&[firing("pass")], 1).unwrap();
     std::thread::scope(|t| {
         for sender in 0..8 {
             let s = &s;
@@ -1261,7 +1342,6 @@ fn concurrent_journal_writes_are_committed_together_and_each_is_answered_after_i
             });
         }
     });
-    pass.commit().unwrap();
     let all = journaled(&s);
     assert_eq!(all.len(), 8 * 20 * 3, "nothing lost, nothing twice");
     // Each sender's rows in the order it sent them.
@@ -1277,7 +1357,7 @@ fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows(
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
     // A row the journal refuses, standing for a commit that fails (a full disk).
-    s.with_writer(|c| {
+    s.journal().unwrap().with_conn(|c| {
         c.execute_batch(
             "CREATE TRIGGER refuse_poison BEFORE INSERT ON alert_intake WHEN NEW.body LIKE '%poison%'
              BEGIN SELECT RAISE(ABORT, 'no space left on device'); END",
@@ -1285,8 +1365,6 @@ fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows(
         Ok(())
     })
     .unwrap();
-    let pass = s.write_pass().unwrap();
-    s.record_alerts(&[firing("pass")], 1).unwrap();
     let outcomes: Vec<(String, bool)> = std::thread::scope(|t| {
         let calls: Vec<_> = ["a", "poison", "b", "c", "d"]
             .into_iter()
@@ -1297,7 +1375,6 @@ fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows(
             .collect();
         calls.into_iter().map(|c| c.join().unwrap()).collect()
     });
-    pass.commit().unwrap();
     let stored = journaled(&s);
     for (fp, ok) in &outcomes {
         // Answered success exactly when stored: a failed group loses nothing it acknowledged.
@@ -1337,17 +1414,16 @@ fn a_pass_whose_commit_fails_says_so_stores_nothing_of_it_and_writes_nothing_mor
     // rows are stored, the pass learns at its next write and at its end.
     let pass = s.write_pass().unwrap();
     s.record_alerts(&[firing("orphan")], 1).unwrap();
-    std::thread::scope(|t| t.spawn(|| s.journal_alerts(&[firing("acked")], 2).unwrap()).join().unwrap());
+    std::thread::scope(|t| t.spawn(|| s.record_alerts(&[firing("other")], 2).unwrap()).join().unwrap());
     let later = s.record_alerts(&[firing("c")], 3);
     assert!(later.is_err(), "a write after the failed commit fails: {later:?}");
     assert!(pass.commit().is_err());
-    assert!(fingerprints(&s).is_empty());
-    assert_eq!(s.pending_intake_len().unwrap(), 1, "the writer's own rows are stored");
+    assert_eq!(fingerprints(&s), ["other"], "the writer's own rows are stored, nothing of the pass");
     // The next pass starts afresh.
     let pass = s.write_pass().unwrap();
     s.record_alerts(&[firing("d")], 4).unwrap();
     pass.commit().unwrap();
-    assert_eq!(fingerprints(&s), ["d"]);
+    assert_eq!(fingerprints(&s), ["d", "other"]);
 }
 
 #[test]
