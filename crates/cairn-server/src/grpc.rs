@@ -285,7 +285,7 @@ impl pb::ingest_service_server::IngestService for IngestSvc {
             if !alerts.is_empty() {
                 // Stored before counted as accepted (invariant 12).
                 let (engine, intake) = (self.engine.clone(), self.intake.clone());
-                tokio::task::spawn_blocking(move || intake.accept(&engine, &alerts, 1))
+                tokio::task::spawn_blocking(move || intake.accept(&engine, alerts, 1))
                     .await
                     .map_err(|e| Status::internal(format!("intake panicked: {e}")))?
                     .map_err(Status::from)?;

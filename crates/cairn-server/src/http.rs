@@ -175,7 +175,7 @@ async fn alertmanager(
         if n > 0 {
             // Stored before answered: a 200 is a promise that the alert survives a crash.
             let (engine, intake, retry) = (st.engine.clone(), st.intake.clone(), st.retry_after_secs);
-            tokio::task::spawn_blocking(move || intake.accept(&engine, &batch.alerts, retry))
+            tokio::task::spawn_blocking(move || intake.accept(&engine, batch.alerts, retry))
                 .await
                 .map_err(|e| ApiError::Internal(format!("intake panicked: {e}")))??;
             st.engine.metrics().alerts_accepted.with_label_values(&[ENDPOINT]).inc_by(n);
@@ -203,7 +203,7 @@ async fn changes(
         let change = cairn_ingest::decode_change(&body, &st.limits, now)?;
         let fingerprint = change.fingerprint.clone();
         let (engine, intake, retry) = (st.engine.clone(), st.intake.clone(), st.retry_after_secs);
-        tokio::task::spawn_blocking(move || intake.accept(&engine, &[change], retry))
+        tokio::task::spawn_blocking(move || intake.accept(&engine, vec![change], retry))
             .await
             .map_err(|e| ApiError::Internal(format!("intake panicked: {e}")))??;
         st.engine.metrics().alerts_accepted.with_label_values(&[ENDPOINT]).inc();

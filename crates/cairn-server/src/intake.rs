@@ -47,7 +47,7 @@ impl Intake {
 
     /// Journals `alerts` durably, then wakes the worker. Blocking: call it off the async runtime.
     /// An error is a retryable refusal: nothing of this request was acknowledged.
-    pub fn accept(&self, engine: &Engine, alerts: &[AlertEvent], retry_after_secs: u64) -> Result<(), ApiError> {
+    pub fn accept(&self, engine: &Engine, alerts: Vec<AlertEvent>, retry_after_secs: u64) -> Result<(), ApiError> {
         let now = engine.clock().now_ms();
         let n = alerts.len() as u64;
         let before = self.pending.fetch_add(n, Ordering::SeqCst);
@@ -66,7 +66,7 @@ impl Intake {
                 self.pending.fetch_sub(n, Ordering::SeqCst);
                 engine.metrics().intake_failures.inc();
                 let reason = format!("alerts cannot be stored: {e}");
-                error!(error = %e, alerts = alerts.len(), "alerts refused with 503: the intake journal cannot be written");
+                error!(error = %e, alerts = n, "alerts refused with 503: the intake journal cannot be written");
                 self.set_failing(Some(reason.clone()));
                 Err(ApiError::NotStored { retry_after_secs, reason })
             }

@@ -140,7 +140,7 @@ pub trait SignalStore: Send + Sync + std::fmt::Debug {
     /// returns after the commit that holds its rows, and when that commit fails every caller in it
     /// gets the error and none of their rows is stored. The journal is written apart from the
     /// store's other writes: a call does not wait for a write pass, nor joins one.
-    fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()>;
+    fn journal_alerts(&self, alerts: Vec<AlertEvent>, now_ms: i64) -> Result<()>;
     /// The oldest journaled alerts not yet analysed, oldest first: those of whole journal rows
     /// (one per [`SignalStore::journal_alerts`] call), from the oldest row, until at least `limit`
     /// alerts are read or none is left. So it may return up to one call's alerts past `limit`,

@@ -6,6 +6,10 @@
 //! again the index pages its alerts had touched (fingerprints are random: about a 4 KiB page per
 //! alert); writing to the WAL was a fifth of the process's time under alert-load.
 //!
+//! The rows also stay decoded in memory, in order, for the analysis worker to take without reading
+//! and decoding them again (the journal's reads were a tenth of the worker): [`Cached`]. The file
+//! is what counts; the memory is used only while it holds exactly the rows the file holds next.
+//!
 //! Analysed is decided in the store's database, not here: a pass records the last journal row it
 //! analysed (`intake_done`) in its own transaction. Rows through that mark are never handed out
 //! again and are deleted from this file when the journal is next read. A crash between the two
@@ -14,6 +18,8 @@
 
 use super::{Checkpointer, from_json};
 use crate::{JournaledAlert, Result, StoreError};
+use cairn_types::AlertEvent;
+use std::collections::VecDeque;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -36,11 +42,17 @@ pub(super) fn path_beside(store: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The journal's connection, its group commit and (for a file) its checkpointer.
+/// The journal rows held decoded in memory, at most this many bytes of them (as journaled JSON):
+/// the default backlog of 20,000 alerts (`ingest.max_pending_alerts`) is about 6 MiB of it.
+const MAX_CACHED_BYTES: usize = 32 << 20;
+
+/// The journal's connection, its group commit, its rows held in memory and (for a file) its
+/// checkpointer.
 #[derive(Debug)]
 pub(super) struct Journal {
     conn: Mutex<Connection>,
     group: GroupCommit,
+    cached: Mutex<Cached>,
     /// Dropped with the journal, which stops its thread.
     _checkpointer: Option<Checkpointer>,
 }
@@ -71,7 +83,7 @@ impl Journal {
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", VERSION)?;
-        Ok(Journal { conn: Mutex::new(conn), group: GroupCommit::default(), _checkpointer: None })
+        Ok(Journal { conn: Mutex::new(conn), group: GroupCommit::default(), cached: Mutex::default(), _checkpointer: None })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -110,12 +122,12 @@ impl Journal {
     /// Appends `alerts` as one row, committed with whatever other callers queued meanwhile (group
     /// commit); returns once that commit is done, with its error if it failed (and then none of
     /// this call's alerts is stored). `body` is the alerts as one JSON array.
-    pub(super) fn append(&self, received_ms: i64, alerts: usize, body: String) -> Result<()> {
+    pub(super) fn append(&self, received_ms: i64, alerts: Vec<AlertEvent>, body: String) -> Result<()> {
         let group = &self.group;
         let mut st = group.state.lock().unwrap_or_else(|p| p.into_inner());
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        st.queued.push((ticket, received_ms, alerts, body));
+        st.queued.push(Queued { ticket, received_ms, alerts, body });
         loop {
             if let Some(outcome) = st.outcomes.remove(&ticket) {
                 return outcome.map_err(StoreError::Database);
@@ -128,34 +140,55 @@ impl Journal {
             st.leading = true;
             let rows = std::mem::take(&mut st.queued);
             drop(st);
-            let mut leading = Leading { group, tickets: rows.iter().map(|(t, ..)| *t).collect(), outcome: None };
-            let written = (|| -> Result<()> {
+            let mut leading = Leading { group, tickets: rows.iter().map(|r| r.ticket).collect(), outcome: None };
+            let written = (|| -> Result<Vec<i64>> {
                 let mut conn = self.lock();
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut seqs = Vec::with_capacity(rows.len());
                 {
                     let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, alerts, body) VALUES (?1, ?2, ?3)")?;
-                    for (_, received_ms, alerts, body) in &rows {
-                        stmt.execute(params![received_ms, *alerts as i64, body])?;
+                    for r in &rows {
+                        stmt.execute(params![r.received_ms, r.alerts.len() as i64, r.body])?;
+                        seqs.push(tx.last_insert_rowid());
                     }
                 }
                 tx.commit()?;
-                Ok(())
+                Ok(seqs)
             })();
-            leading.outcome = Some(written.map_err(|e| match e {
-                StoreError::Database(m) => m,
-                other => other.to_string(),
-            }));
+            leading.outcome = Some(match written {
+                Ok(seqs) => {
+                    // Held in memory in the order committed: one leader at a time, and this one
+                    // before it hands over.
+                    let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+                    for (r, seq) in rows.into_iter().zip(seqs) {
+                        cached.push(seq, r.received_ms, r.alerts, r.body.len());
+                    }
+                    Ok(())
+                }
+                Err(StoreError::Database(m)) => Err(m),
+                Err(other) => Err(other.to_string()),
+            });
             drop(leading);
             st = group.state.lock().unwrap_or_else(|p| p.into_inner());
         }
     }
 
     /// Rows placed after `analysed_through`, oldest first, whole, until at least `limit` alerts
-    /// are read. Rows through it are deleted first; that is tidying, and a failure of it is left
-    /// to the next read (they are skipped either way).
+    /// are read: taken from memory when it holds the next row of the file, else read from the
+    /// file. Rows through `analysed_through` are deleted first; that is tidying, and a failure of
+    /// it is left to the next read (they are skipped either way).
     pub(super) fn pending(&self, analysed_through: i64, limit: usize) -> Result<Vec<JournaledAlert>> {
         let conn = self.lock();
         let _ = conn.prepare_cached("DELETE FROM alert_intake WHERE seq <= ?1").and_then(|mut s| s.execute([analysed_through]));
+        let next: Option<i64> =
+            conn.prepare_cached("SELECT MIN(seq) FROM alert_intake WHERE seq > ?1")?.query_row([analysed_through], |r| r.get(0))?;
+        {
+            let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            cached.forget_through(analysed_through);
+            if next.is_some() && cached.next_seq() == next {
+                return Ok(cached.take(limit));
+            }
+        }
         let mut stmt = conn.prepare_cached("SELECT seq, received_ms, body FROM alert_intake WHERE seq > ?1 ORDER BY seq")?;
         let mut rows = stmt.query([analysed_through])?;
         let mut out = Vec::new();
@@ -163,7 +196,7 @@ impl Journal {
             let Some(row) = rows.next()? else { break };
             let (seq, received_ms): (i64, i64) = (row.get(0)?, row.get(1)?);
             let body: String = row.get(2)?;
-            let alerts: Vec<cairn_types::AlertEvent> = from_json("alert intake", &body)?;
+            let alerts: Vec<AlertEvent> = from_json("alert intake", &body)?;
             out.extend(alerts.into_iter().map(|alert| JournaledAlert { seq, received_ms, alert }));
         }
         Ok(out)
@@ -183,6 +216,86 @@ impl Journal {
     }
 }
 
+/// Journal rows held decoded in memory: a run of consecutive rows of the file, in its order,
+/// ending with the last one committed, at most `cap` bytes of them ([`MAX_CACHED_BYTES`]). Used only when its
+/// first row is the file's next row to analyse, so a row taken from it and not marked analysed
+/// (a failed pass) is read from the file again, as is everything journaled before the process
+/// started. A row that does not fit empties it: a run with a row missing would skip that row.
+#[derive(Debug)]
+pub(super) struct Cached {
+    rows: VecDeque<CachedRow>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl Default for Cached {
+    fn default() -> Cached {
+        Cached::with_cap(MAX_CACHED_BYTES)
+    }
+}
+
+#[derive(Debug)]
+struct CachedRow {
+    seq: i64,
+    received_ms: i64,
+    alerts: Vec<AlertEvent>,
+    bytes: usize,
+}
+
+impl Cached {
+    pub(super) fn with_cap(cap: usize) -> Cached {
+        Cached { rows: VecDeque::new(), bytes: 0, cap }
+    }
+
+    pub(super) fn push(&mut self, seq: i64, received_ms: i64, alerts: Vec<AlertEvent>, bytes: usize) {
+        if self.bytes + bytes > self.cap {
+            self.rows.clear();
+            self.bytes = 0;
+            if bytes > self.cap {
+                return;
+            }
+        }
+        self.bytes += bytes;
+        self.rows.push_back(CachedRow { seq, received_ms, alerts, bytes });
+    }
+
+    pub(super) fn next_seq(&self) -> Option<i64> {
+        self.rows.front().map(|r| r.seq)
+    }
+
+    pub(super) fn forget_through(&mut self, seq: i64) {
+        while self.rows.front().is_some_and(|r| r.seq <= seq) {
+            self.pop();
+        }
+    }
+
+    /// The first rows, whole, until at least `limit` alerts are taken.
+    pub(super) fn take(&mut self, limit: usize) -> Vec<JournaledAlert> {
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(row) = self.pop() else { break };
+            out.extend(row.alerts.into_iter().map(|alert| JournaledAlert { seq: row.seq, received_ms: row.received_ms, alert }));
+        }
+        out
+    }
+
+    fn pop(&mut self) -> Option<CachedRow> {
+        let row = self.rows.pop_front()?;
+        self.bytes -= row.bytes;
+        Some(row)
+    }
+}
+
+/// A caller's row waiting for a leader.
+#[derive(Debug)]
+struct Queued {
+    ticket: u64,
+    received_ms: i64,
+    alerts: Vec<AlertEvent>,
+    /// The alerts as one JSON array.
+    body: String,
+}
+
 /// Group commit: concurrent callers queue their rows; one of them (the leader) writes every queued
 /// row in one transaction and hands each caller the outcome of that commit, so each is answered
 /// after its rows are committed (or with the commit's error, and then none of its rows is stored).
@@ -196,9 +309,8 @@ struct GroupCommit {
 #[derive(Debug, Default)]
 struct GroupState {
     next_ticket: u64,
-    /// Rows waiting for a leader, one per caller, with its ticket: (ticket, received_ms, alerts,
-    /// the alerts as one JSON array).
-    queued: Vec<(u64, i64, usize, String)>,
+    /// Rows waiting for a leader, one per caller.
+    queued: Vec<Queued>,
     /// Whether a caller is writing a group now.
     leading: bool,
     /// The outcome of each written ticket, until its caller takes it (an error as text: every

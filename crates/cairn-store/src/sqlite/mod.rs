@@ -1080,14 +1080,14 @@ impl crate::SignalStore for SqliteStore {
         })
     }
 
-    fn journal_alerts(&self, alerts: &[AlertEvent], now_ms: i64) -> Result<()> {
+    fn journal_alerts(&self, alerts: Vec<AlertEvent>, now_ms: i64) -> Result<()> {
         // Nothing to keep: no row (an empty one would wait in the journal for no alert).
         if alerts.is_empty() {
             return Ok(());
         }
         // Encoded by each caller, in parallel, before it queues.
         let body = to_json(&alerts)?;
-        self.journal()?.append(now_ms, alerts.len(), body)
+        self.journal()?.append(now_ms, alerts, body)
     }
 
     fn pending_intake(&self, limit: usize) -> Result<Vec<crate::JournaledAlert>> {

@@ -1105,9 +1105,9 @@ fn a_journal_row_holds_one_requests_alerts_and_an_analysed_one_is_not_handed_out
     {
         let s = SqliteStore::open(&path).unwrap();
         assert!(intake::path_beside(&path).exists(), "the journal is a file beside the store");
-        s.journal_alerts(&[firing("a1"), firing("a2"), firing("a3")], 5).unwrap();
-        s.journal_alerts(&[firing("b1")], 6).unwrap();
-        s.journal_alerts(&[], 6).unwrap();
+        s.journal_alerts(vec![firing("a1"), firing("a2"), firing("a3")], 5).unwrap();
+        s.journal_alerts(vec![firing("b1")], 6).unwrap();
+        s.journal_alerts(vec![], 6).unwrap();
         assert_eq!(journal_rows(&s), 2, "a row per call with alerts, not per alert");
         assert_eq!(s.pending_intake_len().unwrap(), 4);
         // Whole rows: asked for two, the first call's three come, all with its place and time.
@@ -1124,6 +1124,66 @@ fn a_journal_row_holds_one_requests_alerts_and_an_analysed_one_is_not_handed_out
     assert_eq!(s.pending_intake_len().unwrap(), 1);
     assert_eq!(fps(&s.pending_intake(100).unwrap()), ["b1"]);
     assert_eq!(journal_rows(&s), 1, "the analysed row is deleted when the journal is next read");
+}
+
+/// Rewrites every journal row's alerts in the file to one named `fp`: what is then read back
+/// tells whether it came from the file or from memory.
+fn rewrite_journal_file(s: &SqliteStore, fp: &str) {
+    let body = serde_json::to_string(&[firing(fp)]).unwrap();
+    s.journal().unwrap().with_conn(|c| Ok(c.execute("UPDATE alert_intake SET body = ?1", [body])?)).unwrap();
+}
+
+#[test]
+fn journaled_rows_are_taken_from_memory_while_it_holds_the_files_next_row_and_from_the_file_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.journal_alerts(vec![firing("a1"), firing("a2")], 5).unwrap();
+        s.journal_alerts(vec![firing("b1")], 6).unwrap();
+        rewrite_journal_file(&s, "from-file");
+        let first = s.pending_intake(1).unwrap();
+        assert_eq!(fps(&first), ["a1", "a2"], "whole rows, from memory, with their places");
+        assert!(first.iter().all(|j| j.seq == first[0].seq && j.received_ms == 5));
+        // Taken and not marked analysed (the pass failed): memory no longer holds the file's next
+        // row, so the file is read, from that row on.
+        assert_eq!(fps(&s.pending_intake(100).unwrap()), ["from-file", "from-file"]);
+        // Marked analysed, the first row is behind: memory holds the file's next row again.
+        s.finish_intake(first[0].seq).unwrap();
+        assert_eq!(fps(&s.pending_intake(100).unwrap()), ["b1"]);
+        // Taken and not marked, and a row journaled after it: read from the file, both.
+        s.journal_alerts(vec![firing("c1")], 7).unwrap();
+        let rest = s.pending_intake(100).unwrap();
+        assert_eq!(fps(&rest), ["from-file", "c1"]);
+        s.finish_intake(rest.last().unwrap().seq).unwrap();
+        // Past what the file served and marked, memory holds the next row again.
+        s.journal_alerts(vec![firing("d1")], 8).unwrap();
+        rewrite_journal_file(&s, "from-file");
+        assert_eq!(fps(&s.pending_intake(100).unwrap()), ["d1"]);
+    }
+    // After a restart memory is empty: the file's rows, as the file holds them.
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(fps(&s.pending_intake(100).unwrap()), ["from-file"]);
+}
+
+#[test]
+fn rows_held_in_memory_stay_a_run_without_gaps_within_their_bound() {
+    let row = |fp: &str| vec![firing(fp)];
+    let mut c = intake::Cached::with_cap(100);
+    c.push(1, 0, row("a"), 40);
+    c.push(2, 0, row("b"), 40);
+    // The next would pass the bound: the run is dropped, not cut, and starts again with it.
+    c.push(3, 0, row("c"), 40);
+    assert_eq!(c.next_seq(), Some(3));
+    // One larger than the bound is not held, and nothing before it either.
+    c.push(4, 0, row("d"), 101);
+    assert_eq!(c.next_seq(), None);
+    c.push(5, 0, row("e"), 10);
+    c.push(6, 0, row("f"), 10);
+    c.push(7, 0, row("g"), 10);
+    c.forget_through(5);
+    assert_eq!(fps(&c.take(1)), ["f"], "whole rows, the oldest first");
+    assert_eq!(c.next_seq(), Some(7));
 }
 
 #[test]
@@ -1162,7 +1222,7 @@ fn journal_rows_a_store_kept_before_the_journal_had_its_file_are_moved_once_and_
     }
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(fps(&s.pending_intake(100).unwrap()), ["old2", "old3"], "copied once, not twice");
-    s.journal_alerts(&[firing("new")], 8).unwrap();
+    s.journal_alerts(vec![firing("new")], 8).unwrap();
     assert_eq!(fps(&s.pending_intake(100).unwrap()), ["old2", "old3", "new"], "and placed before what comes after");
 }
 
@@ -1173,7 +1233,7 @@ fn a_journal_file_lost_beside_a_store_takes_new_rows_above_what_was_analysed() {
     {
         let s = SqliteStore::open(&path).unwrap();
         for i in 0..5 {
-            s.journal_alerts(&[firing(&format!("a{i}"))], 1).unwrap();
+            s.journal_alerts(vec![firing(&format!("a{i}"))], 1).unwrap();
         }
         let all = s.pending_intake(100).unwrap();
         s.finish_intake(all.last().unwrap().seq).unwrap();
@@ -1186,7 +1246,7 @@ fn a_journal_file_lost_beside_a_store_takes_new_rows_above_what_was_analysed() {
         let _ = std::fs::remove_file(format!("{}{f}", intake::path_beside(&path).display()));
     }
     let s = SqliteStore::open(&path).unwrap();
-    s.journal_alerts(&[firing("after")], 2).unwrap();
+    s.journal_alerts(vec![firing("after")], 2).unwrap();
     assert_eq!(s.pending_intake_len().unwrap(), 1);
     assert_eq!(fps(&s.pending_intake(100).unwrap()), ["after"]);
 }
@@ -1257,7 +1317,7 @@ fn a_journal_write_during_a_pass_neither_waits_for_it_nor_commits_it_and_survive
     std::thread::sleep(PASS_TURN_AFTER * 2);
     std::thread::scope(|t| {
         t.spawn(|| {
-            s.journal_alerts(&[firing("acked")], 2).unwrap();
+            s.journal_alerts(vec![firing("acked")], 2).unwrap();
             assert_eq!(s.pending_intake_len().unwrap(), 1, "committed before journal_alerts returned");
         })
         .join()
@@ -1332,7 +1392,7 @@ fn concurrent_journal_writes_are_committed_together_and_each_is_answered_after_i
             t.spawn(move || {
                 for i in 0..20 {
                     let batch: Vec<AlertEvent> = (0..3).map(|k| firing(&format!("{sender}-{i}-{k}"))).collect();
-                    s.journal_alerts(&batch, 2).unwrap();
+                    s.journal_alerts(batch.clone(), 2).unwrap();
                     // Answered: every row of it is committed, as another connection sees.
                     let seen = journaled(s);
                     for a in &batch {
@@ -1370,7 +1430,7 @@ fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows(
             .into_iter()
             .map(|fp| {
                 let s = &s;
-                t.spawn(move || (fp.to_string(), s.journal_alerts(&[firing(fp)], 2).is_ok()))
+                t.spawn(move || (fp.to_string(), s.journal_alerts(vec![firing(fp)], 2).is_ok()))
             })
             .collect();
         calls.into_iter().map(|c| c.join().unwrap()).collect()
@@ -1384,7 +1444,7 @@ fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows(
     let failed = outcomes.iter().filter(|(_, ok)| !ok).count();
     assert_eq!(stored.len(), outcomes.len() - failed);
     // The journal takes writes again after a failed group.
-    s.journal_alerts(&[firing("later")], 3).unwrap();
+    s.journal_alerts(vec![firing("later")], 3).unwrap();
     assert!(journaled(&s).contains(&"later".to_string()));
 }
 
