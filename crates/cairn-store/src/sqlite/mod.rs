@@ -241,6 +241,13 @@ const MIGRATIONS: &[&str] = &[
 /// default, about 2 MiB at most), so this bounds what readers add to memory.
 const READERS: usize = 4;
 
+/// The writer's page cache, in KiB (SQLite's default is 2 MiB). An analysis pass touches a page
+/// of the alerts' fingerprint index per alert (fingerprints are random); with the default, a
+/// pass of thousands of alerts spilled pages to the WAL before its commit and wrote them again at
+/// it. Measured under alert-load (three alternated 8 s runs): 2 MiB → 16 MiB took the CPU per
+/// analysed alert from about 37.7 to 35.8 µs. A bound on memory: the cache holds at most this.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
 /// SQLite's errors reach callers as text: no backend type appears in [`StoreError`].
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
@@ -563,6 +570,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // The checkpointer's thread copies the WAL back, not the commit that crosses 1,000 pages.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let mut store = Self::init(conn, intake::Journal::open(&intake::path_beside(path))?)?;
         store.checkpointer = Some(Checkpointer::start(path)?);
         for _ in 0..READERS {
