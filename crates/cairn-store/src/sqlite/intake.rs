@@ -42,9 +42,11 @@ pub(super) fn path_beside(store: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The journal rows held decoded in memory, at most this many bytes of them (as journaled JSON):
-/// the default backlog of 20,000 alerts (`ingest.max_pending_alerts`) is about 6 MiB of it.
-const MAX_CACHED_BYTES: usize = 32 << 20;
+/// The journal rows held decoded in memory, at most this many bytes of them (as journaled JSON;
+/// decoded, an alert takes a few times its JSON): the default backlog of 20,000 alerts
+/// (`ingest.max_pending_alerts`) of alert-load's size is about 6 MiB of it. Past it the worker
+/// reads the file, as it would without this.
+const MAX_CACHED_BYTES: usize = 16 << 20;
 
 /// The journal's connection, its group commit, its rows held in memory and (for a file) its
 /// checkpointer.
