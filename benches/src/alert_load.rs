@@ -24,6 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The allocator `cairn serve` runs with, so that the in-process Cairn measured here is that one.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "Send Alertmanager webhook load to an in-process Cairn, and the same stream to Alertmanager")]
 struct Args {
