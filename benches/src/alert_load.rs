@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 /// The allocator `cairn serve` runs with, so that the in-process Cairn measured here is that one.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
 #[command(about = "Send Alertmanager webhook load to an in-process Cairn, and the same stream to Alertmanager")]

@@ -31,12 +31,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// mimalloc, not glibc's malloc: alerts are decoded on the ingest threads and freed on the
+/// jemalloc, not glibc's malloc: alerts are decoded on the ingest threads and freed on the
 /// analysis worker, and glibc made the worker wait on the ingest threads' arena locks for it (the
-/// worker's most frequent sleep under alert-load). Analysed alerts/s +8 to +13 %, peak resident
-/// memory +13 % (benches/README.md, stop 28).
+/// worker's most frequent sleep under alert-load). Analysed alerts/s about +20 %, resident memory
+/// per active series about +5 % (benches/README.md, stop 28).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about = "AIOps triage and recommendations with humans in the lead")]
