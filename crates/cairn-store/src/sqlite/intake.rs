@@ -19,8 +19,8 @@
 use super::{Checkpointer, from_json};
 use crate::{JournaledAlert, Result, StoreError};
 use cairn_types::AlertEvent;
-use std::collections::VecDeque;
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
