@@ -346,18 +346,15 @@ impl Pipeline {
         // One loop-guard window for both uses: the policy's input (recent runs bump routing) and the
         // guardrail that disables the automation (`guardrails.loop_guard_window_secs`).
         let since = now - self.governance.guardrails.loop_guard_window_ms();
-        let recent = self.changes.recent_changes_on_target(&rec.target, since)?;
+        let recent = self.changes.recent_runs_on_target(&rec.target, since)?;
         // Break-glass exceptions in force for this action and target: an input the policy sees, and
         // what may open a blocked recommendation for review below.
         let breakglass = self.guards.list_breakglass(true)?;
         let ctx = RoutingContext {
-            recent_runs: recent
-                .iter()
-                .filter(|c| c.recommendation.action == rec.action && ran(c.change.state))
-                .count() as u32,
+            recent_runs: recent.iter().filter(|(action, state)| *action == rec.action && ran(*state)).count() as u32,
             recent_failures: recent
                 .iter()
-                .filter(|c| matches!(c.change.state, ChangeState::Failed | ChangeState::RollbackFailed))
+                .filter(|(_, state)| matches!(state, ChangeState::Failed | ChangeState::RollbackFailed))
                 .count() as u32,
             maintenance_window_open: self.windows.open_for(&rec.target, now).is_some(),
             service_criticality: router.bundle().service_criticality(&rec.target.service),

@@ -289,6 +289,10 @@ pub trait ChangeStore: Send + Sync + std::fmt::Debug {
     /// newest first, leaving out revisions superseded before they ran: they changed nothing, and a
     /// growing incident leaves many.
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>>;
+    /// The same changes as [`ChangeStore::recent_changes_on_target`], in the same order, as the
+    /// action of each and the state of its newest change: what routing counts, without reading
+    /// and decoding each card (a routed revision read one or more).
+    fn recent_runs_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<(cairn_types::ActionClass, ChangeState)>>;
 }
 
 /// The audit log: appends outside another write, queries, the head and its commit hook, and one

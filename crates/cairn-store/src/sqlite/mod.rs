@@ -1206,6 +1206,23 @@ impl crate::SignalStore for SqliteStore {
     }
 }
 
+/// The query behind [`crate::ChangeStore::recent_changes_on_target`] and
+/// [`crate::ChangeStore::recent_runs_on_target`], selecting `$columns` of `recommendations r`: one
+/// filter and order for both.
+macro_rules! recent_on_target {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM recommendations r
+             WHERE r.service = ?1 AND r.environment = ?2 AND r.resource = ?3 AND r.created_ms >= ?4
+               AND NOT EXISTS (SELECT 1 FROM changes c
+                               WHERE c.recommendation_id = r.id AND c.revision = r.revision AND c.state = 'superseded')
+             ORDER BY r.created_ms DESC, r.id, r.revision DESC LIMIT 200"
+        )
+    };
+}
+
 impl crate::ChangeStore for SqliteStore {
     fn propose(
         &self,
@@ -1483,13 +1500,7 @@ impl crate::ChangeStore for SqliteStore {
 
     fn recent_changes_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<RecommendationRecord>> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT r.id, r.revision FROM recommendations r
-                 WHERE r.service = ?1 AND r.environment = ?2 AND r.resource = ?3 AND r.created_ms >= ?4
-                   AND NOT EXISTS (SELECT 1 FROM changes c
-                                   WHERE c.recommendation_id = r.id AND c.revision = r.revision AND c.state = 'superseded')
-                 ORDER BY r.created_ms DESC, r.id, r.revision DESC LIMIT 200",
-            )?;
+            let mut stmt = c.prepare_cached(recent_on_target!("r.id, r.revision"))?;
             let keys: Vec<(String, u32)> = stmt
                 .query_map(params![target.service, target.environment, target.resource, since_ms], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -1500,6 +1511,30 @@ impl crate::ChangeStore for SqliteStore {
                 if let Some(r) = record_for(c, &id, rev)? {
                     out.push(r);
                 }
+            }
+            Ok(out)
+        })
+    }
+
+    fn recent_runs_on_target(&self, target: &Target, since_ms: i64) -> Result<Vec<(cairn_types::ActionClass, ChangeState)>> {
+        self.with_conn(|c| {
+            // The state of the newest change of each revision, as `record_for` reads it.
+            let mut stmt = c.prepare_cached(recent_on_target!(
+                "r.action, (SELECT c.state FROM changes c WHERE c.recommendation_id = r.id AND c.revision = r.revision
+                            ORDER BY c.created_ms DESC, c.rowid DESC LIMIT 1)"
+            ))?;
+            let rows = stmt.query_map(params![target.service, target.environment, target.resource, since_ms], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (action, state) = row?;
+                let action = cairn_types::ActionClass::parse(&action)
+                    .ok_or_else(|| StoreError::Corrupt(format!("a recommendation on {target} has unknown action {action:?}")))?;
+                let state = state.as_deref().and_then(ChangeState::parse).ok_or_else(|| {
+                    StoreError::Corrupt(format!("a recommendation on {target} has no change request, or one in an unknown state: {state:?}"))
+                })?;
+                out.push((action, state));
             }
             Ok(out)
         })

@@ -633,6 +633,33 @@ fn recent_changes_on_a_target_leave_out_superseded_revisions() {
     assert_eq!(recent[0].recommendation.revision, 5);
 }
 
+#[test]
+fn recent_runs_on_a_target_are_the_recent_changes_action_and_newest_state() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    // Revision 1 approved, then run and failed; revision 2 on another action proposed after it
+    // (superseding nothing that ran); a recommendation on another target.
+    approved(&s);
+    let mut ran = change(1);
+    ran.state = ChangeState::Executing;
+    ran.version = 3;
+    s.update_change(&ran, 2, &[], 7).unwrap();
+    ran.state = ChangeState::Failed;
+    ran.version = 4;
+    s.update_change(&ran, 3, &[], 8).unwrap();
+    let mut elsewhere = Recommendation { id: RecommendationId("rec-9".into()), ..rec(1) };
+    elsewhere.target.resource = "another".into();
+    let mut other_change = change(1);
+    other_change.id = ChangeId("chg-9".into());
+    other_change.recommendation_id = elsewhere.id.clone();
+    s.propose(&elsewhere, &Decision { recommendation_id: elsewhere.id.clone(), ..decision(1) }, &other_change, &[], 9).unwrap();
+    let target = rec(1).target;
+    let full: Vec<(ActionClass, ChangeState)> =
+        s.recent_changes_on_target(&target, 0).unwrap().into_iter().map(|r| (r.recommendation.action, r.change.state)).collect();
+    assert_eq!(full, [(rec(1).action, ChangeState::Failed)]);
+    assert_eq!(s.recent_runs_on_target(&target, 0).unwrap(), full);
+    assert!(s.recent_runs_on_target(&target, 2_000).unwrap().is_empty(), "created before the window");
+}
+
 /// The audit heads the store's hook is told, in order, from now on.
 fn heard_heads(s: &SqliteStore) -> std::sync::Arc<std::sync::Mutex<Vec<u64>>> {
     let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
