@@ -1535,3 +1535,40 @@ fn the_wal_is_checkpointed_off_the_writers_thread() {
     drop(s);
     assert_eq!(SqliteStore::open(&path).unwrap().list_incidents(0, 0, 100).unwrap().len(), 50);
 }
+
+
+#[test]
+fn hot_statements_are_prepared_once_and_keep_their_indexes() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    proposed(&s, 1);
+    proposed(&s, 2);
+    let t = rec(1).target;
+    let text = |v: &str| rusqlite::types::Value::Text(v.into());
+    let target = || vec![text(&t.service), text(&t.environment), text(&t.resource), 0i64.into()];
+    let runs = recent_on_target!("r.action, (SELECT c.state FROM changes c WHERE c.recommendation_id = r.id AND c.revision = r.revision
+                            ORDER BY c.created_ms DESC, c.rowid DESC LIMIT 1)");
+    let supersedable = supersedable_below_sql();
+    let statements: [(&str, Vec<rusqlite::types::Value>, &str); 4] = [
+        (recent_on_target!("r.id, r.revision"), target(), "recommendations_target"),
+        (runs, target(), "recommendations_target"),
+        (DECIDED_ON_SERVICE, vec![text(&t.service), text(&t.environment), text("rec-9"), 200i64.into()], "recommendations_target"),
+        (&supersedable, vec![text("rec-1"), 3i64.into()], "changes_by_rec"),
+    ];
+    for (sql, values, index) in statements {
+        let plan = query_plan(&s, &sql.replace("?1", "'a'").replace("?2", "'b'").replace("?3", "'c'").replace("?4", "4"));
+        assert!(plan.contains(index), "{sql}: {plan}");
+        // Used as the store uses it: from rusqlite's statement cache, which clears the bindings
+        // between uses.
+        let reprepared = s
+            .with_writer(|c| {
+                for _ in 0..5 {
+                    let mut st = c.prepare_cached(sql)?;
+                    let mut rows = st.query(rusqlite::params_from_iter(values.iter()))?;
+                    while rows.next()?.is_some() {}
+                }
+                Ok(c.prepare_cached(sql)?.get_status(rusqlite::StatementStatus::RePrepare))
+            })
+            .unwrap();
+        assert_eq!(reprepared, 0, "{sql}");
+    }
+}
