@@ -1211,10 +1211,11 @@ impl crate::SignalStore for SqliteStore {
     }
 }
 
-/// Why some parameters are written `+?N`: SQLite re-plans a statement that compares a column
-/// `= ?N` and has an ORDER BY whenever ?N's value changes, and rusqlite's statement cache clears
-/// the bindings between uses, so such a cached statement was prepared again at every run (about
-/// a tenth of alert-load's samples with 2,000 services, on the routing path). `+?N` is the same
+/// Why some parameters are written `+?N`: SQLite re-plans a statement whose plan may depend on a
+/// parameter's value whenever that value changes (found here: a column compared `= ?N` or `<> ?N`
+/// in a query with an ORDER BY, and `LIMIT ?N`), and rusqlite's statement cache clears the
+/// bindings between uses, so such a cached statement was prepared again at every run (about a
+/// tenth of alert-load's samples with 2,000 services, on the routing path). `+?N` is the same
 /// value as an expression, which SQLite does not re-plan for; the indexes are used as before
 /// (`hot_statements_are_prepared_once_and_keep_their_indexes`).
 ///

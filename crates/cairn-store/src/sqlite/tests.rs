@@ -1120,6 +1120,13 @@ fn fps(j: &[crate::JournaledAlert]) -> Vec<String> {
     j.iter().map(|j| j.alert.fingerprint.clone()).collect()
 }
 
+/// Deletes the journal's file beside the store at `path`, with its WAL, as if it had been lost.
+fn remove_journal_file(path: &std::path::Path) {
+    for f in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{f}", intake::path_beside(path).display()));
+    }
+}
+
 /// Rows in the journal's file, analysed or not.
 fn journal_rows(s: &SqliteStore) -> i64 {
     s.journal().unwrap().with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get(0))?)).unwrap()
@@ -1228,9 +1235,7 @@ fn journal_rows_a_store_kept_before_the_journal_had_its_file_are_moved_once_and_
         }
         c.pragma_update(None, "user_version", 10).unwrap();
     }
-    for f in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{f}", intake::path_beside(&path).display()));
-    }
+    remove_journal_file(&path);
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.pending_intake_len().unwrap(), 3);
     let old = s.pending_intake(1).unwrap();
@@ -1269,9 +1274,7 @@ fn a_journal_file_lost_beside_a_store_takes_new_rows_above_what_was_analysed() {
     }
     // A store restored from a backup that left the journal out: a new journal would place rows
     // from 1 again, at or below the mark, and they would be skipped as analysed: lost.
-    for f in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{f}", intake::path_beside(&path).display()));
-    }
+    remove_journal_file(&path);
     let s = SqliteStore::open(&path).unwrap();
     s.journal_alerts(vec![firing("after")], 2).unwrap();
     assert_eq!(s.pending_intake_len().unwrap(), 1);
