@@ -22,7 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod synth;
 mod variant;
+
+use synth::Recording;
 
 #[derive(Debug, Args)]
 pub struct TriageArgs {
@@ -62,6 +65,15 @@ pub struct TriageArgs {
     /// Also write what the server answered (incidents, recommendations) per recording here, as JSON.
     #[arg(long)]
     pub dump: Option<PathBuf>,
+    /// Replay incident kinds the corpus does not have instead of its recordings: each kind laid
+    /// over each `--synth-on` recording, whose own incident is taken out first (see
+    /// `eval_triage/synth.rs`). With no value, every kind.
+    #[arg(long, num_args = 0.., value_delimiter = ',')]
+    pub synth: Option<Vec<synth::Kind>>,
+    /// The recordings `--synth` lays its kinds over: ones whose incident leaves no trace before
+    /// its onset, so that repeating the hour before takes it out.
+    #[arg(long, value_delimiter = ',', default_value = "traffic-surge-1,traffic-surge-2")]
+    pub synth_on: Vec<String>,
     /// `table` or `json`.
     #[arg(long, default_value = "table")]
     pub output: String,
@@ -157,15 +169,12 @@ pub struct RecordingScore {
 }
 
 pub async fn run(args: TriageArgs) -> Result<()> {
-    let index: Value = read_json(&args.data.join("index.json"))?;
     let mut scores = Vec::new();
-    for rec in index["recordings"].as_array().context("index.json has no recordings")? {
-        let dir = rec["dir"].as_str().unwrap_or_default().to_string();
-        if !args.only.is_empty() && !args.only.contains(&dir) {
-            continue;
-        }
-        eprintln!("replaying {dir} ...");
-        let s = replay_and_score(&args, &args.data.join(&dir), &dir).await.with_context(|| format!("recording {dir}"))?;
+    for rec in recordings(&args)? {
+        let rec = rec?;
+        eprintln!("replaying {} ...", rec.name);
+        let name = rec.name.clone();
+        let s = replay_and_score(&args, vary(&args, rec)?).await.with_context(|| format!("recording {name}"))?;
         scores.push(s);
     }
     if scores.is_empty() {
@@ -429,22 +438,69 @@ fn fingerprint_of(incidents: &[pb::Incident], recs: &[pb::RecommendationView]) -
     (incidents.len(), versions, recs.len(), revisions)
 }
 
-async fn replay_and_score(args: &TriageArgs, dir: &Path, name: &str) -> Result<RecordingScore> {
-    let mut truth = read_json(&dir.join("truth.json"))?;
-    let mut topology: Value = read_json(&dir.join("topology.json"))?;
-    let mut lines = read_lines(&dir.join("signals.jsonl.gz"))?;
+/// The recordings to replay, loaded one at a time: the corpus's, or (`--synth`) its kinds laid
+/// over the `--synth-on` ones.
+fn recordings(args: &TriageArgs) -> Result<impl Iterator<Item = Result<Recording>> + '_> {
+    let index: Value = read_json(&args.data.join("index.json"))?;
+    let dirs: Vec<String> = index["recordings"]
+        .as_array()
+        .context("index.json has no recordings")?
+        .iter()
+        .filter_map(|r| r["dir"].as_str().map(String::from))
+        .filter(|d| args.synth.is_some() || args.only.is_empty() || args.only.contains(d))
+        .collect();
+    let jobs: Vec<(String, Option<(synth::Kind, usize)>)> = match &args.synth {
+        None => dirs.into_iter().map(|d| (d, None)).collect(),
+        Some(kinds) => {
+            let kinds = if kinds.is_empty() { synth::Kind::ALL.to_vec() } else { kinds.clone() };
+            for base in &args.synth_on {
+                anyhow::ensure!(dirs.contains(base), "--synth-on {base}: not in {}", args.data.join("index.json").display());
+            }
+            kinds
+                .iter()
+                .flat_map(|&k| args.synth_on.iter().enumerate().map(move |(i, b)| (b.clone(), Some((k, i)))))
+                .filter(|(b, k)| args.only.is_empty() || k.is_some_and(|(k, _)| args.only.contains(&format!("{}@{b}", k.name()))))
+                .collect()
+        }
+    };
+    Ok(jobs.into_iter().map(move |(dir, kind)| {
+        let rec = load(&args.data.join(&dir), &dir).with_context(|| format!("recording {dir}"))?;
+        match kind {
+            None => Ok(rec),
+            Some((k, pick)) => synth::synthesise(rec, k, pick).with_context(|| format!("{} over {dir}", k.name())),
+        }
+    }))
+}
+
+fn load(dir: &Path, name: &str) -> Result<Recording> {
+    Ok(Recording {
+        name: name.into(),
+        truth: read_json(&dir.join("truth.json"))?,
+        topology: read_json(&dir.join("topology.json"))?,
+        lines: read_lines(&dir.join("signals.jsonl.gz"))?,
+    })
+}
+
+/// The recording as another cluster would send it (`--rename`, `--thin`).
+fn vary(args: &TriageArgs, mut rec: Recording) -> Result<Recording> {
     if args.rename {
-        let r = variant::Renamer::new(&topology)?;
-        truth = r.value(&truth);
-        lines = lines.iter().map(|l| r.value(l)).collect();
-        topology = r.value(&topology);
+        let r = variant::Renamer::new(&rec.topology)?;
+        rec.truth = r.value(&rec.truth);
+        rec.lines = rec.lines.iter().map(|l| r.value(l)).collect();
+        rec.topology = r.value(&rec.topology);
     }
     if args.thin > 1 {
-        let step = truth["step_ms"].as_i64().unwrap_or(15_000);
-        for l in lines.iter_mut().filter(|l| l["kind"] == "remote_write") {
+        let step = rec.truth["step_ms"].as_i64().unwrap_or(15_000);
+        for l in rec.lines.iter_mut().filter(|l| l["kind"] == "remote_write") {
             variant::thin(l, step, args.thin);
         }
     }
+    Ok(rec)
+}
+
+async fn replay_and_score(args: &TriageArgs, rec: Recording) -> Result<RecordingScore> {
+    let Recording { name, truth, topology, lines } = rec;
+    let name = name.as_str();
     let services: Vec<cairn_correlate::ServiceDef> = if args.learn_topology_only || args.no_topology {
         Vec::new()
     } else {
