@@ -78,7 +78,9 @@
 //!   score 0 with confidence 0 and are never an onset, with one exception: a series that has held
 //!   one value for 20 samples since it began (`up`, a condition, a generation, a version) is scored
 //!   on its first change, as a level shift, since there is nothing to learn about a value that
-//!   never moved.
+//!   never moved. Past warm-up too, that first change is measured against the value's precision
+//!   rather than a scale relative to it, so a large-valued state (a resource version, a reload's
+//!   time in seconds) is raised when it steps.
 //! - **Onset rule**: emit an `Anomaly` only when [`PointScore::onset`] is true. An episode opens when
 //!   the evidence reaches [`UnivariateConfig::alert_score`] outside an episode, and stays open while the
 //!   evidence stays high and for at least [`UnivariateConfig::cooldown_points`] samples, so one incident
@@ -104,7 +106,7 @@ use serde::{Deserialize, Serialize};
 /// Detector name recorded on anomalies.
 pub const DETECTOR: &str = "univariate";
 /// Version of the scoring itself; the calibration version extends it.
-pub const SCORING_VERSION: &str = "univariate-5";
+pub const SCORING_VERSION: &str = "univariate-6";
 /// Model version recorded on anomalies: the scoring and the calibration table it was fitted with.
 pub const MODEL_VERSION: &str = calibration_table::VERSION;
 

@@ -31,6 +31,9 @@ const FLAT_MIN_RUN: u32 = 5;
 /// `up` (or a series scraped every minute) must not wait `warmup_points` to say it went down.
 /// Twenty samples are five minutes at a 15 s scrape and twenty at 60 s.
 const STATE_RUN: u32 = 20;
+/// The relative step a state series' first change is measured in (a step of 10^-9 of its value is
+/// a z of 10); a hundred times coarser than what counts as a repeated value.
+const STATE_PRECISION: f64 = 1e-10;
 /// The alert memory (`alert_load`) fades by 1/e over this many samples.
 const ALERT_MEMORY_POINTS: f32 = 10_000.0;
 
@@ -325,8 +328,13 @@ impl SeriesModel {
         // The evidence (`raw`) drives the episodes; the score reported is that evidence divided by one
         // plus the series' recent alerts, so scores compare across series: an onset in a series that
         // rarely alerts outranks one in a series that cries wolf every few hundred points.
-        let state_change = !warm && unmoved && !repeated;
+        // A state series' first change, warm or not. A value that never moved has no scale of its
+        // own, and the relative floor would hide a large-valued state's step (a ConfigMap's resource
+        // version, +1 in 10^8; a reload's time in seconds since 1970): the step is measured
+        // against the precision [`STATE_PRECISION`], so any real change counts.
+        let state_change = unmoved && !repeated;
         if state_change {
+            z = z.max((x - self.prev).abs() / (STATE_PRECISION * self.prev.abs().max(1.0)));
             // Its new value is a new state, not a one-point spike.
             kind = AnomalyKind::LevelShift;
         }

@@ -136,6 +136,22 @@ fn a_state_series_that_never_moved_is_raised_on_its_first_change_even_before_war
 }
 
 #[test]
+fn a_large_valued_state_series_is_raised_on_its_first_change_after_warm_up_too() {
+    // Past warm-up, at a 15 s scrape: a ConfigMap's resource version stepping by one, and a
+    // reloader's last-reload time in seconds since 1970 moving to now. Neither has a scale of its
+    // own, and a step relative to the value is tiny; both are new states.
+    for (before, after) in [(86_945_345.0, 86_945_346.0), (1_796_400_000.0, 1_796_663_775.0)] {
+        let v: Vec<f64> = (0..400).map(|i| if i < 300 { before } else { after }).collect();
+        let s = run(&v, 15_000);
+        assert_eq!(onsets(&s), [300], "{before} -> {after}");
+        assert_eq!(s[300].kind, AnomalyKind::LevelShift);
+    }
+    // A series that moves a little, however large its value, still has a scale to be judged by.
+    let moving: Vec<f64> = (0..400).map(|i| 1_796_400_000.0 + 1e3 * gauss(i) + if i >= 300 { 500.0 } else { 0.0 }).collect();
+    assert!(onsets(&run(&moving, 15_000)).is_empty());
+}
+
+#[test]
 fn a_series_that_moved_and_then_froze_is_still_a_flat_line() {
     let v: Vec<f64> = (0..2000).map(|i| if i >= 1500 { 7.0 } else { 7.0 + gauss(i) }).collect();
     let o = onsets(&run(&v, MIN));
