@@ -179,11 +179,46 @@ impl Topology {
         None
     }
 
+    /// The known service an object or host is named after: the longest service name that `name`
+    /// starts with, followed by `-`, `.` or nothing (`checkout-config`, `checkout-tls`,
+    /// `checkout.example.org` → `checkout`). Kubernetes objects of a workload carry its name by
+    /// convention; so does a service's public host.
+    fn named_after(&self, name: &str) -> Option<&str> {
+        let cuts = name.char_indices().filter(|(_, c)| *c == '-' || *c == '.').map(|(i, _)| i).chain([name.len()]);
+        let mut best = None;
+        for end in cuts {
+            if let Some(s) = self.services.get(&name[..end]) {
+                best = Some(s.as_str());
+            }
+        }
+        best
+    }
+
+    /// The service a signal names through one of its objects (a ConfigMap, a Secret, a
+    /// certificate, a volume claim, a Job) or a probe's target host (`instance` as a URL or a
+    /// host name), when no label says it outright.
+    fn object_service(&self, l: &Labels) -> Option<&str> {
+        const OBJECTS: [&str; 7] = ["configmap", "secret", "certificate", "name", "persistentvolumeclaim", "job_name", "ingress"];
+        if let Some(s) = OBJECTS.iter().filter_map(|k| l.get(k)).find_map(|v| self.named_after(v)) {
+            return Some(s);
+        }
+        let instance = l.get("instance")?;
+        let target = instance.split_once("://").map_or(instance, |(_, rest)| rest);
+        let host = host(target.split('/').next().unwrap_or_default());
+        // A host name, not an address.
+        if host.contains('.') && !host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return host.split_once('.').and_then(|(first, _)| self.services.get(first)).map(String::as_str);
+        }
+        None
+    }
+
     /// Which entity a signal with these labels is about. In order: a `service` label naming a
     /// service; the service owning its `pod`; its `deployment`, `statefulset`,
     /// `horizontalpodautoscaler` or `client`; a `daemonset` (a fleet); its `node`, or an
-    /// `instance` that is a node; a per-node agent's `job` (a fleet); any other `service` or a
-    /// service-like `job`; else `other:` its job, instance or name.
+    /// `instance` that is a node; a per-node agent's `job` (a fleet); a service one of its
+    /// objects or its probe's target host is named after ([`Topology::object_service`]: an
+    /// exporter's own `service`, such as cert-manager's, is not what its series are about); any
+    /// other `service` or a service-like `job`; else `other:` its job, instance or name.
     pub fn resolve(&self, l: &Labels) -> Resolved {
         let pod_node = || {
             let pod_node = l.get("pod").and_then(|p| self.pods.get(p)).and_then(|p| p.node.clone());
@@ -215,6 +250,9 @@ impl Topology {
             if let Some(j) = l.get(name).filter(|j| self.agents.contains(*j)) {
                 return plain(format!("fleet:{j}"));
             }
+        }
+        if let Some(s) = self.object_service(l) {
+            return service(s);
         }
         if let Some(s) = l.get("service").filter(|s| !s.is_empty()) {
             return service(s);
@@ -295,6 +333,22 @@ mod tests {
         assert_eq!(r(&[("job", "node-exporter"), ("service", "node-exporter")]).entity, "fleet:node-exporter");
         assert_eq!(r(&[("daemonset", "node-exporter")]).entity, "fleet:node-exporter");
         assert_eq!(r(&[("alertname", "Watchdog")]).entity, "other:Watchdog");
+    }
+
+    #[test]
+    fn objects_and_probe_targets_named_after_a_service_are_about_it() {
+        let t = cluster();
+        let r = |pairs: &[(&str, &str)]| t.resolve(&labels(pairs)).entity;
+        assert_eq!(r(&[("__name__", "kube_configmap_metadata_resource_version"), ("configmap", "api-config"), ("job", "kube-state-metrics")]), "service:api");
+        // cert-manager's series carry its own `service`; the certificate is the subject.
+        assert_eq!(r(&[("name", "web-example-org"), ("service", "cert-manager"), ("job", "cert-manager")]), "service:web");
+        assert_eq!(r(&[("instance", "https://web.example.org/healthz"), ("job", "probe/monitoring/web-ingress")]), "service:web");
+        assert_eq!(r(&[("instance", "web.example.org:443"), ("job", "blackbox")]), "service:web");
+        // Only whole names at a `-` or `.`, never an address, and nothing unknown.
+        assert_eq!(r(&[("configmap", "webhooks-config"), ("job", "kube-state-metrics")]), "other:kube-state-metrics");
+        assert_eq!(r(&[("instance", "10.0.0.7:8080"), ("job", "probe")]), "other:probe");
+        assert_eq!(r(&[("instance", "https://status.example.org/"), ("job", "probe/status")]), "other:probe/status");
+        assert_eq!(r(&[("name", "cert"), ("service", "cert-manager")]), "service:cert-manager");
     }
 
     #[test]

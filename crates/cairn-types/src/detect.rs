@@ -159,7 +159,7 @@ pub enum SignalKind {
 /// correlator ranks causes with it and the recommender looks for changes with it.
 pub fn signal_kind(name: &str) -> SignalKind {
     let n = name.to_ascii_lowercase();
-    const CHANGE: [&str; 8] = ["generation", "build_info", "reload", "revision", "change_event", "changeevent", "release", "rollout"];
+    const CHANGE: [&str; 9] = ["generation", "build_info", "reload", "revision", "version", "change_event", "changeevent", "release", "rollout"];
     const SYMPTOM: [&str; 9] = ["error", "latency", "duration", "budget", "slo", "5xx", "apdex", "p99", "quantile"];
     if CHANGE.iter().any(|w| n.contains(w)) {
         SignalKind::Change
