@@ -166,10 +166,13 @@ struct Facts {
     pod_node: BTreeMap<String, String>,
     /// Every series' labels, once.
     series: Vec<Map<String, Value>>,
+    /// Entities the labelled noise is on: the corpus keeps incidents off them, and so do the kinds.
+    noisy: BTreeSet<String>,
 }
 
 impl Facts {
-    fn of(rec: &Recording) -> Facts {
+    /// What `rec` (cleared, its incident's onset at `onset`) shows.
+    fn of(rec: &Recording, onset: i64) -> Facts {
         let roles = rec.topology["services"]
             .as_array()
             .map(Vec::as_slice)
@@ -204,7 +207,18 @@ impl Facts {
                 }
             }
         }
+        // The noise near the onset: its anomalies, and alerts that began in the hour before
+        // (not the month-old ones that fire throughout).
+        let mut began: HashMap<String, i64> = HashMap::new();
+        for l in rec.lines.iter().filter(|l| l["kind"] == "alertmanager") {
+            for a in l["payload"]["alerts"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                began.insert(format!("alert:{}", a["fingerprint"].as_str().unwrap_or_default()), a["startsAt_offset_ms"].as_i64().unwrap_or_default());
+            }
+        }
+        let recent = |id: &String| !id.starts_with("alert:") || began.get(id).is_some_and(|t| *t >= onset - HOUR_MS);
+        let noisy = strs(&rec.truth["noise"]).iter().filter(|id| recent(id)).filter_map(|id| rec.truth["owners"][id].as_str().map(String::from)).collect();
         Facts {
+            noisy,
             cluster: rec.truth["cluster"].as_str().unwrap_or_default().into(),
             namespace: rec.truth["namespace"].as_str().unwrap_or_default().into(),
             roles,
@@ -385,7 +399,7 @@ impl Lay<'_> {
 /// candidate entities (a second base recording gets another service or node).
 pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Recording> {
     let onset = clear(&mut base)?;
-    let facts = Facts::of(&base);
+    let facts = Facts::of(&base, onset);
     base.name = format!("{}@{}", kind.name(), base.name);
     base.truth["mode"] = "isolated".into();
     let mut lay = Lay { rec: &mut base, facts: &facts, onset, members: BTreeSet::new(), neutral: BTreeSet::new(), changed_at: Vec::new(), alerts: Vec::new() };
@@ -402,7 +416,8 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
             let candidates = facts
                 .with_role("api")
                 .into_iter()
-                .filter(|s| !facts.callers(s).is_empty() && !facts.labels_where("kube_configmap_metadata_resource_version", |l| label(l, "configmap") == format!("{s}-config")).is_empty())
+                .filter(|s| !facts.noisy.contains(s) && !facts.callers(s).is_empty())
+                .filter(|s| !facts.labels_where("kube_configmap_metadata_resource_version", |l| label(l, "configmap") == format!("{s}-config")).is_empty())
                 .collect();
             let svc = choose(candidates, "API with a ConfigMap and callers")?;
             let cm = format!("{svc}-config");
@@ -480,7 +495,9 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
             lay.finish(kind.name(), &dns, "restart_process", Some(0))?;
         }
         Kind::NoisyNeighbour => {
-            // A node that runs pods of at least two services that answer HTTP.
+            // A node that runs pods of services that answer HTTP, is not itself under the labelled
+            // noise, and hosts as few services under it as any (in this busy cluster every node
+            // hosts one; the corpus's own node failures do too).
             let mut per_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
             for (pod, node) in &facts.pod_node {
                 if let Some(svc) = facts.pod_service.get(pod)
@@ -489,8 +506,12 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
                     per_node.entry(node).or_default().insert(svc);
                 }
             }
-            let nodes = per_node.iter().filter(|(_, s)| s.len() >= 2).map(|(n, _)| n.to_string()).collect();
-            let node = choose(nodes, "node with pods of two services")?;
+            let noisy_on = |s: &BTreeSet<&str>| s.iter().filter(|s| facts.noisy.contains(**s)).count();
+            let quiet: Vec<(&str, usize)> =
+                per_node.iter().filter(|(n, _)| !facts.noisy.contains(&format!("node:{n}"))).map(|(n, s)| (*n, noisy_on(s))).collect();
+            let least = quiet.iter().map(|(_, k)| *k).min().unwrap_or_default();
+            let nodes = quiet.iter().filter(|(_, k)| *k == least).map(|(n, _)| n.to_string()).collect();
+            let node = choose(nodes, "node with pods of HTTP services")?;
             let on_node = |l: &Map<String, Value>| label(l, "instance") == node && label(l, "job") == "node-exporter";
             lay.shape(|l| on_node(l) && label(l, "__name__") == "instance:node_cpu_steal:rate5m", 0, |ms, v| v + 0.35 * ramp(ms, 2 * MIN));
             lay.shape(|l| on_node(l) && label(l, "__name__") == "instance:node_load1_per_cpu:ratio", 0, |ms, v| v * (1.0 + 1.5 * ramp(ms, 2 * MIN)));

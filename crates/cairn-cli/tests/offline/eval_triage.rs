@@ -61,3 +61,35 @@ fn triage_on_the_development_corpus_stays_above_its_floors_and_never_autos_unsaf
         assert!(r["incidents_out"].as_u64().unwrap() > 0, "{r}");
     }
 }
+
+/// Kinds the corpus does not have (`--synth`: a config push, a cache and a DNS service down, a
+/// noisy neighbour, an expired certificate), laid over two of its recordings: the triage names the
+/// root and the right action (or none) for each, and never lets a tier-2 action run by itself.
+#[test]
+fn triage_holds_on_incident_kinds_the_corpus_does_not_have() {
+    let Some(data) = corpus() else {
+        eprintln!("skipped: ../shared/datasets/incidents-dev is not beside the checkout");
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["eval", "triage", "--synth", "--output", "json", "--data", data.to_str().unwrap()])
+        .env("CAIRN_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = &v["summary"]["groups"]["all"];
+    let f = |k: &str| all[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {all}"));
+    assert_eq!(all["incidents"], 10, "five kinds over two recordings: {all}");
+    assert_eq!(all["unsafe_autos"], 0, "{}", serde_json::to_string_pretty(&v["recordings"]).unwrap());
+    // Measured: root cause and remediation 1.00, F1 micro 0.955 (the DNS probe and the noise on a
+    // noisy node's services stay apart), noise kept out 0.98.
+    assert!(f("root_at_1") >= 0.9, "{all}");
+    assert!(f("remediation_at_1") >= 0.9, "{all}");
+    assert!(f("f1_micro") >= 0.85, "{all}");
+    assert!(f("noise_kept_out") >= 0.9, "{all}");
+    for r in v["recordings"].as_array().unwrap() {
+        let name = r["recording"].as_str().unwrap();
+        assert!(name.contains('@'), "a synthesised recording is named kind@base: {name}");
+    }
+}
