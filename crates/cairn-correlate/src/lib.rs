@@ -228,6 +228,8 @@ struct Span {
     /// and how many of them are alerts.
     symptoms: u32,
     symptom_alerts: u32,
+    /// Members about work waiting ([`is_backlog`]).
+    backlog: u32,
     /// The latest signal times (event time), ascending; `i64::MIN` where fewer.
     recent: [i64; 4],
     /// Whether [`rank::NODE_TROUBLE`] of its signals ever came within `link_window_ms` of one
@@ -246,6 +248,7 @@ impl Span {
             resources: 0,
             holds_until_ms: t,
             symptoms: 0,
+            backlog: 0,
             symptom_alerts: 0,
             recent: [i64::MIN; 4],
             burst: false,
@@ -284,6 +287,7 @@ impl Span {
         self.alerts += o.alerts;
         self.symptoms += o.symptoms;
         self.symptom_alerts += o.symptom_alerts;
+        self.backlog += o.backlog;
         self.resources |= o.resources;
         // The later run's onset, unless the two runs touch.
         let (early, late) = if self.onset_ms <= o.onset_ms { (*self, *o) } else { (*o, *self) };
@@ -383,6 +387,14 @@ fn spans_alike(a: &Span, b: &Span) -> bool {
     a.resources & b.resources != 0
 }
 
+/// Whether a signal is about work waiting: a queue's depth, a backlog, a consumer group's lag. A
+/// backlog grows on a queue when what consumes it falls behind: there it is the consumer's
+/// trouble showing on the service it calls.
+fn is_backlog(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["queue", "backlog", "consumer"].iter().any(|w| n.contains(w))
+}
+
 /// A signal on its own, as the span it would start: what [`Correlator::admits`] weighs.
 fn signal_span(m: &IncidentMember, resources: u8, persist_ms: i64) -> Span {
     let mut s = Span::new(m.event_ms());
@@ -391,6 +403,7 @@ fn signal_span(m: &IncidentMember, resources: u8, persist_ms: i64) -> Span {
     s.alerts = u32::from(matches!(m, IncidentMember::Alert { .. }));
     s.symptoms = u32::from(rank::classify(m.name()) == rank::SignalKind::Symptom);
     s.symptom_alerts = s.symptoms.min(s.alerts);
+    s.backlog = u32::from(is_backlog(m.name()));
     s.burst = matches!(m, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
     s.resources = if resources == 0 { ANY_RESOURCE } else { resources };
     s
@@ -630,6 +643,8 @@ impl Correlator {
     /// - across a call, trouble travels as the caller's errors and latency: a caller joins its
     ///   callee's trouble only with errors or latency of its own (two signals or an alert) that
     ///   began no earlier, and a callee joins its caller's only when the caller shows them;
+    ///   against the call, a callee's backlog ([`is_backlog`]) that began no earlier joins its
+    ///   caller's established trouble (consumers falling behind grow their queue);
     /// - within `link_window_ms` of each other.
     fn admits(&self, entity: &str, j: &Span, linked: &Span, link: &Link) -> Option<i64> {
         if !linked.carries() {
@@ -661,7 +676,14 @@ impl Correlator {
                     && j.shows_symptoms()
                     && j.onset_ms >= linked.onset_ms - self.step.onset_slack_ms();
                 let as_callee = self.topology.calls(n, entity) && linked.shows_symptoms() && j.established() && caused(j);
-                if !as_caller && !as_callee {
+                // Back-pressure: a caller's established trouble shows on its callee as a backlog
+                // that began no earlier (consumers falling behind grow their queue).
+                let pressed = self.topology.calls(n, entity)
+                    && linked.established()
+                    && j.backlog > 0
+                    && j.carries()
+                    && j.onset_ms >= linked.onset_ms - self.step.onset_slack_ms();
+                if !as_caller && !as_callee && !pressed {
                     return None;
                 }
             }
@@ -853,6 +875,7 @@ impl Correlator {
         let t = member.event_ms();
         let holds = holds_until(&member, self.cfg.persist_ms);
         let is_symptom = rank::classify(member.name()) == rank::SignalKind::Symptom;
+        let is_backlog = is_backlog(member.name());
         let critical = matches!(member, IncidentMember::Alert { status: AlertStatus::Firing, severity: Severity::Critical, .. });
         let Some(open) = self.open.get_mut(id) else {
             return;
@@ -870,6 +893,7 @@ impl Correlator {
         span.alerts += u32::from(is_alert);
         span.symptoms += u32::from(is_symptom);
         span.symptom_alerts += u32::from(is_symptom && is_alert);
+        span.backlog += u32::from(is_backlog);
         span.resources |= resources;
         span.note(t, self.cfg.link_window_ms);
         span.burst |= critical;
@@ -1645,6 +1669,38 @@ mod tests {
         c.observe_anomaly(&api("http_request_duration_seconds:p99", 0), 3);
         let early = c.observe_anomaly(&api("http_request_errors:ratio_rate5m", 0), 4).unwrap();
         assert_ne!(early.id, db.id, "{:?}", early.grouping_reasons);
+    }
+
+    #[test]
+    fn a_backlog_on_a_callee_joins_the_caller_that_fell_behind_and_its_latency_does_not() {
+        const MIN: i64 = 60_000;
+        // `api` consumes from `db` (it calls it). Its CPU saturates: established trouble.
+        let api = |name: &str, t: i64| series(&[("__name__", name), ("service", "api")], t, 0.9);
+        let callee = |name: &str, t: i64| series(&[("__name__", name), ("service", "db")], t, 0.9);
+        for (names, joins) in [
+            // The queue behind it grows: the consumer's trouble, seen on what it calls.
+            (["rabbitmq_queue_messages_ready", "RabbitmqTooManyMessagesInQueue"], true),
+            // The callee's latency after the caller's trouble is not put down to the caller.
+            (["http_request_duration_seconds:p99", "http_request_errors:ratio_rate5m"], false),
+        ] {
+            let mut c = cluster();
+            for (k, cpu) in ["container_cpu_usage_seconds_total", "cpu_throttling", "load"].iter().enumerate() {
+                c.observe_anomaly(&api(cpu, 10 * MIN + k as i64 * 15_000), k as i64);
+            }
+            let consumer = c.observe_anomaly(&api("http_request_duration_seconds:p99", 10 * MIN + 45_000), 3).unwrap();
+            c.observe_anomaly(&callee(names[0], 11 * MIN), 4);
+            let last = c.observe_anomaly(&callee(names[1], 12 * MIN), 5).unwrap();
+            assert_eq!(last.id == consumer.id, joins, "{names:?}: {:?}", last.grouping_reasons);
+        }
+        // A backlog that began well before the consumer's trouble is not its effect.
+        let mut c = cluster();
+        c.observe_anomaly(&callee("rabbitmq_queue_messages_ready", 0), 0);
+        c.observe_anomaly(&callee("rabbitmq_queue_messages_ready_total", 15_000), 1);
+        for (k, cpu) in ["container_cpu_usage_seconds_total", "cpu_throttling", "load"].iter().enumerate() {
+            c.observe_anomaly(&api(cpu, 10 * MIN + k as i64 * 15_000), 2 + k as i64);
+        }
+        let consumer = c.observe_anomaly(&api("http_request_duration_seconds:p99", 10 * MIN + 45_000), 5).unwrap();
+        assert_eq!(consumer.affected_services, ["api"], "{:?}", consumer.grouping_reasons);
     }
 
     #[test]

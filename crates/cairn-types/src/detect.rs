@@ -147,9 +147,10 @@ impl IncidentMember {
 /// What a signal says about its entity, read from its alert or metric name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignalKind {
-    /// Errors, latency, error budgets: what users feel, rarely the root.
+    /// Errors, latency, error budgets: what users feel, rarely the root; and work waiting (a
+    /// queue's depth, a consumer's lag), which shows where the work piles up, not why.
     Symptom,
-    /// A rollout, a new build, a config reload.
+    /// A rollout, a new build, a config reload, a new resource version.
     Change,
     /// Saturation, availability, resources: what breaks.
     Cause,
@@ -160,7 +161,7 @@ pub enum SignalKind {
 pub fn signal_kind(name: &str) -> SignalKind {
     let n = name.to_ascii_lowercase();
     const CHANGE: [&str; 9] = ["generation", "build_info", "reload", "revision", "version", "change_event", "changeevent", "release", "rollout"];
-    const SYMPTOM: [&str; 9] = ["error", "latency", "duration", "budget", "slo", "5xx", "apdex", "p99", "quantile"];
+    const SYMPTOM: [&str; 12] = ["error", "latency", "duration", "budget", "slo", "5xx", "apdex", "p99", "quantile", "queue", "backlog", "lag"];
     if CHANGE.iter().any(|w| n.contains(w)) {
         SignalKind::Change
     } else if SYMPTOM.iter().any(|w| n.contains(w)) {

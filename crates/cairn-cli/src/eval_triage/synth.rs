@@ -20,6 +20,7 @@
 //! | `dns-down` | the DNS service (role `dns`) is down; the DNS probe fails, its callers fail | the DNS service | `restart_process` |
 //! | `noisy-neighbour` | a node's CPU is stolen by its hypervisor; the pods on it slow down | the node | `drain_node` |
 //! | `cert-expired` | a certificate is not renewed; its HTTPS probe fails | the certificate's service | none (advisory) |
+//! | `queue-backlog` | a queue's consumer (a caller of the role-`queue` service) falls behind: its CPU saturates and the queue grows | the consumer | `scale_out` |
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
@@ -40,10 +41,11 @@ pub enum Kind {
     DnsDown,
     NoisyNeighbour,
     CertExpired,
+    QueueBacklog,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::ConfigPush, Kind::CacheDown, Kind::DnsDown, Kind::NoisyNeighbour, Kind::CertExpired];
+    pub const ALL: [Kind; 6] = [Kind::ConfigPush, Kind::CacheDown, Kind::DnsDown, Kind::NoisyNeighbour, Kind::CertExpired, Kind::QueueBacklog];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::DnsDown => "dns-down",
             Kind::NoisyNeighbour => "noisy-neighbour",
             Kind::CertExpired => "cert-expired",
+            Kind::QueueBacklog => "queue-backlog",
         }
     }
 }
@@ -553,6 +556,29 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
             lay.alert(MIN, "BlackboxProbeFailed", "critical", &pl, &owner);
             lay.alert(MIN, "BlackboxSslCertificateExpired", "critical", &pl, &owner);
             lay.finish(kind.name(), &owner, "none", None)?;
+        }
+        Kind::QueueBacklog => {
+            // A queue's consumer falls behind: each job takes three times as long, its pods' CPU
+            // saturates and throttles, and one of the queue's queues grows steadily.
+            let queue = choose(facts.with_role("queue"), "queue")?;
+            let consumers = facts.callers(&queue).into_iter().filter(|c| facts.roles.get(c).is_some_and(|r| r == "api")).collect();
+            let consumer = choose(consumers, "consumer of the queue")?;
+            let pods = facts.pods(&consumer);
+            let cpu = |l: &Map<String, Value>| label(l, "__name__").ends_with("container_cpu_usage_seconds_total:sum_irate") && pods.iter().any(|p| p == label(l, "pod"));
+            lay.shape(cpu, 0, |ms, v| v * (1.0 + 2.0 * ramp(ms, 2 * MIN)));
+            let slow = |l: &Map<String, Value>| label(l, "service") == consumer && label(l, "__name__").ends_with("http_request_duration_seconds:p99");
+            lay.shape(slow, 30_000, |ms, v| v * (1.0 + 1.5 * ramp(ms, 2 * MIN)));
+            let queues = facts.labels_where("rabbitmq_queue_messages_ready", |l| label(l, "service") == queue);
+            let q = queues.get(pick % queues.len().max(1)).cloned().context("the queue service has no rabbitmq_queue_messages_ready")?;
+            let name = label(&q, "queue").to_string();
+            lay.shape(|l| named("rabbitmq_queue_messages_ready")(l) && label(l, "service") == queue && label(l, "queue") == name, MIN, |ms, v| v + v.max(10.0) * 30.0 * ramp(ms, 20 * MIN));
+            for pod in &pods {
+                let kubelet = [("namespace", ns), ("pod", pod.as_str()), ("container", consumer.as_str()), ("service", "kubelet"), ("endpoint", "https-metrics")];
+                lay.alert(5 * MIN, "CPUThrottlingHigh", "info", &kubelet, &consumer);
+            }
+            let mq = [("service", queue.as_str()), ("namespace", ns), ("job", queue.as_str()), ("queue", name.as_str()), ("instance", label(&q, "instance")), ("vhost", label(&q, "vhost"))];
+            lay.alert(10 * MIN, "RabbitmqTooManyMessagesInQueue", "warning", &mq, &queue);
+            lay.finish(kind.name(), &consumer, "scale_out", Some(1))?;
         }
     }
     Ok(base)
