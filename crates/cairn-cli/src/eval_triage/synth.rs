@@ -20,6 +20,7 @@
 //! | `dns-down` | the DNS service (role `dns`) is down; the DNS probe fails, its callers fail | the DNS service | `restart_process` |
 //! | `noisy-neighbour` | a node's CPU is stolen by its hypervisor; the pods on it slow down | the node | `drain_node` |
 //! | `cert-expired` | a certificate is not renewed; its HTTPS probe fails | the certificate's service | none (advisory) |
+//! | `crashloop-release` | a release's first new pod crash-loops, so its rollout stalls (a new ReplicaSet, generation +1, one replica short) | the service | `rollback_deploy` |
 //! | `queue-backlog` | a queue's consumer (a caller of the role-`queue` service) falls behind: its CPU saturates and the queue grows | the consumer | `scale_out` |
 
 use anyhow::{Context, Result, bail};
@@ -42,10 +43,13 @@ pub enum Kind {
     NoisyNeighbour,
     CertExpired,
     QueueBacklog,
+    #[value(name = "crashloop-release")]
+    CrashLoopRelease,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::ConfigPush, Kind::CacheDown, Kind::DnsDown, Kind::NoisyNeighbour, Kind::CertExpired, Kind::QueueBacklog];
+    pub const ALL: [Kind; 7] =
+        [Kind::ConfigPush, Kind::CacheDown, Kind::DnsDown, Kind::NoisyNeighbour, Kind::CertExpired, Kind::QueueBacklog, Kind::CrashLoopRelease];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -55,6 +59,7 @@ impl Kind {
             Kind::NoisyNeighbour => "noisy-neighbour",
             Kind::CertExpired => "cert-expired",
             Kind::QueueBacklog => "queue-backlog",
+            Kind::CrashLoopRelease => "crashloop-release",
         }
     }
 }
@@ -299,6 +304,42 @@ impl Lay<'_> {
         self.changed_at.extend(std::iter::repeat_n(start, n));
         self.members.extend(touched);
         n
+    }
+
+    /// A series that begins at `onset + after` (a new pod's), sending `f(ms since then)` every
+    /// step with the remote_write ticks; a member when `member`.
+    fn begin(&mut self, labels: Map<String, Value>, after: i64, member: bool, f: impl Fn(i64) -> f64) {
+        let start = self.onset + after;
+        let step = self.rec.truth["step_ms"].as_i64().unwrap_or(15_000).max(1);
+        let mut prev_tick = i64::MIN;
+        let mut last_line_tick = None;
+        for line in self.rec.lines.iter_mut().filter(|l| is_remote_write(l)) {
+            let tick = line["offset_ms"].as_i64().unwrap_or_default();
+            // The first line of each tick carries the new series' samples since the last tick.
+            if last_line_tick == Some(tick) {
+                continue;
+            }
+            last_line_tick = Some(tick);
+            let from = prev_tick.saturating_add(1).max(start);
+            prev_tick = tick;
+            let first = from.div_euclid(step) * step + if from.rem_euclid(step) == 0 { 0 } else { step };
+            let samples: Vec<Value> = (0..).map(|k| first + k * step).take_while(|t| *t <= tick).map(|t| json!([t, f(t - start)])).collect();
+            if !samples.is_empty()
+                && let Some(series) = line["series"].as_array_mut()
+            {
+                series.push(json!({"labels": labels, "samples": samples}));
+            }
+        }
+        let id = series_id(&labels);
+        if member {
+            self.changed_at.push(start);
+            self.members.insert(id.clone());
+        }
+        if let Some(o) = self.rec.truth["owners"].as_object_mut()
+            && let Some(svc) = labels.get("service").or_else(|| labels.get("deployment")).and_then(Value::as_str)
+        {
+            o.entry(id).or_insert_with(|| svc.into());
+        }
     }
 
     /// At `onset + after` every series `pick` selects sends a staleness marker and then nothing,
@@ -579,6 +620,56 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
             let mq = [("service", queue.as_str()), ("namespace", ns), ("job", queue.as_str()), ("queue", name.as_str()), ("instance", label(&q, "instance")), ("vhost", label(&q, "vhost"))];
             lay.alert(10 * MIN, "RabbitmqTooManyMessagesInQueue", "warning", &mq, &queue);
             lay.finish(kind.name(), &consumer, "scale_out", Some(1))?;
+        }
+        Kind::CrashLoopRelease => {
+            // A rolling update whose first new pod crash-loops: the rollout stalls one replica
+            // short, the old pods keep serving.
+            let candidates = facts.with_role("api").into_iter().filter(|s| !facts.noisy.contains(s) && facts.pods(s).len() >= 2).collect();
+            let svc = choose(candidates, "API with two pods")?;
+            lay.shape(|l| label(l, "__name__") == "kube_deployment_status_observed_generation" && label(l, "deployment") == svc, 0, |_, v| v + 1.0);
+            lay.shape(|l| label(l, "__name__") == "kube_deployment_status_replicas_available" && label(l, "deployment") == svc, 30_000, |_, v| (v - 1.0).max(0.0));
+            // The new pod: the old pods' labels with a new ReplicaSet's name, on the node of one.
+            let old = facts.pods(&svc);
+            let pod = format!("{svc}-7d9x2k4m8p-q2w8z");
+            let replicaset = format!("{svc}-7d9x2k4m8p");
+            let like = |name: &str| facts.labels_where(name, |l| label(l, "pod") == old[0]).into_iter().next();
+            let renamed = |mut l: Map<String, Value>| {
+                l.insert("pod".into(), pod.clone().into());
+                if l.contains_key("created_by_name") {
+                    l.insert("created_by_name".into(), replicaset.clone().into());
+                }
+                if l.contains_key("version") {
+                    l.insert("version".into(), "2.8.0".into());
+                }
+                l
+            };
+            // Up for 40 s after each start, then down; the kubelet backs off between restarts.
+            let restarts = |ms: i64| (ms / 90_000 + 1) as f64;
+            let running = |ms: i64| ms % 90_000 < 40_000;
+            if let Some(l) = like("kube_pod_info") {
+                lay.begin(renamed(l), 0, false, |_| 1.0);
+            }
+            if let Some(l) = like("build_info") {
+                lay.begin(renamed(l), 0, false, |_| 1.0);
+            }
+            if let Some(l) = like("up") {
+                lay.begin(renamed(l), 0, false, move |ms| if running(ms) { 1.0 } else { 0.0 });
+            }
+            if let Some(l) = facts.labels_where("kube_pod_status_ready", |l| label(l, "pod") == old[0] && label(l, "condition") == "true").into_iter().next() {
+                lay.begin(renamed(l), 0, true, |_| 0.0);
+            }
+            if let Some(l) = like("kube_pod_container_status_restarts_total") {
+                lay.begin(renamed(l), 0, true, restarts);
+            }
+            let ksm = [("job", "kube-state-metrics"), ("container", "kube-state-metrics"), ("namespace", ns)];
+            let mut crash = ksm.to_vec();
+            crash.push(("pod", pod.as_str()));
+            lay.alert(5 * MIN, "KubePodCrashLooping", "warning", &crash, &svc);
+            let mut dep = ksm.to_vec();
+            dep.push(("deployment", svc.as_str()));
+            lay.alert(15 * MIN, "KubeDeploymentRolloutStuck", "warning", &dep, &svc);
+            lay.alert(15 * MIN, "KubeDeploymentReplicasMismatch", "warning", &dep, &svc);
+            lay.finish(kind.name(), &svc, "rollback_deploy", Some(2))?;
         }
     }
     Ok(base)
