@@ -67,7 +67,8 @@ pub struct TriageArgs {
     pub dump: Option<PathBuf>,
     /// Replay incident kinds the corpus does not have instead of its recordings: each kind laid
     /// over each `--synth-on` recording, whose own incident is taken out first (see
-    /// `eval_triage/synth.rs`). With no value, every kind.
+    /// `eval_triage/synth.rs`). With no value, every kind, and a storm of four of them over each
+    /// recording.
     #[arg(long, num_args = 0.., value_delimiter = ',')]
     pub synth: Option<Vec<synth::Kind>>,
     /// The recordings `--synth` lays its kinds over: ones whose incident leaves no trace before
@@ -449,17 +450,23 @@ fn recordings(args: &TriageArgs) -> Result<impl Iterator<Item = Result<Recording
         .filter_map(|r| r["dir"].as_str().map(String::from))
         .filter(|d| args.synth.is_some() || args.only.is_empty() || args.only.contains(d))
         .collect();
-    let jobs: Vec<(String, Option<(synth::Kind, usize)>)> = match &args.synth {
+    // (directory, and with `--synth` the kind laid over it, none for a storm, and which pick).
+    let jobs: Vec<(String, Option<(Option<synth::Kind>, usize)>)> = match &args.synth {
         None => dirs.into_iter().map(|d| (d, None)).collect(),
         Some(kinds) => {
             let kinds = if kinds.is_empty() { synth::Kind::ALL.to_vec() } else { kinds.clone() };
             for base in &args.synth_on {
                 anyhow::ensure!(dirs.contains(base), "--synth-on {base}: not in {}", args.data.join("index.json").display());
             }
-            kinds
-                .iter()
-                .flat_map(|&k| args.synth_on.iter().enumerate().map(move |(i, b)| (b.clone(), Some((k, i)))))
-                .filter(|(b, k)| args.only.is_empty() || k.is_some_and(|(k, _)| args.only.contains(&format!("{}@{b}", k.name()))))
+            let isolated = kinds.iter().flat_map(|&k| args.synth_on.iter().enumerate().map(move |(i, b)| (b.clone(), Some((Some(k), i)))));
+            // With every kind, a storm of those that touch disjoint services, over each base.
+            let storms = args.synth_on.iter().enumerate().map(|(i, b)| (b.clone(), Some((None, i)))).filter(|_| kinds.len() == synth::Kind::ALL.len());
+            isolated
+                .chain(storms)
+                .filter(|(b, k)| {
+                    let name = |k: &Option<synth::Kind>| format!("{}@{b}", k.map_or("storm", synth::Kind::name));
+                    args.only.is_empty() || k.as_ref().is_some_and(|(k, _)| args.only.contains(&name(k)))
+                })
                 .collect()
         }
     };
@@ -467,7 +474,8 @@ fn recordings(args: &TriageArgs) -> Result<impl Iterator<Item = Result<Recording
         let rec = load(&args.data.join(&dir), &dir).with_context(|| format!("recording {dir}"))?;
         match kind {
             None => Ok(rec),
-            Some((k, pick)) => synth::synthesise(rec, k, pick).with_context(|| format!("{} over {dir}", k.name())),
+            Some((Some(k), pick)) => synth::synthesise(rec, k, pick).with_context(|| format!("{} over {dir}", k.name())),
+            Some((None, pick)) => synth::storm(rec, &synth::STORM, pick).with_context(|| format!("a storm over {dir}")),
         }
     }))
 }

@@ -70,6 +70,10 @@ const CLEAR_LEAD_MS: i64 = 10 * 60_000;
 /// Alertmanager's group wait before a new alert's first notification.
 const GROUP_WAIT_MS: i64 = 30_000;
 const MIN: i64 = 60_000;
+/// How far apart a storm's incidents begin (the corpus's are a few minutes apart).
+const STORM_SPACING_MS: i64 = 3 * MIN;
+/// The kinds a storm lays together: they touch disjoint services.
+pub const STORM: [Kind; 4] = [Kind::CacheDown, Kind::QueueBacklog, Kind::CrashLoopRelease, Kind::ConfigPush];
 
 /// A series' id as `truth.json` writes it: `series:name{label="value",…}`, labels sorted.
 pub fn series_id(labels: &Map<String, Value>) -> String {
@@ -176,6 +180,8 @@ struct Facts {
     series: Vec<Map<String, Value>>,
     /// Entities the labelled noise is on: the corpus keeps incidents off them, and so do the kinds.
     noisy: BTreeSet<String>,
+    /// Entities a storm's earlier kinds touched.
+    used: BTreeSet<String>,
 }
 
 impl Facts {
@@ -227,6 +233,7 @@ impl Facts {
         let noisy = strs(&rec.truth["noise"]).iter().filter(|id| recent(id)).filter_map(|id| rec.truth["owners"][id].as_str().map(String::from)).collect();
         Facts {
             noisy,
+            used: BTreeSet::new(),
             cluster: rec.truth["cluster"].as_str().unwrap_or_default().into(),
             namespace: rec.truth["namespace"].as_str().unwrap_or_default().into(),
             roles,
@@ -446,9 +453,31 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
     let facts = Facts::of(&base, onset);
     base.name = format!("{}@{}", kind.name(), base.name);
     base.truth["mode"] = "isolated".into();
-    let mut lay = Lay { rec: &mut base, facts: &facts, onset, members: BTreeSet::new(), neutral: BTreeSet::new(), changed_at: Vec::new(), alerts: Vec::new() };
+    lay_kind(&mut base, &facts, onset, kind, pick)?;
+    Ok(base)
+}
+
+/// A storm: `kinds` laid over one cleared recording at onsets [`STORM_SPACING_MS`] apart, each on
+/// entities the ones before did not touch (as the corpus's storms are).
+pub fn storm(mut base: Recording, kinds: &[Kind], pick: usize) -> Result<Recording> {
+    let onset = clear(&mut base)?;
+    let mut facts = Facts::of(&base, onset);
+    base.name = format!("storm@{}", base.name);
+    base.truth["mode"] = "storm".into();
+    for (k, &kind) in kinds.iter().enumerate() {
+        lay_kind(&mut base, &facts, onset + k as i64 * STORM_SPACING_MS, kind, pick)?;
+        let laid = base.truth["incidents"].as_array().and_then(|a| a.last()).map(|i| strs(&i["members"])).unwrap_or_default();
+        facts.used.extend(laid.iter().filter_map(|m| base.truth["owners"][m].as_str().map(String::from)));
+    }
+    Ok(base)
+}
+
+/// Lays `kind` over `rec` at `onset`, on entities `facts` has not marked used.
+fn lay_kind(rec: &mut Recording, facts: &Facts, onset: i64, kind: Kind, pick: usize) -> Result<()> {
+    let mut lay = Lay { rec, facts, onset, members: BTreeSet::new(), neutral: BTreeSet::new(), changed_at: Vec::new(), alerts: Vec::new() };
     let ns = facts.namespace.as_str();
     let choose = |v: Vec<String>, what: &str| -> Result<String> {
+        let v: Vec<String> = v.into_iter().filter(|e| !facts.used.contains(e) && !facts.used.contains(&format!("node:{e}"))).collect();
         if v.is_empty() {
             bail!("{}: no {what} in this recording", kind.name());
         }
@@ -672,7 +701,7 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
             lay.finish(kind.name(), &svc, "rollback_deploy", Some(2))?;
         }
     }
-    Ok(base)
+    Ok(())
 }
 
 /// A ready condition's value as a flag.
