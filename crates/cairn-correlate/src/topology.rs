@@ -47,6 +47,8 @@ pub struct Topology {
     pods: HashMap<String, Pod>,
     nodes: HashSet<String>,
     agents: HashSet<String>,
+    /// Services that serve a DNS server's metrics (CoreDNS, kube-dns): the cluster's resolvers.
+    dns: BTreeSet<String>,
     max_entries: usize,
     refused: u64,
 }
@@ -73,6 +75,7 @@ impl Topology {
             pods: HashMap::new(),
             nodes: HashSet::new(),
             agents: HashSet::new(),
+            dns: BTreeSet::new(),
             max_entries,
             refused: 0,
         };
@@ -148,6 +151,14 @@ impl Topology {
                 self.pods.insert(pod.to_string(), p);
             }
         }
+        // A known service serving CoreDNS's (or kube-dns's) metrics is a resolver of the cluster.
+        if let Some(svc) = label("service")
+            && self.services.contains(svc)
+            && !self.dns.contains(svc)
+            && label("__name__").is_some_and(|n| n.contains("dns") && ["coredns", "kubedns", "skydns"].iter().any(|d| n.contains(d)))
+        {
+            self.dns.insert(svc.to_string());
+        }
         if let (Some(instance), Some(job)) = (label("instance"), label("job"))
             && self.nodes.contains(host(instance)) && !self.agents.contains(job) && self.room() {
                 self.agents.insert(job.to_string());
@@ -196,8 +207,13 @@ impl Topology {
 
     /// The service a signal names through one of its objects (a ConfigMap, a Secret, a
     /// certificate, a volume claim, a Job) or a probe's target host (`instance` as a URL or a
-    /// host name), when no label says it outright.
+    /// host name), when no label says it outright; a DNS probe (blackbox's `dns` modules) is
+    /// about the cluster's resolver when it has one.
     fn object_service(&self, l: &Labels) -> Option<&str> {
+        let dns_probe = l.get("module").is_some_and(|m| m.starts_with("dns")) || l.get("__name__").is_some_and(|n| n.starts_with("probe_dns"));
+        if dns_probe && self.dns.len() == 1 {
+            return self.dns.first().map(String::as_str);
+        }
         const OBJECTS: [&str; 7] = ["configmap", "secret", "certificate", "name", "persistentvolumeclaim", "job_name", "ingress"];
         if let Some(s) = OBJECTS.iter().filter_map(|k| l.get(k)).find_map(|v| self.named_after(v)) {
             return Some(s);
@@ -349,6 +365,21 @@ mod tests {
         assert_eq!(r(&[("instance", "10.0.0.7:8080"), ("job", "probe")]), "other:probe");
         assert_eq!(r(&[("instance", "https://status.example.org/"), ("job", "probe/status")]), "other:probe/status");
         assert_eq!(r(&[("name", "cert"), ("service", "cert-manager")]), "service:cert-manager");
+    }
+
+    #[test]
+    fn a_dns_probe_is_about_the_service_that_serves_coredns_metrics() {
+        let mut t = cluster();
+        let probe = labels(&[("__name__", "probe_success"), ("instance", "sso.internal.example.org"), ("module", "dns_udp"), ("job", "probe/dns")]);
+        assert_eq!(t.resolve(&probe).entity, "other:probe/dns", "no resolver known yet");
+        learn(&mut t, &[("__name__", "instance:coredns_dns_requests:rate5m"), ("service", "api"), ("pod", "api-5d8f9-x2x")]);
+        assert_eq!(t.resolve(&probe).entity, "service:api");
+        // An HTTP probe of the same host is not about the resolver.
+        let http = labels(&[("__name__", "probe_success"), ("instance", "sso.internal.example.org"), ("module", "http_2xx"), ("job", "probe/dns")]);
+        assert_eq!(t.resolve(&http).entity, "other:probe/dns");
+        // Two resolvers: which one a probe asked is not known.
+        learn(&mut t, &[("__name__", "coredns_dns_requests_total"), ("service", "web")]);
+        assert_eq!(t.resolve(&probe).entity, "other:probe/dns");
     }
 
     #[test]
