@@ -3,7 +3,9 @@
 //! authenticated sender, reads what Cairn made of them through the public gRPC API
 //! (`IncidentService`, `ReviewService`), and scores it against the labels: pairwise grouping,
 //! noise kept out, compression, root cause @1/@3, remediation @1, confidence calibration, unsafe
-//! autos and time to recommendation. The definitions are the corpus README's.
+//! autos and time to recommendation. The definitions are the corpus README's. The recordings can
+//! be replayed as another cluster would send them (`--rename`, `--thin`, [`variant`]), and incident
+//! kinds the corpus does not have can be laid over them (`--synth`, [`synth`]).
 
 use crate::client::{self, bearer};
 use crate::demo::{now_ms, rfc3339};
