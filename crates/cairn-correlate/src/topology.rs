@@ -152,10 +152,11 @@ impl Topology {
             }
         }
         // A known service serving CoreDNS's (or kube-dns's) metrics is a resolver of the cluster.
-        if let Some(svc) = label("service")
+        // The name first: it rules out almost every sample without a lookup.
+        if label("__name__").is_some_and(|n| n.contains("dns") && ["coredns", "kubedns", "skydns"].iter().any(|d| n.contains(d)))
+            && let Some(svc) = label("service")
             && self.services.contains(svc)
             && !self.dns.contains(svc)
-            && label("__name__").is_some_and(|n| n.contains("dns") && ["coredns", "kubedns", "skydns"].iter().any(|d| n.contains(d)))
         {
             self.dns.insert(svc.to_string());
         }
