@@ -8,6 +8,10 @@ use std::hint::black_box;
 
 const STEP_MS: i64 = 60_000;
 
+/// The allocator `cairn serve` runs with: the detector's chunks are sized for its size classes.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn value(i: usize) -> f64 {
     let noise = ((i as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33) as f64
         / (1u64 << 31) as f64;

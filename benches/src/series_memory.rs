@@ -10,7 +10,15 @@
 //! series as resident memory sees it over the second half (the cost of one more series, once the
 //! transient buffers reached their peak in the first) and over all new series, and as the detector
 //! accounts for its own allocations (`cairn_detector_memory_bytes`).
-
+//!
+//! Resident memory includes pages the server has freed and jemalloc has not yet returned (its dirty
+//! pages: the ingest queue's decoded batches, mostly). jemalloc returns a dirty page once it is
+//! `dirty_decay_ms` (10 s) old, but only when the arena holding it allocates or frees again, so the
+//! idle server of this bench would hold them for good and a busy one holds those of the last
+//! seconds. Each reading also takes them from jemalloc (`stats.arenas.<all>.pdirty`; `muzzy_decay_ms`
+//! is 0, so there are no muzzy pages) and prints the figures without them: the memory held for
+//! live data, which is what `cairn serve` keeps once the burst's buffers are returned. Nothing here
+//! purges or changes the allocator's settings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod load;
@@ -105,6 +113,39 @@ async fn send(client: &reqwest::Client, url: &str, range: std::ops::Range<usize>
     Ok(())
 }
 
+/// Memory at one point of the run.
+#[derive(Clone, Copy)]
+struct Reading {
+    /// The process's resident set.
+    rss: u64,
+    /// Of which jemalloc's dirty pages: freed, not yet returned to the system.
+    dirty: u64,
+    /// `cairn_detector_memory_bytes`.
+    detector: f64,
+}
+
+impl Reading {
+    async fn take(client: &reqwest::Client, base: &str) -> Result<Reading> {
+        let detector = load::metric(client, base, "cairn_detector_memory_bytes").await;
+        Ok(Reading { rss: load::rss_bytes().unwrap_or(0), dirty: allocator_dirty_bytes()?, detector })
+    }
+
+    fn live(&self) -> f64 {
+        self.rss as f64 - self.dirty as f64
+    }
+}
+
+/// Bytes in jemalloc's dirty pages, over all arenas (index 4096 is `MALLCTL_ARENAS_ALL`).
+fn allocator_dirty_bytes() -> Result<u64> {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    let failed = |what: &str, e: tikv_jemalloc_ctl::Error| anyhow::anyhow!("jemalloc's {what} could not be read: {e}");
+    // The statistics are a snapshot taken at each new epoch.
+    tikv_jemalloc_ctl::epoch::advance().map_err(|e| failed("epoch", e))?;
+    let pages: usize = b"stats.arenas.4096.pdirty\0".name().read().map_err(|e| failed("pdirty", e))?;
+    let page: usize = b"arenas.page\0".name().read().map_err(|e| failed("page size", e))?;
+    Ok((pages * page) as u64)
+}
+
 /// Waits until the analysis queue is empty and the detector holds `series` series.
 async fn settle(client: &reqwest::Client, base: &str, series: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -153,7 +194,7 @@ async fn run(args: Args) -> Result<()> {
         send(&client, &url, 0..args.warmup, round, &args).await?;
     }
     settle(&client, &base, args.warmup).await?;
-    let mut reading = vec![(load::rss_bytes().unwrap_or(0), load::metric(&client, &base, "cairn_detector_memory_bytes").await)];
+    let mut reading = vec![Reading::take(&client, &base).await?];
 
     // The new series in two halves: the second half's growth is the cost of a series alone, once
     // the first half has brought the queue's and the allocator's transient buffers to their peak.
@@ -165,31 +206,42 @@ async fn run(args: Args) -> Result<()> {
         }
         settle(&client, &base, range.end).await?;
         if range.end == half {
-            reading.push((load::rss_bytes().unwrap_or(0), load::metric(&client, &base, "cairn_detector_memory_bytes").await));
+            reading.push(Reading::take(&client, &base).await?);
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    reading.push((load::rss_bytes().unwrap_or(0), load::metric(&client, &base, "cairn_detector_memory_bytes").await));
+    reading.push(Reading::take(&client, &base).await?);
     let groups = load::metric(&client, &base, "cairn_multivariate_groups").await;
 
-    let [(rss0, own0), (rss_half, _), (rss1, own1)] = reading[..] else { unreachable!("three readings") };
-    let mib = |b: u64| b as f64 / 1048576.0;
+    let [r0, r_half, r1] = reading[..] else { unreachable!("three readings") };
+    let mib = |b: f64| b / 1048576.0;
     let n = args.series as f64;
     let second = (total - half) as f64;
     println!("\nresults ({total} series active; the new ones sent and scored in {secs:.1} s)");
     println!(
         "  resident memory   {:>7.1} MiB after warm-up, {:>7.1} MiB at half, {:>7.1} MiB at the end",
-        mib(rss0),
-        mib(rss_half),
-        mib(rss1)
+        mib(r0.rss as f64),
+        mib(r_half.rss as f64),
+        mib(r1.rss as f64)
     );
-    println!("  per series, resident, second half   {:>7.0} bytes", (rss1 as f64 - rss_half as f64) / second);
+    println!(
+        "    of which freed, not yet returned  {:>5.1} MiB, {:>7.1} MiB, {:>7.1} MiB (jemalloc's dirty pages)",
+        mib(r0.dirty as f64),
+        mib(r_half.dirty as f64),
+        mib(r1.dirty as f64)
+    );
+    println!("  per series, resident, second half   {:>7.0} bytes", (r1.rss as f64 - r_half.rss as f64) / second);
     println!(
         "  per series, resident, all new       {:>7.0} bytes (includes the transient peak of the queue)",
-        (rss1 as f64 - rss0 as f64) / n
+        (r1.rss as f64 - r0.rss as f64) / n
     );
-    println!("  per series, detector's own          {:>7.0} bytes (cairn_detector_memory_bytes, all {total})", own1 / total as f64);
-    println!("    of which the new series           {:>7.0} bytes", (own1 - own0) / n);
+    println!("  per series, live, second half       {:>7.0} bytes (resident less dirty pages)", (r1.live() - r_half.live()) / second);
+    println!("  per series, live, all new           {:>7.0} bytes", (r1.live() - r0.live()) / n);
+    println!(
+        "  per series, detector's own          {:>7.0} bytes (cairn_detector_memory_bytes, all {total})",
+        r1.detector / total as f64
+    );
+    println!("    of which the new series           {:>7.0} bytes", (r1.detector - r0.detector) / n);
     println!("  multivariate groups tracked         {groups:>7.0}");
     server.shutdown().await;
     Ok(())

@@ -12,14 +12,16 @@ use crate::univariate::SeriesModel;
 use cairn_types::SeriesId;
 use hashbrown::HashTable;
 
-/// Slots per chunk: under 128 KiB of slots (124,608 bytes of 472-byte slots; it was chosen at 130,944
-/// of 496), glibc's default threshold for giving an allocation its own mapping. So chunks are not
-/// interleaved on the heap with the ingest queue's short-lived buffers (measured: 10 bytes less
-/// resident memory per series than with 32 KiB chunks), and an emptied chunk goes back to the system.
-/// A shard's partly filled last chunk costs about 5 bytes a series at 200,000 series. (Filling the
-/// 128 KiB again with 472-byte slots, 277 of them, made `Detector::observe` 8-26% slower in four runs
-/// side by side, for a cause not found; 264 is kept.)
-pub(crate) const CHUNK: usize = 264;
+/// Slots per chunk: as many as fit in 12 KiB, the largest of jemalloc's small size classes that is a
+/// whole number of pages (a slab of three pages holds exactly one chunk, so a freed chunk frees its
+/// pages). `cairn serve` runs on jemalloc, which rounds an allocation of 16 KiB or more up to its size
+/// class and adds a page to it (`opt.cache_oblivious`): the 124,608-byte chunks of 264 slots this
+/// replaced took 135,168 bytes each, 512 a series, and one carved from pages the ingest queue had
+/// dirtied was resident whole. 26 slots of 472 bytes are 12,272 of the class's 12,288 bytes;
+/// jemalloc's metadata for each slab adds about 5 bytes a series and the chunk list one
+/// (benches/README.md, "Series memory").
+pub(crate) const CHUNK: usize = CHUNK_BYTES / size_of::<Slot>();
+const CHUNK_BYTES: usize = 12 * 1024;
 
 #[derive(Debug)]
 struct Slot {
@@ -165,9 +167,9 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_stays_under_128_kib() {
-        // The sizes the docs state (a changed model changes them), and the allocator's threshold.
-        assert_eq!((size_of::<Slot>(), CHUNK * size_of::<Slot>()), (472, 124_608));
+    fn a_chunk_fills_jemallocs_12_kib_size_class() {
+        // The sizes the docs state (a changed model changes them): under a slot of 12 KiB left over.
+        assert_eq!((size_of::<Slot>(), CHUNK, CHUNK * size_of::<Slot>()), (472, 26, 12_272));
     }
 
     #[test]
