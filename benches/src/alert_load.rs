@@ -31,6 +31,9 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Debug, Parser)]
 #[command(about = "Send Alertmanager webhook load to an in-process Cairn, and the same stream to Alertmanager")]
 struct Args {
+    /// Leave jemalloc's background threads off (`cairn` starts them), to measure what they change.
+    #[arg(long)]
+    no_allocator_background: bool,
     /// Concurrent senders (Alertmanager replicas and groups in flight).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -288,6 +291,7 @@ async fn run_alertmanager(args: &Arc<Args>) -> Result<Sent> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    load::allocator_background(args.no_allocator_background)?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(Arc::new(args)))
 }
 

@@ -46,3 +46,9 @@ pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
 pub fn remote_write(client: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
     client.post(url).header("Content-Encoding", "snappy").header("Content-Type", "application/x-protobuf").body(body)
 }
+
+/// Starts jemalloc's background threads, as `cairn` does (crates/cairn-cli/src/main.rs), unless
+/// `off` (to measure what they change).
+pub fn allocator_background(off: bool) -> anyhow::Result<()> {
+    tikv_jemalloc_ctl::background_thread::write(!off).map_err(|e| anyhow::anyhow!("jemalloc's background threads: {e}"))
+}

@@ -38,6 +38,9 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Debug, Parser)]
 #[command(about = "Measure the resident memory of a Cairn server per active series")]
 struct Args {
+    /// Leave jemalloc's background threads off (`cairn` starts them), to measure what they change.
+    #[arg(long)]
+    no_allocator_background: bool,
     /// New series measured.
     #[arg(long, default_value_t = 198_000)]
     series: usize,
@@ -113,6 +116,9 @@ async fn send(client: &reqwest::Client, url: &str, range: std::ops::Range<usize>
     Ok(())
 }
 
+/// How long the server is left idle before the last reading: past jemalloc's 10 s decay.
+const IDLE_SECS: u64 = 15;
+
 /// Memory at one point of the run.
 #[derive(Clone, Copy)]
 struct Reading {
@@ -166,6 +172,7 @@ async fn settle(client: &reqwest::Client, base: &str, series: usize) -> Result<(
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    load::allocator_background(args.no_allocator_background)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(args))
 }
@@ -243,6 +250,16 @@ async fn run(args: Args) -> Result<()> {
     );
     println!("    of which the new series           {:>7.0} bytes", (r1.detector - r0.detector) / n);
     println!("  multivariate groups tracked         {groups:>7.0}");
+    // Idle for longer than jemalloc's dirty_decay_ms (10 s): what `cairn serve` holds once the
+    // burst is over. Its background threads return the freed pages; without them the pages stay.
+    tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
+    let idle = Reading::take(&client, &base).await?;
+    println!(
+        "  after {IDLE_SECS} s idle: resident {:>7.1} MiB, of which freed, not yet returned {:>5.1} MiB; per series, resident, all new {:>7.0} bytes",
+        mib(idle.rss as f64),
+        mib(idle.dirty as f64),
+        (idle.rss as f64 - r0.rss as f64) / n
+    );
     server.shutdown().await;
     Ok(())
 }

@@ -307,6 +307,10 @@ fn parse_scope(s: &str) -> Result<cairn_server::access::Scope, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // jemalloc returns an arena's freed pages only when that arena allocates again, so the buffers
+    // of a burst stayed resident on a server that went quiet after it; its background threads
+    // return them on their decay timer instead (benches/README.md, "Series memory").
+    let background = tikv_jemalloc_ctl::background_thread::write(true);
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
@@ -319,6 +323,9 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = background {
+        tracing::warn!(error = %e, "the allocator's background threads could not be started: freed memory is returned only as it is reused");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
