@@ -452,34 +452,47 @@ fn recordings(args: &TriageArgs) -> Result<impl Iterator<Item = Result<Recording
         .filter_map(|r| r["dir"].as_str().map(String::from))
         .filter(|d| args.synth.is_some() || args.only.is_empty() || args.only.contains(d))
         .collect();
-    // (directory, and with `--synth` the kind laid over it, none for a storm, and which pick).
-    let jobs: Vec<(String, Option<(Option<synth::Kind>, usize)>)> = match &args.synth {
-        None => dirs.into_iter().map(|d| (d, None)).collect(),
+    let jobs: Vec<(String, Laid)> = match &args.synth {
+        None => dirs.into_iter().map(|d| (d, Laid::AsRecorded)).collect(),
         Some(kinds) => {
             let kinds = if kinds.is_empty() { synth::Kind::ALL.to_vec() } else { kinds.clone() };
             for base in &args.synth_on {
                 anyhow::ensure!(dirs.contains(base), "--synth-on {base}: not in {}", args.data.join("index.json").display());
             }
-            let isolated = kinds.iter().flat_map(|&k| args.synth_on.iter().enumerate().map(move |(i, b)| (b.clone(), Some((Some(k), i)))));
+            let isolated = kinds.iter().flat_map(|&k| args.synth_on.iter().enumerate().map(move |(i, b)| (b.clone(), Laid::Kind(k, i))));
             // With every kind, a storm of those that touch disjoint services, over each base.
-            let storms = args.synth_on.iter().enumerate().map(|(i, b)| (b.clone(), Some((None, i)))).filter(|_| kinds.len() == synth::Kind::ALL.len());
-            isolated
-                .chain(storms)
-                .filter(|(b, k)| {
-                    let name = |k: &Option<synth::Kind>| format!("{}@{b}", k.map_or("storm", synth::Kind::name));
-                    args.only.is_empty() || k.as_ref().is_some_and(|(k, _)| args.only.contains(&name(k)))
-                })
-                .collect()
+            let storms = args.synth_on.iter().enumerate().map(|(i, b)| (b.clone(), Laid::Storm(i))).filter(|_| kinds.len() == synth::Kind::ALL.len());
+            isolated.chain(storms).filter(|(b, laid)| args.only.is_empty() || args.only.contains(&laid.name(b))).collect()
         }
     };
-    Ok(jobs.into_iter().map(move |(dir, kind)| {
+    Ok(jobs.into_iter().map(move |(dir, laid)| {
         let rec = load(&args.data.join(&dir), &dir).with_context(|| format!("recording {dir}"))?;
-        match kind {
-            None => Ok(rec),
-            Some((Some(k), pick)) => synth::synthesise(rec, k, pick).with_context(|| format!("{} over {dir}", k.name())),
-            Some((None, pick)) => synth::storm(rec, &synth::STORM, pick).with_context(|| format!("a storm over {dir}")),
+        match laid {
+            Laid::AsRecorded => Ok(rec),
+            Laid::Kind(k, pick) => synth::synthesise(rec, k, pick).with_context(|| format!("{} over {dir}", k.name())),
+            Laid::Storm(pick) => synth::storm(rec, &synth::STORM, pick).with_context(|| format!("a storm over {dir}")),
         }
     }))
+}
+
+/// What is replayed of one recording: itself, or (`--synth`) a kind or a storm laid over it, with
+/// which of the candidate entities it picks.
+#[derive(Clone, Copy)]
+enum Laid {
+    AsRecorded,
+    Kind(synth::Kind, usize),
+    Storm(usize),
+}
+
+impl Laid {
+    /// The replayed recording's name (`kind@base`, `storm@base`), as `--only` selects it.
+    fn name(self, base: &str) -> String {
+        match self {
+            Laid::AsRecorded => base.to_string(),
+            Laid::Kind(k, _) => synth::laid_name(k.name(), base),
+            Laid::Storm(_) => synth::laid_name("storm", base),
+        }
+    }
 }
 
 fn load(dir: &Path, name: &str) -> Result<Recording> {

@@ -27,6 +27,11 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// The name of what is laid over `base` (a kind's name, or `storm`): `kind@base`.
+pub fn laid_name(what: &str, base: &str) -> String {
+    format!("{what}@{base}")
+}
+
 /// One recording as `eval triage` replays it.
 pub struct Recording {
     pub name: String,
@@ -451,7 +456,7 @@ impl Lay<'_> {
 pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Recording> {
     let onset = clear(&mut base)?;
     let facts = Facts::of(&base, onset);
-    base.name = format!("{}@{}", kind.name(), base.name);
+    base.name = laid_name(kind.name(), &base.name);
     base.truth["mode"] = "isolated".into();
     lay_kind(&mut base, &facts, onset, kind, pick)?;
     Ok(base)
@@ -462,7 +467,7 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
 pub fn storm(mut base: Recording, kinds: &[Kind], pick: usize) -> Result<Recording> {
     let onset = clear(&mut base)?;
     let mut facts = Facts::of(&base, onset);
-    base.name = format!("storm@{}", base.name);
+    base.name = laid_name("storm", &base.name);
     base.truth["mode"] = "storm".into();
     for (k, &kind) in kinds.iter().enumerate() {
         lay_kind(&mut base, &facts, onset + k as i64 * STORM_SPACING_MS, kind, pick)?;
