@@ -291,31 +291,55 @@ struct Lay<'r> {
 }
 
 impl Lay<'_> {
+    /// Calls `f` with the id and the series object of every series `pick` selects, in every
+    /// remote_write line that carries it.
+    fn each(&mut self, pick: impl Fn(&Map<String, Value>) -> bool, mut f: impl FnMut(String, &mut Value)) {
+        for line in self.rec.lines.iter_mut().filter(|l| is_remote_write(l)) {
+            for s in series_of(line) {
+                let Some(labels) = s["labels"].as_object().filter(|l| pick(l)) else { continue };
+                f(series_id(labels), s);
+            }
+        }
+    }
+
     /// From `onset + after` on, every series `pick` selects sends `f(ms since then, value)`; they
     /// are members.
     fn shape(&mut self, pick: impl Fn(&Map<String, Value>) -> bool, after: i64, f: impl Fn(i64, f64) -> f64) -> usize {
         let start = self.onset + after;
         let mut touched = BTreeSet::new();
-        for line in self.rec.lines.iter_mut().filter(|l| is_remote_write(l)) {
-            for s in series_of(line) {
-                let Some(labels) = s["labels"].as_object() else { continue };
-                if !pick(labels) {
-                    continue;
+        self.each(pick, |id, s| {
+            for p in s["samples"].as_array_mut().map(Vec::as_mut_slice).unwrap_or_default() {
+                let t = p[0].as_i64().unwrap_or_default();
+                if let (true, Some(v)) = (t >= start, p[1].as_f64()) {
+                    p[1] = json!(f(t - start, v));
                 }
-                let id = series_id(labels);
-                for p in s["samples"].as_array_mut().map(Vec::as_mut_slice).unwrap_or_default() {
-                    let t = p[0].as_i64().unwrap_or_default();
-                    if let (true, Some(v)) = (t >= start, p[1].as_f64()) {
-                        p[1] = json!(f(t - start, v));
-                    }
-                }
-                touched.insert(id);
             }
-        }
+            touched.insert(id);
+        });
         let n = touched.len();
         self.changed_at.extend(std::iter::repeat_n(start, n));
         self.members.extend(touched);
         n
+    }
+
+    /// At `onset + after` every series `pick` selects sends a staleness marker and then nothing,
+    /// as when its exporter goes away; they are neutral.
+    fn stop(&mut self, pick: impl Fn(&Map<String, Value>) -> bool, after: i64) -> usize {
+        let start = self.onset + after;
+        let mut marked: BTreeSet<String> = BTreeSet::new();
+        let mut neutral = BTreeSet::new();
+        self.each(pick, |id, s| {
+            let Some(samples) = s["samples"].as_array_mut() else { return };
+            if let Some(i) = samples.iter().position(|p| p[0].as_i64().is_some_and(|t| t >= start)) {
+                samples.truncate(i);
+                if marked.insert(id.clone()) {
+                    samples.push(json!([start, "stale"]));
+                }
+            }
+            neutral.insert(id);
+        });
+        self.neutral.extend(neutral);
+        marked.len()
     }
 
     /// A series that begins at `onset + after` (a new pod's), sending `f(ms since then)` every
@@ -352,32 +376,6 @@ impl Lay<'_> {
         {
             o.entry(id).or_insert_with(|| svc.into());
         }
-    }
-
-    /// At `onset + after` every series `pick` selects sends a staleness marker and then nothing,
-    /// as when its exporter goes away; they are neutral.
-    fn stop(&mut self, pick: impl Fn(&Map<String, Value>) -> bool, after: i64) -> usize {
-        let start = self.onset + after;
-        let mut marked: BTreeSet<String> = BTreeSet::new();
-        for line in self.rec.lines.iter_mut().filter(|l| is_remote_write(l)) {
-            for s in series_of(line) {
-                let Some(labels) = s["labels"].as_object() else { continue };
-                if !pick(labels) {
-                    continue;
-                }
-                let id = series_id(labels);
-                let Some(samples) = s["samples"].as_array_mut() else { continue };
-                let first_gone = samples.iter().position(|p| p[0].as_i64().is_some_and(|t| t >= start));
-                if let Some(i) = first_gone {
-                    samples.truncate(i);
-                    if marked.insert(id.clone()) {
-                        samples.push(json!([start, "stale"]));
-                    }
-                }
-                self.neutral.insert(id);
-            }
-        }
-        marked.len()
     }
 
     /// An alert firing from `onset + after`, with the cluster's and Prometheus's labels added.

@@ -14,6 +14,18 @@ fn corpus() -> Option<PathBuf> {
     p.join("index.json").exists().then_some(p)
 }
 
+/// `cairn eval triage --output json` on `data` with `extra` arguments, as a user runs it.
+fn eval_triage(data: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["eval", "triage", "--output", "json", "--data", data.to_str().unwrap()])
+        .args(extra)
+        .env("CAIRN_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn triage_on_the_development_corpus_stays_above_its_floors_and_never_autos_unsafely() {
     let Some(data) = corpus() else {
@@ -22,15 +34,7 @@ fn triage_on_the_development_corpus_stays_above_its_floors_and_never_autos_unsaf
     };
     // The refitted calibration table goes to a scratch file, not over the crate's own.
     let scratch = std::env::temp_dir().join(format!("cairn-eval-triage-{}.rs", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["eval", "triage", "--output", "json", "--calibrate", "--data", data.to_str().unwrap()])
-        .arg("--calibration-table")
-        .arg(&scratch)
-        .env("CAIRN_LOG", "error")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = eval_triage(&data, &["--calibrate", "--calibration-table", scratch.to_str().unwrap()]);
     let all = &v["summary"]["groups"]["all"];
     let f = |k: &str| all[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {all}"));
     assert_eq!(all["incidents"], 20, "12 isolated incidents and 8 in two storms: {all}");
@@ -73,13 +77,7 @@ fn triage_holds_on_incident_kinds_the_corpus_does_not_have() {
         eprintln!("skipped: ../shared/datasets/incidents-dev is not beside the checkout");
         return;
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["eval", "triage", "--synth", "--output", "json", "--data", data.to_str().unwrap()])
-        .env("CAIRN_LOG", "error")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = eval_triage(&data, &["--synth"]);
     let all = &v["summary"]["groups"]["all"];
     let f = |k: &str| all[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {all}"));
     assert_eq!(all["incidents"], 22, "seven kinds over two recordings, and a storm of four over each: {all}");
