@@ -11,7 +11,8 @@
 //! awesome-prometheus-alerts, delivered by an Alertmanager pair at the next notification. The
 //! entities are found from the recording (roles and edges in `topology.json`, pods from
 //! `truth.json`, nodes from `kube_pod_info`), never named here, so the kinds also run on a renamed
-//! corpus.
+//! corpus. A [`storm`] lays several kinds over one recording, minutes apart, each on services the
+//! others did not touch.
 //!
 //! | kind | what happens | root | right action |
 //! |---|---|---|---|
