@@ -26,6 +26,7 @@
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
+use super::strs;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The name of what is laid over `base` (a kind's name, or `storm`): `kind@base`.
@@ -146,10 +147,6 @@ pub fn clear(rec: &mut Recording) -> Result<i64> {
     }
     rec.truth["incidents"] = json!([]);
     Ok(onset)
-}
-
-fn strs(v: &Value) -> Vec<String> {
-    v.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(|x| x.as_str().map(String::from)).collect()
 }
 
 fn ramp(ms: i64, over: i64) -> f64 {
@@ -437,12 +434,11 @@ impl Lay<'_> {
             .chain(changed_at.iter().map(|t| *ticks.range(t..).next().unwrap_or(&last_tick)))
             .max()
             .unwrap_or(last_tick);
-        let last_line = rec.lines.iter().rposition(|l| l["offset_ms"].as_i64().is_some_and(|o| o <= last_signal)).unwrap_or(0);
         let all: Vec<String> = fps.into_iter().chain(members.into_iter().filter(|m| !neutral.contains(m))).collect();
         let incident = json!({
             "scenario": scenario, "root": root, "root_kind": if root.starts_with("node:") { "node" } else { "service" },
             "action": action, "min_tier": min_tier, "onset_offset_ms": onset,
-            "last_signal_line": last_line, "last_signal_offset_ms": last_signal,
+            "last_signal_offset_ms": last_signal,
             "members": all, "neutral": neutral.into_iter().collect::<Vec<_>>(),
         });
         rec.truth["incidents"].as_array_mut().context("truth has no incidents list")?.push(incident);
@@ -458,7 +454,18 @@ pub fn synthesise(mut base: Recording, kind: Kind, pick: usize) -> Result<Record
     base.name = laid_name(kind.name(), &base.name);
     base.truth["mode"] = "isolated".into();
     lay_kind(&mut base, &facts, onset, kind, pick)?;
+    place_last_lines(&mut base);
     Ok(base)
+}
+
+/// Each laid incident's `last_signal_line`: the last line sent at or before its last new signal.
+/// Worked out once everything is laid, since each kind's alerts move the lines after them.
+fn place_last_lines(rec: &mut Recording) {
+    let offsets: Vec<i64> = rec.lines.iter().map(|l| l["offset_ms"].as_i64().unwrap_or_default()).collect();
+    for inc in rec.truth["incidents"].as_array_mut().map(Vec::as_mut_slice).unwrap_or_default() {
+        let last = inc["last_signal_offset_ms"].as_i64().unwrap_or(i64::MAX);
+        inc["last_signal_line"] = offsets.iter().rposition(|o| *o <= last).unwrap_or(0).into();
+    }
 }
 
 /// A storm: `kinds` laid over one cleared recording at onsets [`STORM_SPACING_MS`] apart, each on
@@ -473,6 +480,7 @@ pub fn storm(mut base: Recording, kinds: &[Kind], pick: usize) -> Result<Recordi
         let laid = base.truth["incidents"].as_array().and_then(|a| a.last()).map(|i| strs(&i["members"])).unwrap_or_default();
         facts.used.extend(laid.iter().filter_map(|m| base.truth["owners"][m].as_str().map(String::from)));
     }
+    place_last_lines(&mut base);
     Ok(base)
 }
 
@@ -758,6 +766,16 @@ mod tests {
         assert_eq!(r.lines[1]["payload"]["alerts"], json!([{"fingerprint": "bb"}]));
         assert_eq!(r.truth["incidents"], json!([]));
         assert!(r.truth["alerts"].get("aa").is_none() && r.truth["alerts"].get("bb").is_some());
+    }
+
+    #[test]
+    fn each_incident_points_at_the_last_line_sent_by_its_last_signal() {
+        let lines = [0, 10, 10, 20].iter().map(|o| json!({"offset_ms": o, "kind": "remote_write"})).collect();
+        let truth = json!({"incidents": [{"last_signal_offset_ms": 10}, {"last_signal_offset_ms": 15}, {"last_signal_offset_ms": 20}]});
+        let mut r = Recording { name: "r".into(), truth, topology: json!({}), lines };
+        place_last_lines(&mut r);
+        let at: Vec<&Value> = r.truth["incidents"].as_array().unwrap().iter().map(|i| &i["last_signal_line"]).collect();
+        assert_eq!(at, [&json!(2), &json!(2), &json!(3)]);
     }
 
     #[test]
