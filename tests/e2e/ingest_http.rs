@@ -508,6 +508,7 @@ mod changes {
         let text = h.metrics_text().await;
         assert!(metric_value(&text, "cairn_triage_state{kind=\"open_incidents\"}") >= 1.0, "{text}");
         assert!(metric_value(&text, "cairn_triage_state{kind=\"tracked_recommendations\"}") >= 0.0);
+        assert!(metric_value(&text, "cairn_triage_state{kind=\"scanned_incidents\"}") >= 1.0, "{text}");
         assert!(text.contains("cairn_triage_state{kind=\"topology_entries\"}"), "{text}");
         // The incident service is for people and services that may read, not for a sender.
         let channel = Channel::from_shared(h.grpc.clone()).unwrap().connect().await.unwrap();

@@ -33,6 +33,7 @@
 pub mod calibration;
 mod calibration_table;
 pub mod learning;
+pub mod scan;
 
 use cairn_types::{
     ActionClass, AlertStatus, BlastRadius, CAIRN_SERVICE_SUBJECT, Evidence, Incident, IncidentMember,
@@ -284,6 +285,7 @@ pub const MAX_TRACKED: usize = 100_000;
 pub struct Recommender {
     catalogue: Catalogue,
     revisions: Revisions,
+    scans: scan::Scans,
 }
 
 /// Each tracked recommendation's revision and evidence digest, with the order they were first
@@ -332,7 +334,7 @@ impl Revisions {
 
 impl Recommender {
     pub fn new(catalogue: Catalogue) -> Recommender {
-        Recommender { catalogue, revisions: Revisions::default() }
+        Recommender { catalogue, revisions: Revisions::default(), scans: scan::Scans::default() }
     }
 
     pub fn catalogue(&self) -> &Catalogue {
@@ -343,6 +345,7 @@ impl Recommender {
     pub fn forget(&mut self, incident: &cairn_types::IncidentId) {
         let id = recommendation_for(incident);
         self.revisions.forget(&id);
+        self.scans.forget(incident);
     }
 
     /// Recommendations whose revision state is kept.
@@ -350,13 +353,24 @@ impl Recommender {
         self.revisions.by_id.len()
     }
 
+    /// Incidents whose signature matches are kept between passes (at most [`scan::MAX_SCANS`]).
+    pub fn scanned(&self) -> usize {
+        self.scans.len()
+    }
+
     /// The new revision of this incident's recommendation: the best-fitting playbook on the
     /// incident's most probable root, with the runners-up in its rationale. Nothing when the
     /// evidence and the choice are unchanged, or when no playbook fits (fit below [`MIN_FIT`]).
     pub fn recommend(&mut self, incident: &Incident, now_ms: i64) -> Vec<Recommendation> {
-        let view = MemberView::of(incident);
-        let mut fits: Vec<(&Playbook, Trigger)> =
-            self.catalogue.playbooks.iter().filter_map(|pb| find_trigger(pb, incident, &view).map(|t| (pb, t))).collect();
+        self.recommend_changed(incident, None, now_ms)
+    }
+
+    /// [`Recommender::recommend`] with what changed in the incident since it was last handed out
+    /// ([`cairn_types::IncidentChanges`], from the correlator): when only members were appended,
+    /// only they are matched against the signatures, so a pass costs what it added, not the
+    /// incident's size. `None` matches every member.
+    pub fn recommend_changed(&mut self, incident: &Incident, changes: Option<&cairn_types::IncidentChanges>, now_ms: i64) -> Vec<Recommendation> {
+        let mut fits = self.scans.of(&self.catalogue.playbooks, incident, changes).triggers(&self.catalogue.playbooks, incident);
         fits.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.def.name.cmp(&b.0.def.name)));
         let fitting = fits.first().filter(|(_, t)| t.score >= MIN_FIT);
         let Some((pb, trigger)) = fitting else {
@@ -390,103 +404,6 @@ impl Recommender {
 /// The incident's most probable root entity, when the correlator ranked one.
 fn root_entity(incident: &Incident) -> Option<&str> {
     incident.probable_causes.first().map(|c| c.entity.as_str()).filter(|e| !e.is_empty())
-}
-
-/// What every playbook's signature is matched against, worked out once per incident: each
-/// member's name (alert name or metric), whether it is on the root, the playbook an alert names,
-/// and whether a change is on the root. Names repeat (a fleet's alerts share one), so a
-/// signature's patterns are matched once per distinct name, not once per member.
-struct MemberView<'a> {
-    names: Vec<&'a str>,
-    on_root: Vec<bool>,
-    explicit: Vec<Option<&'a str>>,
-    change_on_root: bool,
-}
-
-impl<'a> MemberView<'a> {
-    fn of(incident: &'a Incident) -> MemberView<'a> {
-        let root = root_entity(incident);
-        let names: Vec<&str> = incident.members.iter().map(IncidentMember::name).collect();
-        let on_root: Vec<bool> = (0..names.len()).map(|i| root.is_none_or(|r| incident.entity_of(i) == r)).collect();
-        // An explicit `cairn_playbook` wins over name matching, for this playbook and against others.
-        let explicit = incident
-            .members
-            .iter()
-            .map(|m| match m {
-                IncidentMember::Alert { labels, annotations, .. } => labels.get(PLAYBOOK_LABEL).or(annotations.get(PLAYBOOK_LABEL)),
-                IncidentMember::Anomaly(_) => None,
-            })
-            .collect();
-        let mut kinds: HashMap<&str, bool> = HashMap::new();
-        let change_on_root = names.iter().zip(&on_root).any(|(name, root)| {
-            *root && *kinds.entry(name).or_insert_with(|| cairn_types::signal_kind(name) == cairn_types::SignalKind::Change)
-        });
-        MemberView { names, on_root, explicit, change_on_root }
-    }
-}
-
-fn find_trigger<'a>(pb: &Playbook, incident: &'a Incident, view: &MemberView<'a>) -> Option<Trigger<'a>> {
-    let root = root_entity(incident);
-    let mut best: Option<(&'a IncidentMember, f64)> = None;
-    let mut miss = 1.0;
-    let mut reasons: Vec<String> = Vec::new();
-    let change_on_root = view.change_on_root;
-    // Whether the signature's patterns match a name, once per distinct name.
-    let mut alert_match: HashMap<&str, bool> = HashMap::new();
-    let mut metric_match: HashMap<&str, bool> = HashMap::new();
-    for (i, m) in incident.members.iter().enumerate() {
-        let name = view.names[i];
-        let on_root = view.on_root[i];
-        let weight = match (view.explicit[i], m) {
-            (Some(n), _) if n == pb.def.name => {
-                return Some(Trigger { member: m, score: 1.0, reasons: vec![format!("named by the alert's {PLAYBOOK_LABEL}")] });
-            }
-            (Some(_), _) => 0.0,
-            (None, IncidentMember::Alert { status, severity, .. })
-                if *alert_match.entry(name).or_insert_with(|| pb.def.alertnames.iter().any(|p| glob(p, name))) =>
-            {
-                let fit = ALERT_FIT * severity_factor(*severity);
-                if *status == AlertStatus::Firing { fit } else { fit / 2.0 }
-            }
-            (None, IncidentMember::Anomaly(a))
-                if *metric_match.entry(name).or_insert_with(|| pb.def.metric_names.iter().any(|p| glob(p, name)))
-                    && (pb.def.anomaly_kinds.is_empty() || pb.def.anomaly_kinds.contains(&a.anomaly_kind)) =>
-            {
-                0.35 * a.score.clamp(0.0, 1.0)
-            }
-            _ => 0.0,
-        };
-        if weight == 0.0 {
-            continue;
-        }
-        let weight = if on_root { weight } else { weight * OFF_ROOT };
-        miss *= 1.0 - weight;
-        if reasons.len() < 4 {
-            reasons.push(format!("{name}{}", if on_root { "" } else { " (not on the root)" }));
-        }
-        // Alerts are rules people wrote; they outrank anomalies as the trigger.
-        let rank = weight + if matches!(m, IncidentMember::Alert { .. }) { 1.0 } else { 0.0 };
-        if best.is_none_or(|(_, r)| rank > r) {
-            best = Some((m, rank));
-        }
-    }
-    let (member, _) = best?;
-    let mut score = 1.0 - miss;
-    let root_kind = root.and_then(|r| r.split_once(':')).map(|(k, _)| k);
-    if let Some(kind) = root_kind.filter(|k| *k != pb.def.entity) {
-        score *= 0.2;
-        reasons.push(format!("acts on a {} but the root is a {kind}", pb.def.entity));
-    }
-    if pb.def.requires_change {
-        if change_on_root {
-            score = (score + 0.3).min(1.0);
-            reasons.push("a change on the root".into());
-        } else {
-            score *= 0.5;
-            reasons.push("no change seen on the root to undo".into());
-        }
-    }
-    Some(Trigger { member, score, reasons })
 }
 
 /// The id of an incident's recommendation (one per incident; its revisions change).

@@ -27,7 +27,8 @@ pub struct Metrics {
     /// Bytes the detector has allocated for its series' state (index and models).
     pub detector_memory: IntGauge,
     /// What the correlator and recommender keep, by kind: `open_incidents`, `topology_entries`,
-    /// `tracked_recommendations`, `kept_apart_pairs`, `kept_together_pairs`,
+    /// `tracked_recommendations`, `scanned_incidents` (incidents whose playbook matches are kept
+    /// between passes), `kept_apart_pairs`, `kept_together_pairs`,
     /// `split_apart_incidents` (pairs of open incidents a person split), `comove_series` and
     /// `comove_bytes` (series recorded for co-movement, and their bytes) (each bounded by its cap).
     pub triage_state: IntGaugeVec,

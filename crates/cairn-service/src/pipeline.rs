@@ -243,8 +243,12 @@ impl Pipeline {
                 Some(changes) => self.signals.upsert_incident_changes(incident, changes)?,
                 None => self.signals.upsert_incident(incident)?,
             }
-            self.recommend(recommender, incident, now)?;
+            // What changed since the last pass lets the recommender match only the new members.
+            for rec in recommender.recommend_changed(incident, changes.as_ref(), now) {
+                self.route_and_open(rec, now)?;
+            }
         }
+        state.with_label_values(&["scanned_incidents"]).set(recommender.scanned() as i64);
         Ok(())
     }
 
