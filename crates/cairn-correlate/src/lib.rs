@@ -559,7 +559,7 @@ impl Correlator {
     /// changed. A batch of signals is cheaper through [`Correlator::note_alert`] and one
     /// [`Correlator::settle`].
     pub fn observe_alert(&mut self, a: &AlertEvent, now_ms: i64) -> Option<Incident> {
-        let id = self.note_alert(a, now_ms)?;
+        let id = self.note_alert(a.clone(), now_ms)?;
         self.settle_one(&id)
     }
 
@@ -572,20 +572,24 @@ impl Correlator {
     /// Adds or updates an alert member and returns the id of the incident it changed, without
     /// summarising or ranking it: that is done once per incident by [`Correlator::settle`],
     /// however many signals of a batch joined it, so the work per signal does not grow with the
-    /// incident.
-    pub fn note_alert(&mut self, a: &AlertEvent, now_ms: i64) -> Option<IncidentId> {
+    /// incident. The alert's labels move into the member: the caller has stored the alert.
+    pub fn note_alert(&mut self, a: AlertEvent, now_ms: i64) -> Option<IncidentId> {
+        let alertname = a.alertname().to_string();
+        let what = format!("alert {alertname}");
+        let identity = format!("alert:{}", a.fingerprint);
+        let severity = a.severity();
+        let summary = a.annotations.get("summary").or_else(|| a.annotations.get("description")).unwrap_or("").to_string();
         let member = IncidentMember::Alert {
-            fingerprint: a.fingerprint.clone(),
-            alertname: a.alertname().to_string(),
+            fingerprint: a.fingerprint,
+            alertname,
             status: a.status,
-            labels: a.labels.clone(),
-            annotations: a.annotations.clone(),
-            severity: a.severity(),
+            labels: a.labels,
+            annotations: a.annotations,
+            severity,
             starts_at_ms: a.starts_at_ms,
-            summary: a.annotations.get("summary").or_else(|| a.annotations.get("description")).unwrap_or("").to_string(),
+            summary,
         };
-        let what = format!("alert {}", a.alertname());
-        self.add(format!("alert:{}", a.fingerprint), member, what, now_ms)
+        self.add(identity, member, what, now_ms)
     }
 
     /// What changed in incident `id` since it was last handed out to be stored (call it before
@@ -1268,9 +1272,9 @@ mod tests {
     #[test]
     fn what_changed_since_an_incident_was_handed_out_names_every_member_and_reason_that_moved() {
         let mut c = Correlator::new(CorrelatorConfig::default());
-        let id = c.note_alert(&alert("X", "checkout", "f0", AlertStatus::Firing), 10_000).unwrap();
+        let id = c.note_alert(alert("X", "checkout", "f0", AlertStatus::Firing), 10_000).unwrap();
         for k in 1..5 {
-            c.note_alert(&alert("X", "checkout", &format!("f{k}"), AlertStatus::Firing), 10_000);
+            c.note_alert(alert("X", "checkout", &format!("f{k}"), AlertStatus::Firing), 10_000);
         }
         c.note_anomaly(&anomaly("checkout", 7, 0.5), 10_000);
         c.settle();
@@ -1278,9 +1282,9 @@ mod tests {
         let v = c.get(&id).unwrap().version;
         assert_eq!(c.take_changes(&id), None, "the same version again cannot be told from the last write");
         // An alert resolves, a stronger anomaly on the same series, a new member with its reason.
-        c.note_alert(&alert("X", "checkout", "f2", AlertStatus::Resolved), 11_000);
+        c.note_alert(alert("X", "checkout", "f2", AlertStatus::Resolved), 11_000);
         c.note_anomaly(&anomaly("checkout", 7, 0.9), 11_000);
-        c.note_alert(&alert("Y", "checkout", "f9", AlertStatus::Firing), 11_000);
+        c.note_alert(alert("Y", "checkout", "f9", AlertStatus::Firing), 11_000);
         c.settle();
         let inc = c.get(&id).unwrap().clone();
         let changes = c.take_changes(&id).unwrap();
@@ -1289,8 +1293,8 @@ mod tests {
         assert_eq!(inc.grouping_reasons.len(), 7);
         // A weaker anomaly and an alert in the state it is in change nothing.
         c.note_anomaly(&anomaly("checkout", 7, 0.2), 12_000);
-        c.note_alert(&alert("X", "checkout", "f1", AlertStatus::Firing), 12_000);
-        c.note_alert(&alert("Z", "checkout", "f10", AlertStatus::Firing), 12_000);
+        c.note_alert(alert("X", "checkout", "f1", AlertStatus::Firing), 12_000);
+        c.note_alert(alert("Z", "checkout", "f10", AlertStatus::Firing), 12_000);
         c.settle();
         assert_eq!(c.take_changes(&id).unwrap().members, [7]);
         // A person's split rebuilds both incidents: what is left is compared whole.
@@ -1303,15 +1307,15 @@ mod tests {
     #[test]
     fn a_persons_split_of_one_entitys_signals_is_not_merged_again_by_its_next_signal() {
         let mut c = Correlator::new(CorrelatorConfig::default());
-        let id = c.note_alert(&alert("X", "checkout", "f0", AlertStatus::Firing), 10_000).unwrap();
-        c.note_alert(&alert("Y", "checkout", "f1", AlertStatus::Firing), 10_000);
+        let id = c.note_alert(alert("X", "checkout", "f0", AlertStatus::Firing), 10_000).unwrap();
+        c.note_alert(alert("Y", "checkout", "f1", AlertStatus::Firing), 10_000);
         c.settle();
         // Within the millisecond the incident was opened in, of a signal with its entity and time.
         let (left, new) = c.split_by_person(&id, &["alert:f1".to_string()], "another problem", 10_000).unwrap();
         assert_ne!(left.id, new.id, "the part split off is an incident of its own");
         assert_eq!(c.split_apart_count(), 1);
-        c.note_alert(&alert("Y", "checkout", "f1", AlertStatus::Resolved), 11_000);
-        c.note_alert(&alert("Z", "checkout", "f2", AlertStatus::Firing), 11_000);
+        c.note_alert(alert("Y", "checkout", "f1", AlertStatus::Resolved), 11_000);
+        c.note_alert(alert("Z", "checkout", "f2", AlertStatus::Firing), 11_000);
         c.settle();
         assert_eq!(c.open_count(), 2, "both hold service:checkout, and stay apart");
         // A person may merge them again.
@@ -1323,7 +1327,7 @@ mod tests {
         // under its own id, which is not an incident ending).
         let (_, third) = c.split_by_person(&left.id, &["alert:f2".to_string()], "a third problem", 13_000).unwrap();
         assert_eq!(c.split_apart_count(), 2);
-        c.note_alert(&alert("Z", "checkout", "f3", AlertStatus::Firing), 13_000);
+        c.note_alert(alert("Z", "checkout", "f3", AlertStatus::Firing), 13_000);
         c.settle();
         assert_eq!(c.open_count(), 3, "{:?}", [&again.id, &third.id]);
         c.close_idle(i64::MAX / 2);
@@ -1446,7 +1450,7 @@ mod tests {
                 a.labels.insert("zone", if (x >> 28) % 2 == 0 { "a" } else { "b" });
             }
             a.labels.insert("team", "core");
-            c.note_alert(&at(a, i * 1_000), i);
+            c.note_alert(at(a, i * 1_000), i);
             if i % 50 == 49 {
                 let ids = c.settle();
                 if let Some(inc) = ids.first().and_then(|id| c.get(id)).filter(|inc| inc.members.len() > 2).cloned() {

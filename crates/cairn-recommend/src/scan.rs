@@ -301,7 +301,7 @@ mod tests {
                 for e in batch {
                     match *e {
                         Event::Alert { name, service, fingerprint, firing, critical, named } => {
-                            correlator.note_alert(&alert(name, service, fingerprint, firing, critical, named), now);
+                            correlator.note_alert(alert(name, service, fingerprint, firing, critical, named), now);
                         }
                         Event::Anomaly { metric, service, series, score } => {
                             correlator.note_anomaly(&anomaly(metric, service, series, score, now), now);

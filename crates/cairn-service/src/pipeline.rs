@@ -202,7 +202,7 @@ impl Pipeline {
                     }
                     return Err(e.into());
                 }
-                for a in &fresh {
+                for a in fresh {
                     analysis.correlator.note_alert(a, now);
                 }
             }
