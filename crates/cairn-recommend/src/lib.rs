@@ -631,9 +631,12 @@ impl<'a> EvidencePlan<'a> {
     fn of(incident: &'a Incident) -> EvidencePlan<'a> {
         let root = root_entity(incident);
         let n = incident.members.len();
-        let on_root = |i: &usize| root.is_some_and(|r| incident.entity_of(*i) == r);
-        let order = (0..n).filter(on_root).chain((0..n).filter(|i| !on_root(i)));
+        let on_root: Vec<bool> = (0..n).map(|i| root.is_some_and(|r| incident.entity_of(i) == r)).collect();
+        let order = (0..n).filter(|&i| on_root[i]).chain((0..n).filter(|&i| !on_root[i]));
         let mut plan = EvidencePlan { listed: Vec::new(), rest: BTreeMap::new(), rest_from: i64::MAX };
+        // Members of one kind come in runs (a storm's alerts share a name): a run is counted
+        // apart and added to the map once.
+        let mut run: Option<(Counted<'a>, usize)> = None;
         for i in order {
             if plan.listed.len() < MAX_EVIDENCE_ITEMS {
                 plan.listed.push(i);
@@ -644,8 +647,18 @@ impl<'a> EvidencePlan<'a> {
                 IncidentMember::Alert { alertname, status, .. } => Counted::Alert(alertname, status.as_str()),
                 IncidentMember::Anomaly(a) => Counted::Anomaly(a.labels.metric_name().unwrap_or("a series")),
             };
-            *plan.rest.entry(what).or_default() += 1;
             plan.rest_from = plan.rest_from.min(m.event_ms());
+            match &mut run {
+                Some((kind, count)) if *kind == what => *count += 1,
+                _ => {
+                    if let Some((kind, count)) = run.replace((what, 1)) {
+                        *plan.rest.entry(kind).or_default() += count;
+                    }
+                }
+            }
+        }
+        if let Some((kind, count)) = run {
+            *plan.rest.entry(kind).or_default() += count;
         }
         plan
     }

@@ -400,13 +400,15 @@ fn evidence_lists_the_root_first_and_counts_the_rest_so_a_revision_does_not_grow
     let mut members: Vec<IncidentMember> =
         (0..300).map(|i| alert_member("HighErrorRate", &format!("f{i}"), AlertStatus::Firing, &[])).collect();
     members.extend((0..5).map(|i| alert_member("HighErrorRate", &format!("r{i}"), AlertStatus::Resolved, &[])));
+    // A kind that comes back after another is counted once, whole.
+    members.extend((0..7).map(|i| alert_member("HighErrorRate", &format!("g{i}"), AlertStatus::Firing, &[])));
     let mut release = release();
     if let IncidentMember::Anomaly(a) = &mut release {
         a.labels.insert("service", "payments".to_string());
     }
     members.push(release);
     let mut inc = incident(members);
-    inc.member_entities = (0..inc.members.len()).map(|i| if i < 305 { "service:checkout" } else { "service:payments" }.to_string()).collect();
+    inc.member_entities = (0..inc.members.len()).map(|i| if i < 312 { "service:checkout" } else { "service:payments" }.to_string()).collect();
     inc.probable_causes = vec![cairn_types::ProbableCause {
         description: "a release".into(),
         score: 0.9,
@@ -422,8 +424,8 @@ fn evidence_lists_the_root_first_and_counts_the_rest_so_a_revision_does_not_grow
     assert_eq!(more.kind, "more");
     let listed = MAX_EVIDENCE_ITEMS - 1;
     assert!(
-        more.description.starts_with(&format!("{} more signal(s)", 305 - listed))
-            && more.description.contains(&format!("HighErrorRate firing ×{}", 300 - listed))
+        more.description.starts_with(&format!("{} more signal(s)", 312 - listed))
+            && more.description.contains(&format!("HighErrorRate firing ×{}", 307 - listed))
             && more.description.contains("HighErrorRate resolved ×5"),
         "{}",
         more.description
