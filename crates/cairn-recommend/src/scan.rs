@@ -283,10 +283,12 @@ mod tests {
         /// Matching only what each pass appended, as the pipeline does with the correlator's
         /// changes, proposes exactly what matching every member proposes: the same revisions,
         /// playbooks, targets, confidences and rationales, pass after pass, through resolved
-        /// alerts, grown anomalies, merges, explicit playbooks and the member cap.
+        /// alerts, grown anomalies, merges, roots that move along a call chain, explicit
+        /// playbooks, the member cap and passes that handed an incident out unrecommended. (Each
+        /// of the three conditions in `Scan::extends_to` was taken out in turn: this fails.)
         #[test]
         fn appending_proposes_what_a_full_scan_proposes(
-            batches in prop::collection::vec(prop::collection::vec(event(), 1..12), 1..14),
+            batches in prop::collection::vec((prop::collection::vec(event(), 1..12), any::<bool>()), 1..14),
             max_members in 3usize..40,
         ) {
             // A call chain, so that incidents span services and their most probable root moves.
@@ -296,7 +298,7 @@ mod tests {
             let mut appending = Recommender::new(Catalogue::embedded_default());
             let mut full = Recommender::new(Catalogue::embedded_default());
             let mut passes_that_appended = 0;
-            for (b, batch) in batches.iter().enumerate() {
+            for (b, (batch, skip)) in batches.iter().enumerate() {
                 let now = 1_000 + b as i64 * 1_000;
                 for e in batch {
                     match *e {
@@ -313,8 +315,13 @@ mod tests {
                     appending.forget(&gone.id);
                     full.forget(&gone.id);
                 }
-                for id in changed {
+                for (k, id) in changed.into_iter().enumerate() {
                     let changes = correlator.take_changes(&id);
+                    // A pass whose store write failed hands the incident out without a
+                    // recommendation: the next changes are then since a version not scanned.
+                    if *skip && k % 2 == 0 {
+                        continue;
+                    }
                     let Some(incident) = correlator.get(&id) else { continue };
                     if changes.as_ref().is_some_and(|c| c.members.first().is_some_and(|&p| p > 0)) {
                         passes_that_appended += 1;
