@@ -284,8 +284,8 @@ mod tests {
         /// changes, proposes exactly what matching every member proposes: the same revisions,
         /// playbooks, targets, confidences and rationales, pass after pass, through resolved
         /// alerts, grown anomalies, merges, roots that move along a call chain, explicit
-        /// playbooks, the member cap and passes that handed an incident out unrecommended. (Each
-        /// of the three conditions in `Scan::extends_to` was taken out in turn: this fails.)
+        /// playbooks, the member cap and passes that handed an incident out unrecommended. (The version,
+        /// in-place and root guards of `Scan::extends_to` were each taken out in turn: this fails.)
         #[test]
         fn appending_proposes_what_a_full_scan_proposes(
             batches in prop::collection::vec((prop::collection::vec(event(), 1..12), any::<bool>()), 1..14),
