@@ -3,7 +3,7 @@
 //! A signature's fit is a fold over the members in their order (a noisy-OR, the first of the
 //! strongest as trigger, the first few as reasons), so members appended since the last pass extend
 //! it: under an alert storm the work of a pass grows with what the pass added, not with the
-//! incident's size (issue 13, item 9). The fold is kept per open incident ([`Scans`]) and started
+//! incident's size (issue 13, item 9). The fold is kept per open incident and started
 //! again whenever something it rests on may have moved: a member changed in place (an alert
 //! resolved, an anomaly grew), the most probable root changed, or the incident was handed out in a
 //! version the fold did not see (a person's merge or split, a pass whose store write failed).
