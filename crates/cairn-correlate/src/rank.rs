@@ -64,13 +64,11 @@ struct Candidate<'a> {
     /// Event times of its members.
     times: Vec<i64>,
     onset: i64,
-    /// Pod-level members per node they run on.
-    on_node: BTreeMap<String, usize>,
+    /// The node entities its pod-level members run on.
+    nodes: BTreeSet<String>,
     weight: f64,
     change: bool,
     cause: bool,
-    /// Node entities its pod-level members run on.
-    nodes: BTreeSet<String>,
 }
 
 /// Ranks the incident's entities as root-cause candidates, best first, at most `keep`.
@@ -90,8 +88,10 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
             SignalKind::Symptom => {}
         }
         if let Some(Some(n)) = nodes_of.get(i) {
-            c.nodes.insert(n.clone());
-            *c.on_node.entry(n.clone()).or_default() += 1;
+            // Copied once per node, not once per member: ranking runs every pass.
+            if !c.nodes.contains(n) {
+                c.nodes.insert(n.clone());
+            }
         }
     }
     for c in cands.values_mut() {
@@ -113,7 +113,7 @@ pub fn rank(inc: &Incident, nodes_of: &[Option<String>], topo: &Topology, keep: 
             // A node hosts trouble only when it has some of its own: a one-off blip on a node that
             // runs one of a service's pods says nothing about the service.
             let node_trouble = |n: &str| cands.get(n).is_some_and(|nc| nc.members.len() >= NODE_TROUBLE);
-            let hosted = |oc: &Candidate| oc.on_node.contains_key(e) && node_trouble(e);
+            let hosted = |oc: &Candidate| oc.nodes.contains(e) && node_trouble(e);
             let dependents: Vec<&str> = if e.starts_with("node:") {
                 cands.iter().filter(|(o, oc)| **o != e && hosted(oc) && after(o)).map(|(o, _)| *o).collect()
             } else {
