@@ -217,7 +217,7 @@ impl Scans {
 mod tests {
     use crate::{Catalogue, Recommender};
     use cairn_correlate::{Correlator, CorrelatorConfig, ServiceDef};
-    use cairn_types::{AlertEvent, AlertStatus, Anomaly, SeriesId, Severity};
+    use cairn_types::{AlertEvent, AlertStatus, Anomaly};
     use proptest::prelude::*;
 
     /// Names the default catalogue matches and names it does not, for alerts and for series.
@@ -262,19 +262,9 @@ mod tests {
     }
 
     fn anomaly(metric: usize, service: usize, series: u64, score: f64, at: i64) -> Anomaly {
-        Anomaly {
-            series: SeriesId(series * 10 + metric as u64),
-            labels: [("__name__", METRICS[metric]), ("service", SERVICES[service])].into_iter().collect(),
-            timestamp_ms: at,
-            observed: 1.0,
-            expected: 0.1,
-            score,
-            severity: Severity::High,
-            confidence: 0.9,
-            anomaly_kind: "level_shift".into(),
-            detector: "robust-z".into(),
-            model_version: "robust-z/1".into(),
-        }
+        let instance = format!("pod-{series}");
+        let labels = [("__name__", METRICS[metric]), ("service", SERVICES[service]), ("instance", &instance)].into_iter().collect();
+        Anomaly { score, ..cairn_types::fixtures::anomaly(labels, at, 1.0) }
     }
 
     proptest! {
