@@ -13,16 +13,16 @@
 //! cause) counting fully and elsewhere [`OFF_ROOT`]-weighted. The best fit is proposed on the root
 //! entity, one recommendation per incident, with the runners-up named in its rationale; below
 //! [`MIN_FIT`] nothing is. The matching is a fold over the members kept per open incident
-//! ([`scan`]), so a pass that only appended members matches only those. The fit, halved when
-//! every alert has resolved, is the *uncalibrated* confidence; the confidence proposed is the
-//! probability that the action is right, read off a monotone map fitted on labelled incidents and
-//! checked on held-out ones ([`calibration`]), capped at 0.99. The map is pooled over playbooks rather than fed each playbook's hand-set
-//! `base_confidence`, which stands in only when no map is embedded (a playbook of a low prior would
-//! otherwise never reach the confidence its evidence earns). Its version is recorded in the
-//! playbook version, and the rationale states both figures.
-//! An alert can pin it with the annotation `cairn_confidence` (a number in [0, 1]) — for rules whose
-//! precision the operator knows, and for the demo. The target's environment defaults to
-//! `production` when the signal does not say: the conservative reading.
+//! ([`scan`]), so a pass that only appended members matches only those. The fit, halved when every
+//! alert has resolved, is the *uncalibrated* confidence; the confidence proposed is the probability
+//! that the action is right, read off a monotone map fitted on labelled incidents and checked on
+//! held-out ones ([`calibration`]), capped at 0.99. The map is pooled over playbooks rather than
+//! fed each playbook's hand-set `base_confidence`, which stands in only when no map is embedded (a
+//! playbook of a low prior would otherwise never reach the confidence its evidence earns). Its
+//! version is recorded in the playbook version, and the rationale states both figures. An alert can
+//! pin it with the annotation `cairn_confidence` (a number in [0, 1]) — for rules whose precision
+//! the operator knows, and for the demo. The target's environment defaults to `production` when the
+//! signal does not say: the conservative reading.
 //!
 //! Past human decisions on similar changes then lower it, bounded and with a sentence saying why
 //! ([`learning`]); the server feeds that history in.
