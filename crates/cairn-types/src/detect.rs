@@ -157,18 +157,34 @@ pub enum SignalKind {
 }
 
 /// Classifies a signal by its alert or metric name. The one place this rule is defined: the
-/// correlator ranks causes with it and the recommender looks for changes with it.
+/// correlator ranks causes with it and the recommender looks for changes with it. A word counts
+/// where a word of the name begins with it ([`begins_a_word`]): `lag` is a consumer's lag, not a
+/// flag, and `version` a resource version, not a conversion rate.
 pub fn signal_kind(name: &str) -> SignalKind {
     let n = name.to_ascii_lowercase();
     const CHANGE: [&str; 9] = ["generation", "build_info", "reload", "revision", "version", "change_event", "changeevent", "release", "rollout"];
     const SYMPTOM: [&str; 12] = ["error", "latency", "duration", "budget", "slo", "5xx", "apdex", "p99", "quantile", "queue", "backlog", "lag"];
-    if CHANGE.iter().any(|w| n.contains(w)) {
+    let says = |w: &&str| n.match_indices(*w).any(|(i, _)| begins_a_word(name.as_bytes(), i));
+    if CHANGE.iter().any(says) {
         SignalKind::Change
-    } else if SYMPTOM.iter().any(|w| n.contains(w)) {
+    } else if SYMPTOM.iter().any(says) {
         SignalKind::Symptom
     } else {
         SignalKind::Cause
     }
+}
+
+/// Whether a word of `name` begins at byte `i`: at the start, after anything but a letter or digit
+/// (`consumer_lag`, `…:p99`), where a lower-case letter or a digit meets an upper-case one
+/// (`ConsumerLag`), where a run of capitals gives way to a capitalised word (`APIErrors`), or where
+/// letters give way to digits (`HTTP5xx`).
+fn begins_a_word(name: &[u8], i: usize) -> bool {
+    let Some(&c) = name.get(i) else { return false };
+    let Some(&p) = i.checked_sub(1).and_then(|j| name.get(j)) else { return true };
+    !p.is_ascii_alphanumeric()
+        || ((p.is_ascii_lowercase() || p.is_ascii_digit()) && c.is_ascii_uppercase())
+        || (p.is_ascii_uppercase() && c.is_ascii_uppercase() && name.get(i + 1).is_some_and(u8::is_ascii_lowercase))
+        || (p.is_ascii_alphabetic() && c.is_ascii_digit())
 }
 
 /// One ranked root-cause candidate: an entity, its score and the factors behind the score.
@@ -191,6 +207,27 @@ pub struct ProbableCause {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signals_kind_is_read_from_whole_words_of_its_name() {
+        let kind = signal_kind;
+        // Words at the start of a word, in snake case, camel case, capitals and recording rules.
+        assert_eq!(kind("kafka_consumergroup_lag"), SignalKind::Symptom);
+        assert_eq!(kind("RabbitmqConsumerLag"), SignalKind::Symptom);
+        assert_eq!(kind("KubeAPIErrorsHigh"), SignalKind::Symptom);
+        assert_eq!(kind("HTTP5xxRateHigh"), SignalKind::Symptom);
+        assert_eq!(kind("instance:http_request_duration_seconds:p99"), SignalKind::Symptom);
+        assert_eq!(kind("kube_configmap_metadata_resource_version"), SignalKind::Change);
+        assert_eq!(kind("ConfigMapResourceVersionChanged"), SignalKind::Change);
+        assert_eq!(kind("kube_deployment_status_observed_generation"), SignalKind::Change);
+        assert_eq!(kind("reloader_last_reload_success_timestamp_seconds"), SignalKind::Change);
+        // Not inside another word: a flag is not a lag, a conversion is not a version.
+        assert_eq!(kind("node_network_flags"), SignalKind::Cause);
+        assert_eq!(kind("FeatureFlagEvaluationsHigh"), SignalKind::Cause);
+        assert_eq!(kind("checkout_conversion_ratio"), SignalKind::Cause);
+        assert_eq!(kind("apiserver_conversion_webhook_duration_seconds"), SignalKind::Symptom);
+        assert_eq!(kind("up"), SignalKind::Cause);
+    }
 
     #[test]
     fn an_anomaly_member_round_trips_through_json() {
