@@ -322,6 +322,9 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is lost, not reported on
+        // stderr again: that report panics, and took the webhook that logged it down with a 500.
+        .log_internal_errors(false)
         .init();
     if let Err(e) = background {
         tracing::warn!(error = %e, "the allocator's background threads could not be started: freed memory is returned only as it is reused");
