@@ -57,34 +57,24 @@ fn webhook(fingerprints: &[String], pad: usize) -> String {
     format!(r#"{{"version":"4","receiver":"cairn","status":"firing","alerts":[{}]}}"#, alerts.join(","))
 }
 
-/// Read-only connections to the store's database and to its intake journal (a file beside it).
-fn open_store(data: &Path) -> (rusqlite::Connection, rusqlite::Connection) {
-    let ro = |f: &str| rusqlite::Connection::open_with_flags(data.join(f), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    (ro("cairn.db"), ro("cairn.db-intake"))
-}
-
-/// The place of the last journal row the store has analysed: rows after it wait.
-fn analysed_through(store: &rusqlite::Connection) -> i64 {
-    store.query_row("SELECT through_seq FROM intake_done", [], |r| r.get(0)).unwrap()
-}
-
-/// Fingerprints in the store: analysed alerts and those still waiting in the intake journal.
+/// Fingerprints in the store: analysed alerts and those still waiting in the intake journal (read
+/// as a person looking into the data directory would, without changing a byte).
 fn stored(data: &Path) -> BTreeSet<String> {
-    let (c, journal) = open_store(data);
+    let c = rusqlite::Connection::open_with_flags(data.join("cairn.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut out: BTreeSet<String> = BTreeSet::new();
     let mut q = c.prepare("SELECT fingerprint FROM alerts").unwrap();
     out.extend(q.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap));
-    let mut q = journal.prepare("SELECT body FROM alert_intake WHERE seq > ?1").unwrap();
-    for body in q.query_map([analysed_through(&c)], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap) {
-        let alerts: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-        out.extend(alerts.iter().map(|v| v["fingerprint"].as_str().unwrap().to_string()));
-    }
+    out.extend(waiting(data).into_iter().map(|j| j.alert.fingerprint));
     out
 }
 
-fn journal_len(data: &Path) -> i64 {
-    let (c, journal) = open_store(data);
-    journal.query_row("SELECT COALESCE(SUM(alerts), 0) FROM alert_intake WHERE seq > ?1", [analysed_through(&c)], |r| r.get(0)).unwrap()
+/// The journaled alerts not yet analysed.
+fn waiting(data: &Path) -> Vec<cairn_store::JournaledAlert> {
+    cairn_store::SqliteStore::read_pending_intake(&data.join("cairn.db")).unwrap()
+}
+
+fn journal_len(data: &Path) -> usize {
+    waiting(data).len()
 }
 
 #[test]

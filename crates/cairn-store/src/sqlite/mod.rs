@@ -1,7 +1,7 @@
 //! The SQLite implementation: one writer connection behind a mutex and a few read-only connections
 //! beside it (WAL mode, so a long read neither waits for nor delays a write; the WAL is checkpointed
-//! by a thread of its own, not inside a writer's commit), the intake journal in a file of its own
-//! (`intake.rs`), numbered migrations tracked in
+//! by a thread of its own, not inside a writer's commit), the intake journal in a log of its own
+//! (`intake/`), numbered migrations tracked in
 //! `PRAGMA user_version`, an append-only audit table guarded by triggers. An incident is its row
 //! plus a row per member and per grouping reason, written by what changed (`write_incident`).
 
@@ -346,7 +346,7 @@ struct Writer {
 /// executor's claims) waiting: past it, the first writer to come (or the pass itself) commits
 /// what the pass wrote and writes. Long enough that a busy pass commits tens of times per second
 /// rather than once per write; short enough that a person waits milliseconds, not a whole pass.
-/// Acknowledgements do not wait at all: the intake journal is a database of its own.
+/// Acknowledgements do not wait at all: the intake journal is a log of its own.
 const PASS_TURN_AFTER: Duration = Duration::from_millis(10);
 
 /// A number for the calling thread, unique in the process and never 0.
@@ -571,7 +571,7 @@ impl SqliteStore {
         // The checkpointer's thread copies the WAL back, not the commit that crosses 1,000 pages.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-        let mut store = Self::init(conn, intake::Journal::open(&intake::path_beside(path))?)?;
+        let mut store = Self::init(conn, intake::Journal::open(path)?)?;
         store.checkpointer = Some(Checkpointer::start(path)?);
         for _ in 0..READERS {
             let reader = Connection::open(path)?;
@@ -585,7 +585,7 @@ impl SqliteStore {
 
     /// A private in-memory database, for tests.
     pub fn open_in_memory() -> Result<SqliteStore> {
-        Self::init(Connection::open_in_memory()?, intake::Journal::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, intake::Journal::open_in_memory())
     }
 
     fn init(mut conn: Connection, journal: intake::Journal) -> Result<SqliteStore> {
@@ -637,6 +637,20 @@ impl SqliteStore {
             )));
         }
         Ok(SqliteStore::over(conn))
+    }
+
+    /// The alerts journaled and not yet analysed in the file store at `path`, oldest first, read
+    /// without changing a byte: for looking into a data directory, also while its server runs (a
+    /// journal record being written as it is read ends the reading).
+    pub fn read_pending_intake(path: &Path) -> Result<Vec<crate::JournaledAlert>> {
+        let through = Self::open_read_only(path)?.with_conn(analysed_through)?;
+        let mut out = Vec::new();
+        intake::read_beside(path, through, |seq, received_ms, body| {
+            let alerts: Vec<AlertEvent> = from_json("alert intake", body)?;
+            out.extend(alerts.into_iter().map(|alert| crate::JournaledAlert { seq, received_ms, alert }));
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     fn over(conn: Connection) -> SqliteStore {

@@ -1120,16 +1120,14 @@ fn fps(j: &[crate::JournaledAlert]) -> Vec<String> {
     j.iter().map(|j| j.alert.fingerprint.clone()).collect()
 }
 
-/// Deletes the journal's file beside the store at `path`, with its WAL, as if it had been lost.
+/// Deletes the journal beside the store at `path`, as if it had been lost.
 fn remove_journal_file(path: &std::path::Path) {
-    for f in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{f}", intake::path_beside(path).display()));
-    }
+    let _ = std::fs::remove_dir_all(intake::dir_beside(path));
 }
 
-/// Rows in the journal's file, analysed or not.
+/// Records in the journal's log, analysed or not.
 fn journal_rows(s: &SqliteStore) -> i64 {
-    s.journal().unwrap().with_conn(|c| Ok(c.query_row("SELECT COUNT(*) FROM alert_intake", [], |r| r.get(0))?)).unwrap()
+    s.journal().unwrap().with_log(|l| l.records()) as i64
 }
 
 #[test]
@@ -1138,7 +1136,7 @@ fn a_journal_row_holds_one_requests_alerts_and_an_analysed_one_is_not_handed_out
     let path = dir.path().join("c.db");
     {
         let s = SqliteStore::open(&path).unwrap();
-        assert!(intake::path_beside(&path).exists(), "the journal is a file beside the store");
+        assert!(intake::dir_beside(&path).is_dir(), "the journal is a log beside the store");
         s.journal_alerts(vec![firing("a1"), firing("a2"), firing("a3")], 5).unwrap();
         s.journal_alerts(vec![firing("b1")], 6).unwrap();
         s.journal_alerts(vec![], 6).unwrap();
@@ -1157,14 +1155,14 @@ fn a_journal_row_holds_one_requests_alerts_and_an_analysed_one_is_not_handed_out
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.pending_intake_len().unwrap(), 1);
     assert_eq!(fps(&s.pending_intake(100).unwrap()), ["b1"]);
-    assert_eq!(journal_rows(&s), 1, "the analysed row is deleted when the journal is next read");
+    assert_eq!(journal_rows(&s), 2, "kept in its segment until the segment is closed or full (log.rs)");
 }
 
-/// Rewrites every journal row's alerts in the file to one named `fp`: what is then read back
-/// tells whether it came from the file or from memory.
+/// Rewrites every journal row's alerts in the log to one named `fp`: what is then read back
+/// tells whether it came from the log or from memory.
 fn rewrite_journal_file(s: &SqliteStore, fp: &str) {
     let body = serde_json::to_string(&[firing(fp)]).unwrap();
-    s.journal().unwrap().with_conn(|c| Ok(c.execute("UPDATE alert_intake SET body = ?1", [body])?)).unwrap();
+    s.journal().unwrap().with_log(|l| l.rewrite_bodies(&body));
 }
 
 #[test]
@@ -1259,6 +1257,41 @@ fn journal_rows_a_store_kept_before_the_journal_had_its_file_are_moved_once_and_
 }
 
 #[test]
+fn a_journal_database_of_an_earlier_build_is_moved_into_the_log_once_with_its_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.finish_intake(1).unwrap();
+    }
+    remove_journal_file(&path);
+    // As the build before the log left it: a SQLite journal beside the store, row 1 analysed.
+    let old = intake::old_file_beside(&path);
+    {
+        let c = rusqlite::Connection::open(&old).unwrap();
+        c.execute_batch(
+            "CREATE TABLE alert_intake (seq INTEGER PRIMARY KEY AUTOINCREMENT, received_ms INTEGER NOT NULL, alerts INTEGER NOT NULL, body TEXT NOT NULL);",
+        )
+        .unwrap();
+        for (seq, fps) in [(1, vec!["done"]), (2, vec!["w1", "w2"]), (4, vec!["w3"])] {
+            let body = serde_json::to_string(&fps.iter().map(|f| firing(f)).collect::<Vec<_>>()).unwrap();
+            c.execute("INSERT INTO alert_intake VALUES (?1, 9, ?2, ?3)", rusqlite::params![seq, fps.len() as i64, body]).unwrap();
+        }
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(!old.exists(), "the old journal is deleted once its rows are in the log");
+    assert_eq!(s.pending_intake_len().unwrap(), 3);
+    let rows = s.pending_intake(100).unwrap();
+    assert_eq!(fps(&rows), ["w1", "w2", "w3"]);
+    assert_eq!(rows.iter().map(|j| (j.seq, j.received_ms)).collect::<Vec<_>>(), [(2, 9), (2, 9), (4, 9)], "with their places and times");
+    s.journal_alerts(vec![firing("new")], 10).unwrap();
+    assert_eq!(s.pending_intake(100).unwrap().last().map(|j| j.seq), Some(5), "placed after them");
+    drop(s);
+    // Read back from the log, as a person looking into the data directory would.
+    assert_eq!(fps(&SqliteStore::read_pending_intake(&path).unwrap()), ["w1", "w2", "w3", "new"]);
+}
+
+#[test]
 fn a_journal_file_lost_beside_a_store_takes_new_rows_above_what_was_analysed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
@@ -1269,8 +1302,7 @@ fn a_journal_file_lost_beside_a_store_takes_new_rows_above_what_was_analysed() {
         }
         let all = s.pending_intake(100).unwrap();
         s.finish_intake(all.last().unwrap().seq).unwrap();
-        s.pending_intake(100).unwrap();
-        assert_eq!(journal_rows(&s), 0);
+        assert_eq!(s.pending_intake_len().unwrap(), 0);
     }
     // A store restored from a backup that left the journal out: a new journal would place rows
     // from 1 again, at or below the mark, and they would be skipped as analysed: lost.
@@ -1445,16 +1477,10 @@ fn concurrent_journal_writes_are_committed_together_and_each_is_answered_after_i
 #[test]
 fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
-    // A row the journal refuses, standing for a commit that fails (a full disk).
-    s.journal().unwrap().with_conn(|c| {
-        c.execute_batch(
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON alert_intake WHEN NEW.body LIKE '%poison%'
-             BEGIN SELECT RAISE(ABORT, 'no space left on device'); END",
-        )?;
-        Ok(())
-    })
-    .unwrap();
+    let path = dir.path().join("c.db");
+    let s = SqliteStore::open(&path).unwrap();
+    // A write holding this row reaches the file half-way and fails, as on a full disk.
+    s.journal().unwrap().with_log(|l| l.fail_half_way = Some("poison".into()));
     let outcomes: Vec<(String, bool)> = std::thread::scope(|t| {
         let calls: Vec<_> = ["a", "poison", "b", "c", "d"]
             .into_iter()
@@ -1475,7 +1501,12 @@ fn a_failed_group_commit_fails_every_caller_in_it_and_stores_none_of_their_rows(
     assert_eq!(stored.len(), outcomes.len() - failed);
     // The journal takes writes again after a failed group.
     s.journal_alerts(vec![firing("later")], 3).unwrap();
-    assert!(journaled(&s).contains(&"later".to_string()));
+    let acknowledged = journaled(&s);
+    assert!(acknowledged.contains(&"later".to_string()));
+    drop(s);
+    // Read back from the file: the half-written group was cut off, so what followed it is whole.
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(journaled(&s), acknowledged);
 }
 
 #[test]

@@ -1,128 +1,120 @@
-//! The intake journal: alerts acknowledged to their sender and not yet analysed, in a database of
-//! its own beside the store's (`<store>-intake` for a file store). Webhooks append to it while an
-//! analysis pass holds the store's writer, so an acknowledgement never waits for a pass and a pass
-//! is not cut into a commit per acknowledgement. Sharing the store's file, a busy pass was
-//! committed every 10 ms to let the journal writers in, and each of those small commits wrote out
-//! again the index pages its alerts had touched (fingerprints are random: about a 4 KiB page per
-//! alert); writing to the WAL was a fifth of the process's time under alert-load.
+//! The intake journal: alerts acknowledged to their sender and not yet analysed, in a log of its
+//! own beside the store's database ([`log`]; `<store>-intake.d/` for a file store). Webhooks append
+//! to it while an analysis pass holds the store's writer, so an acknowledgement never waits for a
+//! pass and a pass is not cut into a commit per acknowledgement. Concurrent webhooks share a write
+//! (group commit).
 //!
 //! The rows also stay decoded in memory, in order, for the analysis worker to take without reading
-//! and decoding them again (the journal's reads were a tenth of the worker): [`Cached`]. The file
-//! is what counts; the memory is used only while it holds exactly the rows the file holds next.
+//! and decoding them again (the journal's reads were a tenth of the worker): [`Cached`]. The log
+//! is what counts; the memory is used only while it holds exactly the rows the log holds next.
 //!
 //! Analysed is decided in the store's database, not here: a pass records the last journal row it
 //! analysed (`intake_done`) in its own transaction. Rows through that mark are never handed out
-//! again and are deleted from this file when the journal is next read. A crash between the two
-//! leaves rows that are skipped, never replayed or lost. This module owns the journal's file and
-//! its rows; it never decides what is analysed.
+//! again and are forgotten when the journal is next read (their segment deleted once it is closed
+//! or full). A crash between the two leaves rows that are skipped, never replayed or lost. This
+//! module owns the journal's files and its rows; it never decides what is analysed.
+//!
+//! Earlier builds kept the journal in SQLite: a table in the store's database, then a database of
+//! its own (`<store>-intake`). Their rows are moved into the log when the store opens.
 
-use super::{Checkpointer, from_json};
+pub(super) mod log;
+
+use super::from_json;
 use crate::{JournaledAlert, Result, StoreError};
 use cairn_types::AlertEvent;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
-/// The journal file's schema; its `user_version` is 1. `AUTOINCREMENT`: a row's place is never
-/// reused, also after every row was deleted, so the mark in the store's database stays below
-/// every row journaled after it.
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS alert_intake (
-        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-        received_ms  INTEGER NOT NULL,
-        alerts       INTEGER NOT NULL,
-        body         TEXT NOT NULL
-    );";
-const VERSION: i64 = 1;
+/// Where a file store keeps its journal: a directory of segment files.
+pub(super) fn dir_beside(store: &Path) -> PathBuf {
+    beside(store, "-intake.d")
+}
 
-/// Where a file store keeps its journal.
-pub(super) fn path_beside(store: &Path) -> PathBuf {
+/// Where a file store kept its journal when it was a SQLite database of its own.
+pub(super) fn old_file_beside(store: &Path) -> PathBuf {
+    beside(store, "-intake")
+}
+
+fn beside(store: &Path, suffix: &str) -> PathBuf {
     let mut p = store.as_os_str().to_owned();
-    p.push("-intake");
+    p.push(suffix);
     PathBuf::from(p)
 }
 
 /// The journal rows held decoded in memory, at most this many bytes of them (as journaled JSON;
 /// decoded, an alert takes a few times its JSON): the default backlog of 20,000 alerts
 /// (`ingest.max_pending_alerts`) of alert-load's size is about 6 MiB of it. Past it the worker
-/// reads the file, as it would without this.
+/// reads the log, as it would without this.
 const MAX_CACHED_BYTES: usize = 16 << 20;
 
-/// The journal's connection, its group commit, its rows held in memory and (for a file) its
-/// checkpointer.
+/// The journal's log, its group commit and its rows held in memory.
 #[derive(Debug)]
 pub(super) struct Journal {
-    conn: Mutex<Connection>,
+    log: Mutex<log::Log>,
     group: GroupCommit,
     cached: Mutex<Cached>,
-    /// Dropped with the journal, which stops its thread.
-    _checkpointer: Option<Checkpointer>,
+    /// A SQLite journal file of an earlier build, to move into the log (see [`Journal::adopt`]).
+    old_file: Option<PathBuf>,
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal file at `path`.
-    pub(super) fn open(path: &Path) -> Result<Journal> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // As durable as the store's own commits.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let mut journal = Self::init(conn)?;
-        journal._checkpointer = Some(Checkpointer::start(path)?);
+    /// Opens (creating if needed) the journal of the store at `store`.
+    pub(super) fn open(store: &Path) -> Result<Journal> {
+        let mut journal = Self::over(log::Log::open(&dir_beside(store))?);
+        journal.old_file = Some(old_file_beside(store));
         Ok(journal)
     }
 
     /// A private in-memory journal, for an in-memory store.
-    pub(super) fn open_in_memory() -> Result<Journal> {
-        Self::init(Connection::open_in_memory()?)
+    pub(super) fn open_in_memory() -> Journal {
+        Self::over(log::Log::in_memory())
     }
 
-    fn init(conn: Connection) -> Result<Journal> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if found > VERSION {
-            return Err(StoreError::SchemaTooNew { found, known: VERSION });
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", VERSION)?;
-        Ok(Journal { conn: Mutex::new(conn), group: GroupCommit::default(), cached: Mutex::default(), _checkpointer: None })
+    fn over(log: log::Log) -> Journal {
+        Journal { log: Mutex::new(log), group: GroupCommit::default(), cached: Mutex::default(), old_file: None }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn log(&self) -> std::sync::MutexGuard<'_, log::Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes in the rows a store from before the journal had its own file kept in its own
-    /// `alert_intake` table (`store`, the store's writer), with their places, then deletes them
-    /// there. Run again after a crash in between, it copies nothing twice (same places). Then
-    /// makes sure every row journaled from now on is placed above `analysed_through`, also when
-    /// this file is new beside a store that has analysed rows before (restored from a backup
-    /// without it).
+    /// Takes in the rows an earlier build journaled in SQLite, with their places: those in the
+    /// store's own `alert_intake` table (`store`, the store's writer), then those in a journal
+    /// database of its own beside the store; each source is deleted once its rows are in the log.
+    /// Run again after a crash in between, it copies nothing twice (same places, and a place the
+    /// log already has is behind it). Then makes sure every row journaled from now on is placed
+    /// above `analysed_through`, also when the log is new beside a store that has analysed rows
+    /// before (restored from a backup without it).
     pub(super) fn adopt(&self, store: &Connection, analysed_through: i64) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        {
-            let mut old = store.prepare("SELECT seq, received_ms, alerts, body FROM alert_intake ORDER BY seq")?;
-            let mut put = tx.prepare("INSERT OR IGNORE INTO alert_intake (seq, received_ms, alerts, body) VALUES (?1, ?2, ?3, ?4)")?;
-            let mut rows = old.query([])?;
-            while let Some(r) = rows.next()? {
-                put.execute(params![r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?])?;
+        let mut log = self.log();
+        log.place_after(analysed_through);
+        copy_rows(store, &mut log, analysed_through)?;
+        store.execute("DELETE FROM alert_intake", [])?;
+        if let Some(old) = self.old_file.as_deref().filter(|p| p.exists()) {
+            {
+                let conn = Connection::open(old)?;
+                let has_table: Option<i64> =
+                    conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alert_intake'", [], |r| r.get(0)).optional()?;
+                if has_table.is_some() {
+                    copy_rows(&conn, &mut log, analysed_through)?;
+                }
+            }
+            for suffix in ["", "-wal", "-shm"] {
+                let path = beside(old, suffix);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::Database(format!("cannot delete the old intake journal {}: {e}", path.display()))),
+                }
             }
         }
-        let highest: i64 =
-            tx.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'alert_intake'", [], |r| r.get(0)).optional()?.unwrap_or(0);
-        if highest < analysed_through {
-            // AUTOINCREMENT remembers the highest place ever used: use this one once.
-            tx.execute("INSERT INTO alert_intake (seq, received_ms, alerts, body) VALUES (?1, 0, 0, '[]')", [analysed_through])?;
-            tx.execute("DELETE FROM alert_intake WHERE seq = ?1", [analysed_through])?;
-        }
-        tx.commit()?;
-        store.execute("DELETE FROM alert_intake", [])?;
         Ok(())
     }
 
-    /// Appends `alerts` as one row, committed with whatever other callers queued meanwhile (group
-    /// commit); returns once that commit is done, with its error if it failed (and then none of
+    /// Appends `alerts` as one row, written with whatever other callers queued meanwhile (group
+    /// commit); returns once that write is done, with its error if it failed (and then none of
     /// this call's alerts is stored). `body` is the alerts as one JSON array.
     pub(super) fn append(&self, received_ms: i64, alerts: Vec<AlertEvent>, body: String) -> Result<()> {
         let group = &self.group;
@@ -138,29 +130,17 @@ impl Journal {
                 st = group.done.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            // Lead: write every queued caller's row (this one's among them) in one commit.
+            // Lead: write every queued caller's row (this one's among them) in one write.
             st.leading = true;
             let rows = std::mem::take(&mut st.queued);
             drop(st);
             let mut leading = Leading { group, tickets: rows.iter().map(|r| r.ticket).collect(), outcome: None };
-            let written = (|| -> Result<Vec<i64>> {
-                let mut conn = self.lock();
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let mut seqs = Vec::with_capacity(rows.len());
-                {
-                    let mut stmt = tx.prepare_cached("INSERT INTO alert_intake (received_ms, alerts, body) VALUES (?1, ?2, ?3)")?;
-                    for r in &rows {
-                        stmt.execute(params![r.received_ms, r.alerts.len() as i64, r.body])?;
-                        seqs.push(tx.last_insert_rowid());
-                    }
-                }
-                tx.commit()?;
-                Ok(seqs)
-            })();
+            let mut log = self.log();
+            let written = log.append(rows.iter().map(|r| (r.received_ms, r.alerts.len() as u32, r.body.as_str())));
             leading.outcome = Some(match written {
                 Ok(seqs) => {
-                    // Held in memory in the order committed: one leader at a time, and this one
-                    // before it hands over.
+                    // Held in memory in the order written: one leader at a time, and this one
+                    // holds the log until its rows are held.
                     let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
                     for (r, seq) in rows.into_iter().zip(seqs) {
                         cached.push(seq, r.received_ms, r.alerts, r.body.len());
@@ -170,20 +150,19 @@ impl Journal {
                 Err(StoreError::Database(m)) => Err(m),
                 Err(other) => Err(other.to_string()),
             });
+            drop(log);
             drop(leading);
             st = group.state.lock().unwrap_or_else(|p| p.into_inner());
         }
     }
 
     /// Rows placed after `analysed_through`, oldest first, whole, until at least `limit` alerts
-    /// are read: taken from memory when it holds the next row of the file, else read from the
-    /// file. Rows through `analysed_through` are deleted first; that is tidying, and a failure of
-    /// it is left to the next read (they are skipped either way).
+    /// are read: taken from memory when it holds the log's next row, else read from the log.
+    /// Rows through `analysed_through` are forgotten first.
     pub(super) fn pending(&self, analysed_through: i64, limit: usize) -> Result<Vec<JournaledAlert>> {
-        let conn = self.lock();
-        let _ = conn.prepare_cached("DELETE FROM alert_intake WHERE seq <= ?1").and_then(|mut s| s.execute([analysed_through]));
-        let next: Option<i64> =
-            conn.prepare_cached("SELECT MIN(seq) FROM alert_intake WHERE seq > ?1")?.query_row([analysed_through], |r| r.get(0))?;
+        let mut log = self.log();
+        log.forget_through(analysed_through);
+        let next = log.first_after(analysed_through);
         {
             let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
             cached.forget_through(analysed_through);
@@ -191,31 +170,45 @@ impl Journal {
                 return Ok(cached.take(limit));
             }
         }
-        let mut stmt = conn.prepare_cached("SELECT seq, received_ms, body FROM alert_intake WHERE seq > ?1 ORDER BY seq")?;
-        let mut rows = stmt.query([analysed_through])?;
         let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(row) = rows.next()? else { break };
-            let (seq, received_ms): (i64, i64) = (row.get(0)?, row.get(1)?);
-            let body: String = row.get(2)?;
-            let alerts: Vec<AlertEvent> = from_json("alert intake", &body)?;
-            out.extend(alerts.into_iter().map(|alert| JournaledAlert { seq, received_ms, alert }));
-        }
+        log.read_after(analysed_through, limit, |r| {
+            let alerts: Vec<AlertEvent> = from_json("alert intake", r.body)?;
+            out.extend(alerts.into_iter().map(|alert| JournaledAlert { seq: r.seq, received_ms: r.received_ms, alert }));
+            Ok(())
+        })?;
         Ok(out)
     }
 
     /// How many alerts wait after `analysed_through`.
     pub(super) fn pending_len(&self, analysed_through: i64) -> Result<u64> {
-        let conn = self.lock();
-        let n: i64 = conn.query_row("SELECT COALESCE(SUM(alerts), 0) FROM alert_intake WHERE seq > ?1", [analysed_through], |r| r.get(0))?;
-        Ok(n as u64)
+        Ok(self.log().alerts_after(analysed_through))
     }
 
-    /// Runs `f` on the journal's connection: for tests that look at or change its rows.
+    /// Runs `f` on the journal's log: for tests that look at or change its records.
     #[cfg(test)]
-    pub(super) fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        f(&self.lock())
+    pub(super) fn with_log<T>(&self, f: impl FnOnce(&mut log::Log) -> T) -> T {
+        f(&mut self.log())
     }
+}
+
+/// Copies the rows of a SQLite `alert_intake` table (`conn`) placed after `analysed_through` and
+/// after the log's last place into the log, with their places, oldest first.
+fn copy_rows(conn: &Connection, log: &mut log::Log, analysed_through: i64) -> Result<()> {
+    let after = analysed_through.max(log.next_seq() - 1);
+    let mut stmt = conn.prepare("SELECT seq, received_ms, alerts, body FROM alert_intake WHERE seq > ?1 ORDER BY seq")?;
+    let mut rows = stmt.query([after])?;
+    while let Some(r) = rows.next()? {
+        let (seq, received_ms, alerts, body): (i64, i64, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        log.place_after(seq - 1);
+        log.append(std::iter::once((received_ms, alerts as u32, body.as_str())))?;
+    }
+    Ok(())
+}
+
+/// Reads the journal beside the store at `store` without changing a byte, handing `each` the rows
+/// placed after `analysed_through` with their alerts' count and JSON body.
+pub(super) fn read_beside(store: &Path, analysed_through: i64, mut each: impl FnMut(i64, i64, &str) -> Result<()>) -> Result<()> {
+    log::read_dir_after(&dir_beside(store), analysed_through, |r| each(r.seq, r.received_ms, r.body))
 }
 
 /// Journal rows held decoded in memory: a run of consecutive rows of the file, in its order,
