@@ -21,7 +21,7 @@
 use crate::{Result, StoreError};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What a segment begins with: the format's name and version.
@@ -163,9 +163,7 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut out)).map_err(|e| io_error("read", path, e))?;
-    Ok(out)
+    std::fs::read(path).map_err(|e| io_error("read", path, e))
 }
 
 /// The segment files in `dir`, oldest first (named by their first place, zero-padded).
@@ -283,6 +281,9 @@ impl Log {
         #[cfg_attr(not(test), allow(unused_mut))]
         let mut fail = false;
         for (i, (received_ms, alerts, body)) in records.enumerate() {
+            if FIXED + body.len() > MAX_RECORD {
+                return Err(StoreError::Database(format!("intake log: a record of {} bytes is longer than a record may be", body.len())));
+            }
             #[cfg(test)]
             {
                 fail |= self.fail_half_way.as_deref().is_some_and(|p| body.contains(p));
@@ -451,7 +452,12 @@ pub(super) fn read_dir_after(dir: &Path, through: i64, mut each: impl FnMut(Reco
     }
     let files = segment_files(dir)?;
     for (i, path) in files.iter().enumerate() {
-        let bytes = read_file(path)?;
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            // Deleted since it was listed: all its records were analysed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error("read", path, e)),
+        };
         let parsed = parse(&bytes);
         if let Some(problem) = &parsed.problem
             && i + 1 < files.len()
@@ -477,6 +483,87 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    /// What a run of the property below does to the log.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Appends a write of records with these body lengths; it fails half-way when `fails`.
+        Append { lens: Vec<usize>, fails: bool },
+        /// Marks records analysed through the n-th of those written so far (and forgets them).
+        Analyse(usize),
+        /// Closes the log and opens it again from its files.
+        Reopen,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (proptest::collection::vec(0usize..120, 1..4), proptest::bool::weighted(0.2)).prop_map(|(lens, fails)| Op::Append { lens, fails }),
+            2 => (0usize..64).prop_map(Op::Analyse),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the order of writes (some failing half-way, as on a full disk), analyses,
+        /// segment turns and restarts, the log hands back exactly the records whose write
+        /// succeeded and that are not yet analysed, in order, with their places; and it never keeps
+        /// a segment whose records are all analysed once a newer one exists.
+        #[test]
+        fn the_log_hands_back_every_acknowledged_record_not_yet_analysed(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let open = || {
+                let mut log = Log::open(dir.path()).unwrap();
+                log.set_segment_bytes(256);
+                log.fail_half_way = Some("FAIL".into());
+                log
+            };
+            let mut log = open();
+            let mut acked: Vec<(i64, String)> = Vec::new();
+            let mut through = 0i64;
+            for op in ops {
+                match op {
+                    Op::Append { lens, fails } => {
+                        let bodies: Vec<String> = lens
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| format!("{}{}", if fails && i == 0 { "FAIL" } else { "" }, "x".repeat(*n)))
+                            .collect();
+                        let placed = log.append(bodies.iter().map(|b| (0, 1, b.as_str())));
+                        match placed {
+                            Ok(seqs) => {
+                                proptest::prop_assert!(!fails);
+                                acked.extend(seqs.into_iter().zip(bodies));
+                            }
+                            Err(_) => proptest::prop_assert!(fails),
+                        }
+                    }
+                    Op::Analyse(n) => {
+                        if let Some((seq, _)) = acked.get(n.min(acked.len().saturating_sub(1))) {
+                            through = through.max(*seq);
+                        }
+                        log.forget_through(through);
+                    }
+                    Op::Reopen => {
+                        drop(log);
+                        log = open();
+                        log.place_after(through);
+                    }
+                }
+                let want: Vec<(i64, String)> = acked.iter().filter(|(s, _)| *s > through).cloned().collect();
+                proptest::prop_assert_eq!(bodies(&log, through), want.clone());
+                proptest::prop_assert_eq!(log.alerts_after(through), want.len() as u64);
+                proptest::prop_assert_eq!(log.first_after(through), want.first().map(|w| w.0));
+            }
+            log.forget_through(through);
+            let files = segment_files(dir.path()).unwrap();
+            for path in files.iter().take(files.len().saturating_sub(1)) {
+                let bytes = std::fs::read(path).unwrap();
+                proptest::prop_assert!(parse(&bytes).records.iter().any(|r| r.seq > through), "{} is all analysed and closed, and kept", path.display());
+            }
+        }
     }
 
     #[test]
