@@ -98,7 +98,8 @@ pub(super) fn append(tx: &Connection, drafts: &[AuditDraft], now_ms: i64) -> Res
         return Ok(());
     }
     let head: Option<(i64, String)> = tx
-        .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (mut seq, mut prev) = head.unwrap_or((0, cairn_audit::GENESIS_HASH.to_string()));
     let mut stmt = tx.prepare_cached(&format!(

@@ -93,7 +93,7 @@ impl GuardStore for SqliteStore {
 
     fn list_breakglass(&self, active_only: bool) -> Result<Vec<BreakGlass>> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT body FROM breakglass WHERE (?1 = 0 OR state = 'active') ORDER BY opened_ms DESC, id LIMIT 1000",
             )?;
             let bodies: Vec<String> = stmt.query_map([active_only as i64], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;

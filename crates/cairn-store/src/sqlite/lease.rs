@@ -63,7 +63,7 @@ pub(super) fn grant(tx: &Connection, claimed: &[ChangeRequest], terms: &LeaseTer
 /// Ends the lease of a change that leaves `executing`; called by every change write.
 pub(super) fn end_unless_executing(tx: &Connection, change: &ChangeRequest) -> Result<()> {
     if change.state != ChangeState::Executing {
-        tx.execute("DELETE FROM change_leases WHERE change_id = ?1", [&change.id.0])?;
+        tx.prepare_cached("DELETE FROM change_leases WHERE change_id = ?1")?.execute([&change.id.0])?;
     }
     Ok(())
 }
