@@ -22,6 +22,11 @@
 //! log ([`AuditLog::read_log`]); a backend gives the read, not the rules.
 //! [`SqliteStore::open_read_only`] opens a stopped server's database (or a copy) for auditors.
 //!
+//! Acknowledged alerts wait for analysis in an intake journal ([`SignalStore::journal_alerts`]),
+//! which the SQLite store keeps as a log of checksummed records beside its database rather than
+//! in it, so an acknowledgement is one file write and never waits for an analysis pass;
+//! [`SqliteStore::read_pending_intake`] reads what waits there without changing a byte.
+//!
 //! The traits are synchronous, and stay so for PostgreSQL: every caller already runs store calls on
 //! blocking threads (the analysis worker is one, the gRPC handlers and the executor hand each call
 //! to `spawn_blocking`), a write's audit append must share its transaction, which a synchronous
