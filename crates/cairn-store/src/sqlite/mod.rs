@@ -644,6 +644,13 @@ impl SqliteStore {
     /// journal record being written as it is read ends the reading).
     pub fn read_pending_intake(path: &Path) -> Result<Vec<crate::JournaledAlert>> {
         let through = Self::open_read_only(path)?.with_conn(analysed_through)?;
+        let old = intake::old_file_beside(path);
+        if old.exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} is the journal of an earlier build, not read here; open the store once with `cairn serve`, which moves its rows into the log",
+                old.display()
+            )));
+        }
         let mut out = Vec::new();
         intake::read_beside(path, through, |seq, received_ms, body| {
             let alerts: Vec<AlertEvent> = from_json("alert intake", body)?;

@@ -1278,6 +1278,8 @@ fn a_journal_database_of_an_earlier_build_is_moved_into_the_log_once_with_its_pl
             c.execute("INSERT INTO alert_intake VALUES (?1, 9, ?2, ?3)", rusqlite::params![seq, fps.len() as i64, body]).unwrap();
         }
     }
+    let unread = SqliteStore::read_pending_intake(&path);
+    assert!(matches!(&unread, Err(StoreError::Corrupt(m)) if m.contains("earlier build")), "not read as if empty: {unread:?}");
     let s = SqliteStore::open(&path).unwrap();
     assert!(!old.exists(), "the old journal is deleted once its rows are in the log");
     assert_eq!(s.pending_intake_len().unwrap(), 3);
