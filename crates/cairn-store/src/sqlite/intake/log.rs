@@ -387,7 +387,8 @@ impl Log {
         let mut alerts = 0usize;
         for seg in self.segments.iter().filter(|s| s.last_seq.is_some_and(|l| l > through)) {
             let bytes = seg.bytes()?;
-            let parsed = parse(&bytes);
+            // Its whole records only: past them may lie a failed write's bytes not yet cut off.
+            let parsed = parse(&bytes[..bytes.len().min(seg.len as usize)]);
             if let Some(problem) = parsed.problem {
                 return Err(StoreError::Corrupt(format!("intake log damaged at byte {}: {problem}", parsed.good)));
             }
