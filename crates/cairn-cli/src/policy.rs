@@ -90,14 +90,14 @@ fn test(dir: Option<&Path>) -> Result<ExitCode> {
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Shadows against the recommendations stored in `data_dir`. SQLite in WAL mode lets this read
-/// while a server is running on the same directory.
+/// Shadows against the recommendations stored in `data_dir`, opened read-only: SQLite in WAL mode
+/// lets this read while a server is running on the same directory, and it changes nothing there.
 pub fn shadow_local(bundle: &Path, data_dir: &Path, limit: usize) -> Result<Vec<ShadowChange>> {
     let db = data_dir.join("cairn.db");
     if !db.exists() {
         bail!("{} does not exist; --data-dir must be a Cairn data directory", db.display());
     }
-    let store = cairn_store::SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let store = cairn_store::SqliteStore::open_read_only(&db).with_context(|| format!("opening {}", db.display()))?;
     let candidate = Router::new(load(Some(bundle))?, RouterConfig::default())?;
     let recorded: Vec<_> = store
         .list_recommendations(&RecommendationFilter { limit, ..Default::default() })?

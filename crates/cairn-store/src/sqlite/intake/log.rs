@@ -203,6 +203,9 @@ pub(in crate::sqlite) struct Log {
     /// A write failed half-way and cutting it off failed too: the length the last segment must be
     /// cut back to before anything more is written to it.
     cut_to: Option<u64>,
+    /// The directory's `LOCK` file, locked while this log is open: one writer at a time, since
+    /// opening cuts a torn tail off, which would cut another writer's record in half.
+    _lock: Option<File>,
     /// A write holding a body with this in it writes half its bytes and fails, as on a full disk
     /// (for tests).
     #[cfg(test)]
@@ -218,16 +221,30 @@ impl Log {
             next_seq: 1,
             segment_bytes: SEGMENT_BYTES,
             cut_to: None,
+            _lock: None,
             #[cfg(test)]
             fail_half_way: None,
         }
     }
 
     /// Opens the log in `dir`, creating the directory if needed; cuts off a torn tail of the last
-    /// segment and refuses damage anywhere else.
+    /// segment and refuses damage anywhere else. Refused while another process (or another store
+    /// in this one) has the log open: [`read_dir_after`] is how to look in meanwhile.
     pub(super) fn open(dir: &Path) -> Result<Log> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
-        let mut log = Log { dir: Some(dir.to_owned()), ..Log::in_memory() };
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| io_error("open", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Database(format!(
+                    "the intake journal {} is open in another process (a running `cairn serve`?); a store that only reads can be opened read-only",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path, e)),
+        }
+        let mut log = Log { dir: Some(dir.to_owned()), _lock: Some(lock), ..Log::in_memory() };
         let files = segment_files(dir)?;
         for (i, path) in files.iter().enumerate() {
             let last = i + 1 == files.len();
@@ -565,6 +582,24 @@ mod tests {
                 proptest::prop_assert!(parse(&bytes).records.iter().any(|r| r.seq > through), "{} is all analysed and closed, and kept", path.display());
             }
         }
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_log_is_open_and_readers_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        log.append([(1, 1, "[1]")].into_iter()).unwrap();
+        let err = Log::open(dir.path()).unwrap_err();
+        assert!(matches!(&err, StoreError::Database(m) if m.contains("open in another process")), "{err:?}");
+        let mut seen = 0;
+        read_dir_after(dir.path(), 0, |_| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 1, "a reader looks in without the lock");
+        drop(log);
+        assert_eq!(Log::open(dir.path()).unwrap().next_seq(), 2, "closed, it opens again");
     }
 
     #[test]
