@@ -322,6 +322,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: journald and log files got the escape codes as text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A log line that cannot be written (stderr on a full disk) is lost, not reported on
         // stderr again: that report panics, and took the webhook that logged it down with a 500.
         .log_internal_errors(false)

@@ -71,3 +71,43 @@ pub async fn wait_ready(client: &reqwest::Client, url: &str, what: &str, procs: 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `cairn serve` run as a process (`cmd` is the binary with its `serve` arguments), on loopback
+/// ports the kernel chose: it is given port 0 for both listeners and the ports are read from its
+/// "cairn is listening" log line in `log`. A port picked beforehand with [`free_port`] can be taken
+/// by another test in between — a test then talked to another test's server. Returns the child
+/// and its HTTP and gRPC ports once both listen; panics with the log if it exits first.
+pub fn spawn_cairn_serve(mut cmd: Command, log: &Path) -> (Child, u16, u16) {
+    if !cmd.get_envs().any(|(k, _)| k == "CAIRN_LOG") {
+        cmd.env("CAIRN_LOG", "info");
+    }
+    let out = std::fs::File::create(log).expect("create the server's log file");
+    let mut child = cmd
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("start cairn serve");
+    let port_of = |line: &str, field: &str| -> Option<u16> {
+        let value = line.split_whitespace().find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?;
+        value.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("cairn is listening")) {
+            let ports = port_of(line, "http_addr").zip(port_of(line, "grpc_addr"));
+            let Some((http, grpc)) = ports else { panic!("no ports in the line {line:?}") };
+            return (child, http, grpc);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("cairn serve exited with {status} before it listened:\n{text}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cairn serve did not listen within 30 s:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -5,14 +5,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Runs the `cairn` binary.
 pub fn cairn(args: &[&str]) -> Output {
@@ -34,7 +29,8 @@ pub fn text(o: &Output) -> String {
 pub fn post_json(port: u16, path: &str, body: &str) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let request = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(request.as_bytes()).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -59,29 +55,17 @@ impl Drop for Server {
 impl Server {
     /// Starts `cairn serve` with its data in `dir/data` and a config of `config` (TOML, may be empty)
     /// followed by the `[[auth.tokens]]` entry `cairn token new` printed for `subject` in group `sre`.
-    /// `args` are extra `serve` flags. Returns once the HTTP port accepts connections.
+    /// `args` are extra `serve` flags. Returns once both ports listen (ports the kernel chose).
     pub fn start(dir: &Path, subject: &str, config: &str, args: &[&str]) -> Server {
         let text = ok(cairn(&["token", "new", "--subject", subject, "--group", "sre", "--kind", "person", "--scopes", "read,review,breakglass,freeze,policy,admin"]));
         let token = text.lines().nth(1).unwrap().trim().to_string();
         let entry = &text[text.find("[[auth.tokens]]").unwrap()..];
         let path = dir.join("cairn.toml");
         std::fs::write(&path, format!("{config}\n\n{entry}")).unwrap();
-        let (http, grpc) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["serve", "--config", path.to_str().unwrap(), "--data-dir", dir.join("data").to_str().unwrap()])
-            .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("serve.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
-            .spawn()
-            .unwrap();
-        let server = Server { child, http, grpc_url: format!("http://127.0.0.1:{grpc}"), token };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(["serve", "--config", path.to_str().unwrap(), "--data-dir", dir.join("data").to_str().unwrap()]).args(args);
+        let (child, http, grpc) = cairn_testkit::programs::spawn_cairn_serve(cmd, &dir.join("serve.log"));
+        Server { child, http, grpc_url: format!("http://127.0.0.1:{grpc}"), token }
     }
 
     /// The server's process id.

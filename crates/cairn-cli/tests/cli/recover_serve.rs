@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 
-use crate::common::{cairn, free_port, ok, post_json};
+use crate::common::{cairn, ok, post_json};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,23 +27,10 @@ impl Serve {
     fn start(dir: &Path, config: &str, log: &str) -> Serve {
         let path = dir.join("cairn.toml");
         std::fs::write(&path, config).unwrap();
-        let (http, grpc) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["serve", "--config", path.to_str().unwrap(), "--data-dir", dir.join("data").to_str().unwrap()])
-            .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .env("CAIRN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(log)).unwrap())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let serve = Serve { child, http, grpc_url: format!("http://127.0.0.1:{grpc}") };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start; see {log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        serve
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(["serve", "--config", path.to_str().unwrap(), "--data-dir", dir.join("data").to_str().unwrap()]).process_group(0);
+        let (child, http, grpc) = cairn_testkit::programs::spawn_cairn_serve(cmd, &dir.join(log));
+        Serve { child, http, grpc_url: format!("http://127.0.0.1:{grpc}") }
     }
 
     /// SIGKILL to the whole group: the server and the adapter's `sleep` die at once, as on an OOM

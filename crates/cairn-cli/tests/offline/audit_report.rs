@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use crate::common::{cairn, free_port};
+use crate::common::{Server, cairn, post_json};
 
 use cairn_store::{ChangeStore, SqliteStore};
 use cairn_types::*;
@@ -124,15 +124,6 @@ fn a_directory_without_a_database_is_an_error_not_an_empty_report() {
     assert!(!dir.path().join("cairn.db").exists(), "the report must not create a database");
 }
 
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn data_rows(md: &str) -> Vec<&str> {
     md.lines().filter(|l| l.starts_with("| 20")).collect()
 }
@@ -140,40 +131,17 @@ fn data_rows(md: &str) -> Vec<&str> {
 /// The same report over gRPC (`AuditService.Query`) as from the server's data directory.
 #[test]
 fn report_from_the_server_matches_the_data_dir() {
-    use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let (http, grpc) = (free_port(), free_port());
-    let token_out = cairn(&["token", "new", "--subject", "user:carol", "--group", "sre", "--kind", "person", "--scopes", "read,review,breakglass,freeze,policy,admin"]);
-    let text = String::from_utf8(token_out.stdout).unwrap();
-    let token = text.lines().nth(1).unwrap().trim().to_string();
-    let entry = &text[text.find("[[auth.tokens]]").unwrap()..];
-    let config = dir.path().join("cairn.toml");
     // The executor stays idle so that no event lands between the two reports.
-    std::fs::write(&config, format!("[executor]\npoll_interval_ms = 600000\n\n{entry}")).unwrap();
-    let data = dir.path().join("data");
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["serve", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
-            .args(["--http-addr", &format!("127.0.0.1:{http}"), "--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let server = format!("http://127.0.0.1:{grpc}");
-    let base = ["--server", server.as_str(), "--token", token.as_str()];
+    let server = Server::start(dir.path(), "user:carol", "[executor]\npoll_interval_ms = 600000", &[]);
+    let (data, base) = (dir.path().join("data"), server.client_args());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let body = r#"{"version":"4","receiver":"cairn","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"DeploymentErrorsAfterRelease","service":"checkout","env":"production","instance":"checkout-1:8080"},"annotations":{"cairn_confidence":"0.9"},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"abc"}]}"#;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
-    write!(s, "POST /api/v1/alerts/alertmanager HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    post_json(
+        server.http,
+        "/api/v1/alerts/alertmanager",
+        r#"{"version":"4","receiver":"cairn","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"DeploymentErrorsAfterRelease","service":"checkout","env":"production","instance":"checkout-1:8080"},"annotations":{"cairn_confidence":"0.9"},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"abc"}]}"#,
+    );
 
     let mut list = Vec::new();
     while list.is_empty() {
