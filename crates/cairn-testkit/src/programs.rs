@@ -33,9 +33,20 @@ pub fn spawn(name: &'static str, bin: &str, args: &[String], log: &Path) -> Proc
     Proc { name, child }
 }
 
-/// A port free on loopback right now.
+/// A port free on loopback right now, for a program that cannot listen on port 0 and report its
+/// port (Prometheus, Alertmanager, the OpenID Provider). Never the same port twice in one test
+/// process: the tests of a binary run at once, and two of them given one port talked to each
+/// other's programs. (`cairn serve` is started on port 0: [`spawn_cairn_serve`].)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port();
+        if !handed.contains(&port) {
+            handed.push(port);
+            return port;
+        }
+    }
 }
 
 /// True when every program answers `--version`. Otherwise a SKIPPED notice naming `test` — or,
