@@ -166,6 +166,58 @@ async fn alertmanager_duplicate_delivery_keeps_one_and_resolved_updates_it() {
     h.stop().await;
 }
 
+/// A webhook of `n` distinct firing alerts (fingerprints `{tag}-0`, `{tag}-1`, ...).
+fn alerts_payload(tag: &str, n: usize) -> serde_json::Value {
+    let mut p = webhook_payload("DiskFull", &[("service", "db"), ("severity", "warning")], &[], "firing", "x");
+    let one = p["alerts"][0].clone();
+    p["alerts"] = (0..n)
+        .map(|i| {
+            let mut a = one.clone();
+            a["labels"]["instance"] = format!("{tag}-{i}").into();
+            a["fingerprint"] = format!("{tag}-{i}").into();
+            a
+        })
+        .collect();
+    p
+}
+
+/// While the store cannot be written (another process holds its write lock), alerts are still
+/// acknowledged, since the journal is apart; `cairn_intake_pending_alerts` shows the backlog, a
+/// request that would take it past `ingest.max_pending_alerts` is refused whole with a 503, and once the store is free every acknowledged alert is analysed and the gauge
+/// returns to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_backlog_is_a_metric_and_its_bound_answers_503_while_analysis_is_stuck() {
+    let mut h = Harness::start_with(|c| c.ingest.max_pending_alerts = 5).await;
+    let text = h.metrics_text().await;
+    assert_eq!(metric_value(&text, "cairn_intake_pending_alerts_limit"), 5.0, "{text}");
+    assert_eq!(metric_value(&text, "cairn_intake_pending_alerts"), 0.0, "{text}");
+
+    let db = rusqlite::Connection::open(h.data_dir.join("cairn.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    assert_eq!(h.webhook(&alerts_payload("a", 3)).await.0, 200);
+    let (status, body) = h.webhook(&alerts_payload("b", 3)).await;
+    assert_eq!(status, 503, "3 waiting + 3 is past the bound of 5: {body}");
+    assert_eq!(h.webhook(&alerts_payload("c", 2)).await.0, 200, "3 + 2 is within the bound");
+    let text = h.metrics_text().await;
+    assert_eq!(metric_value(&text, "cairn_intake_pending_alerts"), 5.0, "{text}");
+    assert_eq!(metric_value(&text, "cairn_ingest_overloaded_requests_total{endpoint=\"alerts\"}"), 1.0, "{text}");
+    let analysed: i64 = db.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0)).unwrap();
+    assert_eq!(analysed, 0, "nothing was analysed while the store was locked");
+
+    db.execute_batch("ROLLBACK").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut text = h.metrics_text().await;
+    while metric_value(&text, "cairn_intake_pending_alerts") > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the backlog was not analysed: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        text = h.metrics_text().await;
+    }
+    assert_eq!(h.stored_rows("alerts"), 5, "every acknowledged alert, and none of the refused request's");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_alertmanager_payloads_are_400_naming_the_problem() {
     let mut h = Harness::start().await;

@@ -6,11 +6,13 @@
 //!
 //! This module decides when an alert is acknowledged; it never analyses one.
 
+use cairn_service::metrics::Metrics;
 use cairn_service::{Analysis, Batch, Engine};
 use crate::error::ApiError;
 use cairn_types::AlertEvent;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus::IntGauge;
 use tokio::sync::Notify;
 use tracing::{error, info};
 
@@ -37,12 +39,30 @@ pub struct Intake {
     /// the worker cannot catch up with does not grow without end.
     pending: AtomicU64,
     max_pending: u64,
+    /// `cairn_intake_pending_alerts`, moved with `pending`.
+    gauge: IntGauge,
 }
 
 impl Intake {
-    /// `already` alerts are journaled from before (a crash): they count against the bound.
-    pub fn new(max_pending: u64, already: u64) -> Intake {
-        Intake { wake: Notify::new(), failing: Mutex::new(None), pending: AtomicU64::new(already), max_pending }
+    /// `already` alerts are journaled from before (a crash): they count against the bound. The
+    /// backlog and its bound are shown in `metrics`.
+    pub fn new(max_pending: u64, already: u64, metrics: &Metrics) -> Intake {
+        metrics.intake_pending_limit.set(i64::try_from(max_pending).unwrap_or(i64::MAX));
+        let gauge = metrics.intake_pending.clone();
+        gauge.set(i64::try_from(already).unwrap_or(i64::MAX));
+        Intake { wake: Notify::new(), failing: Mutex::new(None), pending: AtomicU64::new(already), max_pending, gauge }
+    }
+
+    /// Counts `n` more alerts waiting; returns how many waited before.
+    fn add_pending(&self, n: u64) -> u64 {
+        self.gauge.add(n as i64);
+        self.pending.fetch_add(n, Ordering::SeqCst)
+    }
+
+    /// Counts `n` alerts fewer waiting (not below zero).
+    fn sub_pending(&self, n: u64) {
+        let before = self.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n))).unwrap_or_else(|p| p);
+        self.gauge.sub(before.min(n) as i64);
     }
 
     /// Journals `alerts` durably, then wakes the worker. Blocking: call it off the async runtime.
@@ -50,9 +70,9 @@ impl Intake {
     pub fn accept(&self, engine: &Engine, alerts: Vec<AlertEvent>, retry_after_secs: u64) -> Result<(), ApiError> {
         let now = engine.clock().now_ms();
         let n = alerts.len() as u64;
-        let before = self.pending.fetch_add(n, Ordering::SeqCst);
+        let before = self.add_pending(n);
         if before + n > self.max_pending {
-            self.pending.fetch_sub(n, Ordering::SeqCst);
+            self.sub_pending(n);
             engine.metrics().requests_overloaded.with_label_values(&["alerts"]).inc();
             return Err(ApiError::Overloaded { retry_after_secs });
         }
@@ -63,7 +83,7 @@ impl Intake {
                 Ok(())
             }
             Err(e) => {
-                self.pending.fetch_sub(n, Ordering::SeqCst);
+                self.sub_pending(n);
                 engine.metrics().intake_failures.inc();
                 let reason = format!("alerts cannot be stored: {e}");
                 error!(error = %e, alerts = n, "alerts refused with 503: the intake journal cannot be written");
@@ -123,7 +143,7 @@ pub fn drain(engine: &Engine, intake: &Intake, analysis: &mut Analysis) -> Resul
         for at in received {
             engine.metrics().alert_analysis_delay.observe((now - at).max(0) as f64 / 1000.0);
         }
-        let _ = intake.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n as u64)));
+        intake.sub_pending(n as u64);
         done += n;
         if n < ALERTS_PER_PASS {
             if done > 0 {

@@ -206,7 +206,7 @@ pub async fn start(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let (queue_tx, queue_rx) = mpsc::channel::<Batch>(cfg.ingest.queue_capacity);
     let worker_alive = Arc::new(AtomicBool::new(true));
 
-    let intake = Arc::new(intake::Intake::new(cfg.ingest.max_pending_alerts, engine.store().pending_intake_len()?));
+    let intake = Arc::new(intake::Intake::new(cfg.ingest.max_pending_alerts, engine.store().pending_intake_len()?, engine.metrics()));
     tasks.spawn(analysis_worker(engine.clone(), analysis, queue_rx, intake.clone(), worker_alive.clone()));
     tasks.spawn(engine.executor().clone().run(Duration::from_millis(cfg.executor.poll_interval_ms), cancel.clone()));
     tasks.spawn(checkpointer.clone().run(

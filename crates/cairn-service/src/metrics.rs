@@ -37,6 +37,10 @@ pub struct Metrics {
     pub refused_points: IntCounterVec,
     pub analysis_failures: IntCounter,
     pub intake_failures: IntCounter,
+    /// Alerts acknowledged (journaled) and not yet analysed, and how many may wait
+    /// (`ingest.max_pending_alerts`; past it senders are answered 503).
+    pub intake_pending: IntGauge,
+    pub intake_pending_limit: IntGauge,
     /// Seconds from an alert's acknowledgement to the commit of the analysis pass that stored it,
     /// with its incident and any new revision: how far the analysis lags the intake.
     pub alert_analysis_delay: prometheus::Histogram,
@@ -159,6 +163,16 @@ impl Metrics {
                 "Alert requests refused with 503 because the intake journal could not be written (e.g. a full disk); the sender resends.",
             )
             .expect("valid metric"),
+            intake_pending: IntGauge::new(
+                "cairn_intake_pending_alerts",
+                "Alerts acknowledged (stored in the intake journal) and not yet analysed.",
+            )
+            .expect("valid metric"),
+            intake_pending_limit: IntGauge::new(
+                "cairn_intake_pending_alerts_limit",
+                "How many acknowledged alerts may wait for analysis (ingest.max_pending_alerts); past it alert senders are answered 503 with Retry-After.",
+            )
+            .expect("valid metric"),
             alert_analysis_delay: prometheus::Histogram::with_opts(
                 HistogramOpts::new(
                     "cairn_alert_analysis_delay_seconds",
@@ -212,43 +226,55 @@ impl Metrics {
             governance: GovernanceMetrics::new(),
             registry,
         };
-        let r = &m.registry;
-        for c in [
-            Box::new(m.samples_accepted.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.alerts_accepted.clone()),
-            Box::new(m.alerts_deduplicated.clone()),
-            Box::new(m.requests_rejected.clone()),
-            Box::new(m.requests_overloaded.clone()),
-            Box::new(m.request_duration.clone()),
-            Box::new(m.queue_depth.clone()),
-            Box::new(m.anomalies.clone()),
-            Box::new(m.incidents_changed.clone()),
-            Box::new(m.recommendations.clone()),
-            Box::new(m.policy_failures.clone()),
-            Box::new(m.reviews.clone()),
-            Box::new(m.executions.clone()),
-            Box::new(m.active_series.clone()),
-            Box::new(m.detector_memory.clone()),
-            Box::new(m.triage_state.clone()),
-            Box::new(m.multivariate_groups.clone()),
-            Box::new(m.multivariate_group_events.clone()),
-            Box::new(m.refused_points.clone()),
-            Box::new(m.analysis_failures.clone()),
-            Box::new(m.intake_failures.clone()),
-            Box::new(m.alert_analysis_delay.clone()),
-            Box::new(m.connections_open.clone()),
-            Box::new(m.connections_refused.clone()),
-            Box::new(m.tls_handshake_failures.clone()),
-            Box::new(m.tls_reloads.clone()),
-            Box::new(m.tls_certificate_expiry.clone()),
-            Box::new(m.oidc_verifications.clone()),
-        ]
-        .into_iter()
-        .chain(m.governance.collectors())
-        {
-            r.register(c).expect("each metric is registered once");
+        for c in m.collectors().into_iter().chain(m.governance.collectors()) {
+            m.registry.register(c).expect("each metric is registered once");
         }
         m
+    }
+
+    /// The names of every series, as alert rules and dashboards refer to them (a series with
+    /// labels is listed before it has any).
+    pub fn names(&self) -> Vec<String> {
+        self.collectors()
+            .into_iter()
+            .chain(self.governance.collectors())
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.samples_accepted.clone()),
+            Box::new(self.alerts_accepted.clone()),
+            Box::new(self.alerts_deduplicated.clone()),
+            Box::new(self.requests_rejected.clone()),
+            Box::new(self.requests_overloaded.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.queue_depth.clone()),
+            Box::new(self.anomalies.clone()),
+            Box::new(self.incidents_changed.clone()),
+            Box::new(self.recommendations.clone()),
+            Box::new(self.policy_failures.clone()),
+            Box::new(self.reviews.clone()),
+            Box::new(self.executions.clone()),
+            Box::new(self.active_series.clone()),
+            Box::new(self.detector_memory.clone()),
+            Box::new(self.triage_state.clone()),
+            Box::new(self.multivariate_groups.clone()),
+            Box::new(self.multivariate_group_events.clone()),
+            Box::new(self.refused_points.clone()),
+            Box::new(self.analysis_failures.clone()),
+            Box::new(self.intake_failures.clone()),
+            Box::new(self.intake_pending.clone()),
+            Box::new(self.intake_pending_limit.clone()),
+            Box::new(self.alert_analysis_delay.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.connections_refused.clone()),
+            Box::new(self.tls_handshake_failures.clone()),
+            Box::new(self.tls_reloads.clone()),
+            Box::new(self.tls_certificate_expiry.clone()),
+            Box::new(self.oidc_verifications.clone()),
+        ]
     }
 
     /// The Prometheus text exposition of every series.
