@@ -11,12 +11,12 @@
 
 /// Only people govern (invariant 11), with its TLS and OpenID Connect sign-in cases.
 mod access;
+/// The alert rules (governance, Cairn's own health), checked by the real promtool.
+mod alert_rules;
 /// The audit log written by a real server, edited behind its back.
 mod audit_tamper;
 /// Break-glass, guardrails and escalations, with the real Alertmanager and Prometheus.
 mod governance;
-/// The governance alert rules, checked by the real promtool.
-mod governance_rules;
 /// Incidents followed live from a cursor.
 mod incidents_grpc;
 /// remote_write, the Alertmanager webhook and change events over real HTTP.

@@ -114,8 +114,9 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
     std::fs::write(
         d.join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: http://{cairn}/api/v1/write\n    authorization:\n      credentials: {token}\n    write_relabel_configs:\n      - source_labels: [__name__]\n        regex: \".+_bucket|go_.+\"\n        action: drop\n    queue_config:\n      capacity: 10000\n      max_shards: 10\n      max_samples_per_send: 2000\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 2s\nscrape_configs:\n  - job_name: payments\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n        labels:\n          service: payments\n          env: production\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node}']\n  - job_name: cairn\n    static_configs:\n      - targets: ['{cairn}']\n",
-            rules = d.join("rules.yml").display()
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\n  - {repo}/rules/cairn-governance.rules.yml\n  - {repo}/rules/cairn-operations.rules.yml\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: http://{cairn}/api/v1/write\n    authorization:\n      credentials: {token}\n    write_relabel_configs:\n      - source_labels: [__name__]\n        regex: \".+_bucket|go_.+\"\n        action: drop\n    queue_config:\n      capacity: 10000\n      max_shards: 10\n      max_samples_per_send: 2000\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 2s\nscrape_configs:\n  - job_name: payments\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n        labels:\n          service: payments\n          env: production\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node}']\n  - job_name: cairn\n    static_configs:\n      - targets: ['{cairn}']\n",
+            rules = d.join("rules.yml").display(),
+            repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").display(),
         ),
     )
     .unwrap();
@@ -194,6 +195,32 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
             break;
         }
         assert!(Instant::now() < deadline, "Cairn's own series did not come back through Prometheus: {ingested:?} {routed:?} {alerts:?} {latency:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Cairn's own alert rules (rules/*.rules.yml, as the README loads them) evaluate on its real
+    // series without an error; the backlog's bound is among the series they read.
+    assert_eq!(prom_value(&client, prom, "cairn_intake_pending_alerts_limit{job=\"cairn\"}").await, Some(20_000.0));
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let expected = ["cairn-governance", "cairn-operations"]
+        .iter()
+        .map(|f| std::fs::read_to_string(repo.join(format!("rules/{f}.rules.yml"))).unwrap())
+        .map(|t| t.lines().filter(|l| l.trim_start().starts_with("- alert:") || l.trim_start().starts_with("- record:")).count())
+        .sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rules: serde_json::Value = client.get(format!("http://127.0.0.1:{prom}/api/v1/rules")).send().await.unwrap().json().await.unwrap();
+        let groups = rules["data"]["groups"].as_array().cloned().unwrap_or_default();
+        let ours: Vec<&serde_json::Value> = groups.iter().filter(|g| g["name"].as_str().is_some_and(|n| n.starts_with("cairn-"))).collect();
+        let health: Vec<(String, String, String)> = ours
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .map(|r| (r["name"].as_str().unwrap_or("").to_string(), r["health"].as_str().unwrap_or("").to_string(), r["lastError"].as_str().unwrap_or("").to_string()))
+            .collect();
+        assert!(health.iter().all(|(_, h, _)| h != "err"), "a rule of Cairn's failed to evaluate: {health:?}");
+        if ours.len() == 2 && health.len() == expected && health.iter().all(|(_, h, _)| h == "ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Prometheus did not load and evaluate Cairn's rules: {health:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     verification_through_promql(&h, v.recommendation.as_ref().unwrap(), prom).await;
