@@ -571,6 +571,10 @@ impl SqliteStore {
         // The checkpointer's thread copies the WAL back, not the commit that crosses 1,000 pages.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        // Each write of a pass is a savepoint, whose sub-journal keeps the first image of every
+        // page it changes; by default one past 64 KiB spills to a temporary file, two `pwrite`s a
+        // page. In memory it is bounded by the pages one write changes, freed at its release.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         let mut store = Self::init(conn, intake::Journal::open(path)?)?;
         store.checkpointer = Some(Checkpointer::start(path)?);
         for _ in 0..READERS {
