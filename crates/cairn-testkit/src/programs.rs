@@ -106,7 +106,8 @@ pub fn spawn_cairn_serve(mut cmd: Command, log: &Path) -> (Child, u16, u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("cairn is listening")) {
+        // A whole line only: the server may be writing it as it is read.
+        if let Some(line) = text.split_inclusive('\n').find(|l| l.ends_with('\n') && l.contains("cairn is listening")) {
             let ports = port_of(line, "http_addr").zip(port_of(line, "grpc_addr"));
             let Some((http, grpc)) = ports else { panic!("no ports in the line {line:?}") };
             return (child, http, grpc);
