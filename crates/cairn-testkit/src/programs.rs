@@ -108,9 +108,12 @@ pub fn spawn_cairn_serve(mut cmd: Command, log: &Path) -> (Child, u16, u16) {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         // A whole line only: the server may be writing it as it is read.
         if let Some(line) = text.split_inclusive('\n').find(|l| l.ends_with('\n') && l.contains("cairn is listening")) {
-            let ports = port_of(line, "http_addr").zip(port_of(line, "grpc_addr"));
-            let Some((http, grpc)) = ports else { panic!("no ports in the line {line:?}") };
-            return (child, http, grpc);
+            if let Some((http, grpc)) = port_of(line, "http_addr").zip(port_of(line, "grpc_addr")) {
+                return (child, http, grpc);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no ports in the line {line:?}");
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("cairn serve exited with {status} before it listened:\n{text}");
