@@ -1,7 +1,8 @@
 //! The real programs the end-to-end tests run beside Cairn (Debian's `prometheus`,
 //! `prometheus-alertmanager`, `prometheus-node-exporter`, `promtool`): started on loopback, killed
 //! when the test ends — also on failure — and, where they are not installed, a SKIPPED notice
-//! outside CI and a failure under `CI=true`.
+//! outside CI and a failure under `CI=true`. Also `cairn serve` itself as a process, on ports the
+//! kernel chose ([`spawn_cairn_serve`]), for the tests of the binary.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
