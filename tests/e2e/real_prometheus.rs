@@ -105,7 +105,9 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
         &d.join("alertmanager.log"),
     );
 
-    // The README's Prometheus configuration, with short intervals for a test.
+    // The README's Prometheus configuration, with short intervals for a test, and Cairn's own
+    // alert rules from this repository as the README loads them.
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::fs::write(
         d.join("rules.yml"),
         "groups:\n  - name: payments\n    rules:\n      - alert: QueueBacklog\n        expr: payments_queue_depth > 100\n        labels:\n          severity: critical\n        annotations:\n          summary: payments queue is backing up\n",
@@ -116,7 +118,7 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\n  - {repo}/rules/cairn-governance.rules.yml\n  - {repo}/rules/cairn-operations.rules.yml\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: http://{cairn}/api/v1/write\n    authorization:\n      credentials: {token}\n    write_relabel_configs:\n      - source_labels: [__name__]\n        regex: \".+_bucket|go_.+\"\n        action: drop\n    queue_config:\n      capacity: 10000\n      max_shards: 10\n      max_samples_per_send: 2000\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 2s\nscrape_configs:\n  - job_name: payments\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n        labels:\n          service: payments\n          env: production\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node}']\n  - job_name: cairn\n    static_configs:\n      - targets: ['{cairn}']\n",
             rules = d.join("rules.yml").display(),
-            repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").display(),
+            repo = repo.display(),
         ),
     )
     .unwrap();
@@ -200,7 +202,6 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
     // Cairn's own alert rules (rules/*.rules.yml, as the README loads them) evaluate on its real
     // series without an error; the backlog's bound is among the series they read.
     assert_eq!(prom_value(&client, prom, "cairn_intake_pending_alerts_limit{job=\"cairn\"}").await, Some(20_000.0));
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let expected = ["cairn-governance", "cairn-operations"]
         .iter()
         .map(|f| std::fs::read_to_string(repo.join(format!("rules/{f}.rules.yml"))).unwrap())
