@@ -385,11 +385,6 @@ impl GovernanceMetrics {
         }
     }
 
-    /// The names of the governance series, as the alert rules refer to them.
-    pub fn names(&self) -> Vec<String> {
-        self.collectors().iter().flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone())).collect()
-    }
-
     fn collectors(&self) -> Vec<Box<dyn Collector>> {
         vec![
             Box::new(self.approval_latency.clone()),
