@@ -1,7 +1,9 @@
 // A real OpenID Provider for Cairn's tests: panva's certified `oidc-provider`, on loopback.
 //
 // Environment:
-//   OP_PORT       port to listen on (127.0.0.1)
+//   OP_PORT       port to listen on (127.0.0.1); 0 or unset: one the kernel chooses. The issuer
+//                 (http://127.0.0.1:<port>) follows the port, and is printed once it listens:
+//                 "listening <issuer> kid=<kid>" on standard error.
 //   OP_KID        key id of the RS256 signing key generated at start (rotation = restart with a new kid)
 //   OP_ACCOUNTS   JSON {"alice": {"groups": ["sre"]}, ...}: who may sign in, and their groups claim
 //   OP_CLIENT_ID  the public client `cairn login` uses (loopback redirect, PKCE, refresh tokens)
@@ -23,10 +25,18 @@ const kid = process.env.OP_KID || 'k1';
 const accounts = JSON.parse(process.env.OP_ACCOUNTS || '{}');
 const clientId = process.env.OP_CLIENT_ID || 'cairn-cli';
 const idTtl = Number(process.env.OP_ID_TTL || 600);
-const issuer = `http://127.0.0.1:${port}`;
 
 const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+
+// Listen before the issuer is known: with port 0 the kernel picks the port, so no test can have
+// taken it between a pick and the bind. Nothing connects before the line below names the port.
+const server = http.createServer((req, res) => handle(req, res));
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(port, '127.0.0.1', resolve);
+});
+const issuer = `http://127.0.0.1:${server.address().port}`;
 
 const provider = new Provider(issuer, {
   jwks: { keys: [jwk] },
@@ -66,7 +76,7 @@ function form(req) {
 
 
 const callback = provider.callback();
-const server = http.createServer(async (req, res) => {
+async function handle(req, res) {
   try {
     const url = new URL(req.url, issuer);
     const m = url.pathname.match(/^\/interaction\/([^/]+)(\/login)?$/);
@@ -108,8 +118,6 @@ const server = http.createServer(async (req, res) => {
     res.writeHead(500, { 'content-type': 'text/plain' });
     res.end(String(e && e.stack || e));
   }
-});
-server.listen(port, '127.0.0.1', () => {
-  process.stdout.write(`listening ${issuer} kid=${kid}\n`);
-});
+}
+process.stderr.write(`listening ${issuer} kid=${kid}\n`);
 for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => server.close(() => process.exit(0)));

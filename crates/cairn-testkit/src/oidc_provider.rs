@@ -3,7 +3,7 @@
 //! when the test ends, and just enough of a browser to sign a person in at it.
 
 use crate::now_ms;
-use crate::programs::{Proc, wait_ready};
+use crate::programs::{Proc, wait_for_line, wait_ready};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,15 +37,29 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// The provider on `port` (on loopback), signing with a fresh RS256 key named `kid`.
-    pub async fn start(port: u16, kid: &str, dir: &Path) -> Provider {
-        Self::start_with_ttl(port, kid, dir, 600).await
+    /// The provider on a loopback port the kernel chooses, signing with a fresh RS256 key named
+    /// `kid`.
+    pub async fn start(kid: &str, dir: &Path) -> Provider {
+        Self::launch(0, kid, dir, 600).await
     }
 
     /// [`Provider::start`] with ID tokens that live `id_ttl_s` seconds.
-    pub async fn start_with_ttl(port: u16, kid: &str, dir: &Path, id_ttl_s: u64) -> Provider {
-        let log = std::fs::File::create(dir.join(format!("op-{kid}.log"))).unwrap();
-        let child = Command::new("node")
+    pub async fn start_with_ttl(kid: &str, dir: &Path, id_ttl_s: u64) -> Provider {
+        Self::launch(0, kid, dir, id_ttl_s).await
+    }
+
+    /// The provider again at an issuer it had (`port`, freed by dropping the earlier one), with a
+    /// new key: a key rotation as relying parties see it.
+    pub async fn restart_on(port: u16, kid: &str, dir: &Path) -> Provider {
+        Self::launch(port, kid, dir, 600).await
+    }
+
+    /// Starts node on `port` (0: the kernel's choice) and reads the issuer from the
+    /// "listening <issuer> kid=<kid>" line it writes once it listens.
+    async fn launch(port: u16, kid: &str, dir: &Path, id_ttl_s: u64) -> Provider {
+        let log = dir.join(format!("op-{kid}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new("node")
             .arg(op_dir().join("op.mjs"))
             .env("OP_PORT", port.to_string())
             .env("OP_KID", kid)
@@ -53,11 +67,21 @@ impl Provider {
             .env("OP_CLIENT_ID", CLIENT_ID)
             .env("OP_ID_TTL", id_ttl_s.to_string())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(out)
             .spawn()
             .expect("start node");
-        let mut proc = Proc { name: "oidc-provider", child };
-        let issuer = format!("http://127.0.0.1:{port}");
+        let (child, line) = {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || {
+                let line = wait_for_line(&mut child, "the OpenID Provider", &log, "listening http://");
+                (child, line)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        };
+        let issuer = line.split_whitespace().nth(1).expect("an issuer after \"listening\"").to_string();
+        let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"));
+        let mut proc = Proc { name: "oidc-provider", child, log };
         let ready = format!("{issuer}/.well-known/openid-configuration");
         wait_ready(&reqwest::Client::new(), &ready, "the OpenID Provider", &mut [&mut proc]).await;
         Provider { _proc: proc, port, issuer }

@@ -4,15 +4,31 @@
 //! outside CI and a failure under `CI=true`. Also `cairn serve` itself as a process, on ports the
 //! kernel chose ([`spawn_cairn_serve`]), for the tests of the binary.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process killed on drop.
+/// A child process killed on drop, and the file its standard error goes to.
 #[derive(Debug)]
 pub struct Proc {
     pub name: &'static str,
     pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// The end of its log, for a failure message.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+}
+
+/// The last 4 KiB of `log` (a program's standard error), or why it cannot be read.
+pub fn log_tail(log: &Path) -> String {
+    match std::fs::read(log) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(4096)..]).into_owned(),
+        Err(e) => format!("(cannot read {}: {e})", log.display()),
+    }
 }
 
 impl Drop for Proc {
@@ -31,11 +47,11 @@ pub fn spawn(name: &'static str, bin: &str, args: &[String], log: &Path) -> Proc
         .stderr(out)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin} ({e}); install it: apt-get install prometheus prometheus-alertmanager prometheus-node-exporter"));
-    Proc { name, child }
+    Proc { name, child, log: log.to_path_buf() }
 }
 
 /// A port free on loopback right now, for a program that cannot listen on port 0 and report its
-/// port (Prometheus, Alertmanager, the OpenID Provider). Never the same port twice in one test
+/// port (Prometheus, Alertmanager, node-exporter). Never the same port twice in one test
 /// process: the tests of a binary run at once, and two of them given one port talked to each
 /// other's programs. (`cairn serve` is started on port 0: [`spawn_cairn_serve`].)
 pub fn free_port() -> u16 {
@@ -67,20 +83,50 @@ pub fn programs_present(programs: &[&str], test: &str) -> bool {
     false
 }
 
-/// Waits until `url` answers 2xx, failing early if one of `procs` exits.
+/// Waits until `url` answers 2xx, failing early — with the program's log — if one of `procs`
+/// exits. Each try has its own timeout, so one connection that hangs cannot use up the wait.
 pub async fn wait_ready(client: &reqwest::Client, url: &str, what: &str, procs: &mut [&mut Proc]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
+        let answer = client.get(url).timeout(Duration::from_secs(2)).send().await;
+        let last = match answer {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => format!("answered {}", r.status()),
+            Err(e) => format!("{e}"),
+        };
         for p in procs.iter_mut() {
             if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("{} exited early with {status}", p.name);
+                panic!("{} exited early with {status}; its log:\n{}", p.name, p.log_tail());
             }
         }
-        assert!(Instant::now() < deadline, "{what} did not become ready at {url}");
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| format!("--- {} ---\n{}", p.name, p.log_tail())).collect();
+            panic!("{what} did not become ready at {url} within 60 s (last try: {last}):\n{}", logs.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `child` (`what`) has written a whole line containing `needle` to `log` and returns
+/// it. Kills the child and panics with the log if it exits first or 60 s pass. For programs that
+/// listen on a port the kernel chose and name it in their log.
+pub fn wait_for_line(child: &mut Child, what: &str, log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        // A whole line only: the program may be writing it as it is read.
+        if let Some(line) = text.split_inclusive('\n').find(|l| l.ends_with('\n') && l.contains(needle)) {
+            return line.trim_end().to_string();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status} before writing {needle:?}:\n{text}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} wrote no {needle:?} within 60 s:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -104,26 +150,13 @@ pub fn spawn_cairn_serve(mut cmd: Command, log: &Path) -> (Child, u16, u16) {
         let value = line.split_whitespace().find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?;
         value.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        // A whole line only: the server may be writing it as it is read.
-        if let Some(line) = text.split_inclusive('\n').find(|l| l.ends_with('\n') && l.contains("cairn is listening")) {
-            if let Some((http, grpc)) = port_of(line, "http_addr").zip(port_of(line, "grpc_addr")) {
-                return (child, http, grpc);
-            }
+    let line = wait_for_line(&mut child, "cairn serve", log, "cairn is listening");
+    match port_of(&line, "http_addr").zip(port_of(&line, "grpc_addr")) {
+        Some((http, grpc)) => (child, http, grpc),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
             panic!("no ports in the line {line:?}");
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("cairn serve exited with {status} before it listened:\n{text}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cairn serve did not listen within 30 s:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -61,7 +61,7 @@ async fn setup(test: &str, max_age_s: i64) -> Option<(tempfile::TempDir, Provide
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let op = Provider::start(free_port(), "k1", dir.path()).await;
+    let op = Provider::start("k1", dir.path()).await;
     let h = Harness::start_with(with_provider(&op, max_age_s)).await;
     Some((dir, op, h))
 }
@@ -171,7 +171,7 @@ async fn a_key_rotation_at_the_provider_is_followed_without_restarting_cairn() {
 
     // The provider restarts with a new key and no longer publishes k1.
     drop(op);
-    let op = Provider::start(port, "k2", dir.path()).await;
+    let op = Provider::restart_on(port, "k2", dir.path()).await;
     let new = op.sign_in("alice").await;
     assert!(list(&h, &new).await.is_ok(), "the new key is fetched on first sight of its id");
     let e = list(&h, &old).await.unwrap_err();

@@ -151,7 +151,7 @@ fn cairn_login_signs_in_at_the_provider_caches_the_token_and_refreshes_it() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // ID tokens live 20 s: inside the CLI's 30 s margin, so every use refreshes first.
-    let op = rt.block_on(Provider::start_with_ttl(cairn_testkit::programs::free_port(), "k1", dir.path(), 20));
+    let op = rt.block_on(Provider::start_with_ttl("k1", dir.path(), 20));
     let config = format!(
         "[[auth.oidc]]\nname = \"corp\"\nissuer = \"{}\"\naudiences = [\"{CLIENT_ID}\"]\nclient_id = \"{CLIENT_ID}\"\n\
          [[auth.oidc.groups]]\nclaim = \"sre-leads\"\ngroups = [\"sre\"]\nscopes = [\"read\", \"review\"]\n",
