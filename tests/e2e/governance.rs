@@ -18,22 +18,21 @@ use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// The real Alertmanager on a free loopback port, routing everything to a receiver that notifies
-/// nobody: the test reads what arrived from its API.
+/// The real Alertmanager on a loopback port the kernel chose, routing everything to a receiver
+/// that notifies nobody: the test reads what arrived from its API.
 async fn alertmanager(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
     std::fs::write(dir.join("am.yml"), "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n").unwrap();
-    let mut p = spawn(
+    let (mut p, port) = spawn_listening(
         "alertmanager",
         "prometheus-alertmanager",
         &[
             format!("--config.file={}", dir.join("am.yml").display()),
             format!("--storage.path={}", dir.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
             "--cluster.listen-address=".into(),
         ],
         &dir.join("am.log"),
-    );
+    )
+    .await;
     wait_ready(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}/-/ready"), "alertmanager", &mut [&mut p]).await;
     (p, port)
 }
@@ -97,18 +96,14 @@ async fn failed_rollback_escalates_to_alertmanager() {
     let (_am, am_port) = alertmanager(d).await;
     // The real Prometheus, empty: the playbook's check (`up{instance=…} >= 1`) finds no samples
     // and fails, so the change is rolled back — and the rollback command fails.
-    let prom_port = free_port();
     std::fs::write(d.join("prom.yml"), "global:\n  scrape_interval: 1h\n").unwrap();
-    let mut prom = spawn(
+    let (mut prom, prom_port) = spawn_listening(
         "prometheus",
         "prometheus",
-        &[
-            format!("--config.file={}", d.join("prom.yml").display()),
-            format!("--storage.tsdb.path={}", d.join("prom-data").display()),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
+        &[format!("--config.file={}", d.join("prom.yml").display()), format!("--storage.tsdb.path={}", d.join("prom-data").display())],
         &d.join("prom.log"),
-    );
+    )
+    .await;
     wait_ready(&reqwest::Client::new(), &format!("http://127.0.0.1:{prom_port}/-/ready"), "prometheus", &mut [&mut prom]).await;
 
     let mut h = Harness::start_with(|cfg| {

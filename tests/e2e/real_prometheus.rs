@@ -75,15 +75,10 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let value = Arc::new(AtomicU64::new(10f64.to_bits()));
     let target = controlled_target(value.clone()).await;
-    let (node, prom, am) = (free_port(), free_port(), free_port());
     let cairn = h.http;
 
-    let mut node_p = spawn(
-        "node-exporter",
-        "prometheus-node-exporter",
-        &[format!("--web.listen-address=127.0.0.1:{node}")],
-        &d.join("node.log"),
-    );
+    // Each program listens on a port the kernel chooses; Prometheus, started last, is told the others'.
+    let (mut node_p, node) = spawn_listening("node-exporter", "prometheus-node-exporter", &[], &d.join("node.log")).await;
 
     // The README's Alertmanager configuration, with short timers for a test.
     std::fs::write(
@@ -93,17 +88,17 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
         ),
     )
     .unwrap();
-    let mut am_p = spawn(
+    let (mut am_p, am) = spawn_listening(
         "alertmanager",
         "prometheus-alertmanager",
         &[
             format!("--config.file={}", d.join("alertmanager.yml").display()),
             format!("--storage.path={}", d.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{am}"),
             "--cluster.listen-address=".into(),
         ],
         &d.join("alertmanager.log"),
-    );
+    )
+    .await;
 
     // The README's Prometheus configuration, with short intervals for a test, and Cairn's own
     // alert rules from this repository as the README loads them.
@@ -122,16 +117,13 @@ async fn real_prometheus_and_alertmanager_drive_cairn_end_to_end() {
         ),
     )
     .unwrap();
-    let mut prom_p = spawn(
+    let (mut prom_p, prom) = spawn_listening(
         "prometheus",
         "prometheus",
-        &[
-            format!("--config.file={}", d.join("prometheus.yml").display()),
-            format!("--storage.tsdb.path={}", d.join("prom-data").display()),
-            format!("--web.listen-address=127.0.0.1:{prom}"),
-        ],
+        &[format!("--config.file={}", d.join("prometheus.yml").display()), format!("--storage.tsdb.path={}", d.join("prom-data").display())],
         &d.join("prometheus.log"),
-    );
+    )
+    .await;
     wait_ready(&client, &format!("http://127.0.0.1:{am}/-/ready"), "alertmanager", &mut [&mut am_p]).await;
     wait_ready(&client, &format!("http://127.0.0.1:{prom}/-/ready"), "prometheus", &mut [&mut prom_p, &mut node_p]).await;
 
@@ -333,20 +325,16 @@ async fn under_pressure_prometheus_retries_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let (node, prom) = (free_port(), free_port());
-    let mut node_p = spawn("node-exporter", "prometheus-node-exporter", &[format!("--web.listen-address=127.0.0.1:{node}")], &d.join("node.log"));
+    let (mut node_p, node) = spawn_listening("node-exporter", "prometheus-node-exporter", &[], &d.join("node.log")).await;
     let cfg_path = d.join("prometheus.yml");
     std::fs::write(&cfg_path, pressure_config(h.http, node, 10)).unwrap();
-    let mut prom_p = spawn(
+    let (mut prom_p, prom) = spawn_listening(
         "prometheus",
         "prometheus",
-        &[
-            format!("--config.file={}", cfg_path.display()),
-            format!("--storage.tsdb.path={}", d.join("prom-data").display()),
-            format!("--web.listen-address=127.0.0.1:{prom}"),
-        ],
+        &[format!("--config.file={}", cfg_path.display()), format!("--storage.tsdb.path={}", d.join("prom-data").display())],
         &d.join("prometheus.log"),
-    );
+    )
+    .await;
     wait_ready(&client, &format!("http://127.0.0.1:{prom}/-/ready"), "prometheus", &mut [&mut prom_p, &mut node_p]).await;
 
     // Saturate Cairn deterministically: besides Prometheus, four senders of our own push large
@@ -471,7 +459,6 @@ async fn prometheus_and_alertmanager_send_over_mutual_tls() {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let ca_file = ca.write(&d.join("cairn-ca.crt"));
     let (prom_leaf, am_leaf) = (clients.client("prometheus", d), clients.client("alertmanager", d));
-    let (prom, am) = (free_port(), free_port());
     let cairn = h.http;
 
     std::fs::write(
@@ -484,17 +471,17 @@ async fn prometheus_and_alertmanager_send_over_mutual_tls() {
         ),
     )
     .unwrap();
-    let mut am_p = spawn(
+    let (mut am_p, am) = spawn_listening(
         "alertmanager",
         "prometheus-alertmanager",
         &[
             format!("--config.file={}", d.join("alertmanager.yml").display()),
             format!("--storage.path={}", d.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{am}"),
             "--cluster.listen-address=".into(),
         ],
         &d.join("alertmanager.log"),
-    );
+    )
+    .await;
     std::fs::write(
         d.join("rules.yml"),
         "groups:\n  - name: edge\n    rules:\n      - alert: EdgeProbe\n        expr: vector(1)\n        labels:\n          service: edge\n          severity: warning\n",
@@ -503,7 +490,7 @@ async fn prometheus_and_alertmanager_send_over_mutual_tls() {
     std::fs::write(
         d.join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: https://{cairn}/api/v1/write\n    tls_config:\n      ca_file: {ca}\n      cert_file: {cert}\n      key_file: {key}\n    queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\nscrape_configs:\n  - job_name: prometheus\n    static_configs:\n      - targets: ['127.0.0.1:{prom}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\nremote_write:\n  - url: https://{cairn}/api/v1/write\n    tls_config:\n      ca_file: {ca}\n      cert_file: {cert}\n      key_file: {key}\n    queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n",
             rules = d.join("rules.yml").display(),
             ca = ca_file.display(),
             cert = prom_leaf.cert.display(),
@@ -511,19 +498,19 @@ async fn prometheus_and_alertmanager_send_over_mutual_tls() {
         ),
     )
     .unwrap();
-    let mut prom_p = spawn(
+    let (mut prom_p, prom) = spawn_listening(
         "prometheus",
         "prometheus",
         &[
             format!("--config.file={}", d.join("prometheus.yml").display()),
             format!("--storage.tsdb.path={}", d.join("prom-data").display()),
-            format!("--web.listen-address=127.0.0.1:{prom}"),
             // An alert evaluated before the Alertmanager is discovered is dropped and, by
             // default, resent only a minute later.
             "--rules.alert.resend-delay=1s".into(),
         ],
         &d.join("prometheus.log"),
-    );
+    )
+    .await;
     wait_ready(&client, &format!("http://127.0.0.1:{am}/-/ready"), "alertmanager", &mut [&mut am_p]).await;
     wait_ready(&client, &format!("http://127.0.0.1:{prom}/-/ready"), "prometheus", &mut [&mut prom_p]).await;
 

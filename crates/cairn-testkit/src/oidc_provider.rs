@@ -3,7 +3,7 @@
 //! when the test ends, and just enough of a browser to sign a person in at it.
 
 use crate::now_ms;
-use crate::programs::{Proc, wait_for_line, wait_ready};
+use crate::programs::{Proc, wait_ready};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,7 +59,7 @@ impl Provider {
     async fn launch(port: u16, kid: &str, dir: &Path, id_ttl_s: u64) -> Provider {
         let log = dir.join(format!("op-{kid}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new("node")
+        let child = Command::new("node")
             .arg(op_dir().join("op.mjs"))
             .env("OP_PORT", port.to_string())
             .env("OP_KID", kid)
@@ -70,18 +70,9 @@ impl Provider {
             .stderr(out)
             .spawn()
             .expect("start node");
-        let (child, line) = {
-            let log = log.clone();
-            tokio::task::spawn_blocking(move || {
-                let line = wait_for_line(&mut child, "the OpenID Provider", &log, "listening http://");
-                (child, line)
-            })
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-        };
+        let (mut proc, line) = Proc { name: "the OpenID Provider", child, log }.line_with("listening http://").await;
         let issuer = line.split_whitespace().nth(1).expect("an issuer after \"listening\"").to_string();
         let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"));
-        let mut proc = Proc { name: "oidc-provider", child, log };
         let ready = format!("{issuer}/.well-known/openid-configuration");
         wait_ready(&reqwest::Client::new(), &ready, "the OpenID Provider", &mut [&mut proc]).await;
         Provider { _proc: proc, port, issuer }

@@ -1,8 +1,9 @@
 //! The real programs the end-to-end tests run beside Cairn (Debian's `prometheus`,
-//! `prometheus-alertmanager`, `prometheus-node-exporter`, `promtool`): started on loopback, killed
-//! when the test ends — also on failure — and, where they are not installed, a SKIPPED notice
-//! outside CI and a failure under `CI=true`. Also `cairn serve` itself as a process, on ports the
-//! kernel chose ([`spawn_cairn_serve`]), for the tests of the binary.
+//! `prometheus-alertmanager`, `prometheus-node-exporter`, `promtool`): started on loopback ports
+//! the kernel chose ([`spawn_listening`]), killed when the test ends — also on failure — and,
+//! where they are not installed, a SKIPPED notice outside CI and a failure under `CI=true`. Also
+//! `cairn serve` itself as a process, the same way ([`spawn_cairn_serve`]), for the tests of the
+//! binary. A failure to start names the program and carries its log.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +21,16 @@ impl Proc {
     /// The end of its log, for a failure message.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)
+    }
+
+    /// [`wait_for_line`] off the async runtime's threads (a program may take seconds to start).
+    pub async fn line_with(mut self, needle: &'static str) -> (Proc, String) {
+        tokio::task::spawn_blocking(move || {
+            let line = wait_for_line(&mut self.child, self.name, &self.log, needle);
+            (self, line)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 }
 
@@ -50,10 +61,27 @@ pub fn spawn(name: &'static str, bin: &str, args: &[String], log: &Path) -> Proc
     Proc { name, child, log: log.to_path_buf() }
 }
 
-/// A port free on loopback right now, for a program that cannot listen on port 0 and report its
-/// port (Prometheus, Alertmanager, node-exporter). Never the same port twice in one test
-/// process: the tests of a binary run at once, and two of them given one port talked to each
-/// other's programs. (`cairn serve` is started on port 0: [`spawn_cairn_serve`].)
+/// Starts one of the Prometheus programs (`prometheus`, `prometheus-alertmanager`,
+/// `prometheus-node-exporter`) listening on a loopback port the kernel chooses, and returns it
+/// with that port, read from the `msg="Listening on" address=…` line all three log. `args` are
+/// everything but `--web.listen-address`.
+pub async fn spawn_listening(name: &'static str, bin: &str, args: &[String], log: &Path) -> (Proc, u16) {
+    let mut args = args.to_vec();
+    args.push("--web.listen-address=127.0.0.1:0".into());
+    let (proc, line) = spawn(name, bin, &args, log).line_with("msg=\"Listening on\"").await;
+    let port = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("{name}: no address in {line:?}"))
+        .port();
+    (proc, port)
+}
+
+/// A port free on loopback right now, for an address nothing should listen on. Never the same
+/// port twice in one test process. Not for starting a program on: another test can take the port
+/// before the program binds it (start programs on port 0 and read the port they got:
+/// [`spawn_listening`], [`spawn_cairn_serve`]).
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut handed = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
