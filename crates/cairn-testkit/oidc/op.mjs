@@ -25,8 +25,13 @@ const kid = process.env.OP_KID || 'k1';
 const accounts = JSON.parse(process.env.OP_ACCOUNTS || '{}');
 const clientId = process.env.OP_CLIENT_ID || 'cairn-cli';
 const idTtl = Number(process.env.OP_ID_TTL || 600);
+// Each step of the start names itself on standard error, so a start that stalls says where.
+const t0 = Date.now();
+const step = (what) => process.stderr.write(`op: ${what} (+${Date.now() - t0} ms)\n`);
+step('modules loaded');
 
 const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+step('key generated');
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
 
 // Listen before the issuer is known: with port 0 the kernel picks the port, so no test can have
@@ -37,6 +42,7 @@ await new Promise((resolve, reject) => {
   server.listen(port, '127.0.0.1', resolve);
 });
 const issuer = `http://127.0.0.1:${server.address().port}`;
+step(`bound ${issuer}`);
 
 const provider = new Provider(issuer, {
   jwks: { keys: [jwk] },
