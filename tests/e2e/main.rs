@@ -33,3 +33,5 @@ mod real_prometheus;
 mod recover_grpc;
 /// The review path, trying to break the invariants.
 mod review_grpc;
+/// The test kit: a program that stalls at start is named with what it was doing.
+mod testkit;

@@ -7,6 +7,7 @@ use crate::programs::{Proc, wait_ready};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 pub const CLIENT_ID: &str = "cairn-cli";
 
@@ -55,27 +56,42 @@ impl Provider {
     }
 
     /// Starts node on `port` (0: the kernel's choice) and reads the issuer from the
-    /// "listening <issuer> kid=<kid>" line it writes once it listens.
+    /// "listening <issuer> kid=<kid>" line it writes once it listens. A start that stalls (seen in
+    /// a CI run: node wrote its first warning and then nothing for 60 s, still running) is killed
+    /// after 20 s and tried again, twice at most; each failure is printed with what its threads
+    /// were doing.
     async fn launch(port: u16, kid: &str, dir: &Path, id_ttl_s: u64) -> Provider {
-        let log = dir.join(format!("op-{kid}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("node")
-            .arg(op_dir().join("op.mjs"))
-            .env("OP_PORT", port.to_string())
-            .env("OP_KID", kid)
-            .env("OP_ACCOUNTS", ACCOUNTS)
-            .env("OP_CLIENT_ID", CLIENT_ID)
-            .env("OP_ID_TTL", id_ttl_s.to_string())
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("start node");
-        let (mut proc, line) = Proc { name: "the OpenID Provider", child, log }.line_with("listening http://").await;
-        let issuer = line.split_whitespace().nth(1).expect("an issuer after \"listening\"").to_string();
-        let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"));
-        let ready = format!("{issuer}/.well-known/openid-configuration");
-        wait_ready(&reqwest::Client::new(), &ready, "the OpenID Provider", &mut [&mut proc]).await;
-        Provider { _proc: proc, port, issuer }
+        let mut failures = Vec::new();
+        for attempt in 1..=3 {
+            let log = dir.join(format!("op-{kid}-{attempt}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let child = Command::new("node")
+                .arg(op_dir().join("op.mjs"))
+                .env("OP_PORT", port.to_string())
+                .env("OP_KID", kid)
+                .env("OP_ACCOUNTS", ACCOUNTS)
+                .env("OP_CLIENT_ID", CLIENT_ID)
+                .env("OP_ID_TTL", id_ttl_s.to_string())
+                .stdout(Stdio::null())
+                .stderr(out)
+                .spawn()
+                .expect("start node");
+            let started = Proc { name: "the OpenID Provider", child, log }.line_within("listening http://", Duration::from_secs(20)).await;
+            let (mut proc, line) = match started {
+                Ok(started) => started,
+                Err(why) => {
+                    eprintln!("attempt {attempt}: {why}");
+                    failures.push(why);
+                    continue;
+                }
+            };
+            let issuer = line.split_whitespace().nth(1).expect("an issuer after \"listening\"").to_string();
+            let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"));
+            let ready = format!("{issuer}/.well-known/openid-configuration");
+            wait_ready(&reqwest::Client::new(), &ready, "the OpenID Provider", &mut [&mut proc]).await;
+            return Provider { _proc: proc, port, issuer };
+        }
+        panic!("the OpenID Provider did not start in 3 attempts:\n{}", failures.join("\n"));
     }
 
     /// Signs `account` in as a browser would (authorization code + PKCE, the provider's

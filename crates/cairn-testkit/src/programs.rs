@@ -23,11 +23,12 @@ impl Proc {
         log_tail(&self.log)
     }
 
-    /// [`wait_for_line`] off the async runtime's threads (a program may take seconds to start).
-    pub async fn line_with(mut self, needle: &'static str) -> (Proc, String) {
+    /// [`wait_for_line_within`] off the async runtime's threads (a program may take seconds to
+    /// start). On failure the process is gone and the answer says why.
+    pub async fn line_within(mut self, needle: &'static str, limit: Duration) -> Result<(Proc, String), String> {
         tokio::task::spawn_blocking(move || {
-            let line = wait_for_line(&mut self.child, self.name, &self.log, needle);
-            (self, line)
+            let line = wait_for_line_within(&mut self.child, self.name, &self.log, needle, limit)?;
+            Ok((self, line))
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
@@ -68,7 +69,8 @@ pub fn spawn(name: &'static str, bin: &str, args: &[String], log: &Path) -> Proc
 pub async fn spawn_listening(name: &'static str, bin: &str, args: &[String], log: &Path) -> (Proc, u16) {
     let mut args = args.to_vec();
     args.push("--web.listen-address=127.0.0.1:0".into());
-    let (proc, line) = spawn(name, bin, &args, log).line_with("msg=\"Listening on\"").await;
+    let started = spawn(name, bin, &args, log).line_within("msg=\"Listening on\"", Duration::from_secs(60)).await;
+    let (proc, line) = started.unwrap_or_else(|e| panic!("{e}"));
     let port = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("address="))
@@ -139,23 +141,51 @@ pub async fn wait_ready(client: &reqwest::Client, url: &str, what: &str, procs: 
 /// it. Kills the child and panics with the log if it exits first or 60 s pass. For programs that
 /// listen on a port the kernel chose and name it in their log.
 pub fn wait_for_line(child: &mut Child, what: &str, log: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_for_line_within(child, what, log, needle, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`wait_for_line`] within `limit`, answering why not (with the log, and what the process was
+/// doing if it still ran: it is then killed) instead of panicking.
+pub fn wait_for_line_within(child: &mut Child, what: &str, log: &Path, needle: &str, limit: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + limit;
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         // A whole line only: the program may be writing it as it is read.
         if let Some(line) = text.split_inclusive('\n').find(|l| l.ends_with('\n') && l.contains(needle)) {
-            return line.trim_end().to_string();
+            return Ok(line.trim_end().to_string());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited with {status} before writing {needle:?}:\n{text}");
+            return Err(format!("{what} exited with {status} before writing {needle:?}:\n{text}"));
         }
         if Instant::now() > deadline {
+            let doing = process_state(child.id());
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} wrote no {needle:?} within 60 s:\n{text}");
+            return Err(format!("{what} wrote no {needle:?} within {limit:?}; its threads: {doing}; its log:\n{text}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// What a running process's threads are doing, from `/proc` (state and the kernel function each
+/// waits in), for a failure message about a program that stalled.
+fn process_state(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return "(not readable)".into() };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // `pid (comm) state …`: the name may hold spaces, the state follows its closing parenthesis.
+        let (comm, state) = match (stat.find('('), stat.rfind(')')) {
+            (Some(a), Some(b)) if a < b => (&stat[a + 1..b], stat[b + 1..].split_whitespace().next().unwrap_or("?")),
+            _ => ("?", "?"),
+        };
+        let wchan = std::fs::read_to_string(dir.join("wchan")).unwrap_or_default();
+        let syscall = std::fs::read_to_string(dir.join("syscall")).unwrap_or_default();
+        let syscall = syscall.split_whitespace().next().unwrap_or("?");
+        out.push(format!("{comm} {state} wchan={wchan} syscall={syscall}"));
+    }
+    out.join("; ")
 }
 
 /// `cairn serve` run as a process (`cmd` is the binary with its `serve` arguments), on loopback
@@ -188,3 +218,4 @@ pub fn spawn_cairn_serve(mut cmd: Command, log: &Path) -> (Child, u16, u16) {
         }
     }
 }
+
