@@ -4,7 +4,7 @@
 //! (`IncidentService`, `ReviewService`), and scores it against the labels: pairwise grouping,
 //! noise kept out, compression, root cause @1/@3, remediation @1, confidence calibration, unsafe
 //! autos and time to recommendation. The definitions are the corpus README's. The recordings can
-//! be replayed as another cluster would send them (`--rename`, `--thin`, [`variant`]), and incident
+//! be replayed as another cluster would send them (`--rename`, `--node-addresses`, `--thin`, [`variant`]), and incident
 //! kinds the corpus does not have can be laid over them (`--synth`, [`synth`]).
 
 use crate::client::{self, bearer};
@@ -46,6 +46,10 @@ pub struct TriageArgs {
     /// labels and the topology alike. Figures that change under this depend on names.
     #[arg(long)]
     pub rename: bool,
+    /// Replay each recording as a cluster whose per-node agents (node-exporter) are scraped at
+    /// their node's address rather than relabelled to its name: `instance="<host_ip>:9100"`.
+    #[arg(long)]
+    pub node_addresses: bool,
     /// Keep one sample in K of every series, as a cluster scraping K times less often would send
     /// them (2: every 30 s; 4: every minute). 1 keeps them all.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=8))]
@@ -504,8 +508,13 @@ fn load(dir: &Path, name: &str) -> Result<Recording> {
     })
 }
 
-/// The recording as another cluster would send it (`--rename`, `--thin`).
+/// The recording as another cluster would send it (`--rename`, `--node-addresses`, `--thin`).
 fn vary(args: &TriageArgs, mut rec: Recording) -> Result<Recording> {
+    if args.node_addresses {
+        let a = variant::NodeAddresses::new(&rec.lines);
+        rec.truth = a.value(&rec.truth);
+        rec.lines = rec.lines.iter().map(|l| a.value(l)).collect();
+    }
     if args.rename {
         let r = variant::Renamer::new(&rec.topology)?;
         rec.truth = r.value(&rec.truth);

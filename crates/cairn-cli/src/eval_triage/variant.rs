@@ -9,6 +9,13 @@
 //! the exporters define, not what this cluster chose. A triage whose figures change under this
 //! has learnt the cluster's names rather than what the signals say.
 //!
+//! `--node-addresses` ([`NodeAddresses`]): per-node agents scraped at their node's address, as
+//! Prometheus's plain `kubernetes_sd` endpoints discovery labels them (`instance="10.128.0.44:9100"`)
+//! where kube-prometheus relabels `instance` to the node's name. Every `instance` that is a node's
+//! name becomes that node's `host_ip` (from `kube_pod_info`) and port 9100, in the signals and the
+//! series ids of `truth.json`; the node's name stays only where `kube_pod_info` pairs it with that
+//! address (and in the `node` labels kube-state-metrics writes).
+//!
 //! `--thin K` ([`thin`]): one sample in K is kept, as a cluster scraping K times less often sends
 //! them (every 30 s or 60 s instead of 15 s). Staleness markers are kept, as Prometheus sends them
 //! whatever the interval.
@@ -76,6 +83,59 @@ impl Renamer {
     }
 }
 
+/// Rewrites `instance="<node name>"` into `instance="<its host_ip>:9100"`.
+pub struct NodeAddresses {
+    address: HashMap<String, String>,
+}
+
+impl NodeAddresses {
+    /// The nodes' addresses as `kube_pod_info` pairs them (`node`, `host_ip`) in `lines`.
+    pub fn new(lines: &[Value]) -> NodeAddresses {
+        let mut address = HashMap::new();
+        for l in lines {
+            for s in l["series"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let labels = &s["labels"];
+                if let (Some(node), Some(ip)) = (labels["node"].as_str(), labels["host_ip"].as_str()) {
+                    address.entry(node.to_string()).or_insert_with(|| format!("{ip}:9100"));
+                }
+            }
+        }
+        NodeAddresses { address }
+    }
+
+    /// Rewrites every `instance` label (objects with an `instance` key) and every
+    /// `instance="…"` inside a string (series ids) that names a node.
+    pub fn value(&self, v: &Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(self.text(s)),
+            Value::Array(a) => Value::Array(a.iter().map(|x| self.value(x)).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| {
+                        let x = match (k.as_str(), x.as_str().and_then(|n| self.address.get(n))) {
+                            ("instance", Some(addr)) => Value::String(addr.clone()),
+                            _ => self.value(x),
+                        };
+                        (self.text(k), x)
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    fn text(&self, s: &str) -> String {
+        if !s.contains("instance=\"") {
+            return s.to_string();
+        }
+        let mut out = s.to_string();
+        for (node, addr) in &self.address {
+            out = out.replace(&format!("instance=\"{node}\""), &format!("instance=\"{addr}\""));
+        }
+        out
+    }
+}
+
 /// Keeps one sample in `k` of every series in a remote_write line (those whose time is a multiple
 /// of `k` steps), and every staleness marker.
 pub fn thin(line: &mut Value, step_ms: i64, k: i64) {
@@ -110,6 +170,23 @@ mod tests {
         assert_eq!(out["labels"]["job"], "webhook", "only whole words");
         assert_eq!(out["id"], "series:up{pod=\"basalt-0\",service=\"cedar\"}");
         assert!(out.to_string().find("use1").is_none() && out.to_string().find("pg").is_none(), "{out}");
+    }
+
+    #[test]
+    fn a_node_named_instance_becomes_its_address_in_labels_and_series_ids() {
+        let lines = [json!({"kind": "remote_write", "series": [
+            {"labels": {"__name__": "kube_pod_info", "node": "n1", "host_ip": "10.0.0.7", "instance": "10.64.2.14:8443", "pod": "a-1"}, "samples": []},
+            {"labels": {"__name__": "node_load1", "instance": "n1", "job": "node-exporter"}, "samples": []}]})];
+        let a = NodeAddresses::new(&lines);
+        let out = a.value(&lines[0]);
+        assert_eq!(out["series"][1]["labels"]["instance"], "10.0.0.7:9100");
+        assert_eq!(out["series"][0]["labels"]["instance"], "10.64.2.14:8443", "a pod's own address is not a node's name");
+        assert_eq!(out["series"][0]["labels"]["node"], "n1", "kube-state-metrics' node label stays");
+        let truth = json!({"member_series": {"series:node_load1{instance=\"n1\",job=\"node-exporter\"}": "x"}, "alert": {"instance": "n1"}});
+        assert_eq!(
+            a.value(&truth),
+            json!({"member_series": {"series:node_load1{instance=\"10.0.0.7:9100\",job=\"node-exporter\"}": "x"}, "alert": {"instance": "10.0.0.7:9100"}})
+        );
     }
 
     #[test]
