@@ -2,7 +2,8 @@
 //! node and workload each belongs to, nodes, and the per-node agents (node-exporter and other
 //! DaemonSets). Part comes from configuration (`[[topology]]`), the rest is learnt from the series
 //! themselves: service-graph series (`client`/`server` labels), `kube_pod_info`-style series
-//! (`pod`, `node`, `created_by_kind`, `created_by_name`) and series whose `instance` is a node.
+//! (`pod`, `node`, `created_by_kind`, `created_by_name`, and the node's address: `host_ip`, or
+//! `kube_node_info`'s `internal_ip`) and series whose `instance` is a node, by name or address.
 //!
 //! It also answers the question every signal raises first: which entity is this about
 //! ([`Topology::resolve`]). Bounded: at most `max_entries` pods, services, nodes and agents
@@ -46,6 +47,9 @@ pub struct Topology {
     callers: HashMap<String, BTreeSet<String>>,
     pods: HashMap<String, Pod>,
     nodes: HashSet<String>,
+    /// A node's address (`host_ip` of the pods on it) → the node: a per-node agent scraped at its
+    /// node's address (`instance="10.0.0.7:9100"`, plain `kubernetes_sd`) is about that node.
+    node_at: HashMap<String, String>,
     agents: HashSet<String>,
     /// Services that serve a DNS server's metrics (CoreDNS, kube-dns): the cluster's resolvers.
     dns: BTreeSet<String>,
@@ -74,6 +78,7 @@ impl Topology {
             callers: HashMap::new(),
             pods: HashMap::new(),
             nodes: HashSet::new(),
+            node_at: HashMap::new(),
             agents: HashSet::new(),
             dns: BTreeSet::new(),
             max_entries,
@@ -90,7 +95,7 @@ impl Topology {
     }
 
     fn entries(&self) -> usize {
-        self.services.len() + self.pods.len() + self.nodes.len() + self.agents.len()
+        self.services.len() + self.pods.len() + self.nodes.len() + self.node_at.len() + self.agents.len()
     }
 
     fn room(&mut self) -> bool {
@@ -133,6 +138,13 @@ impl Topology {
             && !self.nodes.contains(n) && self.room() {
                 self.nodes.insert(n.to_string());
             }
+        // `host_ip` on kube_pod_info, `internal_ip` on kube_node_info.
+        if let (Some(n), Some(ip)) = (node, label("host_ip").or_else(|| label("internal_ip")).filter(|ip| !ip.is_empty()))
+            && self.node_at.get(ip).is_none_or(|known| known != n)
+            && (self.node_at.contains_key(ip) || self.room())
+        {
+            self.node_at.insert(ip.to_string(), n.to_string());
+        }
         if let (Some(pod), Some(kind), Some(owner)) = (label("pod"), label("created_by_kind"), label("created_by_name")) {
             let service = match kind {
                 "ReplicaSet" => Some(replicaset_owner(owner)),
@@ -161,9 +173,15 @@ impl Topology {
             self.dns.insert(svc.to_string());
         }
         if let (Some(instance), Some(job)) = (label("instance"), label("job"))
-            && self.nodes.contains(host(instance)) && !self.agents.contains(job) && self.room() {
+            && !self.agents.contains(job) && self.node_of_instance(instance).is_some() && self.room() {
                 self.agents.insert(job.to_string());
             }
+    }
+
+    /// The node an `instance` is, by its host part: a node's name, or a node's address.
+    fn node_of_instance(&self, instance: &str) -> Option<&str> {
+        let h = host(instance);
+        self.nodes.get(h).or_else(|| self.node_at.get(h)).map(String::as_str)
     }
 
     /// Pods, services, nodes and agents known, and how many were refused for room.
@@ -232,7 +250,7 @@ impl Topology {
     /// Which entity a signal with these labels is about. In order: a `service` label naming a
     /// service; the service owning its `pod`; its `deployment`, `statefulset`,
     /// `horizontalpodautoscaler` or `client`; a `daemonset` (a fleet); its `node`, or an
-    /// `instance` that is a node; a per-node agent's `job` (a fleet); a service one of its
+    /// `instance` that is a node (by name or address); a per-node agent's `job` (a fleet); a service one of its
     /// objects or its probe's target host is named after ([`Topology::object_service`]: an
     /// exporter's own `service`, such as cert-manager's, is not what its series are about); any
     /// other `service` or a service-like `job`; else `other:` its job, instance or name.
@@ -260,8 +278,8 @@ impl Topology {
         if let Some(n) = l.get("node").filter(|n| !n.is_empty()) {
             return plain(format!("node:{n}"));
         }
-        if let Some(h) = l.get("instance").map(host).filter(|h| self.nodes.contains(*h)) {
-            return plain(format!("node:{h}"));
+        if let Some(n) = l.get("instance").and_then(|i| self.node_of_instance(i)) {
+            return plain(format!("node:{n}"));
         }
         for name in ["job", "service"] {
             if let Some(j) = l.get(name).filter(|j| self.agents.contains(*j)) {
@@ -350,6 +368,29 @@ mod tests {
         assert_eq!(r(&[("job", "node-exporter"), ("service", "node-exporter")]).entity, "fleet:node-exporter");
         assert_eq!(r(&[("daemonset", "node-exporter")]).entity, "fleet:node-exporter");
         assert_eq!(r(&[("alertname", "Watchdog")]).entity, "other:Watchdog");
+    }
+
+    #[test]
+    fn an_agent_scraped_at_its_nodes_address_is_about_that_node() {
+        // Plain kubernetes_sd: node-exporter's instance is the node's address, not its name.
+        let mut t = Topology::new(&[], 1000);
+        learn(&mut t, &[("__name__", "kube_pod_info"), ("pod", "api-5d8f9-x2x"), ("node", "n1"), ("host_ip", "10.0.0.7"), ("pod_ip", "10.64.1.3"), ("created_by_kind", "ReplicaSet"), ("created_by_name", "api-5d8f9")]);
+        learn(&mut t, &[("__name__", "node_load1"), ("instance", "10.0.0.7:9100"), ("job", "node-exporter"), ("service", "node-exporter")]);
+        let r = |pairs: &[(&str, &str)]| t.resolve(&labels(pairs)).entity;
+        assert_eq!(r(&[("__name__", "node_load1"), ("instance", "10.0.0.7:9100"), ("job", "node-exporter"), ("service", "node-exporter")]), "node:n1");
+        assert_eq!(r(&[("alertname", "NodeFilesystemSpaceFillingUp"), ("instance", "10.0.0.7:9100"), ("job", "node-exporter")]), "node:n1");
+        assert_eq!(r(&[("job", "node-exporter"), ("service", "node-exporter")]).as_str(), "fleet:node-exporter", "learnt as an agent from its node's address");
+        assert_eq!(r(&[("instance", "10.64.1.3:8080"), ("pod", "api-5d8f9-x2x")]), "service:api", "a pod's own address is its pod's");
+        assert_eq!(r(&[("instance", "10.0.0.8:9100"), ("job", "node-exporter")]), "fleet:node-exporter", "an address no pod runs at is no node");
+        learn(&mut t, &[("__name__", "kube_node_info"), ("node", "n2"), ("internal_ip", "10.0.0.8")]);
+        let r = |pairs: &[(&str, &str)]| t.resolve(&labels(pairs)).entity;
+        assert_eq!(r(&[("instance", "10.0.0.8:9100"), ("job", "node-exporter")]), "node:n2", "kube_node_info names a node's address too");
+        // A node's address moves (a node replaced at the same IP): the newest pairing holds, and
+        // it takes no more room.
+        learn(&mut t, &[("__name__", "kube_pod_info"), ("pod", "db-0"), ("node", "n9"), ("host_ip", "10.0.0.7"), ("created_by_kind", "StatefulSet"), ("created_by_name", "db")]);
+        let r = |pairs: &[(&str, &str)]| t.resolve(&labels(pairs)).entity;
+        assert_eq!(r(&[("instance", "10.0.0.7:9100"), ("job", "node-exporter")]), "node:n9");
+        assert_eq!(t.node_at.len(), 2);
     }
 
     #[test]
