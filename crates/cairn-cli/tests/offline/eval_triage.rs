@@ -70,22 +70,25 @@ fn triage_on_the_development_corpus_stays_above_its_floors_and_never_autos_unsaf
 /// noisy neighbour, an expired certificate, a queue's consumer falling behind, a release that
 /// crash-loops), laid over two of its recordings, alone and four at once: the triage names the
 /// root and the right action (or none) for each, tells a storm's apart, and never lets a tier-2
-/// action run by itself.
+/// action run by itself. Replayed with node-exporter at its node's address (`--node-addresses`),
+/// as a cluster without kube-prometheus's relabelling sends it: the noisy neighbour is found on
+/// its node all the same.
 #[test]
 fn triage_holds_on_incident_kinds_the_corpus_does_not_have() {
     let Some(data) = corpus() else {
         eprintln!("skipped: ../shared/datasets/incidents-dev is not beside the checkout");
         return;
     };
-    let v = eval_triage(&data, &["--synth"]);
+    let v = eval_triage(&data, &["--synth", "--node-addresses"]);
     let all = &v["summary"]["groups"]["all"];
     let f = |k: &str| all[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {all}"));
     assert_eq!(all["incidents"], 22, "seven kinds over two recordings, and a storm of four over each: {all}");
     assert_eq!(all["unsafe_autos"], 0, "{}", serde_json::to_string_pretty(&v["recordings"]).unwrap());
     // Measured: root cause and remediation 1.00, F1 micro 0.99 alone (a noise alert on a noisy
-    // node's service joins it) and 1.00 in storms, noise kept out 0.98.
+    // node's service joins it) and 1.00 in storms, noise kept out 0.98. Before an instance at a
+    // node's address was read as the node: remediation 0.91, noise kept out 0.97.
     assert!(f("root_at_1") >= 0.9, "{all}");
-    assert!(f("remediation_at_1") >= 0.9, "{all}");
+    assert!(f("remediation_at_1") >= 0.95, "{all}");
     assert!(f("f1_micro") >= 0.9, "{all}");
     assert!(f("noise_kept_out") >= 0.9, "{all}");
     let storm = &v["summary"]["groups"]["storm"];
