@@ -6,8 +6,8 @@
 //! `kube_node_info`'s `internal_ip`) and series whose `instance` is a node, by name or address.
 //!
 //! It also answers the question every signal raises first: which entity is this about
-//! ([`Topology::resolve`]). Bounded: at most `max_entries` pods, services, nodes and agents
-//! together; beyond that new ones are counted and not learnt.
+//! ([`Topology::resolve`]). Bounded: at most `max_entries` pods, services, nodes, node addresses
+//! and agents together; beyond that new ones are counted and not learnt.
 
 use cairn_types::Labels;
 use serde::{Deserialize, Serialize};
@@ -184,7 +184,7 @@ impl Topology {
         self.nodes.get(h).or_else(|| self.node_at.get(h)).map(String::as_str)
     }
 
-    /// Pods, services, nodes and agents known, and how many were refused for room.
+    /// Pods, services, nodes, node addresses and agents known, and how many were refused for room.
     pub fn size(&self) -> (usize, u64) {
         (self.entries(), self.refused)
     }
@@ -250,10 +250,11 @@ impl Topology {
     /// Which entity a signal with these labels is about. In order: a `service` label naming a
     /// service; the service owning its `pod`; its `deployment`, `statefulset`,
     /// `horizontalpodautoscaler` or `client`; a `daemonset` (a fleet); its `node`, or an
-    /// `instance` that is a node (by name or address); a per-node agent's `job` (a fleet); a service one of its
-    /// objects or its probe's target host is named after ([`Topology::object_service`]: an
-    /// exporter's own `service`, such as cert-manager's, is not what its series are about); any
-    /// other `service` or a service-like `job`; else `other:` its job, instance or name.
+    /// `instance` that is a node (by name or address); a per-node agent's `job` (a fleet); a
+    /// service one of its objects or its probe's target host is named after
+    /// ([`Topology::object_service`]: an exporter's own `service`, such as cert-manager's, is not
+    /// what its series are about); any other `service` or a service-like `job`; else `other:` its
+    /// job, instance or name.
     pub fn resolve(&self, l: &Labels) -> Resolved {
         let pod_node = || {
             let pod_node = l.get("pod").and_then(|p| self.pods.get(p)).and_then(|p| p.node.clone());
