@@ -138,8 +138,10 @@ impl Topology {
             && !self.nodes.contains(n) && self.room() {
                 self.nodes.insert(n.to_string());
             }
-        // `host_ip` on kube_pod_info, `internal_ip` on kube_node_info.
-        if let (Some(n), Some(ip)) = (node, label("host_ip").or_else(|| label("internal_ip")).filter(|ip| !ip.is_empty()))
+        // `host_ip` on kube_pod_info, `internal_ip` on kube_node_info; looked up only on series
+        // that name a node.
+        if let Some(n) = node
+            && let Some(ip) = label("host_ip").or_else(|| label("internal_ip")).filter(|ip| !ip.is_empty())
             && self.node_at.get(ip).is_none_or(|known| known != n)
             && (self.node_at.contains_key(ip) || self.room())
         {

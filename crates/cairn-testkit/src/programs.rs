@@ -71,13 +71,15 @@ pub async fn spawn_listening(name: &'static str, bin: &str, args: &[String], log
     args.push("--web.listen-address=127.0.0.1:0".into());
     let started = spawn(name, bin, &args, log).line_within("msg=\"Listening on\"", Duration::from_secs(60)).await;
     let (proc, line) = started.unwrap_or_else(|e| panic!("{e}"));
-    let port = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("address="))
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .unwrap_or_else(|| panic!("{name}: no address in {line:?}"))
-        .port();
+    let port = port_in(&line, "address").unwrap_or_else(|| panic!("{name}: no address in {line:?}"));
     (proc, port)
+}
+
+/// The port of the socket address a log line gives as `field=<address>` (logfmt, as the
+/// Prometheus programs and `cairn serve` write it).
+fn port_in(line: &str, field: &str) -> Option<u16> {
+    let value = line.split_whitespace().find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?;
+    value.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
 }
 
 /// A port free on loopback right now, for an address nothing should listen on. Never the same
@@ -204,12 +206,8 @@ pub fn spawn_cairn_serve(mut cmd: Command, log: &Path) -> (Child, u16, u16) {
         .stderr(out)
         .spawn()
         .expect("start cairn serve");
-    let port_of = |line: &str, field: &str| -> Option<u16> {
-        let value = line.split_whitespace().find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?;
-        value.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
-    };
     let line = wait_for_line(&mut child, "cairn serve", log, "cairn is listening");
-    match port_of(&line, "http_addr").zip(port_of(&line, "grpc_addr")) {
+    match port_in(&line, "http_addr").zip(port_in(&line, "grpc_addr")) {
         Some((http, grpc)) => (child, http, grpc),
         None => {
             let _ = child.kill();
@@ -218,4 +216,3 @@ pub fn spawn_cairn_serve(mut cmd: Command, log: &Path) -> (Child, u16, u16) {
         }
     }
 }
-
